@@ -1,0 +1,1 @@
+"""Tollgate engine: domain, kernels, store and batching behind the gRPC edge."""

@@ -1,0 +1,1 @@
+"""Numba kernels: pure functions over arrays, each with a plain-Python twin in reference.py."""
