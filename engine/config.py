@@ -1,0 +1,101 @@
+"""Configuration in one place: a frozen dataclass from a TOML file plus environment overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting with its default. Environment: TOLLGATE_<NAME> (and REDIS_URL)."""
+
+    listen: str = "127.0.0.1:50051"
+    """gRPC address to bind (host:port; port 0 picks a free one)."""
+    redis_url: str = ""
+    """Redis to use; empty = start an embedded redis-server with AOF in data_dir."""
+    data_dir: str = "./tollgate-data"
+    """Where the embedded redis-server keeps its AOF."""
+    appendfsync: str = "everysec"
+    """Embedded Redis AOF fsync: 'always' loses nothing; 'everysec' up to one second."""
+    partitions: int = 64
+    """Number of partitions; fixed at first start of an installation."""
+    max_batch: int = 1024
+    """Most requests in one micro-batch."""
+    batch_window_ms: float = 1.0
+    """How long an idle batcher waits for more requests before flushing."""
+    max_queue: int = 100_000
+    """Requests waiting for a batch before new ones are refused (backpressure)."""
+    answer_retention_s: int = 3600
+    """How long an ended session (and an event) keeps its answers for retransmissions."""
+    answers_kept: int = 4
+    """How many recent answers an open session keeps for retransmissions."""
+    account_cache_size: int = 200_000
+    """Accounts (with their sessions) cached in process, validated by version on apply."""
+    subscriber_cache_s: float = 2.0
+    """How long a subscriber -> account lookup is cached."""
+    plan_refresh_s: float = 1.0
+    """How often the current version of a cached plan is checked."""
+    max_requests_per_call: int = 10_000
+    """Most requests in one ChargeBatch / ChargeStream message."""
+    max_units_per_request: int = 64
+    """Most rating groups (MSCC) in one request."""
+    max_id_length: int = 256
+    """Longest session, subscriber, account, plan or bucket id."""
+    max_units: int = 2**50
+    """Largest unit count accepted in one report or request (about 1 PiB)."""
+    redis_timeout_s: float = 5.0
+    """Deadline of one Redis round trip."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM: how long in-flight batches may take to finish."""
+    log_level: str = "INFO"
+    log_format: str = "json"
+    """'json' (one object per line) or 'text'."""
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    try:
+        if kind is bool and isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return kind(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting {name!r}: cannot use {value!r} as {kind.__name__}") from e
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: dict[str, str] | None = None, **overrides: Any) -> Config:
+    """File values, then TOLLGATE_* / REDIS_URL from the environment, then explicit overrides."""
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+        values.update(data.get("tollgate", data))
+    kinds = {f.name: type(f.default) for f in fields(Config)}
+    unknown = set(values) - set(kinds)
+    if unknown:
+        raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+    if env.get("REDIS_URL"):
+        values["redis_url"] = env["REDIS_URL"]
+    for name in kinds:
+        key = f"TOLLGATE_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = Config(**{k: _coerce(k, kinds[k], v) for k, v in values.items()})
+    if config.partitions < 1 or config.max_batch < 1 or config.max_queue < 1:
+        raise ConfigError("partitions, max_batch and max_queue must be positive")
+    if config.appendfsync not in ("always", "everysec", "no"):
+        raise ConfigError("appendfsync must be always, everysec or no")
+    return config

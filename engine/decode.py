@@ -1,0 +1,135 @@
+"""Decode and validate gateway requests; a bad request becomes an error answer, never a crash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import Config
+from engine.domain import RequestType, ResultCode, UnitType
+from tollgate.v1 import charging_pb2 as pb
+
+UnitsTuple = tuple[int, int, int, int, int]
+"""(total_octets, input_octets, output_octets, time_seconds, service_units)"""
+
+REPORTING_REASONS = frozenset(pb.ReportingReason.values())
+UNIT_FIELDS = ("total_octets", "input_octets", "output_octets", "time_seconds", "service_units")
+
+
+@dataclass(slots=True)
+class Item:
+    """One rating group of a request (an MSCC)."""
+
+    rating_group: int
+    service_id: int
+    used: UnitsTuple | None
+    requested: UnitsTuple | None  # None = no quota asked for
+
+
+@dataclass(slots=True)
+class Request:
+    session_id: str
+    request_number: int
+    type: RequestType
+    subscriber_id: str
+    time_ms: int
+    zone: str
+    origin: str
+    items: list[Item]
+
+
+class Invalid(Exception):
+    def __init__(self, code: ResultCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def units_of(u: UnitsTuple | None, unit: UnitType) -> int:
+    if u is None:
+        return 0
+    if unit == UnitType.OCTETS:
+        return u[0] if u[0] else u[1] + u[2]
+    if unit == UnitType.SECONDS:
+        return u[3]
+    return u[4]
+
+
+def units_message(amount: int, unit: UnitType) -> pb.Units:
+    if unit == UnitType.OCTETS:
+        return pb.Units(total_octets=amount)
+    if unit == UnitType.SECONDS:
+        return pb.Units(time_seconds=amount)
+    return pb.Units(service_units=amount)
+
+
+def _units(msg: pb.Units, where: str, limit: int) -> UnitsTuple:
+    values = (msg.total_octets, msg.input_octets, msg.output_octets, msg.time_seconds,
+              msg.service_units)
+    for name, v in zip(UNIT_FIELDS, values, strict=True):
+        if v < 0:
+            raise Invalid(ResultCode.INVALID_AVP_VALUE, f"{where}.{name} is negative ({v})")
+        if v > limit:
+            raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                          f"{where}.{name} is larger than the limit {limit} ({v})")
+    return values
+
+
+def _id(value: str, name: str, limit: int) -> str:
+    if not value:
+        raise Invalid(ResultCode.MISSING_AVP, f"{name} is required")
+    if len(value) > limit:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE, f"{name} is longer than {limit} characters")
+    if not value.isprintable():
+        raise Invalid(ResultCode.INVALID_AVP_VALUE, f"{name} may not contain control characters")
+    return value
+
+
+def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
+    """A validated request, or Invalid naming the field that is wrong."""
+    try:
+        kind = RequestType(msg.type)
+    except ValueError:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE if msg.type else ResultCode.MISSING_AVP,
+                      f"type must be INITIAL, UPDATE, TERMINATION or EVENT (got {msg.type})"
+                      ) from None
+    limit = config.max_id_length
+    session_id = _id(msg.session_id, "session_id", limit)
+    subscriber_id = _id(msg.subscriber_id, "subscriber_id", limit)
+    if len(msg.zone) > limit or len(msg.origin) > limit:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE, f"zone and origin are limited to {limit} "
+                                                    "characters")
+    if kind == RequestType.INITIAL and msg.request_number != 0:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                      f"INITIAL must have request_number 0 (got {msg.request_number})")
+    if msg.event_time_ms < 0:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE, "event_time_ms may not be negative")
+    if len(msg.units) > config.max_units_per_request:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                      f"at most {config.max_units_per_request} rating groups per request "
+                      f"(got {len(msg.units)})")
+    items = []
+    seen: set[int] = set()
+    for n, su in enumerate(msg.units):
+        where = f"units[{n}]"
+        if su.rating_group in seen:
+            raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                          f"{where}: rating group {su.rating_group} appears twice")
+        seen.add(su.rating_group)
+        if su.reporting_reason not in REPORTING_REASONS:
+            raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                          f"{where}.reporting_reason {su.reporting_reason} is not known")
+        used = _units(su.used, f"{where}.used", config.max_units) if su.HasField("used") else None
+        requested = (_units(su.requested, f"{where}.requested", config.max_units)
+                     if su.HasField("requested") else None)
+        if kind == RequestType.EVENT and not any(used or ()) and not any(requested or ()):
+            raise Invalid(ResultCode.MISSING_AVP, f"{where}: an EVENT needs used or requested "
+                                                  "units")
+        items.append(Item(su.rating_group, su.service_id, used, requested))
+    if kind == RequestType.EVENT and not items:
+        raise Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
+    return Request(session_id, msg.request_number, kind, subscriber_id,
+                   msg.event_time_ms or now_ms, msg.zone, msg.origin, items)
+
+
+def error_answer(msg: pb.ChargeRequest, code: ResultCode, message: str) -> pb.ChargeAnswer:
+    return pb.ChargeAnswer(session_id=msg.session_id, request_number=msg.request_number,
+                           result=int(code), error_message=message)

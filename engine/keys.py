@@ -1,0 +1,47 @@
+"""Redis key names and the stable account -> partition hash (one partition = one cluster slot)."""
+
+from __future__ import annotations
+
+import zlib
+
+
+def partition_of(account_id: str, partitions: int) -> int:
+    # crc32 is stable across processes and Python versions (unlike hash()).
+    return zlib.crc32(account_id.encode()) % partitions
+
+
+def account(p: int, account_id: str) -> str:
+    return f"tg:{{p{p}}}:acct:{account_id}"
+
+
+def account_sessions(p: int, account_id: str) -> str:
+    """Set of the account's open session ids (for live reservations and the sweeper)."""
+    return f"tg:{{p{p}}}:acct:{account_id}:sessions"
+
+
+def session(p: int, session_id: str) -> str:
+    return f"tg:{{p{p}}}:sess:{session_id}"
+
+
+def usage_stream(p: int) -> str:
+    return f"tg:{{p{p}}}:usage"
+
+
+def events_stream(p: int) -> str:
+    return f"tg:{{p{p}}}:events"
+
+
+def topup_marker(p: int, topup_id: str) -> str:
+    return f"tg:{{p{p}}}:topup:{topup_id}"
+
+
+def subscriber(subscriber_id: str) -> str:
+    return f"tg:sub:{subscriber_id}"
+
+
+def plan(plan_id: str) -> str:
+    return f"tg:plan:{plan_id}"
+
+
+META = "tg:meta"
+"""Install-wide settings fixed at first start (the partition count)."""

@@ -1,0 +1,213 @@
+"""The gRPC edge: Charging and Provisioning servicers, health and reflection, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine.charging import Engine
+from engine.config import Config
+from engine.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded
+from engine.provisioning import Provisioner
+from engine.redis_server import RedisServer
+from engine.store import Store
+from tollgate.v1 import charging_pb2, charging_pb2_grpc, provisioning_pb2, provisioning_pb2_grpc
+
+log = logging.getLogger("tollgate.server")
+
+T = TypeVar("T")
+
+STATUS_OF = {InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+             NotFound: grpc.StatusCode.NOT_FOUND,
+             AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+             Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+async def _call(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
+    """Maps engine errors to gRPC status codes with their message."""
+    try:
+        return await work
+    except (InvalidArgument, NotFound, AlreadyExists, Overloaded) as e:
+        await context.abort(STATUS_OF[type(e)], str(e))
+        raise  # unreachable: abort raises
+
+
+class ChargingServicer(charging_pb2_grpc.ChargingServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _check_size(self, n: int) -> None:
+        limit = self.engine.config.max_requests_per_call
+        if n > limit:
+            raise InvalidArgument(f"{n} requests in one message; the limit is {limit}")
+
+    async def Charge(self, request: charging_pb2.ChargeRequest,  # noqa: N802
+                     context: grpc.aio.ServicerContext) -> charging_pb2.ChargeAnswer:
+        answers = await _call(context, self.engine.charge([request]))
+        return answers[0]
+
+    async def ChargeBatch(self, request: charging_pb2.ChargeBatchRequest,  # noqa: N802
+                          context: grpc.aio.ServicerContext) -> charging_pb2.ChargeBatchAnswer:
+        async def run() -> list[charging_pb2.ChargeAnswer]:
+            self._check_size(len(request.requests))
+            return await self.engine.charge(list(request.requests))
+        return charging_pb2.ChargeBatchAnswer(answers=await _call(context, run()))
+
+    async def ChargeStream(  # noqa: N802
+            self, request_iterator: AsyncIterator[charging_pb2.ChargeBatchRequest],
+            context: grpc.aio.ServicerContext) -> AsyncIterator[charging_pb2.ChargeBatchAnswer]:
+        # Batches are submitted as they arrive (pipelined) and answered strictly in order.
+        inflight: asyncio.Queue[asyncio.Future[list[charging_pb2.ChargeAnswer]] | None] = (
+            asyncio.Queue(maxsize=64))
+
+        async def reader() -> None:
+            try:
+                async for msg in request_iterator:
+                    self._check_size(len(msg.requests))
+                    futures = self.engine.submit(list(msg.requests))
+                    await inflight.put(asyncio.ensure_future(asyncio.gather(*futures)))
+            finally:
+                await inflight.put(None)
+
+        task = asyncio.create_task(reader())
+        try:
+            while (fut := await inflight.get()) is not None:
+                yield charging_pb2.ChargeBatchAnswer(answers=await fut)
+            await _call(context, task)
+        finally:
+            task.cancel()
+
+
+class ProvisioningServicer(provisioning_pb2_grpc.ProvisioningServicer):
+    def __init__(self, provisioner: Provisioner) -> None:
+        self.p = provisioner
+
+    async def PutPlan(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await _call(context, self.p.put_plan(request))
+
+    async def GetPlan(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await _call(context, self.p.get_plan(request))
+
+    async def CreateAccount(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await _call(context, self.p.create_account(request))
+
+    async def GetAccount(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await _call(context, self.p.get_account(request))
+
+    async def CreateSubscriber(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await _call(context, self.p.create_subscriber(request))
+
+    async def GetSubscriber(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await _call(context, self.p.get_subscriber(request))
+
+    async def TopUp(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await _call(context, self.p.top_up(request))
+
+
+SERVICE_NAMES = (
+    charging_pb2.DESCRIPTOR.services_by_name["Charging"].full_name,
+    provisioning_pb2.DESCRIPTOR.services_by_name["Provisioning"].full_name,
+)
+
+
+def create_server(engine: Engine, provisioner: Provisioner, address: str
+                  ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """A grpc.aio server with every service registered, bound but not started."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", 1),
+    ])
+    charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(engine), server)
+    provisioning_pb2_grpc.add_ProvisioningServicer_to_server(
+        ProvisioningServicer(provisioner), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
+                                         health.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port, health_servicer
+
+
+@dataclass
+class Tollgate:
+    """A running Tollgate: Redis (embedded unless configured), store, engine and gRPC server."""
+
+    config: Config
+    redis: RedisServer | None = None
+    store: Store | None = None
+    engine: Engine | None = None
+    server: grpc.aio.Server | None = None
+    port: int = 0
+    health: health.HealthServicer | None = None
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> Tollgate:
+        url = self.config.redis_url
+        if not url:
+            self.redis = await asyncio.to_thread(
+                RedisServer(self.config.data_dir, appendfsync=self.config.appendfsync).start)
+            url = self.redis.url
+            log.info("embedded redis-server started", extra={"url": url,
+                                                              "data_dir": self.config.data_dir})
+        self.store = Store(url, self.config.partitions, self.config.redis_timeout_s)
+        await self.store.init()
+        self.engine = Engine(self.store, self.config)
+        self.engine.start()
+        self.server, self.port, self.health = create_server(
+            self.engine, Provisioner(self.store, self.config.max_id_length), self.config.listen)
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("tollgate serving", extra={"address": self.address})
+        return self
+
+    async def stop(self) -> None:
+        """Stops taking calls, finishes in-flight batches, then closes Redis."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            grace = self.config.shutdown_grace_s
+            stopping = asyncio.create_task(self.server.stop(grace))
+            if self.engine is not None:
+                await self.engine.close()
+            await stopping
+        if self.store is not None:
+            await self.store.close()
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.stop)
+        log.info("tollgate stopped")
+
+    async def __aenter__(self) -> Tollgate:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(config: Config, ready: Callable[[Tollgate], None] | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Tollgate(config) as app:
+        if ready is not None:
+            ready(app)
+        await stop.wait()
+        log.info("shutdown requested")
