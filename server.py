@@ -50,19 +50,19 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         if n > limit:
             raise InvalidArgument(f"{n} requests in one message; the limit is {limit}")
 
-    async def Charge(self, request: charging_pb2.ChargeRequest,  # noqa: N802
+    async def Charge(self, request: charging_pb2.ChargeRequest,
                      context: grpc.aio.ServicerContext) -> charging_pb2.ChargeAnswer:
         answers = await _call(context, self.engine.charge([request]))
         return answers[0]
 
-    async def ChargeBatch(self, request: charging_pb2.ChargeBatchRequest,  # noqa: N802
+    async def ChargeBatch(self, request: charging_pb2.ChargeBatchRequest,
                           context: grpc.aio.ServicerContext) -> charging_pb2.ChargeBatchAnswer:
         async def run() -> list[charging_pb2.ChargeAnswer]:
             self._check_size(len(request.requests))
             return await self.engine.charge(list(request.requests))
         return charging_pb2.ChargeBatchAnswer(answers=await _call(context, run()))
 
-    async def ChargeStream(  # noqa: N802
+    async def ChargeStream(
             self, request_iterator: AsyncIterator[charging_pb2.ChargeBatchRequest],
             context: grpc.aio.ServicerContext) -> AsyncIterator[charging_pb2.ChargeBatchAnswer]:
         # Batches are submitted as they arrive (pipelined) and answered strictly in order.
@@ -91,25 +91,25 @@ class ProvisioningServicer(provisioning_pb2_grpc.ProvisioningServicer):
     def __init__(self, provisioner: Provisioner) -> None:
         self.p = provisioner
 
-    async def PutPlan(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def PutPlan(self, request, context):  # type: ignore[no-untyped-def]
         return await _call(context, self.p.put_plan(request))
 
-    async def GetPlan(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def GetPlan(self, request, context):  # type: ignore[no-untyped-def]
         return await _call(context, self.p.get_plan(request))
 
-    async def CreateAccount(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def CreateAccount(self, request, context):  # type: ignore[no-untyped-def]
         return await _call(context, self.p.create_account(request))
 
-    async def GetAccount(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def GetAccount(self, request, context):  # type: ignore[no-untyped-def]
         return await _call(context, self.p.get_account(request))
 
-    async def CreateSubscriber(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def CreateSubscriber(self, request, context):  # type: ignore[no-untyped-def]
         return await _call(context, self.p.create_subscriber(request))
 
-    async def GetSubscriber(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def GetSubscriber(self, request, context):  # type: ignore[no-untyped-def]
         return await _call(context, self.p.get_subscriber(request))
 
-    async def TopUp(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def TopUp(self, request, context):  # type: ignore[no-untyped-def]
         return await _call(context, self.p.top_up(request))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -77,10 +78,8 @@ class Batcher(Generic[T]):
                 continue
             if not busy and len(self._queue) < self.max_batch and self.window_s > 0:
                 self._full.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.window_s)
-                except TimeoutError:
-                    pass
             n = min(self.max_batch, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
             self._full.clear()

@@ -7,30 +7,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import numpy as np
-
-from engine import keys
+from engine.batch import KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher
 from engine.config import Config
-from engine.decode import Invalid, Request, decode, error_answer, units_message, units_of
-from engine.domain import (
-    MONEY_SOURCE,
-    Plan,
-    Rate,
-    Reservation,
-    RequestType,
-    ResultCode,
-    SubscriberState,
-)
+from engine.decode import Invalid, Request, decode, error_answer
+from engine.domain import Plan, RequestType, ResultCode, SubscriberState
 from engine.errors import NotFound
-from engine.kernels.charge import charge_kernel
+from engine.outcome import Outcome, build_outcome
 from engine.plans import RateTable
-from engine.state import AccountState, SessionState, reservation_value
-from engine.store import AccountWrite, SessionWrite, Store
+from engine.state import AccountState, SessionState
+from engine.store import AccountWrite, Store
 from tollgate.v1 import charging_pb2 as pb
-from tollgate.v1 import usage_pb2
 
 log = logging.getLogger("tollgate.engine")
 
@@ -39,42 +27,9 @@ MAX_RERUNS = 50
 
 DENIED_STATES = frozenset({SubscriberState.SUSPENDED, SubscriberState.TERMINATED})
 
-WANT_NONE, WANT_GRANT, WANT_DEBIT = 0, 1, 2
-
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(slots=True, eq=False)
-class Pending:
-    """A decoded request waiting for its answer."""
-
-    msg: pb.ChargeRequest
-    request: Request
-    future: asyncio.Future[pb.ChargeAnswer]
-    account_id: str = ""
-    reruns: int = 0
-    followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch
-
-    def answer(self, ans: pb.ChargeAnswer) -> None:
-        for p in (self, *self.followers):
-            if not p.future.done():
-                p.future.set_result(ans)
-        self.followers.clear()
-
-
-@dataclass(slots=True)
-class ItemRef:
-    """Where a kernel item came from, to turn its outputs back into answers and state."""
-
-    pending: Pending
-    rating_group: int
-    service_id: int
-    rate: Rate | None
-    used: int
-    reserved_units: int  # units of the reservation the item replaces
-    internal: bool  # a release of a reservation the request did not mention
 
 
 class Engine:
@@ -280,186 +235,42 @@ class Engine:
     # --- kernel, apply, answer ----------------------------------------------------------
 
     async def _run(self, batch: list[Pending]) -> list[Pending]:
-        accounts: dict[str, int] = {}
-        acct_list: list[AccountState] = []
-        for p in batch:
-            if p.account_id not in accounts:
-                accounts[p.account_id] = len(acct_list)
-                acct_list.append(self.accounts[p.account_id])
-        bucket_start = np.zeros(len(acct_list) + 1, dtype=np.int64)
-        bucket_start[1:] = np.cumsum([len(a.buckets) for a in acct_list])
-        buckets = [b for a in acct_list for b in a.buckets]
+        plans = {pid: entry[0] for pid, entry in self._plans.items()}
+        kb = assemble(batch, self.accounts, plans, self.rates)
+        res = kb.run(self.rates)
+        outcome = build_outcome(batch, kb, res, self.config.answers_kept)
+        conflicted = await self._apply(kb, outcome.writes)
+        return self._settle(batch, kb, res, outcome, conflicted)
 
-        refs: list[ItemRef] = []
-        cols: dict[str, list[int]] = {k: [] for k in (
-            "acct", "rg", "rate", "time", "used", "want", "requested", "res_src", "res_amount")}
-        for p in batch:
-            a = accounts[p.account_id]
-            acct = acct_list[a]
-            req = p.request
-            plan_entry = self._plans.get(acct.plan_id)
-            rows = self.rates.rows(plan_entry[0]) if plan_entry else {}
-            session = acct.sessions.get(req.session_id)
-            held = dict(session.reservations) if session and not session.is_event else {}
-            entries = [(it.rating_group, it.service_id, it.used, it.requested, False)
-                       for it in req.items]
-            if req.type == RequestType.TERMINATION:
-                mentioned = {it.rating_group for it in req.items}
-                entries += [(rg, 0, None, None, True) for rg in sorted(held) if rg not in mentioned]
-            for rg, service_id, used_u, requested_u, internal in entries:
-                row = rows.get((rg, req.zone), -1)
-                rate = self.rates.rates[row] if row >= 0 else None
-                used = units_of(used_u, rate.unit_type) if rate else 0
-                requested = units_of(requested_u, rate.unit_type) if rate else 0
-                if req.type == RequestType.EVENT:
-                    want, used = WANT_DEBIT, used or requested
-                elif requested_u is not None and req.type != RequestType.TERMINATION:
-                    want = WANT_GRANT
-                else:
-                    want = WANT_NONE
-                res = held.get(rg)
-                src, amount = MONEY_SOURCE, 0
-                if res is not None:
-                    amount = res.amount
-                    if res.bucket_id:
-                        src = int(bucket_start[a]) + acct.bucket_index(res.bucket_id)
-                refs.append(ItemRef(p, rg, service_id, rate, used,
-                                    res.units if res else 0, internal))
-                for k, v in (("acct", a), ("rg", rg), ("rate", row), ("time", req.time_ms),
-                             ("used", used), ("want", want), ("requested", requested),
-                             ("res_src", src), ("res_amount", amount)):
-                    cols[k].append(v)
-
-        i64 = {k: np.array(v, dtype=np.int64) for k, v in cols.items()}
-        rg_lists = [b.rating_groups for b in buckets]
-        (result, granted, res_src, res_amount, charged, money, money_reserved, remaining,
-         bucket_reserved, chg_item, chg_src, chg_units, chg_money) = charge_kernel(
-            i64["acct"], i64["rg"], i64["rate"], i64["time"], i64["used"], i64["want"],
-            i64["requested"], i64["res_src"], i64["res_amount"], *self.rates.arrays(),
-            np.array([a.money for a in acct_list], dtype=np.int64),
-            np.array([-a.credit_limit for a in acct_list], dtype=np.int64),
-            bucket_start,
-            np.array([b.remaining for b in buckets], dtype=np.int64),
-            np.array([int(b.unit_type) for b in buckets], dtype=np.int64),
-            np.array([b.expiry_ms for b in buckets], dtype=np.int64),
-            np.concatenate([[0], np.cumsum([len(r) for r in rg_lists])]).astype(np.int64),
-            np.array([g for r in rg_lists for g in r], dtype=np.int64))
-
-        charges_of: dict[int, list[tuple[int, int, int]]] = {}
-        for i, s, u, m in zip(chg_item.tolist(), chg_src.tolist(), chg_units.tolist(),
-                              chg_money.tolist(), strict=True):
-            charges_of.setdefault(i, []).append((s, u, m))
-
-        # Answers, session state and records, per request.
-        answers: dict[int, pb.ChargeAnswer] = {}
-        new_sessions: dict[int, SessionState] = {}
-        writes: dict[str, AccountWrite] = {}
-        result_l, granted_l, src_l, amount_l, charged_l = (
-            result.tolist(), granted.tolist(), res_src.tolist(), res_amount.tolist(),
-            charged.tolist())
-        by_request: dict[int, list[int]] = {}
-        for i, ref in enumerate(refs):
-            by_request.setdefault(id(ref.pending), []).append(i)
-        for p in batch:
-            a = accounts[p.account_id]
-            acct = acct_list[a]
-            req = p.request
-            plan = self._plans[acct.plan_id][0] if acct.plan_id in self._plans else None
-            old = acct.sessions.get(req.session_id)
-            ans = pb.ChargeAnswer(session_id=req.session_id, request_number=req.request_number,
-                                  result=int(ResultCode.SUCCESS))
-            new = SessionState(
-                session_id=req.session_id, subscriber_id=req.subscriber_id,
-                last_rn=req.request_number,
-                ended=req.type in (RequestType.TERMINATION, RequestType.EVENT),
-                is_event=req.type == RequestType.EVENT, last_time_ms=req.time_ms,
-                answers=dict(old.answers) if old else {},
-                reservations=dict(old.reservations) if old and not old.is_event else {})
-            records: list[bytes] = []
-            for i in by_request.get(id(p), []):
-                ref = refs[i]
-                new.reservations.pop(ref.rating_group, None)
-                if cols["want"][i] == WANT_GRANT and granted_l[i] > 0:
-                    s = src_l[i]
-                    new.reservations[ref.rating_group] = Reservation(
-                        ref.rating_group, buckets[s].bucket_id if s != MONEY_SOURCE else "",
-                        granted_l[i], amount_l[i])
-                if ref.internal:
-                    continue
-                ans.charged_micros += charged_l[i]
-                ans.grants.append(self._grant(ref, result_l[i], granted_l[i],
-                                              cols["want"][i]))
-                if ref.used and i in charges_of:
-                    records.append(self._record(
-                        p, ref, plan, old, charges_of[i], buckets, charged_l[i]))
-            if req.type == RequestType.TERMINATION:
-                new.reservations.clear()
-            blob = ans.SerializeToString()
-            new.answers[req.request_number] = blob
-            kept = self.config.answers_kept
-            dropped = [rn for rn in new.answers if rn <= req.request_number - kept]
-            for rn in dropped:
-                del new.answers[rn]
-            answers[id(p)] = ans
-            new_sessions[id(p)] = new
-            w = writes.get(p.account_id)
-            if w is None:
-                w = writes[p.account_id] = AccountWrite(
-                    keys.account(acct.partition, acct.account_id), acct.version, {})
-            w.records += records
-            w.sessions.append(SessionWrite(
-                keys.session(acct.partition, req.session_id),
-                keys.account_sessions(acct.partition, acct.account_id), req.session_id,
-                new.ended, self._session_fields(new, req, p.account_id, blob),
-                [f"r:{rg}" for rg in (old.reservations if old else {})
-                 if rg not in new.reservations] + [f"a:{rn}" for rn in dropped]))
-
-        # Balance changes, per account.
-        money_l, mres_l, rem_l, bres_l = (money.tolist(), money_reserved.tolist(),
-                                          remaining.tolist(), bucket_reserved.tolist())
-        for account_id, w in writes.items():
-            a = accounts[account_id]
-            acct = acct_list[a]
-            inc = w.increments
-            if money_l[a] != acct.money:
-                inc["money"] = money_l[a] - acct.money
-            if mres_l[a]:
-                inc["mres"] = mres_l[a]
-            for k in range(int(bucket_start[a]), int(bucket_start[a + 1])):
-                b = buckets[k]
-                if rem_l[k] != b.remaining:
-                    inc[f"b:{b.bucket_id}:rem"] = rem_l[k] - b.remaining
-                if bres_l[k]:
-                    inc[f"b:{b.bucket_id}:res"] = bres_l[k]
-
+    async def _apply(self, kb: KernelBatch, writes: dict[str, AccountWrite]) -> set[str]:
+        """Applies every account's write; returns the accounts refused by the version check."""
         by_partition: dict[int, list[AccountWrite]] = {}
         owners: dict[int, list[str]] = {}
         for account_id, w in writes.items():
-            p_no = acct_list[accounts[account_id]].partition
-            by_partition.setdefault(p_no, []).append(w)
-            owners.setdefault(p_no, []).append(account_id)
-        retention_ms = self.config.answer_retention_s * 1000
-        refused = await self.store.apply(by_partition, retention_ms)
-        conflicted = {owners[p_no][g] for p_no, groups in refused.items() for g in groups}
+            p = kb.accounts[kb.index[account_id]].partition
+            by_partition.setdefault(p, []).append(w)
+            owners.setdefault(p, []).append(account_id)
+        refused = await self.store.apply(by_partition, self.config.answer_retention_s * 1000)
+        return {owners[p][g] for p, groups in refused.items() for g in groups}
 
-        # Answer, or run again with fresh state when another writer moved the account.
-        again: list[Pending] = []
-        for account_id in writes:
-            acct = self.accounts.get(account_id)
+    def _settle(self, batch: list[Pending], kb: KernelBatch, res: KernelResult,
+                outcome: Outcome, conflicted: set[str]) -> list[Pending]:
+        """Brings the cache up to what was applied and answers; requests of accounts another
+        writer moved are returned, to run again on fresh state."""
+        for account_id in outcome.writes:
             if account_id in conflicted:
                 self.accounts.pop(account_id, None)
                 self.conflicts += 1
                 continue
-            if acct is None:
-                continue
-            a = accounts[account_id]
+            a = kb.index[account_id]
+            acct = kb.accounts[a]
             acct.version += 1
-            acct.money = money_l[a]
-            acct.money_reserved += mres_l[a]
-            for k in range(int(bucket_start[a]), int(bucket_start[a + 1])):
-                b = buckets[k]
-                b.remaining = rem_l[k]
-                b.reserved += bres_l[k]
+            acct.money = res.money[a]
+            acct.money_reserved += res.money_reserved[a]
+            for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
+                kb.buckets[k].remaining = res.remaining[k]
+                kb.buckets[k].reserved += res.bucket_reserved[k]
+        again: list[Pending] = []
         for p in batch:
             if p.account_id in conflicted:
                 p.reruns += 1
@@ -469,64 +280,11 @@ class Engine:
                 else:
                     again.append(p)
                 continue
-            new = new_sessions[id(p)]
-            acct = self.accounts.get(p.account_id)
-            if acct is not None:
-                if new.ended and not new.is_event:
-                    acct.sessions.pop(new.session_id, None)
-                else:
-                    acct.sessions[new.session_id] = new
-            p.answer(answers[id(p)])
+            session = outcome.sessions[id(p)]
+            acct = kb.accounts[kb.index[p.account_id]]
+            if session.ended and not session.is_event:
+                acct.sessions.pop(session.session_id, None)
+            else:
+                acct.sessions[session.session_id] = session
+            p.answer(outcome.answers[id(p)])
         return again
-
-    @staticmethod
-    def _session_fields(s: SessionState, req: Request, account_id: str,
-                        answer: bytes) -> dict[str, bytes | str | int]:
-        st = "event" if s.is_event else ("ended" if s.ended else "open")
-        fields: dict[str, bytes | str | int] = {
-            "rn": s.last_rn, "st": st, "t": s.last_time_ms, "sub": req.subscriber_id,
-            "acct": account_id, f"a:{req.request_number}": answer}
-        for rg, r in s.reservations.items():
-            fields[f"r:{rg}"] = reservation_value(r)
-        return fields
-
-    @staticmethod
-    def _grant(ref: ItemRef, result: int, granted: int, want: int) -> pb.ServiceGrant:
-        g = pb.ServiceGrant(rating_group=ref.rating_group, service_id=ref.service_id,
-                            result=result)
-        rate = ref.rate
-        if rate is None or result != ResultCode.SUCCESS or want == WANT_NONE:
-            return g
-        g.granted.CopyFrom(units_message(granted, rate.unit_type))
-        if want == WANT_GRANT:
-            g.validity_time_s = rate.validity_time_s
-            g.quota_holding_time_s = rate.quota_holding_time_s
-            if rate.threshold_percent:
-                threshold = granted * rate.threshold_percent // 100
-                if rate.unit_type == 1:
-                    g.volume_threshold_octets = threshold
-                elif rate.unit_type == 2:
-                    g.time_threshold_s = threshold
-        return g
-
-    @staticmethod
-    def _record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState | None,
-                charges: list[tuple[int, int, int]], buckets: list, money: int) -> bytes:
-        req = p.request
-        rate = ref.rate
-        assert rate is not None
-        overage = max(0, ref.used - ref.reserved_units) if req.type != RequestType.EVENT else 0
-        return usage_pb2.RatedUsage(
-            kind=usage_pb2.USAGE, account_id=p.account_id, subscriber_id=req.subscriber_id,
-            session_id=req.session_id, request_number=req.request_number,
-            rating_group=ref.rating_group, service_id=ref.service_id, zone=req.zone,
-            unit_type=int(rate.unit_type), units=ref.used,
-            start_time_ms=old.last_time_ms if old and not old.is_event else req.time_ms,
-            end_time_ms=req.time_ms, plan_id=plan.plan_id if plan else "",
-            plan_version=plan.version if plan else 0, price_micros=rate.price_micros,
-            increment=rate.increment, money_micros=money,
-            charges=[usage_pb2.BalanceCharge(
-                bucket_id=buckets[s].bucket_id if s != MONEY_SOURCE else "", units=u, micros=m)
-                for s, u, m in charges],
-            overage=overage > 0, overage_units=overage, origin=req.origin,
-        ).SerializeToString()

@@ -1,4 +1,4 @@
-"""Plans: validation, protobuf conversion, and compilation into the rate arrays the kernel indexes."""
+"""Plans: validation, protobuf conversion, and compilation into the kernel's rate arrays."""
 
 from __future__ import annotations
 

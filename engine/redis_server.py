@@ -57,7 +57,8 @@ class RedisServer:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     err = self.process.stderr.read().decode() if self.process.stderr else ""
                     self.stop()
-                    raise ConfigError(f"redis-server did not start on port {self.port}: {err}")
+                    raise ConfigError(
+                        f"redis-server did not start on port {self.port}: {err}") from None
                 time.sleep(0.02)
         client.close()
         return self

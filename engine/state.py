@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.domain import Bucket, Reservation, UnitType
 
@@ -56,7 +57,7 @@ def bucket_fields(b: Bucket) -> dict[str, str | int]:
 
 
 def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> AccountState:
-    metas: dict[str, dict[str, int | list[int]]] = {}
+    metas: dict[str, dict[str, Any]] = {}
     counters: dict[str, int] = {}
     for k, v in h.items():
         key = _s(k)
@@ -67,13 +68,11 @@ def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> Acc
                 metas[key[2:]] = json.loads(v)
     buckets = []
     for bid, m in metas.items():
-        rgs = m["rgs"]
-        assert isinstance(rgs, list)
         buckets.append(Bucket(
-            bucket_id=bid, rating_groups=tuple(rgs), unit_type=UnitType(m["unit"]),
-            initial=int(m["init"]),  # type: ignore[arg-type]
-            remaining=counters.get(f"b:{bid}:rem", 0), reserved=counters.get(f"b:{bid}:res", 0),
-            priority=int(m["prio"]), expiry_ms=int(m["exp"])))  # type: ignore[arg-type]
+            bucket_id=bid, rating_groups=tuple(m["rgs"]), unit_type=UnitType(m["unit"]),
+            initial=int(m["init"]), remaining=counters.get(f"b:{bid}:rem", 0),
+            reserved=counters.get(f"b:{bid}:res", 0), priority=int(m["prio"]),
+            expiry_ms=int(m["exp"])))
     buckets.sort(key=lambda b: (b.priority, b.expiry_ms or NEVER, b.bucket_id))
     return AccountState(
         account_id=account_id, partition=partition, version=int(h[b"ver"]),

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -19,8 +19,8 @@ from engine.domain import Bucket, Plan, SubscriberState
 from engine.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
 from engine.plans import plan_from_proto, plan_to_proto
 from engine.state import AccountState, SessionState, bucket_fields, parse_account, parse_session
-from tollgate.v1 import common_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
+from tollgate.v1 import usage_pb2
 
 LUA = Path(__file__).parent / "lua"
 TOPUP_MARKER_TTL_MS = 400 * 24 * 3600 * 1000  # a top-up id stays known for over a year
@@ -179,12 +179,13 @@ class Store:
 
     async def get_account(self, account_id: str) -> tuple[AccountState, list[SessionState]]:
         p = self.partition(account_id)
-        h = await self.redis.hgetall(keys.account(p, account_id))
+        h = cast(dict[bytes, bytes], await self.redis.hgetall(keys.account(p, account_id)))
         if not h:
             raise NotFound(f"account {account_id!r} does not exist")
         acct = parse_account(account_id, p, h)
-        session_ids = sorted(m.decode() for m in
-                             await self.redis.smembers(keys.account_sessions(p, account_id)))
+        members = cast(set[bytes],
+                       await self.redis.smembers(keys.account_sessions(p, account_id)))
+        session_ids = sorted(m.decode() for m in members)
         pipe = self.redis.pipeline(transaction=False)
         for sid in session_ids:
             pipe.hgetall(keys.session(p, sid))
@@ -226,8 +227,7 @@ class Store:
 
     async def usage_records(self, p: int) -> list[tuple[str, usage_pb2.RatedUsage]]:
         """Every record of a partition stream, oldest first (for tests and tools)."""
-        entries = await self.redis.xrange(keys.usage_stream(p))
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       await self.redis.xrange(keys.usage_stream(p)))
         return [(rid.decode(), usage_pb2.RatedUsage.FromString(f[b"r"])) for rid, f in entries]
 
-
-UNIT_TYPE_NAMES = {v: k for k, v in common_pb2.UnitType.items()}

@@ -60,7 +60,7 @@ def charge_kernel(
     item_rate: np.ndarray,       # rate index, -1 = not priced
     item_time: np.ndarray,       # event time, Unix ms
     item_used: np.ndarray,       # units to commit (0 = none)
-    item_want: np.ndarray,       # 1 = grant new units (session), 2 = direct debit of item_used (event)
+    item_want: np.ndarray,       # 0 = commit only, 1 = also grant, 2 = direct debit (event)
     item_requested: np.ndarray,  # units asked for, 0 = the rate's default quota
     item_res_src: np.ndarray,    # current reservation: bucket index or -1 (money)
     item_res_amount: np.ndarray,  # micros or bucket units held (0 = no reservation)
@@ -71,13 +71,13 @@ def charge_kernel(
     rate_unit: np.ndarray,
     acct_money: np.ndarray,      # free money per account (reservations taken out)
     acct_floor: np.ndarray,      # lowest the free money may go by a grant: -credit limit
-    acct_bucket_start: np.ndarray,  # buckets of account a: [start[a], start[a+1]), in consumption order
+    acct_bucket_start: np.ndarray,  # account a: buckets start[a]..start[a+1], consumption order
     bucket_remaining: np.ndarray,
     bucket_unit: np.ndarray,
     bucket_expiry: np.ndarray,
     bucket_rg_start: np.ndarray,
     bucket_rgs: np.ndarray,
-):
+) -> tuple[np.ndarray, ...]:
     """Runs every item in batch order; items of one account see each other's effects.
 
     Per item: give back the current reservation, charge the used units (buckets in

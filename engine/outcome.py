@@ -1,0 +1,148 @@
+"""Kernel outputs -> answers, new session state, rated usage records and account writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine import keys
+from engine.batch import WANT_GRANT, WANT_NONE, ItemRef, KernelBatch, KernelResult, Pending
+from engine.decode import Request, units_message
+from engine.domain import MONEY_SOURCE, Bucket, Plan, RequestType, ResultCode, UnitType
+from engine.domain import Reservation as Res
+from engine.state import AccountState, SessionState, reservation_value
+from engine.store import AccountWrite, SessionWrite
+from tollgate.v1 import charging_pb2 as pb
+from tollgate.v1 import usage_pb2
+
+
+@dataclass(slots=True)
+class Outcome:
+    answers: dict[int, pb.ChargeAnswer]  # id(pending) -> answer
+    sessions: dict[int, SessionState]  # id(pending) -> the session after it
+    writes: dict[str, AccountWrite]  # account id -> what to apply
+
+
+def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
+                  answers_kept: int) -> Outcome:
+    out = Outcome({}, {}, {})
+    for p in batch:
+        a = kb.index[p.account_id]
+        acct = kb.accounts[a]
+        w = out.writes.get(p.account_id)
+        if w is None:
+            w = out.writes[p.account_id] = AccountWrite(
+                keys.account(acct.partition, acct.account_id), acct.version,
+                _increments(kb, res, a))
+        _request_outcome(p, acct, kb, res, answers_kept, out, w)
+    return out
+
+
+def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: KernelResult,
+                     answers_kept: int, out: Outcome, w: AccountWrite) -> None:
+    req = p.request
+    plan = kb.plans[kb.index[p.account_id]]
+    old = acct.sessions.get(req.session_id)
+    ans = pb.ChargeAnswer(session_id=req.session_id, request_number=req.request_number,
+                          result=int(ResultCode.SUCCESS))
+    new = SessionState(
+        session_id=req.session_id, subscriber_id=req.subscriber_id, last_rn=req.request_number,
+        ended=req.type in (RequestType.TERMINATION, RequestType.EVENT),
+        is_event=req.type == RequestType.EVENT, last_time_ms=req.time_ms,
+        answers=dict(old.answers) if old is not None else {},
+        reservations=dict(old.reservations) if old is not None and not old.is_event else {})
+    for i in kb.items_of[id(p)]:
+        ref = kb.refs[i]
+        # The kernel gave back the old reservation of every item; a grant is the new one.
+        new.reservations.pop(ref.rating_group, None)
+        if ref.want == WANT_GRANT and res.granted[i] > 0:
+            s = res.res_src[i]
+            new.reservations[ref.rating_group] = Res(
+                ref.rating_group, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
+                res.granted[i], res.res_amount[i])
+        if ref.internal:
+            continue
+        ans.charged_micros += res.charged[i]
+        ans.grants.append(grant(ref, res.result[i], res.granted[i]))
+        if ref.used and i in res.charges:
+            w.records.append(usage_record(p, ref, plan, old, res.charges[i], kb.buckets,
+                                          res.charged[i]))
+    blob = ans.SerializeToString()
+    new.answers[req.request_number] = blob
+    dropped = [rn for rn in new.answers if rn <= req.request_number - answers_kept]
+    for rn in dropped:
+        del new.answers[rn]
+    out.answers[id(p)] = ans
+    out.sessions[id(p)] = new
+    gone = [f"r:{rg}" for rg in (old.reservations if old is not None else {})
+            if rg not in new.reservations]
+    w.sessions.append(SessionWrite(
+        keys.session(acct.partition, req.session_id),
+        keys.account_sessions(acct.partition, acct.account_id), req.session_id, new.ended,
+        session_fields(new, req, p.account_id, blob), gone + [f"a:{rn}" for rn in dropped]))
+
+
+def _increments(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:
+    acct = kb.accounts[a]
+    inc: dict[str, int] = {}
+    if res.money[a] != acct.money:
+        inc["money"] = res.money[a] - acct.money
+    if res.money_reserved[a]:
+        inc["mres"] = res.money_reserved[a]
+    for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
+        b = kb.buckets[k]
+        if res.remaining[k] != b.remaining:
+            inc[f"b:{b.bucket_id}:rem"] = res.remaining[k] - b.remaining
+        if res.bucket_reserved[k]:
+            inc[f"b:{b.bucket_id}:res"] = res.bucket_reserved[k]
+    return inc
+
+
+def session_fields(s: SessionState, req: Request, account_id: str,
+                   answer: bytes) -> dict[str, bytes | str | int]:
+    st = "event" if s.is_event else ("ended" if s.ended else "open")
+    fields: dict[str, bytes | str | int] = {
+        "rn": s.last_rn, "st": st, "t": s.last_time_ms, "sub": req.subscriber_id,
+        "acct": account_id, f"a:{req.request_number}": answer}
+    for rg, r in s.reservations.items():
+        fields[f"r:{rg}"] = reservation_value(r)
+    return fields
+
+
+def grant(ref: ItemRef, result: int, granted: int) -> pb.ServiceGrant:
+    g = pb.ServiceGrant(rating_group=ref.rating_group, service_id=ref.service_id, result=result)
+    rate = ref.rate
+    if rate is None or result != ResultCode.SUCCESS or ref.want == WANT_NONE:
+        return g
+    g.granted.CopyFrom(units_message(granted, rate.unit_type))
+    if ref.want == WANT_GRANT:
+        g.validity_time_s = rate.validity_time_s
+        g.quota_holding_time_s = rate.quota_holding_time_s
+        threshold = granted * rate.threshold_percent // 100
+        if rate.unit_type == UnitType.OCTETS:
+            g.volume_threshold_octets = threshold
+        elif rate.unit_type == UnitType.SECONDS:
+            g.time_threshold_s = threshold
+    return g
+
+
+def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState | None,
+                 charges: list[tuple[int, int, int]], buckets: list[Bucket],
+                 money: int) -> bytes:
+    req = p.request
+    rate = ref.rate
+    assert rate is not None  # only priced items charge
+    overage = max(0, ref.used - ref.reserved_units) if req.type != RequestType.EVENT else 0
+    return usage_pb2.RatedUsage(
+        kind=usage_pb2.USAGE, account_id=p.account_id, subscriber_id=req.subscriber_id,
+        session_id=req.session_id, request_number=req.request_number,
+        rating_group=ref.rating_group, service_id=ref.service_id, zone=req.zone,
+        unit_type=int(rate.unit_type), units=ref.used,
+        start_time_ms=old.last_time_ms if old is not None and not old.is_event else req.time_ms,
+        end_time_ms=req.time_ms, plan_id=plan.plan_id if plan else "",
+        plan_version=plan.version if plan else 0, price_micros=rate.price_micros,
+        increment=rate.increment, money_micros=money,
+        charges=[usage_pb2.BalanceCharge(
+            bucket_id=buckets[s].bucket_id if s != MONEY_SOURCE else "", units=u, micros=m)
+            for s, u, m in charges],
+        overage=overage > 0, overage_units=overage, origin=req.origin,
+    ).SerializeToString()
