@@ -48,12 +48,13 @@ def batches(draw):
     return items, rates, money, floors, buckets
 
 
-def run_kernel(items, rates, money, floors, buckets):
+def kernel_args(items, rates, money, floors, buckets):
+    """The kernel's arrays for a reference-style batch."""
     i64 = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
     n_accounts = len(money)
     bucket_start = np.searchsorted(i64([b.account for b in buckets]), np.arange(n_accounts + 1))
     rg_start = np.cumsum([0] + [len(b.rating_groups) for b in buckets])
-    return charge_kernel(
+    return (
         i64([it.account for it in items]), i64([it.rating_group for it in items]),
         i64([it.rate for it in items]), i64([it.time for it in items]),
         i64([it.used for it in items]), i64([it.want for it in items]),
@@ -66,6 +67,10 @@ def run_kernel(items, rates, money, floors, buckets):
         i64([b.expiry for b in buckets]), rg_start.astype(np.int64),
         i64([g for b in buckets for g in b.rating_groups]),
     )
+
+
+def run_kernel(*batch):
+    return charge_kernel(*kernel_args(*batch))
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One command for each everyday job, on a fresh Debian/Ubuntu machine with Python and apt:
+#   ./dev.sh demo [--sessions N]   start Tollgate (embedded redis-server) and drive a demo
+#   ./dev.sh test [pytest args]    run the test suite (starts its own redis-servers)
+#   ./dev.sh serve [args]          run the server (REDIS_URL to use an existing Redis)
+#   ./dev.sh lint                  ruff and mypy
+#   ./dev.sh bench [pytest args]   the benchmark suites
+# It creates .venv and installs redis-server (Debian package) when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${TOLLGATE_VENV:-.venv}
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+apt_install() {
+  echo "dev.sh: installing $* with apt-get" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  fi
+  # Reinstall when the dependencies or the .proto files (generated code) changed.
+  local stamp="$VENV/.tollgate-installed"
+  if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py proto -newer "$stamp" \
+       \( -name '*.proto' -o -name '*.toml' -o -name '*.py' \) -not -name '*_pb2*' | head -1)" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    touch "$stamp"
+  fi
+}
+
+cmd=${1:-help}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  demo)  ensure_redis; ensure_venv; exec "$VENV/bin/tollgate" demo "$@" ;;
+  serve) ensure_redis; ensure_venv; exec "$VENV/bin/tollgate" serve "$@" ;;
+  test)  ensure_redis; ensure_venv; exec "$VENV/bin/python" -m pytest "$@" ;;
+  lint)  ensure_venv; "$VENV/bin/ruff" check . && exec "$VENV/bin/mypy" engine server.py bench ;;
+  bench) ensure_redis; ensure_venv
+         exec "$VENV/bin/python" -m pytest bench --benchmark-enable --benchmark-only "$@" ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
+esac
