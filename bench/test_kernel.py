@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from engine.kernels.reference import RefBucket, RefItem, RefRate, charge_reference
 from engine.kernels.charge import charge_kernel
+from engine.kernels.reference import RefBucket, RefItem, RefRate, charge_reference
 from tests.unit.test_charge_kernel import kernel_args
 
 RATES = [RefRate(price=1000, increment=1000, first=0, quota=10_000_000, unit=1),

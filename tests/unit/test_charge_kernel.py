@@ -76,7 +76,6 @@ def run_kernel(*batch):
 @settings(max_examples=200, deadline=None)
 @given(batches())
 def test_kernel_matches_reference(batch):
-    items, rates, money, floors, buckets = batch
     (result, granted, res_src, res_amount, charged, money_after, money_reserved, remaining,
      bucket_reserved, chg_item, chg_src, chg_units, chg_money) = run_kernel(*batch)
     outs, ref_money, ref_reserved, ref_buckets = charge_reference(*batch)
