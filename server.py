@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine import metrics
 from engine.charging import Engine
 from engine.config import Config
 from engine.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded
@@ -53,20 +54,24 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
     async def Charge(self, request: charging_pb2.ChargeRequest,
                      context: grpc.aio.ServicerContext) -> charging_pb2.ChargeAnswer:
         answers = await _call(context, self.engine.charge([request]))
+        metrics.count([request], answers)
         return answers[0]
 
     async def ChargeBatch(self, request: charging_pb2.ChargeBatchRequest,
                           context: grpc.aio.ServicerContext) -> charging_pb2.ChargeBatchAnswer:
         async def run() -> list[charging_pb2.ChargeAnswer]:
             self._check_size(len(request.requests))
-            return await self.engine.charge(list(request.requests))
+            answers = await self.engine.charge(list(request.requests))
+            metrics.count(request.requests, answers)
+            return answers
         return charging_pb2.ChargeBatchAnswer(answers=await _call(context, run()))
 
     async def ChargeStream(
             self, request_iterator: AsyncIterator[charging_pb2.ChargeBatchRequest],
             context: grpc.aio.ServicerContext) -> AsyncIterator[charging_pb2.ChargeBatchAnswer]:
         # Batches are submitted as they arrive (pipelined) and answered strictly in order.
-        inflight: asyncio.Queue[asyncio.Future[list[charging_pb2.ChargeAnswer]] | None] = (
+        inflight: asyncio.Queue[tuple[charging_pb2.ChargeBatchRequest,
+                                      asyncio.Future[list[charging_pb2.ChargeAnswer]]] | None] = (
             asyncio.Queue(maxsize=64))
 
         async def reader() -> None:
@@ -74,14 +79,17 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
                 async for msg in request_iterator:
                     self._check_size(len(msg.requests))
                     futures = self.engine.submit(list(msg.requests))
-                    await inflight.put(asyncio.ensure_future(asyncio.gather(*futures)))
+                    await inflight.put((msg, asyncio.ensure_future(asyncio.gather(*futures))))
             finally:
                 await inflight.put(None)
 
         task = asyncio.create_task(reader())
         try:
-            while (fut := await inflight.get()) is not None:
-                yield charging_pb2.ChargeBatchAnswer(answers=await fut)
+            while (item := await inflight.get()) is not None:
+                msg, fut = item
+                answers = await fut
+                metrics.count(msg.requests, answers)
+                yield charging_pb2.ChargeBatchAnswer(answers=answers)
             await _call(context, task)
         finally:
             task.cancel()
@@ -171,6 +179,7 @@ class Tollgate:
         self.server, self.port, self.health = create_server(
             self.engine, Provisioner(self.store, self.config.max_id_length), self.config.listen)
         await self.server.start()
+        metrics.serve_metrics(self.config.metrics_port)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("tollgate serving", extra={"address": self.address})

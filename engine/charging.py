@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from engine import metrics
 from engine.batch import KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher
 from engine.config import Config
@@ -81,6 +82,7 @@ class Engine:
         return list(await asyncio.gather(*self.submit(msgs)))
 
     def _fail(self, batch: list[Pending], error: BaseException) -> None:
+        metrics.BATCH_ERRORS.inc()
         for p in batch:
             self.accounts.pop(p.account_id, None)
             p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY,
@@ -89,6 +91,8 @@ class Engine:
     # --- one batch ----------------------------------------------------------------------
 
     async def _process(self, batch: list[Pending]) -> list[Pending]:
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.QUEUED.set(self.batcher.queued)
         batch = await self._resolve_subscribers(batch)
         batch, deferred = self._one_request_per_session(batch)
         await self._load(batch)
@@ -156,8 +160,9 @@ class Engine:
         if not need:
             return
         wanted = [(a, sorted(s)) for a, s in need.items()]
-        for (account_id, session_ids), (acct, sessions) in zip(
-                wanted, await self.store.read_accounts(wanted), strict=True):
+        with metrics.LOAD_SECONDS.time():
+            loaded = await self.store.read_accounts(wanted)
+        for (account_id, session_ids), (acct, sessions) in zip(wanted, loaded, strict=True):
             if acct is None:
                 self.accounts.pop(account_id, None)
                 continue
@@ -237,7 +242,8 @@ class Engine:
     async def _run(self, batch: list[Pending]) -> list[Pending]:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         kb = assemble(batch, self.accounts, plans, self.rates)
-        res = kb.run(self.rates)
+        with metrics.KERNEL_SECONDS.time():
+            res = kb.run(self.rates)
         outcome = build_outcome(batch, kb, res, self.config.answers_kept)
         conflicted = await self._apply(kb, outcome.writes)
         return self._settle(batch, kb, res, outcome, conflicted)
@@ -250,7 +256,9 @@ class Engine:
             p = kb.accounts[kb.index[account_id]].partition
             by_partition.setdefault(p, []).append(w)
             owners.setdefault(p, []).append(account_id)
-        refused = await self.store.apply(by_partition, self.config.answer_retention_s * 1000)
+        with metrics.APPLY_SECONDS.time():
+            refused = await self.store.apply(by_partition,
+                                             self.config.answer_retention_s * 1000)
         return {owners[p][g] for p, groups in refused.items() for g in groups}
 
     def _settle(self, batch: list[Pending], kb: KernelBatch, res: KernelResult,
@@ -261,6 +269,7 @@ class Engine:
             if account_id in conflicted:
                 self.accounts.pop(account_id, None)
                 self.conflicts += 1
+                metrics.CONFLICTS.inc()
                 continue
             a = kb.index[account_id]
             acct = kb.accounts[a]

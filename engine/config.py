@@ -54,6 +54,8 @@ class Config:
     """Deadline of one Redis round trip."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM: how long in-flight batches may take to finish."""
+    metrics_port: int = 9464
+    """Prometheus /metrics port (0 = off); a port in use is logged and skipped."""
     log_level: str = "INFO"
     log_format: str = "json"
     """'json' (one object per line) or 'text'."""

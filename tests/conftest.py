@@ -33,7 +33,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def config(redis_url: str) -> Config:
     return Config(listen="127.0.0.1:0", redis_url=redis_url, partitions=8,
-                  batch_window_ms=0.5, log_format="text")
+                  batch_window_ms=0.5, log_format="text", metrics_port=0)
 
 
 @pytest.fixture

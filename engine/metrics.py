@@ -1,0 +1,52 @@
+"""Prometheus metrics of the hot path, served on `metrics_port` (0 = off)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from tollgate.v1 import charging_pb2 as pb
+
+log = logging.getLogger("tollgate.metrics")
+TYPE_NAMES = {v: k.lower() for k, v in pb.RequestType.items() if v}
+RESULT_NAMES = {v: k.lower() for k, v in pb.ResultCode.items() if v}
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5)
+
+REQUESTS = Counter("tollgate_requests", "Charging requests answered, by type and result",
+                   ["type", "result"])
+BATCH_SIZE = Histogram("tollgate_batch_size", "Requests per micro-batch",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+KERNEL_SECONDS = Histogram("tollgate_kernel_seconds", "Time in the charging kernel per batch",
+                           buckets=LATENCY_BUCKETS)
+LOAD_SECONDS = Histogram("tollgate_redis_load_seconds", "Redis read round trip per batch",
+                         buckets=LATENCY_BUCKETS)
+APPLY_SECONDS = Histogram("tollgate_redis_apply_seconds", "Redis apply round trip per batch",
+                          buckets=LATENCY_BUCKETS)
+CONFLICTS = Counter("tollgate_version_conflicts",
+                    "Account writes refused by the version check and run again")
+QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
+BATCH_ERRORS = Counter("tollgate_batch_errors", "Batches answered UNABLE_TO_COMPLY after an "
+                                                "error (usually Redis unreachable)")
+
+
+def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswer]) -> None:
+    for req, ans in zip(requests, answers, strict=True):
+        REQUESTS.labels(TYPE_NAMES.get(req.type, "invalid"),
+                        RESULT_NAMES.get(ans.result, str(ans.result))).inc()
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> bool:
+    """Starts the /metrics endpoint; a port in use is logged, not fatal."""
+    if not port:
+        return False
+    try:
+        start_http_server(port, addr=host)
+    except OSError as e:
+        log.warning("metrics endpoint not started", extra={"port": port, "error": str(e)})
+        return False
+    log.info("metrics endpoint started", extra={"port": port})
+    return True
