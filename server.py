@@ -167,8 +167,10 @@ class Tollgate:
     async def start(self) -> Tollgate:
         url = self.config.redis_url
         if not url:
-            self.redis = await asyncio.to_thread(
-                RedisServer(self.config.data_dir, appendfsync=self.config.appendfsync).start)
+            # Started from the main thread: the child's parent-death signal follows the
+            # thread that forked it.
+            self.redis = RedisServer(self.config.data_dir,
+                                     appendfsync=self.config.appendfsync).start()
             url = self.redis.url
             log.info("embedded redis-server started", extra={"url": url,
                                                               "data_dir": self.config.data_dir})

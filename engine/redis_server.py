@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 
 from engine.errors import ConfigError
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed Tollgate leaves no
+    orphan redis-server holding its AOF (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -29,6 +41,7 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: IO[str] | None = None
 
     @property
     def url(self) -> str:
@@ -40,13 +53,21 @@ class RedisServer:
             raise ConfigError("redis-server not found: install it (apt-get install redis-server) "
                               "or set REDIS_URL")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.data_dir / "tollgate.lock", "w")  # noqa: SIM115  held while running
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            raise ConfigError(
+                f"data folder {self.data_dir} is in use by another Tollgate") from None
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--dir", str(self.data_dir.resolve()),
              "--appendonly", "yes" if self.appendonly else "no",
              "--appendfsync", self.appendfsync, "--protected-mode", "yes",
              "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -64,6 +85,9 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -79,6 +103,9 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (for fault tests)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         if self.process is not None:
             self.process.kill()
             self.process.wait()
