@@ -93,14 +93,17 @@ class Engine:
     async def _process(self, batch: list[Pending]) -> list[Pending]:
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.QUEUED.set(self.batcher.queued)
+        order = {id(p): n for n, p in enumerate(batch)}
         batch = await self._resolve_subscribers(batch)
         batch, deferred = self._one_request_per_session(batch)
         await self._load(batch)
         batch = self._check_sessions(batch)
-        if not batch:
-            return deferred
-        await self._load_plans({self.accounts[p.account_id].plan_id for p in batch})
-        return deferred + await self._run(batch)
+        if batch:
+            await self._load_plans({self.accounts[p.account_id].plan_id for p in batch})
+            deferred += await self._run(batch)
+        # Requests run again keep their arrival order: a session's later request must not
+        # overtake an earlier one that met a version conflict.
+        return sorted(deferred, key=lambda p: order[id(p)])
 
     async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()
