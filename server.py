@@ -8,9 +8,11 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -26,6 +28,56 @@ from tollgate.v1 import charging_pb2, charging_pb2_grpc, provisioning_pb2, provi
 log = logging.getLogger("tollgate.server")
 
 T = TypeVar("T")
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for a request message that failed to parse, so the call can be refused
+    with INVALID_ARGUMENT (gRPC's own deserializer failure would answer UNKNOWN)."""
+
+    error: str
+
+
+def _parser(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            return Unreadable(f"cannot read {cls.DESCRIPTOR.name}: {e}")
+    return parse
+
+
+async def _refuse(context: grpc.aio.ServicerContext, bad: Unreadable) -> None:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.error)
+
+
+def _handler(method: Any, impl: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    parse = _parser(GetMessageClass(method.input_type))
+    serialize = GetMessageClass(method.output_type).SerializeToString
+    if method.client_streaming:
+        async def stream_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            async def checked() -> AsyncIterator[Any]:
+                async for r in requests:
+                    if isinstance(r, Unreadable):
+                        await _refuse(context, r)
+                    yield r
+            async for answer in impl(checked(), context):
+                yield answer
+        return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)
+
+    async def unary_unary(request: Any, context: Any) -> Any:
+        if isinstance(request, Unreadable):
+            await _refuse(context, request)
+        return await impl(request, context)
+    return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
+
+
+def _add_service(server: grpc.aio.Server, service: Any, servicer: object) -> None:
+    """Registers a servicer like the generated add_*_to_server, with readable errors for
+    request bytes that do not parse."""
+    handlers = {m.name: _handler(m, getattr(servicer, m.name)) for m in service.methods}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
 
 STATUS_OF = {InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
              NotFound: grpc.StatusCode.NOT_FOUND,
@@ -121,10 +173,9 @@ class ProvisioningServicer(provisioning_pb2_grpc.ProvisioningServicer):
         return await _call(context, self.p.top_up(request))
 
 
-SERVICE_NAMES = (
-    charging_pb2.DESCRIPTOR.services_by_name["Charging"].full_name,
-    provisioning_pb2.DESCRIPTOR.services_by_name["Provisioning"].full_name,
-)
+CHARGING = charging_pb2.DESCRIPTOR.services_by_name["Charging"]
+PROVISIONING = provisioning_pb2.DESCRIPTOR.services_by_name["Provisioning"]
+SERVICE_NAMES = (CHARGING.full_name, PROVISIONING.full_name)
 
 
 def create_server(engine: Engine, provisioner: Provisioner, address: str
@@ -134,9 +185,8 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 1),
     ])
-    charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(engine), server)
-    provisioning_pb2_grpc.add_ProvisioningServicer_to_server(
-        ProvisioningServicer(provisioner), server)
+    _add_service(server, CHARGING, ChargingServicer(engine))
+    _add_service(server, PROVISIONING, ProvisioningServicer(provisioner))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,

@@ -104,8 +104,8 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE, "event_time_ms may not be negative")
     if len(msg.units) > config.max_units_per_request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
-                      f"at most {config.max_units_per_request} rating groups per request "
-                      f"(got {len(msg.units)})")
+                      f"units: at most {config.max_units_per_request} rating groups per "
+                      f"request (got {len(msg.units)})")
     items = []
     seen: set[int] = set()
     for n, su in enumerate(msg.units):

@@ -31,8 +31,9 @@ def events_stream(p: int) -> str:
     return f"tg:{{p{p}}}:events"
 
 
-def topup_marker(p: int, topup_id: str) -> str:
-    return f"tg:{{p{p}}}:topup:{topup_id}"
+def topup_marker(p: int, account_id: str, topup_id: str) -> str:
+    """Top-up ids are per account: the same id on two accounts is two top-ups."""
+    return f"tg:{{p{p}}}:topup:{account_id}:{topup_id}"
 
 
 def subscriber(subscriber_id: str) -> str:

@@ -218,7 +218,7 @@ class Store:
             end_time_ms=int(time.time() * 1000),
             charges=[usage_pb2.BalanceCharge(micros=-amount)]).SerializeToString()
         reply = await self._topup(
-            keys=[keys.account(p, account_id), keys.topup_marker(p, topup_id),
+            keys=[keys.account(p, account_id), keys.topup_marker(p, account_id, topup_id),
                   keys.usage_stream(p)],
             args=[amount, record, TOPUP_MARKER_TTL_MS])
         if int(reply[0]) < 0:
