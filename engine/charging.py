@@ -153,16 +153,20 @@ class Engine:
 
     async def _load(self, batch: list[Pending]) -> None:
         """Puts every account of the batch, with the sessions it needs, in the cache."""
-        need: dict[str, set[str]] = {}
+        sessions_of: dict[str, set[str]] = {}
+        stale: set[str] = set()
         for p in batch:
+            sessions_of.setdefault(p.account_id, set()).add(p.request.session_id)
             acct = self.accounts.get(p.account_id)
             if acct is None or p.request.session_id not in acct.sessions:
-                need.setdefault(p.account_id, set()).add(p.request.session_id)
+                stale.add(p.account_id)
             else:
                 self.accounts.move_to_end(p.account_id)
-        if not need:
+        if not stale:
             return
-        wanted = [(a, sorted(s)) for a, s in need.items()]
+        # Read every session the batch needs of such an account, not only the missing ones:
+        # if the account moved on, the cached sessions are dropped with the old version.
+        wanted = [(a, sorted(sessions_of[a])) for a in stale]
         with metrics.LOAD_SECONDS.time():
             loaded = await self.store.read_accounts(wanted)
         for (account_id, session_ids), (acct, sessions) in zip(wanted, loaded, strict=True):
