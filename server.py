@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from engine.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded
 from engine.provisioning import Provisioner
 from engine.redis_server import RedisServer
 from engine.store import Store
-from tollgate.v1 import charging_pb2, charging_pb2_grpc, provisioning_pb2, provisioning_pb2_grpc
+from tollgate.v1 import charging_pb2, charging_pb2_grpc, provisioning_pb2
 
 log = logging.getLogger("tollgate.server")
 
@@ -147,30 +148,19 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             task.cancel()
 
 
-class ProvisioningServicer(provisioning_pb2_grpc.ProvisioningServicer):
+class ProvisioningServicer:
+    """Each RPC maps to the Provisioner method of the same name in snake case
+    (PutPlan -> put_plan), with engine errors turned into gRPC status codes."""
+
     def __init__(self, provisioner: Provisioner) -> None:
         self.p = provisioner
 
-    async def PutPlan(self, request, context):  # type: ignore[no-untyped-def]
-        return await _call(context, self.p.put_plan(request))
+    def __getattr__(self, rpc: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        method = getattr(self.p, re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower())
 
-    async def GetPlan(self, request, context):  # type: ignore[no-untyped-def]
-        return await _call(context, self.p.get_plan(request))
-
-    async def CreateAccount(self, request, context):  # type: ignore[no-untyped-def]
-        return await _call(context, self.p.create_account(request))
-
-    async def GetAccount(self, request, context):  # type: ignore[no-untyped-def]
-        return await _call(context, self.p.get_account(request))
-
-    async def CreateSubscriber(self, request, context):  # type: ignore[no-untyped-def]
-        return await _call(context, self.p.create_subscriber(request))
-
-    async def GetSubscriber(self, request, context):  # type: ignore[no-untyped-def]
-        return await _call(context, self.p.get_subscriber(request))
-
-    async def TopUp(self, request, context):  # type: ignore[no-untyped-def]
-        return await _call(context, self.p.top_up(request))
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await _call(context, method(request))
+        return call
 
 
 CHARGING = charging_pb2.DESCRIPTOR.services_by_name["Charging"]

@@ -85,33 +85,32 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stderr:
-            self.process.stderr.close()
-        self.process = None
+        """SIGTERM (Redis flushes its AOF), SIGKILL if it hangs."""
+        self._end(graceful=True)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (for fault tests)."""
+        self._end(graceful=False)
+
+    def _end(self, graceful: bool) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            if self.process.stderr:
-                self.process.stderr.close()
-            self.process = None
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            if graceful:
+                process.terminate()
+            else:
+                process.kill()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import grpc
 
+from engine.config import Config
+from server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
 from tollgate.v1 import common_pb2 as com
@@ -88,3 +93,15 @@ class Gateway:
 
     async def account(self, account_id: str) -> ppb.Account:
         return await self.provisioning.GetAccount(ppb.GetAccountRequest(account_id=account_id))
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Gateway]:
+    """A Tollgate of the test's own (not the fixture's) and a gateway connected to it."""
+    app = await Tollgate(config).start()
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        yield Gateway(channel)
+    finally:
+        await channel.close()
+        await app.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -17,7 +16,6 @@ import redis
 
 from engine.config import Config
 from engine.store import Store
-from server import Tollgate
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -27,6 +25,7 @@ from tests.helpers import (
     Gateway,
     mscc,
     request,
+    running,
     sample_plan,
 )
 from tollgate.v1 import charging_pb2 as cpb
@@ -83,17 +82,6 @@ def session_keys(config: Config, session_id: str) -> list[bytes]:
     finally:
         client.close()
 
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Gateway]:
-    """A Tollgate of our own (not the fixture's) and a gateway connected to it."""
-    app = await Tollgate(config).start()
-    channel = grpc.aio.insecure_channel(app.address)
-    try:
-        yield Gateway(channel)
-    finally:
-        await channel.close()
-        await app.stop()
 
 
 async def stream(gateway: Gateway, messages: list[list[cpb.ChargeRequest]]

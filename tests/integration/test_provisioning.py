@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 
 import grpc
 import pytest
@@ -11,8 +10,17 @@ import pytest
 from engine.config import Config
 from engine.keys import partition_of
 from engine.store import Store
-from server import Tollgate
-from tests.helpers import DATA_RG, EUR, MB, SMS_RG, VOICE_RG, Gateway, mscc, request, sample_plan
+from tests.helpers import (
+    DATA_RG,
+    EUR,
+    MB,
+    SMS_RG,
+    VOICE_RG,
+    mscc,
+    request,
+    running,
+    sample_plan,
+)
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -34,16 +42,6 @@ async def usage_records(config: Config) -> list[usage_pb2.RatedUsage]:
     finally:
         await store.close()
 
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Gateway]:
-    app = await Tollgate(config).start()
-    channel = grpc.aio.insecure_channel(app.address)
-    try:
-        yield Gateway(channel)
-    finally:
-        await channel.close()
-        await app.stop()
 
 
 def sms_price(plan: ppb.Plan) -> int:
