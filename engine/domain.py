@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -58,6 +58,54 @@ MICROS_PER_UNIT = 1_000_000
 """1.00 of the account currency in micro-units."""
 
 
+class FinalUnitAction(IntEnum):
+    TERMINATE = 1
+    REDIRECT = 2
+    RESTRICT_ACCESS = 3
+
+
+class EventKind(IntEnum):
+    """Values of tollgate.v1.EventKind."""
+
+    BUCKET_USED = 1
+    SPENDING_CAP = 2
+    LOW_BALANCE = 3
+    CREDIT_EXHAUSTED = 4
+    FINAL_UNITS = 5
+    MEMBER_CAP = 6
+    TOPPED_UP = 7
+    ADD_ON_BOUGHT = 8
+    STATE_CHANGED = 9
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Local-time window with its own price: weekdays bit 0 = Monday (0 = every day)."""
+
+    weekdays: int
+    start_minute: int
+    end_minute: int
+    price_micros: int
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """From `from_units` billed in the cycle on, `price_micros` per increment."""
+
+    from_units: int
+    price_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinalUnit:
+    """What the gateway is told to do with the last units it may get."""
+
+    action: FinalUnitAction = FinalUnitAction.TERMINATE
+    redirect_url: str = ""
+    filter_ids: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
     """How one rating group is priced in one zone (compiled into the plan arrays)."""
@@ -72,6 +120,10 @@ class Rate:
     validity_time_s: int = 0
     quota_holding_time_s: int = 0
     threshold_percent: int = 0
+    tiers: tuple[Tier, ...] = ()
+    windows: tuple[TimeWindow, ...] = ()
+    zero_rated: bool = False
+    not_allowed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +136,17 @@ class Bundle:
     units: int
     priority: int = 0
     validity_days: int = 0
+    renew: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AddOn:
+    """A bundle an account can buy for money (BuyAddOn)."""
+
+    addon_id: str
+    price_micros: int
+    bundle: Bundle
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +157,11 @@ class Plan:
     bundles: tuple[Bundle, ...] = ()
     name: str = ""
     currency: str = "EUR"
+    timezone: str = ""
+    cycle_days: int = 30
+    final_unit: FinalUnit = FinalUnit()
+    addons: tuple[AddOn, ...] = ()
+    low_balance_micros: int = 0
 
 
 @dataclass(slots=True)
@@ -108,6 +176,22 @@ class Bucket:
     reserved: int = 0
     priority: int = 0
     expiry_ms: int = 0
+    renew: bool = False
+    notified: int = 0  # highest used-% level already announced this cycle (0, 50, 80, 100)
+
+
+@dataclass(slots=True)
+class Member:
+    """A subscriber's limits and use on a shared account, this cycle (0 cap = none).
+    Unit lists are indexed by UnitType - 1 (octets, seconds, service units)."""
+
+    subscriber_id: str
+    cap_money: int = 0
+    cap_units: list[int] = field(default_factory=lambda: [0, 0, 0])
+    spent: int = 0  # money charged
+    money_reserved: int = 0
+    used_units: list[int] = field(default_factory=lambda: [0, 0, 0])  # units charged
+    reserved_units: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
 @dataclass(frozen=True, slots=True)

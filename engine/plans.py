@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 import numpy as np
 
-from engine.domain import Bundle, Plan, Rate, UnitType
+from engine.domain import (
+    AddOn,
+    Bundle,
+    FinalUnit,
+    FinalUnitAction,
+    Plan,
+    Rate,
+    Tier,
+    TimeWindow,
+    UnitType,
+)
 from engine.errors import InvalidArgument
 from engine.kernels.charge import MONEY_LIMIT
+from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as pb
 
 MAX_ID = 256
@@ -51,30 +64,96 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
             raise InvalidArgument(f"{where}: default_quota must be at least 1")
         if r.threshold_percent > 100:
             raise InvalidArgument(f"{where}: threshold_percent must be 0..100")
+        tiers = _tiers(r, where)
+        windows = _windows(r, where)
         rates.append(Rate(
             rating_group=r.rating_group, unit_type=_unit_type(r.unit_type, where),
             price_micros=r.price_micros, increment=r.increment,
             first_increment=r.first_increment, default_quota=r.default_quota, zone=r.zone,
             validity_time_s=r.validity_time_s, quota_holding_time_s=r.quota_holding_time_s,
-            threshold_percent=r.threshold_percent))
-    bundles = []
-    for n, b in enumerate(msg.bundles):
-        where = f"bundles[{n}]"
-        check_id(f"{where}.bucket_id", b.bucket_id)
-        if not b.rating_groups:
-            raise InvalidArgument(f"{where}: rating_groups may not be empty")
-        if b.units < 0:
-            raise InvalidArgument(f"{where}: units may not be negative")
-        bundles.append(Bundle(b.bucket_id, tuple(b.rating_groups),
-                              _unit_type(b.unit_type, where), b.units, b.priority,
-                              b.validity_days))
+            threshold_percent=r.threshold_percent, tiers=tiers, windows=windows,
+            zero_rated=r.zero_rated, not_allowed=r.not_allowed))
+    bundles = tuple(_bundle(b, f"bundles[{n}]") for n, b in enumerate(msg.bundles))
     if len({b.bucket_id for b in bundles}) != len(bundles):
         raise InvalidArgument("bundles: bucket ids must be unique")
-    return Plan(plan_id=msg.plan_id, version=version, rates=tuple(rates), bundles=tuple(bundles),
-                name=msg.name, currency=msg.currency or "EUR")
+    addons = []
+    for n, a in enumerate(msg.addons):
+        where = f"addons[{n}]"
+        check_id(f"{where}.addon_id", a.addon_id)
+        if not 0 <= a.price_micros <= MONEY_LIMIT // 4:
+            raise InvalidArgument(f"{where}: price_micros must be between 0 and {MONEY_LIMIT // 4}")
+        if not a.HasField("bundle"):
+            raise InvalidArgument(f"{where}: bundle is required")
+        addons.append(AddOn(a.addon_id, a.price_micros, _bundle(a.bundle, f"{where}.bundle"),
+                            a.name))
+    if len({a.addon_id for a in addons}) != len(addons):
+        raise InvalidArgument("addons: addon ids must be unique")
+    if msg.timezone:
+        try:
+            ZoneInfo(msg.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidArgument(f"timezone {msg.timezone!r} is not a known IANA time zone"
+                                  ) from None
+    fu = msg.final_unit
+    try:
+        action = FinalUnitAction(fu.action or FinalUnitAction.TERMINATE)
+    except ValueError:
+        raise InvalidArgument(f"final_unit.action {fu.action} is not known") from None
+    if action == FinalUnitAction.REDIRECT and not fu.redirect_url:
+        raise InvalidArgument("final_unit: REDIRECT needs a redirect_url")
+    if msg.low_balance_micros < 0:
+        raise InvalidArgument("low_balance_micros may not be negative")
+    return Plan(plan_id=msg.plan_id, version=version, rates=tuple(rates), bundles=bundles,
+                name=msg.name, currency=msg.currency or "EUR", timezone=msg.timezone,
+                cycle_days=msg.cycle_days or 30,
+                final_unit=FinalUnit(action, fu.redirect_url, tuple(fu.filter_ids)),
+                addons=tuple(addons), low_balance_micros=msg.low_balance_micros)
+
+
+def _bundle(b: pb.BundleTemplate, where: str) -> Bundle:
+    check_id(f"{where}.bucket_id", b.bucket_id)
+    if not b.rating_groups:
+        raise InvalidArgument(f"{where}: rating_groups may not be empty")
+    if not 0 <= b.units <= MONEY_LIMIT // 4:
+        raise InvalidArgument(f"{where}: units must be between 0 and {MONEY_LIMIT // 4}")
+    return Bundle(b.bucket_id, tuple(b.rating_groups), _unit_type(b.unit_type, where), b.units,
+                  b.priority, b.validity_days, b.renew)
+
+
+def _tiers(r: pb.Rate, where: str) -> tuple[Tier, ...]:
+    tiers = tuple(Tier(t.from_units, t.price_micros) for t in r.tiers)
+    last = 0
+    for n, t in enumerate(tiers):
+        if t.from_units <= last or t.from_units % r.increment:
+            raise InvalidArgument(f"{where}: tiers[{n}].from_units must rise, above 0, in "
+                                  f"multiples of the increment {r.increment}")
+        if not 0 <= t.price_micros <= MONEY_LIMIT:
+            raise InvalidArgument(f"{where}: tiers[{n}].price_micros out of range")
+        last = t.from_units
+    return tiers
+
+
+def _windows(r: pb.Rate, where: str) -> tuple[TimeWindow, ...]:
+    out = []
+    for n, w in enumerate(r.windows):
+        if w.weekdays > 127 or not w.start_minute < w.end_minute <= 1440:
+            raise InvalidArgument(f"{where}: windows[{n}] needs weekdays within 0..127 and "
+                                  "0 <= start_minute < end_minute <= 1440")
+        if not 0 <= w.price_micros <= MONEY_LIMIT:
+            raise InvalidArgument(f"{where}: windows[{n}].price_micros out of range")
+        out.append(TimeWindow(w.weekdays or 127, w.start_minute, w.end_minute, w.price_micros,
+                              w.name))
+    return tuple(out)
+
+
+def _bundle_proto(b: Bundle) -> pb.BundleTemplate:
+    return pb.BundleTemplate(bucket_id=b.bucket_id, rating_groups=list(b.rating_groups),
+                             unit_type=int(b.unit_type), units=b.units, priority=b.priority,
+                             validity_days=b.validity_days, renew=b.renew)
 
 
 def plan_to_proto(plan: Plan) -> pb.Plan:
+    fu = plan.final_unit
     return pb.Plan(
         plan_id=plan.plan_id, version=plan.version, name=plan.name, currency=plan.currency,
         rates=[pb.Rate(rating_group=r.rating_group, zone=r.zone, unit_type=int(r.unit_type),
@@ -82,11 +161,22 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
                        first_increment=r.first_increment, default_quota=r.default_quota,
                        validity_time_s=r.validity_time_s,
                        quota_holding_time_s=r.quota_holding_time_s,
-                       threshold_percent=r.threshold_percent) for r in plan.rates],
-        bundles=[pb.BundleTemplate(bucket_id=b.bucket_id, rating_groups=list(b.rating_groups),
-                                   unit_type=int(b.unit_type), units=b.units,
-                                   priority=b.priority, validity_days=b.validity_days)
-                 for b in plan.bundles])
+                       threshold_percent=r.threshold_percent,
+                       tiers=[pb.Tier(from_units=t.from_units, price_micros=t.price_micros)
+                              for t in r.tiers],
+                       windows=[pb.TimeWindow(name=w.name, weekdays=w.weekdays,
+                                              start_minute=w.start_minute,
+                                              end_minute=w.end_minute,
+                                              price_micros=w.price_micros) for w in r.windows],
+                       zero_rated=r.zero_rated, not_allowed=r.not_allowed)
+               for r in plan.rates],
+        bundles=[_bundle_proto(b) for b in plan.bundles],
+        timezone=plan.timezone, cycle_days=plan.cycle_days,
+        final_unit=cpb.FinalUnitIndication(action=int(fu.action), redirect_url=fu.redirect_url,
+                                           filter_ids=list(fu.filter_ids)),
+        addons=[pb.AddOn(addon_id=a.addon_id, name=a.name, price_micros=a.price_micros,
+                         bundle=_bundle_proto(a.bundle)) for a in plan.addons],
+        low_balance_micros=plan.low_balance_micros)
 
 
 class RateTable:

@@ -1,4 +1,26 @@
-"""Account and session state as held in Redis hashes, parsed and cached in process."""
+"""Account and session state as held in Redis hashes, parsed and cached in process.
+
+Account hash `tg:{pN}:acct:<id>` (money in micros, units as integers, all counters
+changed only through the per-account version check or by Lua that bumps `ver`):
+
+    ver            version, +1 on every change
+    plan           plan id (its current version prices)
+    money / mres   free money / money held by live reservations
+    climit         credit limit (money may go down to -climit)
+    init / topups  initial money / sum of top-ups (for reconciliation)
+    cap / spent    spending cap per cycle (0 = none) / money charged this cycle
+    cs / ce        current cycle start / end, Unix ms
+    capn lown exhn cap level announced (0/80/100), low-balance and exhausted flags (0/1)
+    cu:<rg>        units billed this cycle for a rating group (tiers)
+    b:<id>         bucket metadata, JSON {rgs, unit, prio, exp, init, renew}
+    b:<id>:rem / :res / :ntf   free units / reserved units / used-% level announced
+    m:<sub>        member caps, JSON {money, oct, sec, svc} (0 = none)
+    m:<sub>:spent / :mres      money charged this cycle / money reserved
+    m:<sub>:u1..u3 / :r1..r3   units charged this cycle / reserved, per unit type
+
+Session hash `tg:{pN}:sess:<id>`: rn, st (open|ended|event), t, sub, acct, a:<rn>
+(stored answers), r:<rg> = "bucket_id|units|amount" (reservations).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.domain import Bucket, Reservation, UnitType
+from engine.domain import Bucket, Member, Reservation, UnitType
 
 NEVER = 2**62
 """Sort key of a bucket without expiry."""
@@ -37,6 +59,15 @@ class AccountState:
     credit_limit: int
     buckets: list[Bucket]
     sessions: dict[str, SessionState] = field(default_factory=dict)
+    cap: int = 0
+    spent: int = 0
+    cycle_start: int = 0
+    cycle_end: int = 0
+    cap_level: int = 0
+    low_flag: int = 0
+    exhausted_flag: int = 0
+    cycle_units: dict[int, int] = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)
 
     def bucket_index(self, bucket_id: str) -> int:
         for k, b in enumerate(self.buckets):
@@ -51,33 +82,63 @@ def _s(v: bytes) -> str:
 
 def bucket_fields(b: Bucket) -> dict[str, str | int]:
     meta = {"rgs": list(b.rating_groups), "unit": int(b.unit_type), "prio": b.priority,
-            "exp": b.expiry_ms, "init": b.initial}
+            "exp": b.expiry_ms, "init": b.initial, "renew": int(b.renew)}
     return {f"b:{b.bucket_id}": json.dumps(meta, separators=(",", ":")),
-            f"b:{b.bucket_id}:rem": b.remaining, f"b:{b.bucket_id}:res": b.reserved}
+            f"b:{b.bucket_id}:rem": b.remaining, f"b:{b.bucket_id}:res": b.reserved,
+            f"b:{b.bucket_id}:ntf": b.notified}
+
+
+def member_caps_value(money: int, units: list[int]) -> str:
+    return json.dumps({"money": money, "oct": units[0], "sec": units[1], "svc": units[2]},
+                      separators=(",", ":"))
+
+
+MEMBER_COUNTERS = ("spent", "mres", "u1", "u2", "u3", "r1", "r2", "r3")
 
 
 def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> AccountState:
     metas: dict[str, dict[str, Any]] = {}
     counters: dict[str, int] = {}
+    members: dict[str, Member] = {}
+    cycle_units: dict[int, int] = {}
     for k, v in h.items():
         key = _s(k)
         if key.startswith("b:"):
-            if key.endswith(":rem") or key.endswith(":res"):
+            if key.endswith((":rem", ":res", ":ntf")):
                 counters[key] = int(v)
             else:
                 metas[key[2:]] = json.loads(v)
+        elif key.startswith("m:"):
+            if key.count(":") > 1 and key.rpartition(":")[2] in MEMBER_COUNTERS:
+                counters[key] = int(v)
+            else:
+                caps = json.loads(v)
+                members[key[2:]] = Member(key[2:], caps["money"],
+                                          [caps["oct"], caps["sec"], caps["svc"]])
+        elif key.startswith("cu:"):
+            cycle_units[int(key[3:])] = int(v)
+    for sid, m in members.items():
+        m.spent = counters.get(f"m:{sid}:spent", 0)
+        m.money_reserved = counters.get(f"m:{sid}:mres", 0)
+        m.used_units = [counters.get(f"m:{sid}:u{u}", 0) for u in (1, 2, 3)]
+        m.reserved_units = [counters.get(f"m:{sid}:r{u}", 0) for u in (1, 2, 3)]
     buckets = []
     for bid, m in metas.items():
         buckets.append(Bucket(
             bucket_id=bid, rating_groups=tuple(m["rgs"]), unit_type=UnitType(m["unit"]),
             initial=int(m["init"]), remaining=counters.get(f"b:{bid}:rem", 0),
             reserved=counters.get(f"b:{bid}:res", 0), priority=int(m["prio"]),
-            expiry_ms=int(m["exp"])))
+            expiry_ms=int(m["exp"]), renew=bool(m.get("renew", 0)),
+            notified=counters.get(f"b:{bid}:ntf", 0)))
     buckets.sort(key=lambda b: (b.priority, b.expiry_ms or NEVER, b.bucket_id))
     return AccountState(
         account_id=account_id, partition=partition, version=int(h[b"ver"]),
         plan_id=_s(h[b"plan"]), money=int(h[b"money"]), money_reserved=int(h.get(b"mres", 0)),
-        credit_limit=int(h.get(b"climit", 0)), buckets=buckets)
+        credit_limit=int(h.get(b"climit", 0)), buckets=buckets, cap=int(h.get(b"cap", 0)),
+        spent=int(h.get(b"spent", 0)), cycle_start=int(h.get(b"cs", 0)),
+        cycle_end=int(h.get(b"ce", 0)), cap_level=int(h.get(b"capn", 0)),
+        low_flag=int(h.get(b"lown", 0)), exhausted_flag=int(h.get(b"exhn", 0)),
+        cycle_units=cycle_units, members=members)
 
 
 def reservation_value(r: Reservation) -> str:
