@@ -117,11 +117,11 @@ def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> Acc
                                           [caps["oct"], caps["sec"], caps["svc"]])
         elif key.startswith("cu:"):
             cycle_units[int(key[3:])] = int(v)
-    for sid, m in members.items():
-        m.spent = counters.get(f"m:{sid}:spent", 0)
-        m.money_reserved = counters.get(f"m:{sid}:mres", 0)
-        m.used_units = [counters.get(f"m:{sid}:u{u}", 0) for u in (1, 2, 3)]
-        m.reserved_units = [counters.get(f"m:{sid}:r{u}", 0) for u in (1, 2, 3)]
+    for sid, member in members.items():
+        member.spent = counters.get(f"m:{sid}:spent", 0)
+        member.money_reserved = counters.get(f"m:{sid}:mres", 0)
+        member.used_units = [counters.get(f"m:{sid}:u{u}", 0) for u in (1, 2, 3)]
+        member.reserved_units = [counters.get(f"m:{sid}:r{u}", 0) for u in (1, 2, 3)]
     buckets = []
     for bid, m in metas.items():
         buckets.append(Bucket(
