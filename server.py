@@ -20,10 +20,11 @@ from grpc_reflection.v1alpha import reflection
 from engine import metrics
 from engine.charging import Engine
 from engine.config import Config
-from engine.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded
+from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Overloaded
 from engine.provisioning import Provisioner
 from engine.redis_server import RedisServer
 from engine.store import Store
+from engine.sweeper import Sweeper
 from tollgate.v1 import charging_pb2, charging_pb2_grpc, provisioning_pb2
 
 log = logging.getLogger("tollgate.server")
@@ -83,6 +84,7 @@ def _add_service(server: grpc.aio.Server, service: Any, servicer: object) -> Non
 STATUS_OF = {InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
              NotFound: grpc.StatusCode.NOT_FOUND,
              AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+             Conflict: grpc.StatusCode.FAILED_PRECONDITION,
              Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
@@ -90,7 +92,7 @@ async def _call(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
     """Maps engine errors to gRPC status codes with their message."""
     try:
         return await work
-    except (InvalidArgument, NotFound, AlreadyExists, Overloaded) as e:
+    except (InvalidArgument, NotFound, AlreadyExists, Conflict, Overloaded) as e:
         await context.abort(STATUS_OF[type(e)], str(e))
         raise  # unreachable: abort raises
 
@@ -198,6 +200,7 @@ class Tollgate:
     server: grpc.aio.Server | None = None
     port: int = 0
     health: health.HealthServicer | None = None
+    sweeper: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -218,6 +221,9 @@ class Tollgate:
         await self.store.init()
         self.engine = Engine(self.store, self.config)
         self.engine.start()
+        if self.config.sweep_interval_s > 0:
+            self.sweeper = asyncio.create_task(
+                Sweeper(self.store, self.engine.clock).run(self.config.sweep_interval_s))
         self.server, self.port, self.health = create_server(
             self.engine, Provisioner(self.store, self.config.max_id_length), self.config.listen)
         await self.server.start()
@@ -231,6 +237,10 @@ class Tollgate:
         """Stops taking calls, finishes in-flight batches, then closes Redis."""
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
         if self.server is not None:
             grace = self.config.shutdown_grace_s
             stopping = asyncio.create_task(self.server.stop(grace))

@@ -7,22 +7,30 @@ import random
 import pytest
 
 from engine.kernels.charge import charge_kernel
-from engine.kernels.reference import RefBucket, RefItem, RefRate, charge_reference
-from tests.unit.test_charge_kernel import kernel_args
+from engine.kernels.reference import (
+    RefAccount,
+    RefBucket,
+    RefItem,
+    RefRate,
+    RefState,
+    charge_reference,
+)
+from tests.unit.kernel_inputs import kernel_args
 
-RATES = [RefRate(price=1000, increment=1000, first=0, quota=10_000_000, unit=1),
-         RefRate(price=100_000, increment=60, first=60, quota=300, unit=2)]
+RATES = [RefRate(price=1000, increment=1000, first=0, quota=10_000_000, unit=1, validity=3600),
+         RefRate(price=100_000, increment=60, first=60, quota=300, unit=2, validity=3600)]
 
 
 def make_batch(n: int, accounts: int = 1000, seed: int = 1):
     rnd = random.Random(seed)
-    money = [rnd.randint(0, 50_000_000) for _ in range(accounts)]
-    floors = [0] * accounts
-    buckets = [RefBucket(a, 100_000_000, 1, 0, [10]) for a in range(accounts)]
-    items = [RefItem(account=rnd.randrange(accounts), rating_group=10, rate=0, time=0,
-                     used=rnd.randint(0, 5_000_000), want=1, requested=0, res_src=-1,
-                     res_amount=0) for _ in range(n)]
-    return items, RATES, money, floors, buckets
+    state = RefState(
+        [RefAccount(money=rnd.randint(0, 50_000_000), floor=0) for _ in range(accounts)],
+        [RefBucket(a, 100_000_000, 1, 0, [10], initial=100_000_000) for a in range(accounts)],
+        [], [0] * accounts)
+    items = [RefItem(account=a, rating_group=10, rate=0, time=0, used=rnd.randint(0, 5_000_000),
+                     want=1, requested=0, res_src=-1, res_amount=0, cycle_slot=a)
+             for a in (rnd.randrange(accounts) for _ in range(n))]
+    return items, RATES, state
 
 
 @pytest.mark.parametrize("size", [1, 64, 1024, 65536])
@@ -31,7 +39,7 @@ def test_kernel(benchmark, size):
     charge_kernel(*args)  # compile outside the timing
     benchmark.extra_info["items"] = size
     result = benchmark(charge_kernel, *args)
-    assert len(result[0]) == size
+    assert len(result[0][0]) == size
 
 
 @pytest.mark.parametrize("size", [1, 64, 1024])

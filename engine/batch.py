@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from engine.decode import Request, units_of
-from engine.domain import MONEY_SOURCE, Bucket, Plan, Rate, RequestType
-from engine.kernels.charge import charge_kernel
+from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType
+from engine.kernels.charge import FLAG_GRACE, WANT_DEBIT, WANT_GRANT, WANT_NONE, charge_kernel
 from engine.plans import RateTable
 from engine.state import AccountState
 from tollgate.v1 import charging_pb2 as pb
 
-WANT_NONE, WANT_GRANT, WANT_DEBIT = 0, 1, 2
-"""Per item: only commit usage; also grant new units; direct debit (EVENT), all or nothing."""
-
-COLUMNS = ("acct", "rg", "rate", "time", "used", "want", "requested", "res_src", "res_amount")
+ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
+                "flags", "res_src", "res_units", "res_amount", "cycle_slot")
+"""The kernel's `items` tuple (local times: the plan's UTC offset added)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -61,11 +63,24 @@ class KernelResult:
     res_src: list[int]
     res_amount: list[int]
     charged: list[int]
+    validity: list[int]
+    final: list[int]
     money: list[int]
     money_reserved: list[int]
+    spent: list[int]
+    cap_level: list[int]
+    low_flag: list[int]
+    exhausted_flag: list[int]
     remaining: list[int]
-    bucket_reserved: list[int]
+    bucket_reserved: list[int]  # change
+    bucket_level: list[int]
+    member_spent: list[int]
+    member_mres: list[int]
+    member_used: list[int]  # 3 per member
+    member_res_units: list[int]  # 3 per member
+    cycle_units: list[int]
     charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
+    events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
 
 
 @dataclass(slots=True)
@@ -75,37 +90,60 @@ class KernelBatch:
     plans: list[Plan | None]  # per account
     bucket_start: list[int]  # buckets of account a: bucket_start[a] .. bucket_start[a+1]
     buckets: list[Bucket]
+    members: list[tuple[int, Member]]  # (account position, member)
+    member_index: dict[tuple[str, str], int]  # (account id, subscriber id) -> position
+    cycle_slots: dict[tuple[int, int], int]  # (account position, rating group) -> slot
     refs: list[ItemRef]
     columns: dict[str, list[int]]
     items_of: dict[int, list[int]]  # id(pending) -> its items
+    members_of: dict[int, list[int]] = field(default_factory=dict)  # account -> members
+    slots_of: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # -> (rg, slot)
 
     def run(self, rates: RateTable) -> KernelResult:
-        i64 = {k: np.array(v, dtype=np.int64) for k, v in self.columns.items()}
-        rg_lists = [b.rating_groups for b in self.buckets]
-        rg_start = np.zeros(len(rg_lists) + 1, dtype=np.int64)
-        rg_start[1:] = np.cumsum([len(r) for r in rg_lists])
-        out = charge_kernel(  # type: ignore[call-arg]  # numba Dispatcher hides the signature
-            *(i64[k] for k in COLUMNS), *rates.arrays(),
-            np.array([a.money for a in self.accounts], dtype=np.int64),
-            np.array([-a.credit_limit for a in self.accounts], dtype=np.int64),
-            np.array(self.bucket_start, dtype=np.int64),
-            np.array([b.remaining for b in self.buckets], dtype=np.int64),
-            np.array([int(b.unit_type) for b in self.buckets], dtype=np.int64),
-            np.array([b.expiry_ms for b in self.buckets], dtype=np.int64),
-            rg_start, np.array([g for r in rg_lists for g in r], dtype=np.int64))
-        (result, granted, res_src, res_amount, charged, money, money_reserved, remaining,
-         bucket_reserved, chg_item, chg_src, chg_units, chg_money) = (a.tolist() for a in out)
+        def i64(values: list[int]) -> np.ndarray:
+            return np.array(values, dtype=np.int64)
+
+        accts, buckets, members = self.accounts, self.buckets, [m for _, m in self.members]
+        rg_lists = [b.rating_groups for b in buckets]
+        items = tuple(i64(self.columns[k]) for k in ITEM_COLUMNS)
+        accounts = (
+            i64([a.money for a in accts]), i64([-a.credit_limit for a in accts]),
+            i64([a.money_reserved for a in accts]), i64([a.cap for a in accts]),
+            i64([a.spent for a in accts]), i64(self.bucket_start),
+            i64([p.low_balance_micros if p else 0 for p in self.plans]),
+            i64([a.cap_level for a in accts]), i64([a.low_flag for a in accts]),
+            i64([a.exhausted_flag for a in accts]))
+        bucket_cols = (
+            i64([b.remaining for b in buckets]), i64([int(b.unit_type) for b in buckets]),
+            i64([b.expiry_ms for b in buckets]),
+            i64([0, *np.cumsum([len(r) for r in rg_lists]).tolist()]),
+            i64([g for r in rg_lists for g in r]), i64([b.initial for b in buckets]),
+            i64([b.notified for b in buckets]))
+        member_cols = (
+            i64([m.cap_money for m in members]), i64([m.spent for m in members]),
+            i64([m.money_reserved for m in members]),
+            i64([u for m in members for u in m.cap_units]),
+            i64([u for m in members for u in m.used_units]),
+            i64([u for m in members for u in m.reserved_units]))
+        cycle = [0] * len(self.cycle_slots)
+        for (a, rg), slot in self.cycle_slots.items():
+            cycle[slot] = accts[a].cycle_units.get(rg, 0)
+        out, acct_out, bucket_out, member_out, cu, chg, ev = charge_kernel(
+            items, rates.arrays(), accounts, bucket_cols, member_cols, i64(cycle))
         charges: dict[int, list[tuple[int, int, int]]] = {}
-        for i, s, u, m in zip(chg_item, chg_src, chg_units, chg_money, strict=True):
+        for i, s, u, m in zip(*(x.tolist() for x in chg), strict=True):
             charges.setdefault(i, []).append((s, u, m))
-        return KernelResult(result, granted, res_src, res_amount, charged, money, money_reserved,
-                            remaining, bucket_reserved, charges)
+        events = list(zip(*(x.tolist() for x in ev), strict=True))
+        lists = [x.tolist() for x in (*out, *acct_out, *bucket_out, *member_out)]
+        return KernelResult(*lists[:20], cycle_units=cu.tolist(),  # type: ignore[misc]
+                            charges=charges, events=events)
 
 
-def assemble(batch: list[Pending], cache: dict[str, AccountState],
-             plans: dict[str, Plan], rates: RateTable) -> KernelBatch:
+def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[str, Plan],
+             rates: RateTable, grace: set[str]) -> KernelBatch:
     """One item per rating group of each request (plus releases of what a TERMINATION does
-    not mention), in batch order; accounts and their buckets in first-seen order."""
+    not mention), in batch order; accounts, buckets and members in first-seen order.
+    `grace`: subscribers in GRACE (zero-rated service only)."""
     accounts: list[AccountState] = []
     index: dict[str, int] = {}
     for p in batch:
@@ -115,22 +153,45 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState],
     bucket_start = [0]
     for acct in accounts:
         bucket_start.append(bucket_start[-1] + len(acct.buckets))
+    members: list[tuple[int, Member]] = []
+    member_index: dict[tuple[str, str], int] = {}
+    members_of: dict[int, list[int]] = {}
+    for a, acct in enumerate(accounts):
+        for sub, m in acct.members.items():
+            member_index[(acct.account_id, sub)] = len(members)
+            members_of.setdefault(a, []).append(len(members))
+            members.append((a, m))
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
-                     [b for a in accounts for b in a.buckets], [],
-                     {k: [] for k in COLUMNS}, {})
+                     [b for a in accounts for b in a.buckets], members, member_index, {}, [],
+                     {k: [] for k in ITEM_COLUMNS}, {}, members_of)
     for p in batch:
-        a = index[p.account_id]
-        _add_items(kb, p, a, rates)
+        _add_items(kb, p, index[p.account_id], rates, p.request.subscriber_id in grace)
     return kb
 
 
-def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable) -> None:
+def local_offset_ms(timezone: str, time_ms: int) -> int:
+    """UTC offset of the plan's time zone at a moment (time windows are local)."""
+    if not timezone:
+        return 0
+    offset = datetime.fromtimestamp(time_ms / 1000, _zone(timezone)).utcoffset()
+    return int(offset.total_seconds() * 1000) if offset else 0
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: bool) -> None:
     acct = kb.accounts[a]
     req = p.request
     plan = kb.plans[a]
     rows = rates.rows(plan) if plan is not None else {}
     session = acct.sessions.get(req.session_id)
     held = session.reservations if session is not None and not session.is_event else {}
+    start = session.last_time_ms if session is not None and not session.is_event else req.time_ms
+    offset = local_offset_ms(plan.timezone, req.time_ms) if plan is not None else 0
+    member = kb.member_index.get((p.account_id, req.subscriber_id), -1)
     entries = [(it.rating_group, it.service_id, it.used, it.requested, False)
                for it in req.items]
     if req.type == RequestType.TERMINATION:
@@ -150,14 +211,19 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable) -> None:
         else:
             want = WANT_NONE
         res = held.get(rg)
-        src, amount = MONEY_SOURCE, 0
+        src, amount, res_units = MONEY_SOURCE, 0, 0
         if res is not None:
-            amount = res.amount
+            amount, res_units = res.amount, res.units
             if res.bucket_id:
                 src = kb.bucket_start[a] + acct.bucket_index(res.bucket_id)
+        slot = kb.cycle_slots.get((a, rg), -1)
+        if slot < 0:
+            slot = kb.cycle_slots[(a, rg)] = len(kb.cycle_slots)
+            kb.slots_of.setdefault(a, []).append((rg, slot))
         mine.append(len(kb.refs))
-        kb.refs.append(ItemRef(p, rg, service_id, rate, used, want,
-                               res.units if res is not None else 0, internal))
-        for k, v in zip(COLUMNS, (a, rg, row, req.time_ms, used, want, requested, src, amount),
-                        strict=True):
+        kb.refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal))
+        for k, v in zip(ITEM_COLUMNS, (
+                a, member, rg, row, min(start, req.time_ms) + offset, req.time_ms + offset, used,
+                want, requested, FLAG_GRACE if grace else 0, src, res_units, amount, slot),
+                strict=True):
             cols[k].append(v)

@@ -12,10 +12,11 @@ from engine import metrics
 from engine.batch import KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher
 from engine.config import Config
+from engine.cycles import renew_if_due
 from engine.decode import Invalid, Request, decode, error_answer
 from engine.domain import Plan, RequestType, ResultCode, SubscriberState
 from engine.errors import NotFound
-from engine.outcome import Outcome, build_outcome
+from engine.outcome import Outcome, Timing, build_outcome
 from engine.plans import RateTable
 from engine.state import AccountState, SessionState
 from engine.store import AccountWrite, Store
@@ -248,10 +249,21 @@ class Engine:
 
     async def _run(self, batch: list[Pending]) -> list[Pending]:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
-        kb = assemble(batch, self.accounts, plans, self.rates)
+        now = self.clock()
+        renewals: dict[str, dict[str, int]] = {}
+        for account_id in {p.account_id for p in batch}:
+            acct = self.accounts[account_id]
+            sets = renew_if_due(acct, plans.get(acct.plan_id), now)
+            if sets:
+                renewals[account_id] = sets
+        grace = {p.request.subscriber_id for p in batch
+                 if self._subscribers[p.request.subscriber_id][1] == SubscriberState.GRACE}
+        kb = assemble(batch, self.accounts, plans, self.rates, grace)
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
-        outcome = build_outcome(batch, kb, res, self.config.answers_kept)
+        timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
+                        self.config.stale_grace_s)
+        outcome = build_outcome(batch, kb, res, timing, renewals)
         conflicted = await self._apply(kb, outcome.writes)
         return self._settle(batch, kb, res, outcome, conflicted)
 
@@ -282,10 +294,24 @@ class Engine:
             acct = kb.accounts[a]
             acct.version += 1
             acct.money = res.money[a]
-            acct.money_reserved += res.money_reserved[a]
+            acct.money_reserved = res.money_reserved[a]
+            acct.spent = res.spent[a]
+            acct.cap_level = res.cap_level[a]
+            acct.low_flag = res.low_flag[a]
+            acct.exhausted_flag = res.exhausted_flag[a]
             for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
                 kb.buckets[k].remaining = res.remaining[k]
                 kb.buckets[k].reserved += res.bucket_reserved[k]
+                kb.buckets[k].notified = res.bucket_level[k]
+        for k, (a, m) in enumerate(kb.members):
+            if kb.accounts[a].account_id in conflicted:
+                continue
+            m.spent, m.money_reserved = res.member_spent[k], res.member_mres[k]
+            m.used_units = res.member_used[3 * k:3 * k + 3]
+            m.reserved_units = res.member_res_units[3 * k:3 * k + 3]
+        for (a, rg), slot in kb.cycle_slots.items():
+            if kb.accounts[a].account_id not in conflicted:
+                kb.accounts[a].cycle_units[rg] = res.cycle_units[slot]
         again: list[Pending] = []
         for p in batch:
             if p.account_id in conflicted:

@@ -36,6 +36,12 @@ class Config:
     """How long an ended session (and an event) keeps its answers for retransmissions."""
     answers_kept: int = 4
     """How many recent answers an open session keeps for retransmissions."""
+    default_validity_s: int = 3600
+    """How long an open session's reservations live when its grants carry no validity."""
+    stale_grace_s: int = 60
+    """Extra time past validity before the sweeper releases a silent session's reservations."""
+    sweep_interval_s: float = 5.0
+    """How often the stale-reservation sweeper runs (0 = never, e.g. another process does)."""
     account_cache_size: int = 200_000
     """Accounts (with their sessions) cached in process, validated by version on apply."""
     subscriber_cache_s: float = 2.0

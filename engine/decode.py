@@ -64,6 +64,8 @@ def units_message(amount: int, unit: UnitType) -> pb.Units:
 def _units(msg: pb.Units, where: str, limit: int) -> UnitsTuple:
     values = (msg.total_octets, msg.input_octets, msg.output_octets, msg.time_seconds,
               msg.service_units)
+    if min(values) >= 0 and max(values) <= limit:
+        return values
     for name, v in zip(UNIT_FIELDS, values, strict=True):
         if v < 0:
             raise Invalid(ResultCode.INVALID_AVP_VALUE, f"{where}.{name} is negative ({v})")

@@ -202,3 +202,4 @@ class Reservation:
     bucket_id: str  # "" = the money balance
     units: int
     amount: int  # micros held (money) or units held (bucket)
+    unit_type: int = 0  # of the units (member caps count them per unit type)

@@ -5,6 +5,8 @@ TollgateError
 ├── InvalidArgument      a request that cannot be accepted (-> gRPC INVALID_ARGUMENT)
 ├── NotFound             a plan, account or subscriber that does not exist (-> NOT_FOUND)
 ├── AlreadyExists        create of something that exists (-> ALREADY_EXISTS)
+├── Conflict             refused in the current state: a subscriber of another account,
+│                        a member with live reservations, not enough money (-> FAILED_PRECONDITION)
 └── Overloaded           the batch queue is full (-> RESOURCE_EXHAUSTED)
 
 Connection problems with Redis surface as redis.exceptions.ConnectionError and
@@ -29,6 +31,10 @@ class NotFound(TollgateError):
 
 
 class AlreadyExists(TollgateError):
+    pass
+
+
+class Conflict(TollgateError):
     pass
 
 

@@ -31,9 +31,19 @@ def events_stream(p: int) -> str:
     return f"tg:{{p{p}}}:events"
 
 
+def open_sessions(p: int) -> str:
+    """Sorted set of open session keys by the time their reservations go stale."""
+    return f"tg:{{p{p}}}:open"
+
+
 def topup_marker(p: int, account_id: str, topup_id: str) -> str:
     """Top-up ids are per account: the same id on two accounts is two top-ups."""
     return f"tg:{{p{p}}}:topup:{account_id}:{topup_id}"
+
+
+def order_marker(p: int, account_id: str, order_id: str) -> str:
+    """Add-on order ids are per account, like top-up ids."""
+    return f"tg:{{p{p}}}:order:{account_id}:{order_id}"
 
 
 def subscriber(subscriber_id: str) -> str:

@@ -5,14 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import keys
-from engine.batch import WANT_GRANT, WANT_NONE, ItemRef, KernelBatch, KernelResult, Pending
+from engine.batch import ItemRef, KernelBatch, KernelResult, Pending
 from engine.decode import Request, units_message
-from engine.domain import MONEY_SOURCE, Bucket, Plan, RequestType, ResultCode, UnitType
+from engine.domain import (
+    MONEY_SOURCE,
+    Bucket,
+    EventKind,
+    FinalUnit,
+    Plan,
+    RequestType,
+    ResultCode,
+    UnitType,
+)
 from engine.domain import Reservation as Res
+from engine.kernels.charge import WANT_GRANT, WANT_NONE
 from engine.state import AccountState, SessionState, reservation_value
 from engine.store import AccountWrite, SessionWrite
 from tollgate.v1 import charging_pb2 as pb
-from tollgate.v1 import usage_pb2
+from tollgate.v1 import events_pb2, usage_pb2
 
 
 @dataclass(slots=True)
@@ -22,9 +32,22 @@ class Outcome:
     writes: dict[str, AccountWrite]  # account id -> what to apply
 
 
-def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
-                  answers_kept: int) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Clock and session-expiry settings the outcome needs."""
+
+    now_ms: int
+    answers_kept: int
+    default_validity_s: int
+    stale_grace_s: int
+
+
+def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult, timing: Timing,
+                  renewals: dict[str, dict[str, int]]) -> Outcome:
     out = Outcome({}, {}, {})
+    events_of: dict[int, list[tuple[int, int, int, int, int, int]]] = {}
+    for ev in res.events:
+        events_of.setdefault(ev[0], []).append(ev)
     for p in batch:
         a = kb.index[p.account_id]
         acct = kb.accounts[a]
@@ -32,13 +55,15 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
         if w is None:
             w = out.writes[p.account_id] = AccountWrite(
                 keys.account(acct.partition, acct.account_id), acct.version,
-                _increments(kb, res, a))
-        _request_outcome(p, acct, kb, res, answers_kept, out, w)
+                _increments(kb, res, a), {**renewals.get(p.account_id, {}), **_sets(kb, res, a)})
+        _request_outcome(p, acct, kb, res, timing, out, w)
+        for i in kb.items_of[id(p)]:
+            w.events += [event(ev, p, kb, acct) for ev in events_of.get(i, ())]
     return out
 
 
 def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: KernelResult,
-                     answers_kept: int, out: Outcome, w: AccountWrite) -> None:
+                     timing: Timing, out: Outcome, w: AccountWrite) -> None:
     req = p.request
     plan = kb.plans[kb.index[p.account_id]]
     old = acct.sessions.get(req.session_id)
@@ -50,6 +75,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
         is_event=req.type == RequestType.EVENT, last_time_ms=req.time_ms,
         answers=dict(old.answers) if old is not None else {},
         reservations=dict(old.reservations) if old is not None and not old.is_event else {})
+    longest = 0
     for i in kb.items_of[id(p)]:
         ref = kb.refs[i]
         # The kernel gave back the old reservation of every item; a grant is the new one.
@@ -58,43 +84,107 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
             s = res.res_src[i]
             new.reservations[ref.rating_group] = Res(
                 ref.rating_group, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
-                res.granted[i], res.res_amount[i])
+                res.granted[i], res.res_amount[i],
+                int(ref.rate.unit_type) if ref.rate is not None else 0)
+            longest = max(longest, res.validity[i] or timing.default_validity_s)
         if ref.internal:
             continue
         ans.charged_micros += res.charged[i]
-        ans.grants.append(grant(ref, res.result[i], res.granted[i]))
+        ans.grants.append(grant(ref, res.result[i], res.granted[i], res.validity[i],
+                                plan.final_unit if plan and res.final[i] else None))
         if ref.used and i in res.charges:
             w.records.append(usage_record(p, ref, plan, old, res.charges[i], kb.buckets,
                                           res.charged[i]))
     blob = ans.SerializeToString()
     new.answers[req.request_number] = blob
-    dropped = [rn for rn in new.answers if rn <= req.request_number - answers_kept]
+    dropped = [rn for rn in new.answers if rn <= req.request_number - timing.answers_kept]
     for rn in dropped:
         del new.answers[rn]
     out.answers[id(p)] = ans
     out.sessions[id(p)] = new
     gone = [f"r:{rg}" for rg in (old.reservations if old is not None else {})
             if rg not in new.reservations]
+    expiry = timing.now_ms + ((longest or timing.default_validity_s)
+                              + timing.stale_grace_s) * 1000
     w.sessions.append(SessionWrite(
         keys.session(acct.partition, req.session_id),
         keys.account_sessions(acct.partition, acct.account_id), req.session_id, new.ended,
-        session_fields(new, req, p.account_id, blob), gone + [f"a:{rn}" for rn in dropped]))
+        session_fields(new, req, p.account_id, blob), gone + [f"a:{rn}" for rn in dropped],
+        expiry))
 
 
 def _increments(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:
     acct = kb.accounts[a]
     inc: dict[str, int] = {}
-    if res.money[a] != acct.money:
-        inc["money"] = res.money[a] - acct.money
-    if res.money_reserved[a]:
-        inc["mres"] = res.money_reserved[a]
+
+    def add(name: str, delta: int) -> None:
+        if delta:
+            inc[name] = delta
+
+    add("money", res.money[a] - acct.money)
+    add("mres", res.money_reserved[a] - acct.money_reserved)
+    add("spent", res.spent[a] - acct.spent)
     for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
         b = kb.buckets[k]
-        if res.remaining[k] != b.remaining:
-            inc[f"b:{b.bucket_id}:rem"] = res.remaining[k] - b.remaining
-        if res.bucket_reserved[k]:
-            inc[f"b:{b.bucket_id}:res"] = res.bucket_reserved[k]
+        add(f"b:{b.bucket_id}:rem", res.remaining[k] - b.remaining)
+        add(f"b:{b.bucket_id}:res", res.bucket_reserved[k])
+    for k in kb.members_of.get(a, ()):
+        m = kb.members[k][1]
+        sub = m.subscriber_id
+        add(f"m:{sub}:spent", res.member_spent[k] - m.spent)
+        add(f"m:{sub}:mres", res.member_mres[k] - m.money_reserved)
+        for u in range(3):
+            add(f"m:{sub}:u{u + 1}", res.member_used[3 * k + u] - m.used_units[u])
+            add(f"m:{sub}:r{u + 1}", res.member_res_units[3 * k + u] - m.reserved_units[u])
+    for rg, slot in kb.slots_of.get(a, ()):
+        add(f"cu:{rg}", res.cycle_units[slot] - acct.cycle_units.get(rg, 0))
     return inc
+
+
+def _sets(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:
+    """Announced levels and flags: set, not added, so a re-run cannot announce twice."""
+    acct = kb.accounts[a]
+    sets: dict[str, int] = {}
+    for name, before, after in (("capn", acct.cap_level, res.cap_level[a]),
+                                ("lown", acct.low_flag, res.low_flag[a]),
+                                ("exhn", acct.exhausted_flag, res.exhausted_flag[a])):
+        if before != after:
+            sets[name] = after
+    for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
+        b = kb.buckets[k]
+        if res.bucket_level[k] != b.notified:
+            sets[f"b:{b.bucket_id}:ntf"] = res.bucket_level[k]
+    return sets
+
+
+EVENT_IDS = {
+    EventKind.BUCKET_USED: "bucket:{acct}:{bucket}:{cycle}:{level}",
+    EventKind.SPENDING_CAP: "cap:{acct}:{cycle}:{level}",
+    EventKind.LOW_BALANCE: "low:{acct}:{version}",
+    EventKind.CREDIT_EXHAUSTED: "exhausted:{acct}:{version}",
+    EventKind.FINAL_UNITS: "final:{session}:{rn}:{rg}",
+    EventKind.MEMBER_CAP: "member-cap:{acct}:{sub}:{cycle}:{value}",
+}
+"""Stable event ids: the same crossing always gets the same id, so consumers de-duplicate."""
+
+
+def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
+          acct: AccountState) -> bytes:
+    i, kind, ref, level, value, limit = ev
+    item = kb.refs[i]
+    bucket = kb.buckets[ref].bucket_id if kind == EventKind.BUCKET_USED else ""
+    sub = p.request.subscriber_id
+    if kind == EventKind.MEMBER_CAP:
+        sub = kb.members[ref][1].subscriber_id
+    event_id = EVENT_IDS[EventKind(kind)].format(
+        acct=acct.account_id, bucket=bucket, cycle=acct.cycle_start, level=level,
+        version=acct.version, session=p.request.session_id, rn=p.request.request_number,
+        rg=item.rating_group, sub=sub, value=value)
+    return events_pb2.Event(
+        event_id=event_id, kind=kind, account_id=acct.account_id, subscriber_id=sub,
+        session_id=p.request.session_id, bucket_id=bucket, rating_group=item.rating_group,
+        threshold_percent=level, value=value, limit=limit, time_ms=p.request.time_ms,
+        cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
 def session_fields(s: SessionState, req: Request, account_id: str,
@@ -108,15 +198,20 @@ def session_fields(s: SessionState, req: Request, account_id: str,
     return fields
 
 
-def grant(ref: ItemRef, result: int, granted: int) -> pb.ServiceGrant:
+def grant(ref: ItemRef, result: int, granted: int, validity_s: int,
+          final_unit: FinalUnit | None) -> pb.ServiceGrant:
     g = pb.ServiceGrant(rating_group=ref.rating_group, service_id=ref.service_id, result=result)
     rate = ref.rate
     if rate is None or result != ResultCode.SUCCESS or ref.want == WANT_NONE:
         return g
     g.granted.CopyFrom(units_message(granted, rate.unit_type))
     if ref.want == WANT_GRANT:
-        g.validity_time_s = rate.validity_time_s
+        g.validity_time_s = validity_s
         g.quota_holding_time_s = rate.quota_holding_time_s
+        if final_unit is not None:
+            g.final_unit.CopyFrom(pb.FinalUnitIndication(
+                action=int(final_unit.action), redirect_url=final_unit.redirect_url,
+                filter_ids=list(final_unit.filter_ids)))
         threshold = granted * rate.threshold_percent // 100
         if rate.unit_type == UnitType.OCTETS:
             g.volume_threshold_octets = threshold

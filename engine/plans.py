@@ -201,11 +201,28 @@ class RateTable:
         return rows
 
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """(price, increment, first_increment, default_quota, unit_type)."""
+        """The kernel's `rates` tuple: per rate price, increment, first increment, default
+        quota, unit type, validity, flags (1 zero-rated, 2 not allowed); tier offsets, tier
+        from/price; window offsets, window weekdays/from/to/price."""
         if self._arrays is None:
-            def col(attr: str) -> np.ndarray:
-                return np.array([int(getattr(r, attr)) for r in self.rates] or [0],
-                                dtype=np.int64)
-            self._arrays = (col("price_micros"), col("increment"), col("first_increment"),
-                            col("default_quota"), col("unit_type"))
+            rates = self.rates
+
+            def i64(values: list[int]) -> np.ndarray:
+                return np.array(values, dtype=np.int64)
+
+            def offsets(counts: list[int]) -> np.ndarray:
+                return i64([0, *np.cumsum(counts).tolist()])
+
+            tiers = [t for r in rates for t in r.tiers]
+            wins = [w for r in rates for w in r.windows]
+            self._arrays = (
+                i64([r.price_micros for r in rates]), i64([r.increment for r in rates]),
+                i64([r.first_increment for r in rates]), i64([r.default_quota for r in rates]),
+                i64([int(r.unit_type) for r in rates]), i64([r.validity_time_s for r in rates]),
+                i64([int(r.zero_rated) | 2 * int(r.not_allowed) for r in rates]),
+                offsets([len(r.tiers) for r in rates]), i64([t.from_units for t in tiers]),
+                i64([t.price_micros for t in tiers]),
+                offsets([len(r.windows) for r in rates]), i64([w.weekdays for w in wins]),
+                i64([w.start_minute for w in wins]), i64([w.end_minute for w in wins]),
+                i64([w.price_micros for w in wins]))
         return self._arrays

@@ -19,7 +19,7 @@ changed only through the per-account version check or by Lua that bumps `ver`):
     m:<sub>:u1..u3 / :r1..r3   units charged this cycle / reserved, per unit type
 
 Session hash `tg:{pN}:sess:<id>`: rn, st (open|ended|event), t, sub, acct, a:<rn>
-(stored answers), r:<rg> = "bucket_id|units|amount" (reservations).
+(stored answers), r:<rg> = "bucket_id|units|amount|unit_type" (reservations).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> Acc
 
 
 def reservation_value(r: Reservation) -> str:
-    return f"{r.bucket_id}|{r.units}|{r.amount}"
+    return f"{r.bucket_id}|{r.units}|{r.amount}|{r.unit_type}"
 
 
 def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None:
@@ -157,6 +157,6 @@ def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None
             s.answers[int(k[2:])] = v
         elif k.startswith(b"r:"):
             rg = int(k[2:])
-            bucket_id, units, amount = _s(v).split("|")
-            s.reservations[rg] = Reservation(rg, bucket_id, int(units), int(amount))
+            bucket_id, units, amount, unit = _s(v).split("|")
+            s.reservations[rg] = Reservation(rg, bucket_id, int(units), int(amount), int(unit))
     return s

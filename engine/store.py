@@ -15,15 +15,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import keys
-from engine.domain import Bucket, Plan, SubscriberState
-from engine.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
+from engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
+from engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
 from engine.plans import plan_from_proto, plan_to_proto
-from engine.state import AccountState, SessionState, bucket_fields, parse_account, parse_session
+from engine.state import (
+    MEMBER_COUNTERS,
+    AccountState,
+    SessionState,
+    bucket_fields,
+    member_caps_value,
+    parse_account,
+    parse_session,
+)
+from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
-from tollgate.v1 import usage_pb2
 
 LUA = Path(__file__).parent / "lua"
 TOPUP_MARKER_TTL_MS = 400 * 24 * 3600 * 1000  # a top-up id stays known for over a year
+ORDER_MARKER_TTL_MS = TOPUP_MARKER_TTL_MS  # and so does an add-on order id
+DAY_MS = 86_400_000
 
 
 @dataclass(slots=True)
@@ -34,6 +44,7 @@ class SessionWrite:
     ended: bool
     fields: dict[str, bytes | str | int]
     deleted: list[str]
+    expiry_ms: int = 0  # open sessions: when its reservations go stale (the sweeper's clock)
 
 
 @dataclass(slots=True)
@@ -43,8 +54,10 @@ class AccountWrite:
     key: str
     expected_version: int
     increments: dict[str, int]
+    sets: dict[str, int] = field(default_factory=dict)
     sessions: list[SessionWrite] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)
 
 
 class Store:
@@ -60,6 +73,13 @@ class Store:
         self._topup = self.redis.register_script((LUA / "topup.lua").read_text())
         self._create = self.redis.register_script((LUA / "create.lua").read_text())
         self._put_plan = self.redis.register_script((LUA / "put_plan.lua").read_text())
+        self._account_set = self.redis.register_script((LUA / "account_set.lua").read_text())
+        self._member_add = self.redis.register_script((LUA / "member_add.lua").read_text())
+        self._member_remove = self.redis.register_script(
+            (LUA / "member_remove.lua").read_text())
+        self._subscriber_state = self.redis.register_script(
+            (LUA / "subscriber_state.lua").read_text())
+        self._buy_addon = self.redis.register_script((LUA / "buy_addon.lua").read_text())
 
     async def init(self) -> None:
         """Fixes the partition count at first start and refuses a different one later."""
@@ -118,7 +138,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         order = list(writes)
         for p in order:
-            keys_: list[str] = [keys.usage_stream(p)]
+            keys_: list[str] = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
             slot: dict[str, int] = {}
 
             def key_no(k: str, keys_: list[str] = keys_, slot: dict[str, int] = slot) -> int:
@@ -129,19 +149,24 @@ class Store:
 
             args: list[Any] = [retention_ms, len(writes[p])]
             for w in writes[p]:
-                group: list[Any] = [key_no(w.key), w.expected_version, len(w.increments)]
+                group: list[Any] = [key_no(w.key), w.expected_version, len(w.sets)]
+                for f, v in w.sets.items():
+                    group += [f, v]
+                group.append(len(w.increments))
                 for f, d in w.increments.items():
                     group += [f, d]
                 group.append(len(w.sessions))
                 for s in w.sessions:
                     group += [key_no(s.key), key_no(s.set_key), s.session_id,
-                              "end" if s.ended else "open", len(s.fields)]
-                    for f, v in s.fields.items():
-                        group += [f, v]
+                              "end" if s.ended else "open", s.expiry_ms, len(s.fields)]
+                    for f, value in s.fields.items():
+                        group += [f, value]
                     group.append(len(s.deleted))
                     group += s.deleted
                 group.append(len(w.records))
                 group += w.records
+                group.append(len(w.events))
+                group += w.events
                 args.append(len(group))
                 args += group
             await self._apply(keys=keys_, args=args, client=pipe)
@@ -166,11 +191,16 @@ class Store:
         return plan_from_proto(pb.Plan.FromString(blob), version)
 
     async def create_account(self, account_id: str, plan: Plan, money: int, credit_limit: int,
-                             buckets: Iterable[Bucket]) -> None:
+                             buckets: Iterable[Bucket], cap: int = 0,
+                             now_ms: int | None = None) -> None:
+        """A new account in its first billing cycle, which starts now."""
         p = self.partition(account_id)
+        now = _now_ms() if now_ms is None else now_ms
         fields: dict[str, Any] = {"ver": 1, "plan": plan.plan_id, "money": money, "mres": 0,
                                   "climit": credit_limit, "init": money, "topups": 0,
-                                  "created": int(time.time() * 1000)}
+                                  "created": now, "cap": cap, "spent": 0, "cs": now,
+                                  "ce": now + plan.cycle_days * DAY_MS,
+                                  "capn": 0, "lown": 0, "exhn": 0}
         for b in buckets:
             fields.update(bucket_fields(b))
         args = [x for kv in fields.items() for x in kv]
@@ -193,6 +223,19 @@ class Store:
                     if (s := parse_session(sid, h)) is not None]
         return acct, sessions
 
+    async def account_plan(self, account_id: str) -> str:
+        """The plan id of an account."""
+        plan_id = await self.redis.hget(keys.account(self.partition(account_id), account_id),
+                                        "plan")
+        if plan_id is None:
+            raise NotFound(f"account {account_id!r} does not exist")
+        return cast(bytes, plan_id).decode()
+
+    async def set_spending_cap(self, account_id: str, cap: int) -> None:
+        account_key = keys.account(self.partition(account_id), account_id)
+        if not await self._account_set(keys=[account_key], args=["cap", cap]):
+            raise NotFound(f"account {account_id!r} does not exist")
+
     async def create_subscriber(self, subscriber_id: str, account_id: str,
                                 state: SubscriberState) -> None:
         p = self.partition(account_id)
@@ -209,21 +252,113 @@ class Store:
             raise NotFound(f"subscriber {subscriber_id!r} does not exist")
         return found
 
+    async def set_subscriber_state(self, subscriber_id: str, state: SubscriberState,
+                                   now_ms: int | None = None) -> str:
+        """Sets the state; a change appends a STATE_CHANGED event to the events stream of the
+        account's partition. Returns the subscriber's account id."""
+        now = _now_ms() if now_ms is None else now_ms
+        while True:
+            account_id, _ = await self.get_subscriber(subscriber_id)
+            event = _event(f"state:{subscriber_id}:{now}", EventKind.STATE_CHANGED, account_id,
+                           now, subscriber_id=subscriber_id, detail=state.name)
+            reply = await self._subscriber_state(
+                keys=[keys.subscriber(subscriber_id),
+                      keys.events_stream(self.partition(account_id))],
+                args=[account_id, int(state), event])
+            if int(reply[0]) == -1:
+                raise NotFound(f"subscriber {subscriber_id!r} does not exist")
+            if int(reply[0]) != -2:  # -2: moved to another account meanwhile; read again
+                return account_id
+
+    async def add_member(self, account_id: str, subscriber_id: str, cap_money: int,
+                         cap_units: list[int]) -> bool:
+        """Makes the subscriber (created if new) a member with these caps, or updates its
+        caps. Returns whether anything changed."""
+        reply = await self._member_add(
+            keys=[keys.account(self.partition(account_id), account_id),
+                  keys.subscriber(subscriber_id)],
+            args=[account_id, f"m:{subscriber_id}", member_caps_value(cap_money, cap_units),
+                  int(SubscriberState.ACTIVE)])
+        code = int(reply[0])
+        if code == -1:
+            raise NotFound(f"account {account_id!r} does not exist")
+        if code == -2:
+            raise Conflict(f"subscriber {subscriber_id!r} belongs to account "
+                           f"{reply[1].decode()!r}, not {account_id!r}")
+        return code == 1
+
+    async def remove_member(self, account_id: str, subscriber_id: str) -> None:
+        """Removes the member, its counters and the subscriber; refused while it holds
+        reservations."""
+        m = f"m:{subscriber_id}"
+        held = [f"{m}:{c}" for c in MEMBER_COUNTERS if c == "mres" or c.startswith("r")]
+        reply = await self._member_remove(
+            keys=[keys.account(self.partition(account_id), account_id),
+                  keys.subscriber(subscriber_id)],
+            args=[account_id, m, len(held), *held, m,
+                  *(f"{m}:{c}" for c in MEMBER_COUNTERS)])
+        code = int(reply[0])
+        if code == -1:
+            raise NotFound(f"account {account_id!r} does not exist")
+        if code == -3:
+            raise NotFound(f"subscriber {subscriber_id!r} is not a member of account "
+                           f"{account_id!r}")
+        if code == -4:
+            raise Conflict(f"member has live reservations: {subscriber_id!r} holds "
+                           f"{reply[1].decode()} = {reply[2].decode()}; end its sessions first")
+
     async def top_up(self, topup_id: str, account_id: str, amount: int) -> tuple[bool, int]:
         if amount <= 0:
             raise InvalidArgument("amount_micros must be positive")
         p = self.partition(account_id)
+        now = _now_ms()
         record = usage_pb2.RatedUsage(
             kind=usage_pb2.TOP_UP, account_id=account_id, money_micros=-amount,
-            end_time_ms=int(time.time() * 1000),
+            end_time_ms=now,
             charges=[usage_pb2.BalanceCharge(micros=-amount)]).SerializeToString()
+        event = _event(f"topup:{account_id}:{topup_id}", EventKind.TOPPED_UP, account_id, now,
+                       value=amount, detail=topup_id)
         reply = await self._topup(
             keys=[keys.account(p, account_id), keys.topup_marker(p, account_id, topup_id),
-                  keys.usage_stream(p)],
-            args=[amount, record, TOPUP_MARKER_TTL_MS])
+                  keys.usage_stream(p), keys.events_stream(p)],
+            args=[amount, record, TOPUP_MARKER_TTL_MS, event])
         if int(reply[0]) < 0:
             raise NotFound(f"account {account_id!r} does not exist")
         return bool(int(reply[0])), int(reply[1])
+
+    async def buy_addon(self, order_id: str, account_id: str, plan: Plan, addon: AddOn,
+                        now_ms: int | None = None) -> bool:
+        """Takes the add-on's price from the money balance (down to -credit limit) and adds
+        its bucket `<bucket_id>:<order_id>`, once per order id of the account. Returns
+        whether it was applied now (False: this order was applied before)."""
+        p = self.partition(account_id)
+        now = _now_ms() if now_ms is None else now_ms
+        b = addon.bundle
+        bucket = Bucket(f"{b.bucket_id}:{order_id}", b.rating_groups, b.unit_type, b.units,
+                        b.units, priority=b.priority,
+                        expiry_ms=now + b.validity_days * DAY_MS if b.validity_days else 0,
+                        renew=b.renew)
+        fields = bucket_fields(bucket)  # metadata field first: the script checks it exists
+        price = addon.price_micros
+        record = usage_pb2.RatedUsage(
+            kind=usage_pb2.ADD_ON, account_id=account_id, money_micros=price,
+            start_time_ms=now, end_time_ms=now, plan_id=plan.plan_id,
+            plan_version=plan.version,
+            charges=[usage_pb2.BalanceCharge(micros=price)]).SerializeToString()
+        event = _event(f"addon:{account_id}:{order_id}", EventKind.ADD_ON_BOUGHT, account_id,
+                       now, value=price, detail=addon.addon_id, bucket_id=bucket.bucket_id)
+        reply = await self._buy_addon(
+            keys=[keys.account(p, account_id), keys.order_marker(p, account_id, order_id),
+                  keys.usage_stream(p), keys.events_stream(p)],
+            args=[-price, ORDER_MARKER_TTL_MS, record, event, len(fields),
+                  *(x for kv in fields.items() for x in kv)])
+        code = int(reply[0])
+        if code == -1:
+            raise NotFound(f"account {account_id!r} does not exist")
+        if code == -2:
+            raise Conflict(f"insufficient money: add-on {addon.addon_id!r} costs {price} "
+                           f"micros, the account has {reply[1].decode()} free")
+        return code == 1
 
     async def usage_records(self, p: int) -> list[tuple[str, usage_pb2.RatedUsage]]:
         """Every record of a partition stream, oldest first (for tests and tools)."""
@@ -231,3 +366,20 @@ class Store:
                        await self.redis.xrange(keys.usage_stream(p)))
         return [(rid.decode(), usage_pb2.RatedUsage.FromString(f[b"r"])) for rid, f in entries]
 
+    async def events(self, p: int) -> list[tuple[str, events_pb2.Event]]:
+        """Every event of a partition stream, oldest first (for tests and tools)."""
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       await self.redis.xrange(keys.events_stream(p)))
+        return [(eid.decode(), events_pb2.Event.FromString(f[b"e"])) for eid, f in entries]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _event(event_id: str, kind: EventKind, account_id: str, time_ms: int, *,
+           subscriber_id: str = "", bucket_id: str = "", value: int = 0,
+           detail: str = "") -> bytes:
+    return events_pb2.Event(event_id=event_id, kind=int(kind), account_id=account_id,
+                            subscriber_id=subscriber_id, bucket_id=bucket_id, value=value,
+                            time_ms=time_ms, detail=detail).SerializeToString()

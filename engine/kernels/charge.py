@@ -11,11 +11,24 @@ MONEY_LIMIT = 2**62
 
 # Item outcome codes (Diameter values, as engine.domain.ResultCode).
 SUCCESS = 2001
+END_USER_SERVICE_DENIED = 4010
 CREDIT_LIMIT_REACHED = 4012
 INVALID_AVP_VALUE = 5004
 RATING_FAILED = 5031
 
 MONEY = -1
+NONE = -1
+WANT_NONE, WANT_GRANT, WANT_DEBIT = 0, 1, 2
+FLAG_GRACE = 1  # item flag: the subscriber is in GRACE (only zero-rated service)
+RATE_ZERO_RATED, RATE_NOT_ALLOWED = 1, 2  # rate flags
+
+# Event kinds (values of tollgate.v1.EventKind).
+EV_BUCKET, EV_CAP, EV_LOW, EV_EXHAUSTED, EV_FINAL, EV_MEMBER_CAP = 1, 2, 3, 4, 5, 6
+
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+NO_BOUNDARY = INT64_MAX // 4
 
 
 @njit(cache=True, nogil=True)
@@ -29,14 +42,132 @@ def billable_increments(units: int, increment: int, first_increment: int) -> int
 
 
 @njit(cache=True, nogil=True)
-def price_units(units: int, rate: int, rate_price: np.ndarray, rate_increment: np.ndarray,
-                rate_first: np.ndarray) -> int:
-    """Money for `units` under `rate`, or -1 when it would overflow int64."""
-    n = billable_increments(units, rate_increment[rate], rate_first[rate])
-    p = rate_price[rate]
-    if p != 0 and n > INT64_MAX // p:
+def window_at(r: int, local_ms: int, win_start: np.ndarray, win_days: np.ndarray,
+              win_from: np.ndarray, win_to: np.ndarray) -> int:
+    """The time window of rate r at a local time, or NONE. Days: 1970-01-01 was a Thursday."""
+    minute = (local_ms // MINUTE_MS) % 1440
+    day = (local_ms // DAY_MS + 3) % 7  # Monday = 0
+    for w in range(win_start[r], win_start[r + 1]):
+        if (win_days[w] >> day) & 1 and win_from[w] <= minute < win_to[w]:
+            return w
+    return NONE
+
+
+@njit(cache=True, nogil=True)
+def next_change(r: int, local_ms: int, win_start: np.ndarray, win_days: np.ndarray,
+                win_from: np.ndarray, win_to: np.ndarray) -> int:
+    """The first local time after local_ms at which rate r's window changes (Tariff-Time-
+    Change), or NO_BOUNDARY when it has no windows or none changes within a week."""
+    if win_start[r] == win_start[r + 1]:
+        return NO_BOUNDARY
+    current = window_at(r, local_ms, win_start, win_days, win_from, win_to)
+    day0 = (local_ms // DAY_MS) * DAY_MS
+    t = local_ms
+    while t < local_ms + WEEK_MS + DAY_MS:
+        best = NO_BOUNDARY
+        for d in range(9):
+            day_start = day0 + d * DAY_MS
+            for w in range(win_start[r], win_start[r + 1]):
+                for edge in (win_from[w], win_to[w]):
+                    c = day_start + edge * MINUTE_MS
+                    if t < c < best:
+                        best = c
+        if best == NO_BOUNDARY:
+            return NO_BOUNDARY
+        if window_at(r, best, win_start, win_days, win_from, win_to) != current:
+            return best
+        t = best
+    return NO_BOUNDARY
+
+
+@njit(cache=True, nogil=True)
+def tiered_price(n: int, pos: int, r: int, rate_price: np.ndarray, rate_increment: np.ndarray,
+                 tier_start: np.ndarray, tier_from: np.ndarray, tier_price: np.ndarray) -> int:
+    """Money for n increments whose first starts at cycle position `pos`; an increment is
+    priced by the tier its start falls in. -1 on overflow."""
+    inc = rate_increment[r]
+    total = 0
+    while n > 0:
+        price = rate_price[r]
+        edge = NO_BOUNDARY
+        for k in range(tier_start[r], tier_start[r + 1]):
+            if tier_from[k] <= pos:
+                price = tier_price[k]
+            elif tier_from[k] < edge:
+                edge = tier_from[k]
+        take = n
+        if edge != NO_BOUNDARY:
+            take = min(n, (edge - pos + inc - 1) // inc)
+        if price != 0 and take > (INT64_MAX - total) // price:
+            return -1
+        total += take * price
+        n -= take
+        pos += take * inc
+    return total
+
+
+@njit(cache=True, nogil=True)
+def split(n: int, part: int, whole: int) -> int:
+    """floor(n * part / whole) for 0 <= part <= whole, without int64 overflow."""
+    return (n // whole) * part + ((n % whole) * part) // whole
+
+
+@njit(cache=True, nogil=True)
+def price_span(units: int, r: int, start: int, end: int, pos: int, rate_price: np.ndarray,
+               rate_increment: np.ndarray, rate_first: np.ndarray, rate_flags: np.ndarray,
+               tier_start: np.ndarray, tier_from: np.ndarray, tier_price: np.ndarray,
+               win_start: np.ndarray, win_days: np.ndarray, win_from: np.ndarray,
+               win_to: np.ndarray, win_price: np.ndarray) -> int:
+    """Money for `units` used over local times [start, end] from cycle position `pos`.
+    Billable increments are split over the time windows in proportion to time (a call over
+    19:00 is priced in two parts); outside windows the tiers apply. -1 on overflow."""
+    n = billable_increments(units, rate_increment[r], rate_first[r])
+    if n == 0 or rate_flags[r] & RATE_ZERO_RATED:
+        return 0
+    if n > INT64_MAX // rate_increment[r]:
         return -1
-    return n * p
+    if end <= start:
+        start = end
+    total = 0
+    done = 0
+    t = start
+    while done < n:
+        w = window_at(r, t, win_start, win_days, win_from, win_to)
+        seg_end = end
+        if end > start:
+            seg_end = min(next_change(r, t, win_start, win_days, win_from, win_to), end)
+            upto = n if seg_end >= end else split(n, (seg_end - start) // 1000,
+                                                  max(1, (end - start) // 1000))
+        else:
+            upto = n
+        k = upto - done
+        if k > 0:
+            if w != NONE:
+                if win_price[w] != 0 and k > (INT64_MAX - total) // win_price[w]:
+                    return -1
+                part = k * win_price[w]
+            else:
+                part = tiered_price(k, pos + done * rate_increment[r], r, rate_price,
+                                    rate_increment, tier_start, tier_from, tier_price)
+                if part < 0 or part > INT64_MAX - total:
+                    return -1
+            total += part
+            done = upto
+        t = seg_end
+    return total
+
+
+@njit(cache=True, nogil=True)
+def grant_price(units: int, r: int, t: int, pos: int, rate_price: np.ndarray,
+                rate_increment: np.ndarray, rate_first: np.ndarray, rate_flags: np.ndarray,
+                tier_start: np.ndarray, tier_from: np.ndarray, tier_price: np.ndarray,
+                win_start: np.ndarray, win_days: np.ndarray, win_from: np.ndarray,
+                win_to: np.ndarray, win_price: np.ndarray) -> int:
+    """Money to reserve for granting `units` at local time t (a grant never spans a window
+    change: its validity ends there)."""
+    return price_span(units, r, t, t, pos, rate_price, rate_increment, rate_first, rate_flags,
+                      tier_start, tier_from, tier_price, win_start, win_days, win_from, win_to,
+                      win_price)
 
 
 @njit(cache=True, nogil=True)
@@ -54,114 +185,171 @@ def bucket_applies(b: int, rg: int, unit_type: int, time_ms: int, bucket_rg_star
 
 
 @njit(cache=True, nogil=True)
+def percent_level(used: int, size: int) -> int:
+    """Highest of 50 / 80 / 100 % reached (0 if none); exact integer comparison."""
+    if size <= 0:
+        return 0
+    if used >= size:
+        return 100
+    if used * 5 >= size * 4:
+        return 80
+    if used * 2 >= size:
+        return 50
+    return 0
+
+
+@njit(cache=True, nogil=True)
 def charge_kernel(
-    item_acct: np.ndarray,       # account index of each item
-    item_rg: np.ndarray,         # rating group
-    item_rate: np.ndarray,       # rate index, -1 = not priced
-    item_time: np.ndarray,       # event time, Unix ms
-    item_used: np.ndarray,       # units to commit (0 = none)
-    item_want: np.ndarray,       # 0 = commit only, 1 = also grant, 2 = direct debit (event)
-    item_requested: np.ndarray,  # units asked for, 0 = the rate's default quota
-    item_res_src: np.ndarray,    # current reservation: bucket index or -1 (money)
-    item_res_amount: np.ndarray,  # micros or bucket units held (0 = no reservation)
-    rate_price: np.ndarray,
-    rate_increment: np.ndarray,
-    rate_first: np.ndarray,
-    rate_quota: np.ndarray,
-    rate_unit: np.ndarray,
-    acct_money: np.ndarray,      # free money per account (reservations taken out)
-    acct_floor: np.ndarray,      # lowest the free money may go by a grant: -credit limit
-    acct_bucket_start: np.ndarray,  # account a: buckets start[a]..start[a+1], consumption order
-    bucket_remaining: np.ndarray,
-    bucket_unit: np.ndarray,
-    bucket_expiry: np.ndarray,
-    bucket_rg_start: np.ndarray,
-    bucket_rgs: np.ndarray,
-) -> tuple[np.ndarray, ...]:
+    items: tuple,      # see engine.batch.ITEM_COLUMNS
+    rates: tuple,      # see engine.plans.RateTable.arrays
+    accounts: tuple,   # see engine.batch.ACCOUNT_COLUMNS
+    buckets: tuple,    # see engine.batch.BUCKET_COLUMNS
+    members: tuple,    # see engine.batch.MEMBER_COLUMNS
+    cycle_units: np.ndarray,  # units billed this cycle per (account, rating group) slot
+) -> tuple:
     """Runs every item in batch order; items of one account see each other's effects.
 
-    Per item: give back the current reservation, charge the used units (buckets in
-    order, then money; usage is never refused, control happens at grant time),
-    then grant from the first bucket with units left, else from money down to the
-    floor. A direct debit (event) is all or nothing. Returns new arrays only.
+    Per item: give back its current reservation; charge the used units (buckets in order,
+    then money, priced over the time the usage took; usage is never refused, control is at
+    grant time); then grant from the first bucket with units left, else from money, within
+    balance + credit limit, the cycle's spending cap and the member's caps. A direct debit
+    (EVENT) is all or nothing. Thresholds crossed become events. Returns new arrays only.
     """
-    n = item_acct.shape[0]
+    (i_acct, i_member, i_rg, i_rate, i_start, i_time, i_used, i_want, i_requested, i_flags,
+     i_res_src, i_res_units, i_res_amount, i_cu) = items
+    (rate_price, rate_increment, rate_first, rate_quota, rate_unit, rate_validity, rate_flags,
+     tier_start, tier_from, tier_price, win_start, win_days, win_from, win_to,
+     win_price) = rates
+    (a_money, a_floor, a_mres, a_cap, a_spent, a_bucket_start, a_low_mark, a_cap_level,
+     a_low_flag, a_exh_flag) = accounts
+    (b_remaining, b_unit, b_expiry, b_rg_start, b_rgs, b_initial, b_level) = buckets
+    (m_cap_money, m_spent, m_mres, m_cap_units, m_used_units, m_res_units) = members
+
+    n = i_acct.shape[0]
     result = np.full(n, SUCCESS, dtype=np.int64)
     granted = np.zeros(n, dtype=np.int64)
     res_src = np.full(n, MONEY, dtype=np.int64)
     res_amount = np.zeros(n, dtype=np.int64)
     charged = np.zeros(n, dtype=np.int64)
-    money = acct_money.copy()
-    money_reserved = np.zeros(acct_money.shape[0], dtype=np.int64)
-    remaining = bucket_remaining.copy()
-    bucket_reserved = np.zeros(bucket_remaining.shape[0], dtype=np.int64)
+    validity = np.zeros(n, dtype=np.int64)
+    final = np.zeros(n, dtype=np.int64)
+    money = a_money.copy()
+    mres = a_mres.copy()
+    spent = a_spent.copy()
+    cap_level = a_cap_level.copy()
+    low_flag = a_low_flag.copy()
+    exh_flag = a_exh_flag.copy()
+    remaining = b_remaining.copy()
+    b_reserved = np.zeros(b_remaining.shape[0], dtype=np.int64)
+    level = b_level.copy()
+    mspent = m_spent.copy()
+    mmres = m_mres.copy()
+    mused = m_used_units.copy()
+    mres_u = m_res_units.copy()
+    cu = cycle_units.copy()
 
     cap = 0
     for i in range(n):
-        a = item_acct[i]
-        cap += acct_bucket_start[a + 1] - acct_bucket_start[a] + 1
+        a = i_acct[i]
+        cap += a_bucket_start[a + 1] - a_bucket_start[a] + 1
     chg_item = np.empty(cap, dtype=np.int64)
     chg_src = np.empty(cap, dtype=np.int64)
     chg_units = np.empty(cap, dtype=np.int64)
     chg_money = np.empty(cap, dtype=np.int64)
     n_chg = 0
+    ev_cap = 4 * n + 4 * cap
+    ev_item = np.empty(ev_cap, dtype=np.int64)
+    ev_kind = np.empty(ev_cap, dtype=np.int64)
+    ev_ref = np.empty(ev_cap, dtype=np.int64)
+    ev_level = np.empty(ev_cap, dtype=np.int64)
+    ev_value = np.empty(ev_cap, dtype=np.int64)
+    ev_limit = np.empty(ev_cap, dtype=np.int64)
+    n_ev = 0
 
     for i in range(n):
-        a = item_acct[i]
-        r = item_rate[i]
-        used = item_used[i]
+        a = i_acct[i]
+        m = i_member[i]
+        r = i_rate[i]
+        used = i_used[i]
+        want = i_want[i]
         # Give back what the session holds for this rating group.
-        if item_res_amount[i] != 0:
-            s = item_res_src[i]
+        if i_res_amount[i] != 0 or i_res_units[i] != 0:
+            s = i_res_src[i]
             if s == MONEY:
-                money[a] += item_res_amount[i]
-                money_reserved[a] -= item_res_amount[i]
+                money[a] += i_res_amount[i]
+                mres[a] -= i_res_amount[i]
+                if m != NONE:
+                    mmres[m] -= i_res_amount[i]
             else:
-                remaining[s] += item_res_amount[i]
-                bucket_reserved[s] -= item_res_amount[i]
-        if r < 0:
+                remaining[s] += i_res_amount[i]
+                b_reserved[s] -= i_res_amount[i]
+            if m != NONE and r != NONE:
+                mres_u[m * 3 + rate_unit[r] - 1] -= i_res_units[i]
+        if r == NONE:
             result[i] = RATING_FAILED
             continue
-
+        if rate_flags[r] & RATE_NOT_ALLOWED:
+            result[i] = END_USER_SERVICE_DENIED
+            continue
         unit = rate_unit[r]
-        want = item_want[i]
+        zero = rate_flags[r] & RATE_ZERO_RATED
+        mu = m * 3 + unit - 1 if m != NONE else NONE
         target = rate_quota[r]
-        if want == 2:
+        if want == WANT_DEBIT:
             target = used
-        elif item_requested[i] > 0 and item_requested[i] < target:
-            target = item_requested[i]
-        cost_used = price_units(used, r, rate_price, rate_increment, rate_first)
+        elif 0 < i_requested[i] < target:
+            target = i_requested[i]
+        t = i_time[i]
+        pos = cu[i_cu[i]]
+        cost_used = price_span(used, r, i_start[i], t, pos, rate_price, rate_increment,
+                               rate_first, rate_flags, tier_start, tier_from, tier_price,
+                               win_start, win_days, win_from, win_to, win_price)
         cost_target = 0
-        if want != 0:
-            cost_target = price_units(target, r, rate_price, rate_increment, rate_first)
+        if want != WANT_NONE:
+            cost_target = grant_price(target, r, t, pos, rate_price, rate_increment, rate_first,
+                                      rate_flags, tier_start, tier_from, tier_price, win_start,
+                                      win_days, win_from, win_to, win_price)
         if (cost_used < 0 or cost_target < 0 or cost_used > MONEY_LIMIT
                 or cost_target > MONEY_LIMIT or money[a] - cost_used < -MONEY_LIMIT):
             result[i] = INVALID_AVP_VALUE  # amounts beyond int64 arithmetic
             continue
+        if want != WANT_NONE and i_flags[i] & FLAG_GRACE and not zero:
+            result[i] = END_USER_SERVICE_DENIED  # GRACE: zero-rated service only
+            if want == WANT_DEBIT or used == 0:
+                continue
+            want = WANT_NONE
 
-        if want == 2:
-            # Direct debit: refuse unless buckets and money above the floor cover it all.
+        if want == WANT_DEBIT:
+            # Direct debit: refuse unless buckets and money within all limits cover it all.
             covered = 0
-            for b in range(acct_bucket_start[a], acct_bucket_start[a + 1]):
-                if covered < used and bucket_applies(b, item_rg[i], unit, item_time[i],
-                                                     bucket_rg_start, bucket_rgs,
-                                                     bucket_unit, bucket_expiry):
+            for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
+                if covered < used and bucket_applies(b, i_rg[i], unit, t, b_rg_start, b_rgs,
+                                                     b_unit, b_expiry):
                     covered += min(remaining[b], used - covered)
+            cost = 0
             if covered < used:
-                cost = price_units(used - covered, r, rate_price, rate_increment, rate_first)
-                if cost > 0 and cost > money[a] - acct_floor[a]:
-                    result[i] = CREDIT_LIMIT_REACHED
-                    continue
+                cost = price_span(used - covered, r, i_start[i], t, pos, rate_price,
+                                  rate_increment, rate_first, rate_flags, tier_start, tier_from,
+                                  tier_price, win_start, win_days, win_from, win_to, win_price)
+            room = money[a] - a_floor[a]
+            if a_cap[a] > 0:
+                room = min(room, a_cap[a] - spent[a] - mres[a])
+            if m != NONE and m_cap_money[m] > 0:
+                room = min(room, m_cap_money[m] - mspent[m] - mmres[m])
+            if (cost > 0 and cost > room) or (
+                    m != NONE and m_cap_units[mu] > 0
+                    and used > m_cap_units[mu] - mused[mu] - mres_u[mu]):
+                result[i] = CREDIT_LIMIT_REACHED
+                continue
             granted[i] = used
 
         # Charge the used units: buckets in consumption order, then money.
         left = used
-        for b in range(acct_bucket_start[a], acct_bucket_start[a + 1]):
+        for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
             if left == 0:
                 break
-            if remaining[b] > 0 and bucket_applies(b, item_rg[i], unit, item_time[i],
-                                                   bucket_rg_start, bucket_rgs,
-                                                   bucket_unit, bucket_expiry):
+            if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, t, b_rg_start, b_rgs,
+                                                   b_unit, b_expiry):
                 take = min(left, remaining[b])
                 remaining[b] -= take
                 left -= take
@@ -171,44 +359,201 @@ def charge_kernel(
                 chg_money[n_chg] = 0
                 n_chg += 1
         if left > 0:
-            cost = price_units(left, r, rate_price, rate_increment, rate_first)
+            cost = price_span(left, r, i_start[i], t, pos, rate_price, rate_increment,
+                              rate_first, rate_flags, tier_start, tier_from, tier_price,
+                              win_start, win_days, win_from, win_to, win_price)
             money[a] -= cost
+            spent[a] += cost
             charged[i] = cost
             chg_item[n_chg] = i
             chg_src[n_chg] = MONEY
             chg_units[n_chg] = left
             chg_money[n_chg] = cost
             n_chg += 1
+            if m != NONE:
+                mspent[m] += cost
+            if not zero:
+                cu[i_cu[i]] += billable_increments(left, rate_increment[r],
+                                                   rate_first[r]) * rate_increment[r]
+        if m != NONE:
+            mused[mu] += used
 
-        if want != 1:
-            continue
-        # Grant: the first bucket with units left, else money down to the floor.
-        for b in range(acct_bucket_start[a], acct_bucket_start[a + 1]):
-            if remaining[b] > 0 and bucket_applies(b, item_rg[i], unit, item_time[i],
-                                                   bucket_rg_start, bucket_rgs,
-                                                   bucket_unit, bucket_expiry):
-                g = min(target, remaining[b])
-                remaining[b] -= g
-                bucket_reserved[b] += g
-                granted[i] = g
-                res_src[i] = b
+        if want == WANT_GRANT:
+            pos = cu[i_cu[i]]
+            unit_room = NO_BOUNDARY
+            if m != NONE and m_cap_units[mu] > 0:
+                unit_room = m_cap_units[mu] - mused[mu] - mres_u[mu]
+                if unit_room < target:
+                    target = max(unit_room, 0)
+            g = 0
+            src = MONEY
+            member_bound = unit_room <= 0
+            if target > 0:
+                for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
+                    if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, t, b_rg_start,
+                                                           b_rgs, b_unit, b_expiry):
+                        g = min(target, remaining[b])
+                        src = b
+                        break
+            if src != MONEY:
+                remaining[src] -= g
+                b_reserved[src] += g
                 res_amount[i] = g
-                break
-        else:
-            available = money[a] - acct_floor[a]
-            g = target
-            cost = price_units(g, r, rate_price, rate_increment, rate_first)
-            if cost > available and rate_price[r] > 0:
-                g = (available // rate_price[r]) * rate_increment[r] if available > 0 else 0
-                cost = price_units(g, r, rate_price, rate_increment, rate_first)
-                if g <= 0 or cost > available:
-                    result[i] = CREDIT_LIMIT_REACHED
-                    continue
-            money[a] -= cost
-            money_reserved[a] += cost
-            granted[i] = g
-            res_amount[i] = cost
+            elif target > 0:
+                room = money[a] - a_floor[a]
+                if a_cap[a] > 0:
+                    room = min(room, a_cap[a] - spent[a] - mres[a])
+                if m != NONE and m_cap_money[m] > 0:
+                    m_room = m_cap_money[m] - mspent[m] - mmres[m]
+                    member_bound = m_room < room
+                    room = min(room, m_room)
+                g = target
+                cost = grant_price(g, r, t, pos, rate_price, rate_increment, rate_first,
+                                   rate_flags, tier_start, tier_from, tier_price, win_start,
+                                   win_days, win_from, win_to, win_price)
+                if cost > room and cost > 0:
+                    # The most whole increments the room pays for (price rises with units):
+                    # a division for a flat price, a binary search over tiers.
+                    lo = 0
+                    hi = (g + rate_increment[r] - 1) // rate_increment[r]
+                    w = window_at(r, t, win_start, win_days, win_from, win_to)
+                    if w != NONE or tier_start[r] == tier_start[r + 1]:
+                        flat = win_price[w] if w != NONE else rate_price[r]
+                        lo = min(hi, max(room, 0) // flat)
+                        hi = lo
+                    while lo < hi:
+                        mid = (lo + hi + 1) // 2
+                        c = grant_price(mid * rate_increment[r], r, t, pos, rate_price,
+                                        rate_increment, rate_first, rate_flags, tier_start,
+                                        tier_from, tier_price, win_start, win_days, win_from,
+                                        win_to, win_price)
+                        if c <= room:
+                            lo = mid
+                        else:
+                            hi = mid - 1
+                    g = min(lo * rate_increment[r], g)
+                    cost = grant_price(g, r, t, pos, rate_price, rate_increment, rate_first,
+                                       rate_flags, tier_start, tier_from, tier_price,
+                                       win_start, win_days, win_from, win_to, win_price)
+                    if g <= 0 or cost > room:
+                        g = 0
+                if g > 0:
+                    money[a] -= cost
+                    mres[a] += cost
+                    res_amount[i] = cost
+                    if m != NONE:
+                        mmres[m] += cost
+                    exh_flag[a] = 0
+            if g <= 0:
+                result[i] = CREDIT_LIMIT_REACHED
+                if member_bound:
+                    ev_item[n_ev] = i
+                    ev_kind[n_ev] = EV_MEMBER_CAP
+                    ev_ref[n_ev] = m
+                    ev_level[n_ev] = 100
+                    ev_value[n_ev] = unit  # which limit: 0 = money, else the unit type
+                    ev_limit[n_ev] = 0
+                    if unit_room <= 0:
+                        ev_limit[n_ev] = m_cap_units[mu]
+                    else:
+                        ev_value[n_ev] = 0
+                        ev_limit[n_ev] = m_cap_money[m]
+                    n_ev += 1
+                elif exh_flag[a] == 0:
+                    exh_flag[a] = 1
+                    ev_item[n_ev] = i
+                    ev_kind[n_ev] = EV_EXHAUSTED
+                    ev_ref[n_ev] = NONE
+                    ev_level[n_ev] = 0
+                    ev_value[n_ev] = money[a]
+                    ev_limit[n_ev] = a_floor[a]
+                    n_ev += 1
+            else:
+                granted[i] = g
+                res_src[i] = src
+                if m != NONE:
+                    mres_u[mu] += g
+                change = next_change(r, t, win_start, win_days, win_from, win_to)
+                v = rate_validity[r]
+                if change != NO_BOUNDARY:
+                    to_change = max(1, (change - t) // 1000)
+                    if v == 0 or to_change < v:
+                        v = to_change
+                validity[i] = v
+                # Final units: nothing more could be granted after these.
+                more = zero != 0
+                if not more and (unit_room == NO_BOUNDARY or unit_room - g > 0):
+                    for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
+                        if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, t, b_rg_start,
+                                                               b_rgs, b_unit, b_expiry):
+                            more = True
+                            break
+                    if not more:
+                        room = money[a] - a_floor[a]
+                        if a_cap[a] > 0:
+                            room = min(room, a_cap[a] - spent[a] - mres[a])
+                        if m != NONE and m_cap_money[m] > 0:
+                            room = min(room, m_cap_money[m] - mspent[m] - mmres[m])
+                        least = grant_price(max(rate_first[r], rate_increment[r]), r, t, pos,
+                                            rate_price, rate_increment, rate_first, rate_flags,
+                                            tier_start, tier_from, tier_price, win_start,
+                                            win_days, win_from, win_to, win_price)
+                        more = least <= room
+                if not more:
+                    final[i] = 1
+                    ev_item[n_ev] = i
+                    ev_kind[n_ev] = EV_FINAL
+                    ev_ref[n_ev] = NONE
+                    ev_level[n_ev] = 0
+                    ev_value[n_ev] = g
+                    ev_limit[n_ev] = 0
+                    n_ev += 1
 
-    return (result, granted, res_src, res_amount, charged, money, money_reserved, remaining,
-            bucket_reserved, chg_item[:n_chg], chg_src[:n_chg], chg_units[:n_chg],
-            chg_money[:n_chg])
+        # Thresholds this item took the account across, each announced once per cycle.
+        for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
+            lv = percent_level(b_initial[b] - remaining[b], b_initial[b])
+            for step in (50, 80, 100):
+                if level[b] < step <= lv:
+                    ev_item[n_ev] = i
+                    ev_kind[n_ev] = EV_BUCKET
+                    ev_ref[n_ev] = b
+                    ev_level[n_ev] = step
+                    ev_value[n_ev] = b_initial[b] - remaining[b]
+                    ev_limit[n_ev] = b_initial[b]
+                    n_ev += 1
+            if lv > level[b]:
+                level[b] = lv
+        if a_cap[a] > 0:
+            lv = percent_level(spent[a] + mres[a], a_cap[a])
+            for step in (80, 100):
+                if cap_level[a] < step <= lv:
+                    ev_item[n_ev] = i
+                    ev_kind[n_ev] = EV_CAP
+                    ev_ref[n_ev] = NONE
+                    ev_level[n_ev] = step
+                    ev_value[n_ev] = spent[a] + mres[a]
+                    ev_limit[n_ev] = a_cap[a]
+                    n_ev += 1
+            if lv > cap_level[a]:
+                cap_level[a] = lv
+        if a_low_mark[a] > 0:
+            if money[a] < a_low_mark[a] and low_flag[a] == 0:
+                low_flag[a] = 1
+                ev_item[n_ev] = i
+                ev_kind[n_ev] = EV_LOW
+                ev_ref[n_ev] = NONE
+                ev_level[n_ev] = 0
+                ev_value[n_ev] = money[a]
+                ev_limit[n_ev] = a_low_mark[a]
+                n_ev += 1
+            elif money[a] >= a_low_mark[a]:
+                low_flag[a] = 0
+
+    return ((result, granted, res_src, res_amount, charged, validity, final),
+            (money, mres, spent, cap_level, low_flag, exh_flag),
+            (remaining, b_reserved, level),
+            (mspent, mmres, mused, mres_u),
+            cu,
+            (chg_item[:n_chg], chg_src[:n_chg], chg_units[:n_chg], chg_money[:n_chg]),
+            (ev_item[:n_ev], ev_kind[:n_ev], ev_ref[:n_ev], ev_level[:n_ev], ev_value[:n_ev],
+             ev_limit[:n_ev]))

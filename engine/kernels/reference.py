@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 SUCCESS = 2001
+END_USER_SERVICE_DENIED = 4010
 CREDIT_LIMIT_REACHED = 4012
 INVALID_AVP_VALUE = 5004
 RATING_FAILED = 5031
 MONEY = -1
 INT64_MAX = 2**63 - 1
 MONEY_LIMIT = 2**62
+MINUTE, DAY = 60_000, 86_400_000
+EV_BUCKET, EV_CAP, EV_LOW, EV_EXHAUSTED, EV_FINAL, EV_MEMBER_CAP = 1, 2, 3, 4, 5, 6
+
+
+@dataclass
+class RefWindow:
+    days: int  # bit 0 = Monday
+    start: int  # minute of day
+    end: int
+    price: int
 
 
 @dataclass
@@ -20,6 +32,24 @@ class RefRate:
     first: int
     quota: int
     unit: int
+    validity: int = 0
+    zero_rated: bool = False
+    not_allowed: bool = False
+    tiers: list[tuple[int, int]] = field(default_factory=list)  # (from_units, price)
+    windows: list[RefWindow] = field(default_factory=list)
+
+
+@dataclass
+class RefAccount:
+    money: int
+    floor: int
+    reserved: int = 0
+    cap: int = 0
+    spent: int = 0
+    low_mark: int = 0
+    cap_level: int = 0
+    low_flag: int = 0
+    exhausted_flag: int = 0
 
 
 @dataclass
@@ -29,7 +59,19 @@ class RefBucket:
     unit: int
     expiry: int
     rating_groups: list[int]
+    initial: int = 0
+    level: int = 0
     reserved: int = 0
+
+
+@dataclass
+class RefMember:
+    cap_money: int = 0
+    spent: int = 0
+    reserved: int = 0
+    cap_units: list[int] = field(default_factory=lambda: [0, 0, 0])
+    used_units: list[int] = field(default_factory=lambda: [0, 0, 0])
+    reserved_units: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
 @dataclass
@@ -39,10 +81,15 @@ class RefItem:
     rate: int
     time: int
     used: int
-    want: int  # 0 none, 1 grant, 2 direct debit
+    want: int  # 0 commit only, 1 grant, 2 direct debit
     requested: int
     res_src: int
     res_amount: int
+    member: int = -1
+    start: int = -1  # -1: same as time
+    grace: bool = False
+    res_units: int = 0
+    cycle_slot: int = 0
 
 
 @dataclass
@@ -52,107 +99,285 @@ class RefOut:
     res_src: int = MONEY
     res_amount: int = 0
     charged: int = 0
+    validity: int = 0
+    final: bool = False
     charges: list[tuple[int, int, int]] = field(default_factory=list)  # (source, units, micros)
 
 
-def price(units: int, rate: RefRate) -> int | None:
-    """Money for `units` (at least the first increment, rounded up); None on overflow."""
-    if units <= 0:
+def window_at(rate: RefRate, t: int) -> int:
+    minute = (t // MINUTE) % 1440
+    weekday = (t // DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    for k, w in enumerate(rate.windows):
+        if w.days >> weekday & 1 and w.start <= minute < w.end:
+            return k
+    return -1
+
+
+def next_change(rate: RefRate, t: int) -> int | None:
+    """First instant after t where the window of `rate` differs, within about a week."""
+    if not rate.windows:
+        return None
+    now = window_at(rate, t)
+    midnight = t - t % DAY
+    edges = sorted({midnight + d * DAY + m * MINUTE
+                    for d in range(9) for w in rate.windows for m in (w.start, w.end)})
+    return next((e for e in edges if e > t and window_at(rate, e) != now), None)
+
+
+def increments(units: int, rate: RefRate) -> int:
+    return 0 if units <= 0 else -(-max(units, rate.first) // rate.increment)
+
+
+def tiered(n: int, pos: int, rate: RefRate) -> int:
+    """n increments from cycle position pos; each priced by the tier its start falls in."""
+    bounds = [(0, rate.price), *rate.tiers]
+    total = 0
+    for k, (lo, price) in enumerate(bounds):
+        hi = bounds[k + 1][0] if k + 1 < len(bounds) else None
+        first_j = max(0, -(-(lo - pos) // rate.increment))
+        last_j = n if hi is None else min(n, max(0, -(-(hi - pos) // rate.increment)))
+        total += max(0, last_j - first_j) * price
+    return total
+
+
+def price(units: int, rate: RefRate, start: int, end: int, pos: int) -> int | None:
+    n = increments(units, rate)
+    if n == 0 or rate.zero_rated:
         return 0
-    billable = max(units, rate.first)
-    increments = -(-billable // rate.increment)
-    money = increments * rate.price
-    return None if money > INT64_MAX else money
+    if end <= start:
+        start = end
+    cuts = [start]
+    while end > start:
+        nxt = next_change(rate, cuts[-1])
+        if nxt is None or nxt >= end:
+            break
+        cuts.append(nxt)
+    cuts.append(end)
+    total, done = 0, 0
+    whole = max(1, (end - start) // 1000)
+    for k in range(len(cuts) - 1):
+        upto = n if k == len(cuts) - 2 else n * ((cuts[k + 1] - start) // 1000) // whole
+        w = window_at(rate, cuts[k])
+        part = (upto - done) * rate.windows[w].price if w >= 0 else tiered(
+            upto - done, pos + done * rate.increment, rate)
+        total += part
+        done = upto
+    return None if total > INT64_MAX else total
 
 
-def charge_reference(items: list[RefItem], rates: list[RefRate], money: list[int],
-                     floors: list[int], buckets: list[RefBucket]
-                     ) -> tuple[list[RefOut], list[int], list[int], list[RefBucket]]:
-    """Same contract as kernels.charge.charge_kernel, on lists; mutates copies."""
-    money = list(money)
-    money_reserved = [0] * len(money)
-    buckets = [RefBucket(b.account, b.remaining, b.unit, b.expiry, list(b.rating_groups))
-               for b in buckets]
+def level(used: int, size: int) -> int:
+    if size <= 0:
+        return 0
+    return 100 if used >= size else 80 if used * 5 >= size * 4 else 50 if used * 2 >= size else 0
+
+
+@dataclass
+class RefState:
+    accounts: list[RefAccount]
+    buckets: list[RefBucket]
+    members: list[RefMember]
+    cycle_units: list[int]
+    events: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+
+
+def charge_reference(items: list[RefItem], rates: list[RefRate], state: RefState
+                     ) -> tuple[list[RefOut], RefState]:
+    """Same contract as kernels.charge.charge_kernel, on lists; works on a copy."""
+    st = RefState([RefAccount(**vars(a)) for a in state.accounts],
+                  [RefBucket(**{**vars(b), "rating_groups": list(b.rating_groups)})
+                   for b in state.buckets],
+                  [RefMember(m.cap_money, m.spent, m.reserved, list(m.cap_units),
+                             list(m.used_units), list(m.reserved_units)) for m in state.members],
+                  list(state.cycle_units))
     outs = []
-    for it in items:
+    for n, it in enumerate(items):
         out = RefOut()
         outs.append(out)
-        if it.res_amount:
-            if it.res_src == MONEY:
-                money[it.account] += it.res_amount
-                money_reserved[it.account] -= it.res_amount
-            else:
-                buckets[it.res_src].remaining += it.res_amount
-                buckets[it.res_src].reserved -= it.res_amount
-        if it.rate < 0:
-            out.result = RATING_FAILED
-            continue
-        rate = rates[it.rate]
+        _item(n, it, rates, st, out)
+    return outs, st
 
-        def usable(b: RefBucket, it: RefItem = it, rate: RefRate = rate) -> bool:
-            return (b.account == it.account and b.unit == rate.unit
-                    and (b.expiry == 0 or b.expiry > it.time)
-                    and it.rating_group in b.rating_groups)
 
-        mine = [k for k, b in enumerate(buckets) if usable(b)]
-        if it.want == 2:
-            target = it.used
+def _room(acct: RefAccount, mem: RefMember | None) -> tuple[int, bool]:
+    room = acct.money - acct.floor
+    if acct.cap > 0:
+        room = min(room, acct.cap - acct.spent - acct.reserved)
+    member_bound = False
+    if mem is not None and mem.cap_money > 0:
+        m_room = mem.cap_money - mem.spent - mem.reserved
+        member_bound = m_room < room
+        room = min(room, m_room)
+    return room, member_bound
+
+
+def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) -> None:
+    acct = st.accounts[it.account]
+    mem = st.members[it.member] if it.member >= 0 else None
+    if it.res_amount or it.res_units:
+        if it.res_src == MONEY:
+            acct.money += it.res_amount
+            acct.reserved -= it.res_amount
+            if mem:
+                mem.reserved -= it.res_amount
         else:
-            target = rate.quota
-            if 0 < it.requested < target:
-                target = it.requested
-        cost_used = price(it.used, rate)
-        cost_target = price(target, rate) if it.want else 0
-        if (cost_used is None or cost_target is None or cost_used > MONEY_LIMIT
-                or cost_target > MONEY_LIMIT or money[it.account] - cost_used < -MONEY_LIMIT):
-            out.result = INVALID_AVP_VALUE
-            continue
-        if it.want == 2:
-            in_buckets = sum(buckets[k].remaining for k in mine)
-            rest = max(0, it.used - in_buckets)
-            cost = price(rest, rate)
-            assert cost is not None
-            if cost > 0 and cost > money[it.account] - floors[it.account]:
-                out.result = CREDIT_LIMIT_REACHED
-                continue
-            out.granted = it.used
+            st.buckets[it.res_src].remaining += it.res_amount
+            st.buckets[it.res_src].reserved -= it.res_amount
+        if mem and it.rate >= 0:
+            mem.reserved_units[rates[it.rate].unit - 1] -= it.res_units
+    if it.rate < 0:
+        out.result = RATING_FAILED
+        return
+    rate = rates[it.rate]
+    if rate.not_allowed:
+        out.result = END_USER_SERVICE_DENIED
+        return
+    u = rate.unit - 1
+    start = it.time if it.start < 0 else it.start
+    mine = [k for k, b in enumerate(st.buckets)
+            if b.account == it.account and b.unit == rate.unit
+            and (b.expiry == 0 or b.expiry > it.time) and it.rating_group in b.rating_groups]
+    want = it.want
+    target = it.used if want == 2 else (
+        it.requested if 0 < it.requested < rate.quota else rate.quota)
+    pos = st.cycle_units[it.cycle_slot]
+    cost_used = price(it.used, rate, start, it.time, pos)
+    cost_target = price(target, rate, it.time, it.time, pos) if want else 0
+    if (cost_used is None or cost_target is None or cost_used > MONEY_LIMIT
+            or cost_target > MONEY_LIMIT or acct.money - cost_used < -MONEY_LIMIT):
+        out.result = INVALID_AVP_VALUE
+        return
+    if want and it.grace and not rate.zero_rated:
+        out.result = END_USER_SERVICE_DENIED
+        if want == 2 or it.used == 0:
+            return
+        want = 0
+    if want == 2:
+        rest = max(0, it.used - sum(st.buckets[k].remaining for k in mine))
+        cost = price(rest, rate, start, it.time, pos) or 0
+        room, _ = _room(acct, mem)
+        over_units = (mem is not None and mem.cap_units[u] > 0 and it.used >
+                      mem.cap_units[u] - mem.used_units[u] - mem.reserved_units[u])
+        if (cost > 0 and cost > room) or over_units:
+            out.result = CREDIT_LIMIT_REACHED
+            return
+        out.granted = it.used
 
-        left = it.used
-        for k in mine:
-            take = min(left, buckets[k].remaining)
-            if take > 0:
-                buckets[k].remaining -= take
-                left -= take
-                out.charges.append((k, take, 0))
-        if left:
-            cost = price(left, rate)
-            assert cost is not None
-            money[it.account] -= cost
-            out.charged = cost
-            out.charges.append((MONEY, left, cost))
+    left = it.used
+    for k in mine:
+        take = min(left, st.buckets[k].remaining)
+        if take > 0:
+            st.buckets[k].remaining -= take
+            left -= take
+            out.charges.append((k, take, 0))
+    if left:
+        left_cost = price(left, rate, start, it.time, pos)
+        assert left_cost is not None
+        cost = left_cost
+        acct.money -= cost
+        acct.spent += cost
+        out.charged = cost
+        out.charges.append((MONEY, left, cost))
+        if mem:
+            mem.spent += cost
+        if not rate.zero_rated:
+            st.cycle_units[it.cycle_slot] += increments(left, rate) * rate.increment
+    if mem:
+        mem.used_units[u] += it.used
 
-        if it.want != 1:
-            continue
-        with_units = [k for k in mine if buckets[k].remaining > 0]
-        if with_units:
-            k = with_units[0]
-            g = min(target, buckets[k].remaining)
-            buckets[k].remaining -= g
-            buckets[k].reserved += g
-            out.granted, out.res_src, out.res_amount = g, k, g
-            continue
-        available = money[it.account] - floors[it.account]
-        grant = target
-        cost = price(grant, rate)
+    if want == 1:
+        _grant(n, it, rate, st, out, acct, mem, target, mine)
+    _thresholds(n, it, st, acct)
+
+
+def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: RefAccount,
+           mem: RefMember | None, target: int, mine: list[int]) -> None:
+    u = rate.unit - 1
+    pos = st.cycle_units[it.cycle_slot]
+    unit_room = None
+    if mem is not None and mem.cap_units[u] > 0:
+        unit_room = mem.cap_units[u] - mem.used_units[u] - mem.reserved_units[u]
+        target = min(target, max(unit_room, 0))
+    member_bound = unit_room is not None and unit_room <= 0
+    with_units = [k for k in mine if st.buckets[k].remaining > 0] if target > 0 else []
+    g = 0
+    if with_units:
+        k = with_units[0]
+        g = min(target, st.buckets[k].remaining)
+        st.buckets[k].remaining -= g
+        st.buckets[k].reserved += g
+        out.res_src, out.res_amount = k, g
+    elif target > 0:
+        room, member_bound = _room(acct, mem)
+        g = target
+        cost = price(g, rate, it.time, it.time, pos)
         assert cost is not None
-        if rate.price > 0 and cost > available:
-            grant = (available // rate.price) * rate.increment if available > 0 else 0
-            cost = price(grant, rate)
-            assert cost is not None
-            if grant <= 0 or cost > available:
-                out.result = CREDIT_LIMIT_REACHED
-                continue
-        money[it.account] -= cost
-        money_reserved[it.account] += cost
-        out.granted, out.res_amount = grant, cost
-    return outs, money, money_reserved, buckets
+        if cost > room and cost > 0:
+            # Price rises with units: the affordable increment counts are a prefix.
+            def too_dear(j: int) -> bool:
+                c = price(j * rate.increment, rate, it.time, it.time, pos)
+                return c is None or c > room
+            best = bisect.bisect_left(range(-(-g // rate.increment) + 1), True, key=too_dear) - 1
+            g = min(max(best, 0) * rate.increment, g)
+            cost = price(g, rate, it.time, it.time, pos) or 0
+            if g <= 0 or cost > room:
+                g = 0
+        if g > 0:
+            acct.money -= cost
+            acct.reserved += cost
+            out.res_amount = cost
+            if mem:
+                mem.reserved += cost
+            acct.exhausted_flag = 0
+    if g <= 0:
+        out.result = CREDIT_LIMIT_REACHED
+        if member_bound:
+            assert mem is not None
+            if unit_room is not None and unit_room <= 0:
+                st.events.append((n, EV_MEMBER_CAP, it.member, 100, rate.unit,
+                                  mem.cap_units[u]))
+            else:
+                st.events.append((n, EV_MEMBER_CAP, it.member, 100, 0, mem.cap_money))
+        elif acct.exhausted_flag == 0:
+            acct.exhausted_flag = 1
+            st.events.append((n, EV_EXHAUSTED, -1, 0, acct.money, acct.floor))
+        return
+    out.granted = g
+    if mem:
+        mem.reserved_units[u] += g
+    change = next_change(rate, it.time)
+    out.validity = rate.validity
+    if change is not None:
+        to_change = max(1, (change - it.time) // 1000)
+        if out.validity == 0 or to_change < out.validity:
+            out.validity = to_change
+    more = rate.zero_rated
+    if not more and (unit_room is None or unit_room - g > 0):
+        more = any(st.buckets[k].remaining > 0 for k in mine)
+        if not more:
+            room, _ = _room(acct, mem)
+            least = price(max(rate.first, rate.increment), rate, it.time, it.time,
+                          st.cycle_units[it.cycle_slot])
+            more = least is not None and least <= room
+    if not more:
+        out.final = True
+        st.events.append((n, EV_FINAL, -1, 0, g, 0))
+
+
+def _thresholds(n: int, it: RefItem, st: RefState, acct: RefAccount) -> None:
+    for k, b in enumerate(st.buckets):
+        if b.account != it.account:
+            continue
+        lv = level(b.initial - b.remaining, b.initial)
+        st.events += [(n, EV_BUCKET, k, step, b.initial - b.remaining, b.initial)
+                      for step in (50, 80, 100) if b.level < step <= lv]
+        b.level = max(b.level, lv)
+    if acct.cap > 0:
+        lv = level(acct.spent + acct.reserved, acct.cap)
+        st.events += [(n, EV_CAP, -1, step, acct.spent + acct.reserved, acct.cap)
+                      for step in (80, 100) if acct.cap_level < step <= lv]
+        acct.cap_level = max(acct.cap_level, lv)
+    if acct.low_mark > 0:
+        if acct.money < acct.low_mark and not acct.low_flag:
+            acct.low_flag = 1
+            st.events.append((n, EV_LOW, -1, 0, acct.money, acct.low_mark))
+        elif acct.money >= acct.low_mark:
+            acct.low_flag = 0

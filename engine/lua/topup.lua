@@ -1,15 +1,18 @@
--- Adds money to an account once per top-up id.
--- KEYS: account, top-up marker, usage stream. ARGV: amount, record, marker ttl ms.
+-- Adds money to an account once per top-up id, with its usage record and TOPPED_UP event.
+-- KEYS: account, top-up marker, usage stream, events stream.
+-- ARGV: amount, record, marker ttl ms, event.
 -- Returns {applied (1|0), money after} or {-1} when the account does not exist.
+-- Money stays a string: Lua numbers are doubles and money is int64.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'money')}
 end
-local money = redis.call('HINCRBY', KEYS[1], 'money', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'money', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'topups', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'r', ARGV[2])
-return {1, tostring(money)}
+redis.call('XADD', KEYS[4], '*', 'e', ARGV[4])
+return {1, redis.call('HGET', KEYS[1], 'money')}

@@ -315,8 +315,6 @@ async def test_grant_limited_by_money_gives_the_units_the_money_covers(gateway):
     assert (acct.money_micros, acct.reserved_micros) == (0, 2_500_000)
 
 
-@pytest.mark.xfail(strict=True, reason="final-unit indications come with the plans' final-unit "
-                                       "actions (usage-control issue); not built yet")
 async def test_grant_limited_by_money_carries_a_final_unit_indication(gateway):
     [sub] = await gateway.setup(plan=plan_with(None), money=2_500_000)
 

@@ -2,111 +2,132 @@
 
 from __future__ import annotations
 
-import numpy as np
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.kernels.charge import charge_kernel
-from engine.kernels.reference import RefBucket, RefItem, RefRate, charge_reference
+from engine.kernels.reference import (
+    RefAccount,
+    RefBucket,
+    RefItem,
+    RefMember,
+    RefRate,
+    RefState,
+    RefWindow,
+    charge_reference,
+)
+from tests.unit.kernel_inputs import kernel_args
 
 MONEY = -1
+HOUR = 3_600_000
+# A Monday 17:30 UTC (1970-01-05 is a Monday): windows at 18:00 and 19:00 are near.
+MONDAY_1730 = 4 * 86_400_000 + 17 * HOUR + 30 * 60_000
+
+
+@st.composite
+def rates(draw):
+    increment = draw(st.sampled_from([1, 10, 1024, 60]))
+    tiers = sorted(set(draw(st.lists(st.integers(1, 40), max_size=3))))
+    return RefRate(
+        price=draw(st.sampled_from([0, 1, 7, 1000, 250_000, 2**40])), increment=increment,
+        first=draw(st.sampled_from([0, 1, 30, 5000])), quota=draw(st.integers(1, 50_000)),
+        unit=draw(st.integers(1, 3)), validity=draw(st.sampled_from([60, 600, 7200])),
+        zero_rated=draw(st.booleans()) and draw(st.booleans()),
+        not_allowed=draw(st.integers(0, 9)) == 0,
+        tiers=[(k * increment * 100, draw(st.sampled_from([0, 3, 500, 90_000]))) for k in tiers],
+        windows=[RefWindow(draw(st.integers(1, 127)), s, e,
+                           draw(st.sampled_from([0, 2, 700, 120_000])))
+                 for s, e in draw(st.lists(st.sampled_from(
+                     [(1080, 1140), (1140, 1440), (0, 420), (1050, 1110)]),
+                     max_size=2, unique=True))])
 
 
 @st.composite
 def batches(draw):
-    rates = draw(st.lists(st.builds(
-        RefRate,
-        price=st.sampled_from([0, 1, 7, 1000, 250_000, 2**40]),
-        increment=st.sampled_from([1, 10, 1024, 60]),
-        first=st.sampled_from([0, 1, 30, 5000]),
-        quota=st.integers(1, 50_000),
-        unit=st.integers(1, 3),
-    ), min_size=1, max_size=4))
+    rate_list = draw(st.lists(rates(), min_size=1, max_size=4))
     n_accounts = draw(st.integers(1, 4))
-    money = draw(st.lists(st.integers(-10**7, 10**9), min_size=n_accounts, max_size=n_accounts))
-    floors = draw(st.lists(st.sampled_from([0, -10**6, -10**8]), min_size=n_accounts,
-                           max_size=n_accounts))
+    accounts = [RefAccount(
+        money=draw(st.integers(-10**7, 10**9)), floor=draw(st.sampled_from([0, -10**6, -10**8])),
+        reserved=draw(st.sampled_from([0, 0, 10**6])),
+        cap=draw(st.sampled_from([0, 0, 5 * 10**6, 10**8])),
+        spent=draw(st.sampled_from([0, 10**6])), low_mark=draw(st.sampled_from([0, 2 * 10**6])),
+        cap_level=draw(st.sampled_from([0, 0, 80])), low_flag=draw(st.integers(0, 1)),
+        exhausted_flag=draw(st.integers(0, 1))) for _ in range(n_accounts)]
     buckets = []
     for a in range(n_accounts):
         for _ in range(draw(st.integers(0, 3))):
+            initial = draw(st.integers(0, 100_000))
             buckets.append(RefBucket(
-                account=a, remaining=draw(st.integers(0, 100_000)),
-                unit=draw(st.integers(1, 3)), expiry=draw(st.sampled_from([0, 500, 5000])),
+                account=a, remaining=draw(st.integers(0, initial)),
+                unit=draw(st.integers(1, 3)), expiry=draw(st.sampled_from([0, 500, 10**13])),
                 rating_groups=draw(st.lists(st.sampled_from([10, 20, 30]), min_size=1,
-                                            max_size=3, unique=True))))
+                                            max_size=3, unique=True)),
+                initial=initial, level=draw(st.sampled_from([0, 0, 50, 80]))))
+    members = [RefMember(
+        cap_money=draw(st.sampled_from([0, 10**5, 10**7])), spent=draw(st.integers(0, 10**5)),
+        reserved=draw(st.sampled_from([0, 1000])),
+        cap_units=[draw(st.sampled_from([0, 0, 5000, 10**6])) for _ in range(3)],
+        used_units=[draw(st.integers(0, 4000)) for _ in range(3)],
+        reserved_units=[0, 0, 0]) for _ in range(draw(st.integers(0, 3)))]
+    slots = draw(st.integers(1, 4))
+    cycle_units = [draw(st.sampled_from([0, 500, 10**5])) for _ in range(slots)]
     items = []
-    for _ in range(draw(st.integers(0, 40))):
+    for _ in range(draw(st.integers(0, 30))):
         a = draw(st.integers(0, n_accounts - 1))
         mine = [k for k, b in enumerate(buckets) if b.account == a]
-        src = draw(st.sampled_from([MONEY, *mine]))
+        time = MONDAY_1730 + draw(st.sampled_from([0, 29 * 60_000, 95 * 60_000, 3 * 86_400_000]))
         items.append(RefItem(
             account=a, rating_group=draw(st.sampled_from([10, 20, 30])),
-            rate=draw(st.integers(-1, len(rates) - 1)), time=draw(st.sampled_from([0, 1000, 9000])),
-            used=draw(st.one_of(st.integers(0, 200_000), st.just(2**62))),
+            rate=draw(st.integers(-1, len(rate_list) - 1)), time=time,
+            start=time - draw(st.sampled_from([0, 0, 61_000, 45 * 60_000, 3 * HOUR])),
+            used=draw(st.one_of(st.integers(0, 200_000), st.just(2**50))),
             want=draw(st.integers(0, 2)), requested=draw(st.integers(0, 60_000)),
-            res_src=src, res_amount=draw(st.sampled_from([0, 0, 500, 20_000]))))
-    return items, rates, money, floors, buckets
+            res_src=draw(st.sampled_from([MONEY, *mine])),
+            res_amount=draw(st.sampled_from([0, 0, 500, 20_000])),
+            res_units=draw(st.sampled_from([0, 0, 300])),
+            member=draw(st.integers(-1, len(members) - 1)),
+            grace=draw(st.integers(0, 5)) == 0, cycle_slot=draw(st.integers(0, slots - 1))))
+    return items, rate_list, RefState(accounts, buckets, members, cycle_units)
 
 
-def kernel_args(items, rates, money, floors, buckets):
-    """The kernel's arrays for a reference-style batch."""
-    i64 = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
-    n_accounts = len(money)
-    bucket_start = np.searchsorted(i64([b.account for b in buckets]), np.arange(n_accounts + 1))
-    rg_start = np.cumsum([0] + [len(b.rating_groups) for b in buckets])
-    return (
-        i64([it.account for it in items]), i64([it.rating_group for it in items]),
-        i64([it.rate for it in items]), i64([it.time for it in items]),
-        i64([it.used for it in items]), i64([it.want for it in items]),
-        i64([it.requested for it in items]), i64([it.res_src for it in items]),
-        i64([it.res_amount for it in items]),
-        i64([r.price for r in rates]), i64([r.increment for r in rates]),
-        i64([r.first for r in rates]), i64([r.quota for r in rates]), i64([r.unit for r in rates]),
-        i64(money), i64(floors), bucket_start.astype(np.int64),
-        i64([b.remaining for b in buckets]), i64([b.unit for b in buckets]),
-        i64([b.expiry for b in buckets]), rg_start.astype(np.int64),
-        i64([g for b in buckets for g in b.rating_groups]),
-    )
+def run_kernel(items, rates, state):
+    return charge_kernel(*kernel_args(items, rates, state))
 
 
-def run_kernel(*batch):
-    return charge_kernel(*kernel_args(*batch))
-
-
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches())
 def test_kernel_matches_reference(batch):
-    (result, granted, res_src, res_amount, charged, money_after, money_reserved, remaining,
-     bucket_reserved, chg_item, chg_src, chg_units, chg_money) = run_kernel(*batch)
-    outs, ref_money, ref_reserved, ref_buckets = charge_reference(*batch)
+    items, rate_list, state = batch
+    out, acct_out, bucket_out, member_out, cu, charges, events = run_kernel(*batch)
+    ref, ref_state = charge_reference(items, rate_list, state)
 
-    assert list(result) == [o.result for o in outs]
-    assert list(granted) == [o.granted for o in outs]
-    assert list(res_src) == [o.res_src for o in outs]
-    assert list(res_amount) == [o.res_amount for o in outs]
-    assert list(charged) == [o.charged for o in outs]
-    assert list(money_after) == ref_money
-    assert list(money_reserved) == ref_reserved
-    assert list(remaining) == [b.remaining for b in ref_buckets]
-    assert list(bucket_reserved) == [b.reserved for b in ref_buckets]
-    charges = [(int(i), int(s), int(u), int(m))
-               for i, s, u, m in zip(chg_item, chg_src, chg_units, chg_money, strict=True)]
-    assert charges == [(i, *c) for i, o in enumerate(outs) for c in o.charges]
-
-
-def test_grant_never_takes_money_below_the_floor():
-    items = [RefItem(0, 10, 0, 0, used=0, want=1, requested=0, res_src=MONEY, res_amount=0)]
-    rates = [RefRate(price=1000, increment=1000, first=0, quota=1_000_000, unit=1)]
-    result, granted, _, res_amount, *_ = run_kernel(items, rates, [5_500], [0], [])
-    assert result[0] == 2001
-    assert granted[0] == 5000  # five whole increments affordable
-    assert res_amount[0] == 5000
-
-
-def test_usage_is_rounded_up_to_the_increment_with_a_first_increment():
-    items = [RefItem(0, 100, 0, 0, used=61, want=0, requested=0, res_src=MONEY, res_amount=0),
-             RefItem(0, 100, 0, 0, used=5, want=0, requested=0, res_src=MONEY, res_amount=0)]
-    rates = [RefRate(price=100, increment=60, first=60, quota=600, unit=2)]
-    _, _, _, _, charged, money, *_ = run_kernel(items, rates, [10_000], [0], [])
-    assert list(charged) == [200, 100]  # 61 s -> 2 minutes; 5 s -> the 60 s minimum
-    assert money[0] == 10_000 - 300
+    result, granted, res_src, res_amount, charged, validity, final = (x.tolist() for x in out)
+    assert result == [o.result for o in ref]
+    assert granted == [o.granted for o in ref]
+    assert res_src == [o.res_src for o in ref]
+    assert res_amount == [o.res_amount for o in ref]
+    assert charged == [o.charged for o in ref]
+    for k, o in enumerate(ref):
+        if o.result == 2001 and items[k].want == 1 and o.granted:
+            assert validity[k] == o.validity, k
+    assert final == [int(o.final) for o in ref]
+    money, mres, spent, cap_level, low_flag, exh_flag = (x.tolist() for x in acct_out)
+    assert money == [a.money for a in ref_state.accounts]
+    assert mres == [a.reserved for a in ref_state.accounts]
+    assert spent == [a.spent for a in ref_state.accounts]
+    assert cap_level == [a.cap_level for a in ref_state.accounts]
+    assert low_flag == [a.low_flag for a in ref_state.accounts]
+    assert exh_flag == [a.exhausted_flag for a in ref_state.accounts]
+    remaining, b_reserved, level = (x.tolist() for x in bucket_out)
+    assert remaining == [b.remaining for b in ref_state.buckets]
+    assert b_reserved == [b.reserved for b in ref_state.buckets]
+    assert level == [b.level for b in ref_state.buckets]
+    mspent, mmres, mused, mres_u = (x.tolist() for x in member_out)
+    assert mspent == [m.spent for m in ref_state.members]
+    assert mmres == [m.reserved for m in ref_state.members]
+    assert mused == [u for m in ref_state.members for u in m.used_units]
+    assert mres_u == [u for m in ref_state.members for u in m.reserved_units]
+    assert cu.tolist() == ref_state.cycle_units
+    got = [tuple(int(x) for x in row) for row in zip(*charges, strict=True)]
+    assert got == [(i, *c) for i, o in enumerate(ref) for c in o.charges]
+    assert [tuple(int(x) for x in row) for row in zip(*events, strict=True)] == ref_state.events

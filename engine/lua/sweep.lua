@@ -1,0 +1,42 @@
+-- Releases the reservations of one open session that went silent past its expiry.
+-- KEYS[1] = session, KEYS[2] = the partition's open-session zset. ARGV[1] = now (ms).
+-- Atomic per session, and a no-op if the session was refreshed, ended or swept meanwhile,
+-- so a crashed sweep can simply run again and two sweepers may race.
+-- Returns the number of reservations released.
+local expiry = redis.call('ZSCORE', KEYS[2], KEYS[1])
+if not expiry or tonumber(expiry) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZREM', KEYS[2], KEYS[1])
+local prefix = string.match(KEYS[1], '^(tg:{p%d+}:)')
+local acct = prefix .. 'acct:' .. redis.call('HGET', KEYS[1], 'acct')
+local sub = redis.call('HGET', KEYS[1], 'sub')
+local member = redis.call('HEXISTS', acct, 'm:' .. sub) == 1
+local fields = redis.call('HGETALL', KEYS[1])
+local released = 0
+for k = 1, #fields, 2 do
+  local name = fields[k]
+  if string.sub(name, 1, 2) == 'r:' then
+    local bucket, units, amount, unit = string.match(fields[k + 1], '^([^|]*)|(%d+)|(%d+)|(%d+)$')
+    if amount ~= '0' then
+      if bucket == '' then
+        redis.call('HINCRBY', acct, 'money', amount)
+        redis.call('HINCRBY', acct, 'mres', '-' .. amount)
+        if member then
+          redis.call('HINCRBY', acct, 'm:' .. sub .. ':mres', '-' .. amount)
+        end
+      else
+        redis.call('HINCRBY', acct, 'b:' .. bucket .. ':rem', amount)
+        redis.call('HINCRBY', acct, 'b:' .. bucket .. ':res', '-' .. amount)
+      end
+    end
+    if member and units ~= '0' and unit ~= '0' then
+      redis.call('HINCRBY', acct, 'm:' .. sub .. ':r' .. unit, '-' .. units)
+    end
+    redis.call('HDEL', KEYS[1], name)
+    released = released + 1
+  end
+end
+redis.call('HINCRBY', acct, 'ver', 1)
+redis.call('HSET', KEYS[1], 'swept', ARGV[1])
+return released

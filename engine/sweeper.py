@@ -1,0 +1,63 @@
+"""The stale-reservation sweeper: gives back what silent sessions hold, one atomic call each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+from redis.exceptions import RedisError
+
+from engine import keys
+from engine.store import Store
+
+log = logging.getLogger("tollgate.sweeper")
+
+LUA = Path(__file__).parent / "lua" / "sweep.lua"
+
+
+class Sweeper:
+    """Finds open sessions whose expiry (validity + grace, refreshed by every request) has
+    passed and releases their reservations. The session stays open: late usage reported
+    for it is still charged (as overage, since nothing is reserved any more)."""
+
+    def __init__(self, store: Store, clock: Callable[[], int], batch: int = 500) -> None:
+        self.store = store
+        self.clock = clock
+        self.batch = batch
+        self._script = store.redis.register_script(LUA.read_text())
+        self.released = 0
+
+    async def sweep_once(self, now_ms: int | None = None) -> int:
+        """One pass over every partition; returns the reservations released."""
+        now = self.clock() if now_ms is None else now_ms
+        total = 0
+        for p in range(self.store.partitions):
+            zset = keys.open_sessions(p)
+            while True:
+                stale = cast(list[bytes], await self.store.redis.zrangebyscore(
+                    zset, "-inf", now, start=0, num=self.batch))
+                if not stale:
+                    break
+                pipe = self.store.redis.pipeline(transaction=False)
+                for sess in stale:
+                    await self._script(keys=[sess.decode(), zset], args=[now], client=pipe)
+                total += sum(int(n) for n in await pipe.execute())
+                if len(stale) < self.batch:
+                    break
+        self.released += total
+        return total
+
+    async def run(self, interval_s: float) -> None:
+        """Sweeps every interval until cancelled; Redis errors are logged and retried."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                released = await self.sweep_once()
+            except RedisError as e:
+                log.warning("sweep failed, will retry", extra={"error": str(e)})
+                continue
+            if released:
+                log.info("stale reservations released", extra={"count": released})

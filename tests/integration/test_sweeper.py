@@ -1,0 +1,73 @@
+"""The stale-reservation sweeper: silent sessions give back what they hold, once, atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from engine.sweeper import Sweeper
+from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request
+from tollgate.v1 import charging_pb2 as cpb
+
+LATER = int(time.time() * 1000) + 10 * 3600 * 1000  # far past validity + grace
+
+
+async def open_sessions(gateway, sub, n):
+    for k in range(n):
+        a = await gateway.charge(request(f"s{k}", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0),
+                                         mscc(VOICE_RG, want=0, field="time_seconds")))
+        assert a.result == cpb.SUCCESS
+
+
+async def test_silent_sessions_have_their_reservations_released(tollgate, gateway):
+    [sub] = await gateway.setup()
+    await open_sessions(gateway, sub, 3)
+    held = await gateway.account("acct-0")
+    assert held.buckets[0].reserved == 30 * MB and held.reserved_micros > 0
+
+    released = await Sweeper(tollgate.store, tollgate.engine.clock).sweep_once(LATER)
+
+    assert released == 6  # data and voice of three sessions
+    acct = await gateway.account("acct-0")
+    assert acct.buckets[0].reserved == 0 and acct.buckets[0].remaining == 100 * MB
+    assert acct.reserved_micros == 0 and acct.money_micros == held.money_micros + \
+        held.reserved_micros
+    assert list(acct.reservations) == []
+
+
+async def test_a_session_still_within_its_validity_is_left_alone(tollgate, gateway):
+    [sub] = await gateway.setup()
+    await open_sessions(gateway, sub, 1)
+
+    released = await Sweeper(tollgate.store, tollgate.engine.clock).sweep_once()
+
+    assert released == 0
+    assert (await gateway.account("acct-0")).buckets[0].reserved == 10 * MB
+
+
+async def test_two_sweepers_racing_release_each_reservation_once(tollgate, gateway):
+    [sub] = await gateway.setup()
+    await open_sessions(gateway, sub, 20)
+    held = len((await gateway.account("acct-0")).reservations)
+    sweepers = [Sweeper(tollgate.store, tollgate.engine.clock, batch=3) for _ in range(2)]
+
+    counts = await asyncio.gather(*(s.sweep_once(LATER) for s in sweepers))
+
+    assert held > 20
+    assert sum(counts) == held
+    acct = await gateway.account("acct-0")
+    assert acct.buckets[0].reserved == 0 and acct.buckets[0].remaining == 100 * MB
+    assert acct.reserved_micros == 0
+
+
+async def test_late_usage_of_a_swept_session_is_still_charged(tollgate, gateway):
+    [sub] = await gateway.setup()
+    await open_sessions(gateway, sub, 1)
+    await Sweeper(tollgate.store, tollgate.engine.clock).sweep_once(LATER)
+
+    a = await gateway.charge(request("s0", 1, cpb.TERMINATION, sub, mscc(DATA_RG, used=3 * MB)))
+
+    assert a.result == cpb.SUCCESS
+    acct = await gateway.account("acct-0")
+    assert acct.buckets[0].used == 3 * MB
+    assert acct.buckets[0].reserved == 0
