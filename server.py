@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine import metrics
-from engine.charging import Engine
+from engine.charging import Engine, wall_clock_ms
 from engine.config import Config
 from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Overloaded
 from engine.provisioning import Provisioner
@@ -201,6 +201,8 @@ class Tollgate:
     port: int = 0
     health: health.HealthServicer | None = None
     sweeper: asyncio.Task[None] | None = None
+    clock: Callable[[], int] = wall_clock_ms
+    """Unix ms; tests pass a controllable clock (billing cycles, stale reservations)."""
 
     @property
     def address(self) -> str:
@@ -219,7 +221,7 @@ class Tollgate:
                                                               "data_dir": self.config.data_dir})
         self.store = Store(url, self.config.partitions, self.config.redis_timeout_s)
         await self.store.init()
-        self.engine = Engine(self.store, self.config)
+        self.engine = Engine(self.store, self.config, self.clock)
         self.engine.start()
         if self.config.sweep_interval_s > 0:
             self.sweeper = asyncio.create_task(
