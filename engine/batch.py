@@ -12,13 +12,20 @@ import numpy as np
 
 from engine.decode import Request, units_of
 from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType
-from engine.kernels.charge import FLAG_GRACE, WANT_DEBIT, WANT_GRANT, WANT_NONE, charge_kernel
+from engine.kernels.charge import (
+    FLAG_GRACE,
+    FLAG_RES_MEMBER,
+    WANT_DEBIT,
+    WANT_GRANT,
+    WANT_NONE,
+    charge_kernel,
+)
 from engine.plans import RateTable
 from engine.state import AccountState
 from tollgate.v1 import charging_pb2 as pb
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
-                "flags", "res_src", "res_units", "res_amount", "cycle_slot")
+                "flags", "res_src", "res_units", "res_amount", "cycle_slot", "offset")
 """The kernel's `items` tuple (local times: the plan's UTC offset added)."""
 
 
@@ -52,6 +59,7 @@ class ItemRef:
     want: int
     reserved_units: int  # units of the reservation the item replaces
     internal: bool  # release of a reservation the TERMINATION did not mention
+    member: bool  # the subscriber is a member of a shared account (caps apply)
 
 
 @dataclass(slots=True)
@@ -211,9 +219,11 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
         else:
             want = WANT_NONE
         res = held.get(rg)
-        src, amount, res_units = MONEY_SOURCE, 0, 0
+        src, amount, res_units, flags = MONEY_SOURCE, 0, 0, FLAG_GRACE if grace else 0
         if res is not None:
             amount, res_units = res.amount, res.units
+            if res.member:
+                flags |= FLAG_RES_MEMBER
             if res.bucket_id:
                 src = kb.bucket_start[a] + acct.bucket_index(res.bucket_id)
         slot = kb.cycle_slots.get((a, rg), -1)
@@ -221,9 +231,9 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
             slot = kb.cycle_slots[(a, rg)] = len(kb.cycle_slots)
             kb.slots_of.setdefault(a, []).append((rg, slot))
         mine.append(len(kb.refs))
-        kb.refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal))
+        kb.refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal,
+                               member >= 0))
         for k, v in zip(ITEM_COLUMNS, (
                 a, member, rg, row, min(start, req.time_ms) + offset, req.time_ms + offset, used,
-                want, requested, FLAG_GRACE if grace else 0, src, res_units, amount, slot),
-                strict=True):
+                want, requested, flags, src, res_units, amount, slot, offset), strict=True):
             cols[k].append(v)

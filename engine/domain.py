@@ -203,3 +203,4 @@ class Reservation:
     units: int
     amount: int  # micros held (money) or units held (bucket)
     unit_type: int = 0  # of the units (member caps count them per unit type)
+    member: bool = False  # taken as a member of a shared account: counts against its caps

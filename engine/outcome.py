@@ -85,7 +85,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
             new.reservations[ref.rating_group] = Res(
                 ref.rating_group, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
                 res.granted[i], res.res_amount[i],
-                int(ref.rate.unit_type) if ref.rate is not None else 0)
+                int(ref.rate.unit_type) if ref.rate is not None else 0, ref.member)
             longest = max(longest, res.validity[i] or timing.default_validity_s)
         if ref.internal:
             continue
@@ -107,10 +107,8 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     expiry = timing.now_ms + ((longest or timing.default_validity_s)
                               + timing.stale_grace_s) * 1000
     w.sessions.append(SessionWrite(
-        keys.session(acct.partition, req.session_id),
-        keys.account_sessions(acct.partition, acct.account_id), req.session_id, new.ended,
-        session_fields(new, req, p.account_id, blob), gone + [f"a:{rn}" for rn in dropped],
-        expiry))
+        req.session_id, new.ended, session_fields(new, req, p.account_id, blob),
+        gone + [f"a:{rn}" for rn in dropped], expiry))
 
 
 def _increments(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:

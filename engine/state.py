@@ -19,7 +19,8 @@ changed only through the per-account version check or by Lua that bumps `ver`):
     m:<sub>:u1..u3 / :r1..r3   units charged this cycle / reserved, per unit type
 
 Session hash `tg:{pN}:sess:<id>`: rn, st (open|ended|event), t, sub, acct, a:<rn>
-(stored answers), r:<rg> = "bucket_id|units|amount|unit_type" (reservations).
+(stored answers), r:<rg> = "bucket_id|units|amount|unit_type|member" (reservations;
+member = 1 when it counts against the subscriber's member caps).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> Acc
 
 
 def reservation_value(r: Reservation) -> str:
-    return f"{r.bucket_id}|{r.units}|{r.amount}|{r.unit_type}"
+    return f"{r.bucket_id}|{r.units}|{r.amount}|{r.unit_type}|{int(r.member)}"
 
 
 def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None:
@@ -157,6 +158,7 @@ def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None
             s.answers[int(k[2:])] = v
         elif k.startswith(b"r:"):
             rg = int(k[2:])
-            bucket_id, units, amount, unit = _s(v).split("|")
-            s.reservations[rg] = Reservation(rg, bucket_id, int(units), int(amount), int(unit))
+            bucket_id, units, amount, unit, member = _s(v).split("|")
+            s.reservations[rg] = Reservation(rg, bucket_id, int(units), int(amount), int(unit),
+                                             member == "1")
     return s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,8 +39,6 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class SessionWrite:
-    key: str
-    set_key: str
     session_id: str
     ended: bool
     fields: dict[str, bytes | str | int]
@@ -58,6 +57,35 @@ class AccountWrite:
     sessions: list[SessionWrite] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
+
+
+_LENGTH = struct.Struct(">I").pack
+
+
+def _group(w: AccountWrite) -> bytes:
+    """One account's write as length-prefixed tokens, in apply.lua's order."""
+    tokens: list[bytes | str | int] = [w.expected_version, len(w.sets)]
+    for f, v in w.sets.items():
+        tokens += (f, v)
+    tokens.append(len(w.increments))
+    for f, d in w.increments.items():
+        tokens += (f, d)
+    tokens.append(len(w.sessions))
+    for s in w.sessions:
+        tokens += (s.session_id, "end" if s.ended else "open", s.expiry_ms, len(s.fields))
+        for f, value in s.fields.items():
+            tokens += (f, value)
+        tokens.append(len(s.deleted))
+        tokens += s.deleted
+    tokens.append(len(w.records))
+    tokens += w.records
+    tokens.append(len(w.events))
+    tokens += w.events
+    out: list[bytes] = []
+    for t in tokens:
+        data = t if type(t) is bytes else str(t).encode()
+        out += (_LENGTH(len(data)), data)
+    return b"".join(out)
 
 
 class Store:
@@ -138,38 +166,10 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         order = list(writes)
         for p in order:
-            keys_: list[str] = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
-            slot: dict[str, int] = {}
-
-            def key_no(k: str, keys_: list[str] = keys_, slot: dict[str, int] = slot) -> int:
-                if k not in slot:
-                    keys_.append(k)
-                    slot[k] = len(keys_)
-                return slot[k]
-
-            args: list[Any] = [retention_ms, len(writes[p])]
-            for w in writes[p]:
-                group: list[Any] = [key_no(w.key), w.expected_version, len(w.sets)]
-                for f, v in w.sets.items():
-                    group += [f, v]
-                group.append(len(w.increments))
-                for f, d in w.increments.items():
-                    group += [f, d]
-                group.append(len(w.sessions))
-                for s in w.sessions:
-                    group += [key_no(s.key), key_no(s.set_key), s.session_id,
-                              "end" if s.ended else "open", s.expiry_ms, len(s.fields)]
-                    for f, value in s.fields.items():
-                        group += [f, value]
-                    group.append(len(s.deleted))
-                    group += s.deleted
-                group.append(len(w.records))
-                group += w.records
-                group.append(len(w.events))
-                group += w.events
-                args.append(len(group))
-                args += group
-            await self._apply(keys=keys_, args=args, client=pipe)
+            group_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
+            group_keys += [w.key for w in writes[p]]
+            await self._apply(keys=group_keys, args=[retention_ms, *map(_group, writes[p])],
+                              client=pipe)
         replies = await pipe.execute()
         return {p: {int(g) - 1 for g in reply} for p, reply in zip(order, replies, strict=True)}
 

@@ -20,6 +20,7 @@ MONEY = -1
 NONE = -1
 WANT_NONE, WANT_GRANT, WANT_DEBIT = 0, 1, 2
 FLAG_GRACE = 1  # item flag: the subscriber is in GRACE (only zero-rated service)
+FLAG_RES_MEMBER = 2  # item flag: its current reservation counts against the member's caps
 RATE_ZERO_RATED, RATE_NOT_ALLOWED = 1, 2  # rate flags
 
 # Event kinds (values of tollgate.v1.EventKind).
@@ -216,7 +217,7 @@ def charge_kernel(
     (EVENT) is all or nothing. Thresholds crossed become events. Returns new arrays only.
     """
     (i_acct, i_member, i_rg, i_rate, i_start, i_time, i_used, i_want, i_requested, i_flags,
-     i_res_src, i_res_units, i_res_amount, i_cu) = items
+     i_res_src, i_res_units, i_res_amount, i_cu, i_offset) = items
     (rate_price, rate_increment, rate_first, rate_quota, rate_unit, rate_validity, rate_flags,
      tier_start, tier_from, tier_price, win_start, win_days, win_from, win_to,
      win_price) = rates
@@ -272,18 +273,20 @@ def charge_kernel(
         r = i_rate[i]
         used = i_used[i]
         want = i_want[i]
-        # Give back what the session holds for this rating group.
+        # Give back what the session holds for this rating group (and what it counted against
+        # the member's caps, if it was taken as a member).
+        counted = m != NONE and i_flags[i] & FLAG_RES_MEMBER
         if i_res_amount[i] != 0 or i_res_units[i] != 0:
             s = i_res_src[i]
             if s == MONEY:
                 money[a] += i_res_amount[i]
                 mres[a] -= i_res_amount[i]
-                if m != NONE:
+                if counted:
                     mmres[m] -= i_res_amount[i]
             else:
                 remaining[s] += i_res_amount[i]
                 b_reserved[s] -= i_res_amount[i]
-            if m != NONE and r != NONE:
+            if counted and r != NONE:
                 mres_u[m * 3 + rate_unit[r] - 1] -= i_res_units[i]
         if r == NONE:
             result[i] = RATING_FAILED
@@ -300,6 +303,7 @@ def charge_kernel(
         elif 0 < i_requested[i] < target:
             target = i_requested[i]
         t = i_time[i]
+        utc = t - i_offset[i]  # bucket expiry is an instant; t is local time
         pos = cu[i_cu[i]]
         cost_used = price_span(used, r, i_start[i], t, pos, rate_price, rate_increment,
                                rate_first, rate_flags, tier_start, tier_from, tier_price,
@@ -323,7 +327,7 @@ def charge_kernel(
             # Direct debit: refuse unless buckets and money within all limits cover it all.
             covered = 0
             for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
-                if covered < used and bucket_applies(b, i_rg[i], unit, t, b_rg_start, b_rgs,
+                if covered < used and bucket_applies(b, i_rg[i], unit, utc, b_rg_start, b_rgs,
                                                      b_unit, b_expiry):
                     covered += min(remaining[b], used - covered)
             cost = 0
@@ -348,7 +352,7 @@ def charge_kernel(
         for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
             if left == 0:
                 break
-            if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, t, b_rg_start, b_rgs,
+            if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, utc, b_rg_start, b_rgs,
                                                    b_unit, b_expiry):
                 take = min(left, remaining[b])
                 remaining[b] -= take
@@ -388,9 +392,10 @@ def charge_kernel(
             g = 0
             src = MONEY
             member_bound = unit_room <= 0
+            cap_bound = False
             if target > 0:
                 for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
-                    if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, t, b_rg_start,
+                    if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, utc, b_rg_start,
                                                            b_rgs, b_unit, b_expiry):
                         g = min(target, remaining[b])
                         src = b
@@ -401,8 +406,9 @@ def charge_kernel(
                 res_amount[i] = g
             elif target > 0:
                 room = money[a] - a_floor[a]
-                if a_cap[a] > 0:
-                    room = min(room, a_cap[a] - spent[a] - mres[a])
+                if a_cap[a] > 0 and a_cap[a] - spent[a] - mres[a] < room:
+                    room = a_cap[a] - spent[a] - mres[a]
+                    cap_bound = True
                 if m != NONE and m_cap_money[m] > 0:
                     m_room = m_cap_money[m] - mspent[m] - mmres[m]
                     member_bound = m_room < room
@@ -459,7 +465,7 @@ def charge_kernel(
                         ev_value[n_ev] = 0
                         ev_limit[n_ev] = m_cap_money[m]
                     n_ev += 1
-                elif exh_flag[a] == 0:
+                elif exh_flag[a] == 0 and not cap_bound:
                     exh_flag[a] = 1
                     ev_item[n_ev] = i
                     ev_kind[n_ev] = EV_EXHAUSTED
@@ -484,7 +490,7 @@ def charge_kernel(
                 more = zero != 0
                 if not more and (unit_room == NO_BOUNDARY or unit_room - g > 0):
                     for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
-                        if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, t, b_rg_start,
+                        if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, utc, b_rg_start,
                                                                b_rgs, b_unit, b_expiry):
                             more = True
                             break

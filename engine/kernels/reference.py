@@ -90,6 +90,8 @@ class RefItem:
     grace: bool = False
     res_units: int = 0
     cycle_slot: int = 0
+    offset: int = 0  # the plan's UTC offset: time and start are local, bucket expiry is not
+    res_member: bool = False  # the current reservation counts against the member's caps
 
 
 @dataclass
@@ -197,32 +199,36 @@ def charge_reference(items: list[RefItem], rates: list[RefRate], state: RefState
     return outs, st
 
 
-def _room(acct: RefAccount, mem: RefMember | None) -> tuple[int, bool]:
+def _room(acct: RefAccount, mem: RefMember | None) -> tuple[int, bool, bool]:
+    """Money a grant may take, and whether the cap or the member's cap set it."""
     room = acct.money - acct.floor
-    if acct.cap > 0:
-        room = min(room, acct.cap - acct.spent - acct.reserved)
+    cap_room = acct.cap - acct.spent - acct.reserved if acct.cap > 0 else None
+    cap_bound = cap_room is not None and cap_room < room
+    if cap_room is not None:
+        room = min(room, cap_room)
     member_bound = False
     if mem is not None and mem.cap_money > 0:
         m_room = mem.cap_money - mem.spent - mem.reserved
         member_bound = m_room < room
         room = min(room, m_room)
-    return room, member_bound
+    return room, member_bound, cap_bound
 
 
 def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) -> None:
     acct = st.accounts[it.account]
     mem = st.members[it.member] if it.member >= 0 else None
+    counted = mem if it.res_member else None
     if it.res_amount or it.res_units:
         if it.res_src == MONEY:
             acct.money += it.res_amount
             acct.reserved -= it.res_amount
-            if mem:
-                mem.reserved -= it.res_amount
+            if counted:
+                counted.reserved -= it.res_amount
         else:
             st.buckets[it.res_src].remaining += it.res_amount
             st.buckets[it.res_src].reserved -= it.res_amount
-        if mem and it.rate >= 0:
-            mem.reserved_units[rates[it.rate].unit - 1] -= it.res_units
+        if counted and it.rate >= 0:
+            counted.reserved_units[rates[it.rate].unit - 1] -= it.res_units
     if it.rate < 0:
         out.result = RATING_FAILED
         return
@@ -234,7 +240,8 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) 
     start = it.time if it.start < 0 else it.start
     mine = [k for k, b in enumerate(st.buckets)
             if b.account == it.account and b.unit == rate.unit
-            and (b.expiry == 0 or b.expiry > it.time) and it.rating_group in b.rating_groups]
+            and (b.expiry == 0 or b.expiry > it.time - it.offset)
+            and it.rating_group in b.rating_groups]
     want = it.want
     target = it.used if want == 2 else (
         it.requested if 0 < it.requested < rate.quota else rate.quota)
@@ -253,7 +260,7 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) 
     if want == 2:
         rest = max(0, it.used - sum(st.buckets[k].remaining for k in mine))
         cost = price(rest, rate, start, it.time, pos) or 0
-        room, _ = _room(acct, mem)
+        room, _, _ = _room(acct, mem)
         over_units = (mem is not None and mem.cap_units[u] > 0 and it.used >
                       mem.cap_units[u] - mem.used_units[u] - mem.reserved_units[u])
         if (cost > 0 and cost > room) or over_units:
@@ -297,6 +304,7 @@ def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: 
         unit_room = mem.cap_units[u] - mem.used_units[u] - mem.reserved_units[u]
         target = min(target, max(unit_room, 0))
     member_bound = unit_room is not None and unit_room <= 0
+    cap_bound = False
     with_units = [k for k in mine if st.buckets[k].remaining > 0] if target > 0 else []
     g = 0
     if with_units:
@@ -306,7 +314,7 @@ def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: 
         st.buckets[k].reserved += g
         out.res_src, out.res_amount = k, g
     elif target > 0:
-        room, member_bound = _room(acct, mem)
+        room, member_bound, cap_bound = _room(acct, mem)
         g = target
         cost = price(g, rate, it.time, it.time, pos)
         assert cost is not None
@@ -336,7 +344,7 @@ def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: 
                                   mem.cap_units[u]))
             else:
                 st.events.append((n, EV_MEMBER_CAP, it.member, 100, 0, mem.cap_money))
-        elif acct.exhausted_flag == 0:
+        elif acct.exhausted_flag == 0 and not cap_bound:
             acct.exhausted_flag = 1
             st.events.append((n, EV_EXHAUSTED, -1, 0, acct.money, acct.floor))
         return
@@ -353,7 +361,7 @@ def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: 
     if not more and (unit_room is None or unit_room - g > 0):
         more = any(st.buckets[k].remaining > 0 for k in mine)
         if not more:
-            room, _ = _room(acct, mem)
+            room, _, _ = _room(acct, mem)
             least = price(max(rate.first, rate.increment), rate, it.time, it.time,
                           st.cycle_units[it.cycle_slot])
             more = least is not None and least <= room

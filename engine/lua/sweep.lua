@@ -11,13 +11,14 @@ redis.call('ZREM', KEYS[2], KEYS[1])
 local prefix = string.match(KEYS[1], '^(tg:{p%d+}:)')
 local acct = prefix .. 'acct:' .. redis.call('HGET', KEYS[1], 'acct')
 local sub = redis.call('HGET', KEYS[1], 'sub')
-local member = redis.call('HEXISTS', acct, 'm:' .. sub) == 1
 local fields = redis.call('HGETALL', KEYS[1])
 local released = 0
 for k = 1, #fields, 2 do
   local name = fields[k]
   if string.sub(name, 1, 2) == 'r:' then
-    local bucket, units, amount, unit = string.match(fields[k + 1], '^([^|]*)|(%d+)|(%d+)|(%d+)$')
+    local bucket, units, amount, unit, counted = string.match(
+      fields[k + 1], '^([^|]*)|(%d+)|(%d+)|(%d+)|(%d)$')
+    local member = counted == '1' and redis.call('HEXISTS', acct, 'm:' .. sub) == 1
     if amount ~= '0' then
       if bucket == '' then
         redis.call('HINCRBY', acct, 'money', amount)

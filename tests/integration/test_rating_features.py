@@ -441,11 +441,6 @@ async def test_a_members_money_cap_shrinks_its_grants_and_then_stops_it(gateway,
         f"member-cap:acct-0:teen:{acct.cycle_start_ms}:0", "teen", 0, 3 * EUR)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: AddMember on a subscriber that already holds a reservation starts its member "
-    "counters at 0; releasing that reservation drives m:<sub>:mres negative, which the "
-    "kernel counts as room under the member's money cap (store.add_member / member_add.lua "
-    "do not account for live reservations, RemoveMember refuses in the same situation)"))
 async def test_a_subscriber_made_a_member_while_holding_a_grant_stays_within_its_cap(gateway):
     await setup(gateway, plan_of(data_rate()), money=100 * EUR, subscriber="teen")
     await charge(gateway, "s1", 0, INITIAL, data(want=0), sub="teen")  # 10 MB held: 10.00
@@ -507,10 +502,6 @@ async def test_an_add_on_bought_mid_session_pays_for_the_next_grant(gateway, db,
     assert (extra.used, extra.reserved, extra.remaining) == (4 * MB, 0, 996 * MB)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the kernel compares bucket expiry_ms (UTC instant) with the item's time, which "
-    "engine/batch.py makes local (event time + the plan's UTC offset): east of UTC a bucket "
-    "is treated as expired up to the offset early, west of UTC it is used after expiry"))
 async def test_a_bucket_is_usable_until_its_expiry_whatever_the_plans_time_zone(gateway):
     """Bucket expiry is an instant (Unix ms); a plan's time zone only moves its time windows."""
     now = int(time.time() * 1000)

@@ -35,9 +35,10 @@ def kernel_args(items: list[RefItem], rates: list[RefRate], state: RefState) -> 
         i64(it.time if it.start < 0 else it.start for it in items),
         i64(it.time for it in items), i64(it.used for it in items),
         i64(it.want for it in items), i64(it.requested for it in items),
-        i64(int(it.grace) for it in items), i64(it.res_src for it in items),
-        i64(it.res_units for it in items), i64(it.res_amount for it in items),
-        i64(it.cycle_slot for it in items))
+        i64(int(it.grace) | 2 * int(it.res_member) for it in items),
+        i64(it.res_src for it in items), i64(it.res_units for it in items),
+        i64(it.res_amount for it in items), i64(it.cycle_slot for it in items),
+        i64(it.offset for it in items))
     account_cols = (
         i64(a.money for a in accts), i64(a.floor for a in accts),
         i64(a.reserved for a in accts), i64(a.cap for a in accts),

@@ -59,7 +59,8 @@ def batches(draw):
             initial = draw(st.integers(0, 100_000))
             buckets.append(RefBucket(
                 account=a, remaining=draw(st.integers(0, initial)),
-                unit=draw(st.integers(1, 3)), expiry=draw(st.sampled_from([0, 500, 10**13])),
+                unit=draw(st.integers(1, 3)),
+                expiry=draw(st.sampled_from([0, 500, 10**13, MONDAY_1730 + 1_800_000])),
                 rating_groups=draw(st.lists(st.sampled_from([10, 20, 30]), min_size=1,
                                             max_size=3, unique=True)),
                 initial=initial, level=draw(st.sampled_from([0, 0, 50, 80]))))
@@ -86,7 +87,9 @@ def batches(draw):
             res_amount=draw(st.sampled_from([0, 0, 500, 20_000])),
             res_units=draw(st.sampled_from([0, 0, 300])),
             member=draw(st.integers(-1, len(members) - 1)),
-            grace=draw(st.integers(0, 5)) == 0, cycle_slot=draw(st.integers(0, slots - 1))))
+            grace=draw(st.integers(0, 5)) == 0, cycle_slot=draw(st.integers(0, slots - 1)),
+            offset=draw(st.sampled_from([0, 3_600_000, -18_000_000])),
+            res_member=draw(st.booleans())))
     return items, rate_list, RefState(accounts, buckets, members, cycle_units)
 
 
