@@ -56,11 +56,14 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
         seen.add((r.rating_group, r.zone))
         if r.price_micros < 0 or r.price_micros > MONEY_LIMIT:
             raise InvalidArgument(f"{where}: price_micros must be between 0 and {MONEY_LIMIT}")
-        if r.increment < 1:
+        # A barred zone prices nothing: its increment and quota may be left out.
+        increment = r.increment or (1 if r.not_allowed else 0)
+        quota = r.default_quota or (1 if r.not_allowed else 0)
+        if increment < 1:
             raise InvalidArgument(f"{where}: increment must be at least 1")
         if r.first_increment < 0:
             raise InvalidArgument(f"{where}: first_increment may not be negative")
-        if r.default_quota < 1:
+        if quota < 1:
             raise InvalidArgument(f"{where}: default_quota must be at least 1")
         if r.threshold_percent > 100:
             raise InvalidArgument(f"{where}: threshold_percent must be 0..100")
@@ -68,8 +71,8 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
         windows = _windows(r, where)
         rates.append(Rate(
             rating_group=r.rating_group, unit_type=_unit_type(r.unit_type, where),
-            price_micros=r.price_micros, increment=r.increment,
-            first_increment=r.first_increment, default_quota=r.default_quota, zone=r.zone,
+            price_micros=r.price_micros, increment=increment,
+            first_increment=r.first_increment, default_quota=quota, zone=r.zone,
             validity_time_s=r.validity_time_s, quota_holding_time_s=r.quota_holding_time_s,
             threshold_percent=r.threshold_percent, tiers=tiers, windows=windows,
             zero_rated=r.zero_rated, not_allowed=r.not_allowed))
