@@ -200,6 +200,19 @@ def percent_level(used: int, size: int) -> int:
 
 
 @njit(cache=True, nogil=True)
+def emit(ev: np.ndarray, n: int, item: int, kind: int, ref: int, level: int, value: int,
+         limit: int) -> int:
+    """Appends an event row; returns the new count."""
+    ev[n, 0] = item
+    ev[n, 1] = kind
+    ev[n, 2] = ref
+    ev[n, 3] = level
+    ev[n, 4] = value
+    ev[n, 5] = limit
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
 def charge_kernel(
     items: tuple,      # see engine.batch.ITEM_COLUMNS
     rates: tuple,      # see engine.plans.RateTable.arrays
@@ -258,13 +271,7 @@ def charge_kernel(
     chg_units = np.empty(cap, dtype=np.int64)
     chg_money = np.empty(cap, dtype=np.int64)
     n_chg = 0
-    ev_cap = 4 * n + 4 * cap
-    ev_item = np.empty(ev_cap, dtype=np.int64)
-    ev_kind = np.empty(ev_cap, dtype=np.int64)
-    ev_ref = np.empty(ev_cap, dtype=np.int64)
-    ev_level = np.empty(ev_cap, dtype=np.int64)
-    ev_value = np.empty(ev_cap, dtype=np.int64)
-    ev_limit = np.empty(ev_cap, dtype=np.int64)
+    ev = np.empty((4 * n + 4 * cap, 6), dtype=np.int64)  # (item, kind, ref, level, value, limit)
     n_ev = 0
 
     for i in range(n):
@@ -453,27 +460,15 @@ def charge_kernel(
             if g <= 0:
                 result[i] = CREDIT_LIMIT_REACHED
                 if member_bound:
-                    ev_item[n_ev] = i
-                    ev_kind[n_ev] = EV_MEMBER_CAP
-                    ev_ref[n_ev] = m
-                    ev_level[n_ev] = 100
-                    ev_value[n_ev] = unit  # which limit: 0 = money, else the unit type
-                    ev_limit[n_ev] = 0
+                    # value: which limit (0 = money, else the unit type); limit: the cap
                     if unit_room <= 0:
-                        ev_limit[n_ev] = m_cap_units[mu]
+                        n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, unit, m_cap_units[mu])
                     else:
-                        ev_value[n_ev] = 0
-                        ev_limit[n_ev] = m_cap_money[m]
-                    n_ev += 1
+                        n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, 0, m_cap_money[m])
                 elif exh_flag[a] == 0 and not cap_bound:
                     exh_flag[a] = 1
-                    ev_item[n_ev] = i
-                    ev_kind[n_ev] = EV_EXHAUSTED
-                    ev_ref[n_ev] = NONE
-                    ev_level[n_ev] = 0
-                    ev_value[n_ev] = money[a]
-                    ev_limit[n_ev] = a_floor[a]
-                    n_ev += 1
+                    n_ev = emit(ev, n_ev, i, EV_EXHAUSTED, NONE, 0, money[a],
+                                a_floor[a])
             else:
                 granted[i] = g
                 res_src[i] = src
@@ -507,51 +502,31 @@ def charge_kernel(
                         more = least <= room
                 if not more:
                     final[i] = 1
-                    ev_item[n_ev] = i
-                    ev_kind[n_ev] = EV_FINAL
-                    ev_ref[n_ev] = NONE
-                    ev_level[n_ev] = 0
-                    ev_value[n_ev] = g
-                    ev_limit[n_ev] = 0
-                    n_ev += 1
+                    n_ev = emit(ev, n_ev, i, EV_FINAL, NONE, 0, g,
+                                0)
 
         # Thresholds this item took the account across, each announced once per cycle.
         for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
             lv = percent_level(b_initial[b] - remaining[b], b_initial[b])
             for step in (50, 80, 100):
                 if level[b] < step <= lv:
-                    ev_item[n_ev] = i
-                    ev_kind[n_ev] = EV_BUCKET
-                    ev_ref[n_ev] = b
-                    ev_level[n_ev] = step
-                    ev_value[n_ev] = b_initial[b] - remaining[b]
-                    ev_limit[n_ev] = b_initial[b]
-                    n_ev += 1
+                    n_ev = emit(ev, n_ev, i, EV_BUCKET, b, step, b_initial[b] - remaining[b],
+                                b_initial[b])
             if lv > level[b]:
                 level[b] = lv
         if a_cap[a] > 0:
             lv = percent_level(spent[a] + mres[a], a_cap[a])
             for step in (80, 100):
                 if cap_level[a] < step <= lv:
-                    ev_item[n_ev] = i
-                    ev_kind[n_ev] = EV_CAP
-                    ev_ref[n_ev] = NONE
-                    ev_level[n_ev] = step
-                    ev_value[n_ev] = spent[a] + mres[a]
-                    ev_limit[n_ev] = a_cap[a]
-                    n_ev += 1
+                    n_ev = emit(ev, n_ev, i, EV_CAP, NONE, step, spent[a] + mres[a],
+                                a_cap[a])
             if lv > cap_level[a]:
                 cap_level[a] = lv
         if a_low_mark[a] > 0:
             if money[a] < a_low_mark[a] and low_flag[a] == 0:
                 low_flag[a] = 1
-                ev_item[n_ev] = i
-                ev_kind[n_ev] = EV_LOW
-                ev_ref[n_ev] = NONE
-                ev_level[n_ev] = 0
-                ev_value[n_ev] = money[a]
-                ev_limit[n_ev] = a_low_mark[a]
-                n_ev += 1
+                n_ev = emit(ev, n_ev, i, EV_LOW, NONE, 0, money[a],
+                            a_low_mark[a])
             elif money[a] >= a_low_mark[a]:
                 low_flag[a] = 0
 
@@ -561,5 +536,5 @@ def charge_kernel(
             (mspent, mmres, mused, mres_u),
             cu,
             (chg_item[:n_chg], chg_src[:n_chg], chg_units[:n_chg], chg_money[:n_chg]),
-            (ev_item[:n_ev], ev_kind[:n_ev], ev_ref[:n_ev], ev_level[:n_ev], ev_value[:n_ev],
-             ev_limit[:n_ev]))
+            (ev[:n_ev, 0], ev[:n_ev, 1], ev[:n_ev, 2], ev[:n_ev, 3], ev[:n_ev, 4],
+             ev[:n_ev, 5]))
