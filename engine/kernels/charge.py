@@ -200,6 +200,26 @@ def percent_level(used: int, size: int) -> int:
 
 
 @njit(cache=True, nogil=True)
+def money_room(a: int, m: int, money: np.ndarray, floor: np.ndarray, cap: np.ndarray,
+               spent: np.ndarray, mres: np.ndarray, m_cap: np.ndarray, m_spent: np.ndarray,
+               m_mres: np.ndarray) -> tuple[int, bool, bool]:
+    """Money a grant may take: down to the floor, within the cycle's spending cap (spend +
+    reservations) and the member's money cap; and whether the cap or the member's cap is
+    what limits it."""
+    room = money[a] - floor[a]
+    cap_bound = False
+    member_bound = False
+    if cap[a] > 0 and cap[a] - spent[a] - mres[a] < room:
+        room = cap[a] - spent[a] - mres[a]
+        cap_bound = True
+    if m != NONE and m_cap[m] > 0:
+        m_room = m_cap[m] - m_spent[m] - m_mres[m]
+        member_bound = m_room < room
+        room = min(room, m_room)
+    return room, cap_bound, member_bound
+
+
+@njit(cache=True, nogil=True)
 def emit(ev: np.ndarray, n: int, item: int, kind: int, ref: int, level: int, value: int,
          limit: int) -> int:
     """Appends an event row; returns the new count."""
@@ -342,11 +362,8 @@ def charge_kernel(
                 cost = price_span(used - covered, r, i_start[i], t, pos, rate_price,
                                   rate_increment, rate_first, rate_flags, tier_start, tier_from,
                                   tier_price, win_start, win_days, win_from, win_to, win_price)
-            room = money[a] - a_floor[a]
-            if a_cap[a] > 0:
-                room = min(room, a_cap[a] - spent[a] - mres[a])
-            if m != NONE and m_cap_money[m] > 0:
-                room = min(room, m_cap_money[m] - mspent[m] - mmres[m])
+            room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
+                                    mmres)
             if (cost > 0 and cost > room) or (
                     m != NONE and m_cap_units[mu] > 0
                     and used > m_cap_units[mu] - mused[mu] - mres_u[mu]):
@@ -412,14 +429,8 @@ def charge_kernel(
                 b_reserved[src] += g
                 res_amount[i] = g
             elif target > 0:
-                room = money[a] - a_floor[a]
-                if a_cap[a] > 0 and a_cap[a] - spent[a] - mres[a] < room:
-                    room = a_cap[a] - spent[a] - mres[a]
-                    cap_bound = True
-                if m != NONE and m_cap_money[m] > 0:
-                    m_room = m_cap_money[m] - mspent[m] - mmres[m]
-                    member_bound = m_room < room
-                    room = min(room, m_room)
+                room, cap_bound, member_bound = money_room(a, m, money, a_floor, a_cap, spent,
+                                                           mres, m_cap_money, mspent, mmres)
                 g = target
                 cost = grant_price(g, r, t, pos, rate_price, rate_increment, rate_first,
                                    rate_flags, tier_start, tier_from, tier_price, win_start,
@@ -490,11 +501,8 @@ def charge_kernel(
                             more = True
                             break
                     if not more:
-                        room = money[a] - a_floor[a]
-                        if a_cap[a] > 0:
-                            room = min(room, a_cap[a] - spent[a] - mres[a])
-                        if m != NONE and m_cap_money[m] > 0:
-                            room = min(room, m_cap_money[m] - mspent[m] - mmres[m])
+                        room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres,
+                                                m_cap_money, mspent, mmres)
                         least = grant_price(max(rate_first[r], rate_increment[r]), r, t, pos,
                                             rate_price, rate_increment, rate_first, rate_flags,
                                             tier_start, tier_from, tier_price, win_start,
