@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine import metrics
+from engine.billing import BILLING, Billing, add_billing_service
 from engine.charging import Engine, wall_clock_ms
 from engine.config import Config
 from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Overloaded
@@ -167,10 +168,11 @@ class ProvisioningServicer:
 
 CHARGING = charging_pb2.DESCRIPTOR.services_by_name["Charging"]
 PROVISIONING = provisioning_pb2.DESCRIPTOR.services_by_name["Provisioning"]
-SERVICE_NAMES = (CHARGING.full_name, PROVISIONING.full_name)
+SERVICE_NAMES = (CHARGING.full_name, PROVISIONING.full_name, BILLING.full_name)
 
 
-def create_server(engine: Engine, provisioner: Provisioner, address: str
+def create_server(engine: Engine, provisioner: Provisioner, address: str,
+                  billing: Billing | None = None
                   ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A grpc.aio server with every service registered, bound but not started."""
     server = grpc.aio.server(options=[
@@ -179,6 +181,7 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str
     ])
     _add_service(server, CHARGING, ChargingServicer(engine))
     _add_service(server, PROVISIONING, ProvisioningServicer(provisioner))
+    add_billing_service(server, billing or Billing(engine.store, engine.config))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
@@ -201,6 +204,8 @@ class Tollgate:
     port: int = 0
     health: health.HealthServicer | None = None
     sweeper: asyncio.Task[None] | None = None
+    billing: Billing | None = None
+    trimmer: asyncio.Task[None] | None = None
     clock: Callable[[], int] = wall_clock_ms
     """Unix ms; tests pass a controllable clock (billing cycles, stale reservations)."""
 
@@ -226,8 +231,13 @@ class Tollgate:
         if self.config.sweep_interval_s > 0:
             self.sweeper = asyncio.create_task(
                 Sweeper(self.store, self.engine.clock).run(self.config.sweep_interval_s))
+        self.billing = Billing(self.store, self.config)
+        if self.config.stream_trim_interval_s > 0:
+            self.trimmer = asyncio.create_task(
+                self.billing.run_trimmer(self.config.stream_trim_interval_s))
         self.server, self.port, self.health = create_server(
-            self.engine, Provisioner(self.store, self.config.max_id_length), self.config.listen)
+            self.engine, Provisioner(self.store, self.config.max_id_length), self.config.listen,
+            self.billing)
         await self.server.start()
         metrics.serve_metrics(self.config.metrics_port)
         for name in ("", *SERVICE_NAMES):
@@ -239,10 +249,13 @@ class Tollgate:
         """Stops taking calls, finishes in-flight batches, then closes Redis."""
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.sweeper
+        for task in (self.sweeper, self.trimmer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.billing is not None:
+            self.billing.close()  # open billing streams end instead of holding the grace period
         if self.server is not None:
             grace = self.config.shutdown_grace_s
             stopping = asyncio.create_task(self.server.stop(grace))

@@ -1,4 +1,4 @@
-"""The `tollgate` command line: serve, demo, plans load|check."""
+"""The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate."""
 
 from __future__ import annotations
 
@@ -56,7 +56,100 @@ def parser() -> argparse.ArgumentParser:
                       help="per call (default 10)")
     check = plans_sub.add_parser("check", help="validate FILE without a server")
     check.add_argument("file", metavar="FILE")
+    _billing_parsers(sub)
     return p
+
+
+def _tool_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", help="the Redis Tollgate uses (also REDIS_URL, or the "
+                                       "redis_url of --config)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _billing_parsers(sub: argparse._SubParsersAction) -> None:
+    usage = sub.add_parser("usage", help="rated usage records: export",
+                           description="Rated usage records on the partition streams.")
+    usage_sub = usage.add_subparsers(dest="usage_command", required=True, metavar="ACTION")
+    export = usage_sub.add_parser(
+        "export", help="write the records of a period to CSV or Parquet (streamed)",
+        description="Streams every partition's usage records whose record id (the time "
+                    "they were written) lies in [--from, --to) into FILE; prints totals. "
+                    "Columns: see engine/export.py.")
+    export.add_argument("--from", dest="from_", metavar="TIME",
+                        help="ISO 8601 time (naive = UTC) or Unix ms; default: the start")
+    export.add_argument("--to", metavar="TIME", help="exclusive; default: now and later")
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export.add_argument("--out", required=True, metavar="FILE")
+    export.add_argument("--account", metavar="ID", help="only this account's records")
+    export.add_argument("--chunk", type=int, default=2000, help="records per Redis read")
+    export.add_argument("--row-group", type=int, default=20_000,
+                        help="Parquet rows per row group (memory bound)")
+    _tool_common(export)
+    rec = sub.add_parser(
+        "reconcile", help="prove per account that balances and usage records add up",
+        description="Per account: init + top-ups - add-ons - usage - forfeits + adjustments "
+                    "= money + reserved, and per bucket initial = remaining + reserved + "
+                    "units charged. Prints each account where it does not hold; exit 1 if any.")
+    rec.add_argument("--account", metavar="ID", help="only this account")
+    _tool_common(rec)
+    rr = sub.add_parser(
+        "rerate", help="re-price stored usage with a plan version; book adjustments",
+        description="Re-prices the money-charged part of the USAGE records written in "
+                    "[--from, --to) and writes ADJUSTMENT records and balance corrections "
+                    "(atomically per account). Running it again is a no-op.")
+    rr.add_argument("--account", metavar="ID", help="records of this account (plan: its own)")
+    rr.add_argument("--plan", metavar="ID", help="records priced with this plan")
+    rr.add_argument("--from", dest="from_", metavar="TIME",
+                    help="ISO 8601 time (naive = UTC) or Unix ms")
+    rr.add_argument("--to", metavar="TIME", help="exclusive")
+    rr.add_argument("--plan-version", type=int, default=0, metavar="N",
+                    help="the plan version to price with (default: the current one)")
+    rr.add_argument("--dry-run", action="store_true", help="compute and print, write nothing")
+    _tool_common(rr)
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    url = args.redis_url
+    if not url:
+        config = load_config(args.config)
+        url = config.redis_url
+    if not url:
+        raise ConfigError("give --redis-url (or REDIS_URL): the Redis that Tollgate uses")
+    return str(url)
+
+
+def billing_command(args: argparse.Namespace) -> int:
+    """`tollgate usage export`, `reconcile`, `rerate`."""
+    from engine.export import export, parse_time
+    from engine.reconcile import reconcile
+    from engine.rerate import rerate
+    try:
+        url = _redis_url(args)
+        progress = not args.no_progress
+        if args.command == "usage":
+            from_ms = parse_time(args.from_) if args.from_ else None
+            to_ms = parse_time(args.to) if args.to else None
+            totals = export(url, args.out, args.format, from_ms, to_ms, args.account,
+                            chunk=args.chunk, row_group=args.row_group, progress=progress)
+            print(f"exported to {args.out}:")
+            print("\n".join(totals.lines()))
+            return 0
+        if args.command == "reconcile":
+            report = reconcile(url, args.account, progress=progress)
+            print("\n".join(report.lines()))
+            return 0 if report.ok else 1
+        if not args.account and not args.plan:
+            raise ValueError("give --account or --plan")
+        rr = rerate(url, account=args.account, plan_id=args.plan,
+                    from_ms=parse_time(args.from_) if args.from_ else None,
+                    to_ms=parse_time(args.to) if args.to else None,
+                    plan_version=args.plan_version, dry_run=args.dry_run, progress=progress)
+        print("\n".join(rr.lines()))
+        return 1 if rr.problems else 0
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
 
 
 def plans_command(args: argparse.Namespace) -> int:
@@ -92,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "plans":
         return plans_command(args)
+    if args.command in ("usage", "reconcile", "rerate"):
+        return billing_command(args)
     try:
         config = _config(args)
     except ConfigError as e:

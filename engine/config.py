@@ -65,6 +65,22 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     """'json' (one object per line) or 'text'."""
+    billing_redeliver_ms: int = 30_000
+    """Billing: a delivered record not acknowledged within this time is delivered again
+    (to any live consumer of its group: this is how a dead consumer's records move on)."""
+    billing_max_batch: int = 500
+    """Billing: records per StreamRatedUsage / StreamEvents message when the client gives none
+    (also the most a client may ask for, times 10)."""
+    billing_block_ms: int = 1000
+    """Billing: how long a stream waits in Redis for new records before looking again."""
+    billing_page_size: int = 1000
+    """Billing: GetUsage records per page when the client gives none (most: 10x this)."""
+    stream_trim_interval_s: float = 60.0
+    """How often usage and event streams are trimmed up to what every consumer group has
+    acknowledged (0 = never, e.g. another process does). Streams without a group are kept."""
+    stream_max_age_s: int = 30 * 86_400
+    """Safety net: stream records older than this are dropped even when not acknowledged
+    (counted in tollgate_usage_dropped_unacked_total); 0 = keep them until acknowledged."""
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

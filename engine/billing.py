@@ -1,0 +1,473 @@
+"""Billing: rated usage records and events delivered to billing systems through Redis consumer
+groups (at least once, explicit Ack, redelivery after a timeout), GetUsage (one account, one
+period, paged), and the stream trimmer (only what every group has acknowledged).
+
+Record ids are "<partition>-<stream id>": stable, so a consumer that sees one twice drops it.
+Stream ids are the Redis clock's Unix ms when the record was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+from prometheus_client import Counter
+from redis.exceptions import ResponseError
+
+from engine import keys
+from engine.config import Config
+from engine.errors import InvalidArgument
+from engine.store import Store
+from tollgate.v1 import billing_pb2 as pb
+from tollgate.v1 import billing_pb2_grpc, events_pb2, usage_pb2
+
+log = logging.getLogger("tollgate.billing")
+
+USAGE = pb.FEED_USAGE
+EVENTS = pb.FEED_EVENTS
+FEED_NAMES = {USAGE: "usage", EVENTS: "events"}
+FIELD = {USAGE: b"r", EVENTS: b"e"}
+
+DROPPED_UNACKED = Counter(
+    "tollgate_usage_dropped_unacked",
+    "Stream records dropped by the max-age safety net before every consumer group had "
+    "acknowledged them", ["feed"])
+
+MAX_SCAN = 100_000
+"""GetUsage reads at most this many stream entries per call (a page may then be short)."""
+MAX_ACK_IDS = 100_000
+_SID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+StreamId = tuple[int, int]
+Entry = tuple[str, bytes]
+"""(record id, payload)"""
+
+
+def parse_sid(raw: bytes | str) -> StreamId:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_sid(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def record_id(partition: int, sid: bytes | str) -> str:
+    return f"{partition}-{sid.decode() if isinstance(sid, bytes) else sid}"
+
+
+def split_record_id(rid: str, partitions: int) -> tuple[int, str]:
+    """'<partition>-<ms>-<seq>' -> (partition, '<ms>-<seq>'), or InvalidArgument."""
+    p, _, sid = rid.partition("-")
+    if not p.isdigit() or int(p) >= partitions or not _SID.match(sid):
+        raise InvalidArgument(f"record id {rid[:80]!r} is not '<partition>-<stream id>'")
+    return int(p), sid
+
+
+def stream_key(feed: int, p: int) -> str:
+    return keys.usage_stream(p) if feed == USAGE else keys.events_stream(p)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass
+class TrimReport:
+    trimmed: int = 0
+    """Records removed (acknowledged by every group, or dropped by max age)."""
+    dropped_unacked: int = 0
+    """Of those, records some group had not acknowledged (max age forced them out)."""
+
+
+class Billing:
+    """Consumer-group delivery, acknowledgement, GetUsage and trimming over the partition
+    streams. Knows nothing about rating."""
+
+    def __init__(self, store: Store, config: Config) -> None:
+        self.redis = store.redis
+        self.partitions = store.partitions
+        self.config = config
+        self._groups: set[tuple[int, str]] = set()
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """Ends every open stream at its next turn (server shutdown)."""
+        self._closing.set()
+
+    # --- delivery -----------------------------------------------------------------------
+
+    def _check_name(self, what: str, value: str) -> None:
+        if not value:
+            raise InvalidArgument(f"{what} is required")
+        if len(value) > self.config.max_id_length:
+            raise InvalidArgument(f"{what} is longer than {self.config.max_id_length}")
+
+    async def ensure_group(self, feed: int, group: str) -> None:
+        """Creates the group on every partition stream (from the start of the stream) unless it
+        exists; registering it everywhere keeps the trimmer from dropping what it has not read."""
+        if (feed, group) in self._groups:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xgroup_create(stream_key(feed, p), group, id="0", mkstream=True)
+        for r in await pipe.execute(raise_on_error=False):
+            if isinstance(r, Exception) and "BUSYGROUP" not in str(r):
+                raise r
+        self._groups.add((feed, group))
+
+    def _stream_params(self, req: pb.StreamRequest) -> tuple[list[int], int, int]:
+        self._check_name("group", req.group)
+        self._check_name("consumer", req.consumer)
+        default = self.config.billing_max_batch
+        if req.max_batch > 10 * default:
+            raise InvalidArgument(f"max_batch {req.max_batch} is over {10 * default}")
+        bad = [p for p in req.partitions if p >= self.partitions]
+        if bad:
+            raise InvalidArgument(f"partition {bad[0]} does not exist "
+                                  f"(there are {self.partitions})")
+        parts = sorted(set(req.partitions)) or list(range(self.partitions))
+        # A blocking read must end well within the Redis client's socket timeout.
+        block = min(req.block_ms or self.config.billing_block_ms,
+                    int(self.config.redis_timeout_s * 500))
+        return parts, req.max_batch or default, max(1, block)
+
+    async def deliver(self, feed: int, req: pb.StreamRequest) -> AsyncIterator[list[Entry]]:
+        """Batches of (record id, payload) for one consumer of a group, until cancelled or
+        closed: records idle (delivered, unacknowledged) for billing_redeliver_ms are claimed
+        first (this consumer's own and a dead consumer's), then new ones."""
+        parts, max_batch, block_ms = self._stream_params(req)
+        await self.ensure_group(feed, req.group)
+        redeliver_ms = max(1, self.config.billing_redeliver_ms)
+        claim_every = min(5.0, max(0.02, redeliver_ms / 2000))
+        block_ms = max(1, min(block_ms, int(claim_every * 1000)))
+        cursors = dict.fromkeys(parts, "0-0")
+        loop = asyncio.get_running_loop()
+        next_claim = 0.0
+        while not self._closing.is_set():
+            out: list[Entry] = []
+            if loop.time() >= next_claim:
+                claimed, more = await self._claim(feed, req.group, req.consumer, cursors,
+                                                  redeliver_ms, max_batch)
+                out += claimed
+                next_claim = loop.time() + (0 if more else claim_every)
+            if len(out) < max_batch:
+                out += await self._read_new(feed, req.group, req.consumer, parts,
+                                            max_batch - len(out), None if out else block_ms)
+            for i in range(0, len(out), max_batch):
+                yield out[i:i + max_batch]
+
+    async def _claim(self, feed: int, group: str, consumer: str, cursors: dict[int, str],
+                     min_idle_ms: int, count: int) -> tuple[list[Entry], bool]:
+        pipe = self.redis.pipeline(transaction=False)
+        for p, cursor in cursors.items():
+            pipe.xautoclaim(stream_key(feed, p), group, consumer, min_idle_ms,
+                            start_id=cursor, count=count)
+        replies = await pipe.execute(raise_on_error=False)
+        out: list[Entry] = []
+        more = False
+        for (p, _), reply in zip(list(cursors.items()), replies, strict=True):
+            if isinstance(reply, Exception):
+                if "NOGROUP" in str(reply):  # the stream was deleted: set the group up again
+                    self._groups.discard((feed, group))
+                    await self.ensure_group(feed, group)
+                    continue
+                raise reply
+            cursor = _text(reply[0])
+            cursors[p] = cursor
+            more = more or cursor != "0-0"
+            out += self._entries(feed, p, reply[1])
+        return out, more
+
+    async def _read_new(self, feed: int, group: str, consumer: str, parts: list[int],
+                        count: int, block_ms: int | None) -> list[Entry]:
+        streams: dict[Any, Any] = {stream_key(feed, p): ">" for p in parts}
+        try:
+            reply = await self.redis.xreadgroup(group, consumer, streams, count=count,
+                                                block=block_ms)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self._groups.discard((feed, group))
+            await self.ensure_group(feed, group)
+            return []
+        out: list[Entry] = []
+        partition_of = {stream_key(feed, p): p for p in parts}
+        items = reply.items() if isinstance(reply, dict) else (reply or [])
+        for key, entries in items:
+            out += self._entries(feed, partition_of[_text(key)], entries)
+        return out
+
+    @staticmethod
+    def _entries(feed: int, p: int, entries: Iterable[Any]) -> list[Entry]:
+        out: list[Entry] = []
+        for sid, fields in entries:
+            if fields and FIELD[feed] in fields:  # None: deleted while pending (trimmed)
+                out.append((record_id(p, sid), fields[FIELD[feed]]))
+        return out
+
+    async def ack(self, feed: int, group: str, record_ids: Sequence[str]) -> int:
+        """Acknowledges records of a group; returns how many were pending."""
+        self._check_name("group", group)
+        if len(record_ids) > MAX_ACK_IDS:
+            raise InvalidArgument(f"{len(record_ids)} record ids; the limit is {MAX_ACK_IDS}")
+        by_partition: dict[int, list[str]] = defaultdict(list)
+        for rid in record_ids:
+            p, sid = split_record_id(rid, self.partitions)
+            by_partition[p].append(sid)
+        if not by_partition:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for p, sids in by_partition.items():
+            pipe.xack(stream_key(feed, p), group, *sids)
+        return sum(int(n) for n in await pipe.execute())
+
+    # --- GetUsage -----------------------------------------------------------------------
+
+    async def get_usage(self, req: pb.GetUsageRequest) -> pb.GetUsageAnswer:
+        """Records of one account written in [from_ms, to_ms), in stream order, with running
+        totals carried in the page token."""
+        self._check_name("account_id", req.account_id)
+        if req.from_ms < 0 or req.to_ms < 0 or (req.to_ms and req.to_ms <= req.from_ms):
+            raise InvalidArgument("the period needs 0 <= from_ms < to_ms (to_ms 0 = now)")
+        default = self.config.billing_page_size
+        if req.page_size > 10 * default:
+            raise InvalidArgument(f"page_size {req.page_size} is over {10 * default}")
+        page_size = req.page_size or default
+        after, totals = self._read_token(req)
+        p = keys.partition_of(req.account_id, self.partitions)
+        key = keys.usage_stream(p)
+        start = f"({format_sid(after)}" if after else str(req.from_ms)
+        end = str(req.to_ms - 1) if req.to_ms else "+"
+        records: list[usage_pb2.RatedUsage] = []
+        scanned = 0
+        last: StreamId | None = None
+        exhausted = False
+        while len(records) < page_size and scanned < MAX_SCAN:
+            chunk = min(max(page_size, 500), MAX_SCAN - scanned)
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                           await self.redis.xrange(key, start, end, count=chunk))
+            full = False
+            for i, (sid, fields) in enumerate(entries):
+                scanned += 1
+                last = parse_sid(sid)
+                rec = usage_pb2.RatedUsage.FromString(fields[b"r"])
+                if rec.account_id == req.account_id:
+                    rec.record_id = record_id(p, sid)
+                    records.append(rec)
+                    _add(totals, rec)
+                    if len(records) == page_size:
+                        full = i < len(entries) - 1 or len(entries) == chunk
+                        break
+            if len(entries) < chunk and not full:
+                exhausted = True
+                break
+            if last is not None:
+                start = f"({format_sid(last)}"
+        token = "" if exhausted or last is None else self._make_token(req, last, totals)
+        return pb.GetUsageAnswer(records=records, next_page_token=token,
+                                 totals=_totals_proto(totals))
+
+    @staticmethod
+    def _make_token(req: pb.GetUsageRequest, after: StreamId, totals: dict[str, Any]) -> str:
+        data = {"a": req.account_id, "f": req.from_ms, "t": req.to_ms,
+                "after": format_sid(after), "tot": totals}
+        return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode()
+
+    @staticmethod
+    def _read_token(req: pb.GetUsageRequest) -> tuple[StreamId | None, dict[str, Any]]:
+        if not req.page_token:
+            return None, {"n": 0, "m": 0, "u": {}, "k": {}}
+        try:
+            data = json.loads(base64.urlsafe_b64decode(req.page_token.encode()))
+            if (data["a"], data["f"], data["t"]) != (req.account_id, req.from_ms, req.to_ms):
+                raise InvalidArgument("page_token belongs to another account or period")
+            tot = data["tot"]
+            return parse_sid(data["after"]), {
+                "n": int(tot["n"]), "m": int(tot["m"]),
+                "u": {str(k): int(v) for k, v in tot["u"].items()},
+                "k": {str(k): [int(v[0]), int(v[1])] for k, v in tot["k"].items()}}
+        except InvalidArgument:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise InvalidArgument("page_token is not one GetUsage gave") from e
+
+    # --- retention ----------------------------------------------------------------------
+
+    async def trim(self, now_ms: int | None = None) -> TrimReport:
+        """Trims every usage and event stream up to the oldest record some registered group
+        has not acknowledged (not delivered yet, or pending); streams without a group are
+        kept. Records older than stream_max_age_s go regardless; the unacknowledged ones among
+        them are counted in tollgate_usage_dropped_unacked_total."""
+        if now_ms is None:
+            secs, micros = await self.redis.time()
+            now_ms = int(secs) * 1000 + int(micros) // 1000
+        max_age_ms = self.config.stream_max_age_s * 1000
+        cutoff = (now_ms - max_age_ms, 0) if max_age_ms and now_ms > max_age_ms else None
+        report = TrimReport()
+        for feed in (USAGE, EVENTS):
+            for p in range(self.partitions):
+                trimmed, dropped = await self._trim_one(stream_key(feed, p), cutoff)
+                report.trimmed += trimmed
+                report.dropped_unacked += dropped
+                if dropped:
+                    DROPPED_UNACKED.labels(FEED_NAMES[feed]).inc(dropped)
+                    log.warning("unacknowledged stream records dropped by max age",
+                                extra={"stream": stream_key(feed, p), "records": dropped})
+        return report
+
+    async def _trim_one(self, key: str, cutoff: StreamId | None) -> tuple[int, int]:
+        try:
+            groups = await self.redis.xinfo_groups(key)
+        except ResponseError:  # no such stream
+            return 0, 0
+        lasts: dict[str, StreamId] = {}
+        safe: StreamId | None = None
+        for g in groups:
+            name = _text(g["name"])
+            last = parse_sid(g["last-delivered-id"])
+            lasts[name] = last
+            bound = (last[0], last[1] + 1)
+            if int(g["pending"]):
+                summary = await self.redis.xpending(key, name)
+                if summary.get("min"):
+                    bound = min(bound, parse_sid(summary["min"]))
+            safe = bound if safe is None else min(safe, bound)
+        trimmed = 0
+        if safe is not None and safe > (0, 1):
+            trimmed += int(await self.redis.xtrim(key, minid=format_sid(safe),
+                                                  approximate=False))
+        if cutoff is None or (safe is not None and cutoff <= safe):
+            return trimmed, 0
+        dropped = await self._count_unacked(key, lasts, safe or (0, 0), cutoff)
+        trimmed += int(await self.redis.xtrim(key, minid=format_sid(cutoff), approximate=False))
+        return trimmed, dropped
+
+    async def _count_unacked(self, key: str, lasts: dict[str, StreamId], start: StreamId,
+                             cutoff: StreamId) -> int:
+        """Entries in [start, cutoff) some group has not acknowledged; acknowledges their
+        pending ids on the way (they are about to be dropped)."""
+        if not lasts:
+            return 0
+        end = format_sid((cutoff[0] - 1, 2**63)) if cutoff[1] == 0 else \
+            format_sid((cutoff[0], cutoff[1] - 1))
+        pending: set[StreamId] = set()
+        for name in lasts:
+            lo = format_sid(start)
+            while True:
+                rows = await self.redis.xpending_range(key, name, lo, end, 1000)
+                ids = [_text(r["message_id"]) for r in rows]
+                if ids:
+                    await self.redis.xack(key, name, *ids)
+                pending.update(parse_sid(i) for i in ids)
+                if len(rows) < 1000:
+                    break
+                lo = f"({ids[-1]}"
+        lowest_last = min(lasts.values())
+        dropped = 0
+        lo = format_sid(start)
+        while True:
+            entries = cast(list[tuple[bytes, Any]],
+                           await self.redis.xrange(key, lo, end, count=1000))
+            for sid, _ in entries:
+                s = parse_sid(sid)
+                if s > lowest_last or s in pending:
+                    dropped += 1
+            if len(entries) < 1000:
+                return dropped
+            lo = f"({_text(entries[-1][0])}"
+
+    async def run_trimmer(self, interval_s: float) -> None:
+        """Trims every interval_s until cancelled; errors are logged, never fatal."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                report = await self.trim()
+                if report.trimmed:
+                    log.info("streams trimmed", extra={"records": report.trimmed})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stream trim failed")
+
+
+def _add(totals: dict[str, Any], rec: usage_pb2.RatedUsage) -> None:
+    totals["n"] += 1
+    totals["m"] += rec.money_micros
+    if rec.units:
+        ut = str(rec.unit_type)
+        totals["u"][ut] = totals["u"].get(ut, 0) + rec.units
+    kind = totals["k"].setdefault(str(rec.kind), [0, 0])
+    kind[0] += 1
+    kind[1] += rec.money_micros
+
+
+def _totals_proto(totals: dict[str, Any]) -> pb.UsageTotals:
+    return pb.UsageTotals(
+        records=totals["n"], money_micros=totals["m"],
+        units=[pb.UnitTotal(unit_type=int(k), units=v) for k, v in sorted(totals["u"].items())],
+        by_kind=[pb.KindTotal(kind=int(k), records=v[0], money_micros=v[1])
+                 for k, v in sorted(totals["k"].items(), key=lambda kv: int(kv[0]))])
+
+
+# --- gRPC -------------------------------------------------------------------------------
+
+
+class BillingServicer(billing_pb2_grpc.BillingServicer):
+    def __init__(self, billing: Billing) -> None:
+        self.billing = billing
+
+    async def StreamRatedUsage(self, request: pb.StreamRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.UsageBatch]:
+        try:
+            async for batch in self.billing.deliver(USAGE, request):
+                records = []
+                for rid, data in batch:
+                    rec = usage_pb2.RatedUsage.FromString(data)
+                    rec.record_id = rid
+                    records.append(rec)
+                yield pb.UsageBatch(records=records)
+        except InvalidArgument as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def StreamEvents(self, request: pb.StreamRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EventBatch]:
+        try:
+            async for batch in self.billing.deliver(EVENTS, request):
+                yield pb.EventBatch(events=[
+                    pb.EventRecord(record_id=rid, event=events_pb2.Event.FromString(data))
+                    for rid, data in batch])
+        except InvalidArgument as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def Ack(self, request: pb.AckRequest,
+                  context: grpc.aio.ServicerContext) -> pb.AckAnswer:
+        try:
+            n = await self.billing.ack(request.feed, request.group, list(request.record_ids))
+        except InvalidArgument as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return pb.AckAnswer(acked=n)
+
+    async def GetUsage(self, request: pb.GetUsageRequest,
+                       context: grpc.aio.ServicerContext) -> pb.GetUsageAnswer:
+        try:
+            return await self.billing.get_usage(request)
+        except InvalidArgument as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise  # unreachable: abort raises
+
+
+BILLING = pb.DESCRIPTOR.services_by_name["Billing"]
+
+
+def add_billing_service(server: grpc.aio.Server, billing: Billing) -> None:
+    billing_pb2_grpc.add_BillingServicer_to_server(BillingServicer(billing), server)

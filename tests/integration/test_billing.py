@@ -1,0 +1,350 @@
+"""Billing over real gRPC and a real Redis: consumer-group delivery of rated usage and events,
+acknowledgement, redelivery of a dead consumer's records, GetUsage paging, and trimming."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+
+from engine import keys
+from engine.config import Config
+from server import Tollgate
+from tests.helpers import EUR, SMS_RG, Gateway, mscc, request
+from tollgate.v1 import billing_pb2 as bpb
+from tollgate.v1 import billing_pb2_grpc, usage_pb2
+from tollgate.v1 import charging_pb2 as cpb
+from tollgate.v1 import provisioning_pb2 as ppb
+
+REDELIVER_MS = 400
+_sessions = itertools.count()
+
+
+@pytest.fixture
+def config(redis_url: str) -> Config:
+    return Config(listen="127.0.0.1:0", redis_url=redis_url, partitions=8,
+                  batch_window_ms=0.5, log_format="text", metrics_port=0,
+                  billing_redeliver_ms=REDELIVER_MS, billing_block_ms=50,
+                  stream_trim_interval_s=0)
+
+
+@pytest.fixture
+def billing(gateway: Gateway) -> billing_pb2_grpc.BillingStub:
+    return billing_pb2_grpc.BillingStub(gateway.channel)
+
+
+@pytest.fixture
+async def db(redis_url: str) -> Any:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def sms(gateway: Gateway, subs: list[str], n: int) -> None:
+    """n one-shot SMS events spread over the subscribers: one USAGE record each."""
+    reqs = [request(f"sms-{next(_sessions)}", 0, cpb.EVENT, subs[i % len(subs)],
+                    mscc(SMS_RG, used=1, field="service_units")) for i in range(n)]
+    answers = await gateway.batch(reqs)
+    assert all(a.result == cpb.SUCCESS for a in answers)
+
+
+async def stream_ids(db: Any, config: Config, feed: str = "usage") -> dict[str, bytes]:
+    """Ground truth: every record id on the partition streams -> its payload."""
+    out = {}
+    for p in range(config.partitions):
+        key = keys.usage_stream(p) if feed == "usage" else keys.events_stream(p)
+        for sid, fields in await db.xrange(key):
+            out[f"{p}-{sid.decode()}"] = fields[b"r" if feed == "usage" else b"e"]
+    return out
+
+
+class Consumer:
+    """One billing consumer: a StreamRatedUsage (or StreamEvents) call read in the background;
+    with auto_ack it acknowledges every batch as soon as it arrives."""
+
+    def __init__(self, stub: billing_pb2_grpc.BillingStub, group: str, name: str, *,
+                 events: bool = False, auto_ack: bool = False, max_batch: int = 0) -> None:
+        self.stub, self.group, self.events, self.auto_ack = stub, group, events, auto_ack
+        req = bpb.StreamRequest(group=group, consumer=name, block_ms=50, max_batch=max_batch)
+        self.call = stub.StreamEvents(req) if events else stub.StreamRatedUsage(req)
+        self.ids: list[str] = []
+        self.items: list[Any] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                async for batch in self.call:
+                    got = list(batch.events if self.events else batch.records)
+                    ids = [x.record_id for x in got]
+                    self.items += got
+                    self.ids += ids
+                    if self.auto_ack:
+                        await self.ack(ids)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.CANCELLED:
+                    raise
+
+    async def ack(self, ids: list[str]) -> int:
+        feed = bpb.FEED_EVENTS if self.events else bpb.FEED_USAGE
+        answer = await self.stub.Ack(bpb.AckRequest(group=self.group, record_ids=ids, feed=feed))
+        return answer.acked
+
+    async def wait_for(self, n: int, timeout: float = 10.0) -> None:
+        async def enough() -> None:
+            while len(self.ids) < n:
+                if self.task.done():
+                    self.task.result()
+                    raise AssertionError("stream ended")
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(enough(), timeout)
+
+    async def kill(self) -> None:
+        """Cancels the call without acknowledging anything (a consumer that died)."""
+        self.call.cancel()
+        await self.task
+
+
+async def test_records_arrive_and_ack_stops_redelivery(gateway, billing, db, config):
+    subs = await gateway.setup(accounts=4)
+    await sms(gateway, subs, 20)
+    truth = await stream_ids(db, config)
+    assert len(truth) >= 20
+
+    c = Consumer(billing, "bill", "c1")
+    await c.wait_for(len(truth))
+    assert sorted(c.ids) == sorted(truth)
+    for rec in c.items:
+        assert usage_pb2.RatedUsage.FromString(truth[rec.record_id]).account_id == rec.account_id
+    assert {r.kind for r in c.items} >= {usage_pb2.USAGE}
+    assert await c.ack(c.ids) == len(truth)
+    assert await c.ack(c.ids) == 0  # acknowledging twice is harmless
+    await c.kill()
+
+    again = Consumer(billing, "bill", "c1")
+    await asyncio.sleep(3 * REDELIVER_MS / 1000)
+    await sms(gateway, subs, 2)
+    await again.wait_for(2)
+    await asyncio.sleep(0.2)
+    assert len(again.ids) == 2 and not set(again.ids) & set(truth)
+    await again.kill()
+
+
+async def test_killed_consumer_restarts_and_loses_nothing(gateway, billing, db, config):
+    subs = await gateway.setup(accounts=3)
+    await sms(gateway, subs, 30)
+    truth = await stream_ids(db, config)
+
+    first = Consumer(billing, "bill", "worker", max_batch=7)
+    await first.wait_for(len(truth))
+    acked = first.ids[: len(first.ids) // 2]
+    assert await first.ack(acked) == len(acked)
+    await first.kill()  # dies with half its records unacknowledged
+    unacked = set(first.ids) - set(acked)
+
+    await sms(gateway, subs, 5)  # written while no consumer runs
+    later = set(await stream_ids(db, config)) - set(truth)
+
+    restarted = Consumer(billing, "bill", "worker", auto_ack=True)
+    await restarted.wait_for(len(unacked) + len(later))
+    await asyncio.sleep(3 * REDELIVER_MS / 1000)
+    seen = restarted.ids
+    assert len(seen) == len(set(seen)), "a record came twice to the restarted consumer"
+    assert set(seen) == unacked | later  # nothing lost, only the unacknowledged again
+    await restarted.kill()
+
+    # Another consumer name in the group claims a dead consumer's records after the timeout.
+    other = Consumer(billing, "bill", "victim")
+    await sms(gateway, subs, 4)
+    await other.wait_for(4)
+    await other.kill()
+    heir = Consumer(billing, "bill", "heir", auto_ack=True)
+    await heir.wait_for(4, timeout=5 * REDELIVER_MS / 1000 + 5)
+    assert set(heir.ids) == set(other.ids)
+    await heir.kill()
+
+
+async def test_two_live_consumers_never_get_the_same_record(gateway, billing, db, config):
+    subs = await gateway.setup(accounts=8)
+    a = Consumer(billing, "bill", "a", auto_ack=True, max_batch=5)
+    b = Consumer(billing, "bill", "b", auto_ack=True, max_batch=5)
+    for _ in range(10):
+        await sms(gateway, subs, 16)
+        await asyncio.sleep(0.01)
+    truth = await stream_ids(db, config)
+    await asyncio.wait_for(_until(lambda: len(a.ids) + len(b.ids) >= len(truth)), 10)
+    await asyncio.sleep(2 * REDELIVER_MS / 1000)
+    assert not set(a.ids) & set(b.ids)
+    assert len(a.ids) + len(b.ids) == len(truth)
+    assert set(a.ids) | set(b.ids) == set(truth)
+    await a.kill()
+    await b.kill()
+
+    # Without acknowledging, while both live and within the timeout: still disjoint.
+    c = Consumer(billing, "g2", "c")
+    d = Consumer(billing, "g2", "d")
+    await asyncio.wait_for(_until(lambda: len(c.ids) + len(d.ids) >= len(truth)), 10)
+    assert not set(c.ids) & set(d.ids)
+    assert set(c.ids) | set(d.ids) == set(truth)
+    await c.kill()
+    await d.kill()
+
+
+async def _until(check: Any) -> None:
+    while not check():
+        await asyncio.sleep(0.01)
+
+
+async def test_get_usage_pages_and_totals(gateway, billing, db, config):
+    subs = await gateway.setup(accounts=3, subscribers_per_account=2)
+    await gateway.provisioning.TopUp(ppb.TopUpRequest(topup_id="t1", account_id="acct-1",
+                                                      amount_micros=2 * EUR))
+    await sms(gateway, subs, 42)
+    truth = {rid: usage_pb2.RatedUsage.FromString(data)
+             for rid, data in (await stream_ids(db, config)).items()}
+    mine = sorted((rid for rid, r in truth.items() if r.account_id == "acct-1"),
+                  key=lambda rid: tuple(int(x) for x in rid.split("-")[1:]))
+    assert len(mine) >= 15
+
+    pages, token = [], ""
+    while True:
+        answer = await billing.GetUsage(bpb.GetUsageRequest(
+            account_id="acct-1", from_ms=0, page_size=4, page_token=token))
+        pages.append(answer)
+        token = answer.next_page_token
+        if not token:
+            break
+    got = [r.record_id for p in pages for r in p.records]
+    assert got == mine
+    assert all(len(p.records) <= 4 for p in pages)
+    totals = pages[-1].totals
+    assert totals.records == len(mine)
+    assert totals.money_micros == sum(truth[r].money_micros for r in mine)
+    units = {u.unit_type: u.units for u in totals.units}
+    expected: dict[int, int] = {}
+    for rid in mine:
+        r = truth[rid]
+        if r.units:
+            expected[r.unit_type] = expected.get(r.unit_type, 0) + r.units
+    assert units == expected
+    kinds = {k.kind: (k.records, k.money_micros) for k in totals.by_kind}
+    assert kinds[usage_pb2.TOP_UP] == (1, -2 * EUR)
+    assert sum(n for n, _ in kinds.values()) == len(mine)
+
+    # A period: [from, to) by stream time.
+    cut = mine[len(mine) // 2]
+    cut_ms = int(cut.split("-")[1])
+    answer = await billing.GetUsage(bpb.GetUsageRequest(account_id="acct-1", from_ms=1,
+                                                        to_ms=cut_ms, page_size=1000))
+    assert [r.record_id for r in answer.records] == [
+        r for r in mine if int(r.split("-")[1]) < cut_ms]
+    assert answer.next_page_token == ""
+
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await billing.GetUsage(bpb.GetUsageRequest(account_id="acct-2", page_size=4,
+                                                   page_token=pages[0].next_page_token))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_stream_events(gateway, billing, db, config):
+    await gateway.setup(accounts=2)
+    for i in range(3):
+        await gateway.provisioning.TopUp(ppb.TopUpRequest(
+            topup_id=f"t{i}", account_id=f"acct-{i % 2}", amount_micros=EUR))
+    truth = await stream_ids(db, config, "events")
+    assert len(truth) >= 3
+
+    c = Consumer(billing, "crm", "c1", events=True)
+    await c.wait_for(len(truth))
+    assert sorted(c.ids) == sorted(truth)
+    assert sum(e.event.kind == 7 for e in c.items) == 3  # TOPPED_UP
+    half = c.ids[: len(c.ids) // 2]
+    assert await c.ack(half) == len(half)
+    await c.kill()
+
+    again = Consumer(billing, "crm", "c2", events=True, auto_ack=True)
+    await again.wait_for(len(truth) - len(half))
+    await asyncio.sleep(2 * REDELIVER_MS / 1000)
+    assert set(again.ids) == set(truth) - set(half)
+    await again.kill()
+
+
+async def test_invalid_requests_are_refused(billing):
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        async for _ in billing.StreamRatedUsage(bpb.StreamRequest(consumer="x")):
+            pass
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await billing.Ack(bpb.AckRequest(group="g", record_ids=["nonsense"]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_trimmer_keeps_unacked_and_trims_acked(gateway, billing, db, config, tollgate):
+    subs = await gateway.setup(accounts=4)
+    await sms(gateway, subs, 40)
+    app: Tollgate = tollgate
+    assert app.billing is not None
+    before = await stream_ids(db, config)
+    assert (await app.billing.trim()).trimmed == 0  # no group: nothing is trimmed
+
+    c = Consumer(billing, "bill", "c1")
+    await c.wait_for(len(before))
+    order = sorted(c.ids, key=lambda r: tuple(int(x) for x in r.split("-")))
+    # Ack everything except one record per partition in the middle of the stream.
+    keep: dict[str, str] = {}
+    for rid in order:
+        p = rid.split("-")[0]
+        per_p = [r for r in order if r.split("-")[0] == p]
+        keep.setdefault(p, per_p[len(per_p) // 2])
+    await c.ack([r for r in order if r not in keep.values()])
+
+    report = await app.billing.trim()
+    after = await stream_ids(db, config)
+    assert set(keep.values()) <= set(after)  # unacknowledged records stay
+    for p, held in keep.items():
+        held_sid = tuple(int(x) for x in held.split("-")[1:])
+        for rid in before:
+            if rid.split("-")[0] == p:
+                sid = tuple(int(x) for x in rid.split("-")[1:])
+                assert (rid in after) == (sid >= held_sid), rid
+    assert report.trimmed == len(before) - len(after) > 0
+    assert report.dropped_unacked == 0
+
+    # A second group that has read nothing holds everything that is left.
+    await billing.Ack(bpb.AckRequest(group="bill", record_ids=list(keep.values())))
+    lazy = Consumer(billing, "lazy", "l1", max_batch=1)
+    await lazy.wait_for(1)
+    await lazy.kill()
+    assert (await app.billing.trim()).trimmed == 0
+    assert await stream_ids(db, config) == after
+
+    # Max age: records go even unacknowledged, and are counted.
+    metric = ("tollgate_usage_dropped_unacked_total", {"feed": "usage"})
+    counted = REGISTRY.get_sample_value(*metric) or 0.0
+    far_future = 10**13 + config.stream_max_age_s * 1000
+    report = await app.billing.trim(now_ms=far_future)
+    assert report.dropped_unacked == len(after)
+    assert await stream_ids(db, config) == {}
+    assert REGISTRY.get_sample_value(*metric) == counted + len(after)
+    await c.kill()
+
+
+async def test_open_stream_does_not_hold_up_shutdown(config):
+    app = await Tollgate(config.replace(shutdown_grace_s=30)).start()
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        c = Consumer(billing_pb2_grpc.BillingStub(channel), "bill", "c1")
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await app.stop()
+        assert loop.time() - started < 5
+        await asyncio.wait_for(c.task, 5)  # the stream ended (OK), not cut off
+    finally:
+        await channel.close()
