@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -89,6 +90,17 @@ class TrimReport:
     """Of those, records some group had not acknowledged (max age forced them out)."""
 
 
+def carry(sums: dict[str, int], r: usage_pb2.RatedUsage) -> None:
+    """Adds what one record did to its account into carried-totals fields (keys.carried)."""
+    a = r.account_id
+    sums[f"{a}|m"] += r.money_micros
+    if r.kind == usage_pb2.TOP_UP:
+        sums[f"{a}|t"] += r.money_micros
+    for c in r.charges:
+        if c.bucket_id:
+            sums[f"{a}|b|{c.bucket_id}"] += c.units
+
+
 class Billing:
     """Consumer-group delivery, acknowledgement, GetUsage and trimming over the partition
     streams. Knows nothing about rating."""
@@ -99,6 +111,8 @@ class Billing:
         self.config = config
         self._groups: set[tuple[int, str]] = set()
         self._closing = asyncio.Event()
+        self._carry_script = self.redis.register_script(
+            (Path(__file__).parent / "lua" / "carry_trim.lua").read_text())
 
     def close(self) -> None:
         """Ends every open stream at its next turn (server shutdown)."""
@@ -344,13 +358,45 @@ class Billing:
             safe = bound if safe is None else min(safe, bound)
         trimmed = 0
         if safe is not None and safe > (0, 1):
-            trimmed += int(await self.redis.xtrim(key, minid=format_sid(safe),
-                                                  approximate=False))
+            trimmed += await self._xtrim(key, safe)
         if cutoff is None or (safe is not None and cutoff <= safe):
             return trimmed, 0
         dropped = await self._count_unacked(key, lasts, safe or (0, 0), cutoff)
-        trimmed += int(await self.redis.xtrim(key, minid=format_sid(cutoff), approximate=False))
+        trimmed += await self._xtrim(key, cutoff)
         return trimmed, dropped
+
+    async def _xtrim(self, key: str, minid: StreamId) -> int:
+        """Trims entries before minid. For a usage stream, what the trimmed records did to
+        each account is first added to the partition's carried totals, in the same atomic
+        call, so `tollgate reconcile` still proves the books after trimming."""
+        p_match = re.match(r"^tg:\{p(\d+)\}:usage$", key)
+        if p_match is None:
+            return int(await self.redis.xtrim(key, minid=format_sid(minid), approximate=False))
+        p = int(p_match.group(1))
+        for _ in range(5):
+            head = cast(list[tuple[bytes, Any]], await self.redis.xrange(key, count=1))
+            if not head or parse_sid(head[0][0]) >= minid:
+                return 0
+            sums: dict[str, int] = defaultdict(int)
+            lo = _text(head[0][0])
+            end = format_sid((minid[0] - 1, 2**63)) if minid[1] == 0 else \
+                format_sid((minid[0], minid[1] - 1))
+            while True:
+                rows = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                            await self.redis.xrange(key, lo, end, count=1000))
+                for _, fields in rows:
+                    carry(sums, usage_pb2.RatedUsage.FromString(fields.get(b"r", b"")))
+                if len(rows) < 1000:
+                    break
+                lo = f"({_text(rows[-1][0])}"
+            args: list[Any] = [_text(head[0][0]), format_sid(minid)]
+            for f, d in sums.items():
+                if d:
+                    args += (f, d)
+            done = int(await self._carry_script(keys=[key, keys.carried(p)], args=args))
+            if done >= 0:
+                return done
+        return 0
 
     async def _count_unacked(self, key: str, lasts: dict[str, StreamId], start: StreamId,
                              cutoff: StreamId) -> int:

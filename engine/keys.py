@@ -36,6 +36,12 @@ def open_sessions(p: int) -> str:
     return f"tg:{{p{p}}}:open"
 
 
+def carried(p: int) -> str:
+    """Hash of what usage records trimmed from the stream did, per account (reconcile):
+    `<account>|m` money, `<account>|t` top-ups, `<account>|b|<bucket>` bucket units."""
+    return f"tg:{{p{p}}}:carried"
+
+
 def topup_marker(p: int, account_id: str, topup_id: str) -> str:
     """Top-up ids are per account: the same id on two accounts is two top-ups."""
     return f"tg:{{p{p}}}:topup:{account_id}:{topup_id}"

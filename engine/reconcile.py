@@ -16,8 +16,11 @@ renewal resets the allowance without a record).
 Consistent while traffic runs: each account is read together with its partition stream's
 last entry id in one MULTI/EXEC, and only records up to that id count for it (the charging
 apply writes balance and records in one atomic Lua call, so both sides are of one instant).
-Records must not have been trimmed from the streams (retention keeps unacknowledged records;
-reconcile needs all of them since the account was created).
+Records trimmed from a stream (billing retention) are not lost to it: the trimmer adds
+what they did, per account, to the partition's carried totals (keys.carried) in the same
+atomic call as the trim, and reconcile starts from those. The carried totals are read in the
+same MULTI/EXEC as the accounts; a partition whose stream head moved during the scan is read
+again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import redis
 
@@ -60,14 +63,16 @@ class Books:
     records: Totals = field(default_factory=Totals)
     topup_records: int = 0
     bucket_taken: dict[str, int] = field(default_factory=dict)
+    carried_money: int = 0  # what trimmed records did (keys.carried)
 
     def problems(self) -> list[str]:
         out = []
-        left = self.init - self.records.money_micros
+        left = self.init - self.records.money_micros - self.carried_money
         if left != self.money + self.mres:
             kinds = ", ".join(f"{k} {m}" for k, (_, m) in sorted(self.records.kinds.items()))
             out.append(f"{self.account_id}: money off by {self.money + self.mres - left}: "
-                       f"init {self.init} - records {self.records.money_micros} ({kinds}) = "
+                       f"init {self.init} - records {self.records.money_micros} ({kinds}) "
+                       f"- trimmed records {self.carried_money} = "
                        f"{left}, but money {self.money} + reserved {self.mres} = "
                        f"{self.money + self.mres}")
         if -self.topup_records != self.topups:
@@ -130,23 +135,66 @@ def _account_ids(client: redis.Redis, p: int) -> list[str]:
     return sorted(out)
 
 
-def snapshot(client: redis.Redis, p: int, account_ids: list[str]) -> dict[str, Books]:
-    """The accounts, each with the stream's last id at the same instant (MULTI/EXEC)."""
+def snapshot(client: redis.Redis, p: int, account_ids: list[str]
+             ) -> tuple[dict[str, Books], bytes | None]:
+    """The accounts, each with the stream's last id and the carried totals of trimmed
+    records at the same instant (MULTI/EXEC); and the stream's first id (the scan's start)."""
     out: dict[str, Books] = {}
     stream = keys.usage_stream(p)
+    head: bytes | None = None
     for k in range(0, len(account_ids), SNAPSHOT_CHUNK):
         ids = account_ids[k:k + SNAPSHOT_CHUNK]
         pipe = client.pipeline(transaction=True)
         for a in ids:
             pipe.hgetall(keys.account(p, a))
         pipe.xrevrange(stream, count=1)
+        pipe.xrange(stream, count=1)
+        pipe.hgetall(keys.carried(p))
         replies = pipe.execute()
-        last = replies[-1]
+        last, first, carried = replies[-3], replies[-2], replies[-1]
+        if head is None and first:
+            head = first[0][0]
         cutoff = stream_id(last[0][0]) if last else (0, 0)
-        for a, h in zip(ids, replies[:-1], strict=True):
+        for a, h in zip(ids, replies[:-3], strict=True):
             if h and b"money" in h:
-                out[a] = _books(a, p, h, cutoff)
-    return out
+                b = out[a] = _books(a, p, h, cutoff)
+                b.carried_money = int(carried.get(f"{a}|m".encode(), 0))
+                b.topup_records = int(carried.get(f"{a}|t".encode(), 0))
+                for bid in b.buckets:
+                    b.bucket_taken[bid] = int(carried.get(f"{a}|b|{bid}".encode(), 0))
+    return out, head
+
+
+def _scan(client: redis.Redis, p: int, ids: list[str], account: str | None, chunk: int,
+          bar: Progress) -> tuple[dict[str, int], dict[str, Books] | None]:
+    """The books of a partition's accounts and the records of unknown accounts; None for
+    the books when the stream was trimmed during the scan (read again)."""
+    orphans: dict[str, int] = {}
+    books, head = snapshot(client, p, ids)
+    until = max((b.cutoff for b in books.values()), default=(0, 0))
+    if books and until > (0, 0):
+        for rid, blob in iter_stream(client, keys.usage_stream(p), chunk=chunk,
+                                     until=until):
+            r = usage_pb2.RatedUsage.FromString(blob)
+            b = books.get(r.account_id)
+            bar.record()
+            if b is None:
+                if not account:
+                    orphans[r.account_id] = orphans.get(r.account_id, 0) + 1
+                continue
+            if stream_id(rid) > b.cutoff:
+                continue
+            b.records.add(r)
+            if r.kind == usage_pb2.TOP_UP:
+                b.topup_records += r.money_micros
+            for c in r.charges:
+                if c.bucket_id:
+                    b.bucket_taken[c.bucket_id] = (b.bucket_taken.get(c.bucket_id, 0)
+                                                   + c.units)
+    first = cast(list[tuple[bytes, Any]], client.xrange(keys.usage_stream(p), count=1))
+    if head is not None and (not first or first[0][0] != head):
+        return orphans, None
+    return orphans, books
 
 
 def reconcile(redis_url: str, account: str | None = None, chunk: int = CHUNK,
@@ -160,30 +208,15 @@ def reconcile(redis_url: str, account: str | None = None, chunk: int = CHUNK,
         bar = Progress(len(parts), "reconcile", progress_stream, progress)
         for p in parts:
             ids = [account] if account else _account_ids(client, p)
-            orphans: dict[str, int] = {}
-            books = snapshot(client, p, ids)
+            for _ in range(5):
+                orphans, books = _scan(client, p, ids, account, chunk, bar)
+                if books is not None:
+                    break
+            else:
+                report.problems.append(f"partition {p}: trimmed while read; run again")
+                continue
             if account and account not in books:
                 report.problems.append(f"{account}: no such account")
-            until = max((b.cutoff for b in books.values()), default=(0, 0))
-            if books and until > (0, 0):
-                for rid, blob in iter_stream(client, keys.usage_stream(p), chunk=chunk,
-                                             until=until):
-                    r = usage_pb2.RatedUsage.FromString(blob)
-                    b = books.get(r.account_id)
-                    bar.record()
-                    if b is None:
-                        if not account:
-                            orphans[r.account_id] = orphans.get(r.account_id, 0) + 1
-                        continue
-                    if stream_id(rid) > b.cutoff:
-                        continue
-                    b.records.add(r)
-                    if r.kind == usage_pb2.TOP_UP:
-                        b.topup_records += r.money_micros
-                    for c in r.charges:
-                        if c.bucket_id:
-                            b.bucket_taken[c.bucket_id] = (b.bucket_taken.get(c.bucket_id, 0)
-                                                           + c.units)
             for b in books.values():
                 report.accounts += 1
                 report.problems += b.problems()
