@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
+import redis.asyncio as aioredis
 
+from engine import keys
 from engine.config import Config
 from server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
-from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
+from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc, usage_pb2
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
 
@@ -105,3 +107,20 @@ async def running(config: Config) -> AsyncIterator[Gateway]:
     finally:
         await channel.close()
         await app.stop()
+
+
+async def usage_records(db: aioredis.Redis, config: Config, account_id: str = "acct-0"
+                        ) -> list[usage_pb2.RatedUsage]:
+    """The account's USAGE records, oldest first."""
+    stream = keys.usage_stream(keys.partition_of(account_id, config.partitions))
+    found = [usage_pb2.RatedUsage.FromString(f[b"r"]) for _, f in await db.xrange(stream)]
+    return [r for r in found if r.account_id == account_id and r.kind == usage_pb2.USAGE]
+
+
+def data_rate(**kw: object) -> ppb.Rate:
+    """Data at 1.00 per MB (1000 micros per 1000-octet increment), 10 MB default quota."""
+    fields: dict[str, object] = {"rating_group": DATA_RG, "unit_type": com.OCTETS,
+                                 "price_micros": 1000, "increment": 1000,
+                                 "default_quota": 10 * MB}
+    fields.update(kw)
+    return ppb.Rate(**fields)  # type: ignore[arg-type]

@@ -21,10 +21,22 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.config import Config
 from server import Tollgate
-from tests.helpers import DATA_RG, EUR, MB, SMS_RG, VIDEO_RG, VOICE_RG, Gateway, mscc, request
+from tests.helpers import (
+    DATA_RG,
+    EUR,
+    MB,
+    SMS_RG,
+    VIDEO_RG,
+    VOICE_RG,
+    Gateway,
+    data_rate,
+    mscc,
+    request,
+    usage_records,
+)
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
-from tollgate.v1 import events_pb2, usage_pb2
+from tollgate.v1 import events_pb2
 from tollgate.v1 import provisioning_pb2 as ppb
 
 INITIAL, UPDATE, TERMINATION, EVENT = cpb.INITIAL, cpb.UPDATE, cpb.TERMINATION, cpb.EVENT
@@ -75,22 +87,6 @@ async def events(db: aioredis.Redis, config: Config, account_id: str = "acct-0"
     found = [events_pb2.Event.FromString(f[b"e"]) for _, f in await db.xrange(stream)]
     return [e for e in found if e.account_id == account_id]
 
-
-async def usage(db: aioredis.Redis, config: Config, account_id: str = "acct-0"
-                ) -> list[usage_pb2.RatedUsage]:
-    """The account's USAGE records, oldest first."""
-    stream = keys.usage_stream(keys.partition_of(account_id, config.partitions))
-    found = [usage_pb2.RatedUsage.FromString(f[b"r"]) for _, f in await db.xrange(stream)]
-    return [r for r in found if r.account_id == account_id and r.kind == usage_pb2.USAGE]
-
-
-def data_rate(**kw: object) -> ppb.Rate:
-    """Data at 1.00 per MB (1000 micros per 1000 octets), 10 MB default quota."""
-    fields: dict[str, object] = {"rating_group": DATA_RG, "unit_type": com.OCTETS,
-                                 "price_micros": 1000, "increment": 1000,
-                                 "default_quota": 10 * MB}
-    fields.update(kw)
-    return ppb.Rate(**fields)  # type: ignore[arg-type]
 
 
 def voice_rate(**kw: object) -> ppb.Rate:
@@ -182,7 +178,7 @@ async def test_a_report_crossing_a_tier_edge_is_priced_in_two_parts(gateway, db,
     assert crossing.charged_micros == 1 * EUR + 1 * EUR  # 1000 x 1000 + 2000 x 500
     assert held.reserved_micros == 500_000  # beyond the edge: 0.50 per MB
     assert beyond.charged_micros == 500_000
-    assert [r.money_micros for r in await usage(db, config)] == [4 * EUR, 2 * EUR, 500_000]
+    assert [r.money_micros for r in await usage_records(db, config)] == [4 * EUR, 2 * EUR, 500_000]
     assert money(await gateway.account("acct-0")) == (20 * EUR - 6_500_000, 0)
 
 
@@ -218,7 +214,7 @@ async def test_usage_is_charged_at_least_the_first_increment_and_rounded_up(gate
     assert one_octet.charged_micros == 100   # the first 10 increments
     assert over_first.charged_micros == 110  # 10 001 octets: 11 increments
     assert [(r.session_id, r.request_number, r.units, r.money_micros)
-            for r in await usage(db, config)] == [
+            for r in await usage_records(db, config)] == [
         ("call", 1, 1, 100_000), ("call", 2, 61, 200_000), ("call", 3, 120, 200_000),
         ("video", 1, 1, 100), ("video", 2, 10_001, 110)]
 
@@ -238,7 +234,7 @@ async def test_a_zero_rated_group_is_granted_without_money_and_recorded_at_zero(
     assert (free.result, free.granted.total_octets) == (cpb.SUCCESS, 10 * MB)
     assert not free.HasField("final_unit")
     assert ended.charged_micros == 0
-    [r] = await usage(db, config)
+    [r] = await usage_records(db, config)
     assert (r.rating_group, r.units, r.money_micros) == (PORTAL_RG, 7 * MB, 0)
     assert [(c.bucket_id, c.units, c.micros) for c in r.charges] == [("", 7 * MB, 0)]
     assert money(await gateway.account("acct-0")) == (0, 0)
@@ -266,7 +262,7 @@ async def test_in_grace_only_zero_rated_service_is_granted_but_usage_is_still_ch
     assert ended.charged_micros == 0
     assert money(await gateway.account("acct-0")) == (8 * EUR, 0)
     assert [(r.session_id, r.rating_group, r.units, r.money_micros)
-            for r in await usage(db, config)] == [
+            for r in await usage_records(db, config)] == [
         ("s1", DATA_RG, 2 * MB, 2 * EUR), ("s1", PORTAL_RG, 3 * MB, 0)]
 
 
@@ -472,7 +468,7 @@ async def test_a_new_plan_version_prices_new_usage_and_old_records_keep_theirs(
     assert (old.charged_micros, new.charged_micros) == (1 * EUR, 2 * EUR)
     assert held.reserved_micros == 2 * EUR
     assert [(r.session_id, r.plan_id, r.plan_version, r.price_micros, r.money_micros)
-            for r in await usage(db, config)] == [
+            for r in await usage_records(db, config)] == [
         ("old", "p", 1, 1000, 1 * EUR), ("new", "p", 2, 2000, 2 * EUR)]
 
 
@@ -496,7 +492,7 @@ async def test_an_add_on_bought_mid_session_pays_for_the_next_grant(gateway, db,
     assert [(x.bucket_id, x.units, x.amount) for x in acct.reservations] == [
         ("extra:o1", 10 * MB, 10 * MB)]
     assert ended.charged_micros == 0
-    [r] = await usage(db, config)
+    [r] = await usage_records(db, config)
     assert [(c.bucket_id, c.units, c.micros) for c in r.charges] == [("extra:o1", 4 * MB, 0)]
     [extra] = (await gateway.account("acct-0")).buckets
     assert (extra.used, extra.reserved, extra.remaining) == (4 * MB, 0, 996 * MB)
@@ -608,5 +604,6 @@ async def test_the_running_sweeper_releases_reservations_of_silent_sessions(conf
     # Usage reported after the sweep is still charged, as overage.
     assert late.charged_micros == 200_000
     assert (final.buckets[0].used, money(final)) == (3 * MB, (10 * EUR - 200_000, 0))
-    assert [(r.rating_group, r.overage, r.overage_units) for r in await usage(db, config)] == [
+    records = await usage_records(db, config)
+    assert [(r.rating_group, r.overage, r.overage_units) for r in records] == [
         (DATA_RG, True, 3 * MB), (VOICE_RG, True, 90)]

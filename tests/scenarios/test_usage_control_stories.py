@@ -17,10 +17,20 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
-from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, Gateway, mscc, request
+from tests.helpers import (
+    DATA_RG,
+    EUR,
+    MB,
+    VOICE_RG,
+    Gateway,
+    data_rate,
+    mscc,
+    request,
+    usage_records,
+)
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
-from tollgate.v1 import events_pb2, usage_pb2
+from tollgate.v1 import events_pb2
 from tollgate.v1 import provisioning_pb2 as ppb
 
 INITIAL, UPDATE, TERMINATION = cpb.INITIAL, cpb.UPDATE, cpb.TERMINATION
@@ -45,22 +55,6 @@ async def events(db: aioredis.Redis, config: Config, account_id: str) -> list[ev
     found = [events_pb2.Event.FromString(f[b"e"]) for _, f in await db.xrange(stream)]
     return [e for e in found if e.account_id == account_id]
 
-
-async def usage(db: aioredis.Redis, config: Config, account_id: str
-                ) -> list[usage_pb2.RatedUsage]:
-    """The account's USAGE records, oldest first."""
-    stream = keys.usage_stream(keys.partition_of(account_id, config.partitions))
-    found = [usage_pb2.RatedUsage.FromString(f[b"r"]) for _, f in await db.xrange(stream)]
-    return [r for r in found if r.account_id == account_id and r.kind == usage_pb2.USAGE]
-
-
-def data_rate(**kw: object) -> ppb.Rate:
-    """Data at 1.00 per MB: 1000 micros per 1000-octet increment."""
-    fields: dict[str, object] = {"rating_group": DATA_RG, "unit_type": com.OCTETS,
-                                 "price_micros": 1000, "increment": 1000,
-                                 "default_quota": 10 * MB}
-    fields.update(kw)
-    return ppb.Rate(**fields)  # type: ignore[arg-type]
 
 
 async def open_account(gateway: Gateway, plan: ppb.Plan, account_id: str, money: int,
@@ -149,7 +143,7 @@ async def test_a_bundle_runs_out_with_a_redirect_then_a_top_up_resumes_the_sessi
     assert (acct.money_micros, acct.reserved_micros) == (16 * EUR, 0)  # 3 + 20 - 3 - 4
     assert [(r.request_number, r.money_micros,
              [(c.bucket_id, c.units, c.micros) for c in r.charges])
-            for r in await usage(db, config, "anna")] == [
+            for r in await usage_records(db, config, "anna")] == [
         (1, 0, [("data-20mb", 10 * MB, 0)]),
         (2, 0, [("data-20mb", 10 * MB, 0)]),
         (3, 3 * EUR, [("", 3 * MB, 3 * EUR)]),
@@ -204,7 +198,7 @@ async def test_roaming_is_priced_at_the_zone_rate_and_a_barred_zone_is_denied(
     assert (after.money_micros, after.reserved_micros) == (before.money_micros, 0)
     assert after.money_micros == 10 * EUR - 2 * EUR - 500_000 - 1 * EUR
 
-    records = await usage(db, config, "bram")
+    records = await usage_records(db, config, "bram")
     assert [(r.session_id, r.zone, r.units, r.price_micros, r.money_micros) for r in records] == [
         ("eu-1", "eu", 1 * MB, 2000, 2 * EUR),
         ("eu-1", "eu", 250_000, 2000, 500_000),
@@ -257,7 +251,7 @@ async def test_a_call_over_the_evening_tariff_change_gets_validity_to_it_and_two
 
     acct = await gateway.account("carla")
     assert (acct.money_micros, acct.reserved_micros) == (10 * EUR - 800_000, 0)
-    split, evening = await usage(db, config, "carla")
+    split, evening = await usage_records(db, config, "carla")
     assert (split.units, split.start_time_ms, split.end_time_ms, split.money_micros) == (
         480, local_ms(18, 55), local_ms(19, 3), 650_000)
     assert [(c.bucket_id, c.units, c.micros) for c in split.charges] == [("", 480, 650_000)]
