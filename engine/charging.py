@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -50,12 +51,25 @@ class Engine:
             self._process, self._fail, config.max_batch, config.batch_window_ms / 1000,
             config.max_queue)
         self.conflicts = 0
+        self._watcher: asyncio.Task[None] | None = None
+        store.subscriber_listeners.append(self._forget_subscriber)
 
     def start(self) -> None:
         self.batcher.start()
+        self._watcher = asyncio.create_task(self.store.watch_subscriber_changes())
 
     async def close(self) -> None:
         await self.batcher.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    def _forget_subscriber(self, subscriber_id: str | None) -> None:
+        if subscriber_id is None:
+            self._subscribers.clear()
+        else:
+            self._subscribers.pop(subscriber_id, None)
 
     # --- entry point ---------------------------------------------------------------------
 

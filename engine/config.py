@@ -44,8 +44,9 @@ class Config:
     """How often the stale-reservation sweeper runs (0 = never, e.g. another process does)."""
     account_cache_size: int = 200_000
     """Accounts (with their sessions) cached in process, validated by version on apply."""
-    subscriber_cache_s: float = 2.0
-    """How long a subscriber -> account lookup is cached."""
+    subscriber_cache_s: float = 60.0
+    """How long a subscriber -> (account, state) lookup is cached. Changes reach every server
+    at once through pub/sub; this bounds staleness should that channel miss one."""
     plan_refresh_s: float = 1.0
     """How often the current version of a cached plan is checked."""
     max_requests_per_call: int = 10_000

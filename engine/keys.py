@@ -60,5 +60,9 @@ def plan(plan_id: str) -> str:
     return f"tg:plan:{plan_id}"
 
 
+SUBSCRIBER_CHANGES = "tg:subscriber-changes"
+"""Pub/sub channel: a subscriber id whose account or state changed (servers drop it from
+their caches)."""
+
 META = "tg:meta"
 """Install-wide settings fixed at first start (the partition count)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +32,8 @@ from engine.state import (
 )
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
+
+log = logging.getLogger("tollgate.store")
 
 LUA = Path(__file__).parent / "lua"
 TOPUP_MARKER_TTL_MS = 400 * 24 * 3600 * 1000  # a top-up id stays known for over a year
@@ -108,6 +112,8 @@ class Store:
         self._subscriber_state = self.redis.register_script(
             (LUA / "subscriber_state.lua").read_text())
         self._buy_addon = self.redis.register_script((LUA / "buy_addon.lua").read_text())
+        self.subscriber_listeners: list[Callable[[str | None], None]] = []
+        """Called with a subscriber id whose account or state changed, None = maybe any."""
 
     async def init(self) -> None:
         """Fixes the partition count at first start and refuses a different one later."""
@@ -128,6 +134,31 @@ class Store:
 
     def partition(self, account_id: str) -> int:
         return keys.partition_of(account_id, self.partitions)
+
+    async def _subscriber_changed(self, subscriber_id: str) -> None:
+        """Tells this process's caches at once and the other servers through pub/sub."""
+        self._tell_listeners(subscriber_id)
+        await self.redis.publish(keys.SUBSCRIBER_CHANGES, subscriber_id)
+
+    async def watch_subscriber_changes(self) -> None:
+        """Feeds the listeners from the pub/sub channel until cancelled. Whenever the channel
+        (re)connects they hear None: changes may have been missed while it was down."""
+        while True:
+            try:
+                async with self.redis.pubsub() as ps:
+                    await ps.subscribe(keys.SUBSCRIBER_CHANGES)
+                    self._tell_listeners(None)
+                    async for msg in ps.listen():
+                        if msg["type"] == "message":
+                            self._tell_listeners(msg["data"].decode())
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                log.warning("subscriber change channel lost, reconnecting: %s", e)
+                self._tell_listeners(None)
+                await asyncio.sleep(0.5)
+
+    def _tell_listeners(self, subscriber_id: str | None) -> None:
+        for listener in self.subscriber_listeners:
+            listener(subscriber_id)
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -267,6 +298,8 @@ class Store:
                 args=[account_id, int(state), event])
             if int(reply[0]) == -1:
                 raise NotFound(f"subscriber {subscriber_id!r} does not exist")
+            if int(reply[0]) == 1:
+                await self._subscriber_changed(subscriber_id)
             if int(reply[0]) != -2:  # -2: moved to another account meanwhile; read again
                 return account_id
 
@@ -306,6 +339,7 @@ class Store:
         if code == -4:
             raise Conflict(f"member has live reservations: {subscriber_id!r} holds "
                            f"{reply[1].decode()} = {reply[2].decode()}; end its sessions first")
+        await self._subscriber_changed(subscriber_id)
 
     async def top_up(self, topup_id: str, account_id: str, amount: int) -> tuple[bool, int]:
         if amount <= 0:
