@@ -38,6 +38,7 @@ class Pending:
     future: asyncio.Future[pb.ChargeAnswer]
     account_id: str = ""
     reruns: int = 0
+    deadline: float = 0.0  # event-loop time by which it must be answered (request_deadline_s)
     followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch
 
     def answer(self, ans: pb.ChargeAnswer) -> None:

@@ -35,17 +35,19 @@ class RedisServer:
     """A redis-server on 127.0.0.1 with AOF in `data_dir`; `url` once started."""
 
     def __init__(self, data_dir: str | Path, port: int = 0, appendfsync: str = "everysec",
-                 appendonly: bool = True) -> None:
+                 appendonly: bool = True, password: str = "") -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.appendonly = appendonly
+        self.password = password  # requirepass (tests of authenticated Redis)
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -66,9 +68,11 @@ class RedisServer:
              "--dir", str(self.data_dir.resolve()),
              "--appendonly", "yes" if self.appendonly else "no",
              "--appendfsync", self.appendfsync, "--protected-mode", "yes",
-             "--daemonize", "no", "--loglevel", "warning"],
+             "--daemonize", "no", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2,
+                             password=self.password or None)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
