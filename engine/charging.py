@@ -89,13 +89,17 @@ class Engine:
         """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a
         retransmission finds the stored answer if it was. Cached state is dropped."""
         metrics.BATCH_ERRORS.inc()
+        # A Redis outage fails every batch: one line each, no traceback (that is for bugs).
         if isinstance(error, TimeoutError):
             why = (f"storage did not answer within request_deadline_s "
                    f"({self.config.request_deadline_s:g} s), retry")
+            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
         elif isinstance(error, RedisError | OSError):
             why = f"storage unavailable, retry ({type(error).__name__}: {error})"
+            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
         else:
             why = f"internal error ({type(error).__name__}), retry"
+            log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
         for p in batch:
             self.accounts.pop(p.account_id, None)
             p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY, why))

@@ -78,6 +78,12 @@ class Link:
     def provisioning(self, n: int = 0) -> provisioning_pb2_grpc.ProvisioningStub:
         return provisioning_pb2_grpc.ProvisioningStub(self.channels[self.addresses[n]])
 
+    async def ready(self) -> None:
+        """Waits until every channel is connected (one may still be backing off after its
+        server restarted)."""
+        for c in self.channels.values():
+            await asyncio.wait_for(c.channel_ready(), 30)
+
     async def close(self) -> None:
         for c in self.channels.values():
             await c.close()
@@ -173,6 +179,7 @@ async def assert_books_balance(traffic: Traffic, link: Link, redis_url: str, mon
                                account_ids: list[str]) -> None:
     """Every record once and as predicted, every balance conserved, and `tollgate reconcile`
     reports zero discrepancies."""
+    await link.ready()
     accounts = await get_accounts(link.provisioning(), account_ids)
     records = [r for r in await usage_records(redis_url) if r.account_id in account_ids]
     problems = link.problems + check_books(

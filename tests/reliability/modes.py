@@ -1,14 +1,11 @@
-"""Short (CI) and long modes of the reliability tests: TOLLGATE_LONG=1 selects the long one."""
+"""Short (CI) and long modes of the reliability tests (marked slow): TOLLGATE_LONG=1 selects
+the long one."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
-
 LONG = os.environ.get("TOLLGATE_LONG", "") == "1"
-
-long_only = pytest.mark.skipif(not LONG, reason="long mode: run with TOLLGATE_LONG=1")
 
 
 def scaled(short: int, long: int) -> int:

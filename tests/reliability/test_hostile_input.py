@@ -192,6 +192,7 @@ async def check_books(gw: Gateway, redis_url: str) -> None:
 # --- properties -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=scaled(60, 2000), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(reqs=st.lists(HOSTILE, min_size=1, max_size=4), batch=st.booleans())
@@ -222,6 +223,7 @@ async def test_arbitrary_requests_never_crash_never_false_success_refusals_chang
     await check_books(gw, redis_url)
 
 
+@pytest.mark.slow
 @settings(max_examples=scaled(80, 3000), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.one_of(st.binary(max_size=300),

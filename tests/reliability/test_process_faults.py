@@ -37,6 +37,8 @@ from tests.reliability.faults import (
 )
 from tests.reliability.modes import LONG, scaled
 
+pytestmark = pytest.mark.slow
+
 MONEY = 400 * EUR
 SERVER_ENV = {"TOLLGATE_REQUEST_DEADLINE_S": "1.5", "TOLLGATE_REDIS_TIMEOUT_S": "0.5",
               "TOLLGATE_METRICS_PORT": "0", "TOLLGATE_PARTITIONS": "8"}
@@ -140,7 +142,7 @@ async def test_a_retransmission_storm_across_two_servers_charges_once(cluster):
 
 async def test_chaos_one_traffic_stream_through_every_fault_reconciles_to_zero(cluster):
     traffic, link, account_ids = await start_traffic(cluster, seed=41)
-    running = lanes(traffic, link, scaled(150, 3000), n=4)
+    running = lanes(traffic, link, scaled(100, 3000), n=4)
     for round_ in range(scaled(1, 6)):
         await after(traffic, 100)
         await kill_redis(cluster, link, traffic)

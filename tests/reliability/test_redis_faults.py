@@ -32,6 +32,8 @@ from tests.reliability.modes import scaled
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 
+pytestmark = pytest.mark.slow
+
 MONEY = 400 * EUR
 DEADLINE_S = 1.5
 PROBE = "probe-sub"
