@@ -193,7 +193,7 @@ async def check_books(gw: Gateway, redis_url: str) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=scaled(60, 2000), deadline=None,
+@settings(max_examples=scaled(60, 1000), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(reqs=st.lists(HOSTILE, min_size=1, max_size=4), batch=st.booleans())
 async def test_arbitrary_requests_never_crash_never_false_success_refusals_change_nothing(
@@ -224,7 +224,7 @@ async def test_arbitrary_requests_never_crash_never_false_success_refusals_chang
 
 
 @pytest.mark.slow
-@settings(max_examples=scaled(80, 3000), deadline=None,
+@settings(max_examples=scaled(80, 1000), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.one_of(st.binary(max_size=300),
                       charge_requests().map(lambda m: m.SerializeToString()[:-1]),

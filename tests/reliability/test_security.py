@@ -359,3 +359,28 @@ async def test_serve_logs_the_warning(config, caplog):
     async with Tollgate(config.replace(listen="0.0.0.0:0")):
         pass
     assert any("WITHOUT AUTHENTICATION" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_billing_example_consumes_with_a_billing_token(secured, monkeypatch):
+    import examples.billing_client as example
+    operator, gateway = bearer(secured.tokens["operator"]), bearer(secured.tokens["gateway"])
+    prov = provisioning_pb2_grpc.ProvisioningStub(secured.channel)
+    await prov.PutPlan(sample_plan(), metadata=operator)
+    await prov.CreateAccount(ppb.CreateAccountRequest(account_id="a", plan_id="basic",
+                                                      initial_money_micros=10**7),
+                             metadata=operator)
+    await prov.CreateSubscriber(ppb.Subscriber(subscriber_id="s", account_id="a"),
+                                metadata=operator)
+    ans = await charging_pb2_grpc.ChargingStub(secured.channel).Charge(cpb.ChargeRequest(
+        session_id="e", type=cpb.EVENT, subscriber_id="s",
+        units=[cpb.ServiceUnits(rating_group=200, used=cpb.Units(service_units=1))]),
+        metadata=gateway)
+    assert ans.result == cpb.SUCCESS, ans
+    out = io.StringIO()
+    monkeypatch.setenv("TOLLGATE_CLIENT_TOKEN", secured.tokens["gateway"])
+    with pytest.raises(grpc.RpcError) as e:
+        await asyncio.to_thread(example.consume, secured.app.address, "bss", "w1", out, 1)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    monkeypatch.setenv("TOLLGATE_CLIENT_TOKEN", secured.tokens["billing"])
+    n = await asyncio.to_thread(example.consume, secured.app.address, "bss", "w1", out, 1)
+    assert n == 1 and ",e," in out.getvalue()
