@@ -148,10 +148,27 @@ class Link:
             await asyncio.sleep(0.01)
 
 
-def lanes(traffic: Traffic, link: Link, sessions: int, n: int = 3) -> asyncio.Future[list[None]]:
-    """n lanes of `sessions` sessions each, 16 at a time, over the link."""
-    return asyncio.gather(*(run_lane(traffic, link.send, f"lane{k}", sessions, 16)
-                            for k in range(n)))
+class Lanes:
+    """n lanes of sessions, 16 at a time each, over the link, until stopped: faults are timed
+    by answers, and a slow machine must not run out of traffic before the last fault."""
+
+    def __init__(self, traffic: Traffic, link: Link, n: int = 3) -> None:
+        self.traffic = traffic
+        self.stop = asyncio.Event()
+        self.running = asyncio.gather(*(run_lane(traffic, link.send, f"lane{k}", 10**9, 16,
+                                                 self.stop) for k in range(n)))
+
+    async def after(self, more: int) -> None:
+        """Waits until `more` further requests were answered."""
+        now = len(self.traffic.answers)
+        await wait_until(lambda: len(self.traffic.answers) >= now + more, 120,
+                         f"{more} answers")
+
+    async def finish(self, more: int = 0) -> None:
+        """After `more` answers, lets the sessions under way end, and waits for them."""
+        await self.after(more)
+        self.stop.set()
+        await self.running
 
 
 async def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:

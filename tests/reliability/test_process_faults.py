@@ -28,9 +28,9 @@ from tests.integration.ledger import Tariff
 from tests.processes import ROOT, ServerProcess
 from tests.reliability.faults import (
     FaultyTraffic,
+    Lanes,
     Link,
     assert_books_balance,
-    lanes,
     missing_records,
     setup_books,
     wait_until,
@@ -90,12 +90,6 @@ async def start_traffic(cluster: Cluster, seed: int
     return traffic, link, sorted(set(subscribers.values()))
 
 
-async def after(traffic: FaultyTraffic, more: int) -> None:
-    """Waits until `more` further requests were answered."""
-    now = len(traffic.answers)
-    await wait_until(lambda: len(traffic.answers) >= now + more, 120, f"{more} answers")
-
-
 async def kill_server_mid_batch(cluster: Cluster, link: Link, n: int) -> None:
     await wait_until(lambda: link.inflight > 0, 10, "a batch in flight")
     errors = link.errors["UNAVAILABLE"]
@@ -121,11 +115,11 @@ def pause_redis(cluster: Cluster, ms: int) -> None:
 
 async def test_a_server_killed_mid_batch_charges_retransmissions_once(cluster):
     traffic, link, account_ids = await start_traffic(cluster, seed=31)
-    running = lanes(traffic, link, scaled(80, 1000))
+    lanes = Lanes(traffic, link)
     for n in range(scaled(1, 4)):
-        await after(traffic, 150)
+        await lanes.after(150)
         await kill_server_mid_batch(cluster, link, n % 2)
-    await running
+    await lanes.finish(scaled(100, 1000))
     assert link.errors["UNAVAILABLE"] > 0
     await assert_books_balance(traffic, link, cluster.url, MONEY, account_ids)
     await link.close()
@@ -134,7 +128,7 @@ async def test_a_server_killed_mid_batch_charges_retransmissions_once(cluster):
 async def test_a_retransmission_storm_across_two_servers_charges_once(cluster):
     traffic, link, account_ids = await start_traffic(cluster, seed=37)
     link.storm = True
-    await lanes(traffic, link, scaled(60, 1000))
+    await Lanes(traffic, link).finish(scaled(400, 8000))
     assert link.stats["storm copies"] > 1000, link.stats
     await assert_books_balance(traffic, link, cluster.url, MONEY, account_ids)
     await link.close()
@@ -142,19 +136,19 @@ async def test_a_retransmission_storm_across_two_servers_charges_once(cluster):
 
 async def test_chaos_one_traffic_stream_through_every_fault_reconciles_to_zero(cluster):
     traffic, link, account_ids = await start_traffic(cluster, seed=41)
-    running = lanes(traffic, link, scaled(100, 3000), n=4)
+    lanes = Lanes(traffic, link, n=4)
     for round_ in range(scaled(1, 6)):
-        await after(traffic, 100)
+        await lanes.after(100)
         await kill_redis(cluster, link, traffic)
-        await after(traffic, 100)
+        await lanes.after(100)
         await kill_server_mid_batch(cluster, link, round_ % 2)
-        await after(traffic, 100)
+        await lanes.after(100)
         pause_redis(cluster, 2500)  # slow: longer than the request deadline
-        await after(traffic, 100)
+        await lanes.after(100)
         link.storm = True
-        await after(traffic, 200)
+        await lanes.after(200)
         link.storm = False
-    await running
+    await lanes.finish(scaled(100, 1000))
     await assert_books_balance(traffic, link, cluster.url, MONEY, account_ids)
     # ... and the CLI says so too.
     done = await asyncio.to_thread(

@@ -21,9 +21,9 @@ from tests.integration.ledger import Tariff
 from tests.reliability.faults import (
     UNABLE,
     FaultyTraffic,
+    Lanes,
     Link,
     assert_books_balance,
-    lanes,
     missing_records,
     setup_books,
     wait_until,
@@ -69,10 +69,9 @@ async def traffic_on(app: Tollgate, seed: int) -> tuple[FaultyTraffic, Link, lis
 async def test_redis_killed_under_load_loses_no_answered_charge(aof_redis):
     async with Tollgate(fault_config(aof_redis.url)) as app:
         traffic, link, account_ids = await traffic_on(app, seed=17)
-        running = lanes(traffic, link, scaled(120, 1500))
+        lanes = Lanes(traffic, link)
         for _ in range(scaled(1, 5)):
-            answered = len(traffic.answers)
-            await wait_until(lambda a=answered: len(traffic.answers) > a + 150, 60, "traffic")
+            await lanes.after(150)
             assert link.inflight > 0
             aof_redis.kill()  # SIGKILL, in the middle of batches
             failed = link.stats["UNABLE_TO_COMPLY"]
@@ -90,7 +89,7 @@ async def test_redis_killed_under_load_loses_no_answered_charge(aof_redis):
             # Every SUCCESS answered before the kill is in Redis after it.
             assert await missing_records(traffic, aof_redis.url) == []
             link.gate.set()  # the same server carries on: it reconnects by itself
-        await running
+        await lanes.finish(scaled(150, 1500))
         assert traffic.stats["retried UNABLE_TO_COMPLY"] > 0, traffic.stats
         assert link.errors == {}, link.errors  # errors came as answers, not dead calls
         await assert_books_balance(traffic, link, aof_redis.url, MONEY, account_ids)
@@ -101,8 +100,8 @@ async def test_slow_redis_answers_within_the_deadline_and_the_queue_stays_bounde
     cfg = fault_config(aof_redis.url, max_queue=40, max_batch=8)
     async with Tollgate(cfg) as app:
         traffic, link, account_ids = await traffic_on(app, seed=23)
-        running = lanes(traffic, link, scaled(60, 600), n=2)
-        await wait_until(lambda: len(traffic.answers) > 100, 60, "traffic")
+        lanes = Lanes(traffic, link, n=2)
+        await lanes.after(100)
         pauser = redis.Redis.from_url(aof_redis.url)
         pauser.execute_command("CLIENT", "PAUSE", int(DEADLINE_S * 2 * 1000), "ALL")
         # A burst while Redis is stuck: each call is answered within the deadline, and what
@@ -127,7 +126,7 @@ async def test_slow_redis_answers_within_the_deadline_and_the_queue_stays_bounde
         assert {r for _, r in results if not isinstance(r, grpc.aio.AioRpcError)} <= {
             UNABLE, cpb.SUCCESS}
         assert app.engine is not None and app.engine.batcher.queued <= cfg.max_queue
-        await running
+        await lanes.finish(scaled(100, 3000))
         assert traffic.stats["retried UNABLE_TO_COMPLY"] > 0, traffic.stats
         await assert_books_balance(traffic, link, aof_redis.url, MONEY, account_ids)
         await link.close()
