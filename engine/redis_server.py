@@ -35,12 +35,16 @@ class RedisServer:
     """A redis-server on 127.0.0.1 with AOF in `data_dir`; `url` once started."""
 
     def __init__(self, data_dir: str | Path, port: int = 0, appendfsync: str = "everysec",
-                 appendonly: bool = True, password: str = "") -> None:
+                 appendonly: bool = True, password: str = "", die_with_parent: bool = True
+                 ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.appendonly = appendonly
         self.password = password  # requirepass (tests of authenticated Redis)
+        # Tests that restart Redis while gRPC threads run turn this off: a preexec function
+        # forces fork(), whose gRPC atfork handlers can break the child before it execs.
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
 
@@ -70,7 +74,8 @@ class RedisServer:
              "--appendfsync", self.appendfsync, "--protected-mode", "yes",
              "--daemonize", "no", "--loglevel", "warning",
              *(["--requirepass", self.password] if self.password else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent if self.die_with_parent else None)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2,
                              password=self.password or None)
         deadline = time.monotonic() + timeout_s

@@ -62,7 +62,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("process-faults")
-    store = RedisServer(tmp / "aof", appendfsync="always").start()
+    store = RedisServer(tmp / "aof", appendfsync="always", die_with_parent=False).start()
     servers = [ServerProcess(store.url, tmp / f"server-{n}.log", SERVER_ENV) for n in (0, 1)]
     try:
         for s in servers:

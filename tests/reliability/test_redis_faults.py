@@ -42,7 +42,7 @@ PROBE = "probe-sub"
 @pytest.fixture
 def aof_redis(tmp_path: Path):
     """A redis-server that fsyncs its AOF before answering (nothing answered is lost)."""
-    server = RedisServer(tmp_path / "aof", appendfsync="always").start()
+    server = RedisServer(tmp_path / "aof", appendfsync="always", die_with_parent=False).start()
     yield server
     server.stop()
 
