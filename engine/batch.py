@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from engine.decode import Request, units_of
+from engine.decode import MAX_TIME_MS, Request, units_of
 from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType
 from engine.kernels.charge import (
     FLAG_GRACE,
@@ -29,6 +29,9 @@ ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want",
 """The kernel's `items` tuple (local times: the plan's UTC offset added)."""
 
 
+LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
+
+
 @dataclass(slots=True, eq=False)
 class Pending:
     """A decoded request waiting for its answer."""
@@ -38,6 +41,7 @@ class Pending:
     future: asyncio.Future[pb.ChargeAnswer]
     account_id: str = ""
     reruns: int = 0
+    deadline: float = 0.0  # event-loop time by which it must be answered (request_deadline_s)
     followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch
 
     def answer(self, ans: pb.ChargeAnswer) -> None:
@@ -181,7 +185,10 @@ def local_offset_ms(timezone: str, time_ms: int) -> int:
     """UTC offset of the plan's time zone at a moment (time windows are local)."""
     if not timezone:
         return 0
-    offset = datetime.fromtimestamp(time_ms / 1000, _zone(timezone)).utcoffset()
+    # The last two days of year 9999 have no local date east of UTC (datetime overflows);
+    # the offset two days earlier is the same rule.
+    at = min(time_ms, LATEST_LOCAL_MS)
+    offset = datetime.fromtimestamp(at / 1000, _zone(timezone)).utcoffset()
     return int(offset.total_seconds() * 1000) if offset else 0
 
 

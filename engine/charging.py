@@ -9,6 +9,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
 from engine import metrics
 from engine.batch import KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher
@@ -78,6 +80,7 @@ class Engine:
         Raises Overloaded when the queue is full (nothing is queued then)."""
         loop = asyncio.get_running_loop()
         now = self.clock()
+        deadline = loop.time() + self.config.request_deadline_s
         futures: list[asyncio.Future[pb.ChargeAnswer]] = []
         pending: list[Pending] = []
         for msg in msgs:
@@ -88,7 +91,7 @@ class Engine:
             except Invalid as e:
                 fut.set_result(error_answer(msg, e.code, str(e)))
                 continue
-            pending.append(Pending(msg, request, fut))
+            pending.append(Pending(msg, request, fut, deadline=deadline))
         if pending:
             self.batcher.submit(pending)
         return futures
@@ -97,15 +100,46 @@ class Engine:
         return list(await asyncio.gather(*self.submit(msgs)))
 
     def _fail(self, batch: list[Pending], error: BaseException) -> None:
+        """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a
+        retransmission finds the stored answer if it was. Cached state is dropped."""
         metrics.BATCH_ERRORS.inc()
+        # A Redis outage fails every batch: one line each, no traceback (that is for bugs).
+        if isinstance(error, TimeoutError):
+            why = (f"storage did not answer within request_deadline_s "
+                   f"({self.config.request_deadline_s:g} s), retry")
+            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
+        elif isinstance(error, RedisError | OSError):
+            why = f"storage unavailable, retry ({type(error).__name__}: {error})"
+            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
+        else:
+            why = f"internal error ({type(error).__name__}), retry"
+            log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
         for p in batch:
             self.accounts.pop(p.account_id, None)
-            p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY,
-                                  f"storage unavailable, retry: {type(error).__name__}"))
+            p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY, why))
 
     # --- one batch ----------------------------------------------------------------------
 
     async def _process(self, batch: list[Pending]) -> list[Pending]:
+        """Answers what waited past its deadline without running it (so it is never applied)
+        and runs the rest under the earliest remaining deadline."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        live = []
+        for p in batch:
+            if p.deadline <= now:
+                p.answer(error_answer(
+                    p.msg, ResultCode.UNABLE_TO_COMPLY,
+                    f"not run within request_deadline_s ({self.config.request_deadline_s:g} s):"
+                    " storage is slow or unreachable, retry"))
+            else:
+                live.append(p)
+        if not live:
+            return []
+        async with asyncio.timeout_at(min(p.deadline for p in live)):
+            return await self._run_batch(live)
+
+    async def _run_batch(self, batch: list[Pending]) -> list[Pending]:
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.QUEUED.set(self.batcher.queued)
         order = {id(p): n for n, p in enumerate(batch)}

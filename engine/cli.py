@@ -1,4 +1,5 @@
-"""The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate."""
+"""The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate,
+token create."""
 
 from __future__ import annotations
 
@@ -48,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
                                        "and examples/plans.toml for every feature.")
     plans_sub = plans.add_subparsers(dest="plans_command", required=True, metavar="ACTION")
     load = plans_sub.add_parser("load", help="store each plan of FILE as a new version "
-                                             "(PutPlan on a running server)")
+                                             "(PutPlan on a running server)",
+                                description="A server with tokens or TLS: set "
+                                            "TOLLGATE_CLIENT_TOKEN (an operator token), "
+                                            "TOLLGATE_CLIENT_CA, and for mutual TLS "
+                                            "TOLLGATE_CLIENT_CERT and TOLLGATE_CLIENT_KEY.")
     load.add_argument("file", metavar="FILE")
     load.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
                       help=f"the Tollgate gRPC address (default {DEFAULT_SERVER})")
@@ -57,7 +62,39 @@ def parser() -> argparse.ArgumentParser:
     check = plans_sub.add_parser("check", help="validate FILE without a server")
     check.add_argument("file", metavar="FILE")
     _billing_parsers(sub)
+    _token_parsers(sub)
     return p
+
+
+def _token_parsers(sub: argparse._SubParsersAction) -> None:
+    token = sub.add_parser("token", help="client bearer tokens: create",
+                           description="Tokens authenticate gRPC clients when the server's "
+                                       "tokens_file is set. Only a SHA-256 of each is stored.")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser(
+        "create", help="add a client to a tokens file and print its new token once",
+        description="Roles: gateway (Charging), operator (Provisioning and other operator "
+                    "services), billing (Billing). The server reads the file again within "
+                    "seconds; no restart needed.")
+    create.add_argument("--file", required=True, metavar="FILE",
+                        help="the tokens file (created with mode 0600)")
+    create.add_argument("--name", required=True, help="the client's name (shown in logs)")
+    create.add_argument("--role", required=True, action="append",
+                        choices=["gateway", "operator", "billing"],
+                        help="a role of the client (repeat for several)")
+
+
+def token_command(args: argparse.Namespace) -> int:
+    """`tollgate token create`: the token on stdout, nothing else."""
+    from engine.security import create_token
+    try:
+        print(create_token(args.file, args.name, args.role))
+    except (ConfigError, OSError) as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
+    print(f"client {args.name!r} ({', '.join(args.role)}) added to {args.file}; the token "
+          "is shown only this once", file=sys.stderr)
+    return 0
 
 
 def _tool_common(p: argparse.ArgumentParser) -> None:
@@ -167,12 +204,14 @@ def plans_command(args: argparse.Namespace) -> int:
         return 0
     import grpc
 
+    from engine.security import ClientSettings
     from tollgate.v1 import provisioning_pb2_grpc
-    with grpc.insecure_channel(args.server) as channel:
+    client = ClientSettings.from_env()
+    with client.channel(args.server) as channel:
         stub = provisioning_pb2_grpc.ProvisioningStub(channel)
         for plan in plans:
             try:
-                stored = stub.PutPlan(plan, timeout=args.timeout)
+                stored = stub.PutPlan(plan, timeout=args.timeout, metadata=client.metadata())
             except grpc.RpcError as e:
                 print(f"tollgate: {plan.plan_id}: {e.code().name}: {e.details()}",
                       file=sys.stderr)
@@ -187,13 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         return plans_command(args)
     if args.command in ("usage", "reconcile", "rerate"):
         return billing_command(args)
+    if args.command == "token":
+        return token_command(args)
     try:
         config = _config(args)
     except ConfigError as e:
         print(f"tollgate: {e}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        setup_logging(config.log_level, config.log_format)
+        setup_logging(config.log_level, config.log_format, config.log_sensitive)
         from server import serve
 
         def ready(app: object) -> None:

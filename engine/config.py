@@ -66,6 +66,21 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     """'json' (one object per line) or 'text'."""
+    log_sensitive: bool = False
+    """Show subscriber ids and secrets in logs (debugging only; masked by default)."""
+    request_deadline_s: float = 5.0
+    """Longest a charging request waits for its answer (queue and Redis included); past it
+    the answer is UNABLE_TO_COMPLY, and a request still queued is never applied."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest gRPC message the server accepts (grpc.max_receive_message_length)."""
+    tls_cert: str = ""
+    """PEM certificate chain of the gRPC port; with tls_key, the port speaks TLS only."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+    tokens_file: str = ""
+    """Bearer tokens file (`tollgate token create`); empty = no authentication."""
     billing_redeliver_ms: int = 30_000
     """Billing: a delivered record not acknowledged within this time is delivered again
     (to any live consumer of its group: this is how a dead consumer's records move on)."""

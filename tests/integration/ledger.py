@@ -323,15 +323,21 @@ class Traffic:
         return out
 
 
-async def run_lane(traffic: Traffic, send: Send, lane: str, sessions: int, width: int) -> None:
+async def run_lane(traffic: Traffic, send: Send, lane: str, sessions: int, width: int,
+                   stop: asyncio.Event | None = None) -> None:
     """Drives `sessions` sessions, `width` at a time, one request per session per message;
-    adds duplicates inside the same message and retransmissions in the next one."""
+    adds duplicates inside the same message and retransmissions in the next one. Once `stop`
+    is set no new session starts; the lane ends when the ones under way have ended."""
     rng = traffic.rng(lane)
     active: list[Session] = []
     repeats: list[tuple[cpb.ChargeRequest, str]] = []
     started = 0
-    while active or started < sessions or repeats:
-        while len(active) < width and started < sessions:
+
+    def more() -> bool:
+        return started < sessions and not (stop is not None and stop.is_set())
+
+    while active or more() or repeats:
+        while len(active) < width and more():
             active.append(traffic.new_session(lane))
             started += 1
         entries: list[tuple[str, cpb.ChargeRequest, Session | None]] = []
