@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import signal
@@ -143,8 +144,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             try:
                 async for msg in request_iterator:
                     self._check_size(len(msg.requests))
-                    futures = self.engine.submit(list(msg.requests))
-                    await inflight.put((msg, asyncio.ensure_future(asyncio.gather(*futures))))
+                    await inflight.put((msg, self.engine.submit(list(msg.requests))))
             finally:
                 await inflight.put(None)
 
@@ -202,6 +202,16 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str,
     return server, port, health_servicer
 
 
+def tune_gc(threshold: int) -> None:
+    """Everything alive after start (code, compiled kernels) is moved out of the collector's
+    sight, and young collections run less often: the caches hold many objects, and Python's
+    defaults would rescan them all the time."""
+    if threshold > 0:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(threshold, 20, 10)
+
+
 @dataclass
 class Tollgate:
     """A running Tollgate: Redis (embedded unless configured), store, engine and gRPC server."""
@@ -257,6 +267,7 @@ class Tollgate:
         metrics.serve_metrics(self.config.metrics_port)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        tune_gc(self.config.gc_threshold)
         log.info("tollgate serving", extra={"address": self.address})
         return self
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from engine import metrics
-from engine.batch import KernelBatch, KernelResult, Pending, assemble
+from engine.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher
 from engine.config import Config
 from engine.cycles import renew_if_due
@@ -57,6 +57,7 @@ class Engine:
         store.subscriber_listeners.append(self._forget_subscriber)
 
     def start(self) -> None:
+        self.warm_up()
         self.batcher.start()
         self._watcher = asyncio.create_task(self.store.watch_subscriber_changes())
 
@@ -67,6 +68,10 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
 
+    def warm_up(self) -> None:
+        """Loads (or compiles) the kernels now, so that no request waits for Numba."""
+        assemble([], {}, {}, self.rates, set()).run(self.rates)
+
     def _forget_subscriber(self, subscriber_id: str | None) -> None:
         if subscriber_id is None:
             self._subscribers.clear()
@@ -75,29 +80,29 @@ class Engine:
 
     # --- entry point ---------------------------------------------------------------------
 
-    def submit(self, msgs: list[pb.ChargeRequest]) -> list[asyncio.Future[pb.ChargeAnswer]]:
-        """Queues requests; each future resolves to its answer once its effects are in Redis.
-        Raises Overloaded when the queue is full (nothing is queued then)."""
+    def submit(self, msgs: list[pb.ChargeRequest]) -> asyncio.Future[list[pb.ChargeAnswer]]:
+        """Queues requests; the future resolves to their answers, in order, once their effects
+        are in Redis. Raises Overloaded when the queue is full (nothing is queued then)."""
         loop = asyncio.get_running_loop()
         now = self.clock()
         deadline = loop.time() + self.config.request_deadline_s
-        futures: list[asyncio.Future[pb.ChargeAnswer]] = []
+        call = Answers(len(msgs), loop.create_future())
         pending: list[Pending] = []
-        for msg in msgs:
-            fut: asyncio.Future[pb.ChargeAnswer] = loop.create_future()
-            futures.append(fut)
+        for slot, msg in enumerate(msgs):
             try:
                 request = decode(msg, self.config, now)
             except Invalid as e:
-                fut.set_result(error_answer(msg, e.code, str(e)))
+                call.put(slot, error_answer(msg, e.code, str(e)))
                 continue
-            pending.append(Pending(msg, request, fut, deadline=deadline))
+            pending.append(Pending(msg, request, call, slot, deadline=deadline))
         if pending:
             self.batcher.submit(pending)
-        return futures
+        elif not msgs:
+            call.future.set_result([])
+        return call.future
 
     async def charge(self, msgs: list[pb.ChargeRequest]) -> list[pb.ChargeAnswer]:
-        return list(await asyncio.gather(*self.submit(msgs)))
+        return await self.submit(msgs)
 
     def _fail(self, batch: list[Pending], error: BaseException) -> None:
         """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a

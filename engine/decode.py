@@ -55,12 +55,9 @@ def units_of(u: UnitsTuple | None, unit: UnitType) -> int:
     return u[4]
 
 
-def units_message(amount: int, unit: UnitType) -> pb.Units:
-    if unit == UnitType.OCTETS:
-        return pb.Units(total_octets=amount)
-    if unit == UnitType.SECONDS:
-        return pb.Units(time_seconds=amount)
-    return pb.Units(service_units=amount)
+UNIT_FIELD = {UnitType.OCTETS: "total_octets", UnitType.SECONDS: "time_seconds",
+              UnitType.SERVICE_UNITS: "service_units"}
+"""The Units field that carries an amount of each unit type in answers."""
 
 
 def _units(msg: pb.Units, where: str, limit: int) -> UnitsTuple:
