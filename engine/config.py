@@ -57,7 +57,12 @@ class Config:
     max_units: int = 2**50
     """Largest unit count accepted in one report or request (about 1 PiB)."""
     redis_timeout_s: float = 5.0
-    """Deadline of one Redis round trip."""
+    """Deadline of one Redis round trip (and of resending partitions while slots move)."""
+    redis_wait_replicas: int = 0
+    """After each batch's writes, WAIT until this many replicas of each written node have
+    them before answering (0 = don't wait: a failover may lose the last writes)."""
+    redis_wait_timeout_ms: int = 1000
+    """How long that WAIT may take; fewer acks then fail the batch (UNABLE_TO_COMPLY)."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM: how long in-flight batches may take to finish."""
     metrics_port: int = 9464

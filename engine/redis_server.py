@@ -35,8 +35,9 @@ class RedisServer:
     """A redis-server on 127.0.0.1 with AOF in `data_dir`; `url` once started."""
 
     def __init__(self, data_dir: str | Path, port: int = 0, appendfsync: str = "everysec",
-                 appendonly: bool = True) -> None:
+                 appendonly: bool = True, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_args = extra_args  # e.g. the cluster options of a cluster node
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.appendonly = appendonly
@@ -66,7 +67,7 @@ class RedisServer:
              "--dir", str(self.data_dir.resolve()),
              "--appendonly", "yes" if self.appendonly else "no",
              "--appendfsync", self.appendfsync, "--protected-mode", "yes",
-             "--daemonize", "no", "--loglevel", "warning"],
+             "--daemonize", "no", "--loglevel", "warning", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
