@@ -27,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, listen=args.listen, redis_url=args.redis_url,
                        data_dir=args.data_dir, log_format=args.log_format,
-                       log_level=args.log_level)
+                       log_level=args.log_level, workers=getattr(args, "workers", None))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
                            description="Run the server until SIGTERM/SIGINT. Without "
                                        "REDIS_URL it starts its own redis-server with AOF.")
     _common(serve)
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="N server processes on the one port (SO_REUSEPORT), restarted by "
+                            "a supervisor when one dies (default 1)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     demo = sub.add_parser("demo", help="start everything, drive sample sessions, print a table")
     _common(demo)
     demo.add_argument("--sessions", type=int, default=300)
@@ -194,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         setup_logging(config.log_level, config.log_format)
+        if config.workers > 1 and args.worker_index is None:
+            from engine.supervisor import Supervisor
+            return Supervisor(config).run()
         from server import serve
 
         def ready(app: object) -> None:

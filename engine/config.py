@@ -18,6 +18,9 @@ class Config:
 
     listen: str = "127.0.0.1:50051"
     """gRPC address to bind (host:port; port 0 picks a free one)."""
+    workers: int = 1
+    """Server processes sharing the listen port (SO_REUSEPORT) under a supervisor that
+    restarts a worker that dies; each has its own batcher (`tollgate serve --workers N`)."""
     redis_url: str = ""
     """Redis to use; empty = start an embedded redis-server with AOF in data_dir."""
     data_dir: str = "./tollgate-data"
