@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,20 @@ from engine.redis_server import RedisServer, free_port
 
 SLOTS = 16384
 HOST = "127.0.0.1"
+
+
+def node_port() -> int:
+    """A free port below the ephemeral range: a node that is killed and started again must
+    get its port back, which an outgoing connection may hold if it came from that range."""
+    for _ in range(1000):
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def _wait(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
@@ -50,7 +66,7 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://{HOST}:{self.masters()[0]}"
+        return "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in self.masters())
 
     def client(self, port: int) -> redis.Redis:
         """A plain client of one node (cluster commands, fault injection)."""
@@ -75,9 +91,9 @@ class LocalCluster:
     def _start(self) -> None:
         total = self.n_masters * (1 + self.n_replicas)
         for n in range(total):
-            bus = free_port()
+            bus = node_port()
             server = RedisServer(
-                self.base_dir / f"node-{n}", appendonly=self.appendonly,
+                self.base_dir / f"node-{n}", port=node_port(), appendonly=self.appendonly,
                 # The bus port is given: the default (port + 10000) may not exist.
                 extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                             "--cluster-port", str(bus),
@@ -116,7 +132,7 @@ class LocalCluster:
                 info = self._cmd(port, "CLUSTER", "INFO")
                 if "cluster_state:ok" not in info:
                     return False
-                views.add(tuple(sorted((s[0], s[1], s[2][1]) for s in
+                views.add(tuple(sorted((s[0], s[1], *(n[1] for n in s[2:])) for s in
                                        self._cmd(port, "CLUSTER", "SLOTS"))))
                 role = self.client(port).info("replication")
                 if role["role"] == "slave" and role.get("master_link_status") != "up":
@@ -198,6 +214,12 @@ class LocalCluster:
         self._cmd(replica_port, "CLUSTER", "FAILOVER")
         _wait("the replica to take over", lambda: self.client(replica_port).info(
             "replication")["role"] == "master")
+        self.wait_ok()
+
+    def restart(self, port: int) -> None:
+        """Starts a stopped node again on its port and data: it rejoins the cluster (a
+        master that was failed over comes back as a replica of its successor)."""
+        self.nodes[port].start()
         self.wait_ok()
 
     def kill(self, port: int) -> None:
