@@ -61,6 +61,18 @@ def parser() -> argparse.ArgumentParser:
     check = plans_sub.add_parser("check", help="validate FILE without a server")
     check.add_argument("file", metavar="FILE")
     _billing_parsers(sub)
+    dev = sub.add_parser("dev", help="local tools for development: a Redis Cluster")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    cl = dev_sub.add_parser(
+        "cluster", help="start a local Redis Cluster on free ports until Ctrl-C",
+        description="Starts redis-server cluster nodes on 127.0.0.1 (free ports, slots split "
+                    "evenly), prints the redis+cluster:// URL for --redis-url / REDIS_URL, "
+                    "and stops and removes them on Ctrl-C or SIGTERM.")
+    cl.add_argument("--nodes", type=int, default=3, metavar="N", help="masters (default 3)")
+    cl.add_argument("--replicas", type=int, default=0, metavar="R",
+                    help="replicas per master (default 0)")
+    cl.add_argument("--dir", metavar="DIR",
+                    help="data folder (default: a temporary one, removed at the end)")
     return p
 
 
@@ -185,10 +197,45 @@ def plans_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def dev_cluster(args: argparse.Namespace) -> int:
+    """`tollgate dev cluster`: runs a local Redis Cluster until Ctrl-C / SIGTERM."""
+    import shutil
+    import signal
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from engine.redis_cluster import LocalCluster
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tollgate-cluster-"))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting {args.nodes} masters with {args.replicas} replicas each in {base} ...",
+          file=sys.stderr, flush=True)
+    try:
+        with LocalCluster(base, masters=args.nodes, replicas=args.replicas) as cluster:
+            for m in cluster.masters():
+                print(f"master 127.0.0.1:{m} replicas "
+                      f"{' '.join(f'127.0.0.1:{r}' for r in cluster.replicas_of(m)) or '-'}",
+                      file=sys.stderr)
+            print(cluster.url, flush=True)
+            print("Ctrl-C stops it", file=sys.stderr, flush=True)
+            stop.wait()
+    except ConfigError as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "plans":
         return plans_command(args)
+    if args.command == "dev":
+        return dev_cluster(args)
     if args.command in ("usage", "reconcile", "rerate"):
         return billing_command(args)
     try:
