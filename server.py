@@ -224,7 +224,8 @@ class Tollgate:
             url = self.redis.url
             log.info("embedded redis-server started", extra={"url": url,
                                                               "data_dir": self.config.data_dir})
-        self.store = Store(url, self.config.partitions, self.config.redis_timeout_s)
+        self.store = Store(url, self.config.partitions, self.config.redis_timeout_s,
+                           self.config.redis_wait_replicas, self.config.redis_wait_timeout_ms)
         await self.store.init()
         self.engine = Engine(self.store, self.config, self.clock)
         self.engine.start()

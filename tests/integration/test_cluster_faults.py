@@ -149,7 +149,9 @@ async def test_a_killed_master_fails_over_without_losing_an_answered_charge(tmp_
         problems = check_books(traffic, accounts, dict.fromkeys(account_ids, 500 * EUR),
                                records, dict.fromkeys(account_ids, 0))
         assert not problems, "\n".join(problems[:25]) + "\n" + info
-        assert resent() > before, "no apply met the failover"
+        # The failover met the traffic: applies were sent again, or batches failed (and
+        # were retried by the gateways) while the shard had no master or no replica.
+        assert resent() > before or traffic.stats["retried UNABLE_TO_COMPLY"], info
         assert len(traffic.answers) > 200, info
 
 
