@@ -30,7 +30,7 @@ import grpc
 
 from engine.redis_client import connect
 from engine.redis_cluster import LocalCluster
-from engine.redis_server import RedisServer, free_port
+from engine.redis_server import RedisServer, die_with_parent, free_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
 from tollgate.v1 import common_pb2 as com
@@ -74,7 +74,8 @@ def tollgate(url: str, workers: int, log: Path) -> Iterator[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "serve", "--workers", str(workers),
              "--listen", address, "--redis-url", url, "--log-format", "text"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            preexec_fn=die_with_parent)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -18,7 +18,7 @@ import redis
 from engine.errors import ConfigError
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, so a killed Tollgate leaves no
     orphan redis-server holding its AOF (Linux prctl PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
@@ -68,7 +68,7 @@ class RedisServer:
              "--appendonly", "yes" if self.appendonly else "no",
              "--appendfsync", self.appendfsync, "--protected-mode", "yes",
              "--daemonize", "no", "--loglevel", "warning", *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -16,7 +16,7 @@ from types import FrameType
 
 from engine.config import Config
 from engine.errors import ConfigError
-from engine.redis_server import RedisServer, _die_with_parent, free_port
+from engine.redis_server import RedisServer, die_with_parent, free_port
 
 log = logging.getLogger("tollgate.supervisor")
 
@@ -107,7 +107,7 @@ class Supervisor:
         w.ready.clear()
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "serve", "--worker-index", str(w.index)],
-            env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+            env=env, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
         w.started = time.monotonic()
         threading.Thread(target=self._read, args=(w, w.proc), daemon=True).start()
 
