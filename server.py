@@ -246,7 +246,8 @@ class Tollgate:
             url = self.redis.url
             log.info("embedded redis-server started", extra={"url": url,
                                                               "data_dir": self.config.data_dir})
-        self.store = Store(url, self.config.partitions, self.config.redis_timeout_s)
+        self.store = Store(url, self.config.partitions, self.config.redis_timeout_s,
+                           self.config.redis_wait_replicas, self.config.redis_wait_timeout_ms)
         try:
             await self.store.init()
         except RedisError as e:

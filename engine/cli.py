@@ -28,7 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, listen=args.listen, redis_url=args.redis_url,
                        data_dir=args.data_dir, log_format=args.log_format,
-                       log_level=args.log_level)
+                       log_level=args.log_level, workers=getattr(args, "workers", None))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
                            description="Run the server until SIGTERM/SIGINT. Without "
                                        "REDIS_URL it starts its own redis-server with AOF.")
     _common(serve)
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="N server processes on the one port (SO_REUSEPORT), restarted by "
+                            "a supervisor when one dies (default 1)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     demo = sub.add_parser("demo", help="start everything, drive sample sessions, print a table")
     _common(demo)
     demo.add_argument("--sessions", type=int, default=300)
@@ -63,6 +67,18 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     _billing_parsers(sub)
     _token_parsers(sub)
+    dev = sub.add_parser("dev", help="local tools for development: a Redis Cluster")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    cl = dev_sub.add_parser(
+        "cluster", help="start a local Redis Cluster on free ports until Ctrl-C",
+        description="Starts redis-server cluster nodes on 127.0.0.1 (free ports, slots split "
+                    "evenly), prints the redis+cluster:// URL for --redis-url / REDIS_URL, "
+                    "and stops and removes them on Ctrl-C or SIGTERM.")
+    cl.add_argument("--nodes", type=int, default=3, metavar="N", help="masters (default 3)")
+    cl.add_argument("--replicas", type=int, default=0, metavar="R",
+                    help="replicas per master (default 0)")
+    cl.add_argument("--dir", metavar="DIR",
+                    help="data folder (default: a temporary one, removed at the end)")
     return p
 
 
@@ -220,10 +236,45 @@ def plans_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def dev_cluster(args: argparse.Namespace) -> int:
+    """`tollgate dev cluster`: runs a local Redis Cluster until Ctrl-C / SIGTERM."""
+    import shutil
+    import signal
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from engine.redis_cluster import LocalCluster
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tollgate-cluster-"))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting {args.nodes} masters with {args.replicas} replicas each in {base} ...",
+          file=sys.stderr, flush=True)
+    try:
+        with LocalCluster(base, masters=args.nodes, replicas=args.replicas) as cluster:
+            for m in cluster.masters():
+                print(f"master 127.0.0.1:{m} replicas "
+                      f"{' '.join(f'127.0.0.1:{r}' for r in cluster.replicas_of(m)) or '-'}",
+                      file=sys.stderr)
+            print(cluster.url, flush=True)
+            print("Ctrl-C stops it", file=sys.stderr, flush=True)
+            stop.wait()
+    except ConfigError as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "plans":
         return plans_command(args)
+    if args.command == "dev":
+        return dev_cluster(args)
     if args.command in ("usage", "reconcile", "rerate"):
         return billing_command(args)
     if args.command == "token":
@@ -235,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         setup_logging(config.log_level, config.log_format, config.log_sensitive)
+        if config.workers > 1 and args.worker_index is None:
+            from engine.supervisor import Supervisor
+            return Supervisor(config).run()
         from server import serve
 
         def ready(app: object) -> None:

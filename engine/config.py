@@ -18,6 +18,9 @@ class Config:
 
     listen: str = "127.0.0.1:50051"
     """gRPC address to bind (host:port; port 0 picks a free one)."""
+    workers: int = 1
+    """Server processes sharing the listen port (SO_REUSEPORT) under a supervisor that
+    restarts a worker that dies; each has its own batcher (`tollgate serve --workers N`)."""
     redis_url: str = ""
     """Redis to use; empty = start an embedded redis-server with AOF in data_dir."""
     data_dir: str = "./tollgate-data"
@@ -58,7 +61,12 @@ class Config:
     max_units: int = 2**50
     """Largest unit count accepted in one report or request (about 1 PiB)."""
     redis_timeout_s: float = 5.0
-    """Deadline of one Redis round trip."""
+    """Deadline of one Redis round trip (and of resending partitions while slots move)."""
+    redis_wait_replicas: int = 0
+    """After each batch's writes, WAIT until this many replicas of each written node have
+    them before answering (0 = don't wait: a failover may lose the last writes)."""
+    redis_wait_timeout_ms: int = 1000
+    """How long that WAIT may take; fewer acks then fail the batch (UNABLE_TO_COMPLY)."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM: how long in-flight batches may take to finish."""
     gc_threshold: int = 50_000

@@ -14,9 +14,12 @@ def account(p: int, account_id: str) -> str:
     return f"tg:{{p{p}}}:acct:{account_id}"
 
 
+SESSIONS_SUFFIX = ":sessions"
+
+
 def account_sessions(p: int, account_id: str) -> str:
     """Set of the account's open session ids (for live reservations and the sweeper)."""
-    return f"tg:{{p{p}}}:acct:{account_id}:sessions"
+    return account(p, account_id) + SESSIONS_SUFFIX
 
 
 def session(p: int, session_id: str) -> str:

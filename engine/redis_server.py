@@ -18,7 +18,7 @@ import redis
 from engine.errors import ConfigError
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, so a killed Tollgate leaves no
     orphan redis-server holding its AOF (Linux prctl PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
@@ -35,9 +35,10 @@ class RedisServer:
     """A redis-server on 127.0.0.1 with AOF in `data_dir`; `url` once started."""
 
     def __init__(self, data_dir: str | Path, port: int = 0, appendfsync: str = "everysec",
-                 appendonly: bool = True, password: str = "", die_with_parent: bool = True
-                 ) -> None:
+                 appendonly: bool = True, password: str = "", die_with_parent: bool = True,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_args = extra_args  # e.g. the cluster options of a cluster node
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.appendonly = appendonly
@@ -72,10 +73,10 @@ class RedisServer:
              "--dir", str(self.data_dir.resolve()),
              "--appendonly", "yes" if self.appendonly else "no",
              "--appendfsync", self.appendfsync, "--protected-mode", "yes",
-             "--daemonize", "no", "--loglevel", "warning",
+             "--daemonize", "no", "--loglevel", "warning", *self.extra_args,
              *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent if self.die_with_parent else None)
+            preexec_fn=die_with_parent if self.die_with_parent else None)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2,
                              password=self.password or None)
         deadline = time.monotonic() + timeout_s

@@ -20,14 +20,16 @@ class ServerProcess:
     """One `tollgate serve` child on a free port; logs (stderr) go to a file. `env` adds
     settings (TOLLGATE_*); start() again after kill() serves on the same address."""
 
-    def __init__(self, redis_url: str, log_path: Path, env: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(self, redis_url: str, log_path: Path, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.redis_url = redis_url
+        self.args = args  # more `tollgate serve` options
         self.address = f"127.0.0.1:{free_port()}"
         self.log_path = log_path
         self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
 
     def start(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
@@ -37,7 +39,7 @@ class ServerProcess:
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "engine.cli", "serve", "--listen", self.address,
-                 "--redis-url", self.redis_url, "--log-format", "text"],
+                 "--redis-url", self.redis_url, "--log-format", "text", *self.args],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
         threading.Thread(target=self._read, args=(self.proc, self._lines), daemon=True).start()
         return self
@@ -49,9 +51,14 @@ class ServerProcess:
             lines.put(line)
         lines.put(None)
 
+    def next_line(self, timeout_s: float = 60.0) -> str | None:
+        """The next line the server printed (None: it ended); queue.Empty on timeout."""
+        return self._lines.get(timeout=timeout_s)
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         try:
-            while (line := self._lines.get(timeout=timeout_s)) is not None:
+            while (line := self.next_line(timeout_s)) is not None:
+                self.seen.append(line)
                 if line.startswith(READY):
                     assert line.split()[-1] == self.address, line
                     return

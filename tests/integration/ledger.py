@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
-import redis
-import redis.asyncio as aioredis
 
 from engine import keys
+from engine.redis_client import connect, connect_async
 from tests.helpers import DATA_RG, SMS_RG, VIDEO_RG, VOICE_RG
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
@@ -401,7 +400,7 @@ class FloorWatch:
         return self
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.redis_url)
+        client = connect(self.redis_url)
         try:
             names = list(self.keys)
             while not self._stop.is_set():
@@ -427,7 +426,7 @@ class FloorWatch:
 
 async def usage_records(redis_url: str) -> list[usage_pb2.RatedUsage]:
     """Every rated usage record of every partition stream."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_async(redis_url)
     try:
         out = []
         async for key in client.scan_iter(match="tg:*:usage", _type="stream"):
