@@ -138,6 +138,7 @@ class Traffic:
         self.sessions: list[Session] = []
         self.requests: dict[Key, cpb.ChargeRequest] = {}
         self.answers: dict[Key, cpb.ChargeAnswer] = {}
+        self.early: dict[Key, cpb.ChargeAnswer] = {}  # copies answered before the original
         self.records: dict[tuple[str, int, int], Expected] = {}
         self.problems: list[str] = []
         self.stats: Counter[str] = Counter()
@@ -259,6 +260,10 @@ class Traffic:
             self.problems.append(f"{key}: answer is for {ans.session_id, ans.request_number}")
         self.requests[key] = req
         self.answers[key] = ans
+        early = self.early.pop(key, None)
+        if early is not None and early != ans:
+            self.problems.append(f"{key}: a copy was answered before the original, "
+                                 f"differently:\n copy: {early}\n original: {ans}")
         grants = {g.rating_group: g for g in ans.grants}
         if sorted(grants) != sorted(su.rating_group for su in req.units):
             self.problems.append(f"{key}: grants for {sorted(grants)}, asked for "
@@ -308,7 +313,11 @@ class Traffic:
         first = self.answers.get(key)
         self.stats[what] += 1
         if first is None:
-            self.problems.append(f"{key}: {what} of a request with no answer on record")
+            if ans.result not in self.retry_codes:
+                # The original was answered UNABLE_TO_COMPLY (outcome unknown) and this copy,
+                # run in a later batch, found the stored answer: the original's retry must get
+                # the same one.
+                self.early.setdefault(key, ans)
         elif ans != first:
             self.problems.append(f"{key}: {what} answered differently:\n first: {first}\n "
                                  f"again: {ans}")

@@ -57,7 +57,8 @@ def alive(pid: int) -> bool:
 @pytest.mark.slow
 async def test_workers_share_a_port_and_a_killed_worker_loses_nothing(redis_url: str,
                                                                       tmp_path: Path):
-    server = ServerProcess(redis_url, tmp_path / "workers.log", ("--workers", "2")).start()
+    server = ServerProcess(redis_url, tmp_path / "workers.log",
+                           args=("--workers", "2")).start()
     try:
         server.wait_ready()
         [pids_line] = [line for line in server.seen if line.startswith("tollgate workers:")]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from engine.config import Config
 from engine.decode import MAX_TIME_MS, REPORTING_REASONS
 from engine.kernels.charge import MONEY_LIMIT
+from engine.redis_client import connect_async
 from tests.helpers import DATA_RG, EUR, SMS_RG, VOICE_RG, Gateway, running, sample_plan
 from tests.integration.ledger import balance_problems, usage_records
 from tests.reliability.modes import scaled
@@ -51,7 +52,7 @@ async def hostile(config: Config, redis_url: str):
             session_id="s-open", request_number=0, type=cpb.INITIAL, subscriber_id=SUB,
             units=[cpb.ServiceUnits(rating_group=DATA_RG, requested=cpb.Units())]))
         assert ans.result == cpb.SUCCESS, ans
-        db = aioredis.Redis.from_url(redis_url)
+        db = connect_async(redis_url)
         yield gw, db, cfg
         await db.aclose()
 
