@@ -37,6 +37,14 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _opens_session(req: Request) -> bool:
+    """An INITIAL, or an EVENT's first request: its session is new unless this is a
+    retransmission, so it is not read first; the apply refuses it if the session exists
+    (engine/lua/apply.lua), and it runs again on what was read then."""
+    return req.type == RequestType.INITIAL or (req.type == RequestType.EVENT
+                                               and req.request_number == 0)
+
+
 class Engine:
     """Owns the batcher, the caches and the hot path; the servicers only translate."""
 
@@ -212,7 +220,8 @@ class Engine:
         for p in batch:
             sessions_of.setdefault(p.account_id, set()).add(p.request.session_id)
             acct = self.accounts.get(p.account_id)
-            if acct is None or p.request.session_id not in acct.sessions:
+            if acct is None or (p.request.session_id not in acct.sessions
+                                and not _opens_session(p.request)):
                 stale.add(p.account_id)
             else:
                 self.accounts.move_to_end(p.account_id)

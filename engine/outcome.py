@@ -110,7 +110,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
                               + timing.stale_grace_s) * 1000
     w.sessions.append(SessionWrite(
         req.session_id, new.ended, session_fields(new, req, p.account_id, blob),
-        gone + [f"a:{rn}" for rn in dropped], expiry))
+        gone + [f"a:{rn}" for rn in dropped], expiry, created=old is None))
 
 
 def _increments(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:

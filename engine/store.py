@@ -50,6 +50,8 @@ class SessionWrite:
     fields: dict[str, bytes | str | int]
     deleted: list[str]
     expiry_ms: int = 0  # open sessions: when its reservations go stale (the sweeper's clock)
+    created: bool = False  # the writer believes it new: if it exists, the account's write is
+    # refused like a version conflict (so a new session needs no read before its INITIAL)
 
 
 @dataclass(slots=True)
@@ -70,7 +72,9 @@ _LENGTH = struct.Struct(">I").pack
 
 def _group(w: AccountWrite) -> bytes:
     """One account's write as length-prefixed tokens, in apply.lua's order."""
-    tokens: list[bytes | str | int] = [len(w.sessions), w.expected_version, len(w.sets)]
+    created = "".join("1" if s.created else "0" for s in w.sessions)
+    tokens: list[bytes | str | int] = [len(w.sessions), w.expected_version, created,
+                                       len(w.sets)]
     for f, v in w.sets.items():
         tokens += (f, v)
     tokens.append(len(w.increments))

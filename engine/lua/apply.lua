@@ -3,14 +3,16 @@
 -- then per group: its account, the account's open-session set, and one key per session it
 -- writes (in the group's order). ARGV[1] = retention of ended sessions (ms);
 -- ARGV[1 + g] = group g, a string of length-prefixed tokens (4-byte big-endian length):
---   n_sessions, expected_version, n_set, (field, value)*, n_incr, (field, delta)*,
+--   n_sessions, expected_version, created, n_set, (field, value)*, n_incr, (field, delta)*,
 --   per session: session_id, mode (open|end), expiry_ms, n_fields,
 --     (field, value)*, n_del, field*,
 --   n_records, record*, n_events, event*
 -- One argument per account keeps the client's command encoding cheap. Every key is declared
 -- (all in the partition's slot): while a slot moves, Redis Cluster redirects by these.
 -- Numbers stay strings: Lua numbers are doubles and money is int64.
--- Returns the group numbers whose account version had moved (nothing of them applied).
+-- `created` has one character per session: '1' = the writer believes the session new.
+-- Returns the group numbers whose account version had moved, or with a session believed new
+-- that exists (nothing of them applied: the writer reads them and runs them again).
 local retention = ARGV[1]
 local conflicts = {}
 local k = 4
@@ -25,7 +27,16 @@ for g = 1, #ARGV - 1 do
   local acct, set = KEYS[k], KEYS[k + 1]
   local first_session = k + 2
   k = first_session + tonumber(tok())
-  if redis.call('HGET', acct, 'ver') ~= tok() then
+  local ok = redis.call('HGET', acct, 'ver') == tok()
+  local created = tok()
+  for i = 1, ok and #created or 0 do
+    if string.byte(created, i) == 49 and redis.call('EXISTS', KEYS[first_session + i - 1]) == 1
+    then
+      ok = false
+      break
+    end
+  end
+  if not ok then
     conflicts[#conflicts + 1] = g
   else
     local n = tonumber(tok())

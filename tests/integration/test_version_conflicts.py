@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine import keys
 from engine.redis_client import connect_async
-from tests.helpers import DATA_RG, MB, mscc, request
+from tests.helpers import DATA_RG, MB, mscc, request, running
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 
@@ -44,3 +44,25 @@ async def test_a_top_up_between_batches_is_not_overwritten(tollgate, gateway):
     acct = await gateway.account("acct-0")
     assert acct.money_micros == 6_000_000
     assert acct.buckets[0].used == 1 * MB
+
+
+async def test_a_retransmitted_initial_on_a_server_that_never_saw_the_session_charges_once(
+        config):
+    """INITIALs are not read before they run: the apply refuses a session believed new that
+    exists, and the request runs again on what is read then (the stored answer)."""
+    async with running(config) as a, running(config) as b:
+        [sub] = await a.setup()
+        assert (await a.charge(request("s1", 0, cpb.INITIAL, sub,
+                                       mscc(DATA_RG, want=0)))).result == cpb.SUCCESS
+        first = await a.charge(request("s2", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+        # b caches the account at its current version with session s1 only.
+        assert (await b.charge(request("s1", 1, cpb.UPDATE, sub,
+                                       mscc(DATA_RG, used=1 * MB, want=0)))).result == cpb.SUCCESS
+        before = await b.account("acct-0")
+
+        again = await b.charge(request("s2", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+
+        assert again == first
+        after = await b.account("acct-0")
+        assert after.buckets[0].reserved == before.buckets[0].reserved == 20 * MB
+        assert after.money_micros == before.money_micros
