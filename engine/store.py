@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -67,34 +67,23 @@ class AccountWrite:
     events: list[bytes] = field(default_factory=list)
 
 
-_LENGTH = struct.Struct(">I").pack
+def _flat(fields: dict[str, int] | dict[str, bytes | str | int]) -> list[bytes | str]:
+    """field, value, field, value...; numbers as strings (Lua numbers are doubles)."""
+    return [x for f, v in fields.items() for x in (f, v if type(v) is bytes else str(v))]
+
+
+_pack = msgpack.Packer(use_bin_type=False).pack  # Redis's cmsgpack predates the bin type
 
 
 def _group(w: AccountWrite) -> bytes:
-    """One account's write as length-prefixed tokens, in apply.lua's order."""
-    created = "".join("1" if s.created else "0" for s in w.sessions)
-    tokens: list[bytes | str | int] = [len(w.sessions), w.expected_version, created,
-                                       len(w.sets)]
-    for f, v in w.sets.items():
-        tokens += (f, v)
-    tokens.append(len(w.increments))
-    for f, d in w.increments.items():
-        tokens += (f, d)
-    for s in w.sessions:
-        tokens += (s.session_id, "end" if s.ended else "open", s.expiry_ms, len(s.fields))
-        for f, value in s.fields.items():
-            tokens += (f, value)
-        tokens.append(len(s.deleted))
-        tokens += s.deleted
-    tokens.append(len(w.records))
-    tokens += w.records
-    tokens.append(len(w.events))
-    tokens += w.events
-    out: list[bytes] = []
-    for t in tokens:
-        data = t if type(t) is bytes else str(t).encode()
-        out += (_LENGTH(len(data)), data)
-    return b"".join(out)
+    """One account's write, packed as apply.lua reads it."""
+    return _pack([
+        len(w.sessions), str(w.expected_version),
+        "".join("1" if s.created else "0" for s in w.sessions),
+        _flat(w.sets), _flat(w.increments),
+        [[s.session_id, "end" if s.ended else "open", str(s.expiry_ms), _flat(s.fields),
+          s.deleted] for s in w.sessions],
+        w.records, w.events])
 
 
 class Store:
