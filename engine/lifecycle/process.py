@@ -55,6 +55,7 @@ class Lifecycle:
         self.notifier = Notifier(self.store, self.outbox, settings)
         self.campaigns = Campaigns(self.notifier, settings.campaigns)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     async def start(self) -> Lifecycle:
         await self.store.init()
@@ -73,6 +74,9 @@ class Lifecycle:
         return self
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: a cancellation that lands inside a Redis call can
+        # surface as a connection error, which the loops would otherwise retry.
+        self._stopping = True
         self.billing.close()
         for t in self._tasks:
             t.cancel()
@@ -92,12 +96,14 @@ class Lifecycle:
 
     async def _every(self, interval_s: float, work: Callable[[], Awaitable[int]]) -> None:
         """Runs work until cancelled; again at once while it finds something to do."""
-        while True:
+        while not self._stopping:
             try:
                 busy = await work()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._stopping:
+                    return
                 log.exception("lifecycle step failed", extra={"step": work.__name__})
                 busy = 0
             if not busy:
@@ -110,7 +116,7 @@ class Lifecycle:
         req = billing_pb2.StreamRequest(group=self.settings.group,
                                         consumer=self.settings.consumer,
                                         max_batch=self.settings.batch)
-        while True:
+        while not self._stopping:
             try:
                 async for batch in self.billing.deliver(feed, req):
                     if not batch:
@@ -120,6 +126,8 @@ class Lifecycle:
                     except asyncio.CancelledError:
                         raise
                     except Exception:
+                        if self._stopping:
+                            return
                         log.exception("lifecycle batch failed; it will be delivered again")
                         continue
                     await self.billing.ack(feed, self.settings.group, [r for r, _ in batch])
@@ -127,6 +135,8 @@ class Lifecycle:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._stopping:
+                    return
                 log.exception("lifecycle stream read failed; retrying")
                 await asyncio.sleep(self.settings.poll_s)
 
@@ -240,7 +250,7 @@ class Lifecycle:
             if await self.outbox.settle("dead", msg):
                 metrics.NOTIFICATIONS.labels(msg["channel"], "dead").inc()
                 log.warning("notification dead-lettered", extra={
-                    "message": msg["id"], "attempts": attempts, "error": error})
+                    "message_id": msg["id"], "attempts": attempts, "error": error})
                 await self.outbox.log(msg, "DEAD", now, error)
             return
         delay_ms = int(min(s.retry_base_s * 2 ** (attempts - 1), s.retry_max_s) * 1000)
