@@ -10,6 +10,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, cast
 
 from engine import keys
@@ -59,9 +60,14 @@ class Lifecycle:
 
     async def start(self) -> Lifecycle:
         await self.store.init()
+        # One reader per partition stream and feed: each reads its stream with its own
+        # command (one cluster slot), and partitions are handled concurrently (an
+        # account's events stay in order: they are all on its partition's stream).
         loops: list[Callable[[], Coroutine[Any, Any, None]]] = [
-            lambda: self._consume(EVENTS, self.handle_events),
-            lambda: self._consume(USAGE, self.handle_usage),
+            *(partial(self._consume, EVENTS, p, self.handle_events)
+              for p in range(self.config.partitions)),
+            *(partial(self._consume, USAGE, p, self.handle_usage)
+              for p in range(self.config.partitions)),
             lambda: self._every(self.settings.poll_s, self.run_timers),
             lambda: self._every(self.settings.poll_s, self.send_due),
         ]
@@ -109,13 +115,14 @@ class Lifecycle:
             if not busy:
                 await asyncio.sleep(interval_s)
 
-    async def _consume(self, feed: int,
+    async def _consume(self, feed: int, partition: int,
                        handle: Callable[[list[tuple[str, bytes]]], Awaitable[None]]) -> None:
-        """Handles and acknowledges each batch; a batch that fails stays unacknowledged and
-        comes back after redeliver_s (its handling is idempotent)."""
+        """Handles and acknowledges each batch of one partition stream; a batch that fails
+        stays unacknowledged and comes back after redeliver_s (its handling is
+        idempotent)."""
         req = billing_pb2.StreamRequest(group=self.settings.group,
                                         consumer=self.settings.consumer,
-                                        max_batch=self.settings.batch)
+                                        max_batch=self.settings.batch, partitions=[partition])
         while not self._stopping:
             try:
                 async for batch in self.billing.deliver(feed, req):
@@ -163,6 +170,9 @@ class Lifecycle:
             targets = sorted(m.decode() for m in members)
         await self._state_effects(kind, ev, targets, order)
         now = self.clock()
+        max_age = self.settings.max_event_age_s * 1000
+        if max_age and ev.time_ms and now - ev.time_ms > max_age:
+            return  # news no longer (a first start over a long history): no message
         values = event_values(ev)
         for rule in self.settings.rules:
             if matches(rule, ev):

@@ -3,7 +3,8 @@
     [lifecycle]                 group, consumer, locale, timezone, quiet_hours ("21:00-08:00"),
                                 default_channel, max_attempts, retry_base_s, retry_max_s,
                                 dedup_days, poll_s, lease_s, redeliver_s, batch,
-                                campaign_interval_s, log_kept, metrics_port
+                                campaign_interval_s, log_kept, metrics_port,
+                                max_event_age_s
     [lifecycle.webhook]         url, secret, timeout_s
     [lifecycle.email]           host, port, sender, starttls, username, password, timeout_s
     [lifecycle.sms]             url, body, content_type, headers = {name = value}, timeout_s
@@ -134,6 +135,8 @@ class Settings:
     campaign_interval_s: float = 3600.0
     log_kept: int = 1000
     """Delivery log entries kept per subscriber."""
+    max_event_age_s: int = 86_400
+    """Events older than this still change states but send no message (0 = no limit)."""
     metrics_port: int = 9465
     """Prometheus /metrics of the lifecycle process (0 = off)."""
     webhook: Webhook | None = None
@@ -165,7 +168,7 @@ def parse_settings(t: dict[str, Any]) -> Settings:
                "default_channel": str, "max_attempts": int, "retry_base_s": float,
                "retry_max_s": float, "dedup_days": int, "poll_s": float, "lease_s": float,
                "redeliver_s": float, "batch": int, "campaign_interval_s": float,
-               "log_kept": int, "metrics_port": int}
+               "log_kept": int, "metrics_port": int, "max_event_age_s": int}
     for name, kind in scalars.items():
         if name in t:
             out[name] = _scalar(f"lifecycle.{name}", kind, t.pop(name))

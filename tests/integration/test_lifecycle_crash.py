@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
-from tests.helpers import Gateway
+from tests.helpers import Gateway, running
 from tests.integration.receivers import HttpReceiver, eventually
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -61,7 +61,13 @@ def start(path: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_killing_the_lifecycle_mid_batch_and_restarting_loses_nothing(
-        gateway: Gateway, config: Config, tmp_path: Path):
+        config: Config, tmp_path: Path):
+    # A server of the test's own, without background sweeps and trims: only what is tested.
+    async with running(config.replace(sweep_interval_s=0, stream_trim_interval_s=0)) as gw:
+        await _kill_and_restart(gw, config, tmp_path)
+
+
+async def _kill_and_restart(gateway: Gateway, config: Config, tmp_path: Path) -> None:
     http = HttpReceiver(delay_s=0.05)
     subs = await gateway.setup(accounts=SUBSCRIBERS)
     for sub in subs:
