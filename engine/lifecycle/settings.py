@@ -4,7 +4,7 @@
                                 default_channel, max_attempts, retry_base_s, retry_max_s,
                                 dedup_days, poll_s, lease_s, redeliver_s, batch,
                                 campaign_interval_s, log_kept, metrics_port,
-                                max_event_age_s
+                                max_event_age_s (older events change states, send nothing)
     [lifecycle.webhook]         url, secret, timeout_s
     [lifecycle.email]           host, port, sender, starttls, username, password, timeout_s
     [lifecycle.sms]             url, body, content_type, headers = {name = value}, timeout_s

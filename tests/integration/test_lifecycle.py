@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
+from engine import keys
 from engine.charging import wall_clock_ms
 from engine.config import Config
 from engine.lifecycle.process import Lifecycle
@@ -316,3 +317,25 @@ async def test_preferences_are_checked_and_stored(config, http, clock):
             await s.api.ListNotifications(lpb.ListNotificationsRequest(subscriber_id=""))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert await s.log("sub-p") == []
+
+
+async def test_an_event_older_than_max_event_age_moves_states_but_sends_nothing(
+        config, http):
+    settings = parse_settings(lifecycle_table(http, max_event_age_s=3600, rules=[
+        {"name": "grace", "event": "STATE_CHANGED", "channels": ["webhook"],
+         "templates": text("$state")}]))
+    later = FakeClock(wall_clock_ms() + 2 * 3_600_000)  # the lifecycle runs two hours late
+    async with start(config, settings, later) as s:
+        await account(s, "sub-o", plan_msg=plan(grace_days=1))
+        await s.gw.provisioning.SetSubscriberState(ppb.Subscriber(subscriber_id="sub-o",
+                                                                  state=com.GRACE))
+        timers = await eventually(s.lc.states.due_timers, what="the grace timer")
+        assert list(timers) == ["sub-o|SUSPENDED"]
+        stream = keys.events_stream(keys.partition_of("a1", config.partitions))
+
+        async def acked() -> bool:  # the event was handled to its end
+            [group] = await s.app.store.redis.xinfo_groups(stream)
+            return group["pending"] == 0 and group["lag"] == 0
+        await eventually(acked, what="the event acknowledged")
+        await s.lc.send_due()
+        assert http.hits == [] and await s.log("sub-o") == []
