@@ -70,7 +70,9 @@ def parser() -> argparse.ArgumentParser:
                          "restart to take over this consumer's pending events at once")
     lc.add_argument("--check", action="store_true",
                     help="validate the configuration, print a summary and exit")
-    _tool_common(lc)
+    lc.add_argument("--redis-url", help="the Redis Tollgate uses (also REDIS_URL, or the "
+                                        "redis_url of --config)")
+    lc.add_argument("--config", metavar="FILE", help="TOML configuration file")
     lc.add_argument("--log-format", choices=["json", "text"])
     lc.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -218,7 +220,11 @@ def lifecycle_command(args: argparse.Namespace) -> int:
         print(f"tollgate: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
-    asyncio.run(run_lifecycle(config, settings))
+    try:
+        asyncio.run(run_lifecycle(config, settings))
+    except ConfigError as e:  # e.g. a partition count that is not the installation's
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
