@@ -76,6 +76,8 @@ LC_TIMERS = "tg:{lc}:timers"
 """Sorted set of timed state transitions ('<subscriber>|<target state>') by due time."""
 LC_DEAD = "tg:{lc}:dead"
 """Dead-letter stream: messages that failed every attempt."""
+LC_CAMPAIGN_LEASE = "tg:{lc}:campaign-lease"
+"""Held by the lifecycle process that runs this interval's campaign pass."""
 LC_OFFER_STATS = "tg:{lc}:offers"
 """Hash: offers made and bought (conversions), in total and per add-on."""
 

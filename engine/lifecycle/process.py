@@ -274,7 +274,12 @@ class Lifecycle:
             await self.outbox.log(msg, "RETRYING", now, error)
 
     async def run_campaigns(self) -> int:
-        await self.campaigns.run(self.clock())
+        """One pass per interval across all lifecycle processes: the first to take the
+        interval's lease scans (messages are de-duplicated anyway; this saves the scans)."""
+        lease_ms = max(1, int(self.settings.campaign_interval_s * 1000))
+        if await self.store.redis.set(keys.LC_CAMPAIGN_LEASE, self.settings.consumer,
+                                      nx=True, px=lease_ms):
+            await self.campaigns.run(self.clock())
         return 0  # one pass per interval, however much it found
 
 

@@ -286,6 +286,8 @@ async def test_inactivity_campaign_targets_its_segment_once(config, http, clock)
         [hit] = http.on("/hook")
         assert (hit.json()["campaign"], hit.json()["text"]) == (
             "win-back", "We miss you, sub-c1.")
+        # The process's own pass took this interval's lease: other processes skip it.
+        assert 0 < await s.app.store.redis.pttl(keys.LC_CAMPAIGN_LEASE) <= 3_600_000
 
 
 # --- the Lifecycle API ------------------------------------------------------------------------
