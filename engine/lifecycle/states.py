@@ -27,6 +27,9 @@ TIMED = {S.GRACE: S.SUSPENDED, S.SUSPENDED: S.TERMINATED}
 TIMER_DATA = "tg:{lc}:timer-due"
 """Hash: timer member -> its due time (the stable part of the transition's event id)."""
 EVENT_MARKER_TTL_MS = 90 * DAY_MS
+SUBSCRIBER_CHANGES = "tg:subscriber-changes"
+"""Pub/sub channel on which servers hear that a subscriber's state changed and drop it from
+their caches (main's keys.SUBSCRIBER_CHANGES; one definition once both are merged)."""
 FORFEIT_RETRIES = 20
 
 
@@ -74,6 +77,7 @@ class States:
         await self._emit_once(keys=[keys.event_marker(p, event_id), keys.events_stream(p)],
                               args=[EVENT_MARKER_TTL_MS, event])
         if changed:
+            await self.redis.publish(SUBSCRIBER_CHANGES, subscriber_id)
             log.info("subscriber state changed", extra={
                 "subscriber": subscriber_id, "from": S(before).name, "to": target.name,
                 "trigger": trigger})
