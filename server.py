@@ -31,6 +31,7 @@ from engine.errors import (
     NotFound,
     Overloaded,
 )
+from engine.lifecycle.service import LIFECYCLE, LifecycleApi
 from engine.logs import mask_secrets
 from engine.provisioning import Provisioner
 from engine.redis_server import RedisServer
@@ -161,10 +162,10 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
 
 
 class ProvisioningServicer:
-    """Each RPC maps to the Provisioner method of the same name in snake case
-    (PutPlan -> put_plan), with engine errors turned into gRPC status codes."""
+    """Each RPC maps to the Provisioner (or LifecycleApi) method of the same name in snake
+    case (PutPlan -> put_plan), with engine errors turned into gRPC status codes."""
 
-    def __init__(self, provisioner: Provisioner) -> None:
+    def __init__(self, provisioner: Provisioner | LifecycleApi) -> None:
         self.p = provisioner
 
     def __getattr__(self, rpc: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
@@ -177,7 +178,8 @@ class ProvisioningServicer:
 
 CHARGING = charging_pb2.DESCRIPTOR.services_by_name["Charging"]
 PROVISIONING = provisioning_pb2.DESCRIPTOR.services_by_name["Provisioning"]
-SERVICE_NAMES = (CHARGING.full_name, PROVISIONING.full_name, BILLING.full_name)
+SERVICE_NAMES = (CHARGING.full_name, PROVISIONING.full_name, BILLING.full_name,
+                 LIFECYCLE.full_name)
 
 
 def create_server(engine: Engine, provisioner: Provisioner, address: str,
@@ -192,6 +194,8 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str,
     _add_service(server, CHARGING, ChargingServicer(engine))
     _add_service(server, PROVISIONING, ProvisioningServicer(provisioner))
     add_billing_service(server, billing or Billing(engine.store, engine.config))
+    _add_service(server, LIFECYCLE, ProvisioningServicer(
+        LifecycleApi(engine.store, engine.config.max_id_length)))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,

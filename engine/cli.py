@@ -1,5 +1,5 @@
 """The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate,
-token create."""
+token create, dev cluster, lifecycle."""
 
 from __future__ import annotations
 
@@ -79,6 +79,23 @@ def parser() -> argparse.ArgumentParser:
                     help="replicas per master (default 0)")
     cl.add_argument("--dir", metavar="DIR",
                     help="data folder (default: a temporary one, removed at the end)")
+    lc = sub.add_parser(
+        "lifecycle", help="run the lifecycle process: states, notifications, campaigns",
+        description="Reads the event and usage streams of the Redis that Tollgate uses "
+                    "(consumer group; run several for more throughput), moves subscribers "
+                    "between states, sends notifications and runs campaigns, until "
+                    "SIGTERM/SIGINT. Channels, rules and campaigns: the [lifecycle] table of "
+                    "--config (see engine/lifecycle/settings.py and examples/lifecycle.toml).")
+    lc.add_argument("--consumer", metavar="NAME",
+                    help="this process's consumer name (default: host-pid); reuse it after a "
+                         "restart to take over this consumer's pending events at once")
+    lc.add_argument("--check", action="store_true",
+                    help="validate the configuration, print a summary and exit")
+    lc.add_argument("--redis-url", help="the Redis Tollgate uses (also REDIS_URL, or the "
+                                        "redis_url of --config)")
+    lc.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    lc.add_argument("--log-format", choices=["json", "text"])
+    lc.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -269,12 +286,43 @@ def dev_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def lifecycle_command(args: argparse.Namespace) -> int:
+    """`tollgate lifecycle`: runs until SIGTERM/SIGINT (0), or 2 on a configuration error."""
+    from engine.lifecycle.process import run_lifecycle
+    from engine.lifecycle.settings import load_settings
+    try:
+        config = load_config(args.config, redis_url=args.redis_url, log_format=args.log_format,
+                             log_level=args.log_level)
+        settings = load_settings(args.config)
+        if args.consumer:
+            settings = settings.replace(consumer=args.consumer)
+        if args.check:
+            print(f"lifecycle: {len(settings.rules)} rules, {len(settings.campaigns)} "
+                  f"campaigns; channels: "
+                  f"{', '.join(c for c in ('webhook', 'email', 'sms') if getattr(settings, c))}")
+            return 0
+        if not config.redis_url:
+            raise ConfigError("give --redis-url (or REDIS_URL): the Redis that Tollgate uses")
+    except ConfigError as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format, config.log_sensitive)
+    try:
+        asyncio.run(run_lifecycle(config, settings))
+    except ConfigError as e:  # e.g. a partition count that is not the installation's
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "plans":
         return plans_command(args)
     if args.command == "dev":
         return dev_cluster(args)
+    if args.command == "lifecycle":
+        return lifecycle_command(args)
     if args.command in ("usage", "reconcile", "rerate"):
         return billing_command(args)
     if args.command == "token":

@@ -1,15 +1,21 @@
-"""`tollgate demo`: a sample plan, a few subscribers and a few hundred sessions, then a table."""
+"""`tollgate demo`: a sample plan, a few subscribers and a few hundred sessions, then a table;
+the lifecycle runs in-process and the notifications a local webhook receives are printed."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
 from engine.config import Config
+from engine.lifecycle.process import Lifecycle
+from engine.lifecycle.settings import parse_settings
 from server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
@@ -21,7 +27,8 @@ MB = 1_000_000
 DATA, VOICE = 10, 100
 
 DEMO_PLAN = ppb.Plan(
-    plan_id="demo-mobile", name="Demo mobile: 1 GB bundle, then 0.50 EUR/MB; voice 0.10 EUR/min",
+    plan_id="demo-mobile",
+    name="Demo mobile: 400 MB bundle, then 0.50 EUR/MB; voice 0.10 EUR/min",
     currency="EUR",
     rates=[
         ppb.Rate(rating_group=DATA, unit_type=com.OCTETS, price_micros=500, increment=1000,
@@ -30,8 +37,53 @@ DEMO_PLAN = ppb.Plan(
         ppb.Rate(rating_group=VOICE, unit_type=com.SECONDS, price_micros=100_000, increment=60,
                  first_increment=60, default_quota=120, validity_time_s=3600),
     ],
-    bundles=[ppb.BundleTemplate(bucket_id="data-1gb", rating_groups=[DATA],
-                                unit_type=com.OCTETS, units=1000 * MB)])
+    bundles=[ppb.BundleTemplate(bucket_id="data-400mb", rating_groups=[DATA],
+                                unit_type=com.OCTETS, units=400 * MB)],
+    addons=[ppb.AddOn(addon_id="extra-1gb", name="1 GB extra", price_micros=5 * EUR,
+                      bundle=ppb.BundleTemplate(bucket_id="extra-1gb", rating_groups=[DATA],
+                                                unit_type=com.OCTETS, units=1000 * MB))],
+    grace_days=14, retention_days=90)
+
+
+def _rule(name: str, event: str, text: str, **kw: object) -> dict[str, object]:
+    return {"name": name, "event": event, "channels": ["webhook"],
+            "templates": {"en": {"subject": name, "text": text}}, **kw}
+
+
+DEMO_RULES = [
+    _rule("bundle", "BUCKET_USED", "$threshold% of your $bucket bundle used", thresholds=[50]),
+    _rule("bundle-offer", "BUCKET_USED", "$threshold% of $bucket used; buy more: $offers",
+          thresholds=[80, 100], offer=True),
+    _rule("final-units", "FINAL_UNITS", "last units granted: top up", critical=True),
+    _rule("state", "STATE_CHANGED", "your line is now $state", critical=True),
+    _rule("topped-up", "TOPPED_UP", "$money EUR added"),
+]
+
+
+class WebhookReceiver:
+    """The demo's stand-in for an operator's notification endpoint: collects JSON POSTs."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, object]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/tollgate"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _progress(done: int, total: int) -> None:
@@ -104,7 +156,34 @@ def _eur(micros: int) -> str:
 
 async def run_demo(config: Config, sessions: int = 300, subscribers: int = 5,
                    seed: int = 7) -> str:
-    async with Tollgate(config) as app, grpc.aio.insecure_channel(app.address) as channel:
+    hook = WebhookReceiver()
+    try:
+        async with Tollgate(config) as app:
+            url = app.redis.url if app.redis is not None else config.redis_url
+            settings = parse_settings({"webhook": {"url": hook.url}, "rules": DEMO_RULES,
+                                       "poll_s": 0.05, "metrics_port": 0,
+                                       "group": f"demo-{random.randrange(1 << 30)}"})
+            async with Lifecycle(config.replace(redis_url=url), settings):
+                summary = await _drive(app, sessions, subscribers, seed)
+                await _show_notifications(hook)
+                return summary
+    finally:
+        hook.stop()
+
+
+async def _show_notifications(hook: WebhookReceiver) -> None:
+    """Waits for the lifecycle to go quiet, then prints what the webhook received."""
+    seen = -1
+    while seen != len(hook.received):
+        seen = len(hook.received)
+        await asyncio.sleep(1.0)
+    print(f"\nLifecycle: {seen} notifications arrived at the demo webhook {hook.url}:")
+    for msg in hook.received:
+        print(f"  {msg['subscriber_id']}  [{msg['rule']}]  {msg['text']}".replace("\n", " "))
+
+
+async def _drive(app: Tollgate, sessions: int, subscribers: int, seed: int) -> str:
+    async with grpc.aio.insecure_channel(app.address) as channel:
         prov = provisioning_pb2_grpc.ProvisioningStub(channel)
         stub = charging_pb2_grpc.ChargingStub(channel)
         plan = await prov.PutPlan(DEMO_PLAN)
@@ -117,7 +196,7 @@ async def run_demo(config: Config, sessions: int = 300, subscribers: int = 5,
             await prov.CreateAccount(ppb.CreateAccountRequest(
                 account_id=acct, plan_id=plan.plan_id, initial_money_micros=(5 + 5 * i) * EUR))
             await prov.CreateSubscriber(ppb.Subscriber(subscriber_id=sub, account_id=acct))
-        print(f"{subscribers} subscribers, each with a 1 GB bundle and 5-25 EUR; driving "
+        print(f"{subscribers} subscribers, each with a 400 MB bundle and 5-25 EUR; driving "
               f"{sessions} sessions (INITIAL / UPDATE / TERMINATION) over gRPC")
         rnd = random.Random(seed)
         totals = {"requests": 0, "charged": 0, "denied": 0}
@@ -142,9 +221,18 @@ async def run_demo(config: Config, sessions: int = 300, subscribers: int = 5,
                          f"{b.remaining / MB:,.1f}",
                          _eur(start_money - acct.money_micros - acct.reserved_micros),
                          _eur(acct.money_micros), _eur(acct.reserved_micros)])
+        topped = []
+        for sub, acct_id in zip(subs, accounts, strict=True):
+            state = await prov.GetSubscriber(ppb.GetSubscriberRequest(subscriber_id=sub))
+            if state.state == com.GRACE:  # out of credit: a top-up brings the line back
+                await prov.TopUp(ppb.TopUpRequest(topup_id=f"demo-{run}", account_id=acct_id,
+                                                  amount_micros=10 * EUR))
+                topped.append(sub)
         summary = (f"\n{_table(rows)}\n\n{totals['requests']} requests answered, "
                    f"{_eur(totals['charged'])} EUR charged, {totals['denied']} grants refused "
-                   "for lack of credit.")
+                   "for lack of credit."
+                   + (f" Topped up 10.00 EUR: {', '.join(topped)} (out of credit)." if topped
+                      else ""))
         print(summary)
         return summary
 

@@ -162,6 +162,10 @@ class Plan:
     final_unit: FinalUnit = FinalUnit()
     addons: tuple[AddOn, ...] = ()
     low_balance_micros: int = 0
+    grace_days: int = 0
+    """GRACE -> SUSPENDED after this many days (0 = never by time)."""
+    retention_days: int = 0
+    """SUSPENDED -> TERMINATED after this many days (0 = never by time)."""
 
 
 @dataclass(slots=True)

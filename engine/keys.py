@@ -69,3 +69,53 @@ their caches)."""
 
 META = "tg:meta"
 """Install-wide settings fixed at first start (the partition count)."""
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+# The message queue, timers, de-duplication markers and offers share one hash tag, {lc}, so
+# the scripts that move a message between them stay within one cluster slot.
+
+LC_OUTBOX = "tg:{lc}:outbox"
+"""Sorted set of message ids by when they are (next) due to be sent."""
+LC_MESSAGES = "tg:{lc}:msg"
+"""Hash: message id -> the message (JSON)."""
+LC_TIMERS = "tg:{lc}:timers"
+"""Sorted set of timed state transitions ('<subscriber>|<target state>') by due time."""
+LC_DEAD = "tg:{lc}:dead"
+"""Dead-letter stream: messages that failed every attempt."""
+LC_CAMPAIGN_LEASE = "tg:{lc}:campaign-lease"
+"""Held by the lifecycle process that runs this interval's campaign pass."""
+LC_OFFER_STATS = "tg:{lc}:offers"
+"""Hash: offers made and bought (conversions), in total and per add-on."""
+
+
+def lc_dedup(key: str) -> str:
+    return f"tg:{{lc}}:dedup:{key}"
+
+
+def lc_offer(offer_id: str) -> str:
+    return f"tg:{{lc}}:offer:{offer_id}"
+
+
+def lc_log(subscriber_id: str) -> str:
+    """List of the subscriber's delivery log entries, newest first."""
+    return f"tg:lc:log:{subscriber_id}"
+
+
+def lc_prefs(subscriber_id: str) -> str:
+    return f"tg:lc:prefs:{subscriber_id}"
+
+
+def lc_activity(subscriber_id: str) -> str:
+    """Hash: the subscriber's last usage time (campaigns: inactivity)."""
+    return f"tg:lc:act:{subscriber_id}"
+
+
+def lc_account_subscribers(account_id: str) -> str:
+    """Set of the subscribers the lifecycle has seen on an account (top-up reactivation)."""
+    return f"tg:lc:acct:{account_id}"
+
+
+def event_marker(p: int, event_id: str) -> str:
+    """Marks an event the lifecycle wrote, so a retried transition writes it once."""
+    return f"tg:{{p{p}}}:evmark:{event_id}"

@@ -4,6 +4,7 @@ A file holds one or more `[[plans]]` tables. Each has the fields of the `Plan` m
 (proto/tollgate/v1/provisioning.proto) under the same names, nested the same way:
 
     [[plans]]                        plan_id, name, currency, timezone, cycle_days,
+                                     grace_days, retention_days,
                                      low_balance_micros, final_unit = {action, redirect_url,
                                      filter_ids}
     [[plans.rates]]                  rating_group, zone, unit_type, price_micros, increment,
@@ -38,8 +39,8 @@ or a string with a unit that must match it:
 The result must be a whole number of units ("0.5B" and "1.5s" are refused).
 
 Times. `validity_time_s` and `quota_holding_time_s` take an integer number of seconds or a
-duration as above ("1h", "5m"); `validity_days` and `cycle_days` an integer number of days
-or a duration of whole days ("30d", "4w").
+duration as above ("1h", "5m"); `validity_days`, `cycle_days`, `grace_days` and
+`retention_days` an integer number of days or a duration of whole days ("30d", "4w").
 
 Windows. `weekdays` is the bit mask of the message (bit 0 = Monday, 0 = every day) or a
 list of day names (mon, tue, wed, thu, fri, sat, sun, or written out; any case) and ranges
@@ -400,7 +401,8 @@ def _final_unit(v: Any, where: str) -> cpb.FinalUnitIndication:
     return cpb.FinalUnitIndication(**out)
 
 
-PLAN_KEYS = {"plan_id", "name", "currency", "timezone", "cycle_days", "low_balance",
+PLAN_KEYS = {"plan_id", "name", "currency", "timezone", "cycle_days", "grace_days",
+             "retention_days", "low_balance",
              "low_balance_micros", "final_unit", "rates", "bundles", "addons"}
 
 
@@ -410,6 +412,7 @@ def plan_from_table(t: dict[str, Any]) -> pb.Plan:
     out: dict[str, Any] = _money_key(t, "low_balance", "")
     out |= _take(t, "", {"plan_id": _str, "name": _str, "currency": _str,
                              "timezone": _str, "cycle_days": _days_field,
+                             "grace_days": _days_field, "retention_days": _days_field,
                              "final_unit": _final_unit})
     for key, conv in (("rates", _rate), ("bundles", _bundle), ("addons", _addon)):
         if key in t:

@@ -110,7 +110,8 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
                 name=msg.name, currency=msg.currency or "EUR", timezone=msg.timezone,
                 cycle_days=msg.cycle_days or 30,
                 final_unit=FinalUnit(action, fu.redirect_url, tuple(fu.filter_ids)),
-                addons=tuple(addons), low_balance_micros=msg.low_balance_micros)
+                addons=tuple(addons), low_balance_micros=msg.low_balance_micros,
+                grace_days=msg.grace_days, retention_days=msg.retention_days)
 
 
 def _bundle(b: pb.BundleTemplate, where: str) -> Bundle:
@@ -179,7 +180,8 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
                                            filter_ids=list(fu.filter_ids)),
         addons=[pb.AddOn(addon_id=a.addon_id, name=a.name, price_micros=a.price_micros,
                          bundle=_bundle_proto(a.bundle)) for a in plan.addons],
-        low_balance_micros=plan.low_balance_micros)
+        low_balance_micros=plan.low_balance_micros, grace_days=plan.grace_days,
+        retention_days=plan.retention_days)
 
 
 class RateTable:

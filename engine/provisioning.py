@@ -8,6 +8,7 @@ import time
 from engine.domain import Bucket, SubscriberState, UnitType
 from engine.errors import InvalidArgument, NotFound
 from engine.kernels.charge import MONEY_LIMIT
+from engine.lifecycle.offers import record_purchase
 from engine.plans import check_id, plan_from_proto, plan_to_proto
 from engine.state import MEMBER_COUNTERS, AccountState, SessionState
 from engine.store import DAY_MS, Store
@@ -153,10 +154,13 @@ class Provisioner:
 
     async def buy_add_on(self, msg: pb.BuyAddOnRequest) -> pb.BuyAddOnAnswer:
         """Buys an add-on of the account's plan (its current version) once per order id:
-        the price from the money balance, the bundle as bucket `<bucket_id>:<order_id>`."""
+        the price from the money balance, the bundle as bucket `<bucket_id>:<order_id>`.
+        An offer_id (from a lifecycle message) counts the offer as bought, once."""
         check_id("order_id", msg.order_id, self.max_id)
         check_id("account_id", msg.account_id, self.max_id)
         check_id("addon_id", msg.addon_id, self.max_id)
+        if msg.offer_id:
+            check_id("offer_id", msg.offer_id, self.max_id)
         plan = await self.store.get_plan(await self.store.account_plan(msg.account_id))
         addon = next((a for a in plan.addons if a.addon_id == msg.addon_id), None)
         if addon is None:
@@ -167,6 +171,8 @@ class Provisioner:
             raise InvalidArgument(f"order_id {msg.order_id!r} may not end in "
                                   f"{', '.join(BUCKET_COUNTER_SUFFIXES)}")
         applied = await self.store.buy_addon(msg.order_id, msg.account_id, plan, addon)
+        if msg.offer_id:
+            await record_purchase(self.store.redis, msg.offer_id, addon.addon_id, msg.order_id)
         return pb.BuyAddOnAnswer(applied=applied, account=await self._account(msg.account_id))
 
 

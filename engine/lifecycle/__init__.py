@@ -1,0 +1,1 @@
+"""The lifecycle module: subscriber states, notifications, offers and campaigns."""

@@ -1,0 +1,47 @@
+"""Offers: a plan's add-ons named in a threshold message, and offer -> purchase conversion
+(BuyAddOn carrying the offer id)."""
+
+from __future__ import annotations
+
+import json
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from engine import keys
+from engine.domain import Plan
+from engine.lifecycle.metrics import OFFERS_BOUGHT, OFFERS_MADE
+from engine.lifecycle.outbox import script
+from engine.lifecycle.rules import money
+
+
+async def make_offer(redis: aioredis.Redis, offer_id: str, subscriber_id: str,
+                     account_id: str, plan: Plan, now_ms: int) -> tuple[list[str], str]:
+    """Records the offer once; returns the add-on ids offered and their text lines."""
+    addon_ids = [a.addon_id for a in plan.addons]
+    made = await redis.hsetnx(keys.lc_offer(offer_id), "made_ms", now_ms)
+    if made:
+        await redis.hset(keys.lc_offer(offer_id), mapping={
+            "subscriber": subscriber_id, "account": account_id,
+            "addons": json.dumps(addon_ids)})
+        await redis.hincrby(keys.LC_OFFER_STATS, "made", 1)
+        OFFERS_MADE.inc()
+    lines = [f"- {a.name or a.addon_id}: {money(a.price_micros)} {plan.currency} "
+             f"(add-on {a.addon_id}, offer {offer_id})" for a in plan.addons]
+    return addon_ids, "\n".join(lines)
+
+
+async def record_purchase(redis: aioredis.Redis, offer_id: str, addon_id: str,
+                          order_id: str) -> bool:
+    """Counts the first purchase answering an offer made here; returns whether it counted."""
+    counted = bool(await script(redis, "lc_convert")(
+        keys=[keys.lc_offer(offer_id), keys.LC_OFFER_STATS], args=[addon_id, order_id]))
+    if counted:
+        OFFERS_BOUGHT.labels(addon_id).inc()
+    return counted
+
+
+async def offer_stats(redis: aioredis.Redis) -> dict[str, int]:
+    """{'made': n, 'bought': n, 'bought:<addon>': n}"""
+    h = cast(dict[bytes, bytes], await redis.hgetall(keys.LC_OFFER_STATS))
+    return {k.decode(): int(v) for k, v in h.items()}
