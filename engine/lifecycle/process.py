@@ -48,9 +48,11 @@ class Lifecycle:
         self.clock = clock
         self.store = Store(config.redis_url, config.partitions, config.redis_timeout_s)
         # Each partition reader (two per partition: events, usage) holds a connection while
-        # it waits in Redis; the rest of the work needs a few more.
-        pool = self.store.redis.connection_pool
-        pool.max_connections = max(pool.max_connections, 2 * config.partitions + 32)
+        # it waits in Redis; the rest of the work needs a few more. (A cluster client has a
+        # pool per node, unbounded by default.)
+        pool = getattr(self.store.redis, "connection_pool", None)
+        if pool is not None:
+            pool.max_connections = max(pool.max_connections, 2 * config.partitions + 32)
         self.billing = Billing(self.store, config.replace(
             billing_redeliver_ms=int(settings.redeliver_s * 1000),
             billing_block_ms=max(1, int(settings.poll_s * 1000))))

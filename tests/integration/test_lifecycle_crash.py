@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from engine import keys
 from engine.config import Config
+from engine.redis_client import connect_async
 from tests.helpers import Gateway, running
 from tests.integration.receivers import HttpReceiver, eventually
 from tollgate.v1 import common_pb2 as com
@@ -97,7 +96,7 @@ async def _kill_and_restart(gateway: Gateway, config: Config, tmp_path: Path) ->
             # A message can be sent again only if the kill came between its send and its
             # settling: at most one claimed batch of the dead process.
             assert len(http.on("/hook")) - SUBSCRIBERS <= 4
-            db = aioredis.Redis.from_url(config.redis_url)
+            db = connect_async(config.redis_url)
             try:
                 async def settled() -> bool:
                     pending = 0

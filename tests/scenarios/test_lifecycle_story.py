@@ -18,6 +18,7 @@ from engine.lifecycle.channels import MESSAGE_ID_HEADER, SIGNATURE_HEADER, sign
 from engine.lifecycle.offers import offer_stats
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import parse_settings
+from engine.redis_client import connect_async
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, Gateway, data_rate, mscc, request
 from tests.integration.receivers import (
@@ -203,7 +204,7 @@ async def test_a_month_of_notifications(config: Config, http, smtp):
         await eventually(lambda: len(delivered(http, smtp)) >= len(got) + 2)
         before = len(delivered(http, smtp))
         seen_before = set(delivered(http, smtp))
-        db = aioredis.Redis.from_url(config.redis_url)
+        db = connect_async(config.redis_url)
         p = keys.partition_of("anna", config.partitions)
         await db.xgroup_setid(keys.events_stream(p), "lifecycle", "0")
         await eventually(lambda: _all_acked(db, p), what="the redelivered events handled")
