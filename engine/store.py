@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Iterable
@@ -426,6 +427,15 @@ class Store:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                        await self.redis.xrange(keys.events_stream(p)))
         return [(eid.decode(), events_pb2.Event.FromString(f[b"e"])) for eid, f in entries]
+
+
+def cancel_requested() -> bool:
+    """Whether the current task was asked to stop. A background loop around Redis calls
+    checks this rather than rely on the CancelledError: a cancellation can be lost inside
+    redis-py (seen under load: the sweeper task stayed 'cancelling' and went back to sleep,
+    so the shutdown that awaited it never ended)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _now_ms() -> int:
