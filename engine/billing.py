@@ -27,7 +27,7 @@ from engine import keys
 from engine.config import Config
 from engine.errors import InvalidArgument
 from engine.redis_client import cluster_of
-from engine.store import Store
+from engine.store import Store, cancel_requested
 from tollgate.v1 import billing_pb2 as pb
 from tollgate.v1 import billing_pb2_grpc, events_pb2, usage_pb2
 
@@ -468,7 +468,7 @@ class Billing:
 
     async def run_trimmer(self, interval_s: float) -> None:
         """Trims every interval_s until cancelled; errors are logged, never fatal."""
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(interval_s)
             try:
                 report = await self.trim()

@@ -212,18 +212,30 @@ class LocalCluster:
         """A manual failover: the replica waits until it has everything of its master, then
         takes over (no write is lost)."""
         self._cmd(replica_port, "CLUSTER", "FAILOVER")
+        self.wait_promoted(replica_port)
+
+    def wait_promoted(self, replica_port: int, timeout_s: float = 30.0) -> None:
+        """Until the replica is a master and the cluster is ok again (after a failover)."""
         _wait("the replica to take over", lambda: self.client(replica_port).info(
-            "replication")["role"] == "master")
-        self.wait_ok()
+            "replication")["role"] == "master", timeout_s)
+        self.wait_ok(timeout_s)
 
     def restart(self, port: int) -> None:
         """Starts a stopped node again on its port and data: it rejoins the cluster (a
         master that was failed over comes back as a replica of its successor)."""
-        self.nodes[port].start()
+        for attempt in range(3):  # the port may linger for a moment after a SIGKILL
+            try:
+                self.nodes[port].start()
+                break
+            except ConfigError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
         self.wait_ok()
 
     def kill(self, port: int) -> None:
-        """SIGKILL a node, as a crash would; its replica takes over after the node timeout."""
+        """SIGKILL a node, as a crash would; its replica takes over after the node timeout
+        (wait_promoted)."""
         self.nodes[port].kill()
         client = self._clients.pop(port, None)
         if client is not None:

@@ -455,6 +455,15 @@ class Store:
         return [(eid.decode(), events_pb2.Event.FromString(f[b"e"])) for eid, f in entries]
 
 
+def cancel_requested() -> bool:
+    """Whether the current task was asked to stop. A background loop around Redis calls
+    checks this rather than rely on the CancelledError: a cancellation can be lost inside
+    redis-py (seen under load: the sweeper task stayed 'cancelling' and went back to sleep,
+    so the shutdown that awaited it never ended)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 

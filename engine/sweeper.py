@@ -11,7 +11,7 @@ from typing import cast
 from redis.exceptions import RedisError
 
 from engine import keys
-from engine.store import Store
+from engine.store import Store, cancel_requested
 
 log = logging.getLogger("tollgate.sweeper")
 
@@ -63,7 +63,7 @@ class Sweeper:
 
     async def run(self, interval_s: float) -> None:
         """Sweeps every interval until cancelled; Redis errors are logged and retried."""
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(interval_s)
             try:
                 released = await self.sweep_once()

@@ -8,6 +8,7 @@ parametrized over the single server: there is nothing to reshard or fail over th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from redis.crc import key_slot
 from engine import keys, metrics
 from engine.config import Config
 from engine.reconcile import reconcile
+from engine.redis_client import connect
 from engine.redis_cluster import LocalCluster
 from tests.helpers import EUR, running, sample_plan
 from tests.integration.ledger import (
@@ -70,8 +72,12 @@ async def traffic_during(cluster: LocalCluster, config: Config, fault: Callable[
                                       subscribers_per_account=2, money=500 * EUR,
                                       credit_limit=0)
         account_ids = sorted(set(subscribers.values()))
+        # Gateways send again what was answered UNABLE_TO_COMPLY (a batch that met the
+        # fault); that resend must be answered from the stored answer if the first send was
+        # applied. Extra retransmissions stay off: the model cannot pair them with a
+        # first answer that was UNABLE_TO_COMPLY.
         traffic = Traffic(seed, subscribers, Tariff(plan), overage=True, max_retries=1000,
-                          retry_codes=frozenset({cpb.UNABLE_TO_COMPLY}))
+                          retransmit=False, retry_codes=frozenset({cpb.UNABLE_TO_COMPLY}))
         done = asyncio.Event()
 
         async def lane(n: int) -> None:
@@ -116,9 +122,9 @@ async def test_resharding_while_charging_keeps_the_books(tmp_path: Path):
         problems = check_books(traffic, accounts, dict.fromkeys(account_ids, 500 * EUR),
                                records, dict.fromkeys(account_ids, 0))
         assert not problems, "\n".join(problems[:25]) + "\n" + info
-        assert sum(moved) > 150, moved  # the slots held the data while they moved
+        assert sum(moved) > 60, moved  # the slots held data (accounts, sessions, streams)
         assert resent() > before, "no apply met a moving slot"
-        assert len(traffic.answers) > 400, info
+        assert len(traffic.answers) > 100, info
         report = await asyncio.to_thread(reconcile, cluster.url, progress=False)
         assert report.ok, report.lines()
 
@@ -132,27 +138,35 @@ async def test_a_killed_master_fails_over_without_losing_an_answered_charge(tmp_
     with LocalCluster(tmp_path / "cluster", masters=3, replicas=1) as cluster:
         config = cluster_config(cluster, redis_wait_replicas=1, redis_wait_timeout_ms=2000,
                                 redis_timeout_s=10.0)
-        victim = cluster.owner(slot_of(0))
+        p = keys.partition_of("acct-0", PARTITIONS)
+        victim = cluster.owner(slot_of(p))
         replica = cluster.replicas_of(victim)[0]
+        promoted_ms: list[int] = []
 
         def kill_master() -> None:
             cluster.kill(victim)
-            cluster.wait_ok()
+            cluster.wait_promoted(replica)
+            promoted_ms.append(int(time.time() * 1000))
+            time.sleep(0.5)  # traffic meets the new master without a replica (WAIT fails)
             cluster.restart(victim)
+            time.sleep(1.0)  # and with its replica back
 
-        before = resent()
         traffic, account_ids, accounts, records = await traffic_during(
             cluster, config, kill_master, seed=41)
-        assert cluster.owner(slot_of(0)) == replica
+        assert cluster.owner(slot_of(p)) == replica
         assert cluster.replicas_of(replica) == [victim]
         info = summary(traffic, accounts)
         problems = check_books(traffic, accounts, dict.fromkeys(account_ids, 500 * EUR),
                                records, dict.fromkeys(account_ids, 0))
         assert not problems, "\n".join(problems[:25]) + "\n" + info
-        # The failover met the traffic: applies were sent again, or batches failed (and
-        # were retried by the gateways) while the shard had no master or no replica.
-        assert resent() > before or traffic.stats["retried UNABLE_TO_COMPLY"], info
-        assert len(traffic.answers) > 200, info
+        # The promoted master took charges: records it wrote after the takeover (the books
+        # above hold the ones from before, which its replica had to have).
+        db = connect(cluster.url)
+        after = sum(len(db.xrange(keys.usage_stream(q), min=str(promoted_ms[0])))
+                    for q in range(PARTITIONS) if cluster.owner(slot_of(q)) == replica)
+        db.close()
+        assert after, info
+        assert len(traffic.answers) > 100, info
 
 
 @pytest.mark.slow
