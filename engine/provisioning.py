@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from engine.domain import Bucket, SubscriberState, UnitType
+from engine.domain import Bucket, Plan, SubscriberState, UnitType
 from engine.errors import InvalidArgument, NotFound
 from engine.kernels.charge import MONEY_LIMIT
 from engine.plans import check_id, plan_from_proto, plan_to_proto
@@ -48,11 +48,7 @@ class Provisioner:
             _amount(name, v)
         plan = await self.store.get_plan(msg.plan_id)
         now = int(time.time() * 1000)
-        buckets = [Bucket(b.bucket_id, b.rating_groups, b.unit_type, b.units, b.units,
-                          priority=b.priority,
-                          expiry_ms=now + b.validity_days * DAY_MS if b.validity_days else 0,
-                          renew=b.renew)
-                   for b in plan.bundles]
+        buckets = plan_buckets(plan, now)
         for n, b in enumerate(msg.buckets):
             where = f"buckets[{n}]"
             check_id(f"{where}.bucket_id", b.bucket_id, self.max_id)
@@ -168,6 +164,15 @@ class Provisioner:
                                   f"{', '.join(BUCKET_COUNTER_SUFFIXES)}")
         applied = await self.store.buy_addon(msg.order_id, msg.account_id, plan, addon)
         return pb.BuyAddOnAnswer(applied=applied, account=await self._account(msg.account_id))
+
+
+def plan_buckets(plan: Plan, now: int) -> list[Bucket]:
+    """The buckets a new account gets from its plan's bundles, full, validity from `now`."""
+    return [Bucket(b.bucket_id, b.rating_groups, b.unit_type, b.units, b.units,
+                   priority=b.priority,
+                   expiry_ms=now + b.validity_days * DAY_MS if b.validity_days else 0,
+                   renew=b.renew)
+            for b in plan.bundles]
 
 
 def _caps(money: int, units: list[int]) -> pb.MemberCaps:
