@@ -1,4 +1,5 @@
-"""The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate."""
+"""The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate,
+bench."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     check = plans_sub.add_parser("check", help="validate FILE without a server")
     check.add_argument("file", metavar="FILE")
     _billing_parsers(sub)
+    from bench.cli import add_bench_parser
+    add_bench_parser(sub)
     return p
 
 
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         return plans_command(args)
     if args.command in ("usage", "reconcile", "rerate"):
         return billing_command(args)
+    if args.command == "bench":
+        from bench.cli import bench_command
+        return bench_command(args)
     try:
         config = _config(args)
     except ConfigError as e:
