@@ -116,7 +116,7 @@ async def capture_writes(config: Config, traffic: Traffic, batch: int, warmup: i
     return store.recorded
 
 
-async def _rebase(store: Store, recorded: list[Writes]) -> None:
+async def rebase(store: Store, recorded: list[Writes]) -> None:
     """Sets each write's expected version to what it will find when replayed in order."""
     keys = sorted({w.key for writes in recorded for ws in writes.values() for w in ws})
     pipe = store.redis.pipeline(transaction=False)
@@ -140,7 +140,7 @@ async def apply_ceiling(config: Config, recorded: list[Writes], seconds: float) 
     refused = requests = 0
     try:
         while sum(times) < seconds:
-            await _rebase(store, recorded)
+            await rebase(store, recorded)
             for writes, n in zip(recorded, per_batch, strict=True):
                 t = time.perf_counter()
                 out = await store.apply(writes, config.answer_retention_s * 1000)
