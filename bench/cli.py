@@ -32,6 +32,9 @@ def _target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-pid", type=int, help="pid of --target, for its CPU and RSS")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     p.add_argument("--batch", type=int, default=1000, help="requests per batch/stream message")
+    p.add_argument("--open-batch", type=int, default=100,
+                   help="open loop: requests per batch/stream message (default 100: many "
+                        "small gateway calls, merged by the server's batcher)")
     p.add_argument("--concurrency", type=int, default=0,
                    help="closed loop: calls in flight (default 64 unary, 4 batch/stream)")
     p.add_argument("--out", metavar="DIR", help="write results.json, results.md (and the "
@@ -208,13 +211,14 @@ async def _measure(lab: Lab, target: str, address: str, server_pid: int | None,
             await client.run(target, api, min(2.0, lab.args.seconds),
                              concurrency=lab.concurrency(api), batch=lab.args.batch)
             run = await client.run(target, api, lab.args.seconds,
-                                   concurrency=lab.concurrency(api), batch=lab.args.batch,
+                                   concurrency=lab.concurrency(api),
+                                   batch=lab.args.open_batch if rate else lab.args.batch,
                                    rate=rate)
             runs.append(run)
             if sweep and not rate:
                 for share in SWEEP:
                     runs.append(await client.run(target, api, lab.args.seconds,
-                                                 batch=lab.args.batch,
+                                                 batch=lab.args.open_batch,
                                                  rate=share * run.throughput))
     finally:
         await client.close()
@@ -341,6 +345,8 @@ async def _soak(args: argparse.Namespace) -> int:
         proc = psutil.Process(server) if server else None
         try:
             await client.wait_ready()
+            await client.run("engine", args.api, 2.0, concurrency=lab.concurrency(args.api),
+                             batch=args.batch)  # warm-up
             top = await client.run("engine", args.api, lab.args.seconds,
                                    concurrency=lab.concurrency(args.api), batch=args.batch)
             rate = args.load * top.throughput
@@ -355,8 +361,8 @@ async def _soak(args: argparse.Namespace) -> int:
                     samples.append({"t_s": round(elapsed),
                                     "server_rss_mib": proc.memory_info().rss / 2**20
                                     if proc else 0.0})
-            run = await client.run("engine", args.api, args.minutes * 60, batch=args.batch,
-                                   rate=rate, sample=sample)
+            run = await client.run("engine", args.api, args.minutes * 60,
+                                   batch=args.open_batch, rate=rate, sample=sample)
         finally:
             await client.close()
         memory = await lab.redis_info("memory")
