@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -115,6 +116,7 @@ class Lab:
 
     async def __aenter__(self) -> Lab:
         from engine.redis_server import RedisServer
+        self.stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         if not self.config.redis_url:
             if getattr(self.args, "target", None):
                 raise ValueError("--target needs --redis-url (its Redis)")

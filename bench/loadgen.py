@@ -46,6 +46,7 @@ class Run:
     requests: int = 0
     calls: int = 0
     errors: int = 0  # failed calls' requests and answers that are not SUCCESS
+    error_kinds: dict[str, int] = field(default_factory=dict)  # result code / gRPC status
     throughput: float = 0.0  # answered requests/s
     latency_ms: dict[str, float] = field(default_factory=dict)  # per call: p50 p90 p99 p99.9
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the run
@@ -84,6 +85,11 @@ class CpuProbe:
                 for name, v in self._cpu().items()}
 
 
+def _count(run: Run, kind: str, n: int) -> None:
+    run.errors += n
+    run.error_kinds[kind] = run.error_kinds.get(kind, 0) + n
+
+
 def percentiles(seconds: list[float]) -> dict[str, float]:
     if not seconds:
         return {}
@@ -120,17 +126,17 @@ class Client:
         return list(answer.answers)
 
     def _settle(self, run: Run, requests: list[cpb.ChargeRequest],
-                answers: list[cpb.ChargeAnswer] | None) -> None:
+                answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError) -> None:
         run.calls += 1
-        if answers is None:
-            run.errors += len(requests)
+        if isinstance(answers, grpc.aio.AioRpcError):
+            _count(run, answers.code().name, len(requests))
             for r in requests:
                 self.traffic.failed(r)
             return
         run.requests += len(answers)
         for r, a in zip(requests, answers, strict=True):
             if a.result != cpb.SUCCESS:
-                run.errors += 1
+                _count(run, cpb.ResultCode.Name(a.result), 1)
             self.traffic.answered(r, a)
 
     # --- runs ------------------------------------------------------------------------------
@@ -185,15 +191,15 @@ class Client:
         while time.perf_counter() < stop_at:
             requests = self.traffic.batch(size)
             t = time.perf_counter()
-            answers: list[cpb.ChargeAnswer] | None
+            answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError
             try:
                 if stream is not None:
                     await stream.write(cpb.ChargeBatchRequest(requests=requests))
                     answers = list((await stream.read()).answers)
                 else:
                     answers = await send(requests)
-            except grpc.aio.AioRpcError:
-                answers = None
+            except grpc.aio.AioRpcError as e:
+                answers = e
             latencies.append(time.perf_counter() - t)
             self._settle(run, requests, answers)
         if stream is not None:
@@ -214,10 +220,11 @@ class Client:
 
         async def one(intended: float) -> None:
             requests = self.traffic.batch(size)
+            answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError
             try:
-                answers: list[cpb.ChargeAnswer] | None = await send(requests)
-            except grpc.aio.AioRpcError:
-                answers = None
+                answers = await send(requests)
+            except grpc.aio.AioRpcError as e:
+                answers = e
             latencies.append(time.perf_counter() - intended)
             self._settle(run, requests, answers)
 

@@ -46,7 +46,9 @@ def table(runs: list[Run], ceilings: dict[str, float]) -> list[str]:
         cpu = [f"{r.cpu.get(k, 0):.0f}" for k in ("server", "redis", "client")]
         lines.append(f"| {r.name} | {r.throughput:,.0f} | {ratio} | {' | '.join(lat)} | "
                      f"{' | '.join(cpu)} | {r.errors} |")
-    return lines
+    errors = [f"{r.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(r.error_kinds.items()))
+              for r in runs if r.error_kinds]
+    return lines + (["", "errors:", *errors] if errors else [])
 
 
 def save(out: Path, results: dict[str, Any], lines: list[str]) -> None:
@@ -62,11 +64,11 @@ def plot(path: Path, sweeps: dict[str, list[Run]], title: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"p50": ":", "p99": "-", "p99.9": "--"}
-    for api, runs in sweeps.items():
+    for n, (api, runs) in enumerate(sweeps.items()):
         offered = [r.offered / 1000 for r in runs]
         for q, style in styles.items():
             ax.plot(offered, [r.latency_ms.get(q, 0) for r in runs], style, marker="o",
-                    label=f"{api} {q}")
+                    color=f"C{n}", label=f"{api} {q}")
     ax.set_xlabel("offered load (k requests/s)")
     ax.set_ylabel("latency from intended send (ms)")
     ax.set_yscale("log")
