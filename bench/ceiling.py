@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from bench.loadgen import CpuProbe
 from bench.traffic import Traffic
 from engine.charging import Engine
 from engine.config import Config
@@ -94,6 +95,7 @@ class ApplyCeiling:
     batch_ms_p50: float
     batch_ms_p99: float
     refused: int  # account writes refused by the version check (should be 0)
+    cpu: dict[str, float]  # % of one core while replaying (Redis, this process)
 
 
 async def capture_writes(config: Config, traffic: Traffic, batch: int, warmup: int,
@@ -130,14 +132,17 @@ async def rebase(store: Store, recorded: list[Writes]) -> None:
                 current[w.key] += 1
 
 
-async def apply_ceiling(config: Config, recorded: list[Writes], seconds: float) -> ApplyCeiling:
+async def apply_ceiling(config: Config, recorded: list[Writes], seconds: float,
+                        cpu: CpuProbe | None = None) -> ApplyCeiling:
     """Replays the recorded batches through Store.apply, in order and one at a time as the
     engine does, for about `seconds`; only the apply calls are timed."""
     store = Store(config.redis_url, config.partitions)
+    cpu = cpu or CpuProbe({})
     per_batch = [sum(len(w.sessions) for ws in writes.values() for w in ws)
                  for writes in recorded]
     times: list[float] = []
     refused = requests = 0
+    cpu.start()
     try:
         while sum(times) < seconds:
             await rebase(store, recorded)
@@ -151,7 +156,8 @@ async def apply_ceiling(config: Config, recorded: list[Writes], seconds: float) 
         await store.close()
     ms = np.array(times) * 1000
     return ApplyCeiling(len(times), requests / len(times), requests / sum(times),
-                        float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), refused)
+                        float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), refused,
+                        cpu.stop())
 
 
 def main() -> None:

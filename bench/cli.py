@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -186,8 +187,6 @@ class Lab:
         return str(self.results["servers"]["engine"])
 
     def client(self, address: str, tag: str, server_pid: int | None) -> Any:
-        import os
-
         from bench.loadgen import Client, CpuProbe
         from bench.traffic import Traffic
         pids = {k: v for k, v in self.pids.items() if k != "server"}
@@ -230,7 +229,7 @@ async def _measure(lab: Lab, target: str, address: str, server_pid: int | None,
 async def _ceilings(lab: Lab, apis: list[str]) -> tuple[dict[str, float], list[Any]]:
     """(a) the bare server over the same APIs, (b) the apply step with engine-made batches."""
     from bench.ceiling import apply_ceiling, capture_writes
-    from bench.loadgen import bare_server
+    from bench.loadgen import CpuProbe, bare_server
     from bench.traffic import Traffic
     ceilings: dict[str, float] = {}
     batch = lab.args.batch
@@ -238,7 +237,8 @@ async def _ceilings(lab: Lab, apis: list[str]) -> tuple[dict[str, float], list[A
         traffic = Traffic(lab.args.subscribers, prefix=lab.args.prefix,
                           sessions=max(5000, 5 * batch), tag="c")
         recorded = await capture_writes(lab.config, traffic, batch, warmup=10, batches=20)
-        applied = await apply_ceiling(lab.config, recorded, lab.args.seconds)
+        pids = {"client": os.getpid(), **{k: v for k, v in lab.pids.items() if k == "redis"}}
+        applied = await apply_ceiling(lab.config, recorded, lab.args.seconds, CpuProbe(pids))
         lab.results["apply_ceiling"] = applied
         ceilings["apply"] = applied.requests_per_s
     bare = bare_server(lab.workdir)
@@ -264,7 +264,8 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
         a = lab.results["apply_ceiling"]
         lines.append(f"ceiling (b) Redis apply step: {a.requests_per_s:,.0f} requests/s "
                      f"({a.requests_per_batch:.0f}-request batches, p50 {a.batch_ms_p50:.1f} "
-                     f"ms, p99 {a.batch_ms_p99:.1f} ms per batch, {a.refused} refused)")
+                     f"ms, p99 {a.batch_ms_p99:.1f} ms per batch, {a.refused} refused; CPU "
+                     + ", ".join(f"{k} {v:.0f} %" for k, v in a.cpu.items()) + ")")
     if "coldstart" in lab.results:
         c = lab.results["coldstart"]
         lines.append(f"cold start: serving after {c.ready_s:.2f} s, first Charge answered "
