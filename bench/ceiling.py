@@ -54,7 +54,8 @@ class BareCharging(charging_pb2_grpc.ChargingServicer):
 
 async def serve_bare(listen: str) -> None:
     """Serves BareCharging until SIGTERM/SIGINT; prints the bound address first."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                                      ("grpc.so_reuseport", 1)])
     charging_pb2_grpc.add_ChargingServicer_to_server(BareCharging(), server)
     port = server.add_insecure_port(listen)
     await server.start()

@@ -31,14 +31,19 @@ def _target(p: argparse.ArgumentParser) -> None:
                    help="a running Tollgate (give --redis-url too); default: start "
                         "redis-server and `tollgate serve` here")
     p.add_argument("--redis-url", help="the Redis of --target (provisioning, Redis CPU)")
-    p.add_argument("--server-pid", type=int, help="pid of --target, for its CPU and RSS")
+    p.add_argument("--server-pid", type=int, action="append",
+                   help="pid of --target, for its CPU and RSS (repeatable)")
+    p.add_argument("--servers", type=int, default=1,
+                   help="server processes sharing one port (SO_REUSEPORT), engine and bare "
+                        "server alike; the client opens 4 connections per process")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     p.add_argument("--batch", type=int, default=1000, help="requests per batch/stream message")
     p.add_argument("--open-batch", type=int, default=100,
                    help="open loop: requests per batch/stream message (default 100: many "
                         "small gateway calls, merged by the server's batcher)")
     p.add_argument("--concurrency", type=int, default=0,
-                   help="closed loop: calls in flight (default 64 unary, 4 batch/stream)")
+                   help="closed loop: calls in flight (default per server process: 64 "
+                        "unary, 4 batch/stream)")
     p.add_argument("--out", metavar="DIR", help="write results.json, results.md (and the "
                                                 "plot) here")
 
@@ -112,8 +117,8 @@ class Lab:
         self.workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
         self.stack = AsyncExitStack()
         self.results: dict[str, Any] = {}
-        self.pids: dict[str, int] = {}
-        self.engine_pid = 0
+        self.pids: dict[str, list[int]] = {}
+        self.engine_pids: list[int] = []
 
     async def __aenter__(self) -> Lab:
         from engine.redis_server import RedisServer
@@ -125,7 +130,7 @@ class Lab:
             self.stack.callback(redis.stop)
             self.config = self.config.replace(redis_url=redis.url)
             assert redis.process is not None
-            self.pids["redis"] = redis.process.pid
+            self.pids["redis"] = [redis.process.pid]
         await self.provision()
         return self
 
@@ -172,38 +177,44 @@ class Lab:
             "memory_usage_account_key": sizes[0], "memory_usage_subscriber_key": sizes[1]}
 
     def engine_address(self) -> str:
-        """The --target, or a `tollgate serve` started here (once)."""
-        from bench.loadgen import engine_server
+        """The --target, or `tollgate serve` processes started here (once)."""
+        from functools import partial
+
+        from bench.loadgen import engine_server, server_group
         if getattr(self.args, "target", None):
-            if self.args.server_pid:
-                self.pids["server"] = self.args.server_pid
+            self.engine_pids = list(self.args.server_pid or [])
             return str(self.args.target)
         if "engine" not in self.results.setdefault("servers", {}):
-            server = engine_server(self.config.redis_url, self.workdir)
-            self.stack.callback(server.stop)
-            self.results["servers"]["engine"] = server.address
-            self.engine_pid = server.pid
-        self.pids["server"] = self.engine_pid
+            group = server_group(partial(engine_server, self.config.redis_url, self.workdir),
+                                 self.servers)
+            for server in group:
+                self.stack.callback(server.stop)
+            self.results["servers"]["engine"] = group[0].address
+            self.engine_pids = [server.pid for server in group]
         return str(self.results["servers"]["engine"])
 
-    def client(self, address: str, tag: str, server_pid: int | None) -> Any:
+    @property
+    def servers(self) -> int:
+        return max(1, int(getattr(self.args, "servers", 1)))
+
+    def client(self, address: str, tag: str, server_pids: list[int]) -> Any:
         from bench.loadgen import Client, CpuProbe
         from bench.traffic import Traffic
-        pids = {k: v for k, v in self.pids.items() if k != "server"}
-        if server_pid:
-            pids["server"] = server_pid
-        pids["client"] = os.getpid()
+        pids = {**self.pids, "client": [os.getpid()]}
+        if server_pids:
+            pids["server"] = server_pids
         traffic = Traffic(self.args.subscribers, prefix=self.args.prefix,
-                          sessions=max(5000, 5 * self.args.batch), tag=tag)
-        return Client(address, traffic, CpuProbe(pids), self.progress)
+                          sessions=max(5000, 5 * self.args.batch * self.servers), tag=tag)
+        return Client(address, traffic, CpuProbe(pids), self.progress,
+                      connections=1 if self.servers == 1 else 4 * self.servers)
 
     def concurrency(self, api: str) -> int:
-        return int(self.args.concurrency or (64 if api == "unary" else 4))
+        return int(self.args.concurrency or (64 if api == "unary" else 4) * self.servers)
 
 
-async def _measure(lab: Lab, target: str, address: str, server_pid: int | None,
+async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
                    apis: list[str], rate: float = 0.0, sweep: bool = False) -> list[Any]:
-    client = lab.client(address, target[0], server_pid)
+    client = lab.client(address, target[0], server_pids)
     runs = []
     try:
         await client.wait_ready()
@@ -228,8 +239,10 @@ async def _measure(lab: Lab, target: str, address: str, server_pid: int | None,
 
 async def _ceilings(lab: Lab, apis: list[str]) -> tuple[dict[str, float], list[Any]]:
     """(a) the bare server over the same APIs, (b) the apply step with engine-made batches."""
+    from functools import partial
+
     from bench.ceiling import apply_ceiling, capture_writes
-    from bench.loadgen import CpuProbe, bare_server
+    from bench.loadgen import CpuProbe, bare_server, server_group
     from bench.traffic import Traffic
     ceilings: dict[str, float] = {}
     batch = lab.args.batch
@@ -237,15 +250,16 @@ async def _ceilings(lab: Lab, apis: list[str]) -> tuple[dict[str, float], list[A
         traffic = Traffic(lab.args.subscribers, prefix=lab.args.prefix,
                           sessions=max(5000, 5 * batch), tag="c")
         recorded = await capture_writes(lab.config, traffic, batch, warmup=10, batches=20)
-        pids = {"client": os.getpid(), **{k: v for k, v in lab.pids.items() if k == "redis"}}
+        pids = {**lab.pids, "client": [os.getpid()]}
         applied = await apply_ceiling(lab.config, recorded, lab.args.seconds, CpuProbe(pids))
         lab.results["apply_ceiling"] = applied
         ceilings["apply"] = applied.requests_per_s
-    bare = bare_server(lab.workdir)
+    bare = server_group(partial(bare_server, lab.workdir), lab.servers)
     try:
-        runs = await _measure(lab, "bare", bare.address, bare.pid, apis)
+        runs = await _measure(lab, "bare", bare[0].address, [b.pid for b in bare], apis)
     finally:
-        bare.stop()
+        for b in bare:
+            b.stop()
     for r in runs:
         ceilings[f"bare {r.api}"] = r.throughput
     return ceilings, runs
@@ -254,7 +268,7 @@ async def _ceilings(lab: Lab, apis: list[str]) -> tuple[dict[str, float], list[A
 def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
            plot_sweeps: bool = False) -> None:
     from bench import report
-    lines = [f"machine: {report.machine()}", ""]
+    lines = [f"machine: {report.machine()}; {lab.servers} server process(es) per target", ""]
     if "provision" in lab.results:
         p = lab.results["provision"]
         lines.append(f"population: {p['subscribers']:,} subscribers ({p['created']:,} hashes "
@@ -300,7 +314,7 @@ async def _load(args: argparse.Namespace, everything: bool = False) -> int:
             lab.results["coldstart"] = await cold_start(
                 lab.config.redis_url, lab.workdir, f"{args.prefix}sub-0")
         address = lab.engine_address()
-        runs += await _measure(lab, "engine", address, lab.pids.get("server"), apis,
+        runs += await _measure(lab, "engine", address, lab.engine_pids, apis,
                                rate=getattr(args, "rate", 0.0),
                                sweep=getattr(args, "sweep", False))
         _print(lab, runs, ceilings, plot_sweeps=True)
@@ -342,10 +356,9 @@ async def _soak(args: argparse.Namespace) -> int:
     import psutil
     async with Lab(args) as lab:
         address = lab.engine_address()
-        server = lab.pids.get("server")
-        client = lab.client(address, "k", server)
+        client = lab.client(address, "k", lab.engine_pids)
         samples: list[dict[str, float]] = []
-        proc = psutil.Process(server) if server else None
+        procs = [psutil.Process(pid) for pid in lab.engine_pids]
         try:
             await client.wait_ready()
             await client.run("engine", args.api, 2.0, concurrency=lab.concurrency(args.api),
@@ -361,9 +374,8 @@ async def _soak(args: argparse.Namespace) -> int:
                 nonlocal last
                 if elapsed - last >= 10 or not samples:
                     last = elapsed
-                    samples.append({"t_s": round(elapsed),
-                                    "server_rss_mib": proc.memory_info().rss / 2**20
-                                    if proc else 0.0})
+                    samples.append({"t_s": round(elapsed), "server_rss_mib": sum(
+                        p.memory_info().rss for p in procs) / 2**20})
             run = await client.run("engine", args.api, args.minutes * 60,
                                    batch=args.open_batch, rate=rate, sample=sample)
         finally:

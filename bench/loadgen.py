@@ -59,21 +59,25 @@ class Run:
 
 
 class CpuProbe:
-    """CPU time of named processes between start() and stop(), as % of one core."""
+    """CPU time of named groups of processes between start() and stop(), as % of one
+    core."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.procs = {name: [psutil.Process(pid) for pid in group]
+                      for name, group in pids.items()}
         self._t0 = 0.0
         self._cpu0: dict[str, float] = {}
 
     def _cpu(self) -> dict[str, float]:
         out = {}
-        for name, p in self.procs.items():
-            try:
-                t = p.cpu_times()
-                out[name] = t.user + t.system
-            except psutil.Error:
-                out[name] = 0.0
+        for name, group in self.procs.items():
+            out[name] = 0.0
+            for p in group:
+                try:
+                    t = p.cpu_times()
+                    out[name] += t.user + t.system
+                except psutil.Error:
+                    pass
         return out
 
     def start(self) -> None:
@@ -102,19 +106,32 @@ class Client:
     """Drives one Charging server with a traffic mix; one instance per target."""
 
     def __init__(self, address: str, traffic: Traffic, cpu: CpuProbe,
-                 progress: bool = True) -> None:
+                 progress: bool = True, connections: int = 1) -> None:
         self.address = address
         self.traffic = traffic
         self.cpu = cpu
         self.progress = progress
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = charging_pb2_grpc.ChargingStub(self.channel)
+        # Each channel its own TCP connection, so server processes sharing the port
+        # (SO_REUSEPORT) each get some of them.
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self.channels = [grpc.aio.insecure_channel(address, options=options)
+                         for _ in range(connections)]
+        self.stubs = [charging_pb2_grpc.ChargingStub(c) for c in self.channels]
+        self._next = 0
+
+    @property
+    def stub(self) -> charging_pb2_grpc.ChargingStub:
+        """The next connection's stub, round robin."""
+        self._next = (self._next + 1) % len(self.stubs)
+        return self.stubs[self._next]
 
     async def close(self) -> None:
-        await self.channel.close()
+        for c in self.channels:
+            await c.close()
 
     async def wait_ready(self, timeout_s: float = 60) -> None:
-        await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
+        for c in self.channels:
+            await asyncio.wait_for(c.channel_ready(), timeout_s)
 
     # --- one call --------------------------------------------------------------------------
 
@@ -329,18 +346,31 @@ def spawn(args: list[str], env: dict[str, str], log_path: Path,
     raise RuntimeError(f"{' '.join(args)} did not start; see {log_path}")
 
 
-def engine_server(redis_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
-                  ) -> Spawned:
-    """`tollgate serve` on a free port against this Redis, logging warnings only."""
-    env = {"TOLLGATE_METRICS_PORT": "0", "TOLLGATE_LOG_LEVEL": "WARNING",
-           **(extra_env or {})}
-    return spawn(["-m", "engine.cli", "serve", "--listen", f"127.0.0.1:{free_port()}",
-                  "--redis-url", redis_url], env, log_dir / "engine-server.log")
+def engine_server(redis_url: str, log_dir: Path, port: int = 0, n: int = 0) -> Spawned:
+    """`tollgate serve` against this Redis (on a free port unless given), warnings only."""
+    env = {"TOLLGATE_METRICS_PORT": "0", "TOLLGATE_LOG_LEVEL": "WARNING"}
+    return spawn(["-m", "engine.cli", "serve", "--listen", f"127.0.0.1:{port or free_port()}",
+                  "--redis-url", redis_url], env, log_dir / f"engine-server-{n}.log")
 
 
-def bare_server(log_dir: Path) -> Spawned:
-    return spawn(["-m", "bench.ceiling", "--listen", f"127.0.0.1:{free_port()}"], {},
-                 log_dir / "bare-server.log")
+def bare_server(log_dir: Path, port: int = 0, n: int = 0) -> Spawned:
+    return spawn(["-m", "bench.ceiling", "--listen", f"127.0.0.1:{port or free_port()}"], {},
+                 log_dir / f"bare-server-{n}.log")
+
+
+def server_group(start: Callable[[int, int], Spawned], count: int) -> list[Spawned]:
+    """`count` server processes sharing one port (SO_REUSEPORT: the kernel spreads the
+    connections); start(port, n) starts one."""
+    port = free_port()
+    group: list[Spawned] = []
+    try:
+        for n in range(count):
+            group.append(start(port, n))
+    except BaseException:
+        for s in group:
+            s.stop()
+        raise
+    return group
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from tollgate.v1 import charging_pb2_grpc
 
 
 def client(address: str, subscribers: int) -> Client:
-    return Client(address, Traffic(subscribers, sessions=200), CpuProbe({"client": os.getpid()}),
+    return Client(address, Traffic(subscribers, sessions=200), CpuProbe({"client": [os.getpid()]}),
                   progress=False)
 
 
