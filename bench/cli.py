@@ -391,6 +391,8 @@ async def _soak(args: argparse.Namespace) -> int:
               f"{growth:+.1%}); Redis used_memory {memory['used_memory'] / 2**20:.0f} MiB; "
               f"{lab.results['provision']['redis_bytes_per_idle_subscriber']} bytes per idle "
               "subscriber at provisioning")
+        print("server RSS MiB by time: " + ", ".join(
+            f"{s['t_s']} s {s['server_rss_mib']:.0f}" for s in samples[::6]), flush=True)
         _print(lab, [top, run], {})
     return 0
 

@@ -19,7 +19,7 @@ async def test_locust_headless_run(tollgate: Tollgate) -> None:
         await store.close()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "locust", "-f", "bench/locustfile.py", "--headless",
-        "--users", "6", "--spawn-rate", "6", "--run-time", "4s", "--host", tollgate.address,
+        "--users", "6", "--spawn-rate", "6", "--run-time", "3s", "--host", tollgate.address,
         "--population", "200", "--think", "0.05", "--gateway-batch", "20",
         "--gateway-interval", "0.2", "--json", "--only-summary", "--stop-timeout", "5",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -20,7 +20,14 @@ from engine.store import Store
 from tollgate.v1 import charging_pb2 as cpb
 
 BATCH = 1000
+QUICK_BATCH = 100
+"""Batch size when benchmarks are disabled (./dev.sh bench-quick): the code runs, quickly."""
 SUBSCRIBERS = 5000
+
+
+@pytest.fixture
+def size(benchmark) -> int:
+    return QUICK_BATCH if benchmark.disabled else BATCH
 
 
 @pytest.fixture
@@ -38,26 +45,27 @@ def populated(config: Config, loop: asyncio.AbstractEventLoop) -> Config:
         await population.provision(store, SUBSCRIBERS)
         await store.close()
     loop.run_until_complete(provision())
-    return config.replace(max_batch=BATCH)
+    return config
 
 
-def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEventLoop) -> None:
+def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEventLoop,
+                        size: int) -> None:
     """decode -> assemble -> kernel -> outcome -> answers serialized, for one batch of the
     traffic mix (sessions mid-life, accounts and sessions in the engine's cache)."""
     store = Store(populated.redis_url, populated.partitions)
-    engine = Engine(store, populated)
-    traffic = Traffic(SUBSCRIBERS, sessions=BATCH)
+    engine = Engine(store, populated.replace(max_batch=size))
+    traffic = Traffic(SUBSCRIBERS, sessions=size)
 
     async def warm() -> list[Pending]:
         engine.start()
         for _ in range(4):  # INITIALs first, then a mix of UPDATE and TERMINATION
-            requests = traffic.batch(BATCH)
+            requests = traffic.batch(size)
             for r, a in zip(requests, await engine.charge(requests), strict=True):
                 traffic.answered(r, a)
         await engine.close()
         now = engine.clock()
         fut = loop.create_future()
-        batch = [Pending(m, decode(m, populated, now), fut) for m in traffic.batch(BATCH)]
+        batch = [Pending(m, decode(m, populated, now), fut) for m in traffic.batch(size)]
         batch = await engine._resolve_subscribers(batch)
         await engine._load(batch)
         batch = engine._check_sessions(batch)
@@ -67,7 +75,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
     prepared = loop.run_until_complete(warm())
     loop.run_until_complete(store.close())
     kinds = {p.msg.type for p in prepared}
-    assert {cpb.UPDATE, cpb.TERMINATION} <= kinds and len(prepared) == BATCH
+    assert {cpb.UPDATE, cpb.TERMINATION} <= kinds and len(prepared) == size
     plans = {pid: entry[0] for pid, entry in engine._plans.items()}
     timing = Timing(engine.clock(), populated.answers_kept, populated.default_validity_s,
                     populated.stale_grace_s)
@@ -80,17 +88,19 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         outcome = build_outcome(batch, kb, res, timing, {})
         return cpb.ChargeBatchAnswer(answers=list(outcome.answers.values())).SerializeToString()
 
-    benchmark.extra_info["requests"] = BATCH
+    benchmark.extra_info["requests"] = size
     blob = benchmark(steps)
     answers = cpb.ChargeBatchAnswer.FromString(blob).answers
-    assert len(answers) == BATCH and all(a.result == cpb.SUCCESS for a in answers)
+    assert len(answers) == size and all(a.result == cpb.SUCCESS for a in answers)
 
 
-def test_apply(benchmark, populated: Config, loop: asyncio.AbstractEventLoop) -> None:
-    """Store.apply of engine-made 1000-request batches (one Lua call per partition)."""
-    traffic = Traffic(SUBSCRIBERS, sessions=BATCH)
+def test_apply(benchmark, populated: Config, loop: asyncio.AbstractEventLoop,
+               size: int) -> None:
+    """Store.apply of four engine-made 1000-request batches (one Lua call per partition
+    each)."""
+    traffic = Traffic(SUBSCRIBERS, sessions=size)
     recorded = loop.run_until_complete(
-        capture_writes(populated, traffic, BATCH, warmup=3, batches=4))
+        capture_writes(populated, traffic, size, warmup=3, batches=4))
     store = Store(populated.redis_url, populated.partitions)
     retention = populated.answer_retention_s * 1000
     refused: list[int] = []
