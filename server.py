@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import signal
@@ -16,12 +17,21 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
-from engine import metrics
+from engine import metrics, security
 from engine.billing import BILLING, Billing, add_billing_service
 from engine.charging import Engine, wall_clock_ms
 from engine.config import Config
-from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Overloaded
+from engine.errors import (
+    AlreadyExists,
+    ConfigError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+)
+from engine.logs import mask_secrets
 from engine.provisioning import Provisioner
 from engine.redis_server import RedisServer
 from engine.store import Store
@@ -134,8 +144,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             try:
                 async for msg in request_iterator:
                     self._check_size(len(msg.requests))
-                    futures = self.engine.submit(list(msg.requests))
-                    await inflight.put((msg, asyncio.ensure_future(asyncio.gather(*futures))))
+                    await inflight.put((msg, self.engine.submit(list(msg.requests))))
             finally:
                 await inflight.put(None)
 
@@ -175,8 +184,9 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str,
                   billing: Billing | None = None
                   ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A grpc.aio server with every service registered, bound but not started."""
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    config = engine.config
+    server = grpc.aio.server(interceptors=security.interceptors(config), options=[
+        ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 1),
     ])
     _add_service(server, CHARGING, ChargingServicer(engine))
@@ -186,10 +196,20 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
                                          health.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = security.bind(server, config, address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer
+
+
+def tune_gc(threshold: int) -> None:
+    """Everything alive after start (code, compiled kernels) is moved out of the collector's
+    sight, and young collections run less often: the caches hold many objects, and Python's
+    defaults would rescan them all the time."""
+    if threshold > 0:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(threshold, 20, 10)
 
 
 @dataclass
@@ -215,6 +235,8 @@ class Tollgate:
         return f"{host}:{self.port}"
 
     async def start(self) -> Tollgate:
+        for warning in security.exposure_warnings(self.config):
+            log.warning(warning)
         url = self.config.redis_url
         if not url:
             # Started from the main thread: the child's parent-death signal follows the
@@ -224,8 +246,12 @@ class Tollgate:
             url = self.redis.url
             log.info("embedded redis-server started", extra={"url": url,
                                                               "data_dir": self.config.data_dir})
-        self.store = Store(url, self.config.partitions, self.config.redis_timeout_s)
-        await self.store.init()
+        self.store = Store(url, self.config.partitions, self.config.redis_timeout_s,
+                           self.config.redis_wait_replicas, self.config.redis_wait_timeout_ms)
+        try:
+            await self.store.init()
+        except RedisError as e:
+            raise ConfigError(f"cannot use Redis at {mask_secrets(url)}: {e}") from e
         self.engine = Engine(self.store, self.config, self.clock)
         self.engine.start()
         if self.config.sweep_interval_s > 0:
@@ -242,6 +268,7 @@ class Tollgate:
         metrics.serve_metrics(self.config.metrics_port)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        tune_gc(self.config.gc_threshold)
         log.info("tollgate serving", extra={"address": self.address})
         return self
 

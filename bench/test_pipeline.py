@@ -11,7 +11,7 @@ import pytest
 from bench.ceiling import apply_ceiling, capture_writes, rebase
 from bench.traffic import Traffic
 from engine import population
-from engine.batch import Pending, assemble
+from engine.batch import Answers, Pending, assemble
 from engine.charging import Engine
 from engine.config import Config
 from engine.decode import decode
@@ -64,8 +64,9 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
                 traffic.answered(r, a)
         await engine.close()
         now = engine.clock()
-        fut = loop.create_future()
-        batch = [Pending(m, decode(m, populated, now), fut) for m in traffic.batch(size)]
+        call = Answers(size, loop.create_future())
+        batch = [Pending(m, decode(m, populated, now), call, slot)
+                 for slot, m in enumerate(traffic.batch(size))]
         batch = await engine._resolve_subscribers(batch)
         await engine._load(batch)
         batch = engine._check_sessions(batch)
@@ -81,7 +82,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
                     populated.stale_grace_s)
 
     def steps() -> bytes:
-        batch = [Pending(p.msg, decode(p.msg, populated, timing.now_ms), p.future,
+        batch = [Pending(p.msg, decode(p.msg, populated, timing.now_ms), p.call, p.slot,
                          p.account_id) for p in prepared]
         kb = assemble(batch, engine.accounts, plans, engine.rates, set())
         res = kb.run(engine.rates)

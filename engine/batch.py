@@ -6,11 +6,12 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from engine.decode import Request, units_of
+from engine.decode import MAX_TIME_MS, Request, units_of
 from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType
 from engine.kernels.charge import (
     FLAG_GRACE,
@@ -29,21 +30,45 @@ ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want",
 """The kernel's `items` tuple (local times: the plan's UTC offset added)."""
 
 
+LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
+
+
+class Answers:
+    """The answers to one gateway message, in its order: one future for the whole message
+    (a future per request would cost the event loop a callback per request)."""
+
+    __slots__ = ("answers", "future", "left")
+
+    def __init__(self, n: int, future: asyncio.Future[list[pb.ChargeAnswer]]) -> None:
+        self.answers: list[pb.ChargeAnswer | None] = [None] * n
+        self.left = n
+        self.future = future
+
+    def put(self, slot: int, ans: pb.ChargeAnswer) -> None:
+        if self.answers[slot] is None:
+            self.answers[slot] = ans
+            self.left -= 1
+            if self.left == 0 and not self.future.done():
+                self.future.set_result(cast(list[pb.ChargeAnswer], self.answers))
+
+
 @dataclass(slots=True, eq=False)
 class Pending:
     """A decoded request waiting for its answer."""
 
     msg: pb.ChargeRequest
     request: Request
-    future: asyncio.Future[pb.ChargeAnswer]
+    call: Answers
+    slot: int  # its place in the call's answers
     account_id: str = ""
     reruns: int = 0
+    deadline: float = 0.0  # event-loop time by which it must be answered (request_deadline_s)
     followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch
 
     def answer(self, ans: pb.ChargeAnswer) -> None:
-        for p in (self, *self.followers):
-            if not p.future.done():
-                p.future.set_result(ans)
+        self.call.put(self.slot, ans)
+        for p in self.followers:
+            p.call.put(p.slot, ans)
         self.followers.clear()
 
 
@@ -181,7 +206,10 @@ def local_offset_ms(timezone: str, time_ms: int) -> int:
     """UTC offset of the plan's time zone at a moment (time windows are local)."""
     if not timezone:
         return 0
-    offset = datetime.fromtimestamp(time_ms / 1000, _zone(timezone)).utcoffset()
+    # The last two days of year 9999 have no local date east of UTC (datetime overflows);
+    # the offset two days earlier is the same rule.
+    at = min(time_ms, LATEST_LOCAL_MS)
+    offset = datetime.fromtimestamp(at / 1000, _zone(timezone)).utcoffset()
     return int(offset.total_seconds() * 1000) if offset else 0
 
 

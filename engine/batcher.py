@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from engine.errors import Overloaded
-
-log = logging.getLogger("tollgate.batcher")
 
 T = TypeVar("T")
 
@@ -86,8 +83,7 @@ class Batcher(Generic[T]):
             busy = True
             try:
                 again = await self._process(batch)
-            except Exception as e:  # the batch fails, the batcher lives on
-                log.exception("batch of %d failed", len(batch))
+            except Exception as e:  # the batch fails, the batcher lives on (on_error logs)
                 self._on_error(batch, e)
                 continue
             self.batches += 1

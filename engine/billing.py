@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from engine import keys
 from engine.config import Config
 from engine.errors import InvalidArgument
+from engine.redis_client import cluster_of
 from engine.store import Store
 from tollgate.v1 import billing_pb2 as pb
 from tollgate.v1 import billing_pb2_grpc, events_pb2, usage_pb2
@@ -45,6 +46,8 @@ DROPPED_UNACKED = Counter(
 MAX_SCAN = 100_000
 """GetUsage reads at most this many stream entries per call (a page may then be short)."""
 MAX_ACK_IDS = 100_000
+CLUSTER_POLL_S = 0.02
+"""Redis Cluster: how often an idle stream looks for new records (no multi-slot blocking)."""
 _SID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 StreamId = tuple[int, int]
@@ -108,6 +111,7 @@ class Billing:
     def __init__(self, store: Store, config: Config) -> None:
         self.redis = store.redis
         self.partitions = store.partitions
+        self.cluster = cluster_of(store.redis) is not None
         self.config = config
         self._groups: set[tuple[int, str]] = set()
         self._closing = asyncio.Event()
@@ -191,9 +195,8 @@ class Billing:
         more = False
         for (p, _), reply in zip(list(cursors.items()), replies, strict=True):
             if isinstance(reply, Exception):
-                if "NOGROUP" in str(reply):  # the stream was deleted: set the group up again
-                    self._groups.discard((feed, group))
-                    await self.ensure_group(feed, group)
+                if "NOGROUP" in str(reply):
+                    await self._recreate_group(feed, group)
                     continue
                 raise reply
             cursor = _text(reply[0])
@@ -204,6 +207,9 @@ class Billing:
 
     async def _read_new(self, feed: int, group: str, consumer: str, parts: list[int],
                         count: int, block_ms: int | None) -> list[Entry]:
+        if self.cluster:
+            return await self._read_new_per_partition(feed, group, consumer, parts, count,
+                                                      block_ms)
         streams: dict[Any, Any] = {stream_key(feed, p): ">" for p in parts}
         try:
             reply = await self.redis.xreadgroup(group, consumer, streams, count=count,
@@ -211,15 +217,43 @@ class Billing:
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
-            self._groups.discard((feed, group))
-            await self.ensure_group(feed, group)
+            await self._recreate_group(feed, group)
             return []
         out: list[Entry] = []
         partition_of = {stream_key(feed, p): p for p in parts}
-        items = reply.items() if isinstance(reply, dict) else (reply or [])
-        for key, entries in items:
+        for key, entries in _stream_items(reply):
             out += self._entries(feed, partition_of[_text(key)], entries)
         return out
+
+    async def _read_new_per_partition(self, feed: int, group: str, consumer: str,
+                                      parts: list[int], count: int,
+                                      block_ms: int | None) -> list[Entry]:
+        """Redis Cluster: one XREADGROUP names streams of one slot only, so each partition
+        stream is read by its own (pipelined per node); nothing new on any of them, it looks
+        again every CLUSTER_POLL_S until block_ms is over."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (block_ms or 0) / 1000
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            for p in parts:
+                pipe.xreadgroup(group, consumer, {stream_key(feed, p): ">"}, count=count)
+            out: list[Entry] = []
+            for p, reply in zip(parts, await pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, Exception):
+                    if "NOGROUP" not in str(reply):
+                        raise reply
+                    await self._recreate_group(feed, group)
+                    continue
+                for _, entries in _stream_items(reply):
+                    out += self._entries(feed, p, entries)
+            if out or block_ms is None or loop.time() >= until or self._closing.is_set():
+                return out
+            await asyncio.sleep(CLUSTER_POLL_S)
+
+    async def _recreate_group(self, feed: int, group: str) -> None:
+        """The stream was deleted: set the group up again."""
+        self._groups.discard((feed, group))
+        await self.ensure_group(feed, group)
 
     @staticmethod
     def _entries(feed: int, p: int, entries: Iterable[Any]) -> list[Entry]:
@@ -444,6 +478,12 @@ class Billing:
                 raise
             except Exception:
                 log.exception("stream trim failed")
+
+
+def _stream_items(reply: Any) -> Iterable[tuple[Any, Any]]:
+    """(stream, entries) pairs of an XREADGROUP reply (a dict with RESP3, a list before)."""
+    return cast(Iterable[tuple[Any, Any]],
+                reply.items() if isinstance(reply, dict) else (reply or []))
 
 
 def _add(totals: dict[str, Any], rec: usage_pb2.RatedUsage) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
 from engine import metrics
-from engine.batch import KernelBatch, KernelResult, Pending, assemble
+from engine.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher
 from engine.config import Config
 from engine.cycles import renew_if_due
@@ -50,48 +53,98 @@ class Engine:
             self._process, self._fail, config.max_batch, config.batch_window_ms / 1000,
             config.max_queue)
         self.conflicts = 0
+        self._watcher: asyncio.Task[None] | None = None
+        store.subscriber_listeners.append(self._forget_subscriber)
 
     def start(self) -> None:
+        self.warm_up()
         self.batcher.start()
+        self._watcher = asyncio.create_task(self.store.watch_subscriber_changes())
 
     async def close(self) -> None:
         await self.batcher.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    def warm_up(self) -> None:
+        """Loads (or compiles) the kernels now, so that no request waits for Numba."""
+        assemble([], {}, {}, self.rates, set()).run(self.rates)
+
+    def _forget_subscriber(self, subscriber_id: str | None) -> None:
+        if subscriber_id is None:
+            self._subscribers.clear()
+        else:
+            self._subscribers.pop(subscriber_id, None)
 
     # --- entry point ---------------------------------------------------------------------
 
-    def submit(self, msgs: list[pb.ChargeRequest]) -> list[asyncio.Future[pb.ChargeAnswer]]:
-        """Queues requests; each future resolves to its answer once its effects are in Redis.
-        Raises Overloaded when the queue is full (nothing is queued then)."""
+    def submit(self, msgs: list[pb.ChargeRequest]) -> asyncio.Future[list[pb.ChargeAnswer]]:
+        """Queues requests; the future resolves to their answers, in order, once their effects
+        are in Redis. Raises Overloaded when the queue is full (nothing is queued then)."""
         loop = asyncio.get_running_loop()
         now = self.clock()
-        futures: list[asyncio.Future[pb.ChargeAnswer]] = []
+        deadline = loop.time() + self.config.request_deadline_s
+        call = Answers(len(msgs), loop.create_future())
         pending: list[Pending] = []
-        for msg in msgs:
-            fut: asyncio.Future[pb.ChargeAnswer] = loop.create_future()
-            futures.append(fut)
+        for slot, msg in enumerate(msgs):
             try:
                 request = decode(msg, self.config, now)
             except Invalid as e:
-                fut.set_result(error_answer(msg, e.code, str(e)))
+                call.put(slot, error_answer(msg, e.code, str(e)))
                 continue
-            pending.append(Pending(msg, request, fut))
+            pending.append(Pending(msg, request, call, slot, deadline=deadline))
         if pending:
             self.batcher.submit(pending)
-        return futures
+        elif not msgs:
+            call.future.set_result([])
+        return call.future
 
     async def charge(self, msgs: list[pb.ChargeRequest]) -> list[pb.ChargeAnswer]:
-        return list(await asyncio.gather(*self.submit(msgs)))
+        return await self.submit(msgs)
 
     def _fail(self, batch: list[Pending], error: BaseException) -> None:
+        """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a
+        retransmission finds the stored answer if it was. Cached state is dropped."""
         metrics.BATCH_ERRORS.inc()
+        # A Redis outage fails every batch: one line each, no traceback (that is for bugs).
+        if isinstance(error, TimeoutError):
+            why = (f"storage did not answer within request_deadline_s "
+                   f"({self.config.request_deadline_s:g} s), retry")
+            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
+        elif isinstance(error, RedisError | OSError):
+            why = f"storage unavailable, retry ({type(error).__name__}: {error})"
+            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
+        else:
+            why = f"internal error ({type(error).__name__}), retry"
+            log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
         for p in batch:
             self.accounts.pop(p.account_id, None)
-            p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY,
-                                  f"storage unavailable, retry: {type(error).__name__}"))
+            p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY, why))
 
     # --- one batch ----------------------------------------------------------------------
 
     async def _process(self, batch: list[Pending]) -> list[Pending]:
+        """Answers what waited past its deadline without running it (so it is never applied)
+        and runs the rest under the earliest remaining deadline."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        live = []
+        for p in batch:
+            if p.deadline <= now:
+                p.answer(error_answer(
+                    p.msg, ResultCode.UNABLE_TO_COMPLY,
+                    f"not run within request_deadline_s ({self.config.request_deadline_s:g} s):"
+                    " storage is slow or unreachable, retry"))
+            else:
+                live.append(p)
+        if not live:
+            return []
+        async with asyncio.timeout_at(min(p.deadline for p in live)):
+            return await self._run_batch(live)
+
+    async def _run_batch(self, batch: list[Pending]) -> list[Pending]:
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.QUEUED.set(self.batcher.queued)
         order = {id(p): n for n, p in enumerate(batch)}

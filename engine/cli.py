@@ -1,5 +1,5 @@
 """The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate,
-bench."""
+token create, bench."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, listen=args.listen, redis_url=args.redis_url,
                        data_dir=args.data_dir, log_format=args.log_format,
-                       log_level=args.log_level)
+                       log_level=args.log_level, workers=getattr(args, "workers", None))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
                            description="Run the server until SIGTERM/SIGINT. Without "
                                        "REDIS_URL it starts its own redis-server with AOF.")
     _common(serve)
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="N server processes on the one port (SO_REUSEPORT), restarted by "
+                            "a supervisor when one dies (default 1)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     demo = sub.add_parser("demo", help="start everything, drive sample sessions, print a table")
     _common(demo)
     demo.add_argument("--sessions", type=int, default=300)
@@ -49,7 +53,11 @@ def parser() -> argparse.ArgumentParser:
                                        "and examples/plans.toml for every feature.")
     plans_sub = plans.add_subparsers(dest="plans_command", required=True, metavar="ACTION")
     load = plans_sub.add_parser("load", help="store each plan of FILE as a new version "
-                                             "(PutPlan on a running server)")
+                                             "(PutPlan on a running server)",
+                                description="A server with tokens or TLS: set "
+                                            "TOLLGATE_CLIENT_TOKEN (an operator token), "
+                                            "TOLLGATE_CLIENT_CA, and for mutual TLS "
+                                            "TOLLGATE_CLIENT_CERT and TOLLGATE_CLIENT_KEY.")
     load.add_argument("file", metavar="FILE")
     load.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
                       help=f"the Tollgate gRPC address (default {DEFAULT_SERVER})")
@@ -58,9 +66,53 @@ def parser() -> argparse.ArgumentParser:
     check = plans_sub.add_parser("check", help="validate FILE without a server")
     check.add_argument("file", metavar="FILE")
     _billing_parsers(sub)
+    _token_parsers(sub)
+    dev = sub.add_parser("dev", help="local tools for development: a Redis Cluster")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    cl = dev_sub.add_parser(
+        "cluster", help="start a local Redis Cluster on free ports until Ctrl-C",
+        description="Starts redis-server cluster nodes on 127.0.0.1 (free ports, slots split "
+                    "evenly), prints the redis+cluster:// URL for --redis-url / REDIS_URL, "
+                    "and stops and removes them on Ctrl-C or SIGTERM.")
+    cl.add_argument("--nodes", type=int, default=3, metavar="N", help="masters (default 3)")
+    cl.add_argument("--replicas", type=int, default=0, metavar="R",
+                    help="replicas per master (default 0)")
+    cl.add_argument("--dir", metavar="DIR",
+                    help="data folder (default: a temporary one, removed at the end)")
     from bench.cli import add_bench_parser
     add_bench_parser(sub)
     return p
+
+
+def _token_parsers(sub: argparse._SubParsersAction) -> None:
+    token = sub.add_parser("token", help="client bearer tokens: create",
+                           description="Tokens authenticate gRPC clients when the server's "
+                                       "tokens_file is set. Only a SHA-256 of each is stored.")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_sub.add_parser(
+        "create", help="add a client to a tokens file and print its new token once",
+        description="Roles: gateway (Charging), operator (Provisioning and other operator "
+                    "services), billing (Billing). The server reads the file again within "
+                    "seconds; no restart needed.")
+    create.add_argument("--file", required=True, metavar="FILE",
+                        help="the tokens file (created with mode 0600)")
+    create.add_argument("--name", required=True, help="the client's name (shown in logs)")
+    create.add_argument("--role", required=True, action="append",
+                        choices=["gateway", "operator", "billing"],
+                        help="a role of the client (repeat for several)")
+
+
+def token_command(args: argparse.Namespace) -> int:
+    """`tollgate token create`: the token on stdout, nothing else."""
+    from engine.security import create_token
+    try:
+        print(create_token(args.file, args.name, args.role))
+    except (ConfigError, OSError) as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
+    print(f"client {args.name!r} ({', '.join(args.role)}) added to {args.file}; the token "
+          "is shown only this once", file=sys.stderr)
+    return 0
 
 
 def _tool_common(p: argparse.ArgumentParser) -> None:
@@ -170,12 +222,14 @@ def plans_command(args: argparse.Namespace) -> int:
         return 0
     import grpc
 
+    from engine.security import ClientSettings
     from tollgate.v1 import provisioning_pb2_grpc
-    with grpc.insecure_channel(args.server) as channel:
+    client = ClientSettings.from_env()
+    with client.channel(args.server) as channel:
         stub = provisioning_pb2_grpc.ProvisioningStub(channel)
         for plan in plans:
             try:
-                stored = stub.PutPlan(plan, timeout=args.timeout)
+                stored = stub.PutPlan(plan, timeout=args.timeout, metadata=client.metadata())
             except grpc.RpcError as e:
                 print(f"tollgate: {plan.plan_id}: {e.code().name}: {e.details()}",
                       file=sys.stderr)
@@ -184,12 +238,49 @@ def plans_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def dev_cluster(args: argparse.Namespace) -> int:
+    """`tollgate dev cluster`: runs a local Redis Cluster until Ctrl-C / SIGTERM."""
+    import shutil
+    import signal
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from engine.redis_cluster import LocalCluster
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tollgate-cluster-"))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting {args.nodes} masters with {args.replicas} replicas each in {base} ...",
+          file=sys.stderr, flush=True)
+    try:
+        with LocalCluster(base, masters=args.nodes, replicas=args.replicas) as cluster:
+            for m in cluster.masters():
+                print(f"master 127.0.0.1:{m} replicas "
+                      f"{' '.join(f'127.0.0.1:{r}' for r in cluster.replicas_of(m)) or '-'}",
+                      file=sys.stderr)
+            print(cluster.url, flush=True)
+            print("Ctrl-C stops it", file=sys.stderr, flush=True)
+            stop.wait()
+    except ConfigError as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "plans":
         return plans_command(args)
+    if args.command == "dev":
+        return dev_cluster(args)
     if args.command in ("usage", "reconcile", "rerate"):
         return billing_command(args)
+    if args.command == "token":
+        return token_command(args)
     if args.command == "bench":
         from bench.cli import bench_command
         return bench_command(args)
@@ -199,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tollgate: {e}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        setup_logging(config.log_level, config.log_format)
+        setup_logging(config.log_level, config.log_format, config.log_sensitive)
+        if config.workers > 1 and args.worker_index is None:
+            from engine.supervisor import Supervisor
+            return Supervisor(config).run()
         from server import serve
 
         def ready(app: object) -> None:

@@ -18,6 +18,9 @@ class Config:
 
     listen: str = "127.0.0.1:50051"
     """gRPC address to bind (host:port; port 0 picks a free one)."""
+    workers: int = 1
+    """Server processes sharing the listen port (SO_REUSEPORT) under a supervisor that
+    restarts a worker that dies; each has its own batcher (`tollgate serve --workers N`)."""
     redis_url: str = ""
     """Redis to use; empty = start an embedded redis-server with AOF in data_dir."""
     data_dir: str = "./tollgate-data"
@@ -44,8 +47,9 @@ class Config:
     """How often the stale-reservation sweeper runs (0 = never, e.g. another process does)."""
     account_cache_size: int = 200_000
     """Accounts (with their sessions) cached in process, validated by version on apply."""
-    subscriber_cache_s: float = 2.0
-    """How long a subscriber -> account lookup is cached."""
+    subscriber_cache_s: float = 60.0
+    """How long a subscriber -> (account, state) lookup is cached. Changes reach every server
+    at once through pub/sub; this bounds staleness should that channel miss one."""
     plan_refresh_s: float = 1.0
     """How often the current version of a cached plan is checked."""
     max_requests_per_call: int = 10_000
@@ -57,14 +61,38 @@ class Config:
     max_units: int = 2**50
     """Largest unit count accepted in one report or request (about 1 PiB)."""
     redis_timeout_s: float = 5.0
-    """Deadline of one Redis round trip."""
+    """Deadline of one Redis round trip (and of resending partitions while slots move)."""
+    redis_wait_replicas: int = 0
+    """After each batch's writes, WAIT until this many replicas of each written node have
+    them before answering (0 = don't wait: a failover may lose the last writes)."""
+    redis_wait_timeout_ms: int = 1000
+    """How long that WAIT may take; fewer acks then fail the batch (UNABLE_TO_COMPLY)."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM: how long in-flight batches may take to finish."""
+    gc_threshold: int = 50_000
+    """Allocations between young-generation garbage collections (Python's default, 700,
+    makes the collector rescan the caches so often that it costs about a third of the CPU
+    of charging). 0 keeps Python's defaults."""
     metrics_port: int = 9464
     """Prometheus /metrics port (0 = off); a port in use is logged and skipped."""
     log_level: str = "INFO"
     log_format: str = "json"
     """'json' (one object per line) or 'text'."""
+    log_sensitive: bool = False
+    """Show subscriber ids and secrets in logs (debugging only; masked by default)."""
+    request_deadline_s: float = 5.0
+    """Longest a charging request waits for its answer (queue and Redis included); past it
+    the answer is UNABLE_TO_COMPLY, and a request still queued is never applied."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest gRPC message the server accepts (grpc.max_receive_message_length)."""
+    tls_cert: str = ""
+    """PEM certificate chain of the gRPC port; with tls_key, the port speaks TLS only."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    tls_client_ca: str = ""
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+    tokens_file: str = ""
+    """Bearer tokens file (`tollgate token create`); empty = no authentication."""
     billing_redeliver_ms: int = 30_000
     """Billing: a delivered record not acknowledged within this time is delivered again
     (to any live consumer of its group: this is how a dead consumer's records move on)."""

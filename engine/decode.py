@@ -13,6 +13,8 @@ UnitsTuple = tuple[int, int, int, int, int]
 
 REPORTING_REASONS = frozenset(pb.ReportingReason.values())
 UNIT_FIELDS = ("total_octets", "input_octets", "output_octets", "time_seconds", "service_units")
+MAX_TIME_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: later times have no calendar date (plan time zones need one)."""
 
 
 @dataclass(slots=True)
@@ -53,12 +55,9 @@ def units_of(u: UnitsTuple | None, unit: UnitType) -> int:
     return u[4]
 
 
-def units_message(amount: int, unit: UnitType) -> pb.Units:
-    if unit == UnitType.OCTETS:
-        return pb.Units(total_octets=amount)
-    if unit == UnitType.SECONDS:
-        return pb.Units(time_seconds=amount)
-    return pb.Units(service_units=amount)
+UNIT_FIELD = {UnitType.OCTETS: "total_octets", UnitType.SECONDS: "time_seconds",
+              UnitType.SERVICE_UNITS: "service_units"}
+"""The Units field that carries an amount of each unit type in answers."""
 
 
 def _units(msg: pb.Units, where: str, limit: int) -> UnitsTuple:
@@ -102,8 +101,10 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
     if kind == RequestType.INITIAL and msg.request_number != 0:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"INITIAL must have request_number 0 (got {msg.request_number})")
-    if msg.event_time_ms < 0:
-        raise Invalid(ResultCode.INVALID_AVP_VALUE, "event_time_ms may not be negative")
+    if not 0 <= msg.event_time_ms <= MAX_TIME_MS:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                      f"event_time_ms must be between 0 and {MAX_TIME_MS} (the year 9999); "
+                      f"got {msg.event_time_ms}")
     if len(msg.units) > config.max_units_per_request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"units: at most {config.max_units_per_request} rating groups per "

@@ -27,7 +27,7 @@ from typing import IO, Any, cast
 import redis
 from google.protobuf.descriptor import FieldDescriptor
 
-from engine import keys
+from engine import keys, redis_client
 from tollgate.v1 import usage_pb2
 
 CHUNK = 2000
@@ -50,7 +50,7 @@ def parse_time(value: str) -> int:
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    return redis_client.connect(url, socket_timeout=30, socket_connect_timeout=10)
 
 
 def partition_count(client: redis.Redis) -> int:

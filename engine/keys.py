@@ -14,9 +14,12 @@ def account(p: int, account_id: str) -> str:
     return f"tg:{{p{p}}}:acct:{account_id}"
 
 
+SESSIONS_SUFFIX = ":sessions"
+
+
 def account_sessions(p: int, account_id: str) -> str:
     """Set of the account's open session ids (for live reservations and the sweeper)."""
-    return f"tg:{{p{p}}}:acct:{account_id}:sessions"
+    return account(p, account_id) + SESSIONS_SUFFIX
 
 
 def session(p: int, session_id: str) -> str:
@@ -59,6 +62,10 @@ def subscriber(subscriber_id: str) -> str:
 def plan(plan_id: str) -> str:
     return f"tg:plan:{plan_id}"
 
+
+SUBSCRIBER_CHANGES = "tg:subscriber-changes"
+"""Pub/sub channel: a subscriber id whose account or state changed (servers drop it from
+their caches)."""
 
 META = "tg:meta"
 """Install-wide settings fixed at first start (the partition count)."""

@@ -29,6 +29,9 @@ APPLY_SECONDS = Histogram("tollgate_redis_apply_seconds", "Redis apply round tri
 CONFLICTS = Counter("tollgate_version_conflicts",
                     "Account writes refused by the version check and run again")
 QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
+REDIRECTS = Counter("tollgate_partitions_resent",
+                    "Partition applies sent again: MOVED/ASK/TRYAGAIN while slots move, or a "
+                    "node lost to a failover (Redis Cluster)")
 BATCH_ERRORS = Counter("tollgate_batch_errors", "Batches answered UNABLE_TO_COMPLY after an "
                                                 "error (usually Redis unreachable)")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from engine import keys
 from engine.batch import ItemRef, KernelBatch, KernelResult, Pending
-from engine.decode import Request, units_message
+from engine.decode import UNIT_FIELD, Request
 from engine.domain import (
     MONEY_SOURCE,
     Bucket,
@@ -23,6 +23,8 @@ from engine.state import AccountState, SessionState, reservation_value
 from engine.store import AccountWrite, SessionWrite
 from tollgate.v1 import charging_pb2 as pb
 from tollgate.v1 import events_pb2, usage_pb2
+
+SUCCESS = int(ResultCode.SUCCESS)
 
 
 @dataclass(slots=True)
@@ -68,7 +70,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     plan = kb.plans[kb.index[p.account_id]]
     old = acct.sessions.get(req.session_id)
     ans = pb.ChargeAnswer(session_id=req.session_id, request_number=req.request_number,
-                          result=int(ResultCode.SUCCESS))
+                          result=SUCCESS)
     new = SessionState(
         session_id=req.session_id, subscriber_id=req.subscriber_id, last_rn=req.request_number,
         ended=req.type in (RequestType.TERMINATION, RequestType.EVENT),
@@ -202,7 +204,7 @@ def grant(ref: ItemRef, result: int, granted: int, validity_s: int,
     rate = ref.rate
     if rate is None or result != ResultCode.SUCCESS or ref.want == WANT_NONE:
         return g
-    g.granted.CopyFrom(units_message(granted, rate.unit_type))
+    setattr(g.granted, UNIT_FIELD[rate.unit_type], granted)
     if ref.want == WANT_GRANT:
         g.validity_time_s = validity_s
         g.quota_holding_time_s = rate.quota_holding_time_s

@@ -18,7 +18,7 @@ import redis
 from engine.errors import ConfigError
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies, so a killed Tollgate leaves no
     orphan redis-server holding its AOF (Linux prctl PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
@@ -35,17 +35,24 @@ class RedisServer:
     """A redis-server on 127.0.0.1 with AOF in `data_dir`; `url` once started."""
 
     def __init__(self, data_dir: str | Path, port: int = 0, appendfsync: str = "everysec",
-                 appendonly: bool = True) -> None:
+                 appendonly: bool = True, password: str = "", die_with_parent: bool = True,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_args = extra_args  # e.g. the cluster options of a cluster node
         self.port = port or free_port()
         self.appendfsync = appendfsync
         self.appendonly = appendonly
+        self.password = password  # requirepass (tests of authenticated Redis)
+        # Tests that restart Redis while gRPC threads run turn this off: a preexec function
+        # forces fork(), whose gRPC atfork handlers can break the child before it execs.
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -66,9 +73,12 @@ class RedisServer:
              "--dir", str(self.data_dir.resolve()),
              "--appendonly", "yes" if self.appendonly else "no",
              "--appendfsync", self.appendfsync, "--protected-mode", "yes",
-             "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+             "--daemonize", "no", "--loglevel", "warning", *self.extra_args,
+             *(["--requirepass", self.password] if self.password else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent if self.die_with_parent else None)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2,
+                             password=self.password or None)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

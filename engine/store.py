@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -18,7 +20,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from engine import keys
 from engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
 from engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
+from engine.node_pipelines import NodePipelines
 from engine.plans import plan_from_proto, plan_to_proto
+from engine.redis_client import connect_async
 from engine.state import (
     MEMBER_COUNTERS,
     AccountState,
@@ -30,6 +34,8 @@ from engine.state import (
 )
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
+
+log = logging.getLogger("tollgate.store")
 
 LUA = Path(__file__).parent / "lua"
 TOPUP_MARKER_TTL_MS = 400 * 24 * 3600 * 1000  # a top-up id stays known for over a year
@@ -64,13 +70,12 @@ _LENGTH = struct.Struct(">I").pack
 
 def _group(w: AccountWrite) -> bytes:
     """One account's write as length-prefixed tokens, in apply.lua's order."""
-    tokens: list[bytes | str | int] = [w.expected_version, len(w.sets)]
+    tokens: list[bytes | str | int] = [len(w.sessions), w.expected_version, len(w.sets)]
     for f, v in w.sets.items():
         tokens += (f, v)
     tokens.append(len(w.increments))
     for f, d in w.increments.items():
         tokens += (f, d)
-    tokens.append(len(w.sessions))
     for s in w.sessions:
         tokens += (s.session_id, "end" if s.ended else "open", s.expiry_ms, len(s.fields))
         for f, value in s.fields.items():
@@ -101,12 +106,14 @@ def hash_blob(fields: dict[str, Any]) -> bytes:
 class Store:
     """Talks to Redis; knows key layout and Lua scripts, nothing about rating."""
 
-    def __init__(self, url: str, partitions: int, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, partitions: int, timeout_s: float = 5.0,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.partitions = partitions
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        self.redis: aioredis.Redis = connect_async(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 3),
             retry_on_error=[RedisConnectionError], health_check_interval=30)
+        self.nodes = NodePipelines(self.redis, timeout_s, wait_replicas, wait_timeout_ms)
         self._apply = self.redis.register_script((LUA / "apply.lua").read_text())
         self._topup = self.redis.register_script((LUA / "topup.lua").read_text())
         self._create = self.redis.register_script((LUA / "create.lua").read_text())
@@ -119,6 +126,13 @@ class Store:
         self._subscriber_state = self.redis.register_script(
             (LUA / "subscriber_state.lua").read_text())
         self._buy_addon = self.redis.register_script((LUA / "buy_addon.lua").read_text())
+        self.subscriber_listeners: list[Callable[[str | None], None]] = []
+        """Called with a subscriber id whose account or state changed, None = maybe any."""
+        self._subscriber_claim = self.redis.register_script(
+            (LUA / "subscriber_claim.lua").read_text())
+        self._subscriber_release = self.redis.register_script(
+            (LUA / "subscriber_release.lua").read_text())
+        self._outbox_clear = self.redis.register_script((LUA / "outbox_clear.lua").read_text())
 
     async def init(self) -> None:
         """Fixes the partition count at first start and refuses a different one later."""
@@ -129,6 +143,7 @@ class Store:
                               f"the configuration says {self.partitions}")
 
     async def close(self) -> None:
+        await self.nodes.close()
         await self.redis.aclose()
 
     async def ping(self) -> bool:
@@ -139,6 +154,31 @@ class Store:
 
     def partition(self, account_id: str) -> int:
         return keys.partition_of(account_id, self.partitions)
+
+    async def _subscriber_changed(self, subscriber_id: str) -> None:
+        """Tells this process's caches at once and the other servers through pub/sub."""
+        self._tell_listeners(subscriber_id)
+        await self.redis.publish(keys.SUBSCRIBER_CHANGES, subscriber_id)
+
+    async def watch_subscriber_changes(self) -> None:
+        """Feeds the listeners from the pub/sub channel until cancelled. Whenever the channel
+        (re)connects they hear None: changes may have been missed while it was down."""
+        while True:
+            try:
+                async with self.redis.pubsub() as ps:
+                    await ps.subscribe(keys.SUBSCRIBER_CHANGES)
+                    self._tell_listeners(None)
+                    async for msg in ps.listen():
+                        if msg["type"] == "message":
+                            self._tell_listeners(msg["data"].decode())
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                log.warning("subscriber change channel lost, reconnecting: %s", e)
+                self._tell_listeners(None)
+                await asyncio.sleep(0.5)
+
+    def _tell_listeners(self, subscriber_id: str | None) -> None:
+        for listener in self.subscriber_listeners:
+            listener(subscriber_id)
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -172,17 +212,21 @@ class Store:
 
     async def apply(self, writes: dict[int, list[AccountWrite]],
                     retention_ms: int) -> dict[int, set[int]]:
-        """One Lua call per partition, all in one pipeline. Returns, per partition, the
-        indexes of the account writes refused because the version had moved."""
-        pipe = self.redis.pipeline(transaction=False)
-        order = list(writes)
-        for p in order:
+        """One Lua call per partition, pipelined per Redis node (engine.node_pipelines: a
+        call sent again after an error finds the version moved, so it never applies twice).
+        Returns, per partition, the indexes of the account writes refused because the
+        version had moved."""
+        calls = {}
+        for p, ws in writes.items():
+            # Every key the script touches is declared (the same slot): during resharding
+            # Redis redirects by the declared keys only.
             group_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
-            group_keys += [w.key for w in writes[p]]
-            await self._apply(keys=group_keys, args=[retention_ms, *map(_group, writes[p])],
-                              client=pipe)
-        replies = await pipe.execute()
-        return {p: {int(g) - 1 for g in reply} for p, reply in zip(order, replies, strict=True)}
+            for w in ws:
+                group_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
+                group_keys += [keys.session(p, s.session_id) for s in w.sessions]
+            calls[p] = (group_keys, [retention_ms, *map(_group, ws)])
+        replies = await self.nodes.run(self._apply, calls)
+        return {p: {int(g) - 1 for g in reply} for p, reply in replies.items()}
 
     # --- provisioning -------------------------------------------------------------------
 
@@ -213,11 +257,18 @@ class Store:
             raise AlreadyExists(f"account {account_id!r} already exists")
 
     async def create_many(self, hashes: list[tuple[str, bytes]]) -> int:
-        """Bulk provisioning (one Redis, not a cluster: the keys span slots): creates each
-        (key, hash_blob(fields)) hash that does not exist yet in one call; returns how many
-        were created."""
-        return int(await self._create_many(keys=[k for k, _ in hashes],
-                                           args=[b for _, b in hashes]))
+        """Bulk provisioning: creates each (key, hash_blob(fields)) hash that does not exist
+        yet; returns how many were created. One call on a single Redis; on a cluster one call
+        per hash slot (keys of a call must share it), pipelined per node."""
+        calls: dict[int, tuple[list[str], list[bytes]]] = {}
+        cluster = self.nodes.cluster
+        for key, blob in hashes:
+            group = calls.setdefault(cluster.keyslot(key) if cluster is not None else 0,
+                                     ([], []))
+            group[0].append(key)
+            group[1].append(blob)
+        replies = await self.nodes.run(self._create_many, calls)
+        return sum(int(r) for r in replies.values())
 
     async def get_account(self, account_id: str) -> tuple[AccountState, list[SessionState]]:
         p = self.partition(account_id)
@@ -268,57 +319,102 @@ class Store:
     async def set_subscriber_state(self, subscriber_id: str, state: SubscriberState,
                                    now_ms: int | None = None) -> str:
         """Sets the state; a change appends a STATE_CHANGED event to the events stream of the
-        account's partition. Returns the subscriber's account id."""
+        account's partition. Returns the subscriber's account id.
+
+        The subscriber and the stream live in different slots (Redis Cluster), so the event
+        goes through an outbox field of the subscriber, set with the state in one atomic
+        call; it is appended to the stream and then cleared. A crash in between leaves it
+        for the next call on this subscriber (a consumer may see it twice, same event id)."""
         now = _now_ms() if now_ms is None else now_ms
         while True:
             account_id, _ = await self.get_subscriber(subscriber_id)
             event = _event(f"state:{subscriber_id}:{now}", EventKind.STATE_CHANGED, account_id,
                            now, subscriber_id=subscriber_id, detail=state.name)
-            reply = await self._subscriber_state(
-                keys=[keys.subscriber(subscriber_id),
-                      keys.events_stream(self.partition(account_id))],
-                args=[account_id, int(state), event])
-            if int(reply[0]) == -1:
+            reply = await self._subscriber_state(keys=[keys.subscriber(subscriber_id)],
+                                                 args=[account_id, int(state), event])
+            code = int(reply[0])
+            if code == -1:
                 raise NotFound(f"subscriber {subscriber_id!r} does not exist")
-            if int(reply[0]) != -2:  # -2: moved to another account meanwhile; read again
-                return account_id
+            if code == -2:  # moved to another account meanwhile; read again
+                continue
+            if code == 1:
+                await self._subscriber_changed(subscriber_id)
+            outbox = [e for e in (reply[1], event if code == 1 else b"") if e]
+            stream = keys.events_stream(self.partition(account_id))
+            for e in outbox:
+                await self.redis.xadd(stream, {"e": e})
+            if outbox:
+                await self._outbox_clear(keys=[keys.subscriber(subscriber_id)],
+                                         args=[outbox[-1]])
+            return account_id
 
     async def add_member(self, account_id: str, subscriber_id: str, cap_money: int,
                          cap_units: list[int]) -> bool:
         """Makes the subscriber (created if new) a member with these caps, or updates its
-        caps. Returns whether anything changed."""
-        reply = await self._member_add(
-            keys=[keys.account(self.partition(account_id), account_id),
-                  keys.subscriber(subscriber_id)],
-            args=[account_id, f"m:{subscriber_id}", member_caps_value(cap_money, cap_units),
-                  int(SubscriberState.ACTIVE)])
-        code = int(reply[0])
+        caps. Returns whether anything changed.
+
+        The account and the subscriber are in different slots (Redis Cluster): the caps are
+        set first, then the subscriber is claimed. Between the two, the member has caps but
+        no subscriber record, which charges nothing; a retry completes it."""
+        found = cast(bytes | None, await self.redis.hget(keys.subscriber(subscriber_id), "acct"))
+        if found is not None and found.decode() != account_id:
+            raise Conflict(f"subscriber {subscriber_id!r} belongs to account "
+                           f"{found.decode()!r}, not {account_id!r}")
+        account_key = keys.account(self.partition(account_id), account_id)
+        code = int((await self._member_add(
+            keys=[account_key],
+            args=[f"m:{subscriber_id}", member_caps_value(cap_money, cap_units)]))[0])
         if code == -1:
             raise NotFound(f"account {account_id!r} does not exist")
-        if code == -2:
+        claim = await self._subscriber_claim(keys=[keys.subscriber(subscriber_id)],
+                                             args=[account_id, int(SubscriberState.ACTIVE)])
+        if int(claim[0]) == -2:  # created on another account meanwhile: undo a new member
+            if code == 2:
+                await self._remove_member_fields(account_key, subscriber_id)
             raise Conflict(f"subscriber {subscriber_id!r} belongs to account "
-                           f"{reply[1].decode()!r}, not {account_id!r}")
-        return code == 1
+                           f"{claim[1].decode()!r}, not {account_id!r}")
+        return code > 0 or int(claim[0]) == 1
+
+    async def _remove_member_fields(self, account_key: str, subscriber_id: str) -> list[Any]:
+        m = f"m:{subscriber_id}"
+        held = [f"{m}:{c}" for c in MEMBER_COUNTERS if c == "mres" or c.startswith("r")]
+        return cast(list[Any], await self._member_remove(
+            keys=[account_key],
+            args=[m, len(held), *held, m, *(f"{m}:{c}" for c in MEMBER_COUNTERS)]))
 
     async def remove_member(self, account_id: str, subscriber_id: str) -> None:
         """Removes the member, its counters and the subscriber; refused while it holds
-        reservations."""
+        reservations.
+
+        The subscriber record (another slot on Redis Cluster) goes first, so no state in
+        between lets it charge without its caps; if the member turns out to hold
+        reservations by then (a request in flight), the subscriber is put back."""
+        account_key = keys.account(self.partition(account_id), account_id)
         m = f"m:{subscriber_id}"
         held = [f"{m}:{c}" for c in MEMBER_COUNTERS if c == "mres" or c.startswith("r")]
-        reply = await self._member_remove(
-            keys=[keys.account(self.partition(account_id), account_id),
-                  keys.subscriber(subscriber_id)],
-            args=[account_id, m, len(held), *held, m,
-                  *(f"{m}:{c}" for c in MEMBER_COUNTERS)])
-        code = int(reply[0])
-        if code == -1:
+        if not await self.redis.exists(account_key):
             raise NotFound(f"account {account_id!r} does not exist")
-        if code == -3:
+        caps, *counters = cast(list[bytes | None], await self.redis.hmget(account_key, [m, *held]))
+        if caps is None:
             raise NotFound(f"subscriber {subscriber_id!r} is not a member of account "
                            f"{account_id!r}")
+        for f, v in zip(held, counters, strict=True):
+            if v is not None and v != b"0":
+                raise Conflict(f"member has live reservations: {subscriber_id!r} holds "
+                               f"{f} = {v.decode()}; end its sessions first")
+        released = await self._subscriber_release(keys=[keys.subscriber(subscriber_id)],
+                                                  args=[account_id])
+        reply = await self._remove_member_fields(account_key, subscriber_id)
+        code = int(reply[0])
         if code == -4:
+            if int(released[0]) == 1:
+                await self._create(keys=[keys.subscriber(subscriber_id)],
+                                   args=["acct", account_id, "state", released[1]])
             raise Conflict(f"member has live reservations: {subscriber_id!r} holds "
                            f"{reply[1].decode()} = {reply[2].decode()}; end its sessions first")
+        if code == -1:
+            raise NotFound(f"account {account_id!r} does not exist")
+        await self._subscriber_changed(subscriber_id)
 
     async def top_up(self, topup_id: str, account_id: str, amount: int) -> tuple[bool, int]:
         if amount <= 0:

@@ -41,10 +41,21 @@ class Sweeper:
                     zset, "-inf", now, start=0, num=self.batch))
                 if not stale:
                     break
+                # The script's keys are all declared (Redis Cluster redirects by them while a
+                # slot moves), so the sessions' accounts are read first; a session's account
+                # never changes.
                 pipe = self.store.redis.pipeline(transaction=False)
                 for sess in stale:
-                    await self._script(keys=[sess.decode(), zset], args=[now], client=pipe)
-                total += sum(int(n) for n in await pipe.execute())
+                    pipe.hget(sess, "acct")
+                owners = await pipe.execute()
+                calls = {}
+                for n, (sess, acct) in enumerate(zip(stale, owners, strict=True)):
+                    script_keys = [sess.decode(), zset]
+                    if acct is not None:
+                        script_keys.append(keys.account(p, acct.decode()))
+                    calls[n] = (script_keys, [now])
+                replies = await self.store.nodes.run(self._script, calls)
+                total += sum(int(r) for r in replies.values())
                 if len(stale) < self.batch:
                     break
         self.released += total

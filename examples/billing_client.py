@@ -6,7 +6,9 @@
 Delivery is at least once: a record is acknowledged only after it is written (and flushed),
 so a crash between the two means it comes again; the record id is stable, so the billing
 system drops a record id it already has. Several copies with the same --group and different
---consumer names share the work. Ctrl-C stops it.
+--consumer names share the work. Ctrl-C stops it. A server with tokens or TLS: set
+TOLLGATE_CLIENT_TOKEN (a billing token) and TOLLGATE_CLIENT_CA (and TOLLGATE_CLIENT_CERT /
+TOLLGATE_CLIENT_KEY for mutual TLS).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import csv
 import sys
 from typing import TextIO
 
-import grpc
-
+from engine.security import ClientSettings
 from tollgate.v1 import billing_pb2 as bpb
 from tollgate.v1 import billing_pb2_grpc, usage_pb2
 
@@ -38,16 +39,19 @@ def consume(address: str, group: str, consumer: str, out: TextIO, limit: int = 0
     if not out.seekable() or out.tell() == 0:
         writer.writerow(COLUMNS)
     written = 0
-    with grpc.insecure_channel(address) as channel:
+    client = ClientSettings.from_env()
+    with client.channel(address) as channel:
         billing = billing_pb2_grpc.BillingStub(channel)
-        stream = billing.StreamRatedUsage(bpb.StreamRequest(group=group, consumer=consumer))
+        stream = billing.StreamRatedUsage(bpb.StreamRequest(group=group, consumer=consumer),
+                                          metadata=client.metadata())
         try:
             for batch in stream:
                 for record in batch.records:
                     writer.writerow(row(record))
                 out.flush()  # written first, then acknowledged
                 billing.Ack(bpb.AckRequest(group=group,
-                                           record_ids=[r.record_id for r in batch.records]))
+                                           record_ids=[r.record_id for r in batch.records]),
+                            metadata=client.metadata())
                 written += len(batch.records)
                 if limit and written >= limit:
                     break

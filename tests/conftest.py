@@ -1,18 +1,28 @@
-"""Shared fixtures: a real redis-server started on a free port, and a running Tollgate."""
+"""Shared fixtures: a real Redis started by the tests (one redis-server on a free port, and a
+3-master local Redis Cluster), and a running Tollgate.
+
+Every test that uses `redis_url` (directly or through `config`, `tollgate`, `gateway`) runs
+once per backend: `[single]` and `[cluster]`. TOLLGATE_TEST_REDIS=single (or cluster) runs
+one of them only. Tests open their own clients with engine.redis_client.connect /
+connect_async, which understand both kinds of URL."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
-import redis
 
 from engine.config import Config
+from engine.redis_client import connect
+from engine.redis_cluster import LocalCluster
 from engine.redis_server import RedisServer
 from server import Tollgate
 from tests.helpers import Gateway
+
+BACKENDS = os.environ.get("TOLLGATE_TEST_REDIS", "single,cluster").split(",")
 
 
 @pytest.fixture(scope="session")
@@ -22,12 +32,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    client = redis.Redis.from_url(redis_server.url)
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Three masters, no replicas; shared by every `[cluster]` test (fault tests that kill or
+    move nodes start their own)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """An empty Redis for this test: the single server or the cluster."""
+    if request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return cluster.url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = connect(server.url)
     client.flushall()
     client.close()
-    return redis_server.url
+    return server.url
 
 
 @pytest.fixture

@@ -1,17 +1,19 @@
 -- Applies one partition's share of a batch atomically, account by account.
 -- KEYS[1] = usage stream, KEYS[2] = event stream, KEYS[3] = open sessions (zset by expiry),
--- KEYS[3 + g] = the account of group g. ARGV[1] = retention of ended sessions (ms);
+-- then per group: its account, the account's open-session set, and one key per session it
+-- writes (in the group's order). ARGV[1] = retention of ended sessions (ms);
 -- ARGV[1 + g] = group g, a string of length-prefixed tokens (4-byte big-endian length):
---   expected_version, n_set, (field, value)*, n_incr, (field, delta)*,
---   n_sessions, per session: session_id, mode (open|end), expiry_ms, n_fields,
+--   n_sessions, expected_version, n_set, (field, value)*, n_incr, (field, delta)*,
+--   per session: session_id, mode (open|end), expiry_ms, n_fields,
 --     (field, value)*, n_del, field*,
 --   n_records, record*, n_events, event*
--- One argument per account keeps the client's command encoding cheap. Session keys are
--- derived from the account key's partition tag, so they live in the same cluster slot.
+-- One argument per account keeps the client's command encoding cheap. Every key is declared
+-- (all in the partition's slot): while a slot moves, Redis Cluster redirects by these.
 -- Numbers stay strings: Lua numbers are doubles and money is int64.
 -- Returns the group numbers whose account version had moved (nothing of them applied).
 local retention = ARGV[1]
 local conflicts = {}
+local k = 4
 for g = 1, #ARGV - 1 do
   local blob = ARGV[g + 1]
   local pos = 1
@@ -20,14 +22,16 @@ for g = 1, #ARGV - 1 do
     s, pos = struct.unpack('>I4c0', blob, pos)
     return s
   end
-  local acct = KEYS[g + 3]
+  local acct, set = KEYS[k], KEYS[k + 1]
+  local first_session = k + 2
+  k = first_session + tonumber(tok())
   if redis.call('HGET', acct, 'ver') ~= tok() then
     conflicts[#conflicts + 1] = g
   else
     local n = tonumber(tok())
     if n > 0 then
       local args = {}
-      for k = 1, 2 * n do args[k] = tok() end
+      for i = 1, 2 * n do args[i] = tok() end
       redis.call('HSET', acct, unpack(args))
     end
     n = tonumber(tok())
@@ -36,23 +40,21 @@ for g = 1, #ARGV - 1 do
       redis.call('HINCRBY', acct, field, tok())
     end
     redis.call('HINCRBY', acct, 'ver', 1)
-    local prefix = string.match(acct, '^(tg:{p%d+}:)')
-    local set = acct .. ':sessions'
-    for _ = 1, tonumber(tok()) do
+    for ks = first_session, k - 1 do
       local sid = tok()
       local mode = tok()
       local expiry = tok()
-      local sess = prefix .. 'sess:' .. sid
+      local sess = KEYS[ks]
       n = tonumber(tok())
       if n > 0 then
         local args = {}
-        for k = 1, 2 * n do args[k] = tok() end
+        for i = 1, 2 * n do args[i] = tok() end
         redis.call('HSET', sess, unpack(args))
       end
       n = tonumber(tok())
       if n > 0 then
         local args = {}
-        for k = 1, n do args[k] = tok() end
+        for i = 1, n do args[i] = tok() end
         redis.call('HDEL', sess, unpack(args))
       end
       if mode == 'open' then

@@ -1,5 +1,7 @@
 -- Releases the reservations of one open session that went silent past its expiry.
--- KEYS[1] = session, KEYS[2] = the partition's open-session zset. ARGV[1] = now (ms).
+-- KEYS[1] = session, KEYS[2] = the partition's open-session zset, KEYS[3] = the session's
+-- account (absent when the session hash is gone: then it only leaves the zset).
+-- ARGV[1] = now (ms).
 -- Atomic per session, and a no-op if the session was refreshed, ended or swept meanwhile,
 -- so a crashed sweep can simply run again and two sweepers may race.
 -- Returns the number of reservations released.
@@ -8,8 +10,10 @@ if not expiry or tonumber(expiry) > tonumber(ARGV[1]) then
   return 0
 end
 redis.call('ZREM', KEYS[2], KEYS[1])
-local prefix = string.match(KEYS[1], '^(tg:{p%d+}:)')
-local acct = prefix .. 'acct:' .. redis.call('HGET', KEYS[1], 'acct')
+if #KEYS < 3 then
+  return 0
+end
+local acct = KEYS[3]
 local sub = redis.call('HGET', KEYS[1], 'sub')
 local fields = redis.call('HGETALL', KEYS[1])
 local released = 0

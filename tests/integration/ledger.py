@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
-import redis
-import redis.asyncio as aioredis
 
 from engine import keys
+from engine.redis_client import connect, connect_async
 from tests.helpers import DATA_RG, SMS_RG, VIDEO_RG, VOICE_RG
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
@@ -323,15 +322,21 @@ class Traffic:
         return out
 
 
-async def run_lane(traffic: Traffic, send: Send, lane: str, sessions: int, width: int) -> None:
+async def run_lane(traffic: Traffic, send: Send, lane: str, sessions: int, width: int,
+                   stop: asyncio.Event | None = None) -> None:
     """Drives `sessions` sessions, `width` at a time, one request per session per message;
-    adds duplicates inside the same message and retransmissions in the next one."""
+    adds duplicates inside the same message and retransmissions in the next one. Once `stop`
+    is set no new session starts; the lane ends when the ones under way have ended."""
     rng = traffic.rng(lane)
     active: list[Session] = []
     repeats: list[tuple[cpb.ChargeRequest, str]] = []
     started = 0
-    while active or started < sessions or repeats:
-        while len(active) < width and started < sessions:
+
+    def more() -> bool:
+        return started < sessions and not (stop is not None and stop.is_set())
+
+    while active or more() or repeats:
+        while len(active) < width and more():
             active.append(traffic.new_session(lane))
             started += 1
         entries: list[tuple[str, cpb.ChargeRequest, Session | None]] = []
@@ -395,7 +400,7 @@ class FloorWatch:
         return self
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.redis_url)
+        client = connect(self.redis_url)
         try:
             names = list(self.keys)
             while not self._stop.is_set():
@@ -421,7 +426,7 @@ class FloorWatch:
 
 async def usage_records(redis_url: str) -> list[usage_pb2.RatedUsage]:
     """Every rated usage record of every partition stream."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_async(redis_url)
     try:
         out = []
         async for key in client.scan_iter(match="tg:*:usage", _type="stream"):

@@ -10,11 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from engine import keys
 from engine.config import Config
+from engine.redis_client import connect_async
 from server import Tollgate
 from tests.helpers import EUR, SMS_RG, Gateway, mscc, request
 from tollgate.v1 import billing_pb2 as bpb
@@ -41,7 +41,7 @@ def billing(gateway: Gateway) -> billing_pb2_grpc.BillingStub:
 
 @pytest.fixture
 async def db(redis_url: str) -> Any:
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_async(redis_url)
     yield client
     await client.aclose()
 

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import redis
 
 from engine.config import Config
+from engine.redis_client import connect
 from engine.store import Store
 from tests.helpers import (
     DATA_RG,
@@ -76,7 +76,7 @@ async def usage_records(config: Config) -> list:
 
 
 def session_keys(config: Config, session_id: str) -> list[bytes]:
-    client = redis.Redis.from_url(config.redis_url)
+    client = connect(config.redis_url)
     try:
         return list(client.scan_iter(match=f"tg:*:sess:{session_id}"))
     finally:

@@ -15,12 +15,12 @@ import random
 import tracemalloc
 
 import pyarrow.parquet as pq
-import redis
 
 from engine import keys
 from engine.cli import main
 from engine.export import Totals, export, parse_time
 from engine.reconcile import reconcile
+from engine.redis_client import connect
 from tests.helpers import EUR, sample_plan
 from tests.integration.ledger import Tariff, Traffic, provision, run_lane, usage_records
 from tollgate.v1 import common_pb2 as com
@@ -36,7 +36,7 @@ def fill(url: str, n: int, accounts: int = 50, seed: int = 1) -> dict[str, list[
     """n records over `accounts` synthetic accounts, record i written at BASE_MS + i (its id);
     the accounts' hashes balance them. Returns account -> [money, bucket units, records]."""
     rng = random.Random(seed)
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     client.hset(keys.META, "partitions", PARTS)
     per: dict[str, list[int]] = {f"syn-{a}": [0, 0, 0] for a in range(accounts)}
     topups: dict[str, int] = dict.fromkeys(per, 0)
@@ -188,7 +188,7 @@ async def test_reconcile_after_random_traffic_and_a_corrupted_account(gateway, r
     assert exported == want
 
     # Corrupt one account's money and another's bucket: both named, exit code 1.
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     p = keys.partition_of(accounts[1], PARTS)
     client.hincrby(keys.account(p, accounts[1]), "money", 123)
     q = keys.partition_of(accounts[2], PARTS)

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
+from engine.redis_client import connect_async
 from server import Tollgate
 from tests.helpers import (
     DATA_RG,
@@ -56,7 +57,7 @@ def config(config: Config) -> Config:
 
 @pytest.fixture
 async def db(config: Config) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(config.redis_url)
+    client = connect_async(config.redis_url)
     yield client
     await client.aclose()
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import redis
-
 from engine import keys
 from engine.cli import main
 from engine.reconcile import reconcile
+from engine.redis_client import connect
 from engine.rerate import rerate
 from tests.helpers import DATA_RG, EUR, SMS_RG, VOICE_RG, sample_plan
 from tests.integration.ledger import (
@@ -162,7 +161,7 @@ async def test_rerate_keeps_bucket_units_and_respects_the_period(gateway, redis_
     report = await asyncio.to_thread(reconcile, redis_url, progress=False)
     assert report.ok, report.lines()
     # The markers live next to the account, in its partition.
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     a = inside[0].account_id
     p = keys.partition_of(a, 8)
     assert client.hexists(f"tg:{{p{p}}}:rerate:{a}", f"{inside[0].record_id}@bund:2")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from engine import keys
 from engine.reconcile import reconcile
+from engine.redis_client import connect_async
 from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -27,7 +26,7 @@ async def traffic(gateway, subs):
 
 
 async def ack_everything(redis_url, partitions):
-    r = aioredis.Redis.from_url(redis_url)
+    r = connect_async(redis_url)
     for p in range(partitions):
         stream = keys.usage_stream(p)
         if not await r.exists(stream):
@@ -51,7 +50,7 @@ async def test_reconcile_holds_after_acknowledged_records_are_trimmed(tollgate, 
     assert report.trimmed > 0
     assert after.ok, after.lines()
     assert after.accounts == 4
-    r = aioredis.Redis.from_url(redis_url)
+    r = connect_async(redis_url)
     carried = {}
     for p in range(config.partitions):
         carried.update(await r.hgetall(keys.carried(p)))

@@ -8,12 +8,6 @@ sessions with one the server has not cached, after another writer moved the acco
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from engine.redis_server import free_port
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, VOICE_RG, Gateway, mscc, request, sample_plan
 from tests.integration.ledger import (
     FloorWatch,
@@ -37,66 +30,8 @@ from tests.integration.ledger import (
     summary,
     usage_records,
 )
+from tests.processes import ServerProcess
 from tollgate.v1 import charging_pb2 as cpb
-
-ROOT = Path(__file__).resolve().parents[2]
-READY = "tollgate serving on"
-
-
-class ServerProcess:
-    """One `tollgate serve` child on a free port; logs (stderr) go to a file."""
-
-    def __init__(self, redis_url: str, log_path: Path) -> None:
-        self.redis_url = redis_url
-        self.address = f"127.0.0.1:{free_port()}"
-        self.log_path = log_path
-        self.proc: subprocess.Popen[str] | None = None
-        self._lines: queue.Queue[str | None] = queue.Queue()
-
-    def start(self) -> ServerProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
-        env["REDIS_URL"] = self.redis_url
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", "--listen", self.address,
-                 "--redis-url", self.redis_url, "--log-format", "text"],
-                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-        return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        try:
-            while (line := self._lines.get(timeout=timeout_s)) is not None:
-                if line.startswith(READY):
-                    assert line.split()[-1] == self.address, line
-                    return
-        except queue.Empty:
-            pass
-        self.kill()
-        raise AssertionError(f"server {self.address} did not say {READY!r}; its log:\n"
-                             + self.log_path.read_text()[-4000:])
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, then the exit code (a kill after the timeout gives a negative code)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture

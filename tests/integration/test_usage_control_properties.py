@@ -22,9 +22,9 @@ import threading
 from collections import Counter
 
 import grpc
-import redis
 
 from engine import keys
+from engine.redis_client import connect
 from tests.helpers import DATA_RG, EUR, MB, Gateway, sample_plan
 from tests.integration.ledger import (
     StreamLink,
@@ -141,7 +141,7 @@ class CapWatch:
         return self
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.redis_url)
+        client = connect(self.redis_url)
         try:
             while not self._stop.is_set():
                 pipe = client.pipeline(transaction=False)
@@ -257,7 +257,7 @@ async def test_random_traffic_never_passes_a_cap_or_the_floor_and_the_books_bala
 
     # The run exercised what it claims to: caps bit, money ran out, provisioning happened.
     events = []
-    r = redis.Redis.from_url(config.redis_url)
+    r = connect(config.redis_url)
     try:
         for pn in range(config.partitions):
             events += [events_pb2.Event.FromString(f[b"e"])

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from engine import cli, keys
 from engine.config import Config
 from engine.kernels.charge import MONEY_LIMIT
+from engine.redis_client import connect_async
 from engine.state import member_caps_value
 from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, sample_plan
 from tollgate.v1 import common_pb2 as com
@@ -37,7 +38,7 @@ async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
 
 @pytest.fixture
 async def db(config: Config) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(config.redis_url)
+    client = connect_async(config.redis_url)
     yield client
     await client.aclose()
 

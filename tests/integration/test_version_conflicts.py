@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from engine import keys
+from engine.redis_client import connect_async
 from tests.helpers import DATA_RG, MB, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -17,7 +16,7 @@ async def test_requests_rerun_after_a_conflict_keep_their_session_order(tollgate
     assert first.result == cpb.SUCCESS
     # Another writer bumps the account: the engine's cached version is now stale.
     p = tollgate.store.partition("acct-0")
-    r = aioredis.Redis.from_url(redis_url)
+    r = connect_async(redis_url)
     await r.hincrby(keys.account(p, "acct-0"), "ver", 1)
     await r.aclose()
 

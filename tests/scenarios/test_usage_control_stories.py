@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
+from engine.redis_client import connect_async
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -45,7 +46,7 @@ WEEKDAYS = 0b0011111  # Monday .. Friday
 
 @pytest.fixture
 async def db(config: Config) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(config.redis_url)
+    client = connect_async(config.redis_url)
     yield client
     await client.aclose()
 
