@@ -5,6 +5,7 @@
 #   ./dev.sh serve [args]          run the server (REDIS_URL to use an existing Redis)
 #   ./dev.sh lint                  ruff and mypy
 #   ./dev.sh bench [pytest args]   the benchmark suites
+#   ./dev.sh bench-quick           every benchmark once, unmeasured (CI: they must not rot)
 # It creates .venv and installs redis-server (Debian package) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,5 +46,7 @@ case "$cmd" in
   lint)  ensure_venv; "$VENV/bin/ruff" check . && exec "$VENV/bin/mypy" engine server.py bench ;;
   bench) ensure_redis; ensure_venv
          exec "$VENV/bin/python" -m pytest bench --benchmark-enable --benchmark-only "$@" ;;
-  *) sed -n '2,8p' "$0"; exit 2 ;;
+  bench-quick) ensure_redis; ensure_venv
+         exec "$VENV/bin/python" -m pytest bench -q --benchmark-disable -p no:cacheprovider "$@" ;;
+  *) sed -n '2,9p' "$0"; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
 """The `tollgate` command line: serve, demo, plans load|check, usage export, reconcile, rerate,
-token create, dev cluster, lifecycle."""
+token create, dev cluster, lifecycle, bench."""
 
 from __future__ import annotations
 
@@ -96,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     lc.add_argument("--config", metavar="FILE", help="TOML configuration file")
     lc.add_argument("--log-format", choices=["json", "text"])
     lc.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    from bench.cli import add_bench_parser
+    add_bench_parser(sub)
     return p
 
 
@@ -327,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         return billing_command(args)
     if args.command == "token":
         return token_command(args)
+    if args.command == "bench":
+        from bench.cli import bench_command
+        return bench_command(args)
     try:
         config = _config(args)
     except ConfigError as e:

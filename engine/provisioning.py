@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from engine.domain import Bucket, SubscriberState, UnitType
+from engine.domain import Bucket, Plan, SubscriberState, UnitType
 from engine.errors import InvalidArgument, NotFound
 from engine.kernels.charge import MONEY_LIMIT
 from engine.lifecycle.offers import record_purchase
@@ -49,11 +49,7 @@ class Provisioner:
             _amount(name, v)
         plan = await self.store.get_plan(msg.plan_id)
         now = int(time.time() * 1000)
-        buckets = [Bucket(b.bucket_id, b.rating_groups, b.unit_type, b.units, b.units,
-                          priority=b.priority,
-                          expiry_ms=now + b.validity_days * DAY_MS if b.validity_days else 0,
-                          renew=b.renew)
-                   for b in plan.bundles]
+        buckets = plan_buckets(plan, now)
         for n, b in enumerate(msg.buckets):
             where = f"buckets[{n}]"
             check_id(f"{where}.bucket_id", b.bucket_id, self.max_id)
@@ -174,6 +170,15 @@ class Provisioner:
         if msg.offer_id:
             await record_purchase(self.store.redis, msg.offer_id, addon.addon_id, msg.order_id)
         return pb.BuyAddOnAnswer(applied=applied, account=await self._account(msg.account_id))
+
+
+def plan_buckets(plan: Plan, now: int) -> list[Bucket]:
+    """The buckets a new account gets from its plan's bundles, full, validity from `now`."""
+    return [Bucket(b.bucket_id, b.rating_groups, b.unit_type, b.units, b.units,
+                   priority=b.priority,
+                   expiry_ms=now + b.validity_days * DAY_MS if b.validity_days else 0,
+                   renew=b.renew)
+            for b in plan.bundles]
 
 
 def _caps(money: int, units: list[int]) -> pb.MemberCaps:

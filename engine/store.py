@@ -86,6 +86,11 @@ def _group(w: AccountWrite) -> bytes:
         w.records, w.events])
 
 
+def hash_blob(fields: dict[str, Any]) -> bytes:
+    """A hash's fields for create_many (encode a shared one once)."""
+    return _pack(_flat(fields))
+
+
 class Store:
     """Talks to Redis; knows key layout and Lua scripts, nothing about rating."""
 
@@ -100,6 +105,7 @@ class Store:
         self._apply = self.redis.register_script((LUA / "apply.lua").read_text())
         self._topup = self.redis.register_script((LUA / "topup.lua").read_text())
         self._create = self.redis.register_script((LUA / "create.lua").read_text())
+        self._create_many = self.redis.register_script((LUA / "create_many.lua").read_text())
         self._put_plan = self.redis.register_script((LUA / "put_plan.lua").read_text())
         self._account_set = self.redis.register_script((LUA / "account_set.lua").read_text())
         self._member_add = self.redis.register_script((LUA / "member_add.lua").read_text())
@@ -233,16 +239,24 @@ class Store:
         """A new account in its first billing cycle, which starts now."""
         p = self.partition(account_id)
         now = _now_ms() if now_ms is None else now_ms
-        fields: dict[str, Any] = {"ver": 1, "plan": plan.plan_id, "money": money, "mres": 0,
-                                  "climit": credit_limit, "init": money, "topups": 0,
-                                  "created": now, "cap": cap, "spent": 0, "cs": now,
-                                  "ce": now + plan.cycle_days * DAY_MS,
-                                  "capn": 0, "lown": 0, "exhn": 0}
-        for b in buckets:
-            fields.update(bucket_fields(b))
+        fields = account_fields(plan, money, credit_limit, buckets, cap, now)
         args = [x for kv in fields.items() for x in kv]
         if not await self._create(keys=[keys.account(p, account_id)], args=args):
             raise AlreadyExists(f"account {account_id!r} already exists")
+
+    async def create_many(self, hashes: list[tuple[str, bytes]]) -> int:
+        """Bulk provisioning: creates each (key, hash_blob(fields)) hash that does not exist
+        yet; returns how many were created. One call on a single Redis; on a cluster one call
+        per hash slot (keys of a call must share it), pipelined per node."""
+        calls: dict[int, tuple[list[str], list[bytes]]] = {}
+        cluster = self.nodes.cluster
+        for key, blob in hashes:
+            group = calls.setdefault(cluster.keyslot(key) if cluster is not None else 0,
+                                     ([], []))
+            group[0].append(key)
+            group[1].append(blob)
+        replies = await self.nodes.run(self._create_many, calls)
+        return sum(int(r) for r in replies.values())
 
     async def get_account(self, account_id: str) -> tuple[AccountState, list[SessionState]]:
         p = self.partition(account_id)
@@ -278,8 +292,9 @@ class Store:
         p = self.partition(account_id)
         if not await self.redis.exists(keys.account(p, account_id)):
             raise NotFound(f"account {account_id!r} does not exist")
+        fields = subscriber_fields(account_id, state)
         created = await self._create(keys=[keys.subscriber(subscriber_id)],
-                                     args=["acct", account_id, "state", int(state)])
+                                     args=[x for kv in fields.items() for x in kv])
         if not created:
             raise AlreadyExists(f"subscriber {subscriber_id!r} already exists")
 
@@ -462,6 +477,23 @@ def cancel_requested() -> bool:
     so the shutdown that awaited it never ended)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def account_fields(plan: Plan, money: int, credit_limit: int, buckets: Iterable[Bucket],
+                   cap: int, now: int) -> dict[str, Any]:
+    """The hash of a new account in its first billing cycle, which starts `now`."""
+    fields: dict[str, Any] = {"ver": 1, "plan": plan.plan_id, "money": money, "mres": 0,
+                              "climit": credit_limit, "init": money, "topups": 0,
+                              "created": now, "cap": cap, "spent": 0, "cs": now,
+                              "ce": now + plan.cycle_days * DAY_MS,
+                              "capn": 0, "lown": 0, "exhn": 0}
+    for b in buckets:
+        fields.update(bucket_fields(b))
+    return fields
+
+
+def subscriber_fields(account_id: str, state: SubscriberState) -> dict[str, Any]:
+    return {"acct": account_id, "state": int(state)}
 
 
 def _now_ms() -> int:

@@ -1,0 +1,420 @@
+"""The load generator: closed-loop (max throughput) and open-loop (fixed rate, latency from the
+intended send time) gRPC clients over unary Charge, ChargeBatch and ChargeStream, with the
+CPU of the server, Redis and this client measured over each run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import numpy as np
+import psutil
+from tqdm import tqdm
+
+from bench.traffic import Traffic
+from engine.redis_server import free_port
+from tollgate.v1 import charging_pb2 as cpb
+from tollgate.v1 import charging_pb2_grpc
+
+APIS = ("unary", "batch", "stream")
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+Call = tuple[list[cpb.ChargeRequest], float]  # requests of one call, its intended send time
+
+
+@dataclass
+class Run:
+    """One measured run: what was offered and what came back."""
+
+    target: str  # "engine" or "bare"
+    api: str
+    mode: str  # "closed" or "open"
+    concurrency: int
+    batch: int
+    offered: float  # open loop: requests/s asked for; closed loop: 0
+    seconds: float = 0.0
+    requests: int = 0
+    calls: int = 0
+    errors: int = 0  # failed calls' requests and answers that are not SUCCESS
+    error_kinds: dict[str, int] = field(default_factory=dict)  # result code / gRPC status
+    throughput: float = 0.0  # answered requests/s
+    latency_ms: dict[str, float] = field(default_factory=dict)  # per call: p50 p90 p99 p99.9
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the run
+
+    @property
+    def name(self) -> str:
+        load = f"{self.offered:,.0f}/s" if self.mode == "open" else f"x{self.concurrency}"
+        size = f" of {self.batch}" if self.api != "unary" else ""
+        return f"{self.target} {self.api}{size} {self.mode} {load}"
+
+
+class CpuProbe:
+    """CPU time of named groups of processes between start() and stop(), as % of one
+    core."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.procs = {name: [psutil.Process(pid) for pid in group]
+                      for name, group in pids.items()}
+        self._t0 = 0.0
+        self._cpu0: dict[str, float] = {}
+
+    def _cpu(self) -> dict[str, float]:
+        out = {}
+        for name, group in self.procs.items():
+            out[name] = 0.0
+            for p in group:
+                try:
+                    t = p.cpu_times()
+                    out[name] += t.user + t.system
+                except psutil.Error:
+                    pass
+        return out
+
+    def start(self) -> None:
+        self._t0, self._cpu0 = time.monotonic(), self._cpu()
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        return {name: round(100 * (v - self._cpu0[name]) / wall, 1)
+                for name, v in self._cpu().items()}
+
+
+def _count(run: Run, kind: str, n: int) -> None:
+    run.errors += n
+    run.error_kinds[kind] = run.error_kinds.get(kind, 0) + n
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    ms = np.array(seconds) * 1000
+    return {name: round(float(np.percentile(ms, q)), 3)
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))}
+
+
+class Client:
+    """Drives one Charging server with a traffic mix; one instance per target."""
+
+    def __init__(self, address: str, traffic: Traffic, cpu: CpuProbe,
+                 progress: bool = True, connections: int = 1) -> None:
+        self.address = address
+        self.traffic = traffic
+        self.cpu = cpu
+        self.progress = progress
+        # Each channel its own TCP connection, so server processes sharing the port
+        # (SO_REUSEPORT) each get some of them.
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self.channels = [grpc.aio.insecure_channel(address, options=options)
+                         for _ in range(connections)]
+        self.stubs = [charging_pb2_grpc.ChargingStub(c) for c in self.channels]
+        self._next = 0
+
+    @property
+    def stub(self) -> charging_pb2_grpc.ChargingStub:
+        """The next connection's stub, round robin."""
+        self._next = (self._next + 1) % len(self.stubs)
+        return self.stubs[self._next]
+
+    async def close(self) -> None:
+        for c in self.channels:
+            await c.close()
+
+    async def wait_ready(self, timeout_s: float = 60) -> None:
+        for c in self.channels:
+            await asyncio.wait_for(c.channel_ready(), timeout_s)
+
+    # --- one call --------------------------------------------------------------------------
+
+    async def _unary(self, requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
+        return [await self.stub.Charge(requests[0])]
+
+    async def _batch(self, requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
+        answer = await self.stub.ChargeBatch(cpb.ChargeBatchRequest(requests=requests))
+        return list(answer.answers)
+
+    def _settle(self, run: Run, requests: list[cpb.ChargeRequest],
+                answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError) -> None:
+        run.calls += 1
+        if isinstance(answers, grpc.aio.AioRpcError):
+            _count(run, answers.code().name, len(requests))
+            for r in requests:
+                self.traffic.failed(r)
+            return
+        run.requests += len(answers)
+        for r, a in zip(requests, answers, strict=True):
+            if a.result != cpb.SUCCESS:
+                _count(run, cpb.ResultCode.Name(a.result), 1)
+            self.traffic.answered(r, a)
+
+    # --- runs ------------------------------------------------------------------------------
+
+    async def run(self, target: str, api: str, seconds: float, *, concurrency: int = 1,
+                  batch: int = 1000, rate: float = 0.0,
+                  sample: Callable[[float], None] | None = None) -> Run:
+        """Closed loop with `concurrency` calls in flight when `rate` is 0, else open loop
+        at `rate` requests/s. `sample(elapsed_s)` is called every second (soak)."""
+        size = 1 if api == "unary" else batch
+        run = Run(target, api, "open" if rate else "closed", concurrency, size, rate)
+        latencies: list[float] = []
+        stop_at = time.perf_counter() + seconds
+        if rate:
+            work: Awaitable[Any] = self._open(run, api, size, rate, stop_at, latencies)
+        else:
+            work = asyncio.gather(*(self._closed(run, api, size, stop_at, latencies)
+                                    for _ in range(concurrency)))
+        self.cpu.start()
+        started = time.perf_counter()
+        ticker = asyncio.create_task(self._tick(run, seconds, started, sample))
+        try:
+            await work
+        finally:
+            ticker.cancel()
+        run.seconds = time.perf_counter() - started
+        run.cpu = self.cpu.stop()
+        run.throughput = round(run.requests / run.seconds, 1)
+        run.latency_ms = percentiles(latencies)
+        return run
+
+    async def _tick(self, run: Run, seconds: float, started: float,
+                    sample: Callable[[float], None] | None) -> None:
+        bar = tqdm(total=round(seconds), desc=f"{run.name:<36}", unit="s", leave=False,
+                   disable=not self.progress, file=sys.stderr,
+                   bar_format="{desc} {bar} {n_fmt}/{total_fmt} s {postfix}")
+        try:
+            while True:
+                await asyncio.sleep(1)
+                elapsed = time.perf_counter() - started
+                bar.n = min(round(elapsed), bar.total)
+                bar.set_postfix_str(f"{run.requests / elapsed:,.0f} req/s, {run.errors} errors")
+                if sample is not None:
+                    sample(elapsed)
+        finally:
+            bar.close()
+
+    async def _closed(self, run: Run, api: str, size: int, stop_at: float,
+                      latencies: list[float]) -> None:
+        stream = self.stub.ChargeStream() if api == "stream" else None
+        send = self._unary if api == "unary" else self._batch
+        while time.perf_counter() < stop_at:
+            requests = self.traffic.batch(size)
+            t = time.perf_counter()
+            answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError
+            try:
+                if stream is not None:
+                    await stream.write(cpb.ChargeBatchRequest(requests=requests))
+                    answers = list((await stream.read()).answers)
+                else:
+                    answers = await send(requests)
+            except grpc.aio.AioRpcError as e:
+                answers = e
+            latencies.append(time.perf_counter() - t)
+            self._settle(run, requests, answers)
+        if stream is not None:
+            await stream.done_writing()
+
+    async def _open(self, run: Run, api: str, size: int, rate: float, stop_at: float,
+                    latencies: list[float]) -> None:
+        """Calls start at t0 + k * size / rate whatever the answers do; a call's latency is
+        counted from its intended start, so a slow server cannot hide its queue (no
+        coordinated omission)."""
+        interval = size / rate
+        t0 = time.perf_counter()
+        if api == "stream":
+            await self._open_stream(run, interval, t0, stop_at, size, latencies)
+            return
+        send = self._unary if api == "unary" else self._batch
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(intended: float) -> None:
+            requests = self.traffic.batch(size)
+            answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError
+            try:
+                answers = await send(requests)
+            except grpc.aio.AioRpcError as e:
+                answers = e
+            latencies.append(time.perf_counter() - intended)
+            self._settle(run, requests, answers)
+
+        k = 0
+        while (intended := t0 + k * interval) < stop_at:
+            now = time.perf_counter()
+            if intended > now:
+                await asyncio.sleep(intended - now)
+                continue
+            while (intended := t0 + k * interval) <= now and intended < stop_at:
+                task = asyncio.create_task(one(intended))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                k += 1
+            await asyncio.sleep(0)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _open_stream(self, run: Run, interval: float, t0: float, stop_at: float,
+                           size: int, latencies: list[float]) -> None:
+        stream = self.stub.ChargeStream()
+        inflight: deque[Call] = deque()
+        sent = asyncio.Event()
+        writing = True
+
+        async def reader() -> None:
+            while writing or inflight:
+                if not inflight:
+                    sent.clear()
+                    await sent.wait()
+                    continue
+                msg = await stream.read()
+                requests, intended = inflight.popleft()
+                latencies.append(time.perf_counter() - intended)
+                self._settle(run, requests, list(msg.answers))
+
+        read = asyncio.create_task(reader())
+        k = 0
+        try:
+            while (intended := t0 + k * interval) < stop_at:
+                now = time.perf_counter()
+                if intended > now:
+                    await asyncio.sleep(intended - now)
+                requests = self.traffic.batch(size)
+                inflight.append((requests, intended))
+                sent.set()
+                await stream.write(cpb.ChargeBatchRequest(requests=requests))
+                k += 1
+        finally:
+            writing = False
+            sent.set()
+        await read
+        await stream.done_writing()
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Spawned:
+    """A server child process and the address it announced."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log: IO[str]
+    started: float  # time.perf_counter() before the spawn
+    ready_s: float  # from spawn to the announced address
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: Path,
+          timeout_s: float = 120) -> Spawned:
+    """Starts `python args...`; waits for the line that names HOST:PORT."""
+    log = open(log_path, "w")  # noqa: SIM115  closed by Spawned.stop
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=log,
+                               text=True, env={**os.environ, **env})
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        found = re.search(r" on (\S+:\d+)", line)
+        if found:
+            return Spawned(process, found.group(1), log, started, time.perf_counter() - started)
+    process.kill()
+    log.close()
+    raise RuntimeError(f"{' '.join(args)} did not start; see {log_path}")
+
+
+def engine_server(redis_url: str, log_dir: Path, port: int = 0, n: int = 0) -> Spawned:
+    """`tollgate serve` against this Redis (on a free port unless given), warnings only."""
+    env = {"TOLLGATE_METRICS_PORT": "0", "TOLLGATE_LOG_LEVEL": "WARNING"}
+    return spawn(["-m", "engine.cli", "serve", "--listen", f"127.0.0.1:{port or free_port()}",
+                  "--redis-url", redis_url], env, log_dir / f"engine-server-{n}.log")
+
+
+def bare_server(log_dir: Path, port: int = 0, n: int = 0) -> Spawned:
+    return spawn(["-m", "bench.ceiling", "--listen", f"127.0.0.1:{port or free_port()}"], {},
+                 log_dir / f"bare-server-{n}.log")
+
+
+def server_group(start: Callable[[int, int], Spawned], count: int) -> list[Spawned]:
+    """`count` server processes sharing one port (SO_REUSEPORT: the kernel spreads the
+    connections); start(port, n) starts one."""
+    port = free_port()
+    group: list[Spawned] = []
+    try:
+        for n in range(count):
+            group.append(start(port, n))
+    except BaseException:
+        for s in group:
+            s.stop()
+        raise
+    return group
+
+
+@dataclass(frozen=True, slots=True)
+class ColdStart:
+    ready_s: float  # process start -> "serving" line
+    first_answer_s: float  # process start -> first answered Charge
+    first_charge_ms: float  # the first Charge call itself (kernels loaded/compiled if cold)
+    second_charge_ms: float
+
+
+async def cold_start(redis_url: str, log_dir: Path, subscriber: str) -> ColdStart:
+    """Starts a server, sends a Charge as soon as it listens, stops it again."""
+    server = engine_server(redis_url, log_dir)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = charging_pb2_grpc.ChargingStub(channel)
+            times = []
+            for n in range(2):
+                t = time.perf_counter()
+                answer = await stub.Charge(cpb.ChargeRequest(
+                    session_id=f"cold-{os.getpid()}-{time.time_ns()}-{n}", type=cpb.EVENT,
+                    subscriber_id=subscriber, units=[cpb.ServiceUnits(
+                        rating_group=10, used=cpb.Units(total_octets=1000))]),
+                    wait_for_ready=True, timeout=60)
+                if answer.result != cpb.SUCCESS:
+                    raise RuntimeError(f"cold-start charge refused: {answer.error_message}")
+                times.append(time.perf_counter() - t)
+                if n == 0:
+                    first_answer = time.perf_counter() - server.started
+    finally:
+        server.stop()
+    return ColdStart(round(server.ready_s, 3), round(first_answer, 3),
+                     round(times[0] * 1000, 2), round(times[1] * 1000, 2))
+
+
+def as_json(obj: Any) -> Any:
+    """Dataclasses (and lists/dicts of them) as plain JSON values."""
+    if isinstance(obj, list):
+        return [as_json(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: as_json(v) for k, v in obj.items()}
+    if hasattr(obj, "__dataclass_fields__"):
+        d = asdict(obj)
+        if isinstance(obj, Run):
+            d["name"] = obj.name
+        return d
+    return obj

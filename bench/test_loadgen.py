@@ -1,0 +1,73 @@
+"""The load generator and the bare server work: short closed- and open-loop runs over every
+API, against the real server and against the bare one (in process, to stay quick)."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+
+from bench.ceiling import BareCharging
+from bench.loadgen import Client, CpuProbe
+from bench.report import table
+from bench.traffic import Traffic
+from engine import population
+from engine.store import Store
+from server import Tollgate
+from tollgate.v1 import charging_pb2_grpc
+
+
+def client(address: str, subscribers: int) -> Client:
+    return Client(address, Traffic(subscribers, sessions=200), CpuProbe({"client": [os.getpid()]}),
+                  progress=False)
+
+
+async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> None:
+    store = Store(tollgate.config.redis_url, tollgate.config.partitions)
+    try:
+        await population.provision(store, 300)
+    finally:
+        await store.close()
+    c = client(tollgate.address, 300)
+    try:
+        await c.wait_ready()
+        runs = [await c.run("engine", "unary", 0.4, concurrency=8),
+                await c.run("engine", "batch", 0.4, concurrency=2, batch=50),
+                await c.run("engine", "stream", 0.4, concurrency=2, batch=50),
+                await c.run("engine", "batch", 0.4, batch=50, rate=1000),
+                await c.run("engine", "stream", 0.4, batch=50, rate=1000),
+                await c.run("engine", "unary", 0.4, rate=200)]
+    finally:
+        await c.close()
+    for r in runs:
+        assert r.requests > 0 and r.errors == 0, r
+        assert set(r.latency_ms) == {"p50", "p90", "p99", "p99.9"}
+        assert r.latency_ms["p50"] <= r.latency_ms["p99.9"]
+    assert c.traffic.ended > 0  # sessions ran to their TERMINATION
+    assert runs[3].requests <= 1000 * 0.4 + 50  # the open loop keeps to its rate
+    lines = table(runs, {"bare unary": 1000.0, "apply": 5000.0})
+    assert "% of bare unary" in lines[2] and "% of redis apply" in lines[3]
+
+
+async def test_bare_server_answers_every_api() -> None:
+    server = grpc.aio.server()
+    charging_pb2_grpc.add_ChargingServicer_to_server(BareCharging(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    c = client(f"127.0.0.1:{port}", 1000)
+    try:
+        runs = [await c.run("bare", api, 0.3, concurrency=2, batch=100)
+                for api in ("unary", "batch", "stream")]
+    finally:
+        await c.close()
+        await server.stop(0)
+    assert all(r.requests > 0 and r.errors == 0 for r in runs)
+
+
+def test_cli_help_names_every_action() -> None:
+    from engine.cli import parser
+    bench = parser().parse_args(["bench", "load", "--api", "batch", "--sweep"])
+    assert bench.api == ["batch"] and bench.sweep
+    for action in ("provision", "ceiling", "coldstart", "soak", "all"):
+        assert parser().parse_args(["bench", action]).bench_command == action
+

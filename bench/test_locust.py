@@ -1,0 +1,32 @@
+"""The Locust file runs: a short headless run of both gateway users against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from engine import population
+from engine.store import Store
+from server import Tollgate
+
+
+async def test_locust_headless_run(tollgate: Tollgate) -> None:
+    store = Store(tollgate.config.redis_url, tollgate.config.partitions)
+    try:
+        await population.provision(store, 200)
+    finally:
+        await store.close()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "locust", "-f", "bench/locustfile.py", "--headless",
+        "--users", "6", "--spawn-rate", "6", "--run-time", "3s", "--host", tollgate.address,
+        "--population", "200", "--think", "0.05", "--gateway-batch", "20",
+        "--gateway-interval", "0.2", "--json", "--only-summary", "--stop-timeout", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    stats = {s["name"]: s for s in json.loads(out)}
+    assert stats["Charge INITIAL"]["num_requests"] > 0
+    assert stats["Charge UPDATE"]["num_requests"] > 0
+    assert any(name.startswith("ChargeBatch") for name in stats)
+    assert sum(s["num_failures"] for s in stats.values()) == 0

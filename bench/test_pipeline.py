@@ -1,0 +1,125 @@
+"""The engine's steps around the kernel, without gRPC: batch assembly (protobuf -> arrays ->
+protobuf) and the Redis apply step against a real redis-server (pytest-benchmark)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from bench.ceiling import apply_ceiling, capture_writes, rebase
+from bench.traffic import Traffic
+from engine import population
+from engine.batch import Answers, Pending, assemble
+from engine.charging import Engine
+from engine.config import Config
+from engine.decode import decode
+from engine.outcome import Timing, build_outcome
+from engine.store import Store
+from tollgate.v1 import charging_pb2 as cpb
+
+BATCH = 1000
+QUICK_BATCH = 100
+"""Batch size when benchmarks are disabled (./dev.sh bench-quick): the code runs, quickly."""
+SUBSCRIBERS = 5000
+
+
+@pytest.fixture
+def size(benchmark) -> int:
+    return QUICK_BATCH if benchmark.disabled else BATCH
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def populated(config: Config, loop: asyncio.AbstractEventLoop) -> Config:
+    async def provision() -> None:
+        store = Store(config.redis_url, config.partitions)
+        await store.init()
+        await population.provision(store, SUBSCRIBERS)
+        await store.close()
+    loop.run_until_complete(provision())
+    return config
+
+
+def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEventLoop,
+                        size: int) -> None:
+    """decode -> assemble -> kernel -> outcome -> answers serialized, for one batch of the
+    traffic mix (sessions mid-life, accounts and sessions in the engine's cache)."""
+    store = Store(populated.redis_url, populated.partitions)
+    engine = Engine(store, populated.replace(max_batch=size))
+    traffic = Traffic(SUBSCRIBERS, sessions=size)
+
+    async def warm() -> list[Pending]:
+        engine.start()
+        for _ in range(4):  # INITIALs first, then a mix of UPDATE and TERMINATION
+            requests = traffic.batch(size)
+            for r, a in zip(requests, await engine.charge(requests), strict=True):
+                traffic.answered(r, a)
+        await engine.close()
+        now = engine.clock()
+        call = Answers(size, loop.create_future())
+        batch = [Pending(m, decode(m, populated, now), call, slot)
+                 for slot, m in enumerate(traffic.batch(size))]
+        batch = await engine._resolve_subscribers(batch)
+        await engine._load(batch)
+        batch = engine._check_sessions(batch)
+        await engine._load_plans({engine.accounts[p.account_id].plan_id for p in batch})
+        return batch
+
+    prepared = loop.run_until_complete(warm())
+    loop.run_until_complete(store.close())
+    kinds = {p.msg.type for p in prepared}
+    assert {cpb.UPDATE, cpb.TERMINATION} <= kinds and len(prepared) == size
+    plans = {pid: entry[0] for pid, entry in engine._plans.items()}
+    timing = Timing(engine.clock(), populated.answers_kept, populated.default_validity_s,
+                    populated.stale_grace_s)
+
+    def steps() -> bytes:
+        batch = [Pending(p.msg, decode(p.msg, populated, timing.now_ms), p.call, p.slot,
+                         p.account_id) for p in prepared]
+        kb = assemble(batch, engine.accounts, plans, engine.rates, set())
+        res = kb.run(engine.rates)
+        outcome = build_outcome(batch, kb, res, timing, {})
+        return cpb.ChargeBatchAnswer(answers=list(outcome.answers.values())).SerializeToString()
+
+    benchmark.extra_info["requests"] = size
+    blob = benchmark(steps)
+    answers = cpb.ChargeBatchAnswer.FromString(blob).answers
+    assert len(answers) == size and all(a.result == cpb.SUCCESS for a in answers)
+
+
+def test_apply(benchmark, populated: Config, loop: asyncio.AbstractEventLoop,
+               size: int) -> None:
+    """Store.apply of four engine-made 1000-request batches (one Lua call per partition
+    each)."""
+    traffic = Traffic(SUBSCRIBERS, sessions=size)
+    recorded = loop.run_until_complete(
+        capture_writes(populated, traffic, size, warmup=3, batches=4))
+    store = Store(populated.redis_url, populated.partitions)
+    retention = populated.answer_retention_s * 1000
+    refused: list[int] = []
+
+    def replay() -> None:
+        async def all_batches() -> None:
+            for writes in recorded:
+                out = await store.apply(writes, retention)
+                refused.append(sum(len(g) for g in out.values()))
+        loop.run_until_complete(all_batches())
+
+    def setup() -> None:
+        loop.run_until_complete(rebase(store, recorded))
+
+    benchmark.extra_info["requests"] = sum(len(w.sessions) for ws in recorded
+                                           for p in ws.values() for w in p)
+    benchmark.pedantic(replay, setup=setup, rounds=5)
+    loop.run_until_complete(store.close())
+    assert len(recorded) == 4 and refused and sum(refused) == 0
+    ceiling = loop.run_until_complete(apply_ceiling(populated, recorded, 0.2))
+    assert ceiling.refused == 0 and ceiling.requests_per_s > 0
