@@ -22,6 +22,7 @@ from bench.loadgen import CpuProbe
 from bench.traffic import Traffic
 from engine.charging import Engine
 from engine.config import Config
+from engine.keys import session as session_key
 from engine.store import AccountWrite, Store
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
@@ -120,8 +121,15 @@ async def capture_writes(config: Config, traffic: Traffic, batch: int, warmup: i
 
 
 async def rebase(store: Store, recorded: list[Writes]) -> None:
-    """Sets each write's expected version to what it will find when replayed in order."""
+    """Sets each write's expected version to what it will find when replayed in order, and
+    removes the sessions the writes create (the apply refuses to create one that exists)."""
     keys = sorted({w.key for writes in recorded for ws in writes.values() for w in ws})
+    created = {session_key(p, s.session_id) for writes in recorded for p, ws in writes.items()
+               for w in ws for s in w.sessions if s.created}
+    pipe = store.redis.pipeline(transaction=False)
+    for key in created:
+        pipe.delete(key)
+    await pipe.execute()
     pipe = store.redis.pipeline(transaction=False)
     for k in keys:
         pipe.hget(k, "ver")
