@@ -61,6 +61,7 @@ class Pending:
     call: Answers
     slot: int  # its place in the call's answers
     account_id: str = ""
+    grace: bool = False  # the subscriber is in GRACE (zero-rated service only)
     reruns: int = 0
     deadline: float = 0.0  # event-loop time by which it must be answered (request_deadline_s)
     followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch

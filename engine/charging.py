@@ -62,6 +62,7 @@ class Engine:
             config.max_queue)
         self.conflicts = 0
         self._watcher: asyncio.Task[None] | None = None
+        self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
         store.subscriber_listeners.append(self._forget_subscriber)
 
     def start(self) -> None:
@@ -81,6 +82,7 @@ class Engine:
         assemble([], {}, {}, self.rates, set()).run(self.rates)
 
     def _forget_subscriber(self, subscriber_id: str | None) -> None:
+        self._subscriber_changes += 1
         if subscriber_id is None:
             self._subscribers.clear()
         else:
@@ -169,20 +171,31 @@ class Engine:
 
     async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()
-        missing = sorted({p.request.subscriber_id for p in batch
-                          if self._subscribers.get(p.request.subscriber_id, ("", 0, 0.0))[2]
-                          <= now})
+        known: dict[str, tuple[str, SubscriberState]] = {}
+        missing = []
+        for sid in sorted({p.request.subscriber_id for p in batch}):
+            entry = self._subscribers.get(sid)
+            if entry is not None and entry[2] > now:
+                known[sid] = entry[:2]
+            else:
+                missing.append(sid)
         if missing:
             ttl = now + self.config.subscriber_cache_s
-            for sid, found in zip(missing, await self.store.read_subscribers(missing),
-                                  strict=True):
-                if found is None:
+            changes = self._subscriber_changes
+            found = await self.store.read_subscribers(missing)
+            # A change heard while reading may be newer than what was read: use it for this
+            # batch (it was true when read), but cache it only if nothing changed meanwhile.
+            keep = changes == self._subscriber_changes
+            for sid, sub in zip(missing, found, strict=True):
+                if sub is None:
                     self._subscribers.pop(sid, None)
-                else:
-                    self._subscribers[sid] = (found[0], found[1], ttl)
+                    continue
+                known[sid] = sub
+                if keep:
+                    self._subscribers[sid] = (sub[0], sub[1], ttl)
         out = []
         for p in batch:
-            sub = self._subscribers.get(p.request.subscriber_id)
+            sub = known.get(p.request.subscriber_id)
             if sub is None:
                 p.answer(error_answer(p.msg, ResultCode.USER_UNKNOWN,
                                       f"subscriber {p.request.subscriber_id!r} is not known"))
@@ -190,7 +203,8 @@ class Engine:
                 p.answer(error_answer(p.msg, ResultCode.END_USER_SERVICE_DENIED,
                                       f"subscriber is {sub[1].name}"))
             else:
-                p.account_id = sub[0]
+                # Kept with the request: the cache may drop the entry before the kernel runs.
+                p.account_id, p.grace = sub[0], sub[1] == SubscriberState.GRACE
                 out.append(p)
         return out
 
@@ -318,8 +332,7 @@ class Engine:
             sets = renew_if_due(acct, plans.get(acct.plan_id), now)
             if sets:
                 renewals[account_id] = sets
-        grace = {p.request.subscriber_id for p in batch
-                 if self._subscribers[p.request.subscriber_id][1] == SubscriberState.GRACE}
+        grace = {p.request.subscriber_id for p in batch if p.grace}
         kb = assemble(batch, self.accounts, plans, self.rates, grace)
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
