@@ -166,6 +166,9 @@ class Plan:
     """GRACE -> SUSPENDED after this many days (0 = never by time)."""
     retention_days: int = 0
     """SUSPENDED -> TERMINATED after this many days (0 = never by time)."""
+    validity_days: int = 0
+    """ACTIVE -> GRACE (plan expired) this many days after the line became ACTIVE or last
+    topped up or bought an add-on (0 = never expires)."""
 
 
 @dataclass(slots=True)

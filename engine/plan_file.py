@@ -4,7 +4,7 @@ A file holds one or more `[[plans]]` tables. Each has the fields of the `Plan` m
 (proto/tollgate/v1/provisioning.proto) under the same names, nested the same way:
 
     [[plans]]                        plan_id, name, currency, timezone, cycle_days,
-                                     grace_days, retention_days,
+                                     grace_days, retention_days, validity_days,
                                      low_balance_micros, final_unit = {action, redirect_url,
                                      filter_ids}
     [[plans.rates]]                  rating_group, zone, unit_type, price_micros, increment,
@@ -402,7 +402,7 @@ def _final_unit(v: Any, where: str) -> cpb.FinalUnitIndication:
 
 
 PLAN_KEYS = {"plan_id", "name", "currency", "timezone", "cycle_days", "grace_days",
-             "retention_days", "low_balance",
+             "retention_days", "validity_days", "low_balance",
              "low_balance_micros", "final_unit", "rates", "bundles", "addons"}
 
 
@@ -413,6 +413,7 @@ def plan_from_table(t: dict[str, Any]) -> pb.Plan:
     out |= _take(t, "", {"plan_id": _str, "name": _str, "currency": _str,
                              "timezone": _str, "cycle_days": _days_field,
                              "grace_days": _days_field, "retention_days": _days_field,
+                             "validity_days": _days_field,
                              "final_unit": _final_unit})
     for key, conv in (("rates", _rate), ("bundles", _bundle), ("addons", _addon)):
         if key in t:

@@ -111,7 +111,8 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
                 cycle_days=msg.cycle_days or 30,
                 final_unit=FinalUnit(action, fu.redirect_url, tuple(fu.filter_ids)),
                 addons=tuple(addons), low_balance_micros=msg.low_balance_micros,
-                grace_days=msg.grace_days, retention_days=msg.retention_days)
+                grace_days=msg.grace_days, retention_days=msg.retention_days,
+                validity_days=msg.validity_days)
 
 
 def _bundle(b: pb.BundleTemplate, where: str) -> Bundle:
@@ -181,7 +182,7 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
         addons=[pb.AddOn(addon_id=a.addon_id, name=a.name, price_micros=a.price_micros,
                          bundle=_bundle_proto(a.bundle)) for a in plan.addons],
         low_balance_micros=plan.low_balance_micros, grace_days=plan.grace_days,
-        retention_days=plan.retention_days)
+        retention_days=plan.retention_days, validity_days=plan.validity_days)
 
 
 class RateTable:

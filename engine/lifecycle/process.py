@@ -194,6 +194,8 @@ class Lifecycle:
         elif kind in (EventKind.TOPPED_UP, EventKind.ADD_ON_BOUGHT):
             for sub in targets:
                 await self._move(sub, S.ACTIVE, REACTIVATE, ev, order)
+                # A line that was ACTIVE already: the purchase extends the plan's validity.
+                await self.states.schedule(sub, S.ACTIVE, ev.time_ms or self.clock())
         elif kind == EventKind.STATE_CHANGED and ev.detail in S.__members__:
             state = SubscriberState[ev.detail]
             await self.states.schedule(ev.subscriber_id, state, ev.time_ms or self.clock())

@@ -2,7 +2,8 @@
 STATE_CHANGED event written once per trigger, timed transitions on a Redis sorted set, and the
 forfeit of an account's balances at termination (a FORFEIT usage record).
 
-PREACTIVE -> ACTIVE on first usage; ACTIVE -> GRACE when credit is exhausted; GRACE ->
+PREACTIVE -> ACTIVE on first usage; ACTIVE -> GRACE when credit is exhausted or the plan
+expires (validity_days after activation or the last top-up / add-on); GRACE ->
 SUSPENDED after the plan's grace_days; SUSPENDED -> TERMINATED after its retention_days; a
 top-up or add-on returns GRACE / SUSPENDED to ACTIVE.
 """
@@ -22,7 +23,7 @@ from tollgate.v1 import events_pb2, usage_pb2
 log = logging.getLogger("tollgate.lifecycle")
 
 S = SubscriberState
-TIMED = {S.GRACE: S.SUSPENDED, S.SUSPENDED: S.TERMINATED}
+TIMED = {S.ACTIVE: S.GRACE, S.GRACE: S.SUSPENDED, S.SUSPENDED: S.TERMINATED}
 """The state a timer leaves from -> the state it moves to."""
 TIMER_DATA = "tg:{lc}:timer-due"
 """Hash: timer member -> its due time (the stable part of the transition's event id)."""
@@ -102,6 +103,8 @@ class States:
             if days:
                 member = timer_member(subscriber_id, then)
                 due = since_ms + days * DAY_MS
+                if state == S.ACTIVE:  # validity only grows: a redelivered old purchase
+                    due = max(due, int(await self.redis.hget(TIMER_DATA, member) or 0))
                 pipe.zadd(keys.LC_TIMERS, {member: due})
                 pipe.hset(TIMER_DATA, member, due)
         await pipe.execute()
@@ -112,7 +115,8 @@ class States:
             plan = await self.store.get_plan(await self.store.account_plan(account_id))
         except NotFound:
             return 0
-        return plan.grace_days if state == S.GRACE else plan.retention_days
+        return {S.ACTIVE: plan.validity_days, S.GRACE: plan.grace_days,
+                S.SUSPENDED: plan.retention_days}.get(state, 0)
 
     async def run_timers(self, now_ms: int, lease_ms: int, count: int) -> int:
         """Carries out the due timed transitions; returns how many were due."""

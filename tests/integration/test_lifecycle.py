@@ -255,6 +255,43 @@ async def test_termination_forfeits_money_with_a_record_and_reconcile_still_bala
         assert not await s.lc.states.forfeit("a1", "sub-f", clock.ms)
 
 
+async def test_the_plan_expires_validity_days_after_activation_then_a_top_up_renews_it(
+        config, http, clock):
+    settings = parse_settings(lifecycle_table(http, rules=[]))
+    async with start(config, settings, clock) as s:
+        await s.gw.provisioning.PutPlan(plan(validity_days=30, grace_days=7))
+        await s.gw.provisioning.CreateAccount(ppb.CreateAccountRequest(
+            account_id="a1", plan_id="p", initial_money_micros=5 * EUR))
+        await s.gw.provisioning.CreateSubscriber(ppb.Subscriber(
+            subscriber_id="sub-v", account_id="a1", state=com.PREACTIVE))
+
+        # The first use activates the line; the plan is valid for 30 days from then.
+        used = await s.gw.charge(request("e1", 0, cpb.EVENT, "sub-v", mscc(DATA_RG, used=1000)))
+        assert used.result == cpb.SUCCESS
+        activated = clock.ms
+        await eventually(lambda: _is(s, "sub-v", com.ACTIVE), what="ACTIVE")
+        await eventually(lambda: _timers(s, {"sub-v|GRACE": activated + 30 * DAY_MS}))
+
+        # A minute early nothing happens; then the plan has expired: GRACE, paid service
+        # refused, and the grace period runs.
+        clock.ms = activated + 30 * DAY_MS - 60_000
+        assert await s.lc.run_timers() == 0
+        clock.ms = activated + 30 * DAY_MS
+        await eventually(lambda: _is(s, "sub-v", com.GRACE), what="GRACE")
+        await eventually(lambda: _timers(s, {"sub-v|SUSPENDED": clock.ms + 7 * DAY_MS}))
+        paid = await s.gw.charge(request("s2", 0, cpb.INITIAL, "sub-v", mscc(DATA_RG, want=0)))
+        assert paid.grants[0].result == cpb.END_USER_SERVICE_DENIED
+
+        # A top-up returns the line to ACTIVE with a new validity period (and no grace timer).
+        await s.gw.provisioning.TopUp(ppb.TopUpRequest(topup_id="t1", account_id="a1",
+                                                       amount_micros=EUR))
+        await eventually(lambda: _is(s, "sub-v", com.ACTIVE), what="ACTIVE again")
+
+        async def renewed() -> bool:
+            return list(await s.lc.states.due_timers()) == ["sub-v|GRACE"]
+        await eventually(renewed, what="a new validity timer")
+
+
 async def _is(s: Setup, sub: str, state: int) -> bool:
     return await s.state(sub) == state
 
