@@ -188,13 +188,14 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
 
 
 def session_fields(s: SessionState, req: Request, account_id: str,
-                   answer: bytes) -> dict[str, bytes | str | int]:
+                   answer: bytes) -> list[bytes | str]:
+    """The session hash's fields as the apply takes them: field, value, ... (strings)."""
     st = "event" if s.is_event else ("ended" if s.ended else "open")
-    fields: dict[str, bytes | str | int] = {
-        "rn": s.last_rn, "st": st, "t": s.last_time_ms, "sub": req.subscriber_id,
-        "acct": account_id, f"a:{req.request_number}": answer}
+    fields: list[bytes | str] = [
+        "rn", str(s.last_rn), "st", st, "t", str(s.last_time_ms), "sub", req.subscriber_id,
+        "acct", account_id, f"a:{req.request_number}", answer]
     for rg, r in s.reservations.items():
-        fields[f"r:{rg}"] = reservation_value(r)
+        fields += (f"r:{rg}", reservation_value(r))
     return fields
 
 

@@ -47,7 +47,7 @@ DAY_MS = 86_400_000
 class SessionWrite:
     session_id: str
     ended: bool
-    fields: dict[str, bytes | str | int]
+    fields: list[bytes | str]  # field, value, ...: strings, as apply.lua sets them
     deleted: list[str]
     expiry_ms: int = 0  # open sessions: when its reservations go stale (the sweeper's clock)
     created: bool = False  # the writer believes it new: if it exists, the account's write is
@@ -67,7 +67,7 @@ class AccountWrite:
     events: list[bytes] = field(default_factory=list)
 
 
-def _flat(fields: dict[str, int] | dict[str, bytes | str | int]) -> list[bytes | str]:
+def _flat(fields: dict[str, Any]) -> list[bytes | str]:
     """field, value, field, value...; numbers as strings (Lua numbers are doubles)."""
     return [x for f, v in fields.items() for x in (f, v if type(v) is bytes else str(v))]
 
@@ -81,7 +81,7 @@ def _group(w: AccountWrite) -> bytes:
         len(w.sessions), str(w.expected_version),
         "".join("1" if s.created else "0" for s in w.sessions),
         _flat(w.sets), _flat(w.increments),
-        [[s.session_id, "end" if s.ended else "open", str(s.expiry_ms), _flat(s.fields),
+        [[s.session_id, "end" if s.ended else "open", str(s.expiry_ms), s.fields,
           s.deleted] for s in w.sessions],
         w.records, w.events])
 

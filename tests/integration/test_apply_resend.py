@@ -18,7 +18,7 @@ async def test_an_apply_sent_twice_is_applied_once(tollgate, gateway):
     write = AccountWrite(
         key=keys.account(p, "acct-0"), expected_version=acct.version,
         increments={"money": -700}, records=[b"record"],
-        sessions=[SessionWrite("x1", ended=True, fields={"acct": "acct-0", "rn": 0},
+        sessions=[SessionWrite("x1", ended=True, fields=["acct", "acct-0", "rn", "0"],
                                deleted=[])])
     first = await store.apply({p: [write]}, 60_000)
     again = await store.apply({p: [write]}, 60_000)
