@@ -25,7 +25,6 @@ again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
@@ -42,6 +41,7 @@ from engine.export import (
     partition_count,
     stream_id,
 )
+from engine.state import BucketMeta
 from tollgate.v1 import usage_pb2
 
 SNAPSHOT_CHUNK = 200
@@ -118,9 +118,9 @@ def _books(account_id: str, p: int, h: dict[bytes, bytes], cutoff: tuple[int, in
         key = k.decode()
         if key.startswith("b:") and not key.endswith((":rem", ":res", ":ntf")):
             bid = key[2:]
-            meta = json.loads(v)
-            buckets[bid] = (int(meta["init"]), int(h.get(f"{key}:rem".encode(), 0)),
-                            int(h.get(f"{key}:res".encode(), 0)), bool(meta.get("renew", 0)))
+            meta = BucketMeta.parse(v)
+            buckets[bid] = (meta.initial, int(h.get(f"{key}:rem".encode(), 0)),
+                            int(h.get(f"{key}:res".encode(), 0)), meta.renew)
     created = int(h.get(b"created", 0))
     return Books(account_id, p, cutoff, int(h.get(b"init", 0)), int(h.get(b"topups", 0)),
                  int(h.get(b"money", 0)), int(h.get(b"mres", 0)),

@@ -12,7 +12,8 @@ changed only through the per-account version check or by Lua that bumps `ver`):
     cs / ce        current cycle start / end, Unix ms
     capn lown exhn cap level announced (0/80/100), low-balance and exhausted flags (0/1)
     cu:<rg>        units billed this cycle for a rating group (tiers)
-    b:<id>         bucket metadata, JSON {rgs, unit, prio, exp, init, renew}
+    b:<id>         bucket metadata, "rgs|unit|prio|exp|init|renew" (rgs comma-separated;
+                   short, so the hash stays in Redis's compact listpack encoding)
     b:<id>:rem / :res / :ntf   free units / reserved units / used-% level announced
     m:<sub>        member caps, JSON {money, oct, sec, svc} (0 = none)
     m:<sub>:spent / :mres      money charged this cycle / money reserved
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from engine.domain import Bucket, Member, Reservation, UnitType
 
@@ -81,10 +81,33 @@ def _s(v: bytes) -> str:
     return v.decode()
 
 
+@dataclass(frozen=True, slots=True)
+class BucketMeta:
+    """A bucket's fixed part, as stored in its `b:<id>` field."""
+
+    rating_groups: tuple[int, ...]
+    unit_type: UnitType
+    priority: int
+    expiry_ms: int
+    initial: int
+    renew: bool
+
+    def value(self) -> str:
+        rgs = ",".join(map(str, self.rating_groups))
+        return (f"{rgs}|{int(self.unit_type)}|{self.priority}|{self.expiry_ms}|{self.initial}|"
+                f"{int(self.renew)}")
+
+    @staticmethod
+    def parse(v: bytes) -> BucketMeta:
+        rgs, unit, prio, exp, init, renew = v.decode().split("|")
+        return BucketMeta(tuple(int(g) for g in rgs.split(",") if g), UnitType(int(unit)),
+                          int(prio), int(exp), int(init), renew == "1")
+
+
 def bucket_fields(b: Bucket) -> dict[str, str | int]:
-    meta = {"rgs": list(b.rating_groups), "unit": int(b.unit_type), "prio": b.priority,
-            "exp": b.expiry_ms, "init": b.initial, "renew": int(b.renew)}
-    return {f"b:{b.bucket_id}": json.dumps(meta, separators=(",", ":")),
+    meta = BucketMeta(tuple(b.rating_groups), b.unit_type, b.priority, b.expiry_ms, b.initial,
+                      b.renew)
+    return {f"b:{b.bucket_id}": meta.value(),
             f"b:{b.bucket_id}:rem": b.remaining, f"b:{b.bucket_id}:res": b.reserved,
             f"b:{b.bucket_id}:ntf": b.notified}
 
@@ -98,7 +121,7 @@ MEMBER_COUNTERS = ("spent", "mres", "u1", "u2", "u3", "r1", "r2", "r3")
 
 
 def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> AccountState:
-    metas: dict[str, dict[str, Any]] = {}
+    metas: dict[str, BucketMeta] = {}
     counters: dict[str, int] = {}
     members: dict[str, Member] = {}
     cycle_units: dict[int, int] = {}
@@ -108,7 +131,7 @@ def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> Acc
             if key.endswith((":rem", ":res", ":ntf")):
                 counters[key] = int(v)
             else:
-                metas[key[2:]] = json.loads(v)
+                metas[key[2:]] = BucketMeta.parse(v)
         elif key.startswith("m:"):
             if key.count(":") > 1 and key.rpartition(":")[2] in MEMBER_COUNTERS:
                 counters[key] = int(v)
@@ -126,10 +149,10 @@ def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> Acc
     buckets = []
     for bid, m in metas.items():
         buckets.append(Bucket(
-            bucket_id=bid, rating_groups=tuple(m["rgs"]), unit_type=UnitType(m["unit"]),
-            initial=int(m["init"]), remaining=counters.get(f"b:{bid}:rem", 0),
-            reserved=counters.get(f"b:{bid}:res", 0), priority=int(m["prio"]),
-            expiry_ms=int(m["exp"]), renew=bool(m.get("renew", 0)),
+            bucket_id=bid, rating_groups=m.rating_groups, unit_type=m.unit_type,
+            initial=m.initial, remaining=counters.get(f"b:{bid}:rem", 0),
+            reserved=counters.get(f"b:{bid}:res", 0), priority=m.priority,
+            expiry_ms=m.expiry_ms, renew=m.renew,
             notified=counters.get(f"b:{bid}:ntf", 0)))
     buckets.sort(key=lambda b: (b.priority, b.expiry_ms or NEVER, b.bucket_id))
     return AccountState(

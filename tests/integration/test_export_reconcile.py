@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import os
 import random
 import tracemalloc
@@ -18,9 +17,11 @@ import pyarrow.parquet as pq
 
 from engine import keys
 from engine.cli import main
+from engine.domain import UnitType
 from engine.export import Totals, export, parse_time
 from engine.reconcile import reconcile
 from engine.redis_client import connect
+from engine.state import BucketMeta
 from tests.helpers import EUR, sample_plan
 from tests.integration.ledger import Tariff, Traffic, provision, run_lane, usage_records
 from tollgate.v1 import common_pb2 as com
@@ -75,8 +76,7 @@ def fill(url: str, n: int, accounts: int = 50, seed: int = 1) -> dict[str, list[
         client.hset(keys.account(keys.partition_of(a, PARTS), a), mapping={
             "ver": 1, "plan": "syn", "money": big - money, "mres": 0, "init": big,
             "topups": topups[a], "created": BASE_MS, "cs": BASE_MS,
-            "b:data": json.dumps({"rgs": [10], "unit": 1, "prio": 0, "exp": 0,
-                                  "init": units + 7, "renew": 0}),
+            "b:data": BucketMeta((10,), UnitType.OCTETS, 0, 0, units + 7, False).value(),
             "b:data:rem": 7, "b:data:res": 0, "b:data:ntf": 0})
     client.close()
     return per

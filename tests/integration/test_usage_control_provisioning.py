@@ -5,7 +5,6 @@ records they write, and `tollgate plans load`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -18,7 +17,7 @@ from engine import cli, keys
 from engine.config import Config
 from engine.kernels.charge import MONEY_LIMIT
 from engine.redis_client import connect_async
-from engine.state import member_caps_value
+from engine.state import BucketMeta, member_caps_value
 from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, sample_plan
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2, usage_pb2
@@ -127,7 +126,7 @@ async def test_create_account_starts_a_cycle_with_its_cap_and_renewing_buckets(
         b"cap": b"25000000", b"spent": b"0", b"capn": b"0", b"lown": b"0", b"exhn": b"0",
         b"ver": b"1"}
     assert (int(h[b"cs"]), int(h[b"ce"])) == (acct.cycle_start_ms, acct.cycle_end_ms)
-    assert json.loads(h[b"b:data-100mb"])["renew"] == 1
+    assert BucketMeta.parse(h[b"b:data-100mb"]).renew
 
 
 async def test_create_account_without_a_cap_has_none_and_a_30_day_default_cycle(gateway):
