@@ -128,7 +128,7 @@ class KernelBatch:
     member_index: dict[tuple[str, str], int]  # (account id, subscriber id) -> position
     cycle_slots: dict[tuple[int, int], int]  # (account position, rating group) -> slot
     refs: list[ItemRef]
-    columns: dict[str, list[int]]
+    rows: list[tuple[int, ...]]  # per item, its ITEM_COLUMNS values
     items_of: dict[int, list[int]]  # id(pending) -> its items
     members_of: dict[int, list[int]] = field(default_factory=dict)  # account -> members
     slots_of: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # -> (rg, slot)
@@ -139,7 +139,9 @@ class KernelBatch:
 
         accts, buckets, members = self.accounts, self.buckets, [m for _, m in self.members]
         rg_lists = [b.rating_groups for b in buckets]
-        items = tuple(i64(self.columns[k]) for k in ITEM_COLUMNS)
+        # One conversion for the whole table (appending to a list per column costs more).
+        table = np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS))
+        items = tuple(np.ascontiguousarray(table.T))
         accounts = (
             i64([a.money for a in accts]), i64([-a.credit_limit for a in accts]),
             i64([a.money_reserved for a in accts]), i64([a.cap for a in accts]),
@@ -197,7 +199,7 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
             members.append((a, m))
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
                      [b for a in accounts for b in a.buckets], members, member_index, {}, [],
-                     {k: [] for k in ITEM_COLUMNS}, {}, members_of)
+                     [], {}, members_of)
     for p in batch:
         _add_items(kb, p, index[p.account_id], rates, p.request.subscriber_id in grace)
     return kb
@@ -235,7 +237,6 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
         mentioned = {it.rating_group for it in req.items}
         entries += [(rg, 0, None, None, True) for rg in sorted(held) if rg not in mentioned]
     mine = kb.items_of.setdefault(id(p), [])
-    cols = kb.columns
     for rg, service_id, used_u, requested_u, internal in entries:
         row = rows.get((rg, req.zone), -1)
         rate = rates.rates[row] if row >= 0 else None
@@ -262,7 +263,6 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
         mine.append(len(kb.refs))
         kb.refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal,
                                member >= 0))
-        for k, v in zip(ITEM_COLUMNS, (
-                a, member, rg, row, min(start, req.time_ms) + offset, req.time_ms + offset, used,
-                want, requested, flags, src, res_units, amount, slot, offset), strict=True):
-            cols[k].append(v)
+        kb.rows.append((a, member, rg, row, min(start, req.time_ms) + offset,
+                        req.time_ms + offset, used, want, requested, flags, src, res_units, amount,
+                        slot, offset))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from engine.errors import Overloaded
@@ -13,19 +14,33 @@ from engine.errors import Overloaded
 T = TypeVar("T")
 
 
-class Batcher(Generic[T]):
-    """Runs `process` over batches of queued items, one batch at a time.
+@dataclass(slots=True)
+class Prepared(Generic[T]):
+    """A batch made ready for its storage step: `finish` applies and answers `items` and
+    returns the ones to run again; `later` are items to put back in the queue unrun."""
 
-    A batch is flushed when it is full, as soon as the previous batch is done (so a busy
+    items: list[T]
+    finish: Callable[[], Awaitable[list[T]]] | None = None
+    later: list[T] = field(default_factory=list)
+
+
+class Batcher(Generic[T]):
+    """Runs batches of queued items in two steps: `prepare` (the CPU work, and reads) and the
+    `finish` it returns (the storage write). Batch k+1 is prepared while batch k's finish
+    is in flight, so the CPU does not wait for storage; at most one finish is in flight, and
+    `prepare` is responsible for leaving out items that depend on it (they come back in
+    `later`).
+
+    A batch is flushed when it is full, as soon as the previous batch is prepared (so a busy
     server batches by itself), or `window_s` after the first item reaches an idle batcher
-    (so unary calls arriving one per event-loop turn still share a batch). `process`
-    returns the items to run again; they go first in the next batch.
+    (so unary calls arriving one per event-loop turn still share a batch). Items to run
+    again go first in the next batch.
     """
 
-    def __init__(self, process: Callable[[list[T]], Awaitable[list[T]]],
+    def __init__(self, prepare: Callable[[list[T]], Awaitable[Prepared[T]]],
                  on_error: Callable[[list[T], BaseException], None],
                  max_batch: int, window_s: float, max_queue: int) -> None:
-        self._process = process
+        self._prepare = prepare
         self._on_error = on_error
         self.max_batch = max_batch
         self.window_s = window_s
@@ -35,6 +50,7 @@ class Batcher(Generic[T]):
         self._full = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Task[list[T]] | None = None
         self.batches = 0
         self.items = 0
 
@@ -67,6 +83,9 @@ class Batcher(Generic[T]):
         busy = False
         while True:
             if not self._queue:
+                if self._in_flight is not None:
+                    self._requeue(await self._landed())
+                    continue
                 if self._closing:
                     return
                 busy = False
@@ -82,10 +101,33 @@ class Batcher(Generic[T]):
             self._full.clear()
             busy = True
             try:
-                again = await self._process(batch)
+                prepared = await self._prepare(batch)
             except Exception as e:  # the batch fails, the batcher lives on (on_error logs)
                 self._on_error(batch, e)
-                continue
-            self.batches += 1
-            self.items += len(batch) - len(again)
-            self._queue.extendleft(reversed(again))
+                prepared = Prepared([])
+            # The in-flight batch's re-runs are older than anything of this one: first.
+            again = await self._landed() if self._in_flight is not None else []
+            self._requeue(again + prepared.later)
+            if prepared.finish is not None:
+                self._in_flight = asyncio.create_task(self._finish(prepared))
+
+    async def _finish(self, prepared: Prepared[T]) -> list[T]:
+        assert prepared.finish is not None
+        try:
+            again = await prepared.finish()
+        except Exception as e:  # as in _run: only this batch fails
+            self._on_error(prepared.items, e)
+            return []
+        self.batches += 1
+        self.items += len(prepared.items) - len(again)
+        return again
+
+    async def _landed(self) -> list[T]:
+        assert self._in_flight is not None
+        try:
+            return await self._in_flight
+        finally:
+            self._in_flight = None
+
+    def _requeue(self, items: list[T]) -> None:
+        self._queue.extendleft(reversed(items))

@@ -8,12 +8,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from engine import metrics
 from engine.batch import Answers, KernelBatch, KernelResult, Pending, assemble
-from engine.batcher import Batcher
+from engine.batcher import Batcher, Prepared
 from engine.config import Config
 from engine.cycles import renew_if_due
 from engine.decode import Invalid, Request, decode, error_answer
@@ -45,6 +46,15 @@ def _opens_session(req: Request) -> bool:
                                                and req.request_number == 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A batch through the kernel: its items, their results, and what to write."""
+
+    kb: KernelBatch
+    res: KernelResult
+    outcome: Outcome
+
+
 class Engine:
     """Owns the batcher, the caches and the hot path; the servicers only translate."""
 
@@ -58,11 +68,12 @@ class Engine:
         self._plans: dict[str, tuple[Plan, float]] = {}
         self.rates = RateTable()
         self.batcher: Batcher[Pending] = Batcher(
-            self._process, self._fail, config.max_batch, config.batch_window_ms / 1000,
+            self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
             config.max_queue)
         self.conflicts = 0
         self._watcher: asyncio.Task[None] | None = None
         self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
+        self._in_flight: set[str] = set()  # accounts the batch being applied writes
         store.subscriber_listeners.append(self._forget_subscriber)
 
     def start(self) -> None:
@@ -135,9 +146,11 @@ class Engine:
 
     # --- one batch ----------------------------------------------------------------------
 
-    async def _process(self, batch: list[Pending]) -> list[Pending]:
-        """Answers what waited past its deadline without running it (so it is never applied)
-        and runs the rest under the earliest remaining deadline."""
+    async def _prepare(self, batch: list[Pending]) -> Prepared[Pending]:
+        """Answers what waited past its deadline without running it (so it is never applied),
+        and prepares the rest under the earliest remaining deadline: everything up to the
+        apply, which `finish` does. Requests of an account the batch in flight writes wait
+        for the next batch: they must see its effects."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         live = []
@@ -150,24 +163,41 @@ class Engine:
             else:
                 live.append(p)
         if not live:
-            return []
-        async with asyncio.timeout_at(min(p.deadline for p in live)):
-            return await self._run_batch(live)
-
-    async def _run_batch(self, batch: list[Pending]) -> list[Pending]:
-        metrics.BATCH_SIZE.observe(len(batch))
+            return Prepared([])
+        deadline = min(p.deadline for p in live)
+        order = {id(p): n for n, p in enumerate(live)}
+        metrics.BATCH_SIZE.observe(len(live))
         metrics.QUEUED.set(self.batcher.queued)
-        order = {id(p): n for n, p in enumerate(batch)}
-        batch = await self._resolve_subscribers(batch)
-        batch, deferred = self._one_request_per_session(batch)
-        await self._load(batch)
-        batch = self._check_sessions(batch)
-        if batch:
-            await self._load_plans({self.accounts[p.account_id].plan_id for p in batch})
-            deferred += await self._run(batch)
+        async with asyncio.timeout_at(deadline):
+            live = await self._resolve_subscribers(live)
+            later = [p for p in live if p.account_id in self._in_flight]
+            live, deferred = self._one_request_per_session(
+                [p for p in live if p.account_id not in self._in_flight])
+            await self._load(live)
+            live = self._check_sessions(live)
+            run = None
+            if live:
+                await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
+                run = self._run(live)
         # Requests run again keep their arrival order: a session's later request must not
-        # overtake an earlier one that met a version conflict.
-        return sorted(deferred, key=lambda p: order[id(p)])
+        # overtake an earlier one.
+        later = sorted(later + deferred, key=lambda p: order[id(p)])
+        if run is None:
+            return Prepared([], later=later)
+        # Set now: the batch in flight until this one is launched has no account in common.
+        writing = self._in_flight = {p.account_id for p in live}
+
+        async def finish() -> list[Pending]:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    conflicted = await self._apply(run.kb, run.outcome.writes)
+            finally:
+                if self._in_flight is writing:
+                    self._in_flight = set()
+            again = self._settle(live, run, conflicted)
+            return sorted(again, key=lambda p: order[id(p)])
+
+        return Prepared(live, finish, later)
 
     async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()
@@ -323,7 +353,7 @@ class Engine:
 
     # --- kernel, apply, answer ----------------------------------------------------------
 
-    async def _run(self, batch: list[Pending]) -> list[Pending]:
+    def _run(self, batch: list[Pending]) -> Run:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         now = self.clock()
         renewals: dict[str, dict[str, int]] = {}
@@ -338,9 +368,7 @@ class Engine:
             res = kb.run(self.rates)
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
-        outcome = build_outcome(batch, kb, res, timing, renewals)
-        conflicted = await self._apply(kb, outcome.writes)
-        return self._settle(batch, kb, res, outcome, conflicted)
+        return Run(kb, res, build_outcome(batch, kb, res, timing, renewals))
 
     async def _apply(self, kb: KernelBatch, writes: dict[str, AccountWrite]) -> set[str]:
         """Applies every account's write; returns the accounts refused by the version check."""
@@ -355,10 +383,10 @@ class Engine:
                                              self.config.answer_retention_s * 1000)
         return {owners[p][g] for p, groups in refused.items() for g in groups}
 
-    def _settle(self, batch: list[Pending], kb: KernelBatch, res: KernelResult,
-                outcome: Outcome, conflicted: set[str]) -> list[Pending]:
+    def _settle(self, batch: list[Pending], run: Run, conflicted: set[str]) -> list[Pending]:
         """Brings the cache up to what was applied and answers; requests of accounts another
         writer moved are returned, to run again on fresh state."""
+        kb, res, outcome = run.kb, run.res, run.outcome
         for account_id in outcome.writes:
             if account_id in conflicted:
                 self.accounts.pop(account_id, None)

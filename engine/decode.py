@@ -13,6 +13,7 @@ UnitsTuple = tuple[int, int, int, int, int]
 
 REPORTING_REASONS = frozenset(pb.ReportingReason.values())
 UNIT_FIELDS = ("total_octets", "input_octets", "output_octets", "time_seconds", "service_units")
+REQUEST_TYPES = {int(t): t for t in RequestType}
 MAX_TIME_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: later times have no calendar date (plan time zones need one)."""
 
@@ -60,11 +61,12 @@ UNIT_FIELD = {UnitType.OCTETS: "total_octets", UnitType.SECONDS: "time_seconds",
 """The Units field that carries an amount of each unit type in answers."""
 
 
-def _units(msg: pb.Units, where: str, limit: int) -> UnitsTuple:
+def _units(msg: pb.Units, n: int, part: str, limit: int) -> UnitsTuple:
     values = (msg.total_octets, msg.input_octets, msg.output_octets, msg.time_seconds,
               msg.service_units)
     if min(values) >= 0 and max(values) <= limit:
         return values
+    where = f"units[{n}].{part}"
     for name, v in zip(UNIT_FIELDS, values, strict=True):
         if v < 0:
             raise Invalid(ResultCode.INVALID_AVP_VALUE, f"{where}.{name} is negative ({v})")
@@ -86,12 +88,10 @@ def _id(value: str, name: str, limit: int) -> str:
 
 def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
     """A validated request, or Invalid naming the field that is wrong."""
-    try:
-        kind = RequestType(msg.type)
-    except ValueError:
+    kind = REQUEST_TYPES.get(msg.type)
+    if kind is None:
         raise Invalid(ResultCode.INVALID_AVP_VALUE if msg.type else ResultCode.MISSING_AVP,
-                      f"type must be INITIAL, UPDATE, TERMINATION or EVENT (got {msg.type})"
-                      ) from None
+                      f"type must be INITIAL, UPDATE, TERMINATION or EVENT (got {msg.type})")
     limit = config.max_id_length
     session_id = _id(msg.session_id, "session_id", limit)
     subscriber_id = _id(msg.subscriber_id, "subscriber_id", limit)
@@ -112,21 +112,21 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
     items = []
     seen: set[int] = set()
     for n, su in enumerate(msg.units):
-        where = f"units[{n}]"
-        if su.rating_group in seen:
+        rg = su.rating_group
+        if rg in seen:
             raise Invalid(ResultCode.INVALID_AVP_VALUE,
-                          f"{where}: rating group {su.rating_group} appears twice")
-        seen.add(su.rating_group)
+                          f"units[{n}]: rating group {rg} appears twice")
+        seen.add(rg)
         if su.reporting_reason not in REPORTING_REASONS:
             raise Invalid(ResultCode.INVALID_AVP_VALUE,
-                          f"{where}.reporting_reason {su.reporting_reason} is not known")
-        used = _units(su.used, f"{where}.used", config.max_units) if su.HasField("used") else None
-        requested = (_units(su.requested, f"{where}.requested", config.max_units)
+                          f"units[{n}].reporting_reason {su.reporting_reason} is not known")
+        used = _units(su.used, n, "used", config.max_units) if su.HasField("used") else None
+        requested = (_units(su.requested, n, "requested", config.max_units)
                      if su.HasField("requested") else None)
         if kind == RequestType.EVENT and not any(used or ()) and not any(requested or ()):
-            raise Invalid(ResultCode.MISSING_AVP, f"{where}: an EVENT needs used or requested "
-                                                  "units")
-        items.append(Item(su.rating_group, su.service_id, used, requested))
+            raise Invalid(ResultCode.MISSING_AVP, f"units[{n}]: an EVENT needs used or "
+                                                  "requested units")
+        items.append(Item(rg, su.service_id, used, requested))
     if kind == RequestType.EVENT and not items:
         raise Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
     return Request(session_id, msg.request_number, kind, subscriber_id,

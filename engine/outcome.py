@@ -92,8 +92,10 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
         if ref.internal:
             continue
         ans.charged_micros += res.charged[i]
-        ans.grants.append(grant(ref, res.result[i], res.granted[i], res.validity[i],
-                                plan.final_unit if plan and res.final[i] else None))
+        grant(ans.grants.add(rating_group=ref.rating_group, service_id=ref.service_id,
+                             result=res.result[i]),
+              ref, res.granted[i], res.validity[i],
+              plan.final_unit if plan and res.final[i] else None)
         if ref.used and i in res.charges:
             w.records.append(usage_record(p, ref, plan, old, res.charges[i], kb.buckets,
                                           res.charged[i]))
@@ -199,12 +201,12 @@ def session_fields(s: SessionState, req: Request, account_id: str,
     return fields
 
 
-def grant(ref: ItemRef, result: int, granted: int, validity_s: int,
-          final_unit: FinalUnit | None) -> pb.ServiceGrant:
-    g = pb.ServiceGrant(rating_group=ref.rating_group, service_id=ref.service_id, result=result)
+def grant(g: pb.ServiceGrant, ref: ItemRef, granted: int, validity_s: int,
+          final_unit: FinalUnit | None) -> None:
+    """Fills a grant (its rating group, service and result set) from the kernel's item."""
     rate = ref.rate
-    if rate is None or result != ResultCode.SUCCESS or ref.want == WANT_NONE:
-        return g
+    if rate is None or g.result != ResultCode.SUCCESS or ref.want == WANT_NONE:
+        return
     setattr(g.granted, UNIT_FIELD[rate.unit_type], granted)
     if ref.want == WANT_GRANT:
         g.validity_time_s = validity_s
@@ -218,7 +220,6 @@ def grant(ref: ItemRef, result: int, granted: int, validity_s: int,
             g.volume_threshold_octets = threshold
         elif rate.unit_type == UnitType.SECONDS:
             g.time_threshold_s = threshold
-    return g
 
 
 def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState | None,
@@ -228,7 +229,7 @@ def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState 
     rate = ref.rate
     assert rate is not None  # only priced items charge
     overage = max(0, ref.used - ref.reserved_units) if req.type != RequestType.EVENT else 0
-    return usage_pb2.RatedUsage(
+    record = usage_pb2.RatedUsage(
         kind=usage_pb2.USAGE, account_id=p.account_id, subscriber_id=req.subscriber_id,
         session_id=req.session_id, request_number=req.request_number,
         rating_group=ref.rating_group, service_id=ref.service_id, zone=req.zone,
@@ -237,8 +238,9 @@ def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState 
         end_time_ms=req.time_ms, plan_id=plan.plan_id if plan else "",
         plan_version=plan.version if plan else 0, price_micros=rate.price_micros,
         increment=rate.increment, money_micros=money,
-        charges=[usage_pb2.BalanceCharge(
-            bucket_id=buckets[s].bucket_id if s != MONEY_SOURCE else "", units=u, micros=m)
-            for s, u, m in charges],
-        overage=overage > 0, overage_units=overage, origin=req.origin,
-    ).SerializeToString()
+        overage=overage > 0, overage_units=overage, origin=req.origin)
+    # add() builds each charge in place (a list of messages would be built, then copied).
+    for s, u, m in charges:
+        record.charges.add(bucket_id=buckets[s].bucket_id if s != MONEY_SOURCE else "", units=u,
+                           micros=m)
+    return record.SerializeToString()
