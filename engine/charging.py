@@ -171,6 +171,7 @@ class Engine:
         async with asyncio.timeout_at(deadline):
             live = await self._resolve_subscribers(live)
             later = [p for p in live if p.account_id in self._in_flight]
+            metrics.WAITED.inc(len(later))
             live, deferred = self._one_request_per_session(
                 [p for p in live if p.account_id not in self._in_flight])
             await self._load(live)

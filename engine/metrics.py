@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Sequence
 
@@ -28,6 +29,9 @@ APPLY_SECONDS = Histogram("tollgate_redis_apply_seconds", "Redis apply round tri
                           buckets=LATENCY_BUCKETS)
 CONFLICTS = Counter("tollgate_version_conflicts",
                     "Account writes refused by the version check and run again")
+WAITED = Counter("tollgate_requests_waited",
+                 "Requests put back for the next batch because the batch being applied writes "
+                 "their account")
 QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
 REDIRECTS = Counter("tollgate_partitions_resent",
                     "Partition applies sent again: MOVED/ASK/TRYAGAIN while slots move, or a "
@@ -37,9 +41,12 @@ BATCH_ERRORS = Counter("tollgate_batch_errors", "Batches answered UNABLE_TO_COMP
 
 
 def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswer]) -> None:
-    for req, ans in zip(requests, answers, strict=True):
-        REQUESTS.labels(TYPE_NAMES.get(req.type, "invalid"),
-                        RESULT_NAMES.get(ans.result, str(ans.result))).inc()
+    # Counted per message first: a labelled increment per request costs more than the rest.
+    seen = collections.Counter((req.type, ans.result)
+                               for req, ans in zip(requests, answers, strict=True))
+    for (kind, result), n in seen.items():
+        REQUESTS.labels(TYPE_NAMES.get(kind, "invalid"),
+                        RESULT_NAMES.get(result, str(result))).inc(n)
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> bool:
