@@ -47,7 +47,7 @@ B_REMAINING, B_UNIT, B_EXPIRY, B_INITIAL, B_LEVEL, B_RG_LO, B_RG_HI = range(7)
 M_CAP, M_SPENT, M_MRES = range(3)
 U_CAP, U_USED, U_RES = range(3)
 
-helper = njit(cache=True, nogil=True, _nrt=False)  # type: ignore[call-overload]  # not stubbed
+helper = njit(cache=True, nogil=True, forceinline=True, _nrt=False)  # type: ignore[call-overload]  # not stubbed
 """For the kernels' helpers, which allocate nothing: compiled without Numba's runtime, their
 array arguments are not reference-counted on every call (those atomic increments and
 decrements were over half of the kernel's time)."""
