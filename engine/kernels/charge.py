@@ -8,6 +8,8 @@ from numba import njit
 INT64_MAX = np.iinfo(np.int64).max
 MONEY_LIMIT = 2**62
 """No single charge may exceed this, nor take a balance below -MONEY_LIMIT (no int64 wrap)."""
+SMALL = 2**31
+"""Two factors below this have a product below 2**62."""
 
 # Item outcome codes (Diameter values, as engine.domain.ResultCode).
 SUCCESS = 2001
@@ -101,6 +103,14 @@ def next_change(r: int, local_ms: int, rt: np.ndarray, wins: np.ndarray) -> int:
 
 
 @helper
+def exceeds(k: int, price: int, total: int) -> bool:
+    """Whether total + k * price (k > 0) is beyond int64."""
+    if k < SMALL and 0 <= price < SMALL and 0 <= total < MONEY_LIMIT:
+        return False  # the usual case, without a 64-bit division
+    return price != 0 and k > (INT64_MAX - total) // price
+
+
+@helper
 def tiered_price(n: int, pos: int, r: int, rt: np.ndarray, tiers: np.ndarray) -> int:
     """Money for n increments whose first starts at cycle position `pos`; an increment is
     priced by the tier its start falls in. -1 on overflow."""
@@ -117,7 +127,7 @@ def tiered_price(n: int, pos: int, r: int, rt: np.ndarray, tiers: np.ndarray) ->
         take = n
         if edge != NO_BOUNDARY:
             take = min(n, (edge - pos + inc - 1) // inc)
-        if price != 0 and take > (INT64_MAX - total) // price:
+        if exceeds(take, price, total):
             return -1
         total += take * price
         n -= take
@@ -141,8 +151,10 @@ def price_span(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarra
     n = billable_increments(units, inc, rt[R_FIRST, r])
     if n == 0 or rt[R_FLAGS, r] & RATE_ZERO_RATED:
         return 0
-    if n > INT64_MAX // inc:
+    if exceeds(n, inc, 0):
         return -1
+    if rt[R_WIN_LO, r] == rt[R_WIN_HI, r]:
+        return tiered_price(n, pos, r, rt, tiers)  # no windows: no time split
     if end <= start:
         start = end
     total = 0
@@ -161,7 +173,7 @@ def price_span(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarra
         if k > 0:
             if w != NONE:
                 price = wins[W_PRICE, w]
-                if price != 0 and k > (INT64_MAX - total) // price:
+                if exceeds(k, price, total):
                     return -1
                 part = k * price
             else:
