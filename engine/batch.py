@@ -27,7 +27,7 @@ from tollgate.v1 import charging_pb2 as pb
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
                 "flags", "res_src", "res_units", "res_amount", "cycle_slot", "offset")
-"""The kernel's `items` tuple (local times: the plan's UTC offset added)."""
+"""The kernel's `items` rows, kernels.charge I_* (local times: the plan's UTC offset added)."""
 
 
 LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
@@ -134,43 +134,44 @@ class KernelBatch:
     slots_of: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # -> (rg, slot)
 
     def run(self, rates: RateTable) -> KernelResult:
-        def i64(values: list[int]) -> np.ndarray:
-            return np.array(values, dtype=np.int64)
+        def i64(rows: list[list[int]]) -> np.ndarray:
+            return np.array(rows, dtype=np.int64)
 
         accts, buckets, members = self.accounts, self.buckets, [m for _, m in self.members]
         rg_lists = [b.rating_groups for b in buckets]
+        rg_end = np.cumsum([len(r) for r in rg_lists], dtype=np.int64).tolist()
         # One conversion for the whole table (appending to a list per column costs more).
-        table = np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS))
-        items = tuple(np.ascontiguousarray(table.T))
-        accounts = (
-            i64([a.money for a in accts]), i64([-a.credit_limit for a in accts]),
-            i64([a.money_reserved for a in accts]), i64([a.cap for a in accts]),
-            i64([a.spent for a in accts]), i64(self.bucket_start),
-            i64([p.low_balance_micros if p else 0 for p in self.plans]),
-            i64([a.cap_level for a in accts]), i64([a.low_flag for a in accts]),
-            i64([a.exhausted_flag for a in accts]))
-        bucket_cols = (
-            i64([b.remaining for b in buckets]), i64([int(b.unit_type) for b in buckets]),
-            i64([b.expiry_ms for b in buckets]),
-            i64([0, *np.cumsum([len(r) for r in rg_lists]).tolist()]),
-            i64([g for r in rg_lists for g in r]), i64([b.initial for b in buckets]),
-            i64([b.notified for b in buckets]))
-        member_cols = (
-            i64([m.cap_money for m in members]), i64([m.spent for m in members]),
-            i64([m.money_reserved for m in members]),
-            i64([u for m in members for u in m.cap_units]),
-            i64([u for m in members for u in m.used_units]),
-            i64([u for m in members for u in m.reserved_units]))
+        items = np.ascontiguousarray(
+            np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS)).T)
+        accounts = i64([  # rows: kernels.charge A_*
+            [a.money for a in accts], [a.money_reserved for a in accts],
+            [a.spent for a in accts], [a.cap_level for a in accts],
+            [a.low_flag for a in accts], [a.exhausted_flag for a in accts],
+            [-a.credit_limit for a in accts], [a.cap for a in accts],
+            [p.low_balance_micros if p else 0 for p in self.plans],
+            self.bucket_start[:-1], self.bucket_start[1:]])
+        bucket_rows = i64([  # rows: kernels.charge B_*
+            [b.remaining for b in buckets], [int(b.unit_type) for b in buckets],
+            [b.expiry_ms for b in buckets], [b.initial for b in buckets],
+            [b.notified for b in buckets], [0, *rg_end][:-1], rg_end])
+        member_rows = i64([[m.cap_money for m in members], [m.spent for m in members],
+                           [m.money_reserved for m in members]])
+        unit_rows = i64([[u for m in members for u in m.cap_units],
+                         [u for m in members for u in m.used_units],
+                         [u for m in members for u in m.reserved_units]])
         cycle = [0] * len(self.cycle_slots)
         for (a, rg), slot in self.cycle_slots.items():
             cycle[slot] = accts[a].cycle_units.get(rg, 0)
-        out, acct_out, bucket_out, member_out, cu, chg, ev = charge_kernel(
-            items, rates.arrays(), accounts, bucket_cols, member_cols, i64(cycle))
+        out, acct_out, bucket_out, member_out, units_out, cu, chg, ev = charge_kernel(
+            items, rates.arrays(), accounts, bucket_rows,
+            np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
+            np.array(cycle, dtype=np.int64))
         charges: dict[int, list[tuple[int, int, int]]] = {}
-        for i, s, u, m in zip(*(x.tolist() for x in chg), strict=True):
+        for i, s, u, m in zip(*chg.tolist(), strict=True):
             charges.setdefault(i, []).append((s, u, m))
-        events = list(zip(*(x.tolist() for x in ev), strict=True))
-        lists = [x.tolist() for x in (*out, *acct_out, *bucket_out, *member_out)]
+        events = list(zip(*ev.tolist(), strict=True))
+        lists = [*out.tolist(), *acct_out.tolist(), *bucket_out.tolist(), *member_out.tolist(),
+                 *units_out.tolist()]
         return KernelResult(*lists[:20], cycle_units=cu.tolist(),  # type: ignore[misc]
                             charges=charges, events=events)
 

@@ -192,7 +192,7 @@ class RateTable:
     def __init__(self) -> None:
         self.rates: list[Rate] = []
         self._rows: dict[tuple[str, int], dict[tuple[int, str], int]] = {}
-        self._arrays: tuple[np.ndarray, ...] | None = None
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def rows(self, plan: Plan) -> dict[tuple[int, str], int]:
         key = (plan.plan_id, plan.version)
@@ -206,29 +206,28 @@ class RateTable:
             self._arrays = None
         return rows
 
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        """The kernel's `rates` tuple: per rate price, increment, first increment, default
-        quota, unit type, validity, flags (1 zero-rated, 2 not allowed); tier offsets, tier
-        from/price; window offsets, window weekdays/from/to/price."""
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*): the rate table
+        (per rate price, increment, first increment, default quota, unit type, validity,
+        flags (1 zero-rated, 2 not allowed), its tiers' and windows' [lo, hi)); the tiers
+        (from, price); the windows (weekdays, from, to, price)."""
         if self._arrays is None:
             rates = self.rates
 
-            def i64(values: list[int]) -> np.ndarray:
-                return np.array(values, dtype=np.int64)
+            def i64(rows: list[list[int]]) -> np.ndarray:
+                return np.array(rows, dtype=np.int64)
 
-            def offsets(counts: list[int]) -> np.ndarray:
-                return i64([0, *np.cumsum(counts).tolist()])
-
+            tier_end = np.cumsum([len(r.tiers) for r in rates], dtype=np.int64).tolist()
+            win_end = np.cumsum([len(r.windows) for r in rates], dtype=np.int64).tolist()
             tiers = [t for r in rates for t in r.tiers]
             wins = [w for r in rates for w in r.windows]
             self._arrays = (
-                i64([r.price_micros for r in rates]), i64([r.increment for r in rates]),
-                i64([r.first_increment for r in rates]), i64([r.default_quota for r in rates]),
-                i64([int(r.unit_type) for r in rates]), i64([r.validity_time_s for r in rates]),
-                i64([int(r.zero_rated) | 2 * int(r.not_allowed) for r in rates]),
-                offsets([len(r.tiers) for r in rates]), i64([t.from_units for t in tiers]),
-                i64([t.price_micros for t in tiers]),
-                offsets([len(r.windows) for r in rates]), i64([w.weekdays for w in wins]),
-                i64([w.start_minute for w in wins]), i64([w.end_minute for w in wins]),
-                i64([w.price_micros for w in wins]))
+                i64([[r.price_micros for r in rates], [r.increment for r in rates],
+                     [r.first_increment for r in rates], [r.default_quota for r in rates],
+                     [int(r.unit_type) for r in rates], [r.validity_time_s for r in rates],
+                     [int(r.zero_rated) | 2 * int(r.not_allowed) for r in rates],
+                     [0, *tier_end][:-1], tier_end, [0, *win_end][:-1], win_end]),
+                i64([[t.from_units for t in tiers], [t.price_micros for t in tiers]]),
+                i64([[w.weekdays for w in wins], [w.start_minute for w in wins],
+                     [w.end_minute for w in wins], [w.price_micros for w in wins]]))
         return self._arrays

@@ -8,6 +8,8 @@ from numba import njit
 INT64_MAX = np.iinfo(np.int64).max
 MONEY_LIMIT = 2**62
 """No single charge may exceed this, nor take a balance below -MONEY_LIMIT (no int64 wrap)."""
+SMALL = 2**31
+"""Two factors below this have a product below 2**62."""
 
 # Item outcome codes (Diameter values, as engine.domain.ResultCode).
 SUCCESS = 2001
@@ -31,8 +33,30 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 NO_BOUNDARY = INT64_MAX // 4
 
+# Rows of the `rates` tuple's arrays (see engine.plans.RateTable.arrays): the rate table
+# (a column per rate), tiers and windows (a column each, the rate's in [LO, HI)).
+(R_PRICE, R_INCREMENT, R_FIRST, R_QUOTA, R_UNIT, R_VALIDITY, R_FLAGS, R_TIER_LO, R_TIER_HI,
+ R_WIN_LO, R_WIN_HI) = range(11)
+T_FROM, T_PRICE = 0, 1
+W_DAYS, W_FROM, W_TO, W_PRICE = 0, 1, 2, 3
+# Rows of the kernel's other 2-D inputs (a few 2-D arrays cross into Numba faster than many
+# 1-D ones). The accounts' first six are also its account outputs, in this order.
+(I_ACCT, I_MEMBER, I_RG, I_RATE, I_START, I_TIME, I_USED, I_WANT, I_REQUESTED, I_FLAGS,
+ I_RES_SRC, I_RES_UNITS, I_RES_AMOUNT, I_CYCLE_SLOT, I_OFFSET) = range(15)
+(A_MONEY, A_MRES, A_SPENT, A_CAP_LEVEL, A_LOW_FLAG, A_EXH_FLAG, A_FLOOR, A_CAP, A_LOW_MARK,
+ A_BUCKETS_LO, A_BUCKETS_HI) = range(11)
+B_REMAINING, B_UNIT, B_EXPIRY, B_INITIAL, B_LEVEL, B_RG_LO, B_RG_HI = range(7)
+M_CAP, M_SPENT, M_MRES = range(3)
+U_CAP, U_USED, U_RES = range(3)
 
-@njit(cache=True, nogil=True)
+helper = njit(cache=True, nogil=True, forceinline=True, _nrt=False)  # type: ignore[call-overload]
+"""For the kernels' helpers, which allocate nothing. Compiled without Numba's runtime (`_nrt`,
+an option its type stubs lack), their array arguments are not reference-counted on every
+call: those atomic increments and decrements were over half of the kernel's time. Inlined,
+they cost no call either (another third of what was left)."""
+
+
+@helper
 def billable_increments(units: int, increment: int, first_increment: int) -> int:
     """Increments charged for `units`: at least the first increment, rounded up."""
     if units <= 0:
@@ -42,64 +66,69 @@ def billable_increments(units: int, increment: int, first_increment: int) -> int
     return (units + increment - 1) // increment
 
 
-@njit(cache=True, nogil=True)
-def window_at(r: int, local_ms: int, win_start: np.ndarray, win_days: np.ndarray,
-              win_from: np.ndarray, win_to: np.ndarray) -> int:
+@helper
+def window_at(r: int, local_ms: int, rt: np.ndarray, wins: np.ndarray) -> int:
     """The time window of rate r at a local time, or NONE. Days: 1970-01-01 was a Thursday."""
     minute = (local_ms // MINUTE_MS) % 1440
     day = (local_ms // DAY_MS + 3) % 7  # Monday = 0
-    for w in range(win_start[r], win_start[r + 1]):
-        if (win_days[w] >> day) & 1 and win_from[w] <= minute < win_to[w]:
+    for w in range(rt[R_WIN_LO, r], rt[R_WIN_HI, r]):
+        if (wins[W_DAYS, w] >> day) & 1 and wins[W_FROM, w] <= minute < wins[W_TO, w]:
             return w
     return NONE
 
 
-@njit(cache=True, nogil=True)
-def next_change(r: int, local_ms: int, win_start: np.ndarray, win_days: np.ndarray,
-                win_from: np.ndarray, win_to: np.ndarray) -> int:
+@helper
+def next_change(r: int, local_ms: int, rt: np.ndarray, wins: np.ndarray) -> int:
     """The first local time after local_ms at which rate r's window changes (Tariff-Time-
     Change), or NO_BOUNDARY when it has no windows or none changes within a week."""
-    if win_start[r] == win_start[r + 1]:
+    if rt[R_WIN_LO, r] == rt[R_WIN_HI, r]:
         return NO_BOUNDARY
-    current = window_at(r, local_ms, win_start, win_days, win_from, win_to)
+    current = window_at(r, local_ms, rt, wins)
     day0 = (local_ms // DAY_MS) * DAY_MS
     t = local_ms
     while t < local_ms + WEEK_MS + DAY_MS:
         best = NO_BOUNDARY
         for d in range(9):
             day_start = day0 + d * DAY_MS
-            for w in range(win_start[r], win_start[r + 1]):
-                for edge in (win_from[w], win_to[w]):
+            for w in range(rt[R_WIN_LO, r], rt[R_WIN_HI, r]):
+                for edge in (wins[W_FROM, w], wins[W_TO, w]):
                     c = day_start + edge * MINUTE_MS
                     if t < c < best:
                         best = c
         if best == NO_BOUNDARY:
             return NO_BOUNDARY
-        if window_at(r, best, win_start, win_days, win_from, win_to) != current:
+        if window_at(r, best, rt, wins) != current:
             return best
         t = best
     return NO_BOUNDARY
 
 
-@njit(cache=True, nogil=True)
-def tiered_price(n: int, pos: int, r: int, rate_price: np.ndarray, rate_increment: np.ndarray,
-                 tier_start: np.ndarray, tier_from: np.ndarray, tier_price: np.ndarray) -> int:
+@helper
+def exceeds(k: int, price: int, total: int) -> bool:
+    """Whether total + k * price (k > 0) is beyond int64."""
+    if k < SMALL and 0 <= price < SMALL and 0 <= total < MONEY_LIMIT:
+        return False  # the usual case, without a 64-bit division
+    return price != 0 and k > (INT64_MAX - total) // price
+
+
+@helper
+def tiered_price(n: int, pos: int, r: int, rt: np.ndarray, tiers: np.ndarray) -> int:
     """Money for n increments whose first starts at cycle position `pos`; an increment is
     priced by the tier its start falls in. -1 on overflow."""
-    inc = rate_increment[r]
+    inc = rt[R_INCREMENT, r]
     total = 0
     while n > 0:
-        price = rate_price[r]
+        price = rt[R_PRICE, r]
         edge = NO_BOUNDARY
-        for k in range(tier_start[r], tier_start[r + 1]):
-            if tier_from[k] <= pos:
-                price = tier_price[k]
-            elif tier_from[k] < edge:
-                edge = tier_from[k]
+        for k in range(rt[R_TIER_LO, r], rt[R_TIER_HI, r]):
+            if tiers[T_FROM, k] <= pos:
+                price = tiers[T_PRICE, k]
+            elif tiers[T_FROM, k] < edge:
+                edge = tiers[T_FROM, k]
         take = n
         if edge != NO_BOUNDARY:
             take = min(n, (edge - pos + inc - 1) // inc)
-        if price != 0 and take > (INT64_MAX - total) // price:
+        if exceeds(take, price, total):
             return -1
         total += take * price
         n -= take
@@ -107,36 +136,36 @@ def tiered_price(n: int, pos: int, r: int, rate_price: np.ndarray, rate_incremen
     return total
 
 
-@njit(cache=True, nogil=True)
+@helper
 def split(n: int, part: int, whole: int) -> int:
     """floor(n * part / whole) for 0 <= part <= whole, without int64 overflow."""
     return (n // whole) * part + ((n % whole) * part) // whole
 
 
-@njit(cache=True, nogil=True)
-def price_span(units: int, r: int, start: int, end: int, pos: int, rate_price: np.ndarray,
-               rate_increment: np.ndarray, rate_first: np.ndarray, rate_flags: np.ndarray,
-               tier_start: np.ndarray, tier_from: np.ndarray, tier_price: np.ndarray,
-               win_start: np.ndarray, win_days: np.ndarray, win_from: np.ndarray,
-               win_to: np.ndarray, win_price: np.ndarray) -> int:
+@helper
+def price_span(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarray,
+               tiers: np.ndarray, wins: np.ndarray) -> int:
     """Money for `units` used over local times [start, end] from cycle position `pos`.
     Billable increments are split over the time windows in proportion to time (a call over
     19:00 is priced in two parts); outside windows the tiers apply. -1 on overflow."""
-    n = billable_increments(units, rate_increment[r], rate_first[r])
-    if n == 0 or rate_flags[r] & RATE_ZERO_RATED:
+    inc = rt[R_INCREMENT, r]
+    n = billable_increments(units, inc, rt[R_FIRST, r])
+    if n == 0 or rt[R_FLAGS, r] & RATE_ZERO_RATED:
         return 0
-    if n > INT64_MAX // rate_increment[r]:
+    if exceeds(n, inc, 0):
         return -1
+    if rt[R_WIN_LO, r] == rt[R_WIN_HI, r]:
+        return tiered_price(n, pos, r, rt, tiers)  # no windows to split the time over
     if end <= start:
         start = end
     total = 0
     done = 0
     t = start
     while done < n:
-        w = window_at(r, t, win_start, win_days, win_from, win_to)
+        w = window_at(r, t, rt, wins)
         seg_end = end
         if end > start:
-            seg_end = min(next_change(r, t, win_start, win_days, win_from, win_to), end)
+            seg_end = min(next_change(r, t, rt, wins), end)
             upto = n if seg_end >= end else split(n, (seg_end - start) // 1000,
                                                   max(1, (end - start) // 1000))
         else:
@@ -144,12 +173,12 @@ def price_span(units: int, r: int, start: int, end: int, pos: int, rate_price: n
         k = upto - done
         if k > 0:
             if w != NONE:
-                if win_price[w] != 0 and k > (INT64_MAX - total) // win_price[w]:
+                price = wins[W_PRICE, w]
+                if exceeds(k, price, total):
                     return -1
-                part = k * win_price[w]
+                part = k * price
             else:
-                part = tiered_price(k, pos + done * rate_increment[r], r, rate_price,
-                                    rate_increment, tier_start, tier_from, tier_price)
+                part = tiered_price(k, pos + done * inc, r, rt, tiers)
                 if part < 0 or part > INT64_MAX - total:
                     return -1
             total += part
@@ -158,34 +187,28 @@ def price_span(units: int, r: int, start: int, end: int, pos: int, rate_price: n
     return total
 
 
-@njit(cache=True, nogil=True)
-def grant_price(units: int, r: int, t: int, pos: int, rate_price: np.ndarray,
-                rate_increment: np.ndarray, rate_first: np.ndarray, rate_flags: np.ndarray,
-                tier_start: np.ndarray, tier_from: np.ndarray, tier_price: np.ndarray,
-                win_start: np.ndarray, win_days: np.ndarray, win_from: np.ndarray,
-                win_to: np.ndarray, win_price: np.ndarray) -> int:
+@helper
+def grant_price(units: int, r: int, t: int, pos: int, rt: np.ndarray, tiers: np.ndarray,
+                wins: np.ndarray) -> int:
     """Money to reserve for granting `units` at local time t (a grant never spans a window
     change: its validity ends there)."""
-    return price_span(units, r, t, t, pos, rate_price, rate_increment, rate_first, rate_flags,
-                      tier_start, tier_from, tier_price, win_start, win_days, win_from, win_to,
-                      win_price)
+    return price_span(units, r, t, t, pos, rt, tiers, wins)
 
 
-@njit(cache=True, nogil=True)
-def bucket_applies(b: int, rg: int, unit_type: int, time_ms: int, bucket_rg_start: np.ndarray,
-                   bucket_rgs: np.ndarray, bucket_unit: np.ndarray,
-                   bucket_expiry: np.ndarray) -> bool:
-    if bucket_unit[b] != unit_type:
+@helper
+def bucket_applies(b: int, rg: int, unit_type: int, time_ms: int, buckets: np.ndarray,
+                   bucket_rgs: np.ndarray) -> bool:
+    if buckets[B_UNIT, b] != unit_type:
         return False
-    if bucket_expiry[b] != 0 and bucket_expiry[b] <= time_ms:
+    if buckets[B_EXPIRY, b] != 0 and buckets[B_EXPIRY, b] <= time_ms:
         return False
-    for k in range(bucket_rg_start[b], bucket_rg_start[b + 1]):
+    for k in range(buckets[B_RG_LO, b], buckets[B_RG_HI, b]):
         if bucket_rgs[k] == rg:
             return True
     return False
 
 
-@njit(cache=True, nogil=True)
+@helper
 def percent_level(used: int, size: int) -> int:
     """Highest of 50 / 80 / 100 % reached (0 if none); exact integer comparison."""
     if size <= 0:
@@ -199,7 +222,7 @@ def percent_level(used: int, size: int) -> int:
     return 0
 
 
-@njit(cache=True, nogil=True)
+@helper
 def money_room(a: int, m: int, money: np.ndarray, floor: np.ndarray, cap: np.ndarray,
                spent: np.ndarray, mres: np.ndarray, m_cap: np.ndarray, m_spent: np.ndarray,
                m_mres: np.ndarray) -> tuple[int, bool, bool]:
@@ -219,27 +242,29 @@ def money_room(a: int, m: int, money: np.ndarray, floor: np.ndarray, cap: np.nda
     return room, cap_bound, member_bound
 
 
-@njit(cache=True, nogil=True)
+@helper
 def emit(ev: np.ndarray, n: int, item: int, kind: int, ref: int, level: int, value: int,
          limit: int) -> int:
-    """Appends an event row; returns the new count."""
-    ev[n, 0] = item
-    ev[n, 1] = kind
-    ev[n, 2] = ref
-    ev[n, 3] = level
-    ev[n, 4] = value
-    ev[n, 5] = limit
+    """Appends an event column; returns the new count."""
+    ev[0, n] = item
+    ev[1, n] = kind
+    ev[2, n] = ref
+    ev[3, n] = level
+    ev[4, n] = value
+    ev[5, n] = limit
     return n + 1
 
 
 @njit(cache=True, nogil=True)
 def charge_kernel(
-    items: tuple,      # see engine.batch.ITEM_COLUMNS
-    rates: tuple,      # see engine.plans.RateTable.arrays
-    accounts: tuple,   # see engine.batch.ACCOUNT_COLUMNS
-    buckets: tuple,    # see engine.batch.BUCKET_COLUMNS
-    members: tuple,    # see engine.batch.MEMBER_COLUMNS
-    cycle_units: np.ndarray,  # units billed this cycle per (account, rating group) slot
+    items: np.ndarray,         # I_* rows, a column per item
+    rates: tuple,              # see engine.plans.RateTable.arrays
+    accounts: np.ndarray,      # A_* rows, a column per account
+    buckets: np.ndarray,       # B_* rows, a column per bucket (grouped by account, in order)
+    bucket_rgs: np.ndarray,    # the buckets' rating groups, bucket b's in [B_RG_LO, B_RG_HI)
+    members: np.ndarray,       # M_* rows, a column per member
+    member_units: np.ndarray,  # U_* rows, a column per (member, unit type - 1): 3 per member
+    cycle_units: np.ndarray,   # units billed this cycle per (account, rating group) slot
 ) -> tuple:
     """Runs every item in batch order; items of one account see each other's effects.
 
@@ -247,57 +272,61 @@ def charge_kernel(
     then money, priced over the time the usage took; usage is never refused, control is at
     grant time); then grant from the first bucket with units left, else from money, within
     balance + credit limit, the cycle's spending cap and the member's caps. A direct debit
-    (EVENT) is all or nothing. Thresholds crossed become events. Returns new arrays only.
+    (EVENT) is all or nothing. Thresholds crossed become events. Returns new arrays only:
+    the item outcomes (result, granted, reservation source, reserved, charged, validity,
+    final), the accounts' first 6 rows, the buckets' (remaining, reserved change, level), the
+    members' money (spent, reserved) and units (used, reserved), cycle units, charges (item,
+    source, units, money) and events (item, kind, ref, level, value, limit), a column each.
+    Several rows in one array: each array crossing into Python costs microseconds.
     """
-    (i_acct, i_member, i_rg, i_rate, i_start, i_time, i_used, i_want, i_requested, i_flags,
-     i_res_src, i_res_units, i_res_amount, i_cu, i_offset) = items
-    (rate_price, rate_increment, rate_first, rate_quota, rate_unit, rate_validity, rate_flags,
-     tier_start, tier_from, tier_price, win_start, win_days, win_from, win_to,
-     win_price) = rates
-    (a_money, a_floor, a_mres, a_cap, a_spent, a_bucket_start, a_low_mark, a_cap_level,
-     a_low_flag, a_exh_flag) = accounts
-    (b_remaining, b_unit, b_expiry, b_rg_start, b_rgs, b_initial, b_level) = buckets
-    (m_cap_money, m_spent, m_mres, m_cap_units, m_used_units, m_res_units) = members
+    rt, tiers, wins = rates
+    rate_price, rate_increment, rate_first = rt[R_PRICE], rt[R_INCREMENT], rt[R_FIRST]
+    rate_quota, rate_unit, rate_validity = rt[R_QUOTA], rt[R_UNIT], rt[R_VALIDITY]
+    rate_flags = rt[R_FLAGS]
+    i_acct, i_member, i_rg, i_rate = items[I_ACCT], items[I_MEMBER], items[I_RG], items[I_RATE]
+    i_start, i_time, i_used, i_want = items[I_START], items[I_TIME], items[I_USED], items[I_WANT]
+    i_requested, i_flags, i_res_src = items[I_REQUESTED], items[I_FLAGS], items[I_RES_SRC]
+    i_res_units, i_res_amount = items[I_RES_UNITS], items[I_RES_AMOUNT]
+    i_cu, i_offset = items[I_CYCLE_SLOT], items[I_OFFSET]
+    a_floor, a_cap, a_low_mark = accounts[A_FLOOR], accounts[A_CAP], accounts[A_LOW_MARK]
+    a_first, a_end = accounts[A_BUCKETS_LO], accounts[A_BUCKETS_HI]
+    b_initial = buckets[B_INITIAL]
+    m_cap_money, m_cap_units = members[M_CAP], member_units[U_CAP]
 
-    n = i_acct.shape[0]
-    result = np.full(n, SUCCESS, dtype=np.int64)
-    granted = np.zeros(n, dtype=np.int64)
-    res_src = np.full(n, MONEY, dtype=np.int64)
-    res_amount = np.zeros(n, dtype=np.int64)
-    charged = np.zeros(n, dtype=np.int64)
-    validity = np.zeros(n, dtype=np.int64)
-    final = np.zeros(n, dtype=np.int64)
-    money = a_money.copy()
-    mres = a_mres.copy()
-    spent = a_spent.copy()
-    cap_level = a_cap_level.copy()
-    low_flag = a_low_flag.copy()
-    exh_flag = a_exh_flag.copy()
-    remaining = b_remaining.copy()
-    b_reserved = np.zeros(b_remaining.shape[0], dtype=np.int64)
-    level = b_level.copy()
-    mspent = m_spent.copy()
-    mmres = m_mres.copy()
-    mused = m_used_units.copy()
-    mres_u = m_res_units.copy()
+    n = items.shape[1]
+    out = np.zeros((7, n), dtype=np.int64)
+    result, granted, res_src, res_amount = out[0], out[1], out[2], out[3]
+    charged, validity, final = out[4], out[5], out[6]
+    result[:] = SUCCESS
+    res_src[:] = MONEY
+    acct_out = accounts[:6].copy()
+    money, mres, spent = acct_out[A_MONEY], acct_out[A_MRES], acct_out[A_SPENT]
+    cap_level, low_flag = acct_out[A_CAP_LEVEL], acct_out[A_LOW_FLAG]
+    exh_flag = acct_out[A_EXH_FLAG]
+    bucket_out = np.zeros((3, buckets.shape[1]), dtype=np.int64)
+    remaining, b_reserved, level = bucket_out[0], bucket_out[1], bucket_out[2]
+    remaining[:] = buckets[B_REMAINING]
+    level[:] = buckets[B_LEVEL]
+    member_out = members[M_SPENT:].copy()
+    mspent, mmres = member_out[0], member_out[1]
+    units_out = member_units[U_USED:].copy()
+    mused, mres_u = units_out[0], units_out[1]
     cu = cycle_units.copy()
 
     cap = 0
     for i in range(n):
         a = i_acct[i]
-        cap += a_bucket_start[a + 1] - a_bucket_start[a] + 1
-    chg_item = np.empty(cap, dtype=np.int64)
-    chg_src = np.empty(cap, dtype=np.int64)
-    chg_units = np.empty(cap, dtype=np.int64)
-    chg_money = np.empty(cap, dtype=np.int64)
+        cap += a_end[a] - a_first[a] + 1
+    chg = np.empty((4, cap), dtype=np.int64)  # (item, source, units, money)
     n_chg = 0
-    ev = np.empty((4 * n + 4 * cap, 6), dtype=np.int64)  # (item, kind, ref, level, value, limit)
+    ev = np.empty((6, 4 * n + 4 * cap), dtype=np.int64)  # (item, kind, ref, level, value, limit)
     n_ev = 0
 
     for i in range(n):
         a = i_acct[i]
         m = i_member[i]
         r = i_rate[i]
+        rg = i_rg[i]
         used = i_used[i]
         want = i_want[i]
         # Give back what the session holds for this rating group (and what it counted against
@@ -332,14 +361,10 @@ def charge_kernel(
         t = i_time[i]
         utc = t - i_offset[i]  # bucket expiry is an instant; t is local time
         pos = cu[i_cu[i]]
-        cost_used = price_span(used, r, i_start[i], t, pos, rate_price, rate_increment,
-                               rate_first, rate_flags, tier_start, tier_from, tier_price,
-                               win_start, win_days, win_from, win_to, win_price)
+        cost_used = price_span(used, r, i_start[i], t, pos, rt, tiers, wins)
         cost_target = 0
         if want != WANT_NONE:
-            cost_target = grant_price(target, r, t, pos, rate_price, rate_increment, rate_first,
-                                      rate_flags, tier_start, tier_from, tier_price, win_start,
-                                      win_days, win_from, win_to, win_price)
+            cost_target = grant_price(target, r, t, pos, rt, tiers, wins)
         if (cost_used < 0 or cost_target < 0 or cost_used > MONEY_LIMIT
                 or cost_target > MONEY_LIMIT or money[a] - cost_used < -MONEY_LIMIT):
             result[i] = INVALID_AVP_VALUE  # amounts beyond int64 arithmetic
@@ -353,15 +378,12 @@ def charge_kernel(
         if want == WANT_DEBIT:
             # Direct debit: refuse unless buckets and money within all limits cover it all.
             covered = 0
-            for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
-                if covered < used and bucket_applies(b, i_rg[i], unit, utc, b_rg_start, b_rgs,
-                                                     b_unit, b_expiry):
+            for b in range(a_first[a], a_end[a]):
+                if covered < used and bucket_applies(b, rg, unit, utc, buckets, bucket_rgs):
                     covered += min(remaining[b], used - covered)
             cost = 0
             if covered < used:
-                cost = price_span(used - covered, r, i_start[i], t, pos, rate_price,
-                                  rate_increment, rate_first, rate_flags, tier_start, tier_from,
-                                  tier_price, win_start, win_days, win_from, win_to, win_price)
+                cost = price_span(used - covered, r, i_start[i], t, pos, rt, tiers, wins)
             room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
                                     mmres)
             if (cost > 0 and cost > room) or (
@@ -373,30 +395,27 @@ def charge_kernel(
 
         # Charge the used units: buckets in consumption order, then money.
         left = used
-        for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
+        for b in range(a_first[a], a_end[a]):
             if left == 0:
                 break
-            if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, utc, b_rg_start, b_rgs,
-                                                   b_unit, b_expiry):
+            if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets, bucket_rgs):
                 take = min(left, remaining[b])
                 remaining[b] -= take
                 left -= take
-                chg_item[n_chg] = i
-                chg_src[n_chg] = b
-                chg_units[n_chg] = take
-                chg_money[n_chg] = 0
+                chg[0, n_chg] = i
+                chg[1, n_chg] = b
+                chg[2, n_chg] = take
+                chg[3, n_chg] = 0
                 n_chg += 1
         if left > 0:
-            cost = price_span(left, r, i_start[i], t, pos, rate_price, rate_increment,
-                              rate_first, rate_flags, tier_start, tier_from, tier_price,
-                              win_start, win_days, win_from, win_to, win_price)
+            cost = price_span(left, r, i_start[i], t, pos, rt, tiers, wins)
             money[a] -= cost
             spent[a] += cost
             charged[i] = cost
-            chg_item[n_chg] = i
-            chg_src[n_chg] = MONEY
-            chg_units[n_chg] = left
-            chg_money[n_chg] = cost
+            chg[0, n_chg] = i
+            chg[1, n_chg] = MONEY
+            chg[2, n_chg] = left
+            chg[3, n_chg] = cost
             n_chg += 1
             if m != NONE:
                 mspent[m] += cost
@@ -418,9 +437,8 @@ def charge_kernel(
             member_bound = unit_room <= 0
             cap_bound = False
             if target > 0:
-                for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
-                    if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, utc, b_rg_start,
-                                                           b_rgs, b_unit, b_expiry):
+                for b in range(a_first[a], a_end[a]):
+                    if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets, bucket_rgs):
                         g = min(target, remaining[b])
                         src = b
                         break
@@ -432,33 +450,26 @@ def charge_kernel(
                 room, cap_bound, member_bound = money_room(a, m, money, a_floor, a_cap, spent,
                                                            mres, m_cap_money, mspent, mmres)
                 g = target
-                cost = grant_price(g, r, t, pos, rate_price, rate_increment, rate_first,
-                                   rate_flags, tier_start, tier_from, tier_price, win_start,
-                                   win_days, win_from, win_to, win_price)
+                cost = grant_price(g, r, t, pos, rt, tiers, wins)
                 if cost > room and cost > 0:
                     # The most whole increments the room pays for (price rises with units):
                     # a division for a flat price, a binary search over tiers.
                     lo = 0
                     hi = (g + rate_increment[r] - 1) // rate_increment[r]
-                    w = window_at(r, t, win_start, win_days, win_from, win_to)
-                    if w != NONE or tier_start[r] == tier_start[r + 1]:
-                        flat = win_price[w] if w != NONE else rate_price[r]
+                    w = window_at(r, t, rt, wins)
+                    if w != NONE or rt[R_TIER_LO, r] == rt[R_TIER_HI, r]:
+                        flat = wins[W_PRICE, w] if w != NONE else rate_price[r]
                         lo = min(hi, max(room, 0) // flat)
                         hi = lo
                     while lo < hi:
                         mid = (lo + hi + 1) // 2
-                        c = grant_price(mid * rate_increment[r], r, t, pos, rate_price,
-                                        rate_increment, rate_first, rate_flags, tier_start,
-                                        tier_from, tier_price, win_start, win_days, win_from,
-                                        win_to, win_price)
+                        c = grant_price(mid * rate_increment[r], r, t, pos, rt, tiers, wins)
                         if c <= room:
                             lo = mid
                         else:
                             hi = mid - 1
                     g = min(lo * rate_increment[r], g)
-                    cost = grant_price(g, r, t, pos, rate_price, rate_increment, rate_first,
-                                       rate_flags, tier_start, tier_from, tier_price,
-                                       win_start, win_days, win_from, win_to, win_price)
+                    cost = grant_price(g, r, t, pos, rt, tiers, wins)
                     if g <= 0 or cost > room:
                         g = 0
                 if g > 0:
@@ -485,7 +496,7 @@ def charge_kernel(
                 res_src[i] = src
                 if m != NONE:
                     mres_u[mu] += g
-                change = next_change(r, t, win_start, win_days, win_from, win_to)
+                change = next_change(r, t, rt, wins)
                 v = rate_validity[r]
                 if change != NO_BOUNDARY:
                     to_change = max(1, (change - t) // 1000)
@@ -495,18 +506,16 @@ def charge_kernel(
                 # Final units: nothing more could be granted after these.
                 more = zero != 0
                 if not more and (unit_room == NO_BOUNDARY or unit_room - g > 0):
-                    for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
-                        if remaining[b] > 0 and bucket_applies(b, i_rg[i], unit, utc, b_rg_start,
-                                                               b_rgs, b_unit, b_expiry):
+                    for b in range(a_first[a], a_end[a]):
+                        if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets,
+                                                               bucket_rgs):
                             more = True
                             break
                     if not more:
                         room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres,
                                                 m_cap_money, mspent, mmres)
                         least = grant_price(max(rate_first[r], rate_increment[r]), r, t, pos,
-                                            rate_price, rate_increment, rate_first, rate_flags,
-                                            tier_start, tier_from, tier_price, win_start,
-                                            win_days, win_from, win_to, win_price)
+                                            rt, tiers, wins)
                         more = least <= room
                 if not more:
                     final[i] = 1
@@ -514,7 +523,7 @@ def charge_kernel(
                                 0)
 
         # Thresholds this item took the account across, each announced once per cycle.
-        for b in range(a_bucket_start[a], a_bucket_start[a + 1]):
+        for b in range(a_first[a], a_end[a]):
             lv = percent_level(b_initial[b] - remaining[b], b_initial[b])
             for step in (50, 80, 100):
                 if level[b] < step <= lv:
@@ -538,11 +547,4 @@ def charge_kernel(
             elif money[a] >= a_low_mark[a]:
                 low_flag[a] = 0
 
-    return ((result, granted, res_src, res_amount, charged, validity, final),
-            (money, mres, spent, cap_level, low_flag, exh_flag),
-            (remaining, b_reserved, level),
-            (mspent, mmres, mused, mres_u),
-            cu,
-            (chg_item[:n_chg], chg_src[:n_chg], chg_units[:n_chg], chg_money[:n_chg]),
-            (ev[:n_ev, 0], ev[:n_ev, 1], ev[:n_ev, 2], ev[:n_ev, 3], ev[:n_ev, 4],
-             ev[:n_ev, 5]))
+    return (out, acct_out, bucket_out, member_out, units_out, cu, chg[:, :n_chg], ev[:, :n_ev])

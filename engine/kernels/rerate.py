@@ -15,7 +15,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.kernels.charge import RATE_NOT_ALLOWED, RATE_ZERO_RATED, billable_increments, price_span
+from engine.kernels.charge import (
+    R_FIRST,
+    R_FLAGS,
+    R_INCREMENT,
+    RATE_NOT_ALLOWED,
+    RATE_ZERO_RATED,
+    billable_increments,
+    price_span,
+)
 
 OVERFLOW = -1
 """New price beyond int64 arithmetic."""
@@ -31,9 +39,8 @@ def rerate_kernel(units: np.ndarray, rate_row: np.ndarray, start: np.ndarray, en
                   rates: tuple) -> tuple:
     """New money for each item's units over local times [start, end]; OVERFLOW, UNRATED or
     SKIPPED where there is none. Returns (prices, the slots' final positions)."""
-    (rate_price, rate_increment, rate_first, _quota, _unit, _validity, rate_flags,
-     tier_start, tier_from, tier_price, win_start, win_days, win_from, win_to,
-     win_price) = rates
+    rt, tiers, wins = rates
+    rate_increment, rate_first, rate_flags = rt[R_INCREMENT], rt[R_FIRST], rt[R_FLAGS]
     n = units.shape[0]
     out = np.full(n, SKIPPED, dtype=np.int64)
     cu = slot_start.copy()
@@ -45,9 +52,7 @@ def rerate_kernel(units: np.ndarray, rate_row: np.ndarray, start: np.ndarray, en
             continue
         s = slot[i]
         if priced[i]:
-            p = price_span(units[i], r, start[i], end[i], cu[s], rate_price, rate_increment,
-                           rate_first, rate_flags, tier_start, tier_from, tier_price, win_start,
-                           win_days, win_from, win_to, win_price)
+            p = price_span(units[i], r, start[i], end[i], cu[s], rt, tiers, wins)
             out[i] = p if p >= 0 else OVERFLOW
         if not rate_flags[r] & RATE_ZERO_RATED:
             cu[s] += billable_increments(units[i], rate_increment[r],

@@ -101,7 +101,7 @@ def run_kernel(items, rates, state):
 @given(batches())
 def test_kernel_matches_reference(batch):
     items, rate_list, state = batch
-    out, acct_out, bucket_out, member_out, cu, charges, events = run_kernel(*batch)
+    out, acct_out, bucket_out, member_out, units_out, cu, charges, events = run_kernel(*batch)
     ref, ref_state = charge_reference(items, rate_list, state)
 
     result, granted, res_src, res_amount, charged, validity, final = (x.tolist() for x in out)
@@ -125,7 +125,8 @@ def test_kernel_matches_reference(batch):
     assert remaining == [b.remaining for b in ref_state.buckets]
     assert b_reserved == [b.reserved for b in ref_state.buckets]
     assert level == [b.level for b in ref_state.buckets]
-    mspent, mmres, mused, mres_u = (x.tolist() for x in member_out)
+    mspent, mmres = member_out.tolist()
+    mused, mres_u = units_out.tolist()
     assert mspent == [m.spent for m in ref_state.members]
     assert mmres == [m.reserved for m in ref_state.members]
     assert mused == [u for m in ref_state.members for u in m.used_units]
