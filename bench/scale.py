@@ -72,10 +72,10 @@ def tollgate(url: str, workers: int, log: Path) -> Iterator[str]:
     env.update(TOLLGATE_METRICS_PORT="0", TOLLGATE_LOG_LEVEL="WARNING")
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--workers", str(workers),
-             "--listen", address, "--redis-url", url, "--log-format", "text"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-            preexec_fn=die_with_parent)
+            die_with_parent([sys.executable, "-m", "engine.cli", "serve", "--workers",
+                             str(workers), "--listen", address, "--redis-url", url,
+                             "--log-format", "text"]),
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,11 +16,14 @@ import redis
 from engine.errors import ConfigError
 
 
-def die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so a killed Tollgate leaves no
-    orphan redis-server holding its AOF (Linux prctl PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+def die_with_parent(command: list[str]) -> list[str]:
+    """The command, made to get SIGTERM when its parent dies, so a killed Tollgate leaves no
+    orphan holding its port or AOF (Linux PR_SET_PDEATHSIG, set by util-linux's `setpriv`
+    just before it execs the command). Not a preexec_fn: running Python between fork and
+    exec in a process with threads (gRPC's) can crash the child. The signal follows the
+    thread that started the child. Without setpriv the command is unchanged."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command
 
 
 def free_port() -> int:
@@ -43,8 +44,8 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.appendonly = appendonly
         self.password = password  # requirepass (tests of authenticated Redis)
-        # Tests that restart Redis while gRPC threads run turn this off: a preexec function
-        # forces fork(), whose gRPC atfork handlers can break the child before it execs.
+        # Tests that restart Redis from a worker thread turn this off: the parent-death
+        # signal would come when that thread ends.
         self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
@@ -68,15 +69,16 @@ class RedisServer:
             self._lock = None
             raise ConfigError(
                 f"data folder {self.data_dir} is in use by another Tollgate") from None
+        command = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--dir", str(self.data_dir.resolve()),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync, "--protected-mode", "yes",
+            "--daemonize", "no", "--loglevel", "warning", *self.extra_args,
+            *(["--requirepass", self.password] if self.password else [])]
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", str(self.data_dir.resolve()),
-             "--appendonly", "yes" if self.appendonly else "no",
-             "--appendfsync", self.appendfsync, "--protected-mode", "yes",
-             "--daemonize", "no", "--loglevel", "warning", *self.extra_args,
-             *(["--requirepass", self.password] if self.password else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent if self.die_with_parent else None)
+            die_with_parent(command) if self.die_with_parent else command,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2,
                              password=self.password or None)
         deadline = time.monotonic() + timeout_s

@@ -106,8 +106,9 @@ class Supervisor:
         env = config_env(worker_config(self.config, w.index))
         w.ready.clear()
         w.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--worker-index", str(w.index)],
-            env=env, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+            die_with_parent([sys.executable, "-m", "engine.cli", "serve", "--worker-index",
+                             str(w.index)]),
+            env=env, stdout=subprocess.PIPE, text=True)
         w.started = time.monotonic()
         threading.Thread(target=self._read, args=(w, w.proc), daemon=True).start()
 

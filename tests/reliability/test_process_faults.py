@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psutil
 import pytest
 import redis
 
@@ -165,3 +166,18 @@ async def test_chaos_one_traffic_stream_through_every_fault_reconciles_to_zero(c
     await link.close()
 
 
+
+
+def test_a_killed_server_takes_its_embedded_redis_with_it(tmp_path) -> None:
+    """No orphan redis-server keeps the data folder's AOF and port after a crash."""
+    server = ServerProcess("", tmp_path / "serve.log",
+                           args=("--data-dir", str(tmp_path / "data"))).start()
+    try:
+        server.wait_ready()
+        assert server.proc is not None
+        [embedded] = psutil.Process(server.proc.pid).children()
+        assert embedded.name() == "redis-server"
+    finally:
+        server.kill()  # SIGKILL: no shutdown code runs
+    embedded.wait(timeout=10)  # psutil.TimeoutExpired if it outlives the server
+    assert not embedded.is_running()
