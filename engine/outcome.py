@@ -47,9 +47,6 @@ class Timing:
 def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult, timing: Timing,
                   renewals: dict[str, dict[str, int]]) -> Outcome:
     out = Outcome({}, {}, {})
-    events_of: dict[int, list[tuple[int, int, int, int, int, int]]] = {}
-    for ev in res.events:
-        events_of.setdefault(ev[0], []).append(ev)
     for p in batch:
         a = kb.index[p.account_id]
         acct = kb.accounts[a]
@@ -59,8 +56,10 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult, timi
                 keys.account(acct.partition, acct.account_id), acct.version,
                 _increments(kb, res, a), {**renewals.get(p.account_id, {}), **_sets(kb, res, a)})
         _request_outcome(p, acct, kb, res, timing, out, w)
-        for i in kb.items_of[id(p)]:
-            w.events += [event(ev, p, kb, acct) for ev in events_of.get(i, ())]
+    for ev in res.events:  # in item order, so in batch order
+        p = kb.refs[ev[0]].pending
+        out.writes[p.account_id].events.append(
+            event(ev, p, kb, kb.accounts[kb.index[p.account_id]]))
     return out
 
 
@@ -116,30 +115,36 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
 
 
 def _increments(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:
+    """What the kernel changed, as deltas; a field is named only when it changed (most
+    buckets and members of an account do not move in a batch)."""
     acct = kb.accounts[a]
     inc: dict[str, int] = {}
-
-    def add(name: str, delta: int) -> None:
+    for name, delta in (("money", res.money[a] - acct.money),
+                        ("mres", res.money_reserved[a] - acct.money_reserved),
+                        ("spent", res.spent[a] - acct.spent)):
         if delta:
             inc[name] = delta
-
-    add("money", res.money[a] - acct.money)
-    add("mres", res.money_reserved[a] - acct.money_reserved)
-    add("spent", res.spent[a] - acct.spent)
     for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
         b = kb.buckets[k]
-        add(f"b:{b.bucket_id}:rem", res.remaining[k] - b.remaining)
-        add(f"b:{b.bucket_id}:res", res.bucket_reserved[k])
+        if delta := res.remaining[k] - b.remaining:
+            inc[f"b:{b.bucket_id}:rem"] = delta
+        if delta := res.bucket_reserved[k]:
+            inc[f"b:{b.bucket_id}:res"] = delta
     for k in kb.members_of.get(a, ()):
         m = kb.members[k][1]
         sub = m.subscriber_id
-        add(f"m:{sub}:spent", res.member_spent[k] - m.spent)
-        add(f"m:{sub}:mres", res.member_mres[k] - m.money_reserved)
+        if delta := res.member_spent[k] - m.spent:
+            inc[f"m:{sub}:spent"] = delta
+        if delta := res.member_mres[k] - m.money_reserved:
+            inc[f"m:{sub}:mres"] = delta
         for u in range(3):
-            add(f"m:{sub}:u{u + 1}", res.member_used[3 * k + u] - m.used_units[u])
-            add(f"m:{sub}:r{u + 1}", res.member_res_units[3 * k + u] - m.reserved_units[u])
+            if delta := res.member_used[3 * k + u] - m.used_units[u]:
+                inc[f"m:{sub}:u{u + 1}"] = delta
+            if delta := res.member_res_units[3 * k + u] - m.reserved_units[u]:
+                inc[f"m:{sub}:r{u + 1}"] = delta
     for rg, slot in kb.slots_of.get(a, ()):
-        add(f"cu:{rg}", res.cycle_units[slot] - acct.cycle_units.get(rg, 0))
+        if delta := res.cycle_units[slot] - acct.cycle_units.get(rg, 0):
+            inc[f"cu:{rg}"] = delta
     return inc
 
 
