@@ -1,0 +1,95 @@
+"""The batcher's two steps: batch k+1 is prepared while batch k's finish is in flight, one
+finish at a time, and what comes back runs first, oldest first."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine.batcher import Batcher, Prepared
+
+
+async def test_the_next_batch_is_prepared_while_one_finish_is_in_flight() -> None:
+    log: list[str] = []
+    release = asyncio.Event()
+    in_flight = 0
+
+    async def prepare(batch: list[int]) -> Prepared[int]:
+        log.append(f"prepare {batch}")
+
+        async def finish() -> list[int]:
+            nonlocal in_flight
+            in_flight += 1
+            assert in_flight == 1  # never two storage steps at once
+            log.append(f"finish {batch} starts")
+            await release.wait()
+            log.append(f"finish {batch} ends")
+            in_flight -= 1
+            return []
+        return Prepared(batch, finish)
+
+    batcher: Batcher[int] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
+                                    max_queue=100)
+    batcher.start()
+    batcher.submit([1, 2, 3, 4])
+    while not {"prepare [3, 4]", "finish [1, 2] starts"} <= set(log):
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    # Batch [3, 4] was prepared while [1, 2] was being finished, and waits for it.
+    assert sorted(log) == ["finish [1, 2] starts", "prepare [1, 2]", "prepare [3, 4]"]
+    release.set()
+    await batcher.close()
+    assert log[3:] == ["finish [1, 2] ends", "finish [3, 4] starts", "finish [3, 4] ends"]
+    assert (batcher.batches, batcher.items) == (2, 4)
+
+
+async def test_reruns_come_back_first_then_what_waited_then_the_queue() -> None:
+    seen: list[list[str]] = []
+    reran = False
+
+    async def prepare(batch: list[str]) -> Prepared[str]:
+        seen.append(batch)
+        nonlocal reran
+        if batch == ["a", "b"]:
+            async def finish_ab() -> list[str]:
+                await asyncio.sleep(0.01)
+                return ["a"]  # a's account moved: run it again
+            return Prepared(["a", "b"], finish_ab)
+        if batch == ["c", "d"]:
+            # d's account is in the batch being applied: it waits, unrun.
+            async def finish_c() -> list[str]:
+                return []
+            return Prepared(["c"], finish_c, later=["d"])
+
+        async def finish_rest() -> list[str]:
+            return []
+        if "a" in batch:
+            reran = True
+        return Prepared(batch, finish_rest)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
+                                    max_queue=100)
+    batcher.start()
+    batcher.submit(["a", "b", "c", "d", "e", "f"])
+    await batcher.close()
+    assert reran
+    # The re-run of a (older) goes before d, which waited, and both before e and f.
+    assert seen == [["a", "b"], ["c", "d"], ["a", "d"], ["e", "f"]]
+
+
+async def test_a_failed_finish_fails_only_its_own_batch() -> None:
+    failed: list[list[int]] = []
+
+    async def prepare(batch: list[int]) -> Prepared[int]:
+        async def finish() -> list[int]:
+            if batch == [1]:
+                raise ConnectionError("storage gone")
+            return []
+        return Prepared(batch, finish)
+
+    batcher: Batcher[int] = Batcher(prepare, lambda items, e: failed.append(items), max_batch=1,
+                                    window_s=0, max_queue=100)
+    batcher.start()
+    batcher.submit([1, 2])
+    await batcher.close()
+    assert failed == [[1]]
+    assert (batcher.batches, batcher.items) == (1, 1)
