@@ -823,6 +823,9 @@ def _stream_messages(k: int, subs: list[str], n_messages: int, rng: random.Rando
     interleaved with the others), an SMS event and a retransmission of an earlier request."""
     sessions = [(f"k{k}-s{s}", subs[(k + s) % len(subs)]) for s in range(3)]
     messages: list[list[cpb.ChargeRequest]] = []
+    # The retransmission is of one of the previous message's own requests (not of its
+    # retransmission): older ones may be past answers_kept by the time it runs.
+    previous: list[cpb.ChargeRequest] = []
     for m in range(n_messages):
         lanes: list[list[cpb.ChargeRequest]] = []
         for sid, sub in sessions:
@@ -836,8 +839,10 @@ def _stream_messages(k: int, subs: list[str], n_messages: int, rng: random.Rando
                     lane.append(request(sid, rn, UPDATE, sub, voice(used=60, want=0)))
             lanes.append(lane)
         lanes.append([request(f"k{k}-e{m}", 0, EVENT, sessions[0][1], sms(1))])
+        own = [r for lane in lanes for r in lane]
         if m:
-            lanes.append([rng.choice(messages[-1])])
+            lanes.append([rng.choice(previous)])
+        previous = own
         msg: list[cpb.ChargeRequest] = []
         while lanes:
             lane = rng.choice(lanes)
