@@ -61,6 +61,12 @@ class Batcher(Generic[T]):
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def applying(self) -> bool:
+        """A batch's finish is in flight, or done but its re-runs are not back in the queue
+        yet (prepare must still keep its items' dependents out)."""
+        return self._in_flight is not None
+
     def submit(self, items: list[T]) -> None:
         if self._closing:
             raise Overloaded("shutting down")

@@ -73,7 +73,7 @@ class Engine:
         self.conflicts = 0
         self._watcher: asyncio.Task[None] | None = None
         self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
-        self._in_flight: set[str] = set()  # accounts the batch being applied writes
+        self._in_flight: set[str] = set()  # accounts of the batch launched last (see _prepare)
         store.subscriber_listeners.append(self._forget_subscriber)
 
     def start(self) -> None:
@@ -170,10 +170,13 @@ class Engine:
         metrics.QUEUED.set(self.batcher.queued)
         async with asyncio.timeout_at(deadline):
             live = await self._resolve_subscribers(live)
-            later = [p for p in live if p.account_id in self._in_flight]
+            # The batch before this one may land while this one reads; its accounts stay
+            # busy until its re-runs are back in the queue (they go before these).
+            busy = self._in_flight if self.batcher.applying else set()
+            later = [p for p in live if p.account_id in busy]
             metrics.WAITED.inc(len(later))
             live, deferred = self._one_request_per_session(
-                [p for p in live if p.account_id not in self._in_flight])
+                [p for p in live if p.account_id not in busy])
             await self._load(live)
             live = self._check_sessions(live)
             run = None
@@ -185,16 +188,13 @@ class Engine:
         later = sorted(later + deferred, key=lambda p: order[id(p)])
         if run is None:
             return Prepared([], later=later)
-        # Set now: the batch in flight until this one is launched has no account in common.
-        writing = self._in_flight = {p.account_id for p in live}
+        # Set now: the batch in flight until this one is launched has no account in common,
+        # and nothing else is prepared before this one is launched.
+        self._in_flight = {p.account_id for p in live}
 
         async def finish() -> list[Pending]:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    conflicted = await self._apply(run.kb, run.outcome.writes)
-            finally:
-                if self._in_flight is writing:
-                    self._in_flight = set()
+            async with asyncio.timeout_at(deadline):
+                conflicted = await self._apply(run.kb, run.outcome.writes)
             again = self._settle(live, run, conflicted)
             return sorted(again, key=lambda p: order[id(p)])
 
