@@ -72,6 +72,9 @@ def _flat(fields: dict[str, Any]) -> list[bytes | str]:
     return [x for f, v in fields.items() for x in (f, v if type(v) is bytes else str(v))]
 
 
+SNAPSHOT_TRIES = 10
+"""Reads of a busy account before GetAccount gives what it read last (see get_account)."""
+
 _pack = msgpack.Packer(use_bin_type=False).pack  # Redis's cmsgpack predates the bin type
 
 
@@ -259,19 +262,28 @@ class Store:
         return sum(int(r) for r in replies.values())
 
     async def get_account(self, account_id: str) -> tuple[AccountState, list[SessionState]]:
+        """The account with its open sessions, as one snapshot: every change to either
+        moves the account version, so the reads are repeated until the version stayed the
+        same across them (a charge or a sweep in between would show reservations and
+        balances that do not match). An account charged without pause is given as last
+        read after SNAPSHOT_TRIES."""
         p = self.partition(account_id)
-        h = cast(dict[bytes, bytes], await self.redis.hgetall(keys.account(p, account_id)))
-        if not h:
-            raise NotFound(f"account {account_id!r} does not exist")
-        acct = parse_account(account_id, p, h)
-        members = cast(set[bytes],
-                       await self.redis.smembers(keys.account_sessions(p, account_id)))
-        session_ids = sorted(m.decode() for m in members)
-        pipe = self.redis.pipeline(transaction=False)
-        for sid in session_ids:
-            pipe.hgetall(keys.session(p, sid))
-        sessions = [s for sid, h in zip(session_ids, await pipe.execute(), strict=True)
-                    if (s := parse_session(sid, h)) is not None]
+        account_key = keys.account(p, account_id)
+        for _ in range(SNAPSHOT_TRIES):
+            h = cast(dict[bytes, bytes], await self.redis.hgetall(account_key))
+            if not h:
+                raise NotFound(f"account {account_id!r} does not exist")
+            acct = parse_account(account_id, p, h)
+            members = cast(set[bytes],
+                           await self.redis.smembers(keys.account_sessions(p, account_id)))
+            session_ids = sorted(m.decode() for m in members)
+            pipe = self.redis.pipeline(transaction=False)
+            for sid in session_ids:
+                pipe.hgetall(keys.session(p, sid))
+            sessions = [s for sid, h in zip(session_ids, await pipe.execute(), strict=True)
+                        if (s := parse_session(sid, h)) is not None]
+            if int(await self.redis.hget(account_key, "ver") or 0) == acct.version:
+                break
         return acct, sessions
 
     async def account_plan(self, account_id: str) -> str:

@@ -438,7 +438,10 @@ async def usage_records(redis_url: str) -> list[usage_pb2.RatedUsage]:
     client = connect_async(redis_url)
     try:
         out = []
-        async for key in client.scan_iter(match="tg:*:usage", _type="stream"):
+        # In key order: SCAN's order changes as keys are added (and between cluster nodes).
+        streams = sorted([key async for key in client.scan_iter(match="tg:*:usage",
+                                                                 _type="stream")])
+        for key in streams:
             entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(key))
             for rid, fields in entries:
                 r = usage_pb2.RatedUsage.FromString(fields[b"r"])
