@@ -207,18 +207,8 @@ class Client:
         send = self._unary if api == "unary" else self._batch
         while time.perf_counter() < stop_at:
             requests = self.traffic.batch(size)
-            t = time.perf_counter()
-            answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError
-            try:
-                if stream is not None:
-                    await stream.write(cpb.ChargeBatchRequest(requests=requests))
-                    answers = list((await stream.read()).answers)
-                else:
-                    answers = await send(requests)
-            except grpc.aio.AioRpcError as e:
-                answers = e
-            latencies.append(time.perf_counter() - t)
-            self._settle(run, requests, answers)
+            call = _exchange(stream, requests) if stream is not None else send(requests)
+            await self._timed(run, requests, call, time.perf_counter(), latencies)
         if stream is not None:
             await stream.done_writing()
 
@@ -237,13 +227,7 @@ class Client:
 
         async def one(intended: float) -> None:
             requests = self.traffic.batch(size)
-            answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError
-            try:
-                answers = await send(requests)
-            except grpc.aio.AioRpcError as e:
-                answers = e
-            latencies.append(time.perf_counter() - intended)
-            self._settle(run, requests, answers)
+            await self._timed(run, requests, send(requests), intended, latencies)
 
         k = 0
         while (intended := t0 + k * interval) < stop_at:
@@ -259,6 +243,19 @@ class Client:
             await asyncio.sleep(0)
         if tasks:
             await asyncio.wait(tasks)
+
+    async def _timed(self, run: Run, requests: list[cpb.ChargeRequest],
+                     call: Awaitable[list[cpb.ChargeAnswer]], since: float,
+                     latencies: list[float]) -> None:
+        """Awaits one call, its latency counted from `since`; a gRPC error is settled as
+        the call's outcome."""
+        answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError
+        try:
+            answers = await call
+        except grpc.aio.AioRpcError as e:
+            answers = e
+        latencies.append(time.perf_counter() - since)
+        self._settle(run, requests, answers)
 
     async def _open_stream(self, run: Run, interval: float, t0: float, stop_at: float,
                            size: int, latencies: list[float]) -> None:
@@ -295,6 +292,12 @@ class Client:
             sent.set()
         await read
         await stream.done_writing()
+
+
+async def _exchange(stream: Any, requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
+    """One message on a bidirectional stream, and its answer."""
+    await stream.write(cpb.ChargeBatchRequest(requests=requests))
+    return list((await stream.read()).answers)
 
 
 # --- processes ---------------------------------------------------------------------------------
