@@ -1,79 +1,111 @@
-"""Scale-out benchmark: charging throughput of `tollgate serve --workers N` for N in 1, 2, 4
-on one redis-server and on a 3-master local Redis Cluster, as ratios against 1 worker on
-one redis-server measured in the same run.
+"""Scale-out benchmark: throughput of `tollgate serve --workers N` for N in 1, 2, 4, 8, on one
+redis-server and on a local Redis Cluster, with the gateway traffic mix of `tollgate bench`;
+ratios against 1 worker measured in the same run.
 
-    .venv/bin/python -m bench.scale [--workers 1,2,4] [--masters 1,3] [--seconds 10]
+    .venv/bin/python -m bench.scale [--workers 1,2,4,8] [--masters 1,4] [--api batch,unary]
 
-The load: EVENT requests (one SMS each, a new session id each), ChargeBatch calls of
---batch requests, --concurrency calls in flight per load process, --clients processes,
-over --accounts accounts. The load processes run on the same machine as the servers and
-Redis (they share its cores), and Redis runs without AOF: this measures the engine's CPU
-path, not a disk. Prints one line per setup and the machine it ran on.
+Per Redis setup: start Redis (AOF, fsync every second), provision --subscribers accounts with
+one subscriber each, measure the Redis apply ceiling (b) there, then for each worker count
+and API start `serve --workers N` and drive it from --clients load processes (closed loop:
+4 calls of --batch requests in flight per worker for batch, 64 single calls per worker for
+unary). The load processes share the machine with the workers and Redis; the CPU each group
+used is printed beside the throughput, so a saturated part shows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
-import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-import grpc
+import psutil
 
-from engine.redis_client import connect
+from bench import report
+from bench.loadgen import Client, CpuProbe, as_json
+from bench.traffic import Traffic
 from engine.redis_cluster import LocalCluster
 from engine.redis_server import RedisServer, die_with_parent, free_port
-from tollgate.v1 import charging_pb2 as cpb
-from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
-from tollgate.v1 import common_pb2 as com
-from tollgate.v1 import provisioning_pb2 as ppb
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "tollgate serving on"
-SMS_RG = 200
-PLAN = ppb.Plan(plan_id="bench", name="Bench", currency="EUR", rates=[
-    ppb.Rate(rating_group=SMS_RG, unit_type=com.SERVICE_UNITS, price_micros=50_000,
-             increment=1, default_quota=1)])
+IN_FLIGHT = {"batch": 4, "stream": 4, "unary": 64}
+"""Closed loop: calls in flight per worker."""
 
 
-def sms_event(session_id: str, subscriber_id: str) -> cpb.ChargeRequest:
-    return cpb.ChargeRequest(
-        session_id=session_id, request_number=0, type=cpb.EVENT, subscriber_id=subscriber_id,
-        units=[cpb.ServiceUnits(rating_group=SMS_RG, used=cpb.Units(service_units=1))])
+@dataclass
+class Setup:
+    """One measured setup and what the load processes saw."""
+
+    masters: int
+    workers: int
+    api: str
+    throughput: float = 0.0  # answered requests/s, all load processes together
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # per call, worst process
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core: workers, redis, load
+    failed: str = ""
+
+    @property
+    def redis(self) -> str:
+        return "1 redis-server" if self.masters == 1 else f"{self.masters}-master cluster"
+
+
+@dataclass(frozen=True)
+class Load:
+    """What each load process does."""
+
+    address: str
+    api: str
+    subscribers: int
+    prefix: str
+    batch: int
+    concurrency: int  # per load process
+    connections: int  # per load process (the kernel spreads them over the workers)
+    warmup: float
+    seconds: float
+    tag: str
 
 
 @contextmanager
-def redis_backend(masters: int, base: Path) -> Iterator[str]:
-    """One redis-server (masters=1) or a local cluster of `masters` masters; its URL."""
+def redis_backend(masters: int, base: Path) -> Iterator[tuple[str, list[int]]]:
+    """One redis-server (masters=1) or a local cluster; its URL and its processes' pids."""
     if masters == 1:
-        server = RedisServer(base / "single", appendonly=False).start()
+        server = RedisServer(base / "single").start()
         try:
-            yield server.url
+            assert server.process is not None
+            yield server.url, [server.process.pid]
         finally:
             server.stop()
     else:
-        with LocalCluster(base / "cluster", masters=masters) as cluster:
-            yield cluster.url
+        with LocalCluster(base / "cluster", masters=masters, appendonly=True) as cluster:
+            yield cluster.url, [s.process.pid for s in cluster.nodes.values() if s.process]
 
 
 @contextmanager
-def tollgate(url: str, workers: int, log: Path) -> Iterator[str]:
-    """`tollgate serve --workers N` as a child process; its address once it serves."""
+def workers(url: str, count: int, log: Path) -> Iterator[tuple[str, list[int]]]:
+    """`tollgate serve --workers N` as a child process; its address and the pids of the
+    supervisor and its workers once all serve."""
     address = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     env.update(TOLLGATE_METRICS_PORT="0", TOLLGATE_LOG_LEVEL="WARNING")
     with log.open("w") as err:
         proc = subprocess.Popen(
             die_with_parent([sys.executable, "-m", "engine.cli", "serve", "--workers",
-                             str(workers), "--listen", address, "--redis-url", url,
+                             str(count), "--listen", address, "--redis-url", url,
                              "--log-format", "text"]),
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
@@ -83,121 +115,184 @@ def tollgate(url: str, workers: int, log: Path) -> Iterator[str]:
                 break
         else:
             raise RuntimeError(f"tollgate did not start: {log.read_text()[-2000:]}")
-        yield address
+        # keep reading, so a full pipe never blocks the supervisor
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        pids = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        yield address, pids
     finally:
         proc.terminate()
         proc.wait(60)
 
 
-async def provision(address: str, accounts: int) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = provisioning_pb2_grpc.ProvisioningStub(channel)
-        await stub.PutPlan(PLAN)
-        for a in range(accounts):
-            await stub.CreateAccount(ppb.CreateAccountRequest(
-                account_id=f"acct-{a}", plan_id="bench", initial_money_micros=10**12))
-            await stub.CreateSubscriber(ppb.Subscriber(subscriber_id=f"sub-{a}",
-                                                       account_id=f"acct-{a}"))
+async def provision(url: str, subscribers: int, prefix: str) -> None:
+    from tqdm import tqdm
+
+    from engine import population
+    from engine.config import load_config
+    from engine.store import Store
+    store = Store(url, load_config(None, redis_url=url).partitions)
+    try:
+        await store.init()
+        with tqdm(total=subscribers, desc="provision", unit=" subscribers", file=sys.stderr,
+                  leave=False) as bar:
+            await population.provision(store, subscribers, prefix=prefix, progress=bar.update)
+    finally:
+        await store.close()
 
 
-async def _load(address: str, client: int, accounts: int, batch: int, concurrency: int,
-                start: float, end: float) -> tuple[int, int]:
-    """Sends until `end`; counts the answers (and the SUCCESS ones) received in
-    [start, end)."""
-    counts = [0, 0]
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = charging_pb2_grpc.ChargingStub(channel)
-
-        async def lane(n: int) -> None:
-            k = 0
-            while time.time() < end:
-                reqs = []
-                for _ in range(batch):
-                    a = (k * 7919 + n * 104729 + client) % accounts
-                    reqs.append(sms_event(f"e{client}-{n}-{k}", f"sub-{a}"))
-                    k += 1
-                ans = await stub.ChargeBatch(cpb.ChargeBatchRequest(requests=reqs))
-                if start <= time.time() < end:
-                    counts[0] += len(ans.answers)
-                    counts[1] += sum(a.result == cpb.SUCCESS for a in ans.answers)
-
-        await asyncio.gather(*(lane(n) for n in range(concurrency)))
-    return counts[0], counts[1]
+async def apply_ceiling(url: str, opts: argparse.Namespace, pids: list[int]) -> dict[str, Any]:
+    """Ceiling (b): the engine's Redis apply step replayed with engine-made batches, one
+    batch at a time (as one worker applies them)."""
+    from bench.ceiling import apply_ceiling as replay
+    from bench.ceiling import capture_writes
+    from engine.config import load_config
+    config = load_config(None, redis_url=url, metrics_port=0)
+    traffic = Traffic(opts.subscribers, prefix=opts.prefix, sessions=5 * opts.batch, tag="c")
+    recorded = await capture_writes(config, traffic, opts.batch, warmup=10, batches=20)
+    result = await replay(config, recorded, opts.seconds, CpuProbe({"redis": pids}))
+    return as_json(result)
 
 
-def _load_process(args: tuple[str, int, int, int, int, float, float],
-                  out: mp.Queue[tuple[int, int]]) -> None:
-    out.put(asyncio.run(_load(*args)))
+async def _drive(load: Load, seed: int, barrier: Any) -> dict[str, Any]:
+    traffic = Traffic(load.subscribers, prefix=load.prefix, seed=seed, tag=load.tag,
+                      sessions=max(2000, 5 * load.batch * load.concurrency))
+    client = Client(load.address, traffic, CpuProbe({}), progress=False,
+                    connections=load.connections)
+    try:
+        await client.wait_ready()
+        await client.run("engine", load.api, load.warmup, concurrency=load.concurrency,
+                         batch=load.batch)
+        barrier.wait(timeout=120)  # the measured runs of all load processes start together
+        run = await client.run("engine", load.api, load.seconds, concurrency=load.concurrency,
+                               batch=load.batch)
+    finally:
+        await client.close()
+    return as_json(run)
 
 
-def measure(address: str, opts: argparse.Namespace) -> tuple[float, float]:
-    """Answers per second and the share that succeeded, over --seconds after --warmup."""
-    start = time.time() + opts.warmup
-    end = start + opts.seconds
-    out: mp.Queue[tuple[int, int]] = mp.Queue()
-    procs = [mp.Process(target=_load_process, args=(
-        (address, c, opts.accounts, opts.batch, opts.concurrency, start, end), out))
-        for c in range(opts.clients)]
+def _load_process(load: Load, seed: int, barrier: Any, out: Any) -> None:
+    try:
+        out.put(asyncio.run(_drive(load, seed, barrier)))
+    except BaseException as e:  # the parent reports it instead of waiting forever
+        barrier.abort()
+        out.put({"failed": f"{type(e).__name__}: {e}"})
+
+
+def measure(setup: Setup, load: Load, clients: int, pids: dict[str, list[int]]) -> None:
+    """Runs the load processes; fills in the setup's throughput, latency and CPU."""
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold gRPC or Numba state
+    barrier = ctx.Barrier(clients + 1)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_load_process, args=(load, seed, barrier, out))
+             for seed in range(1, clients + 1)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=opts.warmup + opts.seconds + 120) for _ in procs]
-    for p in procs:
-        p.join()
-    answers = sum(r[0] for r in results)
-    ok = sum(r[1] for r in results)
-    return answers / opts.seconds, ok / answers if answers else 0.0
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+        barrier.wait(timeout=180)
+        probe = CpuProbe({**pids, "load": [p.pid for p in procs if p.pid]})
+        probe.start()
+        time.sleep(load.seconds)
+        setup.cpu = probe.stop()
+    except Exception as e:  # a broken barrier: a load process says why
+        setup.failed = f"{type(e).__name__}"
+    runs = [out.get(timeout=load.seconds + 120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    failed = [r["failed"] for r in runs if "failed" in r]
+    if failed or setup.failed:
+        setup.failed = "; ".join(failed) or setup.failed
+        return
+    setup.throughput = round(sum(r["throughput"] for r in runs), 1)
+    setup.errors = sum(r["errors"] for r in runs)
+    for r in runs:
+        for kind, n in r["error_kinds"].items():
+            setup.error_kinds[kind] = setup.error_kinds.get(kind, 0) + n
+    setup.latency_ms = {"p50": statistics.median(r["latency_ms"]["p50"] for r in runs),
+                        "p99": max(r["latency_ms"]["p99"] for r in runs)}
+
+
+def line(s: Setup, base: dict[str, float]) -> str:
+    if s.failed:
+        return f"| {s.redis} | {s.api} | {s.workers} | FAILED: {s.failed} | | | | |"
+    ratio = s.throughput / base[s.api] if base.get(s.api) else 1.0
+    cpu = " ".join(f"{k} {v:.0f}%" for k, v in s.cpu.items())
+    return (f"| {s.redis} | {s.api} | {s.workers} | {s.throughput:,.0f} req/s | x{ratio:.2f} | "
+            f"p50 {s.latency_ms['p50']:.1f} ms, p99 {s.latency_ms['p99']:.1f} ms | {cpu} | "
+            f"{s.errors} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workers", default="1,2,4", help="worker counts (default 1,2,4)")
-    ap.add_argument("--masters", default="1,3",
-                    help="1 = one redis-server, N = an N-master cluster (default 1,3)")
+    ap.add_argument("--workers", default="1,2,4,8", help="worker counts (default 1,2,4,8)")
+    ap.add_argument("--masters", default="1,4",
+                    help="1 = one redis-server, N = an N-master cluster (default 1,4)")
+    ap.add_argument("--api", default="batch", help="batch, stream and/or unary (default batch)")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured time per setup")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--clients", type=int, default=2, help="load processes")
-    ap.add_argument("--concurrency", type=int, default=8, help="calls in flight per process")
-    ap.add_argument("--batch", type=int, default=50, help="requests per ChargeBatch call")
-    ap.add_argument("--accounts", type=int, default=500)
+    ap.add_argument("--clients", type=int, default=max(2, (os.cpu_count() or 4) // 4),
+                    help="load processes (default: a quarter of the cores, at least 2)")
+    ap.add_argument("--batch", type=int, default=1000, help="requests per ChargeBatch call")
+    ap.add_argument("--subscribers", type=int, default=100_000)
+    ap.add_argument("--prefix", default="bench-")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the apply ceiling (b)")
+    ap.add_argument("--out", metavar="DIR", help="write scale.json and scale.md here")
     opts = ap.parse_args(argv)
-    workers = [int(w) for w in opts.workers.split(",")]
-    masters = [int(m) for m in opts.masters.split(",")]
-    print(f"machine: {machine()}; load: {opts.clients} processes x {opts.concurrency} calls "
-          f"x {opts.batch} events, {opts.seconds:g} s per setup", flush=True)
-    baseline: float | None = None
+    counts = [int(w) for w in opts.workers.split(",")]
+    apis = opts.api.split(",")
+    if not set(apis) <= set(IN_FLIGHT):
+        ap.error(f"--api takes {', '.join(IN_FLIGHT)}")
+    lines = [f"machine: {report.machine()}; {opts.clients} load processes; "
+             f"{opts.subscribers:,} subscribers; {opts.seconds:g} s per setup after "
+             f"{opts.warmup:g} s of warm-up", "",
+             "| Redis | API | workers | throughput | vs 1 worker | latency per call | CPU % "
+             "of one core | errors |", "|---|---|---:|---:|---:|---|---|---:|"]
+    print("\n".join(lines), flush=True)
+    results: dict[str, Any] = {"machine": report.machine(), "options": vars(opts),
+                               "ceilings": {}, "setups": []}
+    setups: list[Setup] = []
     with tempfile.TemporaryDirectory(prefix="tollgate-scale-") as tmp:
-        for m in masters:
-            with redis_backend(m, Path(tmp) / f"m{m}") as url:
-                for w in workers:
-                    with tollgate(url, w, Path(tmp) / f"serve-{m}-{w}.log") as address:
-                        asyncio.run(provision(address, opts.accounts))
-                        rate, ok = measure(address, opts)
-                    baseline = baseline or rate
-                    kind = "1 redis-server" if m == 1 else f"{m}-master cluster"
-                    print(f"{kind:>18}, {w} worker{'s' if w > 1 else ' '}: {rate:9.0f} "
-                          f"answers/s ({ok:.1%} SUCCESS), x{rate / baseline:.2f}", flush=True)
-                    _flush(url)
-    return 0
+        for m in (int(m) for m in opts.masters.split(",")):
+            with redis_backend(m, Path(tmp) / f"m{m}") as (url, redis_pids):
+                asyncio.run(provision(url, opts.subscribers, opts.prefix))
+                base: dict[str, float] = {}
+                if not opts.no_ceiling:
+                    c = asyncio.run(apply_ceiling(url, opts, redis_pids))
+                    results["ceilings"][str(m)] = c
+                    lines.append(f"| apply ceiling (b), {m} master(s) | | 1 | "
+                                 f"{c['requests_per_s']:,.0f} req/s | | batch p99 "
+                                 f"{c['batch_ms_p99']:.1f} ms | redis {c['cpu']['redis']:.0f}% "
+                                 f"| {c['refused']} refused |")
+                    print(lines[-1], flush=True)
+                    save(opts.out, results, lines)
+                for w in counts:
+                    for api in apis:
+                        s = Setup(m, w, api)
+                        load = Load("", api, opts.subscribers, opts.prefix, opts.batch,
+                                    max(1, -(-IN_FLIGHT[api] * w // opts.clients)), 2 * w,
+                                    opts.warmup, opts.seconds, f"m{m}w{w}{api}")
+                        try:
+                            with workers(url, w, Path(tmp) / f"serve-{m}-{w}.log") as (
+                                    address, pids):
+                                measure(s, replace(load, address=address), opts.clients,
+                                        {"workers": pids, "redis": redis_pids})
+                        except Exception as e:  # one setup failing ends no run
+                            s.failed = f"{type(e).__name__}: {e}"[:300]
+                        if not s.failed and w == counts[0]:
+                            base.setdefault(api, s.throughput)
+                        setups.append(s)
+                        lines.append(line(s, base))
+                        print(lines[-1], flush=True)
+                        results["setups"] = as_json(setups)
+                        save(opts.out, results, lines)  # a run cut off keeps what it measured
+    return 0 if all(not s.failed for s in setups) else 1
 
 
-def _flush(url: str) -> None:
-    """Empties Redis between setups (a cluster client flushes every master)."""
-    client = connect(url)
-    client.flushall()
-    client.close()
+def save(out: str | None, results: dict[str, Any], lines: list[str]) -> None:
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+        (Path(out) / "scale.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
