@@ -54,9 +54,8 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult, timi
         acct = kb.accounts[a]
         w = out.writes.get(p.account_id)
         if w is None:
-            w = out.writes[p.account_id] = AccountWrite(
-                keys.account(acct.partition, acct.account_id), acct.version,
-                _increments(kb, res, a), {**renewals.get(p.account_id, {}), **_sets(kb, res, a)})
+            w = out.writes[p.account_id] = _account_write(kb, res, a,
+                                                          renewals.get(p.account_id, {}))
         _request_outcome(p, acct, kb, res, timing, out, w)
     for ev in res.events:  # in item order, so in batch order
         p = kb.refs[ev[0]].pending
@@ -71,7 +70,12 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     rn = req.request_number
     plan = kb.plans[kb.index[p.account_id]]
     old = acct.sessions.get(req.session_id)
-    ans = pb.ChargeAnswer(session_id=req.session_id, request_number=rn, result=SUCCESS)
+    # Messages are filled field by field: with upb that is faster than keyword arguments
+    # (and gives the same bytes).
+    ans = pb.ChargeAnswer()
+    ans.session_id = req.session_id
+    ans.request_number = rn
+    ans.result = SUCCESS
     # Copies: the cached session stays as it was until the batch is applied (_settle).
     answers = dict(old.answers) if old is not None else {}
     held = dict(old.reservations) if old is not None and not old.is_event else {}
@@ -92,8 +96,10 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
             continue
         charged += res.charged[i]
         result = res.result[i]
-        g = ans.grants.add(rating_group=ref.rating_group, service_id=ref.service_id,
-                           result=result)
+        g = ans.grants.add()
+        g.rating_group = ref.rating_group
+        g.service_id = ref.service_id
+        g.result = result
         if result == SUCCESS and ref.want != WANT_NONE and ref.rate is not None:
             grant(g, ref.rate, ref.want, granted, res.validity[i],
                   plan.final_unit if plan and res.final[i] else None)
@@ -124,22 +130,35 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
         deleted, expiry, created=old is None))
 
 
-def _increments(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:
-    """What the kernel changed, as deltas; a field is named only when it changed (most
-    buckets and members of an account do not move in a batch)."""
+def _account_write(kb: KernelBatch, res: KernelResult, a: int,
+                   renewed: dict[str, int]) -> AccountWrite:
+    """What the kernel changed in an account. Counters as deltas, a field named only when it
+    changed (most buckets and members of an account do not move in a batch); announced
+    levels and flags are set, not added, so a re-run cannot announce twice. `renewed`: the
+    fields a new billing cycle sets (the kernel's values win)."""
     acct = kb.accounts[a]
     inc: dict[str, int] = {}
-    for name, delta in (("money", res.money[a] - acct.money),
-                        ("mres", res.money_reserved[a] - acct.money_reserved),
-                        ("spent", res.spent[a] - acct.spent)):
-        if delta:
-            inc[name] = delta
+    if delta := res.money[a] - acct.money:
+        inc["money"] = delta
+    if delta := res.money_reserved[a] - acct.money_reserved:
+        inc["mres"] = delta
+    if delta := res.spent[a] - acct.spent:
+        inc["spent"] = delta
+    sets = dict(renewed)
+    if res.cap_level[a] != acct.cap_level:
+        sets["capn"] = res.cap_level[a]
+    if res.low_flag[a] != acct.low_flag:
+        sets["lown"] = res.low_flag[a]
+    if res.exhausted_flag[a] != acct.exhausted_flag:
+        sets["exhn"] = res.exhausted_flag[a]
     for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
         b = kb.buckets[k]
         if delta := res.remaining[k] - b.remaining:
             inc[f"b:{b.bucket_id}:rem"] = delta
         if delta := res.bucket_reserved[k]:
             inc[f"b:{b.bucket_id}:res"] = delta
+        if res.bucket_level[k] != b.notified:
+            sets[f"b:{b.bucket_id}:ntf"] = res.bucket_level[k]
     for k in kb.members_of.get(a, ()):
         m = kb.members[k][1]
         sub = m.subscriber_id
@@ -155,23 +174,7 @@ def _increments(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:
     for rg, slot in kb.slots_of.get(a, ()):
         if delta := res.cycle_units[slot] - acct.cycle_units.get(rg, 0):
             inc[f"cu:{rg}"] = delta
-    return inc
-
-
-def _sets(kb: KernelBatch, res: KernelResult, a: int) -> dict[str, int]:
-    """Announced levels and flags: set, not added, so a re-run cannot announce twice."""
-    acct = kb.accounts[a]
-    sets: dict[str, int] = {}
-    for name, before, after in (("capn", acct.cap_level, res.cap_level[a]),
-                                ("lown", acct.low_flag, res.low_flag[a]),
-                                ("exhn", acct.exhausted_flag, res.exhausted_flag[a])):
-        if before != after:
-            sets[name] = after
-    for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
-        b = kb.buckets[k]
-        if res.bucket_level[k] != b.notified:
-            sets[f"b:{b.bucket_id}:ntf"] = res.bucket_level[k]
-    return sets
+    return AccountWrite(keys.account(acct.partition, acct.account_id), acct.version, inc, sets)
 
 
 EVENT_IDS = {
@@ -242,7 +245,6 @@ def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState 
     rate = ref.rate
     assert rate is not None  # only priced items charge
     overage = max(0, ref.used - ref.reserved_units) if req.type != RequestType.EVENT else 0
-    # Set field by field: with upb that is faster than keyword arguments (the same bytes).
     record = usage_pb2.RatedUsage()
     record.kind = usage_pb2.USAGE
     record.account_id = p.account_id
@@ -269,6 +271,9 @@ def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState 
     record.origin = req.origin
     # add() builds each charge in place (a list of messages would be built, then copied).
     for s, u, m in charges:
-        record.charges.add(bucket_id=buckets[s].bucket_id if s != MONEY_SOURCE else "", units=u,
-                           micros=m)
+        c = record.charges.add()
+        if s != MONEY_SOURCE:
+            c.bucket_id = buckets[s].bucket_id
+        c.units = u
+        c.micros = m
     return record.SerializeToString()
