@@ -92,26 +92,30 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
     if kind is None:
         raise Invalid(ResultCode.INVALID_AVP_VALUE if msg.type else ResultCode.MISSING_AVP,
                       f"type must be INITIAL, UPDATE, TERMINATION or EVENT (got {msg.type})")
+    # Each field of an upb message is read once: every read builds a Python object.
     limit = config.max_id_length
     session_id = _id(msg.session_id, "session_id", limit)
     subscriber_id = _id(msg.subscriber_id, "subscriber_id", limit)
-    if len(msg.zone) > limit or len(msg.origin) > limit:
+    zone, origin, rn, time_ms = msg.zone, msg.origin, msg.request_number, msg.event_time_ms
+    if len(zone) > limit or len(origin) > limit:
         raise Invalid(ResultCode.INVALID_AVP_VALUE, f"zone and origin are limited to {limit} "
                                                     "characters")
-    if kind == RequestType.INITIAL and msg.request_number != 0:
+    if kind == RequestType.INITIAL and rn != 0:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
-                      f"INITIAL must have request_number 0 (got {msg.request_number})")
-    if not 0 <= msg.event_time_ms <= MAX_TIME_MS:
+                      f"INITIAL must have request_number 0 (got {rn})")
+    if not 0 <= time_ms <= MAX_TIME_MS:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"event_time_ms must be between 0 and {MAX_TIME_MS} (the year 9999); "
-                      f"got {msg.event_time_ms}")
-    if len(msg.units) > config.max_units_per_request:
+                      f"got {time_ms}")
+    units = msg.units
+    if len(units) > config.max_units_per_request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"units: at most {config.max_units_per_request} rating groups per "
-                      f"request (got {len(msg.units)})")
+                      f"request (got {len(units)})")
     items = []
     seen: set[int] = set()
-    for n, su in enumerate(msg.units):
+    max_units = config.max_units
+    for n, su in enumerate(units):
         rg = su.rating_group
         if rg in seen:
             raise Invalid(ResultCode.INVALID_AVP_VALUE,
@@ -120,8 +124,8 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
         if su.reporting_reason not in REPORTING_REASONS:
             raise Invalid(ResultCode.INVALID_AVP_VALUE,
                           f"units[{n}].reporting_reason {su.reporting_reason} is not known")
-        used = _units(su.used, n, "used", config.max_units) if su.HasField("used") else None
-        requested = (_units(su.requested, n, "requested", config.max_units)
+        used = _units(su.used, n, "used", max_units) if su.HasField("used") else None
+        requested = (_units(su.requested, n, "requested", max_units)
                      if su.HasField("requested") else None)
         if kind == RequestType.EVENT and not any(used or ()) and not any(requested or ()):
             raise Invalid(ResultCode.MISSING_AVP, f"units[{n}]: an EVENT needs used or "
@@ -129,8 +133,7 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
         items.append(Item(rg, su.service_id, used, requested))
     if kind == RequestType.EVENT and not items:
         raise Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
-    return Request(session_id, msg.request_number, kind, subscriber_id,
-                   msg.event_time_ms or now_ms, msg.zone, msg.origin, items)
+    return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin, items)
 
 
 def error_answer(msg: pb.ChargeRequest, code: ResultCode, message: str) -> pb.ChargeAnswer:
