@@ -30,6 +30,7 @@ APIS = ("unary", "batch", "stream")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
 Call = tuple[list[cpb.ChargeRequest], float]  # requests of one call, its intended send time
+Lane = tuple[charging_pb2_grpc.ChargingStub, Traffic]  # a connection, the sessions it carries
 
 
 @dataclass
@@ -108,22 +109,28 @@ class Client:
     def __init__(self, address: str, traffic: Traffic, cpu: CpuProbe,
                  progress: bool = True, connections: int = 1) -> None:
         self.address = address
-        self.traffic = traffic
         self.cpu = cpu
         self.progress = progress
         # Each channel its own TCP connection, so server processes sharing the port
-        # (SO_REUSEPORT) each get some of them.
+        # (SO_REUSEPORT) each get some of them. Each connection carries its own sessions, as
+        # a gateway keeps a session with one charging peer (a Diameter session, an Nchf
+        # charging data ref): all of a session's requests reach the same server process.
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         self.channels = [grpc.aio.insecure_channel(address, options=options)
                          for _ in range(connections)]
-        self.stubs = [charging_pb2_grpc.ChargingStub(c) for c in self.channels]
+        self.lanes = list(zip((charging_pb2_grpc.ChargingStub(c) for c in self.channels),
+                              traffic.shard(connections), strict=True))
         self._next = 0
 
+    def lane(self) -> Lane:
+        """The next connection and its sessions, round robin."""
+        self._next = (self._next + 1) % len(self.lanes)
+        return self.lanes[self._next]
+
     @property
-    def stub(self) -> charging_pb2_grpc.ChargingStub:
-        """The next connection's stub, round robin."""
-        self._next = (self._next + 1) % len(self.stubs)
-        return self.stubs[self._next]
+    def ended(self) -> int:
+        """Sessions that ran to their end (or were refused)."""
+        return sum(traffic.ended for _, traffic in self.lanes)
 
     async def close(self) -> None:
         for c in self.channels:
@@ -135,26 +142,31 @@ class Client:
 
     # --- one call --------------------------------------------------------------------------
 
-    async def _unary(self, requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
-        return [await self.stub.Charge(requests[0])]
+    @staticmethod
+    async def _unary(stub: charging_pb2_grpc.ChargingStub,
+                     requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
+        return [await stub.Charge(requests[0])]
 
-    async def _batch(self, requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
-        answer = await self.stub.ChargeBatch(cpb.ChargeBatchRequest(requests=requests))
+    @staticmethod
+    async def _batch(stub: charging_pb2_grpc.ChargingStub,
+                     requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
+        answer = await stub.ChargeBatch(cpb.ChargeBatchRequest(requests=requests))
         return list(answer.answers)
 
-    def _settle(self, run: Run, requests: list[cpb.ChargeRequest],
+    @staticmethod
+    def _settle(run: Run, traffic: Traffic, requests: list[cpb.ChargeRequest],
                 answers: list[cpb.ChargeAnswer] | grpc.aio.AioRpcError) -> None:
         run.calls += 1
         if isinstance(answers, grpc.aio.AioRpcError):
             _count(run, answers.code().name, len(requests))
             for r in requests:
-                self.traffic.failed(r)
+                traffic.failed(r)
             return
         run.requests += len(answers)
         for r, a in zip(requests, answers, strict=True):
             if a.result != cpb.SUCCESS:
                 _count(run, cpb.ResultCode.Name(a.result), 1)
-            self.traffic.answered(r, a)
+            traffic.answered(r, a)
 
     # --- runs ------------------------------------------------------------------------------
 
@@ -203,12 +215,13 @@ class Client:
 
     async def _closed(self, run: Run, api: str, size: int, stop_at: float,
                       latencies: list[float]) -> None:
-        stream = self.stub.ChargeStream() if api == "stream" else None
+        stub, traffic = self.lane()
+        stream = stub.ChargeStream() if api == "stream" else None
         send = self._unary if api == "unary" else self._batch
         while time.perf_counter() < stop_at:
-            requests = self.traffic.batch(size)
-            call = _exchange(stream, requests) if stream is not None else send(requests)
-            await self._timed(run, requests, call, time.perf_counter(), latencies)
+            requests = traffic.batch(size)
+            call = _exchange(stream, requests) if stream is not None else send(stub, requests)
+            await self._timed(run, traffic, requests, call, time.perf_counter(), latencies)
         if stream is not None:
             await stream.done_writing()
 
@@ -226,8 +239,9 @@ class Client:
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(intended: float) -> None:
-            requests = self.traffic.batch(size)
-            await self._timed(run, requests, send(requests), intended, latencies)
+            stub, traffic = self.lane()
+            requests = traffic.batch(size)
+            await self._timed(run, traffic, requests, send(stub, requests), intended, latencies)
 
         k = 0
         while (intended := t0 + k * interval) < stop_at:
@@ -244,7 +258,7 @@ class Client:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _timed(self, run: Run, requests: list[cpb.ChargeRequest],
+    async def _timed(self, run: Run, traffic: Traffic, requests: list[cpb.ChargeRequest],
                      call: Awaitable[list[cpb.ChargeAnswer]], since: float,
                      latencies: list[float]) -> None:
         """Awaits one call, its latency counted from `since`; a gRPC error is settled as
@@ -255,11 +269,12 @@ class Client:
         except grpc.aio.AioRpcError as e:
             answers = e
         latencies.append(time.perf_counter() - since)
-        self._settle(run, requests, answers)
+        self._settle(run, traffic, requests, answers)
 
     async def _open_stream(self, run: Run, interval: float, t0: float, stop_at: float,
                            size: int, latencies: list[float]) -> None:
-        stream = self.stub.ChargeStream()
+        stub, traffic = self.lane()
+        stream = stub.ChargeStream()
         inflight: deque[Call] = deque()
         sent = asyncio.Event()
         writing = True
@@ -273,7 +288,7 @@ class Client:
                 msg = await stream.read()
                 requests, intended = inflight.popleft()
                 latencies.append(time.perf_counter() - intended)
-                self._settle(run, requests, list(msg.answers))
+                self._settle(run, traffic, requests, list(msg.answers))
 
         read = asyncio.create_task(reader())
         k = 0
@@ -282,7 +297,7 @@ class Client:
                 now = time.perf_counter()
                 if intended > now:
                     await asyncio.sleep(intended - now)
-                requests = self.traffic.batch(size)
+                requests = traffic.batch(size)
                 inflight.append((requests, intended))
                 sent.set()
                 await stream.write(cpb.ChargeBatchRequest(requests=requests))

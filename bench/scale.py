@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -57,6 +60,7 @@ class Setup:
     error_kinds: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)  # per call, worst process
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core: workers, redis, load
+    engine: dict[str, float] = field(default_factory=dict)  # worker counters, per 1000 answers
     failed: str = ""
 
     @property
@@ -95,13 +99,20 @@ def redis_backend(masters: int, base: Path) -> Iterator[tuple[str, list[int]]]:
             yield cluster.url, [s.process.pid for s in cluster.nodes.values() if s.process]
 
 
+@dataclass(frozen=True)
+class Served:
+    address: str
+    pids: list[int]  # the supervisor and its workers
+    metrics_ports: list[int]
+
+
 @contextmanager
-def workers(url: str, count: int, log: Path) -> Iterator[tuple[str, list[int]]]:
-    """`tollgate serve --workers N` as a child process; its address and the pids of the
-    supervisor and its workers once all serve."""
+def workers(url: str, count: int, log: Path) -> Iterator[Served]:
+    """`tollgate serve --workers N` as a child process, once all its workers serve."""
     address = f"127.0.0.1:{free_port()}"
+    metrics = free_ports(count)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
-    env.update(TOLLGATE_METRICS_PORT="0", TOLLGATE_LOG_LEVEL="WARNING")
+    env.update(TOLLGATE_METRICS_PORT=str(metrics), TOLLGATE_LOG_LEVEL="WARNING")
     with log.open("w") as err:
         proc = subprocess.Popen(
             die_with_parent([sys.executable, "-m", "engine.cli", "serve", "--workers",
@@ -118,10 +129,45 @@ def workers(url: str, count: int, log: Path) -> Iterator[tuple[str, list[int]]]:
         # keep reading, so a full pipe never blocks the supervisor
         threading.Thread(target=proc.stdout.read, daemon=True).start()
         pids = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
-        yield address, pids
+        yield Served(address, pids, [metrics + k for k in range(count)])
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+def free_ports(n: int) -> int:
+    """The first of n consecutive free ports (worker k serves metrics on the first + k)."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for k in range(1, n):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", first + k))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+COUNTERS = {"tollgate_requests_total": "answers", "tollgate_version_conflicts_total": "conflicts",
+            "tollgate_requests_waited_total": "waited", "tollgate_batch_size_count": "batches",
+            "tollgate_redis_load_seconds_sum": "load_s", "tollgate_redis_apply_seconds_sum":
+            "apply_s", "tollgate_kernel_seconds_sum": "kernel_s"}
+
+
+def counters(ports: list[int]) -> dict[str, float]:
+    """The workers' charging counters, summed (from their Prometheus endpoints)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    totals = dict.fromkeys(COUNTERS.values(), 0.0)
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in COUNTERS:
+                    totals[COUNTERS[sample.name]] += sample.value
+    return totals
 
 
 async def provision(url: str, subscribers: int, prefix: str) -> None:
@@ -178,8 +224,11 @@ def _load_process(load: Load, seed: int, barrier: Any, out: Any) -> None:
         out.put({"failed": f"{type(e).__name__}: {e}"})
 
 
-def measure(setup: Setup, load: Load, clients: int, pids: dict[str, list[int]]) -> None:
-    """Runs the load processes; fills in the setup's throughput, latency and CPU."""
+def measure(setup: Setup, load: Load, clients: int, pids: dict[str, list[int]],
+            metrics_ports: list[int]) -> None:
+    """Runs the load processes; fills in the setup's throughput, latency, CPU, and the
+    version conflicts and waits per 1000 answers (a worker's cached account is stale when
+    another worker wrote it; those requests run again)."""
     ctx = mp.get_context("spawn")  # no fork of a process that may hold gRPC or Numba state
     barrier = ctx.Barrier(clients + 1)
     out = ctx.Queue()
@@ -190,9 +239,20 @@ def measure(setup: Setup, load: Load, clients: int, pids: dict[str, list[int]]) 
     try:
         barrier.wait(timeout=180)
         probe = CpuProbe({**pids, "load": [p.pid for p in procs if p.pid]})
+        before = counters(metrics_ports)
         probe.start()
         time.sleep(load.seconds)
         setup.cpu = probe.stop()
+        after = counters(metrics_ports)
+        delta = {k: after[k] - before[k] for k in after}
+        answers = max(delta["answers"], 1)
+        setup.engine = {
+            "conflicts": round(1000 * delta["conflicts"] / answers, 1),
+            "waited": round(1000 * delta["waited"] / answers, 1),
+            "batch": round(answers / max(delta["batches"], 1)),
+            # Redis round trips' wall time per request, in µs
+            **{f"{k}_us": round(1e6 * delta[f"{k}_s"] / answers, 1)
+               for k in ("load", "apply", "kernel")}}
     except Exception as e:  # a broken barrier: a load process says why
         setup.failed = f"{type(e).__name__}"
     runs = [out.get(timeout=load.seconds + 120) for _ in procs]
@@ -213,12 +273,12 @@ def measure(setup: Setup, load: Load, clients: int, pids: dict[str, list[int]]) 
 
 def line(s: Setup, base: dict[str, float]) -> str:
     if s.failed:
-        return f"| {s.redis} | {s.api} | {s.workers} | FAILED: {s.failed} | | | | |"
+        return f"| {s.redis} | {s.api} | {s.workers} | FAILED: {s.failed} | | | | | |"
     ratio = s.throughput / base[s.api] if base.get(s.api) else 1.0
     cpu = " ".join(f"{k} {v:.0f}%" for k, v in s.cpu.items())
     return (f"| {s.redis} | {s.api} | {s.workers} | {s.throughput:,.0f} req/s | x{ratio:.2f} | "
             f"p50 {s.latency_ms['p50']:.1f} ms, p99 {s.latency_ms['p99']:.1f} ms | {cpu} | "
-            f"{s.errors} |")
+            f"{s.engine.get('conflicts', 0):g} | {s.errors} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{opts.subscribers:,} subscribers; {opts.seconds:g} s per setup after "
              f"{opts.warmup:g} s of warm-up", "",
              "| Redis | API | workers | throughput | vs 1 worker | latency per call | CPU % "
-             "of one core | errors |", "|---|---|---:|---:|---:|---|---|---:|"]
+             "of one core | conflicts per 1000 | errors |",
+             "|---|---|---:|---:|---:|---|---|---:|---:|"]
     print("\n".join(lines), flush=True)
     results: dict[str, Any] = {"machine": report.machine(), "options": vars(opts),
                                "ceilings": {}, "setups": []}
@@ -262,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                     lines.append(f"| apply ceiling (b), {m} master(s) | | 1 | "
                                  f"{c['requests_per_s']:,.0f} req/s | | batch p99 "
                                  f"{c['batch_ms_p99']:.1f} ms | redis {c['cpu']['redis']:.0f}% "
-                                 f"| {c['refused']} refused |")
+                                 f"| | {c['refused']} refused |")
                     print(lines[-1], flush=True)
                     save(opts.out, results, lines)
                 for w in counts:
@@ -272,10 +333,10 @@ def main(argv: list[str] | None = None) -> int:
                                     max(1, -(-IN_FLIGHT[api] * w // opts.clients)), 2 * w,
                                     opts.warmup, opts.seconds, f"m{m}w{w}{api}")
                         try:
-                            with workers(url, w, Path(tmp) / f"serve-{m}-{w}.log") as (
-                                    address, pids):
-                                measure(s, replace(load, address=address), opts.clients,
-                                        {"workers": pids, "redis": redis_pids})
+                            with workers(url, w, Path(tmp) / f"serve-{m}-{w}.log") as served:
+                                measure(s, replace(load, address=served.address), opts.clients,
+                                        {"workers": served.pids, "redis": redis_pids},
+                                        served.metrics_ports)
                         except Exception as e:  # one setup failing ends no run
                             s.failed = f"{type(e).__name__}: {e}"[:300]
                         if not s.failed and w == counts[0]:

@@ -43,7 +43,7 @@ async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> No
         assert r.requests > 0 and r.errors == 0, r
         assert set(r.latency_ms) == {"p50", "p90", "p99", "p99.9"}
         assert r.latency_ms["p50"] <= r.latency_ms["p99.9"]
-    assert c.traffic.ended > 0  # sessions ran to their TERMINATION
+    assert c.ended > 0  # sessions ran to their TERMINATION
     assert runs[3].requests <= 1000 * 0.4 + 50  # the open loop keeps to its rate
     lines = table(runs, {"bare unary": 1000.0, "apply": 5000.0})
     assert "% of bare unary" in lines[2] and "% of redis apply" in lines[3]

@@ -85,6 +85,14 @@ class Traffic:
         self.busy: dict[str, Session] = {}
         self.ended = 0
 
+    def shard(self, n: int) -> list[Traffic]:
+        """n independent mixes over the same population (this one first), the open
+        sessions split between them; each is sent over one connection."""
+        self.sessions = max(1, self.sessions // n)
+        return [self] + [Traffic(self.population, prefix=self.prefix, sessions=self.sessions,
+                                 max_updates=self.max_updates, seed=self.rnd.getrandbits(32),
+                                 tag=f"{self.tag}.{k}") for k in range(1, n)]
+
     def new_session(self) -> Session:
         rgs = (DATA_RG, VOICE_RG) if self.rnd.random() < VOICE_SHARE else (DATA_RG,)
         return Session(f"{self.tag}-{next(self._ids)}",
