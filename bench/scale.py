@@ -151,7 +151,8 @@ def free_ports(n: int) -> int:
 
 
 COUNTERS = {"tollgate_requests_total": "answers", "tollgate_version_conflicts_total": "conflicts",
-            "tollgate_requests_waited_total": "waited", "tollgate_batch_size_count": "batches",
+            "tollgate_requests_waited_total": "waited",
+            "tollgate_stale_accounts_read_total": "stale", "tollgate_batch_size_count": "batches",
             "tollgate_redis_load_seconds_sum": "load_s", "tollgate_redis_apply_seconds_sum":
             "apply_s", "tollgate_kernel_seconds_sum": "kernel_s"}
 
@@ -249,6 +250,7 @@ def measure(setup: Setup, load: Load, clients: int, pids: dict[str, list[int]],
         setup.engine = {
             "conflicts": round(1000 * delta["conflicts"] / answers, 1),
             "waited": round(1000 * delta["waited"] / answers, 1),
+            "stale": round(1000 * delta["stale"] / answers, 1),
             "batch": round(answers / max(delta["batches"], 1)),
             # Redis round trips' wall time per request, in µs
             **{f"{k}_us": round(1e6 * delta[f"{k}_s"] / answers, 1)

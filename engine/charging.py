@@ -38,6 +38,12 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+OTHERS_QUIET_S = 10.0
+"""After another writer's change was last seen (a version conflict or a stale cached account),
+how long every cached account a batch uses has its version checked with the batch's reads. A
+server alone on its Redis never checks more than new sessions' accounts."""
+
+
 def _opens_session(req: Request) -> bool:
     """An INITIAL, or an EVENT's first request: its session is new unless this is a
     retransmission, so it is not read first; the apply refuses it if the session exists
@@ -71,6 +77,8 @@ class Engine:
             self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
             config.max_queue)
         self.conflicts = 0
+        self.stale_reads = 0  # cached accounts found moved on before use (see _load)
+        self._others_seen = -OTHERS_QUIET_S  # when another writer last showed (monotonic s)
         self._watcher: asyncio.Task[None] | None = None
         self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
         self._in_flight: set[str] = set()  # accounts of the batch launched last (see _prepare)
@@ -262,6 +270,9 @@ class Engine:
         """Puts every account of the batch, with the sessions it needs, in the cache."""
         sessions_of: dict[str, set[str]] = {}
         stale: set[str] = set()
+        check: dict[str, int] = {}  # cached account -> its cached version, to compare
+        # While other servers write these accounts, every cached one is checked.
+        shared = time.monotonic() - self._others_seen < OTHERS_QUIET_S
         for p in batch:
             sessions_of.setdefault(p.account_id, set()).add(p.request.session_id)
             acct = self.accounts.get(p.account_id)
@@ -269,14 +280,30 @@ class Engine:
                                 and not _opens_session(p.request)):
                 stale.add(p.account_id)
             else:
+                if shared or p.request.session_id not in acct.sessions:
+                    # A new session on an account cached a while ago: another server (another
+                    # worker) may have written it since. Its version is read with the batch's
+                    # other reads; a stale copy costs a second read instead of a refused
+                    # write and a re-run.
+                    check[p.account_id] = acct.version
                 self.accounts.move_to_end(p.account_id)
-        if not stale:
+        for account_id in stale:
+            check.pop(account_id, None)
+        if not stale and not check:
             return
         # Read every session the batch needs of such an account, not only the missing ones:
         # if the account moved on, the cached sessions are dropped with the old version.
         wanted = [(a, sorted(sessions_of[a])) for a in stale]
         with metrics.LOAD_SECONDS.time():
-            loaded = await self.store.read_accounts(wanted)
+            loaded, versions = await self.store.read_accounts(wanted, list(check))
+            moved = [(a, sorted(sessions_of[a])) for a, v in zip(check, versions, strict=True)
+                     if v != check[a]]
+            if moved:
+                metrics.STALE_READS.inc(len(moved))
+                self.stale_reads += len(moved)
+                self._others_seen = time.monotonic()
+                wanted += moved
+                loaded += (await self.store.read_accounts(moved))[0]
         for (account_id, session_ids), (acct, sessions) in zip(wanted, loaded, strict=True):
             if acct is None:
                 self.accounts.pop(account_id, None)
@@ -393,6 +420,7 @@ class Engine:
                 self.accounts.pop(account_id, None)
                 self.conflicts += 1
                 metrics.CONFLICTS.inc()
+                self._others_seen = time.monotonic()
                 continue
             a = kb.index[account_id]
             acct = kb.accounts[a]

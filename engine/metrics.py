@@ -29,6 +29,9 @@ APPLY_SECONDS = Histogram("tollgate_redis_apply_seconds", "Redis apply round tri
                           buckets=LATENCY_BUCKETS)
 CONFLICTS = Counter("tollgate_version_conflicts",
                     "Account writes refused by the version check and run again")
+STALE_READS = Counter("tollgate_stale_accounts_read",
+                      "Cached accounts read again because another server had written them "
+                      "(checked before a new session uses the cached copy)")
 WAITED = Counter("tollgate_requests_waited",
                  "Requests put back for the next batch because the batch being applied writes "
                  "their account")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -182,24 +182,29 @@ class Store:
             out.append(None if acct is None else (acct.decode(), SubscriberState(int(state))))
         return out
 
-    async def read_accounts(self, wanted: list[tuple[str, list[str]]]
-                            ) -> list[tuple[AccountState | None, list[SessionState | None]]]:
-        """Accounts and some of their sessions in one round trip. Each account is read before
-        its sessions: a session changed after the account read also moved the account version,
-        so the apply's version check catches any mix of old and new."""
+    async def read_accounts(self, wanted: list[tuple[str, list[str]]],
+                            versions_of: Sequence[str] = ()
+                            ) -> tuple[list[tuple[AccountState | None, list[SessionState | None]]],
+                                       list[int]]:
+        """Accounts and some of their sessions, and the current versions of the accounts
+        `versions_of` (0: gone), in one round trip. Each account is read before its sessions:
+        a session changed after the account read also moved the account version, so the
+        apply's version check catches any mix of old and new."""
         pipe = self.redis.pipeline(transaction=False)
         for account_id, session_ids in wanted:
             p = self.partition(account_id)
             pipe.hgetall(keys.account(p, account_id))
             for sid in session_ids:
                 pipe.hgetall(keys.session(p, sid))
+        for account_id in versions_of:
+            pipe.hget(keys.account(self.partition(account_id), account_id), "ver")
         replies = iter(await pipe.execute())
         out: list[tuple[AccountState | None, list[SessionState | None]]] = []
         for account_id, session_ids in wanted:
             h = next(replies)
             acct = parse_account(account_id, self.partition(account_id), h) if h else None
             out.append((acct, [parse_session(sid, next(replies)) for sid in session_ids]))
-        return out
+        return out, [int(v or 0) for v in replies]
 
     async def apply(self, writes: dict[int, list[AccountWrite]],
                     retention_ms: int) -> dict[int, set[int]]:

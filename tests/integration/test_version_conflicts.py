@@ -66,3 +66,26 @@ async def test_a_retransmitted_initial_on_a_server_that_never_saw_the_session_ch
         after = await b.account("acct-0")
         assert after.buckets[0].reserved == before.buckets[0].reserved == 20 * MB
         assert after.money_micros == before.money_micros
+
+
+async def test_a_new_session_on_an_account_another_writer_moved_reads_it_again(tollgate, gateway,
+                                                                              redis_url):
+    [sub] = await gateway.setup()
+    first = await gateway.charge(request("s1", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+    second = await gateway.charge(request("s2", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+    assert [first.result, second.result] == [cpb.SUCCESS, cpb.SUCCESS]
+    # The engine's own writes keep its cached copy current: nothing was read again.
+    assert (tollgate.engine.stale_reads, tollgate.engine.conflicts) == (0, 0)
+
+    # Another server writes the account (here: its version moves, as its apply would).
+    p = tollgate.store.partition("acct-0")
+    r = connect_async(redis_url)
+    await r.hincrby(keys.account(p, "acct-0"), "ver", 1)
+    await r.aclose()
+    third = await gateway.charge(request("s3", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+
+    # The new session found the cached copy stale before charging, not at the apply.
+    assert third.result == cpb.SUCCESS
+    assert (tollgate.engine.stale_reads, tollgate.engine.conflicts) == (1, 0)
+    acct = await gateway.account("acct-0")
+    assert acct.buckets[0].reserved == 30 * MB
