@@ -9,7 +9,7 @@ import logging
 import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -183,9 +183,11 @@ SERVICE_NAMES = (CHARGING.full_name, PROVISIONING.full_name, BILLING.full_name,
 
 
 def create_server(engine: Engine, provisioner: Provisioner, address: str,
-                  billing: Billing | None = None
+                  billing: Billing | None = None,
+                  health_servicer: health.HealthServicer | None = None
                   ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
-    """A grpc.aio server with every service registered, bound but not started."""
+    """A grpc.aio server with every service registered, bound but not started (several
+    servers of one process share the health servicer, so they report one status)."""
     config = engine.config
     server = grpc.aio.server(interceptors=security.interceptors(config), options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -196,7 +198,7 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str,
     add_billing_service(server, billing or Billing(engine.store, engine.config))
     _add_service(server, LIFECYCLE, ProvisioningServicer(
         LifecycleApi(engine.store, engine.config.max_id_length)))
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
                                          health.SERVICE_NAME), server)
@@ -225,6 +227,7 @@ class Tollgate:
     store: Store | None = None
     engine: Engine | None = None
     server: grpc.aio.Server | None = None
+    more_servers: list[grpc.aio.Server] = field(default_factory=list)  # grpc_listeners - 1
     port: int = 0
     health: health.HealthServicer | None = None
     sweeper: asyncio.Task[None] | None = None
@@ -265,10 +268,15 @@ class Tollgate:
         if self.config.stream_trim_interval_s > 0:
             self.trimmer = asyncio.create_task(
                 self.billing.run_trimmer(self.config.stream_trim_interval_s))
+        provisioner = Provisioner(self.store, self.config.max_id_length)
         self.server, self.port, self.health = create_server(
-            self.engine, Provisioner(self.store, self.config.max_id_length), self.config.listen,
-            self.billing)
-        await self.server.start()
+            self.engine, provisioner, self.config.listen, self.billing)
+        host = self.config.listen.rsplit(":", 1)[0]
+        self.more_servers = [create_server(self.engine, provisioner, f"{host}:{self.port}",
+                                           self.billing, self.health)[0]
+                             for _ in range(self.config.grpc_listeners - 1)]
+        for server in (self.server, *self.more_servers):
+            await server.start()
         metrics.serve_metrics(self.config.metrics_port)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -289,7 +297,8 @@ class Tollgate:
             self.billing.close()  # open billing streams end instead of holding the grace period
         if self.server is not None:
             grace = self.config.shutdown_grace_s
-            stopping = asyncio.create_task(self.server.stop(grace))
+            stopping = asyncio.gather(*(s.stop(grace)
+                                        for s in (self.server, *self.more_servers)))
             if self.engine is not None:
                 await self.engine.close()
             await stopping

@@ -54,19 +54,25 @@ class BareCharging(charging_pb2_grpc.ChargingServicer):
 
 
 async def serve_bare(listen: str) -> None:
-    """Serves BareCharging until SIGTERM/SIGINT; prints the bound address first."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                                      ("grpc.so_reuseport", 1)])
-    charging_pb2_grpc.add_ChargingServicer_to_server(BareCharging(), server)
-    port = server.add_insecure_port(listen)
-    await server.start()
-    print(f"bare charging server on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    """Serves BareCharging until SIGTERM/SIGINT; prints the bound address first. It runs
+    as many gRPC servers on the port as the engine does (`grpc_listeners`)."""
+    host = listen.rsplit(":", 1)[0]
+    servers = []
+    for _ in range(Config().grpc_listeners):
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 1)])
+        charging_pb2_grpc.add_ChargingServicer_to_server(BareCharging(), server)
+        port = server.add_insecure_port(listen)
+        listen = f"{host}:{port}"
+        await server.start()
+        servers.append(server)
+    print(f"bare charging server on {listen}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop(1)
+    await asyncio.gather(*(s.stop(1) for s in servers))
 
 
 # --- (b) the apply step ----------------------------------------------------------------------

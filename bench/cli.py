@@ -206,7 +206,7 @@ class Lab:
         traffic = Traffic(self.args.subscribers, prefix=self.args.prefix,
                           sessions=max(5000, 5 * self.args.batch * self.servers), tag=tag)
         return Client(address, traffic, CpuProbe(pids), self.progress,
-                      connections=1 if self.servers == 1 else 4 * self.servers)
+                      connections=4 * self.servers)
 
     def concurrency(self, api: str) -> int:
         return int(self.args.concurrency or (64 if api == "unary" else 4) * self.servers)

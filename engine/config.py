@@ -21,6 +21,11 @@ class Config:
     workers: int = 1
     """Server processes sharing the listen port (SO_REUSEPORT) under a supervisor that
     restarts a worker that dies; each has its own batcher (`tollgate serve --workers N`)."""
+    grpc_listeners: int = 4
+    """gRPC servers in each process, all on the listen port (SO_REUSEPORT); the kernel spreads
+    connections over them. grpc.aio takes in one new call per server per event-loop turn, and
+    a batch's CPU work makes turns long: one server let in too few unary calls for the
+    batcher to join (batches of about 4 with 64 calls in flight)."""
     redis_url: str = ""
     """Redis to use; empty = start an embedded redis-server with AOF in data_dir."""
     data_dir: str = "./tollgate-data"
@@ -146,8 +151,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
             values[name] = env[key]
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = Config(**{k: _coerce(k, kinds[k], v) for k, v in values.items()})
-    if config.partitions < 1 or config.max_batch < 1 or config.max_queue < 1:
-        raise ConfigError("partitions, max_batch and max_queue must be positive")
+    if (config.partitions < 1 or config.max_batch < 1 or config.max_queue < 1
+            or config.grpc_listeners < 1):
+        raise ConfigError("partitions, max_batch, max_queue and grpc_listeners must be "
+                          "positive")
     if config.appendfsync not in ("always", "everysec", "no"):
         raise ConfigError("appendfsync must be always, everysec or no")
     return config

@@ -1,4 +1,8 @@
-from tests.helpers import DATA_RG, MB, mscc, request
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server import Tollgate
+from tests.helpers import DATA_RG, MB, Gateway, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
 
 
@@ -14,3 +18,24 @@ async def test_a_session_runs_end_to_end(gateway):
     acct = await gateway.account("acct-0")
     print(acct)
     assert acct.buckets[0].used == 5 * MB
+
+
+async def test_every_grpc_listener_of_a_process_charges_and_reports_health(config):
+    app = await Tollgate(config.replace(grpc_listeners=3)).start()
+    # Many connections: the kernel spreads them over the three servers on the port.
+    channels = [grpc.aio.insecure_channel(app.address) for _ in range(12)]
+    try:
+        assert len(app.more_servers) == 2
+        gateways = [Gateway(c) for c in channels]
+        [sub] = await gateways[0].setup()
+        answers = [await gw.charge(request(f"e{n}", 0, cpb.EVENT, sub, mscc(DATA_RG, used=MB)))
+                   for n, gw in enumerate(gateways)]
+        assert [a.result for a in answers] == [cpb.SUCCESS] * 12
+        for c in channels:
+            status = await health_pb2_grpc.HealthStub(c).Check(health_pb2.HealthCheckRequest())
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        assert (await gateways[0].account("acct-0")).buckets[0].used == 12 * MB
+    finally:
+        for c in channels:
+            await c.close()
+        await app.stop()
