@@ -68,24 +68,33 @@ async def test_a_retransmitted_initial_on_a_server_that_never_saw_the_session_ch
         assert after.money_micros == before.money_micros
 
 
-async def test_a_new_session_on_an_account_another_writer_moved_reads_it_again(tollgate, gateway,
-                                                                              redis_url):
+async def test_after_a_conflict_cached_accounts_are_checked_before_the_kernel(tollgate, gateway,
+                                                                            redis_url):
     [sub] = await gateway.setup()
+    p = tollgate.store.partition("acct-0")
+    r = connect_async(redis_url)
+
+    async def another_server_writes() -> None:  # its apply would move the version so
+        await r.hincrby(keys.account(p, "acct-0"), "ver", 1)
+
     first = await gateway.charge(request("s1", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
     second = await gateway.charge(request("s2", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
     assert [first.result, second.result] == [cpb.SUCCESS, cpb.SUCCESS]
-    # The engine's own writes keep its cached copy current: nothing was read again.
+    # Alone on its Redis, the engine trusts its cache: nothing read again, nothing refused.
     assert (tollgate.engine.stale_reads, tollgate.engine.conflicts) == (0, 0)
 
-    # Another server writes the account (here: its version moves, as its apply would).
-    p = tollgate.store.partition("acct-0")
-    r = connect_async(redis_url)
-    await r.hincrby(keys.account(p, "acct-0"), "ver", 1)
-    await r.aclose()
-    third = await gateway.charge(request("s3", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+    await another_server_writes()
+    update = await gateway.charge(request("s1", 1, cpb.UPDATE, sub,
+                                          mscc(DATA_RG, used=MB, want=0)))
+    # The first sign of another writer is a refused apply (the request ran again).
+    assert update.result == cpb.SUCCESS
+    assert (tollgate.engine.stale_reads, tollgate.engine.conflicts) == (0, 1)
 
-    # The new session found the cached copy stale before charging, not at the apply.
+    await another_server_writes()
+    third = await gateway.charge(request("s3", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+    await r.aclose()
+    # From then on the cached copy is checked with the batch's reads: read again, not refused.
     assert third.result == cpb.SUCCESS
-    assert (tollgate.engine.stale_reads, tollgate.engine.conflicts) == (1, 0)
+    assert (tollgate.engine.stale_reads, tollgate.engine.conflicts) == (1, 1)
     acct = await gateway.account("acct-0")
-    assert acct.buckets[0].reserved == 30 * MB
+    assert (acct.buckets[0].used, acct.buckets[0].reserved) == (MB, 30 * MB)
