@@ -71,3 +71,11 @@ def test_cli_help_names_every_action() -> None:
     for action in ("provision", "ceiling", "coldstart", "soak", "all"):
         assert parser().parse_args(["bench", action]).bench_command == action
 
+
+
+def test_each_connection_carries_its_own_sessions() -> None:
+    shards = Traffic(1000, sessions=300).shard(3)
+    assert [t.sessions for t in shards] == [100, 100, 100]
+    sent = [{r.session_id for r in t.batch(50)} for t in shards]
+    # a session belongs to one shard (one connection): no id in two of them
+    assert sum(len(s) for s in sent) == len(set().union(*sent)) == 150
