@@ -182,12 +182,10 @@ SERVICE_NAMES = (CHARGING.full_name, PROVISIONING.full_name, BILLING.full_name,
                  LIFECYCLE.full_name)
 
 
-def create_server(engine: Engine, provisioner: Provisioner, address: str,
-                  billing: Billing | None = None,
-                  health_servicer: health.HealthServicer | None = None
-                  ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
-    """A grpc.aio server with every service registered, bound but not started (several
-    servers of one process share the health servicer, so they report one status)."""
+def create_server(engine: Engine, provisioner: Provisioner, address: str, billing: Billing,
+                  health_servicer: health.HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with every service registered, bound but not started, and its port
+    (several servers of one process share the health servicer: they report one status)."""
     config = engine.config
     server = grpc.aio.server(interceptors=security.interceptors(config), options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -195,17 +193,26 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str,
     ])
     _add_service(server, CHARGING, ChargingServicer(engine))
     _add_service(server, PROVISIONING, ProvisioningServicer(provisioner))
-    add_billing_service(server, billing or Billing(engine.store, engine.config))
+    add_billing_service(server, billing)
     _add_service(server, LIFECYCLE, ProvisioningServicer(
         LifecycleApi(engine.store, engine.config.max_id_length)))
-    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
                                          health.SERVICE_NAME), server)
     port = security.bind(server, config, address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    return server, port, health_servicer
+    return server, port
+
+
+def on_one_port(listen: str, count: int,
+                make: Callable[[str], tuple[grpc.aio.Server, int]]
+                ) -> tuple[list[grpc.aio.Server], int]:
+    """`count` servers from make(address) -> (server, bound port), all on one port
+    (SO_REUSEPORT): the first binds `listen` (port 0 picks a free one), the others its port."""
+    host = listen.rsplit(":", 1)[0]
+    first, port = make(listen)
+    return [first, *(make(f"{host}:{port}")[0] for _ in range(count - 1))], port
 
 
 def tune_gc(threshold: int) -> None:
@@ -268,14 +275,14 @@ class Tollgate:
         if self.config.stream_trim_interval_s > 0:
             self.trimmer = asyncio.create_task(
                 self.billing.run_trimmer(self.config.stream_trim_interval_s))
+        engine, billing = self.engine, self.billing
         provisioner = Provisioner(self.store, self.config.max_id_length)
-        self.server, self.port, self.health = create_server(
-            self.engine, provisioner, self.config.listen, self.billing)
-        host = self.config.listen.rsplit(":", 1)[0]
-        self.more_servers = [create_server(self.engine, provisioner, f"{host}:{self.port}",
-                                           self.billing, self.health)[0]
-                             for _ in range(self.config.grpc_listeners - 1)]
-        for server in (self.server, *self.more_servers):
+        self.health = health_servicer = health.aio.HealthServicer()
+        servers, self.port = on_one_port(
+            self.config.listen, self.config.grpc_listeners,
+            lambda address: create_server(engine, provisioner, address, billing, health_servicer))
+        self.server, *self.more_servers = servers
+        for server in servers:
             await server.start()
         metrics.serve_metrics(self.config.metrics_port)
         for name in ("", *SERVICE_NAMES):

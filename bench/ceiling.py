@@ -24,6 +24,7 @@ from engine.charging import Engine
 from engine.config import Config
 from engine.keys import session as session_key
 from engine.store import AccountWrite, Store
+from server import on_one_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 
@@ -56,17 +57,16 @@ class BareCharging(charging_pb2_grpc.ChargingServicer):
 async def serve_bare(listen: str) -> None:
     """Serves BareCharging until SIGTERM/SIGINT; prints the bound address first. It runs
     as many gRPC servers on the port as the engine does (`grpc_listeners`)."""
-    host = listen.rsplit(":", 1)[0]
-    servers = []
-    for _ in range(Config().grpc_listeners):
+    def make(address: str) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 1)])
         charging_pb2_grpc.add_ChargingServicer_to_server(BareCharging(), server)
-        port = server.add_insecure_port(listen)
-        listen = f"{host}:{port}"
+        return server, server.add_insecure_port(address)
+
+    servers, port = on_one_port(listen, Config().grpc_listeners, make)
+    for server in servers:
         await server.start()
-        servers.append(server)
-    print(f"bare charging server on {listen}", flush=True)
+    print(f"bare charging server on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

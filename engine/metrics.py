@@ -31,7 +31,7 @@ CONFLICTS = Counter("tollgate_version_conflicts",
                     "Account writes refused by the version check and run again")
 STALE_READS = Counter("tollgate_stale_accounts_read",
                       "Cached accounts read again because another server had written them "
-                      "(checked before a new session uses the cached copy)")
+                      "(checked with the batch's reads while other writers show)")
 WAITED = Counter("tollgate_requests_waited",
                  "Requests put back for the next batch because the batch being applied writes "
                  "their account")
