@@ -16,6 +16,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    NoScriptError,
     RedisError,
     TryAgainError,
 )
@@ -31,7 +32,7 @@ Call = tuple[list[str], Sequence[Any]]
 """A script call's keys (the first one names its slot) and arguments."""
 K = TypeVar("K", bound=Hashable)
 
-NOT_RUN = (TryAgainError, ClusterDownError)
+NOT_RUN = (TryAgainError, ClusterDownError, NoScriptError)
 """Replies that say the call did not run and may simply be sent again a little later."""
 NODE_LOST = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
 
@@ -148,7 +149,10 @@ class NodePipelines:
         for _, (call_keys, args), ask in calls:
             if ask:
                 pipe.execute_command("ASKING")
-            await script(keys=call_keys, args=args, client=pipe)
+            # EVALSHA itself: a script called on a pipeline makes it ask SCRIPT EXISTS first,
+            # a round trip per batch. A node without the script (restarted, failed over)
+            # answers NOSCRIPT without running anything; it is loaded and the call sent again.
+            pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
         if self.wait_replicas:
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
         out = await pipe.execute(raise_on_error=False)
@@ -156,6 +160,8 @@ class NodePipelines:
         replies = iter(out)
         results = [next(replies) if not ask else _after_asking(next(replies), next(replies))
                    for _, _, ask in calls]
+        if any(isinstance(r, NoScriptError) for r in results):
+            await client.script_load(script.script)
         # WAIT matters when a call ran here (a node that redirected every call may be a
         # replica by now, which refuses WAIT).
         ran = not all(isinstance(r, Exception) for r in results)

@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from engine import keys
 from engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
 from engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
-from engine.node_pipelines import NodePipelines
+from engine.node_pipelines import Call, NodePipelines
 from engine.plans import plan_from_proto, plan_to_proto
 from engine.redis_client import connect_async
 from engine.state import (
@@ -87,6 +87,12 @@ def _group(w: AccountWrite) -> bytes:
         [[s.session_id, "end" if s.ended else "open", str(s.expiry_ms), s.fields,
           s.deleted] for s in w.sessions],
         w.records, w.events])
+
+
+GROUPS_PER_CALL = 128
+"""Account writes per apply call on a single server: fewer calls cost less (each call is about
+20 µs of Redis and a command to build), but one call blocks Redis's other clients while it
+runs (about 30 µs per write)."""
 
 
 def hash_blob(fields: dict[str, Any]) -> bytes:
@@ -208,21 +214,41 @@ class Store:
 
     async def apply(self, writes: dict[int, list[AccountWrite]],
                     retention_ms: int) -> dict[int, set[int]]:
-        """One Lua call per partition, pipelined per Redis node (engine.node_pipelines: a
-        call sent again after an error finds the version moved, so it never applies twice).
-        Returns, per partition, the indexes of the account writes refused because the
-        version had moved."""
-        calls = {}
+        """Lua calls pipelined per Redis node (engine.node_pipelines: a call sent again after
+        an error finds the version moved, so it never applies twice): on a cluster one per
+        partition (its own slot), on a single server up to GROUPS_PER_CALL account writes of
+        several partitions per call. Returns, per partition, the indexes of the account writes
+        refused because the version had moved."""
+        blocks: list[tuple[int, list[str], list[AccountWrite]]] = []
         for p, ws in writes.items():
             # Every key the script touches is declared (the same slot): during resharding
             # Redis redirects by the declared keys only.
-            group_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
+            block_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
             for w in ws:
-                group_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
-                group_keys += [keys.session(p, s.session_id) for s in w.sessions]
-            calls[p] = (group_keys, [retention_ms, *map(_group, ws)])
+                block_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
+                block_keys += [keys.session(p, s.session_id) for s in w.sessions]
+            blocks.append((p, block_keys, ws))
+        per_call = 1 if self.nodes.cluster is not None else GROUPS_PER_CALL
+        calls: dict[int, Call] = {}
+        owners: dict[int, list[tuple[int, int]]] = {}  # call -> (partition, index) per group
+        call_keys: list[str] = []
+        counts: list[str] = []
+        groups: list[bytes] = []
+        for n, (p, block_keys, ws) in enumerate(blocks):
+            call_keys += block_keys
+            counts.append(str(len(ws)))
+            groups += map(_group, ws)
+            owners.setdefault(len(calls), []).extend((p, i) for i in range(len(ws)))
+            if n == len(blocks) - 1 or len(groups) + len(blocks[n + 1][2]) > per_call:
+                calls[len(calls)] = (call_keys, [retention_ms, ",".join(counts), *groups])
+                call_keys, counts, groups = [], [], []
         replies = await self.nodes.run(self._apply, calls)
-        return {p: {int(g) - 1 for g in reply} for p, reply in replies.items()}
+        refused: dict[int, set[int]] = {p: set() for p in writes}
+        for c, reply in replies.items():
+            for g in reply:
+                p, i = owners[c][int(g) - 1]
+                refused[p].add(i)
+        return refused
 
     # --- provisioning -------------------------------------------------------------------
 

@@ -1,0 +1,89 @@
+"""How the apply step reaches Redis: on a single server several partitions share a Lua call
+(a refusal still names its own partition and write), calls are split at GROUPS_PER_CALL, and
+a Redis that lost its scripts (restarted, failed over) gets them again without a write
+applied twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine import keys
+from engine import store as store_module
+from engine.store import AccountWrite, Store
+
+ACCOUNTS = 6
+
+
+async def _writes(store: Store, stale: str = "") -> dict[int, list[AccountWrite]]:
+    """-100 micro-units on each account; `stale` gets a version that has moved on."""
+    writes: dict[int, list[AccountWrite]] = {}
+    for n in range(ACCOUNTS):
+        account_id = f"acct-{n}"
+        p = store.partition(account_id)
+        acct, _ = await store.get_account(account_id)
+        version = acct.version - 1 if account_id == stale else acct.version
+        writes.setdefault(p, []).append(
+            AccountWrite(keys.account(p, account_id), version, {"money": -100}))
+    return writes
+
+
+async def _money(store: Store) -> list[int]:
+    return [(await store.get_account(f"acct-{n}"))[0].money for n in range(ACCOUNTS)]
+
+
+def _count_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of Lua calls of each apply (observed on the way to the real Redis)."""
+    counts: list[int] = []
+    run = store.nodes.run
+
+    async def counted(script: Any, calls: Any) -> Any:
+        counts.append(len(calls))
+        return await run(script, calls)
+    monkeypatch.setattr(store.nodes, "run", counted)
+    return counts
+
+
+async def test_partitions_share_a_call_and_a_refusal_names_its_own_write(
+        tollgate, gateway, monkeypatch: pytest.MonkeyPatch):
+    await gateway.setup(accounts=ACCOUNTS)
+    store = tollgate.store
+    before = await _money(store)
+    writes = await _writes(store, stale="acct-3")
+    assert len(writes) > 1  # the accounts are spread over several partitions
+    p3 = store.partition("acct-3")
+    i3 = [w.key for w in writes[p3]].index(keys.account(p3, "acct-3"))
+    counts = _count_calls(store, monkeypatch)
+    refused = await store.apply(writes, 60_000)
+    assert refused == {p: ({i3} if p == p3 else set()) for p in writes}
+    assert await _money(store) == [m - (0 if n == 3 else 100) for n, m in enumerate(before)]
+    # A cluster needs a call per partition (each is its own slot).
+    assert counts == [1 if store.nodes.cluster is None else len(writes)]
+
+
+async def test_a_call_holds_at_most_groups_per_call_writes(tollgate, gateway,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    await gateway.setup(accounts=ACCOUNTS)
+    store = tollgate.store
+    monkeypatch.setattr(store_module, "GROUPS_PER_CALL", 2)
+    before = await _money(store)
+    writes = await _writes(store)
+    counts = _count_calls(store, monkeypatch)
+    assert await store.apply(writes, 60_000) == {p: set() for p in writes}
+    assert await _money(store) == [m - 100 for m in before]
+    # A partition's writes are never split: a call closes before a partition that would
+    # take it past the limit.
+    assert len(counts) == 1 and 3 <= counts[0] <= len(writes)
+
+
+async def test_a_redis_without_the_script_gets_it_and_applies_once(tollgate, gateway):
+    await gateway.setup(accounts=ACCOUNTS)
+    store = tollgate.store
+    before = await _money(store)
+    writes = await _writes(store)
+    await store.redis.script_flush()  # every primary, on a cluster
+    assert await store.apply(writes, 60_000) == {p: set() for p in writes}
+    assert await _money(store) == [m - 100 for m in before]
+    if store.nodes.cluster is None:
+        assert await store.redis.script_exists(store._apply.sha) == [True]
