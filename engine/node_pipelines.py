@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import metrics
-from engine.redis_client import cluster_of
+from engine.redis_client import cluster_of, packed_by_hiredis
 
 log = logging.getLogger("tollgate.store")
 
@@ -66,11 +66,11 @@ class NodePipelines:
         if (host, port) not in self._nodes:
             assert self.cluster is not None
             kw = self.cluster.get_connection_kwargs()
-            self._nodes[host, port] = aioredis.Redis(
+            self._nodes[host, port] = packed_by_hiredis(aioredis.Redis(
                 host=host, port=port, socket_timeout=kw.get("socket_timeout"),
                 socket_connect_timeout=kw.get("socket_connect_timeout"),
                 password=kw.get("password"), username=kw.get("username"),
-                ssl=bool(kw.get("ssl")))
+                ssl=bool(kw.get("ssl"))))
         return self._nodes[host, port]
 
     def _route(self, todo: dict[K, Call], asking: dict[K, tuple[str, int]]

@@ -10,6 +10,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.connection import HiredisRespSerializer
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -50,9 +52,37 @@ def connect_async(url: str, **kwargs: Any) -> aioredis.Redis:
         for name in ("retry", "retry_on_error", "health_check_interval"):
             kwargs.pop(name, None)
         seed, others = _seeds(url)
-        return cast(aioredis.Redis, AsyncRedisCluster.from_url(
-            seed, startup_nodes=[AsyncClusterNode(h, p) for h, p in others], **kwargs))
-    return aioredis.Redis.from_url(url, **kwargs)
+        cluster = AsyncRedisCluster.from_url(
+            seed, startup_nodes=[AsyncClusterNode(h, p) for h, p in others], **kwargs)
+        # The nodes it discovers are made with these (the seeds keep redis-py's packing).
+        options = cluster.nodes_manager.connection_kwargs
+        options["connection_class"] = hiredis_packing(options["connection_class"])
+        return cast(aioredis.Redis, cluster)
+    return packed_by_hiredis(aioredis.Redis.from_url(url, **kwargs))
+
+
+_SERIALIZER = HiredisRespSerializer()
+_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """The connection class with commands packed by hiredis in C. redis-py's asyncio
+    connections pack them in Python (its blocking ones use hiredis): about 1.8 µs per
+    argument against 0.3, and an apply call has thousands of arguments."""
+    if cls not in _PACKED:
+        class Packed(cls):  # type: ignore[valid-type, misc]
+            def pack_command(self, *args: Any) -> list[bytes]:
+                return _SERIALIZER.pack(*args)
+        Packed.__name__ = Packed.__qualname__ = f"Hiredis{cls.__name__}"
+        _PACKED[cls] = Packed
+    return _PACKED[cls]
+
+
+def packed_by_hiredis(client: aioredis.Redis) -> aioredis.Redis:
+    """The client, its connections packing commands with hiredis (see hiredis_packing)."""
+    pool = client.connection_pool
+    pool.connection_class = hiredis_packing(pool.connection_class)
+    return client
 
 
 def cluster_of(client: aioredis.Redis) -> AsyncRedisCluster | None:
