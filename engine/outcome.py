@@ -126,7 +126,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     expiry = timing.now_ms + ((longest or timing.default_validity_s)
                               + timing.stale_grace_s) * 1000
     w.sessions.append(SessionWrite(
-        req.session_id, new.ended, session_fields(new, req, p.account_id, blob),
+        req.session_id, new.ended, session_fields(new, req, p.account_id, blob, old is None),
         deleted, expiry, created=old is None))
 
 
@@ -207,13 +207,15 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-def session_fields(s: SessionState, req: Request, account_id: str,
-                   answer: bytes) -> list[bytes | str]:
-    """The session hash's fields as the apply takes them: field, value, ... (strings)."""
+def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes,
+                   new: bool) -> list[bytes | str | int]:
+    """The session hash's fields as the apply takes them: field, value, ... A session's
+    subscriber and account are written when it is new (they never change)."""
     st = "event" if s.is_event else ("ended" if s.ended else "open")
-    fields: list[bytes | str] = [
-        "rn", str(s.last_rn), "st", st, "t", str(s.last_time_ms), "sub", req.subscriber_id,
-        "acct", account_id, f"a:{req.request_number}", answer]
+    fields: list[bytes | str | int] = [
+        "rn", s.last_rn, "st", st, "t", s.last_time_ms, f"a:{req.request_number}", answer]
+    if new:
+        fields += ("sub", req.subscriber_id, "acct", account_id)
     for rg, r in s.reservations.items():
         fields += (f"r:{rg}", reservation_value(r))
     return fields

@@ -47,7 +47,7 @@ DAY_MS = 86_400_000
 class SessionWrite:
     session_id: str
     ended: bool
-    fields: list[bytes | str]  # field, value, ...: strings, as apply.lua sets them
+    fields: list[bytes | str | int]  # field, value, ... as apply.lua sets them
     deleted: list[str]
     expiry_ms: int = 0  # open sessions: when its reservations go stale (the sweeper's clock)
     created: bool = False  # the writer believes it new: if it exists, the account's write is
@@ -78,15 +78,25 @@ SNAPSHOT_TRIES = 10
 _pack = msgpack.Packer(use_bin_type=False).pack  # Redis's cmsgpack predates the bin type
 
 
-def _group(w: AccountWrite) -> bytes:
-    """One account's write, packed as apply.lua reads it."""
-    return _pack([
-        len(w.sessions), str(w.expected_version),
+def _group(w: AccountWrite) -> list[bytes | str | int]:
+    """One account's write, flat, as apply.lua reads it from its arguments (numbers are sent
+    as decimal strings)."""
+    out: list[bytes | str | int] = [
+        len(w.sessions), w.expected_version,
         "".join("1" if s.created else "0" for s in w.sessions),
-        _flat(w.sets), _flat(w.increments),
-        [[s.session_id, "end" if s.ended else "open", str(s.expiry_ms), s.fields,
-          s.deleted] for s in w.sessions],
-        w.records, w.events])
+        2 * len(w.sets), 2 * len(w.increments), len(w.records), len(w.events)]
+    for f, v in w.sets.items():
+        out += (f, v)
+    for f, v in w.increments.items():
+        out += (f, v)
+    for s in w.sessions:
+        out += (s.session_id, "end" if s.ended else "open", s.expiry_ms, len(s.fields),
+                len(s.deleted))
+        out += s.fields
+        out += s.deleted
+    out += w.records
+    out += w.events
+    return out
 
 
 GROUPS_PER_CALL = 128
@@ -233,13 +243,15 @@ class Store:
         owners: dict[int, list[tuple[int, int]]] = {}  # call -> (partition, index) per group
         call_keys: list[str] = []
         counts: list[str] = []
-        groups: list[bytes] = []
+        groups: list[bytes | str | int] = []
         for n, (p, block_keys, ws) in enumerate(blocks):
             call_keys += block_keys
             counts.append(str(len(ws)))
-            groups += map(_group, ws)
+            for w in ws:
+                groups += _group(w)
             owners.setdefault(len(calls), []).extend((p, i) for i in range(len(ws)))
-            if n == len(blocks) - 1 or len(groups) + len(blocks[n + 1][2]) > per_call:
+            in_call = len(owners[len(calls)])
+            if n == len(blocks) - 1 or in_call + len(blocks[n + 1][2]) > per_call:
                 calls[len(calls)] = (call_keys, [retention_ms, ",".join(counts), *groups])
                 call_keys, counts, groups = [], [], []
         replies = await self.nodes.run(self._apply, calls)

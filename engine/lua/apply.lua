@@ -5,13 +5,14 @@
 -- expiry), then per group of the block: its account, the account's open-session set, and one
 -- key per session it writes (in the group's order).
 -- ARGV[1] = retention of ended sessions (ms); ARGV[2] = the number of groups of each block,
--- comma separated; ARGV[2 + g] = group g (numbered across blocks), MessagePack (decoded in
--- C by cmsgpack, cheaper than parsing here):
---   [n_sessions, expected_version, created, {field, value, ...} to set,
---    {field, delta, ...} to add, sessions, {record, ...}, {event, ...}]
---   a session: [session_id, mode (open|end), expiry_ms, {field, value, ...}, {field, ...}
---   to delete]. `created` has one character per session: '1' = the writer believes the
---   session new.
+-- comma separated; then each group (numbered across blocks), flat - Redis hands arguments to
+-- Lua as strings for free, while unpacking MessagePack here cost ~12 µs a group:
+--   n_sessions, expected_version, created, n_set, n_add, n_records, n_events,
+--   n_set values (field, value, ...), n_add values (field, delta, ...),
+--   per session: session_id, mode (open|end), expiry_ms, n_fields, n_deleted,
+--                n_fields values (field, value, ...), n_deleted field names,
+--   n_records records, n_events events.
+-- `created` has one character per session: '1' = the writer believes the session new.
 -- Every key is declared (on a cluster all in the partition's slot): while a slot moves,
 -- Redis Cluster redirects by these. Numbers are strings: Lua numbers are doubles and money is
 -- int64.
@@ -19,19 +20,22 @@
 -- that exists (nothing of them applied: the writer reads them and runs them again).
 local retention = ARGV[1]
 local conflicts = {}
-local k = 1
+local k = 1 -- the next key
+local a = 3 -- the next argument
 local g = 0
 for n in string.gmatch(ARGV[2], '%d+') do
   local usage, events, open = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   k = k + 3
   for _ = 1, tonumber(n) do
     g = g + 1
-    local w = cmsgpack.unpack(ARGV[g + 2])
+    local n_sessions, version, created = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+    local n_set, n_add = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+    local n_records, n_events = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+    a = a + 7
     local acct, set = KEYS[k], KEYS[k + 1]
     local first_session = k + 2
-    k = first_session + w[1]
-    local ok = redis.call('HGET', acct, 'ver') == w[2]
-    local created = w[3]
+    k = first_session + n_sessions
+    local ok = redis.call('HGET', acct, 'ver') == version
     for i = 1, ok and #created or 0 do
       if string.byte(created, i) == 49 and redis.call('EXISTS', KEYS[first_session + i - 1]) == 1
       then
@@ -41,39 +45,56 @@ for n in string.gmatch(ARGV[2], '%d+') do
     end
     if not ok then
       conflicts[#conflicts + 1] = g
+      a = a + n_set + n_add
+      for _ = 1, n_sessions do
+        a = a + 5 + tonumber(ARGV[a + 3]) + tonumber(ARGV[a + 4])
+      end
+      a = a + n_records + n_events
     else
-      if #w[4] > 0 then
-        redis.call('HSET', acct, unpack(w[4]))
+      if n_set > 0 then
+        redis.call('HSET', acct, unpack(ARGV, a, a + n_set - 1))
       end
-      local incr = w[5]
-      for i = 1, #incr, 2 do
-        redis.call('HINCRBY', acct, incr[i], incr[i + 1])
+      a = a + n_set
+      for i = a, a + n_add - 1, 2 do
+        redis.call('HINCRBY', acct, ARGV[i], ARGV[i + 1])
       end
+      a = a + n_add
       redis.call('HINCRBY', acct, 'ver', 1)
-      for i, s in ipairs(w[6]) do
+      for i = 1, n_sessions do
         local sess = KEYS[first_session + i - 1]
-        if #s[4] > 0 then
-          redis.call('HSET', sess, unpack(s[4]))
+        local id, mode, expiry = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+        local n_fields, n_deleted = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+        a = a + 5
+        if n_fields > 0 then
+          redis.call('HSET', sess, unpack(ARGV, a, a + n_fields - 1))
         end
-        if #s[5] > 0 then
-          redis.call('HDEL', sess, unpack(s[5]))
+        a = a + n_fields
+        if n_deleted > 0 then
+          redis.call('HDEL', sess, unpack(ARGV, a, a + n_deleted - 1))
         end
-        if s[2] == 'open' then
-          redis.call('SADD', set, s[1])
-          redis.call('PERSIST', sess)
-          redis.call('ZADD', open, s[3], sess)
+        a = a + n_deleted
+        if mode == 'open' then
+          -- A session joins the account's open set when it is created. An open session
+          -- never has a TTL: only ending sets one, and nothing reopens an ended session
+          -- (that would be a write on an older account version, refused above).
+          if string.byte(created, i) == 49 then
+            redis.call('SADD', set, id)
+          end
+          redis.call('ZADD', open, expiry, sess)
         else
-          redis.call('SREM', set, s[1])
+          redis.call('SREM', set, id)
           redis.call('ZREM', open, sess)
           redis.call('PEXPIRE', sess, retention)
         end
       end
-      for _, r in ipairs(w[7]) do
-        redis.call('XADD', usage, '*', 'r', r)
+      for i = a, a + n_records - 1 do
+        redis.call('XADD', usage, '*', 'r', ARGV[i])
       end
-      for _, e in ipairs(w[8]) do
-        redis.call('XADD', events, '*', 'e', e)
+      a = a + n_records
+      for i = a, a + n_events - 1 do
+        redis.call('XADD', events, '*', 'e', ARGV[i])
       end
+      a = a + n_events
     end
   end
 end

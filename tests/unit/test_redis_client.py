@@ -14,6 +14,7 @@ COMMANDS = [
     ("HSET", "h", "f", 1.5, "g", -7, "é", b""),
     ("CONFIG GET", "maxmemory"),  # a command name of two words is sent as two arguments
     ("PING",),
+    (b"SET", bytearray(b"key"), memoryview(b"value")),  # the serializer's path
 ]
 
 
