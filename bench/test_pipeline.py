@@ -97,8 +97,8 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
 
 def test_apply(benchmark, populated: Config, loop: asyncio.AbstractEventLoop,
                size: int) -> None:
-    """Store.apply of four engine-made 1000-request batches (one Lua call per partition
-    each)."""
+    """Store.apply of four engine-made 1000-request batches (Lua calls of up to
+    GROUPS_PER_CALL account writes on a single server, one per partition on a cluster)."""
     traffic = Traffic(SUBSCRIBERS, sessions=size)
     recorded = loop.run_until_complete(
         capture_writes(populated, traffic, size, warmup=3, batches=4))
