@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -80,6 +81,10 @@ def add_bench_parser(sub: Any) -> None:
                       help="also open loop at 10..100%% of each API's closed-loop maximum; "
                            "plot latency against offered load")
     load.add_argument("--no-ceilings", action="store_true", help="skip the ceiling runs")
+    load.add_argument("--rounds", type=int, default=1,
+                      help="closed loop: measure ceilings and engine this many times, "
+                           "alternating, and report each API's median ratio (a machine "
+                           "whose speed drifts moves single ratios by several points)")
 
     cold = cmds.add_parser("coldstart", help="process start to first answered Charge")
     _population(cold, 1000)
@@ -119,6 +124,7 @@ class Lab:
         self.results: dict[str, Any] = {}
         self.pids: dict[str, list[int]] = {}
         self.engine_pids: list[int] = []
+        self.clients = 0  # clients made so far: each one's sessions get ids of their own
 
     async def __aenter__(self) -> Lab:
         from engine.redis_server import RedisServer
@@ -203,8 +209,13 @@ class Lab:
         pids = {**self.pids, "client": [os.getpid()]}
         if server_pids:
             pids["server"] = server_pids
+        self.clients += 1
+        # The tag starts the session ids: a second client on the same server (--rounds),
+        # or a second bench against the same --target, must not reopen the first one's
+        # sessions (the traffic's random mix stays the same).
         traffic = Traffic(self.args.subscribers, prefix=self.args.prefix,
-                          sessions=max(5000, 5 * self.args.batch * self.servers), tag=tag)
+                          sessions=max(5000, 5 * self.args.batch * self.servers),
+                          tag=f"{tag}{os.getpid()}.{self.clients}")
         return Client(address, traffic, CpuProbe(pids), self.progress,
                       connections=4 * self.servers)
 
@@ -237,32 +248,61 @@ async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
     return runs
 
 
-async def _ceilings(lab: Lab, apis: list[str]) -> tuple[dict[str, float], list[Any]]:
-    """(a) the bare server over the same APIs, (b) the apply step with engine-made batches."""
+async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
+                    ) -> tuple[dict[str, float], list[Any]]:
+    """(a) the bare server over the same APIs, (b) the apply step with engine-made batches.
+    With `rounds`, both are measured that many times, each round followed by the engine's
+    closed-loop runs (see _alternate); the ceilings returned are the last round's."""
     from functools import partial
 
     from bench.ceiling import apply_ceiling, capture_writes
     from bench.loadgen import CpuProbe, bare_server, server_group
     from bench.traffic import Traffic
-    ceilings: dict[str, float] = {}
     batch = lab.args.batch
+    recorded = None
     if any(a != "unary" for a in apis):
         traffic = Traffic(lab.args.subscribers, prefix=lab.args.prefix,
                           sessions=max(5000, 5 * batch), tag="c")
         recorded = await capture_writes(lab.config, traffic, batch, warmup=10, batches=20)
-        pids = {**lab.pids, "client": [os.getpid()]}
-        applied = await apply_ceiling(lab.config, recorded, lab.args.seconds, CpuProbe(pids))
-        lab.results["apply_ceiling"] = applied
-        ceilings["apply"] = applied.requests_per_s
     bare = server_group(partial(bare_server, lab.workdir), lab.servers)
+    runs: list[Any] = []
     try:
-        runs = await _measure(lab, "bare", bare[0].address, [b.pid for b in bare], apis)
+        for k in range(max(rounds, 1)):
+            ceilings: dict[str, float] = {}
+            if recorded is not None:
+                pids = {**lab.pids, "client": [os.getpid()]}
+                applied = await apply_ceiling(lab.config, recorded, lab.args.seconds,
+                                              CpuProbe(pids))
+                lab.results["apply_ceiling"] = applied
+                ceilings["apply"] = applied.requests_per_s
+            measured = await _measure(lab, "bare", bare[0].address, [b.pid for b in bare],
+                                      apis)
+            for r in measured:
+                ceilings[f"bare {r.api}"] = r.throughput
+            if rounds:
+                measured += await _alternate(lab, apis, ceilings, k + 1, measured)
+            runs += measured
     finally:
         for b in bare:
             b.stop()
-    for r in runs:
-        ceilings[f"bare {r.api}"] = r.throughput
     return ceilings, runs
+
+
+async def _alternate(lab: Lab, apis: list[str], ceilings: dict[str, float], round_: int,
+                     bare_runs: list[Any]) -> list[Any]:
+    """The engine's closed-loop runs of one round, right after that round's ceilings; each
+    run's ratio to them is kept for the median (results["rounds"])."""
+    from bench import report
+    runs = await _measure(lab, "engine", lab.engine_address(), lab.engine_pids, apis)
+    ratios: dict[str, list[float]] = lab.results.setdefault("rounds", {})
+    lab.results.setdefault("round_ceilings", {})[round_] = dict(ceilings)
+    for r in [*bare_runs, *runs]:
+        r.round = round_
+    for r in runs:
+        c = report.ceiling_of(r, ceilings)
+        if c:
+            ratios.setdefault(r.api, []).append(round(r.throughput / c[1], 4))
+    return runs
 
 
 def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
@@ -285,7 +325,12 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
         lines.append(f"cold start: serving after {c.ready_s:.2f} s, first Charge answered "
                      f"{c.first_answer_s:.2f} s after process start (first call "
                      f"{c.first_charge_ms:.0f} ms, second {c.second_charge_ms:.1f} ms)")
-    lines += ["", *report.table(runs, ceilings)]
+    lines += ["", *report.table(runs, ceilings, lab.results.get("round_ceilings"))]
+    if "rounds" in lab.results:
+        lines += ["", "ratio to the ceiling of the same round, median (min-max) of "
+                  f"{lab.args.rounds} rounds: " + ", ".join(
+                      f"{api} {statistics.median(v):.0%} ({min(v):.0%}-{max(v):.0%})"
+                      for api, v in lab.results["rounds"].items())]
     print("\n".join(lines), flush=True)
     lab.results["runs"] = runs
     lab.results["ceilings"] = ceilings
@@ -307,6 +352,14 @@ async def _load(args: argparse.Namespace, everything: bool = False) -> int:
     async with Lab(args) as lab:
         ceilings: dict[str, float] = {}
         runs: list[Any] = []
+        rounds = getattr(args, "rounds", 1)
+        if rounds > 1:
+            if args.rate or getattr(args, "sweep", False) or args.no_ceilings:
+                raise ValueError("--rounds compares closed-loop runs with their ceilings: "
+                                 "not with --rate, --sweep or --no-ceilings")
+            ceilings, runs = await _ceilings(lab, apis, rounds)
+            _print(lab, runs, ceilings)
+            return 0
         if not getattr(args, "no_ceilings", False):
             ceilings, runs = await _ceilings(lab, apis)
         if everything and not args.target:

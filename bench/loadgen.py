@@ -51,12 +51,14 @@ class Run:
     throughput: float = 0.0  # answered requests/s
     latency_ms: dict[str, float] = field(default_factory=dict)  # per call: p50 p90 p99 p99.9
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the run
+    round: int = 0  # `bench load --rounds`: which round of ceilings and engine runs
 
     @property
     def name(self) -> str:
         load = f"{self.offered:,.0f}/s" if self.mode == "open" else f"x{self.concurrency}"
         size = f" of {self.batch}" if self.api != "unary" else ""
-        return f"{self.target} {self.api}{size} {self.mode} {load}"
+        of_round = f", round {self.round}" if self.round else ""
+        return f"{self.target} {self.api}{size} {self.mode} {load}{of_round}"
 
 
 class CpuProbe:

@@ -34,13 +34,15 @@ def ceiling_of(run: Run, ceilings: dict[str, float]) -> tuple[str, float] | None
     return min(candidates, key=lambda c: c[1]) if candidates else None
 
 
-def table(runs: list[Run], ceilings: dict[str, float]) -> list[str]:
-    """A Markdown table: throughput, latency percentiles, CPU and the ratio to the ceiling."""
+def table(runs: list[Run], ceilings: dict[str, float],
+          of_round: dict[int, dict[str, float]] | None = None) -> list[str]:
+    """A Markdown table: throughput, latency percentiles, CPU and the ratio to the ceiling
+    (`of_round`: the ceilings of each round, for runs of `bench load --rounds`)."""
     lines = ["| run | req/s | ratio to ceiling | p50 ms | p90 ms | p99 ms | p99.9 ms "
              "| CPU server % | CPU redis % | CPU client % | errors |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
-        c = ceiling_of(r, ceilings)
+        c = ceiling_of(r, (of_round or {}).get(r.round, ceilings))
         ratio = f"{r.throughput / c[1]:.0%} of {c[0]}" if c and r.mode == "closed" else ""
         lat = [f"{r.latency_ms.get(k, 0):.2f}" for k in ("p50", "p90", "p99", "p99.9")]
         cpu = [f"{r.cpu.get(k, 0):.0f}" for k in ("server", "redis", "client")]

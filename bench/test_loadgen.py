@@ -3,12 +3,16 @@ API, against the real server and against the bare one (in process, to stay quick
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 
 from bench.ceiling import BareCharging
-from bench.loadgen import Client, CpuProbe
+from bench.loadgen import Client, CpuProbe, Run
 from bench.report import table
 from bench.traffic import Traffic
 from engine import population
@@ -70,6 +74,33 @@ def test_cli_help_names_every_action() -> None:
     assert bench.api == ["batch"] and bench.sweep
     for action in ("provision", "ceiling", "coldstart", "soak", "all"):
         assert parser().parse_args(["bench", action]).bench_command == action
+
+
+def test_rounds_alternate_ceilings_and_engine(tmp_path: Path) -> None:
+    """`tollgate bench load --rounds 2`, as a user runs it: its own redis-server and server
+    processes; each engine run is compared with the bare run of its own round."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "bench", "load", "--api", "unary", "--rounds", "2",
+         "--seconds", "0.5", "--subscribers", "300", "--no-progress", "--out", str(tmp_path)],
+        cwd=root, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert "median (min-max) of 2 rounds: unary" in done.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["rounds"]["unary"]) == 2
+    runs = results["runs"]
+    assert [(r["target"], r["round"]) for r in runs] == [
+        ("bare", 1), ("engine", 1), ("bare", 2), ("engine", 2)]
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in runs)
+
+
+def test_a_round_s_runs_are_compared_with_its_own_ceilings() -> None:
+    runs = [Run("engine", "unary", "closed", 64, 1, 0, throughput=500.0, round=k)
+            for k in (1, 2)]
+    lines = table(runs, {}, {1: {"bare unary": 1000.0}, 2: {"bare unary": 2000.0}})
+    assert "50% of bare unary" in lines[2] and "25% of bare unary" in lines[3]
+    assert lines[2].startswith("| engine unary closed x64, round 1 |")
 
 
 
