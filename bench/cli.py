@@ -327,6 +327,10 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
                      f"{c.first_charge_ms:.0f} ms, second {c.second_charge_ms:.1f} ms)")
     lines += ["", *report.table(runs, ceilings, lab.results.get("round_ceilings"))]
     if "rounds" in lab.results:
+        applies = [c["apply"] for c in lab.results["round_ceilings"].values() if "apply" in c]
+        if applies:
+            lines += ["", "ceiling (b) of each round: " + ", ".join(f"{a:,.0f}" for a in applies)
+                      + " requests/s"]
         lines += ["", "ratio to the ceiling of the same round, median (min-max) of "
                   f"{lab.args.rounds} rounds: " + ", ".join(
                       f"{api} {statistics.median(v):.0%} ({min(v):.0%}-{max(v):.0%})"
