@@ -11,7 +11,7 @@ import pytest
 
 from engine import keys
 from engine import store as store_module
-from engine.store import AccountWrite, Store
+from engine.store import AccountWrite, SessionWrite, Store
 
 ACCOUNTS = 6
 
@@ -60,6 +60,45 @@ async def test_partitions_share_a_call_and_a_refusal_names_its_own_write(
     assert await _money(store) == [m - (0 if n == 3 else 100) for n, m in enumerate(before)]
     # A cluster needs a call per partition (each is its own slot).
     assert counts == [1 if store.nodes.cluster is None else len(writes)]
+
+
+async def test_a_refused_write_with_sessions_records_and_events_is_skipped_whole(
+        tollgate, gateway, monkeypatch: pytest.MonkeyPatch):
+    """A refused write's arguments are stepped over exactly: the writes after it in the same
+    call apply as they were meant to (a miscount would shift every one of them)."""
+    await gateway.setup(accounts=ACCOUNTS)
+    store = tollgate.store
+    monkeypatch.setattr(store_module, "GROUPS_PER_CALL", 10_000)  # all in one call
+    # (acct-0's partition comes first in the call: its refused write precedes the others)
+    before = await _money(store)
+    writes = await _writes(store)
+    p0 = store.partition("acct-0")
+    busy = SessionWrite("s-refused", ended=False, fields=["rn", 1, "a:1", b"answer"],
+                        deleted=["a:0"], expiry_ms=1, created=False)
+    stale, _ = await store.get_account("acct-0")
+    first = writes[p0][0]
+    writes[p0][0] = AccountWrite(first.key, stale.version - 1, {"money": -100}, {"capn": 80},
+                                 [busy, busy], [b"record-1", b"record-2"], [b"event"])
+    done = SessionWrite("s-new", ended=False, fields=["rn", 0, "a:0", b"ok"], deleted=[],
+                        expiry_ms=123, created=True)
+    other = next(p for p in writes if p != p0)
+    last = writes[other][-1]
+    writes[other][-1] = AccountWrite(last.key, last.expected_version, {"money": -100},
+                                     {"capn": 50}, [done], [b"record-3"])
+    refused = await store.apply(writes, 60_000)
+    assert refused == {p: ({0} if p == p0 else set()) for p in writes}
+    after = await _money(store)
+    assert after[0] == before[0]
+    assert [m - a for m, a in zip(before[1:], after[1:], strict=True)] == [100] * (ACCOUNTS - 1)
+    # The write after the refused one set exactly its own fields, session and record.
+    r = store.redis
+    assert await r.hget(last.key, "capn") == b"50"
+    assert await r.hgetall(keys.session(other, "s-new")) == {b"rn": b"0", b"a:0": b"ok"}
+    assert await r.zscore(keys.open_sessions(other), keys.session(other, "s-new")) == 123
+    assert await r.sismember(last.key + keys.SESSIONS_SUFFIX, "s-new")
+    assert [e[1][b"r"] for e in await r.xrange(keys.usage_stream(other))] == [b"record-3"]
+    assert not await r.exists(keys.session(p0, "s-refused"))
+    assert await r.xlen(keys.usage_stream(p0)) == 0
 
 
 async def test_a_call_holds_at_most_groups_per_call_writes(tollgate, gateway,
