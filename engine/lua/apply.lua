@@ -5,8 +5,8 @@
 -- expiry), then per group of the block: its account, the account's open-session set, and one
 -- key per session it writes (in the group's order).
 -- ARGV[1] = retention of ended sessions (ms); ARGV[2] = the number of groups of each block,
--- comma separated; then each group (numbered across blocks), flat - Redis hands arguments to
--- Lua as strings for free, while unpacking MessagePack here cost ~12 µs a group:
+-- comma separated; then each group (numbered across blocks), flat (the script runs about 12 %
+-- shorter than when it unpacked MessagePack; Redis's whole CPU is about the same):
 --   n_sessions, expected_version, created, n_set, n_add, n_records, n_events,
 --   n_set values (field, value, ...), n_add values (field, delta, ...),
 --   per session: session_id, mode (open|end), expiry_ms, n_fields, n_deleted,
