@@ -213,7 +213,23 @@ def local_offset_ms(timezone: str, time_ms: int) -> int:
     # The last two days of year 9999 have no local date east of UTC (datetime overflows);
     # the offset two days earlier is the same rule.
     at = min(time_ms, LATEST_LOCAL_MS)
-    offset = datetime.fromtimestamp(at / 1000, _zone(timezone)).utcoffset()
+    offset = _minute_offset(timezone, at // 60_000)
+    return _offset_at(timezone, at) if offset is None else offset
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute_offset(timezone: str, minute: int) -> int | None:
+    """The offset through a whole minute, or None if it changes within it. A batch's
+    requests fall in a few minutes: one cached lookup each instead of a datetime (about
+    2.8 µs). Exact: a minute whose two ends have the same offset holds no change (time
+    zones change at most once in a minute)."""
+    first = _offset_at(timezone, minute * 60_000)
+    last = _offset_at(timezone, min(minute * 60_000 + 59_999, LATEST_LOCAL_MS))
+    return first if first == last else None
+
+
+def _offset_at(timezone: str, time_ms: int) -> int:
+    offset = datetime.fromtimestamp(time_ms / 1000, _zone(timezone)).utcoffset()
     return int(offset.total_seconds() * 1000) if offset else 0
 
 
