@@ -251,8 +251,9 @@ async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
 async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
                     ) -> tuple[dict[str, float], list[Any]]:
     """(a) the bare server over the same APIs, (b) the apply step with engine-made batches.
-    With `rounds`, both are measured that many times, each round followed by the engine's
-    closed-loop runs (see _alternate); the ceilings returned are the last round's."""
+    With `rounds`, both are measured that many times, each time followed by the engine's
+    closed-loop runs, which are compared with their own round's ceilings
+    (results["round_ceilings"]); the ceilings returned are the last ones."""
     from functools import partial
 
     from bench.ceiling import apply_ceiling, capture_writes
@@ -267,7 +268,7 @@ async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
     bare = server_group(partial(bare_server, lab.workdir), lab.servers)
     runs: list[Any] = []
     try:
-        for k in range(max(rounds, 1)):
+        for k in range(1, max(rounds, 1) + 1):
             ceilings: dict[str, float] = {}
             if recorded is not None:
                 pids = {**lab.pids, "client": [os.getpid()]}
@@ -280,29 +281,16 @@ async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
             for r in measured:
                 ceilings[f"bare {r.api}"] = r.throughput
             if rounds:
-                measured += await _alternate(lab, apis, ceilings, k + 1, measured)
+                measured += await _measure(lab, "engine", lab.engine_address(),
+                                           lab.engine_pids, apis)
+                lab.results.setdefault("round_ceilings", {})[k] = ceilings
+                for r in measured:
+                    r.round = k
             runs += measured
     finally:
         for b in bare:
             b.stop()
     return ceilings, runs
-
-
-async def _alternate(lab: Lab, apis: list[str], ceilings: dict[str, float], round_: int,
-                     bare_runs: list[Any]) -> list[Any]:
-    """The engine's closed-loop runs of one round, right after that round's ceilings; each
-    run's ratio to them is kept for the median (results["rounds"])."""
-    from bench import report
-    runs = await _measure(lab, "engine", lab.engine_address(), lab.engine_pids, apis)
-    ratios: dict[str, list[float]] = lab.results.setdefault("rounds", {})
-    lab.results.setdefault("round_ceilings", {})[round_] = dict(ceilings)
-    for r in [*bare_runs, *runs]:
-        r.round = round_
-    for r in runs:
-        c = report.ceiling_of(r, ceilings)
-        if c:
-            ratios.setdefault(r.api, []).append(round(r.throughput / c[1], 4))
-    return runs
 
 
 def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
@@ -326,15 +314,17 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
                      f"{c.first_answer_s:.2f} s after process start (first call "
                      f"{c.first_charge_ms:.0f} ms, second {c.second_charge_ms:.1f} ms)")
     lines += ["", *report.table(runs, ceilings, lab.results.get("round_ceilings"))]
-    if "rounds" in lab.results:
-        applies = [c["apply"] for c in lab.results["round_ceilings"].values() if "apply" in c]
+    if "round_ceilings" in lab.results:
+        of_round = lab.results["round_ceilings"]
+        ratios = lab.results["rounds"] = _round_ratios(runs, of_round)
+        applies = [c["apply"] for c in of_round.values() if "apply" in c]
         if applies:
             lines += ["", "ceiling (b) of each round: " + ", ".join(f"{a:,.0f}" for a in applies)
                       + " requests/s"]
         lines += ["", "ratio to the ceiling of the same round, median (min-max) of "
-                  f"{lab.args.rounds} rounds: " + ", ".join(
+                  f"{len(of_round)} rounds: " + ", ".join(
                       f"{api} {statistics.median(v):.0%} ({min(v):.0%}-{max(v):.0%})"
-                      for api, v in lab.results["rounds"].items())]
+                      for api, v in ratios.items())]
     print("\n".join(lines), flush=True)
     lab.results["runs"] = runs
     lab.results["ceilings"] = ceilings
@@ -349,6 +339,18 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
             report.plot(out / "latency.png", sweeps,
                         f"Tollgate open-loop latency vs offered load ({report.machine()})")
         print(f"results in {out}/", file=sys.stderr)
+
+
+def _round_ratios(runs: list[Any], of_round: dict[int, dict[str, float]]
+                  ) -> dict[str, list[float]]:
+    """Per API, each engine run's ratio to the ceilings of its own round."""
+    from bench import report
+    ratios: dict[str, list[float]] = {}
+    for r in runs:
+        c = report.ceiling_of(r, of_round[r.round])
+        if c:
+            ratios.setdefault(r.api, []).append(round(r.throughput / c[1], 4))
+    return ratios
 
 
 async def _load(args: argparse.Namespace, everything: bool = False) -> int:

@@ -229,31 +229,33 @@ class Store:
         partition (its own slot), on a single server up to GROUPS_PER_CALL account writes of
         several partitions per call. Returns, per partition, the indexes of the account writes
         refused because the version had moved."""
-        blocks: list[tuple[int, list[str], list[AccountWrite]]] = []
-        for p, ws in writes.items():
-            # Every key the script touches is declared (the same slot): during resharding
-            # Redis redirects by the declared keys only.
-            block_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
-            for w in ws:
-                block_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
-                block_keys += [keys.session(p, s.session_id) for s in w.sessions]
-            blocks.append((p, block_keys, ws))
+        # A call holds whole partitions; on a cluster one only (a partition is a slot).
         per_call = 1 if self.nodes.cluster is not None else GROUPS_PER_CALL
+        chunks: list[list[tuple[int, list[AccountWrite]]]] = []
+        held = 0
+        for p, ws in writes.items():
+            if not chunks or held + len(ws) > per_call:
+                chunks.append([])
+                held = 0
+            chunks[-1].append((p, ws))
+            held += len(ws)
         calls: dict[int, Call] = {}
         owners: dict[int, list[tuple[int, int]]] = {}  # call -> (partition, index) per group
-        call_keys: list[str] = []
-        counts: list[str] = []
-        groups: list[bytes | str | int] = []
-        for n, (p, block_keys, ws) in enumerate(blocks):
-            call_keys += block_keys
-            counts.append(str(len(ws)))
-            for w in ws:
-                groups += _group(w)
-            owners.setdefault(len(calls), []).extend((p, i) for i in range(len(ws)))
-            in_call = len(owners[len(calls)])
-            if n == len(blocks) - 1 or in_call + len(blocks[n + 1][2]) > per_call:
-                calls[len(calls)] = (call_keys, [retention_ms, ",".join(counts), *groups])
-                call_keys, counts, groups = [], [], []
+        for c, chunk in enumerate(chunks):
+            # Every key the script touches is declared (the same slot): during resharding
+            # Redis redirects by the declared keys only.
+            call_keys: list[str] = []
+            args: list[bytes | str | int] = [retention_ms,
+                                             ",".join(str(len(ws)) for _, ws in chunk)]
+            for p, ws in chunk:
+                call_keys += (keys.usage_stream(p), keys.events_stream(p),
+                              keys.open_sessions(p))
+                for w in ws:
+                    call_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
+                    call_keys += [keys.session(p, s.session_id) for s in w.sessions]
+                    args += _group(w)
+            calls[c] = (call_keys, args)
+            owners[c] = [(p, i) for p, ws in chunk for i in range(len(ws))]
         replies = await self.nodes.run(self._apply, calls)
         refused: dict[int, set[int]] = {p: set() for p in writes}
         for c, reply in replies.items():
