@@ -282,28 +282,30 @@ class Engine:
             else:
                 if shared:
                     # Another server (another worker) may have written it since it was
-                    # cached. Its version is read with the batch's other reads; a stale copy
-                    # costs a second read instead of a refused write and a re-run.
+                    # cached. Redis compares its version in the batch's read and sends it
+                    # in full only if it moved: a stale copy costs no refused write, no
+                    # re-run and no second read.
                     check[p.account_id] = acct.version
                 self.accounts.move_to_end(p.account_id)
         for account_id in stale:
             check.pop(account_id, None)
         if not stale and not check:
             return
-        # Read every session the batch needs of such an account, not only the missing ones:
-        # if the account moved on, the cached sessions are dropped with the old version.
-        wanted = [(a, sorted(sessions_of[a])) for a in stale]
+        # Every session the batch needs of such an account is read, not only the missing
+        # ones: if the account moved on, the cached sessions are dropped with the old version.
+        # A checked account comes back only if it moved on (then read in full, at once).
+        wanted: list[tuple[str, list[str], int | None]] = [
+            (a, sorted(sessions_of[a]), None) for a in stale]
+        wanted += [(a, sorted(sessions_of[a]), v) for a, v in check.items()]
         with metrics.LOAD_SECONDS.time():
-            loaded, versions = await self.store.read_accounts(wanted, list(check))
-            moved = [(a, sorted(sessions_of[a])) for a, v in zip(check, versions, strict=True)
-                     if v != check[a]]
-            if moved:
-                metrics.STALE_READS.inc(len(moved))
-                self.stale_reads += len(moved)
-                self._others_seen = time.monotonic()
-                wanted += moved
-                loaded += (await self.store.read_accounts(moved))[0]
-        for (account_id, session_ids), (acct, sessions) in zip(wanted, loaded, strict=True):
+            loaded = await self.store.read_accounts(wanted)
+        moved = 0
+        for (account_id, session_ids, held), got in zip(wanted, loaded, strict=True):
+            if got is None:  # still the version cached
+                continue
+            if held is not None:
+                moved += 1
+            acct, sessions = got
             if acct is None:
                 self.accounts.pop(account_id, None)
                 continue
@@ -314,6 +316,10 @@ class Engine:
                 if s is not None:
                     acct.sessions[sid] = s
             self.accounts[account_id] = acct
+        if moved:
+            metrics.STALE_READS.inc(moved)
+            self.stale_reads += moved
+            self._others_seen = time.monotonic()
         while len(self.accounts) > self.config.account_cache_size:
             self.accounts.popitem(last=False)
 

@@ -88,11 +88,13 @@ class NodePipelines:
             groups.setdefault(where, []).append(p)
         return groups
 
-    async def run(self, script: AsyncScript, calls: Mapping[K, Call]) -> dict[K, Any]:
+    async def run(self, script: AsyncScript, calls: Mapping[K, Call],
+                  wait: bool = True) -> dict[K, Any]:
         """The reply of every call, by the caller's key (e.g. partition). A call is sent
         again only when Redis says it did not run, or its node could not be reached (then,
         if it had run, the caller's own checks - versions, ids - make the second run a
-        no-op)."""
+        no-op). `wait`: end each node's pipeline with WAIT if configured (False for
+        reads)."""
         todo = dict(calls)
         asking: dict[K, tuple[str, int]] = {}
         replies: dict[K, Any] = {}
@@ -102,7 +104,7 @@ class NodePipelines:
         while True:
             groups = self._route(todo, asking)
             outcomes = await asyncio.gather(
-                *(self._send(where, script, [(p, todo[p], p in asking) for p in ps])
+                *(self._send(where, script, [(p, todo[p], p in asking) for p in ps], wait)
                   for where, ps in groups.items()), return_exceptions=True)
             asking.clear()
             refresh = False
@@ -143,7 +145,7 @@ class NodePipelines:
                 delay = min(delay * 2, 0.25)
 
     async def _send(self, where: tuple[str, int], script: AsyncScript,
-                    calls: list[tuple[K, Call, bool]]) -> list[Any]:
+                    calls: list[tuple[K, Call, bool]], wait: bool) -> list[Any]:
         client = self.client if self.cluster is None else self._node(*where)
         pipe: Pipeline = client.pipeline(transaction=False)
         for _, (call_keys, args), ask in calls:
@@ -153,10 +155,11 @@ class NodePipelines:
             # a round trip per batch. A node without the script (restarted, failed over)
             # answers NOSCRIPT without running anything; it is loaded and the call sent again.
             pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
-        if self.wait_replicas:
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        wait_replicas = self.wait_replicas if wait else 0
+        if wait_replicas:
+            pipe.execute_command("WAIT", wait_replicas, self.wait_timeout_ms)
         out = await pipe.execute(raise_on_error=False)
-        acked = out.pop() if self.wait_replicas else None
+        acked = out.pop() if wait_replicas else None
         replies = iter(out)
         results = [next(replies) if not ask else _after_asking(next(replies), next(replies))
                    for _, _, ask in calls]

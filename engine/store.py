@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgpack
 import redis.asyncio as aioredis
@@ -41,6 +41,7 @@ LUA = Path(__file__).parent / "lua"
 TOPUP_MARKER_TTL_MS = 400 * 24 * 3600 * 1000  # a top-up id stays known for over a year
 ORDER_MARKER_TTL_MS = TOPUP_MARKER_TTL_MS  # and so does an add-on order id
 DAY_MS = 86_400_000
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -65,6 +66,12 @@ class AccountWrite:
     sessions: list[SessionWrite] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
+
+
+def _hash(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A hash as read.lua gives it (field, value, ...)."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
 
 
 def _flat(fields: dict[str, Any]) -> list[bytes | str]:
@@ -100,9 +107,9 @@ def _group(w: AccountWrite) -> list[bytes | str | int]:
 
 
 GROUPS_PER_CALL = 128
-"""Account writes per apply call on a single server: fewer calls are fewer commands to build,
-send and answer (a unary batch of 11 requests made 11), but one call holds Redis's other
-clients while it runs (some tens of µs per write)."""
+"""Accounts per apply or read call on a single server: fewer calls are fewer commands to
+build, send and answer (a unary batch of 11 requests made 11), but one call holds Redis's
+other clients while it runs (some tens of µs per write)."""
 
 
 def hash_blob(fields: dict[str, Any]) -> bytes:
@@ -122,6 +129,7 @@ class Store:
             retry_on_error=[RedisConnectionError], health_check_interval=30)
         self.nodes = NodePipelines(self.redis, timeout_s, wait_replicas, wait_timeout_ms)
         self._apply = self.redis.register_script((LUA / "apply.lua").read_text())
+        self._read = self.redis.register_script((LUA / "read.lua").read_text())
         self._topup = self.redis.register_script((LUA / "topup.lua").read_text())
         self._create = self.redis.register_script((LUA / "create.lua").read_text())
         self._create_many = self.redis.register_script((LUA / "create_many.lua").read_text())
@@ -198,29 +206,55 @@ class Store:
             out.append(None if acct is None else (acct.decode(), SubscriberState(int(state))))
         return out
 
-    async def read_accounts(self, wanted: list[tuple[str, list[str]]],
-                            versions_of: Sequence[str] = ()
-                            ) -> tuple[list[tuple[AccountState | None, list[SessionState | None]]],
-                                       list[int]]:
-        """Accounts and some of their sessions, and the current versions of the accounts
-        `versions_of` (0: gone), in one round trip. Each account is read before its sessions:
-        a session changed after the account read also moved the account version, so the
-        apply's version check catches any mix of old and new."""
-        pipe = self.redis.pipeline(transaction=False)
-        for account_id, session_ids in wanted:
-            p = self.partition(account_id)
-            pipe.hgetall(keys.account(p, account_id))
-            for sid in session_ids:
-                pipe.hgetall(keys.session(p, sid))
-        for account_id in versions_of:
-            pipe.hget(keys.account(self.partition(account_id), account_id), "ver")
-        replies = iter(await pipe.execute())
-        out: list[tuple[AccountState | None, list[SessionState | None]]] = []
-        for account_id, session_ids in wanted:
-            h = next(replies)
-            acct = parse_account(account_id, self.partition(account_id), h) if h else None
-            out.append((acct, [parse_session(sid, next(replies)) for sid in session_ids]))
-        return out, [int(v or 0) for v in replies]
+    async def read_accounts(self, wanted: Sequence[tuple[str, list[str], int | None]]
+                            ) -> list[tuple[AccountState | None, list[SessionState | None]] | None]:
+        """Each (account, session ids, version held or None): None when the account still
+        has the version held (the caller's copy is current), else the account (None: gone)
+        and those sessions (None: no such session). One read.lua call per partition on a
+        cluster, up to GROUPS_PER_CALL accounts of several partitions on a single server,
+        pipelined per node: one round trip."""
+        by_partition: dict[int, list[int]] = {}
+        for n, (account_id, _, _) in enumerate(wanted):
+            by_partition.setdefault(self.partition(account_id), []).append(n)
+        calls: dict[int, Call] = {}
+        order: dict[int, list[int]] = {}
+        for c, chunk in enumerate(self._calls_of(by_partition)):
+            call_keys: list[str] = []
+            args: list[str | int] = []
+            for p, ns in chunk:
+                for n in ns:
+                    account_id, session_ids, held = wanted[n]
+                    call_keys.append(keys.account(p, account_id))
+                    call_keys += [keys.session(p, sid) for sid in session_ids]
+                    args += (len(session_ids), "" if held is None else held)
+            calls[c] = (call_keys, args)
+            order[c] = [n for _, ns in chunk for n in ns]
+        out: list[tuple[AccountState | None, list[SessionState | None]] | None] = (
+            [None] * len(wanted))
+        for c, reply in (await self.nodes.run(self._read, calls, wait=False)).items():
+            for n, got in zip(order[c], reply, strict=True):
+                if got == 0:
+                    continue
+                account_id, session_ids, _ = wanted[n]
+                h = _hash(got[0])
+                acct = parse_account(account_id, self.partition(account_id), h) if h else None
+                out[n] = (acct, [parse_session(sid, _hash(s))
+                                 for sid, s in zip(session_ids, got[1:], strict=True)])
+        return out
+
+    def _calls_of(self, by_partition: dict[int, list[T]]) -> list[list[tuple[int, list[T]]]]:
+        """Partitions' items split into script calls of whole partitions: one partition per
+        call on a cluster (a partition is a slot), up to GROUPS_PER_CALL items otherwise."""
+        per_call = 1 if self.nodes.cluster is not None else GROUPS_PER_CALL
+        chunks: list[list[tuple[int, list[T]]]] = []
+        held = 0
+        for p, items in by_partition.items():
+            if not chunks or held + len(items) > per_call:
+                chunks.append([])
+                held = 0
+            chunks[-1].append((p, items))
+            held += len(items)
+        return chunks
 
     async def apply(self, writes: dict[int, list[AccountWrite]],
                     retention_ms: int) -> dict[int, set[int]]:
@@ -229,19 +263,9 @@ class Store:
         partition (its own slot), on a single server up to GROUPS_PER_CALL account writes of
         several partitions per call. Returns, per partition, the indexes of the account writes
         refused because the version had moved."""
-        # A call holds whole partitions; on a cluster one only (a partition is a slot).
-        per_call = 1 if self.nodes.cluster is not None else GROUPS_PER_CALL
-        chunks: list[list[tuple[int, list[AccountWrite]]]] = []
-        held = 0
-        for p, ws in writes.items():
-            if not chunks or held + len(ws) > per_call:
-                chunks.append([])
-                held = 0
-            chunks[-1].append((p, ws))
-            held += len(ws)
         calls: dict[int, Call] = {}
         owners: dict[int, list[tuple[int, int]]] = {}  # call -> (partition, index) per group
-        for c, chunk in enumerate(chunks):
+        for c, chunk in enumerate(self._calls_of(writes)):
             # Every key the script touches is declared (the same slot): during resharding
             # Redis redirects by the declared keys only.
             call_keys: list[str] = []
