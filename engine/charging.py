@@ -282,30 +282,31 @@ class Engine:
             else:
                 if shared:
                     # Another server (another worker) may have written it since it was
-                    # cached. Redis compares its version in the batch's read and sends it
-                    # in full only if it moved: a stale copy costs no refused write, no
-                    # re-run and no second read.
+                    # cached. Its version is compared in Redis alongside the batch's reads; a
+                    # stale copy costs a second read instead of a refused write and a re-run.
                     check[p.account_id] = acct.version
                 self.accounts.move_to_end(p.account_id)
         for account_id in stale:
             check.pop(account_id, None)
         if not stale and not check:
             return
-        # Every session the batch needs of such an account is read, not only the missing
-        # ones: if the account moved on, the cached sessions are dropped with the old version.
-        # A checked account comes back only if it moved on (then read in full, at once).
-        wanted: list[tuple[str, list[str], int | None]] = [
-            (a, sorted(sessions_of[a]), None) for a in stale]
-        wanted += [(a, sorted(sessions_of[a]), v) for a, v in check.items()]
+        # Read every session the batch needs of such an account, not only the missing ones:
+        # if the account moved on, the cached sessions are dropped with the old version.
+        wanted = [(a, sorted(sessions_of[a])) for a in stale]
         with metrics.LOAD_SECONDS.time():
-            loaded = await self.store.read_accounts(wanted)
-        moved = 0
-        for (account_id, session_ids, held), got in zip(wanted, loaded, strict=True):
-            if got is None:  # still the version cached
-                continue
-            if held is not None:
-                moved += 1
-            acct, sessions = got
+            if check:
+                loaded, moved = await asyncio.gather(self.store.read_accounts(wanted),
+                                                     self.store.moved_accounts(check))
+            else:
+                loaded, moved = await self.store.read_accounts(wanted), set()
+            if moved:
+                metrics.STALE_READS.inc(len(moved))
+                self.stale_reads += len(moved)
+                self._others_seen = time.monotonic()
+                again = [(a, sorted(sessions_of[a])) for a in moved]
+                wanted += again
+                loaded += await self.store.read_accounts(again)
+        for (account_id, session_ids), (acct, sessions) in zip(wanted, loaded, strict=True):
             if acct is None:
                 self.accounts.pop(account_id, None)
                 continue
@@ -316,10 +317,6 @@ class Engine:
                 if s is not None:
                     acct.sessions[sid] = s
             self.accounts[account_id] = acct
-        if moved:
-            metrics.STALE_READS.inc(moved)
-            self.stale_reads += moved
-            self._others_seen = time.monotonic()
         while len(self.accounts) > self.config.account_cache_size:
             self.accounts.popitem(last=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -68,12 +68,6 @@ class AccountWrite:
     events: list[bytes] = field(default_factory=list)
 
 
-def _hash(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A hash as read.lua gives it (field, value, ...)."""
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
-
-
 def _flat(fields: dict[str, Any]) -> list[bytes | str]:
     """field, value, field, value...; numbers as strings (Lua numbers are doubles)."""
     return [x for f, v in fields.items() for x in (f, v if type(v) is bytes else str(v))]
@@ -129,7 +123,7 @@ class Store:
             retry_on_error=[RedisConnectionError], health_check_interval=30)
         self.nodes = NodePipelines(self.redis, timeout_s, wait_replicas, wait_timeout_ms)
         self._apply = self.redis.register_script((LUA / "apply.lua").read_text())
-        self._read = self.redis.register_script((LUA / "read.lua").read_text())
+        self._versions = self.redis.register_script((LUA / "versions.lua").read_text())
         self._topup = self.redis.register_script((LUA / "topup.lua").read_text())
         self._create = self.redis.register_script((LUA / "create.lua").read_text())
         self._create_many = self.redis.register_script((LUA / "create_many.lua").read_text())
@@ -206,41 +200,40 @@ class Store:
             out.append(None if acct is None else (acct.decode(), SubscriberState(int(state))))
         return out
 
-    async def read_accounts(self, wanted: Sequence[tuple[str, list[str], int | None]]
-                            ) -> list[tuple[AccountState | None, list[SessionState | None]] | None]:
-        """Each (account, session ids, version held or None): None when the account still
-        has the version held (the caller's copy is current), else the account (None: gone)
-        and those sessions (None: no such session). One read.lua call per partition on a
-        cluster, up to GROUPS_PER_CALL accounts of several partitions on a single server,
-        pipelined per node: one round trip."""
-        by_partition: dict[int, list[int]] = {}
-        for n, (account_id, _, _) in enumerate(wanted):
-            by_partition.setdefault(self.partition(account_id), []).append(n)
-        calls: dict[int, Call] = {}
-        order: dict[int, list[int]] = {}
-        for c, chunk in enumerate(self._calls_of(by_partition)):
-            call_keys: list[str] = []
-            args: list[str | int] = []
-            for p, ns in chunk:
-                for n in ns:
-                    account_id, session_ids, held = wanted[n]
-                    call_keys.append(keys.account(p, account_id))
-                    call_keys += [keys.session(p, sid) for sid in session_ids]
-                    args += (len(session_ids), "" if held is None else held)
-            calls[c] = (call_keys, args)
-            order[c] = [n for _, ns in chunk for n in ns]
-        out: list[tuple[AccountState | None, list[SessionState | None]] | None] = (
-            [None] * len(wanted))
-        for c, reply in (await self.nodes.run(self._read, calls, wait=False)).items():
-            for n, got in zip(order[c], reply, strict=True):
-                if got == 0:
-                    continue
-                account_id, session_ids, _ = wanted[n]
-                h = _hash(got[0])
-                acct = parse_account(account_id, self.partition(account_id), h) if h else None
-                out[n] = (acct, [parse_session(sid, _hash(s))
-                                 for sid, s in zip(session_ids, got[1:], strict=True)])
+    async def read_accounts(self, wanted: list[tuple[str, list[str]]]
+                            ) -> list[tuple[AccountState | None, list[SessionState | None]]]:
+        """Accounts and some of their sessions, in one round trip. Each account is read
+        before its sessions: a session changed after the account read also moved the
+        account version, so the apply's version check catches any mix of old and new."""
+        pipe = self.redis.pipeline(transaction=False)
+        for account_id, session_ids in wanted:
+            p = self.partition(account_id)
+            pipe.hgetall(keys.account(p, account_id))
+            for sid in session_ids:
+                pipe.hgetall(keys.session(p, sid))
+        replies = iter(await pipe.execute())
+        out: list[tuple[AccountState | None, list[SessionState | None]]] = []
+        for account_id, session_ids in wanted:
+            h = next(replies)
+            acct = parse_account(account_id, self.partition(account_id), h) if h else None
+            out.append((acct, [parse_session(sid, next(replies)) for sid in session_ids]))
         return out
+
+    async def moved_accounts(self, held: dict[str, int]) -> set[str]:
+        """The accounts, of those held at a version, whose version is another by now (or that
+        are gone): versions.lua, one call per partition on a cluster, up to GROUPS_PER_CALL
+        accounts of several partitions on a single server, in one round trip."""
+        by_partition: dict[int, list[str]] = {}
+        for account_id in held:
+            by_partition.setdefault(self.partition(account_id), []).append(account_id)
+        calls: dict[int, Call] = {}
+        order: dict[int, list[str]] = {}
+        for c, chunk in enumerate(self._calls_of(by_partition)):
+            order[c] = [a for _, ids in chunk for a in ids]
+            calls[c] = ([keys.account(p, a) for p, ids in chunk for a in ids],
+                        [held[a] for a in order[c]])
+        replies = await self.nodes.run(self._versions, calls, wait=False)
+        return {order[c][int(i) - 1] for c, reply in replies.items() for i in reply}
 
     def _calls_of(self, by_partition: dict[int, list[T]]) -> list[list[tuple[int, list[T]]]]:
         """Partitions' items split into script calls of whole partitions: one partition per
