@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from engine.domain import Bucket, Member, Reservation, UnitType
 
@@ -81,9 +82,9 @@ def _s(v: bytes) -> str:
     return v.decode()
 
 
-@dataclass(frozen=True, slots=True)
-class BucketMeta:
-    """A bucket's fixed part, as stored in its `b:<id>` field."""
+class BucketMeta(NamedTuple):
+    """A bucket's fixed part, as stored in its `b:<id>` field (a tuple: built for every
+    bucket of every account read)."""
 
     rating_groups: tuple[int, ...]
     unit_type: UnitType
@@ -99,9 +100,9 @@ class BucketMeta:
 
     @staticmethod
     def parse(v: bytes) -> BucketMeta:
-        rgs, unit, prio, exp, init, renew = v.decode().split("|")
-        return BucketMeta(tuple(int(g) for g in rgs.split(",") if g), UnitType(int(unit)),
-                          int(prio), int(exp), int(init), renew == "1")
+        rgs, unit, prio, exp, init, renew = v.split(b"|")
+        return BucketMeta(tuple(int(g) for g in rgs.split(b",") if g), UnitType(int(unit)),
+                          int(prio), int(exp), int(init), renew == b"1")
 
 
 def bucket_fields(b: Bucket) -> dict[str, str | int]:
@@ -118,50 +119,62 @@ def member_caps_value(money: int, units: list[int]) -> str:
 
 
 MEMBER_COUNTERS = ("spent", "mres", "u1", "u2", "u3", "r1", "r2", "r3")
+MEMBER_COUNTER_FIELDS = frozenset(c.encode() for c in MEMBER_COUNTERS)
+BUCKET_COUNTERS = (b":rem", b":res", b":ntf")
 
 
 def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> AccountState:
-    metas: dict[str, BucketMeta] = {}
-    counters: dict[str, int] = {}
-    members: dict[str, Member] = {}
+    # Read for every account not cached (a cold INITIAL): fields are matched as bytes and
+    # decoded only where a string is kept.
+    metas: dict[bytes, bytes] = {}
+    counters: dict[bytes, int] = {}
+    member_caps: dict[bytes, bytes] = {}
     cycle_units: dict[int, int] = {}
     for k, v in h.items():
-        key = _s(k)
-        if key.startswith("b:"):
-            if key.endswith((":rem", ":res", ":ntf")):
-                counters[key] = int(v)
+        head = k[:2]
+        if head == b"b:":
+            if k.endswith(BUCKET_COUNTERS):
+                counters[k] = int(v)
             else:
-                metas[key[2:]] = BucketMeta.parse(v)
-        elif key.startswith("m:"):
-            if key.count(":") > 1 and key.rpartition(":")[2] in MEMBER_COUNTERS:
-                counters[key] = int(v)
+                metas[k[2:]] = v
+        elif head == b"m:":
+            if k.count(b":") > 1 and k.rpartition(b":")[2] in MEMBER_COUNTER_FIELDS:
+                counters[k] = int(v)
             else:
-                caps = json.loads(v)
-                members[key[2:]] = Member(key[2:], caps["money"],
-                                          [caps["oct"], caps["sec"], caps["svc"]])
-        elif key.startswith("cu:"):
-            cycle_units[int(key[3:])] = int(v)
-    for sid, member in members.items():
-        member.spent = counters.get(f"m:{sid}:spent", 0)
-        member.money_reserved = counters.get(f"m:{sid}:mres", 0)
-        member.used_units = [counters.get(f"m:{sid}:u{u}", 0) for u in (1, 2, 3)]
-        member.reserved_units = [counters.get(f"m:{sid}:r{u}", 0) for u in (1, 2, 3)]
+                member_caps[k[2:]] = v
+        elif head == b"cu" and k[2:3] == b":":
+            cycle_units[int(k[3:])] = int(v)
+    count = counters.get
+    members: dict[str, Member] = {}
+    for sub, v in member_caps.items():
+        caps = json.loads(v)
+        pre = b"m:" + sub + b":"
+        sid = sub.decode()
+        members[sid] = Member(
+            sid, caps["money"], [caps["oct"], caps["sec"], caps["svc"]],
+            spent=count(pre + b"spent", 0), money_reserved=count(pre + b"mres", 0),
+            used_units=[count(pre + b"u1", 0), count(pre + b"u2", 0), count(pre + b"u3", 0)],
+            reserved_units=[count(pre + b"r1", 0), count(pre + b"r2", 0),
+                            count(pre + b"r3", 0)])
     buckets = []
-    for bid, m in metas.items():
+    for bid, value in metas.items():
+        m = BucketMeta.parse(value)
+        pre = b"b:" + bid + b":"
         buckets.append(Bucket(
-            bucket_id=bid, rating_groups=m.rating_groups, unit_type=m.unit_type,
-            initial=m.initial, remaining=counters.get(f"b:{bid}:rem", 0),
-            reserved=counters.get(f"b:{bid}:res", 0), priority=m.priority,
-            expiry_ms=m.expiry_ms, renew=m.renew,
-            notified=counters.get(f"b:{bid}:ntf", 0)))
-    buckets.sort(key=lambda b: (b.priority, b.expiry_ms or NEVER, b.bucket_id))
+            bucket_id=bid.decode(), rating_groups=m.rating_groups, unit_type=m.unit_type,
+            initial=m.initial, remaining=count(pre + b"rem", 0),
+            reserved=count(pre + b"res", 0), priority=m.priority, expiry_ms=m.expiry_ms,
+            renew=m.renew, notified=count(pre + b"ntf", 0)))
+    if len(buckets) > 1:
+        buckets.sort(key=lambda b: (b.priority, b.expiry_ms or NEVER, b.bucket_id))
+    get = h.get
     return AccountState(
         account_id=account_id, partition=partition, version=int(h[b"ver"]),
-        plan_id=_s(h[b"plan"]), money=int(h[b"money"]), money_reserved=int(h.get(b"mres", 0)),
-        credit_limit=int(h.get(b"climit", 0)), buckets=buckets, cap=int(h.get(b"cap", 0)),
-        spent=int(h.get(b"spent", 0)), cycle_start=int(h.get(b"cs", 0)),
-        cycle_end=int(h.get(b"ce", 0)), cap_level=int(h.get(b"capn", 0)),
-        low_flag=int(h.get(b"lown", 0)), exhausted_flag=int(h.get(b"exhn", 0)),
+        plan_id=h[b"plan"].decode(), money=int(h[b"money"]), money_reserved=int(get(b"mres", 0)),
+        credit_limit=int(get(b"climit", 0)), buckets=buckets, cap=int(get(b"cap", 0)),
+        spent=int(get(b"spent", 0)), cycle_start=int(get(b"cs", 0)),
+        cycle_end=int(get(b"ce", 0)), cap_level=int(get(b"capn", 0)),
+        low_flag=int(get(b"lown", 0)), exhausted_flag=int(get(b"exhn", 0)),
         cycle_units=cycle_units, members=members)
 
 
