@@ -7,8 +7,9 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -27,6 +28,7 @@ from engine.store import AccountWrite, Store
 from tollgate.v1 import charging_pb2 as pb
 
 log = logging.getLogger("tollgate.engine")
+T = TypeVar("T")
 
 MAX_RERUNS = 50
 """A request whose account keeps changing under it is answered UNABLE_TO_COMPLY after this."""
@@ -42,6 +44,30 @@ OTHERS_QUIET_S = 10.0
 """After another writer's change was last seen (a version conflict or a stale cached account),
 how long every cached account a batch uses has its version checked with the batch's reads. A
 server alone on its Redis never checks (each check is a command, about 30 µs of redis-py)."""
+
+
+async def by_deadline(deadline: float, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, or TimeoutError at `deadline` (event-loop time). The work runs as a
+    task that is cancelled then but not waited for: a cancelled redis-py call was seen to hold
+    on until Redis answered (Redis paused), and a batch's requests are answered by their
+    deadline. A write it sent may still run in Redis: the version check makes that safe, as
+    for any answer lost on the way (the requests are answered UNABLE_TO_COMPLY)."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=deadline - asyncio.get_running_loop().time())
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_outcome_ignored)
+        raise TimeoutError
+    return task.result()
+
+
+def _outcome_ignored(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio would log it as never retrieved
 
 
 def _opens_session(req: Request) -> bool:
@@ -176,24 +202,10 @@ class Engine:
         order = {id(p): n for n, p in enumerate(live)}
         metrics.BATCH_SIZE.observe(len(live))
         metrics.QUEUED.set(self.batcher.queued)
-        async with asyncio.timeout_at(deadline):
-            live = await self._resolve_subscribers(live)
-            # The batch before this one may land while this one reads; its accounts stay
-            # busy until its re-runs are back in the queue (they go before these).
-            busy = self._in_flight if self.batcher.applying else set()
-            later = [p for p in live if p.account_id in busy]
-            metrics.WAITED.inc(len(later))
-            live, deferred = self._one_request_per_session(
-                [p for p in live if p.account_id not in busy])
-            await self._load(live)
-            live = self._check_sessions(live)
-            run = None
-            if live:
-                await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
-                run = self._run(live)
+        live, later, run = await by_deadline(deadline, self._read_and_run(live))
         # Requests run again keep their arrival order: a session's later request must not
         # overtake an earlier one.
-        later = sorted(later + deferred, key=lambda p: order[id(p)])
+        later.sort(key=lambda p: order[id(p)])
         if run is None:
             return Prepared([], later=later)
         # Set now: the batch in flight until this one is launched has no account in common,
@@ -201,12 +213,30 @@ class Engine:
         self._in_flight = {p.account_id for p in live}
 
         async def finish() -> list[Pending]:
-            async with asyncio.timeout_at(deadline):
-                conflicted = await self._apply(run.kb, run.outcome.writes)
+            conflicted = await by_deadline(deadline, self._apply(run.kb, run.outcome.writes))
             again = self._settle(live, run, conflicted)
             return sorted(again, key=lambda p: order[id(p)])
 
         return Prepared(live, finish, later)
+
+    async def _read_and_run(self, live: list[Pending]
+                            ) -> tuple[list[Pending], list[Pending], Run | None]:
+        """Reads what the batch needs and runs the kernel: the requests run, those for a later
+        batch, and the run (None: nothing left to run)."""
+        live = await self._resolve_subscribers(live)
+        # The batch before this one may land while this one reads; its accounts stay
+        # busy until its re-runs are back in the queue (they go before these).
+        busy = self._in_flight if self.batcher.applying else set()
+        later = [p for p in live if p.account_id in busy]
+        metrics.WAITED.inc(len(later))
+        live, deferred = self._one_request_per_session(
+            [p for p in live if p.account_id not in busy])
+        await self._load(live)
+        live = self._check_sessions(live)
+        if not live:
+            return live, later + deferred, None
+        await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
+        return live, later + deferred, self._run(live)
 
     async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()

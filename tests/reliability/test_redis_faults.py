@@ -123,7 +123,8 @@ async def test_slow_redis_answers_within_the_deadline_and_the_queue_stays_bounde
         refused = [r for _, r in results if isinstance(r, grpc.aio.AioRpcError)]
         assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                                and "max_queue 40" in (e.details() or "") for e in refused)
-        assert max(t for t, _ in results) < DEADLINE_S + SLACK_S, results
+        slowest = sorted(((t, n, r) for n, (t, r) in enumerate(results)), reverse=True)[:4]
+        assert slowest[0][0] < DEADLINE_S + SLACK_S, slowest  # (seconds, call, result)
         assert {r for _, r in results if not isinstance(r, grpc.aio.AioRpcError)} <= {
             UNABLE, cpb.SUCCESS}
         assert app.engine is not None and app.engine.batcher.queued <= cfg.max_queue
