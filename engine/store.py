@@ -205,17 +205,17 @@ class Store:
         """Accounts and some of their sessions, in one round trip. Each account is read
         before its sessions: a session changed after the account read also moved the
         account version, so the apply's version check catches any mix of old and new."""
+        partitions = [self.partition(account_id) for account_id, _ in wanted]
         pipe = self.redis.pipeline(transaction=False)
-        for account_id, session_ids in wanted:
-            p = self.partition(account_id)
+        for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
             pipe.hgetall(keys.account(p, account_id))
             for sid in session_ids:
                 pipe.hgetall(keys.session(p, sid))
         replies = iter(await pipe.execute())
         out: list[tuple[AccountState | None, list[SessionState | None]]] = []
-        for account_id, session_ids in wanted:
+        for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
             h = next(replies)
-            acct = parse_account(account_id, self.partition(account_id), h) if h else None
+            acct = parse_account(account_id, p, h) if h else None
             out.append((acct, [parse_session(sid, next(replies)) for sid in session_ids]))
         return out
 
