@@ -132,49 +132,49 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
 
 def _account_write(kb: KernelBatch, res: KernelResult, a: int,
                    renewed: dict[str, int]) -> AccountWrite:
-    """What the kernel changed in an account. Counters as deltas, a field named only when it
-    changed (most buckets and members of an account do not move in a batch); announced
-    levels and flags are set, not added, so a re-run cannot announce twice. `renewed`: the
+    """What the kernel changed in an account: the new value of each field that changed (most
+    buckets and members of an account do not move in a batch). Values, not increments: the
+    apply sets them only on the version they were computed from, so they are exact, and
+    Redis runs one HSET per account instead of an HINCRBY per counter. `renewed`: the
     fields a new billing cycle sets (the kernel's values win)."""
     acct = kb.accounts[a]
-    inc: dict[str, int] = {}
-    if delta := res.money[a] - acct.money:
-        inc["money"] = delta
-    if delta := res.money_reserved[a] - acct.money_reserved:
-        inc["mres"] = delta
-    if delta := res.spent[a] - acct.spent:
-        inc["spent"] = delta
     sets = dict(renewed)
-    if res.cap_level[a] != acct.cap_level:
-        sets["capn"] = res.cap_level[a]
-    if res.low_flag[a] != acct.low_flag:
-        sets["lown"] = res.low_flag[a]
-    if res.exhausted_flag[a] != acct.exhausted_flag:
-        sets["exhn"] = res.exhausted_flag[a]
+    if (v := res.money[a]) != acct.money:
+        sets["money"] = v
+    if (v := res.money_reserved[a]) != acct.money_reserved:
+        sets["mres"] = v
+    if (v := res.spent[a]) != acct.spent:
+        sets["spent"] = v
+    if (v := res.cap_level[a]) != acct.cap_level:
+        sets["capn"] = v
+    if (v := res.low_flag[a]) != acct.low_flag:
+        sets["lown"] = v
+    if (v := res.exhausted_flag[a]) != acct.exhausted_flag:
+        sets["exhn"] = v
     for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
         b = kb.buckets[k]
-        if delta := res.remaining[k] - b.remaining:
-            inc[f"b:{b.bucket_id}:rem"] = delta
+        if (v := res.remaining[k]) != b.remaining:
+            sets[f"b:{b.bucket_id}:rem"] = v
         if delta := res.bucket_reserved[k]:
-            inc[f"b:{b.bucket_id}:res"] = delta
-        if res.bucket_level[k] != b.notified:
-            sets[f"b:{b.bucket_id}:ntf"] = res.bucket_level[k]
+            sets[f"b:{b.bucket_id}:res"] = b.reserved + delta
+        if (v := res.bucket_level[k]) != b.notified:
+            sets[f"b:{b.bucket_id}:ntf"] = v
     for k in kb.members_of.get(a, ()):
         m = kb.members[k][1]
         sub = m.subscriber_id
-        if delta := res.member_spent[k] - m.spent:
-            inc[f"m:{sub}:spent"] = delta
-        if delta := res.member_mres[k] - m.money_reserved:
-            inc[f"m:{sub}:mres"] = delta
+        if (v := res.member_spent[k]) != m.spent:
+            sets[f"m:{sub}:spent"] = v
+        if (v := res.member_mres[k]) != m.money_reserved:
+            sets[f"m:{sub}:mres"] = v
         for u in range(3):
-            if delta := res.member_used[3 * k + u] - m.used_units[u]:
-                inc[f"m:{sub}:u{u + 1}"] = delta
-            if delta := res.member_res_units[3 * k + u] - m.reserved_units[u]:
-                inc[f"m:{sub}:r{u + 1}"] = delta
+            if (v := res.member_used[3 * k + u]) != m.used_units[u]:
+                sets[f"m:{sub}:u{u + 1}"] = v
+            if (v := res.member_res_units[3 * k + u]) != m.reserved_units[u]:
+                sets[f"m:{sub}:r{u + 1}"] = v
     for rg, slot in kb.slots_of.get(a, ()):
-        if delta := res.cycle_units[slot] - acct.cycle_units.get(rg, 0):
-            inc[f"cu:{rg}"] = delta
-    return AccountWrite(keys.account(acct.partition, acct.account_id), acct.version, inc, sets)
+        if (v := res.cycle_units[slot]) != acct.cycle_units.get(rg, 0):
+            sets[f"cu:{rg}"] = v
+    return AccountWrite(keys.account(acct.partition, acct.account_id), acct.version, {}, sets)
 
 
 EVENT_IDS = {

@@ -51,15 +51,15 @@ for n in string.gmatch(ARGV[2], '%d+') do
       end
       a = a + n_records + n_events
     else
-      if n_set > 0 then
-        redis.call('HSET', acct, unpack(ARGV, a, a + n_set - 1))
-      end
+      -- The version is set with the new values in one HSET (it matched above): one
+      -- command per account write instead of one per changed counter.
+      redis.call('HSET', acct, 'ver', string.format('%d', tonumber(version) + 1),
+                 unpack(ARGV, a, a + n_set - 1))
       a = a + n_set
       for i = a, a + n_add - 1, 2 do
         redis.call('HINCRBY', acct, ARGV[i], ARGV[i + 1])
       end
       a = a + n_add
-      redis.call('HINCRBY', acct, 'ver', 1)
       for i = 1, n_sessions do
         local sess = KEYS[first_session + i - 1]
         local id, mode, expiry = ARGV[a], ARGV[a + 1], ARGV[a + 2]
