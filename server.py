@@ -91,6 +91,9 @@ def _add_service(server: grpc.aio.Server, service: Any, servicer: object) -> Non
     handlers = {m.name: _handler(m, getattr(servicer, m.name)) for m in service.methods}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    # As the generated add_*_to_server does: gRPC then finds a call's handler in C instead
+    # of asking each generic handler in Python.
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 STATUS_OF = {InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

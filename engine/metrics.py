@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -43,13 +44,24 @@ BATCH_ERRORS = Counter("tollgate_batch_errors", "Batches answered UNABLE_TO_COMP
                                                 "error (usually Redis unreachable)")
 
 
+_REQUEST_CHILDREN: dict[tuple[int, int], Any] = {}
+"""The labelled counter of each (type, result): labels() costs about as much as the rest."""
+
+
 def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswer]) -> None:
-    # Counted per message first: a labelled increment per request costs more than the rest.
-    seen = collections.Counter((req.type, ans.result)
-                               for req, ans in zip(requests, answers, strict=True))
-    for (kind, result), n in seen.items():
-        REQUESTS.labels(TYPE_NAMES.get(kind, "invalid"),
-                        RESULT_NAMES.get(result, str(result))).inc(n)
+    # Counted per message first: a labelled increment per request costs more than the rest
+    # (a unary call, the usual message of one, skips the Counter).
+    if len(requests) == 1:
+        seen: dict[tuple[int, int], int] = {(requests[0].type, answers[0].result): 1}
+    else:
+        seen = collections.Counter((req.type, ans.result)
+                                   for req, ans in zip(requests, answers, strict=True))
+    for key, n in seen.items():
+        child = _REQUEST_CHILDREN.get(key)
+        if child is None:
+            child = _REQUEST_CHILDREN[key] = REQUESTS.labels(
+                TYPE_NAMES.get(key[0], "invalid"), RESULT_NAMES.get(key[1], str(key[1])))
+        child.inc(n)
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> bool:

@@ -1,0 +1,31 @@
+"""The per-type, per-result request counter."""
+
+from __future__ import annotations
+
+from engine import metrics
+from tollgate.v1 import charging_pb2 as pb
+
+
+def _value(kind: str, result: str) -> float:
+    return metrics.REQUESTS.labels(kind, result)._value.get()
+
+
+def test_count_adds_each_answer_to_its_type_and_result() -> None:
+    update = pb.ChargeRequest(session_id="s", type=pb.UPDATE)
+    initial = pb.ChargeRequest(session_id="t", type=pb.INITIAL)
+    ok = pb.ChargeAnswer(result=pb.SUCCESS)
+    denied = pb.ChargeAnswer(result=pb.CREDIT_LIMIT_REACHED)
+    before = {k: _value(*k) for k in [("update", "success"), ("initial", "success"),
+                                       ("update", "credit_limit_reached")]}
+    metrics.count([update], [ok])  # a unary call
+    metrics.count([update, initial, update, update], [ok, ok, denied, ok])
+    assert _value("update", "success") - before["update", "success"] == 3
+    assert _value("initial", "success") - before["initial", "success"] == 1
+    assert (_value("update", "credit_limit_reached")
+            - before["update", "credit_limit_reached"]) == 1
+
+
+def test_unknown_result_codes_are_counted_by_number() -> None:
+    before = _value("event", "4999")
+    metrics.count([pb.ChargeRequest(type=pb.EVENT)], [pb.ChargeAnswer(result=4999)])
+    assert _value("event", "4999") - before == 1
