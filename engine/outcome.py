@@ -115,19 +115,23 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
                if rn >= timing.answers_kept else [])
     for n in dropped:
         del answers[n]
-    new = SessionState(req.session_id, req.subscriber_id, rn,
-                       req.type in ENDS_SESSION, req.type == RequestType.EVENT, req.time_ms,
-                       answers, held)
+    ended = req.type in ENDS_SESSION
+    expiry = 0 if ended else timing.now_ms + ((longest or timing.default_validity_s)
+                                              + timing.stale_grace_s) * 1000
+    new = SessionState(req.session_id, req.subscriber_id, rn, ended,
+                       req.type == RequestType.EVENT, req.time_ms, answers, held, expiry)
     out.answers[id(p)] = ans
     out.sessions[id(p)] = new
     deleted = ([f"r:{rg}" for rg in old.reservations if rg not in held]
                if old is not None else [])
     deleted += [f"a:{n}" for n in dropped]
-    expiry = timing.now_ms + ((longest or timing.default_validity_s)
-                              + timing.stale_grace_s) * 1000
+    # A continuing session's zset score stays at or before its expiry, which only grows as
+    # requests come: the score is set again only when the expiry shrank or is unknown
+    # (written before `exp` was kept, or swept), saving Redis a ZADD per request.
+    rescore = old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
     w.sessions.append(SessionWrite(
-        req.session_id, new.ended, session_fields(new, req, p.account_id, blob, old is None),
-        deleted, expiry, created=old is None))
+        req.session_id, ended, session_fields(new, req, p.account_id, blob, old is None),
+        deleted, expiry, created=old is None, rescore=rescore))
 
 
 def _account_write(kb: KernelBatch, res: KernelResult, a: int,
@@ -216,6 +220,8 @@ def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes
         "rn", s.last_rn, "st", st, "t", s.last_time_ms, f"a:{req.request_number}", answer]
     if new:
         fields += ("sub", req.subscriber_id, "acct", account_id)
+    if not s.ended:
+        fields += ("exp", s.expiry_ms)
     for rg, r in s.reservations.items():
         fields += (f"r:{rg}", reservation_value(r))
     return fields

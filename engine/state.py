@@ -21,7 +21,8 @@ changed only through the per-account version check or by Lua that bumps `ver`):
 
 Session hash `tg:{pN}:sess:<id>`: rn, st (open|ended|event), t, sub, acct, a:<rn>
 (stored answers), r:<rg> = "bucket_id|units|amount|unit_type|member" (reservations;
-member = 1 when it counts against the subscriber's member caps).
+member = 1 when it counts against the subscriber's member caps), exp (an open session's
+expiry, Unix ms: its score in the partition's open-session zset is at or before it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class SessionState:
     last_time_ms: int
     answers: dict[int, bytes] = field(default_factory=dict)
     reservations: dict[int, Reservation] = field(default_factory=dict)
+    expiry_ms: int = 0  # when an open session's reservations go stale (0: unknown)
 
 
 @dataclass(slots=True)
@@ -188,7 +190,7 @@ def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None
     s = SessionState(
         session_id=session_id, subscriber_id=_s(h.get(b"sub", b"")), last_rn=int(h[b"rn"]),
         ended=h.get(b"st") != b"open", is_event=h.get(b"st") == b"event",
-        last_time_ms=int(h.get(b"t", 0)))
+        last_time_ms=int(h.get(b"t", 0)), expiry_ms=int(h.get(b"exp", 0)))
     for k, v in h.items():
         if k.startswith(b"a:"):
             s.answers[int(k[2:])] = v

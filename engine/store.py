@@ -53,6 +53,9 @@ class SessionWrite:
     expiry_ms: int = 0  # open sessions: when its reservations go stale (the sweeper's clock)
     created: bool = False  # the writer believes it new: if it exists, the account's write is
     # refused like a version conflict (so a new session needs no read before its INITIAL)
+    rescore: bool = False  # an open session's expiry is earlier than its zset score may be
+    # (or that score is unknown): the score is set again. Otherwise the score stays, and
+    # the sweeper, finding it due, moves it to the `exp` field's later expiry
 
 
 @dataclass(slots=True)
@@ -84,7 +87,7 @@ def _group(w: AccountWrite) -> list[bytes | str | int]:
     as decimal strings)."""
     out: list[bytes | str | int] = [
         len(w.sessions), w.expected_version,
-        "".join("1" if s.created else "0" for s in w.sessions),
+        "".join("1" if s.created else "2" if s.rescore else "0" for s in w.sessions),
         2 * len(w.sets), 2 * len(w.increments), len(w.records), len(w.events)]
     for f, v in w.sets.items():
         out += (f, v)

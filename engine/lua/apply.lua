@@ -12,7 +12,8 @@
 --   per session: session_id, mode (open|end), expiry_ms, n_fields, n_deleted,
 --                n_fields values (field, value, ...), n_deleted field names,
 --   n_records records, n_events events.
--- `created` has one character per session: '1' = the writer believes the session new.
+-- `created` has one character per session: '1' = the writer believes the session new,
+-- '2' = set its open-session zset score, '0' = neither.
 -- Every key is declared (on a cluster all in the partition's slot): while a slot moves,
 -- Redis Cluster redirects by these. Numbers are strings: Lua numbers are doubles and money is
 -- int64.
@@ -77,10 +78,16 @@ for n in string.gmatch(ARGV[2], '%d+') do
           -- A session joins the account's open set when it is created. An open session
           -- never has a TTL: only ending sets one, and nothing reopens an ended session
           -- (that would be a write on an older account version, refused above).
-          if string.byte(created, i) == 49 then
+          -- Its zset score is set when it is created ('1') or asked for ('2': its expiry
+          -- shrank or the score is unknown); otherwise the score stays at or before the
+          -- session's `exp` field, and the sweeper moves it on when it finds it due.
+          local c = string.byte(created, i)
+          if c == 49 then
             redis.call('SADD', set, id)
           end
-          redis.call('ZADD', open, expiry, sess)
+          if c ~= 48 then
+            redis.call('ZADD', open, expiry, sess)
+          end
         else
           redis.call('SREM', set, id)
           redis.call('ZREM', open, sess)

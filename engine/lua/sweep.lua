@@ -9,6 +9,13 @@ local expiry = redis.call('ZSCORE', KEYS[2], KEYS[1])
 if not expiry or tonumber(expiry) > tonumber(ARGV[1]) then
   return 0
 end
+-- The score is at or before the session's expiry, which requests push later without
+-- touching the zset (apply.lua): a session still within it is only moved on.
+local exp = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
+if exp > tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[2], exp, KEYS[1])
+  return 0
+end
 redis.call('ZREM', KEYS[2], KEYS[1])
 if #KEYS < 3 then
   return 0
@@ -44,4 +51,6 @@ for k = 1, #fields, 2 do
 end
 redis.call('HINCRBY', acct, 'ver', 1)
 redis.call('HSET', KEYS[1], 'swept', ARGV[1])
+-- Out of the zset now: without `exp` its next request sets a score again.
+redis.call('HDEL', KEYS[1], 'exp')
 return released

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from engine import keys
 from engine.sweeper import Sweeper
 from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
@@ -71,3 +72,59 @@ async def test_late_usage_of_a_swept_session_is_still_charged(tollgate, gateway)
     acct = await gateway.account("acct-0")
     assert acct.buckets[0].used == 3 * MB
     assert acct.buckets[0].reserved == 0
+
+
+async def _score(tollgate, session_id: str) -> float | None:
+    p = tollgate.store.partition("acct-0")
+    return await tollgate.store.redis.zscore(keys.open_sessions(p), keys.session(p, session_id))
+
+
+async def _expiry(tollgate, session_id: str) -> int:
+    p = tollgate.store.partition("acct-0")
+    return int(await tollgate.store.redis.hget(keys.session(p, session_id), "exp"))
+
+
+async def test_a_refreshed_session_is_moved_on_in_the_zset_not_swept(tollgate, gateway):
+    """Requests push a session's expiry (its `exp` field) later without a ZADD each; the
+    sweeper, finding the older score due, moves it to the expiry instead of releasing."""
+    [sub] = await gateway.setup()
+    now = int(time.time() * 1000)
+    tollgate.engine.clock = lambda: now
+    await open_sessions(gateway, sub, 1)
+    first = await _expiry(tollgate, "s0")
+    assert await _score(tollgate, "s0") == first
+    now += 600_000  # ten minutes on, well within validity
+    a = await gateway.charge(request("s0", 1, cpb.UPDATE, sub, mscc(DATA_RG, used=MB, want=0)))
+    assert a.result == cpb.SUCCESS
+    later = await _expiry(tollgate, "s0")
+    assert later > first
+    assert await _score(tollgate, "s0") == first  # not rewritten by the UPDATE
+    sweeper = Sweeper(tollgate.store, tollgate.engine.clock)
+
+    assert await sweeper.sweep_once(first + 1) == 0
+    assert await _score(tollgate, "s0") == later
+    assert (await gateway.account("acct-0")).buckets[0].reserved == 10 * MB
+
+    assert await sweeper.sweep_once(later + 1) == 2  # data and voice
+    assert await _score(tollgate, "s0") is None
+
+
+async def test_a_swept_session_that_comes_back_is_swept_again_when_silent(tollgate, gateway):
+    [sub] = await gateway.setup()
+    now = int(time.time() * 1000)
+    tollgate.engine.clock = lambda: now
+    await open_sessions(gateway, sub, 1)
+    sweeper = Sweeper(tollgate.store, tollgate.engine.clock)
+    assert await sweeper.sweep_once(LATER) == 2
+    assert await _score(tollgate, "s0") is None
+    now = LATER + 1000
+
+    a = await gateway.charge(request("s0", 1, cpb.UPDATE, sub, mscc(DATA_RG, used=MB, want=0)))
+
+    assert a.result == cpb.SUCCESS
+    expiry = await _expiry(tollgate, "s0")
+    assert await _score(tollgate, "s0") == expiry  # back in the zset
+    assert (await gateway.account("acct-0")).buckets[0].reserved == 10 * MB
+    assert await sweeper.sweep_once(expiry + 1) == 1
+    acct = await gateway.account("acct-0")
+    assert acct.buckets[0].reserved == 0 and acct.buckets[0].remaining == 99 * MB
