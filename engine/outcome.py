@@ -128,7 +128,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     # A continuing session's zset score stays at or before its expiry, which only grows as
     # requests come: the score is set again only when the expiry shrank or is unknown
     # (written before `exp` was kept, or swept), saving Redis a ZADD per request.
-    rescore = old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
+    rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
     w.sessions.append(SessionWrite(
         req.session_id, ended, session_fields(new, req, p.account_id, blob, old is None),
         deleted, expiry, created=old is None, rescore=rescore))

@@ -7,7 +7,7 @@ import time
 
 from engine import keys
 from engine.sweeper import Sweeper
-from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request
+from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request, sample_plan
 from tollgate.v1 import charging_pb2 as cpb
 
 LATER = int(time.time() * 1000) + 10 * 3600 * 1000  # far past validity + grace
@@ -128,3 +128,23 @@ async def test_a_swept_session_that_comes_back_is_swept_again_when_silent(tollga
     assert await sweeper.sweep_once(expiry + 1) == 1
     acct = await gateway.account("acct-0")
     assert acct.buckets[0].reserved == 0 and acct.buckets[0].remaining == 99 * MB
+
+
+async def test_a_shrinking_expiry_sets_the_score_again(tollgate, gateway):
+    """The score may only lag behind a later expiry: one that comes earlier (a grant with a
+    shorter validity) is written to the zset, or the sweeper would be late."""
+    plan = sample_plan()
+    plan.rates[0].validity_time_s = 600  # data
+    plan.rates[1].validity_time_s = 7200  # voice
+    [sub] = await gateway.setup(plan=plan)
+    now = int(time.time() * 1000)
+    tollgate.engine.clock = lambda: now
+    await open_sessions(gateway, sub, 1)  # data and voice: the voice's 7200 s
+    first = await _expiry(tollgate, "s0")
+    now += 60_000
+    a = await gateway.charge(request("s0", 1, cpb.UPDATE, sub, mscc(DATA_RG, used=MB, want=0)))
+    assert a.result == cpb.SUCCESS
+    shorter = await _expiry(tollgate, "s0")  # only data's 600 s granted now
+
+    assert shorter < first
+    assert await _score(tollgate, "s0") == shorter
