@@ -143,18 +143,14 @@ def _account_write(kb: KernelBatch, res: KernelResult, a: int,
     fields a new billing cycle sets (the kernel's values win)."""
     acct = kb.accounts[a]
     sets = dict(renewed)
-    if (v := res.money[a]) != acct.money:
-        sets["money"] = v
-    if (v := res.money_reserved[a]) != acct.money_reserved:
-        sets["mres"] = v
-    if (v := res.spent[a]) != acct.spent:
-        sets["spent"] = v
-    if (v := res.cap_level[a]) != acct.cap_level:
-        sets["capn"] = v
-    if (v := res.low_flag[a]) != acct.low_flag:
-        sets["lown"] = v
-    if (v := res.exhausted_flag[a]) != acct.exhausted_flag:
-        sets["exhn"] = v
+    for name, v, before in (("money", res.money[a], acct.money),
+                            ("mres", res.money_reserved[a], acct.money_reserved),
+                            ("spent", res.spent[a], acct.spent),
+                            ("capn", res.cap_level[a], acct.cap_level),
+                            ("lown", res.low_flag[a], acct.low_flag),
+                            ("exhn", res.exhausted_flag[a], acct.exhausted_flag)):
+        if v != before:
+            sets[name] = v
     for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
         b = kb.buckets[k]
         if (v := res.remaining[k]) != b.remaining:
