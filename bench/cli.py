@@ -262,8 +262,10 @@ async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
     batch = lab.args.batch
     recorded = None
     if any(a != "unary" for a in apis):
+        # Its own session ids per process, like the clients' (a second bench against the same
+        # --target would otherwise reopen this one's sessions: refused INITIALs, no writes).
         traffic = Traffic(lab.args.subscribers, prefix=lab.args.prefix,
-                          sessions=max(5000, 5 * batch), tag="c")
+                          sessions=max(5000, 5 * batch), tag=f"c{os.getpid()}.")
         recorded = await capture_writes(lab.config, traffic, batch, warmup=10, batches=20)
     bare = server_group(partial(bare_server, lab.workdir), lab.servers)
     runs: list[Any] = []

@@ -194,7 +194,8 @@ async def apply_ceiling(url: str, opts: argparse.Namespace, pids: list[int]) -> 
     from bench.ceiling import capture_writes
     from engine.config import load_config
     config = load_config(None, redis_url=url, metrics_port=0)
-    traffic = Traffic(opts.subscribers, prefix=opts.prefix, sessions=5 * opts.batch, tag="c")
+    traffic = Traffic(opts.subscribers, prefix=opts.prefix, sessions=5 * opts.batch,
+                      tag=f"c{os.getpid()}.")
     recorded = await capture_writes(config, traffic, opts.batch, warmup=10, batches=20)
     result = await replay(config, recorded, opts.seconds, CpuProbe({"redis": pids}))
     return as_json(result)
