@@ -174,7 +174,7 @@ def _account_write(kb: KernelBatch, res: KernelResult, a: int,
     for rg, slot in kb.slots_of.get(a, ()):
         if (v := res.cycle_units[slot]) != acct.cycle_units.get(rg, 0):
             sets[f"cu:{rg}"] = v
-    return AccountWrite(keys.account(acct.partition, acct.account_id), acct.version, {}, sets)
+    return AccountWrite(keys.account(acct.partition, acct.account_id), acct.version, sets)
 
 
 EVENT_IDS = {

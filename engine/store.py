@@ -60,12 +60,13 @@ class SessionWrite:
 
 @dataclass(slots=True)
 class AccountWrite:
-    """What one account group of a batch changes, applied only if the version still matches."""
+    """What one account group of a batch changes, applied only if the version still matches.
+    Fields are given their new values: on the version they were computed from, that is the
+    same as adding the changes, and Redis sets them in one HSET with the new version."""
 
     key: str
     expected_version: int
-    increments: dict[str, int]
-    sets: dict[str, int] = field(default_factory=dict)
+    sets: dict[str, int]
     sessions: list[SessionWrite] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
@@ -88,10 +89,8 @@ def _group(w: AccountWrite) -> list[bytes | str | int]:
     out: list[bytes | str | int] = [
         len(w.sessions), w.expected_version,
         "".join("1" if s.created else "2" if s.rescore else "0" for s in w.sessions),
-        2 * len(w.sets), 2 * len(w.increments), len(w.records), len(w.events)]
+        2 * len(w.sets), len(w.records), len(w.events)]
     for f, v in w.sets.items():
-        out += (f, v)
-    for f, v in w.increments.items():
         out += (f, v)
     for s in w.sessions:
         out += (s.session_id, "end" if s.ended else "open", s.expiry_ms, len(s.fields),

@@ -166,12 +166,14 @@ class States:
                 kind=usage_pb2.FORFEIT, account_id=account_id, subscriber_id=subscriber_id,
                 start_time_ms=time_ms, end_time_ms=time_ms, plan_id=acct.plan_id,
                 money_micros=money, charges=charges, origin="lifecycle")
-            write = AccountWrite(keys.account(acct.partition, account_id), acct.version,
-                                 {"money": -money} if money else {}, sets,
+            buckets = len(sets)
+            if money:
+                sets["money"] = acct.money - money  # set on the version read, like the rest
+            write = AccountWrite(keys.account(acct.partition, account_id), acct.version, sets,
                                  records=[record.SerializeToString()])
             conflicts = await self.store.apply({acct.partition: [write]}, 0)
             if not conflicts[acct.partition]:
                 log.info("balances forfeited", extra={"account": account_id,
-                                                       "money": money, "buckets": len(sets)})
+                                                       "money": money, "buckets": buckets})
                 return True
         raise RuntimeError(f"forfeit of account {account_id!r}: it kept changing")

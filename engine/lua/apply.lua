@@ -7,8 +7,8 @@
 -- ARGV[1] = retention of ended sessions (ms); ARGV[2] = the number of groups of each block,
 -- comma separated; then each group (numbered across blocks), flat (the script runs about 12 %
 -- shorter than when it unpacked MessagePack; Redis's whole CPU is about the same):
---   n_sessions, expected_version, created, n_set, n_add, n_records, n_events,
---   n_set values (field, value, ...), n_add values (field, delta, ...),
+--   n_sessions, expected_version, created, n_set, n_records, n_events,
+--   n_set values (field, new value, ...: set with the new version, one HSET),
 --   per session: session_id, mode (open|end), expiry_ms, n_fields, n_deleted,
 --                n_fields values (field, value, ...), n_deleted field names,
 --   n_records records, n_events events.
@@ -30,9 +30,9 @@ for n in string.gmatch(ARGV[2], '%d+') do
   for _ = 1, tonumber(n) do
     g = g + 1
     local n_sessions, version, created = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
-    local n_set, n_add = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-    local n_records, n_events = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-    a = a + 7
+    local n_set = tonumber(ARGV[a + 3])
+    local n_records, n_events = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+    a = a + 6
     local acct, set = KEYS[k], KEYS[k + 1]
     local first_session = k + 2
     k = first_session + n_sessions
@@ -46,7 +46,7 @@ for n in string.gmatch(ARGV[2], '%d+') do
     end
     if not ok then
       conflicts[#conflicts + 1] = g
-      a = a + n_set + n_add
+      a = a + n_set
       for _ = 1, n_sessions do
         a = a + 5 + tonumber(ARGV[a + 3]) + tonumber(ARGV[a + 4])
       end
@@ -57,10 +57,6 @@ for n in string.gmatch(ARGV[2], '%d+') do
       redis.call('HSET', acct, 'ver', string.format('%d', tonumber(version) + 1),
                  unpack(ARGV, a, a + n_set - 1))
       a = a + n_set
-      for i = a, a + n_add - 1, 2 do
-        redis.call('HINCRBY', acct, ARGV[i], ARGV[i + 1])
-      end
-      a = a + n_add
       for i = 1, n_sessions do
         local sess = KEYS[first_session + i - 1]
         local id, mode, expiry = ARGV[a], ARGV[a + 1], ARGV[a + 2]

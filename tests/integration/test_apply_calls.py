@@ -25,7 +25,7 @@ async def _writes(store: Store, stale: str = "") -> dict[int, list[AccountWrite]
         acct, _ = await store.get_account(account_id)
         version = acct.version - 1 if account_id == stale else acct.version
         writes.setdefault(p, []).append(
-            AccountWrite(keys.account(p, account_id), version, {"money": -100}))
+            AccountWrite(keys.account(p, account_id), version, {"money": acct.money - 100}))
     return writes
 
 
@@ -77,14 +77,15 @@ async def test_a_refused_write_with_sessions_records_and_events_is_skipped_whole
                         deleted=["a:0"], expiry_ms=1, created=False)
     stale, _ = await store.get_account("acct-0")
     first = writes[p0][0]
-    writes[p0][0] = AccountWrite(first.key, stale.version - 1, {"money": -100}, {"capn": 80},
+    writes[p0][0] = AccountWrite(first.key, stale.version - 1,
+                                 {"money": stale.money - 100, "capn": 80},
                                  [busy, busy], [b"record-1", b"record-2"], [b"event"])
     done = SessionWrite("s-new", ended=False, fields=["rn", 0, "a:0", b"ok"], deleted=[],
                         expiry_ms=123, created=True)
     other = next(p for p in writes if p != p0)
     last = writes[other][-1]
-    writes[other][-1] = AccountWrite(last.key, last.expected_version, {"money": -100},
-                                     {"capn": 50}, [done], [b"record-3"])
+    writes[other][-1] = AccountWrite(last.key, last.expected_version,
+                                     {**last.sets, "capn": 50}, [done], [b"record-3"])
     refused = await store.apply(writes, 60_000)
     assert refused == {p: ({0} if p == p0 else set()) for p in writes}
     after = await _money(store)

@@ -17,7 +17,7 @@ async def test_an_apply_sent_twice_is_applied_once(tollgate, gateway):
     acct, _ = await store.get_account("acct-0")
     write = AccountWrite(
         key=keys.account(p, "acct-0"), expected_version=acct.version,
-        increments={"money": -700}, records=[b"record"],
+        sets={"money": acct.money - 700}, records=[b"record"],
         sessions=[SessionWrite("x1", ended=True, fields=["acct", "acct-0", "rn", "0"],
                                deleted=[])])
     first = await store.apply({p: [write]}, 60_000)

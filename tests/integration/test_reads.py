@@ -21,8 +21,9 @@ async def _versions(store: Store) -> dict[str, int]:
 
 async def _charge(store: Store, account_id: str, version: int) -> None:
     p = store.partition(account_id)
+    money = (await store.get_account(account_id))[0].money
     await store.apply({p: [AccountWrite(keys.account(p, account_id), version,
-                                        {"money": -100})]}, 60_000)
+                                        {"money": money - 100})]}, 60_000)
 
 
 async def test_only_accounts_whose_version_moved_or_that_are_gone_come_back(tollgate, gateway):
