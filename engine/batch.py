@@ -14,8 +14,14 @@ import numpy as np
 from engine.decode import MAX_TIME_MS, Request, units_of
 from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType
 from engine.kernels.charge import (
+    B_LEVEL,
+    B_REMAINING,
     FLAG_GRACE,
     FLAG_RES_MEMBER,
+    M_MRES,
+    M_SPENT,
+    U_RES,
+    U_USED,
     WANT_DEBIT,
     WANT_GRANT,
     WANT_NONE,
@@ -88,6 +94,17 @@ class ItemRef:
     member: bool  # the subscriber is a member of a shared account (caps apply)
 
 
+ACCOUNT_OUTPUTS = ("money", "money_reserved", "spent", "cap_level", "low_flag",
+                   "exhausted_flag")
+"""The kernel's account outputs (A_* rows 0-5) as AccountState attributes: a change's `what`
+0-5 names one of them (its index is the account)."""
+(REMAINING, RESERVED, NOTIFIED, MEMBER_SPENT, MEMBER_MRES, MEMBER_USED, MEMBER_RESERVED,
+ CYCLE) = range(6, 14)
+"""The other changes' `what`, and their index: a bucket's remaining units, its reserved units
+(the value is the change), its notified level; a member's money spent and reserved, then its
+units used and reserved (index: 3 * member + unit type - 1); the units of a cycle slot."""
+
+
 @dataclass(slots=True)
 class KernelResult:
     """Kernel outputs as Python lists (indexing numpy scalars one by one is slow)."""
@@ -99,20 +116,7 @@ class KernelResult:
     charged: list[int]
     validity: list[int]
     final: list[int]
-    money: list[int]
-    money_reserved: list[int]
-    spent: list[int]
-    cap_level: list[int]
-    low_flag: list[int]
-    exhausted_flag: list[int]
-    remaining: list[int]
-    bucket_reserved: list[int]  # change
-    bucket_level: list[int]
-    member_spent: list[int]
-    member_mres: list[int]
-    member_used: list[int]  # 3 per member
-    member_res_units: list[int]  # 3 per member
-    cycle_units: list[int]
+    changes: list[tuple[int, int, int, int]]  # (account, what, index, new value): see CHANGES
     charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
 
@@ -159,21 +163,68 @@ class KernelBatch:
         unit_rows = i64([[u for m in members for u in m.cap_units],
                          [u for m in members for u in m.used_units],
                          [u for m in members for u in m.reserved_units]])
-        cycle = [0] * len(self.cycle_slots)
+        cycle = np.zeros(len(self.cycle_slots), dtype=np.int64)
+        slot_owner = np.zeros(len(self.cycle_slots), dtype=np.int64)
         for (a, rg), slot in self.cycle_slots.items():
             cycle[slot] = accts[a].cycle_units.get(rg, 0)
+            slot_owner[slot] = a
         out, acct_out, bucket_out, member_out, units_out, cu, chg, ev = charge_kernel(
             items, rates.arrays(), accounts, bucket_rows,
             np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
-            np.array(cycle, dtype=np.int64))
+            cycle)
         charges: dict[int, list[tuple[int, int, int]]] = {}
         for i, s, u, m in zip(*chg.tolist(), strict=True):
             charges.setdefault(i, []).append((s, u, m))
         events = list(zip(*ev.tolist(), strict=True))
-        lists = [*out.tolist(), *acct_out.tolist(), *bucket_out.tolist(), *member_out.tolist(),
-                 *units_out.tolist()]
-        return KernelResult(*lists[:20], cycle_units=cu.tolist(),  # type: ignore[misc]
+        # Only what moved is turned into Python (most buckets and members of an account do
+        # not move in a batch): compared here in a few array operations, not field by field.
+        bucket_owner = np.repeat(np.arange(len(accts), dtype=np.int64), np.diff(self.bucket_start))
+        member_owner = np.array([a for a, _ in self.members], dtype=np.int64)
+        account_cols = np.arange(len(accts), dtype=np.int64)
+        moved = [*((what, accounts[what], acct_out[what], account_cols) for what in range(6)),
+                 (REMAINING, bucket_rows[B_REMAINING], bucket_out[0], bucket_owner),
+                 (RESERVED, 0, bucket_out[1], bucket_owner),
+                 (NOTIFIED, bucket_rows[B_LEVEL], bucket_out[2], bucket_owner),
+                 (MEMBER_SPENT, member_rows[M_SPENT], member_out[0], member_owner),
+                 (MEMBER_MRES, member_rows[M_MRES], member_out[1], member_owner),
+                 (MEMBER_USED, unit_rows[U_USED], units_out[0], np.repeat(member_owner, 3)),
+                 (MEMBER_RESERVED, unit_rows[U_RES], units_out[1], np.repeat(member_owner, 3)),
+                 (CYCLE, cycle, cu, slot_owner)]
+        changes: list[tuple[int, int, int, int]] = []
+        for what, before, after, owner in moved:
+            at = np.flatnonzero(after != before)
+            if at.size:
+                changes += zip(owner[at].tolist(), [what] * at.size, at.tolist(),
+                               after[at].tolist(), strict=True)
+        return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
                             charges=charges, events=events)
+
+    def keep(self, res: KernelResult, refused: set[int]) -> None:
+        """Brings the cached state this batch read up to the kernel's outputs, except for the
+        accounts at the positions `refused` (their apply was refused)."""
+        accounts, buckets, members = self.accounts, self.buckets, self.members
+        slot_rg = {slot: rg for (_, rg), slot in self.cycle_slots.items()}
+        for a, what, i, v in res.changes:
+            if a in refused:
+                continue
+            if what < REMAINING:
+                setattr(accounts[a], ACCOUNT_OUTPUTS[what], v)
+            elif what == REMAINING:
+                buckets[i].remaining = v
+            elif what == RESERVED:
+                buckets[i].reserved += v
+            elif what == NOTIFIED:
+                buckets[i].notified = v
+            elif what == MEMBER_SPENT:
+                members[i][1].spent = v
+            elif what == MEMBER_MRES:
+                members[i][1].money_reserved = v
+            elif what == MEMBER_USED:
+                members[i // 3][1].used_units[i % 3] = v
+            elif what == MEMBER_RESERVED:
+                members[i // 3][1].reserved_units[i % 3] = v
+            else:
+                accounts[a].cycle_units[slot_rg[i]] = v
 
 
 def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[str, Plan],

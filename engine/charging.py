@@ -446,36 +446,18 @@ class Engine:
     def _settle(self, batch: list[Pending], run: Run, conflicted: set[str]) -> list[Pending]:
         """Brings the cache up to what was applied and answers; requests of accounts another
         writer moved are returned, to run again on fresh state."""
-        kb, res, outcome = run.kb, run.res, run.outcome
+        kb, outcome = run.kb, run.outcome
+        refused: set[int] = set()
         for account_id in outcome.writes:
             if account_id in conflicted:
                 self.accounts.pop(account_id, None)
                 self.conflicts += 1
                 metrics.CONFLICTS.inc()
                 self._others_seen = time.monotonic()
-                continue
-            a = kb.index[account_id]
-            acct = kb.accounts[a]
-            acct.version += 1
-            acct.money = res.money[a]
-            acct.money_reserved = res.money_reserved[a]
-            acct.spent = res.spent[a]
-            acct.cap_level = res.cap_level[a]
-            acct.low_flag = res.low_flag[a]
-            acct.exhausted_flag = res.exhausted_flag[a]
-            for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
-                kb.buckets[k].remaining = res.remaining[k]
-                kb.buckets[k].reserved += res.bucket_reserved[k]
-                kb.buckets[k].notified = res.bucket_level[k]
-        for k, (a, m) in enumerate(kb.members):
-            if kb.accounts[a].account_id in conflicted:
-                continue
-            m.spent, m.money_reserved = res.member_spent[k], res.member_mres[k]
-            m.used_units = res.member_used[3 * k:3 * k + 3]
-            m.reserved_units = res.member_res_units[3 * k:3 * k + 3]
-        for (a, rg), slot in kb.cycle_slots.items():
-            if kb.accounts[a].account_id not in conflicted:
-                kb.accounts[a].cycle_units[rg] = res.cycle_units[slot]
+                refused.add(kb.index[account_id])
+            else:
+                kb.accounts[kb.index[account_id]].version += 1
+        kb.keep(run.res, refused)
         again: list[Pending] = []
         for p in batch:
             if p.account_id in conflicted:

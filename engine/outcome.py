@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import keys
-from engine.batch import ItemRef, KernelBatch, KernelResult, Pending
+from engine.batch import (
+    CYCLE,
+    MEMBER_MRES,
+    MEMBER_SPENT,
+    MEMBER_USED,
+    NOTIFIED,
+    REMAINING,
+    RESERVED,
+    ItemRef,
+    KernelBatch,
+    KernelResult,
+    Pending,
+)
 from engine.decode import UNIT_FIELD, Request
 from engine.domain import (
     MONEY_SOURCE,
@@ -48,15 +60,12 @@ class Timing:
 
 def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult, timing: Timing,
                   renewals: dict[str, dict[str, int]]) -> Outcome:
-    out = Outcome({}, {}, {})
+    writes = _account_writes(kb, res, renewals)
+    out = Outcome({}, {}, {acct.account_id: w for acct, w in zip(kb.accounts, writes,
+                                                                  strict=True)})
     for p in batch:
         a = kb.index[p.account_id]
-        acct = kb.accounts[a]
-        w = out.writes.get(p.account_id)
-        if w is None:
-            w = out.writes[p.account_id] = _account_write(kb, res, a,
-                                                          renewals.get(p.account_id, {}))
-        _request_outcome(p, acct, kb, res, timing, out, w)
+        _request_outcome(p, kb.accounts[a], kb, res, timing, out, writes[a])
     for ev in res.events:  # in item order, so in batch order
         p = kb.refs[ev[0]].pending
         out.writes[p.account_id].events.append(
@@ -134,47 +143,45 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
         deleted, expiry, created=old is None, rescore=rescore))
 
 
-def _account_write(kb: KernelBatch, res: KernelResult, a: int,
-                   renewed: dict[str, int]) -> AccountWrite:
-    """What the kernel changed in an account: the new value of each field that changed (most
-    buckets and members of an account do not move in a batch). Values, not increments: the
-    apply sets them only on the version they were computed from, so they are exact, and
-    Redis runs one HSET per account instead of an HINCRBY per counter. `renewed`: the
+ACCOUNT_FIELDS = ("money", "mres", "spent", "capn", "lown", "exhn")
+"""The account hash's fields of the kernel's account outputs (batch.ACCOUNT_OUTPUTS)."""
+
+
+def _account_writes(kb: KernelBatch, res: KernelResult,
+                    renewals: dict[str, dict[str, int]]) -> list[AccountWrite]:
+    """Per account of the batch, the new value of each field the kernel changed (res.changes:
+    most buckets and members of an account do not move in a batch). Values, not increments:
+    the apply sets them only on the version they were computed from, so they are exact, and
+    Redis runs one HSET per account instead of an HINCRBY per counter. `renewals`: the
     fields a new billing cycle sets (the kernel's values win)."""
-    acct = kb.accounts[a]
-    sets = dict(renewed)
-    for name, v, before in (("money", res.money[a], acct.money),
-                            ("mres", res.money_reserved[a], acct.money_reserved),
-                            ("spent", res.spent[a], acct.spent),
-                            ("capn", res.cap_level[a], acct.cap_level),
-                            ("lown", res.low_flag[a], acct.low_flag),
-                            ("exhn", res.exhausted_flag[a], acct.exhausted_flag)):
-        if v != before:
-            sets[name] = v
-    for k in range(kb.bucket_start[a], kb.bucket_start[a + 1]):
-        b = kb.buckets[k]
-        if (v := res.remaining[k]) != b.remaining:
-            sets[f"b:{b.bucket_id}:rem"] = v
-        if delta := res.bucket_reserved[k]:
-            sets[f"b:{b.bucket_id}:res"] = b.reserved + delta
-        if (v := res.bucket_level[k]) != b.notified:
-            sets[f"b:{b.bucket_id}:ntf"] = v
-    for k in kb.members_of.get(a, ()):
-        m = kb.members[k][1]
-        sub = m.subscriber_id
-        if (v := res.member_spent[k]) != m.spent:
-            sets[f"m:{sub}:spent"] = v
-        if (v := res.member_mres[k]) != m.money_reserved:
-            sets[f"m:{sub}:mres"] = v
-        for u in range(3):
-            if (v := res.member_used[3 * k + u]) != m.used_units[u]:
-                sets[f"m:{sub}:u{u + 1}"] = v
-            if (v := res.member_res_units[3 * k + u]) != m.reserved_units[u]:
-                sets[f"m:{sub}:r{u + 1}"] = v
-    for rg, slot in kb.slots_of.get(a, ()):
-        if (v := res.cycle_units[slot]) != acct.cycle_units.get(rg, 0):
-            sets[f"cu:{rg}"] = v
-    return AccountWrite(keys.account(acct.partition, acct.account_id), acct.version, sets)
+    writes = [AccountWrite(keys.account(acct.partition, acct.account_id), acct.version,
+                           dict(renewals.get(acct.account_id, {}))) for acct in kb.accounts]
+    slot_rg = {slot: rg for (_, rg), slot in kb.cycle_slots.items()}
+    for a, what, i, v in res.changes:
+        sets = writes[a].sets
+        if what < REMAINING:
+            sets[ACCOUNT_FIELDS[what]] = v
+        elif what <= NOTIFIED:
+            b = kb.buckets[i]
+            if what == REMAINING:
+                sets[f"b:{b.bucket_id}:rem"] = v
+            elif what == RESERVED:
+                sets[f"b:{b.bucket_id}:res"] = b.reserved + v
+            else:
+                sets[f"b:{b.bucket_id}:ntf"] = v
+        elif what == CYCLE:
+            sets[f"cu:{slot_rg[i]}"] = v
+        else:
+            sub = kb.members[i if what < MEMBER_USED else i // 3][1].subscriber_id
+            if what == MEMBER_SPENT:
+                sets[f"m:{sub}:spent"] = v
+            elif what == MEMBER_MRES:
+                sets[f"m:{sub}:mres"] = v
+            elif what == MEMBER_USED:
+                sets[f"m:{sub}:u{i % 3 + 1}"] = v
+            else:
+                sets[f"m:{sub}:r{i % 3 + 1}"] = v
+    return writes
 
 
 EVENT_IDS = {
