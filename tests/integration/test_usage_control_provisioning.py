@@ -5,6 +5,7 @@ records they write, and `tollgate plans load`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -15,10 +16,13 @@ import redis.asyncio as aioredis
 
 from engine import cli, keys
 from engine.config import Config
+from engine.domain import ResultCode
 from engine.kernels.charge import MONEY_LIMIT
 from engine.redis_client import connect_async
 from engine.state import BucketMeta, member_caps_value
-from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, sample_plan
+from server import Tollgate
+from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, mscc, request, sample_plan
+from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -382,6 +386,32 @@ async def test_get_account_shows_member_use_as_charged_plus_reserved(gateway, db
     assert m.used == ppb.MemberCaps(money_micros=500_000, octets=7 * MB, seconds=60,
                                     service_units=1)
     assert (m.caps.money_micros, m.caps.octets) == (5 * EUR, 100 * MB)
+
+
+async def test_after_charging_the_cached_account_is_what_redis_holds(
+        tollgate: Tollgate, gateway) -> None:
+    """The engine writes and caches only the outputs that moved (KernelBatch.run's changes):
+    balances, reservations, bucket, member and cycle counters must still all agree."""
+    await new_account(gateway, cap=20 * EUR)
+    await gateway.provisioning.AddMember(member("kid-1", money=5 * EUR, octets=500 * MB))
+    await gateway.provisioning.AddMember(member("kid-2", money=EUR, seconds=600))
+    voice = {"field": "time_seconds"}
+    for rn, kind, units in (
+            (0, cpb.INITIAL, [mscc(DATA_RG, want=20 * MB), mscc(VOICE_RG, want=120, **voice)]),
+            (1, cpb.UPDATE, [mscc(DATA_RG, used=12 * MB, want=20 * MB),
+                             mscc(VOICE_RG, used=95, want=120, **voice)]),
+            (2, cpb.TERMINATION, [mscc(DATA_RG, used=3 * MB)])):
+        answers = await gateway.batch([
+            request("s-1", rn, kind, "kid-1", *units),
+            request("s-2", rn, kind, "kid-2", *units[1:])])
+        assert [a.result for a in answers] == [ResultCode.SUCCESS] * 2
+
+    cached = tollgate.engine.accounts["acct-0"]
+    stored, _ = await tollgate.store.get_account("acct-0")
+
+    assert stored.members["kid-1"].used_units[0] == 15 * MB  # moved: checked for real
+    assert stored.spent > 0 and stored.buckets[0].remaining < 100 * MB
+    assert dataclasses.replace(cached, sessions={}) == dataclasses.replace(stored, sessions={})
 
 
 async def test_remove_member_deletes_its_caps_counters_and_subscriber(gateway, db, config):
