@@ -18,9 +18,7 @@ from engine.kernels.charge import (
     B_REMAINING,
     FLAG_GRACE,
     FLAG_RES_MEMBER,
-    M_MRES,
     M_SPENT,
-    U_RES,
     U_USED,
     WANT_DEBIT,
     WANT_GRANT,
@@ -163,11 +161,10 @@ class KernelBatch:
         unit_rows = i64([[u for m in members for u in m.cap_units],
                          [u for m in members for u in m.used_units],
                          [u for m in members for u in m.reserved_units]])
-        cycle = np.zeros(len(self.cycle_slots), dtype=np.int64)
-        slot_owner = np.zeros(len(self.cycle_slots), dtype=np.int64)
+        cycle_list = [0] * len(self.cycle_slots)
         for (a, rg), slot in self.cycle_slots.items():
-            cycle[slot] = accts[a].cycle_units.get(rg, 0)
-            slot_owner[slot] = a
+            cycle_list[slot] = accts[a].cycle_units.get(rg, 0)
+        cycle = np.array(cycle_list, dtype=np.int64)
         out, acct_out, bucket_out, member_out, units_out, cu, chg, ev = charge_kernel(
             items, rates.arrays(), accounts, bucket_rows,
             np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
@@ -176,28 +173,53 @@ class KernelBatch:
         for i, s, u, m in zip(*chg.tolist(), strict=True):
             charges.setdefault(i, []).append((s, u, m))
         events = list(zip(*ev.tolist(), strict=True))
-        # Only what moved is turned into Python (most buckets and members of an account do
-        # not move in a batch): compared here in a few array operations, not field by field.
-        bucket_owner = np.repeat(np.arange(len(accts), dtype=np.int64), np.diff(self.bucket_start))
-        member_owner = np.array([a for a, _ in self.members], dtype=np.int64)
-        account_cols = np.arange(len(accts), dtype=np.int64)
-        moved = [*((what, accounts[what], acct_out[what], account_cols) for what in range(6)),
-                 (REMAINING, bucket_rows[B_REMAINING], bucket_out[0], bucket_owner),
-                 (RESERVED, 0, bucket_out[1], bucket_owner),
-                 (NOTIFIED, bucket_rows[B_LEVEL], bucket_out[2], bucket_owner),
-                 (MEMBER_SPENT, member_rows[M_SPENT], member_out[0], member_owner),
-                 (MEMBER_MRES, member_rows[M_MRES], member_out[1], member_owner),
-                 (MEMBER_USED, unit_rows[U_USED], units_out[0], np.repeat(member_owner, 3)),
-                 (MEMBER_RESERVED, unit_rows[U_RES], units_out[1], np.repeat(member_owner, 3)),
-                 (CYCLE, cycle, cu, slot_owner)]
-        changes: list[tuple[int, int, int, int]] = []
-        for what, before, after, owner in moved:
-            at = np.flatnonzero(after != before)
-            if at.size:
-                changes += zip(owner[at].tolist(), [what] * at.size, at.tolist(),
-                               after[at].tolist(), strict=True)
+        changes = self._changes(
+            np.concatenate((accounts[:6].ravel(), bucket_rows[B_REMAINING],
+                            np.zeros(len(buckets), dtype=np.int64), bucket_rows[B_LEVEL],
+                            member_rows[M_SPENT:].ravel(), unit_rows[U_USED:].ravel(), cycle)),
+            np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
+                            units_out.ravel(), cu)))
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
                             charges=charges, events=events)
+
+    def _changes(self, before: np.ndarray, after: np.ndarray
+                 ) -> list[tuple[int, int, int, int]]:
+        """The outputs that moved, as (account, what, index, new value). `before` and `after`
+        hold the kernel's account, bucket, member, member-unit and cycle rows end to end.
+        Only these are turned into Python objects: most buckets and members of an account do
+        not move in a batch, and one comparison of the whole is a few array calls however
+        small the batch."""
+        n_a, n_b, n_m = len(self.accounts), len(self.buckets), len(self.members)
+        bucket_owner = [a for a in range(n_a)
+                        for _ in range(self.bucket_start[a + 1] - self.bucket_start[a])]
+        slot_owner = [0] * len(self.cycle_slots)
+        for (a, _), slot in self.cycle_slots.items():
+            slot_owner[slot] = a
+        at = np.flatnonzero(after != before)
+        changes = []
+        for p, v in zip(at.tolist(), after[at].tolist(), strict=True):
+            if p < 6 * n_a:
+                what, i = divmod(p, n_a)
+                changes.append((i, what, i, v))
+                continue
+            p -= 6 * n_a
+            if p < 3 * n_b:
+                what, i = divmod(p, n_b)
+                changes.append((bucket_owner[i], REMAINING + what, i, v))
+                continue
+            p -= 3 * n_b
+            if p < 2 * n_m:
+                what, i = divmod(p, n_m)
+                changes.append((self.members[i][0], MEMBER_SPENT + what, i, v))
+                continue
+            p -= 2 * n_m
+            if p < 6 * n_m:
+                what, i = divmod(p, 3 * n_m)
+                changes.append((self.members[i // 3][0], MEMBER_USED + what, i, v))
+                continue
+            p -= 6 * n_m
+            changes.append((slot_owner[p], CYCLE, p, v))
+        return changes
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
         """Brings the cached state this batch read up to the kernel's outputs, except for the
