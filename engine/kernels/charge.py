@@ -412,10 +412,12 @@ def charge_kernel(
 
         # Charge the used units: buckets in consumption order, then money.
         left = used
+        last = NONE  # the last bucket charged
         for b in range(a_first[a], a_end[a]):
             if left == 0:
                 break
             if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets, bucket_rgs):
+                last = b
                 take = min(left, remaining[b])
                 remaining[b] -= take
                 left -= take
@@ -454,11 +456,18 @@ def charge_kernel(
             member_bound = unit_room <= 0
             cap_bound = False
             if target > 0:
-                for b in range(a_first[a], a_end[a]):
-                    if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets, bucket_rgs):
-                        g = min(target, remaining[b])
-                        src = b
-                        break
+                # The first bucket that applies and has units: the charge above drained every
+                # one before the last it took from, so the search starts there.
+                if last != NONE and remaining[last] > 0:
+                    g = min(target, remaining[last])
+                    src = last
+                else:
+                    for b in range(a_first[a] if last == NONE else last + 1, a_end[a]):
+                        if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets,
+                                                               bucket_rgs):
+                            g = min(target, remaining[b])
+                            src = b
+                            break
             if src != MONEY:
                 remaining[src] -= g
                 b_reserved[src] += g
