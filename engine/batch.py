@@ -114,7 +114,7 @@ class KernelResult:
     charged: list[int]
     validity: list[int]
     final: list[int]
-    changes: list[tuple[int, int, int, int]]  # (account, what, index, new value): see CHANGES
+    changes: list[tuple[int, int, int, int]]  # (account, what, index, new value) of what moved
     charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
 
