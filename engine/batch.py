@@ -132,8 +132,7 @@ class KernelBatch:
     refs: list[ItemRef]
     rows: list[tuple[int, ...]]  # per item, its ITEM_COLUMNS values
     items_of: dict[int, list[int]]  # id(pending) -> its items
-    members_of: dict[int, list[int]] = field(default_factory=dict)  # account -> members
-    slots_of: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # -> (rg, slot)
+    slots: list[tuple[int, int]] = field(default_factory=list)  # slot -> (account, rg)
 
     def run(self, rates: RateTable) -> KernelResult:
         def i64(rows: list[list[int]]) -> np.ndarray:
@@ -161,10 +160,8 @@ class KernelBatch:
         unit_rows = i64([[u for m in members for u in m.cap_units],
                          [u for m in members for u in m.used_units],
                          [u for m in members for u in m.reserved_units]])
-        cycle_list = [0] * len(self.cycle_slots)
-        for (a, rg), slot in self.cycle_slots.items():
-            cycle_list[slot] = accts[a].cycle_units.get(rg, 0)
-        cycle = np.array(cycle_list, dtype=np.int64)
+        cycle = np.array([accts[a].cycle_units.get(rg, 0) for a, rg in self.slots],
+                         dtype=np.int64)
         out, acct_out, bucket_out, member_out, units_out, cu, chg, ev = charge_kernel(
             items, rates.arrays(), accounts, bucket_rows,
             np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
@@ -192,9 +189,6 @@ class KernelBatch:
         n_a, n_b, n_m = len(self.accounts), len(self.buckets), len(self.members)
         bucket_owner = [a for a in range(n_a)
                         for _ in range(self.bucket_start[a + 1] - self.bucket_start[a])]
-        slot_owner = [0] * len(self.cycle_slots)
-        for (a, _), slot in self.cycle_slots.items():
-            slot_owner[slot] = a
         at = np.flatnonzero(after != before)
         changes = []
         for p, v in zip(at.tolist(), after[at].tolist(), strict=True):
@@ -218,14 +212,13 @@ class KernelBatch:
                 changes.append((self.members[i // 3][0], MEMBER_USED + what, i, v))
                 continue
             p -= 6 * n_m
-            changes.append((slot_owner[p], CYCLE, p, v))
+            changes.append((self.slots[p][0], CYCLE, p, v))
         return changes
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
         """Brings the cached state this batch read up to the kernel's outputs, except for the
         accounts at the positions `refused` (their apply was refused)."""
         accounts, buckets, members = self.accounts, self.buckets, self.members
-        slot_rg = {slot: rg for (_, rg), slot in self.cycle_slots.items()}
         for a, what, i, v in res.changes:
             if a in refused:
                 continue
@@ -246,7 +239,7 @@ class KernelBatch:
             elif what == MEMBER_RESERVED:
                 members[i // 3][1].reserved_units[i % 3] = v
             else:
-                accounts[a].cycle_units[slot_rg[i]] = v
+                accounts[a].cycle_units[self.slots[i][1]] = v
 
 
 def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[str, Plan],
@@ -265,15 +258,13 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
         bucket_start.append(bucket_start[-1] + len(acct.buckets))
     members: list[tuple[int, Member]] = []
     member_index: dict[tuple[str, str], int] = {}
-    members_of: dict[int, list[int]] = {}
     for a, acct in enumerate(accounts):
         for sub, m in acct.members.items():
             member_index[(acct.account_id, sub)] = len(members)
-            members_of.setdefault(a, []).append(len(members))
             members.append((a, m))
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
                      [b for a in accounts for b in a.buckets], members, member_index, {}, [],
-                     [], {}, members_of)
+                     [], {})
     for p in batch:
         _add_items(kb, p, index[p.account_id], rates, p.request.subscriber_id in grace)
     return kb
@@ -349,7 +340,7 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
         slot = kb.cycle_slots.get((a, rg), -1)
         if slot < 0:
             slot = kb.cycle_slots[(a, rg)] = len(kb.cycle_slots)
-            kb.slots_of.setdefault(a, []).append((rg, slot))
+            kb.slots.append((a, rg))
         mine.append(len(kb.refs))
         kb.refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal,
                                member >= 0))

@@ -156,7 +156,6 @@ def _account_writes(kb: KernelBatch, res: KernelResult,
     fields a new billing cycle sets (the kernel's values win)."""
     writes = [AccountWrite(keys.account(acct.partition, acct.account_id), acct.version,
                            dict(renewals.get(acct.account_id, {}))) for acct in kb.accounts]
-    slot_rg = {slot: rg for (_, rg), slot in kb.cycle_slots.items()}
     for a, what, i, v in res.changes:
         sets = writes[a].sets
         if what < REMAINING:
@@ -170,7 +169,7 @@ def _account_writes(kb: KernelBatch, res: KernelResult,
             else:
                 sets[f"b:{b.bucket_id}:ntf"] = v
         elif what == CYCLE:
-            sets[f"cu:{slot_rg[i]}"] = v
+            sets[f"cu:{kb.slots[i][1]}"] = v
         else:
             sub = kb.members[i if what < MEMBER_USED else i // 3][1].subscriber_id
             if what == MEMBER_SPENT:
