@@ -53,6 +53,14 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the run
     round: int = 0  # `bench load --rounds`: which round of ceilings and engine runs
 
+    def cpu_per_request_us(self) -> dict[str, float]:
+        """CPU time per answered request, in µs, of each measured process group: what a
+        request costs, which (unlike req/s) does not need the machine to be saturated."""
+        if not self.requests:
+            return {}
+        return {name: pct / 100 * self.seconds * 1e6 / self.requests
+                for name, pct in self.cpu.items()}
+
     @property
     def name(self) -> str:
         load = f"{self.offered:,.0f}/s" if self.mode == "open" else f"x{self.concurrency}"

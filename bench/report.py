@@ -39,15 +39,19 @@ def table(runs: list[Run], ceilings: dict[str, float],
     """A Markdown table: throughput, latency percentiles, CPU and the ratio to the ceiling
     (`of_round`: the ceilings of each round, for runs of `bench load --rounds`)."""
     lines = ["| run | req/s | ratio to ceiling | p50 ms | p90 ms | p99 ms | p99.9 ms "
-             "| CPU server % | CPU redis % | CPU client % | errors |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| CPU server % | CPU redis % | CPU client % | CPU µs/request server/redis/client "
+             "| errors |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         c = ceiling_of(r, (of_round or {}).get(r.round, ceilings))
         ratio = f"{r.throughput / c[1]:.0%} of {c[0]}" if c and r.mode == "closed" else ""
         lat = [f"{r.latency_ms.get(k, 0):.2f}" for k in ("p50", "p90", "p99", "p99.9")]
-        cpu = [f"{r.cpu.get(k, 0):.0f}" for k in ("server", "redis", "client")]
+        groups = ("server", "redis", "client")
+        cpu = [f"{r.cpu.get(k, 0):.0f}" for k in groups]
+        per = r.cpu_per_request_us()
+        cost = " / ".join(f"{per.get(k, 0):.0f}" for k in groups)
         lines.append(f"| {r.name} | {r.throughput:,.0f} | {ratio} | {' | '.join(lat)} | "
-                     f"{' | '.join(cpu)} | {r.errors} |")
+                     f"{' | '.join(cpu)} | {cost} | {r.errors} |")
     errors = [f"{r.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(r.error_kinds.items()))
               for r in runs if r.error_kinds]
     return lines + (["", "errors:", *errors] if errors else [])

@@ -103,8 +103,14 @@ def test_a_round_s_runs_are_compared_with_its_own_ceilings() -> None:
     assert lines[2].startswith("| engine unary closed x64, round 1 |")
 
 
+def test_the_table_gives_each_process_group_s_cpu_per_answered_request() -> None:
+    # half a core for 2 s is 1 s of CPU: over 4000 requests, 250 µs each
+    run = Run("engine", "batch", "closed", 4, 1000, 0, seconds=2.0, requests=4000,
+              throughput=2000.0, cpu={"server": 50.0, "redis": 20.0, "client": 10.0})
+    assert run.cpu_per_request_us() == {"server": 250.0, "redis": 100.0, "client": 50.0}
+    assert "| 250 / 100 / 50 |" in table([run], {})[2]
+    assert Run("engine", "batch", "closed", 4, 1000, 0).cpu_per_request_us() == {}
 
-def test_each_connection_carries_its_own_sessions() -> None:
     shards = Traffic(1000, sessions=300).shard(3)
     assert [t.sessions for t in shards] == [100, 100, 100]
     sent = [{r.session_id for r in t.batch(50)} for t in shards]
