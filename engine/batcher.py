@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -99,9 +98,14 @@ class Batcher(Generic[T]):
                 await self._ready.wait()
                 continue
             if not busy and len(self._queue) < self.max_batch and self.window_s > 0:
+                # A timer sets the event, rather than wait_for: that runs the wait as a task
+                # of its own and cancels it on time-out, several event-loop turns each batch.
                 self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.window_s)
+                timer = asyncio.get_running_loop().call_later(self.window_s, self._full.set)
+                try:
+                    await self._full.wait()
+                finally:
+                    timer.cancel()
             n = min(self.max_batch, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
             self._full.clear()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -103,9 +103,12 @@ class NodePipelines:
         delay = 0.005
         while True:
             groups = self._route(todo, asking)
-            outcomes = await asyncio.gather(
-                *(self._send(where, script, [(p, todo[p], p in asking) for p in ps], wait)
-                  for where, ps in groups.items()), return_exceptions=True)
+            sends = [self._send(where, script, [(p, todo[p], p in asking) for p in ps], wait)
+                     for where, ps in groups.items()]
+            # One node (always, on a single server): awaited here, as gather would run it as
+            # a task of its own (an event-loop turn more per round trip).
+            outcomes = ([await _settled(sends[0])] if len(sends) == 1
+                        else await asyncio.gather(*sends, return_exceptions=True))
             asking.clear()
             refresh = False
             last: BaseException | None = None
@@ -173,6 +176,14 @@ class NodePipelines:
             raise NotDurable(f"{acked} of {self.wait_replicas} replicas confirmed the "
                              f"writes within {self.wait_timeout_ms} ms")
         return results
+
+
+async def _settled(send: Awaitable[list[Any]]) -> list[Any] | BaseException:
+    """The send's replies, or its error, as gather(return_exceptions=True) gives them."""
+    try:
+        return await send
+    except Exception as e:
+        return e
 
 
 def _after_asking(asking_reply: Any, reply: Any) -> Any:

@@ -93,3 +93,47 @@ async def test_a_failed_finish_fails_only_its_own_batch() -> None:
     await batcher.close()
     assert failed == [[1]]
     assert (batcher.batches, batcher.items) == (1, 1)
+
+
+def _recording() -> tuple[list[tuple[list[int], float]], Batcher[int]]:
+    """A batcher (window 50 ms, batches of 4) that records each batch and when it was
+    prepared (event-loop time)."""
+    batches: list[tuple[list[int], float]] = []
+
+    async def prepare(batch: list[int]) -> Prepared[int]:
+        batches.append((batch, asyncio.get_running_loop().time()))
+        return Prepared(batch)
+
+    return batches, Batcher(prepare, lambda items, e: None, max_batch=4, window_s=0.05,
+                            max_queue=100)
+
+
+async def test_an_idle_batcher_waits_its_window_for_more_then_runs_what_came() -> None:
+    batches, batcher = _recording()
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for n in range(3):  # one per event-loop turn, as unary calls come
+        batcher.submit([n])
+        await asyncio.sleep(0)
+    while not batches:
+        await asyncio.sleep(0.005)
+    await batcher.close()
+    assert [b for b, _ in batches] == [[0, 1, 2]]  # one batch, though not full
+    assert batches[0][1] - t0 >= 0.045  # ... after the window
+
+
+async def test_a_batch_that_fills_in_the_window_runs_at_once() -> None:
+    batches, batcher = _recording()
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    batcher.submit([1])
+    await asyncio.sleep(0.005)  # the window has started
+    batcher.submit([2, 3, 4, 5])
+    while not batches:
+        await asyncio.sleep(0.001)
+    assert batches[0][0] == [1, 2, 3, 4]
+    assert batches[0][1] - t0 < 0.04  # well before the window ends
+    await batcher.close()
+    assert [b for b, _ in batches] == [[1, 2, 3, 4], [5]]
