@@ -111,6 +111,8 @@ def test_the_table_gives_each_process_group_s_cpu_per_answered_request() -> None
     assert "| 250 / 100 / 50 |" in table([run], {})[2]
     assert Run("engine", "batch", "closed", 4, 1000, 0).cpu_per_request_us() == {}
 
+
+def test_each_connection_carries_its_own_sessions() -> None:
     shards = Traffic(1000, sessions=300).shard(3)
     assert [t.sessions for t in shards] == [100, 100, 100]
     sent = [{r.session_id for r in t.batch(50)} for t in shards]
