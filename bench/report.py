@@ -42,11 +42,11 @@ def table(runs: list[Run], ceilings: dict[str, float],
              "| CPU server % | CPU redis % | CPU client % | CPU µs/request server/redis/client "
              "| errors |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    groups = ("server", "redis", "client")
     for r in runs:
         c = ceiling_of(r, (of_round or {}).get(r.round, ceilings))
         ratio = f"{r.throughput / c[1]:.0%} of {c[0]}" if c and r.mode == "closed" else ""
         lat = [f"{r.latency_ms.get(k, 0):.2f}" for k in ("p50", "p90", "p99", "p99.9")]
-        groups = ("server", "redis", "client")
         cpu = [f"{r.cpu.get(k, 0):.0f}" for k in groups]
         per = r.cpu_per_request_us()
         cost = " / ".join(f"{per.get(k, 0):.0f}" for k in groups)
