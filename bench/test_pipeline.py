@@ -84,7 +84,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
     def steps() -> bytes:
         batch = [Pending(p.msg, decode(p.msg, populated, timing.now_ms), p.call, p.slot,
                          p.account_id) for p in prepared]
-        kb = assemble(batch, engine.accounts, plans, engine.rates, set())
+        kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms)
         res = kb.run(engine.rates)
         outcome = build_outcome(batch, kb, res, timing, {})
         return cpb.ChargeBatchAnswer(answers=list(outcome.answers.values())).SerializeToString()

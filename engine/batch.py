@@ -26,12 +26,14 @@ from engine.kernels.charge import (
     charge_kernel,
 )
 from engine.plans import RateTable
-from engine.state import AccountState
+from engine.state import NOTHING_RATED, AccountState
 from tollgate.v1 import charging_pb2 as pb
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
-                "flags", "res_src", "res_units", "res_amount", "cycle_slot", "offset")
-"""The kernel's `items` rows, kernels.charge I_* (local times: the plan's UTC offset added)."""
+                "flags", "res_src", "res_units", "res_amount", "cycle_slot", "now", "s_used",
+                "s_billed", "s_rem", "s_charged", "s_cost", "request")
+"""The kernel's `items` rows, kernels.charge I_* (local times: the plan's UTC offset added;
+`now` is the server's clock, UTC)."""
 
 
 LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
@@ -114,6 +116,11 @@ class KernelResult:
     charged: list[int]
     validity: list[int]
     final: list[int]
+    s_used: list[int]  # the session's rating-group state after the item (state.Rated)
+    s_billed: list[int]
+    s_rem: list[int]
+    s_charged: list[int]
+    s_cost: list[int]  # the session's whole cost after the item
     changes: list[tuple[int, int, int, int]]  # (account, what, index, new value) of what moved
     charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
@@ -243,10 +250,11 @@ class KernelBatch:
 
 
 def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[str, Plan],
-             rates: RateTable, grace: set[str]) -> KernelBatch:
+             rates: RateTable, grace: set[str], now_ms: int) -> KernelBatch:
     """One item per rating group of each request (plus releases of what a TERMINATION does
     not mention), in batch order; accounts, buckets and members in first-seen order.
-    `grace`: subscribers in GRACE (zero-rated service only)."""
+    `grace`: subscribers in GRACE (zero-rated service only); `now_ms`: the server's clock,
+    which judges bucket expiry."""
     accounts: list[AccountState] = []
     index: dict[str, int] = {}
     for p in batch:
@@ -265,8 +273,9 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
                      [b for a in accounts for b in a.buckets], members, member_index, {}, [],
                      [], {})
-    for p in batch:
-        _add_items(kb, p, index[p.account_id], rates, p.request.subscriber_id in grace)
+    for n, p in enumerate(batch):
+        _add_items(kb, p, index[p.account_id], rates, p.request.subscriber_id in grace, now_ms,
+                   n)
     return kb
 
 
@@ -302,14 +311,18 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: bool) -> None:
+def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: bool,
+               now_ms: int, request: int) -> None:
     acct = kb.accounts[a]
     req = p.request
     plan = kb.plans[a]
     rows = rates.rows(plan) if plan is not None else {}
     session = acct.sessions.get(req.session_id)
-    held = session.reservations if session is not None and not session.is_event else {}
-    start = session.last_time_ms if session is not None and not session.is_event else req.time_ms
+    live = session if session is not None and not session.is_event else None
+    held = live.reservations if live else {}
+    rated = live.rated if live else {}
+    cost = live.cost if live else 0
+    start = live.last_time_ms if live else req.time_ms
     offset = local_offset_ms(plan.timezone, req.time_ms) if plan is not None else 0
     member = kb.member_index.get((p.account_id, req.subscriber_id), -1)
     entries = [(it.rating_group, it.service_id, it.used, it.requested, False)
@@ -344,6 +357,7 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
         mine.append(len(kb.refs))
         kb.refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal,
                                member >= 0))
+        so_far = rated.get(rg, NOTHING_RATED)
         kb.rows.append((a, member, rg, row, min(start, req.time_ms) + offset,
                         req.time_ms + offset, used, want, requested, flags, src, res_units, amount,
-                        slot, offset))
+                        slot, now_ms, *so_far, cost, request))

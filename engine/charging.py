@@ -124,7 +124,7 @@ class Engine:
 
     def warm_up(self) -> None:
         """Loads (or compiles) the kernels now, so that no request waits for Numba."""
-        assemble([], {}, {}, self.rates, set()).run(self.rates)
+        assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
 
     def _forget_subscriber(self, subscriber_id: str | None) -> None:
         self._subscriber_changes += 1
@@ -423,7 +423,7 @@ class Engine:
             if sets:
                 renewals[account_id] = sets
         grace = {p.request.subscriber_id for p in batch if p.grace}
-        kb = assemble(batch, self.accounts, plans, self.rates, grace)
+        kb = assemble(batch, self.accounts, plans, self.rates, grace, now)
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,

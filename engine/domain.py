@@ -58,6 +58,21 @@ MICROS_PER_UNIT = 1_000_000
 """1.00 of the account currency in micro-units."""
 
 
+class Rounding(IntEnum):
+    """How a session's cumulative money is rounded to micro-units (tollgate.v1.Rounding)."""
+
+    UP = 0
+    HALF_EVEN = 1
+    DOWN = 2
+
+
+class SessionMaxAction(IntEnum):
+    """What a session at its plan's maximum cost gets (tollgate.v1.SessionMaxAction)."""
+
+    FINAL_UNITS = 0
+    FREE = 1
+
+
 class FinalUnitAction(IntEnum):
     TERMINATE = 1
     REDIRECT = 2
@@ -98,6 +113,14 @@ class Tier:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """From `from_units` of a session on, usage is billed in steps of `increment`."""
+
+    from_units: int
+    increment: int
+
+
+@dataclass(frozen=True, slots=True)
 class FinalUnit:
     """What the gateway is told to do with the last units it may get."""
 
@@ -124,6 +147,16 @@ class Rate:
     windows: tuple[TimeWindow, ...] = ()
     zero_rated: bool = False
     not_allowed: bool = False
+    price_units: int = 0
+    """price_micros is per this many units (0: per increment)."""
+    rounding: Rounding = Rounding.UP
+    connect_fee_micros: int = 0
+    steps: tuple[Step, ...] = ()
+
+    @property
+    def per(self) -> int:
+        """The units price_micros is for."""
+        return self.price_units or self.increment
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +202,9 @@ class Plan:
     validity_days: int = 0
     """ACTIVE -> GRACE (plan expired) this many days after the line became ACTIVE or last
     topped up or bought an add-on (0 = never expires)."""
+    session_max_micros: int = 0
+    """The most one session may cost (0 = no limit)."""
+    session_max_action: SessionMaxAction = SessionMaxAction.FINAL_UNITS
 
 
 @dataclass(slots=True)

@@ -32,7 +32,13 @@ from engine.domain import (
 )
 from engine.domain import Reservation as Res
 from engine.kernels.charge import WANT_GRANT, WANT_NONE
-from engine.state import AccountState, SessionState, reservation_value
+from engine.state import (
+    NOTHING_RATED,
+    AccountState,
+    Rated,
+    SessionState,
+    reservation_value,
+)
 from engine.store import AccountWrite, SessionWrite
 from tollgate.v1 import charging_pb2 as pb
 from tollgate.v1 import events_pb2, usage_pb2
@@ -87,10 +93,19 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     ans.result = SUCCESS
     # Copies: the cached session stays as it was until the batch is applied (_settle).
     answers = dict(old.answers) if old is not None else {}
-    held = dict(old.reservations) if old is not None and not old.is_event else {}
+    live = old if old is not None and not old.is_event else None
+    held = dict(live.reservations) if live else {}
+    rated = dict(live.rated) if live else {}
+    rated_now: dict[int, Rated] = {}  # what this request moved
+    cost = live.cost if live else 0
     longest = charged = 0
     for i in kb.items_of[id(p)]:
         ref = kb.refs[i]
+        now = Rated(res.s_used[i], res.s_billed[i], res.s_rem[i], res.s_charged[i])
+        before = rated.get(ref.rating_group, NOTHING_RATED)
+        if now != before:
+            rated[ref.rating_group] = rated_now[ref.rating_group] = now
+        cost = res.s_cost[i]
         # The kernel gave back the old reservation of every item; a grant is the new one.
         held.pop(ref.rating_group, None)
         granted = res.granted[i]
@@ -112,9 +127,13 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
         if result == SUCCESS and ref.want != WANT_NONE and ref.rate is not None:
             grant(g, ref.rate, ref.want, granted, res.validity[i],
                   plan.final_unit if plan and res.final[i] else None)
-        if ref.used and i in res.charges:
-            w.records.append(usage_record(p, ref, plan, old, res.charges[i], kb.buckets,
-                                          res.charged[i]))
+        if now.used != before.used:
+            # Every report of usage the kernel took is recorded, also one that the session's
+            # earlier billed units already cover (no charge of its own).
+            fee = (ref.rate.connect_fee_micros if ref.rate is not None and not before.billed
+                   and now.billed and not ref.rate.zero_rated else 0)
+            w.records.append(usage_record(p, ref, plan, old, res.charges.get(i, []),
+                                          kb.buckets, res.charged[i], min(fee, res.charged[i])))
     if charged:
         ans.charged_micros = charged
     blob = ans.SerializeToString()
@@ -128,7 +147,8 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     expiry = 0 if ended else timing.now_ms + ((longest or timing.default_validity_s)
                                               + timing.stale_grace_s) * 1000
     new = SessionState(req.session_id, req.subscriber_id, rn, ended,
-                       req.type == RequestType.EVENT, req.time_ms, answers, held, expiry)
+                       req.type == RequestType.EVENT, req.time_ms, answers, held, expiry, rated,
+                       cost)
     out.answers[id(p)] = ans
     out.sessions[id(p)] = new
     deleted = ([f"r:{rg}" for rg in old.reservations if rg not in held]
@@ -139,7 +159,8 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     # (written before `exp` was kept, or swept), saving Redis a ZADD per request.
     rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
     w.sessions.append(SessionWrite(
-        req.session_id, ended, session_fields(new, req, p.account_id, blob, old is None),
+        req.session_id, ended,
+        session_fields(new, req, p.account_id, blob, old is None, rated_now),
         deleted, expiry, created=old is None, rescore=rescore))
 
 
@@ -214,9 +235,10 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
 
 
 def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes,
-                   new: bool) -> list[bytes | str | int]:
+                   new: bool, rated: dict[int, Rated]) -> list[bytes | str | int]:
     """The session hash's fields as the apply takes them: field, value, ... A session's
-    subscriber and account are written when it is new (they never change)."""
+    subscriber and account are written when it is new (they never change); of its
+    cumulative pricing state, the rating groups `rated` this request moved."""
     st = "event" if s.is_event else ("ended" if s.ended else "open")
     fields: list[bytes | str | int] = [
         "rn", s.last_rn, "st", st, "t", s.last_time_ms, f"a:{req.request_number}", answer]
@@ -226,6 +248,10 @@ def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes
         fields += ("exp", s.expiry_ms)
     for rg, r in s.reservations.items():
         fields += (f"r:{rg}", reservation_value(r))
+    if rated and not s.is_event:
+        for rg, so_far in rated.items():
+            fields += (f"c:{rg}", so_far.value())
+        fields += ("mc", s.cost)
     return fields
 
 
@@ -250,7 +276,7 @@ def grant(g: pb.ServiceGrant, rate: Rate, want: int, granted: int, validity_s: i
 
 def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState | None,
                  charges: list[tuple[int, int, int]], buckets: list[Bucket],
-                 money: int) -> bytes:
+                 money: int, fee: int) -> bytes:
     req = p.request
     rate = ref.rate
     assert rate is not None  # only priced items charge
@@ -275,6 +301,8 @@ def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState 
     record.price_micros = rate.price_micros
     record.increment = rate.increment
     record.money_micros = money
+    if fee:
+        record.connect_fee_micros = fee
     if overage > 0:
         record.overage = True
         record.overage_units = overage

@@ -6,9 +6,11 @@ A file holds one or more `[[plans]]` tables. Each has the fields of the `Plan` m
     [[plans]]                        plan_id, name, currency, timezone, cycle_days,
                                      grace_days, retention_days, validity_days,
                                      low_balance_micros, final_unit = {action, redirect_url,
-                                     filter_ids}
-    [[plans.rates]]                  rating_group, zone, unit_type, price_micros, increment,
-                                     first_increment, default_quota, validity_time_s,
+                                     filter_ids}, session_max_micros, session_max_action
+    [[plans.rates]]                  rating_group, zone, unit_type, price_micros, price_units,
+                                     increment, first_increment, steps = [{from_units,
+                                     increment}], rounding, connect_fee_micros,
+                                     default_quota, validity_time_s,
                                      quota_holding_time_s, threshold_percent, zero_rated,
                                      not_allowed, tiers = [{from_units, price_micros}],
                                      windows = [{name, weekdays, start_minute, end_minute,
@@ -20,15 +22,16 @@ A file holds one or more `[[plans]]` tables. Each has the fields of the `Plan` m
 Every value may be written exactly as the message has it (integers, micros, enum names).
 These friendlier spellings are accepted as well:
 
-Money. Wherever `X_micros` is accepted (rate, tier and window `price_micros`, add-on
-`price_micros`, plan `low_balance_micros`), `X` may be given instead, in currency units:
+Money. Wherever `X_micros` is accepted (rate, tier and window `price_micros`, rate
+`connect_fee_micros`, add-on `price_micros`, plan `low_balance_micros` and
+`session_max_micros`), `X` may be given instead, in currency units:
 a string `[+-]?DIGITS[.DIGITS]` such as `"0.50"`, or a TOML integer or float (`2` is 2.00,
 `0.5`, `1e-3`; TOML floats are read as decimals), with at most six decimals. It is converted
 exactly (decimal arithmetic, never binary floating point): `price = "0.000125"` is
 `price_micros = 125`. Giving both `X` and `X_micros` is an error.
 
-Units. Unit amounts (rate `increment`, `first_increment`, `default_quota`, tier
-`from_units`, bundle `units`) are an integer count of the rate's or bundle's `unit_type`,
+Units. Unit amounts (rate `increment`, `first_increment`, `price_units`, `default_quota`,
+tier and step `from_units`, step `increment`, bundle `units`) are an integer count of the rate's or bundle's `unit_type`,
 or a string with a unit that must match it:
     OCTETS         NUMBER UNIT, UNIT one of B, kB (= KB), MB, GB, TB (decimal SI:
                    1 kB = 1000 octets, 1 MB = 1_000_000) or KiB, MiB, GiB, TiB (powers of
@@ -50,7 +53,9 @@ the window starts at 00:00 and ends at 24:00. A window ends after it starts, so 
 midnight is written as two.
 
 Enums. `unit_type` is OCTETS, SECONDS or SERVICE_UNITS; `final_unit.action` is TERMINATE,
-REDIRECT or RESTRICT_ACCESS.
+REDIRECT or RESTRICT_ACCESS; `rounding` is UP, HALF_EVEN or DOWN; `session_max_action` is
+FINAL_UNITS or FREE (the message's names, with their ROUNDING_ / SESSION_MAX_ prefix, work
+too).
 
 A key that is none of these is an error naming the key and the plan, and every plan is then
 checked with `engine.plans.plan_from_proto`: the same rules as the PutPlan call.
@@ -312,6 +317,19 @@ def _tier(v: Any, where: str, unit_type: int) -> pb.Tier:
     return pb.Tier(**out)
 
 
+def _step(v: Any, where: str, unit_type: int) -> pb.Step:
+    t = _table(v, where)
+    _check_keys(t, {"from_units", "increment"}, where)
+    return pb.Step(**{k: units(t[k], f"{where}.{k}", unit_type)
+                      for k in ("from_units", "increment") if k in t})
+
+
+def _prefixed(v: Any, key: str, prefix: str, names: tuple[str, ...]) -> int:
+    """An enum value written with or without its prefix (UP or ROUNDING_UP)."""
+    name = v.upper().removeprefix(prefix) if isinstance(v, str) else v
+    return names.index(_enum(name, key, names))
+
+
 def _window(v: Any, where: str) -> pb.TimeWindow:
     t = _table(v, where)
     _check_keys(t, {"name", "weekdays", "start", "end", "start_minute", "end_minute", "price",
@@ -334,7 +352,10 @@ def _window(v: Any, where: str) -> pb.TimeWindow:
 
 RATE_KEYS = {"rating_group", "zone", "unit_type", "price", "price_micros", "increment",
              "first_increment", "default_quota", "validity_time_s", "quota_holding_time_s",
-             "threshold_percent", "zero_rated", "not_allowed", "tiers", "windows"}
+             "threshold_percent", "zero_rated", "not_allowed", "tiers", "windows",
+             "price_units", "rounding", "connect_fee", "connect_fee_micros", "steps"}
+ROUNDINGS = ("UP", "HALF_EVEN", "DOWN")
+SESSION_MAX_ACTIONS = ("FINAL_UNITS", "FREE")
 
 
 def _rate(v: Any, where: str) -> pb.Rate:
@@ -343,15 +364,20 @@ def _rate(v: Any, where: str) -> pb.Rate:
         where = f"{where} (rating group {t['rating_group']})"
     _check_keys(t, RATE_KEYS, where)
     unit_type = _unit_type(t, where)
-    out: dict[str, Any] = {"unit_type": unit_type, **_money_key(t, "price", where)}
+    out: dict[str, Any] = {"unit_type": unit_type, **_money_key(t, "price", where),
+                           **_money_key(t, "connect_fee", where)}
     out |= _take(t, where, {
+        "rounding": lambda x, k: _prefixed(x, k, "ROUNDING_", ROUNDINGS),
         "rating_group": lambda x, k: _int(x, k, UINT32), "zone": _str,
         "validity_time_s": _seconds_field, "quota_holding_time_s": _seconds_field,
         "threshold_percent": lambda x, k: _int(x, k, UINT32),
         "zero_rated": _bool, "not_allowed": _bool})
-    for key in ("increment", "first_increment", "default_quota"):
+    for key in ("increment", "first_increment", "default_quota", "price_units"):
         if key in t:
             out[key] = units(t[key], f"{where}.{key}", unit_type)
+    if "steps" in t:
+        out["steps"] = [_step(x, f"{where}.steps[{n}]", unit_type)
+                        for n, x in enumerate(_list(t["steps"], f"{where}.steps"))]
     if "tiers" in t:
         out["tiers"] = [_tier(x, f"{where}.tiers[{n}]", unit_type)
                         for n, x in enumerate(_list(t["tiers"], f"{where}.tiers"))]
@@ -403,14 +429,17 @@ def _final_unit(v: Any, where: str) -> cpb.FinalUnitIndication:
 
 PLAN_KEYS = {"plan_id", "name", "currency", "timezone", "cycle_days", "grace_days",
              "retention_days", "validity_days", "low_balance",
-             "low_balance_micros", "final_unit", "rates", "bundles", "addons"}
+             "low_balance_micros", "final_unit", "rates", "bundles", "addons",
+             "session_max", "session_max_micros", "session_max_action"}
 
 
 def plan_from_table(t: dict[str, Any]) -> pb.Plan:
     """One `[[plans]]` table as a Plan message (not yet validated as a plan)."""
     _check_keys(t, PLAN_KEYS, "")
-    out: dict[str, Any] = _money_key(t, "low_balance", "")
-    out |= _take(t, "", {"plan_id": _str, "name": _str, "currency": _str,
+    out: dict[str, Any] = {**_money_key(t, "low_balance", ""),
+                           **_money_key(t, "session_max", "")}
+    out |= _take(t, "", {
+        "session_max_action": lambda x, k: _prefixed(x, k, "SESSION_MAX_", SESSION_MAX_ACTIONS),"plan_id": _str, "name": _str, "currency": _str,
                              "timezone": _str, "cycle_days": _days_field,
                              "grace_days": _days_field, "retention_days": _days_field,
                              "validity_days": _days_field,

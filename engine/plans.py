@@ -13,6 +13,9 @@ from engine.domain import (
     FinalUnitAction,
     Plan,
     Rate,
+    Rounding,
+    SessionMaxAction,
+    Step,
     Tier,
     TimeWindow,
     UnitType,
@@ -23,6 +26,10 @@ from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as pb
 
 MAX_ID = 256
+MAX_INCREMENT = MONEY_LIMIT // 4
+"""Largest increment, first increment, step or price_units: a session's units (at most
+MONEY_LIMIT) rounded up to one stay within int64."""
+MAX_PRICE_UNITS = 2**40
 
 
 def check_id(what: str, value: str, limit: int = MAX_ID) -> None:
@@ -59,23 +66,36 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
         # A barred zone prices nothing: its increment and quota may be left out.
         increment = r.increment or (1 if r.not_allowed else 0)
         quota = r.default_quota or (1 if r.not_allowed else 0)
-        if increment < 1:
-            raise InvalidArgument(f"{where}: increment must be at least 1")
-        if r.first_increment < 0:
-            raise InvalidArgument(f"{where}: first_increment may not be negative")
+        if not 1 <= increment <= MAX_INCREMENT:
+            raise InvalidArgument(f"{where}: increment must be between 1 and {MAX_INCREMENT}")
+        if not 0 <= r.first_increment <= MAX_INCREMENT:
+            raise InvalidArgument(f"{where}: first_increment must be between 0 and "
+                                  f"{MAX_INCREMENT}")
+        if not 0 <= r.price_units <= MAX_PRICE_UNITS:
+            raise InvalidArgument(f"{where}: price_units must be between 0 (per increment) and "
+                                  f"{MAX_PRICE_UNITS}")
+        if r.rounding not in set(Rounding):
+            raise InvalidArgument(f"{where}: rounding must be UP, HALF_EVEN or DOWN "
+                                  f"(got {r.rounding})")
+        if not 0 <= r.connect_fee_micros <= MONEY_LIMIT // 4:
+            raise InvalidArgument(f"{where}: connect_fee_micros must be between 0 and "
+                                  f"{MONEY_LIMIT // 4}")
         if quota < 1:
             raise InvalidArgument(f"{where}: default_quota must be at least 1")
         if r.threshold_percent > 100:
             raise InvalidArgument(f"{where}: threshold_percent must be 0..100")
         tiers = _tiers(r, where)
         windows = _windows(r, where)
+        steps = _steps(r, increment, where)
         rates.append(Rate(
             rating_group=r.rating_group, unit_type=_unit_type(r.unit_type, where),
             price_micros=r.price_micros, increment=increment,
             first_increment=r.first_increment, default_quota=quota, zone=r.zone,
             validity_time_s=r.validity_time_s, quota_holding_time_s=r.quota_holding_time_s,
             threshold_percent=r.threshold_percent, tiers=tiers, windows=windows,
-            zero_rated=r.zero_rated, not_allowed=r.not_allowed))
+            zero_rated=r.zero_rated, not_allowed=r.not_allowed, price_units=r.price_units,
+            rounding=Rounding(r.rounding), connect_fee_micros=r.connect_fee_micros,
+            steps=steps))
     bundles = tuple(_bundle(b, f"bundles[{n}]") for n, b in enumerate(msg.bundles))
     if len({b.bucket_id for b in bundles}) != len(bundles):
         raise InvalidArgument("bundles: bucket ids must be unique")
@@ -106,13 +126,20 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
         raise InvalidArgument("final_unit: REDIRECT needs a redirect_url")
     if msg.low_balance_micros < 0:
         raise InvalidArgument("low_balance_micros may not be negative")
+    if not 0 <= msg.session_max_micros <= MONEY_LIMIT:
+        raise InvalidArgument(f"session_max_micros must be between 0 (no limit) and "
+                              f"{MONEY_LIMIT}")
+    if msg.session_max_action not in set(SessionMaxAction):
+        raise InvalidArgument("session_max_action must be SESSION_MAX_FINAL_UNITS or "
+                              f"SESSION_MAX_FREE (got {msg.session_max_action})")
     return Plan(plan_id=msg.plan_id, version=version, rates=tuple(rates), bundles=bundles,
                 name=msg.name, currency=msg.currency or "EUR", timezone=msg.timezone,
                 cycle_days=msg.cycle_days or 30,
                 final_unit=FinalUnit(action, fu.redirect_url, tuple(fu.filter_ids)),
                 addons=tuple(addons), low_balance_micros=msg.low_balance_micros,
                 grace_days=msg.grace_days, retention_days=msg.retention_days,
-                validity_days=msg.validity_days)
+                validity_days=msg.validity_days, session_max_micros=msg.session_max_micros,
+                session_max_action=SessionMaxAction(msg.session_max_action))
 
 
 def _bundle(b: pb.BundleTemplate, where: str) -> Bundle:
@@ -136,6 +163,23 @@ def _tiers(r: pb.Rate, where: str) -> tuple[Tier, ...]:
             raise InvalidArgument(f"{where}: tiers[{n}].price_micros out of range")
         last = t.from_units
     return tiers
+
+
+def _steps(r: pb.Rate, increment: int, where: str) -> tuple[Step, ...]:
+    """Billing steps by the session's units; each starts on the grid of the one before it, so
+    billed units only rise with usage."""
+    out = []
+    last, inc = 0, increment
+    for n, s in enumerate(r.steps):
+        if s.from_units <= last or (s.from_units - last) % inc:
+            raise InvalidArgument(f"{where}: steps[{n}].from_units must rise, above 0, on the "
+                                  f"grid of the increment before it ({inc} from {last})")
+        if not 1 <= s.increment <= MAX_INCREMENT:
+            raise InvalidArgument(f"{where}: steps[{n}].increment must be between 1 and "
+                                  f"{MAX_INCREMENT}")
+        out.append(Step(s.from_units, s.increment))
+        last, inc = s.from_units, s.increment
+    return tuple(out)
 
 
 def _windows(r: pb.Rate, where: str) -> tuple[TimeWindow, ...]:
@@ -173,7 +217,11 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
                                               start_minute=w.start_minute,
                                               end_minute=w.end_minute,
                                               price_micros=w.price_micros) for w in r.windows],
-                       zero_rated=r.zero_rated, not_allowed=r.not_allowed)
+                       zero_rated=r.zero_rated, not_allowed=r.not_allowed,
+                       price_units=r.price_units, rounding=int(r.rounding),
+                       connect_fee_micros=r.connect_fee_micros,
+                       steps=[pb.Step(from_units=s.from_units, increment=s.increment)
+                              for s in r.steps])
                for r in plan.rates],
         bundles=[_bundle_proto(b) for b in plan.bundles],
         timezone=plan.timezone, cycle_days=plan.cycle_days,
@@ -182,7 +230,9 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
         addons=[pb.AddOn(addon_id=a.addon_id, name=a.name, price_micros=a.price_micros,
                          bundle=_bundle_proto(a.bundle)) for a in plan.addons],
         low_balance_micros=plan.low_balance_micros, grace_days=plan.grace_days,
-        retention_days=plan.retention_days, validity_days=plan.validity_days)
+        retention_days=plan.retention_days, validity_days=plan.validity_days,
+        session_max_micros=plan.session_max_micros,
+        session_max_action=int(plan.session_max_action))
 
 
 class RateTable:
@@ -191,8 +241,9 @@ class RateTable:
 
     def __init__(self) -> None:
         self.rates: list[Rate] = []
+        self._plans: list[Plan] = []  # the plan of each rate (its session maximum)
         self._rows: dict[tuple[str, int], dict[tuple[int, str], int]] = {}
-        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._arrays: tuple[np.ndarray, ...] | None = None
 
     def rows(self, plan: Plan) -> dict[tuple[int, str], int]:
         key = (plan.plan_id, plan.version)
@@ -202,32 +253,47 @@ class RateTable:
             for r in plan.rates:
                 rows[(r.rating_group, r.zone)] = len(self.rates)
                 self.rates.append(r)
+                self._plans.append(plan)
             self._rows[key] = rows
             self._arrays = None
         return rows
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*): the rate table
-        (per rate price, increment, first increment, default quota, unit type, validity,
-        flags (1 zero-rated, 2 not allowed), its tiers' and windows' [lo, hi)); the tiers
-        (from, price); the windows (weekdays, from, to, price)."""
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*, S_*): the rate
+        table (per rate price, increment, first increment, default quota, unit type,
+        validity, flags (1 zero-rated, 2 not allowed, 4 free at the session maximum), its
+        tiers' and windows' [lo, hi), price units, rounding, connect fee, its steps' [lo, hi),
+        the plan's session maximum); the tiers (from, price); the windows (weekdays, from,
+        to, price); the steps (from, increment)."""
         if self._arrays is None:
-            rates = self.rates
+            rates, plans = self.rates, self._plans
 
             def i64(rows: list[list[int]]) -> np.ndarray:
                 return np.array(rows, dtype=np.int64)
 
-            tier_end = np.cumsum([len(r.tiers) for r in rates], dtype=np.int64).tolist()
-            win_end = np.cumsum([len(r.windows) for r in rates], dtype=np.int64).tolist()
+            def ends(counts: list[int]) -> tuple[list[int], list[int]]:
+                end = np.cumsum(counts, dtype=np.int64).tolist()
+                return [0, *end][:-1], end
+
             tiers = [t for r in rates for t in r.tiers]
             wins = [w for r in rates for w in r.windows]
+            steps = [s for r in rates for s in r.steps]
+            free = SessionMaxAction.FREE
             self._arrays = (
                 i64([[r.price_micros for r in rates], [r.increment for r in rates],
                      [r.first_increment for r in rates], [r.default_quota for r in rates],
                      [int(r.unit_type) for r in rates], [r.validity_time_s for r in rates],
-                     [int(r.zero_rated) | 2 * int(r.not_allowed) for r in rates],
-                     [0, *tier_end][:-1], tier_end, [0, *win_end][:-1], win_end]),
+                     [int(r.zero_rated) | 2 * int(r.not_allowed)
+                      | 4 * int(p.session_max_action == free)
+                      for r, p in zip(rates, plans, strict=True)],
+                     *ends([len(r.tiers) for r in rates]),
+                     *ends([len(r.windows) for r in rates]),
+                     [r.per for r in rates], [int(r.rounding) for r in rates],
+                     [r.connect_fee_micros for r in rates],
+                     *ends([len(r.steps) for r in rates]),
+                     [p.session_max_micros for p in plans]]).reshape(17, len(rates)),
                 i64([[t.from_units for t in tiers], [t.price_micros for t in tiers]]),
                 i64([[w.weekdays for w in wins], [w.start_minute for w in wins],
-                     [w.end_minute for w in wins], [w.price_micros for w in wins]]))
+                     [w.end_minute for w in wins], [w.price_micros for w in wins]]),
+                i64([[s.from_units for s in steps], [s.increment for s in steps]]))
         return self._arrays

@@ -34,6 +34,7 @@ from engine import keys
 from engine.batch import local_offset_ms
 from engine.domain import Plan
 from engine.export import CHUNK, Progress, connect, iter_stream, partition_count, stream_id
+from engine.kernels.charge import R_FEE
 from engine.kernels.rerate import OVERFLOW, UNRATED, rerate_kernel
 from engine.plans import RateTable, plan_from_proto
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -177,7 +178,7 @@ def _read(client: redis.Redis, p: int, plan: Plan, rows: dict[tuple[int, str], i
         if r.plan_id != plan.plan_id and (account is None or not in_period):
             continue  # --plan: records priced with that plan; positions: same plan only
         units = _money_part(r)
-        if units <= 0:
+        if units <= 0 and not r.connect_fee_micros:
             continue
         row = rows.get((r.rating_group, r.zone), -1)
         if row >= 0 and unit_of[row] != r.unit_type:
@@ -208,6 +209,7 @@ def _price_and_apply(client: redis.Redis, script: Any, p: int, plan: Plan, items
     prices, _ = rerate_kernel(col("units"), col("row"), col("start"), col("end"), col("slot"),
                               np.array([it.record is not None for it in items], dtype=np.int64),
                               np.zeros(n_slots, dtype=np.int64), rates)
+    fee_of = rates[0][R_FEE].tolist()  # a record that paid a connect fee pays the new one
     per_account: dict[str, list[tuple[_Item, int]]] = {}
     for it, price in zip(items, prices.tolist(), strict=True):
         if it.record is None:
@@ -217,6 +219,8 @@ def _price_and_apply(client: redis.Redis, script: Any, p: int, plan: Plan, items
         elif price == OVERFLOW:
             report.overflow += 1
         elif price >= 0:
+            if it.record.connect_fee_micros:
+                price += fee_of[it.row]
             per_account.setdefault(it.record.account_id, []).append((it, price))
     for a, todo in per_account.items():
         for k in range(0, len(todo), apply_chunk):

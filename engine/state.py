@@ -22,7 +22,10 @@ changed only through the per-account version check or by Lua that bumps `ver`):
 Session hash `tg:{pN}:sess:<id>`: rn, st (open|ended|event), t, sub, acct, a:<rn>
 (stored answers), r:<rg> = "bucket_id|units|amount|unit_type|member" (reservations;
 member = 1 when it counts against the subscriber's member caps), exp (an open session's
-expiry, Unix ms: its score in the partition's open-session zset is at or before it).
+expiry, Unix ms: its score in the partition's open-session zset is at or before it),
+c:<rg> = "used|billed|rem|charged" (cumulative pricing: what the session reported and was
+billed for the rating group so far, the rounding's remainder, the money charged for it),
+mc (money the whole session was charged, for the plan's session maximum).
 """
 
 from __future__ import annotations
@@ -37,6 +40,27 @@ NEVER = 2**62
 """Sort key of a bucket without expiry."""
 
 
+class Rated(NamedTuple):
+    """What a session has reported and been billed for one rating group so far: the first
+    increment, steps, connect fee and rounding apply to these cumulative amounts once."""
+
+    used: int
+    billed: int
+    rem: int  # price x units not yet charged (rounding), in the rate's price units
+    charged: int
+
+    def value(self) -> str:
+        return f"{self.used}|{self.billed}|{self.rem}|{self.charged}"
+
+    @staticmethod
+    def parse(v: bytes) -> Rated:
+        used, billed, rem, charged = v.split(b"|")
+        return Rated(int(used), int(billed), int(rem), int(charged))
+
+
+NOTHING_RATED = Rated(0, 0, 0, 0)
+
+
 @dataclass(slots=True)
 class SessionState:
     session_id: str
@@ -48,6 +72,8 @@ class SessionState:
     answers: dict[int, bytes] = field(default_factory=dict)
     reservations: dict[int, Reservation] = field(default_factory=dict)
     expiry_ms: int = 0  # when an open session's reservations go stale (0: unknown)
+    rated: dict[int, Rated] = field(default_factory=dict)
+    cost: int = 0  # money charged to the whole session so far
 
 
 @dataclass(slots=True)
@@ -190,10 +216,13 @@ def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None
     s = SessionState(
         session_id=session_id, subscriber_id=_s(h.get(b"sub", b"")), last_rn=int(h[b"rn"]),
         ended=h.get(b"st") != b"open", is_event=h.get(b"st") == b"event",
-        last_time_ms=int(h.get(b"t", 0)), expiry_ms=int(h.get(b"exp", 0)))
+        last_time_ms=int(h.get(b"t", 0)), expiry_ms=int(h.get(b"exp", 0)),
+        cost=int(h.get(b"mc", 0)))
     for k, v in h.items():
         if k.startswith(b"a:"):
             s.answers[int(k[2:])] = v
+        elif k.startswith(b"c:"):
+            s.rated[int(k[2:])] = Rated.parse(v)
         elif k.startswith(b"r:"):
             rg = int(k[2:])
             bucket_id, units, amount, unit, member = _s(v).split("|")

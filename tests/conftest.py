@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from engine.config import Config
-from engine.redis_client import connect
+from engine.redis_client import connect, connect_async
 from engine.redis_cluster import LocalCluster
 from engine.redis_server import RedisServer
 from server import Tollgate
@@ -59,6 +60,14 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 def config(redis_url: str) -> Config:
     return Config(listen="127.0.0.1:0", redis_url=redis_url, partitions=8,
                   batch_window_ms=0.5, log_format="text", metrics_port=0)
+
+
+@pytest.fixture
+async def db(config: Config) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's Redis, to look at what Tollgate stored."""
+    client = connect_async(config.redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ MONEY_LIMIT = 2**62
 """No single charge may exceed this, nor take a balance below -MONEY_LIMIT (no int64 wrap)."""
 SMALL = 2**31
 """Two factors below this have a product below 2**62."""
+HALF = 2**30
 
 # Item outcome codes (Diameter values, as engine.domain.ResultCode).
 SUCCESS = 2001
@@ -23,7 +24,8 @@ NONE = -1
 WANT_NONE, WANT_GRANT, WANT_DEBIT = 0, 1, 2
 FLAG_GRACE = 1  # item flag: the subscriber is in GRACE (only zero-rated service)
 FLAG_RES_MEMBER = 2  # item flag: its current reservation counts against the member's caps
-RATE_ZERO_RATED, RATE_NOT_ALLOWED = 1, 2  # rate flags
+RATE_ZERO_RATED, RATE_NOT_ALLOWED, RATE_SESSION_FREE = 1, 2, 4  # rate flags
+ROUND_UP, ROUND_HALF_EVEN, ROUND_DOWN = 0, 1, 2  # a rate's rounding of money (R_ROUNDING)
 
 # Event kinds (values of tollgate.v1.EventKind).
 EV_BUCKET, EV_CAP, EV_LOW, EV_EXHAUSTED, EV_FINAL, EV_MEMBER_CAP = 1, 2, 3, 4, 5, 6
@@ -34,36 +36,38 @@ WEEK_MS = 7 * DAY_MS
 NO_BOUNDARY = INT64_MAX // 4
 
 # Rows of the `rates` tuple's arrays (see engine.plans.RateTable.arrays): the rate table
-# (a column per rate), tiers and windows (a column each, the rate's in [LO, HI)).
+# (a column per rate), tiers, windows and steps (a column each, the rate's in [LO, HI)).
+# R_PER: the price is per this many units; R_FEE: connect fee per session and rating group;
+# R_SESSION_MAX: the most one session may cost (0 = no limit; flag RATE_SESSION_FREE: the
+# session goes on free at it, else its last grant is final).
 (R_PRICE, R_INCREMENT, R_FIRST, R_QUOTA, R_UNIT, R_VALIDITY, R_FLAGS, R_TIER_LO, R_TIER_HI,
- R_WIN_LO, R_WIN_HI) = range(11)
+ R_WIN_LO, R_WIN_HI, R_PER, R_ROUNDING, R_FEE, R_STEP_LO, R_STEP_HI, R_SESSION_MAX) = range(17)
 T_FROM, T_PRICE = 0, 1
 W_DAYS, W_FROM, W_TO, W_PRICE = 0, 1, 2, 3
+S_FROM, S_INCREMENT = 0, 1
 # Rows of the kernel's other 2-D inputs (a few 2-D arrays cross into Numba faster than many
 # 1-D ones). The accounts' first six are also its account outputs, in this order.
+# I_NOW: the server's clock (UTC ms), which alone judges bucket expiry. I_S_*: what the
+# session has reported, billed and been charged for the rating group so far (cumulative
+# pricing), the rounding's remainder (in price units x R_PER), and the whole session's cost
+# before this request (I_REQ: items of one request are consecutive and share it).
 (I_ACCT, I_MEMBER, I_RG, I_RATE, I_START, I_TIME, I_USED, I_WANT, I_REQUESTED, I_FLAGS,
- I_RES_SRC, I_RES_UNITS, I_RES_AMOUNT, I_CYCLE_SLOT, I_OFFSET) = range(15)
+ I_RES_SRC, I_RES_UNITS, I_RES_AMOUNT, I_CYCLE_SLOT, I_NOW, I_S_USED, I_S_BILLED, I_S_REM,
+ I_S_CHARGED, I_S_COST, I_REQ) = range(21)
 (A_MONEY, A_MRES, A_SPENT, A_CAP_LEVEL, A_LOW_FLAG, A_EXH_FLAG, A_FLOOR, A_CAP, A_LOW_MARK,
  A_BUCKETS_LO, A_BUCKETS_HI) = range(11)
 B_REMAINING, B_UNIT, B_EXPIRY, B_INITIAL, B_LEVEL, B_RG_LO, B_RG_HI = range(7)
 M_CAP, M_SPENT, M_MRES = range(3)
 U_CAP, U_USED, U_RES = range(3)
+# Rows of the item outputs.
+(O_RESULT, O_GRANTED, O_RES_SRC, O_RES_AMOUNT, O_CHARGED, O_VALIDITY, O_FINAL, O_S_USED,
+ O_S_BILLED, O_S_REM, O_S_CHARGED, O_S_COST) = range(12)
 
 helper = njit(cache=True, nogil=True, forceinline=True, _nrt=False)  # type: ignore[call-overload]
 """For the kernels' helpers, which allocate nothing. Compiled without Numba's runtime (`_nrt`,
 an option its type stubs lack), their array arguments are not reference-counted on every
 call: those atomic increments and decrements were over half of the kernel's time. Inlined,
 they cost no call either (another third of what was left)."""
-
-
-@helper
-def billable_increments(units: int, increment: int, first_increment: int) -> int:
-    """Increments charged for `units`: at least the first increment, rounded up."""
-    if units <= 0:
-        return 0
-    if units < first_increment:
-        units = first_increment
-    return (units + increment - 1) // increment
 
 
 @helper
@@ -104,6 +108,41 @@ def next_change(r: int, local_ms: int, rt: np.ndarray, wins: np.ndarray) -> int:
 
 
 @helper
+def billed_units(used: int, r: int, rt: np.ndarray, steps: np.ndarray) -> int:
+    """Units billed for a session's cumulative usage of a rating group: at least the first
+    increment, rounded up to the step grid (the rate's increment from 0, each step's own from
+    its from_units on; each from_units lies on the grid before it, so this only rises)."""
+    if used <= 0:
+        return 0
+    if used < rt[R_FIRST, r]:
+        used = rt[R_FIRST, r]
+    base = 0
+    inc = rt[R_INCREMENT, r]
+    for s in range(rt[R_STEP_LO, r], rt[R_STEP_HI, r]):
+        if used <= steps[S_FROM, s]:
+            break
+        base = steps[S_FROM, s]
+        inc = steps[S_INCREMENT, s]
+    return base + (used - base + inc - 1) // inc * inc
+
+
+@helper
+def usage_within(billed: int, r: int, rt: np.ndarray, steps: np.ndarray) -> int:
+    """The most cumulative usage that bills at most `billed` units (billed_units' inverse): the
+    last grid point at or below it, or 0 below the first billed amount."""
+    if billed < billed_units(1, r, rt, steps):
+        return 0
+    base = 0
+    inc = rt[R_INCREMENT, r]
+    for s in range(rt[R_STEP_LO, r], rt[R_STEP_HI, r]):
+        if billed < steps[S_FROM, s]:
+            break
+        base = steps[S_FROM, s]
+        inc = steps[S_INCREMENT, s]
+    return base + (billed - base) // inc * inc
+
+
+@helper
 def exceeds(k: int, price: int, total: int) -> bool:
     """Whether total + k * price (k > 0) is beyond int64."""
     if k < SMALL and 0 <= price < SMALL and 0 <= total < MONEY_LIMIT:
@@ -112,12 +151,11 @@ def exceeds(k: int, price: int, total: int) -> bool:
 
 
 @helper
-def tiered_price(n: int, pos: int, r: int, rt: np.ndarray, tiers: np.ndarray) -> int:
-    """Money for n increments whose first starts at cycle position `pos`; an increment is
-    priced by the tier its start falls in. -1 on overflow."""
-    inc = rt[R_INCREMENT, r]
+def tiered_value(units: int, pos: int, r: int, rt: np.ndarray, tiers: np.ndarray) -> int:
+    """Sum of price x units for `units` billed from cycle position `pos` on, each unit at the
+    price of the tier it falls in. -1 on overflow."""
     total = 0
-    while n > 0:
+    while units > 0:
         price = rt[R_PRICE, r]
         edge = NO_BOUNDARY
         for k in range(rt[R_TIER_LO, r], rt[R_TIER_HI, r]):
@@ -125,14 +163,12 @@ def tiered_price(n: int, pos: int, r: int, rt: np.ndarray, tiers: np.ndarray) ->
                 price = tiers[T_PRICE, k]
             elif tiers[T_FROM, k] < edge:
                 edge = tiers[T_FROM, k]
-        take = n
-        if edge != NO_BOUNDARY:
-            take = min(n, (edge - pos + inc - 1) // inc)
+        take = units if edge == NO_BOUNDARY else min(units, edge - pos)
         if exceeds(take, price, total):
             return -1
         total += take * price
-        n -= take
-        pos += take * inc
+        units -= take
+        pos += take
     return total
 
 
@@ -143,33 +179,29 @@ def split(n: int, part: int, whole: int) -> int:
 
 
 @helper
-def price_span(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarray,
+def span_value(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarray,
                tiers: np.ndarray, wins: np.ndarray) -> int:
-    """Money for `units` used over local times [start, end] from cycle position `pos`.
-    Billable increments are split over the time windows in proportion to time (a call over
-    19:00 is priced in two parts); outside windows the tiers apply. -1 on overflow."""
-    inc = rt[R_INCREMENT, r]
-    n = billable_increments(units, inc, rt[R_FIRST, r])
-    if n == 0 or rt[R_FLAGS, r] & RATE_ZERO_RATED:
+    """Sum of price x units (prices are per R_PER units) for `units` billed units used over
+    local times [start, end] from cycle position `pos`: the units are split over the time
+    windows in proportion to time (a call over 19:00 is priced in two parts); outside
+    windows the tiers apply. -1 on overflow."""
+    if units <= 0 or rt[R_FLAGS, r] & RATE_ZERO_RATED:
         return 0
-    if exceeds(n, inc, 0):
-        return -1
     if rt[R_WIN_LO, r] == rt[R_WIN_HI, r]:
-        return tiered_price(n, pos, r, rt, tiers)  # no windows to split the time over
+        return tiered_value(units, pos, r, rt, tiers)  # no windows to split the time over
     if end <= start:
         start = end
     total = 0
     done = 0
     t = start
-    while done < n:
+    while done < units:
         w = window_at(r, t, rt, wins)
         seg_end = end
+        upto = units
         if end > start:
             seg_end = min(next_change(r, t, rt, wins), end)
-            upto = n if seg_end >= end else split(n, (seg_end - start) // 1000,
-                                                  max(1, (end - start) // 1000))
-        else:
-            upto = n
+            if seg_end < end:
+                upto = split(units, (seg_end - start) // 1000, max(1, (end - start) // 1000))
         k = upto - done
         if k > 0:
             if w != NONE:
@@ -178,7 +210,7 @@ def price_span(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarra
                     return -1
                 part = k * price
             else:
-                part = tiered_price(k, pos + done * inc, r, rt, tiers)
+                part = tiered_value(k, pos + done, r, rt, tiers)
                 if part < 0 or part > INT64_MAX - total:
                     return -1
             total += part
@@ -188,24 +220,73 @@ def price_span(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarra
 
 
 @helper
-def grant_price(units: int, r: int, t: int, pos: int, rt: np.ndarray, tiers: np.ndarray,
-                wins: np.ndarray) -> int:
-    """Money to reserve for granting `units` at local time t (a grant never spans a window
-    change: its validity ends there)."""
-    return price_span(units, r, t, t, pos, rt, tiers, wins)
+def rounded(value: int, per: int, method: int, charged: int) -> int:
+    """value / per in whole micro-units by the rate's rounding method. Half-even looks at the
+    session's whole charge (`charged` so far plus this), as if its cumulative value were
+    rounded at once."""
+    q = value // per
+    rest = value - q * per
+    if rest == 0 or method == ROUND_DOWN:
+        return q
+    if method == ROUND_UP or 2 * rest > per:
+        return q + 1
+    return q + 1 if 2 * rest == per and (charged + q) % 2 == 1 else q
 
 
 @helper
-def within_limits(used: int, target: int, r: int, money: int, price: np.ndarray,
-                  increment: np.ndarray, first: np.ndarray, rt: np.ndarray) -> bool:
-    """Whether pricing `used` and `target` units at rate r surely stays within MONEY_LIMIT
-    and leaves the balance above -MONEY_LIMIT, without pricing them: one flat price (no
-    tiers, no time windows), units and price below SMALL (fewer than SMALL increments at
-    under SMALL each), and a balance not below zero. When it does not hold, the item is
-    priced in full to check."""
+def money_for(units: int, r: int, start: int, end: int, pos: int, rem: int, charged: int,
+              rt: np.ndarray, tiers: np.ndarray, wins: np.ndarray) -> tuple[int, int]:
+    """Money for `units` billed units of a session whose rounding so far left `rem` (price x
+    units not yet charged, may be negative) and charged `charged`: (money, new remainder).
+    The session's cumulative value is rounded, so nothing accumulates across reports.
+    (-1, rem) on overflow."""
+    value = span_value(units, r, start, end, pos, rt, tiers, wins)
+    if value < 0 or value > INT64_MAX - MONEY_LIMIT:
+        return -1, rem
+    per = rt[R_PER, r]
+    value += rem
+    q = rounded(value, per, rt[R_ROUNDING, r], charged)
+    if q < 0:
+        q = 0  # a remainder left by an earlier plan version's units: never a refund here
+    return q, value - q * per
+
+
+@helper
+def price_span(units: int, r: int, start: int, end: int, pos: int, rt: np.ndarray,
+               tiers: np.ndarray, wins: np.ndarray) -> int:
+    """Money for `units` billed units on their own (no session before them). -1 on overflow."""
+    return money_for(units, r, start, end, pos, 0, 0, rt, tiers, wins)[0]
+
+
+@helper
+def grant_cost(g: int, r: int, t: int, pos: int, used: int, billed: int, rem: int,
+               charged: int, fee: int, smax: int, scost: int, free_at_max: int,
+               rt: np.ndarray, tiers: np.ndarray, wins: np.ndarray, steps: np.ndarray) -> int:
+    """Money to hold for granting g more units to a session that has used and billed this
+    much: the billed units they add, priced at local time t (a grant never spans a window
+    change), with the connect fee `fee` when they are its first; no more than the session may
+    still cost when it goes on free at its maximum."""
+    need = billed_units(used + g, r, rt, steps) - billed
+    if need <= 0:
+        return 0
+    cost = fee + money_for(need, r, t, t, pos, rem, charged, rt, tiers, wins)[0]
+    if smax > 0 and free_at_max:
+        cost = min(cost, max(smax - scost, 0))
+    return cost
+
+
+@helper
+def within_limits(used: int, target: int, r: int, money: int, rt: np.ndarray) -> bool:
+    """Whether pricing `used` and `target` more units at rate r surely stays within
+    MONEY_LIMIT and leaves the balance above -MONEY_LIMIT, without pricing them: one flat
+    price (no tiers, windows or steps), units, increments and price below HALF (so fewer than
+    SMALL billed units at under HALF each), the fee below SMALL, and a balance not below
+    zero. When it does not hold, the item is priced in full to check."""
     return (rt[R_TIER_LO, r] == rt[R_TIER_HI, r] and rt[R_WIN_LO, r] == rt[R_WIN_HI, r]
-            and 0 <= price[r] < SMALL and 0 < increment[r] < SMALL and 0 <= first[r] < SMALL
-            and 0 <= used < SMALL and 0 <= target < SMALL and money >= 0)
+            and rt[R_STEP_LO, r] == rt[R_STEP_HI, r] and 0 <= rt[R_PRICE, r] < HALF
+            and 0 < rt[R_INCREMENT, r] < HALF and 0 <= rt[R_FIRST, r] < HALF
+            and 0 <= rt[R_FEE, r] < SMALL and 0 <= used < HALF and 0 <= target < HALF
+            and money >= 0)
 
 
 @helper
@@ -281,37 +362,45 @@ def charge_kernel(
 ) -> tuple:
     """Runs every item in batch order; items of one account see each other's effects.
 
-    Per item: give back its current reservation; charge the used units (buckets in order,
-    then money, priced over the time the usage took; usage is never refused, control is at
-    grant time); then grant from the first bucket with units left, else from money, within
-    balance + credit limit, the cycle's spending cap and the member's caps. A direct debit
-    (EVENT) is all or nothing. Thresholds crossed become events. Returns new arrays only:
-    the item outcomes (result, granted, reservation source, reserved, charged, validity,
-    final), the accounts' first 6 rows, the buckets' (remaining, reserved change, level), the
-    members' money (spent, reserved) and units (used, reserved), cycle units, charges (item,
-    source, units, money) and events (item, kind, ref, level, value, limit), a column each.
-    Several rows in one array: each array crossing into Python costs microseconds.
+    Per item: give back its current reservation; bill the used units on the session's
+    cumulative usage of the rating group (the first increment, the steps and the rounding
+    apply once per session: a report bills what the usage so far bills beyond what was
+    billed before) and pay those billed units from buckets in order, then money (priced over
+    the time the usage took, with the connect fee on the session's first billed units and
+    the session's money rounded as a whole; usage is never refused, control is at grant
+    time); then grant from the first bucket that covers the next billed units, else from
+    money (what buckets would cover is not priced), within balance + credit limit, the
+    cycle's spending cap, the member's caps and the session's maximum cost. A direct debit
+    (EVENT) is all or nothing. Thresholds crossed become events. Returns new arrays only: the
+    item outcomes (O_* rows: result, granted, reservation source, reserved, charged,
+    validity, final, and the session's rating-group state and cost after it), the accounts'
+    first 6 rows, the buckets' (remaining, reserved change, level), the members' money
+    (spent, reserved) and units (used, reserved), cycle units, charges (item, source, billed
+    units, money) and events (item, kind, ref, level, value, limit), a column each. Several
+    rows in one array: each array crossing into Python costs microseconds.
     """
-    rt, tiers, wins = rates
-    rate_price, rate_increment, rate_first = rt[R_PRICE], rt[R_INCREMENT], rt[R_FIRST]
+    rt, tiers, wins, steps = rates
     rate_quota, rate_unit, rate_validity = rt[R_QUOTA], rt[R_UNIT], rt[R_VALIDITY]
-    rate_flags = rt[R_FLAGS]
+    rate_flags, rate_fee, rate_smax = rt[R_FLAGS], rt[R_FEE], rt[R_SESSION_MAX]
     i_acct, i_member, i_rg, i_rate = items[I_ACCT], items[I_MEMBER], items[I_RG], items[I_RATE]
     i_start, i_time, i_used, i_want = items[I_START], items[I_TIME], items[I_USED], items[I_WANT]
     i_requested, i_flags, i_res_src = items[I_REQUESTED], items[I_FLAGS], items[I_RES_SRC]
     i_res_units, i_res_amount = items[I_RES_UNITS], items[I_RES_AMOUNT]
-    i_cu, i_offset = items[I_CYCLE_SLOT], items[I_OFFSET]
+    i_cu, i_now, i_req = items[I_CYCLE_SLOT], items[I_NOW], items[I_REQ]
     a_floor, a_cap, a_low_mark = accounts[A_FLOOR], accounts[A_CAP], accounts[A_LOW_MARK]
     a_first, a_end = accounts[A_BUCKETS_LO], accounts[A_BUCKETS_HI]
     b_initial = buckets[B_INITIAL]
     m_cap_money, m_cap_units = members[M_CAP], member_units[U_CAP]
 
     n = items.shape[1]
-    out = np.zeros((7, n), dtype=np.int64)
-    result, granted, res_src, res_amount = out[0], out[1], out[2], out[3]
-    charged, validity, final = out[4], out[5], out[6]
+    out = np.zeros((12, n), dtype=np.int64)
+    result, granted, res_src, res_amount = out[O_RESULT], out[O_GRANTED], out[O_RES_SRC], \
+        out[O_RES_AMOUNT]
+    charged, validity, final = out[O_CHARGED], out[O_VALIDITY], out[O_FINAL]
     result[:] = SUCCESS
     res_src[:] = MONEY
+    # The session state passes through unchanged unless the item bills something.
+    out[O_S_USED:O_S_COST] = items[I_S_USED:I_S_COST]
     acct_out = accounts[:6].copy()
     money, mres, spent = acct_out[A_MONEY], acct_out[A_MRES], acct_out[A_SPENT]
     cap_level, low_flag = acct_out[A_CAP_LEVEL], acct_out[A_LOW_FLAG]
@@ -335,7 +424,11 @@ def charge_kernel(
     ev = np.empty((6, 4 * n + 4 * cap), dtype=np.int64)  # (item, kind, ref, level, value, limit)
     n_ev = 0
 
+    scost = 0  # the session's cost so far, carried across the items of one request
     for i in range(n):
+        if i == 0 or i_req[i] != i_req[i - 1]:
+            scost = items[I_S_COST, i]
+        out[O_S_COST, i] = scost
         a = i_acct[i]
         m = i_member[i]
         r = i_rate[i]
@@ -365,6 +458,9 @@ def charge_kernel(
             continue
         unit = rate_unit[r]
         zero = rate_flags[r] & RATE_ZERO_RATED
+        fee = 0 if zero else rate_fee[r]
+        smax = rate_smax[r]
+        free_at_max = rate_flags[r] & RATE_SESSION_FREE
         mu = m * 3 + unit - 1 if m != NONE else NONE
         target = rate_quota[r]
         if want == WANT_DEBIT:
@@ -372,18 +468,31 @@ def charge_kernel(
         elif 0 < i_requested[i] < target:
             target = i_requested[i]
         t = i_time[i]
-        utc = t - i_offset[i]  # bucket expiry is an instant; t is local time
+        now = i_now[i]
         pos = cu[i_cu[i]]
-        if not within_limits(used, target, r, money[a], rate_price, rate_increment, rate_first,
-                             rt):
+        s_used, s_billed = items[I_S_USED, i], items[I_S_BILLED, i]
+        s_rem, s_charged = items[I_S_REM, i], items[I_S_CHARGED, i]
+        if used > MONEY_LIMIT - s_used or target > MONEY_LIMIT - s_used - used:
+            result[i] = INVALID_AVP_VALUE  # a session's units beyond int64 arithmetic
+            continue
+        new_used = s_used + used
+        new_billed = max(s_billed, billed_units(new_used, r, rt, steps))
+        billed = new_billed - s_billed  # what this report bills: the session's minimum and
+        # rounding are met once, by buckets and money together
+        first_fee = fee if s_billed == 0 and billed > 0 else 0
+        if not within_limits(used, target, r, money[a], rt):
             # Priced in full only when the cheap bound does not hold (most items are priced
             # later only if buckets do not cover them).
-            cost_used = price_span(used, r, i_start[i], t, pos, rt, tiers, wins)
+            cost_used = money_for(billed, r, i_start[i], t, pos, s_rem, s_charged, rt, tiers,
+                                  wins)[0]
             cost_target = 0
             if want != WANT_NONE:
-                cost_target = grant_price(target, r, t, pos, rt, tiers, wins)
-            if (cost_used < 0 or cost_target < 0 or cost_used > MONEY_LIMIT
-                    or cost_target > MONEY_LIMIT or money[a] - cost_used < -MONEY_LIMIT):
+                cost_target = money_for(
+                    billed_units(new_used + target, r, rt, steps) - new_billed, r, t, t, pos,
+                    0, 0, rt, tiers, wins)[0]
+            if (cost_used < 0 or cost_target < 0 or cost_used > MONEY_LIMIT - fee
+                    or cost_target > MONEY_LIMIT - fee
+                    or money[a] - cost_used - first_fee < -MONEY_LIMIT):
                 result[i] = INVALID_AVP_VALUE  # amounts beyond int64 arithmetic
                 continue
         if want != WANT_NONE and i_flags[i] & FLAG_GRACE and not zero:
@@ -396,11 +505,14 @@ def charge_kernel(
             # Direct debit: refuse unless buckets and money within all limits cover it all.
             covered = 0
             for b in range(a_first[a], a_end[a]):
-                if covered < used and bucket_applies(b, rg, unit, utc, buckets, bucket_rgs):
-                    covered += min(remaining[b], used - covered)
-            cost = 0
-            if covered < used:
-                cost = price_span(used - covered, r, i_start[i], t, pos, rt, tiers, wins)
+                if covered < billed and bucket_applies(b, rg, unit, now, buckets, bucket_rgs):
+                    covered += min(remaining[b], billed - covered)
+            cost = first_fee
+            if covered < billed and not zero:
+                cost += money_for(billed - covered, r, i_start[i], t, pos, s_rem, s_charged, rt,
+                                  tiers, wins)[0]
+            if smax > 0:
+                cost = min(cost, max(smax - scost, 0))
             room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
                                     mmres)
             if (cost > 0 and cost > room) or (
@@ -410,13 +522,13 @@ def charge_kernel(
                 continue
             granted[i] = used
 
-        # Charge the used units: buckets in consumption order, then money.
-        left = used
+        # Pay the billed units: buckets in consumption order, then money.
+        left = billed
         last = NONE  # the last bucket charged
         for b in range(a_first[a], a_end[a]):
             if left == 0:
                 break
-            if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets, bucket_rgs):
+            if remaining[b] > 0 and bucket_applies(b, rg, unit, now, buckets, bucket_rgs):
                 last = b
                 take = min(left, remaining[b])
                 remaining[b] -= take
@@ -426,8 +538,16 @@ def charge_kernel(
                 chg[2, n_chg] = take
                 chg[3, n_chg] = 0
                 n_chg += 1
-        if left > 0:
-            cost = price_span(left, r, i_start[i], t, pos, rt, tiers, wins)
+        cost = first_fee
+        if left > 0 and not zero:
+            part, s_rem = money_for(left, r, i_start[i], t, pos, s_rem, s_charged, rt, tiers,
+                                    wins)
+            s_charged += part
+            cost += part
+            cu[i_cu[i]] += left
+        if smax > 0:
+            cost = min(cost, max(smax - scost, 0))  # a session never costs more than its max
+        if left > 0 or cost > 0:
             money[a] -= cost
             spent[a] += cost
             charged[i] = cost
@@ -438,9 +558,12 @@ def charge_kernel(
             n_chg += 1
             if m != NONE:
                 mspent[m] += cost
-            if not zero:
-                cu[i_cu[i]] += billable_increments(left, rate_increment[r],
-                                                   rate_first[r]) * rate_increment[r]
+        scost += cost
+        out[O_S_USED, i] = new_used
+        out[O_S_BILLED, i] = new_billed
+        out[O_S_REM, i] = s_rem
+        out[O_S_CHARGED, i] = s_charged
+        out[O_S_COST, i] = scost
         if m != NONE:
             mused[mu] += used
 
@@ -452,53 +575,67 @@ def charge_kernel(
                 if unit_room < target:
                     target = max(unit_room, 0)
             g = 0
+            hold = 0
             src = MONEY
             member_bound = unit_room <= 0
             cap_bound = False
+            session_bound = False
+            next_fee = fee if new_billed == 0 else 0
             if target > 0:
                 # The first bucket that applies and has units: the charge above drained every
-                # one before the last it took from, so the search starts there.
+                # one before the last it took from, so the search starts there. It grants the
+                # usage whose next billed units it covers.
+                b = NONE
                 if last != NONE and remaining[last] > 0:
-                    g = min(target, remaining[last])
-                    src = last
+                    b = last
                 else:
-                    for b in range(a_first[a] if last == NONE else last + 1, a_end[a]):
-                        if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets,
+                    for k in range(a_first[a] if last == NONE else last + 1, a_end[a]):
+                        if remaining[k] > 0 and bucket_applies(k, rg, unit, now, buckets,
                                                                bucket_rgs):
-                            g = min(target, remaining[b])
-                            src = b
+                            b = k
                             break
+                if b != NONE and (next_fee == 0 or next_fee <= money_room(
+                        a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
+                        mmres)[0]):
+                    # The connect fee is charged with the first report, not held.
+                    g = min(target, usage_within(new_billed + remaining[b], r, rt, steps)
+                            - new_used)
+                    if g > 0:
+                        src = b
+                        hold = billed_units(new_used + g, r, rt, steps) - new_billed
             if src != MONEY:
-                remaining[src] -= g
-                b_reserved[src] += g
-                res_amount[i] = g
+                remaining[src] -= hold
+                b_reserved[src] += hold
+                res_amount[i] = hold
             elif target > 0:
                 room, cap_bound, member_bound = money_room(a, m, money, a_floor, a_cap, spent,
                                                            mres, m_cap_money, mspent, mmres)
+                if smax > 0 and not free_at_max and smax - scost < room:
+                    room = smax - scost
+                    session_bound = True
+                    member_bound = cap_bound = False
                 g = target
-                cost = grant_price(g, r, t, pos, rt, tiers, wins)
+                cost = grant_cost(g, r, t, pos, new_used, new_billed, s_rem, s_charged,
+                                  next_fee, smax, scost, free_at_max, rt, tiers, wins, steps)
                 if cost > room and cost > 0:
-                    # The most whole increments the room pays for (price rises with units):
-                    # a division for a flat price, a binary search over tiers.
+                    # The most units the room pays for (money only rises with units).
                     lo = 0
-                    hi = (g + rate_increment[r] - 1) // rate_increment[r]
-                    w = window_at(r, t, rt, wins)
-                    if w != NONE or rt[R_TIER_LO, r] == rt[R_TIER_HI, r]:
-                        flat = wins[W_PRICE, w] if w != NONE else rate_price[r]
-                        lo = min(hi, max(room, 0) // flat)
-                        hi = lo
+                    hi = g
                     while lo < hi:
                         mid = (lo + hi + 1) // 2
-                        c = grant_price(mid * rate_increment[r], r, t, pos, rt, tiers, wins)
-                        if c <= room:
+                        if grant_cost(mid, r, t, pos, new_used, new_billed, s_rem, s_charged,
+                                      next_fee, smax, scost, free_at_max, rt, tiers, wins,
+                                      steps) <= room:
                             lo = mid
                         else:
                             hi = mid - 1
-                    g = min(lo * rate_increment[r], g)
-                    cost = grant_price(g, r, t, pos, rt, tiers, wins)
+                    g = lo
+                    cost = grant_cost(g, r, t, pos, new_used, new_billed, s_rem, s_charged,
+                                      next_fee, smax, scost, free_at_max, rt, tiers, wins, steps)
                     if g <= 0 or cost > room:
                         g = 0
                 if g > 0:
+                    hold = cost
                     money[a] -= cost
                     mres[a] += cost
                     res_amount[i] = cost
@@ -513,7 +650,7 @@ def charge_kernel(
                         n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, unit, m_cap_units[mu])
                     else:
                         n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, 0, m_cap_money[m])
-                elif exh_flag[a] == 0 and not cap_bound:
+                elif exh_flag[a] == 0 and not cap_bound and not session_bound:
                     exh_flag[a] = 1
                     n_ev = emit(ev, n_ev, i, EV_EXHAUSTED, NONE, 0, money[a],
                                 a_floor[a])
@@ -534,25 +671,30 @@ def charge_kernel(
                 validity[i] = v
                 # Final units: nothing more could be granted after these.
                 more = zero != 0
-                if not more and (unit_room == NO_BOUNDARY or unit_room - g > 0):
+                least = 0
+                if not more:
+                    least = price_span(billed_units(1, r, rt, steps), r, t, t, pos, rt, tiers,
+                                       wins)
+                    if (smax > 0 and not free_at_max
+                            and smax - scost - (hold if src == MONEY else 0) < max(least, 1)):
+                        least = NO_BOUNDARY  # the session's maximum: this grant is its last
+                if (not more and least != NO_BOUNDARY
+                        and (unit_room == NO_BOUNDARY or unit_room - g > 0)):
                     # The bucket just granted from applies: if it has units left, that is it.
                     more = src != MONEY and remaining[src] > 0
                     if not more:
                         for b in range(a_first[a], a_end[a]):
-                            if remaining[b] > 0 and bucket_applies(b, rg, unit, utc, buckets,
+                            if remaining[b] > 0 and bucket_applies(b, rg, unit, now, buckets,
                                                                    bucket_rgs):
                                 more = True
                                 break
                     if not more:
                         room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres,
                                                 m_cap_money, mspent, mmres)
-                        least = grant_price(max(rate_first[r], rate_increment[r]), r, t, pos,
-                                            rt, tiers, wins)
                         more = least <= room
                 if not more:
                     final[i] = 1
-                    n_ev = emit(ev, n_ev, i, EV_FINAL, NONE, 0, g,
-                                0)
+                    n_ev = emit(ev, n_ev, i, EV_FINAL, NONE, 0, g, 0)
 
         # Thresholds this item took the account across, each announced once per cycle.
         for b in range(a_first[a], a_end[a]):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 SUCCESS = 2001
 END_USER_SERVICE_DENIED = 4010
@@ -15,6 +17,7 @@ INT64_MAX = 2**63 - 1
 MONEY_LIMIT = 2**62
 MINUTE, DAY = 60_000, 86_400_000
 EV_BUCKET, EV_CAP, EV_LOW, EV_EXHAUSTED, EV_FINAL, EV_MEMBER_CAP = 1, 2, 3, 4, 5, 6
+ROUND_UP, ROUND_HALF_EVEN, ROUND_DOWN = 0, 1, 2
 
 
 @dataclass
@@ -37,6 +40,16 @@ class RefRate:
     not_allowed: bool = False
     tiers: list[tuple[int, int]] = field(default_factory=list)  # (from_units, price)
     windows: list[RefWindow] = field(default_factory=list)
+    per: int = 0  # the price is per this many units (0: per increment)
+    rounding: int = ROUND_UP
+    fee: int = 0  # connect fee per session and rating group
+    steps: list[tuple[int, int]] = field(default_factory=list)  # (from_units, increment)
+    session_max: int = 0  # the most one session may cost (0: no limit)
+    session_free: bool = False  # at session_max the session goes on free (else: final units)
+
+    @property
+    def price_units(self) -> int:
+        return self.per or self.increment
 
 
 @dataclass
@@ -90,8 +103,16 @@ class RefItem:
     grace: bool = False
     res_units: int = 0
     cycle_slot: int = 0
-    offset: int = 0  # the plan's UTC offset: time and start are local, bucket expiry is not
+    now: int = 0  # the server's clock (UTC): bucket expiry is judged by it alone
     res_member: bool = False  # the current reservation counts against the member's caps
+    # The session's rating group so far: units reported, units billed, the rounding's
+    # remainder and the money charged; and the whole session's cost before the request.
+    s_used: int = 0
+    s_billed: int = 0
+    s_rem: int = 0
+    s_charged: int = 0
+    s_cost: int = 0
+    req: int = -1  # the request it belongs to (consecutive items; -1: its own)
 
 
 @dataclass
@@ -104,6 +125,11 @@ class RefOut:
     validity: int = 0
     final: bool = False
     charges: list[tuple[int, int, int]] = field(default_factory=list)  # (source, units, micros)
+    s_used: int = 0
+    s_billed: int = 0
+    s_rem: int = 0
+    s_charged: int = 0
+    s_cost: int = 0
 
 
 def window_at(rate: RefRate, t: int) -> int:
@@ -126,25 +152,44 @@ def next_change(rate: RefRate, t: int) -> int | None:
     return next((e for e in edges if e > t and window_at(rate, e) != now), None)
 
 
-def increments(units: int, rate: RefRate) -> int:
-    return 0 if units <= 0 else -(-max(units, rate.first) // rate.increment)
+def billed(used: int, rate: RefRate) -> int:
+    """Units billed for a session's cumulative usage: at least the first increment, then up
+    to the next point of the step grid."""
+    if used <= 0:
+        return 0
+    used = max(used, rate.first)
+    grid_from, inc = 0, rate.increment
+    for start, step in rate.steps:
+        if used > start:
+            grid_from, inc = start, step
+    return grid_from + -(-(used - grid_from) // inc) * inc
 
 
-def tiered(n: int, pos: int, rate: RefRate) -> int:
-    """n increments from cycle position pos; each priced by the tier its start falls in."""
-    bounds = [(0, rate.price), *rate.tiers]
+def usage_within(units: int, rate: RefRate) -> int:
+    """The most cumulative usage that bills at most `units`."""
+    if units < billed(1, rate):
+        return 0
+    grid_from, inc = 0, rate.increment
+    for start, step in rate.steps:
+        if units >= start:
+            grid_from, inc = start, step
+    return grid_from + (units - grid_from) // inc * inc
+
+
+def tiered(units: int, pos: int, rate: RefRate) -> int:
+    """Price x units for `units` from cycle position pos; each unit at its tier's price."""
+    edges = [0, *(t[0] for t in rate.tiers), INT64_MAX]
+    prices = [rate.price, *(t[1] for t in rate.tiers)]
     total = 0
-    for k, (lo, price) in enumerate(bounds):
-        hi = bounds[k + 1][0] if k + 1 < len(bounds) else None
-        first_j = max(0, -(-(lo - pos) // rate.increment))
-        last_j = n if hi is None else min(n, max(0, -(-(hi - pos) // rate.increment)))
-        total += max(0, last_j - first_j) * price
+    for lo, hi, p in zip(edges, edges[1:], prices, strict=False):
+        total += max(0, min(hi, pos + units) - max(lo, pos)) * p
     return total
 
 
-def price(units: int, rate: RefRate, start: int, end: int, pos: int) -> int | None:
-    n = increments(units, rate)
-    if n == 0 or rate.zero_rated:
+def value(units: int, rate: RefRate, start: int, end: int, pos: int) -> int | None:
+    """Price x units of billed units used over [start, end]: split over the time windows in
+    proportion to the whole seconds each part took. None beyond int64."""
+    if units <= 0 or rate.zero_rated:
         return 0
     if end <= start:
         start = end
@@ -158,13 +203,34 @@ def price(units: int, rate: RefRate, start: int, end: int, pos: int) -> int | No
     total, done = 0, 0
     whole = max(1, (end - start) // 1000)
     for k in range(len(cuts) - 1):
-        upto = n if k == len(cuts) - 2 else n * ((cuts[k + 1] - start) // 1000) // whole
+        upto = units if k == len(cuts) - 2 else units * ((cuts[k + 1] - start) // 1000) // whole
         w = window_at(rate, cuts[k])
-        part = (upto - done) * rate.windows[w].price if w >= 0 else tiered(
-            upto - done, pos + done * rate.increment, rate)
-        total += part
+        total += ((upto - done) * rate.windows[w].price if w >= 0
+                  else tiered(upto - done, pos + done, rate))
         done = upto
     return None if total > INT64_MAX else total
+
+
+def money(units: int, rate: RefRate, start: int, end: int, pos: int, rem: int = 0,
+          charged: int = 0) -> tuple[int, int] | None:
+    """(money, remainder) for billed units of a session that has been charged `charged` and
+    has `rem` of price x units not yet charged: the session's cumulative value rounded by the
+    rate's method, less what it was charged before. None beyond int64."""
+    v = value(units, rate, start, end, pos)
+    if v is None or v > INT64_MAX - MONEY_LIMIT:
+        return None
+    per = rate.price_units
+    whole = Fraction(charged * per + rem + v, per)
+    total = (math.ceil(whole) if rate.rounding == ROUND_UP
+             else math.floor(whole) if rate.rounding == ROUND_DOWN else round(whole))
+    q = max(0, total - charged)
+    return q, rem + v - q * per
+
+
+def price(units: int, rate: RefRate, start: int, end: int, pos: int) -> int | None:
+    """Money for billed units on their own (no session before them)."""
+    m = money(units, rate, start, end, pos)
+    return None if m is None else m[0]
 
 
 def level(used: int, size: int) -> int:
@@ -192,10 +258,15 @@ def charge_reference(items: list[RefItem], rates: list[RefRate], state: RefState
                              list(m.used_units), list(m.reserved_units)) for m in state.members],
                   list(state.cycle_units))
     outs = []
+    session_cost = 0
     for n, it in enumerate(items):
-        out = RefOut()
+        if it.req < 0 or n == 0 or items[n - 1].req != it.req:
+            session_cost = it.s_cost
+        out = RefOut(s_used=it.s_used, s_billed=it.s_billed, s_rem=it.s_rem,
+                     s_charged=it.s_charged, s_cost=session_cost)
         outs.append(out)
         _item(n, it, rates, st, out)
+        session_cost = out.s_cost
     return outs, st
 
 
@@ -240,16 +311,26 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) 
     start = it.time if it.start < 0 else it.start
     mine = [k for k, b in enumerate(st.buckets)
             if b.account == it.account and b.unit == rate.unit
-            and (b.expiry == 0 or b.expiry > it.time - it.offset)
+            and (b.expiry == 0 or b.expiry > it.now)
             and it.rating_group in b.rating_groups]
     want = it.want
     target = it.used if want == 2 else (
         it.requested if 0 < it.requested < rate.quota else rate.quota)
     pos = st.cycle_units[it.cycle_slot]
-    cost_used = price(it.used, rate, start, it.time, pos)
-    cost_target = price(target, rate, it.time, it.time, pos) if want else 0
-    if (cost_used is None or cost_target is None or cost_used > MONEY_LIMIT
-            or cost_target > MONEY_LIMIT or acct.money - cost_used < -MONEY_LIMIT):
+    if it.used > MONEY_LIMIT - it.s_used or target > MONEY_LIMIT - it.s_used - it.used:
+        out.result = INVALID_AVP_VALUE
+        return
+    used_total = it.s_used + it.used
+    billed_total = max(it.s_billed, billed(used_total, rate))
+    to_bill = billed_total - it.s_billed  # the session's minimum and rounding met once
+    fee = 0 if rate.zero_rated else rate.fee
+    first_fee = fee if it.s_billed == 0 and to_bill > 0 else 0
+    cost_used = money(to_bill, rate, start, it.time, pos, it.s_rem, it.s_charged)
+    cost_target = money(billed(used_total + target, rate) - billed_total, rate, it.time,
+                        it.time, pos) if want else (0, 0)
+    if (cost_used is None or cost_target is None or cost_used[0] > MONEY_LIMIT - fee
+            or cost_target[0] > MONEY_LIMIT - fee
+            or acct.money - cost_used[0] - first_fee < -MONEY_LIMIT):
         out.result = INVALID_AVP_VALUE
         return
     if want and it.grace and not rate.zero_rated:
@@ -257,9 +338,16 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) 
         if want == 2 or it.used == 0:
             return
         want = 0
+    smax, session_cost = rate.session_max, out.s_cost
     if want == 2:
-        rest = max(0, it.used - sum(st.buckets[k].remaining for k in mine))
-        cost = price(rest, rate, start, it.time, pos) or 0
+        covered = min(to_bill, sum(st.buckets[k].remaining for k in mine))
+        cost = first_fee
+        if covered < to_bill and not rate.zero_rated:
+            paid = money(to_bill - covered, rate, start, it.time, pos, it.s_rem, it.s_charged)
+            assert paid is not None
+            cost += paid[0]
+        if smax > 0:
+            cost = min(cost, max(smax - session_cost, 0))
         room, _, _ = _room(acct, mem)
         over_units = (mem is not None and mem.cap_units[u] > 0 and it.used >
                       mem.cap_units[u] - mem.used_units[u] - mem.reserved_units[u])
@@ -268,25 +356,33 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) 
             return
         out.granted = it.used
 
-    left = it.used
+    left = to_bill
     for k in mine:
         take = min(left, st.buckets[k].remaining)
         if take > 0:
             st.buckets[k].remaining -= take
             left -= take
             out.charges.append((k, take, 0))
-    if left:
-        left_cost = price(left, rate, start, it.time, pos)
-        assert left_cost is not None
-        cost = left_cost
+    cost = first_fee
+    rem, charged = it.s_rem, it.s_charged
+    if left and not rate.zero_rated:
+        paid = money(left, rate, start, it.time, pos, rem, charged)
+        assert paid is not None
+        cost += paid[0]
+        charged += paid[0]
+        rem = paid[1]
+        st.cycle_units[it.cycle_slot] += left
+    if smax > 0:
+        cost = min(cost, max(smax - session_cost, 0))
+    if left or cost:
         acct.money -= cost
         acct.spent += cost
         out.charged = cost
         out.charges.append((MONEY, left, cost))
         if mem:
             mem.spent += cost
-        if not rate.zero_rated:
-            st.cycle_units[it.cycle_slot] += increments(left, rate) * rate.increment
+    out.s_used, out.s_billed, out.s_rem, out.s_charged = used_total, billed_total, rem, charged
+    out.s_cost = session_cost + cost
     if mem:
         mem.used_units[u] += it.used
 
@@ -299,36 +395,49 @@ def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: 
            mem: RefMember | None, target: int, mine: list[int]) -> None:
     u = rate.unit - 1
     pos = st.cycle_units[it.cycle_slot]
+    used, billed_so_far, session_cost = out.s_used, out.s_billed, out.s_cost
+    next_fee = 0 if rate.zero_rated or billed_so_far else rate.fee
+    smax, free = rate.session_max, rate.session_free
+
+    def cost_of(g: int) -> int:
+        need = billed(used + g, rate) - billed_so_far
+        if need <= 0:
+            return 0
+        paid = money(need, rate, it.time, it.time, pos, out.s_rem, out.s_charged)
+        assert paid is not None
+        cost = next_fee + paid[0]
+        return min(cost, max(smax - session_cost, 0)) if smax > 0 and free else cost
+
     unit_room = None
     if mem is not None and mem.cap_units[u] > 0:
         unit_room = mem.cap_units[u] - mem.used_units[u] - mem.reserved_units[u]
         target = min(target, max(unit_room, 0))
     member_bound = unit_room is not None and unit_room <= 0
-    cap_bound = False
+    cap_bound = session_bound = False
     with_units = [k for k in mine if st.buckets[k].remaining > 0] if target > 0 else []
-    g = 0
-    if with_units:
+    g, hold, src = 0, 0, MONEY
+    if with_units and (next_fee == 0 or next_fee <= _room(acct, mem)[0]):
         k = with_units[0]
-        g = min(target, st.buckets[k].remaining)
-        st.buckets[k].remaining -= g
-        st.buckets[k].reserved += g
-        out.res_src, out.res_amount = k, g
-    elif target > 0:
+        g = max(0, min(target, usage_within(billed_so_far + st.buckets[k].remaining, rate) - used))
+        if g > 0:
+            src, hold = k, billed(used + g, rate) - billed_so_far
+            st.buckets[k].remaining -= hold
+            st.buckets[k].reserved += hold
+            out.res_src, out.res_amount = k, hold
+    if src == MONEY and target > 0:
         room, member_bound, cap_bound = _room(acct, mem)
+        if smax > 0 and not free and smax - session_cost < room:
+            room, session_bound, member_bound, cap_bound = smax - session_cost, True, False, False
         g = target
-        cost = price(g, rate, it.time, it.time, pos)
-        assert cost is not None
+        cost = cost_of(g)
         if cost > room and cost > 0:
-            # Price rises with units: the affordable increment counts are a prefix.
-            def too_dear(j: int) -> bool:
-                c = price(j * rate.increment, rate, it.time, it.time, pos)
-                return c is None or c > room
-            best = bisect.bisect_left(range(-(-g // rate.increment) + 1), True, key=too_dear) - 1
-            g = min(max(best, 0) * rate.increment, g)
-            cost = price(g, rate, it.time, it.time, pos) or 0
+            # Money rises with units: the affordable grants are a prefix.
+            g = bisect.bisect_left(range(target + 1), True, key=lambda j: cost_of(j) > room) - 1
+            cost = cost_of(g)
             if g <= 0 or cost > room:
                 g = 0
         if g > 0:
+            hold = cost
             acct.money -= cost
             acct.reserved += cost
             out.res_amount = cost
@@ -344,7 +453,7 @@ def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: 
                                   mem.cap_units[u]))
             else:
                 st.events.append((n, EV_MEMBER_CAP, it.member, 100, 0, mem.cap_money))
-        elif acct.exhausted_flag == 0 and not cap_bound:
+        elif acct.exhausted_flag == 0 and not cap_bound and not session_bound:
             acct.exhausted_flag = 1
             st.events.append((n, EV_EXHAUSTED, -1, 0, acct.money, acct.floor))
         return
@@ -358,13 +467,17 @@ def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: 
         if out.validity == 0 or to_change < out.validity:
             out.validity = to_change
     more = rate.zero_rated
-    if not more and (unit_room is None or unit_room - g > 0):
+    least: int | None = 0
+    if not more:
+        p = price(billed(1, rate), rate, it.time, it.time, pos)
+        least = -1 if p is None else p
+        if (smax > 0 and not free
+                and smax - session_cost - (hold if src == MONEY else 0) < max(least, 1)):
+            least = None  # the session's maximum: this grant is its last
+    if not more and least is not None and (unit_room is None or unit_room - g > 0):
         more = any(st.buckets[k].remaining > 0 for k in mine)
         if not more:
-            room, _, _ = _room(acct, mem)
-            least = price(max(rate.first, rate.increment), rate, it.time, it.time,
-                          st.cycle_units[it.cycle_slot])
-            more = least is not None and least <= room
+            more = least <= _room(acct, mem)[0]
     if not more:
         out.final = True
         st.events.append((n, EV_FINAL, -1, 0, g, 0))

@@ -1,11 +1,12 @@
 """The re-rating kernel: re-prices stored usage (its money-charged units) under a plan version.
 
-It reuses the charging kernel's pricing functions, so a re-rate prices exactly the way a live
-charge would have under that version: increments (first/minimum increment, rounded up), time
-windows split in proportion to time, tiers by the position in the billing cycle.
+It reuses the charging kernel's pricing functions, so a re-rate prices the way a live charge
+would have under that version: the record's money-billed units (the session's first
+increment and steps were met when it was billed) at the version's prices, time windows split
+in proportion to time, tiers by the position in the billing cycle, rounded by its method.
 
 Items are in record order. Each belongs to a cycle slot (account, rating group, billing cycle);
-the slot's position starts at `slot_start` and advances by the billable units of every item
+the slot's position starts at `slot_start` and advances by the billed units of every item
 that is not zero-rated, as the charging kernel advances `cu:<rg>`. Items with `priced == 0`
 only advance the position (records of the same cycle before the re-rated period).
 """
@@ -15,15 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.kernels.charge import (
-    R_FIRST,
-    R_FLAGS,
-    R_INCREMENT,
-    RATE_NOT_ALLOWED,
-    RATE_ZERO_RATED,
-    billable_increments,
-    price_span,
-)
+from engine.kernels.charge import R_FLAGS, RATE_NOT_ALLOWED, RATE_ZERO_RATED, price_span
 
 OVERFLOW = -1
 """New price beyond int64 arithmetic."""
@@ -39,8 +32,8 @@ def rerate_kernel(units: np.ndarray, rate_row: np.ndarray, start: np.ndarray, en
                   rates: tuple) -> tuple:
     """New money for each item's units over local times [start, end]; OVERFLOW, UNRATED or
     SKIPPED where there is none. Returns (prices, the slots' final positions)."""
-    rt, tiers, wins = rates
-    rate_increment, rate_first, rate_flags = rt[R_INCREMENT], rt[R_FIRST], rt[R_FLAGS]
+    rt, tiers, wins, _ = rates
+    rate_flags = rt[R_FLAGS]
     n = units.shape[0]
     out = np.full(n, SKIPPED, dtype=np.int64)
     cu = slot_start.copy()
@@ -55,6 +48,5 @@ def rerate_kernel(units: np.ndarray, rate_row: np.ndarray, start: np.ndarray, en
             p = price_span(units[i], r, start[i], end[i], cu[s], rt, tiers, wins)
             out[i] = p if p >= 0 else OVERFLOW
         if not rate_flags[r] & RATE_ZERO_RATED:
-            cu[s] += billable_increments(units[i], rate_increment[r],
-                                         rate_first[r]) * rate_increment[r]
+            cu[s] += units[i]
     return out, cu

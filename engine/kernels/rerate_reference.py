@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.kernels.reference import RefRate, increments, price
+from engine.kernels.reference import RefRate, price
 
 OVERFLOW, UNRATED, SKIPPED = -1, -2, -3
 INT64_MAX = 2**63 - 1
@@ -37,5 +37,5 @@ def rerate_reference(items: list[RerateItem], rates: list[RefRate],
         else:
             out.append(SKIPPED)
         if not rate.zero_rated:
-            pos[it.slot] += increments(it.units, rate) * rate.increment
+            pos[it.slot] += it.units
     return out, pos

@@ -21,6 +21,7 @@ from typing import cast
 import grpc
 
 from engine import keys
+from engine.kernels.reference import RefRate, billed, price
 from engine.redis_client import connect, connect_async
 from tests.helpers import DATA_RG, SMS_RG, VIDEO_RG, VOICE_RG
 from tollgate.v1 import charging_pb2 as cpb
@@ -41,8 +42,9 @@ SUCCESS = cpb.SUCCESS
 
 
 class Tariff:
-    """The rates of a plan, priced the way the spec says: at least the first increment, rounded
-    up to whole increments."""
+    """The rates of a plan, priced the way the spec says (through the plain-Python reference):
+    a session is billed on its cumulative usage of a rating group, at least the first
+    increment, rounded up to whole increments."""
 
     def __init__(self, plan: ppb.Plan) -> None:
         self.plan = plan
@@ -51,12 +53,28 @@ class Tariff:
     def rate(self, rg: int, zone: str) -> ppb.Rate | None:
         return self.rates.get((rg, zone))
 
-    def price(self, rg: int, zone: str, units: int) -> int:
+    def _ref(self, rg: int, zone: str) -> RefRate:
         r = self.rates[(rg, zone)]
-        if units <= 0:
-            return 0
-        units = max(units, r.first_increment)
-        return -(-units // r.increment) * r.price_micros
+        return RefRate(price=r.price_micros, increment=r.increment, first=r.first_increment,
+                       quota=r.default_quota, unit=r.unit_type, per=r.price_units,
+                       rounding=r.rounding, fee=r.connect_fee_micros,
+                       steps=[(x.from_units, x.increment) for x in r.steps])
+
+    def billed(self, rg: int, zone: str, used: int) -> int:
+        """Units billed for a session's cumulative usage."""
+        return billed(used, self._ref(rg, zone))
+
+    def price(self, rg: int, zone: str, units: int) -> int:
+        """Money for this many billed units (of a session with none before them)."""
+        p = price(units, self._ref(rg, zone), 0, 0, 0)
+        assert p is not None
+        return p
+
+    def cost(self, rg: int, zone: str, used: int) -> int:
+        """What a session's cumulative usage costs when money alone pays for it."""
+        rate = self._ref(rg, zone)
+        units = billed(used, rate)
+        return self.price(rg, zone, units) + (rate.fee if units else 0)
 
     def field(self, rg: int, zone: str) -> str:
         r = self.rate(rg, zone)
@@ -98,6 +116,8 @@ class Session:
     abandon: bool           # stop without TERMINATION: its reservations stay live
     rn: int = -1            # request number of the last request answered
     held: dict[int, int] = field(default_factory=dict)  # rating group -> units reserved
+    need: dict[int, int] = field(default_factory=dict)  # rating group -> billed units held
+    used: dict[int, int] = field(default_factory=dict)  # rating group -> units reported
     retry: cpb.ChargeRequest | None = None  # a request to send again (it was not applied)
     retries: int = 0
     done: bool = False      # ended (TERMINATION / last EVENT) or abandoned
@@ -286,9 +306,11 @@ class Traffic:
                 if g.result == SUCCESS and used:
                     self.records[(s.sid, req.request_number, rg)] = Expected(s.account, used, 0)
                 continue
+            s.need.pop(rg, None)
             if used:
                 self.records[(s.sid, req.request_number, rg)] = Expected(
                     s.account, used, max(0, used - before))
+                s.used[rg] = s.used.get(rg, 0) + used
             if su.HasField("requested") and req.type != cpb.TERMINATION:
                 granted = units_of(g.granted, fld)
                 want = units_of(su.requested, fld)
@@ -297,11 +319,15 @@ class Traffic:
                     self.problems.append(f"{key}: rg {rg} granted {granted} > {limit}")
                 if g.result == SUCCESS and granted > 0:
                     s.held[rg] = granted
+                    so_far = s.used.get(rg, 0)
+                    s.need[rg] = (self.tariff.billed(rg, s.zone, so_far + granted)
+                                  - self.tariff.billed(rg, s.zone, so_far))
                 elif g.result not in (SUCCESS, cpb.CREDIT_LIMIT_REACHED):
                     self.problems.append(f"{key}: rg {rg} grant result {g.result}")
         s.rn = req.request_number
         if req.type == cpb.TERMINATION or (s.event and s.rn >= s.steps):
             s.held.clear()
+            s.need.clear()
             s.done = True
         elif s.abandon and s.rn >= s.steps:
             s.done = True  # left open: what it holds stays reserved
@@ -322,12 +348,13 @@ class Traffic:
             self.problems.append(f"{key}: {what} answered differently:\n first: {first}\n "
                                  f"again: {ans}")
 
-    def open_reservations(self) -> dict[str, dict[tuple[str, int], int]]:
-        """Per account: (session, rating group) -> units the model says are still reserved."""
-        out: dict[str, dict[tuple[str, int], int]] = defaultdict(dict)
+    def open_reservations(self) -> dict[str, dict[tuple[str, int], tuple[int, int]]]:
+        """Per account: (session, rating group) -> the units the model says are still
+        reserved, and the billed units they hold."""
+        out: dict[str, dict[tuple[str, int], tuple[int, int]]] = defaultdict(dict)
         for s in self.sessions:
             for rg, units in s.held.items():
-                out[s.account][(s.sid, rg)] = units
+                out[s.account][(s.sid, rg)] = (units, s.need[rg])
         return out
 
 
@@ -509,12 +536,26 @@ def check_books(traffic: Traffic, accounts: dict[str, ppb.Account],
     for k in traffic.records.keys() - seen.keys():
         problems.append(f"no record for {k} ({traffic.records[k]})")
     money_of_request: Counter[Key] = Counter()
+    # Per session and rating group (per request for EVENTs, each its own): what its records
+    # billed and charged must be what its cumulative usage bills, and cost no more than money
+    # alone would charge for it.
+    events = {s.sid for s in traffic.sessions if s.event}
+    sessions: dict[tuple[str, int, int, str], list[usage_pb2.RatedUsage]] = defaultdict(list)
+    for r in usage:
+        sessions[(r.session_id, r.request_number if r.session_id in events else -1,
+                  r.rating_group, r.zone)].append(r)
+    for (sid, _, rg, zone), rs in sessions.items():
+        used = sum(r.units for r in rs)
+        billed_units = sum(c.units for r in rs for c in r.charges)
+        if billed_units != tariff.billed(rg, zone, used):
+            problems.append(f"session {sid} rg {rg}: charges bill {billed_units} units for "
+                            f"{used} used, not {tariff.billed(rg, zone, used)}")
+        if sum(r.money_micros for r in rs) > tariff.cost(rg, zone, used):
+            problems.append(f"session {sid} rg {rg}: {sum(r.money_micros for r in rs)} micros "
+                            f"is more than money alone costs for {used} units")
     for r in usage:
         k = (r.session_id, r.request_number, r.rating_group)
         money_of_request[(r.session_id, r.request_number)] += r.money_micros
-        if sum(c.units for c in r.charges) != r.units:
-            problems.append(f"record {k}: charges cover {sum(c.units for c in r.charges)} "
-                            f"of {r.units} units")
         if sum(c.micros for c in r.charges if not c.bucket_id) != r.money_micros:
             problems.append(f"record {k}: money charges do not add up to {r.money_micros}")
         if any(c.micros for c in r.charges if c.bucket_id):
@@ -526,9 +567,6 @@ def check_books(traffic: Traffic, accounts: dict[str, ppb.Account],
                 exp.account, exp.used, exp.overage, exp.overage > 0):
             problems.append(f"record {k}: account/units/overage {r.account_id}/{r.units}/"
                             f"{r.overage_units} but the session says {exp}")
-        if r.money_micros > tariff.price(r.rating_group, r.zone, r.units):
-            problems.append(f"record {k}: {r.money_micros} micros is more than the price of "
-                            f"{r.units} units")
     for key, ans in traffic.answers.items():
         if ans.charged_micros != money_of_request.get(key, 0):
             problems.append(f"{key}: answer says {ans.charged_micros} micros charged, "
@@ -555,11 +593,14 @@ def check_books(traffic: Traffic, accounts: dict[str, ppb.Account],
                 problems.append(f"{account_id}: reservation {rk} ({x.units} units) should have "
                                 "been released")
                 continue
-            if x.units != expected[rk]:
+            units, need = expected[rk]
+            if x.units != units:
                 problems.append(f"{account_id}: reservation {rk} holds {x.units} units, "
-                                f"granted {expected[rk]}")
-            want_amount = x.units if x.bucket_id else tariff.price(rk[1], zones[rk[0]], x.units)
-            if x.amount != want_amount:
+                                f"granted {units}")
+            # Money holds the price of the billed units, less at most the one micro-unit a
+            # session's rounding has already charged ahead.
+            want_amount = need if x.bucket_id else tariff.price(rk[1], zones[rk[0]], need)
+            if not want_amount - (0 if x.bucket_id else 1) <= x.amount <= want_amount:
                 problems.append(f"{account_id}: reservation {rk} holds {x.amount}, "
                                 f"expected {want_amount}")
         # The floor: grants and events never take money below it; only overage can, and by

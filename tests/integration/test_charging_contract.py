@@ -167,12 +167,13 @@ async def test_termination_charges_the_final_usage_and_releases_the_rest(gateway
     assert [(g.rating_group, g.result) for g in a.grants] == [(DATA_RG, cpb.SUCCESS),
                                                                (VOICE_RG, cpb.SUCCESS)]
     assert all(not g.HasField("granted") for g in a.grants)
-    assert a.charged_micros == 200_000  # 61 s -> two minutes
+    # A session is billed on its cumulative usage: 30 s + 61 s = 91 s -> two minutes in all.
+    assert a.charged_micros == 100_000
     acct = await gateway.account("acct-0")
     b = bucket(acct)
     assert (b.used, b.reserved, b.remaining) == (5 * MB, 0, 95 * MB)
     assert acct.reserved_micros == 0
-    assert acct.money_micros == 10 * EUR - 100_000 - 200_000  # 30 s -> 1 min, 61 s -> 2 min
+    assert acct.money_micros == 10 * EUR - 200_000
     assert list(acct.reservations) == []
 
 
@@ -189,7 +190,7 @@ async def test_termination_releases_rating_groups_it_does_not_mention(gateway):
     assert list(acct.reservations) == []
 
 
-async def test_voice_usage_is_rounded_up_to_whole_minutes(gateway):
+async def test_voice_usage_is_rounded_up_to_whole_minutes_of_the_whole_call(gateway):
     [sub] = await gateway.setup()
     await gateway.charge(request("c1", 0, INITIAL, sub, voice(want=0)))
     before = held(await gateway.account("acct-0"))
@@ -198,10 +199,11 @@ async def test_voice_usage_is_rounded_up_to_whole_minutes(gateway):
     b = await gateway.charge(request("c1", 2, UPDATE, sub, voice(used=1, want=0)))
     c = await gateway.charge(request("c1", 3, TERMINATION, sub, voice(used=120)))
 
-    assert (a.charged_micros, b.charged_micros, c.charged_micros) == (200_000, 100_000, 200_000)
+    # 61 s: two minutes; 62 s: still two; 182 s: four. Not per report (2 + 1 + 2).
+    assert (a.charged_micros, b.charged_micros, c.charged_micros) == (200_000, 0, 200_000)
     acct = await gateway.account("acct-0")
-    assert before - held(acct) == 500_000
-    assert (acct.money_micros, acct.reserved_micros) == (10 * EUR - 500_000, 0)
+    assert before - held(acct) == 400_000
+    assert (acct.money_micros, acct.reserved_micros) == (10 * EUR - 400_000, 0)
 
 
 async def test_usage_below_the_first_increment_is_charged_the_first_increment(gateway):
@@ -216,9 +218,9 @@ async def test_usage_below_the_first_increment_is_charged_the_first_increment(ga
     longer = await gateway.charge(request("c1", 2, TERMINATION, sub, voice(used=61)))
 
     assert short.charged_micros == 60_000  # 10 s billed as the 60 s minimum
-    assert longer.charged_micros == 61_000  # per second above the minimum
+    assert longer.charged_micros == 11_000  # 71 s in all: per second above the minimum, once
     acct = await gateway.account("acct-0")
-    assert (acct.money_micros, acct.reserved_micros) == (10 * EUR - 121_000, 0)
+    assert (acct.money_micros, acct.reserved_micros) == (10 * EUR - 71_000, 0)
 
 
 async def test_data_is_charged_from_the_bundle_first_then_from_money(gateway):
@@ -241,9 +243,10 @@ async def test_data_is_charged_from_the_bundle_first_then_from_money(gateway):
     last = await gateway.charge(request("s1", 2, TERMINATION, sub,
                                         mscc(DATA_RG, used=2 * MB + 1)))
 
-    assert last.charged_micros == 2_001_000
+    # 5 000 501 octets in all bill 5 001 000: the 500 billed ahead are not billed again.
+    assert last.charged_micros == 2_000_000
     acct = await gateway.account("acct-0")
-    assert (acct.money_micros, acct.reserved_micros) == (20 * EUR - 1000 - 2_001_000, 0)
+    assert (acct.money_micros, acct.reserved_micros) == (20 * EUR - 1000 - 2_000_000, 0)
 
 
 async def test_charged_micros_equals_the_money_that_left_the_balance(gateway):
@@ -257,7 +260,9 @@ async def test_charged_micros_equals_the_money_that_left_the_balance(gateway):
         request("e1", 0, EVENT, sub, sms(3)),
         request("s1", 3, TERMINATION, sub, mscc(DATA_RG, used=999), voice(used=1)),
     ]
-    expected = [0, 1000 + 100_000, 1_235_000 + 400_000, 150_000, 1000 + 100_000]
+    # Billed on the session's cumulative usage: data 2 234 568 -> 2 235 000 octets after the
+    # second report (1 234 000 more), voice 240 s (3 more minutes), then 1 kB and 1 minute.
+    expected = [0, 1000 + 100_000, 1_234_000 + 300_000, 150_000, 1000 + 100_000]
 
     charged = []
     for req in steps:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -20,7 +19,6 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
-from engine.redis_client import connect_async
 from server import Tollgate
 from tests.helpers import (
     DATA_RG,
@@ -55,11 +53,6 @@ def config(config: Config) -> Config:
     return config.replace(subscriber_cache_s=0, plan_refresh_s=0)
 
 
-@pytest.fixture
-async def db(config: Config) -> AsyncIterator[aioredis.Redis]:
-    client = connect_async(config.redis_url)
-    yield client
-    await client.aclose()
 
 
 class Clock:
@@ -210,14 +203,16 @@ async def test_usage_is_charged_at_least_the_first_increment_and_rounded_up(gate
     one_octet = await charge(gateway, "video", 1, UPDATE, mscc(VIDEO_RG, used=1, want=0))
     over_first = await charge(gateway, "video", 2, TERMINATION, mscc(VIDEO_RG, used=10_001))
 
+    # The minimum and the rounding apply to the session's cumulative usage: 1 s bills the
+    # first minute, 62 s two minutes, 182 s four.
     assert [a.charged_micros for a in (one_second, sixty_one, two_minutes, nothing)] == [
-        100_000, 200_000, 200_000, 0]
+        100_000, 100_000, 200_000, 0]
     assert one_octet.charged_micros == 100   # the first 10 increments
-    assert over_first.charged_micros == 110  # 10 001 octets: 11 increments
+    assert over_first.charged_micros == 10   # 10 002 octets in all: 11 increments
     assert [(r.session_id, r.request_number, r.units, r.money_micros)
             for r in await usage_records(db, config)] == [
-        ("call", 1, 1, 100_000), ("call", 2, 61, 200_000), ("call", 3, 120, 200_000),
-        ("video", 1, 1, 100), ("video", 2, 10_001, 110)]
+        ("call", 1, 1, 100_000), ("call", 2, 61, 100_000), ("call", 3, 120, 200_000),
+        ("video", 1, 1, 100), ("video", 2, 10_001, 10)]
 
 
 # --- zero rating, subscriber states, credit limit ---------------------------------------------

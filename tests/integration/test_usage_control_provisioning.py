@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,6 @@ from engine import cli, keys
 from engine.config import Config
 from engine.domain import ResultCode
 from engine.kernels.charge import MONEY_LIMIT
-from engine.redis_client import connect_async
 from engine.state import BucketMeta, member_caps_value
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, mscc, request, sample_plan
@@ -39,11 +38,6 @@ async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     return err.value
 
 
-@pytest.fixture
-async def db(config: Config) -> AsyncIterator[aioredis.Redis]:
-    client = connect_async(config.redis_url)
-    yield client
-    await client.aclose()
 
 
 def now_ms() -> int:

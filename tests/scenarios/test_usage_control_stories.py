@@ -8,16 +8,13 @@ comments next to it; money is in micros (1 EUR = 1_000_000).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-import pytest
 import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
-from engine.redis_client import connect_async
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -44,11 +41,6 @@ WEEKDAYS = 0b0011111  # Monday .. Friday
 # --- helpers --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def db(config: Config) -> AsyncIterator[aioredis.Redis]:
-    client = connect_async(config.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def events(db: aioredis.Redis, config: Config, account_id: str) -> list[events_pb2.Event]:

@@ -22,17 +22,23 @@ def spans(counts: list[int]) -> tuple[list[int], list[int]]:
     return [0, *ends][:-1], ends
 
 
-def rate_arrays(rates: list[RefRate]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rate_arrays(rates: list[RefRate]) -> tuple[np.ndarray, ...]:
     tiers = [t for r in rates for t in r.tiers]
     wins = [w for r in rates for w in r.windows]
+    steps = [s for r in rates for s in r.steps]
     return (
         rows((r.price for r in rates), (r.increment for r in rates), (r.first for r in rates),
              (r.quota for r in rates), (r.unit for r in rates), (r.validity for r in rates),
-             (int(r.zero_rated) | 2 * int(r.not_allowed) for r in rates),
-             *spans([len(r.tiers) for r in rates]), *spans([len(r.windows) for r in rates])),
+             (int(r.zero_rated) | 2 * int(r.not_allowed) | 4 * int(r.session_free)
+              for r in rates),
+             *spans([len(r.tiers) for r in rates]), *spans([len(r.windows) for r in rates]),
+             (r.price_units for r in rates), (r.rounding for r in rates),
+             (r.fee for r in rates), *spans([len(r.steps) for r in rates]),
+             (r.session_max for r in rates)),
         rows((t[0] for t in tiers), (t[1] for t in tiers)),
         rows((w.days for w in wins), (w.start for w in wins), (w.end for w in wins),
-             (w.price for w in wins)))
+             (w.price for w in wins)),
+        rows((s[0] for s in steps), (s[1] for s in steps)))
 
 
 def kernel_args(items: list[RefItem], rates: list[RefRate], state: RefState) -> tuple:
@@ -48,7 +54,10 @@ def kernel_args(items: list[RefItem], rates: list[RefRate], state: RefState) -> 
         (int(it.grace) | 2 * int(it.res_member) for it in items),
         (it.res_src for it in items), (it.res_units for it in items),
         (it.res_amount for it in items), (it.cycle_slot for it in items),
-        (it.offset for it in items))
+        (it.now for it in items), (it.s_used for it in items), (it.s_billed for it in items),
+        (it.s_rem for it in items), (it.s_charged for it in items),
+        (it.s_cost for it in items),
+        (it.req if it.req >= 0 else -1 - n for n, it in enumerate(items)))
     account_rows = rows(
         (a.money for a in accts), (a.reserved for a in accts), (a.spent for a in accts),
         (a.cap_level for a in accts), (a.low_flag for a in accts),

@@ -28,7 +28,15 @@ MONDAY_1730 = 4 * 86_400_000 + 17 * HOUR + 30 * 60_000
 def rates(draw):
     increment = draw(st.sampled_from([1, 10, 1024, 60]))
     tiers = sorted(set(draw(st.lists(st.integers(1, 40), max_size=3))))
+    step_at = sorted(set(draw(st.lists(st.integers(1, 5), max_size=2))))
     return RefRate(
+        per=draw(st.sampled_from([0, 0, 1, 60, 1_000_000])),
+        rounding=draw(st.integers(0, 2)), fee=draw(st.sampled_from([0, 0, 1, 250_000])),
+        # Each step starts on the grid before it: the rate's increment, then 30 and 7.
+        steps=[(increment * 3 + 30 * k, inc) for k, inc in zip(step_at, (30, 7), strict=False)]
+        if step_at else [],
+        session_max=draw(st.sampled_from([0, 0, 0, 2_000_000, 10**8])),
+        session_free=draw(st.booleans()),
         price=draw(st.sampled_from([0, 1, 7, 1000, 250_000, 2**40])), increment=increment,
         first=draw(st.sampled_from([0, 1, 30, 5000])), quota=draw(st.integers(1, 50_000)),
         unit=draw(st.integers(1, 3)), validity=draw(st.sampled_from([60, 600, 7200])),
@@ -73,7 +81,9 @@ def batches(draw):
     slots = draw(st.integers(1, 4))
     cycle_units = [draw(st.sampled_from([0, 500, 10**5])) for _ in range(slots)]
     items = []
+    req = 0
     for _ in range(draw(st.integers(0, 30))):
+        req += draw(st.sampled_from([0, 1, 1]))
         a = draw(st.integers(0, n_accounts - 1))
         mine = [k for k, b in enumerate(buckets) if b.account == a]
         time = MONDAY_1730 + draw(st.sampled_from([0, 29 * 60_000, 95 * 60_000, 3 * 86_400_000]))
@@ -88,8 +98,14 @@ def batches(draw):
             res_units=draw(st.sampled_from([0, 0, 300])),
             member=draw(st.integers(-1, len(members) - 1)),
             grace=draw(st.integers(0, 5)) == 0, cycle_slot=draw(st.integers(0, slots - 1)),
-            offset=draw(st.sampled_from([0, 3_600_000, -18_000_000])),
-            res_member=draw(st.booleans())))
+            now=time + draw(st.sampled_from([0, 3_600_000, -18_000_000])),
+            res_member=draw(st.booleans()),
+            s_used=(used_before := draw(st.sampled_from([0, 0, 1, 45, 3000, 10**6]))),
+            # What a session that used that much may have been billed (at least that).
+            s_billed=used_before + draw(st.sampled_from([0, 0, 15, 1024])) if used_before else 0,
+            s_rem=draw(st.sampled_from([0, 0, -1, 7, -59])) if used_before else 0,
+            s_charged=draw(st.sampled_from([0, 3, 1_000_000])) if used_before else 0,
+            s_cost=draw(st.sampled_from([0, 0, 500_000, 1_999_999])), req=req))
     return items, rate_list, RefState(accounts, buckets, members, cycle_units)
 
 
@@ -104,7 +120,13 @@ def test_kernel_matches_reference(batch):
     out, acct_out, bucket_out, member_out, units_out, cu, charges, events = run_kernel(*batch)
     ref, ref_state = charge_reference(items, rate_list, state)
 
-    result, granted, res_src, res_amount, charged, validity, final = (x.tolist() for x in out)
+    (result, granted, res_src, res_amount, charged, validity, final, s_used, s_billed, s_rem,
+     s_charged, s_cost) = (x.tolist() for x in out)
+    assert s_used == [o.s_used for o in ref]
+    assert s_billed == [o.s_billed for o in ref]
+    assert s_rem == [o.s_rem for o in ref]
+    assert s_charged == [o.s_charged for o in ref]
+    assert s_cost == [o.s_cost for o in ref]
     assert result == [o.result for o in ref]
     assert granted == [o.granted for o in ref]
     assert res_src == [o.res_src for o in ref]

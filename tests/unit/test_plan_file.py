@@ -45,7 +45,7 @@ def refused(text: str) -> str:
 def test_the_example_file_loads_and_every_plan_passes_put_plan_validation():
     plans = load_plans(EXAMPLES)
 
-    assert [p.plan_id for p in plans] == ["everyday", "flat-postpaid"]
+    assert [p.plan_id for p in plans] == ["everyday", "flat-postpaid", "talk-more"]
     for p in plans:
         plan_from_proto(p)
 
@@ -85,6 +85,35 @@ def test_the_example_plan_has_every_feature_with_exact_values():
              a.bundle.validity_days) for a in everyday.addons] == [
         ("data-5gb", "5 GB extra", 10 * EUR, "extra-5gb", 5 * 10**9, 30),
         ("voice-100", "100 minutes", 5 * EUR, "minutes-100", 6000, 28)]
+
+
+def test_the_example_voice_plan_has_every_session_pricing_shape():
+    talk = load_plans(EXAMPLES)[2]
+
+    assert (talk.session_max_micros, talk.session_max_action) == (2 * EUR, ppb.SESSION_MAX_FREE)
+    home, intl = talk.rates
+    assert (home.price_micros, home.price_units, home.increment, home.first_increment,
+            home.rounding, home.connect_fee_micros, home.default_quota) == (
+        100_000, 60, 30, 30, ppb.ROUNDING_HALF_EVEN, 50_000, 600)
+    assert [(s.from_units, s.increment) for s in home.steps] == [(60, 1)]
+    assert (intl.zone, intl.price_micros, intl.price_units, intl.first_increment,
+            intl.connect_fee_micros, intl.rounding) == ("intl", 600_000, 60, 60, 150_000,
+                                                        ppb.ROUNDING_UP)
+
+
+@pytest.mark.parametrize(("written", "value"), [
+    ('rounding = "DOWN"', ppb.ROUNDING_DOWN), ('rounding = "ROUNDING_HALF_EVEN"',
+                                                ppb.ROUNDING_HALF_EVEN)])
+def test_rounding_takes_its_name_with_or_without_the_prefix(written, value):
+    [plan] = parse_plans(rate_file(written))
+    assert plan.rates[0].rounding == value
+
+
+def test_a_step_that_leaves_the_grid_before_it_is_refused():
+    message = refused(rate_file('increment = "1kB"\nsteps = [{ from_units = "1500B", '
+                                'increment = "1B" }]'))
+    assert "steps[0].from_units must rise, above 0, on the grid of the increment before it" \
+        in message
 
 
 def test_the_message_spelling_reads_as_the_message_itself():
@@ -272,7 +301,7 @@ def test_plan_rules_are_those_of_put_plan():
     message = refused(rate_file("increment = 0"))
 
     assert message == ("plans.toml: plan 'p': rates[0] (rating group 10): increment must be "
-                       "at least 1")
+                       "between 1 and 1152921504606846976")
 
 
 @pytest.mark.parametrize(("text", "named"), [
@@ -310,7 +339,8 @@ def test_plans_check_validates_without_a_server(capsys):
 
     assert capsys.readouterr().out.splitlines() == [
         "everyday: valid (6 rates, 2 bundles, 2 add-ons)",
-        "flat-postpaid: valid (2 rates, 0 bundles, 0 add-ons)"]
+        "flat-postpaid: valid (2 rates, 0 bundles, 0 add-ons)",
+        "talk-more: valid (2 rates, 0 bundles, 0 add-ons)"]
 
 
 def test_plans_check_of_a_bad_file_exits_1_with_the_error(tmp_path, capsys):

@@ -48,11 +48,13 @@ def test_rerate_kernel_matches_reference(case):
     assert got_pos.tolist() == want_pos
 
 
-def test_flat_rate_reprices_every_increment():
+def test_flat_rate_reprices_the_billed_units_at_the_new_price():
+    # Records hold billed units (the session's minimum and steps were met when billed): the
+    # new version prices them per its price units, rounded up, not rounded to increments again.
     from engine.kernels.reference import RefRate
     old, new = RefRate(1000, 1000, 0, 1, 1), RefRate(1500, 1000, 0, 1, 1)
     items = [RerateItem(2500, 0, 0, 0, 0), RerateItem(1, 1, 0, 0, 0), RerateItem(5, -1, 0, 0, 0)]
     prices, _ = rerate_kernel(i64([2500, 1, 5]), i64([0, 1, -1]), i64([0, 0, 0]), i64([0, 0, 0]),
                               i64([0, 0, 0]), i64([1, 1, 1]), i64([0]), rate_arrays([old, new]))
-    assert prices.tolist() == [3000, 1500, UNRATED]
-    assert rerate_reference(items, [old, new], [0])[0] == [3000, 1500, UNRATED]
+    assert prices.tolist() == [2500, 2, UNRATED]
+    assert rerate_reference(items, [old, new], [0])[0] == [2500, 2, UNRATED]
