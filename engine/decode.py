@@ -107,6 +107,12 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"event_time_ms must be between 0 and {MAX_TIME_MS} (the year 9999); "
                       f"got {time_ms}")
+    if time_ms and not (now_ms - config.event_time_past_s * 1000 <= time_ms
+                        <= now_ms + config.event_time_future_s * 1000):
+        raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                      f"event_time_ms {time_ms} is outside the accepted window: at most "
+                      f"{config.event_time_past_s} s before and {config.event_time_future_s} s "
+                      "after the server's clock")
     units = msg.units
     if len(units) > config.max_units_per_request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
+from engine.decode import MAX_TIME_MS
 from server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc, usage_pb2
@@ -40,6 +41,13 @@ def sample_plan(plan_id: str = "basic") -> ppb.Plan:
         ],
         bundles=[ppb.BundleTemplate(bucket_id="data-100mb", rating_groups=[DATA_RG],
                                     unit_type=com.OCTETS, units=100 * MB)])
+
+
+def any_event_time(config: Config) -> Config:
+    """`config` accepting every event time a request may carry, for tests that date their
+    requests at a fixed moment (a tariff window of a past day) or at the limits."""
+    return config.replace(event_time_past_s=MAX_TIME_MS // 1000,
+                          event_time_future_s=MAX_TIME_MS // 1000)
 
 
 def request(session: str, rn: int, kind: int, subscriber: str, *units: cpb.ServiceUnits,
