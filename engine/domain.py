@@ -169,6 +169,11 @@ class Plan:
     validity_days: int = 0
     """ACTIVE -> GRACE (plan expired) this many days after the line became ACTIVE or last
     topped up or bought an add-on (0 = never expires)."""
+    destinations: tuple[tuple[str, str], ...] = ()
+    """(destination prefix, zone): a request naming no zone is rated in the zone of the
+    longest prefix of its destination ("" = home)."""
+    zone_fallback_home: bool = False
+    """A zone without its own rate for a rating group is priced by the home rate."""
 
 
 @dataclass(slots=True)

@@ -51,10 +51,10 @@ def any_event_time(config: Config) -> Config:
 
 
 def request(session: str, rn: int, kind: int, subscriber: str, *units: cpb.ServiceUnits,
-            zone: str = "", time_ms: int = 0) -> cpb.ChargeRequest:
+            zone: str = "", time_ms: int = 0, destination: str = "") -> cpb.ChargeRequest:
     return cpb.ChargeRequest(session_id=session, request_number=rn, type=kind,
                              subscriber_id=subscriber, units=list(units), zone=zone,
-                             event_time_ms=time_ms, origin="pgw-test")
+                             event_time_ms=time_ms, origin="pgw-test", destination=destination)
 
 
 def mscc(rg: int, *, used: int | None = None, want: int | None = None,

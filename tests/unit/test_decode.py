@@ -71,6 +71,12 @@ def test_a_zero_event_time_is_accepted_as_now_even_with_an_empty_window():
     assert decode(req(), config, NOW_MS).time_ms == NOW_MS
 
 
+def test_the_destination_is_carried_as_given():
+    r = decode(req(destination="+442071234567"), CONFIG, NOW_MS)
+
+    assert (r.destination, r.zone) == ("+442071234567", "")
+
+
 def test_event_with_service_units_decodes():
     msg = req(type=pb.EVENT, units=[pb.ServiceUnits(rating_group=200,
                                                     used=units(service_units=2))])
@@ -145,8 +151,8 @@ def test_too_long_id_is_invalid_avp_value(field):
     assert "16" in str(err)
 
 
-@pytest.mark.parametrize("field", ["zone", "origin"])
-def test_too_long_zone_or_origin_is_invalid_avp_value(field):
+@pytest.mark.parametrize("field", ["zone", "origin", "destination"])
+def test_too_long_zone_origin_or_destination_is_invalid_avp_value(field):
     err = refused(req(**{field: "z" * (CONFIG.max_id_length + 1)}))
 
     assert err.code == ResultCode.INVALID_AVP_VALUE
@@ -166,6 +172,13 @@ def test_id_with_control_characters_is_invalid_avp_value():
 
     assert err.code == ResultCode.INVALID_AVP_VALUE
     assert "session_id" in str(err)
+
+
+def test_destination_with_control_characters_is_invalid_avp_value():
+    err = refused(req(destination="+44\x0020"))
+
+    assert err.code == ResultCode.INVALID_AVP_VALUE
+    assert "destination" in str(err)
 
 
 def test_an_event_time_in_1970_is_refused_naming_the_field_the_value_and_the_window():
