@@ -25,7 +25,7 @@ from engine.kernels.charge import (
     WANT_NONE,
     charge_kernel,
 )
-from engine.plans import RateTable
+from engine.plans import RateTable, rate_row, resolve_zone
 from engine.state import NOTHING_RATED, AccountState
 from tollgate.v1 import charging_pb2 as pb
 
@@ -71,6 +71,7 @@ class Pending:
     reruns: int = 0
     deadline: float = 0.0  # event-loop time by which it must be answered (request_deadline_s)
     followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch
+    zone: str = ""  # the zone it is rated in (its own, or its destination's by the plan)
 
     def answer(self, ans: pb.ChargeAnswer) -> None:
         self.call.put(self.slot, ans)
@@ -317,6 +318,8 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
     req = p.request
     plan = kb.plans[a]
     rows = rates.rows(plan) if plan is not None else {}
+    p.zone = zone = (resolve_zone(rates.prefixes(plan), req.zone, req.destination)
+                     if plan is not None else req.zone)
     session = acct.sessions.get(req.session_id)
     live = session if session is not None and not session.is_event else None
     held = live.reservations if live else {}
@@ -332,7 +335,7 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: boo
         entries += [(rg, 0, None, None, True) for rg in sorted(held) if rg not in mentioned]
     mine = kb.items_of.setdefault(id(p), [])
     for rg, service_id, used_u, requested_u, internal in entries:
-        row = rows.get((rg, req.zone), -1)
+        row = rate_row(rows, plan, rg, zone)
         rate = rates.rates[row] if row >= 0 else None
         used = units_of(used_u, rate.unit_type) if rate else 0
         requested = units_of(requested_u, rate.unit_type) if rate else 0

@@ -65,6 +65,11 @@ class Config:
     """Longest session, subscriber, account, plan or bucket id."""
     max_units: int = 2**50
     """Largest unit count accepted in one report or request (about 1 PiB)."""
+    event_time_past_s: int = 86_400
+    """How far before the server's clock a request's event_time_ms may lie. An older time
+    would price usage at a past tariff window; the gateway's own clock is not trusted."""
+    event_time_future_s: int = 300
+    """How far after the server's clock a request's event_time_ms may lie (clock skew)."""
     redis_timeout_s: float = 5.0
     """Deadline of one Redis round trip (and of resending partitions while slots move)."""
     redis_wait_replicas: int = 0

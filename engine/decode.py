@@ -38,6 +38,7 @@ class Request:
     zone: str
     origin: str
     items: list[Item]
+    destination: str = ""
 
 
 class Invalid(Exception):
@@ -97,9 +98,13 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
     session_id = _id(msg.session_id, "session_id", limit)
     subscriber_id = _id(msg.subscriber_id, "subscriber_id", limit)
     zone, origin, rn, time_ms = msg.zone, msg.origin, msg.request_number, msg.event_time_ms
-    if len(zone) > limit or len(origin) > limit:
-        raise Invalid(ResultCode.INVALID_AVP_VALUE, f"zone and origin are limited to {limit} "
-                                                    "characters")
+    destination = msg.destination
+    if len(zone) > limit or len(origin) > limit or len(destination) > limit:
+        raise Invalid(ResultCode.INVALID_AVP_VALUE, f"zone, origin and destination are "
+                                                    f"limited to {limit} characters")
+    if destination and not destination.isprintable():
+        raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                      "destination may not contain control characters")
     if kind == RequestType.INITIAL and rn != 0:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"INITIAL must have request_number 0 (got {rn})")
@@ -107,6 +112,12 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"event_time_ms must be between 0 and {MAX_TIME_MS} (the year 9999); "
                       f"got {time_ms}")
+    if time_ms and not (now_ms - config.event_time_past_s * 1000 <= time_ms
+                        <= now_ms + config.event_time_future_s * 1000):
+        raise Invalid(ResultCode.INVALID_AVP_VALUE,
+                      f"event_time_ms {time_ms} is outside the accepted window: at most "
+                      f"{config.event_time_past_s} s before and {config.event_time_future_s} s "
+                      "after the server's clock")
     units = msg.units
     if len(units) > config.max_units_per_request:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
@@ -133,7 +144,8 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
         items.append(Item(rg, su.service_id, used, requested))
     if kind == RequestType.EVENT and not items:
         raise Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
-    return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin, items)
+    return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin, items,
+                   destination)
 
 
 def error_answer(msg: pb.ChargeRequest, code: ResultCode, message: str) -> pb.ChargeAnswer:

@@ -205,6 +205,11 @@ class Plan:
     session_max_micros: int = 0
     """The most one session may cost (0 = no limit)."""
     session_max_action: SessionMaxAction = SessionMaxAction.FINAL_UNITS
+    destinations: tuple[tuple[str, str], ...] = ()
+    """(destination prefix, zone): a request naming no zone is rated in the zone of the
+    longest prefix of its destination ("" = home)."""
+    zone_fallback_home: bool = False
+    """A zone without its own rate for a rating group is priced by the home rate."""
 
 
 @dataclass(slots=True)

@@ -289,7 +289,7 @@ def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState 
     record.request_number = req.request_number
     record.rating_group = ref.rating_group
     record.service_id = ref.service_id
-    record.zone = req.zone
+    record.zone = p.zone
     record.unit_type = rate.unit_type
     record.units = ref.used
     record.start_time_ms = (old.last_time_ms if old is not None and not old.is_event

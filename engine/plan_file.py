@@ -6,7 +6,9 @@ A file holds one or more `[[plans]]` tables. Each has the fields of the `Plan` m
     [[plans]]                        plan_id, name, currency, timezone, cycle_days,
                                      grace_days, retention_days, validity_days,
                                      low_balance_micros, final_unit = {action, redirect_url,
-                                     filter_ids}, session_max_micros, session_max_action
+                                     filter_ids}, destinations = [{prefix, zone}],
+                                     zone_fallback_home, session_max_micros,
+                                     session_max_action
     [[plans.rates]]                  rating_group, zone, unit_type, price_micros, price_units,
                                      increment, first_increment, steps = [{from_units,
                                      increment}], rounding, connect_fee_micros,
@@ -51,6 +53,13 @@ list of day names (mon, tue, wed, thu, fri, sat, sun, or written out; any case) 
 times "HH:MM" (00:00 to 24:00) in place of `start_minute` and `end_minute`; left out,
 the window starts at 00:00 and ends at 24:00. A window ends after it starts, so one over
 midnight is written as two.
+
+Destinations. `destinations = [{ prefix = "+44", zone = "intl" }, ...]` maps the
+destination a request carries (called number, APN) to a zone: a request that names no zone
+is rated in the zone of the longest matching prefix, else at home. `zone = ""` (or leaving
+zone out) maps a prefix home, e.g. to carve a domestic range out of a wider foreign one.
+`zone_fallback_home = true` prices a zone that has no rate of its own for a rating group
+at the home rate (without it, such usage is refused with RATING_FAILED).
 
 Enums. `unit_type` is OCTETS, SECONDS or SERVICE_UNITS; `final_unit.action` is TERMINATE,
 REDIRECT or RESTRICT_ACCESS; `rounding` is UP, HALF_EVEN or DOWN; `session_max_action` is
@@ -427,10 +436,17 @@ def _final_unit(v: Any, where: str) -> cpb.FinalUnitIndication:
     return cpb.FinalUnitIndication(**out)
 
 
+def _destination(v: Any, where: str) -> pb.Destination:
+    t = _table(v, where)
+    _check_keys(t, {"prefix", "zone"}, where)
+    return pb.Destination(**_take(t, where, {"prefix": _str, "zone": _str}))
+
+
 PLAN_KEYS = {"plan_id", "name", "currency", "timezone", "cycle_days", "grace_days",
              "retention_days", "validity_days", "low_balance",
              "low_balance_micros", "final_unit", "rates", "bundles", "addons",
-             "session_max", "session_max_micros", "session_max_action"}
+             "session_max", "session_max_micros", "session_max_action",
+             "destinations", "zone_fallback_home"}
 
 
 def plan_from_table(t: dict[str, Any]) -> pb.Plan:
@@ -443,8 +459,9 @@ def plan_from_table(t: dict[str, Any]) -> pb.Plan:
                              "timezone": _str, "cycle_days": _days_field,
                              "grace_days": _days_field, "retention_days": _days_field,
                              "validity_days": _days_field,
-                             "final_unit": _final_unit})
-    for key, conv in (("rates", _rate), ("bundles", _bundle), ("addons", _addon)):
+                             "final_unit": _final_unit, "zone_fallback_home": _bool})
+    for key, conv in (("rates", _rate), ("bundles", _bundle), ("addons", _addon),
+                      ("destinations", _destination)):
         if key in t:
             out[key] = [conv(x, f"{key}[{n}]") for n, x in enumerate(_list(t[key], key))]
     return pb.Plan(**out)

@@ -132,6 +132,7 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
     if msg.session_max_action not in set(SessionMaxAction):
         raise InvalidArgument("session_max_action must be SESSION_MAX_FINAL_UNITS or "
                               f"SESSION_MAX_FREE (got {msg.session_max_action})")
+    destinations = _destinations(msg)
     return Plan(plan_id=msg.plan_id, version=version, rates=tuple(rates), bundles=bundles,
                 name=msg.name, currency=msg.currency or "EUR", timezone=msg.timezone,
                 cycle_days=msg.cycle_days or 30,
@@ -139,7 +140,26 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
                 addons=tuple(addons), low_balance_micros=msg.low_balance_micros,
                 grace_days=msg.grace_days, retention_days=msg.retention_days,
                 validity_days=msg.validity_days, session_max_micros=msg.session_max_micros,
-                session_max_action=SessionMaxAction(msg.session_max_action))
+                session_max_action=SessionMaxAction(msg.session_max_action),
+                destinations=destinations, zone_fallback_home=msg.zone_fallback_home)
+
+
+def _destinations(msg: pb.Plan) -> tuple[tuple[str, str], ...]:
+    out: dict[str, str] = {}
+    for n, d in enumerate(msg.destinations):
+        where = f"destinations[{n}]"
+        if not d.prefix:
+            raise InvalidArgument(f"{where}: prefix is required")
+        if len(d.prefix) > MAX_ID:
+            raise InvalidArgument(f"{where}: prefix is longer than {MAX_ID} characters")
+        if not d.prefix.isprintable():
+            raise InvalidArgument(f"{where}: prefix may not contain control characters")
+        if d.prefix in out:
+            raise InvalidArgument(f"{where}: prefix {d.prefix!r} is given twice")
+        if d.zone:
+            check_id(f"{where}.zone", d.zone)
+        out[d.prefix] = d.zone
+    return tuple(out.items())
 
 
 def _bundle(b: pb.BundleTemplate, where: str) -> Bundle:
@@ -232,18 +252,63 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
         low_balance_micros=plan.low_balance_micros, grace_days=plan.grace_days,
         retention_days=plan.retention_days, validity_days=plan.validity_days,
         session_max_micros=plan.session_max_micros,
-        session_max_action=int(plan.session_max_action))
+        session_max_action=int(plan.session_max_action),
+        destinations=[pb.Destination(prefix=p, zone=z) for p, z in plan.destinations],
+        zone_fallback_home=plan.zone_fallback_home)
+
+
+class Prefixes:
+    """A plan's destination prefixes for longest-prefix lookup: one dict probe per length
+    from the longest prefix down, however many prefixes the plan has."""
+
+    __slots__ = ("longest", "zones")
+
+    def __init__(self, destinations: tuple[tuple[str, str], ...]) -> None:
+        self.zones = dict(destinations)
+        self.longest = max(map(len, self.zones), default=0)
+
+
+def resolve_zone(prefixes: Prefixes, zone: str, destination: str) -> str:
+    """The zone a request is rated in: its own zone when it names one, else the zone of the
+    longest prefix of its destination, else home ("")."""
+    if zone:
+        return zone
+    zones = prefixes.zones
+    for n in range(min(len(destination), prefixes.longest), 0, -1):
+        found = zones.get(destination[:n])
+        if found is not None:
+            return found
+    return ""
+
+
+def rate_row(rows: dict[tuple[int, str], int], plan: Plan | None, rating_group: int,
+             zone: str) -> int:
+    """The rate row of a rating group in a zone (-1: none). A zone without its own rate is
+    priced by the home rate when the plan says so (zone_fallback_home)."""
+    row = rows.get((rating_group, zone), -1)
+    if row < 0 and zone and plan is not None and plan.zone_fallback_home:
+        row = rows.get((rating_group, ""), -1)
+    return row
 
 
 class RateTable:
     """All rates of every plan version seen, as flat int64 arrays (grow-only: versions are
-    immutable), and the (rating group, zone) -> row index of each plan version."""
+    immutable), and the (rating group, zone) -> row index and the destination prefixes of
+    each plan version."""
 
     def __init__(self) -> None:
         self.rates: list[Rate] = []
         self._plans: list[Plan] = []  # the plan of each rate (its session maximum)
         self._rows: dict[tuple[str, int], dict[tuple[int, str], int]] = {}
         self._arrays: tuple[np.ndarray, ...] | None = None
+        self._prefixes: dict[tuple[str, int], Prefixes] = {}
+
+    def prefixes(self, plan: Plan) -> Prefixes:
+        key = (plan.plan_id, plan.version)
+        found = self._prefixes.get(key)
+        if found is None:
+            found = self._prefixes[key] = Prefixes(plan.destinations)
+        return found
 
     def rows(self, plan: Plan) -> dict[tuple[int, str], int]:
         key = (plan.plan_id, plan.version)

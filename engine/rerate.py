@@ -32,11 +32,11 @@ import redis
 
 from engine import keys
 from engine.batch import local_offset_ms
-from engine.domain import Plan
+from engine.domain import Plan, Rate
 from engine.export import CHUNK, Progress, connect, iter_stream, partition_count, stream_id
 from engine.kernels.charge import R_FEE
 from engine.kernels.rerate import OVERFLOW, UNRATED, rerate_kernel
-from engine.plans import RateTable, plan_from_proto
+from engine.plans import RateTable, plan_from_proto, rate_row
 from tollgate.v1 import provisioning_pb2 as ppb
 from tollgate.v1 import usage_pb2
 
@@ -180,7 +180,7 @@ def _read(client: redis.Redis, p: int, plan: Plan, rows: dict[tuple[int, str], i
         units = _money_part(r)
         if units <= 0 and not r.connect_fee_micros:
             continue
-        row = rows.get((r.rating_group, r.zone), -1)
+        row = rate_row(rows, plan, r.rating_group, r.zone)
         if row >= 0 and unit_of[row] != r.unit_type:
             row = -1
         a = r.account_id
@@ -227,16 +227,15 @@ def _price_and_apply(client: redis.Redis, script: Any, p: int, plan: Plan, items
             _apply(client, script, p, plan, a, todo[k:k + apply_chunk], report, dry_run)
 
 
-def _adjustment(r: usage_pb2.RatedUsage, plan: Plan, delta: int, units: int) -> bytes:
-    rate = next((x for x in plan.rates if (x.rating_group, x.zone) == (r.rating_group, r.zone)),
-                None)
+def _adjustment(r: usage_pb2.RatedUsage, plan: Plan, rate: Rate, delta: int, units: int
+                ) -> bytes:
     return usage_pb2.RatedUsage(
         kind=usage_pb2.ADJUSTMENT, account_id=r.account_id, subscriber_id=r.subscriber_id,
         session_id=r.session_id, request_number=r.request_number, rating_group=r.rating_group,
         service_id=r.service_id, zone=r.zone, unit_type=r.unit_type, units=units,
         start_time_ms=r.start_time_ms, end_time_ms=r.end_time_ms, plan_id=plan.plan_id,
-        plan_version=plan.version, price_micros=rate.price_micros if rate else 0,
-        increment=rate.increment if rate else 0, money_micros=delta,
+        plan_version=plan.version, price_micros=rate.price_micros,
+        increment=rate.increment, money_micros=delta,
         charges=[usage_pb2.BalanceCharge(micros=delta)], origin="rerate",
         adjusts_record_id=r.record_id, rerated_plan_version=plan.version).SerializeToString()
 
@@ -262,7 +261,9 @@ def _apply(client: redis.Redis, script: Any, p: int, plan: Plan, account_id: str
             assert it.record is not None
             old = int(eff_raw) if eff_raw is not None else it.record.money_micros
             delta = new - old
-            blob = _adjustment(it.record, plan, delta, it.units) if delta else b""
+            # A priced item has a row; rows of a table holding one plan index plan.rates.
+            blob = (_adjustment(it.record, plan, plan.rates[it.row], delta, it.units)
+                    if delta else b"")
             args += (it.rid, it.rid + done_suffix, eff_raw or b"", new, -delta, blob)
             n += 1
             tally[1 if delta == 0 else 2] += 1

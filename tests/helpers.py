@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.config import Config
+from engine.decode import MAX_TIME_MS
 from server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc, usage_pb2
@@ -42,11 +43,18 @@ def sample_plan(plan_id: str = "basic") -> ppb.Plan:
                                     unit_type=com.OCTETS, units=100 * MB)])
 
 
+def any_event_time(config: Config) -> Config:
+    """`config` accepting every event time a request may carry, for tests that date their
+    requests at a fixed moment (a tariff window of a past day) or at the limits."""
+    return config.replace(event_time_past_s=MAX_TIME_MS // 1000,
+                          event_time_future_s=MAX_TIME_MS // 1000)
+
+
 def request(session: str, rn: int, kind: int, subscriber: str, *units: cpb.ServiceUnits,
-            zone: str = "", time_ms: int = 0) -> cpb.ChargeRequest:
+            zone: str = "", time_ms: int = 0, destination: str = "") -> cpb.ChargeRequest:
     return cpb.ChargeRequest(session_id=session, request_number=rn, type=kind,
                              subscriber_id=subscriber, units=list(units), zone=zone,
-                             event_time_ms=time_ms, origin="pgw-test")
+                             event_time_ms=time_ms, origin="pgw-test", destination=destination)
 
 
 def mscc(rg: int, *, used: int | None = None, want: int | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -690,6 +691,35 @@ async def test_unknown_reporting_reason_gets_invalid_avp_value(gateway):
     assert a.result == cpb.INVALID_AVP_VALUE, a
     assert "units[0].reporting_reason" in a.error_message
     assert bucket(await gateway.account("acct-0")).used == 0
+
+
+async def test_a_request_dated_1970_gets_invalid_avp_value_and_changes_nothing(gateway, config):
+    [sub] = await gateway.setup()
+    await gateway.charge(request("live", 0, INITIAL, sub, voice(want=0)))
+    before = await gateway.account("acct-0")
+    records = await usage_records(config)
+
+    answers = await gateway.batch([
+        request("live", 1, UPDATE, sub, voice(used=60, want=0), time_ms=1000),
+        request("sms-1970", 0, EVENT, sub, sms(1), time_ms=1000)])
+
+    for a in answers:
+        assert a.result == cpb.INVALID_AVP_VALUE, a
+        assert a.error_message == ("event_time_ms 1000 is outside the accepted window: at most "
+                                   "86400 s before and 300 s after the server's clock")
+        assert a.charged_micros == 0 and not a.grants
+    assert await gateway.account("acct-0") == before
+    assert await usage_records(config) == records
+    assert session_keys(config, "sms-1970") == []
+
+
+async def test_a_request_dated_an_hour_ago_is_charged(gateway):
+    [sub] = await gateway.setup()
+    hour_ago = int(time.time() * 1000) - 3_600_000
+
+    a = await gateway.charge(request("sms-1", 0, EVENT, sub, sms(1), time_ms=hour_ago))
+
+    assert (a.result, a.charged_micros) == (cpb.SUCCESS, 50_000), a
 
 
 @pytest.mark.parametrize(("method", "body"), [

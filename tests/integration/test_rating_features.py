@@ -1,7 +1,7 @@
 """Rating and usage-control features one at a time, over the real gRPC API and a real Redis:
 tiers, first increment and rounding, zero rating, subscriber states, credit limit, grant
-validity and thresholds, threshold events, plan versions, add-ons, billing cycles and the
-stale-reservation sweeper.
+validity and thresholds, threshold events, plan versions, add-ons, billing cycles, the
+stale-reservation sweeper, and zones picked by destination prefix (with the home fallback).
 
 Prices are in micros (1 EUR = 1_000_000); data is priced per 1000-octet increment, so
 1000 micros per increment is 1.00 per MB. Every expected number is worked out by hand.
@@ -300,6 +300,70 @@ async def test_a_postpaid_account_is_granted_down_to_its_credit_limit(gateway):
     acct = await gateway.account("acct-0")
     assert money(acct) == (-3 * EUR, 0)
     assert acct.credit_limit_micros == 3 * EUR
+
+
+# --- destinations and zones -----------------------------------------------------------------
+
+
+def destination_plan(*, fallback: bool = False) -> ppb.Plan:
+    """Voice at 0.10 per minute at home, 1.00 abroad ("intl") and 0.30 roaming in "eu";
+    numbers starting "+44" are abroad, "+4420" too (a longer prefix of the same zone), and
+    "+3120" home. The top-up portal is zero-rated, with a home rate only."""
+    return plan_of(
+        voice_rate(), voice_rate(zone="intl", price_micros=1_000_000),
+        voice_rate(zone="eu", price_micros=300_000), portal_rate(),
+        destinations=[ppb.Destination(prefix="+44", zone="intl"),
+                      ppb.Destination(prefix="+4420", zone="intl"),
+                      ppb.Destination(prefix="+3120", zone="")],
+        zone_fallback_home=fallback)
+
+
+async def test_a_call_is_priced_in_the_zone_of_its_destination_prefix(gateway, db, config):
+    await setup(gateway, destination_plan())
+
+    async def call(session: str, destination: str, zone: str = "") -> cpb.ChargeAnswer:
+        await charge(gateway, session, 0, INITIAL, voice(want=60), destination=destination,
+                     zone=zone)
+        return await charge(gateway, session, 1, TERMINATION, voice(used=60),
+                            destination=destination, zone=zone)
+
+    london = await call("c1", "+442071234567")
+    amsterdam = await call("c2", "+31201234567")
+    unmatched = await call("c3", "+12125550100")
+    roaming = await call("c4", "+442071234567", zone="eu")  # the request's zone wins
+
+    assert [a.charged_micros for a in (london, amsterdam, unmatched, roaming)] == [
+        1 * EUR, 100_000, 100_000, 300_000]
+    assert [(r.session_id, r.zone, r.price_micros) for r in await usage_records(db, config)] == [
+        ("c1", "intl", 1_000_000), ("c2", "", 100_000), ("c3", "", 100_000),
+        ("c4", "eu", 300_000)]
+    assert money(await gateway.account("acct-0")) == (10 * EUR - 1_500_000, 0)
+
+
+async def test_a_zone_without_a_rate_is_priced_at_home_when_the_plan_falls_back(
+        gateway, db, config):
+    await setup(gateway, destination_plan(fallback=True))
+
+    opened = await charge(gateway, "s1", 0, INITIAL, portal(want=0), zone="roam-us")
+    ended = await charge(gateway, "s1", 1, TERMINATION, portal(used=3 * MB), zone="roam-us")
+
+    [g] = opened.grants
+    assert (g.result, g.granted.total_octets) == (cpb.SUCCESS, 10 * MB)
+    assert ended.charged_micros == 0
+    [r] = await usage_records(db, config)
+    assert (r.rating_group, r.zone, r.units, r.money_micros) == (PORTAL_RG, "roam-us", 3 * MB, 0)
+    assert money(await gateway.account("acct-0")) == (10 * EUR, 0)
+
+
+async def test_a_zone_without_a_rate_is_rating_failed_without_the_fallback(gateway):
+    await setup(gateway, destination_plan())
+
+    a = await charge(gateway, "s1", 0, INITIAL, portal(want=0), zone="roam-us")
+
+    [g] = a.grants
+    assert g.result == cpb.RATING_FAILED
+    assert not g.HasField("granted")
+    assert money(await gateway.account("acct-0")) == (10 * EUR, 0)
 
 
 # --- validity, quota holding time, thresholds -----------------------------------------------

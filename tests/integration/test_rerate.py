@@ -10,7 +10,7 @@ from engine.cli import main
 from engine.reconcile import reconcile
 from engine.redis_client import connect
 from engine.rerate import rerate
-from tests.helpers import DATA_RG, EUR, SMS_RG, VOICE_RG, sample_plan
+from tests.helpers import DATA_RG, EUR, MB, SMS_RG, VOICE_RG, data_rate, request, sample_plan
 from tests.integration.ledger import (
     Tariff,
     Traffic,
@@ -20,6 +20,7 @@ from tests.integration.ledger import (
     run_lane,
     usage_records,
 )
+from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 from tollgate.v1 import usage_pb2
 
@@ -167,3 +168,23 @@ async def test_rerate_keeps_bucket_units_and_respects_the_period(gateway, redis_
     p = keys.partition_of(a, 8)
     assert client.hexists(f"tg:{{p{p}}}:rerate:{a}", f"{inside[0].record_id}@bund:2")
     client.close()
+
+
+async def test_rerate_prices_a_zone_without_a_rate_at_home_when_the_plan_falls_back(
+        gateway, redis_url):
+    plan = ppb.Plan(plan_id="fallback", rates=[data_rate()], zone_fallback_home=True)
+    [sub] = await gateway.setup(plan=plan)
+    used = cpb.Units(total_octets=2 * MB)
+    for n, kind in enumerate((cpb.INITIAL, cpb.TERMINATION)):
+        a = await gateway.charge(request("s1", n, kind, sub, cpb.ServiceUnits(
+            rating_group=DATA_RG, used=used if n else None), zone="roam-us"))
+        assert a.result == cpb.SUCCESS, a
+    plan.rates[0].price_micros = 3000  # 3.00 per MB in version 2
+    await gateway.provisioning.PutPlan(plan)
+
+    rep = await asyncio.to_thread(rerate, redis_url, plan_id="fallback", progress=False)
+
+    assert (rep.candidates, rep.unrated, rep.adjustments) == (1, 0, 1)
+    assert (rep.old_micros, rep.new_micros) == (2 * EUR, 6 * EUR)
+    [adj] = [r for r in await usage_records(redis_url) if r.kind == usage_pb2.ADJUSTMENT]
+    assert (adj.zone, adj.money_micros, adj.price_micros) == ("roam-us", 4 * EUR, 3000)

@@ -20,7 +20,16 @@ from engine.config import Config
 from engine.decode import MAX_TIME_MS, REPORTING_REASONS
 from engine.kernels.charge import MONEY_LIMIT
 from engine.redis_client import connect_async
-from tests.helpers import DATA_RG, EUR, SMS_RG, VOICE_RG, Gateway, running, sample_plan
+from tests.helpers import (
+    DATA_RG,
+    EUR,
+    SMS_RG,
+    VOICE_RG,
+    Gateway,
+    any_event_time,
+    running,
+    sample_plan,
+)
 from tests.integration.ledger import balance_problems, usage_records
 from tests.reliability.modes import scaled
 from tollgate.v1 import charging_pb2 as cpb
@@ -44,8 +53,10 @@ def steep_plan() -> ppb.Plan:
 
 @pytest.fixture
 async def hostile(config: Config, redis_url: str):
-    """A Tollgate with small limits, one rich account and an open session 's-open'."""
-    cfg = config.replace(**LIMITS)
+    """A Tollgate with small limits, one rich account and an open session 's-open'. Every
+    event time up to the year 9999 is accepted, so that the fuzzed times reach the rating
+    (the window around the server's clock has its own tests)."""
+    cfg = any_event_time(config.replace(**LIMITS))
     async with running(cfg) as gw:
         await gw.setup(plan=steep_plan(), money=MONEY)
         ans = await gw.charge(cpb.ChargeRequest(

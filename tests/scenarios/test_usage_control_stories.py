@@ -21,6 +21,7 @@ from tests.helpers import (
     MB,
     VOICE_RG,
     Gateway,
+    any_event_time,
     data_rate,
     mscc,
     request,
@@ -40,6 +41,11 @@ WEEKDAYS = 0b0011111  # Monday .. Friday
 
 # --- helpers --------------------------------------------------------------------------------
 
+
+@pytest.fixture
+def config(config: Config) -> Config:
+    """The tariff-change story dates its requests on a Wednesday in January 2024."""
+    return any_event_time(config)
 
 
 

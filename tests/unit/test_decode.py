@@ -34,7 +34,7 @@ def refused(msg: pb.ChargeRequest, config: Config = CONFIG) -> Invalid:
 
 
 def test_initial_with_a_quota_request_decodes():
-    msg = req(zone="roam-eu", event_time_ms=1234, units=[
+    msg = req(zone="roam-eu", event_time_ms=NOW_MS - 1234, units=[
         pb.ServiceUnits(rating_group=10, service_id=7, requested=units()),
         pb.ServiceUnits(rating_group=100, requested=units(time_seconds=60))])
 
@@ -42,7 +42,7 @@ def test_initial_with_a_quota_request_decodes():
 
     assert (r.session_id, r.request_number, r.type) == ("gw1;1;1", 0, RequestType.INITIAL)
     assert (r.subscriber_id, r.zone, r.origin, r.time_ms) == ("46700000001", "roam-eu",
-                                                              "pgw-1", 1234)
+                                                              "pgw-1", NOW_MS - 1234)
     assert r.items == [Item(10, 7, None, (0, 0, 0, 0, 0)),
                        Item(100, 0, None, (0, 0, 0, 60, 0))]
 
@@ -63,6 +63,18 @@ def test_missing_event_time_means_now():
 
     assert r.time_ms == NOW_MS
     assert r.items == []
+
+
+def test_a_zero_event_time_is_accepted_as_now_even_with_an_empty_window():
+    config = CONFIG.replace(event_time_past_s=0, event_time_future_s=0)
+
+    assert decode(req(), config, NOW_MS).time_ms == NOW_MS
+
+
+def test_the_destination_is_carried_as_given():
+    r = decode(req(destination="+442071234567"), CONFIG, NOW_MS)
+
+    assert (r.destination, r.zone) == ("+442071234567", "")
 
 
 def test_event_with_service_units_decodes():
@@ -139,8 +151,8 @@ def test_too_long_id_is_invalid_avp_value(field):
     assert "16" in str(err)
 
 
-@pytest.mark.parametrize("field", ["zone", "origin"])
-def test_too_long_zone_or_origin_is_invalid_avp_value(field):
+@pytest.mark.parametrize("field", ["zone", "origin", "destination"])
+def test_too_long_zone_origin_or_destination_is_invalid_avp_value(field):
     err = refused(req(**{field: "z" * (CONFIG.max_id_length + 1)}))
 
     assert err.code == ResultCode.INVALID_AVP_VALUE
@@ -160,6 +172,48 @@ def test_id_with_control_characters_is_invalid_avp_value():
 
     assert err.code == ResultCode.INVALID_AVP_VALUE
     assert "session_id" in str(err)
+
+
+def test_destination_with_control_characters_is_invalid_avp_value():
+    err = refused(req(destination="+44\x0020"))
+
+    assert err.code == ResultCode.INVALID_AVP_VALUE
+    assert "destination" in str(err)
+
+
+def test_an_event_time_in_1970_is_refused_naming_the_field_the_value_and_the_window():
+    err = refused(req(event_time_ms=1234))
+
+    assert err.code == ResultCode.INVALID_AVP_VALUE
+    assert str(err) == ("event_time_ms 1234 is outside the accepted window: at most 86400 s "
+                        "before and 300 s after the server's clock")
+
+
+def test_an_event_time_ten_minutes_ahead_of_the_server_is_refused():
+    err = refused(req(event_time_ms=NOW_MS + 10 * 60_000))
+
+    assert err.code == ResultCode.INVALID_AVP_VALUE
+    assert f"event_time_ms {NOW_MS + 10 * 60_000} is outside" in str(err)
+
+
+@pytest.mark.parametrize("offset_ms", [-86_400_000, -3_600_000, -1, 1, 300_000])
+def test_event_times_within_the_window_are_accepted(offset_ms):
+    r = decode(req(event_time_ms=NOW_MS + offset_ms), CONFIG, NOW_MS)
+
+    assert r.time_ms == NOW_MS + offset_ms
+
+
+@pytest.mark.parametrize("offset_ms", [-86_400_001, 300_001])
+def test_event_times_just_outside_the_window_are_refused(offset_ms):
+    assert refused(req(event_time_ms=NOW_MS + offset_ms)).code == ResultCode.INVALID_AVP_VALUE
+
+
+def test_the_event_time_window_is_configurable():
+    config = CONFIG.replace(event_time_past_s=60, event_time_future_s=0)
+
+    assert decode(req(event_time_ms=NOW_MS - 60_000), config, NOW_MS).time_ms == NOW_MS - 60_000
+    err = refused(req(event_time_ms=NOW_MS + 1), config)
+    assert "at most 60 s before and 0 s after" in str(err)
 
 
 def test_initial_with_a_request_number_other_than_zero_is_invalid_avp_value():

@@ -10,7 +10,7 @@ import pytest
 from engine import cli
 from engine.errors import InvalidArgument
 from engine.plan_file import PlanFileError, load_plans, parse_plans
-from engine.plans import plan_from_proto
+from engine.plans import plan_from_proto, plan_to_proto
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -78,6 +78,10 @@ def test_the_example_plan_has_every_feature_with_exact_values():
                                         ("weekend", 0b1100000, 0, 1440, 20_000)]
     assert (rates[(200, "")].unit_type, rates[(200, "")].price_micros) == (
         com.SERVICE_UNITS, 90_000)
+    assert (rates[(100, "intl")].price_micros, rates[(100, "intl")].increment) == (500_000, 60)
+    assert everyday.zone_fallback_home
+    assert [(d.prefix, d.zone) for d in everyday.destinations] == [
+        ("+", "intl"), ("+31", ""), ("+3197", "intl")]
     assert [(b.bucket_id, list(b.rating_groups), b.units, b.priority, b.validity_days, b.renew)
             for b in everyday.bundles] == [("data-1gb", [10], 10**9, 10, 0, True),
                                            ("welcome-sms", [200], 50, 0, 30, False)]
@@ -334,11 +338,65 @@ def test_a_missing_file_is_a_plan_file_error(tmp_path):
 # --- tollgate plans check -------------------------------------------------------------------
 
 
+# --- destinations ---------------------------------------------------------------------------
+
+
+DESTINATIONS = """[[plans]]
+plan_id = "p"
+zone_fallback_home = true
+destinations = [{ prefix = "+44", zone = "intl" }, { prefix = "+4420", zone = "london" },
+                { prefix = "+31" }]
+[[plans.rates]]
+rating_group = 10
+unit_type = "OCTETS"
+increment = 1
+default_quota = 1
+"""
+
+
+def test_destinations_and_the_home_fallback_read_into_the_plan_and_back():
+    [msg] = parse_plans(DESTINATIONS)
+    plan = plan_from_proto(msg, version=3)
+
+    assert plan.destinations == (("+44", "intl"), ("+4420", "london"), ("+31", ""))
+    assert plan.zone_fallback_home
+    back = plan_to_proto(plan)
+    assert list(back.destinations) == list(msg.destinations)
+    assert back.zone_fallback_home
+    assert plan_from_proto(back, version=3) == plan
+
+
+def test_a_plan_without_destinations_has_none_and_no_fallback():
+    [msg] = parse_plans(rate_file(""))
+    plan = plan_from_proto(msg)
+
+    assert (plan.destinations, plan.zone_fallback_home) == ((), False)
+
+
+@pytest.mark.parametrize(("lines", "named"), [
+    ('destinations = [{ prefix = "+44", zone = "a" }, { prefix = "+44", zone = "b" }]',
+     "destinations[1]: prefix '+44' is given twice"),
+    ('destinations = [{ zone = "intl" }]', "destinations[0]: prefix is required"),
+    ('destinations = [{ prefix = "" }]', "destinations[0]: prefix is required"),
+    ('destinations = [{ prefix = "+4\\t4" }]', "destinations[0]: prefix may not contain"),
+    (f'destinations = [{{ prefix = "{"9" * 257}" }}]', "longer than 256"),
+    ('destinations = [{ prefix = "+44", zone = "a|b" }]', "destinations[0].zone 'a|b'"),
+    ('destinations = [{ prefix = "+44", area = "x" }]', "unknown key 'area'"),
+    ('destinations = [{ prefix = 44 }]', "destinations[0].prefix must be a string"),
+    ('destinations = { prefix = "+44" }', "destinations must be a list"),
+    ('zone_fallback_home = "yes"', "zone_fallback_home must be true or false"),
+])
+def test_bad_destinations_are_refused_naming_the_plan_and_the_entry(lines, named):
+    message = refused(f'[[plans]]\nplan_id = "p"\n{lines}\n')
+
+    assert "plan 'p'" in message and named in message, message
+
+
 def test_plans_check_validates_without_a_server(capsys):
     assert cli.main(["plans", "check", str(EXAMPLES)]) == 0
 
     assert capsys.readouterr().out.splitlines() == [
-        "everyday: valid (6 rates, 2 bundles, 2 add-ons)",
+        "everyday: valid (7 rates, 2 bundles, 2 add-ons)",
         "flat-postpaid: valid (2 rates, 0 bundles, 0 add-ons)",
         "talk-more: valid (2 rates, 0 bundles, 0 add-ons)"]
 
