@@ -12,7 +12,7 @@ A file holds one or more `[[plans]]` tables. Each has the fields of the `Plan` m
                                      quota_holding_time_s, threshold_percent, zero_rated,
                                      not_allowed, tiers = [{from_units, price_micros}],
                                      windows = [{name, weekdays, start_minute, end_minute,
-                                     price_micros}]
+                                     price_micros, date}]
     [[plans.bundles]]                bucket_id, rating_groups, unit_type, units, priority,
                                      validity_days, renew
     [[plans.addons]]                 addon_id, name, price_micros, bundle = {as a bundle}
@@ -47,7 +47,10 @@ list of day names (mon, tue, wed, thu, fri, sat, sun, or written out; any case) 
 ("mon-fri", "fri-mon" wraps); leave it out for every day. `start` and `end` are local
 times "HH:MM" (00:00 to 24:00) in place of `start_minute` and `end_minute`; left out,
 the window starts at 00:00 and ends at 24:00. A window ends after it starts, so one over
-midnight is written as two.
+midnight is written as two. `date = "2026-12-25"` (or a TOML date, 2026-12-25) makes it a
+calendar day in the plan's time zone, such as a public holiday: it applies on that date
+only (weekdays is ignored), and on a date with dated windows the rate's weekly windows do
+not apply; a whole-day holiday price is a dated window without start and end.
 
 Enums. `unit_type` is OCTETS, SECONDS or SERVICE_UNITS; `final_unit.action` is TERMINATE,
 REDIRECT or RESTRICT_ACCESS.
@@ -61,6 +64,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
+from datetime import date, datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
@@ -253,6 +257,16 @@ def _day(name: str, item: str, key: str) -> int:
                f"(days: {', '.join(DAYS)})")
 
 
+def calendar_date(v: Any, key: str) -> str:
+    """A date as "YYYY-MM-DD" from that string or a TOML local date (checked as a calendar
+    date by plan_from_proto)."""
+    if isinstance(v, date) and not isinstance(v, datetime):
+        return v.isoformat()
+    if not isinstance(v, str):
+        raise _Bad(f"{key} must be a date \"YYYY-MM-DD\" (got {v!r})")
+    return v.strip()
+
+
 def clock_minute(v: Any, key: str) -> int:
     m = _CLOCK.fullmatch(_str(v, key).strip())
     if not m or int(m.group(2)) > 59 or not (
@@ -315,9 +329,9 @@ def _tier(v: Any, where: str, unit_type: int) -> pb.Tier:
 def _window(v: Any, where: str) -> pb.TimeWindow:
     t = _table(v, where)
     _check_keys(t, {"name", "weekdays", "start", "end", "start_minute", "end_minute", "price",
-                    "price_micros"}, where)
+                    "price_micros", "date"}, where)
     out: dict[str, Any] = _money_key(t, "price", where)
-    out |= _take(t, where, {"name": _str, "weekdays": weekdays})
+    out |= _take(t, where, {"name": _str, "weekdays": weekdays, "date": calendar_date})
     for edge, default in (("start", 0), ("end", MINUTES_PER_DAY)):
         if edge in t and f"{edge}_minute" in t:
             raise _Bad(f"{where}: give {edge} or {edge}_minute, not both")

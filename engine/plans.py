@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -23,6 +25,8 @@ from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as pb
 
 MAX_ID = 256
+EPOCH = date(1970, 1, 1)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def check_id(what: str, value: str, limit: int = MAX_ID) -> None:
@@ -68,7 +72,7 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
         if r.threshold_percent > 100:
             raise InvalidArgument(f"{where}: threshold_percent must be 0..100")
         tiers = _tiers(r, where)
-        windows = _windows(r, where)
+        windows = _windows(r, where, f"rates[{n}]")
         rates.append(Rate(
             rating_group=r.rating_group, unit_type=_unit_type(r.unit_type, where),
             price_micros=r.price_micros, increment=increment,
@@ -138,7 +142,7 @@ def _tiers(r: pb.Rate, where: str) -> tuple[Tier, ...]:
     return tiers
 
 
-def _windows(r: pb.Rate, where: str) -> tuple[TimeWindow, ...]:
+def _windows(r: pb.Rate, where: str, path: str) -> tuple[TimeWindow, ...]:
     out = []
     for n, w in enumerate(r.windows):
         if w.weekdays > 127 or not w.start_minute < w.end_minute <= 1440:
@@ -146,9 +150,27 @@ def _windows(r: pb.Rate, where: str) -> tuple[TimeWindow, ...]:
                                   "0 <= start_minute < end_minute <= 1440")
         if not 0 <= w.price_micros <= MONEY_LIMIT:
             raise InvalidArgument(f"{where}: windows[{n}].price_micros out of range")
+        if w.date:
+            _check_date(w.date, f"{path}.windows[{n}].date{where.removeprefix(path)}")
         out.append(TimeWindow(w.weekdays or 127, w.start_minute, w.end_minute, w.price_micros,
-                              w.name))
+                              w.name, w.date))
     return tuple(out)
+
+
+def _check_date(text: str, where: str) -> None:
+    try:
+        day = date.fromisoformat(text) if _DATE.fullmatch(text) else None
+    except ValueError:
+        day = None  # matches the pattern but is no such day, like 2026-02-30
+    # From 1970 on: the kernels count days from 1970-01-01 and mark weekly windows with -1.
+    if day is None or day < EPOCH:
+        raise InvalidArgument(f"{where}: {text!r} is not a calendar date YYYY-MM-DD from "
+                              "1970-01-01 on")
+
+
+def local_day(window: TimeWindow) -> int:
+    """The local day number (days since 1970-01-01) of a dated window; -1 for a weekly one."""
+    return (date.fromisoformat(window.date) - EPOCH).days if window.date else -1
 
 
 def _bundle_proto(b: Bundle) -> pb.BundleTemplate:
@@ -172,7 +194,8 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
                        windows=[pb.TimeWindow(name=w.name, weekdays=w.weekdays,
                                               start_minute=w.start_minute,
                                               end_minute=w.end_minute,
-                                              price_micros=w.price_micros) for w in r.windows],
+                                              price_micros=w.price_micros, date=w.date)
+                               for w in r.windows],
                        zero_rated=r.zero_rated, not_allowed=r.not_allowed)
                for r in plan.rates],
         bundles=[_bundle_proto(b) for b in plan.bundles],
@@ -210,7 +233,8 @@ class RateTable:
         """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*): the rate table
         (per rate price, increment, first increment, default quota, unit type, validity,
         flags (1 zero-rated, 2 not allowed), its tiers' and windows' [lo, hi)); the tiers
-        (from, price); the windows (weekdays, from, to, price)."""
+        (from, price); the windows (weekdays, from, to, price, local day number of a dated
+        window or -1)."""
         if self._arrays is None:
             rates = self.rates
 
@@ -229,5 +253,6 @@ class RateTable:
                      [0, *tier_end][:-1], tier_end, [0, *win_end][:-1], win_end]),
                 i64([[t.from_units for t in tiers], [t.price_micros for t in tiers]]),
                 i64([[w.weekdays for w in wins], [w.start_minute for w in wins],
-                     [w.end_minute for w in wins], [w.price_micros for w in wins]]))
+                     [w.end_minute for w in wins], [w.price_micros for w in wins],
+                     [local_day(w) for w in wins]]))
         return self._arrays

@@ -32,7 +32,7 @@ def rate_arrays(rates: list[RefRate]) -> tuple[np.ndarray, np.ndarray, np.ndarra
              *spans([len(r.tiers) for r in rates]), *spans([len(r.windows) for r in rates])),
         rows((t[0] for t in tiers), (t[1] for t in tiers)),
         rows((w.days for w in wins), (w.start for w in wins), (w.end for w in wins),
-             (w.price for w in wins)))
+             (w.price for w in wins), (w.date for w in wins)))
 
 
 def kernel_args(items: list[RefItem], rates: list[RefRate], state: RefState) -> tuple:
