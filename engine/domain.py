@@ -95,13 +95,16 @@ class EventKind(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class TimeWindow:
-    """Local-time window with its own price: weekdays bit 0 = Monday (0 = every day)."""
+    """Local-time window with its own price: weekdays bit 0 = Monday (0 = every day). A
+    dated window ("YYYY-MM-DD", local) applies on that day only, and replaces all the rate's
+    weekly windows that day."""
 
     weekdays: int
     start_minute: int
     end_minute: int
     price_micros: int
     name: str = ""
+    date: str = ""
 
 
 @dataclass(frozen=True, slots=True)

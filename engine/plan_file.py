@@ -16,7 +16,7 @@ A file holds one or more `[[plans]]` tables. Each has the fields of the `Plan` m
                                      quota_holding_time_s, threshold_percent, zero_rated,
                                      not_allowed, tiers = [{from_units, price_micros}],
                                      windows = [{name, weekdays, start_minute, end_minute,
-                                     price_micros}]
+                                     price_micros, date}]
     [[plans.bundles]]                bucket_id, rating_groups, unit_type, units, priority,
                                      validity_days, renew
     [[plans.addons]]                 addon_id, name, price_micros, bundle = {as a bundle}
@@ -33,8 +33,8 @@ exactly (decimal arithmetic, never binary floating point): `price = "0.000125"` 
 `price_micros = 125`. Giving both `X` and `X_micros` is an error.
 
 Units. Unit amounts (rate `increment`, `first_increment`, `price_units`, `default_quota`,
-tier and step `from_units`, step `increment`, bundle `units`) are an integer count of the rate's or bundle's `unit_type`,
-or a string with a unit that must match it:
+tier and step `from_units`, step `increment`, bundle `units`) are an integer count of the
+rate's or bundle's `unit_type`, or a string with a unit that must match it:
     OCTETS         NUMBER UNIT, UNIT one of B, kB (= KB), MB, GB, TB (decimal SI:
                    1 kB = 1000 octets, 1 MB = 1_000_000) or KiB, MiB, GiB, TiB (powers of
                    1024); NUMBER is DIGITS[.DIGITS]: "1GB", "1.5GB", "500MB", "10kB", "64KiB"
@@ -52,7 +52,10 @@ list of day names (mon, tue, wed, thu, fri, sat, sun, or written out; any case) 
 ("mon-fri", "fri-mon" wraps); leave it out for every day. `start` and `end` are local
 times "HH:MM" (00:00 to 24:00) in place of `start_minute` and `end_minute`; left out,
 the window starts at 00:00 and ends at 24:00. A window ends after it starts, so one over
-midnight is written as two.
+midnight is written as two. `date = "2026-12-25"` (or a TOML date, 2026-12-25) makes it a
+calendar day in the plan's time zone, such as a public holiday: it applies on that date
+only (weekdays is ignored), and on a date with dated windows the rate's weekly windows do
+not apply; a whole-day holiday price is a dated window without start and end.
 
 Destinations. `destinations = [{ prefix = "+44", zone = "intl" }, ...]` maps the
 destination a request carries (called number, APN) to a zone: a request that names no zone
@@ -75,6 +78,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
+from datetime import date, datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
@@ -267,6 +271,16 @@ def _day(name: str, item: str, key: str) -> int:
                f"(days: {', '.join(DAYS)})")
 
 
+def calendar_date(v: Any, key: str) -> str:
+    """A date as "YYYY-MM-DD" from that string or a TOML local date (checked as a calendar
+    date by plan_from_proto)."""
+    if isinstance(v, date) and not isinstance(v, datetime):
+        return v.isoformat()
+    if not isinstance(v, str):
+        raise _Bad(f"{key} must be a date \"YYYY-MM-DD\" (got {v!r})")
+    return v.strip()
+
+
 def clock_minute(v: Any, key: str) -> int:
     m = _CLOCK.fullmatch(_str(v, key).strip())
     if not m or int(m.group(2)) > 59 or not (
@@ -342,9 +356,9 @@ def _prefixed(v: Any, key: str, prefix: str, names: tuple[str, ...]) -> int:
 def _window(v: Any, where: str) -> pb.TimeWindow:
     t = _table(v, where)
     _check_keys(t, {"name", "weekdays", "start", "end", "start_minute", "end_minute", "price",
-                    "price_micros"}, where)
+                    "price_micros", "date"}, where)
     out: dict[str, Any] = _money_key(t, "price", where)
-    out |= _take(t, where, {"name": _str, "weekdays": weekdays})
+    out |= _take(t, where, {"name": _str, "weekdays": weekdays, "date": calendar_date})
     for edge, default in (("start", 0), ("end", MINUTES_PER_DAY)):
         if edge in t and f"{edge}_minute" in t:
             raise _Bad(f"{where}: give {edge} or {edge}_minute, not both")
@@ -455,11 +469,10 @@ def plan_from_table(t: dict[str, Any]) -> pb.Plan:
     out: dict[str, Any] = {**_money_key(t, "low_balance", ""),
                            **_money_key(t, "session_max", "")}
     out |= _take(t, "", {
-        "session_max_action": lambda x, k: _prefixed(x, k, "SESSION_MAX_", SESSION_MAX_ACTIONS),"plan_id": _str, "name": _str, "currency": _str,
-                             "timezone": _str, "cycle_days": _days_field,
-                             "grace_days": _days_field, "retention_days": _days_field,
-                             "validity_days": _days_field,
-                             "final_unit": _final_unit, "zone_fallback_home": _bool})
+        "plan_id": _str, "name": _str, "currency": _str, "timezone": _str,
+        "cycle_days": _days_field, "grace_days": _days_field, "retention_days": _days_field,
+        "validity_days": _days_field, "final_unit": _final_unit, "zone_fallback_home": _bool,
+        "session_max_action": lambda x, k: _prefixed(x, k, "SESSION_MAX_", SESSION_MAX_ACTIONS)})
     for key, conv in (("rates", _rate), ("bundles", _bundle), ("addons", _addon),
                       ("destinations", _destination)):
         if key in t:

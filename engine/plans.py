@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -30,6 +32,8 @@ MAX_INCREMENT = MONEY_LIMIT // 4
 """Largest increment, first increment, step or price_units: a session's units (at most
 MONEY_LIMIT) rounded up to one stay within int64."""
 MAX_PRICE_UNITS = 2**40
+EPOCH = date(1970, 1, 1)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def check_id(what: str, value: str, limit: int = MAX_ID) -> None:
@@ -85,7 +89,7 @@ def plan_from_proto(msg: pb.Plan, version: int = 0) -> Plan:
         if r.threshold_percent > 100:
             raise InvalidArgument(f"{where}: threshold_percent must be 0..100")
         tiers = _tiers(r, where)
-        windows = _windows(r, where)
+        windows = _windows(r, where, f"rates[{n}]")
         steps = _steps(r, increment, where)
         rates.append(Rate(
             rating_group=r.rating_group, unit_type=_unit_type(r.unit_type, where),
@@ -202,7 +206,7 @@ def _steps(r: pb.Rate, increment: int, where: str) -> tuple[Step, ...]:
     return tuple(out)
 
 
-def _windows(r: pb.Rate, where: str) -> tuple[TimeWindow, ...]:
+def _windows(r: pb.Rate, where: str, path: str) -> tuple[TimeWindow, ...]:
     out = []
     for n, w in enumerate(r.windows):
         if w.weekdays > 127 or not w.start_minute < w.end_minute <= 1440:
@@ -210,9 +214,27 @@ def _windows(r: pb.Rate, where: str) -> tuple[TimeWindow, ...]:
                                   "0 <= start_minute < end_minute <= 1440")
         if not 0 <= w.price_micros <= MONEY_LIMIT:
             raise InvalidArgument(f"{where}: windows[{n}].price_micros out of range")
+        if w.date:
+            _check_date(w.date, f"{path}.windows[{n}].date{where.removeprefix(path)}")
         out.append(TimeWindow(w.weekdays or 127, w.start_minute, w.end_minute, w.price_micros,
-                              w.name))
+                              w.name, w.date))
     return tuple(out)
+
+
+def _check_date(text: str, where: str) -> None:
+    try:
+        day = date.fromisoformat(text) if _DATE.fullmatch(text) else None
+    except ValueError:
+        day = None  # matches the pattern but is no such day, like 2026-02-30
+    # From 1970 on: the kernels count days from 1970-01-01 and mark weekly windows with -1.
+    if day is None or day < EPOCH:
+        raise InvalidArgument(f"{where}: {text!r} is not a calendar date YYYY-MM-DD from "
+                              "1970-01-01 on")
+
+
+def local_day(window: TimeWindow) -> int:
+    """The local day number (days since 1970-01-01) of a dated window; -1 for a weekly one."""
+    return (date.fromisoformat(window.date) - EPOCH).days if window.date else -1
 
 
 def _bundle_proto(b: Bundle) -> pb.BundleTemplate:
@@ -236,7 +258,8 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
                        windows=[pb.TimeWindow(name=w.name, weekdays=w.weekdays,
                                               start_minute=w.start_minute,
                                               end_minute=w.end_minute,
-                                              price_micros=w.price_micros) for w in r.windows],
+                                              price_micros=w.price_micros, date=w.date)
+                               for w in r.windows],
                        zero_rated=r.zero_rated, not_allowed=r.not_allowed,
                        price_units=r.price_units, rounding=int(r.rounding),
                        connect_fee_micros=r.connect_fee_micros,
@@ -329,7 +352,8 @@ class RateTable:
         validity, flags (1 zero-rated, 2 not allowed, 4 free at the session maximum), its
         tiers' and windows' [lo, hi), price units, rounding, connect fee, its steps' [lo, hi),
         the plan's session maximum); the tiers (from, price); the windows (weekdays, from,
-        to, price); the steps (from, increment)."""
+        to, price, local day number of a dated window or -1); the
+        steps (from, increment)."""
         if self._arrays is None:
             rates, plans = self.rates, self._plans
 
@@ -359,6 +383,7 @@ class RateTable:
                      [p.session_max_micros for p in plans]]).reshape(17, len(rates)),
                 i64([[t.from_units for t in tiers], [t.price_micros for t in tiers]]),
                 i64([[w.weekdays for w in wins], [w.start_minute for w in wins],
-                     [w.end_minute for w in wins], [w.price_micros for w in wins]]),
+                     [w.end_minute for w in wins], [w.price_micros for w in wins],
+                     [local_day(w) for w in wins]]),
                 i64([[s.from_units for s in steps], [s.increment for s in steps]]))
         return self._arrays

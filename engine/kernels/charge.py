@@ -32,8 +32,10 @@ EV_BUCKET, EV_CAP, EV_LOW, EV_EXHAUSTED, EV_FINAL, EV_MEMBER_CAP = 1, 2, 3, 4, 5
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
-WEEK_MS = 7 * DAY_MS
 NO_BOUNDARY = INT64_MAX // 4
+HORIZON_DAYS = 9
+"""next_change looks this many local days ahead (from the day it starts in): over a week,
+so a weekly window always shows its next change; a dated window further off bounds nothing."""
 
 # Rows of the `rates` tuple's arrays (see engine.plans.RateTable.arrays): the rate table
 # (a column per rate), tiers, windows and steps (a column each, the rate's in [LO, HI)).
@@ -43,7 +45,7 @@ NO_BOUNDARY = INT64_MAX // 4
 (R_PRICE, R_INCREMENT, R_FIRST, R_QUOTA, R_UNIT, R_VALIDITY, R_FLAGS, R_TIER_LO, R_TIER_HI,
  R_WIN_LO, R_WIN_HI, R_PER, R_ROUNDING, R_FEE, R_STEP_LO, R_STEP_HI, R_SESSION_MAX) = range(17)
 T_FROM, T_PRICE = 0, 1
-W_DAYS, W_FROM, W_TO, W_PRICE = 0, 1, 2, 3
+W_DAYS, W_FROM, W_TO, W_PRICE, W_DATE = 0, 1, 2, 3, 4  # W_DATE: local day number, -1 weekly
 S_FROM, S_INCREMENT = 0, 1
 # Rows of the kernel's other 2-D inputs (a few 2-D arrays cross into Numba faster than many
 # 1-D ones). The accounts' first six are also its account outputs, in this order.
@@ -72,35 +74,50 @@ they cost no call either (another third of what was left)."""
 
 @helper
 def window_at(r: int, local_ms: int, rt: np.ndarray, wins: np.ndarray) -> int:
-    """The time window of rate r at a local time, or NONE. Days: 1970-01-01 was a Thursday."""
+    """The time window of rate r at a local time, or NONE. On a day with dated windows of
+    the rate only those count; otherwise the weekly ones. Days: 1970-01-01 was a Thursday."""
     minute = (local_ms // MINUTE_MS) % 1440
-    day = (local_ms // DAY_MS + 3) % 7  # Monday = 0
+    day = local_ms // DAY_MS
+    weekday = (day + 3) % 7  # Monday = 0
+    # One pass: the first dated window of the day that holds the minute wins at once; the
+    # first weekly one only if no window is dated this day.
+    weekly = NONE
+    dated_day = False
     for w in range(rt[R_WIN_LO, r], rt[R_WIN_HI, r]):
-        if (wins[W_DAYS, w] >> day) & 1 and wins[W_FROM, w] <= minute < wins[W_TO, w]:
-            return w
-    return NONE
+        date = wins[W_DATE, w]
+        if date == day:
+            if wins[W_FROM, w] <= minute < wins[W_TO, w]:
+                return w
+            dated_day = True
+        elif (date < 0 and weekly == NONE and (wins[W_DAYS, w] >> weekday) & 1
+              and wins[W_FROM, w] <= minute < wins[W_TO, w]):
+            weekly = w
+    return NONE if dated_day else weekly
 
 
 @helper
 def next_change(r: int, local_ms: int, rt: np.ndarray, wins: np.ndarray) -> int:
     """The first local time after local_ms at which rate r's window changes (Tariff-Time-
-    Change), or NO_BOUNDARY when it has no windows or none changes within a week."""
+    Change), or NO_BOUNDARY when it has no windows or none changes within HORIZON_DAYS."""
     if rt[R_WIN_LO, r] == rt[R_WIN_HI, r]:
         return NO_BOUNDARY
     current = window_at(r, local_ms, rt, wins)
-    day0 = (local_ms // DAY_MS) * DAY_MS
+    end = (local_ms // DAY_MS + HORIZON_DAYS) * DAY_MS
     t = local_ms
-    while t < local_ms + WEEK_MS + DAY_MS:
-        best = NO_BOUNDARY
-        for d in range(9):
-            day_start = day0 + d * DAY_MS
-            for w in range(rt[R_WIN_LO, r], rt[R_WIN_HI, r]):
-                for edge in (wins[W_FROM, w], wins[W_TO, w]):
-                    c = day_start + edge * MINUTE_MS
-                    if t < c < best:
-                        best = c
-        if best == NO_BOUNDARY:
-            return NO_BOUNDARY
+    while t < end:
+        # The next candidate after t: a window edge later that day (a dated window's only on
+        # its own day), else the next local midnight, where a dated day starts or ends.
+        day = t // DAY_MS
+        day_start = day * DAY_MS
+        best = day_start + DAY_MS
+        for w in range(rt[R_WIN_LO, r], rt[R_WIN_HI, r]):
+            date = wins[W_DATE, w]
+            if date >= 0 and date != day:
+                continue
+            for edge in (wins[W_FROM, w], wins[W_TO, w]):
+                c = day_start + edge * MINUTE_MS
+                if t < c < best:
+                    best = c
         if window_at(r, best, rt, wins) != current:
             return best
         t = best

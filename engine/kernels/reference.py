@@ -16,6 +16,7 @@ MONEY = -1
 INT64_MAX = 2**63 - 1
 MONEY_LIMIT = 2**62
 MINUTE, DAY = 60_000, 86_400_000
+HORIZON_DAYS = 9  # next_change looks at the days from t's on
 EV_BUCKET, EV_CAP, EV_LOW, EV_EXHAUSTED, EV_FINAL, EV_MEMBER_CAP = 1, 2, 3, 4, 5, 6
 ROUND_UP, ROUND_HALF_EVEN, ROUND_DOWN = 0, 1, 2
 
@@ -26,6 +27,7 @@ class RefWindow:
     start: int  # minute of day
     end: int
     price: int
+    date: int = -1  # a dated window's local day number (days since 1970-01-01); -1 weekly
 
 
 @dataclass
@@ -133,23 +135,37 @@ class RefOut:
 
 
 def window_at(rate: RefRate, t: int) -> int:
+    """The first window holding local time t: among the day's dated windows if it has any,
+    else among the weekly ones; -1 for none."""
     minute = (t // MINUTE) % 1440
-    weekday = (t // DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    for k, w in enumerate(rate.windows):
-        if w.days >> weekday & 1 and w.start <= minute < w.end:
+    day = t // DAY
+    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    dated = [k for k, w in enumerate(rate.windows) if w.date == day]
+    weekly = [k for k, w in enumerate(rate.windows) if w.date < 0 and w.days >> weekday & 1]
+    for k in dated or weekly:
+        if rate.windows[k].start <= minute < rate.windows[k].end:
             return k
     return -1
 
 
 def next_change(rate: RefRate, t: int) -> int | None:
-    """First instant after t where the window of `rate` differs, within about a week."""
+    """First instant after t where the window of `rate` differs, up to the end of the
+    HORIZON_DAYS days from t's. The window can only change at a local midnight (where a
+    dated day starts and ends) or at a window's edge on a day it is for."""
     if not rate.windows:
         return None
     now = window_at(rate, t)
-    midnight = t - t % DAY
-    edges = sorted({midnight + d * DAY + m * MINUTE
-                    for d in range(9) for w in rate.windows for m in (w.start, w.end)})
+    first = t // DAY
+    edges = sorted(set().union(*(_edges(rate, day)
+                                 for day in range(first, first + HORIZON_DAYS))))
     return next((e for e in edges if e > t and window_at(rate, e) != now), None)
+
+
+def _edges(rate: RefRate, day: int) -> set[int]:
+    """The local times on `day` (its midnights included) where the window may change."""
+    minutes = {0, 1440} | {m for w in rate.windows if w.date < 0 or w.date == day
+                           for m in (w.start, w.end)}
+    return {day * DAY + m * MINUTE for m in minutes}
 
 
 def billed(used: int, rate: RefRate) -> int:

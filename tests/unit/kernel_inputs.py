@@ -37,7 +37,7 @@ def rate_arrays(rates: list[RefRate]) -> tuple[np.ndarray, ...]:
              (r.session_max for r in rates)),
         rows((t[0] for t in tiers), (t[1] for t in tiers)),
         rows((w.days for w in wins), (w.start for w in wins), (w.end for w in wins),
-             (w.price for w in wins)),
+             (w.price for w in wins), (w.date for w in wins)),
         rows((s[0] for s in steps), (s[1] for s in steps)))
 
 

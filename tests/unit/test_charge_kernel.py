@@ -22,6 +22,9 @@ MONEY = -1
 HOUR = 3_600_000
 # A Monday 17:30 UTC (1970-01-05 is a Monday): windows at 18:00 and 19:00 are near.
 MONDAY_1730 = 4 * 86_400_000 + 17 * HOUR + 30 * 60_000
+# Dated windows fall on that Monday (day 4), the Tuesday after (5) or the Thursday (7), or
+# are weekly (-1); items are timed on those days and over the midnight before Tuesday.
+DATES = [-1, -1, -1, 4, 5, 7]
 
 
 @st.composite
@@ -44,10 +47,10 @@ def rates(draw):
         not_allowed=draw(st.integers(0, 9)) == 0,
         tiers=[(k * increment * 100, draw(st.sampled_from([0, 3, 500, 90_000]))) for k in tiers],
         windows=[RefWindow(draw(st.integers(1, 127)), s, e,
-                           draw(st.sampled_from([0, 2, 700, 120_000])))
-                 for s, e in draw(st.lists(st.sampled_from(
-                     [(1080, 1140), (1140, 1440), (0, 420), (1050, 1110)]),
-                     max_size=2, unique=True))])
+                           draw(st.sampled_from([0, 2, 700, 120_000])), date)
+                 for (s, e), date in draw(st.lists(st.tuples(st.sampled_from(
+                     [(1080, 1140), (1140, 1440), (0, 420), (1050, 1110), (0, 1440)]),
+                     st.sampled_from(DATES)), max_size=3, unique=True))])
 
 
 @st.composite
@@ -86,7 +89,8 @@ def batches(draw):
         req += draw(st.sampled_from([0, 1, 1]))
         a = draw(st.integers(0, n_accounts - 1))
         mine = [k for k, b in enumerate(buckets) if b.account == a]
-        time = MONDAY_1730 + draw(st.sampled_from([0, 29 * 60_000, 95 * 60_000, 3 * 86_400_000]))
+        time = MONDAY_1730 + draw(st.sampled_from([0, 29 * 60_000, 95 * 60_000,
+                                                   6 * HOUR + 40 * 60_000, 3 * 86_400_000]))
         items.append(RefItem(
             account=a, rating_group=draw(st.sampled_from([10, 20, 30])),
             rate=draw(st.integers(-1, len(rate_list) - 1)), time=time,

@@ -72,10 +72,11 @@ def test_the_example_plan_has_every_feature_with_exact_values():
     voice = rates[(100, "")]
     assert (voice.unit_type, voice.price_micros, voice.increment, voice.default_quota) == (
         com.SECONDS, 100_000, 60, 300)
-    assert [(w.name, w.weekdays, w.start_minute, w.end_minute, w.price_micros)
-            for w in voice.windows] == [("evening", 0b0011111, 19 * 60, 1440, 50_000),
-                                        ("night", 0b0011111, 0, 8 * 60, 50_000),
-                                        ("weekend", 0b1100000, 0, 1440, 20_000)]
+    assert [(w.name, w.weekdays, w.start_minute, w.end_minute, w.price_micros, w.date)
+            for w in voice.windows] == [("evening", 0b0011111, 19 * 60, 1440, 50_000, ""),
+                                        ("night", 0b0011111, 0, 8 * 60, 50_000, ""),
+                                        ("weekend", 0b1100000, 0, 1440, 20_000, ""),
+                                        ("christmas", 0, 0, 1440, 10_000, "2026-12-25")]
     assert (rates[(200, "")].unit_type, rates[(200, "")].price_micros) == (
         com.SERVICE_UNITS, 90_000)
     assert (rates[(100, "intl")].price_micros, rates[(100, "intl")].increment) == (500_000, 60)
@@ -199,6 +200,15 @@ def test_a_window_without_times_is_the_whole_day():
     assert (w.start_minute, w.end_minute) == (0, 1440)
 
 
+@pytest.mark.parametrize("written", ['"2026-12-25"', "2026-12-25"])
+def test_a_dated_window_takes_a_date_string_or_a_toml_date(written):
+    [w] = one_rate(f'windows = [{{ date = {written}, start = "12:00", price = "0.01" }}]'
+                   ).windows
+
+    assert (w.date, w.start_minute, w.end_minute, w.price_micros) == (
+        "2026-12-25", 720, 1440, 10_000)
+
+
 def test_bundle_and_addon_units_and_days_take_friendly_values():
     [plan] = parse_plans('''
 [[plans]]
@@ -257,6 +267,11 @@ bundle = { bucket_id = "more", rating_groups = [100], unit_type = "SECONDS", uni
     ('windows = [{ weekdays = ["funday"] }]', "funday"),
     ("windows = [{ weekdays = [] }]", "empty"),
     ('windows = [{ weekdays = ["mon-tue-wed"] }]', "range"),
+    ('windows = [{ date = "2026-02-30" }]', "windows[0].date"),
+    ('windows = [{ date = "25-12-2026" }]', "YYYY-MM-DD"),
+    ('windows = [{ date = "1969-12-31" }]', "from 1970-01-01 on"),
+    ("windows = [{ date = 2026-12-25T10:00:00 }]", "windows[0].date"),
+    ("windows = [{ date = 20261225 }]", "windows[0].date"),
     ('unit_type = "BYTES"', "OCTETS, SECONDS, SERVICE_UNITS"),
 ])
 def test_bad_rate_values_are_refused_naming_the_plan_and_the_key(rate, named):
