@@ -50,12 +50,12 @@ def promo(day: int) -> RefWindow:
 
 
 def kernel_window(rate: RefRate, t: int) -> int:
-    rt, _, wins = rate_arrays([rate])
+    rt, _, wins, _ = rate_arrays([rate])
     return window_at(0, t, rt, wins)
 
 
 def kernel_change(rate: RefRate, t: int) -> int | None:
-    rt, _, wins = rate_arrays([rate])
+    rt, _, wins, _ = rate_arrays([rate])
     change = next_change(0, t, rt, wins)
     return None if change == NO_BOUNDARY else change
 
@@ -161,7 +161,7 @@ def test_a_grant_is_priced_by_the_holiday_and_valid_until_its_edge(t, price, val
     out = run_kernel([item], [rate], state)[0]
     [ref], _ = charge_reference([item], [rate], state)
 
-    result, granted, _, reserved, _, validity, _ = (int(x[0]) for x in out)
+    result, granted, _, reserved, _, validity = (int(x[0]) for x in out[:6])
     assert (result, granted, reserved, validity) == (2001, 300, 5 * price, validity_s)
     assert (ref.result, ref.granted, ref.res_amount, ref.validity) == (
         result, granted, reserved, validity)
