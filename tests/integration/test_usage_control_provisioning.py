@@ -650,8 +650,8 @@ async def test_plans_load_puts_every_plan_of_the_file_on_a_running_server(
 
     assert (first, second) == (0, 0)
     assert capsys.readouterr().out.splitlines() == [
-        "everyday: version 1", "flat-postpaid: version 1",
-        "everyday: version 2", "flat-postpaid: version 2"]
+        "everyday: version 1", "flat-postpaid: version 1", "talk-more: version 1",
+        "everyday: version 2", "flat-postpaid: version 2", "talk-more: version 2"]
     stored = await gateway.provisioning.GetPlan(ppb.GetPlanRequest(plan_id="everyday"))
     assert (stored.version, stored.timezone, stored.low_balance_micros) == (
         2, "Europe/Amsterdam", 2 * EUR)
