@@ -117,11 +117,10 @@ class KernelResult:
     charged: list[int]
     validity: list[int]
     final: list[int]
-    s_used: list[int]  # the session's rating-group state after the item (state.Rated)
-    s_billed: list[int]
+    s_used: list[int]  # the session's rating-group state after a billed item (state.Rated;
+    s_billed: list[int]  # all zero: unchanged)
     s_rem: list[int]
     s_charged: list[int]
-    s_cost: list[int]  # the session's whole cost after the item
     changes: list[tuple[int, int, int, int]]  # (account, what, index, new value) of what moved
     charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)

@@ -101,11 +101,13 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     longest = charged = 0
     for i in kb.items_of[id(p)]:
         ref = kb.refs[i]
-        now = Rated(res.s_used[i], res.s_billed[i], res.s_rem[i], res.s_charged[i])
         before = rated.get(ref.rating_group, NOTHING_RATED)
-        if now != before:
+        now = Rated(res.s_used[i], res.s_billed[i], res.s_rem[i], res.s_charged[i])
+        if now == NOTHING_RATED:
+            now = before  # not billed: the session's state is unchanged
+        elif now != before:
             rated[ref.rating_group] = rated_now[ref.rating_group] = now
-        cost = res.s_cost[i]
+        cost += res.charged[i]
         # The kernel gave back the old reservation of every item; a grant is the new one.
         held.pop(ref.rating_group, None)
         granted = res.granted[i]

@@ -23,7 +23,7 @@ from engine.domain import (
     UnitType,
 )
 from engine.errors import InvalidArgument
-from engine.kernels.charge import MONEY_LIMIT
+from engine.kernels.charge import MONEY_LIMIT, flat_and_small
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as pb
 
@@ -349,7 +349,8 @@ class RateTable:
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*, S_*): the rate
         table (per rate price, increment, first increment, default quota, unit type,
-        validity, flags (1 zero-rated, 2 not allowed, 4 free at the session maximum), its
+        validity, flags (1 zero-rated, 2 not allowed, 4 free at the session maximum, 8 flat
+        and small: kernels.charge.flat_and_small), its
         tiers' and windows' [lo, hi), price units, rounding, connect fee, its steps' [lo, hi),
         the plan's session maximum); the tiers (from, price); the windows (weekdays, from,
         to, price, local day number of a dated window or -1); the
@@ -374,6 +375,9 @@ class RateTable:
                      [int(r.unit_type) for r in rates], [r.validity_time_s for r in rates],
                      [int(r.zero_rated) | 2 * int(r.not_allowed)
                       | 4 * int(p.session_max_action == free)
+                      | 8 * int(flat_and_small(r.price_micros, r.increment, r.first_increment,
+                                               r.connect_fee_micros,
+                                               len(r.tiers) + len(r.windows) + len(r.steps)))
                       for r, p in zip(rates, plans, strict=True)],
                      *ends([len(r.tiers) for r in rates]),
                      *ends([len(r.windows) for r in rates]),

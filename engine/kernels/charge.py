@@ -24,7 +24,7 @@ NONE = -1
 WANT_NONE, WANT_GRANT, WANT_DEBIT = 0, 1, 2
 FLAG_GRACE = 1  # item flag: the subscriber is in GRACE (only zero-rated service)
 FLAG_RES_MEMBER = 2  # item flag: its current reservation counts against the member's caps
-RATE_ZERO_RATED, RATE_NOT_ALLOWED, RATE_SESSION_FREE = 1, 2, 4  # rate flags
+RATE_ZERO_RATED, RATE_NOT_ALLOWED, RATE_SESSION_FREE, RATE_FLAT_SMALL = 1, 2, 4, 8  # rate flags
 ROUND_UP, ROUND_HALF_EVEN, ROUND_DOWN = 0, 1, 2  # a rate's rounding of money (R_ROUNDING)
 
 # Event kinds (values of tollgate.v1.EventKind).
@@ -62,8 +62,10 @@ B_REMAINING, B_UNIT, B_EXPIRY, B_INITIAL, B_LEVEL, B_RG_LO, B_RG_HI = range(7)
 M_CAP, M_SPENT, M_MRES = range(3)
 U_CAP, U_USED, U_RES = range(3)
 # Rows of the item outputs.
+# O_S_*: the session's rating-group state after the item, written when the item was billed
+# (all zero: unchanged).
 (O_RESULT, O_GRANTED, O_RES_SRC, O_RES_AMOUNT, O_CHARGED, O_VALIDITY, O_FINAL, O_S_USED,
- O_S_BILLED, O_S_REM, O_S_CHARGED, O_S_COST) = range(12)
+ O_S_BILLED, O_S_REM, O_S_CHARGED) = range(11)
 
 helper = njit(cache=True, nogil=True, forceinline=True, _nrt=False)  # type: ignore[call-overload]
 """For the kernels' helpers, which allocate nothing. Compiled without Numba's runtime (`_nrt`,
@@ -293,16 +295,29 @@ def grant_cost(g: int, r: int, t: int, pos: int, used: int, billed: int, rem: in
 
 
 @helper
-def within_limits(used: int, target: int, r: int, money: int, rt: np.ndarray) -> bool:
-    """Whether pricing `used` and `target` more units at rate r surely stays within
-    MONEY_LIMIT and leaves the balance above -MONEY_LIMIT, without pricing them: one flat
-    price (no tiers, windows or steps), units, increments and price below HALF (so fewer than
-    SMALL billed units at under HALF each), the fee below SMALL, and a balance not below
-    zero. When it does not hold, the item is priced in full to check."""
-    return (rt[R_TIER_LO, r] == rt[R_TIER_HI, r] and rt[R_WIN_LO, r] == rt[R_WIN_HI, r]
-            and rt[R_STEP_LO, r] == rt[R_STEP_HI, r] and 0 <= rt[R_PRICE, r] < HALF
-            and 0 < rt[R_INCREMENT, r] < HALF and 0 <= rt[R_FIRST, r] < HALF
-            and 0 <= rt[R_FEE, r] < SMALL and 0 <= used < HALF and 0 <= target < HALF
+def least_grant(r: int, t: int, pos: int, rt: np.ndarray, tiers: np.ndarray, wins: np.ndarray,
+                steps: np.ndarray) -> int:
+    """Money for the least a new session could be granted at local time t (its first billed
+    units), -1 on overflow."""
+    return price_span(billed_units(1, r, rt, steps), r, t, t, pos, rt, tiers, wins)
+
+
+def flat_and_small(price: int, increment: int, first: int, fee: int, parts: int) -> bool:
+    """Whether a rate has one flat price (`parts`: its tiers, windows and steps, none) and
+    increments and price below HALF, the fee below SMALL: items of such a rate with units
+    below HALF price within limits (fewer than SMALL billed units at under HALF each).
+    Worked out once per rate (RATE_FLAT_SMALL), not per item."""
+    return (parts == 0 and 0 <= price < HALF and 0 < increment < HALF and 0 <= first < HALF
+            and 0 <= fee < SMALL)
+
+
+@helper
+def within_limits(used: int, target: int, flags: int, money: int) -> bool:
+    """Whether pricing `used` and `target` more units at a rate with these flags surely stays
+    within MONEY_LIMIT and leaves the balance above -MONEY_LIMIT, without pricing them: a
+    RATE_FLAT_SMALL rate, units below HALF and a balance not below zero. When it does not
+    hold, the item is priced in full to check."""
+    return (flags & RATE_FLAT_SMALL != 0 and 0 <= used < HALF and 0 <= target < HALF
             and money >= 0)
 
 
@@ -390,7 +405,7 @@ def charge_kernel(
     cycle's spending cap, the member's caps and the session's maximum cost. A direct debit
     (EVENT) is all or nothing. Thresholds crossed become events. Returns new arrays only: the
     item outcomes (O_* rows: result, granted, reservation source, reserved, charged,
-    validity, final, and the session's rating-group state and cost after it), the accounts'
+    validity, final, and the session's rating-group state after it), the accounts'
     first 6 rows, the buckets' (remaining, reserved change, level), the members' money
     (spent, reserved) and units (used, reserved), cycle units, charges (item, source, billed
     units, money) and events (item, kind, ref, level, value, limit), a column each. Several
@@ -410,14 +425,12 @@ def charge_kernel(
     m_cap_money, m_cap_units = members[M_CAP], member_units[U_CAP]
 
     n = items.shape[1]
-    out = np.zeros((12, n), dtype=np.int64)
+    out = np.zeros((11, n), dtype=np.int64)
     result, granted, res_src, res_amount = out[O_RESULT], out[O_GRANTED], out[O_RES_SRC], \
         out[O_RES_AMOUNT]
     charged, validity, final = out[O_CHARGED], out[O_VALIDITY], out[O_FINAL]
     result[:] = SUCCESS
     res_src[:] = MONEY
-    # The session state passes through unchanged unless the item bills something.
-    out[O_S_USED:O_S_COST] = items[I_S_USED:I_S_COST]
     acct_out = accounts[:6].copy()
     money, mres, spent = acct_out[A_MONEY], acct_out[A_MRES], acct_out[A_SPENT]
     cap_level, low_flag = acct_out[A_CAP_LEVEL], acct_out[A_LOW_FLAG]
@@ -441,11 +454,7 @@ def charge_kernel(
     ev = np.empty((6, 4 * n + 4 * cap), dtype=np.int64)  # (item, kind, ref, level, value, limit)
     n_ev = 0
 
-    scost = 0  # the session's cost so far, carried across the items of one request
     for i in range(n):
-        if i == 0 or i_req[i] != i_req[i - 1]:
-            scost = items[I_S_COST, i]
-        out[O_S_COST, i] = scost
         a = i_acct[i]
         m = i_member[i]
         r = i_rate[i]
@@ -478,6 +487,13 @@ def charge_kernel(
         fee = 0 if zero else rate_fee[r]
         smax = rate_smax[r]
         free_at_max = rate_flags[r] & RATE_SESSION_FREE
+        scost = 0  # what the session cost before this item, when it has a maximum
+        if smax > 0:
+            scost = items[I_S_COST, i]
+            j = i - 1
+            while j >= 0 and i_req[j] == i_req[i]:
+                scost += charged[j]
+                j -= 1
         mu = m * 3 + unit - 1 if m != NONE else NONE
         target = rate_quota[r]
         if want == WANT_DEBIT:
@@ -497,7 +513,7 @@ def charge_kernel(
         billed = new_billed - s_billed  # what this report bills: the session's minimum and
         # rounding are met once, by buckets and money together
         first_fee = fee if s_billed == 0 and billed > 0 else 0
-        if not within_limits(used, target, r, money[a], rt):
+        if not within_limits(used, target, rate_flags[r], money[a]):
             # Priced in full only when the cheap bound does not hold (most items are priced
             # later only if buckets do not cover them).
             cost_used = money_for(billed, r, i_start[i], t, pos, s_rem, s_charged, rt, tiers,
@@ -580,7 +596,6 @@ def charge_kernel(
         out[O_S_BILLED, i] = new_billed
         out[O_S_REM, i] = s_rem
         out[O_S_CHARGED, i] = s_charged
-        out[O_S_COST, i] = scost
         if m != NONE:
             mused[mu] += used
 
@@ -614,12 +629,16 @@ def charge_kernel(
                 if b != NONE and (next_fee == 0 or next_fee <= money_room(
                         a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
                         mmres)[0]):
-                    # The connect fee is charged with the first report, not held.
-                    g = min(target, usage_within(new_billed + remaining[b], r, rt, steps)
-                            - new_used)
+                    # The connect fee is charged with the first report, not held. Usually the
+                    # bucket covers the whole target (one division, not three).
+                    g = target
+                    hold = billed_units(new_used + g, r, rt, steps) - new_billed
+                    if hold > remaining[b]:
+                        g = min(target, usage_within(new_billed + remaining[b], r, rt, steps)
+                                - new_used)
+                        hold = billed_units(new_used + g, r, rt, steps) - new_billed
                     if g > 0:
                         src = b
-                        hold = billed_units(new_used + g, r, rt, steps) - new_billed
             if src != MONEY:
                 remaining[src] -= hold
                 b_reserved[src] += hold
@@ -686,16 +705,14 @@ def charge_kernel(
                     if v == 0 or to_change < v:
                         v = to_change
                 validity[i] = v
-                # Final units: nothing more could be granted after these.
+                # Final units: nothing more could be granted after these. What the least
+                # grant costs is priced only when it decides (most grants have a bucket).
                 more = zero != 0
-                least = 0
-                if not more:
-                    least = price_span(billed_units(1, r, rt, steps), r, t, t, pos, rt, tiers,
-                                       wins)
-                    if (smax > 0 and not free_at_max
-                            and smax - scost - (hold if src == MONEY else 0) < max(least, 1)):
-                        least = NO_BOUNDARY  # the session's maximum: this grant is its last
-                if (not more and least != NO_BOUNDARY
+                last_grant = False  # the session's maximum leaves less than the least grant
+                if not more and smax > 0 and not free_at_max:
+                    least = least_grant(r, t, pos, rt, tiers, wins, steps)
+                    last_grant = smax - scost - (hold if src == MONEY else 0) < max(least, 1)
+                if (not more and not last_grant
                         and (unit_room == NO_BOUNDARY or unit_room - g > 0)):
                     # The bucket just granted from applies: if it has units left, that is it.
                     more = src != MONEY and remaining[src] > 0
@@ -708,7 +725,7 @@ def charge_kernel(
                     if not more:
                         room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres,
                                                 m_cap_money, mspent, mmres)
-                        more = least <= room
+                        more = least_grant(r, t, pos, rt, tiers, wins, steps) <= room
                 if not more:
                     final[i] = 1
                     n_ev = emit(ev, n_ev, i, EV_FINAL, NONE, 0, g, 0)

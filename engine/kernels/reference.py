@@ -131,7 +131,6 @@ class RefOut:
     s_billed: int = 0
     s_rem: int = 0
     s_charged: int = 0
-    s_cost: int = 0
 
 
 def window_at(rate: RefRate, t: int) -> int:
@@ -273,16 +272,16 @@ def charge_reference(items: list[RefItem], rates: list[RefRate], state: RefState
                   [RefMember(m.cap_money, m.spent, m.reserved, list(m.cap_units),
                              list(m.used_units), list(m.reserved_units)) for m in state.members],
                   list(state.cycle_units))
-    outs = []
-    session_cost = 0
+    outs: list[RefOut] = []
     for n, it in enumerate(items):
-        if it.req < 0 or n == 0 or items[n - 1].req != it.req:
-            session_cost = it.s_cost
-        out = RefOut(s_used=it.s_used, s_billed=it.s_billed, s_rem=it.s_rem,
-                     s_charged=it.s_charged, s_cost=session_cost)
+        # What the session cost before this item: before its request, and its request's
+        # items before it.
+        first = n
+        while it.req >= 0 and first > 0 and items[first - 1].req == it.req:
+            first -= 1
+        out = RefOut()
         outs.append(out)
-        _item(n, it, rates, st, out)
-        session_cost = out.s_cost
+        _item(n, it, rates, st, out, it.s_cost + sum(o.charged for o in outs[first:n]))
     return outs, st
 
 
@@ -301,7 +300,8 @@ def _room(acct: RefAccount, mem: RefMember | None) -> tuple[int, bool, bool]:
     return room, member_bound, cap_bound
 
 
-def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) -> None:
+def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut,
+          session_cost: int) -> None:
     acct = st.accounts[it.account]
     mem = st.members[it.member] if it.member >= 0 else None
     counted = mem if it.res_member else None
@@ -354,7 +354,7 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) 
         if want == 2 or it.used == 0:
             return
         want = 0
-    smax, session_cost = rate.session_max, out.s_cost
+    smax = rate.session_max
     if want == 2:
         covered = min(to_bill, sum(st.buckets[k].remaining for k in mine))
         cost = first_fee
@@ -398,20 +398,19 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut) 
         if mem:
             mem.spent += cost
     out.s_used, out.s_billed, out.s_rem, out.s_charged = used_total, billed_total, rem, charged
-    out.s_cost = session_cost + cost
     if mem:
         mem.used_units[u] += it.used
 
     if want == 1:
-        _grant(n, it, rate, st, out, acct, mem, target, mine)
+        _grant(n, it, rate, st, out, acct, mem, target, mine, session_cost + cost)
     _thresholds(n, it, st, acct)
 
 
 def _grant(n: int, it: RefItem, rate: RefRate, st: RefState, out: RefOut, acct: RefAccount,
-           mem: RefMember | None, target: int, mine: list[int]) -> None:
+           mem: RefMember | None, target: int, mine: list[int], session_cost: int) -> None:
     u = rate.unit - 1
     pos = st.cycle_units[it.cycle_slot]
-    used, billed_so_far, session_cost = out.s_used, out.s_billed, out.s_cost
+    used, billed_so_far = out.s_used, out.s_billed
     next_fee = 0 if rate.zero_rated or billed_so_far else rate.fee
     smax, free = rate.session_max, rate.session_free
 

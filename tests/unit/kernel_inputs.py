@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.kernels.charge import flat_and_small
 from engine.kernels.reference import RefItem, RefRate, RefState
 
 
@@ -30,6 +31,8 @@ def rate_arrays(rates: list[RefRate]) -> tuple[np.ndarray, ...]:
         rows((r.price for r in rates), (r.increment for r in rates), (r.first for r in rates),
              (r.quota for r in rates), (r.unit for r in rates), (r.validity for r in rates),
              (int(r.zero_rated) | 2 * int(r.not_allowed) | 4 * int(r.session_free)
+              | 8 * int(flat_and_small(r.price, r.increment, r.first, r.fee,
+                                       len(r.tiers) + len(r.windows) + len(r.steps)))
               for r in rates),
              *spans([len(r.tiers) for r in rates]), *spans([len(r.windows) for r in rates]),
              (r.price_units for r in rates), (r.rounding for r in rates),
