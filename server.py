@@ -148,7 +148,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             try:
                 async for msg in request_iterator:
                     self._check_size(len(msg.requests))
-                    await inflight.put((msg, self.engine.submit(list(msg.requests))))
+                    await inflight.put((msg, self.engine.submit(list(msg.requests), context)))
             finally:
                 await inflight.put(None)
 

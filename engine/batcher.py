@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -34,6 +34,11 @@ class Batcher(Generic[T]):
     server batches by itself), or `window_s` after the first item reaches an idle batcher
     (so unary calls arriving one per event-loop turn still share a batch). Items to run
     again go first in the next batch.
+
+    Fair between callers: items are queued per source (a call, or a whole stream), and a
+    batch takes the sources' items in turn, an equal share each, so a stream that sends
+    far more than it reads cannot put thousands of requests ahead of a unary call. A source
+    keeps its own order.
     """
 
     def __init__(self, prepare: Callable[[list[T]], Awaitable[Prepared[T]]],
@@ -44,7 +49,9 @@ class Batcher(Generic[T]):
         self.max_batch = max_batch
         self.window_s = window_s
         self.max_queue = max_queue
-        self._queue: deque[T] = deque()
+        self._again: deque[T] = deque()  # re-runs and items that waited: before anything new
+        self._sources: OrderedDict[object, deque[T]] = OrderedDict()  # in turn order
+        self._count = 0
         self._ready = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -58,7 +65,7 @@ class Batcher(Generic[T]):
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._count
 
     @property
     def applying(self) -> bool:
@@ -66,15 +73,21 @@ class Batcher(Generic[T]):
         yet (prepare must still keep its items' dependents out)."""
         return self._in_flight is not None
 
-    def submit(self, items: list[T]) -> None:
+    def submit(self, items: list[T], source: object = None) -> None:
+        """Queues items of one source (None: a source of their own)."""
         if self._closing:
             raise Overloaded("shutting down")
-        if len(self._queue) + len(items) > self.max_queue:
-            raise Overloaded(f"{len(self._queue)} requests already wait (max_queue "
+        if self._count + len(items) > self.max_queue:
+            raise Overloaded(f"{self._count} requests already wait (max_queue "
                              f"{self.max_queue}); retry later")
-        self._queue.extend(items)
+        key = object() if source is None else source
+        queue = self._sources.get(key)
+        if queue is None:
+            queue = self._sources[key] = deque()
+        queue.extend(items)
+        self._count += len(items)
         self._ready.set()
-        if len(self._queue) >= self.max_batch:
+        if self._count >= self.max_batch:
             self._full.set()
 
     async def close(self) -> None:
@@ -87,7 +100,7 @@ class Batcher(Generic[T]):
     async def _run(self) -> None:
         busy = False
         while True:
-            if not self._queue:
+            if not self._count:
                 if self._in_flight is not None:
                     self._requeue(await self._landed())
                     continue
@@ -97,7 +110,7 @@ class Batcher(Generic[T]):
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            if not busy and len(self._queue) < self.max_batch and self.window_s > 0:
+            if not busy and self._count < self.max_batch and self.window_s > 0:
                 # A timer sets the event, rather than wait_for: that runs the wait as a task
                 # of its own and cancels it on time-out, several event-loop turns each batch.
                 self._full.clear()
@@ -106,8 +119,7 @@ class Batcher(Generic[T]):
                     await self._full.wait()
                 finally:
                     timer.cancel()
-            n = min(self.max_batch, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
+            batch = self._take()
             self._full.clear()
             busy = True
             try:
@@ -139,5 +151,28 @@ class Batcher(Generic[T]):
         finally:
             self._in_flight = None
 
+    def _take(self) -> list[T]:
+        """The next batch: what runs again first, then the sources in turn, an equal share of
+        what is left each (the first of them gets the rest of a division)."""
+        room = self.max_batch
+        batch = [self._again.popleft() for _ in range(min(room, len(self._again)))]
+        room -= len(batch)
+        while room > 0 and self._sources:
+            share = max(1, room // len(self._sources))
+            for key in list(self._sources):
+                queue = self._sources[key]
+                take = min(share, len(queue), room)
+                batch += [queue.popleft() for _ in range(take)]
+                room -= take
+                if queue:
+                    self._sources.move_to_end(key)  # the next batch starts with the others
+                else:
+                    del self._sources[key]
+                if room == 0:
+                    break
+        self._count -= len(batch)
+        return batch
+
     def _requeue(self, items: list[T]) -> None:
-        self._queue.extendleft(reversed(items))
+        self._again.extendleft(reversed(items))
+        self._count += len(items)

@@ -135,9 +135,12 @@ class Engine:
 
     # --- entry point ---------------------------------------------------------------------
 
-    def submit(self, msgs: list[pb.ChargeRequest]) -> asyncio.Future[list[pb.ChargeAnswer]]:
+    def submit(self, msgs: list[pb.ChargeRequest], source: object = None
+               ) -> asyncio.Future[list[pb.ChargeAnswer]]:
         """Queues requests; the future resolves to their answers, in order, once their effects
-        are in Redis. Raises Overloaded when the queue is full (nothing is queued then)."""
+        are in Redis. Raises Overloaded when the queue is full (nothing is queued then).
+        `source`: the stream the requests come from (None: the call is its own), for the
+        batcher's fair turns between callers."""
         loop = asyncio.get_running_loop()
         now = self.clock()
         deadline = loop.time() + self.config.request_deadline_s
@@ -151,7 +154,7 @@ class Engine:
                 continue
             pending.append(Pending(msg, request, call, slot, deadline=deadline))
         if pending:
-            self.batcher.submit(pending)
+            self.batcher.submit(pending, source)
         elif not msgs:
             call.future.set_result([])
         return call.future

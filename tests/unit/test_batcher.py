@@ -137,3 +137,27 @@ async def test_a_batch_that_fills_in_the_window_runs_at_once() -> None:
     assert batches[0][1] - t0 < 2.5  # well before the window ends
     await batcher.close()
     assert [b for b, _ in batches] == [[1, 2, 3, 4], [5]]
+
+
+async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later() -> None:
+    batches: list[list[str]] = []
+
+    async def prepare(batch: list[str]) -> Prepared[str]:
+        batches.append(batch)
+        return Prepared(batch)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=4, window_s=0,
+                                    max_queue=1000)
+    stream = object()
+    batcher.submit([f"s{n}" for n in range(100)], stream)  # a stream far ahead of its reader
+    batcher.submit(["u0"])  # a unary call, after it
+    batcher.submit([f"s{n}" for n in range(100, 110)], stream)
+    batcher.start()
+    await batcher.close()
+
+    # Equal shares in turn: the call's request is in the first batch, not the 27th, and the
+    # stream's requests keep their order.
+    assert batches[0] == ["s0", "s1", "u0", "s2"]
+    stream_order = [x for b in batches for x in b if x.startswith("s")]
+    assert stream_order == [f"s{n}" for n in range(110)]
+    assert (batcher.queued, sum(map(len, batches))) == (0, 111)
