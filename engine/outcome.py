@@ -162,7 +162,8 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
     w.sessions.append(SessionWrite(
         req.session_id, ended,
-        session_fields(new, req, p.account_id, blob, old is None, rated_now),
+        session_fields(new, req, p.account_id, blob, old is None, rated_now,
+                       cost != (live.cost if live else 0)),
         deleted, expiry, created=old is None, rescore=rescore))
 
 
@@ -237,10 +238,12 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
 
 
 def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes,
-                   new: bool, rated: dict[int, Rated]) -> list[bytes | str | int]:
+                   new: bool, rated: dict[int, Rated], cost_moved: bool
+                   ) -> list[bytes | str | int]:
     """The session hash's fields as the apply takes them: field, value, ... A session's
-    subscriber and account are written when it is new (they never change); of its
-    cumulative pricing state, the rating groups `rated` this request moved."""
+    subscriber and account are written when it is new (they never change); of an open
+    session's cumulative pricing state, the rating groups `rated` this request moved and the
+    session's cost if it moved (an ended session is never priced again)."""
     st = "event" if s.is_event else ("ended" if s.ended else "open")
     fields: list[bytes | str | int] = [
         "rn", s.last_rn, "st", st, "t", s.last_time_ms, f"a:{req.request_number}", answer]
@@ -250,10 +253,11 @@ def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes
         fields += ("exp", s.expiry_ms)
     for rg, r in s.reservations.items():
         fields += (f"r:{rg}", reservation_value(r))
-    if rated and not s.is_event:
+    if not s.ended:
         for rg, so_far in rated.items():
             fields += (f"c:{rg}", so_far.value())
-        fields += ("mc", s.cost)
+        if cost_moved:
+            fields += ("mc", s.cost)
     return fields
 
 
