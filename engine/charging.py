@@ -281,11 +281,13 @@ class Engine:
     def _one_request_per_session(batch: list[Pending]) -> tuple[list[Pending], list[Pending]]:
         """Exact retransmissions ride along with their original; a later request of a session
         already in the batch waits for the next batch (it must see this one's effects)."""
-        first: dict[tuple[str, int], Pending] = {}
+        first: dict[tuple[str, int, str], Pending] = {}
         sessions: set[str] = set()
         live, deferred = [], []
         for p in batch:
-            key = (p.request.session_id, p.request.request_number)
+            # The subscriber is part of the key: another subscriber's request with the same
+            # numbers is no retransmission and must not get this one's answer.
+            key = (p.request.session_id, p.request.request_number, p.request.subscriber_id)
             if key in first:
                 first[key].followers.append(p)
             elif key[0] in sessions:
@@ -362,6 +364,14 @@ class Engine:
                                       f"account of subscriber {req.subscriber_id!r} is missing"))
                 continue
             s = acct.sessions.get(req.session_id)
+            if s is not None and not s.owned_by(req.subscriber_id, p.account_id):
+                # Checked before the stored answers: they are the owner's. An INITIAL or a
+                # first EVENT on a session not read comes here too, once the apply refused it
+                # as existing and it was read.
+                p.answer(error_answer(
+                    p.msg, ResultCode.UNKNOWN_SESSION_ID,
+                    f"session {req.session_id!r} belongs to another subscriber"))
+                continue
             if s is not None and req.request_number in s.answers:
                 p.answer(pb.ChargeAnswer.FromString(s.answers[req.request_number]))
                 continue
