@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
 from engine import metrics, security
-from engine.billing import BILLING, Billing, add_billing_service
+from engine.billing import BILLING, Billing, BillingServicer
 from engine.charging import Engine, wall_clock_ms
 from engine.config import Config
 from engine.errors import (
@@ -91,6 +91,13 @@ def _handler(method: Any, impl: Callable[..., Any]) -> grpc.RpcMethodHandler:
             async for answer in impl(checked(), context):
                 yield answer
         return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)
+    if method.server_streaming:
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Unreadable):
+                await _refuse(context, request)
+            async for answer in impl(request, context):
+                yield answer
+        return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
 
     async def unary_unary(request: Any, context: Any) -> Any:
         if isinstance(request, Unreadable):
@@ -223,7 +230,7 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str, billin
     ])
     _add_service(server, CHARGING, ChargingServicer(engine))
     _add_service(server, PROVISIONING, ProvisioningServicer(provisioner))
-    add_billing_service(server, billing)
+    _add_service(server, BILLING, BillingServicer(billing))
     _add_service(server, LIFECYCLE, ProvisioningServicer(
         LifecycleApi(engine.store, engine.config.max_id_length)))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

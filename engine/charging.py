@@ -169,8 +169,10 @@ class Engine:
                    f"({self.config.request_deadline_s:g} s), retry")
             log.warning("batch failed: %s", why, extra={"requests": len(batch)})
         elif isinstance(error, RedisError | OSError):
-            why = f"storage unavailable, retry ({type(error).__name__}: {error})"
-            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
+            # The detail (addresses, errno) is for the log, not for gateways.
+            why = "storage unavailable, retry"
+            log.warning("batch failed: %s (%s: %s)", why, type(error).__name__, error,
+                        extra={"requests": len(batch)})
         else:
             why = f"internal error ({type(error).__name__}), retry"
             log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
