@@ -482,7 +482,11 @@ class Engine:
                 continue
             session = outcome.sessions[id(p)]
             acct = kb.accounts[kb.index[p.account_id]]
-            if session.ended and not session.is_event:
+            if session.ended:  # a TERMINATION's, and every EVENT's
+                # Kept only in Redis, with its stored answers: a later request reads it, and a
+                # retransmitted first request (not read first) is refused by the apply as
+                # existing, then read and answered. Cached, every event id would stay until
+                # the account is evicted.
                 acct.sessions.pop(session.session_id, None)
             else:
                 acct.sessions[session.session_id] = session
