@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
 from engine import metrics, security
-from engine.billing import BILLING, Billing, add_billing_service
+from engine.billing import BILLING, Billing, BillingServicer
 from engine.charging import Engine, wall_clock_ms
 from engine.config import Config
 from engine.errors import (
@@ -31,6 +31,7 @@ from engine.errors import (
     NotFound,
     Overloaded,
 )
+from engine.flow import Window
 from engine.lifecycle.service import LIFECYCLE, LifecycleApi
 from engine.logs import mask_secrets
 from engine.provisioning import Provisioner
@@ -64,19 +65,39 @@ async def _refuse(context: grpc.aio.ServicerContext, bad: Unreadable) -> None:
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad.error)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """Why a stream ends, passed from the task that found it to the one that ends the call."""
+
+    code: grpc.StatusCode
+    details: str
+
+
 def _handler(method: Any, impl: Callable[..., Any]) -> grpc.RpcMethodHandler:
     parse = _parser(GetMessageClass(method.input_type))
     serialize = GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming:
         async def stream_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             async def checked() -> AsyncIterator[Any]:
+                # Raised to whoever reads the requests, not aborted here: the reader may be
+                # a task of its own, and only the handler may end the call (two tasks ending
+                # one call left it hanging: GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
+                n = 0
                 async for r in requests:
+                    n += 1
                     if isinstance(r, Unreadable):
-                        await _refuse(context, r)
+                        raise InvalidArgument(f"message {n} of the stream: {r.error}")
                     yield r
             async for answer in impl(checked(), context):
                 yield answer
         return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)
+    if method.server_streaming:
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Unreadable):
+                await _refuse(context, request)
+            async for answer in impl(request, context):
+                yield answer
+        return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
 
     async def unary_unary(request: Any, context: Any) -> Any:
         if isinstance(request, Unreadable):
@@ -139,29 +160,43 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
     async def ChargeStream(
             self, request_iterator: AsyncIterator[charging_pb2.ChargeBatchRequest],
             context: grpc.aio.ServicerContext) -> AsyncIterator[charging_pb2.ChargeBatchAnswer]:
-        # Batches are submitted as they arrive (pipelined) and answered strictly in order.
-        inflight: asyncio.Queue[tuple[charging_pb2.ChargeBatchRequest,
-                                      asyncio.Future[list[charging_pb2.ChargeAnswer]]] | None] = (
-            asyncio.Queue(maxsize=64))
+        # Messages are submitted as they arrive (pipelined) within the stream's window, and
+        # answered strictly in order. The reader task never ends the call: it queues why the
+        # stream must end, and this handler ends it, after the answers queued before.
+        window = Window(self.engine.config.stream_max_in_flight)
+        inflight: asyncio.Queue[tuple[charging_pb2.ChargeBatchRequest, int,
+                                      asyncio.Future[list[charging_pb2.ChargeAnswer]]]
+                                | Ending | None] = asyncio.Queue()
 
         async def reader() -> None:
             try:
                 async for msg in request_iterator:
                     self._check_size(len(msg.requests))
-                    await inflight.put((msg, self.engine.submit(list(msg.requests), context)))
+                    # An empty message counts too: it still holds a future and an answer.
+                    held = max(len(msg.requests), 1)
+                    await window.take(held)
+                    inflight.put_nowait((msg, held, self.engine.submit(list(msg.requests),
+                                                                       context)))
+            except (InvalidArgument, Overloaded) as e:
+                inflight.put_nowait(Ending(STATUS_OF[type(e)], str(e)))
             finally:
-                await inflight.put(None)
+                inflight.put_nowait(None)
 
         task = asyncio.create_task(reader())
         try:
             while (item := await inflight.get()) is not None:
-                msg, fut = item
-                answers = await fut
-                metrics.count(msg.requests, answers)
-                yield charging_pb2.ChargeBatchAnswer(answers=answers)
-            await _call(context, task)
+                if isinstance(item, Ending):
+                    await context.abort(item.code, item.details)  # raises
+                else:
+                    msg, held, fut = item
+                    answers = await fut
+                    metrics.count(msg.requests, answers)
+                    yield charging_pb2.ChargeBatchAnswer(answers=answers)
+                    window.give(held)
+            await task  # an unexpected error of the reader ends the call (INTERNAL)
         finally:
             task.cancel()
+            window.close()
 
 
 class ProvisioningServicer:
@@ -196,7 +231,7 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str, billin
     ])
     _add_service(server, CHARGING, ChargingServicer(engine))
     _add_service(server, PROVISIONING, ProvisioningServicer(provisioner))
-    add_billing_service(server, billing)
+    _add_service(server, BILLING, BillingServicer(billing))
     _add_service(server, LIFECYCLE, ProvisioningServicer(
         LifecycleApi(engine.store, engine.config.max_id_length)))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -553,7 +553,3 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
 
 
 BILLING = pb.DESCRIPTOR.services_by_name["Billing"]
-
-
-def add_billing_service(server: grpc.aio.Server, billing: Billing) -> None:
-    billing_pb2_grpc.add_BillingServicer_to_server(BillingServicer(billing), server)

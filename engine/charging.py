@@ -172,8 +172,10 @@ class Engine:
                    f"({self.config.request_deadline_s:g} s), retry")
             log.warning("batch failed: %s", why, extra={"requests": len(batch)})
         elif isinstance(error, RedisError | OSError):
-            why = f"storage unavailable, retry ({type(error).__name__}: {error})"
-            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
+            # The detail (addresses, errno) is for the log, not for gateways.
+            why = "storage unavailable, retry"
+            log.warning("batch failed: %s (%s: %s)", why, type(error).__name__, error,
+                        extra={"requests": len(batch)})
         else:
             why = f"internal error ({type(error).__name__}), retry"
             log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
@@ -284,11 +286,13 @@ class Engine:
     def _one_request_per_session(batch: list[Pending]) -> tuple[list[Pending], list[Pending]]:
         """Exact retransmissions ride along with their original; a later request of a session
         already in the batch waits for the next batch (it must see this one's effects)."""
-        first: dict[tuple[str, int], Pending] = {}
+        first: dict[tuple[str, int, str], Pending] = {}
         sessions: set[str] = set()
         live, deferred = [], []
         for p in batch:
-            key = (p.request.session_id, p.request.request_number)
+            # The subscriber is part of the key: another subscriber's request with the same
+            # numbers is no retransmission and must not get this one's answer.
+            key = (p.request.session_id, p.request.request_number, p.request.subscriber_id)
             if key in first:
                 first[key].followers.append(p)
             elif key[0] in sessions:
@@ -365,6 +369,14 @@ class Engine:
                                       f"account of subscriber {req.subscriber_id!r} is missing"))
                 continue
             s = acct.sessions.get(req.session_id)
+            if s is not None and not s.owned_by(req.subscriber_id, p.account_id):
+                # Checked before the stored answers: they are the owner's. An INITIAL or a
+                # first EVENT on a session not read comes here too, once the apply refused it
+                # as existing and it was read.
+                p.answer(error_answer(
+                    p.msg, ResultCode.UNKNOWN_SESSION_ID,
+                    f"session {req.session_id!r} belongs to another subscriber"))
+                continue
             if s is not None and req.request_number in s.answers:
                 p.answer(pb.ChargeAnswer.FromString(s.answers[req.request_number]))
                 continue
@@ -473,7 +485,11 @@ class Engine:
                 continue
             session = outcome.sessions[id(p)]
             acct = kb.accounts[kb.index[p.account_id]]
-            if session.ended and not session.is_event:
+            if session.ended:  # a TERMINATION's, and every EVENT's
+                # Kept only in Redis, with its stored answers: a later request reads it, and a
+                # retransmitted first request (not read first) is refused by the apply as
+                # existing, then read and answered. Cached, every event id would stay until
+                # the account is evicted.
                 acct.sessions.pop(session.session_id, None)
             else:
                 acct.sessions[session.session_id] = session

@@ -59,6 +59,12 @@ class Config:
     """How often the current version of a cached plan is checked."""
     max_requests_per_call: int = 10_000
     """Most requests in one ChargeBatch / ChargeStream message."""
+    stream_max_in_flight: int = 4096
+    """Most requests of one ChargeStream submitted but not answered back yet (an answer
+    counts until gRPC takes it, which it does only as the client reads). Past it the stream
+    stops reading, so gRPC flow control holds the client back; a message counts at least 1,
+    and one larger than this runs alone. Bounds a stream's memory: a client that sends fast
+    and never reads cannot pile up answers."""
     max_units_per_request: int = 64
     """Most rating groups (MSCC) in one request."""
     max_id_length: int = 256
@@ -157,9 +163,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = Config(**{k: _coerce(k, kinds[k], v) for k, v in values.items()})
     if (config.partitions < 1 or config.max_batch < 1 or config.max_queue < 1
-            or config.grpc_listeners < 1):
-        raise ConfigError("partitions, max_batch, max_queue and grpc_listeners must be "
-                          "positive")
+            or config.grpc_listeners < 1 or config.stream_max_in_flight < 1):
+        raise ConfigError("partitions, max_batch, max_queue, grpc_listeners and "
+                          "stream_max_in_flight must be positive")
     if config.appendfsync not in ("always", "everysec", "no"):
         raise ConfigError("appendfsync must be always, everysec or no")
     return config

@@ -80,6 +80,12 @@ def _units(msg: pb.Units, n: int, part: str, limit: int) -> UnitsTuple:
 def _id(value: str, name: str, limit: int) -> str:
     if not value:
         raise Invalid(ResultCode.MISSING_AVP, f"{name} is required")
+    return _text(value, name, limit)
+
+
+def _text(value: str, name: str, limit: int) -> str:
+    """Control characters (NUL, newlines, ...) would reach usage records, logs and the CSV
+    export."""
     if len(value) > limit:
         raise Invalid(ResultCode.INVALID_AVP_VALUE, f"{name} is longer than {limit} characters")
     if not value.isprintable():
@@ -97,14 +103,10 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
     limit = config.max_id_length
     session_id = _id(msg.session_id, "session_id", limit)
     subscriber_id = _id(msg.subscriber_id, "subscriber_id", limit)
-    zone, origin, rn, time_ms = msg.zone, msg.origin, msg.request_number, msg.event_time_ms
-    destination = msg.destination
-    if len(zone) > limit or len(origin) > limit or len(destination) > limit:
-        raise Invalid(ResultCode.INVALID_AVP_VALUE, f"zone, origin and destination are "
-                                                    f"limited to {limit} characters")
-    if destination and not destination.isprintable():
-        raise Invalid(ResultCode.INVALID_AVP_VALUE,
-                      "destination may not contain control characters")
+    zone = _text(msg.zone, "zone", limit)
+    origin = _text(msg.origin, "origin", limit)
+    destination = _text(msg.destination, "destination", limit)
+    rn, time_ms = msg.request_number, msg.event_time_ms
     if kind == RequestType.INITIAL and rn != 0:
         raise Invalid(ResultCode.INVALID_AVP_VALUE,
                       f"INITIAL must have request_number 0 (got {rn})")

@@ -12,12 +12,21 @@ from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
-SUBSCRIBER_FIELDS = frozenset({"subscriber", "subscriber_id", "msisdn", "imsi", "supi"})
+SUBSCRIBER_FIELDS = frozenset({"subscriber", "subscriber_id", "msisdn", "imsi", "supi", "to",
+                               "email", "phone"})
 SECRET_FIELDS = frozenset({"token", "password", "secret", "authorization"})
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@",
                            re.IGNORECASE)
 _TOKEN = re.compile(r"\btgk_[A-Za-z0-9_-]+")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+# Query parameters named like credentials (an SMS gateway's api_key=...) and like the
+# recipient (to=, phone=...): the lifecycle logs the URLs it posts to (httpx, errors).
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&](?:[a-z_-]*(?:key|token|secret|password|passwd|signature|sig|auth)"
+    r"|to|phone|msisdn|number|recipient|email)=)[^&\s#'\"]+")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
+# E.164 numbers as written (+49...) and URL-encoded (%2B49...).
+_PHONE = re.compile(r"(?i)(?:\+|%2B)\d[\d -]{5,18}\d")
 
 
 def mask_id(value: str) -> str:
@@ -26,10 +35,14 @@ def mask_id(value: str) -> str:
 
 
 def mask_secrets(text: str) -> str:
-    """URL passwords (redis://user:***@), tokens and bearer credentials in free text."""
+    """URL passwords (redis://user:***@), tokens, bearer credentials, query parameters named
+    like keys, tokens or recipients, e-mail addresses and phone numbers in free text."""
     text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
     text = _TOKEN.sub("tgk_***", text)
-    return _BEARER.sub(r"\1***", text)
+    text = _BEARER.sub(r"\1***", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    text = _EMAIL.sub("***@***", text)
+    return _PHONE.sub("+***", text)
 
 
 def _mask_field(key: str, value: Any) -> Any:

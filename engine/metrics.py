@@ -37,6 +37,9 @@ WAITED = Counter("tollgate_requests_waited",
                  "Requests put back for the next batch because the batch being applied writes "
                  "their account")
 QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
+STREAM_IN_FLIGHT = Gauge("tollgate_stream_requests_in_flight",
+                         "ChargeStream requests submitted whose answers gRPC has not taken yet "
+                         "(each stream at most stream_max_in_flight)")
 REDIRECTS = Counter("tollgate_partitions_resent",
                     "Partition applies sent again: MOVED/ASK/TRYAGAIN while slots move, or a "
                     "node lost to a failover (Redis Cluster)")

@@ -150,7 +150,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
                                               + timing.stale_grace_s) * 1000
     new = SessionState(req.session_id, req.subscriber_id, rn, ended,
                        req.type == RequestType.EVENT, req.time_ms, answers, held, expiry, rated,
-                       cost)
+                       cost, p.account_id)
     out.answers[id(p)] = ans
     out.sessions[id(p)] = new
     deleted = ([f"r:{rg}" for rg in old.reservations if rg not in held]

@@ -41,10 +41,18 @@ from engine.export import (
     partition_count,
     stream_id,
 )
+from engine.held import reservation_problems
 from engine.state import BucketMeta
 from tollgate.v1 import usage_pb2
 
 SNAPSHOT_CHUNK = 200
+SESSION_READS = 10
+"""Tries at reading a chunk of accounts with their open sessions in one instant, while new
+sessions keep opening."""
+
+
+class SessionsMoving(Exception):
+    """Sessions kept opening while a partition was read: run again."""
 
 
 @dataclass
@@ -64,9 +72,11 @@ class Books:
     topup_records: int = 0
     bucket_taken: dict[str, int] = field(default_factory=dict)
     carried_money: int = 0  # what trimmed records did (keys.carried)
+    reservations: list[str] = field(default_factory=list)  # engine/held.py
+
 
     def problems(self) -> list[str]:
-        out = []
+        out = list(self.reservations)
         left = self.init - self.records.money_micros - self.carried_money
         if left != self.money + self.mres:
             kinds = ", ".join(f"{k} {m}" for k, (_, m) in sorted(self.records.kinds.items()))
@@ -135,29 +145,62 @@ def _account_ids(client: redis.Redis, p: int) -> list[str]:
     return sorted(out)
 
 
+def _open_sessions(client: redis.Redis, p: int, ids: list[str]) -> dict[str, set[str]]:
+    pipe = client.pipeline(transaction=False)
+    for a in ids:
+        pipe.smembers(keys.account_sessions(p, a))
+    return {a: {m.decode() for m in members}
+            for a, members in zip(ids, pipe.execute(), strict=True)}
+
+
+def _read_instant(client: redis.Redis, p: int, ids: list[str]
+                  ) -> tuple[list[Any], list[tuple[dict[bytes, bytes], dict[str, Any]]]]:
+    """The stream's last and first entries and the carried totals, and per account its hash
+    and its open sessions, all in one MULTI/EXEC. The open-session sets are read first: a
+    session opened between the two reads is not in the transaction, so it is read again."""
+    known = _open_sessions(client, p, ids)
+    for _ in range(SESSION_READS):
+        pipe = client.pipeline(transaction=True)
+        pipe.xrevrange(keys.usage_stream(p), count=1)
+        pipe.xrange(keys.usage_stream(p), count=1)
+        pipe.hgetall(keys.carried(p))
+        for a in ids:
+            pipe.hgetall(keys.account(p, a))
+            pipe.smembers(keys.account_sessions(p, a))
+            for sid in sorted(known[a]):
+                pipe.hgetall(keys.session(p, sid))
+        replies = iter(pipe.execute())
+        stream = [next(replies) for _ in range(3)]
+        accounts = []
+        opened = False
+        for a in ids:
+            h, members = next(replies), {m.decode() for m in next(replies)}
+            read = {sid: next(replies) for sid in sorted(known[a])}
+            opened |= not members <= known[a]
+            known[a] |= members
+            accounts.append((h, {sid: read[sid] for sid in members if sid in read}))
+        if not opened:
+            return stream, accounts
+    raise SessionsMoving
+
+
 def snapshot(client: redis.Redis, p: int, account_ids: list[str]
              ) -> tuple[dict[str, Books], bytes | None]:
-    """The accounts, each with the stream's last id and the carried totals of trimmed
-    records at the same instant (MULTI/EXEC); and the stream's first id (the scan's start)."""
+    """The accounts with their open sessions, each with the stream's last id and the carried
+    totals of trimmed records at the same instant (MULTI/EXEC); and the stream's first id
+    (the scan's start)."""
     out: dict[str, Books] = {}
-    stream = keys.usage_stream(p)
     head: bytes | None = None
     for k in range(0, len(account_ids), SNAPSHOT_CHUNK):
         ids = account_ids[k:k + SNAPSHOT_CHUNK]
-        pipe = client.pipeline(transaction=True)
-        for a in ids:
-            pipe.hgetall(keys.account(p, a))
-        pipe.xrevrange(stream, count=1)
-        pipe.xrange(stream, count=1)
-        pipe.hgetall(keys.carried(p))
-        replies = pipe.execute()
-        last, first, carried = replies[-3], replies[-2], replies[-1]
+        (last, first, carried), accounts = _read_instant(client, p, ids)
         if head is None and first:
             head = first[0][0]
         cutoff = stream_id(last[0][0]) if last else (0, 0)
-        for a, h in zip(ids, replies[:-3], strict=True):
+        for a, (h, sessions) in zip(ids, accounts, strict=True):
             if h and b"money" in h:
                 b = out[a] = _books(a, p, h, cutoff)
+                b.reservations = reservation_problems(a, h, sessions)
                 b.carried_money = int(carried.get(f"{a}|m".encode(), 0))
                 b.topup_records = int(carried.get(f"{a}|t".encode(), 0))
                 for bid in b.buckets:
@@ -168,9 +211,13 @@ def snapshot(client: redis.Redis, p: int, account_ids: list[str]
 def _scan(client: redis.Redis, p: int, ids: list[str], account: str | None, chunk: int,
           bar: Progress) -> tuple[dict[str, int], dict[str, Books] | None]:
     """The books of a partition's accounts and the records of unknown accounts; None for
-    the books when the stream was trimmed during the scan (read again)."""
+    the books when the stream was trimmed or sessions kept opening during the scan (read
+    again)."""
     orphans: dict[str, int] = {}
-    books, head = snapshot(client, p, ids)
+    try:
+        books, head = snapshot(client, p, ids)
+    except SessionsMoving:
+        return orphans, None
     until = max((b.cutoff for b in books.values()), default=(0, 0))
     if books and until > (0, 0):
         for rid, blob in iter_stream(client, keys.usage_stream(p), chunk=chunk,
@@ -213,7 +260,8 @@ def reconcile(redis_url: str, account: str | None = None, chunk: int = CHUNK,
                 if books is not None:
                     break
             else:
-                report.problems.append(f"partition {p}: trimmed while read; run again")
+                report.problems.append(f"partition {p}: trimmed or sessions opened while read; "
+                                       "run again")
                 continue
             if account and account not in books:
                 report.problems.append(f"{account}: no such account")

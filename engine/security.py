@@ -108,37 +108,51 @@ def create_token(path: str | os.PathLike[str], name: str, roles: Sequence[str]) 
 
 
 class TokenFile:
-    """The tokens file, read again when it changes (adding or revoking needs no restart)."""
+    """The tokens file, read again when its content changes (adding or revoking needs no
+    restart). It fails closed: while the file is missing, unreadable or malformed, no token
+    is accepted; a malformed file is refused as a whole, never in part."""
 
     CHECK_EVERY_S = 2.0
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self._mtime = -1.0
+        self._digest: bytes | None = None  # of the content read last; None = unreadable
         self._checked = 0.0
         self.clients: dict[str, Client] = {}
         self.refresh(force=True)
 
     def refresh(self, force: bool = False) -> None:
+        """Reads the file (at most every CHECK_EVERY_S s) and parses it if its content changed:
+        the modification time alone misses a rewrite within the clock's resolution or one
+        that keeps it. Errors raise when forced (at start), else empty the clients."""
         now = time.monotonic()
         if not force and now - self._checked < self.CHECK_EVERY_S:
             return
         self._checked = now
         try:
-            mtime = self.path.stat().st_mtime
-            if mtime != self._mtime:
-                self.clients = parse_tokens(self.path.read_text(), str(self.path))
-                self._mtime = mtime
+            data = self.path.read_bytes()
         except OSError as e:
             if force:
                 raise ConfigError(f"cannot read tokens file {self.path}: {e}") from e
-            log.error("tokens file unreadable; keeping the clients read before",
-                      extra={"path": str(self.path), "error": str(e)})
+            if self._digest is not None:  # once, when it goes
+                log.error("tokens file unreadable: NO TOKEN IS ACCEPTED until it is back",
+                          extra={"path": str(self.path), "error": str(e)})
+            self._digest, self.clients = None, {}
+            return
+        digest = hashlib.sha256(data).digest()
+        if digest == self._digest:
+            return
+        self._digest, self.clients = digest, {}
+        try:
+            # Bytes that are not UTF-8 make their line malformed (a comment's are harmless).
+            self.clients = parse_tokens(data.decode(errors="replace"), str(self.path))
         except ConfigError as e:
             if force:
                 raise
-            log.error("tokens file invalid; keeping the clients read before",
-                      extra={"error": str(e)})
+            log.error("tokens file refused: NO TOKEN IS ACCEPTED until it is fixed: %s", e)
+            return
+        log.info("tokens file read", extra={"path": str(self.path),
+                                             "clients": len(self.clients)})
 
     def client(self, token: str) -> Client | None:
         self.refresh()

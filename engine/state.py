@@ -74,6 +74,12 @@ class SessionState:
     expiry_ms: int = 0  # when an open session's reservations go stale (0: unknown)
     rated: dict[int, Rated] = field(default_factory=dict)
     cost: int = 0  # money charged to the whole session so far
+    account_id: str = ""  # the account that opened it (its `acct` field; never changes)
+
+    def owned_by(self, subscriber_id: str, account_id: str) -> bool:
+        """Session ids are chosen by gateways, and every account of a partition shares its
+        session keys: only the subscriber (and account) that opened a session may use it."""
+        return self.subscriber_id == subscriber_id and self.account_id == account_id
 
 
 @dataclass(slots=True)
@@ -217,7 +223,7 @@ def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None
         session_id=session_id, subscriber_id=_s(h.get(b"sub", b"")), last_rn=int(h[b"rn"]),
         ended=h.get(b"st") != b"open", is_event=h.get(b"st") == b"event",
         last_time_ms=int(h.get(b"t", 0)), expiry_ms=int(h.get(b"exp", 0)),
-        cost=int(h.get(b"mc", 0)))
+        cost=int(h.get(b"mc", 0)), account_id=_s(h.get(b"acct", b"")))
     for k, v in h.items():
         if k.startswith(b"a:"):
             s.answers[int(k[2:])] = v

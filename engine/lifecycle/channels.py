@@ -19,6 +19,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from engine.lifecycle.settings import Email, Settings, Sms, Webhook
+from engine.logs import mask_secrets
 
 SIGNATURE_HEADER = "X-Tollgate-Signature"
 """sha256=<hex HMAC-SHA256 of the request body with the webhook secret>"""
@@ -64,13 +65,14 @@ class Channels:
             else:
                 raise SendError(f"channel {channel!r} is not configured")
         except (httpx.HTTPError, smtplib.SMTPException, OSError) as e:
-            raise SendError(f"{type(e).__name__}: {e}") from e
+            # Kept in the delivery log and logged: no gateway key, number or address.
+            raise SendError(mask_secrets(f"{type(e).__name__}: {e}")) from e
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str],
                     timeout_s: float) -> None:
         r = await self.http.post(url, content=body, headers=headers, timeout=timeout_s)
         if not r.is_success:
-            raise SendError(f"HTTP {r.status_code} from {url}: {r.text[:200]}")
+            raise SendError(mask_secrets(f"HTTP {r.status_code} from {url}: {r.text[:200]}"))
 
     async def _webhook(self, hook: Webhook, msg: dict[str, Any]) -> None:
         body = json.dumps(msg["payload"], separators=(",", ":"), sort_keys=True).encode()

@@ -285,6 +285,28 @@ async def test_invalid_requests_are_refused(billing):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("method", ["GetUsage", "Ack", "StreamRatedUsage", "StreamEvents"])
+async def test_unreadable_request_bytes_are_refused_with_invalid_argument(gateway, method):
+    path = f"/tollgate.v1.Billing/{method}"
+    if method.startswith("Stream"):
+        call: Any = gateway.channel.unary_stream(path, request_serializer=bytes,
+                                                 response_deserializer=bytes)
+    else:
+        call = gateway.channel.unary_unary(path, request_serializer=bytes,
+                                           response_deserializer=bytes)
+
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        reply = call(b"\xff\xff\xff\xff")
+        if method.startswith("Stream"):
+            async for _ in reply:
+                pass
+        else:
+            await reply
+
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+    assert "cannot read" in (e.value.details() or "")
+
+
 async def test_trimmer_keeps_unacked_and_trims_acked(gateway, billing, db, config, tollgate):
     subs = await gateway.setup(accounts=4)
     await sms(gateway, subs, 40)

@@ -502,6 +502,32 @@ async def test_retransmitted_event_returns_the_same_answer_and_charges_once(gate
     assert before.money_micros == 10 * EUR - 100_000
 
 
+async def test_answered_events_leave_no_session_in_the_account_cache(gateway, tollgate):
+    [sub] = await gateway.setup()
+
+    answers = await gateway.batch([request(f"sms-{n}", 0, EVENT, sub, sms(1))
+                                   for n in range(40)])
+
+    assert all(a.result == cpb.SUCCESS for a in answers), answers
+    cached = tollgate.engine.accounts["acct-0"]
+    assert [s for s in cached.sessions.values() if s.is_event] == []
+
+
+async def test_an_event_retransmitted_after_it_left_the_cache_is_answered_and_charged_once(
+        gateway, tollgate, config):
+    [sub] = await gateway.setup()
+    events = [request(f"sms-{n}", 0, EVENT, sub, sms(1)) for n in range(40)]
+    answers = await gateway.batch(events)
+    before = await gateway.account("acct-0")
+    assert "sms-7" not in tollgate.engine.accounts["acct-0"].sessions
+
+    again = await gateway.charge(events[7])
+
+    assert again == answers[7] and again.charged_micros == 50_000, again
+    assert await gateway.account("acct-0") == before
+    assert [r.session_id for r in await usage_records(config)].count("sms-7") == 1
+
+
 async def test_retransmitted_refusal_is_answered_the_same(gateway):
     [sub] = await gateway.setup(money=10_000)
     req = request("e1", 0, EVENT, sub, sms(1))

@@ -166,8 +166,10 @@ def rule_breaks(msg: cpb.ChargeRequest, cfg: Config) -> list[str]:
         value = getattr(msg, name)
         if not value or len(value) > cfg.max_id_length or not value.isprintable():
             out.append(name)
-    if len(msg.zone) > cfg.max_id_length or len(msg.origin) > cfg.max_id_length:
-        out.append("zone/origin")
+    for name in ("zone", "origin", "destination"):
+        value = getattr(msg, name)
+        if len(value) > cfg.max_id_length or not value.isprintable():
+            out.append(name)
     if msg.type == cpb.INITIAL and msg.request_number != 0:
         out.append("request_number")
     if not 0 <= msg.event_time_ms <= MAX_TIME_MS:

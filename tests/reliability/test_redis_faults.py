@@ -6,6 +6,7 @@ false SUCCESS; the server reconnects by itself; the queue stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import redis
 from engine.config import Config
 from engine.redis_server import RedisServer
 from server import Tollgate
-from tests.helpers import EUR, SMS_RG, sample_plan
+from tests.helpers import EUR, SMS_RG, mscc, request, running, sample_plan
 from tests.integration.ledger import Tariff
 from tests.reliability.faults import (
     UNABLE,
@@ -95,6 +96,19 @@ async def test_redis_killed_under_load_loses_no_answered_charge(aof_redis):
         assert link.errors == {}, link.errors  # errors came as answers, not dead calls
         await assert_books_balance(traffic, link, aof_redis.url, MONEY, account_ids)
         await link.close()
+
+
+async def test_a_storage_failure_is_told_to_gateways_without_redis_internals(aof_redis, caplog):
+    caplog.set_level(logging.WARNING, "tollgate.engine")
+    async with running(fault_config(aof_redis.url)) as gw:
+        [sub] = await gw.setup()
+        aof_redis.kill()
+        ans = await gw.charge(request("sms", 0, cpb.EVENT, sub,
+                                      mscc(SMS_RG, used=1, field="service_units")))
+        aof_redis.start()
+    assert (ans.result, ans.error_message) == (UNABLE, "storage unavailable, retry"), ans
+    logged = [r.getMessage() for r in caplog.records if r.name == "tollgate.engine"]
+    assert any(f"127.0.0.1:{aof_redis.port}" in m for m in logged), logged
 
 
 async def test_slow_redis_answers_within_the_deadline_and_the_queue_stays_bounded(aof_redis):

@@ -197,6 +197,68 @@ async def test_tokens_are_stored_hashed_and_revoked_without_restart(secured, mon
         grpc.StatusCode.UNAUTHENTICATED)
 
 
+async def unauthenticated_everywhere(secured: SimpleNamespace) -> bool:
+    """Every token of the fixture, on every service, is refused as unknown."""
+    codes = {await code_of(call(secured.channel, bearer(token)))
+             for token in secured.tokens.values() for _, call in CALLS.values()}
+    return codes == {grpc.StatusCode.UNAUTHENTICATED}
+
+
+async def test_a_revocation_is_seen_when_the_rewrite_keeps_size_and_mtime(secured, monkeypatch):
+    monkeypatch.setattr(TokenFile, "CHECK_EVERY_S", 0.0)
+    gateway = bearer(secured.tokens["gateway"])
+    assert await code_of(CALLS["Charge"][1](secured.channel, gateway)) == grpc.StatusCode.OK
+    before = secured.path.stat()
+    text = secured.path.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("gateway-client "))
+    revoked = line.rsplit(" ", 1)[0] + " " + security.token_hash("tgk_revoked")
+
+    secured.path.write_text(text.replace(line, revoked))
+    os.utime(secured.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    assert secured.path.stat().st_size == before.st_size
+    assert await code_of(CALLS["Charge"][1](secured.channel, gateway)) == (
+        grpc.StatusCode.UNAUTHENTICATED)
+    operator = bearer(secured.tokens["operator"])
+    assert await code_of(CALLS["GetPlan"][1](secured.channel, operator)) not in DENIED
+
+
+async def test_a_deleted_tokens_file_admits_no_token(secured, monkeypatch, caplog):
+    monkeypatch.setattr(TokenFile, "CHECK_EVERY_S", 0.0)
+    caplog.set_level(logging.ERROR, "tollgate.security")
+    text = secured.path.read_text()
+
+    secured.path.unlink()
+
+    assert await unauthenticated_everywhere(secured)
+    assert any(r.name == "tollgate.security" and r.levelno == logging.ERROR
+               and "NO TOKEN IS ACCEPTED" in r.getMessage() for r in caplog.records)
+    secured.path.write_text(text)
+    assert await code_of(CALLS["Charge"][1](secured.channel, bearer(
+        secured.tokens["gateway"]))) == grpc.StatusCode.OK
+
+
+async def test_a_malformed_tokens_file_admits_no_token_until_fixed(secured, monkeypatch,
+                                                                   caplog):
+    monkeypatch.setattr(TokenFile, "CHECK_EVERY_S", 0.0)
+    caplog.set_level(logging.ERROR, "tollgate.security")
+    text = secured.path.read_text()
+    lines = text.splitlines()
+    lines[3] = lines[3].replace("sha256:", "sha265:")  # line 4: the billing client's
+
+    secured.path.write_text("\n".join(lines) + "\n")
+
+    assert await unauthenticated_everywhere(secured)
+    refused = [r.getMessage() for r in caplog.records if r.name == "tollgate.security"]
+    assert len(refused) == 1 and "line 4" in refused[0], refused
+    assert await unauthenticated_everywhere(secured)  # still refused, logged once
+    assert len([r for r in caplog.records if r.name == "tollgate.security"]) == 1
+    secured.path.write_text(text)
+    for name, (role, call) in CALLS.items():
+        code = await code_of(call(secured.channel, bearer(secured.tokens[role])))
+        assert code not in DENIED, (name, code)
+
+
 def test_token_file_rules(tmp_path):
     path = tmp_path / "tokens"
     create_token(path, "pgw-1", ["gateway"])

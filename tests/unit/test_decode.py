@@ -174,11 +174,13 @@ def test_id_with_control_characters_is_invalid_avp_value():
     assert "session_id" in str(err)
 
 
-def test_destination_with_control_characters_is_invalid_avp_value():
-    err = refused(req(destination="+44\x0020"))
+@pytest.mark.parametrize("value", ["+44\x0020", "home\n", "a\rb", "eu\x1b[31m"])
+@pytest.mark.parametrize("field", ["zone", "origin", "destination"])
+def test_zone_origin_or_destination_with_control_characters_is_invalid_avp_value(field, value):
+    err = refused(req(**{field: value}))
 
     assert err.code == ResultCode.INVALID_AVP_VALUE
-    assert "destination" in str(err)
+    assert str(err) == f"{field} may not contain control characters"
 
 
 def test_an_event_time_in_1970_is_refused_naming_the_field_the_value_and_the_window():
