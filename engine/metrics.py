@@ -36,6 +36,10 @@ STALE_READS = Counter("tollgate_stale_accounts_read",
 WAITED = Counter("tollgate_requests_waited",
                  "Requests put back for the next batch because the batch being applied writes "
                  "their account")
+USAGE_PAST_RETENTION = Gauge(
+    "tollgate_usage_unacked_past_retention",
+    "Usage records older than usage_retention_days that a consumer group has not "
+    "acknowledged: kept for it (not trimmed) until it does", ["group"])
 QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
 REDIRECTS = Counter("tollgate_partitions_resent",
                     "Partition applies sent again: MOVED/ASK/TRYAGAIN while slots move, or a "
