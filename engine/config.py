@@ -84,7 +84,10 @@ class Config:
     makes the collector rescan the caches so often that it costs about a third of the CPU
     of charging). 0 keeps Python's defaults."""
     metrics_port: int = 9464
-    """Prometheus /metrics port (0 = off); a port in use is logged and skipped."""
+    """Prometheus /metrics port (0 = off); one that cannot be bound stops the start."""
+    metrics_host: str = ""
+    """Address the /metrics endpoint binds to; empty = the host of `listen` (so metrics are
+    exposed no wider than gRPC)."""
     log_level: str = "INFO"
     log_format: str = "json"
     """'json' (one object per line) or 'text'."""
@@ -125,6 +128,10 @@ class Config:
     rerate and a new billing group read them), and beyond it until every registered consumer
     group has acknowledged them: one that falls behind is warned about
     (tollgate_usage_unacked_past_retention), never trimmed past."""
+
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or self.listen.rsplit(":", 1)[0].strip("[]")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
