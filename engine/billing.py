@@ -450,13 +450,15 @@ class Billing:
 
     async def _unacked_before(self, key: str, group: str, last: StreamId,
                               before: StreamId) -> int:
-        """Records before `before` the group has not acknowledged: its pending ones, and
-        those after its last delivered id."""
+        """Records before `before` the group has not acknowledged: its pending ones up to
+        `last`, and those after `last` (its last delivered id when it was read: a record
+        delivered meanwhile is counted once, as after it)."""
         end = _before(before)
         n = 0
         lo = "-"
+        pending_end = format_sid(last) if last < before else end
         while True:
-            rows = await self.redis.xpending_range(key, group, lo, end, 1000)
+            rows = await self.redis.xpending_range(key, group, lo, pending_end, 1000)
             n += len(rows)
             if len(rows) < 1000:
                 break
