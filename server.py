@@ -11,6 +11,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -278,6 +279,7 @@ class Tollgate:
     sweeper: asyncio.Task[None] | None = None
     billing: Billing | None = None
     trimmer: asyncio.Task[None] | None = None
+    metrics_server: WSGIServer | None = None
     clock: Callable[[], int] = wall_clock_ms
     """Unix ms; tests pass a controllable clock (billing cycles, stale reservations)."""
 
@@ -289,6 +291,9 @@ class Tollgate:
     async def start(self) -> Tollgate:
         for warning in security.exposure_warnings(self.config):
             log.warning(warning)
+        # First: a metrics port that cannot be bound stops the start before anything runs.
+        self.metrics_server = metrics.serve_metrics(self.config.metrics_port,
+                                                    self.config.metrics_bind_host)
         url = self.config.redis_url
         if not url:
             # Started from the main thread: the child's parent-death signal follows the
@@ -322,7 +327,6 @@ class Tollgate:
         self.server, *self.more_servers = servers
         for server in servers:
             await server.start()
-        metrics.serve_metrics(self.config.metrics_port)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         tune_gc(self.config.gc_threshold)
@@ -351,6 +355,9 @@ class Tollgate:
             await self.store.close()
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         log.info("tollgate stopped")
 
     async def __aenter__(self) -> Tollgate:

@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from engine import keys
 from engine.config import Config
 from engine.errors import InvalidArgument
+from engine.metrics import USAGE_PAST_RETENTION
 from engine.redis_client import cluster_of
 from engine.store import Store, cancel_requested
 from tollgate.v1 import billing_pb2 as pb
@@ -43,6 +44,7 @@ DROPPED_UNACKED = Counter(
     "Stream records dropped by the max-age safety net before every consumer group had "
     "acknowledged them", ["feed"])
 
+DAY_MS = 86_400_000
 MAX_SCAN = 100_000
 """GetUsage reads at most this many stream entries per call (a page may then be short)."""
 MAX_ACK_IDS = 100_000
@@ -53,6 +55,8 @@ _SID = re.compile(r"^\d{1,20}-\d{1,20}$")
 StreamId = tuple[int, int]
 Entry = tuple[str, bytes]
 """(record id, payload)"""
+StartAt = str | int | None
+"""Where a new group starts: a record id, a time (Unix ms), or None (the oldest retained)."""
 
 
 def parse_sid(raw: bytes | str) -> StreamId:
@@ -63,6 +67,11 @@ def parse_sid(raw: bytes | str) -> StreamId:
 
 def format_sid(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
+
+
+def _before(sid: StreamId) -> str:
+    """The greatest stream id below sid (an inclusive XRANGE / XPENDING end)."""
+    return format_sid((sid[0] - 1, 2**64 - 1)) if sid[1] == 0 else format_sid((sid[0], sid[1] - 1))
 
 
 def record_id(partition: int, sid: bytes | str) -> str:
@@ -130,18 +139,37 @@ class Billing:
         if len(value) > self.config.max_id_length:
             raise InvalidArgument(f"{what} is longer than {self.config.max_id_length}")
 
-    async def ensure_group(self, feed: int, group: str) -> None:
-        """Creates the group on every partition stream (from the start of the stream) unless it
-        exists; registering it everywhere keeps the trimmer from dropping what it has not read."""
+    async def ensure_group(self, feed: int, group: str, start: StartAt = None) -> None:
+        """Creates the group on every partition stream unless it exists, at `start`
+        (_start_ids: by default the oldest record retained); registering it everywhere
+        keeps the trimmer from dropping what it has not read."""
         if (feed, group) in self._groups:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for p in range(self.partitions):
-            pipe.xgroup_create(stream_key(feed, p), group, id="0", mkstream=True)
+        for p, sid in enumerate(self._start_ids(start)):
+            pipe.xgroup_create(stream_key(feed, p), group, id=sid, mkstream=True)
         for r in await pipe.execute(raise_on_error=False):
             if isinstance(r, Exception) and "BUSYGROUP" not in str(r):
                 raise r
         self._groups.add((feed, group))
+
+    def _start_ids(self, start: StartAt) -> list[str]:
+        """Per partition, the id a new group is created at (its last delivered id)."""
+        if start is None:
+            return ["0"] * self.partitions
+        if isinstance(start, int):
+            return [_before((start, 0)) if start else "0"] * self.partitions
+        p, sid = split_record_id(start, self.partitions)
+        at = parse_sid(sid)
+        return [_before(at if q == p else (at[0], 0)) for q in range(self.partitions)]
+
+    @staticmethod
+    def _start_of(req: pb.StreamRequest) -> StartAt:
+        if req.start_record_id and req.start_time_ms:
+            raise InvalidArgument("give start_record_id or start_time_ms, not both")
+        if req.start_time_ms < 0:
+            raise InvalidArgument("start_time_ms must not be negative")
+        return req.start_record_id or req.start_time_ms or None
 
     def _stream_params(self, req: pb.StreamRequest) -> tuple[list[int], int, int]:
         self._check_name("group", req.group)
@@ -164,7 +192,7 @@ class Billing:
         closed: records idle (delivered, unacknowledged) for billing_redeliver_ms are claimed
         first (this consumer's own and a dead consumer's), then new ones."""
         parts, max_batch, block_ms = self._stream_params(req)
-        await self.ensure_group(feed, req.group)
+        await self.ensure_group(feed, req.group, self._start_of(req))
         redeliver_ms = max(1, self.config.billing_redeliver_ms)
         claim_every = min(5.0, max(0.02, redeliver_ms / 2000))
         block_ms = max(1, min(block_ms, int(claim_every * 1000)))
@@ -352,44 +380,102 @@ class Billing:
     # --- retention ----------------------------------------------------------------------
 
     async def trim(self, now_ms: int | None = None) -> TrimReport:
-        """Trims every usage and event stream up to the oldest record some registered group
-        has not acknowledged (not delivered yet, or pending); streams without a group are
-        kept. Records older than stream_max_age_s go regardless; the unacknowledged ones among
-        them are counted in tollgate_usage_dropped_unacked_total."""
+        """Trims the partition streams; a stream without a group is kept whole.
+
+        A usage stream loses only records older than usage_retention_days that every
+        registered group has acknowledged: rated usage is what operators invoice from, and
+        export, rerate and a group registered later read it. Records past retention that a
+        group has not acknowledged stay; the group is named in a warning and counted in
+        tollgate_usage_unacked_past_retention (never trimmed silently).
+        An event stream loses what every group has acknowledged and, past stream_max_age_s,
+        everything (the unacknowledged counted in tollgate_usage_dropped_unacked_total)."""
         if now_ms is None:
             secs, micros = await self.redis.time()
             now_ms = int(secs) * 1000 + int(micros) // 1000
+        retention: StreamId = (max(0, now_ms - self.config.usage_retention_days * DAY_MS), 0)
         max_age_ms = self.config.stream_max_age_s * 1000
         cutoff = (now_ms - max_age_ms, 0) if max_age_ms and now_ms > max_age_ms else None
         report = TrimReport()
-        for feed in (USAGE, EVENTS):
-            for p in range(self.partitions):
-                trimmed, dropped = await self._trim_one(stream_key(feed, p), cutoff)
-                report.trimmed += trimmed
-                report.dropped_unacked += dropped
-                if dropped:
-                    DROPPED_UNACKED.labels(FEED_NAMES[feed]).inc(dropped)
-                    log.warning("unacknowledged stream records dropped by max age",
-                                extra={"stream": stream_key(feed, p), "records": dropped})
+        behind: dict[str, int] = defaultdict(int)
+        for p in range(self.partitions):
+            report.trimmed += await self._trim_usage(keys.usage_stream(p), retention, behind)
+        for group, n in behind.items():
+            USAGE_PAST_RETENTION.labels(group).set(n)
+            if n:
+                log.warning("consumer group has not acknowledged usage records older than "
+                            "the retention: they are kept for it, not trimmed",
+                            extra={"group": group, "records": n,
+                                   "retention_days": self.config.usage_retention_days})
+        for p in range(self.partitions):
+            key = keys.events_stream(p)
+            trimmed, dropped = await self._trim_events(key, cutoff)
+            report.trimmed += trimmed
+            report.dropped_unacked += dropped
+            if dropped:
+                DROPPED_UNACKED.labels(FEED_NAMES[EVENTS]).inc(dropped)
+                log.warning("unacknowledged stream records dropped by max age",
+                            extra={"stream": key, "records": dropped})
         return report
 
-    async def _trim_one(self, key: str, cutoff: StreamId | None) -> tuple[int, int]:
+    async def _group_bounds(self, key: str) -> dict[str, tuple[StreamId, StreamId]]:
+        """Per group of the stream: its last delivered id and the first id it has not
+        acknowledged (its oldest pending one, else the one after the last delivered)."""
         try:
             groups = await self.redis.xinfo_groups(key)
         except ResponseError:  # no such stream
-            return 0, 0
-        lasts: dict[str, StreamId] = {}
-        safe: StreamId | None = None
+            return {}
+        out: dict[str, tuple[StreamId, StreamId]] = {}
         for g in groups:
-            name = _text(g["name"])
             last = parse_sid(g["last-delivered-id"])
-            lasts[name] = last
             bound = (last[0], last[1] + 1)
             if int(g["pending"]):
-                summary = await self.redis.xpending(key, name)
+                summary = await self.redis.xpending(key, g["name"])
                 if summary.get("min"):
                     bound = min(bound, parse_sid(summary["min"]))
-            safe = bound if safe is None else min(safe, bound)
+            out[_text(g["name"])] = (last, bound)
+        return out
+
+    async def _trim_usage(self, key: str, retention: StreamId, behind: dict[str, int]) -> int:
+        """Trims below min(retention, what every group acknowledged); adds to `behind`, per
+        group, the records older than retention it has not acknowledged (kept for it)."""
+        groups = await self._group_bounds(key)
+        if not groups:
+            return 0
+        safe = min(bound for _, bound in groups.values())
+        for name, (last, bound) in groups.items():
+            behind[name] += (await self._unacked_before(key, name, last, retention)
+                             if bound < retention else 0)
+        upto = min(safe, retention)
+        return await self._xtrim(key, upto) if upto > (0, 1) else 0
+
+    async def _unacked_before(self, key: str, group: str, last: StreamId,
+                              before: StreamId) -> int:
+        """Records before `before` the group has not acknowledged: its pending ones up to
+        `last`, and those after `last` (its last delivered id when it was read: a record
+        delivered meanwhile is counted once, as after it)."""
+        end = _before(before)
+        n = 0
+        lo = "-"
+        pending_end = format_sid(last) if last < before else end
+        while True:
+            rows = await self.redis.xpending_range(key, group, lo, pending_end, 1000)
+            n += len(rows)
+            if len(rows) < 1000:
+                break
+            lo = f"({_text(rows[-1]['message_id'])}"
+        lo = f"({format_sid(last)}"
+        while True:
+            entries = cast(list[tuple[bytes, Any]],
+                           await self.redis.xrange(key, lo, end, count=1000))
+            n += len(entries)
+            if len(entries) < 1000:
+                return n
+            lo = f"({_text(entries[-1][0])}"
+
+    async def _trim_events(self, key: str, cutoff: StreamId | None) -> tuple[int, int]:
+        groups = await self._group_bounds(key)
+        lasts = {name: last for name, (last, _) in groups.items()}
+        safe = min((bound for _, bound in groups.values()), default=None)
         trimmed = 0
         if safe is not None and safe > (0, 1):
             trimmed += await self._xtrim(key, safe)
@@ -413,8 +499,7 @@ class Billing:
                 return 0
             sums: dict[str, int] = defaultdict(int)
             lo = _text(head[0][0])
-            end = format_sid((minid[0] - 1, 2**63)) if minid[1] == 0 else \
-                format_sid((minid[0], minid[1] - 1))
+            end = _before(minid)
             while True:
                 rows = cast(list[tuple[bytes, dict[bytes, bytes]]],
                             await self.redis.xrange(key, lo, end, count=1000))
@@ -427,7 +512,8 @@ class Billing:
             for f, d in sums.items():
                 if d:
                     args += (f, d)
-            done = int(await self._carry_script(keys=[key, keys.carried(p)], args=args))
+            done = int(await self._carry_script(
+                keys=[key, keys.carried(p), keys.usage_kept_from(p)], args=args))
             if done >= 0:
                 return done
         return 0
@@ -438,8 +524,7 @@ class Billing:
         pending ids on the way (they are about to be dropped)."""
         if not lasts:
             return 0
-        end = format_sid((cutoff[0] - 1, 2**63)) if cutoff[1] == 0 else \
-            format_sid((cutoff[0], cutoff[1] - 1))
+        end = _before(cutoff)
         pending: set[StreamId] = set()
         for name in lasts:
             lo = format_sid(start)

@@ -90,7 +90,10 @@ class Config:
     makes the collector rescan the caches so often that it costs about a third of the CPU
     of charging). 0 keeps Python's defaults."""
     metrics_port: int = 9464
-    """Prometheus /metrics port (0 = off); a port in use is logged and skipped."""
+    """Prometheus /metrics port (0 = off); one that cannot be bound stops the start."""
+    metrics_host: str = ""
+    """Address the /metrics endpoint binds to; empty = the host of `listen` (so metrics are
+    exposed no wider than gRPC)."""
     log_level: str = "INFO"
     log_format: str = "json"
     """'json' (one object per line) or 'text'."""
@@ -123,8 +126,18 @@ class Config:
     """How often usage and event streams are trimmed up to what every consumer group has
     acknowledged (0 = never, e.g. another process does). Streams without a group are kept."""
     stream_max_age_s: int = 30 * 86_400
-    """Safety net: stream records older than this are dropped even when not acknowledged
-    (counted in tollgate_usage_dropped_unacked_total); 0 = keep them until acknowledged."""
+    """Event streams' safety net: events older than this are dropped even when not
+    acknowledged (counted in tollgate_usage_dropped_unacked_total); 0 = keep them until
+    acknowledged. Usage streams have no such net: see usage_retention_days."""
+    usage_retention_days: int = 35
+    """Rated usage records are kept at least this long (a billing cycle plus margin: export,
+    rerate and a new billing group read them), and beyond it until every registered consumer
+    group has acknowledged them: one that falls behind is warned about
+    (tollgate_usage_unacked_past_retention), never trimmed past."""
+
+    @property
+    def metrics_bind_host(self) -> str:
+        return self.metrics_host or self.listen.rsplit(":", 1)[0].strip("[]")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -166,6 +179,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
             or config.grpc_listeners < 1 or config.stream_max_in_flight < 1):
         raise ConfigError("partitions, max_batch, max_queue, grpc_listeners and "
                           "stream_max_in_flight must be positive")
+    if config.usage_retention_days < 0:
+        raise ConfigError("usage_retention_days must be 0 or more")
     if config.appendfsync not in ("always", "everysec", "no"):
         raise ConfigError("appendfsync must be always, everysec or no")
     return config

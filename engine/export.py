@@ -28,6 +28,7 @@ import redis
 from google.protobuf.descriptor import FieldDescriptor
 
 from engine import keys, redis_client
+from engine.retention import retention_notes
 from tollgate.v1 import usage_pb2
 
 CHUNK = 2000
@@ -117,6 +118,8 @@ class Totals:
     units: int = 0
     """Units used, of USAGE records."""
     kinds: dict[str, list[int]] = field(default_factory=dict)  # kind -> [records, money]
+    notes: list[str] = field(default_factory=list)
+    """Said with the totals: that the period reaches before the records retained."""
 
     def add(self, r: usage_pb2.RatedUsage) -> None:
         self.records += 1
@@ -144,7 +147,7 @@ class Totals:
         for name in sorted(self.kinds):
             n, m = self.kinds[name]
             out.append(f"  {name:<12} {n:>10} records  {m:>18} micros")
-        return out
+        return out + self.notes
 
 
 # --- progress -----------------------------------------------------------------------------
@@ -258,7 +261,7 @@ def export(redis_url: str, out: str, fmt: str = "csv", from_ms: int | None = Non
         bar = Progress(len(parts), "export", progress_stream, progress)
         records = iter_records(client, parts, from_ms, to_ms, account, chunk,
                                bar.partition_done)
-        totals = Totals()
+        totals = Totals(notes=retention_notes(client, parts, from_ms))
         if fmt == "csv":
             with open(out, "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)

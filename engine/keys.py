@@ -45,6 +45,12 @@ def carried(p: int) -> str:
     return f"tg:{{p{p}}}:carried"
 
 
+def usage_kept_from(p: int) -> str:
+    """The id of the first usage record the trimmer kept when it last trimmed partition p's
+    stream: every record before it is gone (engine/retention.py)."""
+    return f"tg:{{p{p}}}:usage-kept-from"
+
+
 def topup_marker(p: int, account_id: str, topup_id: str) -> str:
     """Top-up ids are per account: the same id on two accounts is two top-ups."""
     return f"tg:{{p{p}}}:topup:{account_id}:{topup_id}"

@@ -6,9 +6,11 @@ import collections
 import logging
 from collections.abc import Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from engine.errors import ConfigError
 from tollgate.v1 import charging_pb2 as pb
 
 log = logging.getLogger("tollgate.metrics")
@@ -36,6 +38,10 @@ STALE_READS = Counter("tollgate_stale_accounts_read",
 WAITED = Counter("tollgate_requests_waited",
                  "Requests put back for the next batch because the batch being applied writes "
                  "their account")
+USAGE_PAST_RETENTION = Gauge(
+    "tollgate_usage_unacked_past_retention",
+    "Usage records older than usage_retention_days that a consumer group has not "
+    "acknowledged: kept for it (not trimmed) until it does", ["group"])
 QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
 STREAM_IN_FLIGHT = Gauge("tollgate_stream_requests_in_flight",
                          "ChargeStream requests submitted whose answers gRPC has not taken yet "
@@ -67,14 +73,16 @@ def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswe
         child.inc(n)
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> bool:
-    """Starts the /metrics endpoint; a port in use is logged, not fatal."""
+def serve_metrics(port: int, host: str) -> WSGIServer | None:
+    """Starts the /metrics endpoint on host:port (None when port is 0). A port that cannot
+    be bound is a ConfigError: a server without the metrics it was configured with would
+    be noticed only when its alerts stay silent."""
     if not port:
-        return False
+        return None
     try:
-        start_http_server(port, addr=host)
+        server, _ = start_http_server(port, addr=host)
     except OSError as e:
-        log.warning("metrics endpoint not started", extra={"port": port, "error": str(e)})
-        return False
-    log.info("metrics endpoint started", extra={"port": port})
-    return True
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {e.strerror or e} "
+                          f"(set metrics_port to a free port, or 0 for no metrics)") from e
+    log.info("metrics endpoint started", extra={"host": host, "port": port})
+    return server

@@ -31,7 +31,7 @@ from engine.domain import (
     UnitType,
 )
 from engine.domain import Reservation as Res
-from engine.kernels.charge import WANT_GRANT, WANT_NONE
+from engine.kernels.charge import INVALID_AVP_VALUE, WANT_GRANT, WANT_NONE
 from engine.state import (
     NOTHING_RATED,
     AccountState,
@@ -108,16 +108,18 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
         elif now != before:
             rated[ref.rating_group] = rated_now[ref.rating_group] = now
         cost += res.charged[i]
-        # The kernel gave back the old reservation of every item; a grant is the new one.
-        held.pop(ref.rating_group, None)
         granted = res.granted[i]
-        if ref.want == WANT_GRANT and granted > 0:
-            s = res.res_src[i]
-            held[ref.rating_group] = Res(
-                ref.rating_group, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
-                granted, res.res_amount[i],
-                int(ref.rate.unit_type) if ref.rate is not None else 0, ref.member)
-            longest = max(longest, res.validity[i] or timing.default_validity_s)
+        # The kernel gave back the old reservation of every item (a grant is the new one),
+        # but for one it refused because giving back would pass int64: that one stays held.
+        if res.result[i] != INVALID_AVP_VALUE or not granted:
+            held.pop(ref.rating_group, None)
+            if ref.want == WANT_GRANT and granted > 0:
+                s = res.res_src[i]
+                held[ref.rating_group] = Res(
+                    ref.rating_group, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
+                    granted, res.res_amount[i],
+                    int(ref.rate.unit_type) if ref.rate is not None else 0, ref.member)
+                longest = max(longest, res.validity[i] or timing.default_validity_s)
         if ref.internal:
             continue
         charged += res.charged[i]

@@ -37,6 +37,7 @@ from engine.export import CHUNK, Progress, connect, iter_stream, partition_count
 from engine.kernels.charge import R_FEE
 from engine.kernels.rerate import OVERFLOW, UNRATED, rerate_kernel
 from engine.plans import RateTable, plan_from_proto, rate_row
+from engine.retention import retention_notes
 from tollgate.v1 import provisioning_pb2 as ppb
 from tollgate.v1 import usage_pb2
 
@@ -75,6 +76,8 @@ class RerateReport:
     """Effective prices before and after, of the records re-rated in this run."""
     by_account: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """That the period reaches before the records retained (engine/retention.py)."""
     dry_run: bool = False
 
     def lines(self) -> list[str]:
@@ -87,7 +90,7 @@ class RerateReport:
                f"a rate, {self.overflow} beyond int64"]
         out += [f"  {a}: {d:+d} micros" for a, d in sorted(self.by_account.items())]
         out += self.problems
-        return out
+        return out + self.notes
 
 
 @dataclass
@@ -140,6 +143,7 @@ def rerate(redis_url: str, *, account: str | None = None, plan_id: str | None = 
         tiers = any(r.tiers for r in plan.rates)
         cycle_ms = plan.cycle_days * DAY_MS
         parts = [keys.partition_of(account, n_parts)] if account else list(range(n_parts))
+        report.notes = retention_notes(client, parts, from_ms)
         bar = Progress(len(parts), "rerate", progress_stream, progress)
         script = client.register_script(ADJUST_LUA)
         for p in parts:

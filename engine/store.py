@@ -14,6 +14,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -108,6 +109,11 @@ build, send and answer (a unary batch of 11 requests made 11), but one call hold
 other clients while it runs (some tens of µs per write)."""
 
 
+def lua_source(name: str) -> str:
+    """A script of engine/lua with the library it may call (lib_chunked.lua) before it."""
+    return (LUA / "lib_chunked.lua").read_text() + (LUA / f"{name}.lua").read_text()
+
+
 def hash_blob(fields: dict[str, Any]) -> bytes:
     """A hash's fields for create_many (encode a shared one once)."""
     return _pack(_flat(fields))
@@ -124,26 +130,25 @@ class Store:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 3),
             retry_on_error=[RedisConnectionError], health_check_interval=30)
         self.nodes = NodePipelines(self.redis, timeout_s, wait_replicas, wait_timeout_ms)
-        self._apply = self.redis.register_script((LUA / "apply.lua").read_text())
-        self._versions = self.redis.register_script((LUA / "versions.lua").read_text())
-        self._topup = self.redis.register_script((LUA / "topup.lua").read_text())
-        self._create = self.redis.register_script((LUA / "create.lua").read_text())
-        self._create_many = self.redis.register_script((LUA / "create_many.lua").read_text())
-        self._put_plan = self.redis.register_script((LUA / "put_plan.lua").read_text())
-        self._account_set = self.redis.register_script((LUA / "account_set.lua").read_text())
-        self._member_add = self.redis.register_script((LUA / "member_add.lua").read_text())
-        self._member_remove = self.redis.register_script(
-            (LUA / "member_remove.lua").read_text())
-        self._subscriber_state = self.redis.register_script(
-            (LUA / "subscriber_state.lua").read_text())
-        self._buy_addon = self.redis.register_script((LUA / "buy_addon.lua").read_text())
+        self._apply = self._script("apply")
+        self._versions = self._script("versions")
+        self._topup = self._script("topup")
+        self._create = self._script("create")
+        self._create_many = self._script("create_many")
+        self._put_plan = self._script("put_plan")
+        self._account_set = self._script("account_set")
+        self._member_add = self._script("member_add")
+        self._member_remove = self._script("member_remove")
+        self._subscriber_state = self._script("subscriber_state")
+        self._buy_addon = self._script("buy_addon")
         self.subscriber_listeners: list[Callable[[str | None], None]] = []
         """Called with a subscriber id whose account or state changed, None = maybe any."""
-        self._subscriber_claim = self.redis.register_script(
-            (LUA / "subscriber_claim.lua").read_text())
-        self._subscriber_release = self.redis.register_script(
-            (LUA / "subscriber_release.lua").read_text())
-        self._outbox_clear = self.redis.register_script((LUA / "outbox_clear.lua").read_text())
+        self._subscriber_claim = self._script("subscriber_claim")
+        self._subscriber_release = self._script("subscriber_release")
+        self._outbox_clear = self._script("outbox_clear")
+
+    def _script(self, name: str) -> AsyncScript:
+        return self.redis.register_script(lua_source(name))
 
     async def init(self) -> None:
         """Fixes the partition count at first start and refuses a different one later."""
@@ -495,8 +500,11 @@ class Store:
             keys=[keys.account(p, account_id), keys.topup_marker(p, account_id, topup_id),
                   keys.usage_stream(p), keys.events_stream(p)],
             args=[amount, record, TOPUP_MARKER_TTL_MS, event])
-        if int(reply[0]) < 0:
+        if int(reply[0]) == -1:
             raise NotFound(f"account {account_id!r} does not exist")
+        if int(reply[0]) == -2:
+            raise Conflict(f"top-up refused: the account's {reply[1].decode()} would pass "
+                           f"int64 (9223372036854775807 micro-units)")
         return bool(int(reply[0])), int(reply[1])
 
     async def buy_addon(self, order_id: str, account_id: str, plan: Plan, addon: AddOn,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -123,6 +124,12 @@ async def usage_records(db: aioredis.Redis, config: Config, account_id: str = "a
     stream = keys.usage_stream(keys.partition_of(account_id, config.partitions))
     found = [usage_pb2.RatedUsage.FromString(f[b"r"]) for _, f in await db.xrange(stream)]
     return [r for r in found if r.account_id == account_id and r.kind == usage_pb2.USAGE]
+
+
+def past_retention(config: Config) -> int:
+    """A trimmer's clock (Unix ms) for which every record written now is older than the
+    usage retention."""
+    return int(time.time() * 1000) + (config.usage_retention_days + 1) * 86_400_000
 
 
 def data_rate(**kw: object) -> ppb.Rate:

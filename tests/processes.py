@@ -33,6 +33,9 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+        # No metrics unless a test asks: servers side by side would all want the default
+        # port, and one that cannot bind it does not start.
+        env["TOLLGATE_METRICS_PORT"] = "0"
         env.update(self.env)
         env["REDIS_URL"] = self.redis_url
         self._lines = queue.Queue()

@@ -466,6 +466,13 @@ def charge_kernel(
         counted = m != NONE and i_flags[i] & FLAG_RES_MEMBER
         if i_res_amount[i] != 0 or i_res_units[i] != 0:
             s = i_res_src[i]
+            back = money[a] if s == MONEY else remaining[s]
+            if i_res_amount[i] < 0 or back > INT64_MAX - i_res_amount[i]:
+                # Giving it back would wrap int64: the item is refused and the session keeps
+                # its reservation (reported as held: granted, source, amount), nothing moves.
+                result[i] = INVALID_AVP_VALUE
+                granted[i], res_src[i], res_amount[i] = i_res_units[i], s, i_res_amount[i]
+                continue
             if s == MONEY:
                 money[a] += i_res_amount[i]
                 mres[a] -= i_res_amount[i]

@@ -306,6 +306,12 @@ def _item(n: int, it: RefItem, rates: list[RefRate], st: RefState, out: RefOut,
     mem = st.members[it.member] if it.member >= 0 else None
     counted = mem if it.res_member else None
     if it.res_amount or it.res_units:
+        back = acct.money if it.res_src == MONEY else st.buckets[it.res_src].remaining
+        if it.res_amount < 0 or back + it.res_amount > INT64_MAX:
+            # Giving it back would wrap int64: refused, the reservation stays held.
+            out.result = INVALID_AVP_VALUE
+            out.granted, out.res_src, out.res_amount = it.res_units, it.res_src, it.res_amount
+            return
         if it.res_src == MONEY:
             acct.money += it.res_amount
             acct.reserved -= it.res_amount

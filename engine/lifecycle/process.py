@@ -298,5 +298,5 @@ async def run_lifecycle(config: Config, settings: Settings) -> None:
     async with Lifecycle(config, settings):
         print(f"lifecycle running (group {settings.group}, consumer {settings.consumer})",
               flush=True)
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings.metrics_port, config.metrics_bind_host)
         await stop.wait()

@@ -4,6 +4,6 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+chunked('HSET', KEYS[1], ARGV, 1, #ARGV)
 redis.call('HINCRBY', KEYS[1], 'ver', 1)
 return 1

@@ -19,85 +19,136 @@
 -- int64.
 -- Returns the group numbers whose account version had moved, or with a session believed new
 -- that exists (nothing of them applied: the writer reads them and runs them again).
+-- Redis keeps what a script wrote before an error, so nothing may fail once the first write
+-- is made: a first pass reads every group's arguments, checks their shape and the versions
+-- (and raises before any write when the writer sent something malformed); the second pass
+-- only writes. Long argument lists (an account with thousands of members in one batch) go
+-- out in chunks (lib_chunked.lua). The keys' types are not checked: every key here is
+-- Tollgate's own, of the type the key layout gives it.
 local retention = ARGV[1]
-local conflicts = {}
-local k = 1 -- the next key
-local a = 3 -- the next argument
-local g = 0
+if not string.match(retention, '^%d+$') then
+  error('apply: retention is not a whole number of ms: ' .. tostring(retention))
+end
+
+local function count(at, what)
+  local n = tonumber(ARGV[at])
+  if not n or n < 0 or n % 1 ~= 0 or at > #ARGV then
+    error('apply: ' .. what .. ' at argument ' .. at .. ' is not a count: ' .. tostring(ARGV[at]))
+  end
+  return n
+end
+
+local function even(n, what)
+  if n % 2 ~= 0 then
+    error('apply: ' .. what .. ' has an odd number of values: ' .. n)
+  end
+end
+
+-- Pass 1: read and check; groups[g] = {ok, first key of its block, first key of the group,
+-- first argument of the group}.
+local conflicts, groups, seen = {}, {}, {}
+local k, a, g = 1, 3, 0 -- the next key, the next argument, the group number
 for n in string.gmatch(ARGV[2], '%d+') do
-  local usage, events, open = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local block = k
   k = k + 3
   for _ = 1, tonumber(n) do
     g = g + 1
-    local n_sessions, version, created = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
-    local n_set = tonumber(ARGV[a + 3])
-    local n_records, n_events = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-    a = a + 6
-    local acct, set = KEYS[k], KEYS[k + 1]
-    local first_session = k + 2
-    k = first_session + n_sessions
-    local ok = redis.call('HGET', acct, 'ver') == version
-    for i = 1, ok and #created or 0 do
-      if string.byte(created, i) == 49 and redis.call('EXISTS', KEYS[first_session + i - 1]) == 1
-      then
+    local n_sessions, version, created = count(a, 'n_sessions'), ARGV[a + 1], ARGV[a + 2]
+    local n_set, n_records, n_events = count(a + 3, 'n_set'), count(a + 4, 'n_records'),
+                                       count(a + 5, 'n_events')
+    even(n_set, 'an account write')
+    if #created ~= n_sessions or not tonumber(version) then
+      error('apply: group ' .. g .. ' has a malformed version or session flags')
+    end
+    if seen[KEYS[k]] then  -- its second write would pass the version check of the first
+      error('apply: account ' .. KEYS[k] .. ' is written twice in one call')
+    end
+    seen[KEYS[k]] = true
+    groups[g] = {true, block, k, a}
+    local ok = redis.call('HGET', KEYS[k], 'ver') == version
+    for i = 1, ok and n_sessions or 0 do
+      if string.byte(created, i) == 49 and redis.call('EXISTS', KEYS[k + 1 + i]) == 1 then
         ok = false
         break
       end
     end
     if not ok then
+      groups[g][1] = false
       conflicts[#conflicts + 1] = g
-      a = a + n_set
-      for _ = 1, n_sessions do
-        a = a + 5 + tonumber(ARGV[a + 3]) + tonumber(ARGV[a + 4])
+    end
+    a = a + 6 + n_set
+    for _ = 1, n_sessions do
+      if not tonumber(ARGV[a + 2]) or (ARGV[a + 1] ~= 'open' and ARGV[a + 1] ~= 'end') then
+        error('apply: session ' .. tostring(ARGV[a]) .. ' has a malformed mode or expiry')
       end
-      a = a + n_records + n_events
-    else
-      -- The version is set with the new values in one HSET (it matched above): one
-      -- command per account write instead of one per changed counter.
-      redis.call('HSET', acct, 'ver', string.format('%d', tonumber(version) + 1),
-                 unpack(ARGV, a, a + n_set - 1))
-      a = a + n_set
-      for i = 1, n_sessions do
-        local sess = KEYS[first_session + i - 1]
-        local id, mode, expiry = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-        local n_fields, n_deleted = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-        a = a + 5
-        if n_fields > 0 then
-          redis.call('HSET', sess, unpack(ARGV, a, a + n_fields - 1))
+      local n_fields = count(a + 3, 'n_fields')
+      even(n_fields, 'a session write')
+      a = a + 5 + n_fields + count(a + 4, 'n_deleted')
+    end
+    a = a + n_records + n_events
+    k = k + 2 + n_sessions
+  end
+end
+if a - 1 ~= #ARGV or k - 1 ~= #KEYS then
+  error('apply: ' .. #ARGV .. ' arguments and ' .. #KEYS .. ' keys, the groups describe ' ..
+        (a - 1) .. ' and ' .. (k - 1))
+end
+
+-- Pass 2: the writes of the groups whose version matched.
+for _, group in ipairs(groups) do
+  local ok, block, first_key
+  ok, block, first_key, a = group[1], group[2], group[3], group[4]
+  if ok then
+    local usage, events, open = KEYS[block], KEYS[block + 1], KEYS[block + 2]
+    local acct, set = KEYS[first_key], KEYS[first_key + 1]
+    local n_sessions, version, created = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+    local n_set = tonumber(ARGV[a + 3])
+    local n_records, n_events = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+    a = a + 6
+    -- The version is set with the new values (it matched above): one command per account
+    -- write (per CHUNK values) instead of one per changed counter.
+    chunked('HSET', acct, ARGV, a, a + n_set - 1, 'ver',
+            string.format('%d', tonumber(version) + 1))
+    a = a + n_set
+    for i = 1, n_sessions do
+      local sess = KEYS[first_key + 1 + i]
+      local id, mode, expiry = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+      local n_fields, n_deleted = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+      a = a + 5
+      if n_fields > 0 then
+        chunked('HSET', sess, ARGV, a, a + n_fields - 1)
+      end
+      a = a + n_fields
+      if n_deleted > 0 then
+        chunked('HDEL', sess, ARGV, a, a + n_deleted - 1)
+      end
+      a = a + n_deleted
+      if mode == 'open' then
+        -- A session joins the account's open set when it is created. An open session
+        -- never has a TTL: only ending sets one, and nothing reopens an ended session
+        -- (that would be a write on an older account version, refused above).
+        -- Its zset score is set when it is created ('1') or asked for ('2': its expiry
+        -- shrank or the score is unknown); otherwise the score stays at or before the
+        -- session's `exp` field, and the sweeper moves it on when it finds it due.
+        local c = string.byte(created, i)
+        if c == 49 then
+          redis.call('SADD', set, id)
         end
-        a = a + n_fields
-        if n_deleted > 0 then
-          redis.call('HDEL', sess, unpack(ARGV, a, a + n_deleted - 1))
+        if c ~= 48 then
+          redis.call('ZADD', open, expiry, sess)
         end
-        a = a + n_deleted
-        if mode == 'open' then
-          -- A session joins the account's open set when it is created. An open session
-          -- never has a TTL: only ending sets one, and nothing reopens an ended session
-          -- (that would be a write on an older account version, refused above).
-          -- Its zset score is set when it is created ('1') or asked for ('2': its expiry
-          -- shrank or the score is unknown); otherwise the score stays at or before the
-          -- session's `exp` field, and the sweeper moves it on when it finds it due.
-          local c = string.byte(created, i)
-          if c == 49 then
-            redis.call('SADD', set, id)
-          end
-          if c ~= 48 then
-            redis.call('ZADD', open, expiry, sess)
-          end
-        else
-          redis.call('SREM', set, id)
-          redis.call('ZREM', open, sess)
-          redis.call('PEXPIRE', sess, retention)
-        end
+      else
+        redis.call('SREM', set, id)
+        redis.call('ZREM', open, sess)
+        redis.call('PEXPIRE', sess, retention)
       end
-      for i = a, a + n_records - 1 do
-        redis.call('XADD', usage, '*', 'r', ARGV[i])
-      end
-      a = a + n_records
-      for i = a, a + n_events - 1 do
-        redis.call('XADD', events, '*', 'e', ARGV[i])
-      end
-      a = a + n_events
+    end
+    for i = a, a + n_records - 1 do
+      redis.call('XADD', usage, '*', 'r', ARGV[i])
+    end
+    a = a + n_records
+    for i = a, a + n_events - 1 do
+      redis.call('XADD', events, '*', 'e', ARGV[i])
     end
   end
 end

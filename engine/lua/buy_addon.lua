@@ -44,11 +44,7 @@ if lt(redis.call('HGET', KEYS[1], 'money'), floor) then
   redis.call('HSET', KEYS[1], 'money', before)
   return {-2, before}
 end
-local fields = {}
-for i = 6, 5 + 2 * tonumber(ARGV[5]) do
-  fields[#fields + 1] = ARGV[i]
-end
-redis.call('HSET', KEYS[1], unpack(fields))
+chunked('HSET', KEYS[1], ARGV, 6, 5 + 2 * tonumber(ARGV[5]))
 redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'r', ARGV[3])

@@ -3,5 +3,5 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+chunked('HSET', KEYS[1], ARGV, 1, #ARGV)
 return 1

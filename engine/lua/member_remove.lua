@@ -17,6 +17,6 @@ for i = 3, 2 + k do
     return {-4, ARGV[i], v}
   end
 end
-redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + k))
+chunked('HDEL', KEYS[1], ARGV, 3 + k, #ARGV)
 redis.call('HINCRBY', KEYS[1], 'ver', 1)
 return {1}

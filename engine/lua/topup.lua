@@ -1,13 +1,39 @@
 -- Adds money to an account once per top-up id, with its usage record and TOPPED_UP event.
 -- KEYS: account, top-up marker, usage stream, events stream.
 -- ARGV: amount, record, marker ttl ms, event.
--- Returns {applied (1|0), money after} or {-1} when the account does not exist.
+-- Returns {applied (1|0), money after}, {-1} when the account does not exist, or
+-- {-2, field} when the amount would take money or the running total of top-ups past int64
+-- (nothing is changed: Redis keeps what a script wrote before an error, so every check comes
+-- before the first write, and a retry must not credit twice).
 -- Money stays a string: Lua numbers are doubles and money is int64.
+
+-- Whether the decimal integer string v plus amount (0 <= amount, both within int64) stays
+-- within int64, exactly: as two halves of 9 digits, each exact in a double.
+local function fits(v, amount)
+  if v:sub(1, 1) == '-' then
+    return true
+  end
+  local function halves(x)
+    return tonumber(x:sub(1, -10)) or 0, tonumber(x:sub(-9))
+  end
+  local vh, vl = halves(v)
+  local ah, al = halves(amount)
+  local low = vl + al
+  local high = vh + ah + math.floor(low / 1e9)
+  low = low % 1e9
+  return high < 9223372036 or (high == 9223372036 and low <= 854775807)
+end
+
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'money')}
+end
+for _, field in ipairs({'money', 'topups'}) do
+  if not fits(redis.call('HGET', KEYS[1], field) or '0', ARGV[1]) then
+    return {-2, field}
+  end
 end
 redis.call('HINCRBY', KEYS[1], 'money', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'topups', ARGV[1])

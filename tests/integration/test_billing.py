@@ -16,7 +16,7 @@ from engine import keys
 from engine.config import Config
 from engine.redis_client import connect_async
 from server import Tollgate
-from tests.helpers import EUR, SMS_RG, Gateway, mscc, request
+from tests.helpers import EUR, SMS_RG, Gateway, mscc, past_retention, request
 from tollgate.v1 import billing_pb2 as bpb
 from tollgate.v1 import billing_pb2_grpc, usage_pb2
 from tollgate.v1 import charging_pb2 as cpb
@@ -69,9 +69,12 @@ class Consumer:
     with auto_ack it acknowledges every batch as soon as it arrives."""
 
     def __init__(self, stub: billing_pb2_grpc.BillingStub, group: str, name: str, *,
-                 events: bool = False, auto_ack: bool = False, max_batch: int = 0) -> None:
+                 events: bool = False, auto_ack: bool = False, max_batch: int = 0,
+                 **start: Any) -> None:
+        """`start`: start_record_id or start_time_ms, for a group created by this call."""
         self.stub, self.group, self.events, self.auto_ack = stub, group, events, auto_ack
-        req = bpb.StreamRequest(group=group, consumer=name, block_ms=50, max_batch=max_batch)
+        req = bpb.StreamRequest(group=group, consumer=name, block_ms=50, max_batch=max_batch,
+                                **start)
         self.call = stub.StreamEvents(req) if events else stub.StreamRatedUsage(req)
         self.ids: list[str] = []
         self.items: list[Any] = []
@@ -307,17 +310,68 @@ async def test_unreadable_request_bytes_are_refused_with_invalid_argument(gatewa
     assert "cannot read" in (e.value.details() or "")
 
 
-async def test_trimmer_keeps_unacked_and_trims_acked(gateway, billing, db, config, tollgate):
+def sid_of(rid: str) -> tuple[int, int]:
+    _, ms, seq = rid.split("-")
+    return int(ms), int(seq)
+
+
+async def test_a_group_registered_after_another_acknowledged_everything_gets_every_record(
+        gateway, billing, db, config, tollgate):
+    subs = await gateway.setup(accounts=4)
+    await sms(gateway, subs, 165)
+    truth = await stream_ids(db, config)
+    first = Consumer(billing, "lifecycle", "lc1", auto_ack=True)
+    await first.wait_for(len(truth))
+    await first.kill()
+
+    report = await tollgate.billing.trim()  # within the retention: nothing goes
+    late = Consumer(billing, "billing-late", "b1")
+    await late.wait_for(len(truth))
+
+    assert len(truth) >= 165 and report.trimmed == 0
+    assert sorted(late.ids) == sorted(truth)
+    await late.kill()
+
+
+async def test_a_new_group_starts_at_a_record_or_a_time(gateway, billing, db, config):
+    subs = await gateway.setup(accounts=4)
+    await sms(gateway, subs, 30)
+    truth = sorted(await stream_ids(db, config), key=sid_of)
+    middle = truth[len(truth) // 2]
+    p = middle.split("-")[0]
+
+    by_record = Consumer(billing, "from-record", "r1", start_record_id=middle)
+    by_time = Consumer(billing, "from-time", "t1", start_time_ms=sid_of(middle)[0])
+    want_record = [r for r in truth if sid_of(r) >= (sid_of(middle) if r.split("-")[0] == p
+                                                     else (sid_of(middle)[0], 0))]
+    want_time = [r for r in truth if sid_of(r)[0] >= sid_of(middle)[0]]
+    await by_record.wait_for(len(want_record))
+    await by_time.wait_for(len(want_time))
+    await asyncio.sleep(0.2)  # nothing older follows
+
+    assert middle in want_record and sorted(by_record.ids) == sorted(want_record)
+    assert sorted(by_time.ids) == sorted(want_time)
+    for c in (by_record, by_time):
+        await c.kill()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        async for _ in billing.StreamRatedUsage(bpb.StreamRequest(
+                group="both", consumer="x", start_record_id=middle, start_time_ms=1)):
+            pass
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_trimmer_keeps_unacked_and_trims_acked_past_retention(gateway, billing, db,
+                                                                    config, tollgate):
     subs = await gateway.setup(accounts=4)
     await sms(gateway, subs, 40)
     app: Tollgate = tollgate
     assert app.billing is not None
     before = await stream_ids(db, config)
-    assert (await app.billing.trim()).trimmed == 0  # no group: nothing is trimmed
+    assert (await app.billing.trim(past_retention(config))).trimmed == 0  # no group
 
     c = Consumer(billing, "bill", "c1")
     await c.wait_for(len(before))
-    order = sorted(c.ids, key=lambda r: tuple(int(x) for x in r.split("-")))
+    order = sorted(c.ids, key=sid_of)
     # Ack everything except one record per partition in the middle of the stream.
     keep: dict[str, str] = {}
     for rid in order:
@@ -326,35 +380,62 @@ async def test_trimmer_keeps_unacked_and_trims_acked(gateway, billing, db, confi
         keep.setdefault(p, per_p[len(per_p) // 2])
     await c.ack([r for r in order if r not in keep.values()])
 
-    report = await app.billing.trim()
+    assert (await app.billing.trim()).trimmed == 0  # acknowledged, but within the retention
+    report = await app.billing.trim(past_retention(config))
     after = await stream_ids(db, config)
     assert set(keep.values()) <= set(after)  # unacknowledged records stay
     for p, held in keep.items():
-        held_sid = tuple(int(x) for x in held.split("-")[1:])
         for rid in before:
             if rid.split("-")[0] == p:
-                sid = tuple(int(x) for x in rid.split("-")[1:])
-                assert (rid in after) == (sid >= held_sid), rid
+                assert (rid in after) == (sid_of(rid) >= sid_of(held)), rid
     assert report.trimmed == len(before) - len(after) > 0
     assert report.dropped_unacked == 0
+    await c.kill()
 
-    # A second group that has read nothing holds everything that is left.
-    await billing.Ack(bpb.AckRequest(group="bill", record_ids=list(keep.values())))
+
+async def test_a_group_behind_the_retention_is_warned_about_and_its_records_kept(
+        gateway, billing, db, config, tollgate, caplog):
+    subs = await gateway.setup(accounts=4)
+    await sms(gateway, subs, 40)
+    before = await stream_ids(db, config)
+    done = Consumer(billing, "bill", "c1", auto_ack=True)
+    await done.wait_for(len(before))
     lazy = Consumer(billing, "lazy", "l1", max_batch=1)
     await lazy.wait_for(1)
-    await lazy.kill()
-    assert (await app.billing.trim()).trimmed == 0
-    assert await stream_ids(db, config) == after
+    await lazy.kill()  # one record pending, the rest never delivered
+    metric = ("tollgate_usage_unacked_past_retention", {"group": "lazy"})
 
-    # Max age: records go even unacknowledged, and are counted.
-    metric = ("tollgate_usage_dropped_unacked_total", {"feed": "usage"})
+    with caplog.at_level("WARNING", logger="tollgate.billing"):
+        report = await tollgate.billing.trim(past_retention(config))
+
+    assert report.trimmed == 0
+    assert await stream_ids(db, config) == before
+    assert REGISTRY.get_sample_value(*metric) == len(before)
+    assert REGISTRY.get_sample_value(
+        "tollgate_usage_unacked_past_retention", {"group": "bill"}) == 0
+    warned = [r for r in caplog.records if getattr(r, "group", None) == "lazy"]
+    assert [getattr(r, "records", None) for r in warned] == [len(before)]
+    await done.kill()
+
+
+async def test_events_past_max_age_go_even_unacknowledged_and_are_counted(
+        gateway, billing, db, config, tollgate):
+    subs = await gateway.setup(accounts=4)
+    await gateway.provisioning.TopUp(ppb.TopUpRequest(topup_id="t", account_id="acct-0",
+                                                      amount_micros=EUR))
+    await sms(gateway, subs, 4)
+    events = await stream_ids(db, config, "events")
+    lazy = Consumer(billing, "lazy", "l1", events=True, max_batch=1)
+    await lazy.wait_for(1)
+    await lazy.kill()
+    metric = ("tollgate_usage_dropped_unacked_total", {"feed": "events"})
     counted = REGISTRY.get_sample_value(*metric) or 0.0
-    far_future = 10**13 + config.stream_max_age_s * 1000
-    report = await app.billing.trim(now_ms=far_future)
-    assert report.dropped_unacked == len(after)
-    assert await stream_ids(db, config) == {}
-    assert REGISTRY.get_sample_value(*metric) == counted + len(after)
-    await c.kill()
+
+    report = await tollgate.billing.trim(now_ms=10**13 + config.stream_max_age_s * 1000)
+
+    assert len(events) > 0 and report.dropped_unacked == len(events)
+    assert await stream_ids(db, config, "events") == {}
+    assert REGISTRY.get_sample_value(*metric) == counted + len(events)
 
 
 async def test_open_stream_does_not_hold_up_shutdown(config):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from engine import keys
+from engine.export import export
 from engine.reconcile import reconcile
 from engine.redis_client import connect_async
-from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request
+from engine.rerate import rerate
+from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, past_retention, request
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 
@@ -44,7 +48,7 @@ async def test_reconcile_holds_after_acknowledged_records_are_trimmed(tollgate, 
     await ack_everything(redis_url, config.partitions)
     await traffic(gateway, subs[2:])  # not acknowledged: must stay
 
-    report = await tollgate.billing.trim()
+    report = await tollgate.billing.trim(now_ms=past_retention(config))
     after = reconcile(redis_url, progress=False)
 
     assert report.trimmed > 0
@@ -56,3 +60,28 @@ async def test_reconcile_holds_after_acknowledged_records_are_trimmed(tollgate, 
         carried.update(await r.hgetall(keys.carried(p)))
     await r.aclose()
     assert {k.decode().split("|")[0] for k in carried} == {"acct-0", "acct-1"}
+
+
+async def test_reports_over_a_period_before_the_retained_records_say_so(tollgate, gateway,
+                                                                       redis_url, config,
+                                                                       tmp_path):
+    subs = await gateway.setup(accounts=2)
+    await traffic(gateway, subs)
+    await ack_everything(redis_url, config.partitions)
+    await tollgate.billing.trim(now_ms=past_retention(config))
+    later = int(time.time() * 1000) + 1000  # after every trimmed record
+
+    lines = {
+        "export": export(redis_url, str(tmp_path / "all.csv"), from_ms=0,
+                         progress=False).lines(),
+        "rerate": rerate(redis_url, account="acct-0", dry_run=True, progress=False).lines(),
+        "reconcile": reconcile(redis_url, progress=False).lines(),
+        "export from later": export(redis_url, str(tmp_path / "later.csv"), from_ms=later,
+                                    progress=False).lines(),
+        "rerate from later": rerate(redis_url, account="acct-0", from_ms=later, dry_run=True,
+                                    progress=False).lines()}
+
+    said = {what: any("no longer retained" in line for line in out)
+            for what, out in lines.items()}
+    assert said == {"export": True, "rerate": True, "reconcile": True,
+                    "export from later": False, "rerate from later": False}

@@ -160,3 +160,29 @@ def test_kernel_matches_reference(batch):
     got = [tuple(int(x) for x in row) for row in zip(*charges, strict=True)]
     assert got == [(i, *c) for i, o in enumerate(ref) for c in o.charges]
     assert [tuple(int(x) for x in row) for row in zip(*events, strict=True)] == ref_state.events
+
+
+def test_a_release_that_would_pass_int64_is_refused_and_the_reservation_kept():
+    """Money topped up to the top of int64 while a session held 20 000: giving that back
+    would wrap. Kernel and reference refuse the item and keep the reservation held."""
+    top = 2**63 - 1 - 100
+    rate = RefRate(price=1, increment=1, first=0, quota=1000, unit=1, validity=60)
+    state = RefState([RefAccount(money=top, floor=0, reserved=20_000)],
+                     [RefBucket(account=0, remaining=top, unit=1, expiry=0, rating_groups=[10],
+                                initial=top, reserved=300)], [], [0])
+    items = [RefItem(account=0, rating_group=rg, rate=0, time=MONDAY_1730, used=0, want=1,
+                     requested=0, res_src=src, res_amount=amount, res_units=amount,
+                     now=MONDAY_1730) for rg, src, amount in ((10, MONEY, 20_000), (20, 0, 300))]
+
+    out, acct_out, bucket_out, *_ = run_kernel(items, [rate], state)
+    ref, ref_state = charge_reference(items, [rate], state)
+
+    result, granted, res_src, res_amount = (x.tolist() for x in out[:4])
+    assert result == [o.result for o in ref] == [5004, 5004]  # INVALID_AVP_VALUE
+    assert granted == [o.granted for o in ref] == [20_000, 300]
+    assert res_src == [o.res_src for o in ref] == [MONEY, 0]
+    assert res_amount == [o.res_amount for o in ref] == [20_000, 300]
+    assert acct_out[:2, 0].tolist() == [ref_state.accounts[0].money,
+                                        ref_state.accounts[0].reserved] == [top, 20_000]
+    assert bucket_out[0, 0] == ref_state.buckets[0].remaining == top
+    assert bucket_out[1, 0] == 0 and ref_state.buckets[0].reserved == 300  # change / held
