@@ -110,8 +110,17 @@ other clients while it runs (some tens of µs per write)."""
 
 
 def lua_source(name: str) -> str:
-    """A script of engine/lua with the library it may call (lib_chunked.lua) before it."""
-    return (LUA / "lib_chunked.lua").read_text() + (LUA / f"{name}.lua").read_text()
+    """A script of engine/lua with the libraries it may call (lib_*.lua) before it."""
+    libs = "".join(lib.read_text() for lib in sorted(LUA.glob("lib_*.lua")))
+    return libs + (LUA / f"{name}.lua").read_text()
+
+
+def state_order(stream_id: str, after: bool = False) -> str:
+    """The place of a decision on a subscriber's state (engine/lua/lib_order.lua): that of
+    the stream record '<ms>-<seq>' behind it, or with after=True, of a decision made just
+    after that record (and before the next). Fixed-width: it sorts like the stream ids."""
+    ms, seq = stream_id.split("-")
+    return f"{int(ms):015d}-{int(seq):010d}-{int(after)}"
 
 
 def hash_blob(fields: dict[str, Any]) -> bytes:
@@ -399,8 +408,9 @@ class Store:
             account_id, _ = await self.get_subscriber(subscriber_id)
             event = _event(f"state:{subscriber_id}:{now}", EventKind.STATE_CHANGED, account_id,
                            now, subscriber_id=subscriber_id, detail=state.name)
+            order = await self._decision_order(account_id)
             reply = await self._subscriber_state(keys=[keys.subscriber(subscriber_id)],
-                                                 args=[account_id, int(state), event])
+                                                 args=[account_id, int(state), event, order])
             code = int(reply[0])
             if code == -1:
                 raise NotFound(f"subscriber {subscriber_id!r} does not exist")
@@ -416,6 +426,18 @@ class Store:
                 await self._outbox_clear(keys=[keys.subscriber(subscriber_id)],
                                          args=[outbox[-1]])
             return account_id
+
+    async def _decision_order(self, account_id: str) -> str:
+        """The place of a decision on a subscriber of the account made now: after every
+        record already in the account's partition streams (events and usage, which the
+        lifecycle acts on), so none of them, handled late or again, undoes it."""
+        p = self.partition(account_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in (keys.events_stream(p), keys.usage_stream(p)):
+            pipe.xrevrange(stream, count=1)
+        newest = [rows[0][0].decode() for rows in await pipe.execute() if rows]
+        return max((state_order(i, after=True) for i in newest),
+                   default=state_order("0-0", after=True))
 
     async def add_member(self, account_id: str, subscriber_id: str, cap_money: int,
                          cap_units: list[int]) -> bool:
