@@ -216,6 +216,16 @@ class Store:
             out.append(None if acct is None else (acct.decode(), SubscriberState(int(state))))
         return out
 
+    async def account_subscribers(self, account_id: str, also: Iterable[str] = ()
+                                  ) -> list[str]:
+        """The subscribers on the account now, sorted: those provisioning put there and
+        those of `also` (ids known elsewhere) that are still there."""
+        listed = cast(set[bytes], await self.redis.smembers(
+            keys.account_subscribers(self.partition(account_id), account_id)))
+        ids = sorted({m.decode() for m in listed} | set(also))
+        return [sid for sid, found in zip(ids, await self.read_subscribers(ids), strict=True)
+                if found is not None and found[0] == account_id]
+
     async def read_accounts(self, wanted: list[tuple[str, list[str]]]
                             ) -> list[tuple[AccountState | None, list[SessionState | None]]]:
         """Accounts and some of their sessions, in one round trip. Each account is read
@@ -382,6 +392,9 @@ class Store:
         p = self.partition(account_id)
         if not await self.redis.exists(keys.account(p, account_id)):
             raise NotFound(f"account {account_id!r} does not exist")
+        # Listed first (another slot): a crash between the two leaves an entry that readers
+        # drop, never a subscriber its account does not list.
+        await self.redis.sadd(keys.account_subscribers(p, account_id), subscriber_id)
         fields = subscriber_fields(account_id, state)
         created = await self._create(keys=[keys.subscriber(subscriber_id)],
                                      args=[x for kv in fields.items() for x in kv])
@@ -451,10 +464,12 @@ class Store:
         if found is not None and found.decode() != account_id:
             raise Conflict(f"subscriber {subscriber_id!r} belongs to account "
                            f"{found.decode()!r}, not {account_id!r}")
-        account_key = keys.account(self.partition(account_id), account_id)
+        p = self.partition(account_id)
+        account_key = keys.account(p, account_id)
         code = int((await self._member_add(
-            keys=[account_key],
-            args=[f"m:{subscriber_id}", member_caps_value(cap_money, cap_units)]))[0])
+            keys=[account_key, keys.account_subscribers(p, account_id)],
+            args=[f"m:{subscriber_id}", member_caps_value(cap_money, cap_units),
+                  subscriber_id]))[0])
         if code == -1:
             raise NotFound(f"account {account_id!r} does not exist")
         claim = await self._subscriber_claim(keys=[keys.subscriber(subscriber_id)],

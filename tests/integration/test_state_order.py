@@ -134,8 +134,6 @@ class Line:
             account_id=self.account, plan_id=sample_plan().plan_id, initial_money_micros=EUR))
         live.run(live.gw.provisioning.CreateSubscriber, ppb.Subscriber(
             subscriber_id=self.sub, account_id=self.account, state=int(start)))
-        # The lifecycle has seen the line (its usage, say).
-        live.run(live.lc.store.redis.sadd, keys.lc_account_subscribers(self.account), self.sub)
 
     def provision(self, state: S) -> None:
         self.live.run(self.live.gw.provisioning.SetSubscriberState,
