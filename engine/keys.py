@@ -26,6 +26,12 @@ def session(p: int, session_id: str) -> str:
     return f"tg:{{p{p}}}:sess:{session_id}"
 
 
+def account_subscribers(p: int, account_id: str) -> str:
+    """Set of the subscribers provisioning created on or added to the account (one that moved
+    or was removed since may stay listed: readers check the subscriber record)."""
+    return f"tg:{{p{p}}}:subs:{account_id}"
+
+
 def usage_stream(p: int) -> str:
     return f"tg:{{p{p}}}:usage"
 
@@ -118,7 +124,9 @@ def lc_activity(subscriber_id: str) -> str:
 
 
 def lc_account_subscribers(account_id: str) -> str:
-    """Set of the subscribers the lifecycle has seen on an account (top-up reactivation)."""
+    """Set of the subscribers the lifecycle has seen on an account (events, usage): with
+    account_subscribers, the lines a top-up reactivates (this one also has lines that
+    account_subscribers does not list: bulk populations, lines from before it)."""
     return f"tg:lc:acct:{account_id}"
 
 

@@ -110,8 +110,17 @@ other clients while it runs (some tens of µs per write)."""
 
 
 def lua_source(name: str) -> str:
-    """A script of engine/lua with the library it may call (lib_chunked.lua) before it."""
-    return (LUA / "lib_chunked.lua").read_text() + (LUA / f"{name}.lua").read_text()
+    """A script of engine/lua with the libraries it may call (lib_*.lua) before it."""
+    libs = "".join(lib.read_text() for lib in sorted(LUA.glob("lib_*.lua")))
+    return libs + (LUA / f"{name}.lua").read_text()
+
+
+def state_order(stream_id: str, after: bool = False) -> str:
+    """The place of a decision on a subscriber's state (engine/lua/lib_order.lua): that of
+    the stream record '<ms>-<seq>' behind it, or with after=True, of a decision made just
+    after that record (and before the next). Fixed-width: it sorts like the stream ids."""
+    ms, seq = stream_id.split("-")
+    return f"{int(ms):015d}-{int(seq):010d}-{int(after)}"
 
 
 def hash_blob(fields: dict[str, Any]) -> bytes:
@@ -206,6 +215,16 @@ class Store:
         for acct, state in await pipe.execute():
             out.append(None if acct is None else (acct.decode(), SubscriberState(int(state))))
         return out
+
+    async def account_subscribers(self, account_id: str, also: Iterable[str] = ()
+                                  ) -> list[str]:
+        """The subscribers on the account now, sorted: those provisioning put there and
+        those of `also` (ids known elsewhere) that are still there."""
+        listed = cast(set[bytes], await self.redis.smembers(
+            keys.account_subscribers(self.partition(account_id), account_id)))
+        ids = sorted({m.decode() for m in listed} | set(also))
+        return [sid for sid, found in zip(ids, await self.read_subscribers(ids), strict=True)
+                if found is not None and found[0] == account_id]
 
     async def read_accounts(self, wanted: list[tuple[str, list[str]]]
                             ) -> list[tuple[AccountState | None, list[SessionState | None]]]:
@@ -373,6 +392,9 @@ class Store:
         p = self.partition(account_id)
         if not await self.redis.exists(keys.account(p, account_id)):
             raise NotFound(f"account {account_id!r} does not exist")
+        # Listed first (another slot): a crash between the two leaves an entry that readers
+        # drop, never a subscriber its account does not list.
+        await self.redis.sadd(keys.account_subscribers(p, account_id), subscriber_id)
         fields = subscriber_fields(account_id, state)
         created = await self._create(keys=[keys.subscriber(subscriber_id)],
                                      args=[x for kv in fields.items() for x in kv])
@@ -399,8 +421,9 @@ class Store:
             account_id, _ = await self.get_subscriber(subscriber_id)
             event = _event(f"state:{subscriber_id}:{now}", EventKind.STATE_CHANGED, account_id,
                            now, subscriber_id=subscriber_id, detail=state.name)
+            order = await self._decision_order(account_id)
             reply = await self._subscriber_state(keys=[keys.subscriber(subscriber_id)],
-                                                 args=[account_id, int(state), event])
+                                                 args=[account_id, int(state), event, order])
             code = int(reply[0])
             if code == -1:
                 raise NotFound(f"subscriber {subscriber_id!r} does not exist")
@@ -417,6 +440,18 @@ class Store:
                                          args=[outbox[-1]])
             return account_id
 
+    async def _decision_order(self, account_id: str) -> str:
+        """The place of a decision on a subscriber of the account made now: after every
+        record already in the account's partition streams (events and usage, which the
+        lifecycle acts on), so none of them, handled late or again, undoes it."""
+        p = self.partition(account_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in (keys.events_stream(p), keys.usage_stream(p)):
+            pipe.xrevrange(stream, count=1)
+        newest = [rows[0][0].decode() for rows in await pipe.execute() if rows]
+        return max((state_order(i, after=True) for i in newest),
+                   default=state_order("0-0", after=True))
+
     async def add_member(self, account_id: str, subscriber_id: str, cap_money: int,
                          cap_units: list[int]) -> bool:
         """Makes the subscriber (created if new) a member with these caps, or updates its
@@ -429,10 +464,12 @@ class Store:
         if found is not None and found.decode() != account_id:
             raise Conflict(f"subscriber {subscriber_id!r} belongs to account "
                            f"{found.decode()!r}, not {account_id!r}")
-        account_key = keys.account(self.partition(account_id), account_id)
+        p = self.partition(account_id)
+        account_key = keys.account(p, account_id)
         code = int((await self._member_add(
-            keys=[account_key],
-            args=[f"m:{subscriber_id}", member_caps_value(cap_money, cap_units)]))[0])
+            keys=[account_key, keys.account_subscribers(p, account_id)],
+            args=[f"m:{subscriber_id}", member_caps_value(cap_money, cap_units),
+                  subscriber_id]))[0])
         if code == -1:
             raise NotFound(f"account {account_id!r} does not exist")
         claim = await self._subscriber_claim(keys=[keys.subscriber(subscriber_id)],

@@ -8,21 +8,20 @@ payload (the webhook body), critical, attempts, offer_id, addon_ids, due_ms.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 
 from engine import keys
+from engine.store import lua_source
 from tollgate.v1 import lifecycle_pb2 as lpb
 
-LUA = Path(__file__).resolve().parent.parent / "lua"
 DAY_MS = 86_400_000
 
 
 def script(redis: aioredis.Redis, name: str) -> Any:
-    return redis.register_script((LUA / f"{name}.lua").read_text())
+    return redis.register_script(lua_source(name))
 
 
 class Schedule:

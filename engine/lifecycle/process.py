@@ -170,10 +170,12 @@ class Lifecycle:
         if ev.subscriber_id:
             await redis.sadd(keys.lc_account_subscribers(ev.account_id), ev.subscriber_id)
             targets = [ev.subscriber_id]
-        else:  # account events (top-up, add-on): every subscriber seen on the account
-            members = cast(set[bytes], await redis.smembers(
+        else:  # account events (top-up, add-on): every subscriber on the account, seen
+            # by the lifecycle or not yet (a new line that never used the service)
+            seen = cast(set[bytes], await redis.smembers(
                 keys.lc_account_subscribers(ev.account_id)))
-            targets = sorted(m.decode() for m in members)
+            targets = await self.store.account_subscribers(ev.account_id,
+                                                           (m.decode() for m in seen))
         await self._state_effects(kind, ev, targets, order)
         now = self.clock()
         max_age = self.settings.max_event_age_s * 1000

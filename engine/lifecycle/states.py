@@ -17,7 +17,7 @@ from engine import keys
 from engine.domain import EventKind, SubscriberState
 from engine.errors import NotFound
 from engine.lifecycle.outbox import DAY_MS, Schedule, script
-from engine.store import AccountWrite, Store
+from engine.store import AccountWrite, Store, state_order
 from tollgate.v1 import events_pb2, usage_pb2
 
 log = logging.getLogger("tollgate.lifecycle")
@@ -32,10 +32,9 @@ FORFEIT_RETRIES = 20
 
 
 def stream_order(record_id: str) -> str:
-    """'<partition>-<ms>-<seq>' as a fixed-width string that sorts like the stream id (the
-    events of one account are on one partition stream, in order)."""
-    _, ms, seq = record_id.split("-")
-    return f"{int(ms):015d}-{int(seq):010d}"
+    """The place (state_order) of the record '<partition>-<ms>-<seq>' (the events of one
+    account are on one partition stream, in order)."""
+    return state_order(record_id.split("-", 1)[1])
 
 
 def timer_member(subscriber_id: str, target: SubscriberState) -> str:

@@ -5,6 +5,7 @@ after them), the forfeit at termination, campaigns, and the Lifecycle API."""
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -290,6 +291,36 @@ async def test_the_plan_expires_validity_days_after_activation_then_a_top_up_ren
         async def renewed() -> bool:
             return list(await s.lc.states.due_timers()) == ["sub-v|GRACE"]
         await eventually(renewed, what="a new validity timer")
+
+
+async def test_a_top_up_of_a_line_the_lifecycle_has_not_seen_returns_it_to_active(
+        config, http, clock, caplog):
+    settings = parse_settings(lifecycle_table(http, rules=[
+        {"name": "topped-up", "event": "TOPPED_UP", "channels": ["webhook"],
+         "templates": text("$money EUR added")}]))
+    caplog.set_level(logging.INFO, "tollgate.lifecycle")
+    async with start(config, settings, clock) as s:
+        await s.gw.provisioning.PutPlan(plan())
+        await s.gw.provisioning.CreateAccount(ppb.CreateAccountRequest(
+            account_id="a1", plan_id="p", initial_money_micros=0))
+        # A new line in GRACE: no usage, no state change, nothing the lifecycle has seen.
+        await s.gw.provisioning.CreateSubscriber(ppb.Subscriber(
+            subscriber_id="sub-new", account_id="a1", state=com.GRACE))
+
+        await s.gw.provisioning.TopUp(ppb.TopUpRequest(topup_id="t1", account_id="a1",
+                                                       amount_micros=2 * EUR))
+
+        await eventually(lambda: _is(s, "sub-new", com.ACTIVE), what="ACTIVE")
+        [hit] = await eventually(lambda: http.on("/hook"), what="the top-up message")
+        assert (hit.json()["subscriber_id"], hit.json()["text"]) == ("sub-new",
+                                                                     "2.00 EUR added")
+
+        async def sent() -> list[lpb.Notification]:
+            return [n for n in await s.log("sub-new") if n.status == lpb.SENT]
+        [entry] = await eventually(sent, what="the delivery log entry")
+        assert entry.rule == "topped-up"
+        assert any(r.getMessage() == "subscriber state changed"
+                   and getattr(r, "subscriber", "") == "sub-new" for r in caplog.records)
 
 
 async def _is(s: Setup, sub: str, state: int) -> bool:

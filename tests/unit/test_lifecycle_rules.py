@@ -18,6 +18,7 @@ from engine.lifecycle.channels import sign
 from engine.lifecycle.rules import channels_for, matches, money, pick_template, quiet_until
 from engine.lifecycle.settings import Segment, Template, load_settings, parse_settings
 from engine.lifecycle.states import stream_order
+from engine.store import state_order
 from tollgate.v1 import events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,3 +158,8 @@ def test_stream_order_sorts_like_stream_ids():
         ids, key=lambda r: tuple(int(x) for x in r.split("-")[1:]))
     assert sorted(map(stream_order, ids)) == [stream_order(i) for i in sorted(
         ids, key=lambda r: tuple(int(x) for x in r.split("-")[1:]))]
+
+
+def test_a_decision_made_after_a_record_sorts_between_it_and_the_next_one():
+    assert state_order("5-9") < state_order("5-9", after=True) < state_order("5-10") \
+        < state_order("6-0")
