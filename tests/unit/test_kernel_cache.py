@@ -1,0 +1,29 @@
+"""Compiled kernels are cached per version of all kernel sources, never per file alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from numba.core import config as numba_config
+
+import engine.kernels
+from engine.kernels.charge import charge_kernel
+from engine.kernels.reference import RefAccount, RefRate, RefState
+from tests.unit.kernel_inputs import kernel_args
+
+
+def test_every_kernel_source_decides_the_cache_directory():
+    names = {p.name for p in engine.kernels.SOURCES}
+
+    # rerate.py inlines charge.py's pricing: a change to charge.py alone must not reuse
+    # rerate_kernel's old machine code.
+    assert {"charge.py", "rerate.py", "wire.py"} <= names
+    assert Path(numba_config.CACHE_DIR).name == engine.kernels.sources_digest()
+
+
+def test_compiled_kernels_are_stored_under_that_directory():
+    rate = RefRate(price=1, increment=1, first=0, quota=1, unit=1)
+    charge_kernel(*kernel_args([], [rate], RefState([RefAccount(money=0, floor=0)], [], [], [0])))
+
+    stored = list(Path(numba_config.CACHE_DIR).rglob("charge.charge_kernel-*.nbi"))
+    assert stored, f"no cached charge_kernel under {numba_config.CACHE_DIR}"
