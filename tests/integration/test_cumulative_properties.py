@@ -7,18 +7,16 @@
 (c) nothing is lost or created: every micro-unit and bucket unit that left a balance is in a
     rated usage record, and the records add up to what the answers said was charged.
 
-Hypothesis drives synchronous tests; Tollgate runs on its own event loop in a thread.
+Hypothesis drives synchronous tests; Tollgate runs on its own event loop in a thread
+(tests/live.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
-import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,8 +26,8 @@ from engine.config import Config
 from engine.kernels.reference import RefRate, billed, money
 from engine.redis_client import connect
 from engine.redis_server import RedisServer
-from server import Tollgate
-from tests.helpers import VOICE_RG, Gateway, mscc, request
+from tests.helpers import VOICE_RG, mscc, request
+from tests.live import Live
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -39,32 +37,6 @@ T = TypeVar("T")
 RICH = 10**15  # no grant or charge is ever refused for money here
 PARTITIONS = 8
 ids = itertools.count()
-
-
-class Live:
-    """A Tollgate on its own event loop in a thread, for synchronous (hypothesis) tests."""
-
-    def __init__(self, config: Config) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.app = self.run(Tollgate(config).start)
-        self.gw = self.run(self._connect)
-
-    async def _connect(self) -> Gateway:
-        return Gateway(grpc.aio.insecure_channel(self.app.address))
-
-    def run(self, work: Callable[[], Awaitable[T]]) -> T:
-        """work() on Tollgate's loop (gRPC's asyncio calls belong to the loop they start on)."""
-        async def call() -> T:
-            return await work()
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(60)
-
-    def close(self) -> None:
-        self.run(self.gw.channel.close)
-        self.run(self.app.stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ events itself, in any order, as often as it likes."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import grpc
@@ -26,6 +24,7 @@ from engine.redis_server import RedisServer
 from server import Tollgate
 from tests.helpers import EUR, Gateway, sample_plan
 from tests.integration.receivers import eventually
+from tests.live import Live
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -84,41 +83,25 @@ async def _handled(lc: Lifecycle, group: str, config: Config) -> None:
 # --- the property -----------------------------------------------------------------------------
 
 
-class Live:
-    """A Tollgate and an idle lifecycle (no loops: the test hands it the events) on their
-    own event loop in a thread, for synchronous (hypothesis) tests."""
+class LiveWithLifecycle(Live):
+    """A Tollgate and an idle lifecycle (no loops: the test hands it the events)."""
 
     def __init__(self, config: Config, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.app = self.run(Tollgate(config).start)
-        self.gw = self.run(self._connect)
+        super().__init__(config)
         self.lc = Lifecycle(config, settings)
         self.run(self.gw.provisioning.PutPlan, sample_plan())
 
-    async def _connect(self) -> Gateway:
-        return Gateway(grpc.aio.insecure_channel(self.app.address))
-
-    def run(self, work: Callable[..., Awaitable[T]], *args: object) -> T:
-        async def call() -> T:
-            return await work(*args)
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(60)
-
     def close(self) -> None:
         self.run(self.lc.store.close)
-        self.run(self.gw.channel.close)
-        self.run(self.app.stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
+        super().close()
 
 
 @pytest.fixture(scope="module")
-def live(redis_server: RedisServer) -> Iterator[Live]:
+def live(redis_server: RedisServer) -> Iterator[LiveWithLifecycle]:
     config = Config(listen="127.0.0.1:0", redis_url=redis_server.url, partitions=PARTITIONS,
                     batch_window_ms=0.5, log_format="text", metrics_port=0,
                     subscriber_cache_s=0)
-    server = Live(config, parse_settings(LIFECYCLE))
+    server = LiveWithLifecycle(config, parse_settings(LIFECYCLE))
     yield server
     server.close()
 
@@ -126,7 +109,7 @@ def live(redis_server: RedisServer) -> Iterator[Live]:
 class Line:
     """One account with one line; its events as the lifecycle would read them."""
 
-    def __init__(self, live: Live, start: S) -> None:
+    def __init__(self, live: LiveWithLifecycle, start: S) -> None:
         n = next(ids)
         self.live, self.account, self.sub = live, f"order-{n}", f"order-sub-{n}"
         self.topups = 0
