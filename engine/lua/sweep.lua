@@ -4,7 +4,8 @@
 -- ARGV[1] = now (ms).
 -- Atomic per session, and a no-op if the session was refreshed, ended or swept meanwhile,
 -- so a crashed sweep can simply run again and two sweepers may race.
--- Returns the number of reservations released.
+-- Returns the number of reservations released, or -1 when giving them back would take a
+-- balance past int64 (nothing is changed: every check comes before the first write).
 local expiry = redis.call('ZSCORE', KEYS[2], KEYS[1])
 if not expiry or tonumber(expiry) > tonumber(ARGV[1]) then
   return 0
@@ -16,13 +17,29 @@ if exp > tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[2], exp, KEYS[1])
   return 0
 end
-redis.call('ZREM', KEYS[2], KEYS[1])
 if #KEYS < 3 then
+  redis.call('ZREM', KEYS[2], KEYS[1])
   return 0
 end
 local acct = KEYS[3]
 local sub = redis.call('HGET', KEYS[1], 'sub')
 local fields = redis.call('HGETALL', KEYS[1])
+-- What goes back to each balance (money or a bucket's free units) must fit in int64.
+local back = {}
+for k = 1, #fields, 2 do
+  if string.sub(fields[k], 1, 2) == 'r:' then
+    local bucket, amount = string.match(fields[k + 1], '^([^|]*)|%d+|(%d+)|')
+    local field = bucket == '' and 'money' or 'b:' .. bucket .. ':rem'
+    back[field] = back[field] or {}
+    table.insert(back[field], amount)
+  end
+end
+for field, amounts in pairs(back) do
+  if not int64_fits(redis.call('HGET', acct, field) or '0', amounts) then
+    return -1
+  end
+end
+redis.call('ZREM', KEYS[2], KEYS[1])
 local released = 0
 for k = 1, #fields, 2 do
   local name = fields[k]

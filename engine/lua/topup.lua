@@ -5,24 +5,7 @@
 -- {-2, field} when the amount would take money or the running total of top-ups past int64
 -- (nothing is changed: Redis keeps what a script wrote before an error, so every check comes
 -- before the first write, and a retry must not credit twice).
--- Money stays a string: Lua numbers are doubles and money is int64.
-
--- Whether the decimal integer string v plus amount (0 <= amount, both within int64) stays
--- within int64, exactly: as two halves of 9 digits, each exact in a double.
-local function fits(v, amount)
-  if v:sub(1, 1) == '-' then
-    return true
-  end
-  local function halves(x)
-    return tonumber(x:sub(1, -10)) or 0, tonumber(x:sub(-9))
-  end
-  local vh, vl = halves(v)
-  local ah, al = halves(amount)
-  local low = vl + al
-  local high = vh + ah + math.floor(low / 1e9)
-  low = low % 1e9
-  return high < 9223372036 or (high == 9223372036 and low <= 854775807)
-end
+-- Money stays a string: Lua numbers are doubles and money is int64 (lib_int64.lua).
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1}
@@ -31,7 +14,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'money')}
 end
 for _, field in ipairs({'money', 'topups'}) do
-  if not fits(redis.call('HGET', KEYS[1], field) or '0', ARGV[1]) then
+  if not int64_fits(redis.call('HGET', KEYS[1], field) or '0', {ARGV[1]}) then
     return {-2, field}
   end
 end

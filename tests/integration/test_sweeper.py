@@ -148,3 +148,26 @@ async def test_a_shrinking_expiry_sets_the_score_again(tollgate, gateway):
 
     assert shorter < first
     assert await _score(tollgate, "s0") == shorter
+
+
+async def test_a_release_that_would_pass_int64_changes_nothing_and_stays_due(
+        tollgate, gateway, db, config, caplog):
+    [sub] = await gateway.setup()
+    await open_sessions(gateway, sub, 1)
+    p = keys.partition_of("acct-0", config.partitions)
+    account = keys.account(p, "acct-0")
+    await db.hset(account, "money", str(2**63 - 1000))  # giving back the voice hold overflows
+    before = await db.hgetall(account)
+    session = keys.session(p, "s0")
+    held = {k for k in await db.hkeys(session) if k.startswith(b"r:")}
+
+    released = await Sweeper(tollgate.store, tollgate.engine.clock).sweep_once(LATER)
+
+    # Nothing half-applied: the account, the session's reservations and its place in the
+    # open-session zset are as they were, and the refusal is logged.
+    assert released == 0
+    assert await db.hgetall(account) == before
+    assert {k for k in await db.hkeys(session) if k.startswith(b"r:")} == held == {
+        f"r:{DATA_RG}".encode(), f"r:{VOICE_RG}".encode()}
+    assert await db.zscore(keys.open_sessions(p), session) is not None
+    assert "past int64" in caplog.text
