@@ -32,7 +32,7 @@ from tollgate.v1 import charging_pb2 as pb
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
                 "flags", "res_src", "res_units", "res_amount", "cycle_slot", "now", "s_used",
                 "s_billed", "s_rem", "s_charged", "s_cost", "request")
-"""The kernel's `items` rows, kernels.charge I_* (local times: the plan's UTC offset added;
+"""The kernel's `items` columns, kernels.charge I_* (local times: the plan's UTC offset added;
 `now` is the server's clock, UTC)."""
 
 
@@ -148,9 +148,9 @@ class KernelBatch:
         accts, buckets, members = self.accounts, self.buckets, [m for _, m in self.members]
         rg_lists = [b.rating_groups for b in buckets]
         rg_end = np.cumsum([len(r) for r in rg_lists], dtype=np.int64).tolist()
-        # One conversion for the whole table (appending to a list per column costs more).
-        items = np.ascontiguousarray(
-            np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS)).T)
+        # One conversion for the whole table (appending to a list per column costs more);
+        # a row per item, as the kernel reads them.
+        items = np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS))
         accounts = i64([  # rows: kernels.charge A_*
             [a.money for a in accts], [a.money_reserved for a in accts],
             [a.spent for a in accts], [a.cap_level for a in accts],

@@ -23,7 +23,7 @@ from engine.domain import (
     UnitType,
 )
 from engine.errors import InvalidArgument
-from engine.kernels.charge import MONEY_LIMIT, flat_and_small
+from engine.kernels.charge import MONEY_LIMIT, flat_and_small, grid_reciprocal
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as pb
 
@@ -350,11 +350,11 @@ class RateTable:
         """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*, S_*): the rate
         table (per rate price, increment, first increment, default quota, unit type,
         validity, flags (1 zero-rated, 2 not allowed, 4 free at the session maximum, 8 flat
-        and small: kernels.charge.flat_and_small), its
-        tiers' and windows' [lo, hi), price units, rounding, connect fee, its steps' [lo, hi),
-        the plan's session maximum); the tiers (from, price); the windows (weekdays, from,
-        to, price, local day number of a dated window or -1); the
-        steps (from, increment)."""
+        and small: kernels.charge.flat_and_small), its tiers' and windows' [lo, hi), price
+        units, rounding, connect fee, its steps' [lo, hi), the plan's session maximum, the
+        increment's reciprocal (multiplier, shift: kernels.charge.grid_reciprocal)); the
+        tiers (from, price); the windows (weekdays, from, to, price, local day number of a
+        dated window or -1); the steps (from, increment)."""
         if self._arrays is None:
             rates, plans = self.rates, self._plans
 
@@ -384,7 +384,9 @@ class RateTable:
                      [r.per for r in rates], [int(r.rounding) for r in rates],
                      [r.connect_fee_micros for r in rates],
                      *ends([len(r.steps) for r in rates]),
-                     [p.session_max_micros for p in plans]]).reshape(17, len(rates)),
+                     [p.session_max_micros for p in plans],
+                     *([grid_reciprocal(r.increment, len(r.steps))[k] for r in rates]
+                       for k in (0, 1))]).reshape(19, len(rates)),
                 i64([[t.from_units for t in tiers], [t.price_micros for t in tiers]]),
                 i64([[w.weekdays for w in wins], [w.start_minute for w in wins],
                      [w.end_minute for w in wins], [w.price_micros for w in wins],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels.charge import flat_and_small
+from engine.kernels.charge import flat_and_small, grid_reciprocal
 from engine.kernels.reference import RefItem, RefRate, RefState
 
 
@@ -15,6 +15,11 @@ def i64(xs) -> np.ndarray:
 def rows(*columns) -> np.ndarray:
     """A 2-D array with a row per iterable."""
     return np.array([list(c) for c in columns], dtype=np.int64)
+
+
+def columns(*values) -> np.ndarray:
+    """A 2-D array with a column per iterable (the kernel's items: a row per item)."""
+    return rows(*values).T.copy()
 
 
 def spans(counts: list[int]) -> tuple[list[int], list[int]]:
@@ -37,7 +42,8 @@ def rate_arrays(rates: list[RefRate]) -> tuple[np.ndarray, ...]:
              *spans([len(r.tiers) for r in rates]), *spans([len(r.windows) for r in rates]),
              (r.price_units for r in rates), (r.rounding for r in rates),
              (r.fee for r in rates), *spans([len(r.steps) for r in rates]),
-             (r.session_max for r in rates)),
+             (r.session_max for r in rates),
+             *([grid_reciprocal(r.increment, len(r.steps))[k] for r in rates] for k in (0, 1))),
         rows((t[0] for t in tiers), (t[1] for t in tiers)),
         rows((w.days for w in wins), (w.start for w in wins), (w.end for w in wins),
              (w.price for w in wins), (w.date for w in wins)),
@@ -48,7 +54,7 @@ def kernel_args(items: list[RefItem], rates: list[RefRate], state: RefState) -> 
     """The kernel's arguments for a reference batch (buckets grouped by account, in order)."""
     accts, buckets, members = state.accounts, state.buckets, state.members
     bucket_start = np.searchsorted(i64(b.account for b in buckets), np.arange(len(accts) + 1))
-    item_rows = rows(
+    item_rows = columns(
         (it.account for it in items), (it.member for it in items),
         (it.rating_group for it in items), (it.rate for it in items),
         (it.time if it.start < 0 else it.start for it in items),
