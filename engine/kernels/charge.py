@@ -403,6 +403,346 @@ def emit(ev: np.ndarray, n: int, item: int, kind: int, ref: int, level: int, val
     return n + 1
 
 
+@helper
+def charge_item(i: int, fee: int, smax: int, items: np.ndarray, rates: tuple,
+                accounts: np.ndarray, buckets: np.ndarray, bucket_rgs: np.ndarray,
+                members: np.ndarray, member_units: np.ndarray, out: np.ndarray,
+                acct_out: np.ndarray, bucket_out: np.ndarray, member_out: np.ndarray,
+                units_out: np.ndarray, cu: np.ndarray, chg: np.ndarray, n_chg: int,
+                ev: np.ndarray, n_ev: int) -> tuple[int, int]:
+    """Item i of charge_kernel (its loop body, described there), given its rate's connect
+    fee (0 when zero-rated) and session maximum: the kernel passes literal zeros for a rate
+    with neither. Returns the new counts of charges (n_chg) and events (n_ev)."""
+    rt, tiers, wins, steps = rates
+    rate_quota, rate_unit, rate_validity = rt[R_QUOTA], rt[R_UNIT], rt[R_VALIDITY]
+    rate_flags = rt[R_FLAGS]
+    i_acct, i_member, i_rg = items[:, I_ACCT], items[:, I_MEMBER], items[:, I_RG]
+    i_rate, i_start, i_time = items[:, I_RATE], items[:, I_START], items[:, I_TIME]
+    i_used, i_want, i_requested = items[:, I_USED], items[:, I_WANT], items[:, I_REQUESTED]
+    i_flags, i_res_src = items[:, I_FLAGS], items[:, I_RES_SRC]
+    i_res_units, i_res_amount = items[:, I_RES_UNITS], items[:, I_RES_AMOUNT]
+    i_cu, i_now, i_req = items[:, I_CYCLE_SLOT], items[:, I_NOW], items[:, I_REQ]
+    a_floor, a_cap, a_low_mark = accounts[A_FLOOR], accounts[A_CAP], accounts[A_LOW_MARK]
+    a_first, a_end = accounts[A_BUCKETS_LO], accounts[A_BUCKETS_HI]
+    b_initial = buckets[B_INITIAL]
+    m_cap_money, m_cap_units = members[M_CAP], member_units[U_CAP]
+    result, granted, res_src, res_amount = out[O_RESULT], out[O_GRANTED], out[O_RES_SRC], \
+        out[O_RES_AMOUNT]
+    charged, validity, final = out[O_CHARGED], out[O_VALIDITY], out[O_FINAL]
+    money, mres, spent = acct_out[A_MONEY], acct_out[A_MRES], acct_out[A_SPENT]
+    cap_level, low_flag = acct_out[A_CAP_LEVEL], acct_out[A_LOW_FLAG]
+    exh_flag = acct_out[A_EXH_FLAG]
+    remaining, b_reserved, level = bucket_out[0], bucket_out[1], bucket_out[2]
+    mspent, mmres = member_out[0], member_out[1]
+    mused, mres_u = units_out[0], units_out[1]
+
+    a = i_acct[i]
+    m = i_member[i]
+    r = i_rate[i]
+    rg = i_rg[i]
+    used = i_used[i]
+    want = i_want[i]
+    # Give back what the session holds for this rating group (and what it counted against
+    # the member's caps, if it was taken as a member).
+    counted = m != NONE and i_flags[i] & FLAG_RES_MEMBER
+    if i_res_amount[i] != 0 or i_res_units[i] != 0:
+        s = i_res_src[i]
+        back = money[a] if s == MONEY else remaining[s]
+        if i_res_amount[i] < 0 or back > INT64_MAX - i_res_amount[i]:
+            # Giving it back would wrap int64: the item is refused and the session keeps
+            # its reservation (reported as held: granted, source, amount), nothing moves.
+            result[i] = INVALID_AVP_VALUE
+            granted[i], res_src[i], res_amount[i] = i_res_units[i], s, i_res_amount[i]
+            return n_chg, n_ev
+        if s == MONEY:
+            money[a] += i_res_amount[i]
+            mres[a] -= i_res_amount[i]
+            if counted:
+                mmres[m] -= i_res_amount[i]
+        else:
+            remaining[s] += i_res_amount[i]
+            b_reserved[s] -= i_res_amount[i]
+        if counted and r != NONE:
+            mres_u[m * 3 + rate_unit[r] - 1] -= i_res_units[i]
+    if r == NONE:
+        result[i] = RATING_FAILED
+        return n_chg, n_ev
+    if rate_flags[r] & RATE_NOT_ALLOWED:
+        result[i] = END_USER_SERVICE_DENIED
+        return n_chg, n_ev
+    unit = rate_unit[r]
+    zero = rate_flags[r] & RATE_ZERO_RATED
+    free_at_max = rate_flags[r] & RATE_SESSION_FREE
+    scost = 0  # what the session cost before this item, when it has a maximum
+    if smax > 0:
+        scost = items[i, I_S_COST]
+        j = i - 1
+        while j >= 0 and i_req[j] == i_req[i]:
+            scost += charged[j]
+            j -= 1
+    mu = m * 3 + unit - 1 if m != NONE else NONE
+    target = rate_quota[r]
+    if want == WANT_DEBIT:
+        target = used
+    elif 0 < i_requested[i] < target:
+        target = i_requested[i]
+    t = i_time[i]
+    now = i_now[i]
+    pos = cu[i_cu[i]]
+    s_used, s_billed = items[i, I_S_USED], items[i, I_S_BILLED]
+    s_rem, s_charged = items[i, I_S_REM], items[i, I_S_CHARGED]
+    if used > MONEY_LIMIT - s_used or target > MONEY_LIMIT - s_used - used:
+        result[i] = INVALID_AVP_VALUE  # a session's units beyond int64 arithmetic
+        return n_chg, n_ev
+    new_used = s_used + used
+    new_billed = max(s_billed, billed_units(new_used, r, rt, steps))
+    billed = new_billed - s_billed  # what this report bills: the session's minimum and
+    # rounding are met once, by buckets and money together
+    first_fee = fee if s_billed == 0 and billed > 0 else 0
+    if not within_limits(used, target, rate_flags[r], money[a]):
+        # Priced in full only when the cheap bound does not hold (most items are priced
+        # later only if buckets do not cover them).
+        cost_used = money_for(billed, r, i_start[i], t, pos, s_rem, s_charged, rt, tiers,
+                              wins)[0]
+        cost_target = 0
+        if want != WANT_NONE:
+            cost_target = money_for(
+                billed_units(new_used + target, r, rt, steps) - new_billed, r, t, t, pos,
+                0, 0, rt, tiers, wins)[0]
+        if (cost_used < 0 or cost_target < 0 or cost_used > MONEY_LIMIT - fee
+                or cost_target > MONEY_LIMIT - fee
+                or money[a] - cost_used - first_fee < -MONEY_LIMIT):
+            result[i] = INVALID_AVP_VALUE  # amounts beyond int64 arithmetic
+            return n_chg, n_ev
+    if want != WANT_NONE and i_flags[i] & FLAG_GRACE and not zero:
+        result[i] = END_USER_SERVICE_DENIED  # GRACE: zero-rated service only
+        if want == WANT_DEBIT or used == 0:
+            return n_chg, n_ev
+        want = WANT_NONE
+
+    if want == WANT_DEBIT:
+        # Direct debit: refuse unless buckets and money within all limits cover it all.
+        covered = 0
+        for b in range(a_first[a], a_end[a]):
+            if covered < billed and bucket_applies(b, rg, unit, now, buckets, bucket_rgs):
+                covered += min(remaining[b], billed - covered)
+        cost = first_fee
+        if covered < billed and not zero:
+            cost += money_for(billed - covered, r, i_start[i], t, pos, s_rem, s_charged, rt,
+                              tiers, wins)[0]
+        if smax > 0:
+            cost = min(cost, max(smax - scost, 0))
+        room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
+                                mmres)
+        if (cost > 0 and cost > room) or (
+                m != NONE and m_cap_units[mu] > 0
+                and used > m_cap_units[mu] - mused[mu] - mres_u[mu]):
+            result[i] = CREDIT_LIMIT_REACHED
+            return n_chg, n_ev
+        granted[i] = used
+
+    # Pay the billed units: buckets in consumption order, then money.
+    left = billed
+    last = NONE  # the last bucket charged
+    for b in range(a_first[a], a_end[a]):
+        if left == 0:
+            break
+        if remaining[b] > 0 and bucket_applies(b, rg, unit, now, buckets, bucket_rgs):
+            last = b
+            take = min(left, remaining[b])
+            remaining[b] -= take
+            left -= take
+            chg[0, n_chg] = i
+            chg[1, n_chg] = b
+            chg[2, n_chg] = take
+            chg[3, n_chg] = 0
+            n_chg += 1
+    cost = first_fee
+    if left > 0 and not zero:
+        part, s_rem = money_for(left, r, i_start[i], t, pos, s_rem, s_charged, rt, tiers,
+                                wins)
+        s_charged += part
+        cost += part
+        cu[i_cu[i]] += left
+    if smax > 0:
+        cost = min(cost, max(smax - scost, 0))  # a session never costs more than its max
+    if left > 0 or cost > 0:
+        money[a] -= cost
+        spent[a] += cost
+        charged[i] = cost
+        chg[0, n_chg] = i
+        chg[1, n_chg] = MONEY
+        chg[2, n_chg] = left
+        chg[3, n_chg] = cost
+        n_chg += 1
+        if m != NONE:
+            mspent[m] += cost
+    scost += cost
+    out[O_S_USED, i] = new_used
+    out[O_S_BILLED, i] = new_billed
+    out[O_S_REM, i] = s_rem
+    out[O_S_CHARGED, i] = s_charged
+    if m != NONE:
+        mused[mu] += used
+
+    if want == WANT_GRANT:
+        pos = cu[i_cu[i]]
+        unit_room = NO_BOUNDARY
+        if m != NONE and m_cap_units[mu] > 0:
+            unit_room = m_cap_units[mu] - mused[mu] - mres_u[mu]
+            if unit_room < target:
+                target = max(unit_room, 0)
+        g = 0
+        hold = 0
+        src = MONEY
+        member_bound = unit_room <= 0
+        cap_bound = False
+        session_bound = False
+        next_fee = fee if new_billed == 0 else 0
+        if target > 0:
+            # The first bucket that applies and has units: the charge above drained every
+            # one before the last it took from, so the search starts there. It grants the
+            # usage whose next billed units it covers.
+            b = NONE
+            if last != NONE and remaining[last] > 0:
+                b = last
+            else:
+                for k in range(a_first[a] if last == NONE else last + 1, a_end[a]):
+                    if remaining[k] > 0 and bucket_applies(k, rg, unit, now, buckets,
+                                                           bucket_rgs):
+                        b = k
+                        break
+            if b != NONE and (next_fee == 0 or next_fee <= money_room(
+                    a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
+                    mmres)[0]):
+                # The connect fee is charged with the first report, not held. Usually the
+                # bucket covers the whole target (one division, not three).
+                g = target
+                hold = billed_units(new_used + g, r, rt, steps) - new_billed
+                if hold > remaining[b]:
+                    g = min(target, usage_within(new_billed + remaining[b], r, rt, steps)
+                            - new_used)
+                    hold = billed_units(new_used + g, r, rt, steps) - new_billed
+                if g > 0:
+                    src = b
+        if src != MONEY:
+            remaining[src] -= hold
+            b_reserved[src] += hold
+            res_amount[i] = hold
+        elif target > 0:
+            room, cap_bound, member_bound = money_room(a, m, money, a_floor, a_cap, spent,
+                                                       mres, m_cap_money, mspent, mmres)
+            if smax > 0 and not free_at_max and smax - scost < room:
+                room = smax - scost
+                session_bound = True
+                member_bound = cap_bound = False
+            g = target
+            cost = grant_cost(g, r, t, pos, new_used, new_billed, s_rem, s_charged,
+                              next_fee, smax, scost, free_at_max, rt, tiers, wins, steps)
+            if cost > room and cost > 0:
+                # The most units the room pays for (money only rises with units).
+                lo = 0
+                hi = g
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if grant_cost(mid, r, t, pos, new_used, new_billed, s_rem, s_charged,
+                                  next_fee, smax, scost, free_at_max, rt, tiers, wins,
+                                  steps) <= room:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                g = lo
+                cost = grant_cost(g, r, t, pos, new_used, new_billed, s_rem, s_charged,
+                                  next_fee, smax, scost, free_at_max, rt, tiers, wins, steps)
+                if g <= 0 or cost > room:
+                    g = 0
+            if g > 0:
+                hold = cost
+                money[a] -= cost
+                mres[a] += cost
+                res_amount[i] = cost
+                if m != NONE:
+                    mmres[m] += cost
+                exh_flag[a] = 0
+        if g <= 0:
+            result[i] = CREDIT_LIMIT_REACHED
+            if member_bound:
+                # value: which limit (0 = money, else the unit type); limit: the cap
+                if unit_room <= 0:
+                    n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, unit, m_cap_units[mu])
+                else:
+                    n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, 0, m_cap_money[m])
+            elif exh_flag[a] == 0 and not cap_bound and not session_bound:
+                exh_flag[a] = 1
+                n_ev = emit(ev, n_ev, i, EV_EXHAUSTED, NONE, 0, money[a],
+                            a_floor[a])
+        else:
+            granted[i] = g
+            res_src[i] = src
+            if m != NONE:
+                mres_u[mu] += g
+            # Checked here, not only inside: inlined whole into the item loop, the
+            # window search slowed every item (about 5 µs per 1024), windows or not.
+            change = (next_change(r, t, rt, wins) if rt[R_WIN_LO, r] != rt[R_WIN_HI, r]
+                      else NO_BOUNDARY)
+            v = rate_validity[r]
+            if change != NO_BOUNDARY:
+                to_change = max(1, (change - t) // 1000)
+                if v == 0 or to_change < v:
+                    v = to_change
+            validity[i] = v
+            # Final units: nothing more could be granted after these. What the least
+            # grant costs is priced only when it decides (most grants have a bucket).
+            more = zero != 0
+            last_grant = False  # the session's maximum leaves less than the least grant
+            if not more and smax > 0 and not free_at_max:
+                least = least_grant(r, t, pos, rt, tiers, wins, steps)
+                last_grant = smax - scost - (hold if src == MONEY else 0) < max(least, 1)
+            if (not more and not last_grant
+                    and (unit_room == NO_BOUNDARY or unit_room - g > 0)):
+                # The bucket just granted from applies: if it has units left, that is it.
+                more = src != MONEY and remaining[src] > 0
+                if not more:
+                    for b in range(a_first[a], a_end[a]):
+                        if remaining[b] > 0 and bucket_applies(b, rg, unit, now, buckets,
+                                                               bucket_rgs):
+                            more = True
+                            break
+                if not more:
+                    room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres,
+                                            m_cap_money, mspent, mmres)
+                    more = least_grant(r, t, pos, rt, tiers, wins, steps) <= room
+            if not more:
+                final[i] = 1
+                n_ev = emit(ev, n_ev, i, EV_FINAL, NONE, 0, g, 0)
+
+    # Thresholds this item took the account across, each announced once per cycle.
+    for b in range(a_first[a], a_end[a]):
+        lv = percent_level(b_initial[b] - remaining[b], b_initial[b])
+        for step in (50, 80, 100):
+            if level[b] < step <= lv:
+                n_ev = emit(ev, n_ev, i, EV_BUCKET, b, step, b_initial[b] - remaining[b],
+                            b_initial[b])
+        if lv > level[b]:
+            level[b] = lv
+    if a_cap[a] > 0:
+        lv = percent_level(spent[a] + mres[a], a_cap[a])
+        for step in (80, 100):
+            if cap_level[a] < step <= lv:
+                n_ev = emit(ev, n_ev, i, EV_CAP, NONE, step, spent[a] + mres[a],
+                            a_cap[a])
+        if lv > cap_level[a]:
+            cap_level[a] = lv
+    if a_low_mark[a] > 0:
+        if money[a] < a_low_mark[a] and low_flag[a] == 0:
+            low_flag[a] = 1
+            n_ev = emit(ev, n_ev, i, EV_LOW, NONE, 0, money[a],
+                        a_low_mark[a])
+        elif money[a] >= a_low_mark[a]:
+            low_flag[a] = 0
+    return n_chg, n_ev
+
+
 @njit(cache=True, nogil=True)
 def charge_kernel(
     items: np.ndarray,         # a row per item, I_* columns
@@ -433,39 +773,21 @@ def charge_kernel(
     units, money) and events (item, kind, ref, level, value, limit), a column each. Several
     rows in one array: each array crossing into Python costs microseconds.
     """
-    rt, tiers, wins, steps = rates
-    rate_quota, rate_unit, rate_validity = rt[R_QUOTA], rt[R_UNIT], rt[R_VALIDITY]
+    rt = rates[0]
     rate_flags, rate_fee, rate_smax = rt[R_FLAGS], rt[R_FEE], rt[R_SESSION_MAX]
-    i_acct, i_member, i_rg = items[:, I_ACCT], items[:, I_MEMBER], items[:, I_RG]
-    i_rate, i_start, i_time = items[:, I_RATE], items[:, I_START], items[:, I_TIME]
-    i_used, i_want, i_requested = items[:, I_USED], items[:, I_WANT], items[:, I_REQUESTED]
-    i_flags, i_res_src = items[:, I_FLAGS], items[:, I_RES_SRC]
-    i_res_units, i_res_amount = items[:, I_RES_UNITS], items[:, I_RES_AMOUNT]
-    i_cu, i_now, i_req = items[:, I_CYCLE_SLOT], items[:, I_NOW], items[:, I_REQ]
-    a_floor, a_cap, a_low_mark = accounts[A_FLOOR], accounts[A_CAP], accounts[A_LOW_MARK]
+    i_acct, i_rate = items[:, I_ACCT], items[:, I_RATE]
     a_first, a_end = accounts[A_BUCKETS_LO], accounts[A_BUCKETS_HI]
-    b_initial = buckets[B_INITIAL]
-    m_cap_money, m_cap_units = members[M_CAP], member_units[U_CAP]
 
     n = items.shape[0]
     out = np.zeros((11, n), dtype=np.int64)
-    result, granted, res_src, res_amount = out[O_RESULT], out[O_GRANTED], out[O_RES_SRC], \
-        out[O_RES_AMOUNT]
-    charged, validity, final = out[O_CHARGED], out[O_VALIDITY], out[O_FINAL]
-    result[:] = SUCCESS
-    res_src[:] = MONEY
+    out[O_RESULT] = SUCCESS
+    out[O_RES_SRC] = MONEY
     acct_out = accounts[:6].copy()
-    money, mres, spent = acct_out[A_MONEY], acct_out[A_MRES], acct_out[A_SPENT]
-    cap_level, low_flag = acct_out[A_CAP_LEVEL], acct_out[A_LOW_FLAG]
-    exh_flag = acct_out[A_EXH_FLAG]
     bucket_out = np.zeros((3, buckets.shape[1]), dtype=np.int64)
-    remaining, b_reserved, level = bucket_out[0], bucket_out[1], bucket_out[2]
-    remaining[:] = buckets[B_REMAINING]
-    level[:] = buckets[B_LEVEL]
+    bucket_out[0] = buckets[B_REMAINING]
+    bucket_out[2] = buckets[B_LEVEL]
     member_out = members[M_SPENT:].copy()
-    mspent, mmres = member_out[0], member_out[1]
     units_out = member_units[U_USED:].copy()
-    mused, mres_u = units_out[0], units_out[1]
     cu = cycle_units.copy()
 
     cap = 0
@@ -478,311 +800,20 @@ def charge_kernel(
     n_ev = 0
 
     for i in range(n):
-        a = i_acct[i]
-        m = i_member[i]
+        # One body inlined twice: with literal zeros for a rate without a connect fee or a
+        # session maximum (most), so that this copy is compiled without their code. With one
+        # copy taking them as values, 1024 items took 1.07-1.1x d80efa1's time (before
+        # cumulative pricing); split, 0.99-1.05x (bench/results/kernel-2core/).
         r = i_rate[i]
-        rg = i_rg[i]
-        used = i_used[i]
-        want = i_want[i]
-        # Give back what the session holds for this rating group (and what it counted against
-        # the member's caps, if it was taken as a member).
-        counted = m != NONE and i_flags[i] & FLAG_RES_MEMBER
-        if i_res_amount[i] != 0 or i_res_units[i] != 0:
-            s = i_res_src[i]
-            back = money[a] if s == MONEY else remaining[s]
-            if i_res_amount[i] < 0 or back > INT64_MAX - i_res_amount[i]:
-                # Giving it back would wrap int64: the item is refused and the session keeps
-                # its reservation (reported as held: granted, source, amount), nothing moves.
-                result[i] = INVALID_AVP_VALUE
-                granted[i], res_src[i], res_amount[i] = i_res_units[i], s, i_res_amount[i]
-                continue
-            if s == MONEY:
-                money[a] += i_res_amount[i]
-                mres[a] -= i_res_amount[i]
-                if counted:
-                    mmres[m] -= i_res_amount[i]
-            else:
-                remaining[s] += i_res_amount[i]
-                b_reserved[s] -= i_res_amount[i]
-            if counted and r != NONE:
-                mres_u[m * 3 + rate_unit[r] - 1] -= i_res_units[i]
-        if r == NONE:
-            result[i] = RATING_FAILED
-            continue
-        if rate_flags[r] & RATE_NOT_ALLOWED:
-            result[i] = END_USER_SERVICE_DENIED
-            continue
-        unit = rate_unit[r]
-        zero = rate_flags[r] & RATE_ZERO_RATED
-        fee = 0 if zero else rate_fee[r]
-        smax = rate_smax[r]
-        free_at_max = rate_flags[r] & RATE_SESSION_FREE
-        scost = 0  # what the session cost before this item, when it has a maximum
-        if smax > 0:
-            scost = items[i, I_S_COST]
-            j = i - 1
-            while j >= 0 and i_req[j] == i_req[i]:
-                scost += charged[j]
-                j -= 1
-        mu = m * 3 + unit - 1 if m != NONE else NONE
-        target = rate_quota[r]
-        if want == WANT_DEBIT:
-            target = used
-        elif 0 < i_requested[i] < target:
-            target = i_requested[i]
-        t = i_time[i]
-        now = i_now[i]
-        pos = cu[i_cu[i]]
-        s_used, s_billed = items[i, I_S_USED], items[i, I_S_BILLED]
-        s_rem, s_charged = items[i, I_S_REM], items[i, I_S_CHARGED]
-        if used > MONEY_LIMIT - s_used or target > MONEY_LIMIT - s_used - used:
-            result[i] = INVALID_AVP_VALUE  # a session's units beyond int64 arithmetic
-            continue
-        new_used = s_used + used
-        new_billed = max(s_billed, billed_units(new_used, r, rt, steps))
-        billed = new_billed - s_billed  # what this report bills: the session's minimum and
-        # rounding are met once, by buckets and money together
-        first_fee = fee if s_billed == 0 and billed > 0 else 0
-        if not within_limits(used, target, rate_flags[r], money[a]):
-            # Priced in full only when the cheap bound does not hold (most items are priced
-            # later only if buckets do not cover them).
-            cost_used = money_for(billed, r, i_start[i], t, pos, s_rem, s_charged, rt, tiers,
-                                  wins)[0]
-            cost_target = 0
-            if want != WANT_NONE:
-                cost_target = money_for(
-                    billed_units(new_used + target, r, rt, steps) - new_billed, r, t, t, pos,
-                    0, 0, rt, tiers, wins)[0]
-            if (cost_used < 0 or cost_target < 0 or cost_used > MONEY_LIMIT - fee
-                    or cost_target > MONEY_LIMIT - fee
-                    or money[a] - cost_used - first_fee < -MONEY_LIMIT):
-                result[i] = INVALID_AVP_VALUE  # amounts beyond int64 arithmetic
-                continue
-        if want != WANT_NONE and i_flags[i] & FLAG_GRACE and not zero:
-            result[i] = END_USER_SERVICE_DENIED  # GRACE: zero-rated service only
-            if want == WANT_DEBIT or used == 0:
-                continue
-            want = WANT_NONE
-
-        if want == WANT_DEBIT:
-            # Direct debit: refuse unless buckets and money within all limits cover it all.
-            covered = 0
-            for b in range(a_first[a], a_end[a]):
-                if covered < billed and bucket_applies(b, rg, unit, now, buckets, bucket_rgs):
-                    covered += min(remaining[b], billed - covered)
-            cost = first_fee
-            if covered < billed and not zero:
-                cost += money_for(billed - covered, r, i_start[i], t, pos, s_rem, s_charged, rt,
-                                  tiers, wins)[0]
-            if smax > 0:
-                cost = min(cost, max(smax - scost, 0))
-            room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
-                                    mmres)
-            if (cost > 0 and cost > room) or (
-                    m != NONE and m_cap_units[mu] > 0
-                    and used > m_cap_units[mu] - mused[mu] - mres_u[mu]):
-                result[i] = CREDIT_LIMIT_REACHED
-                continue
-            granted[i] = used
-
-        # Pay the billed units: buckets in consumption order, then money.
-        left = billed
-        last = NONE  # the last bucket charged
-        for b in range(a_first[a], a_end[a]):
-            if left == 0:
-                break
-            if remaining[b] > 0 and bucket_applies(b, rg, unit, now, buckets, bucket_rgs):
-                last = b
-                take = min(left, remaining[b])
-                remaining[b] -= take
-                left -= take
-                chg[0, n_chg] = i
-                chg[1, n_chg] = b
-                chg[2, n_chg] = take
-                chg[3, n_chg] = 0
-                n_chg += 1
-        cost = first_fee
-        if left > 0 and not zero:
-            part, s_rem = money_for(left, r, i_start[i], t, pos, s_rem, s_charged, rt, tiers,
-                                    wins)
-            s_charged += part
-            cost += part
-            cu[i_cu[i]] += left
-        if smax > 0:
-            cost = min(cost, max(smax - scost, 0))  # a session never costs more than its max
-        if left > 0 or cost > 0:
-            money[a] -= cost
-            spent[a] += cost
-            charged[i] = cost
-            chg[0, n_chg] = i
-            chg[1, n_chg] = MONEY
-            chg[2, n_chg] = left
-            chg[3, n_chg] = cost
-            n_chg += 1
-            if m != NONE:
-                mspent[m] += cost
-        scost += cost
-        out[O_S_USED, i] = new_used
-        out[O_S_BILLED, i] = new_billed
-        out[O_S_REM, i] = s_rem
-        out[O_S_CHARGED, i] = s_charged
-        if m != NONE:
-            mused[mu] += used
-
-        if want == WANT_GRANT:
-            pos = cu[i_cu[i]]
-            unit_room = NO_BOUNDARY
-            if m != NONE and m_cap_units[mu] > 0:
-                unit_room = m_cap_units[mu] - mused[mu] - mres_u[mu]
-                if unit_room < target:
-                    target = max(unit_room, 0)
-            g = 0
-            hold = 0
-            src = MONEY
-            member_bound = unit_room <= 0
-            cap_bound = False
-            session_bound = False
-            next_fee = fee if new_billed == 0 else 0
-            if target > 0:
-                # The first bucket that applies and has units: the charge above drained every
-                # one before the last it took from, so the search starts there. It grants the
-                # usage whose next billed units it covers.
-                b = NONE
-                if last != NONE and remaining[last] > 0:
-                    b = last
-                else:
-                    for k in range(a_first[a] if last == NONE else last + 1, a_end[a]):
-                        if remaining[k] > 0 and bucket_applies(k, rg, unit, now, buckets,
-                                                               bucket_rgs):
-                            b = k
-                            break
-                if b != NONE and (next_fee == 0 or next_fee <= money_room(
-                        a, m, money, a_floor, a_cap, spent, mres, m_cap_money, mspent,
-                        mmres)[0]):
-                    # The connect fee is charged with the first report, not held. Usually the
-                    # bucket covers the whole target (one division, not three).
-                    g = target
-                    hold = billed_units(new_used + g, r, rt, steps) - new_billed
-                    if hold > remaining[b]:
-                        g = min(target, usage_within(new_billed + remaining[b], r, rt, steps)
-                                - new_used)
-                        hold = billed_units(new_used + g, r, rt, steps) - new_billed
-                    if g > 0:
-                        src = b
-            if src != MONEY:
-                remaining[src] -= hold
-                b_reserved[src] += hold
-                res_amount[i] = hold
-            elif target > 0:
-                room, cap_bound, member_bound = money_room(a, m, money, a_floor, a_cap, spent,
-                                                           mres, m_cap_money, mspent, mmres)
-                if smax > 0 and not free_at_max and smax - scost < room:
-                    room = smax - scost
-                    session_bound = True
-                    member_bound = cap_bound = False
-                g = target
-                cost = grant_cost(g, r, t, pos, new_used, new_billed, s_rem, s_charged,
-                                  next_fee, smax, scost, free_at_max, rt, tiers, wins, steps)
-                if cost > room and cost > 0:
-                    # The most units the room pays for (money only rises with units).
-                    lo = 0
-                    hi = g
-                    while lo < hi:
-                        mid = (lo + hi + 1) // 2
-                        if grant_cost(mid, r, t, pos, new_used, new_billed, s_rem, s_charged,
-                                      next_fee, smax, scost, free_at_max, rt, tiers, wins,
-                                      steps) <= room:
-                            lo = mid
-                        else:
-                            hi = mid - 1
-                    g = lo
-                    cost = grant_cost(g, r, t, pos, new_used, new_billed, s_rem, s_charged,
-                                      next_fee, smax, scost, free_at_max, rt, tiers, wins, steps)
-                    if g <= 0 or cost > room:
-                        g = 0
-                if g > 0:
-                    hold = cost
-                    money[a] -= cost
-                    mres[a] += cost
-                    res_amount[i] = cost
-                    if m != NONE:
-                        mmres[m] += cost
-                    exh_flag[a] = 0
-            if g <= 0:
-                result[i] = CREDIT_LIMIT_REACHED
-                if member_bound:
-                    # value: which limit (0 = money, else the unit type); limit: the cap
-                    if unit_room <= 0:
-                        n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, unit, m_cap_units[mu])
-                    else:
-                        n_ev = emit(ev, n_ev, i, EV_MEMBER_CAP, m, 100, 0, m_cap_money[m])
-                elif exh_flag[a] == 0 and not cap_bound and not session_bound:
-                    exh_flag[a] = 1
-                    n_ev = emit(ev, n_ev, i, EV_EXHAUSTED, NONE, 0, money[a],
-                                a_floor[a])
-            else:
-                granted[i] = g
-                res_src[i] = src
-                if m != NONE:
-                    mres_u[mu] += g
-                # Checked here, not only inside: inlined whole into the item loop, the
-                # window search slowed every item (about 5 µs per 1024), windows or not.
-                change = (next_change(r, t, rt, wins) if rt[R_WIN_LO, r] != rt[R_WIN_HI, r]
-                          else NO_BOUNDARY)
-                v = rate_validity[r]
-                if change != NO_BOUNDARY:
-                    to_change = max(1, (change - t) // 1000)
-                    if v == 0 or to_change < v:
-                        v = to_change
-                validity[i] = v
-                # Final units: nothing more could be granted after these. What the least
-                # grant costs is priced only when it decides (most grants have a bucket).
-                more = zero != 0
-                last_grant = False  # the session's maximum leaves less than the least grant
-                if not more and smax > 0 and not free_at_max:
-                    least = least_grant(r, t, pos, rt, tiers, wins, steps)
-                    last_grant = smax - scost - (hold if src == MONEY else 0) < max(least, 1)
-                if (not more and not last_grant
-                        and (unit_room == NO_BOUNDARY or unit_room - g > 0)):
-                    # The bucket just granted from applies: if it has units left, that is it.
-                    more = src != MONEY and remaining[src] > 0
-                    if not more:
-                        for b in range(a_first[a], a_end[a]):
-                            if remaining[b] > 0 and bucket_applies(b, rg, unit, now, buckets,
-                                                                   bucket_rgs):
-                                more = True
-                                break
-                    if not more:
-                        room, _, _ = money_room(a, m, money, a_floor, a_cap, spent, mres,
-                                                m_cap_money, mspent, mmres)
-                        more = least_grant(r, t, pos, rt, tiers, wins, steps) <= room
-                if not more:
-                    final[i] = 1
-                    n_ev = emit(ev, n_ev, i, EV_FINAL, NONE, 0, g, 0)
-
-        # Thresholds this item took the account across, each announced once per cycle.
-        for b in range(a_first[a], a_end[a]):
-            lv = percent_level(b_initial[b] - remaining[b], b_initial[b])
-            for step in (50, 80, 100):
-                if level[b] < step <= lv:
-                    n_ev = emit(ev, n_ev, i, EV_BUCKET, b, step, b_initial[b] - remaining[b],
-                                b_initial[b])
-            if lv > level[b]:
-                level[b] = lv
-        if a_cap[a] > 0:
-            lv = percent_level(spent[a] + mres[a], a_cap[a])
-            for step in (80, 100):
-                if cap_level[a] < step <= lv:
-                    n_ev = emit(ev, n_ev, i, EV_CAP, NONE, step, spent[a] + mres[a],
-                                a_cap[a])
-            if lv > cap_level[a]:
-                cap_level[a] = lv
-        if a_low_mark[a] > 0:
-            if money[a] < a_low_mark[a] and low_flag[a] == 0:
-                low_flag[a] = 1
-                n_ev = emit(ev, n_ev, i, EV_LOW, NONE, 0, money[a],
-                            a_low_mark[a])
-            elif money[a] >= a_low_mark[a]:
-                low_flag[a] = 0
+        if r == NONE or (rate_fee[r] == 0 and rate_smax[r] == 0):
+            n_chg, n_ev = charge_item(i, 0, 0, items, rates, accounts, buckets, bucket_rgs,
+                                      members, member_units, out, acct_out, bucket_out,
+                                      member_out, units_out, cu, chg, n_chg, ev, n_ev)
+        else:
+            fee = 0 if rate_flags[r] & RATE_ZERO_RATED else rate_fee[r]
+            n_chg, n_ev = charge_item(i, fee, rate_smax[r], items, rates, accounts, buckets,
+                                      bucket_rgs, members, member_units, out, acct_out,
+                                      bucket_out, member_out, units_out, cu, chg, n_chg, ev,
+                                      n_ev)
 
     return (out, acct_out, bucket_out, member_out, units_out, cu, chg[:, :n_chg], ev[:, :n_ev])
