@@ -8,6 +8,7 @@ import gc
 import logging
 import re
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,6 +40,8 @@ from engine.provisioning import Provisioner
 from engine.redis_server import RedisServer
 from engine.store import Store
 from engine.sweeper import Sweeper
+from engine.web import series
+from engine.web.serve import WebServer
 from tollgate.v1 import charging_pb2, charging_pb2_grpc, provisioning_pb2
 
 log = logging.getLogger("tollgate.server")
@@ -145,16 +148,19 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
 
     async def Charge(self, request: charging_pb2.ChargeRequest,
                      context: grpc.aio.ServicerContext) -> charging_pb2.ChargeAnswer:
+        started = time.perf_counter()
         answers = await _call(context, self.engine.charge([request]))
-        metrics.count([request], answers)
+        metrics.count([request], answers, started)
         return answers[0]
 
     async def ChargeBatch(self, request: charging_pb2.ChargeBatchRequest,
                           context: grpc.aio.ServicerContext) -> charging_pb2.ChargeBatchAnswer:
+        started = time.perf_counter()
+
         async def run() -> list[charging_pb2.ChargeAnswer]:
             self._check_size(len(request.requests))
             answers = await self.engine.charge(list(request.requests))
-            metrics.count(request.requests, answers)
+            metrics.count(request.requests, answers, started)
             return answers
         return charging_pb2.ChargeBatchAnswer(answers=await _call(context, run()))
 
@@ -165,7 +171,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         # answered strictly in order. The reader task never ends the call: it queues why the
         # stream must end, and this handler ends it, after the answers queued before.
         window = Window(self.engine.config.stream_max_in_flight)
-        inflight: asyncio.Queue[tuple[charging_pb2.ChargeBatchRequest, int,
+        inflight: asyncio.Queue[tuple[charging_pb2.ChargeBatchRequest, int, float,
                                       asyncio.Future[list[charging_pb2.ChargeAnswer]]]
                                 | Ending | None] = asyncio.Queue()
 
@@ -176,8 +182,8 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
                     # An empty message counts too: it still holds a future and an answer.
                     held = max(len(msg.requests), 1)
                     await window.take(held)
-                    inflight.put_nowait((msg, held, self.engine.submit(list(msg.requests),
-                                                                       context)))
+                    inflight.put_nowait((msg, held, time.perf_counter(),
+                                         self.engine.submit(list(msg.requests), context)))
             except (InvalidArgument, Overloaded) as e:
                 inflight.put_nowait(Ending(STATUS_OF[type(e)], str(e)))
             finally:
@@ -189,9 +195,9 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
                 if isinstance(item, Ending):
                     await context.abort(item.code, item.details)  # raises
                 else:
-                    msg, held, fut = item
+                    msg, held, started, fut = item
                     answers = await fut
-                    metrics.count(msg.requests, answers)
+                    metrics.count(msg.requests, answers, started)
                     yield charging_pb2.ChargeBatchAnswer(answers=answers)
                     window.give(held)
             await task  # an unexpected error of the reader ends the call (INTERNAL)
@@ -280,6 +286,9 @@ class Tollgate:
     billing: Billing | None = None
     trimmer: asyncio.Task[None] | None = None
     metrics_server: WSGIServer | None = None
+    web: WebServer | None = None
+    """The web pages (http_listen)."""
+    _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     clock: Callable[[], int] = wall_clock_ms
     """Unix ms; tests pass a controllable clock (billing cycles, stale reservations)."""
 
@@ -329,6 +338,11 @@ class Tollgate:
             await server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.dashboard_interval_s > 0:
+            await self._exits.enter_async_context(
+                series.shared(self.store.redis, self.config.dashboard_interval_s))
+        if self.config.http_listen:
+            self.web = await WebServer(self.config, self.store, provisioner).start()
         tune_gc(self.config.gc_threshold)
         log.info("tollgate serving", extra={"address": self.address})
         return self
@@ -337,6 +351,8 @@ class Tollgate:
         """Stops taking calls, finishes in-flight batches, then closes Redis."""
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.web is not None:
+            await self.web.stop()
         for task in (self.sweeper, self.trimmer):
             if task is not None:
                 task.cancel()
@@ -351,6 +367,7 @@ class Tollgate:
             if self.engine is not None:
                 await self.engine.close()
             await stopping
+        await self._exits.aclose()  # the dashboard counters' last interval
         if self.store is not None:
             await self.store.close()
         if self.redis is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -22,6 +23,11 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 REQUESTS = Counter("tollgate_requests", "Charging requests answered, by type and result",
                    ["type", "result"])
+GRANTS_REFUSED = Counter("tollgate_grants_refused",
+                         "Grants (rating groups of an answer) refused, by result", ["result"])
+ANSWER_SECONDS = Histogram("tollgate_answer_seconds",
+                           "From a charging message's arrival to its answer (one observation "
+                           "per call or stream message)", buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("tollgate_batch_size", "Requests per micro-batch",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
 KERNEL_SECONDS = Histogram("tollgate_kernel_seconds", "Time in the charging kernel per batch",
@@ -57,7 +63,16 @@ _REQUEST_CHILDREN: dict[tuple[int, int], Any] = {}
 """The labelled counter of each (type, result): labels() costs about as much as the rest."""
 
 
-def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswer]) -> None:
+def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswer],
+          started: float | None = None) -> None:
+    """Counts answers by type and result, refused grants by result and, given the message's
+    arrival (time.perf_counter()), its answer latency."""
+    if started is not None:
+        ANSWER_SECONDS.observe(time.perf_counter() - started)
+    for ans in answers:
+        for g in ans.grants:
+            if g.result != pb.SUCCESS:
+                GRANTS_REFUSED.labels(RESULT_NAMES.get(g.result, str(g.result))).inc()
     # Counted per message first: a labelled increment per request costs more than the rest
     # (a unary call, the usual message of one, skips the Counter).
     if len(requests) == 1:
