@@ -50,8 +50,7 @@ async def census(redis: aioredis.Redis, now_ms: int) -> dict[str, int]:
     if batch:
         await count(batch)
     pipe = redis.pipeline(transaction=False)
-    fields: dict[str | bytes, str | int] = {**counts, "time_ms": now_ms}
-    pipe.hset(BASE, mapping=cast(Any, fields))
+    pipe.hset(BASE, mapping=cast(Any, {**counts, "time_ms": now_ms}))
     pipe.lpush(BASE_TREND, json.dumps({"t": now_ms // 1000, **counts}))
     pipe.ltrim(BASE_TREND, 0, TREND_KEPT - 1)
     await pipe.execute()
