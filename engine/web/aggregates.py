@@ -87,14 +87,16 @@ def _answered(fields: dict[str, int]) -> int:
     return sum(n for f, n in fields.items() if f.startswith("req:"))
 
 
-def series(buckets: list[tuple[int, dict[str, int]]]) -> dict[str, list[Any]]:
-    """The time-series charts: one point per bucket."""
+def series(buckets: list[tuple[int, dict[str, int]]], now_s: float) -> dict[str, list[Any]]:
+    """The time-series charts: one point per bucket (rates of the bucket still filling are
+    over the part of it that has passed)."""
     out: dict[str, list[Any]] = {"t": [], "rate": [], "p50_ms": [], "p99_ms": [],
                                  "money_per_hour": [], "topups_per_hour": []}
-    per_hour = 3600 / BUCKET_S
     for start, fields in buckets:
+        width = min(BUCKET_S, max(1.0, now_s - start))
+        per_hour = 3600 / width
         out["t"].append(start)
-        out["rate"].append(_answered(fields) / BUCKET_S)
+        out["rate"].append(round(_answered(fields) / width, 2))
         for q, name in ((0.5, "p50_ms"), (0.99, "p99_ms")):
             v = quantile(fields, q)
             out[name].append(None if v is None else round(v * 1000, 3))
@@ -135,7 +137,7 @@ async def dashboard(redis: aioredis.Redis, now_s: float, span_s: int = HISTORY_S
     buckets = await read_buckets(redis, now_s, span_s)
     base, trend = await _base(redis)
     offers = await offer_stats(redis)
-    return {"now": now_s, "bucket_s": BUCKET_S, "series": series(buckets),
+    return {"now": now_s, "bucket_s": BUCKET_S, "series": series(buckets, now_s),
             "last_hour": breakdowns(buckets) if span_s == HISTORY_S else None,
             "totals": await read_totals(redis), "base": base,
             "base_trend": trend if span_s == HISTORY_S else None,

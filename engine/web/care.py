@@ -261,6 +261,8 @@ def _record(r: usage_pb2.RatedUsage) -> dict[str, Any]:
     return {"kind": usage_pb2.RecordKind.Name(r.kind), "time_ms": _time(r),
             "subscriber_id": r.subscriber_id, "session_id": r.session_id,
             "rating_group": r.rating_group, "units": r.units, "money": r.money_micros,
+            "unit": UnitType(r.unit_type).name if r.unit_type in UnitType._value2member_map_
+            else "",
             "buckets": {c.bucket_id: c.units for c in r.charges if c.bucket_id}}
 
 

@@ -86,9 +86,6 @@ class WebServer:
                 await self._tasks[0]  # its error
                 raise ConfigError(f"the web server on {c.http_listen} did not start")
             await asyncio.sleep(0.01)
-        if tokens is None:
-            log.warning("web pages WITHOUT LOGIN (no tokens_file): anyone who can reach "
-                        "%s may see and change subscribers", self.url)
         log.info("web pages serving", extra={"url": self.url})
         return self
 

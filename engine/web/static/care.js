@@ -33,7 +33,7 @@ async function open(sid) {
     v.sessions.map(s => [s.session_id, s.rating_group, s.bucket || "money", tg.num(s.units), tg.money(s.amount)]))
     : tg.el("div", {class: "muted"}, "none"));
   $("records").replaceChildren(v.records.length ? tg.table(["time", "kind", "line", "units", "money"],
-    v.records.map(r => [tg.time(r.time_ms), r.kind, r.subscriber_id, tg.num(r.units), tg.money(r.money)]))
+    v.records.map(r => [tg.time(r.time_ms), r.kind, r.subscriber_id, r.unit ? tg.units(r.units, r.unit) : "", tg.money(r.money)]))
     : tg.el("div", {class: "muted"}, "none in the recent history"));
   $("events").replaceChildren(v.events.length ? tg.table(["time", "kind", "detail"],
     v.events.map(e => [tg.time(e.time_ms), e.kind, [e.bucket, e.threshold ? e.threshold + " %" : "", e.detail].filter(x => x).join(" ")]))

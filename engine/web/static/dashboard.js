@@ -30,8 +30,11 @@ function draw() {
   charts["c-money"].setData([ts, col("money"), col("topups")]);
 }
 
-function drawBase(trend) {
-  if (!trend) return;
+let trend = [];
+function drawBase(full, base) {
+  if (full) trend = full;
+  else if (base.time_ms && (!trend.length || trend[trend.length - 1].t < Math.floor(base.time_ms / 1000)))
+    trend.push({t: Math.floor(base.time_ms / 1000), ...base});  // a census since the load
   charts["c-base"].setData([trend.map(x => x.t), ...STATES.map(s => trend.map(x => x[s] || 0))]);
 }
 
@@ -66,7 +69,7 @@ function show(d) {
   tg.bars(document.getElementById("b-offers"), pick(o, "bought:"));
   merge(d.series);
   draw();
-  drawBase(d.base_trend);
+  drawBase(d.base_trend, d.base);
 }
 
 async function start() {
