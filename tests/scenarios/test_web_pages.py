@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from engine.config import Config
+from engine.demo import DEMO_PLAN
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import parse_settings
 from engine.redis_client import connect
@@ -117,9 +118,10 @@ def test_operator_and_subscriber_pages_in_a_browser(live: tuple[Live, Gateway, s
     wait = WebDriverWait(d, 15)  # type: ignore[arg-type]
     assert app.app.web is not None
     url = app.app.web.url
-    subs = app.run(functools.partial(gw.setup, accounts=5, money=200 * EUR))
+    subs = app.run(functools.partial(gw.setup, plan=DEMO_PLAN, accounts=5, money=200 * EUR))
     # One line short of money: the dashboard shows its refusals.
-    subs += app.run(functools.partial(gw.setup, accounts=1, money=1 * EUR, prefix="poor-"))
+    subs += app.run(functools.partial(gw.setup, plan=DEMO_PLAN, accounts=1, money=1 * EUR,
+                                      prefix="poor-"))
 
     def text(element_id: str) -> str:
         return str(d.find_element(By.ID, element_id).text)  # type: ignore[attr-defined]
@@ -170,5 +172,9 @@ def test_operator_and_subscriber_pages_in_a_browser(live: tuple[Live, Gateway, s
     wait.until(lambda _: text("money") == f"{(balance + 5 * EUR) / 1e6:,.2f} EUR")
     assert "runs out" in text("runout") or "Nothing runs out" in text("runout")
     _shot(d, "self-service.png")
+    # The subscriber buys the plan's add-on from the page (5.00 EUR).
+    d.find_element(By.CSS_SELECTOR, "#addons button").click()  # type: ignore[attr-defined]
+    wait.until(lambda _: text("money") == f"{balance / 1e6:,.2f} EUR")
+    assert app.run(gw.account, "acct-0").money_micros == balance
     d.get(link[:-3] + ("xyz" if not link.endswith("xyz") else "abc"))  # type: ignore[attr-defined]
     assert "not valid" in d.find_element(By.TAG_NAME, "body").text  # type: ignore[attr-defined]
