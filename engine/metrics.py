@@ -57,14 +57,14 @@ _REQUEST_CHILDREN: dict[tuple[int, int], Any] = {}
 """The labelled counter of each (type, result): labels() costs about as much as the rest."""
 
 
-def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswer]) -> None:
+def count(types: Sequence[int], results: Sequence[int]) -> None:
+    """Counts a message's requests by (type as sent, result)."""
     # Counted per message first: a labelled increment per request costs more than the rest
     # (a unary call, the usual message of one, skips the Counter).
-    if len(requests) == 1:
-        seen: dict[tuple[int, int], int] = {(requests[0].type, answers[0].result): 1}
+    if len(types) == 1:
+        seen: dict[tuple[int, int], int] = {(types[0], results[0]): 1}
     else:
-        seen = collections.Counter((req.type, ans.result)
-                                   for req, ans in zip(requests, answers, strict=True))
+        seen = collections.Counter(zip(types, results, strict=True))
     for key, n in seen.items():
         child = _REQUEST_CHILDREN.get(key)
         if child is None:
