@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from engine import metrics, wire
+from engine import metrics, usage_wire, wire
 from engine.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher, Prepared
 from engine.config import Config
@@ -127,6 +127,7 @@ class Engine:
         """Loads (or compiles) the kernels now, so that no request waits for Numba."""
         assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
         wire.warm_up()
+        usage_wire.warm_up()
 
     def _forget_subscriber(self, subscriber_id: str | None) -> None:
         self._subscriber_changes += 1

@@ -39,6 +39,7 @@ from engine.state import (
     reservation_value,
 )
 from engine.store import AccountWrite, SessionWrite
+from engine.usage_wire import RecordTable
 from tollgate.v1 import events_pb2, usage_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)
@@ -67,9 +68,14 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     writes = _account_writes(kb, res, renewals)
     out = Outcome({}, {}, {acct.account_id: w for acct, w in zip(kb.accounts, writes,
                                                                   strict=True)})
+    records = RecordTable()
+    owners: list[AccountWrite] = []  # the account write of each record
     for p, blob in zip(batch, encode_answers(batch, kb, res, rates), strict=True):
         a = kb.index[p.account_id]
-        _request_outcome(p, blob, kb.accounts[a], kb, res, timing, out, writes[a])
+        _request_outcome(p, blob, kb.accounts[a], kb, res, timing, out, writes[a], records,
+                         owners)
+    for w, record in zip(owners, records.encode(), strict=True):
+        w.records.append(record)
     for ev in res.events:  # in item order, so in batch order
         p = kb.refs[ev[0]].pending
         out.writes[p.account_id].events.append(
@@ -78,8 +84,10 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
 
 
 def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatch,
-                     res: KernelResult, timing: Timing, out: Outcome, w: AccountWrite) -> None:
-    """The session after a request (`blob`: its answer), and its records."""
+                     res: KernelResult, timing: Timing, out: Outcome, w: AccountWrite,
+                     records: RecordTable, writes: list[AccountWrite]) -> None:
+    """The session after a request (`blob`: its answer), and its records (added to
+    `records`, with their account's write to `writes`)."""
     req = p.request
     rn = req.request_number
     plan = kb.plans[kb.index[p.account_id]]
@@ -118,8 +126,9 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatc
             # earlier billed units already cover (no charge of its own).
             fee = (ref.rate.connect_fee_micros if ref.rate is not None and not before.billed
                    and now.billed and not ref.rate.zero_rated else 0)
-            w.records.append(usage_record(p, ref, plan, old, res.charges.get(i, []),
-                                          kb.buckets, res.charged[i], min(fee, res.charged[i])))
+            usage_record(records, p, ref, plan, old, res.charges.get(i, []), kb.buckets,
+                         res.charged[i], min(fee, res.charged[i]))
+            writes.append(w)
     answers[rn] = blob
     # Request numbers start at 0: nothing is old enough to drop before answers_kept.
     dropped = ([n for n in answers if n <= rn - timing.answers_kept]
@@ -242,44 +251,22 @@ def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes
     return fields
 
 
-def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState | None,
-                 charges: list[tuple[int, int, int]], buckets: list[Bucket],
-                 money: int, fee: int) -> bytes:
+def usage_record(table: RecordTable, p: Pending, ref: ItemRef, plan: Plan | None,
+                 old: SessionState | None, charges: list[tuple[int, int, int]],
+                 buckets: list[Bucket], money: int, fee: int) -> None:
+    """Adds an item's rated usage record to the batch's table (encoded all at once)."""
     req = p.request
     rate = ref.rate
     assert rate is not None  # only priced items charge
     overage = max(0, ref.used - ref.reserved_units) if req.type != RequestType.EVENT else 0
-    record = usage_pb2.RatedUsage()  # filled field by field, like the answer (faster)
-    record.kind = usage_pb2.USAGE
-    record.account_id = p.account_id
-    record.subscriber_id = req.subscriber_id
-    record.session_id = req.session_id
-    record.request_number = req.request_number
-    record.rating_group = ref.rating_group
-    record.service_id = ref.service_id
-    record.zone = p.zone
-    record.unit_type = rate.unit_type
-    record.units = ref.used
-    record.start_time_ms = (old.last_time_ms if old is not None and not old.is_event
-                            else req.time_ms)
-    record.end_time_ms = req.time_ms
-    if plan is not None:
-        record.plan_id = plan.plan_id
-        record.plan_version = plan.version
-    record.price_micros = rate.price_micros
-    record.increment = rate.increment
-    record.money_micros = money
-    if fee:
-        record.connect_fee_micros = fee
-    if overage > 0:
-        record.overage = True
-        record.overage_units = overage
-    record.origin = req.origin
-    # add() builds each charge in place (a list of messages would be built, then copied).
-    for s, u, m in charges:
-        c = record.charges.add()
-        if s != MONEY_SOURCE:
-            c.bucket_id = buckets[s].bucket_id
-        c.units = u
-        c.micros = m
-    return record.SerializeToString()
+    string = table.string
+    table.add((
+        usage_pb2.USAGE, string(p.account_id), string(req.subscriber_id),
+        string(req.session_id), req.request_number, ref.rating_group, ref.service_id,
+        string(p.zone), rate.unit_type, ref.used,
+        old.last_time_ms if old is not None and not old.is_event else req.time_ms,
+        req.time_ms, string(plan.plan_id) if plan is not None else -1,
+        plan.version if plan is not None else 0, rate.price_micros, rate.increment, money,
+        int(overage > 0), overage, string(req.origin), fee),
+        [(string(buckets[s].bucket_id) if s != MONEY_SOURCE else -1, u, m)
+         for s, u, m in charges])
