@@ -107,7 +107,9 @@ def series(buckets: list[tuple[int, dict[str, int]]], now_s: float) -> dict[str,
 
 def breakdowns(buckets: list[tuple[int, dict[str, int]]]) -> dict[str, dict[str, int]]:
     """The bar charts: sums over the buckets given."""
-    return {"answers": _sum(buckets, "req:"), "refused": _sum(buckets, "refused:"),
+    answers = _sum(buckets, "req:")
+    return {"answers": answers,
+            "refused": {r: n for r, n in answers.items() if r != "success"},
             "notifications": _sum(buckets, "ntf:"), "events": _sum(buckets, "ev:"),
             "transitions": _sum(buckets, "to:"), "records": _sum(buckets, "records:"),
             "money": _sum(buckets, "money:")}

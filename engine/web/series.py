@@ -54,7 +54,6 @@ class Feed:
 
 FEEDS = (
     Feed("tollgate_requests_total", "req", ("result",)),
-    Feed("tollgate_grants_refused_total", "refused", ("result",)),
     Feed("tollgate_answer_seconds_bucket", "lat", ("le",)),
     Feed("tollgate_notifications_total", "ntf", ("channel", "outcome")),
     Feed("tollgate_lifecycle_events_total", "ev", ("kind",)),

@@ -49,7 +49,9 @@ function show(d) {
   document.getElementById("answered").textContent = tg.num(sum(pick(t, "req:")));
   const last = d.series.rate.filter(x => x !== null);
   document.getElementById("rate").textContent = last.length ? last[last.length - 1].toFixed(1) : "0";
-  document.getElementById("refused").textContent = tg.num(sum(pick(t, "refused:")));
+  const refused = pick(t, "req:");
+  delete refused.success;
+  document.getElementById("refused").textContent = tg.num(sum(refused));
   document.getElementById("charged").textContent = tg.money(t["money:usage"] || 0);
   document.getElementById("topups").textContent =
     `${tg.num(t["records:top_up"] || 0)} · ${tg.money(t["money:top_up"] || 0)}`;
@@ -58,7 +60,7 @@ function show(d) {
   document.getElementById("offers").textContent = `${tg.num(o.made)} / ${tg.num(o.bought)}${conv}`;
   document.getElementById("outbox").textContent =
     `${tg.num(d.lifecycle.waiting)} / ${tg.num(d.lifecycle.dead_letters)}`;
-  tg.bars(document.getElementById("b-refused"), pick(t, "refused:"));
+  tg.bars(document.getElementById("b-refused"), refused);
   const base = Object.fromEntries(STATES.map(s => [s, d.base[s] || 0]));
   tg.bars(document.getElementById("b-base"), base);
   document.getElementById("census").textContent =
