@@ -108,7 +108,7 @@ async def run(population: int, seconds: float, rounds: int, out: Path | None) ->
         finally:
             server.stop()
         t = time.perf_counter()
-        counts = await census(store.redis, int(time.time() * 1000))
+        counts = await census(store, int(time.time() * 1000))
         took = time.perf_counter() - t
         lines.append(f"census (background, never on a page load) of {sum(counts.values()):,} "
                      f"lines: {took:.1f} s ({took / max(1, population) * 1e6:.1f} µs a line)")

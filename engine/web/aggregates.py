@@ -1,5 +1,6 @@
 """What the operator's dashboard shows, from the series in Redis (engine/web/series.py), the
-lifecycle's own counters and the census of the base by state: a few keys per page load."""
+lifecycle's own counters and the census of the base (by state, and scored for churn risk):
+a few keys per page load."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.domain import SubscriberState
 from engine.lifecycle.offers import offer_stats
+from engine.lifecycle.results import campaign_results
+from engine.store import Store
+from engine.web.segments import IndexBuilder
 from engine.web.series import BUCKET_S, HISTORY_S, quantile, read_buckets, read_totals
 
 log = logging.getLogger("tollgate.web")
@@ -28,27 +32,29 @@ CENSUS_LEASE = "tg:{web}:census-lease"
 SCAN_COUNT = 1000
 
 
-async def census(redis: aioredis.Redis, now_ms: int) -> dict[str, int]:
-    """Counts the subscribers by state with an incremental SCAN (a page of ids, then their
-    states in one round trip): Redis stays free for charging between pages."""
+async def census(store: Store, now_ms: int) -> dict[str, int]:
+    """Counts the subscribers by state and scores each for churn risk (the segments index,
+    engine/web/segments.py), with an incremental SCAN: a page of ids, then their lines in
+    a few round trips, so Redis stays free for charging between pages."""
+    redis = store.redis
     counts = {s.name: 0 for s in SubscriberState}
-    batch: list[bytes] = []
+    index = IndexBuilder(store, now_ms)
+    await index.start()
+    batch: list[str] = []
+    prefix = len(keys.subscriber(""))
 
-    async def count(ids: list[bytes]) -> None:
-        pipe = redis.pipeline(transaction=False)
-        for k in ids:
-            pipe.hget(k, "state")
-        for state in await pipe.execute():
-            if state is not None and int(state) in SubscriberState._value2member_map_:
-                counts[SubscriberState(int(state)).name] += 1
+    async def count(ids: list[str]) -> None:
+        for line in await index.add(ids):
+            counts[line.state.name] += 1
 
     async for k in redis.scan_iter(match=keys.subscriber("*"), count=SCAN_COUNT):
-        batch.append(k)
+        batch.append(k.decode()[prefix:])
         if len(batch) >= SCAN_COUNT:
             await count(batch)
             batch = []
     if batch:
         await count(batch)
+    await index.finish()
     pipe = redis.pipeline(transaction=False)
     pipe.hset(BASE, mapping=cast(Any, {**counts, "time_ms": now_ms}))
     pipe.lpush(BASE_TREND, json.dumps({"t": now_ms // 1000, **counts}))
@@ -57,14 +63,15 @@ async def census(redis: aioredis.Redis, now_ms: int) -> dict[str, int]:
     return counts
 
 
-async def run_census(redis: aioredis.Redis, interval_s: float,
+async def run_census(store: Store, interval_s: float,
                      clock: Callable[[], float] = time.time) -> None:
     """A census every interval_s by whichever web server takes the interval's lease."""
     while True:
         try:
-            if await redis.set(CENSUS_LEASE, "1", nx=True, px=max(1, int(interval_s * 1000))):
+            if await store.redis.set(CENSUS_LEASE, "1", nx=True,
+                                     px=max(1, int(interval_s * 1000))):
                 started = time.monotonic()
-                counts = await census(redis, int(clock() * 1000))
+                counts = await census(store, int(clock() * 1000))
                 log.info("census of the base", extra={"counts": counts,
                                                       "seconds": time.monotonic() - started})
         except asyncio.CancelledError:
@@ -143,4 +150,5 @@ async def dashboard(redis: aioredis.Redis, now_s: float, span_s: int = HISTORY_S
             "last_hour": breakdowns(buckets) if span_s == HISTORY_S else None,
             "totals": await read_totals(redis), "base": base,
             "base_trend": trend if span_s == HISTORY_S else None,
-            "offers": offers, "lifecycle": await _lifecycle(redis)}
+            "offers": offers, "lifecycle": await _lifecycle(redis),
+            "campaigns": await campaign_results(redis)}

@@ -27,9 +27,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from engine.lifecycle import results, sends
+from engine.web import segments
 from engine.web.aggregates import dashboard
 from engine.web.auth import SESSION_COOKIE, SESSION_S, Operator, Operators, Signer
 from engine.web.care import Care
+from engine.web.segments import Filter
 
 log = logging.getLogger("tollgate.web")
 
@@ -157,6 +160,35 @@ def make_app(care: Care, operators: Operators, signer: Signer, redis: aioredis.R
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={**HEADERS, "X-Accel-Buffering": "no"})
 
+    async def segment_data(request: Request, who: Operator) -> Response:
+        q = request.query_params
+        try:
+            offset, limit = int(q.get("offset", 0)), int(q.get("limit", 50))
+        except ValueError:
+            raise InvalidArgument("offset and limit must be whole numbers") from None
+        f = Filter.parse(dict(q))
+        data = await segments.page(care.store, f, offset, limit, int(time.time() * 1000))
+        data["plans"] = sorted({c.split("|")[1] for c in segments.known_cells(
+            await segments.current(redis))})
+        data["campaigns"] = await sends.sendable(redis)
+        data["sends"] = await sends.recent(redis)
+        return _json(data)
+
+    async def segment_send(request: Request, who: Operator) -> Response:
+        body = await _body(request)
+        key = str(body.get("key", ""))
+        if not key:
+            raise InvalidArgument("key (the form's idempotency key) is missing")
+        f = Filter.parse(body.get("filter") or {})
+        campaign = str(body.get("campaign", ""))
+        job_id = f"web-{key}"
+        queued = await sends.request(redis, job_id, campaign, f, who.name,
+                                     int(time.time() * 1000))
+        log.info("web action", extra={"operator": who.name, "action": "segment send",
+                                      "request": body, "result": {"job": job_id,
+                                                                  "queued": queued}})
+        return _json({"job": job_id, "queued": queued, "words": f.words()})
+
     async def search(request: Request, who: Operator) -> Response:
         return _json({"found": await care.find(request.query_params.get("q", ""))})
 
@@ -202,6 +234,14 @@ def make_app(care: Care, operators: Operators, signer: Signer, redis: aioredis.R
 
     async def self_act(request: Request, sid: str) -> Response:
         action = request.path_params["action"]
+        if action == "nps":
+            body = await _body(request)
+            campaign = signer.link_campaign(request.path_params["token"])
+            await results.record_nps(redis, campaign, sid, body.get("score"),
+                                     int(time.time() * 1000))
+            log.info("NPS answer", extra={"subscriber_id": sid, "campaign": campaign,
+                                          "score": body.get("score")})
+            return _json({"recorded": True})
         if action not in ("addon", "cap"):
             return _json({"error": f"no action {action!r} here"}, 404)
         return _json(await care.act(f"self:{sid}", sid, action, await _body(request)))
@@ -225,9 +265,12 @@ def make_app(care: Care, operators: Operators, signer: Signer, redis: aioredis.R
         Route("/logout", logout, methods=["POST"]),
         static_page("/dashboard", "dashboard.html"),
         static_page("/care", "care.html"),
+        static_page("/segments", "segments.html"),
         Route("/api/me", guarded(me)),
         Route("/api/dashboard", guarded(dashboard_data)),
         Route("/api/dashboard/stream", guarded(dashboard_stream)),
+        Route("/api/segments", guarded(segment_data)),
+        Route("/api/segments/send", guarded(segment_send, action=True), methods=["POST"]),
         Route("/api/search", guarded(search)),
         Route("/api/subscribers/{sid}", guarded(subscriber)),
         Route("/api/subscribers/{sid}/{action}", guarded(act, action=True), methods=["POST"]),

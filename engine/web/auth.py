@@ -87,13 +87,36 @@ class Signer:
     def csrf_ok(self, bound_to: str, token: str) -> bool:
         return bool(token) and hmac.compare_digest(token.encode(), self.csrf(bound_to).encode())
 
-    def link(self, subscriber_id: str, days: int, now_s: float | None = None) -> str:
+    def link(self, subscriber_id: str, days: int, now_s: float | None = None,
+             campaign: str = "") -> str:
+        """A self-service link; one sent by a campaign names it (its NPS answers count
+        there)."""
         expiry = int((time.time() if now_s is None else now_s) + days * 86_400)
-        return self.sign(Purpose.LINK, {"s": subscriber_id, "x": expiry})
+        payload: dict[str, Any] = {"s": subscriber_id, "x": expiry}
+        if campaign:
+            payload["c"] = campaign
+        return self.sign(Purpose.LINK, payload)
 
     def link_subscriber(self, token: str) -> str | None:
         payload = self.verify(Purpose.LINK, token)
         return str(payload["s"]) if payload and isinstance(payload.get("s"), str) else None
+
+    def link_campaign(self, token: str) -> str:
+        payload = self.verify(Purpose.LINK, token) or {}
+        return str(payload.get("c", ""))
+
+
+@dataclass(frozen=True)
+class SelfLinks:
+    """What the lifecycle needs to put a subscriber's self-service link in a message."""
+
+    signer: Signer
+    days: int
+    base_url: str = ""
+
+    def url(self, subscriber_id: str, now_ms: int, campaign: str = "") -> str:
+        token = self.signer.link(subscriber_id, self.days, now_ms / 1000, campaign)
+        return f"{self.base_url.rstrip('/')}/self/{token}"
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from typing import Any, cast
 from engine import keys
 from engine.domain import SubscriberState, UnitType
 from engine.errors import InvalidArgument, NotFound
+from engine.lifecycle import signals
 from engine.provisioning import Provisioner
 from engine.store import Store
-from engine.web import churn, runout
+from engine.web import churn, runout, segments
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
 
@@ -142,7 +143,13 @@ class Care:
         notes = cast(list[bytes], await self.store.redis.lrange(
             keys.lc_log(subscriber_id), 0, SHOWN - 1))
         view["notifications"] = [json.loads(n) for n in notes]
-        risk = churn.risk(await self.signals(subscriber_id, state, hist, view, now))
+        kept = (await signals.read(self.store.redis, [subscriber_id]))[0]
+        scored = await segments.score_lines(self.store, [subscriber_id], now) \
+            if set(kept) - {signals.LAST} else []
+        # The lifecycle's kept signals (what the segments page ranks by) when it has any;
+        # else what the bounded look back shows.
+        risk = scored[0].risk if scored else churn.risk(
+            await self.signals(subscriber_id, state, hist, view, now))
         view["churn"] = {"score": risk.score, "band": risk.band.value,
                          "reasons": [{"points": r.points, "text": r.text}
                                      for r in risk.reasons]}

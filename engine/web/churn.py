@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+REASON_KINDS = ("topup", "usage", "grace", "refused", "nps", "offers")
+
 
 class Band(StrEnum):
     LOW = "low"
@@ -25,13 +27,15 @@ class Signals:
     grants_refused_week: int = 0
     nps: int | None = None
     offers_ignored: int = 0
-    """Offers sent in the last 30 days and not bought."""
+    """Offers sent in the last month (this calendar week and the four before) not bought."""
 
 
 @dataclass(frozen=True)
 class Reason:
     points: int
     text: str
+    kind: str = ""
+    """Which signal (topup, usage, grace, refused, nps, offers): the base's reasons count."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Risk:
 def _topup(days: float | None) -> Reason | None:
     if days is None or days < 14:
         return None
-    return Reason(25 if days >= 30 else 15, f"no top-up for {int(days)} days")
+    return Reason(25 if days >= 30 else 15, f"no top-up for {int(days)} days", "topup")
 
 
 def _usage(week: float | None, average: float | None) -> Reason | None:
@@ -54,27 +58,28 @@ def _usage(week: float | None, average: float | None) -> Reason | None:
     if ratio >= 0.5:
         return None
     return Reason(30 if ratio < 0.2 else 20,
-                  f"usage this week is {ratio:.0%} of its four-week average")
+                  f"usage this week is {ratio:.0%} of its four-week average", "usage")
 
 
 def _grace(days: float | None) -> Reason | None:
     if days is None:
         return None
-    return Reason(min(30, 20 + 2 * int(days)), f"in GRACE for {days:.0f} days")
+    return Reason(min(30, 20 + 2 * int(days)), f"in GRACE for {days:.0f} days", "grace")
 
 
 def _refused(n: int) -> Reason | None:
-    return Reason(min(15, 3 * n), f"{n} grants refused this week") if n else None
+    return Reason(min(15, 3 * n), f"{n} grants refused this week", "refused") if n else None
 
 
 def _nps(score: int | None) -> Reason | None:
     if score is None or score > 6:
         return None
-    return Reason(15, f"NPS detractor (answered {score})")
+    return Reason(15, f"NPS detractor (answered {score})", "nps")
 
 
 def _offers(n: int) -> Reason | None:
-    return Reason(min(10, 2 * n), f"{n} offers ignored in 30 days") if n else None
+    return Reason(min(10, 2 * n), f"{n} offers not taken in the last month", "offers") \
+        if n else None
 
 
 def risk(s: Signals) -> Risk:

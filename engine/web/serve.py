@@ -79,7 +79,7 @@ class WebServer:
             ssl_keyfile=c.tls_key or None))
         self._tasks = [asyncio.create_task(self._server.serve(sockets=[sock]))]
         if c.http_census_s > 0:
-            self._tasks.append(asyncio.create_task(run_census(self.store.redis,
+            self._tasks.append(asyncio.create_task(run_census(self.store,
                                                               c.http_census_s)))
         while not self._server.started:
             if self._tasks[0].done():

@@ -58,7 +58,7 @@ def test_churn_score_of_a_quiet_line_in_grace_names_each_reason() -> None:
     assert texts == ["usage this week is 10% of its four-week average",
                      "in GRACE for 3 days", "no top-up for 40 days",
                      "NPS detractor (answered 4)", "2 grants refused this week",
-                     "3 offers ignored in 30 days"]
+                     "3 offers not taken in the last month"]
     assert risk.score == 100 and risk.band == churn.Band.HIGH  # capped
 
 
