@@ -94,7 +94,7 @@ def signals(fields: Mapping[str, int], line: Line, now_ms: int) -> Signals:
     covered = window_end - max(first, window_start) if first else 0
     average = before * WEEK_MS / covered if covered >= WEEK_MS else None
     r = _weeks(fields, REFUSED, w)
-    topup = max(fields.get(TOPUP, 0), line.created_ms)
+    topup = fields.get(TOPUP) or line.created_ms  # never topped up: since it opened
     offered = sum(_weeks(fields, OFFERED, w)[:5])
     taken = sum(_weeks(fields, TAKEN, w)[:5])
     nps = fields.get(NPS) if now_ms - fields.get(NPS_MS, 0) < NPS_KEPT_MS else None
