@@ -45,6 +45,10 @@ class Risk:
     reasons: tuple[Reason, ...]
 
 
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else f"{word}s"
+
+
 def _topup(days: float | None) -> Reason | None:
     if days is None or days < 14:
         return None
@@ -68,7 +72,9 @@ def _grace(days: float | None) -> Reason | None:
 
 
 def _refused(n: int) -> Reason | None:
-    return Reason(min(15, 3 * n), f"{n} grants refused this week", "refused") if n else None
+    if not n:
+        return None
+    return Reason(min(15, 3 * n), f"{n} {_plural(n, 'grant')} refused this week", "refused")
 
 
 def _nps(score: int | None) -> Reason | None:
@@ -78,7 +84,8 @@ def _nps(score: int | None) -> Reason | None:
 
 
 def _offers(n: int) -> Reason | None:
-    return Reason(min(10, 2 * n), f"{n} offers not taken in the last month", "offers") \
+    return Reason(min(10, 2 * n), f"{n} {_plural(n, 'offer')} not taken in the last month",
+                  "offers") \
         if n else None
 
 

@@ -93,7 +93,7 @@ async def _segment(client: httpx.AsyncClient, params: dict[str, str], want: int
         assert r.status_code == 200, r.text
         d: dict[str, Any] = r.json()
         return d if d["count"] == want and len(d["lines"]) == min(want, d["limit"]) else None
-    return await eventually(ready)  # type: ignore[no-any-return]
+    return await eventually(ready)
 
 
 async def test_the_census_ranks_the_base_by_churn_risk_and_filters_make_a_segment(

@@ -43,9 +43,10 @@ const tg = {
     return tg.el("table", {}, tg.el("tr", {}, ...head.map(h => tg.el("th", {}, h))),
       ...rows.map(r => tg.el("tr", {}, ...r.map(c => tg.el("td", {}, c)))));
   },
-  bars(el, counts) {  // a bar chart of {label: n}
+  bars(el, counts, ordered) {  // a bar chart of {label: n}, biggest first unless ordered
     el.replaceChildren();
-    const entries = Object.entries(counts || {}).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
+    const entries = Object.entries(counts || {}).filter(([, n]) => n > 0);
+    if (!ordered) entries.sort((a, b) => b[1] - a[1]);
     if (!entries.length) { el.append(tg.el("div", {class: "muted"}, "nothing yet")); return; }
     const max = Math.max(...entries.map(([, n]) => n));
     for (const [k, n] of entries) {

@@ -69,9 +69,26 @@ function show(d) {
   tg.bars(document.getElementById("b-ev"), pick(t, "ev:"));
   tg.bars(document.getElementById("b-to"), pick(t, "to:"));
   tg.bars(document.getElementById("b-offers"), pick(o, "bought:"));
+  document.getElementById("revenue").textContent = tg.money(o.revenue || 0);
+  campaigns(d.campaigns);
   merge(d.series);
   draw();
   drawBase(d.base_trend, d.base);
+}
+
+function campaigns(list) {
+  const el = document.getElementById("campaigns");
+  el.replaceChildren(list.length ? tg.table(["campaign", "reach", "offers", "bought", "revenue", "NPS answers", "NPS"],
+    list.map(c => [c.name, tg.num(c.reach), tg.num(c.offers), tg.num(c.bought), tg.money(c.revenue),
+                   tg.num(c.answers), c.nps === null ? "-" : c.nps]))
+    : tg.el("div", {class: "muted"}, "no campaign has reached anyone yet"));
+  const dist = Array(11).fill(0);
+  for (const c of list) c.distribution.forEach((n, s) => { dist[s] += n; });
+  const total = dist.reduce((a, b) => a + b, 0);
+  const promoters = dist[9] + dist[10], detractors = dist.slice(0, 7).reduce((a, b) => a + b, 0);
+  document.getElementById("nps").textContent = total ?
+    `(NPS ${Math.round(100 * (promoters - detractors) / total)} over ${tg.num(total)} answers)` : "";
+  tg.bars(document.getElementById("b-nps"), Object.fromEntries(dist.map((n, s) => [String(s), n])), true);
 }
 
 async function start() {

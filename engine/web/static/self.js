@@ -32,5 +32,10 @@ async function act(action, data) {
   } catch (e) { say(e.message, true); }
 }
 
+$("nps").replaceChildren(...Array.from({length: 11}, (_, n) => tg.el("button",
+  {class: "plain", id: "nps-" + n, onclick: async () => {
+    try { await tg.post(`/api/self/${token}/nps`, {score: n}); say("Thank you for your answer."); }
+    catch (e) { say(e.message, true); }
+  }}, String(n))));
 $("cap-btn").addEventListener("click", () => act("cap", {cap: $("cap-amount").value}));
 load().catch(e => say(e.message, true));
