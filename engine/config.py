@@ -140,8 +140,11 @@ class Config:
     subscriber view and the subscribers' self-service links (engine/web); empty = off. Uses
     tls_cert / tls_key when they are set; operators log in with a token of tokens_file."""
     http_census_s: float = 300.0
-    """How often the web server counts the base by lifecycle state (a background SCAN of the
-    subscribers, one server at a time; never on a page load)."""
+    """How often the base is counted by lifecycle state and scored for churn risk (the
+    segments page's index): a background SCAN of the subscribers, never on a page load, by
+    one process at a time: whichever web server (http_listen) or lifecycle process takes the
+    interval's lease. 0 keeps this process out (on the charging servers of a big base, so
+    the lifecycle does it). It costs about 0.4 ms of CPU a line (docs/live-view.md)."""
     self_link_days: int = 14
     """How long a subscriber's self-service link stays valid."""
     dashboard_interval_s: float = 1.0

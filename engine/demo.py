@@ -52,6 +52,12 @@ def _rule(name: str, event: str, text: str, **kw: object) -> dict[str, object]:
             "templates": {"en": {"subject": name, "text": text}}, **kw}
 
 
+DEMO_SEGMENT_CAMPAIGN = {
+    "name": "stay-with-us", "signal": "segment", "offer": True, "channels": ["webhook"],
+    "templates": {"en": {"subject": "A bundle for you",
+                         "text": "$offers\nYour line: $self_link"}}}
+"""Sent from the web segments page (tollgate demo --keep) to the segment an operator picks."""
+
 DEMO_RULES = [
     _rule("bundle", "BUCKET_USED", "$threshold% of your $bucket bundle used", thresholds=[50]),
     _rule("bundle-offer", "BUCKET_USED", "$threshold% of $bucket used; buy more: $offers",
@@ -167,6 +173,8 @@ async def run_demo(config: Config, sessions: int = 300, subscribers: int = 5,
                 print(f"Web pages: {app.web.url}/dashboard (operator dashboard), "
                       f"{app.web.url}/care (subscribers)", flush=True)
             settings = parse_settings({"webhook": {"url": hook.url}, "rules": DEMO_RULES,
+                                       "campaigns": [DEMO_SEGMENT_CAMPAIGN],
+                                       "self_link_url": app.web.url if app.web else "",
                                        "poll_s": 0.05, "metrics_port": 0,
                                        "group": f"demo-{random.randrange(1 << 30)}"})
             async with Lifecycle(config.replace(redis_url=url), settings):

@@ -30,6 +30,7 @@ from engine.lifecycle.states import States, stream_order
 from engine.metrics import serve_metrics
 from engine.store import Store
 from engine.web import series
+from engine.web.aggregates import run_census
 from engine.web.auth import SelfLinks, Signer, load_secret
 from tollgate.v1 import billing_pb2, events_pb2, usage_pb2
 
@@ -88,6 +89,10 @@ class Lifecycle:
             lambda: self._every(self.settings.poll_s, self.send_due),
             lambda: self._every(self.settings.poll_s, self.run_sends),
         ]
+        if self.config.http_census_s > 0:
+            # The census that scores the base may run here, off the charging processes
+            # (whichever process takes the interval's lease does it).
+            loops.append(lambda: run_census(self.store, self.config.http_census_s))
         if any(c.signal != SEGMENT for c in self.settings.campaigns):
             loops.append(lambda: self._every(self.settings.campaign_interval_s,
                                              self.run_campaigns))

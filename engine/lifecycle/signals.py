@@ -5,6 +5,7 @@ into GRACE, offers made and taken, its NPS answer. The census turns them into sc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -76,9 +77,15 @@ class Line:
     created_ms: int
 
 
+@functools.lru_cache(maxsize=64)
+def _names(prefix: str, w: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{w - n}" for n in range(WEEKS_KEPT))
+
+
 def _weeks(fields: Mapping[str, int], prefix: str, w: int) -> list[int]:
     """This week's count, then each week's before it, WEEKS_KEPT in all."""
-    return [fields.get(f"{prefix}{w - n}", 0) for n in range(WEEKS_KEPT)]
+    get = fields.get  # the census calls this a few million times
+    return [get(k, 0) for k in _names(prefix, w)]
 
 
 def signals(fields: Mapping[str, int], line: Line, now_ms: int) -> Signals:

@@ -32,10 +32,11 @@ CENSUS_LEASE = "tg:{web}:census-lease"
 SCAN_COUNT = 1000
 
 
-async def census(store: Store, now_ms: int) -> dict[str, int]:
+async def census(store: Store, now_ms: int, lease_ms: int = 0) -> dict[str, int]:
     """Counts the subscribers by state and scores each for churn risk (the segments index,
     engine/web/segments.py), with an incremental SCAN: a page of ids, then their lines in
-    a few round trips, so Redis stays free for charging between pages."""
+    a few round trips, so Redis stays free for charging between pages. lease_ms: the
+    census lease is held that long past each page (no second census starts meanwhile)."""
     redis = store.redis
     counts = {s.name: 0 for s in SubscriberState}
     index = IndexBuilder(store, now_ms)
@@ -46,6 +47,8 @@ async def census(store: Store, now_ms: int) -> dict[str, int]:
     async def count(ids: list[str]) -> None:
         for line in await index.add(ids):
             counts[line.state.name] += 1
+        if lease_ms:
+            await redis.pexpire(CENSUS_LEASE, lease_ms)
 
     async for k in redis.scan_iter(match=keys.subscriber("*"), count=SCAN_COUNT):
         batch.append(k.decode()[prefix:])
@@ -65,13 +68,14 @@ async def census(store: Store, now_ms: int) -> dict[str, int]:
 
 async def run_census(store: Store, interval_s: float,
                      clock: Callable[[], float] = time.time) -> None:
-    """A census every interval_s by whichever web server takes the interval's lease."""
+    """A census every interval_s by whichever process takes the interval's lease: web
+    servers and lifecycle processes all try (http_census_s = 0 keeps a process out)."""
+    lease_ms = max(1, int(interval_s * 1000))
     while True:
         try:
-            if await store.redis.set(CENSUS_LEASE, "1", nx=True,
-                                     px=max(1, int(interval_s * 1000))):
+            if await store.redis.set(CENSUS_LEASE, "1", nx=True, px=lease_ms):
                 started = time.monotonic()
-                counts = await census(store, int(clock() * 1000))
+                counts = await census(store, int(clock() * 1000), lease_ms)
                 log.info("census of the base", extra={"counts": counts,
                                                       "seconds": time.monotonic() - started})
         except asyncio.CancelledError:
