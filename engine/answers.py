@@ -30,6 +30,7 @@ UNIT_FIELD_NUMBER = np.array([0, 1, 4, 5], np.int64)
 """By UnitType, the Units field that carries a grant: total_octets, time_seconds,
 service_units."""
 UNIT_OCTETS, UNIT_SECONDS = int(UnitType.OCTETS), int(UnitType.SECONDS)
+NO_STRINGS = wire.Strings.of([])
 
 
 def encode(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable
@@ -128,6 +129,8 @@ def _finals(kb: KernelBatch) -> tuple[np.ndarray, np.ndarray, wire.Strings, np.n
             f = seen[id(final)] = len(columns)
             columns.append(_final_column(final, filters, strings))
         of_account[a] = f
+    if not columns:  # the usual batch: no plan of it has final units
+        return wire.NO_FINALS, wire.NO_FILTERS, NO_STRINGS, of_account
     table = np.array(columns, np.int64).reshape(-1, wire.F_ROWS).T.copy()
     return table, np.array(filters, np.int64), wire.Strings.of(strings), of_account
 
