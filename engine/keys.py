@@ -40,6 +40,12 @@ def events_stream(p: int) -> str:
     return f"tg:{{p{p}}}:events"
 
 
+def acked(stream: str, group: str) -> str:
+    """Hash of a consumer group's acknowledged records of blocks not yet acknowledged whole:
+    entry id -> '1' at each record's index (engine/billing.py; the stream's slot)."""
+    return f"{stream}:acked:{group}"
+
+
 def open_sessions(p: int) -> str:
     """Sorted set of open session keys by the time their reservations go stale."""
     return f"tg:{{p{p}}}:open"

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from engine import keys
+from engine import keys, record_block
 from engine.config import Config
 from engine.redis_client import connect_async
 from server import Tollgate
@@ -60,7 +60,10 @@ async def stream_ids(db: Any, config: Config, feed: str = "usage") -> dict[str, 
     for p in range(config.partitions):
         key = keys.usage_stream(p) if feed == "usage" else keys.events_stream(p)
         for sid, fields in await db.xrange(key):
-            out[f"{p}-{sid.decode()}"] = fields[b"r" if feed == "usage" else b"e"]
+            if feed == "usage":
+                out.update((f"{p}-{place}", r) for place, r in record_block.records(sid, fields))
+            else:
+                out[f"{p}-{sid.decode()}"] = fields[b"e"]
     return out
 
 
