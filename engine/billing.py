@@ -31,6 +31,7 @@ from engine import keys, record_block
 from engine.config import Config
 from engine.errors import InvalidArgument
 from engine.metrics import USAGE_PAST_RETENTION
+from engine.node_pipelines import Call
 from engine.redis_client import cluster_of
 from engine.store import Store, cancel_requested
 from tollgate.v1 import billing_pb2 as pb
@@ -127,6 +128,7 @@ class Billing:
 
     def __init__(self, store: Store, config: Config) -> None:
         self.redis = store.redis
+        self.nodes = store.nodes
         self.partitions = store.partitions
         self.cluster = cluster_of(store.redis) is not None
         self.config = config
@@ -355,18 +357,23 @@ class Billing:
                 in_blocks[p][f"{ms}-{seq}"].append(str(i))
             else:
                 by_partition[p].append(place)
-        if not by_partition and not in_blocks:
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for p, sids in by_partition.items():
-            pipe.xack(stream_key(feed, p), group, *sids)
+        acked = 0
+        if by_partition:
+            pipe = self.redis.pipeline(transaction=False)
+            for p, sids in by_partition.items():
+                pipe.xack(stream_key(feed, p), group, *sids)
+            acked += sum(int(n) for n in await pipe.execute())
+        calls: dict[int, Call] = {}
         for p, blocks in in_blocks.items():
             stream = stream_key(feed, p)
-            args = [group]
+            args: list[bytes | str | int] = [group]
             for entry, indexes in blocks.items():
                 args += (entry, ",".join(indexes))
-            await self._ack_block(keys=[stream, keys.acked(stream, group)], args=args, client=pipe)
-        return sum(int(n) for n in await pipe.execute())
+            calls[p] = ([stream, keys.acked(stream, group)], args)
+        if calls:  # per node, a script call per partition (its own slot on a cluster)
+            replies = await self.nodes.run(self._ack_block, calls, wait=False)
+            acked += sum(int(n) for n in replies.values())
+        return acked
 
     # --- GetUsage -----------------------------------------------------------------------
 
@@ -530,7 +537,7 @@ class Billing:
         pending_end = format_sid(last) if last < before else end
         while True:
             rows = await self.redis.xpending_range(key, group, lo, pending_end, 1000)
-            n += len(rows)
+            n += await self._unacked_in(key, group, [_text(r["message_id"]) for r in rows])
             if len(rows) < 1000:
                 break
             lo = f"({_text(rows[-1]['message_id'])}"
@@ -538,10 +545,23 @@ class Billing:
         while True:
             entries = cast(list[tuple[bytes, Any]],
                            await self.redis.xrange(key, lo, end, count=1000))
-            n += len(entries)
+            n += sum(record_block.count(fields) for _, fields in entries)
             if len(entries) < 1000:
                 return n
             lo = f"({_text(entries[-1][0])}"
+
+    async def _unacked_in(self, key: str, group: str, pending: list[str]) -> int:
+        """The records of pending entries the group has not acknowledged (some records of a
+        block may be)."""
+        if not pending:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in pending:
+            pipe.xrange(key, sid, sid)
+        pipe.hmget(keys.acked(key, group), pending)
+        *found, marks = await pipe.execute()
+        return sum(record_block.count(rows[0][1] if rows else None) - (m or b"").count(b"1")
+                   for rows, m in zip(found, marks, strict=True))
 
     async def _trim_events(self, key: str, cutoff: StreamId | None) -> tuple[int, int]:
         groups = await self._group_bounds(key)
@@ -557,9 +577,10 @@ class Billing:
         return trimmed, dropped
 
     async def _xtrim(self, key: str, minid: StreamId) -> int:
-        """Trims entries before minid. For a usage stream, what the trimmed records did to
-        each account is first added to the partition's carried totals, in the same atomic
-        call, so `tollgate reconcile` still proves the books after trimming."""
+        """Trims entries before minid; returns the records trimmed. For a usage stream, what
+        the trimmed records did to each account is first added to the partition's carried
+        totals, in the same atomic call, so `tollgate reconcile` still proves the books after
+        trimming."""
         p_match = re.match(r"^tg:\{p(\d+)\}:usage$", key)
         if p_match is None:
             return int(await self.redis.xtrim(key, minid=format_sid(minid), approximate=False))
@@ -569,6 +590,7 @@ class Billing:
             if not head or parse_sid(head[0][0]) >= minid:
                 return 0
             sums: dict[str, int] = defaultdict(int)
+            counted = 0  # records (an entry may hold a block of them)
             lo = _text(head[0][0])
             end = _before(minid)
             while True:
@@ -577,6 +599,7 @@ class Billing:
                 for sid, fields in rows:
                     for _, r in record_block.records(sid, fields):
                         carry(sums, usage_pb2.RatedUsage.FromString(r))
+                        counted += 1
                 if len(rows) < 1000:
                     break
                 lo = f"({_text(rows[-1][0])}"
@@ -586,8 +609,8 @@ class Billing:
                     args += (f, d)
             done = int(await self._carry_script(
                 keys=[key, keys.carried(p), keys.usage_kept_from(p)], args=args))
-            if done >= 0:
-                return done
+            if done >= 0:  # the head was as read: [head, minid) is what went
+                return counted if done else 0
         return 0
 
     async def _count_unacked(self, key: str, lasts: dict[str, StreamId], start: StreamId,

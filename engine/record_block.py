@@ -80,6 +80,15 @@ def records(sid: bytes | str, fields: Mapping[bytes, bytes] | None
     return [(f"{s}-{i}", r) for i, r in enumerate(split(block))]
 
 
+def count(fields: Mapping[bytes, bytes] | None) -> int:
+    """How many records an entry holds (without reading its block)."""
+    if not fields:
+        return 0
+    if ONE in fields:
+        return 1
+    return int(fields.get(COUNT, 0))
+
+
 def position(place: str) -> Position:
     """(ms, seq, index) of "<ms>-<seq>" or "<ms>-<seq>-<i>"; ValueError if it is neither."""
     m = _PLACE.match(place)

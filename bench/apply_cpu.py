@@ -1,0 +1,71 @@
+"""Redis CPU per request of the apply step: engine-made batches of the traffic mix replayed
+through Store.apply (bench.ceiling.apply_ceiling) on a redis-server of its own, Redis's
+CPU read from INFO cpu before and after. Prints one JSON line.
+
+It uses only what engine and bench held before packed sessions, so the same file measures an
+older tree too: `PYTHONPATH=<tree> python bench/apply_cpu.py` (docs/performance.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from typing import Any
+
+from bench.ceiling import apply_ceiling, capture_writes
+from bench.traffic import Traffic
+from engine import population
+from engine.config import Config
+from engine.redis_client import connect
+from engine.redis_server import RedisServer
+from engine.store import Store
+
+
+def _redis_cpu_s(url: str) -> float:
+    client = connect(url)
+    try:
+        info: dict[str, Any] = client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    finally:
+        client.close()
+
+
+async def measure(url: str, batch: int, subscribers: int, seconds: float) -> dict[str, Any]:
+    config = Config(listen="127.0.0.1:0", redis_url=url, partitions=8, batch_window_ms=0.5,
+                    log_format="text", metrics_port=0)
+    store = Store(url, config.partitions)
+    await store.init()
+    await population.provision(store, subscribers)
+    await store.close()
+    recorded = await capture_writes(config, Traffic(subscribers, sessions=batch), batch,
+                                    warmup=3, batches=4)
+    cpu0, t0 = _redis_cpu_s(url), time.perf_counter()
+    ceiling = await apply_ceiling(config, recorded, seconds)
+    cpu1, wall = _redis_cpu_s(url), time.perf_counter() - t0
+    requests = ceiling.batches * ceiling.requests_per_batch
+    return {"requests_per_s": round(ceiling.requests_per_s),
+            "batch_ms_p50": round(ceiling.batch_ms_p50, 2),
+            "redis_us_per_request": round((cpu1 - cpu0) * 1e6 / requests, 2),
+            "redis_cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+            "requests": int(requests), "refused": ceiling.refused}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--subscribers", type=int, default=5000)
+    p.add_argument("--seconds", type=float, default=5.0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(tmp, appendonly=False).start()
+        try:
+            out = asyncio.run(measure(server.url, args.batch, args.subscribers, args.seconds))
+        finally:
+            server.stop()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
