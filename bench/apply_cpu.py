@@ -1,6 +1,8 @@
 """Redis CPU per request of the apply step: engine-made batches of the traffic mix replayed
 through Store.apply (bench.ceiling.apply_ceiling) on a redis-server of its own, Redis's
-CPU read from INFO cpu before and after. Prints one JSON line.
+CPU read from INFO cpu before and after, and per command (calls, µs) per request from INFO
+commandstats (commands inside the script count in both theirs and EVALSHA's). Prints one
+JSON line.
 
 It uses only what engine and bench held before packed sessions, so the same file measures an
 older tree too: `PYTHONPATH=<tree> python bench/apply_cpu.py` (docs/performance.md)."""
@@ -32,6 +34,17 @@ def _redis_cpu_s(url: str) -> float:
         client.close()
 
 
+def _commands(url: str) -> dict[str, tuple[int, int]]:
+    """Per command: (calls, µs) so far (INFO commandstats)."""
+    client = connect(url)
+    try:
+        stats: dict[str, Any] = client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+                for k, v in stats.items()}
+    finally:
+        client.close()
+
+
 async def measure(url: str, batch: int, subscribers: int, seconds: float) -> dict[str, Any]:
     config = Config(listen="127.0.0.1:0", redis_url=url, partitions=8, batch_window_ms=0.5,
                     log_format="text", metrics_port=0)
@@ -41,15 +54,20 @@ async def measure(url: str, batch: int, subscribers: int, seconds: float) -> dic
     await store.close()
     recorded = await capture_writes(config, Traffic(subscribers, sessions=batch), batch,
                                     warmup=3, batches=4)
-    cpu0, t0 = _redis_cpu_s(url), time.perf_counter()
+    cpu0, t0, cmd0 = _redis_cpu_s(url), time.perf_counter(), _commands(url)
     ceiling = await apply_ceiling(config, recorded, seconds)
-    cpu1, wall = _redis_cpu_s(url), time.perf_counter() - t0
+    cpu1, wall, cmd1 = _redis_cpu_s(url), time.perf_counter() - t0, _commands(url)
     requests = ceiling.batches * ceiling.requests_per_batch
+    per_request = {name: (round((calls - cmd0.get(name, (0, 0))[0]) / requests, 3),
+                          round((usec - cmd0.get(name, (0, 0))[1]) / requests, 2))
+                   for name, (calls, usec) in cmd1.items()
+                   if calls > cmd0.get(name, (0, 0))[0]}
     return {"requests_per_s": round(ceiling.requests_per_s),
             "batch_ms_p50": round(ceiling.batch_ms_p50, 2),
             "redis_us_per_request": round((cpu1 - cpu0) * 1e6 / requests, 2),
             "redis_cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
-            "requests": int(requests), "refused": ceiling.refused}
+            "requests": int(requests), "refused": ceiling.refused,
+            "commands_per_request": per_request}
 
 
 def main() -> None:

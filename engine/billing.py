@@ -6,7 +6,7 @@ Record ids are "<partition>-<place>": stable, so a consumer that sees one twice 
 A place is the record's stream id ('<ms>-<seq>', the Redis clock's Unix ms when the record
 was written), or '<ms>-<seq>-<i>' for record i of a block of usage records (one stream entry,
 engine/record_block.py). Redis acknowledges whole entries: a block's records acknowledged so
-far are kept, per group, in a hash of the partition (keys.usage_acked) until the last one is,
+far are kept, per group, in a hash of the partition (keys.acked) until the last one is,
 and are not delivered again.
 """
 

@@ -6,7 +6,8 @@ written as they come: CSV row by row, Parquet one row group per `row_group` reco
 stays bounded by the chunk and the row group, whatever the number of records.
 
 Columns: `partition`, then every field of `tollgate.v1.RatedUsage` in field-number order
-(`record_id` = the stream entry id; enums as their names, e.g. `USAGE`, `OCTETS`), with the
+(`record_id` = the stream entry id, with `-<index>` for a record of a block: engine/
+record_block.py; enums as their names, e.g. `USAGE`, `OCTETS`), with the
 repeated `charges` flattened into three columns: `money_charged_micros` (sum of the money
 charges, = `money_micros`), `bucket_units` (sum of units taken from buckets) and
 `charges_json` (the full list as JSON: `[{"bucket_id": "", "units": 5, "micros": 5000}]`).

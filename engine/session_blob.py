@@ -7,7 +7,7 @@ The value is a MessagePack array, written whole by every request that moves the 
 
     st            0 open, 1 ended, 2 event
     answers       [rn, answer bytes, ...] (the newest answers_kept, oldest first)
-    reservations  [rg, bucket_id, units, amount, unit_type, member, ...] (member 0/1)
+    reservations  [rg, bucket_id, units, amount, unit_type, member, ...] (member a bool)
     rated         [rg, used, billed, rem, charged, ...] (engine.state.Rated)
 
 Integers are MessagePack integers (exact to int64); only Python reads the value: the
@@ -17,8 +17,6 @@ fields; convert_hash_sessions turns them into values once, at start.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import msgpack
 
@@ -32,18 +30,13 @@ _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 def pack_session(s: SessionState) -> bytes:
-    answers: list[Any] = []
-    for rn, blob in s.answers.items():
-        answers += (rn, blob)
-    held: list[Any] = []
-    for rg, r in s.reservations.items():
-        held += (rg, r.bucket_id, r.units, r.amount, r.unit_type, int(r.member))
-    rated: list[Any] = []
-    for rg, v in s.rated.items():
-        rated += (rg, *v)
     st = EVENT if s.is_event else ENDED if s.ended else OPEN
-    return _pack([FORMAT, s.last_rn, st, s.last_time_ms, s.subscriber_id, s.account_id,
-                  s.expiry_ms, s.cost, answers, held, rated])
+    return _pack([
+        FORMAT, s.last_rn, st, s.last_time_ms, s.subscriber_id, s.account_id, s.expiry_ms,
+        s.cost, [x for kv in s.answers.items() for x in kv],
+        [x for r in s.reservations.values()
+         for x in (r.rating_group, r.bucket_id, r.units, r.amount, r.unit_type, r.member)],
+        [x for rg, v in s.rated.items() for x in (rg, *v)]])
 
 
 def unpack_session(session_id: str, value: bytes | None) -> SessionState | None:
@@ -53,17 +46,12 @@ def unpack_session(session_id: str, value: bytes | None) -> SessionState | None:
     fmt, rn, st, t, sub, acct, exp, cost, answers, held, rated = msgpack.unpackb(value)
     if fmt != FORMAT:
         raise ValueError(f"session {session_id!r}: unknown value format {fmt}")
-    s = SessionState(session_id, sub, rn, st != OPEN, st == EVENT, t, expiry_ms=exp, cost=cost,
-                     account_id=acct)
-    for k in range(0, len(answers), 2):
-        s.answers[answers[k]] = answers[k + 1]
-    for k in range(0, len(held), 6):
-        rg = held[k]
-        s.reservations[rg] = Reservation(rg, held[k + 1], held[k + 2], held[k + 3],
-                                         held[k + 4], held[k + 5] == 1)
-    for k in range(0, len(rated), 5):
-        s.rated[rated[k]] = Rated(rated[k + 1], rated[k + 2], rated[k + 3], rated[k + 4])
-    return s
+    return SessionState(
+        session_id, sub, rn, st != OPEN, st == EVENT, t,
+        dict(zip(answers[::2], answers[1::2], strict=True)),
+        {held[k]: Reservation(*held[k:k + 6]) for k in range(0, len(held), 6)},
+        exp, {rated[k]: Rated(*rated[k + 1:k + 5]) for k in range(0, len(rated), 5)},
+        cost, acct)
 
 
 def reservation_value(r: Reservation) -> str:
