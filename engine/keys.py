@@ -33,6 +33,8 @@ def account_subscribers(p: int, account_id: str) -> str:
 
 
 def usage_stream(p: int) -> str:
+    """Rated usage records: an entry holds one (`r`) or a block of them (`n`, `b`), see
+    engine/record_block.py."""
     return f"tg:{{p{p}}}:usage"
 
 

@@ -6,9 +6,9 @@ The value is a MessagePack array, written whole by every request that moves the 
     [FORMAT, rn, st, t, sub, acct, exp, mc, answers, reservations, rated]
 
     st            0 open, 1 ended, 2 event
-    answers       [rn, answer bytes, ...] (the newest answers_kept, oldest first)
-    reservations  [rg, bucket_id, units, amount, unit_type, member, ...] (member a bool)
-    rated         [rg, used, billed, rem, charged, ...] (engine.state.Rated)
+    answers       {rn: answer bytes} (the newest answers_kept, oldest first)
+    reservations  [[rg, bucket_id, units, amount, unit_type, member (a bool)], ...]
+    rated         {rg: [used, billed, rem, charged]} (engine.state.Rated)
 
 Integers are MessagePack integers (exact to int64); only Python reads the value: the
 sweeper (sweep.lua) is handed the reservations it releases and swaps the value only if it is
@@ -33,25 +33,24 @@ def pack_session(s: SessionState) -> bytes:
     st = EVENT if s.is_event else ENDED if s.ended else OPEN
     return _pack([
         FORMAT, s.last_rn, st, s.last_time_ms, s.subscriber_id, s.account_id, s.expiry_ms,
-        s.cost, [x for kv in s.answers.items() for x in kv],
-        [x for r in s.reservations.values()
-         for x in (r.rating_group, r.bucket_id, r.units, r.amount, r.unit_type, r.member)],
-        [x for rg, v in s.rated.items() for x in (rg, *v)]])
+        s.cost, s.answers,
+        [(r.rating_group, r.bucket_id, r.units, r.amount, r.unit_type, r.member)
+         for r in s.reservations.values()],
+        s.rated])
 
 
 def unpack_session(session_id: str, value: bytes | None) -> SessionState | None:
     """The session a value holds (None: no session)."""
     if not value:
         return None
-    fmt, rn, st, t, sub, acct, exp, cost, answers, held, rated = msgpack.unpackb(value)
+    fmt, rn, st, t, sub, acct, exp, cost, answers, held, rated = msgpack.unpackb(
+        value, use_list=False, strict_map_key=False)
     if fmt != FORMAT:
         raise ValueError(f"session {session_id!r}: unknown value format {fmt}")
     return SessionState(
-        session_id, sub, rn, st != OPEN, st == EVENT, t,
-        dict(zip(answers[::2], answers[1::2], strict=True)),
-        {held[k]: Reservation(*held[k:k + 6]) for k in range(0, len(held), 6)},
-        exp, {rated[k]: Rated(*rated[k + 1:k + 5]) for k in range(0, len(rated), 5)},
-        cost, acct)
+        session_id, sub, rn, st != OPEN, st == EVENT, t, answers,
+        {r[0]: Reservation(*r) for r in held}, exp,
+        {rg: Rated._make(v) for rg, v in rated.items()}, cost, acct)
 
 
 def reservation_value(r: Reservation) -> str:
