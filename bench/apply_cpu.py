@@ -16,13 +16,13 @@ import tempfile
 import time
 from typing import Any
 
-from bench.ceiling import apply_ceiling, capture_writes
+from bench.ceiling import Writes, apply_ceiling, capture_writes, rebase
 from bench.traffic import Traffic
 from engine import population
 from engine.config import Config
 from engine.redis_client import connect
 from engine.redis_server import RedisServer
-from engine.store import Store
+from engine.store import Store, lua_source
 
 
 def _redis_cpu_s(url: str) -> float:
@@ -45,7 +45,35 @@ def _commands(url: str) -> dict[str, tuple[int, int]]:
         client.close()
 
 
-async def measure(url: str, batch: int, subscribers: int, seconds: float) -> dict[str, Any]:
+async def variants(url: str, recorded: list[Writes], rounds: int = 3) -> dict[str, float]:
+    """Redis CPU per request of the same calls run by cut-down scripts: `empty` (Redis reading
+    the call and its arguments into Lua), `pass1` (apply.lua's checks, no write) and `full`."""
+    source = lua_source("apply")
+    scripts = {"empty": "return {}",
+               "pass1": source[:source.index("-- Pass 2")] + "return conflicts\n",
+               "full": source}
+    store = Store(url, 8)
+    requests = rounds * sum(len(w.sessions) for writes in recorded for ws in writes.values()
+                            for w in ws)
+    out = {}
+    try:
+        for name, text in scripts.items():
+            store._apply = store.redis.register_script(text)
+            spent = 0.0
+            for _ in range(rounds):
+                await rebase(store, recorded)
+                cpu0 = _redis_cpu_s(url)
+                for writes in recorded:
+                    await store.apply(writes, 3_600_000)
+                spent += _redis_cpu_s(url) - cpu0
+            out[name] = round(spent * 1e6 / requests, 2)
+    finally:
+        await store.close()
+    return out
+
+
+async def measure(url: str, batch: int, subscribers: int, seconds: float,
+                  with_variants: bool = False) -> dict[str, Any]:
     config = Config(listen="127.0.0.1:0", redis_url=url, partitions=8, batch_window_ms=0.5,
                     log_format="text", metrics_port=0)
     store = Store(url, config.partitions)
@@ -67,7 +95,8 @@ async def measure(url: str, batch: int, subscribers: int, seconds: float) -> dic
             "redis_us_per_request": round((cpu1 - cpu0) * 1e6 / requests, 2),
             "redis_cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
             "requests": int(requests), "refused": ceiling.refused,
-            "commands_per_request": per_request}
+            "commands_per_request": per_request,
+            **({"script_variants_us": await variants(url, recorded)} if with_variants else {})}
 
 
 def main() -> None:
@@ -75,11 +104,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--subscribers", type=int, default=5000)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--variants", action="store_true",
+                   help="also the Redis CPU of cut-down apply scripts (where the time goes)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp, appendonly=False).start()
         try:
-            out = asyncio.run(measure(server.url, args.batch, args.subscribers, args.seconds))
+            out = asyncio.run(measure(server.url, args.batch, args.subscribers, args.seconds,
+                                      args.variants))
         finally:
             server.stop()
     print(json.dumps(out))
