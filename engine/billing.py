@@ -353,6 +353,9 @@ class Billing:
         for rid in record_ids:
             p, place = split_record_id(rid, self.partitions)
             if record_block.in_block(place):
+                if feed != USAGE:
+                    raise InvalidArgument(f"record id {rid[:80]!r}: events are "
+                                          f"'<partition>-<stream id>'")
                 ms, seq, i = record_block.position(place)
                 in_blocks[p][f"{ms}-{seq}"].append(str(i))
             else:

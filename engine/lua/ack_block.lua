@@ -10,8 +10,9 @@ for k = 2, #ARGV, 2 do
   local id = ARGV[k]
   if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1) > 0 then
     local entry = redis.call('XRANGE', KEYS[1], id, id)
-    local n = 0
+    local n = 0 -- the entry's records (none when it is gone: trimmed while pending)
     if #entry > 0 then
+      n = 1 -- an entry of one record: its index is 0
       local fields = entry[1][2]
       for f = 1, #fields, 2 do
         if fields[f] == 'n' then
@@ -34,7 +35,7 @@ for k = 2, #ARGV, 2 do
     local left = table.concat(t)
     if string.find(left, '0', 1, true) then
       redis.call('HSET', KEYS[2], id, left)
-    else -- all acknowledged (or the entry is gone: trimmed while pending)
+    else -- all acknowledged, or the entry is gone
       redis.call('XACK', KEYS[1], ARGV[1], id)
       redis.call('HDEL', KEYS[2], id)
     end

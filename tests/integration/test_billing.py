@@ -476,6 +476,7 @@ async def test_a_block_half_acknowledged_comes_back_with_only_its_other_records(
     acked = first.ids[::2]
     assert await first.ack(acked) == 5
     assert await first.ack(acked) == 0  # twice is harmless
+    assert await first.ack([f"{p}-{entry.decode()}-9"]) == 0  # no such record
     await first.kill()
 
     again = Consumer(billing, "bill", "c1")
