@@ -161,7 +161,7 @@ class ChargingServicer:
 
         def submit() -> Answers:
             return self.engine.submit(request, self.engine.parse(request))
-        return wire.batch_answer(await _answered(context, submit, started))
+        return wire.field_1(await _answered(context, submit, started))
 
     async def ChargeStream(self, request_iterator: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -200,7 +200,7 @@ class ChargingServicer:
                     call, held, started = item
                     answers = await call.future
                     metrics.count(call.types, call.results, started)
-                    yield wire.batch_answer(answers)
+                    yield wire.field_1(answers)
                     window.give(held)
             await task  # an unexpected error of the reader ends the call (INTERNAL)
         finally:
