@@ -1,0 +1,305 @@
+"""One gateway's Diameter connection: capabilities exchange, watchdog, disconnect, and its
+credit-control requests handed to the engine (many in flight, answered as they complete)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from engine import metrics
+from engine.diameter import avps as A
+from engine.diameter.avps import Command, Result
+from engine.diameter.codec import (
+    FLAG_REQUEST,
+    HEADER,
+    Avp,
+    DiameterError,
+    Message,
+    avp,
+    decode,
+    encode,
+    message_length,
+    missing,
+)
+from engine.diameter.gy import cca, charge_request, error_answer
+from engine.diameter.settings import Settings
+from engine.errors import Overloaded
+from engine.flow import Window
+from tollgate.v1 import charging_pb2 as pb
+
+log = logging.getLogger("tollgate.diameter")
+
+MAX_MESSAGE = 1 << 20
+"""Longest Diameter message read (a CCR is well under 4 KiB); a longer one closes the link."""
+DPA_WAIT_S = 2.0
+"""On shutdown: how long a peer may take to answer our DPR."""
+
+
+class Submit(Protocol):
+    def __call__(self, msgs: list[pb.ChargeRequest], source: object = None
+                 ) -> asyncio.Future[list[pb.ChargeAnswer]]: ...
+
+
+class State(enum.Enum):
+    WAIT_CER = "wait-cer"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+class Refused(Exception):
+    """The connection ends (after its answer, if any, is written)."""
+
+
+class Connection:
+    """RFC 6733 §5.6 responder side; Tollgate never connects out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 settings: Settings, submit: Submit, origin_state: int,
+                 next_end_to_end: Callable[[], int]) -> None:
+        self.reader, self.writer = reader, writer
+        self.settings = settings
+        self.submit = submit
+        self.origin_state = origin_state
+        self.next_end_to_end = next_end_to_end
+        self.state = State.WAIT_CER
+        self.peer_host = ""
+        address = writer.get_extra_info("peername") or ("?", 0)
+        self.address: str = address[0]
+        self.window = Window(settings.max_in_flight)
+        self.identity = [avp(A.ORIGIN_HOST, settings.origin_host),
+                         avp(A.ORIGIN_REALM, settings.origin_realm)]
+        loop = asyncio.get_running_loop()
+        self.last_heard = loop.time()
+        self.watchdog_sent = False
+        self.dpa = loop.create_future()
+        self._hop_by_hop = random.getrandbits(32)
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            first = await asyncio.wait_for(self._read(), self.settings.watchdog_s)
+            if first is not None:
+                self._on_capabilities(first)
+                watchdog = asyncio.create_task(self._watchdog())
+                while (data := await self._read()) is not None:
+                    await self._on_message(data)
+                    await self.writer.drain()
+        except TimeoutError:
+            log.warning("diameter peer sent no CER in time", extra=self._who())
+        except Refused as e:
+            log.warning("diameter connection refused: %s", e, extra=self._who())
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            self.state = State.CLOSING
+            self.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self.writer.wait_closed()
+            log.info("diameter peer disconnected", extra=self._who())
+
+    async def _read(self) -> bytes | None:
+        """The next message's bytes; None at the end of the stream."""
+        try:
+            head = await self.reader.readexactly(4)
+        except asyncio.IncompleteReadError as e:
+            if e.partial:
+                raise Refused("the stream ended inside a message header") from None
+            return None
+        length = message_length(head)
+        if not HEADER.size <= length <= MAX_MESSAGE:
+            # The length frames the stream: a wrong one leaves nothing to read a next message
+            # by, so the link ends (RFC 6733 §3: DIAMETER_INVALID_MESSAGE_LENGTH).
+            raise Refused(f"message length {length} is outside 20..{MAX_MESSAGE}; closing")
+        data = head + await self.reader.readexactly(length - 4)
+        self.last_heard = asyncio.get_running_loop().time()
+        self.watchdog_sent = False
+        return data
+
+    def _read_message(self, data: bytes) -> Message | None:
+        """The decoded message, or None after answering (or dropping) a malformed one."""
+        try:
+            return decode(data)
+        except DiameterError as e:
+            if e.header is not None and e.header.flags & FLAG_REQUEST:
+                self._send(error_answer(e.header, e, self.identity))
+            log.warning("diameter message refused: %s", e, extra=self._who())
+            return None
+
+    # --- capabilities exchange ------------------------------------------------------------
+
+    def _on_capabilities(self, data: bytes) -> None:
+        msg = self._read_message(data)
+        if msg is None:
+            raise Refused("the first message could not be read")
+        if msg.code != Command.CAPABILITIES_EXCHANGE or not msg.is_request:
+            if msg.is_request:
+                self._send(error_answer(msg, DiameterError(
+                    Result.UNKNOWN_PEER, "the first message must be a CER"), self.identity))
+            raise Refused(f"command {msg.code} before the capabilities exchange")
+        origin = msg.find(A.ORIGIN_HOST)
+        if origin is None or not isinstance(origin.value, str):
+            self._cea(msg, Result.MISSING_AVP, "Origin-Host is missing",
+                      missing(A.ORIGIN_HOST))
+            raise Refused("CER without Origin-Host")
+        self.peer_host = origin.value
+        if not self.settings.allows(origin.value, self.address):
+            self._cea(msg, Result.UNKNOWN_PEER,
+                      f"{origin.value} from {self.address} is not an allowed peer")
+            raise Refused("not in diameter_peers")
+        if not _offers_credit_control(msg):
+            self._cea(msg, Result.NO_COMMON_APPLICATION,
+                      "Tollgate serves Diameter Credit Control (Auth-Application-Id 4) only")
+            raise Refused("no common application")
+        self._cea(msg, Result.SUCCESS)
+        self.state = State.OPEN
+        log.info("diameter peer connected", extra=self._who())
+
+    def _cea(self, cer: Message, result: Result, error: str = "",
+             failed: Avp | None = None) -> None:
+        host = self.writer.get_extra_info("sockname") or ("127.0.0.1", 0)
+        out = [avp(A.RESULT_CODE, int(result)), *self.identity,
+               avp(A.HOST_IP_ADDRESS, host[0]), avp(A.VENDOR_ID, 0),
+               avp(A.PRODUCT_NAME, "Tollgate"), avp(A.ORIGIN_STATE_ID, self.origin_state),
+               avp(A.SUPPORTED_VENDOR_ID, A.VENDOR_3GPP),
+               avp(A.AUTH_APPLICATION_ID, A.CREDIT_CONTROL_APP),
+               avp(A.VENDOR_SPECIFIC_APPLICATION_ID, [
+                   avp(A.VENDOR_ID, A.VENDOR_3GPP),
+                   avp(A.AUTH_APPLICATION_ID, A.CREDIT_CONTROL_APP)])]
+        if error:
+            out.append(avp(A.ERROR_MESSAGE, error))
+        if failed is not None:
+            out.append(avp(A.FAILED_AVP, [failed]))
+        self._send(cer.answer(out, error=result.is_protocol_error))
+
+    # --- an open connection ---------------------------------------------------------------
+
+    async def _on_message(self, data: bytes) -> None:
+        msg = self._read_message(data)
+        if msg is None:
+            return
+        if not msg.is_request:
+            self._on_answer(msg)
+        elif msg.code == Command.CREDIT_CONTROL:
+            await self._on_ccr(msg)
+        elif msg.code == Command.DEVICE_WATCHDOG:
+            self._send(msg.answer([avp(A.RESULT_CODE, int(Result.SUCCESS)), *self.identity,
+                                   avp(A.ORIGIN_STATE_ID, self.origin_state)]))
+        elif msg.code == Command.DISCONNECT_PEER:
+            # The peer closes the link once it has the DPA; nothing more is read as new work.
+            self.state = State.CLOSING
+            self._send(msg.answer([avp(A.RESULT_CODE, int(Result.SUCCESS)), *self.identity]))
+        else:
+            why = ("capabilities were already exchanged"
+                   if msg.code == Command.CAPABILITIES_EXCHANGE
+                   else f"command {msg.code} is not supported")
+            result = (Result.UNABLE_TO_COMPLY if msg.code == Command.CAPABILITIES_EXCHANGE
+                      else Result.COMMAND_UNSUPPORTED)
+            self._send(error_answer(msg, DiameterError(result, why), self.identity))
+
+    def _on_answer(self, msg: Message) -> None:
+        if msg.code == Command.DISCONNECT_PEER and not self.dpa.done():
+            self.dpa.set_result(None)
+        elif msg.code != Command.DEVICE_WATCHDOG:
+            log.info("diameter answer nobody waits for (command %d)", msg.code,
+                     extra=self._who())
+
+    async def _on_ccr(self, msg: Message) -> None:
+        if msg.app_id != A.CREDIT_CONTROL_APP:
+            self._send(error_answer(msg, DiameterError(
+                Result.APPLICATION_UNSUPPORTED,
+                f"application {msg.app_id} is not supported (only 4)"), self.identity))
+            return
+        if self.state is not State.OPEN:
+            self._send(error_answer(msg, DiameterError(
+                Result.TOO_BUSY, "the connection is closing"), self.identity))
+            return
+        try:
+            request = charge_request(msg, self.settings.subscription_id_type)
+        except DiameterError as e:
+            self._send(error_answer(msg, e, self.identity))
+            return
+        await self.window.take(1)
+        try:
+            future = self.submit([request], self)
+        except Overloaded as e:
+            self.window.give(1)
+            self._send(error_answer(msg, DiameterError(Result.TOO_BUSY, str(e)), self.identity))
+            return
+        future.add_done_callback(lambda f: self._answered(msg, request, f))
+
+    def _answered(self, ccr: Message, request: pb.ChargeRequest,
+                  future: asyncio.Future[list[pb.ChargeAnswer]]) -> None:
+        self.window.give(1)
+        if future.cancelled() or future.exception() is not None:
+            log.error("diameter request failed", exc_info=None if future.cancelled()
+                      else future.exception(), extra=self._who())
+            answer = pb.ChargeAnswer(session_id=request.session_id,
+                                     request_number=request.request_number,
+                                     result=int(Result.UNABLE_TO_COMPLY),
+                                     error_message="internal error, retry")
+        else:
+            answer = future.result()[0]
+        metrics.count([request], [answer])
+        self._send(cca(ccr, answer, self.identity))
+
+    # --- watchdog and shutdown ------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """RFC 3539: a DWR after Tw of silence; the link ends after Tw more of it."""
+        loop, tw = asyncio.get_running_loop(), self.settings.watchdog_s
+        while True:
+            await asyncio.sleep(max(self.last_heard + tw - loop.time(), 0.01))
+            if loop.time() - self.last_heard < tw:
+                continue
+            if self.watchdog_sent:
+                log.warning("diameter peer did not answer the watchdog; closing",
+                            extra=self._who())
+                self.writer.transport.abort()
+                return
+            self.watchdog_sent = True
+            self.last_heard = loop.time()
+            self._send(self._request(Command.DEVICE_WATCHDOG, [
+                *self.identity, avp(A.ORIGIN_STATE_ID, self.origin_state)]))
+
+    async def close(self, grace_s: float) -> None:
+        """Answers what is in flight (within grace_s), then DPR, the DPA awaited briefly."""
+        if self.state is not State.OPEN:
+            self.writer.close()
+            return
+        self.state = State.CLOSING
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace_s
+        while self.window.used and loop.time() < until:
+            await asyncio.sleep(0.01)
+        self._send(self._request(Command.DISCONNECT_PEER, [
+            *self.identity, avp(A.DISCONNECT_CAUSE, int(A.DisconnectCause.REBOOTING))]))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.dpa), DPA_WAIT_S)
+        self.writer.close()
+
+    def _request(self, command: Command, avps: list[Avp]) -> Message:
+        self._hop_by_hop = (self._hop_by_hop + 1) & 0xFFFFFFFF
+        return Message(command, 0, FLAG_REQUEST, self._hop_by_hop, self.next_end_to_end(), avps)
+
+    def _send(self, msg: Message) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(msg))
+
+    def _who(self) -> dict[str, object]:
+        return {"peer": self.peer_host, "address": self.address}
+
+
+def _offers_credit_control(cer: Message) -> bool:
+    apps = [a.value for a in cer.all(A.AUTH_APPLICATION_ID)]
+    for vsai in cer.all(A.VENDOR_SPECIFIC_APPLICATION_ID):
+        apps += [a.value for a in vsai.all(A.AUTH_APPLICATION_ID)]
+    return A.CREDIT_CONTROL_APP in apps or A.RELAY_APP in apps
