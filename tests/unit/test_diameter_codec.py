@@ -27,7 +27,7 @@ from engine.diameter.codec import (
 )
 
 # A CCR-UPDATE written out AVP by AVP from RFC 4006 §3.1 and TS 32.299 (not by any encoder).
-CCR_UPDATE_HEX = "".join("""
+CCR_UPDATE = bytes.fromhex("""
 01 000148 80 000110 00000004 00001234 00005678
 00000107 40 00001c 7067772e6578616d706c652e636f6d3b313b3432
 00000108 40 000017 7067772e6578616d706c652e636f6d 00
@@ -50,8 +50,7 @@ CCR_UPDATE_HEX = "".join("""
   000001b7 40 00000c 00000001
   00000368 c0 000010 000028af 00000003
 0000001e 40 000010 696e7465726e6574
-""".split())
-CCR_UPDATE = bytes.fromhex(CCR_UPDATE_HEX)
+""")
 
 
 def test_a_hand_written_ccr_decodes_to_its_values():
@@ -208,7 +207,7 @@ def test_grouped_avps_nested_too_deep_are_refused():
 
 def test_a_bad_avp_inside_a_group_is_the_one_named():
     data = bytearray(CCR_UPDATE)
-    time_at = CCR_UPDATE_HEX.index("000001a4") // 2
+    time_at = CCR_UPDATE.index(bytes.fromhex("000001a4"))
     data[time_at + 7] = 11  # CC-Time 3 bytes long
     e = _error(bytes(data))
     assert e.result == Result.INVALID_AVP_LENGTH and e.failed.code == 420

@@ -1,0 +1,245 @@
+"""The Diameter Gy front end to end: a real `Tollgate` with Diameter on a free port and real
+Redis; python-diameter's client node as the gateway, a raw socket peer for protocol abuse."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from diameter.message import constants as oc
+
+from engine.diameter import avps as A
+from engine.diameter.codec import Avp, avp, encode
+from server import Tollgate
+from tests.helpers import DATA_RG, EUR, MB, SMS_RG, Gateway, sample_plan
+from tests.integration.gy_peers import GW_HOST, OCS_HOST, LibraryGateway, RawPeer, mscc, units
+
+INITIAL = oc.E_CC_REQUEST_TYPE_INITIAL_REQUEST
+UPDATE = oc.E_CC_REQUEST_TYPE_UPDATE_REQUEST
+TERMINATION = oc.E_CC_REQUEST_TYPE_TERMINATION_REQUEST
+EVENT = oc.E_CC_REQUEST_TYPE_EVENT_REQUEST
+
+
+@pytest.fixture
+def diameter_config(config):
+    return config.replace(diameter_listen="127.0.0.1:0", diameter_origin_host=OCS_HOST,
+                          diameter_origin_realm="test", diameter_peers=(GW_HOST,))
+
+
+@pytest.fixture
+async def app(diameter_config):
+    app = await Tollgate(diameter_config).start()
+    yield app
+    await app.stop()
+
+
+@pytest.fixture
+async def gateway(app):
+    import grpc
+    channel = grpc.aio.insecure_channel(app.address)
+    gw = Gateway(channel)
+    plan = sample_plan()
+    del plan.bundles[:]  # money only: what is charged shows in the balance
+    await gw.setup(plan=plan, money=10 * EUR)
+    yield gw
+    await channel.close()
+
+
+@pytest.fixture
+async def library_gw(app, gateway):
+    gw = await asyncio.to_thread(lambda: LibraryGateway(app.diameter.port).start())
+    yield gw
+    await asyncio.to_thread(gw.stop)
+
+
+async def test_a_library_gateway_runs_a_session_and_money_is_conserved(library_gw, gateway):
+    ccr = library_gw.ccr
+    a = await asyncio.to_thread(ccr, "gw;s1", 0, INITIAL, "sub-0-0", mscc(DATA_RG, want={}))
+    assert a.result_code == 2001, a
+    assert a.cc_request_type == INITIAL and a.cc_request_number == 0
+    [g] = a.multiple_services_credit_control
+    assert g.rating_group == DATA_RG and g.result_code == 2001
+    assert g.granted_service_unit.cc_total_octets == 10 * MB
+    assert g.validity_time == 3600 and g.quota_holding_time == 300
+    assert g.volume_quota_threshold == 2 * MB  # threshold_percent 20 of the grant
+    acct = await gateway.account("acct-0")
+    assert acct.reserved_micros == 10 * EUR and acct.money_micros == 0
+
+    a = await asyncio.to_thread(ccr, "gw;s1", 1, UPDATE, "sub-0-0",
+                                mscc(DATA_RG, used=units(total_octets=4 * MB), want={}, reason=3))
+    assert a.result_code == 2001, a
+    a = await asyncio.to_thread(ccr, "gw;s1", 2, TERMINATION, "sub-0-0",
+                                mscc(DATA_RG, used=units(total_octets=1 * MB), reason=2))
+    assert a.result_code == 2001, a
+    acct = await gateway.account("acct-0")
+    assert (acct.money_micros, acct.reserved_micros) == (5 * EUR, 0)  # 5 MB at 1.00/MB
+
+
+async def test_a_retransmission_gets_the_stored_answer_and_is_charged_once(library_gw, gateway):
+    ccr = library_gw.ccr
+    await asyncio.to_thread(ccr, "gw;r", 0, INITIAL, "sub-0-0", mscc(DATA_RG, want={}))
+    used = units(total_octets=3 * MB)
+    first = await asyncio.to_thread(ccr, "gw;r", 1, UPDATE, "sub-0-0",
+                                    mscc(DATA_RG, used=used, want={}))
+    again = await asyncio.to_thread(ccr, "gw;r", 1, UPDATE, "sub-0-0",
+                                    mscc(DATA_RG, used=used, want={}), retransmit=True)
+    plain = await asyncio.to_thread(ccr, "gw;r", 1, UPDATE, "sub-0-0",
+                                    mscc(DATA_RG, used=used, want={}))
+    assert first.result_code == again.result_code == plain.result_code == 2001
+    grants = [a.multiple_services_credit_control[0].granted_service_unit.cc_total_octets
+              for a in (first, again, plain)]
+    assert grants == [grants[0]] * 3
+    await asyncio.to_thread(ccr, "gw;r", 2, TERMINATION, "sub-0-0",
+                            mscc(DATA_RG, used=units(total_octets=0)))
+    acct = await gateway.account("acct-0")
+    assert (acct.money_micros, acct.reserved_micros) == (7 * EUR, 0)
+
+
+async def test_an_event_is_charged_at_once(library_gw, gateway):
+    a = await asyncio.to_thread(library_gw.ccr, "gw;sms1", 0, EVENT, "sub-0-0",
+                                mscc(SMS_RG, used=units(service_specific_units=1)),
+                                requested_action=0)
+    assert a.result_code == 2001, a
+    acct = await gateway.account("acct-0")
+    assert acct.money_micros == 10 * EUR - 50_000
+
+
+async def test_an_unknown_subscriber_is_user_unknown(library_gw):
+    a = await asyncio.to_thread(library_gw.ccr, "gw;u", 0, INITIAL, "nobody",
+                                mscc(DATA_RG, want={}))
+    assert a.result_code == 5030
+
+
+async def test_a_refused_grant_carries_its_result_per_mscc(library_gw, gateway):
+    a = await asyncio.to_thread(library_gw.ccr, "gw;big", 0, EVENT, "sub-0-0",
+                                mscc(DATA_RG, used=units(total_octets=11 * MB)))
+    assert a.result_code == 2001
+    assert a.multiple_services_credit_control[0].result_code == 4012
+    assert (await gateway.account("acct-0")).money_micros == 10 * EUR
+
+
+# --- the base protocol over a raw socket ------------------------------------------------------
+
+async def test_an_unknown_peer_is_refused_and_disconnected(app):
+    peer = await RawPeer.connect(app.diameter.port)
+    cea = await peer.ask(peer.cer(origin_host="stranger.test"))
+    assert cea.find(A.RESULT_CODE).value == 3010
+    assert await peer.receive() is None  # closed
+
+
+async def test_a_peer_that_skips_cer_is_refused_and_disconnected(app):
+    peer = await RawPeer.connect(app.diameter.port)
+    answer = await peer.ask(peer.request(A.Command.DEVICE_WATCHDOG, [
+        avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test")]))
+    assert answer.find(A.RESULT_CODE).value == 3010 and not answer.is_request
+    assert await peer.receive() is None
+
+
+async def test_watchdog_and_disconnect_are_answered_with_ids_echoed(app):
+    peer = await (await RawPeer.connect(app.diameter.port)).open()
+    dwr = peer.request(A.Command.DEVICE_WATCHDOG, [avp(A.ORIGIN_HOST, GW_HOST),
+                                                    avp(A.ORIGIN_REALM, "test")])
+    dwa = await peer.ask(dwr)
+    assert dwa.code == 280 and dwa.find(A.RESULT_CODE).value == 2001
+    assert (dwa.hop_by_hop, dwa.end_to_end) == (dwr.hop_by_hop, dwr.end_to_end)
+    assert dwa.find(A.ORIGIN_HOST).value == OCS_HOST
+    dpa = await peer.ask(peer.request(A.Command.DISCONNECT_PEER, [
+        avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test"), avp(A.DISCONNECT_CAUSE, 0)]))
+    assert dpa.code == 282 and dpa.find(A.RESULT_CODE).value == 2001
+    peer.close()
+
+
+async def test_an_idle_peer_gets_a_watchdog_and_a_dead_one_is_closed(diameter_config):
+    async with Tollgate(diameter_config.replace(diameter_watchdog_s=0.3)) as app:
+        peer = await (await RawPeer.connect(app.diameter.port)).open()
+        dwr = await peer.receive(timeout=2)
+        assert dwr.code == 280 and dwr.is_request
+        await peer.send(dwr.answer([avp(A.RESULT_CODE, 2001), avp(A.ORIGIN_HOST, GW_HOST),
+                                    avp(A.ORIGIN_REALM, "test")]))
+        again = await peer.receive(timeout=2)  # answered: the link lives, idle again
+        assert again.code == 280
+        assert await peer.receive(timeout=2) is None  # unanswered: closed
+
+
+def _ccr(peer: RawPeer, session: str, *extra: Avp, kind: int = 4) -> bytes:
+    return encode(peer.request(A.Command.CREDIT_CONTROL, [
+        avp(A.SESSION_ID, session), avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test"),
+        avp(A.DESTINATION_REALM, "test"), avp(A.AUTH_APPLICATION_ID, 4),
+        avp(A.SERVICE_CONTEXT_ID, "32251@3gpp.org"), avp(A.CC_REQUEST_TYPE, kind),
+        avp(A.CC_REQUEST_NUMBER, 0), *extra], app_id=4))
+
+
+def _subscriber(sub: str) -> Avp:
+    return avp(A.SUBSCRIPTION_ID, [avp(A.SUBSCRIPTION_ID_TYPE, 0),
+                                   avp(A.SUBSCRIPTION_ID_DATA, sub)])
+
+
+def _sms(n: int) -> Avp:
+    return avp(A.MULTIPLE_SERVICES_CREDIT_CONTROL, [
+        avp(A.USED_SERVICE_UNIT, [avp(A.CC_SERVICE_SPECIFIC_UNITS, n)]),
+        avp(A.RATING_GROUP, SMS_RG)])
+
+
+async def test_malformed_ccrs_get_an_error_result_and_change_nothing(app, gateway):
+    peer = await (await RawPeer.connect(app.diameter.port)).open()
+    no_subscriber = await peer.ask(_ccr(peer, "gw;bad1", _sms(1)))
+    assert no_subscriber.find(A.RESULT_CODE).value == 5005
+    assert no_subscriber.find(A.FAILED_AVP) is not None
+    assert no_subscriber.find(A.CC_REQUEST_TYPE).value == 4
+    assert no_subscriber.find(A.SESSION_ID).value == "gw;bad1"
+
+    good = _ccr(peer, "gw;bad2", _subscriber("sub-0-0"), _sms(1))
+    at = good.index(bytes.fromhex("000001a1"))  # CC-Service-Specific-Units
+    bad_length = good[:at + 5] + b"\x00\x00\x0b" + good[at + 8:]  # a 64-bit value in 3 bytes
+    answer = await peer.ask(bad_length)
+    assert answer.find(A.RESULT_CODE).value == 5014
+    assert "CC-Service-Specific-Units" in answer.find(A.ERROR_MESSAGE).value
+
+    negative = await peer.ask(_ccr(peer, "gw;bad3", _subscriber("sub-0-0"),
+                                   avp(A.MULTIPLE_SERVICES_CREDIT_CONTROL, [
+                                       avp(A.USED_SERVICE_UNIT, [
+                                           avp(A.CC_SERVICE_SPECIFIC_UNITS, 2**63)]),
+                                       avp(A.RATING_GROUP, SMS_RG)])))
+    assert negative.find(A.RESULT_CODE).value == 5004
+    unsupported = await peer.ask(_ccr(peer, "gw;bad4", _subscriber("sub-0-0"), _sms(1),
+                                      avp(A.REQUESTED_ACTION, 2)))
+    assert unsupported.find(A.RESULT_CODE).value == 5012
+    acct = await gateway.account("acct-0")
+    assert (acct.money_micros, acct.reserved_micros) == (10 * EUR, 0)
+    ok = await peer.ask(_ccr(peer, "gw;fine", _subscriber("sub-0-0"), _sms(1)))
+    assert ok.find(A.RESULT_CODE).value == 2001  # the connection still serves
+    peer.close()
+
+
+async def test_many_requests_in_flight_on_one_connection_are_all_answered(app, gateway):
+    peer = await (await RawPeer.connect(app.diameter.port)).open()
+    ccrs = [_ccr(peer, f"gw;m{n}", _subscriber("sub-0-0"), _sms(1)) for n in range(60)]
+    await peer.send(b"".join(ccrs))
+    answers = [await peer.receive() for _ in ccrs]
+    assert sorted(a.hop_by_hop for a in answers) == sorted(
+        int.from_bytes(c[12:16], "big") for c in ccrs)
+    assert {a.find(A.RESULT_CODE).value for a in answers} == {2001}
+    assert (await gateway.account("acct-0")).money_micros == 10 * EUR - 60 * 50_000
+    peer.close()
+
+
+async def test_a_ccr_of_another_application_and_an_unknown_command_are_refused(app):
+    peer = await (await RawPeer.connect(app.diameter.port)).open()
+    other = peer.request(A.Command.CREDIT_CONTROL, [avp(A.SESSION_ID, "x")], app_id=16777238)
+    answer = await peer.ask(other)
+    assert answer.find(A.RESULT_CODE).value == 3007 and answer.flags & 0x20
+    answer = await peer.ask(peer.request(A.Command.ABORT_SESSION, [avp(A.SESSION_ID, "x")]))
+    assert answer.find(A.RESULT_CODE).value == 3001
+    peer.close()
+
+
+async def test_shutdown_sends_dpr_to_open_peers(diameter_config):
+    app = await Tollgate(diameter_config).start()
+    peer = await (await RawPeer.connect(app.diameter.port)).open()
+    stopping = asyncio.create_task(app.stop())
+    dpr = await peer.receive()
+    assert dpr.code == 282 and dpr.is_request
+    await peer.send(dpr.answer([avp(A.RESULT_CODE, 2001), avp(A.ORIGIN_HOST, GW_HOST),
+                                avp(A.ORIGIN_REALM, "test")]))
+    await stopping
+    assert await peer.receive() is None
