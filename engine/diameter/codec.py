@@ -176,12 +176,12 @@ def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int) -> 
             vendor, head = U32.unpack_from(data, at + 8)[0], 12
         padded = (length + 3) & ~3
         if length < head or at + padded > end:
-            failed = Avp(code, b"", vendor, flags, bytes(data[at + head:min(at + length, end)]))
+            failed = Avp(code, b"", vendor, flags, data[at + head:min(at + length, end)])
             raise DiameterError(
                 Result.INVALID_AVP_LENGTH,
                 f"{failed.name}: length {length} does not fit (header {head} bytes, "
                 f"{end - at} bytes left)", failed)
-        raw = bytes(data[at + head:at + length])
+        raw = data[at + head:at + length]
         a = Avp(code, raw, vendor, flags, raw)
         if flags & 0x1F:
             raise DiameterError(Result.INVALID_AVP_BITS,
@@ -191,46 +191,41 @@ def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int) -> 
             if flags & AVP_MANDATORY:
                 raise DiameterError(Result.AVP_UNSUPPORTED,
                                     f"{a.name} has the M flag and is not supported", a)
-        else:
-            a.value = _value(d, a, data, at + head, at + length, depth)
+        elif d.type is AvpType.GROUPED:
+            if depth >= MAX_DEPTH:
+                raise DiameterError(Result.INVALID_AVP_VALUE,
+                                    f"{d.name}: grouped AVPs nested deeper than {MAX_DEPTH}", a)
+            children: list[Avp] = []
+            _decode_avps(data, at + head, at + length, children, depth + 1)
+            a.value = children
+        elif d.type is not AvpType.OCTETS and d.type is not AvpType.OPAQUE_GROUPED:
+            a.value = _value(d, a, raw)
         out.append(a)
         at += padded
 
 
-def _value(d: AvpDef, a: Avp, data: bytes, start: int, stop: int, depth: int) -> AvpValue:
-    kind, n = d.type, stop - start
+def _value(d: AvpDef, a: Avp, raw: bytes) -> AvpValue:
+    kind, n = d.type, len(raw)
     size = FIXED_SIZE.get(kind)
     if size is not None:
         if n != size:
             raise DiameterError(Result.INVALID_AVP_LENGTH,
                                 f"{d.name} ({kind.value}) must be {size} bytes (got {n})", a)
-        if kind is AvpType.INTEGER32:
-            return int(I32.unpack_from(data, start)[0])
-        if kind is AvpType.INTEGER64:
-            return int(I64.unpack_from(data, start)[0])
-        return int.from_bytes(data[start:stop], "big")
-    if kind is AvpType.UTF8 or kind is AvpType.IDENTITY:
-        try:
-            return bytes(data[start:stop]).decode()
-        except UnicodeDecodeError as e:
-            raise DiameterError(Result.INVALID_AVP_VALUE,
-                                f"{d.name} is not valid UTF-8 ({e.reason})", a) from None
-    if kind is AvpType.GROUPED:
-        if depth >= MAX_DEPTH:
-            raise DiameterError(Result.INVALID_AVP_VALUE,
-                                f"{d.name}: grouped AVPs nested deeper than {MAX_DEPTH}", a)
-        children: list[Avp] = []
-        _decode_avps(data, start, stop, children, depth + 1)
-        return children
+        if kind is AvpType.INTEGER32 or kind is AvpType.INTEGER64:
+            return int.from_bytes(raw, "big", signed=True)
+        return int.from_bytes(raw, "big")
     if kind is AvpType.ADDRESS:
-        family = int.from_bytes(data[start:start + 2], "big") if n >= 2 else -1
+        family = int.from_bytes(raw[:2], "big") if n >= 2 else -1
         want = ADDRESS_SIZE.get(family)
         if n < 2 or (want is not None and n - 2 != want):
             raise DiameterError(Result.INVALID_AVP_LENGTH,
                                 f"{d.name}: {n} bytes is not an address of family {family}", a)
-        return (family, bytes(data[start + 2:stop]))
-    return bytes(data[start:stop])
-
+        return (family, raw[2:])
+    try:  # UTF8String, DiamIdent
+        return raw.decode()
+    except UnicodeDecodeError as e:
+        raise DiameterError(Result.INVALID_AVP_VALUE,
+                            f"{d.name} is not valid UTF-8 ({e.reason})", a) from None
 
 # --- encoding -----------------------------------------------------------------------------
 

@@ -46,33 +46,35 @@ def _str(a: Avp) -> str:
 def charge_request(ccr: Message, subscriber_type: SubscriptionIdType) -> pb.ChargeRequest:
     """The engine request of a CCR, or DiameterError naming the AVP that is wrong. Values the
     engine checks itself (limits, request numbers, times) are left to it."""
+    first = {(a.code, a.vendor): a for a in reversed(ccr.avps)}
     for d in MANDATORY:
-        _required(ccr, d)
-    app = _required(ccr, A.AUTH_APPLICATION_ID)
+        if (d.code, d.vendor) not in first:
+            raise DiameterError(Result.MISSING_AVP, f"{d.name} is missing", missing(d))
+    app = first[A.AUTH_APPLICATION_ID.code, 0]
     if _int(app) != A.CREDIT_CONTROL_APP:
         raise DiameterError(Result.INVALID_AVP_VALUE,
                             f"Auth-Application-Id must be 4 (got {_int(app)})", app)
-    kind_avp = _required(ccr, A.CC_REQUEST_TYPE)
+    kind_avp = first[A.CC_REQUEST_TYPE.code, 0]
     try:
         kind = CcRequestType(_int(kind_avp))
     except ValueError:
         raise DiameterError(Result.INVALID_AVP_VALUE,
                             f"CC-Request-Type {_int(kind_avp)} is not 1-4", kind_avp) from None
     if kind is CcRequestType.EVENT:
-        action = ccr.find(A.REQUESTED_ACTION)
+        action = first.get((A.REQUESTED_ACTION.code, 0))
         if action is not None and _int(action) != RequestedAction.DIRECT_DEBITING:
             raise DiameterError(Result.UNABLE_TO_COMPLY,
                                 f"Requested-Action {_int(action)} is not supported (only "
                                 "DIRECT_DEBITING, 0)", action)
     msg = pb.ChargeRequest(
-        session_id=_str(_required(ccr, A.SESSION_ID)),
-        request_number=_int(_required(ccr, A.CC_REQUEST_NUMBER)),
+        session_id=_str(first[A.SESSION_ID.code, 0]),
+        request_number=_int(first[A.CC_REQUEST_NUMBER.code, 0]),
         type=int(kind), subscriber_id=_subscriber(ccr, subscriber_type),
-        origin=_str(_required(ccr, A.ORIGIN_HOST)))
-    stamp = ccr.find(A.EVENT_TIMESTAMP)
+        origin=_str(first[A.ORIGIN_HOST.code, 0]))
+    stamp = first.get((A.EVENT_TIMESTAMP.code, 0))
     if stamp is not None:
         msg.event_time_ms = unix_ms(_int(stamp))
-    called = ccr.find(A.CALLED_STATION_ID)
+    called = first.get((A.CALLED_STATION_ID.code, 0))
     if called is not None:
         msg.destination = _str(called)
     for mscc in ccr.all(A.MULTIPLE_SERVICES_CREDIT_CONTROL):
