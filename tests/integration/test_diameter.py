@@ -4,15 +4,21 @@ Redis; python-diameter's client node as the gateway, a raw socket peer for proto
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from diameter.message import constants as oc
 
 from engine.diameter import avps as A
 from engine.diameter.codec import Avp, avp, encode
+from engine.redis_server import free_port
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, Gateway, sample_plan
 from tests.integration.gy_peers import GW_HOST, OCS_HOST, LibraryGateway, RawPeer, mscc, units
+from tests.processes import ROOT, ServerProcess
 
 INITIAL = oc.E_CC_REQUEST_TYPE_INITIAL_REQUEST
 UPDATE = oc.E_CC_REQUEST_TYPE_UPDATE_REQUEST
@@ -243,3 +249,39 @@ async def test_shutdown_sends_dpr_to_open_peers(diameter_config):
                                 avp(A.ORIGIN_REALM, "test")]))
     await stopping
     assert await peer.receive() is None
+
+
+# --- `tollgate serve --diameter` --------------------------------------------------------------
+
+async def test_tollgate_serve_with_diameter_answers_gateways_and_says_goodbye(redis_url,
+                                                                               tmp_path):
+    port = free_port()
+    server = ServerProcess(redis_url, tmp_path / "serve.log", args=(
+        "--diameter", f"127.0.0.1:{port}"), env={
+        "TOLLGATE_DIAMETER_PEERS": f"other.test,{GW_HOST}@127.0.0.1",
+        "TOLLGATE_DIAMETER_ORIGIN_HOST": OCS_HOST}).start()
+    try:
+        await asyncio.to_thread(server.wait_ready)
+        assert server.next_line(10).strip() == f"diameter on 127.0.0.1:{port}"
+        peer = await RawPeer.connect(port)
+        cea = await peer.ask(peer.cer())
+        assert cea.find(A.RESULT_CODE).value == 2001
+        assert cea.find(A.ORIGIN_HOST).value == OCS_HOST
+        assert cea.find(A.ORIGIN_REALM).value == "test"  # the Origin-Host's domain
+        server.proc.send_signal(signal.SIGTERM)
+        dpr = await peer.receive(timeout=20)
+        assert dpr.code == A.Command.DISCONNECT_PEER and dpr.is_request
+        assert await asyncio.to_thread(server.stop) == 0
+    finally:
+        server.kill()
+
+
+def test_tollgate_serve_without_allowed_peers_does_not_start(redis_url):
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--diameter", "127.0.0.1:0",
+         "--listen", "127.0.0.1:0", "--redis-url", redis_url, "--log-format", "text"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")},
+             "TOLLGATE_METRICS_PORT": "0"})
+    assert done.returncode == 2
+    assert "diameter_peers" in done.stderr
