@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, Gateway, sample_plan
 from tests.integration.gy_peers import GW_HOST, OCS_HOST, LibraryGateway, RawPeer, mscc, units
 from tests.processes import ROOT, ServerProcess
+from tollgate.v1 import provisioning_pb2 as ppb
 
 INITIAL = oc.E_CC_REQUEST_TYPE_INITIAL_REQUEST
 UPDATE = oc.E_CC_REQUEST_TYPE_UPDATE_REQUEST
@@ -285,3 +287,58 @@ def test_tollgate_serve_without_allowed_peers_does_not_start(redis_url):
              "TOLLGATE_METRICS_PORT": "0"})
     assert done.returncode == 2
     assert "diameter_peers" in done.stderr
+
+
+# --- Wireshark's dissector reads a capture of a test run ----------------------------------------
+
+@pytest.mark.skipif(not (shutil.which("tshark") and shutil.which("dumpcap")),
+                    reason="needs Wireshark's tshark and dumpcap (Debian package tshark)")
+async def test_wireshark_reads_every_message_and_matches_every_answer(app, gateway, tmp_path):
+    port = app.diameter.port
+    pcap = tmp_path / "gy.pcapng"
+    capture = subprocess.Popen(["dumpcap", "-q", "-i", "lo", "-f", f"tcp port {port}",
+                                "-w", str(pcap)], stderr=subprocess.PIPE, text=True)
+    try:
+        await asyncio.sleep(1.5)  # dumpcap has no ready signal
+        # Subscriber ids of digits: the dissector checks E.164 numbers.
+        await gateway.provisioning.CreateSubscriber(ppb.Subscriber(subscriber_id="31600000001",
+                                                                   account_id="acct-0"))
+        gw = await asyncio.to_thread(lambda: LibraryGateway(port).start())
+        try:
+            for s in range(3):
+                for rn, kind, unit in ((0, INITIAL, mscc(DATA_RG, want={})),
+                                       (1, UPDATE, mscc(DATA_RG, used=units(total_octets=MB),
+                                                        want={}, reason=3)),
+                                       (2, TERMINATION, mscc(DATA_RG,
+                                                             used=units(total_octets=MB)))):
+                    await asyncio.to_thread(gw.ccr, f"gw;w{s}", rn, kind, "31600000001", unit)
+            await asyncio.to_thread(gw.ccr, "gw;wev", 0, EVENT, "31600000001",
+                                    mscc(SMS_RG, used=units(service_specific_units=1)))
+        finally:
+            await asyncio.to_thread(gw.stop)
+        peer = await (await RawPeer.connect(port)).open()
+        await peer.ask(peer.request(A.Command.DEVICE_WATCHDOG, [
+            avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test")]))
+        await peer.ask(peer.request(A.Command.DISCONNECT_PEER, [
+            avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test"),
+            avp(A.DISCONNECT_CAUSE, 0)]))
+        peer.close()
+        await asyncio.sleep(1)
+    finally:
+        capture.terminate()
+        capture.wait(10)
+    fields = subprocess.run(
+        ["tshark", "-2", "-r", str(pcap), "-d", f"tcp.port=={port},diameter", "-Y", "diameter",
+         "-T", "fields", "-E", "separator=;", "-e", "diameter.cmd.code",
+         "-e", "diameter.flags.request", "-e", "diameter.answer_in", "-e", "diameter.answer_to",
+         "-e", "_ws.malformed", "-e", "_ws.expert.severity"],
+        capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    rows = [line.split(";") for line in fields]
+    requests = [r for r in rows if r[1] in ("1", "True")]
+    answers = [r for r in rows if r[1] not in ("1", "True")]
+    assert sum(r[0] == "272" for r in requests) == 10
+    assert sorted(r[0] for r in answers) == sorted(r[0] for r in requests)
+    assert all(r[2] for r in requests), "a request without its answer"
+    assert all(r[3] for r in answers), "an answer to no request"
+    assert not [r for r in rows if r[4]], "malformed packets"
+    assert not [r for r in answers if r[5]], "expert warnings on Tollgate's answers"
