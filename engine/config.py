@@ -149,6 +149,10 @@ class Config:
     diameter_subscription_id_type: str = "e164"
     """Which Subscription-Id of a CCR is the Tollgate subscriber id, as sent: e164, imsi,
     sip_uri, nai or private."""
+    diameter_tls: bool = False
+    """The Diameter port speaks TLS only (RFC 6733 TLS/TCP, usually port 5658), with the
+    certificate settings of gRPC: tls_cert, tls_key, and tls_client_ca to require gateways'
+    certificates."""
     diameter_watchdog_s: float = 30.0
     """Tw (RFC 3539): a connection silent this long gets a DWR, and is closed when still
     silent as long again; also how long a new connection may take to send its CER."""

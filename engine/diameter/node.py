@@ -29,10 +29,12 @@ class DiameterNode:
         """Listens; CCRs go to `submit` (Engine.submit)."""
         self.submit = submit
         s = self.settings
-        self.server = await asyncio.start_server(self._accept, s.host, s.port, reuse_port=True)
+        self.server = await asyncio.start_server(self._accept, s.host, s.port, reuse_port=True,
+                                                 ssl=s.tls)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("diameter listening", extra={"address": f"{s.host}:{self.port}",
-                                              "origin_host": s.origin_host})
+                                              "origin_host": s.origin_host,
+                                              "tls": s.tls is not None})
         return self
 
     def _next_end_to_end(self) -> int:

@@ -8,6 +8,7 @@ import contextlib
 import enum
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -95,14 +96,14 @@ class Connection:
             log.warning("diameter peer sent no CER in time", extra=self._who())
         except Refused as e:
             log.warning("diameter connection refused: %s", e, extra=self._who())
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
             if watchdog is not None:
                 watchdog.cancel()
             self.state = State.CLOSING
             self.writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await self.writer.wait_closed()
             log.info("diameter peer disconnected", extra=self._who())
 

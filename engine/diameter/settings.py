@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 
 from engine.config import Config
@@ -25,6 +26,7 @@ class Settings:
     watchdog_s: float
     max_in_flight: int
     grace_s: float
+    tls: ssl.SSLContext | None
 
     @classmethod
     def of(cls, config: Config) -> Settings:
@@ -57,10 +59,26 @@ class Settings:
         return cls(host.strip("[]"), int(port), origin_host, realm,
                    {k: frozenset(v) for k, v in peers.items()}, ANY_PEER in config.diameter_peers,
                    kind, config.diameter_watchdog_s, config.stream_max_in_flight,
-                   config.shutdown_grace_s)
+                   config.shutdown_grace_s, _tls(config) if config.diameter_tls else None)
 
     def allows(self, origin_host: str, address: str) -> bool:
         if self.any_peer:
             return True
         addresses = self.peers.get(origin_host.lower())
         return addresses is not None and (not addresses or address in addresses)
+
+
+def _tls(config: Config) -> ssl.SSLContext:
+    if not (config.tls_cert and config.tls_key):
+        raise ConfigError("diameter_tls needs tls_cert and tls_key (tls_client_ca to require "
+                          "gateways' certificates)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            context.load_verify_locations(config.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"diameter_tls: cannot use the TLS files: {e}") from e
+    return context

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import ssl
 
 from diameter.message import constants as oc
 from diameter.message.avp.grouped import (
@@ -91,8 +92,8 @@ class RawPeer:
         self.ids = itertools.count(1000)
 
     @classmethod
-    async def connect(cls, port: int) -> RawPeer:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+    async def connect(cls, port: int, tls: ssl.SSLContext | None = None) -> RawPeer:
+        return cls(*await asyncio.open_connection("127.0.0.1", port, ssl=tls))
 
     def request(self, code: int, avps: list[Avp], app_id: int = 0) -> Message:
         n = next(self.ids)
@@ -114,7 +115,7 @@ class RawPeer:
             head = await asyncio.wait_for(self.reader.readexactly(4), timeout)
             rest = await asyncio.wait_for(self.reader.readexactly(message_length(head) - 4),
                                           timeout)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             return None
         return decode(head + rest)
 

@@ -4,9 +4,11 @@ Redis; python-diameter's client node as the gateway, a raw socket peer for proto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 
@@ -15,11 +17,14 @@ from diameter.message import constants as oc
 
 from engine.diameter import avps as A
 from engine.diameter.codec import Avp, avp, encode
+from engine.diameter.settings import Settings
+from engine.errors import ConfigError
 from engine.redis_server import free_port
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, Gateway, sample_plan
 from tests.integration.gy_peers import GW_HOST, OCS_HOST, LibraryGateway, RawPeer, mscc, units
 from tests.processes import ROOT, ServerProcess
+from tests.reliability.certs import CertificateAuthority
 from tollgate.v1 import provisioning_pb2 as ppb
 
 INITIAL = oc.E_CC_REQUEST_TYPE_INITIAL_REQUEST
@@ -342,3 +347,30 @@ async def test_wireshark_reads_every_message_and_matches_every_answer(app, gatew
     assert all(r[3] for r in answers), "an answer to no request"
     assert not [r for r in rows if r[4]], "malformed packets"
     assert not [r for r in answers if r[5]], "expert warnings on Tollgate's answers"
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+async def test_over_tls_a_gateway_with_a_certificate_is_served_and_one_without_is_not(
+        diameter_config, tmp_path):
+    ca = CertificateAuthority(tmp_path / "ca")
+    server, client = ca.issue("tollgate.test", server=True), ca.issue(GW_HOST, server=False)
+    config = diameter_config.replace(diameter_tls=True, tls_cert=str(server.cert),
+                                     tls_key=str(server.key), tls_client_ca=str(ca.pem.cert))
+    async with Tollgate(config) as app:
+        trusting = ssl.create_default_context(cafile=str(ca.pem.cert))
+        anonymous = await RawPeer.connect(app.diameter.port, trusting)
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await anonymous.send(anonymous.cer())  # TLS 1.3: refused after the handshake
+        assert await anonymous.receive() is None
+        trusting.load_cert_chain(str(client.cert), str(client.key))
+        peer = await (await RawPeer.connect(app.diameter.port, trusting)).open()
+        dwa = await peer.ask(peer.request(A.Command.DEVICE_WATCHDOG, [
+            avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test")]))
+        assert dwa.find(A.RESULT_CODE).value == 2001
+        peer.close()
+
+
+def test_diameter_tls_without_a_certificate_is_a_configuration_error(diameter_config):
+    with pytest.raises(ConfigError, match="tls_cert"):
+        Settings.of(diameter_config.replace(diameter_tls=True))
