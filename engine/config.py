@@ -149,6 +149,11 @@ class Config:
     diameter_subscription_id_type: str = "e164"
     """Which Subscription-Id of a CCR is the Tollgate subscriber id, as sent: e164, imsi,
     sip_uri, nai or private."""
+    diameter_zones: tuple[str, ...] = ()
+    """Rating zone by the serving network's 3GPP-SGSN-MCC-MNC (in Service-Information /
+    PS-Information or at the top of a CCR): entries MCCMNC=ZONE, MCC=ZONE (any network of
+    that country) or *=ZONE (any other); the longest match wins, ZONE may be empty (home).
+    No match, or no such AVP: the home zone."""
     diameter_tls: bool = False
     """The Diameter port speaks TLS only (RFC 6733 TLS/TCP, usually port 5658), with the
     certificate settings of gRPC: tls_cert, tls_key, and tls_client_ca to require gateways'

@@ -161,7 +161,20 @@ def decode(data: bytes) -> Message:
     return msg
 
 
-def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int) -> None:
+def open_group(a: Avp) -> list[Avp]:
+    """The AVPs inside an opaque group (Service-Information...), read as strictly as any,
+    except that unknown AVPs with the M flag pass: Tollgate reads one or two AVPs in there
+    and leaves the rest to whoever needs them."""
+    if isinstance(a.value, list):
+        return a.value
+    assert isinstance(a.value, bytes), a
+    out: list[Avp] = []
+    _decode_avps(a.value, 0, len(a.value), out, 1, strict=False)
+    return out
+
+
+def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int,
+                 strict: bool = True) -> None:
     while at < end:
         if end - at < AVP_HEADER.size:
             raise DiameterError(Result.INVALID_AVP_LENGTH,
@@ -188,7 +201,7 @@ def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int) -> 
                                 f"{a.name}: reserved AVP flag bits set (0x{flags:02x})", a)
         d = DICTIONARY.get((code, vendor))
         if d is None:
-            if flags & AVP_MANDATORY:
+            if flags & AVP_MANDATORY and strict:
                 raise DiameterError(Result.AVP_UNSUPPORTED,
                                     f"{a.name} has the M flag and is not supported", a)
         elif d.type is AvpType.GROUPED:
@@ -196,7 +209,7 @@ def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int) -> 
                 raise DiameterError(Result.INVALID_AVP_VALUE,
                                     f"{d.name}: grouped AVPs nested deeper than {MAX_DEPTH}", a)
             children: list[Avp] = []
-            _decode_avps(data, at + head, at + length, children, depth + 1)
+            _decode_avps(data, at + head, at + length, children, depth + 1, strict)
             a.value = children
         elif d.type is not AvpType.OCTETS and d.type is not AvpType.OPAQUE_GROUPED:
             a.value = _value(d, a, raw)

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from engine.diameter import avps as A
 from engine.diameter.avps import CcRequestType, RequestedAction, Result, SubscriptionIdType
-from engine.diameter.codec import Avp, DiameterError, Message, avp, failed_avp, missing
+from engine.diameter.codec import (
+    Avp,
+    DiameterError,
+    Message,
+    avp,
+    failed_avp,
+    find,
+    missing,
+    open_group,
+)
 from tollgate.v1 import charging_pb2 as pb
 
+ANY_NETWORK = "*"
 INT64_MAX = 2**63 - 1
 U32_MAX = 2**32 - 1
 REPORTING_REASONS = {0: pb.THRESHOLD, 1: pb.QUOTA_HOLDING_TIME, 2: pb.FINAL,
@@ -43,9 +53,11 @@ def _str(a: Avp) -> str:
     return a.value
 
 
-def charge_request(ccr: Message, subscriber_type: SubscriptionIdType) -> pb.ChargeRequest:
+def charge_request(ccr: Message, subscriber_type: SubscriptionIdType,
+                   zones: dict[str, str] | None = None) -> pb.ChargeRequest:
     """The engine request of a CCR, or DiameterError naming the AVP that is wrong. Values the
-    engine checks itself (limits, request numbers, times) are left to it."""
+    engine checks itself (limits, request numbers, times) are left to it. `zones`: rating
+    zone by serving MCC-MNC (diameter_zones)."""
     first = {(a.code, a.vendor): a for a in reversed(ccr.avps)}
     for d in MANDATORY:
         if (d.code, d.vendor) not in first:
@@ -77,9 +89,30 @@ def charge_request(ccr: Message, subscriber_type: SubscriptionIdType) -> pb.Char
     called = first.get((A.CALLED_STATION_ID.code, 0))
     if called is not None:
         msg.destination = _str(called)
+    if zones:
+        msg.zone = _zone(first, zones)
     for mscc in ccr.all(A.MULTIPLE_SERVICES_CREDIT_CONTROL):
         msg.units.append(_service_units(mscc))
     return msg
+
+
+def _zone(first: dict[tuple[int, int], Avp], zones: dict[str, str]) -> str:
+    """The zone of the serving network's 3GPP-SGSN-MCC-MNC: the CCR's own, else the one in
+    Service-Information / PS-Information; home ("") when there is none or it is not listed."""
+    key = (A.TGPP_SGSN_MCC_MNC.code, A.VENDOR_3GPP)
+    found = first.get(key)
+    info = first.get((A.SERVICE_INFORMATION.code, A.VENDOR_3GPP))
+    if found is None and info is not None:
+        ps = find(open_group(info), A.PS_INFORMATION)
+        if ps is not None:
+            found = find(open_group(ps), A.TGPP_SGSN_MCC_MNC)
+    if found is None:
+        return ""
+    network = _str(found)
+    for candidate in (network, network[:3], ANY_NETWORK):
+        if candidate in zones:
+            return zones[candidate]
+    return ""
 
 
 def unix_ms(ntp_seconds: int) -> int:

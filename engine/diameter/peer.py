@@ -224,7 +224,8 @@ class Connection:
                 Result.TOO_BUSY, "the connection is closing"), self.identity))
             return
         try:
-            request = charge_request(msg, self.settings.subscription_id_type)
+            request = charge_request(msg, self.settings.subscription_id_type,
+                                     self.settings.zones)
         except DiameterError as e:
             self._send(error_answer(msg, e, self.identity))
             return

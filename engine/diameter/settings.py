@@ -27,6 +27,8 @@ class Settings:
     max_in_flight: int
     grace_s: float
     tls: ssl.SSLContext | None
+    zones: dict[str, str]
+    """MCC-MNC, MCC or "*" -> rating zone (3GPP-SGSN-MCC-MNC of the serving network)."""
 
     @classmethod
     def of(cls, config: Config) -> Settings:
@@ -59,13 +61,26 @@ class Settings:
         return cls(host.strip("[]"), int(port), origin_host, realm,
                    {k: frozenset(v) for k, v in peers.items()}, ANY_PEER in config.diameter_peers,
                    kind, config.diameter_watchdog_s, config.stream_max_in_flight,
-                   config.shutdown_grace_s, _tls(config) if config.diameter_tls else None)
+                   config.shutdown_grace_s, _tls(config) if config.diameter_tls else None,
+                   _zones(config.diameter_zones))
 
     def allows(self, origin_host: str, address: str) -> bool:
         if self.any_peer:
             return True
         addresses = self.peers.get(origin_host.lower())
         return addresses is not None and (not addresses or address in addresses)
+
+
+def _zones(entries: tuple[str, ...]) -> dict[str, str]:
+    zones = {}
+    for entry in entries:
+        network, sep, zone = entry.partition("=")
+        if not sep or not (network == ANY_PEER or (network.isdigit()
+                                                   and len(network) in (3, 5, 6))):
+            raise ConfigError(f"diameter_zones: {entry!r} is not MCCMNC=ZONE, MCC=ZONE or "
+                              "*=ZONE")
+        zones[network] = zone
+    return zones
 
 
 def _tls(config: Config) -> ssl.SSLContext:

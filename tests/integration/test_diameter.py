@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 
+import grpc
 import pytest
 from diameter.message import constants as oc
 
@@ -48,7 +49,6 @@ async def app(diameter_config):
 
 @pytest.fixture
 async def gateway(app):
-    import grpc
     channel = grpc.aio.insecure_channel(app.address)
     gw = Gateway(channel)
     plan = sample_plan()
@@ -256,6 +256,28 @@ async def test_shutdown_sends_dpr_to_open_peers(diameter_config):
                                 avp(A.ORIGIN_REALM, "test")]))
     await stopping
     assert await peer.receive() is None
+
+
+async def test_a_roaming_gateway_is_priced_in_the_zone_of_its_serving_network(diameter_config):
+    config = diameter_config.replace(diameter_zones=("23415=roam-eu",))
+    async with Tollgate(config) as app, grpc.aio.insecure_channel(app.address) as channel:
+        gw = Gateway(channel)
+        plan = sample_plan()
+        del plan.bundles[:]
+        await gw.setup(plan=plan, money=10 * EUR)
+        peer = await (await RawPeer.connect(app.diameter.port)).open()
+        data = avp(A.MULTIPLE_SERVICES_CREDIT_CONTROL, [
+            avp(A.USED_SERVICE_UNIT, [avp(A.CC_TOTAL_OCTETS, MB)]),
+            avp(A.RATING_GROUP, DATA_RG)])
+        network = avp(A.SERVICE_INFORMATION, [avp(A.PS_INFORMATION, [
+            avp(A.TGPP_SGSN_MCC_MNC, "23415")])])
+        home = await peer.ask(_ccr(peer, "gw;home", _subscriber("sub-0-0"), data))
+        roaming = await peer.ask(_ccr(peer, "gw;roam", _subscriber("sub-0-0"), data,
+                                      network))
+        assert home.find(A.RESULT_CODE).value == roaming.find(A.RESULT_CODE).value == 2001
+        peer.close()
+        acct = await gw.account("acct-0")
+        assert acct.money_micros == 10 * EUR - 1 * EUR - 5 * EUR  # 1 MB home, 1 MB roaming
 
 
 # --- `tollgate serve --diameter` --------------------------------------------------------------

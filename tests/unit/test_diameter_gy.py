@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from engine.config import Config, load_config
 from engine.diameter import avps as A
 from engine.diameter.avps import Result, SubscriptionIdType
-from engine.diameter.codec import DiameterError, decode, encode
+from engine.diameter.codec import Avp, DiameterError, Message, avp, decode, encode
 from engine.diameter.gy import cca, charge_request, error_answer, unix_ms
 from engine.diameter.settings import Settings
 from engine.errors import ConfigError
@@ -150,3 +150,37 @@ def test_bad_settings_stop_the_start_with_a_clear_message(kw, words):
 def test_peers_from_the_environment_are_split_at_commas():
     config = load_config(env={"TOLLGATE_DIAMETER_PEERS": "pgw1.example, smf@10.0.0.1"})
     assert config.diameter_peers == ("pgw1.example", "smf@10.0.0.1")
+
+
+# --- zones from the serving network ---------------------------------------------------------
+
+ZONES = {"23415": "roam-uk-vf", "234": "roam-uk", "*": "roam-world", "20408": ""}
+
+
+def _with_network(mcc_mnc: str, inside: bool) -> Message:
+    msg = decode(CCR_UPDATE)
+    network = avp(A.TGPP_SGSN_MCC_MNC, mcc_mnc)
+    if inside:  # where TS 32.299 puts it, among AVPs Tollgate does not know (M flag set)
+        unknown = Avp(9999, b"x", vendor=A.VENDOR_3GPP, flags=0xC0)
+        network = avp(A.SERVICE_INFORMATION, [avp(A.PS_INFORMATION, [unknown, network])])
+    msg.avps.append(network)
+    return decode(encode(msg))
+
+
+@pytest.mark.parametrize("mcc_mnc, zone", [("23415", "roam-uk-vf"), ("23420", "roam-uk"),
+                                           ("310260", "roam-world"), ("20408", "")])
+@pytest.mark.parametrize("inside", [True, False])
+def test_the_serving_network_picks_the_zone(mcc_mnc, zone, inside):
+    assert charge_request(_with_network(mcc_mnc, inside), E164, ZONES).zone == zone
+
+
+def test_without_a_serving_network_or_a_zone_table_the_zone_is_home():
+    assert charge_request(decode(CCR_UPDATE), E164, ZONES).zone == ""
+    assert charge_request(_with_network("23415", True), E164).zone == ""
+
+
+def test_zone_entries_are_checked():
+    assert _settings(diameter_peers=("*",), diameter_zones=("23415=roam", "*=w")).zones == {
+        "23415": "roam", "*": "w"}
+    with pytest.raises(ConfigError, match="diameter_zones"):
+        _settings(diameter_peers=("*",), diameter_zones=("uk=roam",))
