@@ -4,13 +4,17 @@ that serves gRPC, so both fronts share micro-batches, the exactly-once rule and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from engine.config import Config
 from engine.diameter.peer import Connection, Submit
+from engine.diameter.reauth import ReAuth
 from engine.diameter.settings import Settings
+from engine.store import Store
 
 log = logging.getLogger("tollgate.diameter")
 
@@ -24,10 +28,17 @@ class DiameterNode:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.connections: dict[Connection, asyncio.Task[None]] = {}
+        self.reauth: ReAuth | None = None
+        self._reauth_task: asyncio.Task[None] | None = None
 
-    async def start(self, submit: Submit) -> DiameterNode:
-        """Listens; CCRs go to `submit` (Engine.submit)."""
+    async def start(self, submit: Submit, store: Store | None = None,
+                    clock: Callable[[], int] | None = None) -> DiameterNode:
+        """Listens; CCRs go to `submit` (Engine.submit). With `store` (and its `clock`, Unix
+        ms), sessions refused for credit get a RAR when their account gets credit again."""
         self.submit = submit
+        if store is not None and clock is not None:
+            self.reauth = ReAuth(store, clock)
+            self._reauth_task = asyncio.create_task(self.reauth.run())
         s = self.settings
         self.server = await asyncio.start_server(self._accept, s.host, s.port, reuse_port=True,
                                                  ssl=s.tls)
@@ -43,7 +54,7 @@ class DiameterNode:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer, self.settings, self.submit, self.origin_state,
-                          self._next_end_to_end)
+                          self._next_end_to_end, self.reauth)
         task = asyncio.current_task()
         assert task is not None
         self.connections[conn] = task
@@ -54,6 +65,10 @@ class DiameterNode:
 
     async def stop(self) -> None:
         """No new connections; each open one answers what it has in flight, then gets DPR."""
+        if self._reauth_task is not None:
+            self._reauth_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reauth_task
         if self.server is None:
             return
         self.server.close()

@@ -16,6 +16,7 @@ from engine import metrics
 from engine.diameter import avps as A
 from engine.diameter.avps import Command, Result
 from engine.diameter.codec import (
+    FLAG_PROXIABLE,
     FLAG_REQUEST,
     HEADER,
     Avp,
@@ -28,6 +29,7 @@ from engine.diameter.codec import (
     missing,
 )
 from engine.diameter.gy import cca, charge_request, error_answer
+from engine.diameter.reauth import ReAuth
 from engine.diameter.settings import Settings
 from engine.errors import Overloaded
 from engine.flow import Window
@@ -39,6 +41,8 @@ MAX_MESSAGE = 1 << 20
 """Longest Diameter message read (a CCR is well under 4 KiB); a longer one closes the link."""
 DPA_WAIT_S = 2.0
 """On shutdown: how long a peer may take to answer our DPR."""
+REFUSALS = frozenset({4010, 4012})
+"""END_USER_SERVICE_DENIED, CREDIT_LIMIT_REACHED: a session refused these waits for a RAR."""
 
 
 class Submit(Protocol):
@@ -61,14 +65,17 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  settings: Settings, submit: Submit, origin_state: int,
-                 next_end_to_end: Callable[[], int]) -> None:
+                 next_end_to_end: Callable[[], int], reauth: ReAuth | None = None) -> None:
         self.reader, self.writer = reader, writer
         self.settings = settings
         self.submit = submit
         self.origin_state = origin_state
         self.next_end_to_end = next_end_to_end
+        self.reauth = reauth
+        self.refused: set[str] = set()  # sessions of this connection waiting for a RAR
         self.state = State.WAIT_CER
         self.peer_host = ""
+        self.peer_realm = ""
         address = writer.get_extra_info("peername") or ("?", 0)
         self.address: str = address[0]
         self.window = Window(settings.max_in_flight)
@@ -101,6 +108,9 @@ class Connection:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            if self.reauth is not None:
+                for session_id in self.refused:
+                    self.reauth.forget(session_id)
             self.state = State.CLOSING
             self.writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError):
@@ -152,6 +162,8 @@ class Connection:
                       missing(A.ORIGIN_HOST))
             raise Refused("CER without Origin-Host")
         self.peer_host = origin.value
+        realm = msg.find(A.ORIGIN_REALM)
+        self.peer_realm = realm.value if realm is not None and isinstance(realm.value, str) else ""
         if not self.settings.allows(origin.value, self.address):
             self._cea(msg, Result.UNKNOWN_PEER,
                       f"{origin.value} from {self.address} is not an allowed peer")
@@ -209,6 +221,9 @@ class Connection:
     def _on_answer(self, msg: Message) -> None:
         if msg.code == Command.DISCONNECT_PEER and not self.dpa.done():
             self.dpa.set_result(None)
+        elif msg.code == Command.RE_AUTH:
+            result = msg.find(A.RESULT_CODE)
+            log.info("diameter RAA", extra={**self._who(), "result": result and result.value})
         elif msg.code != Command.DEVICE_WATCHDOG:
             log.info("diameter answer nobody waits for (command %d)", msg.code,
                      extra=self._who())
@@ -252,6 +267,30 @@ class Connection:
             answer = future.result()[0]
         metrics.count([request], [answer])
         self._send(cca(ccr, answer, self.identity))
+        if self.reauth is not None and request.type != pb.EVENT:
+            self._note_refusal(request, answer)
+
+    def _note_refusal(self, request: pb.ChargeRequest, answer: pb.ChargeAnswer) -> None:
+        assert self.reauth is not None
+        session = request.session_id
+        if request.type != pb.TERMINATION and (answer.result in REFUSALS or any(
+                g.result in REFUSALS for g in answer.grants)):
+            self.refused.add(session)
+            self.reauth.refused(session, request.subscriber_id, self._send_rar)
+        elif session in self.refused:
+            self.refused.discard(session)
+            self.reauth.forget(session)
+
+    def _send_rar(self, session_id: str) -> None:
+        self.refused.discard(session_id)
+        if self.state is State.OPEN:
+            self._send(self._request(Command.RE_AUTH, [
+                avp(A.SESSION_ID, session_id), *self.identity,
+                avp(A.DESTINATION_REALM, self.peer_realm or self.settings.origin_realm),
+                avp(A.DESTINATION_HOST, self.peer_host),
+                avp(A.AUTH_APPLICATION_ID, A.CREDIT_CONTROL_APP),
+                avp(A.RE_AUTH_REQUEST_TYPE, 0)],  # AUTHORIZE_ONLY
+                app_id=A.CREDIT_CONTROL_APP))
 
     # --- watchdog and shutdown ------------------------------------------------------------
 
@@ -288,9 +327,10 @@ class Connection:
             await asyncio.wait_for(asyncio.shield(self.dpa), DPA_WAIT_S)
         self.writer.close()
 
-    def _request(self, command: Command, avps: list[Avp]) -> Message:
+    def _request(self, command: Command, avps: list[Avp], app_id: int = 0) -> Message:
         self._hop_by_hop = (self._hop_by_hop + 1) & 0xFFFFFFFF
-        return Message(command, 0, FLAG_REQUEST, self._hop_by_hop, self.next_end_to_end(), avps)
+        flags = FLAG_REQUEST | (FLAG_PROXIABLE if app_id else 0)
+        return Message(command, app_id, flags, self._hop_by_hop, self.next_end_to_end(), avps)
 
     def _send(self, msg: Message) -> None:
         if not self.writer.is_closing():

@@ -17,7 +17,7 @@ import pytest
 from diameter.message import constants as oc
 
 from engine.diameter import avps as A
-from engine.diameter.codec import Avp, avp, encode
+from engine.diameter.codec import Avp, avp, decode, encode
 from engine.diameter.settings import Settings
 from engine.errors import ConfigError
 from engine.redis_server import free_port
@@ -278,6 +278,48 @@ async def test_a_roaming_gateway_is_priced_in_the_zone_of_its_serving_network(di
         peer.close()
         acct = await gw.account("acct-0")
         assert acct.money_micros == 10 * EUR - 1 * EUR - 5 * EUR  # 1 MB home, 1 MB roaming
+
+
+def _data_session(peer: RawPeer, session: str, rn: int, kind: int, used: int = 0) -> bytes:
+    inner = [avp(A.REQUESTED_SERVICE_UNIT, []), avp(A.RATING_GROUP, DATA_RG)]
+    if used:
+        inner.append(avp(A.USED_SERVICE_UNIT, [avp(A.CC_TOTAL_OCTETS, used)]))
+    msg = decode(_ccr(peer, session, _subscriber("sub-0-0"),
+                      avp(A.MULTIPLE_SERVICES_CREDIT_CONTROL, inner), kind=kind))
+    msg.find(A.CC_REQUEST_NUMBER).value = rn
+    msg.find(A.CC_REQUEST_NUMBER).raw = None
+    return encode(msg)
+
+
+async def test_a_line_refused_for_credit_gets_a_rar_when_topped_up_and_then_quota(app):
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        gw = Gateway(channel)
+        plan = sample_plan()
+        del plan.bundles[:]
+        await gw.setup(plan=plan, money=0)
+        peer = await (await RawPeer.connect(app.diameter.port)).open()
+        cca = await peer.ask(_data_session(peer, "gw;rar", 0, INITIAL))
+        [mscc] = cca.all(A.MULTIPLE_SERVICES_CREDIT_CONTROL)
+        assert mscc.find(A.RESULT_CODE).value == 4012  # nothing to spend
+
+        await gw.provisioning.TopUp(ppb.TopUpRequest(topup_id="t1", account_id="acct-0",
+                                                     amount_micros=20 * EUR))
+        rar = await peer.receive(timeout=10)
+        assert rar is not None and rar.code == A.Command.RE_AUTH and rar.is_request
+        assert rar.app_id == 4 and rar.find(A.SESSION_ID).value == "gw;rar"
+        assert rar.find(A.DESTINATION_HOST).value == GW_HOST
+        await peer.send(rar.answer([avp(A.SESSION_ID, "gw;rar"), avp(A.RESULT_CODE, 2001),
+                                    avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test")]))
+
+        cca = await peer.ask(_data_session(peer, "gw;rar", 1, UPDATE))
+        [mscc] = cca.all(A.MULTIPLE_SERVICES_CREDIT_CONTROL)
+        assert mscc.find(A.RESULT_CODE).value == 2001
+        assert mscc.find(A.GRANTED_SERVICE_UNIT).find(A.CC_TOTAL_OCTETS).value == 10 * MB
+        await gw.provisioning.TopUp(ppb.TopUpRequest(topup_id="t2", account_id="acct-0",
+                                                     amount_micros=EUR))
+        with pytest.raises(TimeoutError):  # served again: no second RAR
+            await peer.receive(timeout=1.5)
+        peer.close()
 
 
 # --- `tollgate serve --diameter` --------------------------------------------------------------
