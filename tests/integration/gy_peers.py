@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import queue
 import ssl
 
+from diameter.message import Message as LibraryMessage
 from diameter.message import constants as oc
 from diameter.message.avp.grouped import (
     MultipleServicesCreditControl,
@@ -51,10 +53,15 @@ class LibraryGateway:
         self.node.wakeup_interval = 1  # how long stop() takes
         peer = self.node.add_peer(f"aaa://{OCS_HOST}:{port};transport=tcp", OCS_REALM,
                                   ip_addresses=["127.0.0.1"], is_persistent=True)
+        self.requests: queue.Queue[LibraryMessage] = queue.Queue()  # RARs from Tollgate
         self.app = SimpleThreadingApplication(oc.APP_DIAMETER_CREDIT_CONTROL_APPLICATION,
                                               is_auth_application=True,
-                                              request_handler=lambda app, msg: None)
+                                              request_handler=self._answer)
         self.node.add_application(self.app, [peer])
+
+    def _answer(self, app: SimpleThreadingApplication, request: LibraryMessage) -> LibraryMessage:
+        self.requests.put(request)
+        return app.generate_answer(request, result_code=2001)
 
     def start(self) -> LibraryGateway:
         self.node.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -129,6 +130,33 @@ async def test_a_refused_grant_carries_its_result_per_mscc(library_gw, gateway):
     assert a.result_code == 2001
     assert a.multiple_services_credit_control[0].result_code == 4012
     assert (await gateway.account("acct-0")).money_micros == 10 * EUR
+
+
+async def test_a_library_gateway_gets_a_rar_after_a_top_up_and_then_quota(
+        library_gw, gateway, caplog):
+    caplog.set_level(logging.INFO, logger="tollgate.diameter")
+    await gateway.provisioning.CreateAccount(ppb.CreateAccountRequest(
+        account_id="poor", plan_id="basic", initial_money_micros=0))
+    await gateway.provisioning.CreateSubscriber(ppb.Subscriber(subscriber_id="31600000009",
+                                                               account_id="poor"))
+    ccr = library_gw.ccr
+    a = await asyncio.to_thread(ccr, "gw;lib-rar", 0, INITIAL, "31600000009",
+                                mscc(DATA_RG, want={}))
+    assert a.multiple_services_credit_control[0].result_code == 4012
+    await gateway.provisioning.TopUp(ppb.TopUpRequest(topup_id="t", account_id="poor",
+                                                      amount_micros=20 * EUR))
+    rar = await asyncio.to_thread(library_gw.requests.get, timeout=10)
+    assert rar.header.command_code == 258 and rar.session_id == "gw;lib-rar"
+    a = await asyncio.to_thread(ccr, "gw;lib-rar", 1, UPDATE, "31600000009",
+                                mscc(DATA_RG, want={}, reason=7))
+    [g] = a.multiple_services_credit_control
+    assert g.result_code == 2001 and g.granted_service_unit.cc_total_octets == 10 * MB
+    for _ in range(50):  # the library answers from a thread of its own, whenever it runs
+        raa = [r.result for r in caplog.records if r.getMessage() == "diameter RAA"]
+        if raa:
+            break
+        await asyncio.sleep(0.1)
+    assert raa == [2001]  # the library's answer reached Tollgate
 
 
 # --- the base protocol over a raw socket ------------------------------------------------------
