@@ -99,6 +99,8 @@ class Connection:
                 while (data := await self._read()) is not None:
                     await self._on_message(data)
                     await self.writer.drain()
+                # The peer is done sending (EOF); what it asked for is still answered.
+                await self._answers_out(self.settings.grace_s)
         except TimeoutError:
             log.warning("diameter peer sent no CER in time", extra=self._who())
         except Refused as e:
@@ -317,15 +319,21 @@ class Connection:
             self.writer.close()
             return
         self.state = State.CLOSING
-        loop = asyncio.get_running_loop()
-        until = loop.time() + grace_s
-        while self.window.used and loop.time() < until:
-            await asyncio.sleep(0.01)
+        await self._answers_out(grace_s)
         self._send(self._request(Command.DISCONNECT_PEER, [
             *self.identity, avp(A.DISCONNECT_CAUSE, int(A.DisconnectCause.REBOOTING))]))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.dpa), DPA_WAIT_S)
         self.writer.close()
+
+    async def _answers_out(self, grace_s: float) -> None:
+        """Waits (at most grace_s) until every CCR in flight has its answer written."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace_s
+        while self.window.used and loop.time() < until:
+            await asyncio.sleep(0.01)
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
 
     def _request(self, command: Command, avps: list[Avp], app_id: int = 0) -> Message:
         self._hop_by_hop = (self._hop_by_hop + 1) & 0xFFFFFFFF
