@@ -15,7 +15,10 @@ from engine.diameter.avps import DICTIONARY, FAILED_AVP, AvpDef, AvpType, Result
 HEADER = struct.Struct(">B3sB3sIII")
 """version, length (24 bits), flags, command code (24 bits), application id, hop-by-hop,
 end-to-end."""
-AVP_HEADER = struct.Struct(">IB3s")
+AVP_HEADER = struct.Struct(">II")
+"""code, flags << 24 | length"""
+AVP_U32 = struct.Struct(">III")
+AVP_U64 = struct.Struct(">IIQ")
 U32 = struct.Struct(">I")
 I32 = struct.Struct(">i")
 U64 = struct.Struct(">Q")
@@ -179,8 +182,8 @@ def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int,
         if end - at < AVP_HEADER.size:
             raise DiameterError(Result.INVALID_AVP_LENGTH,
                                 f"{end - at} bytes at offset {at} are too few for an AVP header")
-        code, flags, length = AVP_HEADER.unpack_from(data, at)
-        length = int.from_bytes(length, "big")
+        code, word = AVP_HEADER.unpack_from(data, at)
+        flags, length = word >> 24, word & 0xFFFFFF
         vendor, head = 0, 8
         if flags & AVP_VENDOR:
             if end - at < 12:
@@ -258,24 +261,38 @@ def encode_avp(a: Avp) -> bytes:
 
 
 def _encode_avp(a: Avp, out: bytearray) -> None:
+    v, vendor = a.value, a.vendor
+    flags = (a.flags | AVP_VENDOR) if vendor else (a.flags & ~AVP_VENDOR)
+    if a.raw is None:
+        if type(v) is int and not vendor:
+            d = DICTIONARY.get((a.code, 0))
+            kind = d.type if d else AvpType.UNSIGNED32
+            if kind is AvpType.UNSIGNED64:
+                out += AVP_U64.pack(a.code, flags << 24 | 16, v)
+                return
+            if kind is not AvpType.INTEGER32 and kind is not AvpType.INTEGER64:
+                out += AVP_U32.pack(a.code, flags << 24 | 12, v)
+                return
+        elif type(v) is list:  # grouped: children written in place, the length patched after
+            start = len(out)
+            out += AVP_U32.pack(a.code, 0, vendor) if vendor else AVP_HEADER.pack(a.code, 0)
+            for child in v:
+                _encode_avp(child, out)
+            AVP_HEADER.pack_into(out, start, a.code, flags << 24 | (len(out) - start))
+            return
     data = a.raw if a.raw is not None else _data(a)
-    head = 12 if a.vendor else 8
-    flags = (a.flags | AVP_VENDOR) if a.vendor else (a.flags & ~AVP_VENDOR)
-    out += AVP_HEADER.pack(a.code, flags, (head + len(data)).to_bytes(3, "big"))
-    if a.vendor:
-        out += U32.pack(a.vendor)
+    head = 12 if vendor else 8
+    out += AVP_HEADER.pack(a.code, flags << 24 | (head + len(data)))
+    if vendor:
+        out += U32.pack(vendor)
     out += data
     out += bytes(-len(data) % 4)
 
 
 def _data(a: Avp) -> bytes:
+    """The data of a built AVP that is not grouped."""
     d, v = a.definition, a.value
     kind = d.type if d else AvpType.OCTETS
-    if isinstance(v, list):
-        out = bytearray()
-        for child in v:
-            _encode_avp(child, out)
-        return bytes(out)
     if isinstance(v, str):
         if kind is AvpType.ADDRESS:
             ip = ipaddress.ip_address(v)

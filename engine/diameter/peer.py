@@ -86,6 +86,7 @@ class Connection:
         self.watchdog_sent = False
         self.dpa = loop.create_future()
         self._hop_by_hop = random.getrandbits(32)
+        self._out: list[bytes] = []  # encoded messages waiting for _flush
 
     # --- reading ------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class Connection:
                 for session_id in self.refused:
                     self.reauth.forget(session_id)
             self.state = State.CLOSING
+            self._flush()  # a refusal's answer goes out before the connection closes
             self.writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await self.writer.wait_closed()
@@ -316,6 +318,7 @@ class Connection:
     async def close(self, grace_s: float) -> None:
         """Answers what is in flight (within grace_s), then DPR, the DPA awaited briefly."""
         if self.state is not State.OPEN:
+            self._flush()
             self.writer.close()
             return
         self.state = State.CLOSING
@@ -332,6 +335,7 @@ class Connection:
         until = loop.time() + grace_s
         while self.window.used and loop.time() < until:
             await asyncio.sleep(0.01)
+        self._flush()
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
 
@@ -341,8 +345,16 @@ class Connection:
         return Message(command, app_id, flags, self._hop_by_hop, self.next_end_to_end(), avps)
 
     def _send(self, msg: Message) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(msg))
+        """Queues a message; what is queued in one event-loop turn (the answers of a batch
+        land together) goes out in one write: a send per answer cost more than the answer."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(encode(msg))
+
+    def _flush(self) -> None:
+        if self._out and not self.writer.is_closing():
+            self.writer.write(b"".join(self._out))
+        self._out.clear()
 
     def _who(self) -> dict[str, object]:
         return {"peer": self.peer_host, "address": self.address}
