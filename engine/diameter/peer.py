@@ -78,7 +78,7 @@ class Connection:
         self.peer_realm = ""
         address = writer.get_extra_info("peername") or ("?", 0)
         self.address: str = address[0]
-        self.window = Window(settings.max_in_flight)
+        self.window = Window(settings.max_in_flight, metrics.DIAMETER_IN_FLIGHT)
         self.identity = [avp(A.ORIGIN_HOST, settings.origin_host),
                          avp(A.ORIGIN_REALM, settings.origin_realm)]
         loop = asyncio.get_running_loop()
@@ -92,10 +92,12 @@ class Connection:
 
     async def run(self) -> None:
         watchdog: asyncio.Task[None] | None = None
+        opened = False
         try:
             first = await asyncio.wait_for(self._read(), self.settings.watchdog_s)
             if first is not None:
                 self._on_capabilities(first)
+                opened = True
                 watchdog = asyncio.create_task(self._watchdog())
                 while (data := await self._read()) is not None:
                     await self._on_message(data)
@@ -114,6 +116,8 @@ class Connection:
             if self.reauth is not None:
                 for session_id in self.refused:
                     self.reauth.forget(session_id)
+            if opened:
+                metrics.DIAMETER_PEERS.dec()
             self.state = State.CLOSING
             self._flush()  # a refusal's answer goes out before the connection closes
             self.writer.close()
@@ -178,6 +182,7 @@ class Connection:
             raise Refused("no common application")
         self._cea(msg, Result.SUCCESS)
         self.state = State.OPEN
+        metrics.DIAMETER_PEERS.inc()
         log.info("diameter peer connected", extra=self._who())
 
     def _cea(self, cer: Message, result: Result, error: str = "",

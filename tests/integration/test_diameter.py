@@ -16,6 +16,7 @@ import sys
 import grpc
 import pytest
 from diameter.message import constants as oc
+from prometheus_client import REGISTRY
 
 from engine.diameter import avps as A
 from engine.diameter.codec import Avp, avp, decode, encode
@@ -177,7 +178,9 @@ async def test_a_peer_that_skips_cer_is_refused_and_disconnected(app):
 
 
 async def test_watchdog_and_disconnect_are_answered_with_ids_echoed(app):
+    before = REGISTRY.get_sample_value("tollgate_diameter_peers")
     peer = await (await RawPeer.connect(app.diameter.port)).open()
+    assert REGISTRY.get_sample_value("tollgate_diameter_peers") == before + 1
     dwr = peer.request(A.Command.DEVICE_WATCHDOG, [avp(A.ORIGIN_HOST, GW_HOST),
                                                     avp(A.ORIGIN_REALM, "test")])
     dwa = await peer.ask(dwr)
