@@ -32,6 +32,12 @@ MAX_DEPTH = 8
 AvpValue = int | str | bytes | tuple[int, bytes] | list["Avp"]
 FIXED_SIZE = {AvpType.UNSIGNED32: 4, AvpType.INTEGER32: 4, AvpType.ENUMERATED: 4,
               AvpType.TIME: 4, AvpType.UNSIGNED64: 8, AvpType.INTEGER64: 8}
+SIGNED = frozenset({AvpType.INTEGER32, AvpType.INTEGER64})
+KEPT_AS_BYTES = frozenset({AvpType.OCTETS, AvpType.OPAQUE_GROUPED})
+DECODING: dict[tuple[int, int], tuple[AvpDef, AvpType, int, bool]] = {
+    key: (d, d.type, FIXED_SIZE.get(d.type, 0), d.type in SIGNED)
+    for key, d in DICTIONARY.items()}
+"""(code, vendor) -> definition, type, fixed size (0: variable), signed: one look-up per AVP."""
 ADDRESS_SIZE = {1: 4, 2: 16}
 """Address family (IANA: 1 IPv4, 2 IPv6) -> address length."""
 
@@ -202,35 +208,35 @@ def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int,
         if flags & 0x1F:
             raise DiameterError(Result.INVALID_AVP_BITS,
                                 f"{a.name}: reserved AVP flag bits set (0x{flags:02x})", a)
-        d = DICTIONARY.get((code, vendor))
-        if d is None:
+        known = DECODING.get((code, vendor))
+        if known is None:
             if flags & AVP_MANDATORY and strict:
                 raise DiameterError(Result.AVP_UNSUPPORTED,
                                     f"{a.name} has the M flag and is not supported", a)
-        elif d.type is AvpType.GROUPED:
-            if depth >= MAX_DEPTH:
-                raise DiameterError(Result.INVALID_AVP_VALUE,
-                                    f"{d.name}: grouped AVPs nested deeper than {MAX_DEPTH}", a)
-            children: list[Avp] = []
-            _decode_avps(data, at + head, at + length, children, depth + 1, strict)
-            a.value = children
-        elif d.type is not AvpType.OCTETS and d.type is not AvpType.OPAQUE_GROUPED:
-            a.value = _value(d, a, raw)
+        else:
+            d, kind, size, signed = known
+            if size:
+                if length - head != size:
+                    raise DiameterError(
+                        Result.INVALID_AVP_LENGTH,
+                        f"{d.name} ({kind.value}) must be {size} bytes (got {length - head})", a)
+                a.value = int.from_bytes(raw, "big", signed=signed)
+            elif kind is AvpType.GROUPED:
+                if depth >= MAX_DEPTH:
+                    raise DiameterError(Result.INVALID_AVP_VALUE, f"{d.name}: grouped AVPs "
+                                        f"nested deeper than {MAX_DEPTH}", a)
+                children: list[Avp] = []
+                _decode_avps(data, at + head, at + length, children, depth + 1, strict)
+                a.value = children
+            elif kind not in KEPT_AS_BYTES:
+                a.value = _text_or_address(d, a, raw)
         out.append(a)
         at += padded
 
 
-def _value(d: AvpDef, a: Avp, raw: bytes) -> AvpValue:
-    kind, n = d.type, len(raw)
-    size = FIXED_SIZE.get(kind)
-    if size is not None:
-        if n != size:
-            raise DiameterError(Result.INVALID_AVP_LENGTH,
-                                f"{d.name} ({kind.value}) must be {size} bytes (got {n})", a)
-        if kind is AvpType.INTEGER32 or kind is AvpType.INTEGER64:
-            return int.from_bytes(raw, "big", signed=True)
-        return int.from_bytes(raw, "big")
-    if kind is AvpType.ADDRESS:
+def _text_or_address(d: AvpDef, a: Avp, raw: bytes) -> AvpValue:
+    n = len(raw)
+    if d.type is AvpType.ADDRESS:
         family = int.from_bytes(raw[:2], "big") if n >= 2 else -1
         want = ADDRESS_SIZE.get(family)
         if n < 2 or (want is not None and n - 2 != want):
@@ -242,6 +248,7 @@ def _value(d: AvpDef, a: Avp, raw: bytes) -> AvpValue:
     except UnicodeDecodeError as e:
         raise DiameterError(Result.INVALID_AVP_VALUE,
                             f"{d.name} is not valid UTF-8 ({e.reason})", a) from None
+
 
 # --- encoding -----------------------------------------------------------------------------
 
