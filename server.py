@@ -334,7 +334,7 @@ class Tollgate:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if diameter is not None:
-            self.diameter = await diameter.start(engine.submit, engine.store, engine.clock)
+            self.diameter = await diameter.start(engine.charge, engine.store, engine.clock)
         tune_gc(self.config.gc_threshold)
         log.info("tollgate serving", extra={"address": self.address})
         return self

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from engine.config import Config
-from engine.diameter.peer import Connection, Submit
+from engine.diameter.peer import Charge, Connection
 from engine.diameter.reauth import ReAuth
 from engine.diameter.settings import Settings
 from engine.store import Store
@@ -31,11 +31,12 @@ class DiameterNode:
         self.reauth: ReAuth | None = None
         self._reauth_task: asyncio.Task[None] | None = None
 
-    async def start(self, submit: Submit, store: Store | None = None,
+    async def start(self, charge: Charge, store: Store | None = None,
                     clock: Callable[[], int] | None = None) -> DiameterNode:
-        """Listens; CCRs go to `submit` (Engine.submit). With `store` (and its `clock`, Unix
-        ms), sessions refused for credit get a RAR when their account gets credit again."""
-        self.submit = submit
+        """Listens; CCRs go to `charge` (Engine.charge, as for any front holding request
+        messages: the same batches as gRPC). With `store` (and its `clock`, Unix ms), sessions
+        refused for credit get a RAR when their account gets credit again."""
+        self.charge = charge
         if store is not None and clock is not None:
             self.reauth = ReAuth(store, clock)
             self._reauth_task = asyncio.create_task(self.reauth.run())
@@ -53,7 +54,7 @@ class DiameterNode:
         return self._end_to_end
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(reader, writer, self.settings, self.submit, self.origin_state,
+        conn = Connection(reader, writer, self.settings, self.charge, self.origin_state,
                           self._next_end_to_end, self.reauth)
         task = asyncio.current_task()
         assert task is not None

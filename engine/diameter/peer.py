@@ -9,8 +9,7 @@ import enum
 import logging
 import random
 import ssl
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
 
 from engine import metrics
 from engine.diameter import avps as A
@@ -45,9 +44,8 @@ REFUSALS = frozenset({4010, 4012})
 """END_USER_SERVICE_DENIED, CREDIT_LIMIT_REACHED: a session refused these waits for a RAR."""
 
 
-class Submit(Protocol):
-    def __call__(self, msgs: list[pb.ChargeRequest], source: object = None
-                 ) -> asyncio.Future[list[pb.ChargeAnswer]]: ...
+Charge = Callable[[list[pb.ChargeRequest]], Awaitable[list[pb.ChargeAnswer]]]
+"""Engine.charge: the engine's entry for fronts that hold request messages."""
 
 
 class State(enum.Enum):
@@ -64,11 +62,12 @@ class Connection:
     """RFC 6733 §5.6 responder side; Tollgate never connects out."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 settings: Settings, submit: Submit, origin_state: int,
+                 settings: Settings, charge: Charge, origin_state: int,
                  next_end_to_end: Callable[[], int], reauth: ReAuth | None = None) -> None:
         self.reader, self.writer = reader, writer
         self.settings = settings
-        self.submit = submit
+        self.charge = charge
+        self._charging: set[asyncio.Task[list[pb.ChargeAnswer]]] = set()
         self.origin_state = origin_state
         self.next_end_to_end = next_end_to_end
         self.reauth = reauth
@@ -254,26 +253,27 @@ class Connection:
             self._send(error_answer(msg, e, self.identity))
             return
         await self.window.take(1)
-        try:
-            future = self.submit([request], self)
-        except Overloaded as e:
-            self.window.give(1)
-            self._send(error_answer(msg, DiameterError(Result.TOO_BUSY, str(e)), self.identity))
-            return
-        future.add_done_callback(lambda f: self._answered(msg, request, f))
+        task = asyncio.ensure_future(self.charge([request]))
+        self._charging.add(task)
+        task.add_done_callback(lambda t: self._answered(msg, request, t))
 
     def _answered(self, ccr: Message, request: pb.ChargeRequest,
-                  future: asyncio.Future[list[pb.ChargeAnswer]]) -> None:
+                  task: asyncio.Task[list[pb.ChargeAnswer]]) -> None:
+        self._charging.discard(task)
         self.window.give(1)
-        if future.cancelled() or future.exception() is not None:
-            log.error("diameter request failed", exc_info=None if future.cancelled()
-                      else future.exception(), extra=self._who())
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, Overloaded):  # the engine's queue is full: try another server
+            self._send(error_answer(ccr, DiameterError(Result.TOO_BUSY, str(error)),
+                                    self.identity))
+            return
+        if task.cancelled() or error is not None:
+            log.error("diameter request failed", exc_info=error, extra=self._who())
             answer = pb.ChargeAnswer(session_id=request.session_id,
                                      request_number=request.request_number,
                                      result=int(Result.UNABLE_TO_COMPLY),
                                      error_message="internal error, retry")
         else:
-            answer = future.result()[0]
+            answer = task.result()[0]
         metrics.count([request], [answer])
         self._send(cca(ccr, answer, self.identity))
         if self.reauth is not None and request.type != pb.EVENT:
