@@ -135,6 +135,18 @@ class Config:
     group has acknowledged them: one that falls behind is warned about
     (tollgate_usage_unacked_past_retention), never trimmed past."""
 
+    http_listen: str = ""
+    """Address (host:port) of the web pages: the operator's dashboard, customer care's
+    subscriber view and the subscribers' self-service links (engine/web); empty = off. Uses
+    tls_cert / tls_key when they are set; operators log in with a token of tokens_file."""
+    http_census_s: float = 300.0
+    """How often the web server counts the base by lifecycle state (a background SCAN of the
+    subscribers, one server at a time; never on a page load)."""
+    self_link_days: int = 14
+    """How long a subscriber's self-service link stays valid."""
+    dashboard_interval_s: float = 1.0
+    """How often each process adds its counters to the dashboard's series in Redis (0 = never;
+    the dashboard then shows nothing of this process)."""
     diameter_listen: str = ""
     """Diameter Gy address to bind (host:port, usually port 3868; port 0 picks a free one);
     empty = no Diameter front (`tollgate serve --diameter HOST:PORT`)."""

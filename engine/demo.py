@@ -4,8 +4,10 @@ the lifecycle runs in-process and the notifications a local webhook receives are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -155,20 +157,38 @@ def _eur(micros: int) -> str:
 
 
 async def run_demo(config: Config, sessions: int = 300, subscribers: int = 5,
-                   seed: int = 7) -> str:
+                   seed: int = 7, keep: bool = False) -> str:
+    """keep: after the table, the server (and its web pages) runs on until Ctrl-C."""
     hook = WebhookReceiver()
     try:
         async with Tollgate(config) as app:
             url = app.redis.url if app.redis is not None else config.redis_url
+            if app.web is not None:
+                print(f"Web pages: {app.web.url}/dashboard (operator dashboard), "
+                      f"{app.web.url}/care (subscribers)", flush=True)
             settings = parse_settings({"webhook": {"url": hook.url}, "rules": DEMO_RULES,
                                        "poll_s": 0.05, "metrics_port": 0,
                                        "group": f"demo-{random.randrange(1 << 30)}"})
             async with Lifecycle(config.replace(redis_url=url), settings):
                 summary = await _drive(app, sessions, subscribers, seed)
                 await _show_notifications(hook)
+                if keep:
+                    await _stay(app)
                 return summary
     finally:
         hook.stop()
+
+
+async def _stay(app: Tollgate) -> None:
+    """Runs on until SIGINT / SIGTERM, so the web pages can be looked at."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    where = f" at {app.web.url}/dashboard" if app.web is not None else ""
+    print(f"\nStill running{where}; Ctrl-C ends the demo.", flush=True)
+    await stop.wait()
 
 
 async def _show_notifications(hook: WebhookReceiver) -> None:
@@ -241,4 +261,5 @@ def demo_config(config: Config) -> Config:
     if not config.redis_url and config.data_dir == Config().data_dir:
         config = config.replace(data_dir=tempfile.mkdtemp(prefix="tollgate-demo-"))
     return config.replace(listen=config.listen if config.listen != Config().listen
-                          else "127.0.0.1:0")
+                          else "127.0.0.1:0",
+                          http_listen=config.http_listen or "127.0.0.1:0")

@@ -104,12 +104,15 @@ class AccountState:
     exhausted_flag: int = 0
     cycle_units: dict[int, int] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
+    _bucket_at: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def bucket_index(self, bucket_id: str) -> int:
-        for k, b in enumerate(self.buckets):
-            if b.bucket_id == bucket_id:
-                return k
-        raise KeyError(bucket_id)
+        """A bucket's position in `buckets` (KeyError if it has none). Looked up for every
+        reservation a batch gives back: an account with many add-ons must not make it a
+        scan. The list never changes after the account is read."""
+        if len(self._bucket_at) != len(self.buckets):
+            self._bucket_at = {b.bucket_id: k for k, b in enumerate(self.buckets)}
+        return self._bucket_at[bucket_id]
 
 
 def _s(v: bytes) -> str:

@@ -9,6 +9,7 @@ import enum
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 from engine import metrics
@@ -237,6 +238,7 @@ class Connection:
                      extra=self._who())
 
     async def _on_ccr(self, msg: Message) -> None:
+        started = time.perf_counter()
         if msg.app_id != A.CREDIT_CONTROL_APP:
             self._send(error_answer(msg, DiameterError(
                 Result.APPLICATION_UNSUPPORTED,
@@ -255,9 +257,9 @@ class Connection:
         await self.window.take(1)
         task = asyncio.ensure_future(self.charge([request]))
         self._charging.add(task)
-        task.add_done_callback(lambda t: self._answered(msg, request, t))
+        task.add_done_callback(lambda t: self._answered(msg, request, started, t))
 
-    def _answered(self, ccr: Message, request: pb.ChargeRequest,
+    def _answered(self, ccr: Message, request: pb.ChargeRequest, started: float,
                   task: asyncio.Task[list[pb.ChargeAnswer]]) -> None:
         self._charging.discard(task)
         self.window.give(1)
@@ -274,7 +276,7 @@ class Connection:
                                      error_message="internal error, retry")
         else:
             answer = task.result()[0]
-        metrics.count([request], [answer])
+        metrics.count([request.type], [answer.result], started)
         self._send(cca(ccr, answer, self.identity))
         if self.reauth is not None and request.type != pb.EVENT:
             self._note_refusal(request, answer)

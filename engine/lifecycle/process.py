@@ -28,6 +28,7 @@ from engine.lifecycle.settings import Settings
 from engine.lifecycle.states import States, stream_order
 from engine.metrics import serve_metrics
 from engine.store import Store
+from engine.web import series
 from tollgate.v1 import billing_pb2, events_pb2, usage_pb2
 
 log = logging.getLogger("tollgate.lifecycle")
@@ -63,6 +64,7 @@ class Lifecycle:
         self.campaigns = Campaigns(self.notifier, settings.campaigns)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._exits = contextlib.AsyncExitStack()
 
     async def start(self) -> Lifecycle:
         await self.store.init()
@@ -81,6 +83,9 @@ class Lifecycle:
             loops.append(lambda: self._every(self.settings.campaign_interval_s,
                                              self.run_campaigns))
         self._tasks = [asyncio.create_task(loop()) for loop in loops]
+        if self.config.dashboard_interval_s > 0:
+            await self._exits.enter_async_context(
+                series.shared(self.store.redis, self.config.dashboard_interval_s))
         log.info("lifecycle running", extra={"group": self.settings.group,
                                              "consumer": self.settings.consumer})
         return self
@@ -96,6 +101,7 @@ class Lifecycle:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.channels.close()
+        await self._exits.aclose()
         await self.store.close()
 
     async def __aenter__(self) -> Lifecycle:
@@ -217,6 +223,7 @@ class Lifecycle:
         first: dict[str, str] = {}
         for record_id, data in batch:
             r = usage_pb2.RatedUsage.FromString(data)
+            _count_record(r)
             if r.kind == usage_pb2.USAGE and r.subscriber_id:
                 t = max(r.end_time_ms, last.get(r.subscriber_id, ("", 0))[1])
                 last[r.subscriber_id] = (r.account_id, t)
@@ -288,6 +295,15 @@ class Lifecycle:
             await self.campaigns.run(self.clock())
         return 0  # one pass per interval, however much it found
 
+
+
+def _count_record(r: usage_pb2.RatedUsage) -> None:
+    """Feeds the dashboard's money and top-up counters (engine/web/series.py)."""
+    kind = usage_pb2.RecordKind.Name(r.kind).lower() if r.kind in usage_pb2.RecordKind.values() \
+        else str(r.kind)
+    metrics.RECORDS.labels(kind).inc()
+    if r.money_micros:
+        metrics.MONEY.labels(kind).inc(abs(r.money_micros))
 
 
 async def run_lifecycle(config: Config, settings: Settings) -> None:
