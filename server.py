@@ -26,6 +26,7 @@ from engine.batch import Answers
 from engine.billing import BILLING, Billing, BillingServicer
 from engine.charging import Engine, wall_clock_ms
 from engine.config import Config
+from engine.diameter.node import DiameterNode
 from engine.errors import (
     AlreadyExists,
     ConfigError,
@@ -161,7 +162,7 @@ class ChargingServicer:
 
         def submit() -> Answers:
             return self.engine.submit(request, self.engine.parse(request))
-        return wire.batch_answer(await _answered(context, submit, started))
+        return wire.field_1(await _answered(context, submit, started))
 
     async def ChargeStream(self, request_iterator: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -200,7 +201,7 @@ class ChargingServicer:
                     call, held, started = item
                     answers = await call.future
                     metrics.count(call.types, call.results, started)
-                    yield wire.batch_answer(answers)
+                    yield wire.field_1(answers)
                     window.give(held)
             await task  # an unexpected error of the reader ends the call (INTERNAL)
         finally:
@@ -299,6 +300,7 @@ class Tollgate:
     billing: Billing | None = None
     trimmer: asyncio.Task[None] | None = None
     metrics_server: WSGIServer | None = None
+    diameter: DiameterNode | None = None
     web: WebServer | None = None
     """The web pages (http_listen)."""
     _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -313,6 +315,8 @@ class Tollgate:
     async def start(self) -> Tollgate:
         for warning in security.exposure_warnings(self.config):
             log.warning(warning)
+        # A Diameter setting that is wrong stops the start before anything runs.
+        diameter = DiameterNode(self.config) if self.config.diameter_listen else None
         # First: a metrics port that cannot be bound stops the start before anything runs.
         self.metrics_server = metrics.serve_metrics(self.config.metrics_port,
                                                     self.config.metrics_bind_host)
@@ -356,6 +360,8 @@ class Tollgate:
                 series.shared(self.store.redis, self.config.dashboard_interval_s))
         if self.config.http_listen:
             self.web = await WebServer(self.config, self.store, provisioner).start()
+        if diameter is not None:
+            self.diameter = await diameter.start(engine.charge, engine.store, engine.clock)
         tune_gc(self.config.gc_threshold)
         log.info("tollgate serving", extra={"address": self.address})
         return self
@@ -373,6 +379,8 @@ class Tollgate:
                     await task
         if self.billing is not None:
             self.billing.close()  # open billing streams end instead of holding the grace period
+        if self.diameter is not None:
+            await self.diameter.stop()  # its answers in flight need the engine still running
         if self.server is not None:
             grace = self.config.shutdown_grace_s
             stopping = asyncio.gather(*(s.stop(grace)

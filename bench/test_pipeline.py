@@ -94,7 +94,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms)
         res = kb.run(engine.rates)
         outcome = build_outcome(batch, kb, res, engine.rates, timing, {})
-        return wire.batch_answer(list(outcome.answers.values()))
+        return wire.field_1(list(outcome.answers.values()))
 
     benchmark.extra_info["requests"] = size
     blob = benchmark(steps)

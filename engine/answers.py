@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from engine import wire
 from engine.batch import KernelBatch, KernelResult, Pending
-from engine.domain import FinalUnit, ResultCode, UnitType
+from engine.domain import FinalUnit, UnitType
 from engine.kernels.charge import (
     I_ACCT,
     I_RATE,
     I_REQ,
+    I_RG,
     I_WANT,
     O_CHARGED,
     O_FINAL,
@@ -18,6 +20,7 @@ from engine.kernels.charge import (
     O_RESULT,
     O_VALIDITY,
     R_UNIT,
+    SUCCESS,
     WANT_GRANT,
     WANT_NONE,
 )
@@ -26,67 +29,87 @@ from engine.plans import RateTable
 UNIT_FIELD_NUMBER = np.array([0, 1, 4, 5], np.int64)
 """By UnitType, the Units field that carries a grant: total_octets, time_seconds,
 service_units."""
+UNIT_OCTETS, UNIT_SECONDS = int(UnitType.OCTETS), int(UnitType.SECONDS)
+NO_STRINGS = wire.Strings.of([])
 
 
 def encode(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable
            ) -> list[bytes]:
     """Each request's answer (SUCCESS, its grants in item order but for the releases a
     TERMINATION did not mention, what it was charged), in batch order."""
-    items, out = res.items, res.outputs
-    shown = np.array([not ref.internal for ref in kb.refs], dtype=bool)
-    rate = items[I_RATE]
-    result, granted, want = out[O_RESULT], out[O_GRANTED], items[I_WANT]
-    priced = rate >= 0
-    row = np.where(priced, rate, 0) if rates.rates else np.zeros_like(rate)
-    unit = rates.arrays()[0][R_UNIT][row] if rates.rates else np.zeros_like(rate)
-    terms = rates.grant_terms()[:, row] if rates.rates else np.zeros((2, len(rate)), np.int64)
-    given = (result == ResultCode.SUCCESS) & (want != WANT_NONE) & priced
-    quota = given & (want == WANT_GRANT)
-    threshold = granted * terms[1] // 100
     finals, filters, strings, final_of_account = _finals(kb)
-    grants = np.stack((
-        np.array([ref.rating_group for ref in kb.refs], np.int64).reshape(-1),
-        np.array([ref.service_id for ref in kb.refs], np.int64).reshape(-1),
-        result,
-        np.where(given, UNIT_FIELD_NUMBER[unit], 0),
-        np.where(given, granted, 0),
-        np.where(quota, out[O_VALIDITY], 0),
-        np.where(quota, terms[0], 0),
-        np.where(quota & (unit == UnitType.OCTETS), threshold, 0),
-        np.where(quota & (unit == UnitType.SECONDS), threshold, 0),
-        np.where(quota & (out[O_FINAL] != 0), final_of_account[items[I_ACCT]], -1),
-    )).reshape(wire.G_ROWS, -1)[:, shown]
-    n = len(batch)
-    request = items[I_REQ]
-    per_request = np.bincount(request[shown], minlength=n)
-    grants_hi = np.cumsum(per_request)
-    answers = np.empty((wire.A_ROWS, n), np.int64)
     sessions = [p.request.session_id.encode() for p in batch]
+    shown = np.array([not ref.internal for ref in kb.refs], np.int64)
+    service = np.array([ref.service_id for ref in kb.refs], np.int64)
+    numbers = np.array([p.request.request_number for p in batch], np.int64)
     lengths = np.array([len(s) for s in sessions], np.int64)
-    answers[wire.A_SESSION_LEN] = lengths
-    answers[wire.A_SESSION_OFF] = np.cumsum(lengths) - lengths
-    answers[wire.A_NUMBER] = [p.request.request_number for p in batch]
-    answers[wire.A_RESULT] = ResultCode.SUCCESS
-    answers[wire.A_GRANTS_LO] = grants_hi - per_request
-    answers[wire.A_GRANTS_HI] = grants_hi
-    answers[wire.A_ERROR] = -1
-    answers[wire.A_CHARGED] = _charged(request, np.where(shown, out[O_CHARGED], 0), n)
+    unit = rates.arrays()[0][R_UNIT] if rates.rates else np.zeros(0, np.int64)
+    answers, grants = tables_kernel(res.items, res.outputs, shown, service, numbers, lengths,
+                                    unit, rates.grant_terms(), final_of_account)
     src = np.frombuffer(bytearray(b"".join(sessions)), np.uint8)  # writable, as warmed up
     encoded, spans = wire.encode_answers(src, answers, grants, strings, finals, filters)
     data = encoded.tobytes()
     return [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
 
 
-def _charged(request: np.ndarray, charged: np.ndarray, n: int) -> np.ndarray:
-    """Money charged per request: summed within each request's items (consecutive), never
-    across requests, so int64 holds every sum a request may have."""
-    count = np.bincount(request, minlength=n)
-    total = np.zeros(n, np.int64)
-    some = count > 0
-    if some.any():
-        starts = (np.cumsum(count) - count)[some]
-        total[some] = np.add.reduceat(charged, starts)
-    return total
+@njit(cache=True, nogil=True)
+def tables_kernel(items: np.ndarray, outputs: np.ndarray, shown: np.ndarray,
+                  service: np.ndarray, numbers: np.ndarray, lengths: np.ndarray,
+                  unit_of_rate: np.ndarray, terms: np.ndarray, final_of_account: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The wire codec's answers and grants tables (wire.A_*, wire.G_*) from the kernel's
+    items and outputs: a grant per item `shown`, in item order (items of a request are
+    consecutive); a request's charged money summed over its shown items. `lengths`: each
+    request's session id length (the ids lie end to end in the source buffer)."""
+    n = numbers.shape[0]
+    answers = np.zeros((wire.A_ROWS, n), np.int64)
+    grants = np.zeros((wire.G_ROWS, int(shown.sum())), np.int64)
+    off = 0
+    for r in range(n):
+        answers[wire.A_SESSION_OFF, r] = off
+        answers[wire.A_SESSION_LEN, r] = lengths[r]
+        answers[wire.A_NUMBER, r] = numbers[r]
+        answers[wire.A_RESULT, r] = SUCCESS
+        answers[wire.A_ERROR, r] = -1
+        off += lengths[r]
+    g = 0
+    for i in range(items.shape[1]):
+        r = items[I_REQ, i]
+        if not shown[i]:
+            continue
+        if answers[wire.A_GRANTS_HI, r] == 0:
+            answers[wire.A_GRANTS_LO, r] = g
+        answers[wire.A_GRANTS_HI, r] = g + 1
+        answers[wire.A_CHARGED, r] += outputs[O_CHARGED, i]
+        result, want, rate = outputs[O_RESULT, i], items[I_WANT, i], items[I_RATE, i]
+        grants[wire.G_RATING_GROUP, g] = items[I_RG, i]
+        grants[wire.G_SERVICE_ID, g] = service[i]
+        grants[wire.G_RESULT, g] = result
+        grants[wire.G_FINAL, g] = -1
+        if result == SUCCESS and want != WANT_NONE and rate >= 0:
+            unit, granted = unit_of_rate[rate], outputs[O_GRANTED, i]
+            grants[wire.G_UNIT, g] = UNIT_FIELD_NUMBER[unit]
+            grants[wire.G_AMOUNT, g] = granted
+            if want == WANT_GRANT:
+                grants[wire.G_VALIDITY, g] = outputs[O_VALIDITY, i]
+                grants[wire.G_HOLDING, g] = terms[0, rate]
+                threshold = granted * terms[1, rate] // 100
+                if unit == UNIT_OCTETS:
+                    grants[wire.G_VOLUME_THRESHOLD, g] = threshold
+                elif unit == UNIT_SECONDS:
+                    grants[wire.G_TIME_THRESHOLD, g] = threshold
+                if outputs[O_FINAL, i]:
+                    grants[wire.G_FINAL, g] = final_of_account[items[I_ACCT, i]]
+        g += 1
+    # A request without grants keeps the empty range 0..0 (the encoder writes none).
+    return answers, grants
+
+
+def warm_up() -> None:
+    """Loads (or compiles) the tables kernel for the arrays the engine passes."""
+    empty = np.zeros(0, np.int64)
+    tables_kernel(np.zeros((I_REQ + 1, 0), np.int64), np.zeros((O_CHARGED + 1, 0), np.int64),
+                  empty, empty, empty, empty, empty, np.zeros((2, 0), np.int64), empty)
 
 
 def _finals(kb: KernelBatch) -> tuple[np.ndarray, np.ndarray, wire.Strings, np.ndarray]:
@@ -106,6 +129,8 @@ def _finals(kb: KernelBatch) -> tuple[np.ndarray, np.ndarray, wire.Strings, np.n
             f = seen[id(final)] = len(columns)
             columns.append(_final_column(final, filters, strings))
         of_account[a] = f
+    if not columns:  # the usual batch: no plan of it has final units
+        return wire.NO_FINALS, wire.NO_FILTERS, NO_STRINGS, of_account
     table = np.array(columns, np.int64).reshape(-1, wire.F_ROWS).T.copy()
     return table, np.array(filters, np.int64), wire.Strings.of(strings), of_account
 

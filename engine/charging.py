@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from engine import metrics, usage_wire, wire
+from engine import answers, metrics, usage_wire, wire
 from engine.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher, Prepared
 from engine.config import Config
@@ -128,6 +128,7 @@ class Engine:
         assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
         wire.warm_up()
         usage_wire.warm_up()
+        answers.warm_up()
 
     def _forget_subscriber(self, subscriber_id: str | None) -> None:
         self._subscriber_changes += 1

@@ -29,6 +29,7 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, listen=args.listen, redis_url=args.redis_url,
                        data_dir=args.data_dir, log_format=args.log_format,
                        log_level=args.log_level, workers=getattr(args, "workers", None),
+                       diameter_listen=getattr(args, "diameter", None),
                        http_listen=getattr(args, "http_listen", None))
 
 
@@ -47,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, metavar="N",
                        help="N server processes on the one port (SO_REUSEPORT), restarted by "
                             "a supervisor when one dies (default 1)")
+    serve.add_argument("--diameter", metavar="HOST:PORT",
+                       help="also serve Diameter Gy credit control here (usually port 3868; "
+                            "needs diameter_peers in the configuration)")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     demo = sub.add_parser("demo", help="start everything, drive sample sessions, print a table")
     _common(demo)
@@ -352,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready(app: object) -> None:
             print(f"tollgate serving on {getattr(app, 'address', '?')}", flush=True)
+            diameter = getattr(app, "diameter", None)
+            if diameter is not None:
+                print(f"diameter on {diameter.settings.host}:{diameter.port}", flush=True)
 
         try:
             asyncio.run(serve(config, ready))

@@ -150,6 +150,32 @@ class Config:
     dashboard_interval_s: float = 1.0
     """How often each process adds its counters to the dashboard's series in Redis (0 = never;
     the dashboard then shows nothing of this process)."""
+    diameter_listen: str = ""
+    """Diameter Gy address to bind (host:port, usually port 3868; port 0 picks a free one);
+    empty = no Diameter front (`tollgate serve --diameter HOST:PORT`)."""
+    diameter_origin_host: str = ""
+    """Tollgate's Origin-Host (DiameterIdentity); empty = the machine's fully qualified name."""
+    diameter_origin_realm: str = ""
+    """Tollgate's Origin-Realm; empty = the Origin-Host less its first label."""
+    diameter_peers: tuple[str, ...] = ()
+    """Gateways allowed to connect: each an Origin-Host, or ORIGIN-HOST@ADDRESS to accept it
+    only from that source address (repeat the host for several); "*" = any peer. A string is
+    split at commas. Required when diameter_listen is set."""
+    diameter_subscription_id_type: str = "e164"
+    """Which Subscription-Id of a CCR is the Tollgate subscriber id, as sent: e164, imsi,
+    sip_uri, nai or private."""
+    diameter_zones: tuple[str, ...] = ()
+    """Rating zone by the serving network's 3GPP-SGSN-MCC-MNC (in Service-Information /
+    PS-Information or at the top of a CCR): entries MCCMNC=ZONE, MCC=ZONE (any network of
+    that country) or *=ZONE (any other); the longest match wins, ZONE may be empty (home).
+    No match, or no such AVP: the home zone."""
+    diameter_tls: bool = False
+    """The Diameter port speaks TLS only (RFC 6733 TLS/TCP, usually port 5658), with the
+    certificate settings of gRPC: tls_cert, tls_key, and tls_client_ca to require gateways'
+    certificates."""
+    diameter_watchdog_s: float = 30.0
+    """Tw (RFC 3539): a connection silent this long gets a DWR, and is closed when still
+    silent as long again; also how long a new connection may take to send its CER."""
 
     @property
     def metrics_bind_host(self) -> str:
@@ -163,6 +189,9 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
     try:
         if kind is bool and isinstance(value, str):
             return value.lower() in ("1", "true", "yes", "on")
+        if kind is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(v).strip() for v in items if str(v).strip())
         return kind(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"setting {name!r}: cannot use {value!r} as {kind.__name__}") from e

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import Gauge
+
 from engine import metrics
 
 
@@ -13,9 +15,10 @@ class Window:
     window is full: the client's sends then wait on gRPC flow control, instead of answers
     piling up in the server for a client that does not read them."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gauge: Gauge = metrics.STREAM_IN_FLIGHT) -> None:
         self.limit = limit
         self.used = 0
+        self.gauge = gauge  # what this window's requests count in
         self._room = asyncio.Event()
 
     async def take(self, n: int) -> None:
@@ -24,11 +27,11 @@ class Window:
             self._room.clear()
             await self._room.wait()
         self.used += n
-        metrics.STREAM_IN_FLIGHT.inc(n)
+        self.gauge.inc(n)
 
     def give(self, n: int) -> None:
         self.used -= n
-        metrics.STREAM_IN_FLIGHT.dec(n)
+        self.gauge.dec(n)
         self._room.set()
 
     def close(self) -> None:

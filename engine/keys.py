@@ -33,11 +33,19 @@ def account_subscribers(p: int, account_id: str) -> str:
 
 
 def usage_stream(p: int) -> str:
+    """Rated usage records: an entry holds one (`r`) or a block of them (`n`, `b`), see
+    engine/record_block.py."""
     return f"tg:{{p{p}}}:usage"
 
 
 def events_stream(p: int) -> str:
     return f"tg:{{p{p}}}:events"
+
+
+def acked(stream: str, group: str) -> str:
+    """Hash of a consumer group's acknowledged records of blocks not yet acknowledged whole:
+    entry id -> '1' at each record's index (engine/billing.py; the stream's slot)."""
+    return f"{stream}:acked:{group}"
 
 
 def open_sessions(p: int) -> str:

@@ -50,6 +50,10 @@ QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
 STREAM_IN_FLIGHT = Gauge("tollgate_stream_requests_in_flight",
                          "ChargeStream requests submitted whose answers gRPC has not taken yet "
                          "(each stream at most stream_max_in_flight)")
+DIAMETER_IN_FLIGHT = Gauge("tollgate_diameter_requests_in_flight",
+                           "CCRs handed to the engine whose CCA is not written yet (each "
+                           "Diameter connection at most stream_max_in_flight)")
+DIAMETER_PEERS = Gauge("tollgate_diameter_peers", "Diameter connections past CER/CEA")
 REDIRECTS = Counter("tollgate_partitions_resent",
                     "Partition applies sent again: MOVED/ASK/TRYAGAIN while slots move, or a "
                     "node lost to a failover (Redis Cluster)")

@@ -19,7 +19,6 @@ from engine.batch import (
     KernelResult,
     Pending,
 )
-from engine.decode import Request
 from engine.domain import (
     MONEY_SOURCE,
     Bucket,
@@ -31,13 +30,8 @@ from engine.domain import (
 from engine.domain import Reservation as Res
 from engine.kernels.charge import INVALID_AVP_VALUE, WANT_GRANT
 from engine.plans import RateTable
-from engine.state import (
-    NOTHING_RATED,
-    AccountState,
-    Rated,
-    SessionState,
-    reservation_value,
-)
+from engine.session_blob import pack_session
+from engine.state import NOTHING_RATED, AccountState, Rated, SessionState
 from engine.store import AccountWrite, SessionWrite
 from engine.usage_wire import RecordTable
 from tollgate.v1 import events_pb2, usage_pb2
@@ -97,7 +91,6 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatc
     live = old if old is not None and not old.is_event else None
     held = dict(live.reservations) if live else {}
     rated = dict(live.rated) if live else {}
-    rated_now: dict[int, Rated] = {}  # what this request moved
     cost = live.cost if live else 0
     longest = 0
     for i in kb.items_of[id(p)]:
@@ -107,7 +100,7 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatc
         if now == NOTHING_RATED:
             now = before  # not billed: the session's state is unchanged
         elif now != before:
-            rated[ref.rating_group] = rated_now[ref.rating_group] = now
+            rated[ref.rating_group] = now
         cost += res.charged[i]
         granted = res.granted[i]
         # The kernel gave back the old reservation of every item (a grant is the new one),
@@ -143,18 +136,12 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatc
                        cost, p.account_id)
     out.answers[id(p)] = blob
     out.sessions[id(p)] = new
-    deleted = ([f"r:{rg}" for rg in old.reservations if rg not in held]
-               if old is not None else [])
-    deleted += [f"a:{n}" for n in dropped]
     # A continuing session's zset score stays at or before its expiry, which only grows as
     # requests come: the score is set again only when the expiry shrank or is unknown
     # (written before `exp` was kept, or swept), saving Redis a ZADD per request.
     rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
-    w.sessions.append(SessionWrite(
-        req.session_id, ended,
-        session_fields(new, req, p.account_id, blob, old is None, rated_now,
-                       cost != (live.cost if live else 0)),
-        deleted, expiry, created=old is None, rescore=rescore))
+    w.sessions.append(SessionWrite(req.session_id, ended, pack_session(new), expiry,
+                                   created=old is None, rescore=rescore))
 
 
 ACCOUNT_FIELDS = ("money", "mres", "spent", "capn", "lown", "exhn")
@@ -225,30 +212,6 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         session_id=p.request.session_id, bucket_id=bucket, rating_group=item.rating_group,
         threshold_percent=level, value=value, limit=limit, time_ms=p.request.time_ms,
         cycle_start_ms=acct.cycle_start).SerializeToString()
-
-
-def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes,
-                   new: bool, rated: dict[int, Rated], cost_moved: bool
-                   ) -> list[bytes | str | int]:
-    """The session hash's fields as the apply takes them: field, value, ... A session's
-    subscriber and account are written when it is new (they never change); of an open
-    session's cumulative pricing state, the rating groups `rated` this request moved and the
-    session's cost if it moved (an ended session is never priced again)."""
-    st = "event" if s.is_event else ("ended" if s.ended else "open")
-    fields: list[bytes | str | int] = [
-        "rn", s.last_rn, "st", st, "t", s.last_time_ms, f"a:{req.request_number}", answer]
-    if new:
-        fields += ("sub", req.subscriber_id, "acct", account_id)
-    if not s.ended:
-        fields += ("exp", s.expiry_ms)
-    for rg, r in s.reservations.items():
-        fields += (f"r:{rg}", reservation_value(r))
-    if not s.ended:
-        for rg, so_far in rated.items():
-            fields += (f"c:{rg}", so_far.value())
-        if cost_moved:
-            fields += ("mc", s.cost)
-    return fields
 
 
 def usage_record(table: RecordTable, p: Pending, ref: ItemRef, plan: Plan | None,

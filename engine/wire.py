@@ -798,7 +798,7 @@ def encode_answers(src: np.ndarray, answers: np.ndarray, grants: np.ndarray,
 
 
 def _length_prefix(n: int) -> bytes:
-    out = bytearray(b"\x0a")  # ChargeBatchAnswer.answers: field 1, length-delimited
+    out = bytearray(b"\x0a")  # field 1, length-delimited
     while n > 0x7F:
         out.append(n & 0x7F | 0x80)
         n >>= 7
@@ -807,14 +807,14 @@ def _length_prefix(n: int) -> bytes:
 
 
 PREFIXES = tuple(_length_prefix(n) for n in range(1 << 14))
-"""The tag and length of an answer up to 16 KiB (all but a few), made once."""
+"""The tag and length of a part up to 16 KiB (all but a few), made once."""
 
 
-def batch_answer(answers: Sequence[bytes]) -> bytes:
-    """A ChargeBatchAnswer's bytes from its answers' bytes: each answer as field 1, as upb
-    writes it."""
+def field_1(parts: Sequence[bytes]) -> bytes:
+    """Messages' bytes as the repeated field 1 of another, as upb writes it: a
+    ChargeBatchAnswer from its answers, a UsageBatch (block of records) from its records."""
     return b"".join([PREFIXES[len(a)] + a if len(a) < 1 << 14 else _length_prefix(len(a)) + a
-                     for a in answers])
+                     for a in parts])
 
 
 def warm_up() -> None:
