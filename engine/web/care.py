@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from engine import keys
+from engine import keys, record_block
 from engine.domain import SubscriberState, UnitType
 from engine.errors import InvalidArgument, NotFound
 from engine.lifecycle import signals
@@ -70,7 +70,9 @@ class Care:
         pipe.xrevrange(keys.usage_stream(p), count=LOOK_BACK)
         pipe.xrevrange(keys.events_stream(p), count=LOOK_BACK)
         usage, events = await pipe.execute()
-        records = [r for r in (usage_pb2.RatedUsage.FromString(f[b"r"]) for _, f in usage)
+        # An entry is one record or a block of them (engine/record_block.py), newest first.
+        records = [r for r in (usage_pb2.RatedUsage.FromString(data) for sid, f in usage
+                               for _, data in reversed(record_block.records(sid, f)))
                    if r.account_id == account_id]
         evs = [e for e in (events_pb2.Event.FromString(f[b"e"]) for _, f in events)
                if e.account_id == account_id]
