@@ -144,7 +144,7 @@ class Config:
     segments page's index): a background SCAN of the subscribers, never on a page load, by
     one process at a time: whichever web server (http_listen) or lifecycle process takes the
     interval's lease. 0 keeps this process out (on the charging servers of a big base, so
-    the lifecycle does it). It costs about 0.4 ms of CPU a line (docs/live-view.md)."""
+    the lifecycle does it). It costs about 0.15 ms of CPU a line (docs/live-view.md)."""
     self_link_days: int = 14
     """How long a subscriber's self-service link stays valid."""
     dashboard_interval_s: float = 1.0

@@ -270,3 +270,19 @@ def test_segments_page_builds_a_segment_and_sends_it_an_offer(
     d.find_element(By.CSS_SELECTOR, "input[name=states][value=GRACE]").click()  # type: ignore[attr-defined]
     wait.until(lambda _: shows("8"))
     _shot(d, "segments.png")
+
+    # The subscriber takes the offer, and answers the survey on the message's own link.
+    app.run(gw.provisioning.BuyAddOn, ppb.BuyAddOnRequest(
+        order_id="o1", account_id="acct-1", addon_id="extra-1gb", offer_id=sent[0]["offer_id"]))
+    d.get(sent[0]["text"].rsplit("Your page: ", 1)[1])  # type: ignore[attr-defined]
+    wait.until(lambda _: text("sid") == grace)
+    click("nps-3")
+    wait.until(lambda _: "Thank you" in text("msg"))
+    d.get(f"{url}/dashboard")  # type: ignore[attr-defined]
+    wait.until(lambda _: "winback" in text("campaigns"))
+    row = d.find_element(By.CSS_SELECTOR, "#campaigns tr:nth-child(2)").text  # type: ignore[attr-defined]
+    assert row == "winback 1 1 1 5.00 1 -100"
+    assert "NPS -100 over 1 answers" in text("nps")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    d.find_element(By.ID, "campaign-card").screenshot(  # type: ignore[attr-defined]
+        str(IMAGES / "campaigns.png"))
