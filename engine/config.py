@@ -142,9 +142,9 @@ class Config:
     http_census_s: float = 300.0
     """How often the base is counted by lifecycle state and scored for churn risk (the
     segments page's index): a background SCAN of the subscribers, never on a page load, by
-    one process at a time: whichever web server (http_listen) or lifecycle process takes the
-    interval's lease. 0 keeps this process out (on the charging servers of a big base, so
-    the lifecycle does it). It costs about 0.15 ms of CPU a line (docs/live-view.md)."""
+    one process at a time: whichever web server (http_listen), or lifecycle process with
+    lifecycle.census_s, takes the interval's lease. 0 keeps this server out (on a big base,
+    so a lifecycle process does it). About 0.15 ms of CPU a line (docs/live-view.md)."""
     self_link_days: int = 14
     """How long a subscriber's self-service link stays valid."""
     dashboard_interval_s: float = 1.0

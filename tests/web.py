@@ -51,18 +51,20 @@ class Site:
         return client
 
 
-def web_config(config: Config, tmp_path: Path) -> tuple[Config, str, str]:
+def web_config(config: Config, tmp_path: Path, census_s: float = 0.5
+               ) -> tuple[Config, str, str]:
     tokens = tmp_path / "tokens"
     operator = create_token(tokens, "care-desk", ["operator"])
     gateway = create_token(tokens, "pgw", ["gateway", "operator"])
     return (config.replace(http_listen="127.0.0.1:0", tokens_file=str(tokens),
-                           dashboard_interval_s=0.2, http_census_s=0.5),
+                           dashboard_interval_s=0.2, http_census_s=census_s),
             operator, gateway)
 
 
 @asynccontextmanager
-async def site(config: Config, tmp_path: Path) -> AsyncIterator[Site]:
-    config, operator, gateway = web_config(config, tmp_path)
+async def site(config: Config, tmp_path: Path, census_s: float = 0.5) -> AsyncIterator[Site]:
+    """census_s: the web server's census interval (0: none in the server)."""
+    config, operator, gateway = web_config(config, tmp_path, census_s)
     app = await Tollgate(config).start()
     assert app.web is not None
     channel = grpc.aio.insecure_channel(app.address, interceptors=[Bearer(gateway)])

@@ -89,10 +89,10 @@ class Lifecycle:
             lambda: self._every(self.settings.poll_s, self.send_due),
             lambda: self._every(self.settings.poll_s, self.run_sends),
         ]
-        if self.config.http_census_s > 0:
-            # The census that scores the base may run here, off the charging processes
-            # (whichever process takes the interval's lease does it).
-            loops.append(lambda: run_census(self.store, self.config.http_census_s))
+        if self.settings.census_s > 0:
+            # The census that scores the base, here rather than next to charging (whichever
+            # process takes the interval's lease does it).
+            loops.append(lambda: run_census(self.store, self.settings.census_s))
         if any(c.signal != SEGMENT for c in self.settings.campaigns):
             loops.append(lambda: self._every(self.settings.campaign_interval_s,
                                              self.run_campaigns))

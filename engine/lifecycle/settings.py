@@ -5,7 +5,8 @@
                                 dedup_days, poll_s, lease_s, redeliver_s, batch,
                                 campaign_interval_s, log_kept, metrics_port,
                                 max_event_age_s (older events change states, send nothing),
-                                self_link_url (the web pages' address, for $self_link)
+                                self_link_url (the web pages' address, for $self_link),
+                                census_s (run the base's census here, engine/web/segments.py)
     [lifecycle.webhook]         url, secret, timeout_s
     [lifecycle.email]           host, port, sender, starttls, username, password, timeout_s
     [lifecycle.sms]             url, body, content_type, headers = {name = value}, timeout_s
@@ -147,6 +148,10 @@ class Settings:
     """Events older than this still change states but send no message (0 = no limit)."""
     metrics_port: int = 9465
     """Prometheus /metrics of the lifecycle process (0 = off)."""
+    census_s: float = 0.0
+    """Take part in the census of the base (the segments page's churn-risk index, the base
+    by state) every census_s (0 = never): on a big base, with http_census_s = 0 on the
+    charging servers, it runs here instead of next to charging."""
     self_link_url: str = ""
     """Where the web pages are, as subscribers reach them ("https://care.example.net"):
     $self_link is this followed by /self/<signed link>; without it, the path alone."""
@@ -180,7 +185,7 @@ def parse_settings(t: dict[str, Any]) -> Settings:
                "retry_max_s": float, "dedup_days": int, "poll_s": float, "lease_s": float,
                "redeliver_s": float, "batch": int, "campaign_interval_s": float,
                "log_kept": int, "metrics_port": int, "max_event_age_s": int,
-               "self_link_url": str}
+               "self_link_url": str, "census_s": float}
     for name, kind in scalars.items():
         if name in t:
             out[name] = _scalar(f"lifecycle.{name}", kind, t.pop(name))

@@ -42,8 +42,9 @@ def http() -> Iterator[HttpReceiver]:
 
 @asynccontextmanager
 async def with_lifecycle(config: Config, tmp_path: Path, http: HttpReceiver,
-                         **settings: Any) -> AsyncIterator[tuple[Site, httpx.AsyncClient]]:
-    async with site(config, tmp_path) as s:
+                         server_census_s: float = 0.5, **settings: Any
+                         ) -> AsyncIterator[tuple[Site, httpx.AsyncClient]]:
+    async with site(config, tmp_path, server_census_s) as s:
         table = lifecycle_table(http, campaigns=[WINBACK], self_link_url=s.url, **settings)
         async with Lifecycle(s.app.config, parse_settings(table)):
             client = await s.login()
@@ -189,10 +190,11 @@ async def test_an_offer_sent_to_a_segment_is_sent_once_bought_and_answered(
         assert kept[signals.NPS] == 3 and kept[f"b{signals.week(int(time.time() * 1000))}"] == 1
 
 
-async def test_a_segment_send_waits_for_the_end_of_quiet_hours(
+async def test_a_segment_send_waits_for_the_end_of_quiet_hours_with_the_census_elsewhere(
         config: Config, tmp_path: Path, http: HttpReceiver) -> None:
-    async with with_lifecycle(config, tmp_path, http, quiet_hours="00:00-23:59",
-                              timezone="UTC") as (s, client):
+    # The census runs in the lifecycle process here, none in the web server.
+    async with with_lifecycle(config, tmp_path, http, server_census_s=0, census_s=0.3,
+                              quiet_hours="00:00-23:59", timezone="UTC") as (s, client):
         subs = await _base(s, client)
         await _segment(client, {"states": "GRACE"}, 1)
         r = await client.post("/api/segments/send", json={
