@@ -35,7 +35,7 @@ from engine.errors import (
     NotFound,
     Overloaded,
 )
-from engine.flow import Window
+from engine.flow import Rate, Window
 from engine.lifecycle.service import LIFECYCLE, LifecycleApi
 from engine.logs import mask_secrets
 from engine.provisioning import Provisioner
@@ -170,6 +170,8 @@ class ChargingServicer:
         # answered strictly in order. The reader task never ends the call: it queues why the
         # stream must end, and this handler ends it, after the answers queued before.
         window = Window(self.engine.config.stream_max_in_flight)
+        rate = Rate(self.engine.config.stream_max_rate) if self.engine.config.stream_max_rate \
+            else None
         stall = self.engine.config.stream_stall_s
         loop = asyncio.get_running_loop()
         inflight: asyncio.Queue[tuple[Answers, int, float] | Ending | None] = asyncio.Queue()
@@ -187,6 +189,8 @@ class ChargingServicer:
                     # An empty message counts too: it still holds a future and an answer.
                     held = max(parsed.requests.shape[1], 1)
                     await window.take(held)
+                    if rate is not None:
+                        await rate.take(held)
                     await self.engine.batcher.stream_room()
                     inflight.put_nowait((self.engine.submit(msg, parsed, context), held,
                                          started))

@@ -208,3 +208,21 @@ async def test_unary_calls_are_answered_promptly_while_streams_flood_the_server(
         # The streams' backlog stays what runs well before a deadline (before: their whole
         # windows, 4 x 4096, and calls expired with it: UNABLE_TO_COMPLY).
         assert most_queued <= 3 * batcher.max_batch
+
+
+async def test_a_stream_sends_no_faster_than_stream_max_rate(config):
+    rate, size, messages = 500, 100, 20
+    async with Tollgate(config.replace(stream_max_rate=rate)) as app, \
+            grpc.aio.insecure_channel(app.address) as channel:
+        subs = await Gateway(channel).setup(accounts=4, money=1000 * EUR)
+        call = charging_pb2_grpc.ChargingStub(channel).ChargeStream()
+        started = asyncio.get_running_loop().time()
+        for m in range(messages):
+            await call.write(sms_batch(size, f"m{m}", tuple(subs)))
+        await call.done_writing()
+        answers = [len(a.answers) async for a in call]
+        took = asyncio.get_running_loop().time() - started
+
+        assert answers == [size] * messages
+        # A second's worth at once (and one message into debt), then the rate.
+        assert took >= (messages * size - rate - size) / rate
