@@ -170,8 +170,8 @@ class ChargingServicer:
         # answered strictly in order. The reader task never ends the call: it queues why the
         # stream must end, and this handler ends it, after the answers queued before.
         window = Window(self.engine.config.stream_max_in_flight)
-        rate = Rate(self.engine.config.stream_max_rate) if self.engine.config.stream_max_rate \
-            else None
+        max_rate = self.engine.config.stream_max_rate
+        rate = Rate(max_rate) if max_rate else None
         stall = self.engine.config.stream_stall_s
         loop = asyncio.get_running_loop()
         inflight: asyncio.Queue[tuple[Answers, int, float] | Ending | None] = asyncio.Queue()
