@@ -35,7 +35,7 @@ from engine.errors import (
     NotFound,
     Overloaded,
 )
-from engine.flow import Window
+from engine.flow import Rate, Window
 from engine.lifecycle.service import LIFECYCLE, LifecycleApi
 from engine.logs import mask_secrets
 from engine.provisioning import Provisioner
@@ -170,6 +170,10 @@ class ChargingServicer:
         # answered strictly in order. The reader task never ends the call: it queues why the
         # stream must end, and this handler ends it, after the answers queued before.
         window = Window(self.engine.config.stream_max_in_flight)
+        max_rate = self.engine.config.stream_max_rate
+        rate = Rate(max_rate) if max_rate else None
+        stall = self.engine.config.stream_stall_s
+        loop = asyncio.get_running_loop()
         inflight: asyncio.Queue[tuple[Answers, int, float] | Ending | None] = asyncio.Queue()
 
         async def reader() -> None:
@@ -185,6 +189,9 @@ class ChargingServicer:
                     # An empty message counts too: it still holds a future and an answer.
                     held = max(parsed.requests.shape[1], 1)
                     await window.take(held)
+                    if rate is not None:
+                        await rate.take(held)
+                    await self.engine.batcher.stream_room()
                     inflight.put_nowait((self.engine.submit(msg, parsed, context), held,
                                          started))
             except (InvalidArgument, Overloaded) as e:
@@ -201,8 +208,18 @@ class ChargingServicer:
                     call, held, started = item
                     answers = await call.future
                     metrics.count(call.types, call.results, started)
+                    offered = loop.time()
                     yield wire.field_1(answers)
                     window.give(held)
+                    unread = loop.time() - offered
+                    # Checked only now: while gRPC holds an answer the call cannot be ended (a
+                    # status sent then fails), and its client would see it after that answer.
+                    if stall and unread > stall:
+                        log.warning("stream ended: its client read no answer for %.0f s",
+                                    unread)
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                            f"no answer read for {unread:.0f} s (stream_stall_s {stall:g}): "
+                            "read the answers while sending"))
             await task  # an unexpected error of the reader ends the call (INTERNAL)
         finally:
             task.cancel()

@@ -36,6 +36,12 @@ class Config:
     """Number of partitions; fixed at first start of an installation."""
     max_batch: int = 1024
     """Most requests in one micro-batch."""
+    shared_batch: int = 128
+    """Most requests in one micro-batch while a small caller (at most shared_batch / 8
+    requests waiting: a unary Charge, a small ChargeBatch) waits beside a bulk one (a stream
+    or a ChargeBatch with more): the small caller's latency is a few batches' CPU, so this
+    bounds it under bulk load, at some of the bulk callers' throughput (docs/stream-soak.md).
+    0 = max_batch always."""
     batch_window_ms: float = 1.0
     """How long an idle batcher waits for more requests before flushing."""
     max_queue: int = 100_000
@@ -64,7 +70,18 @@ class Config:
     counts until gRPC takes it, which it does only as the client reads). Past it the stream
     stops reading, so gRPC flow control holds the client back; a message counts at least 1,
     and one larger than this runs alone. Bounds a stream's memory: a client that sends fast
-    and never reads cannot pile up answers."""
+    and never reads cannot pile up answers. Streams together queue at most 2 x max_batch
+    requests for a batch; past that their readers wait too (engine/batcher.py)."""
+    stream_max_rate: float = 0.0
+    """Most requests a second one ChargeStream may send, on average (a second's worth at
+    once); past it the stream stops reading, so gRPC flow control holds the client back.
+    An operator's policy, for a server that bulk streams would otherwise keep saturated
+    (docs/stream-soak.md); 0 = no limit."""
+    stream_stall_s: float = 30.0
+    """A ChargeStream whose client takes none of its answers for this long (its window then
+    fills, and nothing more of it runs) is ended with RESOURCE_EXHAUSTED. HTTP/2 delivers
+    the status after the answers before it: the client sees it when it reads again.
+    0 = never."""
     max_units_per_request: int = 64
     """Most rating groups (MSCC) in one request."""
     max_id_length: int = 256
@@ -224,6 +241,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
             or config.grpc_listeners < 1 or config.stream_max_in_flight < 1):
         raise ConfigError("partitions, max_batch, max_queue, grpc_listeners and "
                           "stream_max_in_flight must be positive")
+    if min(config.stream_stall_s, config.shared_batch, config.stream_max_rate) < 0:
+        raise ConfigError("stream_stall_s, shared_batch and stream_max_rate must be 0 or more")
     if config.usage_retention_days < 0:
         raise ConfigError("usage_retention_days must be 0 or more")
     if config.appendfsync not in ("always", "everysec", "no"):

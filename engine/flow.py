@@ -1,8 +1,10 @@
-"""Flow control of one ChargeStream: how many of its requests may be in flight."""
+"""Flow control of one ChargeStream: how many of its requests may be in flight, and how
+fast it may send them."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from prometheus_client import Gauge
 
@@ -37,3 +39,28 @@ class Window:
     def close(self) -> None:
         """The stream ended: what it still held is no longer in flight."""
         self.give(self.used)
+
+
+class Rate:
+    """A token bucket: a stream's requests at most `per_s` a second on average, and a
+    second's worth at once (stream_max_rate). The reader waits here before it submits, so,
+    as for the window, gRPC flow control holds the client back."""
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = per_s
+        self._tokens = per_s
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.per_s, self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+
+    async def take(self, n: int) -> None:
+        """Waits until the bucket is not in debt, then takes `n` (a message larger than the
+        bucket goes whole, and the next waits for the debt)."""
+        self._refill()
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.per_s)
+            self._refill()
+        self._tokens -= n

@@ -22,6 +22,7 @@ log = logging.getLogger("tollgate.diameter")
 class DiameterNode:
     def __init__(self, config: Config) -> None:
         self.settings = Settings.of(config)  # ConfigError before anything starts
+        self.plan_refresh_s = config.plan_refresh_s
         self.origin_state = int(time.time()) & 0xFFFFFFFF
         # RFC 6733 §3: the high 12 bits from the clock, the low 20 random, then +1 each.
         self._end_to_end = ((self.origin_state & 0xFFF) << 20) | random.getrandbits(20)
@@ -38,7 +39,7 @@ class DiameterNode:
         refused for credit get a RAR when their account gets credit again."""
         self.charge = charge
         if store is not None and clock is not None:
-            self.reauth = ReAuth(store, clock)
+            self.reauth = ReAuth(store, clock, self.plan_refresh_s)
             self._reauth_task = asyncio.create_task(self.reauth.run())
         s = self.settings
         self.server = await asyncio.start_server(self._accept, s.host, s.port, reuse_port=True,

@@ -1,10 +1,14 @@
 """Re-Auth (RFC 4006 §5.5): a session refused for credit (4012, 4010) is remembered with the
 connection that carries it; when its account is topped up, buys an add-on or changes state,
-the gateway gets an RAR so it reports and asks for quota at once instead of at its next timer.
+or its plan gets a new version (new prices may allow the service), the gateway gets an RAR so
+it reports and asks for quota at once instead of at its next timer.
 
 The account events come from the partition event streams Tollgate already writes (TOPPED_UP,
 ADD_ON_BOUGHT, STATE_CHANGED), read only while some session waits, from just before its
-refusal: whichever server process took the top-up, every process sees it."""
+refusal: whichever server process took the top-up, every process sees it. Plan versions are
+read alongside (one field per plan of a waiting session), against the version current when
+the session's account was first looked up, within a poll of the refusal; the RAR goes out
+once every server has had time to price with the new version (plan_refresh_s)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from redis.exceptions import RedisError
 
 from engine import keys
 from engine.domain import EventKind
+from engine.errors import NotFound
 from engine.store import Store
 from tollgate.v1 import events_pb2
 
@@ -37,12 +42,15 @@ class Refused:
     """Sends the RAR for this session on the connection that carries it."""
     since_ms: int
     account_id: str = ""
+    plan: tuple[str, int] = ("", 0)  # the account's plan id and the version it was refused on
+    plan_moved_ms: int = 0  # when a newer version of its plan was first seen (0: not yet)
 
 
 class ReAuth:
-    def __init__(self, store: Store, clock: Callable[[], int]) -> None:
+    def __init__(self, store: Store, clock: Callable[[], int], plan_refresh_s: float) -> None:
         self.store = store
         self.clock = clock
+        self.plan_settle_ms = int(plan_refresh_s * 1000)
         self.waiting: dict[str, Refused] = {}
         self._cursor: dict[int, str] = {}  # partition -> last event id read
         self._wake = asyncio.Event()
@@ -81,12 +89,26 @@ class ReAuth:
                 f"{min(r.since_ms for r in by_partition[p]) - CLOCK_SLACK_MS}-0")
             pipe.xrange(keys.events_stream(p), f"({start}" if p in self._cursor else start,
                         "+", count=1000)
-        for p, entries in zip(partitions, await pipe.execute(), strict=True):
+        plans = sorted({r.plan[0] for r in self.waiting.values() if r.plan[0]})
+        for plan_id in plans:
+            pipe.hget(keys.plan(plan_id), "cur")
+        replies = await pipe.execute()
+        for p, entries in zip(partitions, replies, strict=False):
             for entry_id, fields in entries:
                 self._cursor[p] = entry_id.decode()
                 event = events_pb2.Event.FromString(fields[b"e"])
                 if event.kind in WAKING:
                     self._wake_account(event.account_id, by_partition[p])
+        current = dict(zip(plans, (int(v or 0) for v in replies[len(partitions):]),
+                           strict=True))
+        now = self.clock()
+        for r in list(self.waiting.values()):
+            if r.plan[0] and current.get(r.plan[0], 0) > r.plan[1]:
+                # Engines check a cached plan's version every plan_refresh_s: a gateway asking
+                # at once could still be priced on the old one.
+                r.plan_moved_ms = r.plan_moved_ms or now
+                if now - r.plan_moved_ms >= self.plan_settle_ms:
+                    self._send(r, "its plan has a new version")
 
     async def _resolve_accounts(self) -> None:
         unknown = [r for r in self.waiting.values() if not r.account_id]
@@ -96,12 +118,22 @@ class ReAuth:
         for r, sub in zip(unknown, found, strict=True):
             if sub is None:
                 self.waiting.pop(r.session_id, None)  # no such subscriber: nothing to wake
-            else:
-                r.account_id = sub[0]
+                continue
+            r.account_id = sub[0]
+            try:
+                plan_id = await self.store.account_plan(r.account_id)
+            except NotFound:
+                self.waiting.pop(r.session_id, None)
+                continue
+            r.plan = (plan_id, await self.store.plan_version(plan_id))
 
     def _wake_account(self, account_id: str, candidates: list[Refused]) -> None:
         for r in candidates:
-            if r.account_id == account_id and self.waiting.pop(r.session_id, None) is not None:
-                log.info("re-auth: account changed, RAR sent",
-                         extra={"session_id": r.session_id, "account_id": account_id})
-                r.send_rar(r.session_id)
+            if r.account_id == account_id:
+                self._send(r, "its account changed")
+
+    def _send(self, r: Refused, why: str) -> None:
+        if self.waiting.pop(r.session_id, None) is not None:
+            log.info("re-auth: %s, RAR sent", why,
+                     extra={"session_id": r.session_id, "account_id": r.account_id})
+            r.send_rar(r.session_id)

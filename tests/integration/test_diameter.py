@@ -353,6 +353,33 @@ async def test_a_line_refused_for_credit_gets_a_rar_when_topped_up_and_then_quot
         peer.close()
 
 
+async def test_a_line_refused_for_credit_gets_a_rar_when_its_plan_gets_a_new_version(app):
+    async with grpc.aio.insecure_channel(app.address) as channel:
+        gw = Gateway(channel)
+        plan = sample_plan()
+        del plan.bundles[:]
+        await gw.setup(plan=plan, money=0)
+        peer = await (await RawPeer.connect(app.diameter.port)).open()
+        cca = await peer.ask(_data_session(peer, "gw;plan", 0, INITIAL))
+        [mscc] = cca.all(A.MULTIPLE_SERVICES_CREDIT_CONTROL)
+        assert mscc.find(A.RESULT_CODE).value == 4012
+
+        for rate in plan.rates:  # the operator makes data free in a new version of the plan
+            if rate.rating_group == DATA_RG:
+                rate.price_micros = 0
+        await gw.provisioning.PutPlan(plan)
+        rar = await peer.receive(timeout=10)
+        assert rar is not None and rar.code == A.Command.RE_AUTH
+        assert rar.find(A.SESSION_ID).value == "gw;plan"
+        await peer.send(rar.answer([avp(A.SESSION_ID, "gw;plan"), avp(A.RESULT_CODE, 2001),
+                                    avp(A.ORIGIN_HOST, GW_HOST), avp(A.ORIGIN_REALM, "test")]))
+
+        cca = await peer.ask(_data_session(peer, "gw;plan", 1, UPDATE))
+        [mscc] = cca.all(A.MULTIPLE_SERVICES_CREDIT_CONTROL)
+        assert mscc.find(A.RESULT_CODE).value == 2001
+        peer.close()
+
+
 # --- `tollgate serve --diameter` --------------------------------------------------------------
 
 async def test_tollgate_serve_with_diameter_answers_gateways_and_says_goodbye(redis_url,
