@@ -1,12 +1,13 @@
 """Segments and churn risk over the whole base. The census scores every line from the signals
 the lifecycle keeps (engine/lifecycle/signals.py) and writes an index: a sorted set by score
-per cell (state, plan, activity) and the lines per cell and band. The segments page reads a
-page of it; a segment send walks it. Nothing reads all subscribers on a page load."""
+per cell (state, plan, activity) and the lines per cell and band, a new generation each
+time. The segments page reads a page of it; a segment send walks one generation (pinned
+while it walks). Nothing reads all subscribers on a page load."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -21,8 +22,13 @@ from engine.web import churn
 
 GEN = "tg:{web}:risk:gen"
 """The generation of the index the pages read (the census that made it, Unix ms)."""
-BUILDING = "tg:{web}:risk:building"
-"""The generation a census is writing (a census that died leaves it to be cleaned)."""
+GENS = "tg:{web}:risk:gens"
+"""Set of the generations in Redis: the current one, one being written, ones a segment send
+still walks (a census that died leaves its own, dropped by the next)."""
+PINS = "tg:{web}:risk:pins"
+"""Hash: generation -> until when (Unix ms) a segment send walks it: no census drops it."""
+PIN_MS = 600_000
+"""A walk renews its pin at every chunk; a walker that died lets it go after this long."""
 BANDS = {churn.Band.LOW: (0, 24), churn.Band.MEDIUM: (25, 49), churn.Band.HIGH: (50, 100)}
 """Score range of each band (churn.risk's thresholds)."""
 PAGE_MAX = 200
@@ -167,12 +173,8 @@ class IndexBuilder:
     started: float = field(default_factory=time.monotonic)
 
     async def start(self) -> None:
-        redis = self.store.redis
         self.gen = str(self.now_ms)
-        died = await redis.getset(BUILDING, self.gen)
-        current = await redis.get(GEN)
-        if died is not None and died != current:
-            await drop(redis, _text(died))
+        await self.store.redis.sadd(GENS, self.gen)
 
     async def add(self, subscriber_ids: list[str]) -> list[Scored]:
         scored = await score_lines(self.store, subscriber_ids, self.now_ms)
@@ -201,10 +203,13 @@ class IndexBuilder:
             "lines": sum(n for k, n in self.counts.items() if not k.startswith("why|")),
             "seconds": round(time.monotonic() - self.started, 3)}
         await redis.hset(summary_key(self.gen), mapping=cast(Any, summary))
-        old = await redis.getset(GEN, self.gen)
-        await redis.delete(BUILDING)
-        if old is not None and _text(old) != self.gen:
-            await drop(redis, _text(old))
+        await redis.set(GEN, self.gen)  # before the pins are read: see members()
+        pins = {_text(g): int(t) for g, t in cast(dict[bytes, bytes],
+                                                  await redis.hgetall(PINS)).items()}
+        now_ms = int(time.time() * 1000)
+        for g in sorted(_text(x) for x in cast(set[bytes], await redis.smembers(GENS))):
+            if g != self.gen and pins.get(g, 0) < now_ms:
+                await drop(redis, g)
 
 
 async def drop(redis: aioredis.Redis, gen: str) -> None:
@@ -214,6 +219,10 @@ async def drop(redis: aioredis.Redis, gen: str) -> None:
     for n in range(0, len(names), 500):
         await redis.unlink(*names[n:n + 500])
     await redis.unlink(cells_key(gen), summary_key(gen))
+    pipe = redis.pipeline(transaction=False)
+    pipe.srem(GENS, gen)
+    pipe.hdel(PINS, gen)
+    await pipe.execute()
 
 
 async def current(redis: aioredis.Redis) -> tuple[str, dict[str, int]]:
@@ -297,22 +306,31 @@ async def page(store: Store, f: Filter, offset: int, limit: int, now_ms: int
     return out
 
 
-async def members(redis: aioredis.Redis, f: Filter) -> AsyncIterator[list[str]]:
+async def members(redis: aioredis.Redis, f: Filter,
+                  clock: Callable[[], float] = time.time) -> AsyncIterator[list[str]]:
     """Every line of the segment in the current index, in chunks (ZSCAN: a line may come
-    twice; a segment send is de-duplicated per line anyway). A census that replaces the
-    index meanwhile is followed: the walk goes on in the new generation."""
-    ranges = _ranges(f)
-    done: set[str] = set()
-    while True:
+    twice; a segment send is de-duplicated per line anyway). The walk pins the generation
+    it started on: a census that replaces it meanwhile keeps it until the walk ends, so a
+    long send walks one consistent segment and ends."""
+    async def pin(gen: str) -> None:
+        await redis.hset(PINS, gen, int(clock() * 1000) + PIN_MS)
+
+    while True:  # pinned, then still current: a census that finishes later sees the pin
         gen, summary = await current(redis)
-        todo = [c for c in _cells(summary, f) if c not in done]
-        if not gen or not todo:
+        if not gen:
             return
-        cell = todo[0]
-        async for chunk in _scan(redis, cell_key(gen, cell), ranges):
-            yield chunk
+        await pin(gen)
         if _text(await redis.get(GEN) or b"") == gen:
-            done.add(cell)  # else the cell was dropped mid-walk: walk it again in the new one
+            break
+        await redis.hdel(PINS, gen)
+    ranges = _ranges(f)
+    try:
+        for cell in _cells(summary, f):
+            async for chunk in _scan(redis, cell_key(gen, cell), ranges):
+                yield chunk
+                await pin(gen)
+    finally:
+        await redis.hdel(PINS, gen)
 
 
 async def _scan(redis: aioredis.Redis, key: str, ranges: list[tuple[int, int]]

@@ -21,10 +21,14 @@ from engine.demo import DEMO_PLAN
 from engine.lifecycle import signals
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import parse_settings
+from engine.web import segments
+from engine.web.aggregates import census
+from engine.web.segments import Filter
 from tests.helpers import DATA_RG, MB, mscc, request
 from tests.integration.receivers import HttpReceiver, eventually, lifecycle_table
 from tests.web import EUR, Site, site
 from tollgate.v1 import charging_pb2 as cpb
+from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
 
 DAY_MS = signals.DAY_MS
@@ -208,3 +212,31 @@ async def test_a_segment_send_waits_for_the_end_of_quiet_hours_with_the_census_e
         assert [n["status"] for n in notes] == ["DEFERRED"]
         assert notes[0]["due_ms"] > time.time() * 1000
         assert http.on("/hook") == []
+
+
+async def test_a_segment_walk_keeps_its_census_through_a_newer_one(
+        config: Config, tmp_path: Path) -> None:
+    async with site(config, tmp_path, census_s=0) as s:
+        subs = await s.gw.setup(plan=DEMO_PLAN, accounts=4)
+        for sub in subs[:2]:
+            await s.gw.provisioning.SetSubscriberState(
+                ppb.Subscriber(subscriber_id=sub, state=com.GRACE))
+        store = s.app.store
+        assert store is not None
+        now = int(time.time() * 1000)
+        await census(store, now)
+        first_gen, summary = await segments.current(store.redis)
+        assert len(segments.known_cells((first_gen, summary))) == 2
+        walk = segments.members(store.redis, Filter())
+        seen = await walk.__anext__()  # the first cell; the walk has pinned its census
+        await census(store, now + 1)  # a newer index: the walked one stays
+        assert (await segments.current(store.redis))[0] == str(now + 1)
+        seen += [sid async for chunk in walk for sid in chunk]
+        assert sorted(seen) == sorted(subs)
+        gens = {g.decode() for g in await store.redis.smembers(segments.GENS)}
+        assert gens == {first_gen, str(now + 1)}
+        await census(store, now + 2)  # the walk has ended: older generations go
+        gens = {g.decode() for g in await store.redis.smembers(segments.GENS)}
+        assert gens == {str(now + 2)}
+        assert not await store.redis.exists(segments.cells_key(first_gen),
+                                            segments.summary_key(first_gen))
