@@ -45,6 +45,7 @@ HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                       "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"}
+KEY_MAX = 100
 ERRORS: dict[type[Exception], int] = {InvalidArgument: 400, NotFound: 404, AlreadyExists: 409,
                                       Conflict: 409}
 
@@ -176,10 +177,14 @@ def make_app(care: Care, operators: Operators, signer: Signer, redis: aioredis.R
 
     async def segment_send(request: Request, who: Operator) -> Response:
         body = await _body(request)
-        key = str(body.get("key", ""))
-        if not key:
-            raise InvalidArgument("key (the form's idempotency key) is missing")
-        f = Filter.parse(body.get("filter") or {})
+        key, conditions = str(body.get("key", "")), body.get("filter") or {}
+        if not key or len(key) > KEY_MAX:
+            raise InvalidArgument(f"key (the form's idempotency key, at most {KEY_MAX} "
+                                  "characters) is missing or too long")
+        if not isinstance(conditions, dict):
+            raise InvalidArgument("filter must be an object: {states, plans, bands, "
+                                  "activities}")
+        f = Filter.parse(conditions)
         campaign = str(body.get("campaign", ""))
         job_id = f"web-{key}"
         queued = await sends.request(redis, job_id, campaign, f, who.name,

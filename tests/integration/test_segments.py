@@ -144,6 +144,10 @@ async def test_an_offer_sent_to_a_segment_is_sent_once_bought_and_answered(
         assert no_csrf.status_code == 403
         unknown = await client.post("/api/segments/send", json={**send, "campaign": "x"})
         assert unknown.status_code == 404 and "signal = \"segment\"" in unknown.json()["error"]
+        for bad in ({**send, "filter": ["GRACE"]}, {**send, "key": "k" * 101},
+                    {**send, "filter": {"bands": ["awful"]}}):
+            refused = await client.post("/api/segments/send", json=bad)
+            assert refused.status_code == 400, refused.text
         first = await client.post("/api/segments/send", json=send)
         assert first.json() == {"job": "web-k1", "queued": True, "words": "state GRACE"}
         again = await client.post("/api/segments/send", json=send)
