@@ -8,6 +8,7 @@ import gc
 import logging
 import re
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,10 +21,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
-from engine import metrics, security
+from engine import metrics, security, wire
+from engine.batch import Answers
 from engine.billing import BILLING, Billing, BillingServicer
 from engine.charging import Engine, wall_clock_ms
 from engine.config import Config
+from engine.diameter.node import DiameterNode
 from engine.errors import (
     AlreadyExists,
     ConfigError,
@@ -32,14 +35,17 @@ from engine.errors import (
     NotFound,
     Overloaded,
 )
-from engine.flow import Window
+from engine.flow import Rate, Window
 from engine.lifecycle.service import LIFECYCLE, LifecycleApi
 from engine.logs import mask_secrets
 from engine.provisioning import Provisioner
 from engine.redis_server import RedisServer
 from engine.store import Store
 from engine.sweeper import Sweeper
-from tollgate.v1 import charging_pb2, charging_pb2_grpc, provisioning_pb2
+from engine.web import series
+from engine.web.serve import WebServer
+from engine.wire import WireError
+from tollgate.v1 import charging_pb2, provisioning_pb2
 
 log = logging.getLogger("tollgate.server")
 
@@ -74,9 +80,10 @@ class Ending:
     details: str
 
 
-def _handler(method: Any, impl: Callable[..., Any]) -> grpc.RpcMethodHandler:
-    parse = _parser(GetMessageClass(method.input_type))
-    serialize = GetMessageClass(method.output_type).SerializeToString
+def _handler(method: Any, impl: Callable[..., Any], raw: bool) -> grpc.RpcMethodHandler:
+    """`raw`: the servicer takes and gives wire bytes (it parses them itself)."""
+    parse = None if raw else _parser(GetMessageClass(method.input_type))
+    serialize = None if raw else GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming:
         async def stream_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             async def checked() -> AsyncIterator[Any]:
@@ -107,10 +114,11 @@ def _handler(method: Any, impl: Callable[..., Any]) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
 
 
-def _add_service(server: grpc.aio.Server, service: Any, servicer: object) -> None:
+def _add_service(server: grpc.aio.Server, service: Any, servicer: object,
+                 raw: bool = False) -> None:
     """Registers a servicer like the generated add_*_to_server, with readable errors for
-    request bytes that do not parse."""
-    handlers = {m.name: _handler(m, getattr(servicer, m.name)) for m in service.methods}
+    request bytes that do not parse (`raw`: the servicer reads and writes wire bytes)."""
+    handlers = {m.name: _handler(m, getattr(servicer, m.name), raw) for m in service.methods}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))
     # As the generated add_*_to_server does: gRPC then finds a call's handler in C instead
@@ -130,54 +138,62 @@ async def _call(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
     try:
         return await work
     except (InvalidArgument, NotFound, AlreadyExists, Conflict, Overloaded) as e:
-        await context.abort(STATUS_OF[type(e)], str(e))
+        await context.abort(next(code for kind, code in STATUS_OF.items()
+                                 if isinstance(e, kind)), str(e))
         raise  # unreachable: abort raises
 
 
-class ChargingServicer(charging_pb2_grpc.ChargingServicer):
+class ChargingServicer:
+    """Charging over wire bytes: the engine parses requests and writes answers itself (no
+    message objects per request)."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _check_size(self, n: int) -> None:
-        limit = self.engine.config.max_requests_per_call
-        if n > limit:
-            raise InvalidArgument(f"{n} requests in one message; the limit is {limit}")
+    async def Charge(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
 
-    async def Charge(self, request: charging_pb2.ChargeRequest,
-                     context: grpc.aio.ServicerContext) -> charging_pb2.ChargeAnswer:
-        answers = await _call(context, self.engine.charge([request]))
-        metrics.count([request], answers)
-        return answers[0]
+        def submit() -> Answers:
+            return self.engine.submit(request, self.engine.parse(request, single=True))
+        return (await _answered(context, submit, started))[0]
 
-    async def ChargeBatch(self, request: charging_pb2.ChargeBatchRequest,
-                          context: grpc.aio.ServicerContext) -> charging_pb2.ChargeBatchAnswer:
-        async def run() -> list[charging_pb2.ChargeAnswer]:
-            self._check_size(len(request.requests))
-            answers = await self.engine.charge(list(request.requests))
-            metrics.count(request.requests, answers)
-            return answers
-        return charging_pb2.ChargeBatchAnswer(answers=await _call(context, run()))
+    async def ChargeBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
 
-    async def ChargeStream(
-            self, request_iterator: AsyncIterator[charging_pb2.ChargeBatchRequest],
-            context: grpc.aio.ServicerContext) -> AsyncIterator[charging_pb2.ChargeBatchAnswer]:
+        def submit() -> Answers:
+            return self.engine.submit(request, self.engine.parse(request))
+        return wire.field_1(await _answered(context, submit, started))
+
+    async def ChargeStream(self, request_iterator: AsyncIterator[bytes],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         # Messages are submitted as they arrive (pipelined) within the stream's window, and
         # answered strictly in order. The reader task never ends the call: it queues why the
         # stream must end, and this handler ends it, after the answers queued before.
         window = Window(self.engine.config.stream_max_in_flight)
-        inflight: asyncio.Queue[tuple[charging_pb2.ChargeBatchRequest, int,
-                                      asyncio.Future[list[charging_pb2.ChargeAnswer]]]
-                                | Ending | None] = asyncio.Queue()
+        max_rate = self.engine.config.stream_max_rate
+        rate = Rate(max_rate) if max_rate else None
+        stall = self.engine.config.stream_stall_s
+        loop = asyncio.get_running_loop()
+        inflight: asyncio.Queue[tuple[Answers, int, float] | Ending | None] = asyncio.Queue()
 
         async def reader() -> None:
+            n = 0
             try:
                 async for msg in request_iterator:
-                    self._check_size(len(msg.requests))
+                    started = time.perf_counter()
+                    n += 1
+                    try:
+                        parsed = self.engine.parse(msg)
+                    except WireError as e:
+                        raise InvalidArgument(f"message {n} of the stream: {e}") from None
                     # An empty message counts too: it still holds a future and an answer.
-                    held = max(len(msg.requests), 1)
+                    held = max(parsed.requests.shape[1], 1)
                     await window.take(held)
-                    inflight.put_nowait((msg, held, self.engine.submit(list(msg.requests),
-                                                                       context)))
+                    if rate is not None:
+                        await rate.take(held)
+                    await self.engine.batcher.stream_room()
+                    inflight.put_nowait((self.engine.submit(msg, parsed, context), held,
+                                         started))
             except (InvalidArgument, Overloaded) as e:
                 inflight.put_nowait(Ending(STATUS_OF[type(e)], str(e)))
             finally:
@@ -189,15 +205,36 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
                 if isinstance(item, Ending):
                     await context.abort(item.code, item.details)  # raises
                 else:
-                    msg, held, fut = item
-                    answers = await fut
-                    metrics.count(msg.requests, answers)
-                    yield charging_pb2.ChargeBatchAnswer(answers=answers)
+                    call, held, started = item
+                    answers = await call.future
+                    metrics.count(call.types, call.results, started)
+                    offered = loop.time()
+                    yield wire.field_1(answers)
                     window.give(held)
+                    unread = loop.time() - offered
+                    # Checked only now: while gRPC holds an answer the call cannot be ended (a
+                    # status sent then fails), and its client would see it after that answer.
+                    if stall and unread > stall:
+                        log.warning("stream ended: its client read no answer for %.0f s",
+                                    unread)
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+                            f"no answer read for {unread:.0f} s (stream_stall_s {stall:g}): "
+                            "read the answers while sending"))
             await task  # an unexpected error of the reader ends the call (INTERNAL)
         finally:
             task.cancel()
             window.close()
+
+
+async def _answered(context: grpc.aio.ServicerContext, submit: Callable[[], Answers],
+                    started: float) -> list[bytes]:
+    """A call's answers, counted; engine errors end it with their status code."""
+    async def run() -> list[bytes]:
+        call = submit()
+        answers = await call.future
+        metrics.count(call.types, call.results, started)
+        return answers
+    return await _call(context, run())
 
 
 class ProvisioningServicer:
@@ -230,7 +267,7 @@ def create_server(engine: Engine, provisioner: Provisioner, address: str, billin
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 1),
     ])
-    _add_service(server, CHARGING, ChargingServicer(engine))
+    _add_service(server, CHARGING, ChargingServicer(engine), raw=True)
     _add_service(server, PROVISIONING, ProvisioningServicer(provisioner))
     _add_service(server, BILLING, BillingServicer(billing))
     _add_service(server, LIFECYCLE, ProvisioningServicer(
@@ -280,6 +317,10 @@ class Tollgate:
     billing: Billing | None = None
     trimmer: asyncio.Task[None] | None = None
     metrics_server: WSGIServer | None = None
+    diameter: DiameterNode | None = None
+    web: WebServer | None = None
+    """The web pages (http_listen)."""
+    _exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     clock: Callable[[], int] = wall_clock_ms
     """Unix ms; tests pass a controllable clock (billing cycles, stale reservations)."""
 
@@ -291,6 +332,8 @@ class Tollgate:
     async def start(self) -> Tollgate:
         for warning in security.exposure_warnings(self.config):
             log.warning(warning)
+        # A Diameter setting that is wrong stops the start before anything runs.
+        diameter = DiameterNode(self.config) if self.config.diameter_listen else None
         # First: a metrics port that cannot be bound stops the start before anything runs.
         self.metrics_server = metrics.serve_metrics(self.config.metrics_port,
                                                     self.config.metrics_bind_host)
@@ -329,6 +372,13 @@ class Tollgate:
             await server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.dashboard_interval_s > 0:
+            await self._exits.enter_async_context(
+                series.shared(self.store.redis, self.config.dashboard_interval_s))
+        if self.config.http_listen:
+            self.web = await WebServer(self.config, self.store, provisioner).start()
+        if diameter is not None:
+            self.diameter = await diameter.start(engine.charge, engine.store, engine.clock)
         tune_gc(self.config.gc_threshold)
         log.info("tollgate serving", extra={"address": self.address})
         return self
@@ -337,6 +387,8 @@ class Tollgate:
         """Stops taking calls, finishes in-flight batches, then closes Redis."""
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.web is not None:
+            await self.web.stop()
         for task in (self.sweeper, self.trimmer):
             if task is not None:
                 task.cancel()
@@ -344,6 +396,8 @@ class Tollgate:
                     await task
         if self.billing is not None:
             self.billing.close()  # open billing streams end instead of holding the grace period
+        if self.diameter is not None:
+            await self.diameter.stop()  # its answers in flight need the engine still running
         if self.server is not None:
             grace = self.config.shutdown_grace_s
             stopping = asyncio.gather(*(s.stop(grace)
@@ -351,6 +405,7 @@ class Tollgate:
             if self.engine is not None:
                 await self.engine.close()
             await stopping
+        await self._exits.aclose()  # the dashboard counters' last interval
         if self.store is not None:
             await self.store.close()
         if self.redis is not None:

@@ -73,8 +73,10 @@ def add_bench_parser(sub: Any) -> None:
                                        "in the same run; prints the table.")
     _population(load)
     _target(load)
-    load.add_argument("--api", choices=["unary", "batch", "stream"], action="append",
-                      help="repeatable; default all three")
+    load.add_argument("--api", choices=["unary", "batch", "stream", "diameter"],
+                      action="append",
+                      help="repeatable; default unary, batch and stream (diameter: a CCR per "
+                           "request over Diameter Gy, as many in flight as unary calls)")
     load.add_argument("--rate", type=float, default=0.0,
                       help="open loop at this many requests/s (default: closed loop)")
     load.add_argument("--sweep", action="store_true",
@@ -187,15 +189,18 @@ class Lab:
         from functools import partial
 
         from bench.loadgen import engine_server, server_group
+        from engine.redis_server import free_port
         if getattr(self.args, "target", None):
             self.engine_pids = list(self.args.server_pid or [])
             return str(self.args.target)
         if "engine" not in self.results.setdefault("servers", {}):
-            group = server_group(partial(engine_server, self.config.redis_url, self.workdir),
-                                 self.servers)
+            diameter_port = free_port()
+            group = server_group(partial(engine_server, self.config.redis_url, self.workdir,
+                                         diameter_port=diameter_port), self.servers)
             for server in group:
                 self.stack.callback(server.stop)
             self.results["servers"]["engine"] = group[0].address
+            self.results["servers"]["engine diameter"] = f"127.0.0.1:{diameter_port}"
             self.engine_pids = [server.pid for server in group]
         return str(self.results["servers"]["engine"])
 
@@ -203,7 +208,8 @@ class Lab:
     def servers(self) -> int:
         return max(1, int(getattr(self.args, "servers", 1)))
 
-    def client(self, address: str, tag: str, server_pids: list[int]) -> Any:
+    def client(self, address: str, tag: str, server_pids: list[int],
+               diameter: str = "") -> Any:
         from bench.loadgen import Client, CpuProbe
         from bench.traffic import Traffic
         pids = {**self.pids, "client": [os.getpid()]}
@@ -217,15 +223,20 @@ class Lab:
                           sessions=max(5000, 5 * self.args.batch * self.servers),
                           tag=f"{tag}{os.getpid()}.{self.clients}")
         return Client(address, traffic, CpuProbe(pids), self.progress,
-                      connections=4 * self.servers)
+                      connections=4 * self.servers, diameter=diameter)
 
     def concurrency(self, api: str) -> int:
-        return int(self.args.concurrency or (64 if api == "unary" else 4) * self.servers)
+        one_by_one = api in ("unary", "diameter")
+        return int(self.args.concurrency or (64 if one_by_one else 4) * self.servers)
 
 
 async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
                    apis: list[str], rate: float = 0.0, sweep: bool = False) -> list[Any]:
-    client = lab.client(address, target[0], server_pids)
+    diameter = (lab.results.get("servers", {}).get("engine diameter", "")
+                if target == "engine" and "diameter" in apis else "")
+    if "diameter" in apis and target == "engine" and not diameter:
+        raise ValueError("--api diameter needs the servers the bench starts (not --target)")
+    client = lab.client(address, target[0], server_pids, diameter)
     runs = []
     try:
         await client.wait_ready()
@@ -261,6 +272,7 @@ async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
     from bench.traffic import Traffic
     batch = lab.args.batch
     recorded = None
+    apis = [a for a in apis if a != "diameter"]  # no bare Diameter server: unary's is the one
     if any(a != "unary" for a in apis):
         # Its own session ids per process, like the clients' (a second bench against the same
         # --target would otherwise reopen this one's sessions: refused INITIALs, no writes).

@@ -21,12 +21,13 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
+from bench.diameter_client import DiameterPeer
 from bench.traffic import Traffic
 from engine.redis_server import free_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 
-APIS = ("unary", "batch", "stream")
+APIS = ("unary", "batch", "stream", "diameter")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
 Call = tuple[list[cpb.ChargeRequest], float]  # requests of one call, its intended send time
@@ -117,8 +118,10 @@ class Client:
     """Drives one Charging server with a traffic mix; one instance per target."""
 
     def __init__(self, address: str, traffic: Traffic, cpu: CpuProbe,
-                 progress: bool = True, connections: int = 1) -> None:
+                 progress: bool = True, connections: int = 1, diameter: str = "") -> None:
         self.address = address
+        self.diameter = diameter  # the server's Diameter address ("" = none)
+        self.peers: list[tuple[DiameterPeer, Traffic]] = []
         self.cpu = cpu
         self.progress = progress
         # Each channel its own TCP connection, so server processes sharing the port
@@ -128,14 +131,21 @@ class Client:
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         self.channels = [grpc.aio.insecure_channel(address, options=options)
                          for _ in range(connections)]
+        self.shards = traffic.shard(connections)
         self.lanes = list(zip((charging_pb2_grpc.ChargingStub(c) for c in self.channels),
-                              traffic.shard(connections), strict=True))
+                              self.shards, strict=True))
         self._next = 0
 
     def lane(self) -> Lane:
         """The next connection and its sessions, round robin."""
         self._next = (self._next + 1) % len(self.lanes)
         return self.lanes[self._next]
+
+    def peer(self) -> tuple[DiameterPeer, Traffic]:
+        """The next Diameter connection, with the sessions of the gRPC one of its index (a
+        session keeps one connection whichever front a run uses)."""
+        self._next = (self._next + 1) % len(self.peers)
+        return self.peers[self._next]
 
     @property
     def ended(self) -> int:
@@ -145,10 +155,15 @@ class Client:
     async def close(self) -> None:
         for c in self.channels:
             await c.close()
+        for p, _ in self.peers:
+            await p.close()
 
     async def wait_ready(self, timeout_s: float = 60) -> None:
         for c in self.channels:
             await asyncio.wait_for(c.channel_ready(), timeout_s)
+        if self.diameter and not self.peers:
+            self.peers = [(await DiameterPeer.connect(self.diameter), shard)
+                          for shard in self.shards]
 
     # --- one call --------------------------------------------------------------------------
 
@@ -162,6 +177,11 @@ class Client:
                      requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
         answer = await stub.ChargeBatch(cpb.ChargeBatchRequest(requests=requests))
         return list(answer.answers)
+
+    @staticmethod
+    async def _diameter(peer: DiameterPeer,
+                        requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:
+        return [await peer.charge(requests[0])]
 
     @staticmethod
     def _settle(run: Run, traffic: Traffic, requests: list[cpb.ChargeRequest],
@@ -185,7 +205,7 @@ class Client:
                   sample: Callable[[float], None] | None = None) -> Run:
         """Closed loop with `concurrency` calls in flight when `rate` is 0, else open loop
         at `rate` requests/s. `sample(elapsed_s)` is called every second (soak)."""
-        size = 1 if api == "unary" else batch
+        size = 1 if api in ("unary", "diameter") else batch
         run = Run(target, api, "open" if rate else "closed", concurrency, size, rate)
         latencies: list[float] = []
         stop_at = time.perf_counter() + seconds
@@ -225,9 +245,10 @@ class Client:
 
     async def _closed(self, run: Run, api: str, size: int, stop_at: float,
                       latencies: list[float]) -> None:
-        stub, traffic = self.lane()
+        stub: Any
+        stub, traffic = self.peer() if api == "diameter" else self.lane()
         stream = stub.ChargeStream() if api == "stream" else None
-        send = self._unary if api == "unary" else self._batch
+        send = self._sender(api)
         while time.perf_counter() < stop_at:
             requests = traffic.batch(size)
             call = _exchange(stream, requests) if stream is not None else send(stub, requests)
@@ -245,11 +266,11 @@ class Client:
         if api == "stream":
             await self._open_stream(run, interval, t0, stop_at, size, latencies)
             return
-        send = self._unary if api == "unary" else self._batch
+        send = self._sender(api)
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(intended: float) -> None:
-            stub, traffic = self.lane()
+            stub, traffic = self.peer() if api == "diameter" else self.lane()
             requests = traffic.batch(size)
             await self._timed(run, traffic, requests, send(stub, requests), intended, latencies)
 
@@ -268,6 +289,10 @@ class Client:
         if tasks:
             await asyncio.wait(tasks)
 
+    def _sender(self, api: str) -> Callable[[Any, list[cpb.ChargeRequest]],
+                                            Awaitable[list[cpb.ChargeAnswer]]]:
+        return {"unary": self._unary, "diameter": self._diameter}.get(api, self._batch)
+
     async def _timed(self, run: Run, traffic: Traffic, requests: list[cpb.ChargeRequest],
                      call: Awaitable[list[cpb.ChargeAnswer]], since: float,
                      latencies: list[float]) -> None:
@@ -278,6 +303,9 @@ class Client:
             answers = await call
         except grpc.aio.AioRpcError as e:
             answers = e
+        except ConnectionError:  # a Diameter connection lost: counted as one failed call
+            answers = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), "diameter connection lost")
         latencies.append(time.perf_counter() - since)
         self._settle(run, traffic, requests, answers)
 
@@ -374,11 +402,18 @@ def spawn(args: list[str], env: dict[str, str], log_path: Path,
     raise RuntimeError(f"{' '.join(args)} did not start; see {log_path}")
 
 
-def engine_server(redis_url: str, log_dir: Path, port: int = 0, n: int = 0) -> Spawned:
-    """`tollgate serve` against this Redis (on a free port unless given), warnings only."""
+def engine_server(redis_url: str, log_dir: Path, port: int = 0, n: int = 0,
+                  diameter_port: int = 0) -> Spawned:
+    """`tollgate serve` against this Redis (on a free port unless given), warnings only; with
+    `diameter_port`, Diameter too (any peer)."""
     env = {"TOLLGATE_METRICS_PORT": "0", "TOLLGATE_LOG_LEVEL": "WARNING"}
+    diameter: list[str] = []
+    if diameter_port:
+        env.update(TOLLGATE_DIAMETER_PEERS="*", TOLLGATE_DIAMETER_ORIGIN_HOST="tollgate.bench")
+        diameter = ["--diameter", f"127.0.0.1:{diameter_port}"]
     return spawn(["-m", "engine.cli", "serve", "--listen", f"127.0.0.1:{port or free_port()}",
-                  "--redis-url", redis_url], env, log_dir / f"engine-server-{n}.log")
+                  "--redis-url", redis_url, *diameter], env,
+                 log_dir / f"engine-server-{n}.log")
 
 
 def bare_server(log_dir: Path, port: int = 0, n: int = 0) -> Spawned:

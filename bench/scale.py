@@ -107,12 +107,15 @@ class Served:
 
 
 @contextmanager
-def workers(url: str, count: int, log: Path) -> Iterator[Served]:
-    """`tollgate serve --workers N` as a child process, once all its workers serve."""
+def workers(url: str, count: int, log: Path,
+            settings: dict[str, str] | None = None) -> Iterator[Served]:
+    """`tollgate serve --workers N` as a child process, once all its workers serve;
+    `settings`: configuration (name: value) other than the defaults."""
     address = f"127.0.0.1:{free_port()}"
     metrics = free_ports(count)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     env.update(TOLLGATE_METRICS_PORT=str(metrics), TOLLGATE_LOG_LEVEL="WARNING")
+    env.update({f"TOLLGATE_{k.upper()}": v for k, v in (settings or {}).items()})
     with log.open("w") as err:
         proc = subprocess.Popen(
             die_with_parent([sys.executable, "-m", "engine.cli", "serve", "--workers",

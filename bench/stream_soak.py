@@ -6,8 +6,11 @@ answers must not grow the server's memory, and a normal client's latency must ho
 Starts one redis-server and `tollgate serve` (one worker) as a child process, provisions
 accounts, then: a normal client (unary Charge, 4 in flight) alone for --baseline seconds;
 the same with --streams abusive ChargeStream calls for --seconds; then idle for --idle
-seconds. Prints the server's RSS (baseline, peak, after) and the normal client's p50/p99 in
-each phase as one JSON object. Not part of the test run (minutes, machine-dependent).
+seconds. The normal client runs in a process of its own, so that its latencies are the
+server's, not those of an event loop busy building the abusive messages. Prints the
+server's RSS (baseline, peak, after), the normal client's p50/p99, the CPU of each process
+group and the server's batches in each phase as one JSON object. Not part of the test run
+(minutes, machine-dependent).
 """
 
 from __future__ import annotations
@@ -15,16 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import statistics
 import tempfile
 import time
+import urllib.request
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psutil
 
-from bench.scale import provision, redis_backend, workers
+from bench.loadgen import CpuProbe
+from bench.scale import counters, provision, redis_backend, workers
 from engine.population import subscriber_id
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
@@ -44,19 +51,33 @@ def rss_mb(pids: list[int]) -> float:
 
 
 async def normal_client(address: str, sub: str, stop: asyncio.Event,
-                        latencies: list[float]) -> None:
-    """Closed loop of 4 unary calls in flight; appends each call's latency (ms)."""
+                        calls: list[tuple[float, float, int]]) -> None:
+    """Closed loop of 4 unary calls in flight; appends each call's (start, latency ms, result
+    code)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = charging_pb2_grpc.ChargingStub(channel)
 
         async def lane(k: int) -> None:
             n = 0
             while not stop.is_set():
-                started = time.perf_counter()
-                await stub.Charge(event(f"normal-{k}-{n}-{time.time_ns()}", sub))
-                latencies.append((time.perf_counter() - started) * 1000)
+                started = time.monotonic()
+                answer = await stub.Charge(event(f"normal-{k}-{n}-{time.time_ns()}", sub))
+                calls.append((started, (time.monotonic() - started) * 1000, answer.result))
                 n += 1
         await asyncio.gather(*(lane(k) for k in range(4)))
+
+
+def normal_process(address: str, sub: str, pipe: Connection) -> None:
+    """The normal client in a process of its own: runs until the pipe says stop, then sends
+    its calls back (CLOCK_MONOTONIC is the same in every process)."""
+    async def run() -> list[tuple[float, float, int]]:
+        stop = asyncio.Event()
+        calls: list[tuple[float, float, int]] = []
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pipe.fileno(), stop.set)
+        await normal_client(address, sub, stop, calls)
+        return calls
+    pipe.send(asyncio.run(run()))
 
 
 async def abusive_stream(address: str, subs: list[str], size: int, stop: asyncio.Event,
@@ -80,48 +101,101 @@ async def abusive_stream(address: str, subs: list[str], size: int, stop: asyncio
                 m += 1
         except grpc.aio.AioRpcError as e:
             return e.code().name
+        if call.done():  # ended by the server while the last write waited
+            return (await call.code()).name
         call.cancel()
         return "cancelled by the client"
 
 
-def percentiles(latencies: list[float]) -> dict[str, float]:
+def percentiles(calls: list[tuple[float, float, int]]) -> dict[str, float]:
+    latencies = [ms for _, ms, _ in calls]
     if len(latencies) < 2:
         return {"calls": len(latencies)}
     q = statistics.quantiles(latencies, n=100)
-    return {"calls": len(latencies), "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2)}
+    return {"calls": len(latencies), "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2),
+            "max_ms": round(max(latencies), 1),
+            "not_success": sum(result != cpb.SUCCESS for _, _, result in calls)}
 
 
-async def soak(address: str, pids: list[int], opts: argparse.Namespace) -> dict[str, Any]:
+def results(ports: list[int]) -> dict[str, float]:
+    """The server's answers so far by result code (its Prometheus endpoint)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out: dict[str, float] = {}
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "tollgate_requests_total":
+                    result = sample.labels["result"]
+                    out[result] = out.get(result, 0) + sample.value
+    return out
+
+
+class Phase:
+    """CPU of each process group and the server's batches over one phase."""
+
+    def __init__(self, pids: dict[str, list[int]], metrics_ports: list[int]) -> None:
+        self.cpu = CpuProbe(pids)
+        self.ports = metrics_ports
+        self.cpu.start()
+        self.before = counters(metrics_ports)
+        self.results = results(metrics_ports)
+        self.start = time.monotonic()
+
+    def end(self) -> dict[str, Any]:
+        after = counters(self.ports)
+        batches = after["batches"] - self.before["batches"]
+        answers = after["answers"] - self.before["answers"]
+        by_result = {k: int(v - self.results.get(k, 0)) for k, v in results(self.ports).items()
+                     if v > self.results.get(k, 0)}
+        return {"cpu_pct": self.cpu.stop(), "batches": int(batches), "results": by_result,
+                "answers_per_s": round(answers / (time.monotonic() - self.start)),
+                "mean_batch": round(answers / batches, 1) if batches else 0}
+
+
+async def soak(address: str, pids: list[int], metrics_ports: list[int], redis_pids: list[int],
+               opts: argparse.Namespace) -> dict[str, Any]:
     subs = [subscriber_id(PREFIX, n) for n in range(1, opts.accounts)]
-    normal = subscriber_id(PREFIX, 0)
     out: dict[str, Any] = {"streams": opts.streams, "seconds": opts.seconds,
-                           "message": opts.message}
-    stop = asyncio.Event()
-    latencies: list[float] = []
-    client = asyncio.create_task(normal_client(address, normal, stop, latencies))
+                           "message": opts.message, "settings": opts.set}
+    ours, theirs = mp.Pipe()
+    client = mp.get_context("spawn").Process(
+        target=normal_process, args=(address, subscriber_id(PREFIX, 0), theirs))
+    client.start()
+    assert client.pid is not None
+    groups = {"server": pids, "redis": redis_pids, "normal client": [client.pid],
+              "abusive clients": [psutil.Process().pid]}
+    await asyncio.sleep(2)  # the client process starts (its first calls are not counted)
+    alone_start = time.monotonic()
+    phase = Phase(groups, metrics_ports)
     await asyncio.sleep(opts.baseline)
     out["rss_baseline_mb"] = round(rss_mb(pids), 1)
-    out["normal_alone"] = percentiles(latencies)
-    attack_start = len(latencies)
+    out["alone"] = phase.end()
+    attack_start = time.monotonic()
     attack_stop = asyncio.Event()
     sent = [0]
+    phase = Phase(groups, metrics_ports)
     attackers = [asyncio.create_task(abusive_stream(address, subs, opts.message, attack_stop,
                                                     sent)) for _ in range(opts.streams)]
     peak = 0.0
-    started = time.monotonic()
-    while time.monotonic() - started < opts.seconds:
+    while time.monotonic() - attack_start < opts.seconds:
         await asyncio.sleep(0.5)
         peak = max(peak, rss_mb(pids))
-    during = latencies[attack_start:]
+    attack_end = time.monotonic()
+    out["attack"] = phase.end()
     attack_stop.set()
     out["stream_endings"] = await asyncio.gather(*attackers)
     out["abusive_requests_sent"] = sent[0]
     out["rss_peak_mb"] = round(peak, 1)
-    out["normal_during_attack"] = percentiles(during)
     await asyncio.sleep(opts.idle)
     out["rss_after_idle_mb"] = round(rss_mb(pids), 1)
-    stop.set()
-    await client
+    ours.send(None)
+    calls: list[tuple[float, float, int]] = await asyncio.to_thread(ours.recv)
+    client.join()
+    out["normal_alone"] = percentiles([c for c in calls if alone_start <= c[0] < attack_start])
+    out["normal_during_attack"] = percentiles([c for c in calls
+                                               if attack_start <= c[0] < attack_end])
     out["rss_after_vs_baseline"] = round(out["rss_after_idle_mb"] / out["rss_baseline_mb"], 3)
     return out
 
@@ -134,13 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--baseline", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a server setting other than its default (repeatable)")
     opts = parser.parse_args(argv)
+    settings = dict(s.split("=", 1) for s in opts.set)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        with redis_backend(1, base) as (url, _):
+        with redis_backend(1, base) as (url, redis_pids):
             asyncio.run(provision(url, opts.accounts, PREFIX))
-            with workers(url, 1, base / "serve.log") as served:
-                result = asyncio.run(soak(served.address, served.pids, opts))
+            with workers(url, 1, base / "serve.log", settings) as served:
+                result = asyncio.run(soak(served.address, served.pids, served.metrics_ports,
+                                          redis_pids, opts))
     print(json.dumps(result, indent=2))
     return 0
 

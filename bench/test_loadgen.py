@@ -53,6 +53,25 @@ async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> No
     assert "% of bare unary" in lines[2] and "% of redis apply" in lines[3]
 
 
+async def test_the_diameter_api_runs_closed_and_open_loop(config) -> None:
+    app = await Tollgate(config.replace(diameter_listen="127.0.0.1:0",
+                                        diameter_peers=("*",))).start()
+    assert app.diameter is not None and app.store is not None
+    c = Client(app.address, Traffic(300, sessions=200), CpuProbe({"client": [os.getpid()]}),
+               progress=False, connections=2, diameter=f"127.0.0.1:{app.diameter.port}")
+    try:
+        await population.provision(app.store, 300)
+        await c.wait_ready()
+        runs = [await c.run("engine", "diameter", 0.5, concurrency=8),
+                await c.run("engine", "diameter", 0.5, rate=200)]
+    finally:
+        await c.close()
+        await app.stop()
+    for r in runs:
+        assert r.requests > 0 and r.errors == 0, r
+    assert runs[1].requests <= 200 * 0.5 + 10  # the open loop keeps to its rate
+
+
 async def test_bare_server_answers_every_api() -> None:
     server = grpc.aio.server()
     charging_pb2_grpc.add_ChargingServicer_to_server(BareCharging(), server)

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 
 from bench.ceiling import apply_ceiling, capture_writes, rebase
 from bench.traffic import Traffic
-from engine import population
+from engine import population, wire
 from engine.batch import Answers, Pending, assemble
 from engine.charging import Engine
 from engine.config import Config
-from engine.decode import decode
+from engine.decode import Request, decode_all
+from engine.domain import RequestType
 from engine.outcome import Timing, build_outcome
 from engine.store import Store
 from tollgate.v1 import charging_pb2 as cpb
@@ -56,7 +58,10 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
     engine = Engine(store, populated.replace(max_batch=size))
     traffic = Traffic(SUBSCRIBERS, sessions=size)
 
+    data = b""
+
     async def warm() -> list[Pending]:
+        nonlocal data
         engine.start()
         for _ in range(4):  # INITIALs first, then a mix of UPDATE and TERMINATION
             requests = traffic.batch(size)
@@ -64,9 +69,10 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
                 traffic.answered(r, a)
         await engine.close()
         now = engine.clock()
-        call = Answers(size, loop.create_future())
-        batch = [Pending(m, decode(m, populated, now), call, slot)
-                 for slot, m in enumerate(traffic.batch(size))]
+        data = cpb.ChargeBatchRequest(requests=traffic.batch(size)).SerializeToString()
+        call = Answers([0] * size, loop.create_future())
+        batch = [Pending(cast(Request, r), call, slot) for slot, r in
+                 enumerate(decode_all(data, wire.parse_batch(data), populated, now))]
         batch = await engine._resolve_subscribers(batch)
         await engine._load(batch)
         batch = engine._check_sessions(batch)
@@ -75,19 +81,20 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
 
     prepared = loop.run_until_complete(warm())
     loop.run_until_complete(store.close())
-    kinds = {p.msg.type for p in prepared}
-    assert {cpb.UPDATE, cpb.TERMINATION} <= kinds and len(prepared) == size
+    kinds = {p.request.type for p in prepared}
+    assert {RequestType.UPDATE, RequestType.TERMINATION} <= kinds and len(prepared) == size
     plans = {pid: entry[0] for pid, entry in engine._plans.items()}
     timing = Timing(engine.clock(), populated.answers_kept, populated.default_validity_s,
                     populated.stale_grace_s)
 
     def steps() -> bytes:
-        batch = [Pending(p.msg, decode(p.msg, populated, timing.now_ms), p.call, p.slot,
-                         p.account_id) for p in prepared]
+        requests = decode_all(data, wire.parse_batch(data), populated, timing.now_ms)
+        batch = [Pending(cast(Request, requests[p.slot]), p.call, p.slot, p.account_id)
+                 for p in prepared]
         kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms)
         res = kb.run(engine.rates)
-        outcome = build_outcome(batch, kb, res, timing, {})
-        return cpb.ChargeBatchAnswer(answers=list(outcome.answers.values())).SerializeToString()
+        outcome = build_outcome(batch, kb, res, engine.rates, timing, {})
+        return wire.field_1(list(outcome.answers.values()))
 
     benchmark.extra_info["requests"] = size
     blob = benchmark(steps)

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from engine.decode import MAX_TIME_MS, Request, units_of
-from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType
+from engine.decode import MAX_TIME_MS, Request, error_answer, units_of
+from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType, ResultCode
 from engine.kernels.charge import (
     B_LEVEL,
     B_REMAINING,
@@ -27,7 +27,6 @@ from engine.kernels.charge import (
 )
 from engine.plans import RateTable, rate_row, resolve_zone
 from engine.state import NOTHING_RATED, AccountState
-from tollgate.v1 import charging_pb2 as pb
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
                 "flags", "res_src", "res_units", "res_amount", "cycle_slot", "now", "s_used",
@@ -40,29 +39,35 @@ LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
 
 
 class Answers:
-    """The answers to one gateway message, in its order: one future for the whole message
-    (a future per request would cost the event loop a callback per request)."""
+    """The answers to one gateway message, in its order, as ChargeAnswer bytes (each is also
+    the request's stored answer), with their result codes (metrics): one future for the
+    whole message (a future per request would cost the event loop a callback per request)."""
 
-    __slots__ = ("answers", "future", "left")
+    __slots__ = ("answers", "future", "left", "results", "types")
 
-    def __init__(self, n: int, future: asyncio.Future[list[pb.ChargeAnswer]]) -> None:
-        self.answers: list[pb.ChargeAnswer | None] = [None] * n
+    def __init__(self, types: list[int], future: asyncio.Future[list[bytes]]) -> None:
+        n = len(types)
+        self.types = types  # each request's type as sent (metrics)
+        self.answers: list[bytes | None] = [None] * n
+        self.results = [0] * n
         self.left = n
         self.future = future
+        if not n and not future.done():
+            future.set_result([])
 
-    def put(self, slot: int, ans: pb.ChargeAnswer) -> None:
+    def put(self, slot: int, answer: bytes, result: int) -> None:
         if self.answers[slot] is None:
-            self.answers[slot] = ans
+            self.answers[slot] = answer
+            self.results[slot] = result
             self.left -= 1
             if self.left == 0 and not self.future.done():
-                self.future.set_result(cast(list[pb.ChargeAnswer], self.answers))
+                self.future.set_result(cast(list[bytes], self.answers))
 
 
 @dataclass(slots=True, eq=False)
 class Pending:
     """A decoded request waiting for its answer."""
 
-    msg: pb.ChargeRequest
     request: Request
     call: Answers
     slot: int  # its place in the call's answers
@@ -73,11 +78,15 @@ class Pending:
     followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch
     zone: str = ""  # the zone it is rated in (its own, or its destination's by the plan)
 
-    def answer(self, ans: pb.ChargeAnswer) -> None:
-        self.call.put(self.slot, ans)
+    def answer(self, answer: bytes, result: int) -> None:
+        self.call.put(self.slot, answer, result)
         for p in self.followers:
-            p.call.put(p.slot, ans)
+            p.call.put(p.slot, answer, result)
         self.followers.clear()
+
+    def refuse(self, code: ResultCode, message: str) -> None:
+        req = self.request
+        self.answer(error_answer(req.session_id, req.request_number, code, message), code)
 
 
 @dataclass(slots=True)
@@ -124,6 +133,8 @@ class KernelResult:
     changes: list[tuple[int, int, int, int]]  # (account, what, index, new value) of what moved
     charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
+    items: np.ndarray  # the kernel's item table (ITEM_COLUMNS rows)
+    outputs: np.ndarray  # the kernel's item outputs (kernels.charge O_* rows)
 
 
 @dataclass(slots=True)
@@ -184,7 +195,7 @@ class KernelBatch:
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
-                            charges=charges, events=events)
+                            charges=charges, events=events, items=items, outputs=out)
 
     def _changes(self, before: np.ndarray, after: np.ndarray
                  ) -> list[tuple[int, int, int, int]]:

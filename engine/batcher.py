@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,20 @@ from typing import Generic, TypeVar
 from engine.errors import Overloaded
 
 T = TypeVar("T")
+
+
+SMALL_ACTIVE_S = 1.0
+"""How long after a small call batches stay small (see Batcher): the next small call of a
+caller comes in that time, and must not find a full-size batch being prepared."""
+
+
+class _Call:
+    """The source of items submitted without one: a call of their own."""
+
+    __slots__ = ("small",)
+
+    def __init__(self, small: bool) -> None:
+        self.small = small
 
 
 @dataclass(slots=True)
@@ -39,19 +54,38 @@ class Batcher(Generic[T]):
     batch takes the sources' items in turn, an equal share each, so a stream that sends
     far more than it reads cannot put thousands of requests ahead of a unary call. A source
     keeps its own order.
+
+    Small batches beside small callers: while small calls (at most `shared_batch // 8`
+    items: a unary Charge) come (one within SMALL_ACTIVE_S) and a bulk source waits (a
+    stream, a larger call), a batch takes at most `shared_batch` items. A small call's
+    answer waits for the batch being prepared and its own; at max_batch, under bulk load,
+    that is a few hundred ms on a small box. Bulk callers then lose only what a smaller
+    batch costs more per item.
+
+    Streams wait their turn to queue (`stream_room`): while 2 x max_batch items of streams
+    wait, a stream submits no more (its reader stops, and gRPC flow control holds its client
+    back). That keeps full batches, yet eight streams with their whole windows queued (8 x
+    4096) would wait longer than a request's deadline: most would expire unrun, and a batch
+    that reached its oldest request's deadline failed whole, a unary call in it too.
     """
 
     def __init__(self, prepare: Callable[[list[T]], Awaitable[Prepared[T]]],
                  on_error: Callable[[list[T], BaseException], None],
-                 max_batch: int, window_s: float, max_queue: int) -> None:
+                 max_batch: int, window_s: float, max_queue: int,
+                 shared_batch: int = 0) -> None:
         self._prepare = prepare
         self._on_error = on_error
         self.max_batch = max_batch
+        self.shared_batch = shared_batch or max_batch
+        self._small = self.shared_batch // 8
         self.window_s = window_s
         self.max_queue = max_queue
         self._again: deque[T] = deque()  # re-runs and items that waited: before anything new
         self._sources: OrderedDict[object, deque[T]] = OrderedDict()  # in turn order
         self._count = 0
+        self._streamed = 0  # items of named sources (streams) in _sources
+        self._small_seen = -SMALL_ACTIVE_S  # when a small call came last (monotonic s)
+        self._stream_room = asyncio.Event()
         self._ready = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -80,15 +114,28 @@ class Batcher(Generic[T]):
         if self._count + len(items) > self.max_queue:
             raise Overloaded(f"{self._count} requests already wait (max_queue "
                              f"{self.max_queue}); retry later")
-        key = object() if source is None else source
+        if source is None:
+            key: object = _Call(len(items) <= self._small)
+            if len(items) <= self._small:
+                self._small_seen = time.monotonic()
+        else:
+            key = source
         queue = self._sources.get(key)
         if queue is None:
             queue = self._sources[key] = deque()
         queue.extend(items)
         self._count += len(items)
+        if source is not None:
+            self._streamed += len(items)
         self._ready.set()
         if self._count >= self.max_batch:
             self._full.set()
+
+    async def stream_room(self) -> None:
+        """Waits until a stream may queue more (see the class's docstring)."""
+        while self._streamed >= 2 * self.max_batch:
+            self._stream_room.clear()
+            await self._stream_room.wait()
 
     async def close(self) -> None:
         """Refuses new work, finishes what is queued or running, then stops."""
@@ -154,7 +201,7 @@ class Batcher(Generic[T]):
     def _take(self) -> list[T]:
         """The next batch: what runs again first, then the sources in turn, an equal share of
         what is left each (the first of them gets the rest of a division)."""
-        room = self.max_batch
+        room = self._room()
         batch = [self._again.popleft() for _ in range(min(room, len(self._again)))]
         room -= len(batch)
         while room > 0 and self._sources:
@@ -164,6 +211,8 @@ class Batcher(Generic[T]):
                 take = min(share, len(queue), room)
                 batch += [queue.popleft() for _ in range(take)]
                 room -= take
+                if not isinstance(key, _Call):
+                    self._streamed -= take
                 if queue:
                     self._sources.move_to_end(key)  # the next batch starts with the others
                 else:
@@ -171,7 +220,16 @@ class Batcher(Generic[T]):
                 if room == 0:
                     break
         self._count -= len(batch)
+        if self._streamed < 2 * self.max_batch:
+            self._stream_room.set()
         return batch
+
+    def _room(self) -> int:
+        """How many items the next batch may take (see the class's docstring)."""
+        if time.monotonic() - self._small_seen < SMALL_ACTIVE_S and any(
+                not (isinstance(key, _Call) and key.small) for key in self._sources):
+            return min(self.shared_batch, self.max_batch)
+        return self.max_batch
 
     def _requeue(self, items: list[T]) -> None:
         self._again.extendleft(reversed(items))

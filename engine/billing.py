@@ -2,8 +2,12 @@
 groups (at least once, explicit Ack, redelivery after a timeout), GetUsage (one account, one
 period, paged), and the stream trimmer (only what every group has acknowledged).
 
-Record ids are "<partition>-<stream id>": stable, so a consumer that sees one twice drops it.
-Stream ids are the Redis clock's Unix ms when the record was written.
+Record ids are "<partition>-<place>": stable, so a consumer that sees one twice drops it.
+A place is the record's stream id ('<ms>-<seq>', the Redis clock's Unix ms when the record
+was written), or '<ms>-<seq>-<i>' for record i of a block of usage records (one stream entry,
+engine/record_block.py). Redis acknowledges whole entries: a block's records acknowledged so
+far are kept, per group, in a hash of the partition (keys.acked) until the last one is,
+and are not delivered again.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import grpc
 from prometheus_client import Counter
 from redis.exceptions import ResponseError
 
-from engine import keys
+from engine import keys, record_block
 from engine.config import Config
 from engine.errors import InvalidArgument
 from engine.metrics import USAGE_PAST_RETENTION
+from engine.node_pipelines import Call
 from engine.redis_client import cluster_of
 from engine.store import Store, cancel_requested
 from tollgate.v1 import billing_pb2 as pb
@@ -50,7 +55,6 @@ MAX_SCAN = 100_000
 MAX_ACK_IDS = 100_000
 CLUSTER_POLL_S = 0.02
 """Redis Cluster: how often an idle stream looks for new records (no multi-slot blocking)."""
-_SID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 StreamId = tuple[int, int]
 Entry = tuple[str, bytes]
@@ -74,16 +78,21 @@ def _before(sid: StreamId) -> str:
     return format_sid((sid[0] - 1, 2**64 - 1)) if sid[1] == 0 else format_sid((sid[0], sid[1] - 1))
 
 
-def record_id(partition: int, sid: bytes | str) -> str:
-    return f"{partition}-{sid.decode() if isinstance(sid, bytes) else sid}"
+def record_id(partition: int, place: bytes | str) -> str:
+    return f"{partition}-{place.decode() if isinstance(place, bytes) else place}"
 
 
 def split_record_id(rid: str, partitions: int) -> tuple[int, str]:
-    """'<partition>-<ms>-<seq>' -> (partition, '<ms>-<seq>'), or InvalidArgument."""
-    p, _, sid = rid.partition("-")
-    if not p.isdigit() or int(p) >= partitions or not _SID.match(sid):
-        raise InvalidArgument(f"record id {rid[:80]!r} is not '<partition>-<stream id>'")
-    return int(p), sid
+    """'<partition>-<place>' -> (partition, place), or InvalidArgument."""
+    p, _, place = rid.partition("-")
+    try:
+        record_block.position(place)
+    except ValueError:
+        place = ""
+    if not p.isdigit() or int(p) >= partitions or not place:
+        raise InvalidArgument(f"record id {rid[:80]!r} is not '<partition>-<stream id>' "
+                              f"or '<partition>-<stream id>-<index>'")
+    return int(p), place
 
 
 def stream_key(feed: int, p: int) -> str:
@@ -119,6 +128,7 @@ class Billing:
 
     def __init__(self, store: Store, config: Config) -> None:
         self.redis = store.redis
+        self.nodes = store.nodes
         self.partitions = store.partitions
         self.cluster = cluster_of(store.redis) is not None
         self.config = config
@@ -126,6 +136,8 @@ class Billing:
         self._closing = asyncio.Event()
         self._carry_script = self.redis.register_script(
             (Path(__file__).parent / "lua" / "carry_trim.lua").read_text())
+        self._ack_block = self.redis.register_script(
+            (Path(__file__).parent / "lua" / "ack_block.lua").read_text())
 
     def close(self) -> None:
         """Ends every open stream at its next turn (server shutdown)."""
@@ -148,9 +160,18 @@ class Billing:
         pipe = self.redis.pipeline(transaction=False)
         for p, sid in enumerate(self._start_ids(start)):
             pipe.xgroup_create(stream_key(feed, p), group, id=sid, mkstream=True)
-        for r in await pipe.execute(raise_on_error=False):
+        created = await pipe.execute(raise_on_error=False)
+        for r in created:
             if isinstance(r, Exception) and "BUSYGROUP" not in str(r):
                 raise r
+        if isinstance(start, str):
+            p, place = split_record_id(start, self.partitions)
+            ms, seq, i = record_block.position(place)
+            if i and not isinstance(created[p], Exception):
+                # Starting within a block: its records before the start count as
+                # acknowledged, so they are never delivered.
+                await self.redis.hset(keys.acked(stream_key(feed, p), group), f"{ms}-{seq}",
+                                      "1" * i)
         self._groups.add((feed, group))
 
     def _start_ids(self, start: StartAt) -> list[str]:
@@ -159,8 +180,8 @@ class Billing:
             return ["0"] * self.partitions
         if isinstance(start, int):
             return [_before((start, 0)) if start else "0"] * self.partitions
-        p, sid = split_record_id(start, self.partitions)
-        at = parse_sid(sid)
+        p, place = split_record_id(start, self.partitions)
+        at = record_block.position(place)[:2]
         return [_before(at if q == p else (at[0], 0)) for q in range(self.partitions)]
 
     @staticmethod
@@ -209,6 +230,7 @@ class Billing:
             if len(out) < max_batch:
                 out += await self._read_new(feed, req.group, req.consumer, parts,
                                             max_batch - len(out), None if out else block_ms)
+            out = await self._unacked(feed, req.group, out)
             for i in range(0, len(out), max_batch):
                 yield out[i:i + max_batch]
 
@@ -287,25 +309,74 @@ class Billing:
     def _entries(feed: int, p: int, entries: Iterable[Any]) -> list[Entry]:
         out: list[Entry] = []
         for sid, fields in entries:
-            if fields and FIELD[feed] in fields:  # None: deleted while pending (trimmed)
+            if feed == USAGE:  # an entry's record or its block's (engine/record_block.py)
+                out += [(record_id(p, place), r) for place, r in record_block.records(sid, fields)]
+            elif fields and FIELD[feed] in fields:  # None: deleted while pending (trimmed)
                 out.append((record_id(p, sid), fields[FIELD[feed]]))
         return out
 
+    async def _unacked(self, feed: int, group: str, entries: list[Entry]) -> list[Entry]:
+        """The entries less the records of blocks the group has acknowledged (a block is
+        pending, and comes again, until all its records are)."""
+        blocks: dict[int, set[str]] = defaultdict(set)
+        for rid, _ in entries:
+            p, place = split_record_id(rid, self.partitions)
+            if record_block.in_block(place):
+                blocks[p].add(record_block.entry_of(place))
+        if not blocks:
+            return entries
+        pipe = self.redis.pipeline(transaction=False)
+        asked = [(p, sorted(ids)) for p, ids in blocks.items()]
+        for p, ids in asked:
+            pipe.hmget(keys.acked(stream_key(feed, p), group), ids)
+        marks = {(p, i): m for (p, ids), ms in zip(asked, await pipe.execute(), strict=True)
+                 for i, m in zip(ids, ms, strict=True) if m}
+        if not marks:
+            return entries
+        out: list[Entry] = []
+        for rid, data in entries:
+            p, place = split_record_id(rid, self.partitions)
+            m = marks.get((p, record_block.entry_of(place)))
+            i = record_block.position(place)[2]
+            if not (m and record_block.in_block(place) and m[i:i + 1] == b"1"):
+                out.append((rid, data))
+        return out
+
     async def ack(self, feed: int, group: str, record_ids: Sequence[str]) -> int:
-        """Acknowledges records of a group; returns how many were pending."""
+        """Acknowledges records of a group; returns how many were pending. A record of a
+        block is kept as acknowledged until the block's last one is (ack_block.lua)."""
         self._check_name("group", group)
         if len(record_ids) > MAX_ACK_IDS:
             raise InvalidArgument(f"{len(record_ids)} record ids; the limit is {MAX_ACK_IDS}")
         by_partition: dict[int, list[str]] = defaultdict(list)
+        in_blocks: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for rid in record_ids:
-            p, sid = split_record_id(rid, self.partitions)
-            by_partition[p].append(sid)
-        if not by_partition:
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for p, sids in by_partition.items():
-            pipe.xack(stream_key(feed, p), group, *sids)
-        return sum(int(n) for n in await pipe.execute())
+            p, place = split_record_id(rid, self.partitions)
+            if record_block.in_block(place):
+                if feed != USAGE:
+                    raise InvalidArgument(f"record id {rid[:80]!r}: events are "
+                                          f"'<partition>-<stream id>'")
+                ms, seq, i = record_block.position(place)
+                in_blocks[p][f"{ms}-{seq}"].append(str(i))
+            else:
+                by_partition[p].append(place)
+        acked = 0
+        if by_partition:
+            pipe = self.redis.pipeline(transaction=False)
+            for p, sids in by_partition.items():
+                pipe.xack(stream_key(feed, p), group, *sids)
+            acked += sum(int(n) for n in await pipe.execute())
+        calls: dict[int, Call] = {}
+        for p, blocks in in_blocks.items():
+            stream = stream_key(feed, p)
+            args: list[bytes | str | int] = [group]
+            for entry, indexes in blocks.items():
+                args += (entry, ",".join(indexes))
+            calls[p] = ([stream, keys.acked(stream, group)], args)
+        if calls:  # per node, a script call per partition (its own slot on a cluster)
+            replies = await self.nodes.run(self._ack_block, calls, wait=False)
+            acked += sum(int(n) for n in replies.values())
+        return acked
 
     # --- GetUsage -----------------------------------------------------------------------
 
@@ -322,45 +393,55 @@ class Billing:
         after, totals = self._read_token(req)
         p = keys.partition_of(req.account_id, self.partitions)
         key = keys.usage_stream(p)
-        start = f"({format_sid(after)}" if after else str(req.from_ms)
+        # From the entry of the last record given: more of its block may follow it.
+        start = f"{after[0]}-{after[1]}" if after else str(req.from_ms)
         end = str(req.to_ms - 1) if req.to_ms else "+"
         records: list[usage_pb2.RatedUsage] = []
         scanned = 0
-        last: StreamId | None = None
-        exhausted = False
+        last: record_block.Position | None = None
+        exhausted = more = False
         while len(records) < page_size and scanned < MAX_SCAN:
             chunk = min(max(page_size, 500), MAX_SCAN - scanned)
             entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                            await self.redis.xrange(key, start, end, count=chunk))
-            full = False
             for i, (sid, fields) in enumerate(entries):
                 scanned += 1
-                last = parse_sid(sid)
-                rec = usage_pb2.RatedUsage.FromString(fields[b"r"])
-                if rec.account_id == req.account_id:
-                    rec.record_id = record_id(p, sid)
-                    records.append(rec)
-                    _add(totals, rec)
-                    if len(records) == page_size:
-                        full = i < len(entries) - 1 or len(entries) == chunk
-                        break
-            if len(entries) < chunk and not full:
+                items = record_block.records(sid, fields)
+                for j, (place, data) in enumerate(items):
+                    pos = record_block.position(place)
+                    if after is not None and pos <= after:
+                        continue
+                    last = pos
+                    rec = usage_pb2.RatedUsage.FromString(data)
+                    if rec.account_id == req.account_id:
+                        rec.record_id = record_id(p, place)
+                        records.append(rec)
+                        _add(totals, rec)
+                        if len(records) == page_size:
+                            more = (j < len(items) - 1 or i < len(entries) - 1
+                                    or len(entries) == chunk)
+                            break
+                if len(records) == page_size:
+                    break
+            if len(entries) < chunk and not more:
                 exhausted = True
                 break
-            if last is not None:
-                start = f"({format_sid(last)}"
+            if entries:
+                start = f"({_text(entries[-1][0])}"
         token = "" if exhausted or last is None else self._make_token(req, last, totals)
         return pb.GetUsageAnswer(records=records, next_page_token=token,
                                  totals=_totals_proto(totals))
 
     @staticmethod
-    def _make_token(req: pb.GetUsageRequest, after: StreamId, totals: dict[str, Any]) -> str:
+    def _make_token(req: pb.GetUsageRequest, after: record_block.Position,
+                    totals: dict[str, Any]) -> str:
         data = {"a": req.account_id, "f": req.from_ms, "t": req.to_ms,
-                "after": format_sid(after), "tot": totals}
+                "after": "-".join(map(str, after)), "tot": totals}
         return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode()
 
     @staticmethod
-    def _read_token(req: pb.GetUsageRequest) -> tuple[StreamId | None, dict[str, Any]]:
+    def _read_token(req: pb.GetUsageRequest
+                    ) -> tuple[record_block.Position | None, dict[str, Any]]:
         if not req.page_token:
             return None, {"n": 0, "m": 0, "u": {}, "k": {}}
         try:
@@ -368,7 +449,7 @@ class Billing:
             if (data["a"], data["f"], data["t"]) != (req.account_id, req.from_ms, req.to_ms):
                 raise InvalidArgument("page_token belongs to another account or period")
             tot = data["tot"]
-            return parse_sid(data["after"]), {
+            return record_block.position(data["after"]), {
                 "n": int(tot["n"]), "m": int(tot["m"]),
                 "u": {str(k): int(v) for k, v in tot["u"].items()},
                 "k": {str(k): [int(v[0]), int(v[1])] for k, v in tot["k"].items()}}
@@ -459,7 +540,7 @@ class Billing:
         pending_end = format_sid(last) if last < before else end
         while True:
             rows = await self.redis.xpending_range(key, group, lo, pending_end, 1000)
-            n += len(rows)
+            n += await self._unacked_in(key, group, [_text(r["message_id"]) for r in rows])
             if len(rows) < 1000:
                 break
             lo = f"({_text(rows[-1]['message_id'])}"
@@ -467,10 +548,23 @@ class Billing:
         while True:
             entries = cast(list[tuple[bytes, Any]],
                            await self.redis.xrange(key, lo, end, count=1000))
-            n += len(entries)
+            n += sum(record_block.count(fields) for _, fields in entries)
             if len(entries) < 1000:
                 return n
             lo = f"({_text(entries[-1][0])}"
+
+    async def _unacked_in(self, key: str, group: str, pending: list[str]) -> int:
+        """The records of pending entries the group has not acknowledged (some records of a
+        block may be)."""
+        if not pending:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in pending:
+            pipe.xrange(key, sid, sid)
+        pipe.hmget(keys.acked(key, group), pending)
+        *found, marks = await pipe.execute()
+        return sum(record_block.count(rows[0][1] if rows else None) - (m or b"").count(b"1")
+                   for rows, m in zip(found, marks, strict=True))
 
     async def _trim_events(self, key: str, cutoff: StreamId | None) -> tuple[int, int]:
         groups = await self._group_bounds(key)
@@ -486,9 +580,10 @@ class Billing:
         return trimmed, dropped
 
     async def _xtrim(self, key: str, minid: StreamId) -> int:
-        """Trims entries before minid. For a usage stream, what the trimmed records did to
-        each account is first added to the partition's carried totals, in the same atomic
-        call, so `tollgate reconcile` still proves the books after trimming."""
+        """Trims entries before minid; returns the records trimmed. For a usage stream, what
+        the trimmed records did to each account is first added to the partition's carried
+        totals, in the same atomic call, so `tollgate reconcile` still proves the books after
+        trimming."""
         p_match = re.match(r"^tg:\{p(\d+)\}:usage$", key)
         if p_match is None:
             return int(await self.redis.xtrim(key, minid=format_sid(minid), approximate=False))
@@ -498,13 +593,16 @@ class Billing:
             if not head or parse_sid(head[0][0]) >= minid:
                 return 0
             sums: dict[str, int] = defaultdict(int)
+            counted = 0  # records (an entry may hold a block of them)
             lo = _text(head[0][0])
             end = _before(minid)
             while True:
                 rows = cast(list[tuple[bytes, dict[bytes, bytes]]],
                             await self.redis.xrange(key, lo, end, count=1000))
-                for _, fields in rows:
-                    carry(sums, usage_pb2.RatedUsage.FromString(fields.get(b"r", b"")))
+                for sid, fields in rows:
+                    for _, r in record_block.records(sid, fields):
+                        carry(sums, usage_pb2.RatedUsage.FromString(r))
+                        counted += 1
                 if len(rows) < 1000:
                     break
                 lo = f"({_text(rows[-1][0])}"
@@ -514,8 +612,8 @@ class Billing:
                     args += (f, d)
             done = int(await self._carry_script(
                 keys=[key, keys.carried(p), keys.usage_kept_from(p)], args=args))
-            if done >= 0:
-                return done
+            if done >= 0:  # the head was as read: [head, minid) is what went
+                return counted if done else 0
         return 0
 
     async def _count_unacked(self, key: str, lasts: dict[str, StreamId], start: StreamId,

@@ -13,14 +13,14 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from engine import metrics
+from engine import answers, metrics, usage_wire, wire
 from engine.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher, Prepared
 from engine.config import Config
 from engine.cycles import renew_if_due
-from engine.decode import Invalid, Request, decode, error_answer
+from engine.decode import Invalid, Request, decode_all, error_answer
 from engine.domain import Plan, RequestType, ResultCode, SubscriberState
-from engine.errors import NotFound
+from engine.errors import InvalidArgument, NotFound
 from engine.outcome import Outcome, Timing, build_outcome
 from engine.plans import RateTable
 from engine.state import AccountState, SessionState
@@ -33,6 +33,7 @@ T = TypeVar("T")
 MAX_RERUNS = 50
 """A request whose account keeps changing under it is answered UNABLE_TO_COMPLY after this."""
 
+SUCCESS = int(ResultCode.SUCCESS)
 DENIED_STATES = frozenset({SubscriberState.SUSPENDED, SubscriberState.TERMINATED})
 
 
@@ -101,7 +102,7 @@ class Engine:
         self.rates = RateTable()
         self.batcher: Batcher[Pending] = Batcher(
             self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
-            config.max_queue)
+            config.max_queue, config.shared_batch)
         self.conflicts = 0
         self.stale_reads = 0  # cached accounts found moved on before use (see _load)
         self._others_seen = -OTHERS_QUIET_S  # when another writer last showed (monotonic s)
@@ -125,6 +126,9 @@ class Engine:
     def warm_up(self) -> None:
         """Loads (or compiles) the kernels now, so that no request waits for Numba."""
         assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
+        wire.warm_up()
+        usage_wire.warm_up()
+        answers.warm_up()
 
     def _forget_subscriber(self, subscriber_id: str | None) -> None:
         self._subscriber_changes += 1
@@ -135,32 +139,43 @@ class Engine:
 
     # --- entry point ---------------------------------------------------------------------
 
-    def submit(self, msgs: list[pb.ChargeRequest], source: object = None
-               ) -> asyncio.Future[list[pb.ChargeAnswer]]:
-        """Queues requests; the future resolves to their answers, in order, once their effects
-        are in Redis. Raises Overloaded when the queue is full (nothing is queued then).
-        `source`: the stream the requests come from (None: the call is its own), for the
-        batcher's fair turns between callers."""
+    def parse(self, data: bytes, single: bool = False) -> wire.Parsed:
+        """The tables of a ChargeBatchRequest's wire bytes (a ChargeRequest's if `single`);
+        InvalidArgument for bytes that cannot be read or too many requests."""
+        parsed = wire.parse_request(data) if single else wire.parse_batch(data)
+        n = parsed.requests.shape[1]
+        limit = self.config.max_requests_per_call
+        if n > limit:
+            raise InvalidArgument(f"{n} requests in one message; the limit is {limit}")
+        return parsed
+
+    def submit(self, data: bytes, parsed: wire.Parsed, source: object = None) -> Answers:
+        """Queues the requests of a parsed message (`data`: its bytes); the returned call's
+        future resolves to their answers' bytes, in order, once their effects are in Redis.
+        Raises Overloaded when the queue is full (nothing is queued then). `source`: the
+        stream the requests come from (None: the call is its own), for the batcher's fair
+        turns between callers."""
         loop = asyncio.get_running_loop()
-        now = self.clock()
         deadline = loop.time() + self.config.request_deadline_s
-        call = Answers(len(msgs), loop.create_future())
+        call = Answers(parsed.requests[wire.R_TYPE].tolist(), loop.create_future())
         pending: list[Pending] = []
-        for slot, msg in enumerate(msgs):
-            try:
-                request = decode(msg, self.config, now)
-            except Invalid as e:
-                call.put(slot, error_answer(msg, e.code, str(e)))
-                continue
-            pending.append(Pending(msg, request, call, slot, deadline=deadline))
+        for slot, request in enumerate(decode_all(data, parsed, self.config, self.clock())):
+            if isinstance(request, Invalid):
+                call.put(slot, error_answer(
+                    parsed.text(wire.R_SESSION, slot),
+                    int(parsed.requests[wire.R_NUMBER, slot]), request.code, str(request)),
+                    request.code)
+            else:
+                pending.append(Pending(request, call, slot, deadline=deadline))
         if pending:
             self.batcher.submit(pending, source)
-        elif not msgs:
-            call.future.set_result([])
-        return call.future
+        return call
 
     async def charge(self, msgs: list[pb.ChargeRequest]) -> list[pb.ChargeAnswer]:
-        return await self.submit(msgs)
+        """The answers to request messages (tests and fronts that hold messages, not bytes)."""
+        data = pb.ChargeBatchRequest(requests=msgs).SerializeToString()
+        call = self.submit(data, self.parse(data))
+        return [pb.ChargeAnswer.FromString(a) for a in await call.future]
 
     def _fail(self, batch: list[Pending], error: BaseException) -> None:
         """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a
@@ -181,7 +196,7 @@ class Engine:
             log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
         for p in batch:
             self.accounts.pop(p.account_id, None)
-            p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY, why))
+            p.refuse(ResultCode.UNABLE_TO_COMPLY, why)
 
     # --- one batch ----------------------------------------------------------------------
 
@@ -195,10 +210,9 @@ class Engine:
         live = []
         for p in batch:
             if p.deadline <= now:
-                p.answer(error_answer(
-                    p.msg, ResultCode.UNABLE_TO_COMPLY,
-                    f"not run within request_deadline_s ({self.config.request_deadline_s:g} s):"
-                    " storage is slow or unreachable, retry"))
+                p.refuse(ResultCode.UNABLE_TO_COMPLY,
+                         f"not run within request_deadline_s ({self.config.request_deadline_s:g}"
+                         " s): storage is slow or unreachable, retry")
             else:
                 live.append(p)
         if not live:
@@ -271,11 +285,10 @@ class Engine:
         for p in batch:
             sub = known.get(p.request.subscriber_id)
             if sub is None:
-                p.answer(error_answer(p.msg, ResultCode.USER_UNKNOWN,
-                                      f"subscriber {p.request.subscriber_id!r} is not known"))
+                p.refuse(ResultCode.USER_UNKNOWN,
+                         f"subscriber {p.request.subscriber_id!r} is not known")
             elif sub[1] in DENIED_STATES:
-                p.answer(error_answer(p.msg, ResultCode.END_USER_SERVICE_DENIED,
-                                      f"subscriber is {sub[1].name}"))
+                p.refuse(ResultCode.END_USER_SERVICE_DENIED, f"subscriber is {sub[1].name}")
             else:
                 # Kept with the request: the cache may drop the entry before the kernel runs.
                 p.account_id, p.grace = sub[0], sub[1] == SubscriberState.GRACE
@@ -365,24 +378,24 @@ class Engine:
             acct = self.accounts.get(p.account_id)
             req = p.request
             if acct is None:
-                p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY,
-                                      f"account of subscriber {req.subscriber_id!r} is missing"))
+                p.refuse(ResultCode.UNABLE_TO_COMPLY,
+                         f"account of subscriber {req.subscriber_id!r} is missing")
                 continue
             s = acct.sessions.get(req.session_id)
             if s is not None and not s.owned_by(req.subscriber_id, p.account_id):
                 # Checked before the stored answers: they are the owner's. An INITIAL or a
                 # first EVENT on a session not read comes here too, once the apply refused it
                 # as existing and it was read.
-                p.answer(error_answer(
-                    p.msg, ResultCode.UNKNOWN_SESSION_ID,
-                    f"session {req.session_id!r} belongs to another subscriber"))
+                p.refuse(ResultCode.UNKNOWN_SESSION_ID,
+                         f"session {req.session_id!r} belongs to another subscriber")
                 continue
             if s is not None and req.request_number in s.answers:
-                p.answer(pb.ChargeAnswer.FromString(s.answers[req.request_number]))
+                stored = s.answers[req.request_number]
+                p.answer(stored, pb.ChargeAnswer.FromString(stored).result)
                 continue
             problem = self._session_problem(req, s)
             if problem is not None:
-                p.answer(error_answer(p.msg, *problem))
+                p.refuse(*problem)
                 continue
             out.append(p)
         return out
@@ -443,7 +456,7 @@ class Engine:
             res = kb.run(self.rates)
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
-        return Run(kb, res, build_outcome(batch, kb, res, timing, renewals))
+        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))
 
     async def _apply(self, kb: KernelBatch, writes: dict[str, AccountWrite]) -> set[str]:
         """Applies every account's write; returns the accounts refused by the version check."""
@@ -478,8 +491,7 @@ class Engine:
             if p.account_id in conflicted:
                 p.reruns += 1
                 if p.reruns > MAX_RERUNS:
-                    p.answer(error_answer(p.msg, ResultCode.UNABLE_TO_COMPLY,
-                                          "account is changing too fast, retry"))
+                    p.refuse(ResultCode.UNABLE_TO_COMPLY, "account is changing too fast, retry")
                 else:
                     again.append(p)
                 continue
@@ -493,5 +505,5 @@ class Engine:
                 acct.sessions.pop(session.session_id, None)
             else:
                 acct.sessions[session.session_id] = session
-            p.answer(outcome.answers[id(p)])
+            p.answer(outcome.answers[id(p)], SUCCESS)
         return again

@@ -28,7 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, listen=args.listen, redis_url=args.redis_url,
                        data_dir=args.data_dir, log_format=args.log_format,
-                       log_level=args.log_level, workers=getattr(args, "workers", None))
+                       log_level=args.log_level, workers=getattr(args, "workers", None),
+                       diameter_listen=getattr(args, "diameter", None),
+                       http_listen=getattr(args, "http_listen", None))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,14 +42,22 @@ def parser() -> argparse.ArgumentParser:
                            description="Run the server until SIGTERM/SIGINT. Without "
                                        "REDIS_URL it starts its own redis-server with AOF.")
     _common(serve)
+    serve.add_argument("--http", metavar="HOST:PORT", dest="http_listen",
+                       help="also serve the web pages (dashboard, subscriber view, "
+                            "self-service links) here; also http_listen in --config")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="N server processes on the one port (SO_REUSEPORT), restarted by "
                             "a supervisor when one dies (default 1)")
+    serve.add_argument("--diameter", metavar="HOST:PORT",
+                       help="also serve Diameter Gy credit control here (usually port 3868; "
+                            "needs diameter_peers in the configuration)")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     demo = sub.add_parser("demo", help="start everything, drive sample sessions, print a table")
     _common(demo)
     demo.add_argument("--sessions", type=int, default=300)
     demo.add_argument("--subscribers", type=int, default=5)
+    demo.add_argument("--keep", action="store_true",
+                      help="keep running after the table (the web pages stay up) until Ctrl-C")
     plans = sub.add_parser("plans", help="load or check a TOML plan file",
                            description="Plan files: see engine/plan_file.py for the format "
                                        "and examples/plans.toml for every feature.")
@@ -346,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready(app: object) -> None:
             print(f"tollgate serving on {getattr(app, 'address', '?')}", flush=True)
+            diameter = getattr(app, "diameter", None)
+            if diameter is not None:
+                print(f"diameter on {diameter.settings.host}:{diameter.port}", flush=True)
 
         try:
             asyncio.run(serve(config, ready))
@@ -358,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                       else "text")
         from engine.demo import demo_config, run_demo
         try:
-            asyncio.run(run_demo(demo_config(config), args.sessions, args.subscribers))
+            asyncio.run(run_demo(demo_config(config), args.sessions, args.subscribers,
+                                 keep=args.keep))
         except ConfigError as e:
             print(f"tollgate: {e}", file=sys.stderr)
             return 2

@@ -36,6 +36,12 @@ class Config:
     """Number of partitions; fixed at first start of an installation."""
     max_batch: int = 1024
     """Most requests in one micro-batch."""
+    shared_batch: int = 128
+    """Most requests in one micro-batch while a small caller (at most shared_batch / 8
+    requests waiting: a unary Charge, a small ChargeBatch) waits beside a bulk one (a stream
+    or a ChargeBatch with more): the small caller's latency is a few batches' CPU, so this
+    bounds it under bulk load, at some of the bulk callers' throughput (docs/stream-soak.md).
+    0 = max_batch always."""
     batch_window_ms: float = 1.0
     """How long an idle batcher waits for more requests before flushing."""
     max_queue: int = 100_000
@@ -64,7 +70,18 @@ class Config:
     counts until gRPC takes it, which it does only as the client reads). Past it the stream
     stops reading, so gRPC flow control holds the client back; a message counts at least 1,
     and one larger than this runs alone. Bounds a stream's memory: a client that sends fast
-    and never reads cannot pile up answers."""
+    and never reads cannot pile up answers. Streams together queue at most 2 x max_batch
+    requests for a batch; past that their readers wait too (engine/batcher.py)."""
+    stream_max_rate: float = 0.0
+    """Most requests a second one ChargeStream may send, on average (a second's worth at
+    once); past it the stream stops reading, so gRPC flow control holds the client back.
+    An operator's policy, for a server that bulk streams would otherwise keep saturated
+    (docs/stream-soak.md); 0 = no limit."""
+    stream_stall_s: float = 30.0
+    """A ChargeStream whose client takes none of its answers for this long (its window then
+    fills, and nothing more of it runs) is ended with RESOURCE_EXHAUSTED. HTTP/2 delivers
+    the status after the answers before it: the client sees it when it reads again.
+    0 = never."""
     max_units_per_request: int = 64
     """Most rating groups (MSCC) in one request."""
     max_id_length: int = 256
@@ -135,6 +152,48 @@ class Config:
     group has acknowledged them: one that falls behind is warned about
     (tollgate_usage_unacked_past_retention), never trimmed past."""
 
+    http_listen: str = ""
+    """Address (host:port) of the web pages: the operator's dashboard, customer care's
+    subscriber view and the subscribers' self-service links (engine/web); empty = off. Uses
+    tls_cert / tls_key when they are set; operators log in with a token of tokens_file."""
+    http_census_s: float = 300.0
+    """How often the base is counted by lifecycle state and scored for churn risk (the
+    segments page's index): a background SCAN of the subscribers, never on a page load, by
+    one process at a time: whichever web server (http_listen), or lifecycle process with
+    lifecycle.census_s, takes the interval's lease. 0 keeps this server out (on a big base,
+    so a lifecycle process does it). About 0.15 ms of CPU a line (docs/live-view.md)."""
+    self_link_days: int = 14
+    """How long a subscriber's self-service link stays valid."""
+    dashboard_interval_s: float = 1.0
+    """How often each process adds its counters to the dashboard's series in Redis (0 = never;
+    the dashboard then shows nothing of this process)."""
+    diameter_listen: str = ""
+    """Diameter Gy address to bind (host:port, usually port 3868; port 0 picks a free one);
+    empty = no Diameter front (`tollgate serve --diameter HOST:PORT`)."""
+    diameter_origin_host: str = ""
+    """Tollgate's Origin-Host (DiameterIdentity); empty = the machine's fully qualified name."""
+    diameter_origin_realm: str = ""
+    """Tollgate's Origin-Realm; empty = the Origin-Host less its first label."""
+    diameter_peers: tuple[str, ...] = ()
+    """Gateways allowed to connect: each an Origin-Host, or ORIGIN-HOST@ADDRESS to accept it
+    only from that source address (repeat the host for several); "*" = any peer. A string is
+    split at commas. Required when diameter_listen is set."""
+    diameter_subscription_id_type: str = "e164"
+    """Which Subscription-Id of a CCR is the Tollgate subscriber id, as sent: e164, imsi,
+    sip_uri, nai or private."""
+    diameter_zones: tuple[str, ...] = ()
+    """Rating zone by the serving network's 3GPP-SGSN-MCC-MNC (in Service-Information /
+    PS-Information or at the top of a CCR): entries MCCMNC=ZONE, MCC=ZONE (any network of
+    that country) or *=ZONE (any other); the longest match wins, ZONE may be empty (home).
+    No match, or no such AVP: the home zone."""
+    diameter_tls: bool = False
+    """The Diameter port speaks TLS only (RFC 6733 TLS/TCP, usually port 5658), with the
+    certificate settings of gRPC: tls_cert, tls_key, and tls_client_ca to require gateways'
+    certificates."""
+    diameter_watchdog_s: float = 30.0
+    """Tw (RFC 3539): a connection silent this long gets a DWR, and is closed when still
+    silent as long again; also how long a new connection may take to send its CER."""
+
     @property
     def metrics_bind_host(self) -> str:
         return self.metrics_host or self.listen.rsplit(":", 1)[0].strip("[]")
@@ -147,6 +206,9 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
     try:
         if kind is bool and isinstance(value, str):
             return value.lower() in ("1", "true", "yes", "on")
+        if kind is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(v).strip() for v in items if str(v).strip())
         return kind(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"setting {name!r}: cannot use {value!r} as {kind.__name__}") from e
@@ -179,6 +241,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
             or config.grpc_listeners < 1 or config.stream_max_in_flight < 1):
         raise ConfigError("partitions, max_batch, max_queue, grpc_listeners and "
                           "stream_max_in_flight must be positive")
+    if min(config.stream_stall_s, config.shared_batch, config.stream_max_rate) < 0:
+        raise ConfigError("stream_stall_s, shared_batch and stream_max_rate must be 0 or more")
     if config.usage_retention_days < 0:
         raise ConfigError("usage_retention_days must be 0 or more")
     if config.appendfsync not in ("always", "everysec", "no"):

@@ -4,8 +4,10 @@ the lifecycle runs in-process and the notifications a local webhook receives are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -49,6 +51,12 @@ def _rule(name: str, event: str, text: str, **kw: object) -> dict[str, object]:
     return {"name": name, "event": event, "channels": ["webhook"],
             "templates": {"en": {"subject": name, "text": text}}, **kw}
 
+
+DEMO_SEGMENT_CAMPAIGN = {
+    "name": "stay-with-us", "signal": "segment", "offer": True, "channels": ["webhook"],
+    "templates": {"en": {"subject": "A bundle for you",
+                         "text": "$offers\nYour line: $self_link"}}}
+"""Sent from the web segments page (tollgate demo --keep) to the segment an operator picks."""
 
 DEMO_RULES = [
     _rule("bundle", "BUCKET_USED", "$threshold% of your $bucket bundle used", thresholds=[50]),
@@ -155,20 +163,40 @@ def _eur(micros: int) -> str:
 
 
 async def run_demo(config: Config, sessions: int = 300, subscribers: int = 5,
-                   seed: int = 7) -> str:
+                   seed: int = 7, keep: bool = False) -> str:
+    """keep: after the table, the server (and its web pages) runs on until Ctrl-C."""
     hook = WebhookReceiver()
     try:
         async with Tollgate(config) as app:
             url = app.redis.url if app.redis is not None else config.redis_url
+            if app.web is not None:
+                print(f"Web pages: {app.web.url}/dashboard (operator dashboard), "
+                      f"{app.web.url}/care (subscribers)", flush=True)
             settings = parse_settings({"webhook": {"url": hook.url}, "rules": DEMO_RULES,
+                                       "campaigns": [DEMO_SEGMENT_CAMPAIGN],
+                                       "self_link_url": app.web.url if app.web else "",
                                        "poll_s": 0.05, "metrics_port": 0,
                                        "group": f"demo-{random.randrange(1 << 30)}"})
             async with Lifecycle(config.replace(redis_url=url), settings):
                 summary = await _drive(app, sessions, subscribers, seed)
                 await _show_notifications(hook)
+                if keep:
+                    await _stay(app)
                 return summary
     finally:
         hook.stop()
+
+
+async def _stay(app: Tollgate) -> None:
+    """Runs on until SIGINT / SIGTERM, so the web pages can be looked at."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    where = f" at {app.web.url}/dashboard" if app.web is not None else ""
+    print(f"\nStill running{where}; Ctrl-C ends the demo.", flush=True)
+    await stop.wait()
 
 
 async def _show_notifications(hook: WebhookReceiver) -> None:
@@ -241,4 +269,5 @@ def demo_config(config: Config) -> Config:
     if not config.redis_url and config.data_dir == Config().data_dir:
         config = config.replace(data_dir=tempfile.mkdtemp(prefix="tollgate-demo-"))
     return config.replace(listen=config.listen if config.listen != Config().listen
-                          else "127.0.0.1:0")
+                          else "127.0.0.1:0",
+                          http_listen=config.http_listen or "127.0.0.1:0")

@@ -6,7 +6,8 @@ written as they come: CSV row by row, Parquet one row group per `row_group` reco
 stays bounded by the chunk and the row group, whatever the number of records.
 
 Columns: `partition`, then every field of `tollgate.v1.RatedUsage` in field-number order
-(`record_id` = the stream entry id; enums as their names, e.g. `USAGE`, `OCTETS`), with the
+(`record_id` = the stream entry id, with `-<index>` for a record of a block: engine/
+record_block.py; enums as their names, e.g. `USAGE`, `OCTETS`), with the
 repeated `charges` flattened into three columns: `money_charged_micros` (sum of the money
 charges, = `money_micros`), `bucket_units` (sum of units taken from buckets) and
 `charges_json` (the full list as JSON: `[{"bucket_id": "", "units": 5, "micros": 5000}]`).
@@ -27,7 +28,7 @@ from typing import IO, Any, cast
 import redis
 from google.protobuf.descriptor import FieldDescriptor
 
-from engine import keys, redis_client
+from engine import keys, record_block, redis_client
 from engine.retention import retention_notes
 from tollgate.v1 import usage_pb2
 
@@ -62,16 +63,18 @@ def partition_count(client: redis.Redis) -> int:
 
 
 def stream_id(rid: bytes | str) -> tuple[int, int]:
+    """The stream entry id of a record's place "<ms>-<seq>[-<index in its block>]"."""
     s = rid.decode() if isinstance(rid, bytes) else rid
-    ms, _, seq = s.partition("-")
-    return int(ms), int(seq or 0)
+    ms, _, rest = s.partition("-")
+    return int(ms), int(rest.partition("-")[0] or 0)
 
 
 def iter_stream(client: redis.Redis, key: str, from_ms: int | None = None,
                 to_ms: int | None = None, chunk: int = CHUNK, *,
                 until: tuple[int, int] | None = None) -> Iterator[tuple[str, bytes]]:
-    """(entry id, field `r`) of one stream, ids in [from_ms, to_ms) and <= until, oldest
-    first, `chunk` entries per round trip."""
+    """(place, record) of one usage stream (engine/record_block.py: an entry holds one
+    record or a block), entry ids in [from_ms, to_ms) and <= until, oldest first, `chunk`
+    entries per round trip."""
     lo = f"{from_ms}-0" if from_ms is not None and from_ms > 0 else "-"
     hi = f"{to_ms - 1}-{MAX_SEQ}" if to_ms is not None else "+"
     if until is not None and (to_ms is None or until < (to_ms - 1, MAX_SEQ)):
@@ -79,8 +82,8 @@ def iter_stream(client: redis.Redis, key: str, from_ms: int | None = None,
     while True:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                        client.xrange(key, min=lo, max=hi, count=chunk))
-        for rid, fields in entries:
-            yield rid.decode(), fields.get(b"r", b"")
+        for sid, fields in entries:
+            yield from record_block.records(sid, fields)
         if len(entries) < chunk:
             return
         lo = "(" + entries[-1][0].decode()

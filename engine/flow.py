@@ -1,8 +1,12 @@
-"""Flow control of one ChargeStream: how many of its requests may be in flight."""
+"""Flow control of one ChargeStream: how many of its requests may be in flight, and how
+fast it may send them."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+
+from prometheus_client import Gauge
 
 from engine import metrics
 
@@ -13,9 +17,10 @@ class Window:
     window is full: the client's sends then wait on gRPC flow control, instead of answers
     piling up in the server for a client that does not read them."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, gauge: Gauge = metrics.STREAM_IN_FLIGHT) -> None:
         self.limit = limit
         self.used = 0
+        self.gauge = gauge  # what this window's requests count in
         self._room = asyncio.Event()
 
     async def take(self, n: int) -> None:
@@ -24,13 +29,38 @@ class Window:
             self._room.clear()
             await self._room.wait()
         self.used += n
-        metrics.STREAM_IN_FLIGHT.inc(n)
+        self.gauge.inc(n)
 
     def give(self, n: int) -> None:
         self.used -= n
-        metrics.STREAM_IN_FLIGHT.dec(n)
+        self.gauge.dec(n)
         self._room.set()
 
     def close(self) -> None:
         """The stream ended: what it still held is no longer in flight."""
         self.give(self.used)
+
+
+class Rate:
+    """A token bucket: a stream's requests at most `per_s` a second on average, and a
+    second's worth at once (stream_max_rate). The reader waits here before it submits, so,
+    as for the window, gRPC flow control holds the client back."""
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = per_s
+        self._tokens = per_s
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.per_s, self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+
+    async def take(self, n: int) -> None:
+        """Waits until the bucket is not in debt, then takes `n` (a message larger than the
+        bucket goes whole, and the next waits for the debt)."""
+        self._refill()
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.per_s)
+            self._refill()
+        self._tokens -= n

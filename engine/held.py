@@ -3,14 +3,16 @@ hold, and nothing holds less than nothing.
 
 An account's reservation counters (engine/state.py) are `mres` (money), `b:<id>:res` (bucket
 units) and, per member, `m:<sub>:mres` and `m:<sub>:r1..r3`. Each must be the sum of the
-reservations (`r:<rg>` fields) of the open sessions in the account's open-session set whose
-`acct` is the account. A session used by another account (a take-over) leaves one account
+reservations of the open sessions in the account's open-session set that the account opened
+(engine/session_blob.py). A session used by another account (a take-over) leaves one account
 short (negative) and the other holding what no session will release: both show here.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+
+from engine.state import SessionState
 
 RESERVATION_COUNTERS = frozenset({b"mres", b"r1", b"r2", b"r3"})
 """The member counters that reservations move (the others count what was charged)."""
@@ -28,39 +30,35 @@ def reservation_counters(h: dict[bytes, bytes]) -> dict[str, int]:
     return out
 
 
-def held_by_sessions(account_id: str, sessions: dict[str, dict[bytes, bytes]]
+def held_by_sessions(account_id: str, sessions: dict[str, SessionState | None]
                      ) -> tuple[Counter[str], list[str]]:
-    """What the account's open sessions (id -> session hash) hold, per counter field, and
-    the sessions of its open set that cannot hold anything for it."""
+    """What the account's open sessions (id -> session) hold, per counter field, and the
+    sessions of its open set that cannot hold anything for it."""
     held: Counter[str] = Counter()
     problems = []
-    for sid, h in sorted(sessions.items()):
-        if h.get(b"st") != b"open":
+    for sid, s in sorted(sessions.items()):
+        if s is None or s.ended:
             problems.append(f"{account_id}: session {sid!r} of its open set is not open")
             continue
-        owner = h.get(b"acct", b"").decode()
-        if owner != account_id:
+        if s.account_id != account_id:
             problems.append(f"{account_id}: session {sid!r} of its open set belongs to "
-                            f"account {owner!r}")
+                            f"account {s.account_id!r}")
             continue
-        sub = h.get(b"sub", b"").decode()
-        for k, v in h.items():
-            if not k.startswith(b"r:"):
-                continue
-            bucket, units, amount, unit, member = v.decode().split("|")
-            if bucket:
-                held[f"b:{bucket}:res"] += int(amount)
+        sub = s.subscriber_id
+        for r in s.reservations.values():
+            if r.bucket_id:
+                held[f"b:{r.bucket_id}:res"] += r.amount
             else:
-                held["mres"] += int(amount)
-                if member == "1":
-                    held[f"m:{sub}:mres"] += int(amount)
-            if member == "1" and unit != "0":
-                held[f"m:{sub}:r{unit}"] += int(units)
+                held["mres"] += r.amount
+                if r.member:
+                    held[f"m:{sub}:mres"] += r.amount
+            if r.member and r.unit_type:
+                held[f"m:{sub}:r{r.unit_type}"] += r.units
     return held, problems
 
 
 def reservation_problems(account_id: str, h: dict[bytes, bytes],
-                         sessions: dict[str, dict[bytes, bytes]]) -> list[str]:
+                         sessions: dict[str, SessionState | None]) -> list[str]:
     """Negative reservation counters, and counters that differ from what the account's live
     sessions hold (read in the same instant as the account)."""
     held, problems = held_by_sessions(account_id, sessions)

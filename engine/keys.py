@@ -33,11 +33,19 @@ def account_subscribers(p: int, account_id: str) -> str:
 
 
 def usage_stream(p: int) -> str:
+    """Rated usage records: an entry holds one (`r`) or a block of them (`n`, `b`), see
+    engine/record_block.py."""
     return f"tg:{{p{p}}}:usage"
 
 
 def events_stream(p: int) -> str:
     return f"tg:{{p{p}}}:events"
+
+
+def acked(stream: str, group: str) -> str:
+    """Hash of a consumer group's acknowledged records of blocks not yet acknowledged whole:
+    entry id -> '1' at each record's index (engine/billing.py; the stream's slot)."""
+    return f"{stream}:acked:{group}"
 
 
 def open_sessions(p: int) -> str:
@@ -100,6 +108,34 @@ LC_CAMPAIGN_LEASE = "tg:{lc}:campaign-lease"
 LC_OFFER_STATS = "tg:{lc}:offers"
 """Hash: offers made and bought (conversions), in total and per add-on."""
 
+LC_CAMPAIGNS = "tg:{lc}:campaigns"
+"""Set of the campaign names that have results (`lc_campaign`)."""
+LC_SEGMENT_CAMPAIGNS = "tg:{lc}:segment-campaigns"
+"""Hash: name -> JSON of each campaign a lifecycle process can send to a segment on demand
+(signal "segment"), published at its start for the segments page."""
+LC_SENDS = "tg:{lc}:sends"
+"""Sorted set of segment sends (job ids) by when they are due, claimed under a lease."""
+LC_SEND_JOBS = "tg:{lc}:send-jobs"
+"""Hash: job id -> the send's request (JSON)."""
+LC_SEND_LOG = "tg:{lc}:send-log"
+"""List of the latest job ids, newest first (the segments page's list of sends)."""
+
+
+def lc_campaign(name: str) -> str:
+    """Hash: a campaign's results: reach (lines a message was queued for), offers, bought,
+    revenue (micro-units), nps:<0..10> (answers by score)."""
+    return f"tg:{{lc}}:campaign:{name}"
+
+
+def lc_nps_answers(campaign: str) -> str:
+    """Hash: subscriber -> NPS score, one answer per line and campaign."""
+    return f"tg:{{lc}}:nps:{campaign}"
+
+
+def lc_send(job_id: str) -> str:
+    """Hash: a segment send's progress (status, queued, lines, ...)."""
+    return f"tg:{{lc}}:send:{job_id}"
+
 
 def lc_dedup(key: str) -> str:
     return f"tg:{{lc}}:dedup:{key}"
@@ -119,7 +155,8 @@ def lc_prefs(subscriber_id: str) -> str:
 
 
 def lc_activity(subscriber_id: str) -> str:
-    """Hash: the subscriber's last usage time (campaigns: inactivity)."""
+    """Hash: the subscriber's churn signals (engine/lifecycle/signals.py); 'last' is its last
+    usage time (campaigns: inactivity)."""
     return f"tg:lc:act:{subscriber_id}"
 
 

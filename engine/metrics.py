@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -22,6 +23,9 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 REQUESTS = Counter("tollgate_requests", "Charging requests answered, by type and result",
                    ["type", "result"])
+ANSWER_SECONDS = Histogram("tollgate_answer_seconds",
+                           "From a charging message's arrival to its answer (one observation "
+                           "per call or stream message)", buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("tollgate_batch_size", "Requests per micro-batch",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
 KERNEL_SECONDS = Histogram("tollgate_kernel_seconds", "Time in the charging kernel per batch",
@@ -46,6 +50,10 @@ QUEUED = Gauge("tollgate_queued_requests", "Requests waiting for a batch")
 STREAM_IN_FLIGHT = Gauge("tollgate_stream_requests_in_flight",
                          "ChargeStream requests submitted whose answers gRPC has not taken yet "
                          "(each stream at most stream_max_in_flight)")
+DIAMETER_IN_FLIGHT = Gauge("tollgate_diameter_requests_in_flight",
+                           "CCRs handed to the engine whose CCA is not written yet (each "
+                           "Diameter connection at most stream_max_in_flight)")
+DIAMETER_PEERS = Gauge("tollgate_diameter_peers", "Diameter connections past CER/CEA")
 REDIRECTS = Counter("tollgate_partitions_resent",
                     "Partition applies sent again: MOVED/ASK/TRYAGAIN while slots move, or a "
                     "node lost to a failover (Redis Cluster)")
@@ -57,14 +65,18 @@ _REQUEST_CHILDREN: dict[tuple[int, int], Any] = {}
 """The labelled counter of each (type, result): labels() costs about as much as the rest."""
 
 
-def count(requests: Sequence[pb.ChargeRequest], answers: Sequence[pb.ChargeAnswer]) -> None:
+def count(types: Sequence[int], results: Sequence[int], started: float | None = None
+          ) -> None:
+    """Counts a message's requests by (type as sent, result) and, given the message's
+    arrival (time.perf_counter()), its answer latency."""
+    if started is not None:
+        ANSWER_SECONDS.observe(time.perf_counter() - started)
     # Counted per message first: a labelled increment per request costs more than the rest
     # (a unary call, the usual message of one, skips the Counter).
-    if len(requests) == 1:
-        seen: dict[tuple[int, int], int] = {(requests[0].type, answers[0].result): 1}
+    if len(types) == 1:
+        seen: dict[tuple[int, int], int] = {(types[0], results[0]): 1}
     else:
-        seen = collections.Counter((req.type, ans.result)
-                                   for req, ans in zip(requests, answers, strict=True))
+        seen = collections.Counter(zip(types, results, strict=True))
     for key, n in seen.items():
         child = _REQUEST_CHILDREN.get(key)
         if child is None:

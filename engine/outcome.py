@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import keys
+from engine.answers import encode as encode_answers
 from engine.batch import (
     CYCLE,
     MEMBER_MRES,
@@ -18,29 +19,21 @@ from engine.batch import (
     KernelResult,
     Pending,
 )
-from engine.decode import UNIT_FIELD, Request
 from engine.domain import (
     MONEY_SOURCE,
     Bucket,
     EventKind,
-    FinalUnit,
     Plan,
-    Rate,
     RequestType,
     ResultCode,
-    UnitType,
 )
 from engine.domain import Reservation as Res
-from engine.kernels.charge import INVALID_AVP_VALUE, WANT_GRANT, WANT_NONE
-from engine.state import (
-    NOTHING_RATED,
-    AccountState,
-    Rated,
-    SessionState,
-    reservation_value,
-)
+from engine.kernels.charge import INVALID_AVP_VALUE, WANT_GRANT
+from engine.plans import RateTable
+from engine.session_blob import pack_session
+from engine.state import NOTHING_RATED, AccountState, Rated, SessionState
 from engine.store import AccountWrite, SessionWrite
-from tollgate.v1 import charging_pb2 as pb
+from engine.usage_wire import RecordTable
 from tollgate.v1 import events_pb2, usage_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)
@@ -49,7 +42,7 @@ ENDS_SESSION = (RequestType.TERMINATION, RequestType.EVENT)
 
 @dataclass(slots=True)
 class Outcome:
-    answers: dict[int, pb.ChargeAnswer]  # id(pending) -> answer
+    answers: dict[int, bytes]  # id(pending) -> its answer (a request-level SUCCESS)
     sessions: dict[int, SessionState]  # id(pending) -> the session after it
     writes: dict[str, AccountWrite]  # account id -> what to apply
 
@@ -64,14 +57,19 @@ class Timing:
     stale_grace_s: int
 
 
-def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult, timing: Timing,
-                  renewals: dict[str, dict[str, int]]) -> Outcome:
+def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
+                  rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]) -> Outcome:
     writes = _account_writes(kb, res, renewals)
     out = Outcome({}, {}, {acct.account_id: w for acct, w in zip(kb.accounts, writes,
                                                                   strict=True)})
-    for p in batch:
+    records = RecordTable()
+    owners: list[AccountWrite] = []  # the account write of each record
+    for p, blob in zip(batch, encode_answers(batch, kb, res, rates), strict=True):
         a = kb.index[p.account_id]
-        _request_outcome(p, kb.accounts[a], kb, res, timing, out, writes[a])
+        _request_outcome(p, blob, kb.accounts[a], kb, res, timing, out, writes[a], records,
+                         owners)
+    for w, record in zip(owners, records.encode(), strict=True):
+        w.records.append(record)
     for ev in res.events:  # in item order, so in batch order
         p = kb.refs[ev[0]].pending
         out.writes[p.account_id].events.append(
@@ -79,26 +77,22 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult, timi
     return out
 
 
-def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: KernelResult,
-                     timing: Timing, out: Outcome, w: AccountWrite) -> None:
+def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatch,
+                     res: KernelResult, timing: Timing, out: Outcome, w: AccountWrite,
+                     records: RecordTable, writes: list[AccountWrite]) -> None:
+    """The session after a request (`blob`: its answer), and its records (added to
+    `records`, with their account's write to `writes`)."""
     req = p.request
     rn = req.request_number
     plan = kb.plans[kb.index[p.account_id]]
     old = acct.sessions.get(req.session_id)
-    # Messages are filled field by field: with upb that is faster than keyword arguments
-    # (and gives the same bytes).
-    ans = pb.ChargeAnswer()
-    ans.session_id = req.session_id
-    ans.request_number = rn
-    ans.result = SUCCESS
     # Copies: the cached session stays as it was until the batch is applied (_settle).
     answers = dict(old.answers) if old is not None else {}
     live = old if old is not None and not old.is_event else None
     held = dict(live.reservations) if live else {}
     rated = dict(live.rated) if live else {}
-    rated_now: dict[int, Rated] = {}  # what this request moved
     cost = live.cost if live else 0
-    longest = charged = 0
+    longest = 0
     for i in kb.items_of[id(p)]:
         ref = kb.refs[i]
         before = rated.get(ref.rating_group, NOTHING_RATED)
@@ -106,7 +100,7 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
         if now == NOTHING_RATED:
             now = before  # not billed: the session's state is unchanged
         elif now != before:
-            rated[ref.rating_group] = rated_now[ref.rating_group] = now
+            rated[ref.rating_group] = now
         cost += res.charged[i]
         granted = res.granted[i]
         # The kernel gave back the old reservation of every item (a grant is the new one),
@@ -120,27 +114,14 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
                     granted, res.res_amount[i],
                     int(ref.rate.unit_type) if ref.rate is not None else 0, ref.member)
                 longest = max(longest, res.validity[i] or timing.default_validity_s)
-        if ref.internal:
-            continue
-        charged += res.charged[i]
-        result = res.result[i]
-        g = ans.grants.add()
-        g.rating_group = ref.rating_group
-        g.service_id = ref.service_id
-        g.result = result
-        if result == SUCCESS and ref.want != WANT_NONE and ref.rate is not None:
-            grant(g, ref.rate, ref.want, granted, res.validity[i],
-                  plan.final_unit if plan and res.final[i] else None)
-        if now.used != before.used:
+        if not ref.internal and now.used != before.used:
             # Every report of usage the kernel took is recorded, also one that the session's
             # earlier billed units already cover (no charge of its own).
             fee = (ref.rate.connect_fee_micros if ref.rate is not None and not before.billed
                    and now.billed and not ref.rate.zero_rated else 0)
-            w.records.append(usage_record(p, ref, plan, old, res.charges.get(i, []),
-                                          kb.buckets, res.charged[i], min(fee, res.charged[i])))
-    if charged:
-        ans.charged_micros = charged
-    blob = ans.SerializeToString()
+            usage_record(records, p, ref, plan, old, res.charges.get(i, []), kb.buckets,
+                         res.charged[i], min(fee, res.charged[i]))
+            writes.append(w)
     answers[rn] = blob
     # Request numbers start at 0: nothing is old enough to drop before answers_kept.
     dropped = ([n for n in answers if n <= rn - timing.answers_kept]
@@ -153,20 +134,14 @@ def _request_outcome(p: Pending, acct: AccountState, kb: KernelBatch, res: Kerne
     new = SessionState(req.session_id, req.subscriber_id, rn, ended,
                        req.type == RequestType.EVENT, req.time_ms, answers, held, expiry, rated,
                        cost, p.account_id)
-    out.answers[id(p)] = ans
+    out.answers[id(p)] = blob
     out.sessions[id(p)] = new
-    deleted = ([f"r:{rg}" for rg in old.reservations if rg not in held]
-               if old is not None else [])
-    deleted += [f"a:{n}" for n in dropped]
     # A continuing session's zset score stays at or before its expiry, which only grows as
     # requests come: the score is set again only when the expiry shrank or is unknown
     # (written before `exp` was kept, or swept), saving Redis a ZADD per request.
     rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
-    w.sessions.append(SessionWrite(
-        req.session_id, ended,
-        session_fields(new, req, p.account_id, blob, old is None, rated_now,
-                       cost != (live.cost if live else 0)),
-        deleted, expiry, created=old is None, rescore=rescore))
+    w.sessions.append(SessionWrite(req.session_id, ended, pack_session(new), expiry,
+                                   created=old is None, rescore=rescore))
 
 
 ACCOUNT_FIELDS = ("money", "mres", "spent", "capn", "lown", "exhn")
@@ -239,87 +214,22 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-def session_fields(s: SessionState, req: Request, account_id: str, answer: bytes,
-                   new: bool, rated: dict[int, Rated], cost_moved: bool
-                   ) -> list[bytes | str | int]:
-    """The session hash's fields as the apply takes them: field, value, ... A session's
-    subscriber and account are written when it is new (they never change); of an open
-    session's cumulative pricing state, the rating groups `rated` this request moved and the
-    session's cost if it moved (an ended session is never priced again)."""
-    st = "event" if s.is_event else ("ended" if s.ended else "open")
-    fields: list[bytes | str | int] = [
-        "rn", s.last_rn, "st", st, "t", s.last_time_ms, f"a:{req.request_number}", answer]
-    if new:
-        fields += ("sub", req.subscriber_id, "acct", account_id)
-    if not s.ended:
-        fields += ("exp", s.expiry_ms)
-    for rg, r in s.reservations.items():
-        fields += (f"r:{rg}", reservation_value(r))
-    if not s.ended:
-        for rg, so_far in rated.items():
-            fields += (f"c:{rg}", so_far.value())
-        if cost_moved:
-            fields += ("mc", s.cost)
-    return fields
-
-
-def grant(g: pb.ServiceGrant, rate: Rate, want: int, granted: int, validity_s: int,
-          final_unit: FinalUnit | None) -> None:
-    """Fills a successful grant (its rating group, service and result set) from the kernel's
-    item."""
-    setattr(g.granted, UNIT_FIELD[rate.unit_type], granted)
-    if want == WANT_GRANT:
-        g.validity_time_s = validity_s
-        g.quota_holding_time_s = rate.quota_holding_time_s
-        if final_unit is not None:
-            g.final_unit.CopyFrom(pb.FinalUnitIndication(
-                action=int(final_unit.action), redirect_url=final_unit.redirect_url,
-                filter_ids=list(final_unit.filter_ids)))
-        threshold = granted * rate.threshold_percent // 100
-        if rate.unit_type == UnitType.OCTETS:
-            g.volume_threshold_octets = threshold
-        elif rate.unit_type == UnitType.SECONDS:
-            g.time_threshold_s = threshold
-
-
-def usage_record(p: Pending, ref: ItemRef, plan: Plan | None, old: SessionState | None,
-                 charges: list[tuple[int, int, int]], buckets: list[Bucket],
-                 money: int, fee: int) -> bytes:
+def usage_record(table: RecordTable, p: Pending, ref: ItemRef, plan: Plan | None,
+                 old: SessionState | None, charges: list[tuple[int, int, int]],
+                 buckets: list[Bucket], money: int, fee: int) -> None:
+    """Adds an item's rated usage record to the batch's table (encoded all at once)."""
     req = p.request
     rate = ref.rate
     assert rate is not None  # only priced items charge
     overage = max(0, ref.used - ref.reserved_units) if req.type != RequestType.EVENT else 0
-    record = usage_pb2.RatedUsage()  # filled field by field, like the answer (faster)
-    record.kind = usage_pb2.USAGE
-    record.account_id = p.account_id
-    record.subscriber_id = req.subscriber_id
-    record.session_id = req.session_id
-    record.request_number = req.request_number
-    record.rating_group = ref.rating_group
-    record.service_id = ref.service_id
-    record.zone = p.zone
-    record.unit_type = rate.unit_type
-    record.units = ref.used
-    record.start_time_ms = (old.last_time_ms if old is not None and not old.is_event
-                            else req.time_ms)
-    record.end_time_ms = req.time_ms
-    if plan is not None:
-        record.plan_id = plan.plan_id
-        record.plan_version = plan.version
-    record.price_micros = rate.price_micros
-    record.increment = rate.increment
-    record.money_micros = money
-    if fee:
-        record.connect_fee_micros = fee
-    if overage > 0:
-        record.overage = True
-        record.overage_units = overage
-    record.origin = req.origin
-    # add() builds each charge in place (a list of messages would be built, then copied).
-    for s, u, m in charges:
-        c = record.charges.add()
-        if s != MONEY_SOURCE:
-            c.bucket_id = buckets[s].bucket_id
-        c.units = u
-        c.micros = m
-    return record.SerializeToString()
+    string = table.string
+    table.add((
+        usage_pb2.USAGE, string(p.account_id), string(req.subscriber_id),
+        string(req.session_id), req.request_number, ref.rating_group, ref.service_id,
+        string(p.zone), rate.unit_type, ref.used,
+        old.last_time_ms if old is not None and not old.is_event else req.time_ms,
+        req.time_ms, string(plan.plan_id) if plan is not None else -1,
+        plan.version if plan is not None else 0, rate.price_micros, rate.increment, money,
+        int(overage > 0), overage, string(req.origin), fee),
+        [(string(buckets[s].bucket_id) if s != MONEY_SOURCE else -1, u, m)
+         for s, u, m in charges])

@@ -324,6 +324,7 @@ class RateTable:
         self._plans: list[Plan] = []  # the plan of each rate (its session maximum)
         self._rows: dict[tuple[str, int], dict[tuple[int, str], int]] = {}
         self._arrays: tuple[np.ndarray, ...] | None = None
+        self._grant_terms: np.ndarray | None = None
         self._prefixes: dict[tuple[str, int], Prefixes] = {}
 
     def prefixes(self, plan: Plan) -> Prefixes:
@@ -343,8 +344,17 @@ class RateTable:
                 self.rates.append(r)
                 self._plans.append(plan)
             self._rows[key] = rows
-            self._arrays = None
+            self._arrays = self._grant_terms = None
         return rows
+
+    def grant_terms(self) -> np.ndarray:
+        """Per rate (a column each), what its grants tell the gateway besides the amount:
+        rows quota holding time (s) and threshold percent (engine.answers)."""
+        if self._grant_terms is None:
+            self._grant_terms = np.array(
+                [[r.quota_holding_time_s for r in self.rates],
+                 [r.threshold_percent for r in self.rates]], dtype=np.int64).reshape(2, -1)
+        return self._grant_terms
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*, S_*): the rate

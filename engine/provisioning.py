@@ -168,7 +168,8 @@ class Provisioner:
                                   f"{', '.join(BUCKET_COUNTER_SUFFIXES)}")
         applied = await self.store.buy_addon(msg.order_id, msg.account_id, plan, addon)
         if msg.offer_id:
-            await record_purchase(self.store.redis, msg.offer_id, addon.addon_id, msg.order_id)
+            await record_purchase(self.store.redis, msg.offer_id, addon.addon_id, msg.order_id,
+                                  addon.price_micros)
         return pb.BuyAddOnAnswer(applied=applied, account=await self._account(msg.account_id))
 
 

@@ -43,6 +43,7 @@ from engine.export import (
 )
 from engine.held import reservation_problems
 from engine.retention import retention_notes
+from engine.session_blob import unpack_session
 from engine.state import BucketMeta
 from tollgate.v1 import usage_pb2
 
@@ -169,7 +170,7 @@ def _read_instant(client: redis.Redis, p: int, ids: list[str]
             pipe.hgetall(keys.account(p, a))
             pipe.smembers(keys.account_sessions(p, a))
             for sid in sorted(known[a]):
-                pipe.hgetall(keys.session(p, sid))
+                pipe.get(keys.session(p, sid))
         replies = iter(pipe.execute())
         stream = [next(replies) for _ in range(3)]
         accounts = []
@@ -179,7 +180,8 @@ def _read_instant(client: redis.Redis, p: int, ids: list[str]
             read = {sid: next(replies) for sid in sorted(known[a])}
             opened |= not members <= known[a]
             known[a] |= members
-            accounts.append((h, {sid: read[sid] for sid in members if sid in read}))
+            accounts.append((h, {sid: unpack_session(sid, read[sid])
+                                 for sid in members if sid in read}))
         if not opened:
             return stream, accounts
     raise SessionsMoving

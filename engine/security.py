@@ -270,7 +270,7 @@ def exposure_warnings(config: Config) -> list[str]:
     """What is open to the network: a non-loopback listen address without tokens or TLS."""
     host = config.listen.rsplit(":", 1)[0]
     if _loopback(host):
-        return []
+        return _web_warnings(config)
     out = []
     if not config.tokens_file:
         out.append(f"listening on {config.listen} WITHOUT AUTHENTICATION: anyone who can "
@@ -278,6 +278,19 @@ def exposure_warnings(config: Config) -> list[str]:
     if not config.tls_cert:
         out.append(f"listening on {config.listen} WITHOUT TLS: requests, tokens and "
                    "subscriber ids cross the network in clear; set tls_cert and tls_key")
+    return out + _web_warnings(config)
+
+
+def _web_warnings(config: Config) -> list[str]:
+    if not config.http_listen or _loopback(config.http_listen.rsplit(":", 1)[0]):
+        return []
+    out = []
+    if not config.tokens_file:
+        out.append(f"web pages on {config.http_listen} WITHOUT LOGIN: anyone who can reach "
+                   "them may see and change subscribers; set tokens_file")
+    if not config.tls_cert:
+        out.append(f"web pages on {config.http_listen} WITHOUT TLS: browsers keep the login "
+                   "cookie (Secure) only over https or on localhost; set tls_cert and tls_key")
     return out
 
 

@@ -19,13 +19,11 @@ changed only through the per-account version check or by Lua that bumps `ver`):
     m:<sub>:spent / :mres      money charged this cycle / money reserved
     m:<sub>:u1..u3 / :r1..r3   units charged this cycle / reserved, per unit type
 
-Session hash `tg:{pN}:sess:<id>`: rn, st (open|ended|event), t, sub, acct, a:<rn>
-(stored answers), r:<rg> = "bucket_id|units|amount|unit_type|member" (reservations;
-member = 1 when it counts against the subscriber's member caps), exp (an open session's
-expiry, Unix ms: its score in the partition's open-session zset is at or before it),
-c:<rg> = "used|billed|rem|charged" (cumulative pricing: what the session reported and was
-billed for the rating group so far, the rounding's remainder, the money charged for it),
-mc (money the whole session was charged, for the plan's session maximum).
+Session `tg:{pN}:sess:<id>`: one packed value, the session's state and its stored answers,
+written whole on each request (engine/session_blob.py holds the layout, pack_session and
+unpack_session). An open session has no TTL; an ended one keeps its answers for
+answer_retention_s. Its subscriber and account never change; its expiry (Unix ms: its score
+in the partition's open-session zset is at or before it) is when its reservations go stale.
 """
 
 from __future__ import annotations
@@ -48,9 +46,6 @@ class Rated(NamedTuple):
     billed: int
     rem: int  # price x units not yet charged (rounding), in the rate's price units
     charged: int
-
-    def value(self) -> str:
-        return f"{self.used}|{self.billed}|{self.rem}|{self.charged}"
 
     @staticmethod
     def parse(v: bytes) -> Rated:
@@ -104,16 +99,15 @@ class AccountState:
     exhausted_flag: int = 0
     cycle_units: dict[int, int] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
+    _bucket_at: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def bucket_index(self, bucket_id: str) -> int:
-        for k, b in enumerate(self.buckets):
-            if b.bucket_id == bucket_id:
-                return k
-        raise KeyError(bucket_id)
-
-
-def _s(v: bytes) -> str:
-    return v.decode()
+        """A bucket's position in `buckets` (KeyError if it has none). Looked up for every
+        reservation a batch gives back: an account with many add-ons must not make it a
+        scan. The list never changes after the account is read."""
+        if len(self._bucket_at) != len(self.buckets):
+            self._bucket_at = {b.bucket_id: k for k, b in enumerate(self.buckets)}
+        return self._bucket_at[bucket_id]
 
 
 class BucketMeta(NamedTuple):
@@ -210,28 +204,3 @@ def parse_account(account_id: str, partition: int, h: dict[bytes, bytes]) -> Acc
         cycle_end=int(get(b"ce", 0)), cap_level=int(get(b"capn", 0)),
         low_flag=int(get(b"lown", 0)), exhausted_flag=int(get(b"exhn", 0)),
         cycle_units=cycle_units, members=members)
-
-
-def reservation_value(r: Reservation) -> str:
-    return f"{r.bucket_id}|{r.units}|{r.amount}|{r.unit_type}|{int(r.member)}"
-
-
-def parse_session(session_id: str, h: dict[bytes, bytes]) -> SessionState | None:
-    if not h:
-        return None
-    s = SessionState(
-        session_id=session_id, subscriber_id=_s(h.get(b"sub", b"")), last_rn=int(h[b"rn"]),
-        ended=h.get(b"st") != b"open", is_event=h.get(b"st") == b"event",
-        last_time_ms=int(h.get(b"t", 0)), expiry_ms=int(h.get(b"exp", 0)),
-        cost=int(h.get(b"mc", 0)), account_id=_s(h.get(b"acct", b"")))
-    for k, v in h.items():
-        if k.startswith(b"a:"):
-            s.answers[int(k[2:])] = v
-        elif k.startswith(b"c:"):
-            s.rated[int(k[2:])] = Rated.parse(v)
-        elif k.startswith(b"r:"):
-            rg = int(k[2:])
-            bucket_id, units, amount, unit, member = _s(v).split("|")
-            s.reservations[rg] = Reservation(rg, bucket_id, int(units), int(amount), int(unit),
-                                             member == "1")
-    return s

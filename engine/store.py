@@ -18,12 +18,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine import keys
+from engine import keys, record_block, wire
 from engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
 from engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
 from engine.node_pipelines import Call, NodePipelines
 from engine.plans import plan_from_proto, plan_to_proto
 from engine.redis_client import connect_async
+from engine.session_blob import pack_session, parse_session_hash, unpack_session
 from engine.state import (
     MEMBER_COUNTERS,
     AccountState,
@@ -31,7 +32,6 @@ from engine.state import (
     bucket_fields,
     member_caps_value,
     parse_account,
-    parse_session,
 )
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
@@ -43,14 +43,15 @@ TOPUP_MARKER_TTL_MS = 400 * 24 * 3600 * 1000  # a top-up id stays known for over
 ORDER_MARKER_TTL_MS = TOPUP_MARKER_TTL_MS  # and so does an add-on order id
 DAY_MS = 86_400_000
 T = TypeVar("T")
+SESSION_FORMAT = b"packed"
+"""tg:meta's `sessions`: every session key holds a packed value (engine/session_blob.py)."""
 
 
 @dataclass(slots=True)
 class SessionWrite:
     session_id: str
     ended: bool
-    fields: list[bytes | str | int]  # field, value, ... as apply.lua sets them
-    deleted: list[str]
+    value: bytes  # the whole session (engine/session_blob.py), as apply.lua sets it
     expiry_ms: int = 0  # open sessions: when its reservations go stale (the sweeper's clock)
     created: bool = False  # the writer believes it new: if it exists, the account's write is
     # refused like a version conflict (so a new session needs no read before its INITIAL)
@@ -94,11 +95,9 @@ def _group(w: AccountWrite) -> list[bytes | str | int]:
     for f, v in w.sets.items():
         out += (f, v)
     for s in w.sessions:
-        out += (s.session_id, "end" if s.ended else "open", s.expiry_ms, len(s.fields),
-                len(s.deleted))
-        out += s.fields
-        out += s.deleted
-    out += w.records
+        out += (s.session_id, "end" if s.ended else "open", s.expiry_ms, s.value)
+    if w.records:
+        out.append(wire.field_1(w.records))  # this write's part of its partition's block
     out += w.events
     return out
 
@@ -117,9 +116,10 @@ def lua_source(name: str) -> str:
 
 def state_order(stream_id: str, after: bool = False) -> str:
     """The place of a decision on a subscriber's state (engine/lua/lib_order.lua): that of
-    the stream record '<ms>-<seq>' behind it, or with after=True, of a decision made just
-    after that record (and before the next). Fixed-width: it sorts like the stream ids."""
-    ms, seq = stream_id.split("-")
+    the stream record '<ms>-<seq>' behind it (a record of a block, '<ms>-<seq>-<i>', has its
+    entry's), or with after=True, of a decision made just after that record (and before the
+    next). Fixed-width: it sorts like the stream ids."""
+    ms, seq, _ = record_block.position(stream_id)
     return f"{int(ms):015d}-{int(seq):010d}-{int(after)}"
 
 
@@ -155,6 +155,7 @@ class Store:
         self._subscriber_claim = self._script("subscriber_claim")
         self._subscriber_release = self._script("subscriber_release")
         self._outbox_clear = self._script("outbox_clear")
+        self._session_convert = self._script("session_convert")
 
     def _script(self, name: str) -> AsyncScript:
         return self.redis.register_script(lua_source(name))
@@ -166,6 +167,25 @@ class Store:
         if stored != self.partitions:
             raise ConfigError(f"this Redis was set up with {stored} partitions; "
                               f"the configuration says {self.partitions}")
+        await self.convert_hash_sessions()
+
+    async def convert_hash_sessions(self) -> int:
+        """Sessions written by a release before packed values were hashes: each becomes its
+        packed value, once (tg:meta remembers it). Returns how many were converted."""
+        if await self.redis.hget(keys.META, "sessions") == SESSION_FORMAT:
+            return 0
+        converted = 0
+        async for key in self.redis.scan_iter(match="tg:*:sess:*", _type="hash", count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            h = cast(dict[bytes, bytes], await self.redis.hgetall(name))
+            s = parse_session_hash(name.partition(":sess:")[2], h)
+            if s is not None:
+                converted += int(await self._session_convert(keys=[name],
+                                                             args=[pack_session(s)]))
+        await self.redis.hset(keys.META, "sessions", SESSION_FORMAT)
+        if converted:
+            log.info("sessions converted to packed values", extra={"sessions": converted})
+        return converted
 
     async def close(self) -> None:
         await self.nodes.close()
@@ -236,13 +256,13 @@ class Store:
         for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
             pipe.hgetall(keys.account(p, account_id))
             for sid in session_ids:
-                pipe.hgetall(keys.session(p, sid))
+                pipe.get(keys.session(p, sid))
         replies = iter(await pipe.execute())
         out: list[tuple[AccountState | None, list[SessionState | None]]] = []
         for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
             h = next(replies)
             acct = parse_account(account_id, p, h) if h else None
-            out.append((acct, [parse_session(sid, next(replies)) for sid in session_ids]))
+            out.append((acct, [unpack_session(sid, next(replies)) for sid in session_ids]))
         return out
 
     async def moved_accounts(self, held: dict[str, int]) -> set[str]:
@@ -367,9 +387,9 @@ class Store:
             session_ids = sorted(m.decode() for m in members)
             pipe = self.redis.pipeline(transaction=False)
             for sid in session_ids:
-                pipe.hgetall(keys.session(p, sid))
-            sessions = [s for sid, h in zip(session_ids, await pipe.execute(), strict=True)
-                        if (s := parse_session(sid, h)) is not None]
+                pipe.get(keys.session(p, sid))
+            sessions = [s for sid, v in zip(session_ids, await pipe.execute(), strict=True)
+                        if (s := unpack_session(sid, v)) is not None]
             if int(await self.redis.hget(account_key, "ver") or 0) == acct.version:
                 break
         return acct, sessions
@@ -582,7 +602,8 @@ class Store:
         """Every record of a partition stream, oldest first (for tests and tools)."""
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                        await self.redis.xrange(keys.usage_stream(p)))
-        return [(rid.decode(), usage_pb2.RatedUsage.FromString(f[b"r"])) for rid, f in entries]
+        return [(place, usage_pb2.RatedUsage.FromString(r)) for sid, f in entries
+                for place, r in record_block.records(sid, f)]
 
     async def events(self, p: int) -> list[tuple[str, events_pb2.Event]]:
         """Every event of a partition stream, oldest first (for tests and tools)."""

@@ -43,7 +43,9 @@ def config_env(config: Config) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TOLLGATE_") and k != "REDIS_URL"}
     for f in dataclasses.fields(config):
-        env[f"TOLLGATE_{f.name.upper()}"] = str(getattr(config, f.name))
+        value = getattr(config, f.name)
+        env[f"TOLLGATE_{f.name.upper()}"] = (",".join(value) if isinstance(value, tuple)
+                                             else str(value))
     return env
 
 
@@ -79,6 +81,9 @@ class Supervisor:
             host, port = config.listen.rsplit(":", 1)
             if int(port) == 0:  # the workers must share one port
                 config = config.replace(listen=f"{host}:{free_port()}")
+            if config.diameter_listen.endswith(":0"):
+                config = config.replace(
+                    diameter_listen=f"{config.diameter_listen[:-2]}:{free_port()}")
             self.config = config
             for w in self.workers:
                 self._start(w)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import cast
 
 from redis.exceptions import RedisError
 
 from engine import keys
+from engine.session_blob import pack_session, reservation_value, unpack_session
 from engine.store import Store, cancel_requested, lua_source
 
 log = logging.getLogger("tollgate.sweeper")
+CHANGED = -2
+"""sweep.lua: the session changed since it was read (left for the next pass)."""
 
 
 class Sweeper:
@@ -40,21 +44,19 @@ class Sweeper:
                 if not stale:
                     break
                 # The script's keys are all declared (Redis Cluster redirects by them while a
-                # slot moves), so the sessions' accounts are read first; a session's account
-                # never changes.
+                # slot moves), so the sessions are read first (a session's account never
+                # changes); the script releases only if the session is still as read.
                 pipe = self.store.redis.pipeline(transaction=False)
                 for sess in stale:
-                    pipe.hget(sess, "acct")
-                owners = await pipe.execute()
-                calls = {}
-                for n, (sess, acct) in enumerate(zip(stale, owners, strict=True)):
-                    script_keys = [sess.decode(), zset]
-                    if acct is not None:
-                        script_keys.append(keys.account(p, acct.decode()))
-                    calls[n] = (script_keys, [now])
+                    pipe.get(sess)
+                calls = {n: self._call(p, zset, sess.decode(), value, now)
+                         for n, (sess, value) in enumerate(zip(stale, await pipe.execute(),
+                                                              strict=True))}
                 replies = await self.store.nodes.run(self._script, calls)
                 for n, r in replies.items():
-                    if int(r) < 0:
+                    if int(r) == CHANGED:  # a request came meanwhile: the next pass sees it
+                        refused += 1
+                    elif int(r) < 0:
                         # Left as it is, in the zset: tried again on every sweep, loudly.
                         refused += 1
                         log.error("cannot release a silent session's reservations: giving "
@@ -66,6 +68,18 @@ class Sweeper:
                     break
         self.released += total
         return total
+
+    @staticmethod
+    def _call(p: int, zset: str, key: str, value: bytes | None, now: int
+              ) -> tuple[list[str], list[bytes | str | int]]:
+        """sweep.lua's keys and arguments for one due session, as read."""
+        s = unpack_session(key.partition(":sess:")[2], value)
+        if s is None:
+            return [key, zset], [now]
+        released = replace(s, reservations={}, expiry_ms=0)
+        return ([key, zset, keys.account(p, s.account_id)],
+                [now, cast(bytes, value), s.expiry_ms, pack_session(released), s.subscriber_id,
+                 *(reservation_value(r) for r in s.reservations.values())])
 
     async def run(self, interval_s: float) -> None:
         """Sweeps every interval until cancelled; Redis errors are logged and retried."""

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import grpc
 import redis.asyncio as aioredis
 
-from engine import keys
+from engine import keys, record_block
 from engine.config import Config
 from engine.decode import MAX_TIME_MS
 from server import Tollgate
@@ -122,7 +122,8 @@ async def usage_records(db: aioredis.Redis, config: Config, account_id: str = "a
                         ) -> list[usage_pb2.RatedUsage]:
     """The account's USAGE records, oldest first."""
     stream = keys.usage_stream(keys.partition_of(account_id, config.partitions))
-    found = [usage_pb2.RatedUsage.FromString(f[b"r"]) for _, f in await db.xrange(stream)]
+    found = [usage_pb2.RatedUsage.FromString(r) for sid, f in await db.xrange(stream)
+             for _, r in record_block.records(sid, f)]
     return [r for r in found if r.account_id == account_id and r.kind == usage_pb2.USAGE]
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from numba.core import config as numba_config
 
 HERE = Path(__file__).parent
-SOURCES = (*sorted(HERE.glob("*.py")), HERE.parent / "wire.py")
+SOURCES = (*sorted(HERE.glob("*.py")),
+           *(HERE.parent / name for name in ("wire.py", "usage_wire.py", "answers.py")))
 """Every file whose functions compile with cache=True or are inlined into them."""
 
 

@@ -13,7 +13,7 @@ from engine.domain import SubscriberState
 from engine.lifecycle.notify import Notifier
 from engine.lifecycle.outbox import DAY_MS
 from engine.lifecycle.rules import money
-from engine.lifecycle.settings import Campaign, Segment
+from engine.lifecycle.settings import SEGMENT, Campaign, Segment
 
 YEAR_MS = 365 * DAY_MS
 SCAN_CHUNK = 500
@@ -68,13 +68,13 @@ class Campaigns:
         async for key in redis.scan_iter(match=keys.subscriber("*"), count=SCAN_CHUNK):
             chunk.append(key.decode()[len(keys.subscriber("")):])
             if len(chunk) >= SCAN_CHUNK:
-                for p in await self._read(chunk):
+                for p in await self.read(chunk):
                     yield p
                 chunk = []
-        for p in await self._read(chunk):
+        for p in await self.read(chunk):
             yield p
 
-    async def _read(self, subscriber_ids: list[str]) -> list[Profile]:
+    async def read(self, subscriber_ids: list[str]) -> list[Profile]:
         if not subscriber_ids:
             return []
         found = await self.store.read_subscribers(subscriber_ids)
@@ -98,13 +98,14 @@ class Campaigns:
 
     async def run(self, now_ms: int) -> int:
         """One pass over every subscriber; returns how many campaign messages were queued."""
-        if not self.campaigns:
+        scheduled = [c for c in self.campaigns if c.signal != SEGMENT]
+        if not scheduled:
             return 0
         queued = 0
         async for p in self.profiles():
             if p.state == SubscriberState.TERMINATED:
                 continue
-            for c in self.campaigns:
+            for c in scheduled:
                 if not in_segment(p, c.segment):
                     continue
                 period = signal_period(c, p, now_ms)
@@ -113,5 +114,5 @@ class Campaigns:
                 values = {"campaign": c.name, "days": str(c.days), "money": money(p.money),
                           "state": p.state.name}
                 queued += await self.notifier.notify(c, period, p.subscriber_id, p.account_id,
-                                                     values, now_ms)
+                                                     values, now_ms, offer=c.offer)
         return queued

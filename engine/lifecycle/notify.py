@@ -10,20 +10,27 @@ from google.protobuf import json_format
 
 from engine.domain import Plan
 from engine.errors import NotFound
-from engine.lifecycle import contacts
+from engine.lifecycle import contacts, results
 from engine.lifecycle.offers import make_offer
 from engine.lifecycle.outbox import DAY_MS, Outbox
 from engine.lifecycle.rules import channels_for, pick_template, quiet_until, render
 from engine.lifecycle.settings import Campaign, Rule, Settings
 from engine.store import Store
+from engine.web.auth import SelfLinks
 from tollgate.v1 import events_pb2
+
+SELF_LINK = "self_link"
+"""The template value of the subscriber's signed self-service link."""
 
 
 class Notifier:
-    def __init__(self, store: Store, outbox: Outbox, settings: Settings) -> None:
+    def __init__(self, store: Store, outbox: Outbox, settings: Settings,
+                 links: SelfLinks | None = None) -> None:
         self.store = store
         self.outbox = outbox
         self.settings = settings
+        self.links = links
+        """Signs $self_link (the lifecycle sets it at start, with the web pages' key)."""
 
     async def plan_of(self, account_id: str) -> Plan | None:
         try:
@@ -43,15 +50,19 @@ class Notifier:
                   "rule": what.name, "plan": plan.plan_id if plan else "",
                   "plan_name": plan.name if plan else "",
                   "currency": plan.currency if plan else ""}
+        campaign = what.name if isinstance(what, Campaign) else ""
         offer_id, addon_ids = "", list[str]()
         if offer and plan is not None and plan.addons:
             offer_id = f"{what.name}:{key}:{subscriber_id}"
             addon_ids, values["offers"] = await make_offer(
-                self.store.redis, offer_id, subscriber_id, account_id, plan, now_ms)
+                self.store.redis, offer_id, subscriber_id, account_id, plan, now_ms,
+                campaign)
             values["offer_id"] = offer_id
         values.setdefault("offers", "")
         tpl = pick_template(what.templates, prefs.locale or self.settings.locale,
                             self.settings.locale)
+        if self.links is not None and SELF_LINK in tpl.subject + tpl.text:
+            values[SELF_LINK] = self.links.url(subscriber_id, now_ms, campaign)
         subject, text = render(tpl.subject, values), render(tpl.text, values)
         tz = prefs.timezone or (plan.timezone if plan else "") or self.settings.timezone
         due = now_ms if critical else quiet_until(now_ms, self.settings.quiet_hours, tz)
@@ -76,5 +87,8 @@ class Notifier:
                              "text": text, "payload": payload, "critical": critical,
                              "attempts": 0, "offer_id": offer_id, "addon_ids": addon_ids,
                              "due_ms": due, "skip": skip})
-        return await self.outbox.enqueue(f"{what.name}:{key}:{subscriber_id}", messages,
-                                         self.settings.dedup_days * DAY_MS, now_ms)
+        queued = await self.outbox.enqueue(f"{what.name}:{key}:{subscriber_id}", messages,
+                                           self.settings.dedup_days * DAY_MS, now_ms)
+        if queued and campaign:
+            await results.count(self.store.redis, campaign, reach=1)
+        return queued

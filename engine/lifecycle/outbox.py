@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from google.protobuf import json_format
 
 from engine import keys
+from engine.lifecycle.metrics import NOTIFICATIONS
 from engine.store import lua_source
 from tollgate.v1 import lifecycle_pb2 as lpb
 
@@ -62,6 +63,7 @@ class Outbox:
             for m in messages:
                 status = "SKIPPED" if m.get("skip") else (
                     "DEFERRED" if m["due_ms"] > now_ms else "QUEUED")
+                NOTIFICATIONS.labels(m["channel"], status.lower()).inc()
                 await self.log(m, status, now_ms, error=m.get("skip", ""))
         return queued
 

@@ -18,16 +18,20 @@ from engine.billing import EVENTS, USAGE, Billing
 from engine.charging import wall_clock_ms
 from engine.config import Config
 from engine.domain import EventKind, SubscriberState
-from engine.lifecycle import metrics
+from engine.lifecycle import metrics, sends, signals
 from engine.lifecycle.campaigns import Campaigns
 from engine.lifecycle.channels import Channels, SendError
 from engine.lifecycle.notify import Notifier
 from engine.lifecycle.outbox import Outbox
 from engine.lifecycle.rules import event_values, matches
-from engine.lifecycle.settings import Settings
+from engine.lifecycle.sends import Sender
+from engine.lifecycle.settings import SEGMENT, Settings
 from engine.lifecycle.states import States, stream_order
 from engine.metrics import serve_metrics
 from engine.store import Store
+from engine.web import series
+from engine.web.aggregates import run_census
+from engine.web.auth import SelfLinks, Signer, load_secret
 from tollgate.v1 import billing_pb2, events_pb2, usage_pb2
 
 log = logging.getLogger("tollgate.lifecycle")
@@ -61,11 +65,18 @@ class Lifecycle:
         self.channels = Channels(settings)
         self.notifier = Notifier(self.store, self.outbox, settings)
         self.campaigns = Campaigns(self.notifier, settings.campaigns)
+        self.sender = Sender(self.campaigns, {c.name: c for c in settings.campaigns},
+                             int(settings.lease_s * 1000), clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._exits = contextlib.AsyncExitStack()
 
     async def start(self) -> Lifecycle:
         await self.store.init()
+        self.notifier.links = SelfLinks(Signer(await load_secret(self.store.redis)),
+                                        self.config.self_link_days,
+                                        self.settings.self_link_url)
+        await sends.publish(self.store.redis, self.settings.campaigns)
         # One reader per partition stream and feed: each reads its stream with its own
         # command (one cluster slot), and partitions are handled concurrently (an
         # account's events stay in order: they are all on its partition's stream).
@@ -76,11 +87,19 @@ class Lifecycle:
               for p in range(self.config.partitions)),
             lambda: self._every(self.settings.poll_s, self.run_timers),
             lambda: self._every(self.settings.poll_s, self.send_due),
+            lambda: self._every(self.settings.poll_s, self.run_sends),
         ]
-        if self.settings.campaigns:
+        if self.settings.census_s > 0:
+            # The census that scores the base, here rather than next to charging (whichever
+            # process takes the interval's lease does it).
+            loops.append(lambda: run_census(self.store, self.settings.census_s))
+        if any(c.signal != SEGMENT for c in self.settings.campaigns):
             loops.append(lambda: self._every(self.settings.campaign_interval_s,
                                              self.run_campaigns))
         self._tasks = [asyncio.create_task(loop()) for loop in loops]
+        if self.config.dashboard_interval_s > 0:
+            await self._exits.enter_async_context(
+                series.shared(self.store.redis, self.config.dashboard_interval_s))
         log.info("lifecycle running", extra={"group": self.settings.group,
                                              "consumer": self.settings.consumer})
         return self
@@ -96,6 +115,7 @@ class Lifecycle:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.channels.close()
+        await self._exits.aclose()
         await self.store.close()
 
     async def __aenter__(self) -> Lifecycle:
@@ -177,6 +197,7 @@ class Lifecycle:
             targets = await self.store.account_subscribers(ev.account_id,
                                                            (m.decode() for m in seen))
         await self._state_effects(kind, ev, targets, order)
+        await self._signals(kind, ev, targets)
         now = self.clock()
         max_age = self.settings.max_event_age_s * 1000
         if max_age and ev.time_ms and now - ev.time_ms > max_age:
@@ -204,6 +225,18 @@ class Lifecycle:
             if state == S.TERMINATED:
                 await self.states.forfeit(ev.account_id, ev.subscriber_id, ev.time_ms)
 
+    async def _signals(self, kind: EventKind, ev: events_pb2.Event, targets: list[str]) -> None:
+        """The churn signals an event feeds (engine/lifecycle/signals.py)."""
+        t = ev.time_ms or self.clock()
+        redis = self.store.redis
+        if kind in (EventKind.TOPPED_UP, EventKind.ADD_ON_BOUGHT):
+            await signals.record_topup(redis, targets, t)
+        elif kind == EventKind.CREDIT_EXHAUSTED and ev.subscriber_id:
+            await signals.count_week(redis, ev.subscriber_id, signals.REFUSED, t)
+        elif kind == EventKind.STATE_CHANGED and ev.detail in S.__members__ \
+                and ev.subscriber_id:
+            await signals.record_state(redis, ev.subscriber_id, SubscriberState[ev.detail], t)
+
     async def _move(self, sub: str, target: S, allowed: tuple[S, ...],
                     ev: events_pb2.Event, order: str) -> None:
         if await self.states.transition(sub, target, allowed, ev.event_id,
@@ -213,29 +246,26 @@ class Lifecycle:
     # --- usage: first use activates, last use feeds the inactivity campaigns ---------------
 
     async def handle_usage(self, batch: list[tuple[str, bytes]]) -> None:
-        last: dict[str, tuple[str, int]] = {}
+        used: dict[str, signals.Use] = {}
         first: dict[str, str] = {}
         for record_id, data in batch:
             r = usage_pb2.RatedUsage.FromString(data)
+            _count_record(r)
             if r.kind == usage_pb2.USAGE and r.subscriber_id:
-                t = max(r.end_time_ms, last.get(r.subscriber_id, ("", 0))[1])
-                last[r.subscriber_id] = (r.account_id, t)
+                t = r.end_time_ms or r.start_time_ms
+                u = used.setdefault(r.subscriber_id, signals.Use(r.account_id, t, t, {}))
+                u.add(t, r.money_micros + r.units)
                 first.setdefault(r.subscriber_id, stream_order(record_id))
-        if not last:
+        if not used:
             return
-        redis = self.store.redis
-        pipe = redis.pipeline(transaction=False)
-        for sub, (account_id, t) in last.items():
-            pipe.sadd(keys.lc_account_subscribers(account_id), sub)
-            pipe.hset(keys.lc_activity(sub), "last", t)
-        await pipe.execute()
-        subs = sorted(last)
+        await signals.record_usage(self.store.redis, used)
+        subs = sorted(used)
         for sub, found in zip(subs, await self.store.read_subscribers(subs), strict=True):
             if found is not None and found[1] == S.PREACTIVE:
-                account_id, t = last[sub]
-                used = events_pb2.Event(event_id="first-use", account_id=account_id,
-                                        subscriber_id=sub, time_ms=t)
-                await self._move(sub, S.ACTIVE, (S.PREACTIVE,), used, first[sub])
+                u = used[sub]
+                first_use = events_pb2.Event(event_id="first-use", account_id=u.account_id,
+                                             subscriber_id=sub, time_ms=u.last_ms)
+                await self._move(sub, S.ACTIVE, (S.PREACTIVE,), first_use, first[sub])
 
     # --- timers, sending, campaigns ----------------------------------------------------------
 
@@ -279,6 +309,10 @@ class Lifecycle:
             metrics.NOTIFICATIONS.labels(msg["channel"], "failed").inc()
             await self.outbox.log(msg, "RETRYING", now, error)
 
+    async def run_sends(self) -> int:
+        """A segment send an operator asked for on the web segments page, if one waits."""
+        return await self.sender.run(self.clock())
+
     async def run_campaigns(self) -> int:
         """One pass per interval across all lifecycle processes: the first to take the
         interval's lease scans (messages are de-duplicated anyway; this saves the scans)."""
@@ -288,6 +322,15 @@ class Lifecycle:
             await self.campaigns.run(self.clock())
         return 0  # one pass per interval, however much it found
 
+
+
+def _count_record(r: usage_pb2.RatedUsage) -> None:
+    """Feeds the dashboard's money and top-up counters (engine/web/series.py)."""
+    kind = usage_pb2.RecordKind.Name(r.kind).lower() if r.kind in usage_pb2.RecordKind.values() \
+        else str(r.kind)
+    metrics.RECORDS.labels(kind).inc()
+    if r.money_micros:
+        metrics.MONEY.labels(kind).inc(abs(r.money_micros))
 
 
 async def run_lifecycle(config: Config, settings: Settings) -> None:

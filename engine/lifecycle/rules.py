@@ -3,7 +3,9 @@ channel choice and quiet hours.
 
 Template variables ($name): subscriber, account, plan, plan_name, currency, kind, event_id,
 rule, bucket, threshold, value, limit, money (value as an amount), limit_money, state,
-offers (one line per add-on offered), offer_id, campaign, days.
+offers (one line per add-on offered), offer_id, campaign, days, self_link (the line's
+signed self-service page: needs the web pages' key in Redis, made when they first start;
+lifecycle.self_link_url gives its address).
 """
 
 from __future__ import annotations

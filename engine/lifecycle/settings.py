@@ -4,16 +4,20 @@
                                 default_channel, max_attempts, retry_base_s, retry_max_s,
                                 dedup_days, poll_s, lease_s, redeliver_s, batch,
                                 campaign_interval_s, log_kept, metrics_port,
-                                max_event_age_s (older events change states, send nothing)
+                                max_event_age_s (older events change states, send nothing),
+                                self_link_url (the web pages' address, for $self_link),
+                                census_s (run the base's census here, engine/web/segments.py)
     [lifecycle.webhook]         url, secret, timeout_s
     [lifecycle.email]           host, port, sender, starttls, username, password, timeout_s
     [lifecycle.sms]             url, body, content_type, headers = {name = value}, timeout_s
     [[lifecycle.rules]]         name, event (an EventKind name), thresholds, states,
                                 channels, critical, offer, templates.<locale> =
                                 {subject, text}
-    [[lifecycle.campaigns]]     name, signal (inactivity | anniversary | renewal_low_balance),
-                                days, below (money, renewal_low_balance), segment = {plans,
-                                states, min_spent, max_spent}, channels, templates.<locale>
+    [[lifecycle.campaigns]]     name, signal (inactivity | anniversary | renewal_low_balance |
+                                segment: sent from the web segments page only), days,
+                                below (money, renewal_low_balance), segment = {plans,
+                                states, min_spent, max_spent}, channels, offer,
+                                templates.<locale>
 
 Templates are `string.Template` text ($name or ${name}); the variables are listed in
 engine/lifecycle/rules.py. Channel names in `channels`: webhook, email, sms, or "preferred"
@@ -37,7 +41,10 @@ from engine.domain import EventKind, SubscriberState
 from engine.errors import ConfigError
 
 CHANNELS = ("webhook", "email", "sms")
-SIGNALS = ("inactivity", "anniversary", "renewal_low_balance")
+SIGNALS = ("inactivity", "anniversary", "renewal_low_balance", "segment")
+SEGMENT = "segment"
+"""The signal of a campaign sent only when an operator sends it to a segment (the web
+segments page), never by the periodic pass."""
 _HHMM = re.compile(r"^(\d{1,2}):(\d{2})$")
 
 
@@ -110,6 +117,8 @@ class Campaign:
     segment: Segment = Segment()
     channels: tuple[str, ...] = ("preferred",)
     below_micros: int = 0
+    offer: bool = False
+    """Name the plan's add-ons ($offers) with an offer id, as a rule's offer does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +148,13 @@ class Settings:
     """Events older than this still change states but send no message (0 = no limit)."""
     metrics_port: int = 9465
     """Prometheus /metrics of the lifecycle process (0 = off)."""
+    census_s: float = 0.0
+    """Take part in the census of the base (the segments page's churn-risk index, the base
+    by state) every census_s (0 = never): on a big base, with http_census_s = 0 on the
+    charging servers, it runs here instead of next to charging."""
+    self_link_url: str = ""
+    """Where the web pages are, as subscribers reach them ("https://care.example.net"):
+    $self_link is this followed by /self/<signed link>; without it, the path alone."""
     webhook: Webhook | None = None
     email: Email | None = None
     sms: Sms | None = None
@@ -168,7 +184,8 @@ def parse_settings(t: dict[str, Any]) -> Settings:
                "default_channel": str, "max_attempts": int, "retry_base_s": float,
                "retry_max_s": float, "dedup_days": int, "poll_s": float, "lease_s": float,
                "redeliver_s": float, "batch": int, "campaign_interval_s": float,
-               "log_kept": int, "metrics_port": int, "max_event_age_s": int}
+               "log_kept": int, "metrics_port": int, "max_event_age_s": int,
+               "self_link_url": str, "census_s": float}
     for name, kind in scalars.items():
         if name in t:
             out[name] = _scalar(f"lifecycle.{name}", kind, t.pop(name))
@@ -348,7 +365,8 @@ def _campaign(n: int, t: Any) -> Campaign:
         days=_scalar(f"{where}.days", int, t.pop("days", 30)),
         templates=_templates(where, t.pop("templates", None)), segment=segment,
         channels=_channels(where, t.pop("channels", ["preferred"])),
-        below_micros=_money(f"{where}.below", t.pop("below", 0)))
+        below_micros=_money(f"{where}.below", t.pop("below", 0)),
+        offer=_scalar(f"{where}.offer", bool, t.pop("offer", False)))
     if t:
         raise ConfigError(f"unknown settings in {where}: {', '.join(sorted(t))}")
     return campaign

@@ -32,7 +32,7 @@ FORFEIT_RETRIES = 20
 
 
 def stream_order(record_id: str) -> str:
-    """The place (state_order) of the record '<partition>-<ms>-<seq>' (the events of one
+    """The place (state_order) of the record "<partition>-<place>" (the events of one
     account are on one partition stream, in order)."""
     return state_order(record_id.split("-", 1)[1])
 

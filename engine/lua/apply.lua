@@ -9,9 +9,12 @@
 -- shorter than when it unpacked MessagePack; Redis's whole CPU is about the same):
 --   n_sessions, expected_version, created, n_set, n_records, n_events,
 --   n_set values (field, new value, ...: set with the new version, one HSET),
---   per session: session_id, mode (open|end), expiry_ms, n_fields, n_deleted,
---                n_fields values (field, value, ...), n_deleted field names,
---   n_records records, n_events events.
+--   per session: session_id, mode (open|end), expiry_ms, value (engine/session_blob.py:
+--                the whole session, one SET),
+--   when n_records > 0: the group's records as one piece of a block (engine/record_block.py),
+--   n_events events.
+-- The records of a block's groups that apply go to its usage stream as ONE entry: n = their
+-- number, b = the pieces joined (engine/record_block.py); events are one entry each.
 -- `created` has one character per session: '1' = the writer believes the session new,
 -- '2' = set its open-session zset score, '0' = neither.
 -- Every key is declared (on a cluster all in the partition's slot): while a slot moves,
@@ -26,7 +29,7 @@
 -- out in chunks (lib_chunked.lua). The keys' types are not checked: every key here is
 -- Tollgate's own, of the type the key layout gives it.
 local retention = ARGV[1]
-if not string.match(retention, '^%d+$') then
+if not string.match(retention, '^%d+$') or #retention > 15 then
   error('apply: retention is not a whole number of ms: ' .. tostring(retention))
 end
 
@@ -78,14 +81,13 @@ for n in string.gmatch(ARGV[2], '%d+') do
     end
     a = a + 6 + n_set
     for _ = 1, n_sessions do
-      if not tonumber(ARGV[a + 2]) or (ARGV[a + 1] ~= 'open' and ARGV[a + 1] ~= 'end') then
-        error('apply: session ' .. tostring(ARGV[a]) .. ' has a malformed mode or expiry')
+      if not tonumber(ARGV[a + 2]) or (ARGV[a + 1] ~= 'open' and ARGV[a + 1] ~= 'end')
+         or not ARGV[a + 3] or ARGV[a + 3] == '' then
+        error('apply: session ' .. tostring(ARGV[a]) .. ' has a malformed mode, expiry or value')
       end
-      local n_fields = count(a + 3, 'n_fields')
-      even(n_fields, 'a session write')
-      a = a + 5 + n_fields + count(a + 4, 'n_deleted')
+      a = a + 4
     end
-    a = a + n_records + n_events
+    a = a + (n_records > 0 and 1 or 0) + n_events
     k = k + 2 + n_sessions
   end
 end
@@ -94,12 +96,14 @@ if a - 1 ~= #ARGV or k - 1 ~= #KEYS then
         (a - 1) .. ' and ' .. (k - 1))
 end
 
--- Pass 2: the writes of the groups whose version matched.
+-- Pass 2: the writes of the groups whose version matched. blocks[first key of a block] =
+-- {records, pieces}, in the order of `order`.
+local blocks, order = {}, {}
 for _, group in ipairs(groups) do
   local ok, block, first_key
   ok, block, first_key, a = group[1], group[2], group[3], group[4]
   if ok then
-    local usage, events, open = KEYS[block], KEYS[block + 1], KEYS[block + 2]
+    local events, open = KEYS[block + 1], KEYS[block + 2]
     local acct, set = KEYS[first_key], KEYS[first_key + 1]
     local n_sessions, version, created = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
     local n_set = tonumber(ARGV[a + 3])
@@ -112,18 +116,10 @@ for _, group in ipairs(groups) do
     a = a + n_set
     for i = 1, n_sessions do
       local sess = KEYS[first_key + 1 + i]
-      local id, mode, expiry = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-      local n_fields, n_deleted = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-      a = a + 5
-      if n_fields > 0 then
-        chunked('HSET', sess, ARGV, a, a + n_fields - 1)
-      end
-      a = a + n_fields
-      if n_deleted > 0 then
-        chunked('HDEL', sess, ARGV, a, a + n_deleted - 1)
-      end
-      a = a + n_deleted
+      local id, mode, expiry, value = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+      a = a + 4
       if mode == 'open' then
+        redis.call('SET', sess, value)
         -- A session joins the account's open set when it is created. An open session
         -- never has a TTL: only ending sets one, and nothing reopens an ended session
         -- (that would be a write on an older account version, refused above).
@@ -138,18 +134,33 @@ for _, group in ipairs(groups) do
           redis.call('ZADD', open, expiry, sess)
         end
       else
+        if retention == '0' then
+          redis.call('DEL', sess)
+        else
+          redis.call('SET', sess, value, 'PX', retention)
+        end
         redis.call('SREM', set, id)
         redis.call('ZREM', open, sess)
-        redis.call('PEXPIRE', sess, retention)
       end
     end
-    for i = a, a + n_records - 1 do
-      redis.call('XADD', usage, '*', 'r', ARGV[i])
+    if n_records > 0 then
+      local b = blocks[block]
+      if not b then
+        b = {0, {}}
+        blocks[block] = b
+        order[#order + 1] = block
+      end
+      b[1] = b[1] + n_records
+      b[2][#b[2] + 1] = ARGV[a]
+      a = a + 1
     end
-    a = a + n_records
     for i = a, a + n_events - 1 do
       redis.call('XADD', events, '*', 'e', ARGV[i])
     end
   end
+end
+for _, block in ipairs(order) do
+  local b = blocks[block]
+  redis.call('XADD', KEYS[block], '*', 'n', b[1], 'b', table.concat(b[2]))
 end
 return conflicts

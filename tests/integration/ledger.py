@@ -20,7 +20,7 @@ from typing import cast
 
 import grpc
 
-from engine import keys
+from engine import keys, record_block
 from engine.kernels.reference import RefRate, billed, price
 from engine.redis_client import connect, connect_async
 from tests.helpers import DATA_RG, SMS_RG, VIDEO_RG, VOICE_RG
@@ -470,10 +470,11 @@ async def usage_records(redis_url: str) -> list[usage_pb2.RatedUsage]:
                                                                  _type="stream")])
         for key in streams:
             entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(key))
-            for rid, fields in entries:
-                r = usage_pb2.RatedUsage.FromString(fields[b"r"])
-                r.record_id = rid.decode()
-                out.append(r)
+            for sid, fields in entries:
+                for place, data in record_block.records(sid, fields):
+                    r = usage_pb2.RatedUsage.FromString(data)
+                    r.record_id = place
+                    out.append(r)
         return out
     finally:
         await client.aclose()

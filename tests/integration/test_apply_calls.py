@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from engine import keys
+from engine import keys, record_block
 from engine import store as store_module
+from engine.session_blob import pack_session
+from engine.state import SessionState
 from engine.store import AccountWrite, SessionWrite, Store
 
 ACCOUNTS = 6
@@ -27,6 +29,10 @@ async def _writes(store: Store, stale: str = "") -> dict[int, list[AccountWrite]
         writes.setdefault(p, []).append(
             AccountWrite(keys.account(p, account_id), version, {"money": acct.money - 100}))
     return writes
+
+
+def _value(session_id: str, rn: int, answer: bytes) -> bytes:
+    return pack_session(SessionState(session_id, "sub", rn, False, False, 0, {rn: answer}))
 
 
 async def _money(store: Store) -> list[int]:
@@ -73,15 +79,15 @@ async def test_a_refused_write_with_sessions_records_and_events_is_skipped_whole
     before = await _money(store)
     writes = await _writes(store)
     p0 = store.partition("acct-0")
-    busy = SessionWrite("s-refused", ended=False, fields=["rn", 1, "a:1", b"answer"],
-                        deleted=["a:0"], expiry_ms=1, created=False)
+    busy = SessionWrite("s-refused", ended=False, value=_value("s-refused", 1, b"answer"),
+                        expiry_ms=1, created=False)
     stale, _ = await store.get_account("acct-0")
     first = writes[p0][0]
     writes[p0][0] = AccountWrite(first.key, stale.version - 1,
                                  {"money": stale.money - 100, "capn": 80},
                                  [busy, busy], [b"record-1", b"record-2"], [b"event"])
-    done = SessionWrite("s-new", ended=False, fields=["rn", 0, "a:0", b"ok"], deleted=[],
-                        expiry_ms=123, created=True)
+    done = SessionWrite("s-new", ended=False, value=_value("s-new", 0, b"ok"), expiry_ms=123,
+                        created=True)
     other = next(p for p in writes if p != p0)
     last = writes[other][-1]
     writes[other][-1] = AccountWrite(last.key, last.expected_version,
@@ -94,10 +100,11 @@ async def test_a_refused_write_with_sessions_records_and_events_is_skipped_whole
     # The write after the refused one set exactly its own fields, session and record.
     r = store.redis
     assert await r.hget(last.key, "capn") == b"50"
-    assert await r.hgetall(keys.session(other, "s-new")) == {b"rn": b"0", b"a:0": b"ok"}
+    assert await r.get(keys.session(other, "s-new")) == _value("s-new", 0, b"ok")
     assert await r.zscore(keys.open_sessions(other), keys.session(other, "s-new")) == 123
     assert await r.sismember(last.key + keys.SESSIONS_SUFFIX, "s-new")
-    assert [e[1][b"r"] for e in await r.xrange(keys.usage_stream(other))] == [b"record-3"]
+    [(sid, fields)] = await r.xrange(keys.usage_stream(other))
+    assert [data for _, data in record_block.records(sid, fields)] == [b"record-3"]
     assert not await r.exists(keys.session(p0, "s-refused"))
     assert await r.xlen(keys.usage_stream(p0)) == 0
 

@@ -5,6 +5,8 @@ the account again and answers from the stored answer."""
 from __future__ import annotations
 
 from engine import keys
+from engine.session_blob import pack_session, unpack_session
+from engine.state import SessionState
 from engine.store import AccountWrite, SessionWrite
 from tests.helpers import SMS_RG, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
@@ -18,8 +20,8 @@ async def test_an_apply_sent_twice_is_applied_once(tollgate, gateway):
     write = AccountWrite(
         key=keys.account(p, "acct-0"), expected_version=acct.version,
         sets={"money": acct.money - 700}, records=[b"record"],
-        sessions=[SessionWrite("x1", ended=True, fields=["acct", "acct-0", "rn", "0"],
-                               deleted=[])])
+        sessions=[SessionWrite("x1", ended=True, value=pack_session(
+            SessionState("x1", "sub-0", 0, True, False, 1, account_id="acct-0")))])
     first = await store.apply({p: [write]}, 60_000)
     again = await store.apply({p: [write]}, 60_000)
     assert first == {p: set()}
@@ -28,7 +30,8 @@ async def test_an_apply_sent_twice_is_applied_once(tollgate, gateway):
     assert after.money == acct.money - 700
     assert after.version == acct.version + 1
     assert await store.redis.xlen(keys.usage_stream(p)) == 1
-    assert await store.redis.hget(keys.session(p, "x1"), "acct") == b"acct-0"
+    session = unpack_session("x1", await store.redis.get(keys.session(p, "x1")))
+    assert session is not None and session.account_id == "acct-0"
     assert 0 < await store.redis.pttl(keys.session(p, "x1")) <= 60_000
 
 

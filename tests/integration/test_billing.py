@@ -12,7 +12,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from engine import keys
+from engine import keys, record_block
 from engine.config import Config
 from engine.redis_client import connect_async
 from server import Tollgate
@@ -60,7 +60,10 @@ async def stream_ids(db: Any, config: Config, feed: str = "usage") -> dict[str, 
     for p in range(config.partitions):
         key = keys.usage_stream(p) if feed == "usage" else keys.events_stream(p)
         for sid, fields in await db.xrange(key):
-            out[f"{p}-{sid.decode()}"] = fields[b"r" if feed == "usage" else b"e"]
+            if feed == "usage":
+                out.update((f"{p}-{place}", r) for place, r in record_block.records(sid, fields))
+            else:
+                out[f"{p}-{sid.decode()}"] = fields[b"e"]
     return out
 
 
@@ -310,9 +313,9 @@ async def test_unreadable_request_bytes_are_refused_with_invalid_argument(gatewa
     assert "cannot read" in (e.value.details() or "")
 
 
-def sid_of(rid: str) -> tuple[int, int]:
-    _, ms, seq = rid.split("-")
-    return int(ms), int(seq)
+def sid_of(rid: str) -> record_block.Position:
+    """A record's place in its partition: (ms, seq) of its entry, its index in a block."""
+    return record_block.position(rid.split("-", 1)[1])
 
 
 async def test_a_group_registered_after_another_acknowledged_everything_gets_every_record(
@@ -337,13 +340,14 @@ async def test_a_new_group_starts_at_a_record_or_a_time(gateway, billing, db, co
     subs = await gateway.setup(accounts=4)
     await sms(gateway, subs, 30)
     truth = sorted(await stream_ids(db, config), key=sid_of)
-    middle = truth[len(truth) // 2]
+    # Within a block (not its first record): the records before it are not delivered.
+    middle = next(r for r in truth[len(truth) // 2:] + truth if sid_of(r)[2] > 0)
     p = middle.split("-")[0]
 
     by_record = Consumer(billing, "from-record", "r1", start_record_id=middle)
     by_time = Consumer(billing, "from-time", "t1", start_time_ms=sid_of(middle)[0])
     want_record = [r for r in truth if sid_of(r) >= (sid_of(middle) if r.split("-")[0] == p
-                                                     else (sid_of(middle)[0], 0))]
+                                                     else (sid_of(middle)[0], 0, 0))]
     want_time = [r for r in truth if sid_of(r)[0] >= sid_of(middle)[0]]
     await by_record.wait_for(len(want_record))
     await by_time.wait_for(len(want_time))
@@ -363,7 +367,8 @@ async def test_a_new_group_starts_at_a_record_or_a_time(gateway, billing, db, co
 async def test_trimmer_keeps_unacked_and_trims_acked_past_retention(gateway, billing, db,
                                                                     config, tollgate):
     subs = await gateway.setup(accounts=4)
-    await sms(gateway, subs, 40)
+    for _ in range(4):  # a block per partition and batch: several entries per partition
+        await sms(gateway, subs, 10)
     app: Tollgate = tollgate
     assert app.billing is not None
     before = await stream_ids(db, config)
@@ -387,7 +392,8 @@ async def test_trimmer_keeps_unacked_and_trims_acked_past_retention(gateway, bil
     for p, held in keep.items():
         for rid in before:
             if rid.split("-")[0] == p:
-                assert (rid in after) == (sid_of(rid) >= sid_of(held)), rid
+                # Redis trims whole entries: a block stays while one of its records is held.
+                assert (rid in after) == (sid_of(rid)[:2] >= sid_of(held)[:2]), rid
     assert report.trimmed == len(before) - len(after) > 0
     assert report.dropped_unacked == 0
     await c.kill()
@@ -451,3 +457,55 @@ async def test_open_stream_does_not_hold_up_shutdown(config):
         await asyncio.wait_for(c.task, 5)  # the stream ended (OK), not cut off
     finally:
         await channel.close()
+
+
+async def test_a_block_half_acknowledged_comes_back_with_only_its_other_records(
+        gateway, billing, db, config):
+    """The records of one batch of a partition are one stream entry (a block): a consumer
+    that acknowledged some of them gets only the others again, and the entry is
+    acknowledged in Redis once its last record is."""
+    subs = await gateway.setup(accounts=1, subscribers_per_account=4)
+    await sms(gateway, subs, 9)  # one batch: one block on the account's partition
+    truth = await stream_ids(db, config)
+    p = keys.partition_of("acct-0", config.partitions)
+    [(entry, _)] = await db.xrange(keys.usage_stream(p))
+    assert sorted(truth, key=sid_of) == [f"{p}-{entry.decode()}-{i}" for i in range(9)]
+
+    first = Consumer(billing, "bill", "c1")
+    await first.wait_for(9)
+    acked = first.ids[::2]
+    assert await first.ack(acked) == 5
+    assert await first.ack(acked) == 0  # twice is harmless
+    assert await first.ack([f"{p}-{entry.decode()}-9"]) == 0  # no such record
+    await first.kill()
+
+    again = Consumer(billing, "bill", "c1")
+    await again.wait_for(4, timeout=5 * REDELIVER_MS / 1000 + 5)
+    await asyncio.sleep(3 * REDELIVER_MS / 1000)  # (unacknowledged, they keep coming)
+    assert set(again.ids) == set(truth) - set(acked)
+    assert await again.ack(sorted(set(again.ids))) == 4
+    assert (await db.xpending(keys.usage_stream(p), "bill"))["pending"] == 0
+    assert not await db.exists(keys.acked(keys.usage_stream(p), "bill"))
+    await again.kill()
+
+
+async def test_records_of_single_record_entries_are_delivered_beside_blocks(
+        gateway, billing, db, config):
+    """Entries of one record each (field `r`: top-ups, entries of earlier releases) and
+    blocks are delivered and acknowledged alike."""
+    subs = await gateway.setup(accounts=1, subscribers_per_account=2)
+    p = keys.partition_of("acct-0", config.partitions)
+    old = usage_pb2.RatedUsage(kind=usage_pb2.USAGE, account_id="acct-0", money_micros=1)
+    await db.xadd(keys.usage_stream(p), {"r": old.SerializeToString()})
+    await sms(gateway, subs, 3)
+    truth = await stream_ids(db, config)
+    assert len(truth) == 4
+
+    c = Consumer(billing, "bill", "c1")
+    await c.wait_for(4)
+    assert sorted(c.ids) == sorted(truth)
+    assert c.items[0] == usage_pb2.RatedUsage(record_id=c.ids[0], kind=usage_pb2.USAGE,
+                                              account_id="acct-0", money_micros=1)
+    assert await c.ack(c.ids) == 4
+    assert (await db.xpending(keys.usage_stream(p), "bill"))["pending"] == 0
+    await c.kill()

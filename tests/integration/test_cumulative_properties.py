@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import keys
+from engine import keys, record_block
 from engine.config import Config
 from engine.kernels.reference import RefRate, billed, money
 from engine.redis_client import connect
@@ -125,7 +125,8 @@ class Line:
         client = connect(self.live.app.config.redis_url)
         try:
             stream = keys.usage_stream(keys.partition_of(self.account, PARTITIONS))
-            found = [usage_pb2.RatedUsage.FromString(f[b"r"]) for _, f in client.xrange(stream)]
+            found = [usage_pb2.RatedUsage.FromString(r) for sid, f in client.xrange(stream)
+                     for _, r in record_block.records(sid, f)]
         finally:
             client.close()
         return acct, [r for r in found if r.account_id == self.account]

@@ -7,6 +7,7 @@ import pytest
 
 from engine import keys
 from engine.reconcile import reconcile
+from engine.session_blob import pack_session, unpack_session
 from tests.helpers import DATA_RG, VOICE_RG, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
 
@@ -74,7 +75,10 @@ async def test_a_session_of_another_account_in_the_open_set_is_reported(tollgate
                                                                        db):
     await open_session(gateway)
     p = keys.partition_of(ACCOUNT, tollgate.config.partitions)
-    await db.hset(keys.session(p, "s1"), "acct", "someone-else")
+    s = unpack_session("s1", await db.get(keys.session(p, "s1")))
+    assert s is not None
+    s.account_id = "someone-else"
+    await db.set(keys.session(p, "s1"), pack_session(s))
 
     report = reconcile(tollgate.config.redis_url, progress=False)
 

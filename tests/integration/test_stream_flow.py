@@ -5,6 +5,8 @@ unreadable message ends it promptly with INVALID_ARGUMENT."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import multiprocessing as mp
 
 import grpc
 import pytest
@@ -114,3 +116,113 @@ async def test_a_stream_the_engine_cannot_queue_ends_with_resource_exhausted(con
         assert answered == (1 if first else 0)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
         assert "max_queue 50" in (e.value.details() or "")
+
+
+async def test_a_stream_whose_answers_are_not_read_is_ended_with_resource_exhausted(config):
+    stall = 0.5
+    async with Tollgate(config.replace(stream_max_in_flight=WINDOW,
+                                       stream_stall_s=stall)) as app, \
+            grpc.aio.insecure_channel(app.address, options=NO_WINDOW_GROWTH) as channel:
+        subs = await Gateway(channel).setup(accounts=4, money=1000 * EUR)
+        call = charging_pb2_grpc.ChargingStub(channel).ChargeStream()
+        # More answers than the client's 64 kB window and gRPC's buffers hold, and few
+        # enough requests that every write is taken (a write still waiting when the server
+        # ends the call makes grpc.aio report INTERNAL instead: grpc/grpc#36066).
+        sent = 16
+        for m in range(sent):
+            await asyncio.wait_for(call.write(sms_batch(WINDOW, f"m{m}", tuple(subs))), 5)
+        charged = -1
+        while charged != app.engine.batcher.items:  # until the stream is held back
+            charged = app.engine.batcher.items
+            await asyncio.sleep(0.3)
+        assert charged < sent * WINDOW
+        await asyncio.sleep(3 * stall)
+
+        got, code, details = await asyncio.wait_for(answers_then_status(call), 5)
+        assert got * WINDOW <= charged  # what ran before it was held, and nothing since
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "stream_stall_s 0.5" in details
+        await asyncio.sleep(0.1)
+        assert in_flight() == 0
+
+
+def flood(address: str, subs: tuple[str, ...], streams: int, size: int) -> None:
+    """Streams that send messages of `size` events as fast as gRPC takes them and never read
+    an answer (their receive windows grow: gRPC reads for them), until the process ends. A
+    process of their own, as such clients are: in the server's event loop, building their
+    messages would slow the server itself."""
+    async def stream(k: int) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = charging_pb2_grpc.ChargingStub(channel).ChargeStream()
+            for m in itertools.count():
+                await call.write(sms_batch(size, f"flood{k}-{m}", subs))
+
+    async def run() -> None:
+        await asyncio.gather(*(stream(k) for k in range(streams)))
+    asyncio.run(run())
+
+
+async def test_unary_calls_are_answered_promptly_while_streams_flood_the_server(config):
+    size, lanes = 500, 4
+    async with Tollgate(config) as app, \
+            grpc.aio.insecure_channel(app.address) as channel:
+        gateway = Gateway(channel)
+        subs = await gateway.setup(accounts=lanes + 32, money=1000 * EUR)
+        batcher = app.engine.batcher
+        flooding = mp.get_context("spawn").Process(
+            target=flood, args=(app.address, tuple(subs[lanes:]), 4, size), daemon=True)
+        flooding.start()
+        try:
+            while batcher.queued < batcher.max_batch:  # the streams have a backlog
+                await asyncio.sleep(0.01)
+            stop = asyncio.Event()
+            waited: list[int] = []  # requests the engine finished while each call waited
+            results: list[int] = []
+            most_queued = 0
+
+            async def lane(sub: str) -> None:
+                for n in itertools.count():
+                    before = batcher.items
+                    answer = await gateway.charge(request(
+                        f"normal-{sub}-{n}", 0, cpb.EVENT, sub,
+                        mscc(SMS_RG, used=1, field="service_units")))
+                    waited.append(batcher.items - before)
+                    results.append(answer.result)
+                    if stop.is_set():
+                        return
+
+            callers = [asyncio.create_task(lane(sub)) for sub in subs[:lanes]]
+            for _ in range(200):  # 2 s
+                await asyncio.sleep(0.01)
+                most_queued = max(most_queued, batcher.queued)
+            stop.set()
+            await asyncio.gather(*callers)
+        finally:
+            flooding.terminate()
+            flooding.join()
+
+        # Counted in work, not time (the box may be slow): a call waits for the batch being
+        # prepared and its own, small ones while it comes (before: two of max_batch, 2 052).
+        assert len(results) >= 20 and set(results) == {cpb.SUCCESS}
+        assert sorted(waited)[len(waited) // 2] <= 4 * app.config.shared_batch
+        # The streams' backlog stays what runs well before a deadline (before: their whole
+        # windows, 4 x 4096, and calls expired with it: UNABLE_TO_COMPLY).
+        assert most_queued <= 3 * batcher.max_batch
+
+
+async def test_a_stream_sends_no_faster_than_stream_max_rate(config):
+    rate, size, messages = 500, 100, 20
+    async with Tollgate(config.replace(stream_max_rate=rate)) as app, \
+            grpc.aio.insecure_channel(app.address) as channel:
+        subs = await Gateway(channel).setup(accounts=4, money=1000 * EUR)
+        call = charging_pb2_grpc.ChargingStub(channel).ChargeStream()
+        started = asyncio.get_running_loop().time()
+        for m in range(messages):
+            await call.write(sms_batch(size, f"m{m}", tuple(subs)))
+        await call.done_writing()
+        answers = [len(a.answers) async for a in call]
+        took = asyncio.get_running_loop().time() - started
+
+        assert answers == [size] * messages
+        # A second's worth at once (and one message into debt), then the rate.
+        assert took >= (messages * size - rate - size) / rate

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from engine import keys
+from engine.session_blob import unpack_session
 from engine.sweeper import Sweeper
 from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request, sample_plan
 from tollgate.v1 import charging_pb2 as cpb
@@ -81,11 +82,13 @@ async def _score(tollgate, session_id: str) -> float | None:
 
 async def _expiry(tollgate, session_id: str) -> int:
     p = tollgate.store.partition("acct-0")
-    return int(await tollgate.store.redis.hget(keys.session(p, session_id), "exp"))
+    s = unpack_session(session_id, await tollgate.store.redis.get(keys.session(p, session_id)))
+    assert s is not None
+    return s.expiry_ms
 
 
 async def test_a_refreshed_session_is_moved_on_in_the_zset_not_swept(tollgate, gateway):
-    """Requests push a session's expiry (its `exp` field) later without a ZADD each; the
+    """Requests push a session's expiry (in its value) later without a ZADD each; the
     sweeper, finding the older score due, moves it to the expiry instead of releasing."""
     [sub] = await gateway.setup()
     now = int(time.time() * 1000)
@@ -159,7 +162,7 @@ async def test_a_release_that_would_pass_int64_changes_nothing_and_stays_due(
     await db.hset(account, "money", str(2**63 - 1000))  # giving back the voice hold overflows
     before = await db.hgetall(account)
     session = keys.session(p, "s0")
-    held = {k for k in await db.hkeys(session) if k.startswith(b"r:")}
+    held = await db.get(session)
 
     released = await Sweeper(tollgate.store, tollgate.engine.clock).sweep_once(LATER)
 
@@ -167,7 +170,8 @@ async def test_a_release_that_would_pass_int64_changes_nothing_and_stays_due(
     # open-session zset are as they were, and the refusal is logged.
     assert released == 0
     assert await db.hgetall(account) == before
-    assert {k for k in await db.hkeys(session) if k.startswith(b"r:")} == held == {
-        f"r:{DATA_RG}".encode(), f"r:{VOICE_RG}".encode()}
+    assert await db.get(session) == held
+    s = unpack_session("s0", held)
+    assert s is not None and set(s.reservations) == {DATA_RG, VOICE_RG}
     assert await db.zscore(keys.open_sessions(p), session) is not None
     assert "past int64" in caplog.text

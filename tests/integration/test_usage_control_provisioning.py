@@ -14,7 +14,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine import cli, keys
+from engine import cli, keys, record_block
 from engine.config import Config
 from engine.domain import ResultCode
 from engine.kernels.charge import MONEY_LIMIT
@@ -83,10 +83,10 @@ async def events(db: aioredis.Redis, config: Config, account_id: str) -> list[ev
 
 async def records(db: aioredis.Redis, config: Config, account_id: str
                   ) -> list[usage_pb2.RatedUsage]:
-    """The account's usage records on its partition stream, parsed from field `r`."""
+    """The account's usage records on its partition stream (one per entry or in blocks)."""
     stream = keys.usage_stream(keys.partition_of(account_id, config.partitions))
-    found = [usage_pb2.RatedUsage.FromString(fields[b"r"])
-             for _, fields in await db.xrange(stream)]
+    found = [usage_pb2.RatedUsage.FromString(r) for sid, fields in await db.xrange(stream)
+             for _, r in record_block.records(sid, fields)]
     return [r for r in found if r.account_id == account_id]
 
 

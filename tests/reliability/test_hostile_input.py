@@ -193,7 +193,10 @@ def rule_breaks(msg: cpb.ChargeRequest, cfg: Config) -> list[str]:
 
 
 async def redis_state(db: aioredis.Redis) -> dict[bytes, bytes]:
-    return {k: await db.dump(k) for k in sorted(await db.keys("*"))}
+    """Every key but the dashboard's counters (engine/web/series.py), which count refusals
+    too, by design."""
+    return {k: await db.dump(k) for k in sorted(await db.keys("*"))
+            if not k.startswith(b"tg:{web}:")}
 
 
 async def check_books(gw: Gateway, redis_url: str) -> None:

@@ -198,7 +198,8 @@ async def test_a_month_of_notifications(config: Config, http, smtp):
             order_id="o1", account_id="anna", addon_id="extra-1gb",
             offer_id=offer["offer_id"]))  # a retried purchase counts once
         assert await offer_stats(lc.store.redis) == {"made": 1, "bought": 1,
-                                                      "bought:extra-1gb": 1}
+                                                      "bought:extra-1gb": 1,
+                                                      "revenue": 2 * EUR}
 
         # Every event delivered again (the group rewound): nothing is sent twice.
         await eventually(lambda: len(delivered(http, smtp)) >= len(got) + 2)

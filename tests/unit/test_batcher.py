@@ -161,3 +161,51 @@ async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later
     stream_order = [x for b in batches for x in b if x.startswith("s")]
     assert stream_order == [f"s{n}" for n in range(110)]
     assert (batcher.queued, sum(map(len, batches))) == (0, 111)
+
+
+def _sizes() -> tuple[list[list[str]], Batcher[str]]:
+    """A batcher of batches of 16, 8 while small calls (of 1) come, recording its batches."""
+    batches: list[list[str]] = []
+
+    async def prepare(batch: list[str]) -> Prepared[str]:
+        batches.append(batch)
+        return Prepared(batch)
+
+    return batches, Batcher(prepare, lambda items, e: None, max_batch=16, window_s=0,
+                            max_queue=1000, shared_batch=8)
+
+
+async def test_batches_are_small_while_small_calls_come_beside_a_stream() -> None:
+    batches, batcher = _sizes()
+    stream = object()
+    batcher.submit([f"s{n}" for n in range(40)], stream)
+    batcher.submit(["u0"])  # a unary call
+    batcher.start()
+    await batcher.close()
+
+    # Every batch is small, not only the one the call is in: the caller's next call must
+    # not find a full-size batch being prepared.
+    assert [len(b) for b in batches] == [8, 8, 8, 8, 8, 1]
+    assert "u0" in batches[0]
+
+
+async def test_batches_are_full_without_small_calls() -> None:
+    batches, batcher = _sizes()
+    batcher.submit([f"s{n}" for n in range(40)], object())
+    batcher.submit(["b0", "b1"])  # a call of more than 8 // 8: bulk too
+    batcher.start()
+    await batcher.close()
+    assert [len(b) for b in batches] == [16, 16, 10]
+
+
+async def test_streams_wait_their_turn_to_queue_while_two_batches_of_theirs_wait() -> None:
+    batches, batcher = _sizes()
+    batcher.submit([f"s{n}" for n in range(32)], object())  # 2 x max_batch
+    waiting = asyncio.create_task(batcher.stream_room())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    batcher.submit([f"c{n}" for n in range(20)])  # calls are not held back
+    batcher.start()
+    await asyncio.wait_for(waiting, 1)  # a batch took some: room again
+    await batcher.close()
+    assert sum(map(len, batches)) == 52

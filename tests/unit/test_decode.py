@@ -1,16 +1,29 @@
-"""engine.decode.decode: valid requests decode, each kind of bad input is refused by name."""
+"""engine.decode: valid requests decode from the wire codec's tables, each kind of bad input is
+refused by name, and any request gets the verdict upb's decoder gave (the oracle)."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from engine import wire
 from engine.config import Config
-from engine.decode import Invalid, Item, decode
+from engine.decode import Invalid, Item, Request, decode_all
 from engine.domain import RequestType, ResultCode
+from tests.unit import upb_decode
 from tollgate.v1 import charging_pb2 as pb
 
 CONFIG = Config()
 NOW_MS = 1_700_000_000_000
+
+
+def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
+    data = msg.SerializeToString()
+    out = decode_all(data, wire.parse_request(data), config, now_ms)[0]
+    if isinstance(out, Invalid):
+        raise out
+    return out
 
 
 def units(**kw: int) -> pb.Units:
@@ -296,3 +309,51 @@ def test_event_with_an_empty_units_entry_is_missing_avp(entry):
 
     assert err.code == ResultCode.MISSING_AVP
     assert "units[0]" in str(err)
+
+
+# --- the same verdicts as upb's decoder -------------------------------------------------------
+
+SMALL = st.integers(-3, 3) | st.integers(-2**63, 2**63 - 1)
+TEXT = st.sampled_from(["", "gw1;1", "46700000001", "eu", "a\nb", "\u0085", "x" * 20, "é"])
+UNITS = st.builds(pb.Units, total_octets=SMALL, input_octets=SMALL, output_octets=SMALL,
+                  time_seconds=SMALL, service_units=SMALL)
+
+
+@st.composite
+def service_units(draw: st.DrawFn) -> pb.ServiceUnits:
+    su = pb.ServiceUnits(rating_group=draw(st.integers(0, 3)),
+                         service_id=draw(st.integers(0, 2**32 - 1)),
+                         reporting_reason=draw(st.sampled_from([0, 1, 2, 5, 99, -1])))
+    if draw(st.booleans()):
+        su.used.CopyFrom(draw(UNITS))
+    if draw(st.booleans()):
+        su.requested.CopyFrom(draw(UNITS))
+    return su
+
+
+REQUESTS = st.builds(
+    pb.ChargeRequest, session_id=TEXT, subscriber_id=TEXT, zone=TEXT, origin=TEXT,
+    destination=TEXT, request_number=st.integers(0, 2), type=st.integers(-1, 5),
+    event_time_ms=st.sampled_from([0, -1, 1234, NOW_MS, NOW_MS + 1, NOW_MS + 10**9,
+                                   2**63 - 1]),
+    units=st.lists(service_units(), max_size=4))
+TIGHT = CONFIG.replace(max_id_length=12, max_units=2**40, max_units_per_request=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(REQUESTS, min_size=1, max_size=5))
+def test_every_request_gets_the_verdict_upb_gave(msgs: list[pb.ChargeRequest]) -> None:
+    data = pb.ChargeBatchRequest(requests=msgs).SerializeToString()
+
+    got = decode_all(data, wire.parse_batch(data), TIGHT, NOW_MS)
+
+    for msg, mine in zip(msgs, got, strict=True):
+        try:
+            expected: Request | Invalid = upb_decode.decode(msg, TIGHT, NOW_MS)
+        except Invalid as e:
+            expected = e
+        if isinstance(expected, Invalid):
+            assert isinstance(mine, Invalid)
+            assert (mine.code, str(mine)) == (expected.code, str(expected))
+        else:
+            assert mine == expected

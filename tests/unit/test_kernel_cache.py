@@ -21,6 +21,13 @@ def test_every_kernel_source_decides_the_cache_directory():
     assert Path(numba_config.CACHE_DIR).name == engine.kernels.sources_digest()
 
 
+def test_every_module_with_cached_kernels_is_a_kernel_source():
+    root = Path(engine.kernels.__file__).parent.parent
+    cached = {p for p in root.rglob("*.py") if "cache=True" in p.read_text()}
+
+    assert cached <= set(engine.kernels.SOURCES), "a module caches kernels the digest ignores"
+
+
 def test_compiled_kernels_are_stored_under_that_directory():
     rate = RefRate(price=1, increment=1, first=0, quota=1, unit=1)
     charge_kernel(*kernel_args([], [rate], RefState([RefAccount(money=0, floor=0)], [], [], [0])))

@@ -41,7 +41,8 @@ def test_the_example_configuration_is_valid():
     assert {r.event for r in s.rules} >= {EventKind.BUCKET_USED, EventKind.FINAL_UNITS,
                                           EventKind.STATE_CHANGED}
     assert {c.signal for c in s.campaigns} == {"inactivity", "anniversary",
-                                               "renewal_low_balance"}
+                                               "renewal_low_balance", "segment"}
+    assert s.self_link_url and any(c.offer for c in s.campaigns)
 
 
 @pytest.mark.parametrize(("table", "words"), [

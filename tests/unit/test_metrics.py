@@ -11,10 +11,8 @@ def _value(kind: str, result: str) -> float:
 
 
 def test_count_adds_each_answer_to_its_type_and_result() -> None:
-    update = pb.ChargeRequest(session_id="s", type=pb.UPDATE)
-    initial = pb.ChargeRequest(session_id="t", type=pb.INITIAL)
-    ok = pb.ChargeAnswer(result=pb.SUCCESS)
-    denied = pb.ChargeAnswer(result=pb.CREDIT_LIMIT_REACHED)
+    update, initial = pb.UPDATE, pb.INITIAL
+    ok, denied = pb.SUCCESS, pb.CREDIT_LIMIT_REACHED
     before = {k: _value(*k) for k in [("update", "success"), ("initial", "success"),
                                        ("update", "credit_limit_reached")]}
     metrics.count([update], [ok])  # a unary call
@@ -27,5 +25,5 @@ def test_count_adds_each_answer_to_its_type_and_result() -> None:
 
 def test_unknown_result_codes_are_counted_by_number() -> None:
     before = _value("event", "4999")
-    metrics.count([pb.ChargeRequest(type=pb.EVENT)], [pb.ChargeAnswer(result=4999)])
+    metrics.count([pb.EVENT], [4999])
     assert _value("event", "4999") - before == 1

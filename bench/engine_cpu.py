@@ -1,0 +1,80 @@
+"""The engine's CPU per request in process, without gRPC: provisioned subscribers, the bench
+traffic through Engine.submit in batches, the process's CPU time (minus the traffic
+generator's) and Redis's, per request. Runs one commit; to compare two, run it from a
+worktree of each, alternately:
+
+    python -m bench.engine_cpu --batch 1000
+    cd ../old && PYTHONPATH=.:proto python -m bench.engine_cpu --batch 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+
+from bench.traffic import Traffic
+from engine import population
+from engine.charging import Engine
+from engine.config import Config
+from engine.redis_server import RedisServer
+from engine.store import Store
+from server import tune_gc
+from tollgate.v1 import charging_pb2 as pb
+
+WARM_BATCHES = 12
+
+
+async def measure(subscribers: int, batch: int, requests: int) -> dict[str, float]:
+    redis = RedisServer(tempfile.mkdtemp(prefix="tollgate-cpu-"), appendonly=False).start()
+    try:
+        config = Config(redis_url=redis.url).replace(max_batch=batch)
+        store = Store(config.redis_url, config.partitions)
+        await store.init()
+        await population.provision(store, subscribers)
+        engine = Engine(store, config)
+        engine.start()
+        tune_gc(config.gc_threshold)  # as the server does
+        traffic = Traffic(subscribers, sessions=max(5000, batch))
+        for _ in range(WARM_BATCHES):
+            msgs = traffic.batch(batch)
+            for m, a in zip(msgs, await engine.charge(msgs), strict=True):
+                traffic.answered(m, a)
+        info = await store.redis.info("cpu")
+        redis_before = info["used_cpu_sys"] + info["used_cpu_user"]
+        start, outside, done = time.process_time(), 0.0, 0
+        while done < requests:
+            t = time.process_time()
+            msgs = traffic.batch(batch)
+            data = pb.ChargeBatchRequest(requests=msgs).SerializeToString()
+            outside += time.process_time() - t
+            answers = await engine.submit(data, engine.parse(data)).future
+            t = time.process_time()
+            for m, a in zip(msgs, answers, strict=True):
+                traffic.answered(m, pb.ChargeAnswer.FromString(a))
+            outside += time.process_time() - t
+            done += len(msgs)
+        engine_s = time.process_time() - start - outside
+        info = await store.redis.info("cpu")
+        redis_s = info["used_cpu_sys"] + info["used_cpu_user"] - redis_before
+        await engine.close()
+        await store.close()
+        return {"batch": batch, "requests": done, "engine_us": 1e6 * engine_s / done,
+                "redis_us": 1e6 * redis_s / done}
+    finally:
+        redis.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=30_000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(measure(args.subscribers, args.batch, args.requests))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Diameter Gy front: codec, dictionary, peer connections and the CCR/CCA mapping."""
