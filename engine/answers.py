@@ -73,16 +73,16 @@ def tables_kernel(items: np.ndarray, outputs: np.ndarray, shown: np.ndarray,
         answers[wire.A_ERROR, r] = -1
         off += lengths[r]
     g = 0
-    for i in range(items.shape[1]):
-        r = items[I_REQ, i]
+    for i in range(items.shape[0]):
+        r = items[i, I_REQ]
         if not shown[i]:
             continue
         if answers[wire.A_GRANTS_HI, r] == 0:
             answers[wire.A_GRANTS_LO, r] = g
         answers[wire.A_GRANTS_HI, r] = g + 1
         answers[wire.A_CHARGED, r] += outputs[O_CHARGED, i]
-        result, want, rate = outputs[O_RESULT, i], items[I_WANT, i], items[I_RATE, i]
-        grants[wire.G_RATING_GROUP, g] = items[I_RG, i]
+        result, want, rate = outputs[O_RESULT, i], items[i, I_WANT], items[i, I_RATE]
+        grants[wire.G_RATING_GROUP, g] = items[i, I_RG]
         grants[wire.G_SERVICE_ID, g] = service[i]
         grants[wire.G_RESULT, g] = result
         grants[wire.G_FINAL, g] = -1
@@ -99,7 +99,7 @@ def tables_kernel(items: np.ndarray, outputs: np.ndarray, shown: np.ndarray,
                 elif unit == UNIT_SECONDS:
                     grants[wire.G_TIME_THRESHOLD, g] = threshold
                 if outputs[O_FINAL, i]:
-                    grants[wire.G_FINAL, g] = final_of_account[items[I_ACCT, i]]
+                    grants[wire.G_FINAL, g] = final_of_account[items[i, I_ACCT]]
         g += 1
     # A request without grants keeps the empty range 0..0 (the encoder writes none).
     return answers, grants
@@ -108,7 +108,7 @@ def tables_kernel(items: np.ndarray, outputs: np.ndarray, shown: np.ndarray,
 def warm_up() -> None:
     """Loads (or compiles) the tables kernel for the arrays the engine passes."""
     empty = np.zeros(0, np.int64)
-    tables_kernel(np.zeros((I_REQ + 1, 0), np.int64), np.zeros((O_CHARGED + 1, 0), np.int64),
+    tables_kernel(np.zeros((0, I_REQ + 1), np.int64), np.zeros((O_CHARGED + 1, 0), np.int64),
                   empty, empty, empty, empty, empty, np.zeros((2, 0), np.int64), empty)
 
 

@@ -133,7 +133,7 @@ class KernelResult:
     changes: list[tuple[int, int, int, int]]  # (account, what, index, new value) of what moved
     charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
-    items: np.ndarray  # the kernel's item table (ITEM_COLUMNS rows)
+    items: np.ndarray  # the kernel's item table (a row per item, ITEM_COLUMNS columns)
     outputs: np.ndarray  # the kernel's item outputs (kernels.charge O_* rows)
 
 
