@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from engine import answers, metrics, usage_wire, wire
+from engine import answers, kernels, metrics, usage_wire, wire
 from engine.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.batcher import Batcher, Prepared
 from engine.config import Config
@@ -125,10 +125,19 @@ class Engine:
 
     def warm_up(self) -> None:
         """Loads (or compiles) the kernels now, so that no request waits for Numba."""
+        fresh = not kernels.compiled()
+        if fresh:
+            # Compiling takes about a minute on a small machine: say so, or a first start
+            # looks hung.
+            log.warning("compiling the kernels for this version (once per install or "
+                        "upgrade; later starts load them from the cache)")
+        started = time.monotonic()
         assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
         wire.warm_up()
         usage_wire.warm_up()
         answers.warm_up()
+        if fresh:
+            log.warning("kernels compiled in %.0f s", time.monotonic() - started)
 
     def _forget_subscriber(self, subscriber_id: str | None) -> None:
         self._subscriber_changes += 1

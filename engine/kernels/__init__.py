@@ -40,3 +40,10 @@ def _cache_dir() -> str:
 
 
 numba_config.CACHE_DIR = _cache_dir()  # type: ignore[attr-defined]
+
+
+def compiled() -> bool:
+    """Whether the charge kernel of these sources is in the cache already (a start after the
+    first one for an install or upgrade loads it; the first compiles every kernel)."""
+    cache = Path(numba_config.CACHE_DIR)  # type: ignore[attr-defined]
+    return any(cache.rglob("charge.charge_kernel-*.nbi"))

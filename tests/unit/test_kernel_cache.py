@@ -34,3 +34,12 @@ def test_compiled_kernels_are_stored_under_that_directory():
 
     stored = list(Path(numba_config.CACHE_DIR).rglob("charge.charge_kernel-*.nbi"))
     assert stored, f"no cached charge_kernel under {numba_config.CACHE_DIR}"
+
+
+def test_compiled_says_whether_the_charge_kernel_is_cached(tmp_path, monkeypatch):
+    rate = RefRate(price=1, increment=1, first=0, quota=1, unit=1)
+    charge_kernel(*kernel_args([], [rate], RefState([RefAccount(money=0, floor=0)], [], [], [0])))
+    assert engine.kernels.compiled()
+
+    monkeypatch.setattr(numba_config, "CACHE_DIR", str(tmp_path))  # an empty cache
+    assert not engine.kernels.compiled()
