@@ -39,7 +39,7 @@ def encode(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Rate
     TERMINATION did not mention, what it was charged), in batch order."""
     finals, filters, strings, final_of_account = _finals(kb)
     sessions = [p.request.session_id.encode() for p in batch]
-    shown = np.array([not ref.internal for ref in kb.refs], np.int64)
+    shown = kb.shown()
     service = np.array([ref.service_id for ref in kb.refs], np.int64)
     numbers = np.array([p.request.request_number for p in batch], np.int64)
     lengths = np.array([len(s) for s in sessions], np.int64)

@@ -152,6 +152,11 @@ class KernelBatch:
     items_of: dict[int, list[int]]  # id(pending) -> its items
     slots: list[tuple[int, int]] = field(default_factory=list)  # slot -> (account, rg)
 
+    def shown(self) -> np.ndarray:
+        """Per item, 1 if its grant is in its request's answer (0: a release the
+        TERMINATION did not mention)."""
+        return np.array([not ref.internal for ref in self.refs], np.int64)
+
     def run(self, rates: RateTable) -> KernelResult:
         def i64(rows: list[list[int]]) -> np.ndarray:
             return np.array(rows, dtype=np.int64)

@@ -21,6 +21,7 @@ from engine.cycles import renew_if_due
 from engine.decode import Invalid, Request, decode_all, error_answer
 from engine.domain import Plan, RequestType, ResultCode, SubscriberState
 from engine.errors import InvalidArgument, NotFound
+from engine.kernels.charge import O_RESULT
 from engine.outcome import Outcome, Timing, build_outcome
 from engine.plans import RateTable
 from engine.state import AccountState, SessionState
@@ -463,6 +464,8 @@ class Engine:
         kb = assemble(batch, self.accounts, plans, self.rates, grace, now)
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
+        # Counted when run: a batch run again after a version conflict counts again (rare).
+        metrics.count_grants(res.outputs[O_RESULT][kb.shown().astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
         return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))

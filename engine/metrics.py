@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from engine.errors import ConfigError
@@ -28,6 +29,8 @@ ANSWER_SECONDS = Histogram("tollgate_answer_seconds",
                            "per call or stream message)", buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("tollgate_batch_size", "Requests per micro-batch",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+GRANTS = Counter("tollgate_grants", "Grants in charging answers (a request's rating groups), "
+                 "by result", ["result"])
 KERNEL_SECONDS = Histogram("tollgate_kernel_seconds", "Time in the charging kernel per batch",
                            buckets=LATENCY_BUCKETS)
 LOAD_SECONDS = Histogram("tollgate_redis_load_seconds", "Redis read round trip per batch",
@@ -83,6 +86,13 @@ def count(types: Sequence[int], results: Sequence[int], started: float | None = 
             child = _REQUEST_CHILDREN[key] = REQUESTS.labels(
                 TYPE_NAMES.get(key[0], "invalid"), RESULT_NAMES.get(key[1], str(key[1])))
         child.inc(n)
+
+
+def count_grants(results: np.ndarray) -> None:
+    """Counts a batch's grants by result (a few labelled increments per batch)."""
+    values, counts = np.unique(results, return_counts=True)
+    for result, n in zip(values.tolist(), counts.tolist(), strict=True):
+        GRANTS.labels(RESULT_NAMES.get(result, str(result))).inc(n)
 
 
 def serve_metrics(port: int, host: str) -> WSGIServer | None:

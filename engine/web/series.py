@@ -54,6 +54,7 @@ class Feed:
 
 FEEDS = (
     Feed("tollgate_requests_total", "req", ("result",)),
+    Feed("tollgate_grants_total", "grant", ("result",)),
     Feed("tollgate_answer_seconds_bucket", "lat", ("le",)),
     Feed("tollgate_notifications_total", "ntf", ("channel", "outcome")),
     Feed("tollgate_lifecycle_events_total", "ev", ("kind",)),

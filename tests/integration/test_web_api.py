@@ -55,6 +55,7 @@ async def test_dashboard_counts_charging_and_streams_updates(config: Config,
             return totals.get("req:success", 0) >= 10 and totals
         totals = await eventually(answered)
         assert totals["req:success"] >= 10
+        assert totals.get("grant:success", 0) >= 5  # grants by result, for "refused by reason"
         d = (await client.get("/api/dashboard")).json()
         assert len(d["series"]["t"]) == 360 and d["bucket_s"] == 10
         assert any(p is not None for p in d["series"]["p50_ms"])

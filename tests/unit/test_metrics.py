@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine import metrics
 from tollgate.v1 import charging_pb2 as pb
 
@@ -27,3 +29,13 @@ def test_unknown_result_codes_are_counted_by_number() -> None:
     before = _value("event", "4999")
     metrics.count([pb.EVENT], [4999])
     assert _value("event", "4999") - before == 1
+
+
+def test_count_grants_adds_each_grant_to_its_result() -> None:
+    def grants(result: str) -> float:
+        return metrics.GRANTS.labels(result)._value.get()
+
+    before = grants("success"), grants("credit_limit_reached")
+    metrics.count_grants(np.array([pb.SUCCESS, pb.CREDIT_LIMIT_REACHED, pb.SUCCESS], np.int64))
+    assert grants("success") - before[0] == 2
+    assert grants("credit_limit_reached") - before[1] == 1

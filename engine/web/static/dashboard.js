@@ -61,6 +61,9 @@ function show(d) {
   document.getElementById("outbox").textContent =
     `${tg.num(d.lifecycle.waiting)} / ${tg.num(d.lifecycle.dead_letters)}`;
   tg.bars(document.getElementById("b-refused"), refused);
+  const grants = pick(t, "grant:");
+  delete grants.success;
+  tg.bars(document.getElementById("b-grants"), grants);
   const base = Object.fromEntries(STATES.map(s => [s, d.base[s] || 0]));
   tg.bars(document.getElementById("b-base"), base);
   document.getElementById("census").textContent =
