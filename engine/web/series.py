@@ -102,22 +102,28 @@ class Recorder:
         self.registry = registry
         self._last = sample(registry)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> Recorder:
         self._task = asyncio.create_task(self._run())
         return self
 
     async def stop(self) -> None:
+        # Told to stop, not cancelled: a cancellation that reaches the task inside redis-py's
+        # pipeline can be swallowed there, and the task then sleeps on forever (seen: a
+        # server's shutdown hanging in a test).
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await self._task
         with contextlib.suppress(RedisError, OSError):
             await self.flush()  # what the last interval counted
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+            if self._stopping.is_set():
+                return
             try:
                 await self.flush()
             except (RedisError, OSError) as e:  # counted again next time: nothing is lost
