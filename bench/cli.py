@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -37,6 +38,10 @@ def _target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--servers", type=int, default=1,
                    help="server processes sharing one port (SO_REUSEPORT), engine and bare "
                         "server alike; the client opens 4 connections per process")
+    p.add_argument("--pin", action="store_true",
+                   help="servers on the first cores (one each), Redis and the load generator "
+                        "on the others: the servers' CPU, not the machine's, is then the "
+                        "limit (a small machine's load generator otherwise competes with them)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     p.add_argument("--batch", type=int, default=1000, help="requests per batch/stream message")
     p.add_argument("--open-batch", type=int, default=100,
@@ -127,6 +132,7 @@ class Lab:
         self.pids: dict[str, list[int]] = {}
         self.engine_pids: list[int] = []
         self.clients = 0  # clients made so far: each one's sessions get ids of their own
+        self.cores = sorted(os.sched_getaffinity(0))  # before --pin moves this process
 
     async def __aenter__(self) -> Lab:
         from engine.redis_server import RedisServer
@@ -139,6 +145,8 @@ class Lab:
             self.config = self.config.replace(redis_url=redis.url)
             assert redis.process is not None
             self.pids["redis"] = [redis.process.pid]
+        if getattr(self.args, "pin", False):
+            pin([os.getpid(), *self.pids.get("redis", [])], self.others)
         await self.provision()
         return self
 
@@ -202,7 +210,20 @@ class Lab:
             self.results["servers"]["engine"] = group[0].address
             self.results["servers"]["engine diameter"] = f"127.0.0.1:{diameter_port}"
             self.engine_pids = [server.pid for server in group]
+            self.pin_servers(self.engine_pids)
         return str(self.results["servers"]["engine"])
+
+    @property
+    def others(self) -> set[int]:
+        """The cores --pin leaves to Redis and the load generator."""
+        if len(self.cores) <= self.servers:
+            raise ValueError(f"--pin needs more cores than server processes ({len(self.cores)})")
+        return set(self.cores[self.servers:])
+
+    def pin_servers(self, pids: list[int]) -> None:
+        if getattr(self.args, "pin", False):
+            for n, pid in enumerate(pids):
+                pin([pid], {self.cores[n]})
 
     @property
     def servers(self) -> int:
@@ -228,6 +249,15 @@ class Lab:
     def concurrency(self, api: str) -> int:
         one_by_one = api in ("unary", "diameter")
         return int(self.args.concurrency or (64 if one_by_one else 4) * self.servers)
+
+
+def pin(pids: list[int], cores: set[int]) -> None:
+    """Every thread of each process on `cores` (a process's affinity is its threads': the
+    servers' gRPC threads already run when they are pinned)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task.name), cores)
 
 
 async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
@@ -280,6 +310,7 @@ async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
                           sessions=max(5000, 5 * batch), tag=f"c{os.getpid()}.")
         recorded = await capture_writes(lab.config, traffic, batch, warmup=10, batches=20)
     bare = server_group(partial(bare_server, lab.workdir), lab.servers)
+    lab.pin_servers([b.pid for b in bare])
     runs: list[Any] = []
     try:
         for k in range(1, max(rounds, 1) + 1):

@@ -137,3 +137,22 @@ def test_each_connection_carries_its_own_sessions() -> None:
     sent = [{r.session_id for r in t.batch(50)} for t in shards]
     # a session belongs to one shard (one connection): no id in two of them
     assert sum(len(s) for s in sent) == len(set().union(*sent)) == 150
+
+
+def test_pin_moves_every_thread_of_a_process() -> None:
+    """--pin: a server's threads started before it is pinned move with it."""
+    from bench.cli import pin
+    cores = sorted(os.sched_getaffinity(0))
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time; "
+                              "threading.Thread(target=time.sleep, args=(30,)).start(); "
+                              "print('ready', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        pin([child.pid], {cores[-1]})
+        tasks = list(Path(f"/proc/{child.pid}/task").iterdir())
+        assert len(tasks) >= 2
+        assert all(os.sched_getaffinity(int(t.name)) == {cores[-1]} for t in tasks)
+    finally:
+        child.kill()
+        child.wait()
