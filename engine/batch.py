@@ -6,13 +6,21 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from engine.decode import MAX_TIME_MS, Request, error_answer, units_of
-from engine.domain import MONEY_SOURCE, Bucket, Member, Plan, Rate, RequestType, ResultCode
+from engine.domain import (
+    MONEY_SOURCE,
+    Bucket,
+    Member,
+    Plan,
+    Rate,
+    RequestType,
+    ResultCode,
+)
 from engine.kernels.charge import (
     B_LEVEL,
     B_REMAINING,
@@ -25,7 +33,7 @@ from engine.kernels.charge import (
     WANT_NONE,
     charge_kernel,
 )
-from engine.plans import RateTable, rate_row, resolve_zone
+from engine.plans import Prefixes, RateTable, rate_row, resolve_zone
 from engine.state import NOTHING_RATED, AccountState
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
@@ -36,6 +44,7 @@ ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want",
 
 
 LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
+TERMINATION, EVENT = int(RequestType.TERMINATION), int(RequestType.EVENT)
 
 
 class Answers:
@@ -289,9 +298,11 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
                      [b for a in accounts for b in a.buckets], members, member_index, {}, [],
                      [], {})
+    pricing = [_pricing(plan, rates) for plan in kb.plans]
     for n, p in enumerate(batch):
-        _add_items(kb, p, index[p.account_id], rates, p.request.subscriber_id in grace, now_ms,
-                   n)
+        a = index[p.account_id]
+        _add_items(kb, p, a, pricing[a], rates.rates, p.request.subscriber_id in grace,
+                   now_ms, n)
     return kb
 
 
@@ -327,55 +338,78 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def _add_items(kb: KernelBatch, p: Pending, a: int, rates: RateTable, grace: bool,
-               now_ms: int, request: int) -> None:
+class _Pricing(NamedTuple):
+    """What pricing an account's requests needs from its plan, looked up once per batch."""
+
+    plan: Plan | None
+    rows: dict[tuple[int, str], int]  # (rating group, zone) -> rate row
+    prefixes: Prefixes | None  # the plan's destination prefixes (None: no plan)
+    timezone: str
+
+
+def _pricing(plan: Plan | None, rates: RateTable) -> _Pricing:
+    if plan is None:
+        return _Pricing(None, {}, None, "")
+    return _Pricing(plan, rates.rows(plan), rates.prefixes(plan), plan.timezone)
+
+
+def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: list[Rate],
+               grace: bool, now_ms: int, request: int) -> None:
     acct = kb.accounts[a]
     req = p.request
-    plan = kb.plans[a]
-    rows = rates.rows(plan) if plan is not None else {}
-    p.zone = zone = (resolve_zone(rates.prefixes(plan), req.zone, req.destination)
-                     if plan is not None else req.zone)
+    kind = req.type
+    plan, rows = pricing.plan, pricing.rows
+    if req.zone or pricing.prefixes is None or not req.destination:
+        p.zone = zone = req.zone
+    else:
+        p.zone = zone = resolve_zone(pricing.prefixes, "", req.destination)
     session = acct.sessions.get(req.session_id)
     live = session if session is not None and not session.is_event else None
-    held = live.reservations if live else {}
-    rated = live.rated if live else {}
-    cost = live.cost if live else 0
-    start = live.last_time_ms if live else req.time_ms
-    offset = local_offset_ms(plan.timezone, req.time_ms) if plan is not None else 0
-    member = kb.member_index.get((p.account_id, req.subscriber_id), -1)
+    if live is not None:
+        held, rated, cost, start = live.reservations, live.rated, live.cost, live.last_time_ms
+    else:
+        held, rated, cost, start = {}, {}, 0, req.time_ms
+    time_ms = req.time_ms
+    offset = local_offset_ms(pricing.timezone, time_ms)
+    start = min(start, time_ms) + offset
+    member = kb.member_index.get((p.account_id, req.subscriber_id), -1) if kb.member_index else -1
     entries = [(it.rating_group, it.service_id, it.used, it.requested, False)
                for it in req.items]
-    if req.type == RequestType.TERMINATION:
+    if kind == TERMINATION:
         mentioned = {it.rating_group for it in req.items}
         entries += [(rg, 0, None, None, True) for rg in sorted(held) if rg not in mentioned]
     mine = kb.items_of.setdefault(id(p), [])
+    refs, item_rows, cycle_slots = kb.refs, kb.rows, kb.cycle_slots
+    base_flags = FLAG_GRACE if grace else 0
     for rg, service_id, used_u, requested_u, internal in entries:
         row = rate_row(rows, plan, rg, zone)
-        rate = rates.rates[row] if row >= 0 else None
-        used = units_of(used_u, rate.unit_type) if rate else 0
-        requested = units_of(requested_u, rate.unit_type) if rate else 0
-        if req.type == RequestType.EVENT:
+        if row >= 0:
+            rate: Rate | None = rates[row]
+            unit = rate.unit_type  # type: ignore[union-attr]
+            used, requested = units_of(used_u, unit), units_of(requested_u, unit)
+        else:
+            rate, used, requested = None, 0, 0
+        if kind == EVENT:
             want, used = WANT_DEBIT, used or requested
-        elif requested_u is not None and req.type != RequestType.TERMINATION:
+        elif requested_u is not None and kind != TERMINATION:
             want = WANT_GRANT
         else:
             want = WANT_NONE
         res = held.get(rg)
-        src, amount, res_units, flags = MONEY_SOURCE, 0, 0, FLAG_GRACE if grace else 0
+        src, amount, res_units, flags = MONEY_SOURCE, 0, 0, base_flags
         if res is not None:
             amount, res_units = res.amount, res.units
             if res.member:
                 flags |= FLAG_RES_MEMBER
             if res.bucket_id:
                 src = kb.bucket_start[a] + acct.bucket_index(res.bucket_id)
-        slot = kb.cycle_slots.get((a, rg), -1)
+        slot = cycle_slots.get((a, rg), -1)
         if slot < 0:
-            slot = kb.cycle_slots[(a, rg)] = len(kb.cycle_slots)
+            slot = cycle_slots[(a, rg)] = len(cycle_slots)
             kb.slots.append((a, rg))
-        mine.append(len(kb.refs))
-        kb.refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal,
-                               member >= 0))
+        mine.append(len(refs))
+        refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal,
+                            member >= 0))
         so_far = rated.get(rg, NOTHING_RATED)
-        kb.rows.append((a, member, rg, row, min(start, req.time_ms) + offset,
-                        req.time_ms + offset, used, want, requested, flags, src, res_units, amount,
-                        slot, now_ms, *so_far, cost, request))
+        item_rows.append((a, member, rg, row, start, time_ms + offset, used, want, requested,
+                          flags, src, res_units, amount, slot, now_ms, *so_far, cost, request))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from engine import wire
 from engine.config import Config
 from engine.domain import RequestType, ResultCode, UnitType
+from engine.kernels.checks import plain_requests
 from engine.wire import (
     LEN,
     OFF,
@@ -35,6 +38,9 @@ UnitsTuple = tuple[int, int, int, int, int]
 """(total_octets, input_octets, output_octets, time_seconds, service_units)"""
 
 REPORTING_REASONS = frozenset(pb.ReportingReason.values())
+KNOWN_REASONS = np.zeros(max(REPORTING_REASONS) + 1, np.int64)
+KNOWN_REASONS[sorted(REPORTING_REASONS)] = 1
+"""1 at each known reporting reason (plain_requests' lookup)."""
 UNIT_FIELDS = ("total_octets", "input_octets", "output_octets", "time_seconds", "service_units")
 REQUEST_TYPES = {int(t): t for t in RequestType}
 STRING_FIELDS = ((R_SESSION, "session_id"), (R_SUBSCRIBER, "subscriber_id"), (R_ZONE, "zone"),
@@ -74,14 +80,17 @@ class Invalid(Exception):
         self.code = code
 
 
-def units_of(u: UnitsTuple | None, unit: UnitType) -> int:
+OCTETS, SECONDS = int(UnitType.OCTETS), int(UnitType.SECONDS)
+
+
+def units_of(u: UnitsTuple | None, unit: int) -> int:
+    """The amount of a unit type (UnitType's value) in a Units tuple: octets are the total,
+    or input plus output when no total is given."""
     if u is None:
         return 0
-    if unit == UnitType.OCTETS:
+    if unit == OCTETS:
         return u[0] if u[0] else u[1] + u[2]
-    if unit == UnitType.SECONDS:
-        return u[3]
-    return u[4]
+    return u[3] if unit == SECONDS else u[4]
 
 
 UNIT_FIELD = {UnitType.OCTETS: "total_octets", UnitType.SECONDS: "time_seconds",
@@ -136,9 +145,41 @@ class _Columns:
 def decode_all(data: bytes, parsed: wire.Parsed, config: Config, now_ms: int
                ) -> list[Request | Invalid]:
     """Each request of a parsed message (`data`: its bytes) validated, or Invalid naming the
-    field that is wrong."""
+    field that is wrong. One kernel pass finds the plainly valid ones, built without checks;
+    `_request` checks the others one by one and words their refusals."""
     cols = _Columns(data, parsed)
-    return [_request(cols, r, config, now_ms) for r in range(len(cols.number))]
+    plain = plain_requests(parsed.buf, parsed.requests, parsed.units,
+                           check_limits(config, now_ms), KNOWN_REASONS).tolist()
+    return [_plain_request(cols, r, now_ms) if ok else _request(cols, r, config, now_ms)
+            for r, ok in enumerate(plain)]
+
+
+def check_limits(config: Config, now_ms: int) -> np.ndarray:
+    """plain_requests' `limits` (kernels.checks L_*)."""
+    return np.array([config.max_id_length, config.max_units_per_request, config.max_units,
+                     now_ms - config.event_time_past_s * 1000,
+                     now_ms + config.event_time_future_s * 1000, MAX_TIME_MS], np.int64)
+
+
+def _plain_request(c: _Columns, r: int, now_ms: int) -> Request:
+    """A request plain_requests passed, built without checking it again."""
+    data = c.data
+    s = c.strings
+
+    def text(row: int) -> str:
+        n = s[row][1][r]
+        if not n:
+            return ""
+        off = s[row][0][r]
+        return data[off:off + n].decode()
+
+    has_used, has_requested = c.has_used, c.has_requested
+    items = [Item(c.rating_group[u], c.service_id[u], c.used[u] if has_used[u] else None,
+                  c.requested[u] if has_requested[u] else None)
+             for u in range(c.lo[r], c.hi[r])]
+    return Request(text(R_SESSION), c.number[r], REQUEST_TYPES[c.type[r]], text(R_SUBSCRIBER),
+                   c.time[r] or now_ms, text(R_ZONE), text(R_ORIGIN), items,
+                   text(R_DESTINATION))
 
 
 def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Invalid:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine import keys
@@ -37,7 +38,8 @@ from engine.usage_wire import RecordTable
 from tollgate.v1 import events_pb2, usage_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)
-ENDS_SESSION = (RequestType.TERMINATION, RequestType.EVENT)
+TERMINATION, EVENT = int(RequestType.TERMINATION), int(RequestType.EVENT)
+USAGE = usage_pb2.USAGE
 
 
 @dataclass(slots=True)
@@ -64,10 +66,11 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
                                                                   strict=True)})
     records = RecordTable()
     owners: list[AccountWrite] = []  # the account write of each record
+    index = kb.index
     for p, blob in zip(batch, encode_answers(batch, kb, res, rates), strict=True):
-        a = kb.index[p.account_id]
-        _request_outcome(p, blob, kb.accounts[a], kb, res, timing, out, writes[a], records,
-                         owners)
+        a = index[p.account_id]
+        _request_outcome(p, blob, kb.accounts[a], kb.plans[a], kb, res, timing, out,
+                         writes[a], records, owners)
     for w, record in zip(owners, records.encode(), strict=True):
         w.records.append(record)
     for ev in res.events:  # in item order, so in batch order
@@ -77,65 +80,70 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     return out
 
 
-def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatch,
-                     res: KernelResult, timing: Timing, out: Outcome, w: AccountWrite,
-                     records: RecordTable, writes: list[AccountWrite]) -> None:
+def _request_outcome(p: Pending, blob: bytes, acct: AccountState, plan: Plan | None,
+                     kb: KernelBatch, res: KernelResult, timing: Timing, out: Outcome,
+                     w: AccountWrite, records: RecordTable, writes: list[AccountWrite]) -> None:
     """The session after a request (`blob`: its answer), and its records (added to
     `records`, with their account's write to `writes`)."""
     req = p.request
-    rn = req.request_number
-    plan = kb.plans[kb.index[p.account_id]]
+    rn, kind = req.request_number, req.type
     old = acct.sessions.get(req.session_id)
     # Copies: the cached session stays as it was until the batch is applied (_settle).
     answers = dict(old.answers) if old is not None else {}
     live = old if old is not None and not old.is_event else None
-    held = dict(live.reservations) if live else {}
-    rated = dict(live.rated) if live else {}
-    cost = live.cost if live else 0
+    if live is not None:
+        held, rated, cost = dict(live.reservations), dict(live.rated), live.cost
+    else:
+        held, rated, cost = {}, {}, 0
     longest = 0
+    head: tuple[int, ...] | None = None  # the request's part of its records (its first one)
+    s_used, s_billed, s_rem, s_charged = res.s_used, res.s_billed, res.s_rem, res.s_charged
     for i in kb.items_of[id(p)]:
         ref = kb.refs[i]
-        before = rated.get(ref.rating_group, NOTHING_RATED)
-        now = Rated(res.s_used[i], res.s_billed[i], res.s_rem[i], res.s_charged[i])
-        if now == NOTHING_RATED:
+        rg = ref.rating_group
+        before = rated.get(rg, NOTHING_RATED)
+        used = s_used[i]
+        if used or s_billed[i] or s_rem[i] or s_charged[i]:
+            now = Rated(used, s_billed[i], s_rem[i], s_charged[i])
+            if now != before:
+                rated[rg] = now
+        else:
             now = before  # not billed: the session's state is unchanged
-        elif now != before:
-            rated[ref.rating_group] = now
-        cost += res.charged[i]
+        charged = res.charged[i]
+        cost += charged
         granted = res.granted[i]
         # The kernel gave back the old reservation of every item (a grant is the new one),
         # but for one it refused because giving back would pass int64: that one stays held.
-        if res.result[i] != INVALID_AVP_VALUE or not granted:
-            held.pop(ref.rating_group, None)
-            if ref.want == WANT_GRANT and granted > 0:
+        if not granted or res.result[i] != INVALID_AVP_VALUE:
+            held.pop(rg, None)
+            if granted > 0 and ref.want == WANT_GRANT:
                 s = res.res_src[i]
-                held[ref.rating_group] = Res(
-                    ref.rating_group, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
-                    granted, res.res_amount[i],
-                    int(ref.rate.unit_type) if ref.rate is not None else 0, ref.member)
+                rate = ref.rate
+                held[rg] = Res(rg, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
+                               granted, res.res_amount[i],
+                               int(rate.unit_type) if rate is not None else 0, ref.member)
                 longest = max(longest, res.validity[i] or timing.default_validity_s)
         if not ref.internal and now.used != before.used:
             # Every report of usage the kernel took is recorded, also one that the session's
             # earlier billed units already cover (no charge of its own).
-            fee = (ref.rate.connect_fee_micros if ref.rate is not None and not before.billed
-                   and now.billed and not ref.rate.zero_rated else 0)
-            usage_record(records, p, ref, plan, old, res.charges.get(i, []), kb.buckets,
-                         res.charged[i], min(fee, res.charged[i]))
+            if head is None:
+                head = _record_head(records, p, plan, old)
+            usage_record(records, head, kind, ref, res.charges.get(i, ()), kb.buckets,
+                         charged, not before.billed and now.billed > 0)
             writes.append(w)
     answers[rn] = blob
     # Request numbers start at 0: nothing is old enough to drop before answers_kept.
-    dropped = ([n for n in answers if n <= rn - timing.answers_kept]
-               if rn >= timing.answers_kept else [])
-    for n in dropped:
-        del answers[n]
-    ended = req.type in ENDS_SESSION
+    if rn >= timing.answers_kept:
+        for n in [n for n in answers if n <= rn - timing.answers_kept]:
+            del answers[n]
+    ended = kind in (TERMINATION, EVENT)
     expiry = 0 if ended else timing.now_ms + ((longest or timing.default_validity_s)
                                               + timing.stale_grace_s) * 1000
-    new = SessionState(req.session_id, req.subscriber_id, rn, ended,
-                       req.type == RequestType.EVENT, req.time_ms, answers, held, expiry, rated,
-                       cost, p.account_id)
-    out.answers[id(p)] = blob
-    out.sessions[id(p)] = new
+    new = SessionState(req.session_id, req.subscriber_id, rn, ended, kind == EVENT,
+                       req.time_ms, answers, held, expiry, rated, cost, p.account_id)
+    key = id(p)
+    out.answers[key] = blob
+    out.sessions[key] = new
     # A continuing session's zset score stays at or before its expiry, which only grows as
     # requests come: the score is set again only when the expiry shrank or is unknown
     # (written before `exp` was kept, or swept), saving Redis a ZADD per request.
@@ -214,22 +222,34 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-def usage_record(table: RecordTable, p: Pending, ref: ItemRef, plan: Plan | None,
-                 old: SessionState | None, charges: list[tuple[int, int, int]],
-                 buckets: list[Bucket], money: int, fee: int) -> None:
-    """Adds an item's rated usage record to the batch's table (encoded all at once)."""
+def _record_head(table: RecordTable, p: Pending, plan: Plan | None,
+                 old: SessionState | None) -> tuple[int, ...]:
+    """What every record of a request shares: its strings' indexes (named once per request,
+    not per record), its numbers, its plan and the start of the usage it reports."""
     req = p.request
+    string = table.string
+    return (string(p.account_id), string(req.subscriber_id), string(req.session_id),
+            req.request_number, string(p.zone),
+            old.last_time_ms if old is not None and not old.is_event else req.time_ms,
+            req.time_ms, string(plan.plan_id) if plan is not None else -1,
+            plan.version if plan is not None else 0, string(req.origin))
+
+
+def usage_record(table: RecordTable, head: tuple[int, ...], kind: int, ref: ItemRef,
+                 charges: Sequence[tuple[int, int, int]], buckets: list[Bucket], money: int,
+                 first_billed: bool) -> None:
+    """Adds an item's rated usage record to the batch's table (encoded all at once).
+    `first_billed`: the session's first billed units of the rating group (its connect fee)."""
     rate = ref.rate
     assert rate is not None  # only priced items charge
-    overage = max(0, ref.used - ref.reserved_units) if req.type != RequestType.EVENT else 0
+    account, subscriber, session, rn, zone, start, end, plan, version, origin = head
+    overage = max(0, ref.used - ref.reserved_units) if kind != EVENT else 0
+    fee = (min(rate.connect_fee_micros, money)
+           if first_billed and rate.connect_fee_micros and not rate.zero_rated else 0)
     string = table.string
     table.add((
-        usage_pb2.USAGE, string(p.account_id), string(req.subscriber_id),
-        string(req.session_id), req.request_number, ref.rating_group, ref.service_id,
-        string(p.zone), rate.unit_type, ref.used,
-        old.last_time_ms if old is not None and not old.is_event else req.time_ms,
-        req.time_ms, string(plan.plan_id) if plan is not None else -1,
-        plan.version if plan is not None else 0, rate.price_micros, rate.increment, money,
-        int(overage > 0), overage, string(req.origin), fee),
+        USAGE, account, subscriber, session, rn, ref.rating_group, ref.service_id, zone,
+        rate.unit_type, ref.used, start, end, plan, version, rate.price_micros, rate.increment,
+        money, int(overage > 0), overage, origin, fee),
         [(string(buckets[s].bucket_id) if s != MONEY_SOURCE else -1, u, m)
          for s, u, m in charges])
