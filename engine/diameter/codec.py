@@ -17,12 +17,14 @@ HEADER = struct.Struct(">B3sB3sIII")
 end-to-end."""
 AVP_HEADER = struct.Struct(">II")
 """code, flags << 24 | length"""
-AVP_U32 = struct.Struct(">III")
-AVP_U64 = struct.Struct(">IIQ")
+AVP_VENDOR_HEADER = struct.Struct(">III")
+"""code, flags << 24 | length, vendor"""
 U32 = struct.Struct(">I")
 I32 = struct.Struct(">i")
 U64 = struct.Struct(">Q")
 I64 = struct.Struct(">q")
+NUMBERS = {4: U32, 8: U64, -4: I32, -8: I64}
+"""An integer AVP's data by AvpDef.number (an integer of an unknown AVP is an Unsigned32)."""
 
 FLAG_REQUEST, FLAG_PROXIABLE, FLAG_ERROR, FLAG_RETRANSMIT = 0x80, 0x40, 0x20, 0x10
 AVP_VENDOR, AVP_MANDATORY, AVP_PRIVATE = 0x80, 0x40, 0x20
@@ -33,11 +35,16 @@ AvpValue = int | str | bytes | tuple[int, bytes] | list["Avp"]
 FIXED_SIZE = {AvpType.UNSIGNED32: 4, AvpType.INTEGER32: 4, AvpType.ENUMERATED: 4,
               AvpType.TIME: 4, AvpType.UNSIGNED64: 8, AvpType.INTEGER64: 8}
 SIGNED = frozenset({AvpType.INTEGER32, AvpType.INTEGER64})
-KEPT_AS_BYTES = frozenset({AvpType.OCTETS, AvpType.OPAQUE_GROUPED})
-DECODING: dict[tuple[int, int], tuple[AvpDef, AvpType, int, bool]] = {
-    key: (d, d.type, FIXED_SIZE.get(d.type, 0), d.type in SIGNED)
+AS_BYTES, AS_INT, AS_GROUP, AS_TEXT, AS_ADDRESS = range(5)
+"""How an AVP's data is read (an int: enum members hash in Python, per AVP)."""
+_READ_AS = {AvpType.GROUPED: AS_GROUP, AvpType.UTF8: AS_TEXT, AvpType.IDENTITY: AS_TEXT,
+            AvpType.ADDRESS: AS_ADDRESS}
+DECODING: dict[tuple[int, int], tuple[AvpDef, int, int, bool]] = {
+    key: (d, AS_INT if d.type in FIXED_SIZE else _READ_AS.get(d.type, AS_BYTES),
+          FIXED_SIZE.get(d.type, 0), d.type in SIGNED)
     for key, d in DICTIONARY.items()}
-"""(code, vendor) -> definition, type, fixed size (0: variable), signed: one look-up per AVP."""
+"""(code, vendor) -> definition, how its data is read, fixed size (0: variable), signed: one
+look-up per AVP."""
 ADDRESS_SIZE = {1: 4, 2: 16}
 """Address family (IANA: 1 IPv4, 2 IPv6) -> address length."""
 
@@ -61,6 +68,8 @@ class Avp:
     flags: int = AVP_MANDATORY
     raw: bytes | None = None
     """The data as received (None for an AVP built here): Failed-AVP sends it back as is."""
+    d: AvpDef | None = field(default=None, compare=False, repr=False)
+    """The definition an AVP built here was built from (the encoder needs no look-up)."""
 
     @property
     def definition(self) -> AvpDef | None:
@@ -124,8 +133,7 @@ def find_all(avps: list[Avp], d: AvpDef) -> list[Avp]:
 
 def avp(d: AvpDef, value: AvpValue) -> Avp:
     """An AVP to send, flagged as its definition says (V for a vendor's, M where mandatory)."""
-    flags = (AVP_VENDOR if d.vendor else 0) | (AVP_MANDATORY if d.mandatory else 0)
-    return Avp(d.code, value, d.vendor, flags)
+    return Avp(d.code, value, d.vendor, d.flags, None, d)
 
 
 def missing(d: AvpDef) -> Avp:
@@ -184,11 +192,12 @@ def open_group(a: Avp) -> list[Avp]:
 
 def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int,
                  strict: bool = True) -> None:
+    unpack, decoding, append = AVP_HEADER.unpack_from, DECODING, out.append
     while at < end:
-        if end - at < AVP_HEADER.size:
+        if end - at < 8:
             raise DiameterError(Result.INVALID_AVP_LENGTH,
                                 f"{end - at} bytes at offset {at} are too few for an AVP header")
-        code, word = AVP_HEADER.unpack_from(data, at)
+        code, word = unpack(data, at)
         flags, length = word >> 24, word & 0xFFFFFF
         vendor, head = 0, 8
         if flags & AVP_VENDOR:
@@ -208,46 +217,47 @@ def _decode_avps(data: bytes, at: int, end: int, out: list[Avp], depth: int,
         if flags & 0x1F:
             raise DiameterError(Result.INVALID_AVP_BITS,
                                 f"{a.name}: reserved AVP flag bits set (0x{flags:02x})", a)
-        known = DECODING.get((code, vendor))
+        known = decoding.get((code, vendor))
         if known is None:
             if flags & AVP_MANDATORY and strict:
                 raise DiameterError(Result.AVP_UNSUPPORTED,
                                     f"{a.name} has the M flag and is not supported", a)
         else:
-            d, kind, size, signed = known
-            if size:
+            d, how, size, signed = known
+            if how == AS_INT:
                 if length - head != size:
                     raise DiameterError(
                         Result.INVALID_AVP_LENGTH,
-                        f"{d.name} ({kind.value}) must be {size} bytes (got {length - head})", a)
+                        f"{d.name} ({d.type.value}) must be {size} bytes (got {length - head})",
+                        a)
                 a.value = int.from_bytes(raw, "big", signed=signed)
-            elif kind is AvpType.GROUPED:
+            elif how == AS_GROUP:
                 if depth >= MAX_DEPTH:
                     raise DiameterError(Result.INVALID_AVP_VALUE, f"{d.name}: grouped AVPs "
                                         f"nested deeper than {MAX_DEPTH}", a)
                 children: list[Avp] = []
                 _decode_avps(data, at + head, at + length, children, depth + 1, strict)
                 a.value = children
-            elif kind not in KEPT_AS_BYTES:
-                a.value = _text_or_address(d, a, raw)
-        out.append(a)
+            elif how == AS_TEXT:
+                try:
+                    a.value = raw.decode()
+                except UnicodeDecodeError as e:
+                    raise DiameterError(Result.INVALID_AVP_VALUE,
+                                        f"{d.name} is not valid UTF-8 ({e.reason})", a) from None
+            elif how == AS_ADDRESS:
+                a.value = _address(d, a, raw)
+        append(a)
         at += padded
 
 
-def _text_or_address(d: AvpDef, a: Avp, raw: bytes) -> AvpValue:
+def _address(d: AvpDef, a: Avp, raw: bytes) -> AvpValue:
     n = len(raw)
-    if d.type is AvpType.ADDRESS:
-        family = int.from_bytes(raw[:2], "big") if n >= 2 else -1
-        want = ADDRESS_SIZE.get(family)
-        if n < 2 or (want is not None and n - 2 != want):
-            raise DiameterError(Result.INVALID_AVP_LENGTH,
-                                f"{d.name}: {n} bytes is not an address of family {family}", a)
-        return (family, raw[2:])
-    try:  # UTF8String, DiamIdent
-        return raw.decode()
-    except UnicodeDecodeError as e:
-        raise DiameterError(Result.INVALID_AVP_VALUE,
-                            f"{d.name} is not valid UTF-8 ({e.reason})", a) from None
+    family = int.from_bytes(raw[:2], "big") if n >= 2 else -1
+    want = ADDRESS_SIZE.get(family)
+    if n < 2 or (want is not None and n - 2 != want):
+        raise DiameterError(Result.INVALID_AVP_LENGTH,
+                            f"{d.name}: {n} bytes is not an address of family {family}", a)
+    return (family, raw[2:])
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -270,25 +280,25 @@ def encode_avp(a: Avp) -> bytes:
 def _encode_avp(a: Avp, out: bytearray) -> None:
     v, vendor = a.value, a.vendor
     flags = (a.flags | AVP_VENDOR) if vendor else (a.flags & ~AVP_VENDOR)
+    head = 12 if vendor else 8
     if a.raw is None:
-        if type(v) is int and not vendor:
-            d = DICTIONARY.get((a.code, 0))
-            kind = d.type if d else AvpType.UNSIGNED32
-            if kind is AvpType.UNSIGNED64:
-                out += AVP_U64.pack(a.code, flags << 24 | 16, v)
-                return
-            if kind is not AvpType.INTEGER32 and kind is not AvpType.INTEGER64:
-                out += AVP_U32.pack(a.code, flags << 24 | 12, v)
-                return
-        elif type(v) is list:  # grouped: children written in place, the length patched after
+        if type(v) is int:
+            d = a.d or DICTIONARY.get((a.code, vendor))
+            number = NUMBERS[d.number if d is not None and d.number else 4]
+            out += AVP_HEADER.pack(a.code, flags << 24 | (head + number.size))
+            if vendor:
+                out += U32.pack(vendor)
+            out += number.pack(v)
+            return
+        if type(v) is list:  # grouped: children written in place, the length patched after
             start = len(out)
-            out += AVP_U32.pack(a.code, 0, vendor) if vendor else AVP_HEADER.pack(a.code, 0)
+            out += (AVP_VENDOR_HEADER.pack(a.code, 0, vendor) if vendor
+                    else AVP_HEADER.pack(a.code, 0))
             for child in v:
                 _encode_avp(child, out)
             AVP_HEADER.pack_into(out, start, a.code, flags << 24 | (len(out) - start))
             return
     data = a.raw if a.raw is not None else _data(a)
-    head = 12 if vendor else 8
     out += AVP_HEADER.pack(a.code, flags << 24 | (head + len(data)))
     if vendor:
         out += U32.pack(vendor)
@@ -297,25 +307,18 @@ def _encode_avp(a: Avp, out: bytearray) -> None:
 
 
 def _data(a: Avp) -> bytes:
-    """The data of a built AVP that is not grouped."""
-    d, v = a.definition, a.value
-    kind = d.type if d else AvpType.OCTETS
+    """The data of a built AVP that is neither an integer nor grouped."""
+    v = a.value
     if isinstance(v, str):
-        if kind is AvpType.ADDRESS:
+        d = a.d or DICTIONARY.get((a.code, a.vendor))
+        if d is not None and d.type is AvpType.ADDRESS:
             ip = ipaddress.ip_address(v)
             return (1 if ip.version == 4 else 2).to_bytes(2, "big") + ip.packed
         return v.encode()
     if isinstance(v, tuple):
         return v[0].to_bytes(2, "big") + v[1]
-    if isinstance(v, bytes):
-        return v
-    if kind is AvpType.INTEGER32:
-        return I32.pack(v)
-    if kind is AvpType.INTEGER64:
-        return I64.pack(v)
-    if kind is AvpType.UNSIGNED64:
-        return U64.pack(v)
-    return U32.pack(v)
+    assert isinstance(v, bytes), a
+    return v
 
 
 def failed_avp(a: Avp) -> Avp:

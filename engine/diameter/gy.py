@@ -136,38 +136,58 @@ def _subscriber(ccr: Message, wanted: SubscriptionIdType) -> str:
                         "that names Tollgate subscribers (diameter_subscription_id_type)")
 
 
+def _key(d: A.AvpDef) -> tuple[int, int]:
+    return d.code, d.vendor
+
+
+USED = _key(A.USED_SERVICE_UNIT)
+
+
 def _service_units(mscc: Avp) -> pb.ServiceUnits:
+    first: dict[tuple[int, int], Avp] = {}
+    used: list[Avp] = []
+    for a in reversed(mscc.children):  # the first of each wins, as find() would
+        first[a.code, a.vendor] = a
+        if (a.code, a.vendor) == USED:
+            used.append(a)
+    used.reverse()
     su = pb.ServiceUnits()
-    rg = mscc.find(A.RATING_GROUP)
+    rg = first.get(_key(A.RATING_GROUP))
     if rg is not None:
         su.rating_group = _int(rg)
-    sid = mscc.find(A.SERVICE_IDENTIFIER)
+    sid = first.get(_key(A.SERVICE_IDENTIFIER))
     if sid is not None:
         su.service_id = _int(sid)
-    rsu = mscc.find(A.REQUESTED_SERVICE_UNIT)
+    rsu = first.get(_key(A.REQUESTED_SERVICE_UNIT))
     if rsu is not None:
         su.requested.CopyFrom(_units([rsu]))
-    used = mscc.all(A.USED_SERVICE_UNIT)
     if used:
         su.used.CopyFrom(_units(used))
-    reason = mscc.find(A.REPORTING_REASON) or next(
+    reason = first.get(_key(A.REPORTING_REASON)) or next(
         (r for u in used if (r := u.find(A.REPORTING_REASON)) is not None), None)
     if reason is not None:
         su.reporting_reason = REPORTING_REASONS.get(_int(reason), pb.REPORTING_REASON_UNSPECIFIED)
     return su
 
 
+UNIT_FIELDS = {(d.code, d.vendor): (k, d) for k, (d, _) in enumerate(UNIT_AVPS)}
+"""A unit AVP's place in pb.Units' fields (UNIT_AVPS order)."""
+
+
 def _units(groups: list[Avp]) -> pb.Units:
     """Several Used-Service-Units (before and after a tariff change) add up."""
-    totals = dict.fromkeys((name for _, name in UNIT_AVPS), 0)
+    totals = [0, 0, 0, 0, 0]
     for group in groups:
-        for d, name in UNIT_AVPS:
-            for a in group.all(d):
-                totals[name] += _int(a)
-                if totals[name] > INT64_MAX:
+        for a in group.children:
+            found = UNIT_FIELDS.get((a.code, a.vendor))
+            if found is not None:
+                k, d = found
+                totals[k] += _int(a)
+                if totals[k] > INT64_MAX:
                     raise DiameterError(Result.INVALID_AVP_VALUE,
                                         f"{group.name}: {d.name} is larger than 2^63-1", a)
-    return pb.Units(**totals)
+    return pb.Units(total_octets=totals[0], input_octets=totals[1], output_octets=totals[2],
+                    time_seconds=totals[3], service_units=totals[4])
 
 
 # --- answers ------------------------------------------------------------------------------
