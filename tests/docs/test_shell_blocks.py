@@ -17,10 +17,11 @@ repository root instead of the page's scratch folder), ``needs=PROGRAM`` (run on
 PROGRAM is installed, e.g. grpcurl; otherwise the test warns that it left the block out).
 
 Blocks of a page run in order in one scratch folder that holds ``.venv`` (this interpreter's
-environment) and ``examples``; ``tollgate`` and ``python`` are this environment's. The docs'
-well-known ports (gRPC 50051/50052, Redis 6379/6390, metrics 9464/9465, web 8080, SMTP 8025)
-are replaced by free ports, and TOLLGATE_LISTEN / TOLLGATE_METRICS_PORT point at them, so a
-run never meets another server on the machine. Nothing is downloaded."""
+environment) and a copy of ``examples``; ``tollgate`` and ``python`` are this environment's.
+The docs' well-known ports (gRPC 50051/50052, Redis 6379/6390, metrics 9464/9465, web 8080,
+SMTP 8025) are replaced by free ports in the blocks and in the copied examples, and
+TOLLGATE_LISTEN / TOLLGATE_METRICS_PORT point at them, so a run never meets another server
+on the machine. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 SHELLS = frozenset({"sh", "bash", "shell", "console"})
 DOC_PORTS = (50051, 50052, 6379, 6390, 8025, 8080, 9464, 9465)
+DOC_PORT = re.compile(r"(?<![\d.])(?:" + "|".join(map(str, DOC_PORTS)) + r")(?!\d)")
 KINDS = frozenset({"run", "background", "skip"})
 OPTIONS = frozenset({"timeout", "in", "ready", "needs"})
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([\w+-]*)")
@@ -202,7 +204,10 @@ class Page:
         self.scratch = scratch
         self.ports = {port: free_port() for port in DOC_PORTS}
         (scratch / ".venv").symlink_to(Path(sys.prefix))
-        (scratch / "examples").symlink_to(ROOT / "examples")
+        (scratch / "examples").mkdir()
+        for example in (ROOT / "examples").iterdir():
+            if example.is_file():
+                (scratch / "examples" / example.name).write_text(self.local(example.read_text()))
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("TOLLGATE_") and k not in ("REDIS_URL", "VIRTUAL_ENV")}
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
@@ -213,9 +218,8 @@ class Page:
         self.background: list[tuple[Block, subprocess.Popen[bytes]]] = []
 
     def local(self, text: str) -> str:
-        for doc_port, port in self.ports.items():
-            text = re.sub(rf"(?<![\d.]){doc_port}(?!\d)", str(port), text)
-        return text
+        """The text with the docs' ports replaced by this run's (in one pass)."""
+        return DOC_PORT.sub(lambda m: str(self.ports[int(m.group(0))]), text)
 
     def cwd(self, block: Block) -> Path:
         return ROOT if block.options.get("in") == "repo" else self.scratch
