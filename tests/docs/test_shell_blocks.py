@@ -12,9 +12,10 @@ before its fence (an unmarked block fails the test):
 
 A fence without a language is refused too (``text`` for output), so no command hides in one.
 
-Options (``run`` and ``background``): ``timeout=SECONDS``, ``in=repo`` (run in the
-repository root instead of the page's scratch folder), ``needs=PROGRAM`` (run only where
-PROGRAM is installed, e.g. grpcurl; otherwise the test warns that it left the block out).
+Options (``run`` and ``background``): ``timeout=SECONDS`` (default 60 to run, 300 to be
+ready: a first start compiles the kernels), ``in=repo`` (run in the repository root instead
+of the page's scratch folder), ``needs=PROGRAM`` (run only where PROGRAM is installed, e.g.
+grpcurl; otherwise the test warns that it left the block out).
 
 Blocks of a page run in order in one scratch folder that holds ``.venv`` (this interpreter's
 environment) and a copy of ``examples``; ``tollgate`` and ``python`` are this environment's.
@@ -25,6 +26,7 @@ on the machine. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -52,6 +54,9 @@ OPTIONS = frozenset({"timeout", "in", "ready", "needs"})
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([\w+-]*)")
 MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(\S+)\s*(.*?)\s*-->\s*$")
 DEFAULT_TIMEOUT_S = 60.0
+# A background server's first start after an install compiles the Numba kernels (about a
+# minute on 2 cores); later starts load them from the cache in about a second.
+BACKGROUND_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class Block:
 
     @property
     def timeout_s(self) -> float:
-        return float(self.options.get("timeout", DEFAULT_TIMEOUT_S))
+        default = BACKGROUND_TIMEOUT_S if self.kind == "background" else DEFAULT_TIMEOUT_S
+        return float(self.options.get("timeout", default))
 
     def script(self) -> str:
         """The commands: a console block's `$ ` lines (and their continuations), else all."""
@@ -226,17 +232,21 @@ class Page:
 
     def run(self, block: Block) -> None:
         script = "set -euo pipefail\n" + self.local(block.script())
+        proc = subprocess.Popen(["bash", "-c", script], cwd=self.cwd(block), env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
         try:
-            done = subprocess.run(["bash", "-c", script], cwd=self.cwd(block), env=self.env,
-                                  capture_output=True, timeout=block.timeout_s,
-                                  start_new_session=True)
-        except subprocess.TimeoutExpired as e:
+            out, err = proc.communicate(timeout=block.timeout_s)
+        except subprocess.TimeoutExpired:
+            _end_group(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
             raise AssertionError(f"{block.where} ran past {block.timeout_s} s:\n{block.text}"
-                                 f"\nstdout:\n{_tail(e.stdout)}\nstderr:\n{_tail(e.stderr)}"
-                                 ) from None
-        assert done.returncode == 0, (
-            f"{block.where} exited {done.returncode}:\n{block.text}\n"
-            f"stdout:\n{_tail(done.stdout)}\nstderr:\n{_tail(done.stderr)}")
+                                 f"\nstdout:\n{_tail(out)}\nstderr:\n{_tail(err)}") from None
+        finally:
+            _end_group(proc.pid, signal.SIGTERM)  # nothing it started outlives it
+        assert proc.returncode == 0, (
+            f"{block.where} exited {proc.returncode}:\n{block.text}\n"
+            f"stdout:\n{_tail(out)}\nstderr:\n{_tail(err)}")
 
     def start(self, block: Block) -> None:
         log = self.scratch / f"background-{block.line}.log"
@@ -263,15 +273,19 @@ class Page:
         """Stops the background processes, newest first; the ones that did not end well."""
         problems = []
         for block, proc in reversed(self.background):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    problems.append(f"{block.where} did not stop within 30 s of SIGTERM")
+            _end_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                _end_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                problems.append(f"{block.where} did not stop within 30 s of SIGTERM")
         return problems
+
+
+def _end_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
 
 
 def _tail(output: bytes | str | None) -> str:
