@@ -15,7 +15,9 @@ A fence without a language is refused too (``text`` for output), so no command h
 Options (``run`` and ``background``): ``timeout=SECONDS`` (default 60 to run, 300 to be
 ready: a first start compiles the kernels), ``in=repo`` (run in the repository root instead
 of the page's scratch folder), ``needs=PROGRAM`` (run only where PROGRAM is installed, e.g.
-grpcurl; otherwise the test warns that it left the block out).
+grpcurl; otherwise the test warns that it left the block out), ``output=next`` (the next
+fenced block shows what it prints: each of its lines must be printed, in order; ``...``
+stands for any lines, or within a line for any text).
 
 Blocks of a page run in order in one scratch folder that holds ``.venv`` (this interpreter's
 environment) and a copy of ``examples``; ``tollgate`` and ``python`` are this environment's.
@@ -50,7 +52,7 @@ SHELLS = frozenset({"sh", "bash", "shell", "console"})
 DOC_PORTS = (50051, 50052, 6379, 6390, 8025, 8080, 9464, 9465)
 DOC_PORT = re.compile(r"(?<![\d.])(?:" + "|".join(map(str, DOC_PORTS)) + r")(?!\d)")
 KINDS = frozenset({"run", "background", "skip"})
-OPTIONS = frozenset({"timeout", "in", "ready", "needs"})
+OPTIONS = frozenset({"timeout", "in", "ready", "needs", "output"})
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([\w+-]*)")
 MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(\S+)\s*(.*?)\s*-->\s*$")
 DEFAULT_TIMEOUT_S = 60.0
@@ -69,6 +71,7 @@ class Block:
     kind: str                # run | background | skip | "" (no marker)
     options: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    expected: str = ""       # output=next: the lines the next fenced block shows
 
     @property
     def where(self) -> str:
@@ -103,31 +106,39 @@ def parse_marker(text: str) -> tuple[str, dict[str, str], str]:
     return kind, options, ""
 
 
+def fenced(lines: list[str], start: int) -> tuple[str, list[str], int]:
+    """The fenced block opening at line `start`: its language, its lines, the closing line."""
+    m = FENCE.match(lines[start])
+    assert m
+    for end in range(start + 1, len(lines)):
+        close = FENCE.match(lines[end])
+        if close and close.group(1).startswith(m.group(1)) and not close.group(2):
+            return m.group(2), lines[start + 1:end], end
+    return m.group(2), lines[start + 1:], len(lines)
+
+
 def shell_blocks(page: Path) -> Iterator[Block]:
     lines = page.read_text().splitlines()
-    fence = ""
-    for i, line in enumerate(lines):
-        m = FENCE.match(line)
-        if fence:
-            if m and m.group(1).startswith(fence) and not m.group(2):
-                fence = ""
+    i = 0
+    while i < len(lines):
+        if not FENCE.match(lines[i]):
+            i += 1
             continue
-        if not m:
-            continue
-        fence = m.group(1)
-        lang = m.group(2)
-        if lang not in SHELLS:
-            continue
-        body = []
-        for inner in lines[i + 1:]:
-            if inner.strip().startswith(fence):
-                break
-            body.append(inner)
-        previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-        marker = MARKER.match(previous)
-        kind, options, reason = parse_marker(marker.group(1) + " " + marker.group(2)) \
-            if marker else ("", {}, "")
-        yield Block(page, i + 1, "\n".join(body) + "\n", lang, kind, options, reason)
+        lang, body, end = fenced(lines, i)
+        if lang in SHELLS:
+            previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+            marker = MARKER.match(previous)
+            kind, options, reason = parse_marker(marker.group(1) + " " + marker.group(2)) \
+                if marker else ("", {}, "")
+            expected = ""
+            if options.get("output") == "next":
+                following = next((j for j in range(end + 1, len(lines))
+                                  if FENCE.match(lines[j])), None)
+                if following is not None:
+                    expected = "\n".join(fenced(lines, following)[1])
+            yield Block(page, i + 1, "\n".join(body) + "\n", lang, kind, options, reason,
+                        expected)
+        i = end + 1
 
 
 def all_blocks() -> list[Block]:
@@ -147,6 +158,8 @@ def marker_problems(block: Block) -> list[str]:
         problems.append(f"{block.where}: unknown doc-test options {sorted(unknown)}")
     if block.kind == "background" and not block.options.get("ready", "").isdigit():
         problems.append(f"{block.where}: a background block needs ready=PORT")
+    if "output" in block.options and (block.options["output"] != "next" or not block.expected):
+        problems.append(f"{block.where}: output=next needs a fenced block after this one")
     return problems
 
 
@@ -189,6 +202,14 @@ def test_every_shell_block_is_marked() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_shown_output_is_looked_for_in_order() -> None:
+    assert unshown("a\n...\nc", "a\nb\nc\n") == ""
+    assert unshown("c\na", "a\nc\n") == "a"
+    assert unshown("  a  \n\n", "a") == ""
+    assert unshown("x,...,z", "x,y,z") == ""
+    assert unshown("x,...,z", "x,y") == "x,...,z"
+
+
 def test_the_marker_parser_sees_what_it_must() -> None:
     """The parser on a page of its own: an unmarked block, each kind, and a fence inside a
     fence are told apart (else the real test could pass on blocks it never saw)."""
@@ -196,8 +217,9 @@ def test_the_marker_parser_sees_what_it_must() -> None:
     blocks = list(shell_blocks(page))
     assert [(b.kind, b.options.get("ready"), b.reason) for b in blocks] == [
         ("", None, ""), ("run", None, ""), ("background", "50051", ""),
-        ("skip", None, "needs two machines"), ("run", None, "")]
-    assert blocks[-1].script() == "echo one \\\n  two\n"
+        ("skip", None, "needs two machines"), ("run", None, ""), ("run", None, "")]
+    assert blocks[-2].script() == "echo one \\\n  two\n"
+    assert blocks[-1].expected == "a\n...\nc"
     assert [p.split(": ", 1)[1] for b in blocks for p in marker_problems(b)] == [
         "shell block without a <!-- doc-test: ... --> marker"]
 
@@ -247,6 +269,9 @@ class Page:
         assert proc.returncode == 0, (
             f"{block.where} exited {proc.returncode}:\n{block.text}\n"
             f"stdout:\n{_tail(out)}\nstderr:\n{_tail(err)}")
+        missing = unshown(self.local(block.expected), out.decode(errors="replace"))
+        assert not missing, (f"{block.where}: the page says it prints {missing!r}; it printed:"
+                             f"\n{_tail(out)}")
 
     def start(self, block: Block) -> None:
         log = self.scratch / f"background-{block.line}.log"
@@ -281,6 +306,24 @@ class Page:
                 proc.wait()
                 problems.append(f"{block.where} did not stop within 30 s of SIGTERM")
         return problems
+
+
+def unshown(expected: str, output: str) -> str:
+    """The first line the page shows that the output lacks, or "". Lines are looked for in
+    order, spaces at their ends aside; a line `...` skips any lines, `...` within a line any
+    text."""
+    printed = [line.strip() for line in output.splitlines()]
+    at = 0
+    for line in (line.strip() for line in expected.splitlines()):
+        if not line or line == "...":
+            continue
+        pattern = re.compile(".*".join(map(re.escape, line.split("..."))))
+        found = next((n for n in range(at, len(printed)) if pattern.fullmatch(printed[n])),
+                     None)
+        if found is None:
+            return line
+        at = found + 1
+    return ""
 
 
 def _end_group(pid: int, sig: signal.Signals) -> None:
