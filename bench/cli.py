@@ -107,7 +107,8 @@ def add_bench_parser(sub: Any) -> None:
                       help="share of the closed-loop batch maximum (default 0.5)")
     soak.add_argument("--api", choices=["batch", "stream"], default="batch")
 
-    every = cmds.add_parser("all", help="everything for the README table, in one run")
+    every = cmds.add_parser("all", help="everything for the results table "
+                                        "(docs/performance.md), in one run")
     _population(every)
     _target(every)
     every.set_defaults(out="bench/results")

@@ -1,6 +1,6 @@
 """The wire codec: Charging requests parsed from protobuf wire bytes into arrays, and answers
-encoded from arrays into wire bytes, each by one Numba kernel (DESIGN.md section 4, "Columnar
-from socket to socket"). Python touches the batch, never a request.
+encoded from arrays into wire bytes, each by one Numba kernel (docs/internals.md, the hot
+path). Python touches the batch, never a request.
 
 Parsing reads a `ChargeBatchRequest` (or one `ChargeRequest`) into two tables:
 - `requests`, rows R_*, a column per request: the scalar fields as int64, each string field as

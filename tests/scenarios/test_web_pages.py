@@ -2,12 +2,15 @@
 Selenium; nothing is downloaded): log in, watch the dashboard count traffic charged over gRPC,
 find a subscriber, top it up from the page, open its self-service link and a tampered one;
 build a segment on the segments page and send it an offer, which the lifecycle delivers.
-Screenshots of each page go to docs/images/ (the README shows them)."""
+Screenshots of each page go to $TOLLGATE_SCREENSHOTS when it is set (the docs' pictures:
+`TOLLGATE_SCREENSHOTS=docs/images ./dev.sh test tests/scenarios/test_web_pages.py`), else to
+a temporary folder: a test run leaves the checkout as it was."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import random
 import shutil
 import tempfile
@@ -36,7 +39,8 @@ from tollgate.v1 import provisioning_pb2 as ppb
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+IMAGES = Path(os.environ.get("TOLLGATE_SCREENSHOTS")
+              or tempfile.mkdtemp(prefix="tollgate-screenshots-"))
 
 pytestmark = [
     pytest.mark.browser,
@@ -266,7 +270,7 @@ def test_segments_page_builds_a_segment_and_sends_it_an_offer(
     sent = [h.json() for h in hook.on("/hook")]
     assert [m["subscriber_id"] for m in sent] == [grace] and sent[0]["offer_id"]
 
-    # The whole base again, with the send recorded: the screenshot for the README.
+    # The whole base again, with the send recorded: the screenshot for docs/plans.md.
     d.find_element(By.CSS_SELECTOR, "input[name=states][value=GRACE]").click()  # type: ignore[attr-defined]
     wait.until(lambda _: shows("8"))
     _shot(d, "segments.png")
