@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from bench.ceiling import BareCharging
+from bench.cli import bytes_per_subscriber, idle_bytes_text
 from bench.loadgen import Client, CpuProbe, Run
 from bench.report import table
 from bench.traffic import Traffic
@@ -137,3 +138,13 @@ def test_each_connection_carries_its_own_sessions() -> None:
     sent = [{r.session_id for r in t.batch(50)} for t in shards]
     # a session belongs to one shard (one connection): no id in two of them
     assert sum(len(s) for s in sent) == len(set().union(*sent)) == 150
+
+
+def test_bytes_per_idle_subscriber_is_measured_only_over_what_this_run_created() -> None:
+    # 1 000 subscribers created (2 000 hashes: an account and a subscriber each).
+    assert bytes_per_subscriber(10_000_000, 10_500_000, 2_000) == 500
+    # --target's Redis, already provisioned and serving: its memory may even have shrunk.
+    assert bytes_per_subscriber(10_500_000, 10_400_000, 0) is None
+    assert bytes_per_subscriber(10_500_000, 10_400_000, 2_000) is None
+    assert idle_bytes_text(None).startswith("bytes per idle subscriber not measured")
+    assert idle_bytes_text(500) == "500 bytes per idle subscriber"
