@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import shutil
 import statistics
@@ -485,9 +486,28 @@ async def _soak(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_EXTRA = ("psutil", "tqdm", "matplotlib")
+"""What `tollgate bench` imports beyond Tollgate's own dependencies: the `bench` extra."""
+
+
+def missing_bench_modules() -> list[str]:
+    missing = []
+    for name in BENCH_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def bench_command(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
     from engine.logs import setup_logging
+    missing = missing_bench_modules()
+    if missing:
+        print(f"tollgate bench needs {', '.join(missing)}, which are not installed: "
+              "pip install 'tollgate[bench]'", file=sys.stderr)
+        return 2
     setup_logging("WARNING", "text")
     commands = {"provision": _provision, "ceiling": _ceiling, "load": _load,
                 "coldstart": _coldstart, "soak": _soak}

@@ -148,3 +148,14 @@ def test_bytes_per_idle_subscriber_is_measured_only_over_what_this_run_created()
     assert bytes_per_subscriber(10_500_000, 10_400_000, 2_000) is None
     assert idle_bytes_text(None).startswith("bytes per idle subscriber not measured")
     assert idle_bytes_text(500) == "500 bytes per idle subscriber"
+
+
+def test_bench_without_its_extra_names_the_extra_to_install() -> None:
+    # As on an install without the `bench` extra: importing tqdm fails.
+    code = ("import sys; sys.modules['tqdm'] = None; from engine.cli import main; "
+            "sys.exit(main(['bench', 'provision', '--subscribers', '10']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "tollgate bench needs tqdm" in done.stderr
+    assert "pip install 'tollgate[bench]'" in done.stderr
