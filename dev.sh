@@ -6,6 +6,7 @@
 #   ./dev.sh lint                  ruff and mypy
 #   ./dev.sh bench [pytest args]   the benchmark suites
 #   ./dev.sh bench-quick           every benchmark once, unmeasured (CI: they must not rot)
+#   ./dev.sh wheel                 build sdist and wheel; run the wheel from a fresh venv
 # It creates .venv and installs redis-server (Debian package) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,6 +38,20 @@ ensure_venv() {
   fi
 }
 
+package_check() {
+  # As a user installs it: the wheel is built from the sdist (python -m build), installed
+  # into a virtual environment outside the repository, and run from there (its first demo
+  # compiles the kernels into the installed package's cache, about a minute).
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "$VENV/bin/python" -m build --outdir "$tmp/dist" . >"$tmp/build.log" 2>&1 ||
+    { cat "$tmp/build.log"; return 1; }
+  python3 -m venv "$tmp/venv"
+  "$tmp/venv/bin/python" -m pip install -q "$tmp"/dist/tollgate-*.whl
+  (cd "$tmp" && "$tmp/venv/bin/tollgate" --help >/dev/null &&
+   "$tmp/venv/bin/tollgate" demo --sessions 50)
+}
+
 cmd=${1:-help}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -48,5 +63,6 @@ case "$cmd" in
          exec "$VENV/bin/python" -m pytest bench --benchmark-enable --benchmark-only "$@" ;;
   bench-quick) ensure_redis; ensure_venv
          exec "$VENV/bin/python" -m pytest bench -q --benchmark-disable -p no:cacheprovider "$@" ;;
-  *) sed -n '2,9p' "$0"; exit 2 ;;
+  wheel) ensure_redis; ensure_venv; package_check ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
 esac

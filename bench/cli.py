@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import statistics
@@ -114,6 +115,21 @@ def add_bench_parser(sub: Any) -> None:
     every.set_defaults(out="bench/results")
 
 
+def bytes_per_subscriber(before: int, after: int, created: int) -> int | None:
+    """Redis memory per subscriber this run provisioned (an account and a subscriber hash
+    each), from used_memory before and after; None when it created none (the population was
+    there already: a second run, or the Redis of --target) or memory did not grow (other
+    clients of that Redis freed more meanwhile), where the difference means nothing."""
+    if created == 0 or after <= before:
+        return None
+    return round((after - before) / (created / 2))
+
+
+def idle_bytes_text(value: int | None) -> str:
+    return ("bytes per idle subscriber not measured (this run provisioned no subscriber)"
+            if value is None else f"{value} bytes per idle subscriber")
+
+
 # --- the lab: Redis, population, servers ---------------------------------------------------------
 
 
@@ -189,8 +205,8 @@ class Lab:
         self.results["provision"] = {
             "subscribers": n, "created": done.created, "seconds": round(done.seconds, 2),
             "subscribers_per_s": round(done.rate),
-            "redis_bytes_per_idle_subscriber": round((after - before) / max(done.created / 2,
-                                                                           1)),
+            "redis_bytes_per_idle_subscriber": bytes_per_subscriber(before, after,
+                                                                    done.created),
             "memory_usage_account_key": sizes[0], "memory_usage_subscriber_key": sizes[1]}
 
     def engine_address(self) -> str:
@@ -347,7 +363,7 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
         p = lab.results["provision"]
         lines.append(f"population: {p['subscribers']:,} subscribers ({p['created']:,} hashes "
                      f"created at {p['subscribers_per_s']:,} subscribers/s); Redis "
-                     f"{p['redis_bytes_per_idle_subscriber']} bytes per idle subscriber")
+                     f"{idle_bytes_text(p['redis_bytes_per_idle_subscriber'])}")
     if "apply_ceiling" in lab.results:
         a = lab.results["apply_ceiling"]
         lines.append(f"ceiling (b) Redis apply step: {a.requests_per_s:,.0f} requests/s "
@@ -494,17 +510,36 @@ async def _soak(args: argparse.Namespace) -> int:
                            redis_used_memory=memory["used_memory"])
         print(f"server RSS {rss[0]:.0f} -> {rss[-1]:.0f} MiB (after the first minute: "
               f"{growth:+.1%}); Redis used_memory {memory['used_memory'] / 2**20:.0f} MiB; "
-              f"{lab.results['provision']['redis_bytes_per_idle_subscriber']} bytes per idle "
-              "subscriber at provisioning")
+              f"{idle_bytes_text(lab.results['provision']['redis_bytes_per_idle_subscriber'])} "
+              "at provisioning")
         print("server RSS MiB by time: " + ", ".join(
             f"{s['t_s']} s {s['server_rss_mib']:.0f}" for s in samples[::6]), flush=True)
         _print(lab, [top, run], {})
     return 0
 
 
+BENCH_EXTRA = ("psutil", "tqdm", "matplotlib")
+"""What `tollgate bench` imports beyond Tollgate's own dependencies: the `bench` extra."""
+
+
+def missing_bench_modules() -> list[str]:
+    missing = []
+    for name in BENCH_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def bench_command(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
     from engine.logs import setup_logging
+    missing = missing_bench_modules()
+    if missing:
+        print(f"tollgate bench needs {', '.join(missing)}, which are not installed: "
+              "pip install 'tollgate[bench]'", file=sys.stderr)
+        return 2
     setup_logging("WARNING", "text")
     commands = {"provision": _provision, "ceiling": _ceiling, "load": _load,
                 "coldstart": _coldstart, "soak": _soak}

@@ -1,11 +1,13 @@
 """Locust users that behave like gateways: sessions through unary Charge, and a batching
-gateway through ChargeBatch, over a population made by `tollgate bench provision`.
+gateway through ChargeBatch, over a population made by `tollgate bench provision` (each user
+checks it is there first; without it the run stops at once, naming that command).
 
     locust -f bench/locustfile.py --host 127.0.0.1:50051 --population 100000
 (see README, Benchmarks, for headless and distributed runs)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -17,7 +19,8 @@ from locust.exception import StopUser
 
 from bench.traffic import Traffic
 from tollgate.v1 import charging_pb2 as cpb
-from tollgate.v1 import charging_pb2_grpc
+from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
+from tollgate.v1 import provisioning_pb2 as ppb
 
 grpc_gevent.init_gevent()  # gRPC waits cooperatively, so many users share a process
 
@@ -39,6 +42,22 @@ def _options(parser: Any) -> None:
                         help="seconds between a batching gateway's calls (pacing)")
 
 
+def missing_population(channel: grpc.Channel, population: int, prefix: str) -> str | None:
+    """Why the population is not there (None when it is): without it every request is
+    refused USER_UNKNOWN, a run of 100 % failures that looks like a broken server."""
+    last = f"{prefix}sub-{population - 1}"
+    try:
+        provisioning_pb2_grpc.ProvisioningStub(channel).GetSubscriber(
+            ppb.GetSubscriberRequest(subscriber_id=last), timeout=10)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return (f"subscriber {last} is not provisioned: run `tollgate bench provision "
+                f"--subscribers {population} --prefix {prefix} --redis-url <the server's "
+                f"Redis>` first (or pass the --population that was provisioned)")
+    return None
+
+
 class ResultError(Exception):
     """An answer that is not SUCCESS (a failure in Locust's statistics)."""
 
@@ -54,6 +73,13 @@ class GatewayUser(User):
         if not host:
             raise StopUser("give --host HOST:PORT (the Tollgate gRPC address)")
         self.channel = grpc.insecure_channel(host)
+        missing = missing_population(self.channel, opts.population, opts.prefix)
+        if missing:
+            logging.getLogger("locustfile").error(missing)
+            self.environment.process_exit_code = 2
+            if self.environment.runner is not None:
+                self.environment.runner.quit()
+            raise StopUser(missing)
         self.stub = charging_pb2_grpc.ChargingStub(self.channel)
         self.traffic = Traffic(opts.population, prefix=opts.prefix,
                                seed=int.from_bytes(os.urandom(4), "big"), tag="l")

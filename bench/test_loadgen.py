@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from bench.ceiling import BareCharging
+from bench.cli import bytes_per_subscriber, idle_bytes_text
 from bench.loadgen import Client, CpuProbe, Run
 from bench.report import table
 from bench.traffic import Traffic
@@ -156,3 +157,24 @@ def test_pin_moves_every_thread_of_a_process() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_bytes_per_idle_subscriber_is_measured_only_over_what_this_run_created() -> None:
+    # 1 000 subscribers created (2 000 hashes: an account and a subscriber each).
+    assert bytes_per_subscriber(10_000_000, 10_500_000, 2_000) == 500
+    # --target's Redis, already provisioned and serving: its memory may even have shrunk.
+    assert bytes_per_subscriber(10_500_000, 10_400_000, 0) is None
+    assert bytes_per_subscriber(10_500_000, 10_400_000, 2_000) is None
+    assert idle_bytes_text(None).startswith("bytes per idle subscriber not measured")
+    assert idle_bytes_text(500) == "500 bytes per idle subscriber"
+
+
+def test_bench_without_its_extra_names_the_extra_to_install() -> None:
+    # As on an install without the `bench` extra: importing tqdm fails.
+    code = ("import sys; sys.modules['tqdm'] = None; from engine.cli import main; "
+            "sys.exit(main(['bench', 'provision', '--subscribers', '10']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "tollgate bench needs tqdm" in done.stderr
+    assert "pip install 'tollgate[bench]'" in done.stderr

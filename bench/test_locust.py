@@ -30,3 +30,17 @@ async def test_locust_headless_run(tollgate: Tollgate) -> None:
     assert stats["Charge UPDATE"]["num_requests"] > 0
     assert any(name.startswith("ChargeBatch") for name in stats)
     assert sum(s["num_failures"] for s in stats.values()) == 0
+
+
+async def test_locust_without_the_population_stops_at_once_naming_the_command(
+        tollgate: Tollgate) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "locust", "-f", "bench/locustfile.py", "--headless",
+        "--users", "2", "--spawn-rate", "2", "--run-time", "30s", "--host", tollgate.address,
+        "--population", "200", "--only-summary", "--stop-timeout", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    started = asyncio.get_running_loop().time()
+    _, err = await proc.communicate()
+    assert proc.returncode != 0
+    assert asyncio.get_running_loop().time() - started < 25  # not the 30 s of failures
+    assert "run `tollgate bench provision --subscribers 200 --prefix bench-" in err.decode()

@@ -20,7 +20,6 @@ import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -33,7 +32,7 @@ from engine.errors import InvalidArgument
 from engine.metrics import USAGE_PAST_RETENTION
 from engine.node_pipelines import Call
 from engine.redis_client import cluster_of
-from engine.store import Store, cancel_requested
+from engine.store import LUA, Store, cancel_requested
 from tollgate.v1 import billing_pb2 as pb
 from tollgate.v1 import billing_pb2_grpc, events_pb2, usage_pb2
 
@@ -134,10 +133,8 @@ class Billing:
         self.config = config
         self._groups: set[tuple[int, str]] = set()
         self._closing = asyncio.Event()
-        self._carry_script = self.redis.register_script(
-            (Path(__file__).parent / "lua" / "carry_trim.lua").read_text())
-        self._ack_block = self.redis.register_script(
-            (Path(__file__).parent / "lua" / "ack_block.lua").read_text())
+        self._carry_script = self.redis.register_script((LUA / "carry_trim.lua").read_text())
+        self._ack_block = self.redis.register_script((LUA / "ack_block.lua").read_text())
 
     def close(self) -> None:
         """Ends every open stream at its next turn (server shutdown)."""

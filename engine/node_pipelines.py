@@ -54,6 +54,7 @@ class NodePipelines:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._nodes: dict[tuple[str, int], aioredis.Redis] = {}
+        self._loaded: set[str] = set()
 
     async def close(self) -> None:
         for c in self._nodes.values():
@@ -95,6 +96,11 @@ class NodePipelines:
         if it had run, the caller's own checks - versions, ids - make the second run a
         no-op). `wait`: end each node's pipeline with WAIT if configured (False for
         reads)."""
+        if script.sha not in self._loaded:
+            # Loaded before its first call (on every primary of a cluster): a first EVALSHA
+            # would be answered NOSCRIPT and sent again, logged at every start.
+            await self.client.script_load(script.script)
+            self._loaded.add(script.sha)
         todo = dict(calls)
         asking: dict[K, tuple[str, int]] = {}
         replies: dict[K, Any] = {}

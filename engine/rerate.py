@@ -24,7 +24,6 @@ spending cap) is not changed: the cap counts what was charged at the time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, cast
 
 import numpy as np
@@ -38,13 +37,14 @@ from engine.kernels.charge import R_FEE
 from engine.kernels.rerate import OVERFLOW, UNRATED, rerate_kernel
 from engine.plans import RateTable, plan_from_proto, rate_row
 from engine.retention import retention_notes
+from engine.store import LUA
 from tollgate.v1 import provisioning_pb2 as ppb
 from tollgate.v1 import usage_pb2
 
 DAY_MS = 86_400_000
 APPLY_CHUNK = 500
 RETRIES = 5
-ADJUST_LUA = (Path(__file__).parent / "lua" / "adjust.lua").read_text()
+ADJUST_LUA = (LUA / "adjust.lua").read_text()
 
 
 def marker_key(p: int, account_id: str) -> str:

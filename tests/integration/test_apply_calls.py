@@ -5,6 +5,7 @@ applied twice."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -134,3 +135,20 @@ async def test_a_redis_without_the_script_gets_it_and_applies_once(tollgate, gat
     assert await _money(store) == [m - 100 for m in before]
     if store.nodes.cluster is None:
         assert await store.redis.script_exists(store._apply.sha) == [True]
+
+
+async def test_a_first_call_finds_its_script_loaded_and_is_sent_once(tollgate, gateway, caplog):
+    """A start used to log `partitions sent again (NoScriptError)`: its first EVALSHA was
+    refused. Scripts are loaded before their first call."""
+    await gateway.setup(accounts=ACCOUNTS)
+    store = Store(tollgate.config.redis_url, tollgate.config.partitions)  # a fresh process's
+    try:
+        await store.redis.script_flush()  # every primary, on a cluster
+        caplog.set_level(logging.INFO, "tollgate.store")
+        before = await _money(store)
+        writes = await _writes(store)
+        assert await store.apply(writes, 60_000) == {p: set() for p in writes}
+        assert await _money(store) == [m - 100 for m in before]
+        assert not [r for r in caplog.records if r.getMessage() == "partitions sent again"]
+    finally:
+        await store.close()
