@@ -46,6 +46,11 @@ package_check() {
   trap 'rm -rf "$tmp"' EXIT
   "$VENV/bin/python" -m build --outdir "$tmp/dist" . >"$tmp/build.log" 2>&1 ||
     { cat "$tmp/build.log"; return 1; }
+  # One namespace of ours and no test code: the suites import the uninstalled tests package.
+  if "$VENV/bin/python" -m zipfile -l "$tmp"/dist/tollgate-*.whl |
+       grep -E "^(bench/(test_|conftest)|tests/)"; then
+    echo "dev.sh wheel: test code in the wheel" >&2; return 1
+  fi
   python3 -m venv "$tmp/venv"
   "$tmp/venv/bin/python" -m pip install -q "$tmp"/dist/tollgate-*.whl
   (cd "$tmp" && "$tmp/venv/bin/tollgate" --help >/dev/null &&

@@ -21,11 +21,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
-from engine import metrics, security, wire
-from engine.batch import Answers
-from engine.billing import BILLING, Billing, BillingServicer
-from engine.charging import Engine, wall_clock_ms
-from engine.config import Config
+from engine.billing.delivery import BILLING, Billing, BillingServicer
+from engine.charging import wire
+from engine.charging.batch import Answers
+from engine.charging.engine import Engine, wall_clock_ms
+from engine.charging.flow import Rate, Window
+from engine.charging.wire import WireError
 from engine.diameter.node import DiameterNode
 from engine.errors import (
     AlreadyExists,
@@ -35,16 +36,16 @@ from engine.errors import (
     NotFound,
     Overloaded,
 )
-from engine.flow import Rate, Window
 from engine.lifecycle.service import LIFECYCLE, LifecycleApi
-from engine.logs import mask_secrets
+from engine.ops import metrics, security
+from engine.ops.config import Config
+from engine.ops.logs import mask_secrets
 from engine.provisioning import Provisioner
-from engine.redis_server import RedisServer
-from engine.store import Store
-from engine.sweeper import Sweeper
+from engine.storage.redis_server import RedisServer
+from engine.storage.store import Store
+from engine.storage.sweeper import Sweeper
 from engine.web import series
 from engine.web.serve import WebServer
-from engine.wire import WireError
 from tollgate.v1 import charging_pb2, provisioning_pb2
 
 log = logging.getLogger("tollgate.server")

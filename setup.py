@@ -14,5 +14,11 @@ class BuildPyWithProtos(build_py):
         runpy.run_path(str(Path(__file__).parent / "proto" / "generate.py"))["generate"]()
         super().run()
 
+    def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
+        # bench/ holds the tools behind `tollgate bench` and the benchmark suites; the suites
+        # (test_*.py, conftest.py) import the tests package, which is not installed.
+        return [m for m in super().find_package_modules(package, package_dir)
+                if package != "bench" or not (m[1].startswith("test_") or m[1] == "conftest")]
+
 
 setup(cmdclass={"build_py": BuildPyWithProtos})

@@ -18,11 +18,11 @@ from typing import Any
 
 from bench.ceiling import Writes, apply_ceiling, capture_writes, rebase
 from bench.traffic import Traffic
-from engine import population
-from engine.config import Config
-from engine.redis_client import connect
-from engine.redis_server import RedisServer
-from engine.store import Store, lua_source
+from engine.ops import population
+from engine.ops.config import Config
+from engine.storage.redis_client import connect
+from engine.storage.redis_server import RedisServer
+from engine.storage.store import Store, lua_source
 
 
 def _redis_cpu_s(url: str) -> float:

@@ -20,10 +20,10 @@ import numpy as np
 
 from bench.loadgen import CpuProbe
 from bench.traffic import Traffic
-from engine.charging import Engine
-from engine.config import Config
-from engine.keys import session as session_key
-from engine.store import AccountWrite, Store
+from engine.charging.engine import Engine
+from engine.ops.config import Config
+from engine.storage.keys import session as session_key
+from engine.storage.store import AccountWrite, Store
 from server import on_one_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc

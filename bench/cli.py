@@ -138,7 +138,7 @@ class Lab:
     population, the engine server (started unless --target) and the bare server."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from engine.config import load_config
+        from engine.ops.config import load_config
         self.args = args
         self.progress = not args.no_progress
         self.config = load_config(args.config, redis_url=getattr(args, "redis_url", None),
@@ -152,7 +152,7 @@ class Lab:
         self.cores = sorted(os.sched_getaffinity(0))  # before --pin moves this process
 
     async def __aenter__(self) -> Lab:
-        from engine.redis_server import RedisServer
+        from engine.storage.redis_server import RedisServer
         self.stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         if not self.config.redis_url:
             if getattr(self.args, "target", None):
@@ -181,8 +181,8 @@ class Lab:
     async def provision(self) -> None:
         from tqdm import tqdm
 
-        from engine import population
-        from engine.store import Store
+        from engine.ops import population
+        from engine.storage.store import Store
         n = self.args.subscribers
         store = Store(self.config.redis_url, self.config.partitions)
         try:
@@ -196,7 +196,7 @@ class Lab:
                     progress=bar.update)
             after = (await self.redis_info("memory"))["used_memory"]
             p = store.partition(population.account_id(self.args.prefix, 0))
-            from engine import keys
+            from engine.storage import keys
             sizes = [await store.redis.memory_usage(k) or 0 for k in (
                 keys.account(p, population.account_id(self.args.prefix, 0)),
                 keys.subscriber(population.subscriber_id(self.args.prefix, 0)))]
@@ -214,7 +214,7 @@ class Lab:
         from functools import partial
 
         from bench.loadgen import engine_server, server_group
-        from engine.redis_server import free_port
+        from engine.storage.redis_server import free_port
         if getattr(self.args, "target", None):
             self.engine_pids = list(self.args.server_pid or [])
             return str(self.args.target)
@@ -534,7 +534,7 @@ def missing_bench_modules() -> list[str]:
 
 def bench_command(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
-    from engine.logs import setup_logging
+    from engine.ops.logs import setup_logging
     missing = missing_bench_modules()
     if missing:
         print(f"tollgate bench needs {', '.join(missing)}, which are not installed: "

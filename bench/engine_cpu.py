@@ -16,11 +16,11 @@ import tempfile
 import time
 
 from bench.traffic import Traffic
-from engine import population
-from engine.charging import Engine
-from engine.config import Config
-from engine.redis_server import RedisServer
-from engine.store import Store
+from engine.charging.engine import Engine
+from engine.ops import population
+from engine.ops.config import Config
+from engine.storage.redis_server import RedisServer
+from engine.storage.store import Store
 from server import tune_gc
 from tollgate.v1 import charging_pb2 as pb
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from bench.diameter_client import DiameterPeer
 from bench.traffic import Traffic
-from engine.redis_server import free_port
+from engine.storage.redis_server import free_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 
@@ -411,7 +411,7 @@ def engine_server(redis_url: str, log_dir: Path, port: int = 0, n: int = 0,
     if diameter_port:
         env.update(TOLLGATE_DIAMETER_PEERS="*", TOLLGATE_DIAMETER_ORIGIN_HOST="tollgate.bench")
         diameter = ["--diameter", f"127.0.0.1:{diameter_port}"]
-    return spawn(["-m", "engine.cli", "serve", "--listen", f"127.0.0.1:{port or free_port()}",
+    return spawn(["-m", "engine.ops.cli", "serve", "--listen", f"127.0.0.1:{port or free_port()}",
                   "--redis-url", redis_url, *diameter], env,
                  log_dir / f"engine-server-{n}.log")
 

@@ -39,8 +39,8 @@ import psutil
 from bench import report
 from bench.loadgen import Client, CpuProbe, as_json
 from bench.traffic import Traffic
-from engine.redis_cluster import LocalCluster
-from engine.redis_server import RedisServer, die_with_parent, free_port
+from engine.storage.redis_cluster import LocalCluster
+from engine.storage.redis_server import RedisServer, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "tollgate serving on"
@@ -118,7 +118,7 @@ def workers(url: str, count: int, log: Path,
     env.update({f"TOLLGATE_{k.upper()}": v for k, v in (settings or {}).items()})
     with log.open("w") as err:
         proc = subprocess.Popen(
-            die_with_parent([sys.executable, "-m", "engine.cli", "serve", "--workers",
+            die_with_parent([sys.executable, "-m", "engine.ops.cli", "serve", "--workers",
                              str(count), "--listen", address, "--redis-url", url,
                              "--log-format", "text"]),
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -177,9 +177,9 @@ def counters(ports: list[int]) -> dict[str, float]:
 async def provision(url: str, subscribers: int, prefix: str) -> None:
     from tqdm import tqdm
 
-    from engine import population
-    from engine.config import load_config
-    from engine.store import Store
+    from engine.ops import population
+    from engine.ops.config import load_config
+    from engine.storage.store import Store
     store = Store(url, load_config(None, redis_url=url).partitions)
     try:
         await store.init()
@@ -195,7 +195,7 @@ async def apply_ceiling(url: str, opts: argparse.Namespace, pids: list[int]) -> 
     batch at a time (as one worker applies them)."""
     from bench.ceiling import apply_ceiling as replay
     from bench.ceiling import capture_writes
-    from engine.config import load_config
+    from engine.ops.config import load_config
     config = load_config(None, redis_url=url, metrics_port=0)
     traffic = Traffic(opts.subscribers, prefix=opts.prefix, sessions=5 * opts.batch,
                       tag=f"c{os.getpid()}.")

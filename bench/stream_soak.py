@@ -32,7 +32,7 @@ import psutil
 
 from bench.loadgen import CpuProbe
 from bench.scale import counters, provision, redis_backend, workers
-from engine.population import subscriber_id
+from engine.ops.population import subscriber_id
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from engine.wire import (
+from engine.charging.wire import (
     A_CHARGED,
     A_ERROR,
     A_GRANTS_HI,
@@ -85,7 +85,7 @@ def answers(size: int) -> tuple[bytes, tuple, pb.ChargeBatchAnswer]:
 
 
 def read_all(data: bytes) -> int:
-    """upb's parse plus one read of each field, as engine.decode does."""
+    """upb's parse plus one read of each field, as engine.charging.decode does."""
     n = 0
     for r in pb.ChargeBatchRequest.FromString(data).requests:
         n += len(r.session_id) + r.request_number + r.type + len(r.subscriber_id)

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from engine.kernels.charge import charge_kernel
-from engine.kernels.reference import (
+from engine.charging.kernels.charge import charge_kernel
+from engine.charging.kernels.reference import (
     RefAccount,
     RefBucket,
     RefItem,

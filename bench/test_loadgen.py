@@ -16,8 +16,8 @@ from bench.cli import bytes_per_subscriber, idle_bytes_text
 from bench.loadgen import Client, CpuProbe, Run
 from bench.report import table
 from bench.traffic import Traffic
-from engine import population
-from engine.store import Store
+from engine.ops import population
+from engine.storage.store import Store
 from server import Tollgate
 from tollgate.v1 import charging_pb2_grpc
 
@@ -89,7 +89,7 @@ async def test_bare_server_answers_every_api() -> None:
 
 
 def test_cli_help_names_every_action() -> None:
-    from engine.cli import parser
+    from engine.ops.cli import parser
     bench = parser().parse_args(["bench", "load", "--api", "batch", "--sweep"])
     assert bench.api == ["batch"] and bench.sweep
     for action in ("provision", "ceiling", "coldstart", "soak", "all"):
@@ -101,7 +101,7 @@ def test_rounds_alternate_ceilings_and_engine(tmp_path: Path) -> None:
     processes; each engine run is compared with the bare run of its own round."""
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "bench", "load", "--api", "unary", "--rounds", "2",
+        [sys.executable, "-m", "engine.ops.cli", "bench", "load", "--api", "unary", "--rounds", "2",
          "--seconds", "0.5", "--subscribers", "300", "--no-progress", "--out", str(tmp_path)],
         cwd=root, capture_output=True, text=True, timeout=180,
         env={**os.environ, "PYTHONPATH": str(root)})
@@ -171,7 +171,7 @@ def test_bytes_per_idle_subscriber_is_measured_only_over_what_this_run_created()
 
 def test_bench_without_its_extra_names_the_extra_to_install() -> None:
     # As on an install without the `bench` extra: importing tqdm fails.
-    code = ("import sys; sys.modules['tqdm'] = None; from engine.cli import main; "
+    code = ("import sys; sys.modules['tqdm'] = None; from engine.ops.cli import main; "
             "sys.exit(main(['bench', 'provision', '--subscribers', '10']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)

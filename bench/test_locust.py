@@ -6,8 +6,8 @@ import asyncio
 import json
 import sys
 
-from engine import population
-from engine.store import Store
+from engine.ops import population
+from engine.storage.store import Store
 from server import Tollgate
 
 

@@ -11,14 +11,15 @@ import pytest
 
 from bench.ceiling import apply_ceiling, capture_writes, rebase
 from bench.traffic import Traffic
-from engine import population, wire
-from engine.batch import Answers, Pending, assemble
-from engine.charging import Engine
-from engine.config import Config
-from engine.decode import Request, decode_all
+from engine.charging import wire
+from engine.charging.batch import Answers, Pending, assemble
+from engine.charging.decode import Request, decode_all
+from engine.charging.engine import Engine
+from engine.charging.outcome import Timing, build_outcome
 from engine.domain import RequestType
-from engine.outcome import Timing, build_outcome
-from engine.store import Store
+from engine.ops import population
+from engine.ops.config import Config
+from engine.storage.store import Store
 from tollgate.v1 import charging_pb2 as cpb
 
 BATCH = 1000

@@ -8,11 +8,11 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.population import DEFAULT_PREFIX, subscriber_id
+from engine.ops.population import DEFAULT_PREFIX, subscriber_id
 from tollgate.v1 import charging_pb2 as cpb
 
 DATA_RG, VOICE_RG = 10, 100
-"""The rating groups of the bench plan (engine.population.BENCH_PLAN)."""
+"""The rating groups of the bench plan (engine.ops.population.BENCH_PLAN)."""
 UNIT_FIELD = {DATA_RG: "total_octets", VOICE_RG: "time_seconds"}
 FALLBACK_QUOTA = {DATA_RG: 1_000_000, VOICE_RG: 60}
 """What a session reports when it got no grant (e.g. from the bare ceiling server)."""

@@ -18,9 +18,9 @@ import httpx
 
 from bench.loadgen import Client, CpuProbe, spawn
 from bench.traffic import Traffic
-from engine.population import provision
-from engine.redis_server import RedisServer, free_port
-from engine.store import Store
+from engine.ops.population import provision
+from engine.storage.redis_server import RedisServer, free_port
+from engine.storage.store import Store
 from engine.web.aggregates import census
 from engine.web.series import BUCKET_S, HISTORY_S, KEPT_S, bucket_key, bucket_start
 
@@ -67,7 +67,7 @@ async def run(population: int, seconds: float, rounds: int, out: Path | None) ->
         lines.append(f"population: {population:,} lines provisioned in "
                      f"{time.perf_counter() - t:.0f} s")
         http = f"127.0.0.1:{free_port()}"
-        server = spawn(["-m", "engine.cli", "serve", "--listen", f"127.0.0.1:{free_port()}",
+        server = spawn(["-m", "engine.ops.cli", "serve", "--listen", f"127.0.0.1:{free_port()}",
                         "--redis-url", redis.url, "--http", http],
                        {"TOLLGATE_METRICS_PORT": "0", "TOLLGATE_LOG_LEVEL": "WARNING",
                         "TOLLGATE_HTTP_CENSUS_S": "0"}, base / "server.log")

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from engine import keys
 from engine.domain import SubscriberState
 from engine.lifecycle import signals
-from engine.population import DEFAULT_PREFIX, provision, subscriber_id
-from engine.redis_server import RedisServer
-from engine.store import Store
+from engine.ops.population import DEFAULT_PREFIX, provision, subscriber_id
+from engine.storage import keys
+from engine.storage.redis_server import RedisServer
+from engine.storage.store import Store
 from engine.web import segments
 from engine.web.aggregates import census
 from engine.web.segments import Filter

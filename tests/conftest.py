@@ -3,7 +3,7 @@
 
 Every test that uses `redis_url` (directly or through `config`, `tollgate`, `gateway`) runs
 once per backend: `[single]` and `[cluster]`. TOLLGATE_TEST_REDIS=single (or cluster) runs
-one of them only. Tests open their own clients with engine.redis_client.connect /
+one of them only. Tests open their own clients with engine.storage.redis_client.connect /
 connect_async, which understand both kinds of URL."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine.config import Config
-from engine.redis_client import connect, connect_async
-from engine.redis_cluster import LocalCluster
-from engine.redis_server import RedisServer
+from engine.ops.config import Config
+from engine.storage.redis_client import connect, connect_async
+from engine.storage.redis_cluster import LocalCluster
+from engine.storage.redis_server import RedisServer
 from server import Tollgate
 from tests.helpers import Gateway
 

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 import grpc
 import redis.asyncio as aioredis
 
-from engine import keys, record_block
-from engine.config import Config
-from engine.decode import MAX_TIME_MS
+from engine.charging.decode import MAX_TIME_MS
+from engine.ops.config import Config
+from engine.storage import keys, record_block
 from server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc, usage_pb2

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import grpc
 
-from engine.config import Config
+from engine.ops.config import Config
 from server import Tollgate
 from tests.helpers import Gateway
 

@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 import httpx
 
-from engine.config import Config
-from engine.security import create_token
+from engine.ops.config import Config
+from engine.ops.security import create_token
 from server import Tollgate
 from tests.helpers import EUR, Gateway
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from engine import metrics
+from engine.charging.flow import Window
 from engine.diameter import avps as A
 from engine.diameter.avps import Command, Result
 from engine.diameter.codec import (
@@ -33,7 +33,7 @@ from engine.diameter.gy import cca, charge_request, error_answer
 from engine.diameter.reauth import ReAuth
 from engine.diameter.settings import Settings
 from engine.errors import Overloaded
-from engine.flow import Window
+from engine.ops import metrics
 from tollgate.v1 import charging_pb2 as pb
 
 log = logging.getLogger("tollgate.diameter")

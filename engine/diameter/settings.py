@@ -6,9 +6,9 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from engine.config import Config
 from engine.diameter.avps import SubscriptionIdType
 from engine.errors import ConfigError
+from engine.ops.config import Config
 
 ANY_PEER = "*"
 

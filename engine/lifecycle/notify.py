@@ -15,7 +15,7 @@ from engine.lifecycle.offers import make_offer
 from engine.lifecycle.outbox import DAY_MS, Outbox
 from engine.lifecycle.rules import channels_for, pick_template, quiet_until, render
 from engine.lifecycle.settings import Campaign, Rule, Settings
-from engine.store import Store
+from engine.storage.store import Store
 from engine.web.auth import SelfLinks
 from tollgate.v1 import events_pb2
 

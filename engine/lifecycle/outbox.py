@@ -13,9 +13,9 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 
-from engine import keys
 from engine.lifecycle.metrics import NOTIFICATIONS
-from engine.store import lua_source
+from engine.storage import keys
+from engine.storage.store import lua_source
 from tollgate.v1 import lifecycle_pb2 as lpb
 
 DAY_MS = 86_400_000
@@ -26,7 +26,8 @@ def script(redis: aioredis.Redis, name: str) -> Any:
 
 
 class Schedule:
-    """A sorted set of members by due time, claimed under a lease (engine/lua/lc_claim.lua)."""
+    """A sorted set of members by due time, claimed under a lease
+    (engine/storage/lua/lc_claim.lua)."""
 
     def __init__(self, redis: aioredis.Redis, key: str, payloads: str) -> None:
         self.redis = redis

@@ -13,10 +13,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, cast
 
-from engine import keys
-from engine.billing import EVENTS, USAGE, Billing
-from engine.charging import wall_clock_ms
-from engine.config import Config
+from engine.billing.delivery import EVENTS, USAGE, Billing
+from engine.charging.engine import wall_clock_ms
 from engine.domain import EventKind, SubscriberState
 from engine.lifecycle import metrics, sends, signals
 from engine.lifecycle.campaigns import Campaigns
@@ -27,8 +25,10 @@ from engine.lifecycle.rules import event_values, matches
 from engine.lifecycle.sends import Sender
 from engine.lifecycle.settings import SEGMENT, Settings
 from engine.lifecycle.states import States, stream_order
-from engine.metrics import serve_metrics
-from engine.store import Store
+from engine.ops.config import Config
+from engine.ops.metrics import serve_metrics
+from engine.storage import keys
+from engine.storage.store import Store
 from engine.web import series
 from engine.web.aggregates import run_census
 from engine.web.auth import SelfLinks, Signer, load_secret

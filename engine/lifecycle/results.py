@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine import keys
 from engine.errors import AlreadyExists, InvalidArgument
 from engine.lifecycle import signals
+from engine.storage import keys
 
 NO_CAMPAIGN = "-"
 """Where NPS answers from a link that came from no campaign (made by customer care) go."""

@@ -12,13 +12,13 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine import keys
 from engine.domain import SubscriberState
 from engine.errors import InvalidArgument, NotFound
 from engine.lifecycle.campaigns import Campaigns
 from engine.lifecycle.outbox import Schedule
 from engine.lifecycle.rules import money
 from engine.lifecycle.settings import SEGMENT, Campaign
+from engine.storage import keys
 from engine.web.segments import Filter, members
 
 log = logging.getLogger("tollgate.lifecycle")

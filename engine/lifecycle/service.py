@@ -6,8 +6,8 @@ from __future__ import annotations
 from engine.errors import InvalidArgument
 from engine.lifecycle import contacts
 from engine.lifecycle.outbox import list_notifications
-from engine.plans import check_id
-from engine.store import Store
+from engine.rating.plans import check_id
+from engine.storage.store import Store
 from tollgate.v1 import lifecycle_pb2 as lpb
 
 LIFECYCLE = lpb.DESCRIPTOR.services_by_name["Lifecycle"]

@@ -12,8 +12,8 @@ from enum import StrEnum
 
 import redis.asyncio as aioredis
 
-from engine import keys
 from engine.domain import SubscriberState
+from engine.storage import keys
 from engine.web.churn import Signals
 
 DAY_MS = 86_400_000

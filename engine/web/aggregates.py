@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine import keys
 from engine.domain import SubscriberState
 from engine.lifecycle.offers import offer_stats
 from engine.lifecycle.results import campaign_results
-from engine.store import Store
+from engine.storage import keys
+from engine.storage.store import Store
 from engine.web.segments import IndexBuilder
 from engine.web.series import BUCKET_S, HISTORY_S, quantile, read_buckets, read_totals
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from engine import keys, record_block
 from engine.domain import SubscriberState, UnitType
 from engine.errors import InvalidArgument, NotFound
 from engine.lifecycle import signals
 from engine.provisioning import Provisioner
-from engine.store import Store
+from engine.storage import keys, record_block
+from engine.storage.store import Store
 from engine.web import churn, runout, segments
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
@@ -70,7 +70,7 @@ class Care:
         pipe.xrevrange(keys.usage_stream(p), count=LOOK_BACK)
         pipe.xrevrange(keys.events_stream(p), count=LOOK_BACK)
         usage, events = await pipe.execute()
-        # An entry is one record or a block of them (engine/record_block.py), newest first.
+        # An entry is one record or a block of them (engine/storage/record_block.py), newest first.
         records = [r for r in (usage_pb2.RatedUsage.FromString(data) for sid, f in usage
                                for _, data in reversed(record_block.records(sid, f)))
                    if r.account_id == account_id]

@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine import keys
 from engine.domain import SubscriberState
 from engine.errors import InvalidArgument
 from engine.lifecycle import signals
-from engine.store import Store
+from engine.storage import keys
+from engine.storage.store import Store
 from engine.web import churn
 
 GEN = "tg:{web}:risk:gen"

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from engine.config import Config
 from engine.errors import ConfigError
+from engine.ops.config import Config
+from engine.ops.security import TokenFile
 from engine.provisioning import Provisioner
-from engine.security import TokenFile
-from engine.store import Store
+from engine.storage.store import Store
 from engine.web.aggregates import run_census
 from engine.web.app import make_app
 from engine.web.auth import Operators, Signer, load_secret

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from engine import keys, record_block
-from engine import store as store_module
-from engine.session_blob import pack_session
-from engine.state import SessionState
-from engine.store import AccountWrite, SessionWrite, Store
+from engine.storage import keys, record_block
+from engine.storage import store as store_module
+from engine.storage.session_blob import pack_session
+from engine.storage.state import SessionState
+from engine.storage.store import AccountWrite, SessionWrite, Store
 
 ACCOUNTS = 6
 

@@ -12,9 +12,9 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from engine import keys, record_block
-from engine.config import Config
-from engine.redis_client import connect_async
+from engine.ops.config import Config
+from engine.storage import keys, record_block
+from engine.storage.redis_client import connect_async
 from server import Tollgate
 from tests.helpers import EUR, SMS_RG, Gateway, mscc, past_retention, request
 from tollgate.v1 import billing_pb2 as bpb

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from engine.config import Config
-from engine.redis_client import connect
-from engine.store import Store
+from engine.ops.config import Config
+from engine.storage.redis_client import connect
+from engine.storage.store import Store
 from tests.helpers import (
     DATA_RG,
     EUR,

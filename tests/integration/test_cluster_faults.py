@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from engine import keys, metrics
-from engine.config import Config
-from engine.reconcile import reconcile
-from engine.redis_client import connect
-from engine.redis_cluster import LocalCluster
+from engine.billing.reconcile import reconcile
+from engine.ops import metrics
+from engine.ops.config import Config
+from engine.storage import keys
+from engine.storage.redis_client import connect
+from engine.storage.redis_cluster import LocalCluster
 from tests.helpers import EUR, running, sample_plan
 from tests.integration.ledger import (
     Send,

@@ -4,8 +4,8 @@ the state in between charges nothing wrongly and that running the call again fin
 
 from __future__ import annotations
 
-from engine import keys
-from engine.state import member_caps_value
+from engine.storage import keys
+from engine.storage.state import member_caps_value
 from tests.helpers import SMS_RG, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com

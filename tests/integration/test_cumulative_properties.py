@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import keys, record_block
-from engine.config import Config
-from engine.kernels.reference import RefRate, billed, money
-from engine.redis_client import connect
-from engine.redis_server import RedisServer
+from engine.charging.kernels.reference import RefRate, billed, money
+from engine.ops.config import Config
+from engine.storage import keys, record_block
+from engine.storage.redis_client import connect
+from engine.storage.redis_server import RedisServer
 from tests.helpers import VOICE_RG, mscc, request
 from tests.live import Live
 from tollgate.v1 import charging_pb2 as cpb

@@ -12,8 +12,8 @@ import asyncio
 
 import pytest
 
-from engine.config import Config
-from engine.rerate import rerate
+from engine.billing.rerate import rerate
+from engine.ops.config import Config
 from tests.helpers import EUR, VOICE_RG, Gateway, mscc, request, usage_records
 from tests.integration.test_rating_features import Clock, plan_of, setup, start_with_clock, stop
 from tollgate.v1 import charging_pb2 as cpb

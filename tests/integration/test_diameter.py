@@ -22,7 +22,7 @@ from engine.diameter import avps as A
 from engine.diameter.codec import Avp, avp, decode, encode
 from engine.diameter.settings import Settings
 from engine.errors import ConfigError
-from engine.redis_server import free_port
+from engine.storage.redis_server import free_port
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, Gateway, sample_plan
 from tests.integration.gy_peers import GW_HOST, OCS_HOST, LibraryGateway, RawPeer, mscc, units
@@ -407,7 +407,7 @@ async def test_tollgate_serve_with_diameter_answers_gateways_and_says_goodbye(re
 
 def test_tollgate_serve_without_allowed_peers_does_not_start(redis_url):
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "serve", "--diameter", "127.0.0.1:0",
+        [sys.executable, "-m", "engine.ops.cli", "serve", "--diameter", "127.0.0.1:0",
          "--listen", "127.0.0.1:0", "--redis-url", redis_url, "--log-format", "text"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")},

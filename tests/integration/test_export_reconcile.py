@@ -15,13 +15,13 @@ import tracemalloc
 
 import pyarrow.parquet as pq
 
-from engine import keys
-from engine.cli import main
+from engine.billing.export import Totals, export, parse_time
+from engine.billing.reconcile import reconcile
 from engine.domain import UnitType
-from engine.export import Totals, export, parse_time
-from engine.reconcile import reconcile
-from engine.redis_client import connect
-from engine.state import BucketMeta
+from engine.ops.cli import main
+from engine.storage import keys
+from engine.storage.redis_client import connect
+from engine.storage.state import BucketMeta
 from tests.helpers import EUR, sample_plan
 from tests.integration.ledger import Tariff, Traffic, provision, run_lane, usage_records
 from tollgate.v1 import common_pb2 as com

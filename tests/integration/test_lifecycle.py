@@ -14,12 +14,12 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from engine import keys
-from engine.charging import wall_clock_ms
-from engine.config import Config
+from engine.billing.reconcile import reconcile
+from engine.charging.engine import wall_clock_ms
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import Settings, parse_settings
-from engine.reconcile import reconcile
+from engine.ops.config import Config
+from engine.storage import keys
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, Gateway, data_rate, mscc, request
 from tests.integration.receivers import FakeClock, HttpReceiver, eventually, lifecycle_table

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine import keys
-from engine.config import Config
-from engine.redis_client import connect_async
+from engine.ops.config import Config
+from engine.storage import keys
+from engine.storage.redis_client import connect_async
 from tests.helpers import Gateway, running
 from tests.integration.receivers import HttpReceiver, eventually
 from tollgate.v1 import common_pb2 as com
@@ -54,7 +54,7 @@ templates.en = {{ subject = "Credit used up", text = "Line $subscriber: free ser
 
 def start(path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "lifecycle", "--config", str(path),
+        [sys.executable, "-m", "engine.ops.cli", "lifecycle", "--config", str(path),
          "--consumer", "one"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
 

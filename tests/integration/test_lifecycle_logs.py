@@ -13,7 +13,7 @@ import pytest
 
 from engine.lifecycle.channels import Channels, SendError
 from engine.lifecycle.settings import parse_settings
-from engine.logs import setup_logging
+from engine.ops.logs import setup_logging
 from tests.integration.receivers import HttpReceiver, lifecycle_table
 
 API_KEY, PHONE, EMAIL, SUB = "k3y-5ecr3t-0042", "+491701234567", "bob.smith@example.com", \

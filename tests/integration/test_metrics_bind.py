@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from engine.errors import ConfigError
-from engine.redis_server import free_port
+from engine.storage.redis_server import free_port
 from server import Tollgate
 
 

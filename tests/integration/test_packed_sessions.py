@@ -4,10 +4,10 @@ releases a session only as it read it."""
 
 from __future__ import annotations
 
-from engine import keys
-from engine.session_blob import pack_session, reservation_value, unpack_session
-from engine.store import SESSION_FORMAT
-from engine.sweeper import CHANGED, Sweeper
+from engine.storage import keys
+from engine.storage.session_blob import pack_session, reservation_value, unpack_session
+from engine.storage.store import SESSION_FORMAT
+from engine.storage.sweeper import CHANGED, Sweeper
 from tests.helpers import DATA_RG, VOICE_RG, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
 

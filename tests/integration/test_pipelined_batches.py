@@ -7,9 +7,9 @@ import asyncio
 import grpc
 from prometheus_client import REGISTRY
 
-from engine.config import Config
 from engine.domain import ResultCode
-from engine.redis_client import connect_async
+from engine.ops.config import Config
+from engine.storage.redis_client import connect_async
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, Gateway, mscc, request, usage_records
 from tollgate.v1 import charging_pb2 as cpb

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine import population
-from engine.store import Store
+from engine.ops import population
+from engine.storage.store import Store
 from server import Tollgate
 from tests.helpers import Gateway, mscc, request
 from tollgate.v1 import charging_pb2 as cpb

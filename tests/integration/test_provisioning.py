@@ -7,9 +7,9 @@ from collections.abc import Awaitable
 import grpc
 import pytest
 
-from engine.config import Config
-from engine.keys import partition_of
-from engine.store import Store
+from engine.ops.config import Config
+from engine.storage.keys import partition_of
+from engine.storage.store import Store
 from tests.helpers import (
     DATA_RG,
     EUR,

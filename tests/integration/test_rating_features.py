@@ -17,8 +17,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine import keys
-from engine.config import Config
+from engine.ops.config import Config
+from engine.storage import keys
 from server import Tollgate
 from tests.helpers import (
     DATA_RG,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from engine import keys
-from engine import store as store_module
-from engine.store import AccountWrite, Store
+from engine.storage import keys
+from engine.storage import store as store_module
+from engine.storage.store import AccountWrite, Store
 
 ACCOUNTS = 6
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import keys
-from engine.reconcile import reconcile
-from engine.session_blob import pack_session, unpack_session
+from engine.billing.reconcile import reconcile
+from engine.storage import keys
+from engine.storage.session_blob import pack_session, unpack_session
 from tests.helpers import DATA_RG, VOICE_RG, mscc, request
 from tollgate.v1 import charging_pb2 as cpb
 

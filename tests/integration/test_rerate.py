@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from engine import keys
-from engine.cli import main
-from engine.reconcile import reconcile
-from engine.redis_client import connect
-from engine.rerate import rerate
+from engine.billing.reconcile import reconcile
+from engine.billing.rerate import rerate
+from engine.ops.cli import main
+from engine.storage import keys
+from engine.storage.redis_client import connect
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, VOICE_RG, data_rate, request, sample_plan
 from tests.integration.ledger import (
     Tariff,

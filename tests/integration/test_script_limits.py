@@ -9,9 +9,9 @@ import asyncio
 import grpc
 import pytest
 
-from engine import keys
-from engine.config import Config
-from engine.store import Store
+from engine.ops.config import Config
+from engine.storage import keys
+from engine.storage.store import Store
 from tests.helpers import EUR, SMS_RG, mscc, request, sample_plan, usage_records
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from engine import keys
-from engine.config import Config
-from engine.demo import DEMO_PLAN
 from engine.lifecycle import signals
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import parse_settings
+from engine.ops.config import Config
+from engine.ops.demo import DEMO_PLAN
+from engine.storage import keys
 from engine.web import segments
 from engine.web.aggregates import census
 from engine.web.segments import Filter

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from engine import keys
-from engine.reconcile import reconcile
-from engine.sweeper import Sweeper
+from engine.billing.reconcile import reconcile
+from engine.storage import keys
+from engine.storage.sweeper import Sweeper
 from tests.helpers import EUR, SMS_RG, VOICE_RG, mscc, request, sample_plan, usage_records
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -1,5 +1,5 @@
-"""One ordering rule for a subscriber's state (engine/lua/lib_order.lua): an event handled late
-or again, by a lagging group or after a crash, never undoes a later decision, provisioning's
+"""One ordering rule for a subscriber's state (engine/storage/lua/lib_order.lua): an event handled
+late or again, by a lagging group or after a crash, never undoes a later decision, provisioning's
 included. Real Redis and a real Tollgate; the property test hands the lifecycle a line's
 events itself, in any order, as often as it likes."""
 
@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import keys
-from engine.config import Config
 from engine.domain import SubscriberState
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import Settings, parse_settings
 from engine.lifecycle.states import stream_order
-from engine.redis_server import RedisServer
+from engine.ops.config import Config
+from engine.storage import keys
+from engine.storage.redis_server import RedisServer
 from server import Tollgate
 from tests.helpers import EUR, Gateway, sample_plan
 from tests.integration.receivers import eventually

@@ -11,7 +11,7 @@ import multiprocessing as mp
 import grpc
 import pytest
 
-from engine import metrics
+from engine.ops import metrics
 from server import Tollgate
 from tests.helpers import EUR, SMS_RG, Gateway, mscc, request, running
 from tollgate.v1 import charging_pb2 as cpb

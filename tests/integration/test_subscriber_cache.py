@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.config import Config
 from engine.domain import ResultCode
+from engine.ops.config import Config
 from tests.helpers import DATA_RG, Gateway, mscc, request, running
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com

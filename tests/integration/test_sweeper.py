@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from engine import keys
-from engine.session_blob import unpack_session
-from engine.sweeper import Sweeper
+from engine.storage import keys
+from engine.storage.session_blob import unpack_session
+from engine.storage.sweeper import Sweeper
 from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request, sample_plan
 from tollgate.v1 import charging_pb2 as cpb
 

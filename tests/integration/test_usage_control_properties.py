@@ -23,8 +23,8 @@ from collections import Counter
 
 import grpc
 
-from engine import keys
-from engine.redis_client import connect
+from engine.storage import keys
+from engine.storage.redis_client import connect
 from tests.helpers import DATA_RG, EUR, MB, Gateway, sample_plan
 from tests.integration.ledger import (
     StreamLink,

@@ -14,11 +14,12 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine import cli, keys, record_block
-from engine.config import Config
+from engine.charging.kernels.charge import MONEY_LIMIT
 from engine.domain import ResultCode
-from engine.kernels.charge import MONEY_LIMIT
-from engine.state import BucketMeta, member_caps_value
+from engine.ops import cli
+from engine.ops.config import Config
+from engine.storage import keys, record_block
+from engine.storage.state import BucketMeta, member_caps_value
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, mscc, request, sample_plan
 from tollgate.v1 import charging_pb2 as cpb

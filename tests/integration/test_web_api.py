@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.config import Config
+from engine.ops.config import Config
 from engine.web.aggregates import census
 from tests.helpers import DATA_RG, MB, mscc, request
 from tests.web import EUR, Site, eventually, site

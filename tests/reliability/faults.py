@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import grpc
 
-from engine.reconcile import reconcile
+from engine.billing.reconcile import reconcile
 from tests.integration.ledger import (
     Tariff,
     Traffic,

@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine.config import Config
-from engine.decode import MAX_TIME_MS, REPORTING_REASONS
-from engine.kernels.charge import MONEY_LIMIT
-from engine.redis_client import connect_async
+from engine.charging.decode import MAX_TIME_MS, REPORTING_REASONS
+from engine.charging.kernels.charge import MONEY_LIMIT
+from engine.ops.config import Config
+from engine.storage.redis_client import connect_async
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -158,7 +158,7 @@ HOSTILE = st.one_of(valid_requests(), mutated(), charge_requests())
 
 
 def rule_breaks(msg: cpb.ChargeRequest, cfg: Config) -> list[str]:
-    """The contract's rules, written independently of engine/decode.py."""
+    """The contract's rules, written independently of engine/charging/decode.py."""
     out = []
     if msg.type not in (cpb.INITIAL, cpb.UPDATE, cpb.TERMINATION, cpb.EVENT):
         out.append("type")

@@ -14,8 +14,8 @@ import grpc
 import pytest
 import redis
 
-from engine.config import Config
-from engine.redis_server import RedisServer
+from engine.ops.config import Config
+from engine.storage.redis_server import RedisServer
 from server import Tollgate
 from tests.helpers import EUR, SMS_RG, mscc, request, running, sample_plan
 from tests.integration.ledger import Tariff

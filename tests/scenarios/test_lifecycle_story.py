@@ -12,13 +12,13 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine import keys
-from engine.config import Config
 from engine.lifecycle.channels import MESSAGE_ID_HEADER, SIGNATURE_HEADER, sign
 from engine.lifecycle.offers import offer_stats
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import parse_settings
-from engine.redis_client import connect_async
+from engine.ops.config import Config
+from engine.storage import keys
+from engine.storage.redis_client import connect_async
 from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, Gateway, data_rate, mscc, request
 from tests.integration.receivers import (

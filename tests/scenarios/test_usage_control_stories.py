@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis.asyncio as aioredis
 
-from engine import keys
-from engine.config import Config
+from engine.ops.config import Config
+from engine.storage import keys
 from tests.helpers import (
     DATA_RG,
     EUR,

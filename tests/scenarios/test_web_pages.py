@@ -21,14 +21,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from engine import keys
-from engine.config import Config
-from engine.demo import DEMO_PLAN
 from engine.lifecycle import signals
 from engine.lifecycle.process import Lifecycle
 from engine.lifecycle.settings import parse_settings
-from engine.redis_client import connect
-from engine.redis_server import RedisServer
+from engine.ops.config import Config
+from engine.ops.demo import DEMO_PLAN
+from engine.storage import keys
+from engine.storage.redis_client import connect
+from engine.storage.redis_server import RedisServer
 from tests.helpers import DATA_RG, MB, VOICE_RG, Gateway, mscc, request
 from tests.integration.receivers import HttpReceiver
 from tests.live import Live

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.kernels import reference
-from engine.kernels.charge import NO_BOUNDARY, next_change, window_at
-from engine.kernels.reference import (
+from engine.charging.kernels import reference
+from engine.charging.kernels.charge import NO_BOUNDARY, next_change, window_at
+from engine.charging.kernels.reference import (
     RefAccount,
     RefItem,
     RefRate,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.kernels.charge import charge_kernel
-from engine.kernels.reference import (
+from engine.charging.kernels.charge import charge_kernel
+from engine.charging.kernels.reference import (
     RefAccount,
     RefBucket,
     RefItem,

@@ -1,5 +1,5 @@
-"""engine.decode: valid requests decode from the wire codec's tables, each kind of bad input is
-refused by name, and any request gets the verdict upb's decoder gave (the oracle)."""
+"""engine.charging.decode: valid requests decode from the wire codec's tables, each kind of bad
+input is refused by name, and any request gets the verdict upb's decoder gave (the oracle)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import wire
-from engine.config import Config
-from engine.decode import Invalid, Item, Request, decode_all
+from engine.charging import wire
+from engine.charging.decode import Invalid, Item, Request, decode_all
 from engine.domain import RequestType, ResultCode
+from engine.ops.config import Config
 from tests.unit import upb_decode
 from tollgate.v1 import charging_pb2 as pb
 

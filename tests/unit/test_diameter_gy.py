@@ -6,13 +6,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import Config, load_config
 from engine.diameter import avps as A
 from engine.diameter.avps import Result, SubscriptionIdType
 from engine.diameter.codec import Avp, DiameterError, Message, avp, decode, encode
 from engine.diameter.gy import cca, charge_request, error_answer, unix_ms
 from engine.diameter.settings import Settings
 from engine.errors import ConfigError
+from engine.ops.config import Config, load_config
 from tests.unit.test_diameter_codec import CCR_UPDATE
 from tollgate.v1 import charging_pb2 as pb
 

@@ -18,7 +18,7 @@ from engine.lifecycle.channels import sign
 from engine.lifecycle.rules import channels_for, matches, money, pick_template, quiet_until
 from engine.lifecycle.settings import Segment, Template, load_settings, parse_settings
 from engine.lifecycle.states import stream_order
-from engine.store import state_order
+from engine.storage.store import state_order
 from tollgate.v1 import events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

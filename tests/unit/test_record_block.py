@@ -1,5 +1,5 @@
-"""Usage blocks (engine/record_block.py): pieces joined are a block whose records come back in
-order, which is also a serialized UsageBatch; places sort like the records."""
+"""Usage blocks (engine/storage/record_block.py): pieces joined are a block whose records come back
+in order, which is also a serialized UsageBatch; places sort like the records."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import record_block, wire
+from engine.charging import wire
+from engine.storage import record_block
 from tollgate.v1 import billing_pb2, usage_pb2
 
 records = st.lists(st.binary(max_size=300), max_size=20)

@@ -1,4 +1,4 @@
-"""The request checks kernel (engine/kernels/checks.py) against its reference, decode's
+"""The request checks kernel (engine/charging/kernels/checks.py) against its reference, decode's
 `_request`: a request the kernel passes is one `_request` accepts, built the same; every
 other one gets `_request`'s own answer. Requests are drawn near every limit (small limits in
 the configuration) so that both sides of each check are reached."""
@@ -10,9 +10,8 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from engine import wire
-from engine.config import Config
-from engine.decode import (
+from engine.charging import wire
+from engine.charging.decode import (
     KNOWN_REASONS,
     Invalid,
     Request,
@@ -21,7 +20,8 @@ from engine.decode import (
     check_limits,
     decode_all,
 )
-from engine.kernels.checks import plain_requests
+from engine.charging.kernels.checks import plain_requests
+from engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
 
 NOW = 1_700_000_000_000

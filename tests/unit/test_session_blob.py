@@ -1,5 +1,5 @@
-"""A session's packed value (engine/session_blob.py) unpacks into the session that was packed,
-int64 amounts exact; a session hash of an earlier release parses into the same session."""
+"""A session's packed value (engine/storage/session_blob.py) unpacks into the session that was
+packed, int64 amounts exact; a session hash of an earlier release parses into the same session."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.domain import Reservation
-from engine.session_blob import (
+from engine.storage.session_blob import (
     pack_session,
     parse_session_hash,
     reservation_value,
     unpack_session,
 )
-from engine.state import Rated, SessionState
+from engine.storage.state import Rated, SessionState
 
 ids = st.text("abcdefghij-_:.|0123456789é", min_size=1, max_size=8)
 int64 = st.integers(0, 2**63 - 1)

@@ -1,4 +1,4 @@
-"""An account hash as the writers lay it out (engine/state.py's docstring) parses back into
+"""An account hash as the writers lay it out (engine/storage/state.py's docstring) parses back into
 the account that was written: buckets with their counters and order, members with their caps
 and use, cycle units, the fixed fields."""
 
@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.domain import Bucket, Member, UnitType
-from engine.state import NEVER, AccountState, bucket_fields, member_caps_value, parse_account
+from engine.storage.state import (
+    NEVER,
+    AccountState,
+    bucket_fields,
+    member_caps_value,
+    parse_account,
+)
 
 ids = st.text("abcdefghij-_:.0123456789", min_size=1, max_size=8)
 amounts = st.integers(0, 2**53)

@@ -1,4 +1,5 @@
-"""engine.usage_wire against upb, its oracle: records encoded from tables are upb's bytes."""
+"""engine.charging.engine.usage_wire against upb, its oracle: records encoded from tables are upb's
+bytes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.usage_wire import (
+from engine.charging.usage_wire import (
     C_BUCKET,
     C_MICROS,
     C_ROWS,
@@ -38,7 +39,7 @@ from engine.usage_wire import (
     REC_ZONE,
     encode_records,
 )
-from engine.wire import Strings
+from engine.charging.wire import Strings
 from tollgate.v1 import usage_pb2
 
 INT64 = st.integers(-2**63, 2**63 - 1) | st.integers(-2, 300)

@@ -1,4 +1,4 @@
-"""engine.plans.resolve_zone and rate_row: which zone a request is rated in and which rate
+"""engine.rating.plans.resolve_zone and rate_row: which zone a request is rated in and which rate
 prices a rating group there (longest destination prefix, explicit zone, home fallback)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.domain import Plan, Rate, UnitType
-from engine.plans import Prefixes, RateTable, rate_row, resolve_zone
+from engine.rating.plans import Prefixes, RateTable, rate_row, resolve_zone
 
 DATA, VOICE = 10, 100
 PREFIXES = Prefixes((("+44", "intl"), ("+4420", "london"), ("+31", ""), ("+3197", "m2m")))

@@ -4,8 +4,7 @@ request)."""
 
 from __future__ import annotations
 
-from engine.config import Config
-from engine.decode import (
+from engine.charging.decode import (
     MAX_TIME_MS,
     REPORTING_REASONS,
     REQUEST_TYPES,
@@ -16,6 +15,7 @@ from engine.decode import (
     UnitsTuple,
 )
 from engine.domain import RequestType, ResultCode
+from engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
 
 

@@ -1,0 +1,1 @@
+"""Billing: rated usage delivered, exported, re-rated and reconciled; what the streams keep."""

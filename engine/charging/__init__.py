@@ -1,0 +1,1 @@
+"""The charging path: wire bytes decoded, batched, priced by the kernels, applied, answered."""

@@ -1,0 +1,252 @@
+"""Decode and validate gateway requests from the wire codec's tables; a bad request becomes an
+error answer, never a crash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.charging import wire
+from engine.charging.kernels.checks import plain_requests
+from engine.charging.wire import (
+    LEN,
+    OFF,
+    R_DESTINATION,
+    R_NUMBER,
+    R_ORIGIN,
+    R_SESSION,
+    R_SUBSCRIBER,
+    R_TIME,
+    R_TYPE,
+    R_UNITS_HI,
+    R_UNITS_LO,
+    R_ZONE,
+    U_HAS_REQUESTED,
+    U_HAS_USED,
+    U_RATING_GROUP,
+    U_REASON,
+    U_REQUESTED,
+    U_SERVICE_ID,
+    U_USED,
+)
+from engine.domain import RequestType, ResultCode, UnitType
+from engine.ops.config import Config
+from tollgate.v1 import charging_pb2 as pb
+
+UnitsTuple = tuple[int, int, int, int, int]
+"""(total_octets, input_octets, output_octets, time_seconds, service_units)"""
+
+REPORTING_REASONS = frozenset(pb.ReportingReason.values())
+KNOWN_REASONS = np.zeros(max(REPORTING_REASONS) + 1, np.int64)
+KNOWN_REASONS[sorted(REPORTING_REASONS)] = 1
+"""1 at each known reporting reason (plain_requests' lookup)."""
+UNIT_FIELDS = ("total_octets", "input_octets", "output_octets", "time_seconds", "service_units")
+REQUEST_TYPES = {int(t): t for t in RequestType}
+STRING_FIELDS = ((R_SESSION, "session_id"), (R_SUBSCRIBER, "subscriber_id"), (R_ZONE, "zone"),
+                 (R_ORIGIN, "origin"), (R_DESTINATION, "destination"))
+"""A request's string fields in the order they are checked."""
+REQUIRED = frozenset({R_SESSION, R_SUBSCRIBER})
+MAX_TIME_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: later times have no calendar date (plan time zones need one)."""
+
+
+@dataclass(slots=True)
+class Item:
+    """One rating group of a request (an MSCC)."""
+
+    rating_group: int
+    service_id: int
+    used: UnitsTuple | None
+    requested: UnitsTuple | None  # None = no quota asked for
+
+
+@dataclass(slots=True)
+class Request:
+    session_id: str
+    request_number: int
+    type: RequestType
+    subscriber_id: str
+    time_ms: int
+    zone: str
+    origin: str
+    items: list[Item]
+    destination: str = ""
+
+
+class Invalid(Exception):
+    def __init__(self, code: ResultCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+OCTETS, SECONDS = int(UnitType.OCTETS), int(UnitType.SECONDS)
+
+
+def units_of(u: UnitsTuple | None, unit: int) -> int:
+    """The amount of a unit type (UnitType's value) in a Units tuple: octets are the total,
+    or input plus output when no total is given."""
+    if u is None:
+        return 0
+    if unit == OCTETS:
+        return u[0] if u[0] else u[1] + u[2]
+    return u[3] if unit == SECONDS else u[4]
+
+
+UNIT_FIELD = {UnitType.OCTETS: "total_octets", UnitType.SECONDS: "time_seconds",
+              UnitType.SERVICE_UNITS: "service_units"}
+"""The Units field that carries an amount of each unit type in answers."""
+
+
+def _amounts(values: UnitsTuple, n: int, part: str, limit: int) -> Invalid:
+    """Why a Units message with a value outside 0..limit is refused."""
+    where = f"units[{n}].{part}"
+    for name, v in zip(UNIT_FIELDS, values, strict=True):
+        if v < 0:
+            return Invalid(ResultCode.INVALID_AVP_VALUE, f"{where}.{name} is negative ({v})")
+        if v > limit:
+            return Invalid(ResultCode.INVALID_AVP_VALUE,
+                           f"{where}.{name} is larger than the limit {limit} ({v})")
+    raise AssertionError("the amounts are within the limits")
+
+
+def _text(value: str, name: str, limit: int) -> Invalid | None:
+    """Control characters (NUL, newlines, ...) would reach usage records, logs and the CSV
+    export."""
+    if len(value) > limit:
+        return Invalid(ResultCode.INVALID_AVP_VALUE, f"{name} is longer than {limit} characters")
+    if not value.isprintable():
+        return Invalid(ResultCode.INVALID_AVP_VALUE, f"{name} may not contain control characters")
+    return None
+
+
+class _Columns:
+    """One parsed message's tables as Python lists, read once for the whole message."""
+
+    def __init__(self, data: bytes, parsed: wire.Parsed) -> None:
+        req, units = parsed.requests.tolist(), parsed.units.tolist()
+        self.data = data
+        self.number, self.type, self.time = req[R_NUMBER], req[R_TYPE], req[R_TIME]
+        self.lo, self.hi = req[R_UNITS_LO], req[R_UNITS_HI]
+        self.strings = {row: (req[row + OFF], req[row + LEN])
+                        for row in (R_SESSION, R_SUBSCRIBER, R_ZONE, R_ORIGIN, R_DESTINATION)}
+        self.rating_group, self.service_id, self.reason = (
+            units[U_RATING_GROUP], units[U_SERVICE_ID], units[U_REASON])
+        self.has_requested, self.has_used = units[U_HAS_REQUESTED], units[U_HAS_USED]
+        self.requested = list(zip(*units[U_REQUESTED:U_REQUESTED + 5], strict=True))
+        self.used = list(zip(*units[U_USED:U_USED + 5], strict=True))
+
+    def text(self, row: int, r: int) -> str:
+        offsets, lengths = self.strings[row]
+        off = offsets[r]
+        return self.data[off:off + lengths[r]].decode()
+
+
+def decode_all(data: bytes, parsed: wire.Parsed, config: Config, now_ms: int
+               ) -> list[Request | Invalid]:
+    """Each request of a parsed message (`data`: its bytes) validated, or Invalid naming the
+    field that is wrong. One kernel pass finds the plainly valid ones, built without checks;
+    `_request` checks the others one by one and words their refusals."""
+    cols = _Columns(data, parsed)
+    plain = plain_requests(parsed.buf, parsed.requests, parsed.units,
+                           check_limits(config, now_ms), KNOWN_REASONS).tolist()
+    return [_plain_request(cols, r, now_ms) if ok else _request(cols, r, config, now_ms)
+            for r, ok in enumerate(plain)]
+
+
+def check_limits(config: Config, now_ms: int) -> np.ndarray:
+    """plain_requests' `limits` (kernels.checks L_*)."""
+    return np.array([config.max_id_length, config.max_units_per_request, config.max_units,
+                     now_ms - config.event_time_past_s * 1000,
+                     now_ms + config.event_time_future_s * 1000, MAX_TIME_MS], np.int64)
+
+
+def _plain_request(c: _Columns, r: int, now_ms: int) -> Request:
+    """A request plain_requests passed, built without checking it again."""
+    data = c.data
+    s = c.strings
+
+    def text(row: int) -> str:
+        n = s[row][1][r]
+        if not n:
+            return ""
+        off = s[row][0][r]
+        return data[off:off + n].decode()
+
+    has_used, has_requested = c.has_used, c.has_requested
+    items = [Item(c.rating_group[u], c.service_id[u], c.used[u] if has_used[u] else None,
+                  c.requested[u] if has_requested[u] else None)
+             for u in range(c.lo[r], c.hi[r])]
+    return Request(text(R_SESSION), c.number[r], REQUEST_TYPES[c.type[r]], text(R_SUBSCRIBER),
+                   c.time[r] or now_ms, text(R_ZONE), text(R_ORIGIN), items,
+                   text(R_DESTINATION))
+
+
+def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Invalid:
+    kind = REQUEST_TYPES.get(c.type[r])
+    if kind is None:
+        return Invalid(ResultCode.INVALID_AVP_VALUE if c.type[r] else ResultCode.MISSING_AVP,
+                       f"type must be INITIAL, UPDATE, TERMINATION or EVENT (got {c.type[r]})")
+    limit = config.max_id_length
+    strings = []
+    for row, name in STRING_FIELDS:
+        value = c.text(row, r)
+        if not value and row in REQUIRED:
+            return Invalid(ResultCode.MISSING_AVP, f"{name} is required")
+        problem = _text(value, name, limit)
+        if problem is not None:
+            return problem
+        strings.append(value)
+    session_id, subscriber_id, zone, origin, destination = strings
+    rn, time_ms = c.number[r], c.time[r]
+    if kind == RequestType.INITIAL and rn != 0:
+        return Invalid(ResultCode.INVALID_AVP_VALUE,
+                       f"INITIAL must have request_number 0 (got {rn})")
+    if not 0 <= time_ms <= MAX_TIME_MS:
+        return Invalid(ResultCode.INVALID_AVP_VALUE,
+                       f"event_time_ms must be between 0 and {MAX_TIME_MS} (the year 9999); "
+                       f"got {time_ms}")
+    if time_ms and not (now_ms - config.event_time_past_s * 1000 <= time_ms
+                        <= now_ms + config.event_time_future_s * 1000):
+        return Invalid(ResultCode.INVALID_AVP_VALUE,
+                       f"event_time_ms {time_ms} is outside the accepted window: at most "
+                       f"{config.event_time_past_s} s before and {config.event_time_future_s} s "
+                       "after the server's clock")
+    lo, hi = c.lo[r], c.hi[r]
+    if hi - lo > config.max_units_per_request:
+        return Invalid(ResultCode.INVALID_AVP_VALUE,
+                       f"units: at most {config.max_units_per_request} rating groups per "
+                       f"request (got {hi - lo})")
+    items = []
+    seen: set[int] = set()
+    for n, u in enumerate(range(lo, hi)):
+        rg = c.rating_group[u]
+        if rg in seen:
+            return Invalid(ResultCode.INVALID_AVP_VALUE,
+                           f"units[{n}]: rating group {rg} appears twice")
+        seen.add(rg)
+        if c.reason[u] not in REPORTING_REASONS:
+            return Invalid(ResultCode.INVALID_AVP_VALUE,
+                           f"units[{n}].reporting_reason {c.reason[u]} is not known")
+        used = c.used[u] if c.has_used[u] else None
+        requested = c.requested[u] if c.has_requested[u] else None
+        # The used units first, as upb's decoder read them.
+        for part, amounts in (("used", used), ("requested", requested)):
+            if amounts is not None and not (min(amounts) >= 0
+                                            and max(amounts) <= config.max_units):
+                return _amounts(amounts, n, part, config.max_units)
+        if kind == RequestType.EVENT and not any(used or ()) and not any(requested or ()):
+            return Invalid(ResultCode.MISSING_AVP, f"units[{n}]: an EVENT needs used or "
+                                                   "requested units")
+        items.append(Item(rg, c.service_id[u], used, requested))
+    if kind == RequestType.EVENT and not items:
+        return Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
+    return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin, items,
+                   destination)
+
+
+def error_answer(session_id: str, request_number: int, code: ResultCode, message: str
+                 ) -> bytes:
+    """A refusal's ChargeAnswer bytes (refusals are rare: upb writes them)."""
+    return pb.ChargeAnswer(session_id=session_id, request_number=request_number,
+                           result=int(code), error_message=message).SerializeToString()

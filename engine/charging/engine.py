@@ -1,0 +1,524 @@
+"""The charging engine: decode, batch, load, kernel, apply, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from engine.charging import answers, kernels, usage_wire, wire
+from engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
+from engine.charging.batcher import Batcher, Prepared
+from engine.charging.decode import Invalid, Request, decode_all, error_answer
+from engine.charging.kernels.charge import O_RESULT
+from engine.charging.outcome import Outcome, Timing, build_outcome
+from engine.domain import Plan, RequestType, ResultCode, SubscriberState
+from engine.errors import InvalidArgument, NotFound
+from engine.ops import metrics
+from engine.ops.config import Config
+from engine.rating.cycles import renew_if_due
+from engine.rating.plans import RateTable
+from engine.storage.state import AccountState, SessionState
+from engine.storage.store import AccountWrite, Store
+from tollgate.v1 import charging_pb2 as pb
+
+log = logging.getLogger("tollgate.engine")
+T = TypeVar("T")
+
+MAX_RERUNS = 50
+"""A request whose account keeps changing under it is answered UNABLE_TO_COMPLY after this."""
+
+SUCCESS = int(ResultCode.SUCCESS)
+DENIED_STATES = frozenset({SubscriberState.SUSPENDED, SubscriberState.TERMINATED})
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+OTHERS_QUIET_S = 10.0
+"""After another writer's change was last seen (a version conflict or a stale cached account),
+how long every cached account a batch uses has its version checked with the batch's reads. A
+server alone on its Redis never checks (each costs the client about 5 µs, versions.lua)."""
+
+
+async def by_deadline(deadline: float, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, or TimeoutError at `deadline` (event-loop time). The work runs as a
+    task that is cancelled then but not waited for: a cancelled redis-py call was seen to hold
+    on until Redis answered (Redis paused), and a batch's requests are answered by their
+    deadline. A write it sent may still run in Redis: the version check makes that safe, as
+    for any answer lost on the way (the requests are answered UNABLE_TO_COMPLY)."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=deadline - asyncio.get_running_loop().time())
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_outcome_ignored)
+        raise TimeoutError
+    return task.result()
+
+
+def _outcome_ignored(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio would log it as never retrieved
+
+
+def _opens_session(req: Request) -> bool:
+    """An INITIAL, or an EVENT's first request: its session is new unless this is a
+    retransmission, so it is not read first; the apply refuses it if the session exists
+    (engine/storage/lua/apply.lua), and it runs again on what was read then."""
+    return req.type == RequestType.INITIAL or (req.type == RequestType.EVENT
+                                               and req.request_number == 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A batch through the kernel: its items, their results, and what to write."""
+
+    kb: KernelBatch
+    res: KernelResult
+    outcome: Outcome
+
+
+class Engine:
+    """Owns the batcher, the caches and the hot path; the servicers only translate."""
+
+    def __init__(self, store: Store, config: Config,
+                 clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.accounts: OrderedDict[str, AccountState] = OrderedDict()
+        self._subscribers: dict[str, tuple[str, SubscriberState, float]] = {}
+        self._plans: dict[str, tuple[Plan, float]] = {}
+        self.rates = RateTable()
+        self.batcher: Batcher[Pending] = Batcher(
+            self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
+            config.max_queue, config.shared_batch)
+        self.conflicts = 0
+        self.stale_reads = 0  # cached accounts found moved on before use (see _load)
+        self._others_seen = -OTHERS_QUIET_S  # when another writer last showed (monotonic s)
+        self._watcher: asyncio.Task[None] | None = None
+        self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
+        self._in_flight: set[str] = set()  # accounts of the batch launched last (see _prepare)
+        store.subscriber_listeners.append(self._forget_subscriber)
+
+    def start(self) -> None:
+        self.warm_up()
+        self.batcher.start()
+        self._watcher = asyncio.create_task(self.store.watch_subscriber_changes())
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    def warm_up(self) -> None:
+        """Loads (or compiles) the kernels now, so that no request waits for Numba."""
+        fresh = not kernels.compiled()
+        if fresh:
+            # Compiling takes about a minute on a small machine: say so, or a first start
+            # looks hung.
+            log.warning("compiling the kernels for this version (once per install or "
+                        "upgrade; later starts load them from the cache)")
+        started = time.monotonic()
+        assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
+        wire.warm_up()
+        usage_wire.warm_up()
+        answers.warm_up()
+        if fresh:
+            log.warning("kernels compiled in %.0f s", time.monotonic() - started)
+
+    def _forget_subscriber(self, subscriber_id: str | None) -> None:
+        self._subscriber_changes += 1
+        if subscriber_id is None:
+            self._subscribers.clear()
+        else:
+            self._subscribers.pop(subscriber_id, None)
+
+    # --- entry point ---------------------------------------------------------------------
+
+    def parse(self, data: bytes, single: bool = False) -> wire.Parsed:
+        """The tables of a ChargeBatchRequest's wire bytes (a ChargeRequest's if `single`);
+        InvalidArgument for bytes that cannot be read or too many requests."""
+        parsed = wire.parse_request(data) if single else wire.parse_batch(data)
+        n = parsed.requests.shape[1]
+        limit = self.config.max_requests_per_call
+        if n > limit:
+            raise InvalidArgument(f"{n} requests in one message; the limit is {limit}")
+        return parsed
+
+    def submit(self, data: bytes, parsed: wire.Parsed, source: object = None) -> Answers:
+        """Queues the requests of a parsed message (`data`: its bytes); the returned call's
+        future resolves to their answers' bytes, in order, once their effects are in Redis.
+        Raises Overloaded when the queue is full (nothing is queued then). `source`: the
+        stream the requests come from (None: the call is its own), for the batcher's fair
+        turns between callers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_deadline_s
+        call = Answers(parsed.requests[wire.R_TYPE].tolist(), loop.create_future())
+        pending: list[Pending] = []
+        for slot, request in enumerate(decode_all(data, parsed, self.config, self.clock())):
+            if isinstance(request, Invalid):
+                call.put(slot, error_answer(
+                    parsed.text(wire.R_SESSION, slot),
+                    int(parsed.requests[wire.R_NUMBER, slot]), request.code, str(request)),
+                    request.code)
+            else:
+                pending.append(Pending(request, call, slot, deadline=deadline))
+        if pending:
+            self.batcher.submit(pending, source)
+        return call
+
+    async def charge(self, msgs: list[pb.ChargeRequest]) -> list[pb.ChargeAnswer]:
+        """The answers to request messages (tests and fronts that hold messages, not bytes)."""
+        # Each request's bytes joined as the batch's field 1: what ChargeBatchRequest would
+        # write, without copying every message into one first.
+        data = wire.field_1([m.SerializeToString() for m in msgs])
+        call = self.submit(data, self.parse(data))
+        return [pb.ChargeAnswer.FromString(a) for a in await call.future]
+
+    def _fail(self, batch: list[Pending], error: BaseException) -> None:
+        """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a
+        retransmission finds the stored answer if it was. Cached state is dropped."""
+        metrics.BATCH_ERRORS.inc()
+        # A Redis outage fails every batch: one line each, no traceback (that is for bugs).
+        if isinstance(error, TimeoutError):
+            why = (f"storage did not answer within request_deadline_s "
+                   f"({self.config.request_deadline_s:g} s), retry")
+            log.warning("batch failed: %s", why, extra={"requests": len(batch)})
+        elif isinstance(error, RedisError | OSError):
+            # The detail (addresses, errno) is for the log, not for gateways.
+            why = "storage unavailable, retry"
+            log.warning("batch failed: %s (%s: %s)", why, type(error).__name__, error,
+                        extra={"requests": len(batch)})
+        else:
+            why = f"internal error ({type(error).__name__}), retry"
+            log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
+        for p in batch:
+            self.accounts.pop(p.account_id, None)
+            p.refuse(ResultCode.UNABLE_TO_COMPLY, why)
+
+    # --- one batch ----------------------------------------------------------------------
+
+    async def _prepare(self, batch: list[Pending]) -> Prepared[Pending]:
+        """Answers what waited past its deadline without running it (so it is never applied),
+        and prepares the rest under the earliest remaining deadline: everything up to the
+        apply, which `finish` does. Requests of an account the batch in flight writes wait
+        for the next batch: they must see its effects."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        live = []
+        for p in batch:
+            if p.deadline <= now:
+                p.refuse(ResultCode.UNABLE_TO_COMPLY,
+                         f"not run within request_deadline_s ({self.config.request_deadline_s:g}"
+                         " s): storage is slow or unreachable, retry")
+            else:
+                live.append(p)
+        if not live:
+            return Prepared([])
+        deadline = min(p.deadline for p in live)
+        order = {id(p): n for n, p in enumerate(live)}
+        metrics.BATCH_SIZE.observe(len(live))
+        metrics.QUEUED.set(self.batcher.queued)
+        live, later, run = await by_deadline(deadline, self._read_and_run(live))
+        # Requests run again keep their arrival order: a session's later request must not
+        # overtake an earlier one.
+        later.sort(key=lambda p: order[id(p)])
+        if run is None:
+            return Prepared([], later=later)
+        # Set now: the batch in flight until this one is launched has no account in common,
+        # and nothing else is prepared before this one is launched.
+        self._in_flight = {p.account_id for p in live}
+
+        async def finish() -> list[Pending]:
+            conflicted = await by_deadline(deadline, self._apply(run.kb, run.outcome.writes))
+            again = self._settle(live, run, conflicted)
+            return sorted(again, key=lambda p: order[id(p)])
+
+        return Prepared(live, finish, later)
+
+    async def _read_and_run(self, live: list[Pending]
+                            ) -> tuple[list[Pending], list[Pending], Run | None]:
+        """Reads what the batch needs and runs the kernel: the requests run, those for a later
+        batch, and the run (None: nothing left to run)."""
+        live = await self._resolve_subscribers(live)
+        # The batch before this one may land while this one reads; its accounts stay
+        # busy until its re-runs are back in the queue (they go before these).
+        busy = self._in_flight if self.batcher.applying else set()
+        later = [p for p in live if p.account_id in busy]
+        metrics.WAITED.inc(len(later))
+        live, deferred = self._one_request_per_session(
+            [p for p in live if p.account_id not in busy])
+        await self._load(live)
+        live = self._check_sessions(live)
+        if not live:
+            return live, later + deferred, None
+        await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
+        return live, later + deferred, self._run(live)
+
+    async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
+        now = time.monotonic()
+        known: dict[str, tuple[str, SubscriberState]] = {}
+        missing = []
+        for sid in sorted({p.request.subscriber_id for p in batch}):
+            entry = self._subscribers.get(sid)
+            if entry is not None and entry[2] > now:
+                known[sid] = entry[:2]
+            else:
+                missing.append(sid)
+        if missing:
+            ttl = now + self.config.subscriber_cache_s
+            changes = self._subscriber_changes
+            found = await self.store.read_subscribers(missing)
+            # A change heard while reading may be newer than what was read: use it for this
+            # batch (it was true when read), but cache it only if nothing changed meanwhile.
+            keep = changes == self._subscriber_changes
+            for sid, sub in zip(missing, found, strict=True):
+                if sub is None:
+                    self._subscribers.pop(sid, None)
+                    continue
+                known[sid] = sub
+                if keep:
+                    self._subscribers[sid] = (sub[0], sub[1], ttl)
+        out = []
+        for p in batch:
+            sub = known.get(p.request.subscriber_id)
+            if sub is None:
+                p.refuse(ResultCode.USER_UNKNOWN,
+                         f"subscriber {p.request.subscriber_id!r} is not known")
+            elif sub[1] in DENIED_STATES:
+                p.refuse(ResultCode.END_USER_SERVICE_DENIED, f"subscriber is {sub[1].name}")
+            else:
+                # Kept with the request: the cache may drop the entry before the kernel runs.
+                p.account_id, p.grace = sub[0], sub[1] == SubscriberState.GRACE
+                out.append(p)
+        return out
+
+    @staticmethod
+    def _one_request_per_session(batch: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+        """Exact retransmissions ride along with their original; a later request of a session
+        already in the batch waits for the next batch (it must see this one's effects)."""
+        first: dict[tuple[str, int, str], Pending] = {}
+        sessions: set[str] = set()
+        live, deferred = [], []
+        for p in batch:
+            # The subscriber is part of the key: another subscriber's request with the same
+            # numbers is no retransmission and must not get this one's answer.
+            key = (p.request.session_id, p.request.request_number, p.request.subscriber_id)
+            if key in first:
+                first[key].followers.append(p)
+            elif key[0] in sessions:
+                deferred.append(p)
+            else:
+                first[key] = p
+                sessions.add(key[0])
+                live.append(p)
+        return live, deferred
+
+    async def _load(self, batch: list[Pending]) -> None:
+        """Puts every account of the batch, with the sessions it needs, in the cache."""
+        sessions_of: dict[str, set[str]] = {}
+        stale: set[str] = set()
+        check: dict[str, int] = {}  # cached account -> its cached version, to compare
+        # While other servers write these accounts, every cached one is checked.
+        shared = time.monotonic() - self._others_seen < OTHERS_QUIET_S
+        for p in batch:
+            sessions_of.setdefault(p.account_id, set()).add(p.request.session_id)
+            acct = self.accounts.get(p.account_id)
+            if acct is None or (p.request.session_id not in acct.sessions
+                                and not _opens_session(p.request)):
+                stale.add(p.account_id)
+            else:
+                if shared:
+                    # Another server (another worker) may have written it since it was
+                    # cached. Its version is compared in Redis alongside the batch's reads; a
+                    # stale copy costs a second read instead of a refused write and a re-run.
+                    check[p.account_id] = acct.version
+                self.accounts.move_to_end(p.account_id)
+        for account_id in stale:
+            check.pop(account_id, None)
+        if not stale and not check:
+            return
+        # Read every session the batch needs of such an account, not only the missing ones:
+        # if the account moved on, the cached sessions are dropped with the old version.
+        wanted = [(a, sorted(sessions_of[a])) for a in stale]
+        with metrics.LOAD_SECONDS.time():
+            if check:
+                loaded, moved = await asyncio.gather(self.store.read_accounts(wanted),
+                                                     self.store.moved_accounts(check))
+            else:
+                loaded, moved = await self.store.read_accounts(wanted), set()
+            if moved:
+                metrics.STALE_READS.inc(len(moved))
+                self.stale_reads += len(moved)
+                self._others_seen = time.monotonic()
+                again = [(a, sorted(sessions_of[a])) for a in moved]
+                wanted += again
+                loaded += await self.store.read_accounts(again)
+        for (account_id, session_ids), (acct, sessions) in zip(wanted, loaded, strict=True):
+            if acct is None:
+                self.accounts.pop(account_id, None)
+                continue
+            old = self.accounts.get(account_id)
+            if old is not None and old.version == acct.version:
+                acct.sessions = old.sessions
+            for sid, s in zip(session_ids, sessions, strict=True):
+                if s is not None:
+                    acct.sessions[sid] = s
+            self.accounts[account_id] = acct
+        while len(self.accounts) > self.config.account_cache_size:
+            self.accounts.popitem(last=False)
+
+    def _check_sessions(self, batch: list[Pending]) -> list[Pending]:
+        """Answers retransmissions from stored answers and refuses what the session state
+        does not allow; returns the requests to charge."""
+        out = []
+        for p in batch:
+            acct = self.accounts.get(p.account_id)
+            req = p.request
+            if acct is None:
+                p.refuse(ResultCode.UNABLE_TO_COMPLY,
+                         f"account of subscriber {req.subscriber_id!r} is missing")
+                continue
+            s = acct.sessions.get(req.session_id)
+            if s is not None and not s.owned_by(req.subscriber_id, p.account_id):
+                # Checked before the stored answers: they are the owner's. An INITIAL or a
+                # first EVENT on a session not read comes here too, once the apply refused it
+                # as existing and it was read.
+                p.refuse(ResultCode.UNKNOWN_SESSION_ID,
+                         f"session {req.session_id!r} belongs to another subscriber")
+                continue
+            if s is not None and req.request_number in s.answers:
+                stored = s.answers[req.request_number]
+                p.answer(stored, pb.ChargeAnswer.FromString(stored).result)
+                continue
+            problem = self._session_problem(req, s)
+            if problem is not None:
+                p.refuse(*problem)
+                continue
+            out.append(p)
+        return out
+
+    @staticmethod
+    def _session_problem(req: Request, s: SessionState | None
+                         ) -> tuple[ResultCode, str] | None:
+        if req.type == RequestType.EVENT:
+            if s is not None and not s.is_event:
+                return ResultCode.INVALID_AVP_VALUE, "session_id belongs to a charging session"
+            if s is not None and req.request_number < s.last_rn:
+                return ResultCode.UNKNOWN_SESSION_ID, "request_number is older than the last one"
+            return None
+        if req.type == RequestType.INITIAL:
+            if s is not None:
+                return ResultCode.INVALID_AVP_VALUE, f"session {req.session_id!r} already exists"
+            return None
+        if s is None or s.is_event:
+            return ResultCode.UNKNOWN_SESSION_ID, f"no open session {req.session_id!r}"
+        if s.ended:
+            return ResultCode.UNKNOWN_SESSION_ID, f"session {req.session_id!r} has ended"
+        if req.request_number < s.last_rn:
+            return (ResultCode.UNKNOWN_SESSION_ID,
+                    f"request_number {req.request_number} is older than {s.last_rn}")
+        return None
+
+    async def _load_plans(self, plan_ids: set[str]) -> None:
+        now = time.monotonic()
+        for plan_id in plan_ids:
+            cached = self._plans.get(plan_id)
+            if cached is not None and cached[1] > now:
+                continue
+            version = await self.store.plan_version(plan_id)
+            if cached is None or cached[0].version != version:
+                try:
+                    plan = await self.store.get_plan(plan_id, version)
+                except NotFound:
+                    log.error("plan %r of an account does not exist", plan_id)
+                    continue
+            else:
+                plan = cached[0]
+            self._plans[plan_id] = (plan, now + self.config.plan_refresh_s)
+
+    # --- kernel, apply, answer ----------------------------------------------------------
+
+    def _run(self, batch: list[Pending]) -> Run:
+        plans = {pid: entry[0] for pid, entry in self._plans.items()}
+        now = self.clock()
+        renewals: dict[str, dict[str, int]] = {}
+        for account_id in {p.account_id for p in batch}:
+            acct = self.accounts[account_id]
+            sets = renew_if_due(acct, plans.get(acct.plan_id), now)
+            if sets:
+                renewals[account_id] = sets
+        grace = {p.request.subscriber_id for p in batch if p.grace}
+        kb = assemble(batch, self.accounts, plans, self.rates, grace, now)
+        with metrics.KERNEL_SECONDS.time():
+            res = kb.run(self.rates)
+        # Counted when run: a batch run again after a version conflict counts again (rare).
+        metrics.count_grants(res.outputs[O_RESULT][kb.shown().astype(bool)])
+        timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
+                        self.config.stale_grace_s)
+        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))
+
+    async def _apply(self, kb: KernelBatch, writes: dict[str, AccountWrite]) -> set[str]:
+        """Applies every account's write; returns the accounts refused by the version check."""
+        by_partition: dict[int, list[AccountWrite]] = {}
+        owners: dict[int, list[str]] = {}
+        for account_id, w in writes.items():
+            p = kb.accounts[kb.index[account_id]].partition
+            by_partition.setdefault(p, []).append(w)
+            owners.setdefault(p, []).append(account_id)
+        with metrics.APPLY_SECONDS.time():
+            refused = await self.store.apply(by_partition,
+                                             self.config.answer_retention_s * 1000)
+        return {owners[p][g] for p, groups in refused.items() for g in groups}
+
+    def _settle(self, batch: list[Pending], run: Run, conflicted: set[str]) -> list[Pending]:
+        """Brings the cache up to what was applied and answers; requests of accounts another
+        writer moved are returned, to run again on fresh state."""
+        kb, outcome = run.kb, run.outcome
+        refused: set[int] = set()
+        for account_id in outcome.writes:
+            if account_id in conflicted:
+                self.accounts.pop(account_id, None)
+                self.conflicts += 1
+                metrics.CONFLICTS.inc()
+                self._others_seen = time.monotonic()
+                refused.add(kb.index[account_id])
+            else:
+                kb.accounts[kb.index[account_id]].version += 1
+        kb.keep(run.res, refused)
+        again: list[Pending] = []
+        for p in batch:
+            if p.account_id in conflicted:
+                p.reruns += 1
+                if p.reruns > MAX_RERUNS:
+                    p.refuse(ResultCode.UNABLE_TO_COMPLY, "account is changing too fast, retry")
+                else:
+                    again.append(p)
+                continue
+            session = outcome.sessions[id(p)]
+            acct = kb.accounts[kb.index[p.account_id]]
+            if session.ended:  # a TERMINATION's, and every EVENT's
+                # Kept only in Redis, with its stored answers: a later request reads it, and a
+                # retransmitted first request (not read first) is refused by the apply as
+                # existing, then read and answered. Cached, every event id would stay until
+                # the account is evicted.
+                acct.sessions.pop(session.session_id, None)
+            else:
+                acct.sessions[session.session_id] = session
+            p.answer(outcome.answers[id(p)], SUCCESS)
+        return again

@@ -1,0 +1,66 @@
+"""Flow control of one ChargeStream: how many of its requests may be in flight, and how
+fast it may send them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import Gauge
+
+from engine.ops import metrics
+
+
+class Window:
+    """Counts a stream's requests from submission until gRPC has taken their answer. The
+    stream's reader takes room before it submits a message and so stops reading while the
+    window is full: the client's sends then wait on gRPC flow control, instead of answers
+    piling up in the server for a client that does not read them."""
+
+    def __init__(self, limit: int, gauge: Gauge = metrics.STREAM_IN_FLIGHT) -> None:
+        self.limit = limit
+        self.used = 0
+        self.gauge = gauge  # what this window's requests count in
+        self._room = asyncio.Event()
+
+    async def take(self, n: int) -> None:
+        """Waits until `n` more fit; a message larger than the whole window runs alone."""
+        while self.used and self.used + n > self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self.used += n
+        self.gauge.inc(n)
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self.gauge.dec(n)
+        self._room.set()
+
+    def close(self) -> None:
+        """The stream ended: what it still held is no longer in flight."""
+        self.give(self.used)
+
+
+class Rate:
+    """A token bucket: a stream's requests at most `per_s` a second on average, and a
+    second's worth at once (stream_max_rate). The reader waits here before it submits, so,
+    as for the window, gRPC flow control holds the client back."""
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = per_s
+        self._tokens = per_s
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.per_s, self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+
+    async def take(self, n: int) -> None:
+        """Waits until the bucket is not in debt, then takes `n` (a message larger than the
+        bucket goes whole, and the next waits for the debt)."""
+        self._refill()
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.per_s)
+            self._refill()
+        self._tokens -= n

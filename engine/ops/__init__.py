@@ -1,0 +1,1 @@
+"""Operating Tollgate: configuration, command line, workers, metrics, logs, security, demo."""

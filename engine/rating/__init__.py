@@ -1,0 +1,1 @@
+"""Rating and plans: tariffs validated, read from plan files, compiled to rate arrays; cycles."""

@@ -1,0 +1,1 @@
+"""Storage: Redis as the source of truth; key layout, Lua scripts, clients, the state read."""
