@@ -36,7 +36,7 @@ class Config:
     """Number of partitions; fixed at first start of an installation."""
     max_batch: int = 1024
     """Most requests in one micro-batch."""
-    shared_batch: int = 128
+    shared_batch: int = 64
     """Most requests in one micro-batch while a small caller (at most shared_batch / 8
     requests waiting: a unary Charge, a small ChargeBatch) waits beside a bulk one (a stream
     or a ChargeBatch with more): the small caller's latency is a few batches' CPU, so this
