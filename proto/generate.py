@@ -1,4 +1,5 @@
-"""Generates the tollgate.v1 protobuf/gRPC modules from the .proto files beside this script.
+"""Generates the tollgate.v1 protobuf/gRPC modules (tollgate/v1/ at the repository root)
+from the .proto files beside this script.
 
 Run by setup.py at build time (`pip install -e .`), and by the test that checks the
 installed modules are current. Usage: python proto/generate.py [OUT_DIR]
@@ -10,9 +11,10 @@ import sys
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PROTO_ROOT.parent
 
 
-def generate(out_dir: Path = PROTO_ROOT) -> list[Path]:
+def generate(out_dir: Path = REPO_ROOT) -> list[Path]:
     import grpc_tools
     from grpc_tools import protoc
 
@@ -27,5 +29,5 @@ def generate(out_dir: Path = PROTO_ROOT) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else PROTO_ROOT):
+    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else REPO_ROOT):
         print(path)
