@@ -144,6 +144,8 @@ class KernelResult:
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
     items: np.ndarray  # the kernel's item table (a row per item, ITEM_COLUMNS columns)
     outputs: np.ndarray  # the kernel's item outputs (kernels.charge O_* rows)
+    shown: np.ndarray  # per item, 1 if its grant is in its request's answer (0: a release
+    # the TERMINATION did not mention)
 
 
 @dataclass(slots=True)
@@ -160,11 +162,6 @@ class KernelBatch:
     rows: list[tuple[int, ...]]  # per item, its ITEM_COLUMNS values
     items_of: dict[int, list[int]]  # id(pending) -> its items
     slots: list[tuple[int, int]] = field(default_factory=list)  # slot -> (account, rg)
-
-    def shown(self) -> np.ndarray:
-        """Per item, 1 if its grant is in its request's answer (0: a release the
-        TERMINATION did not mention)."""
-        return np.array([not ref.internal for ref in self.refs], np.int64)
 
     def run(self, rates: RateTable) -> KernelResult:
         def i64(rows: list[list[int]]) -> np.ndarray:
@@ -209,7 +206,8 @@ class KernelBatch:
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
-                            charges=charges, events=events, items=items, outputs=out)
+                            charges=charges, events=events, items=items, outputs=out,
+                            shown=np.array([not ref.internal for ref in self.refs], np.int64))
 
     def _changes(self, before: np.ndarray, after: np.ndarray
                  ) -> list[tuple[int, int, int, int]]:

@@ -468,7 +468,7 @@ class Engine:
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
         # Counted when run: a batch run again after a version conflict counts again (rare).
-        metrics.count_grants(res.outputs[O_RESULT][kb.shown().astype(bool)])
+        metrics.count_grants(res.outputs[O_RESULT][res.shown.astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
         return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))
