@@ -250,3 +250,10 @@ def error_answer(session_id: str, request_number: int, code: ResultCode, message
     """A refusal's ChargeAnswer bytes (refusals are rare: upb writes them)."""
     return pb.ChargeAnswer(session_id=session_id, request_number=request_number,
                            result=int(code), error_message=message).SerializeToString()
+
+
+def warm_up(config: Config) -> None:
+    """Loads (or compiles) the checks kernel for what the server passes (a message's bytes
+    from gRPC: a read-only array), so that no request waits for Numba."""
+    data = b"\x0a\x02\x08\x01"  # a batch of one request that is refused (no type)
+    decode_all(data, wire.parse_batch(data), config, 0)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from engine.charging import answers, kernels, usage_wire, wire
+from engine.charging import answers, decode, kernels, usage_wire, wire
 from engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.charging.batcher import Batcher, Prepared
 from engine.charging.decode import Invalid, Request, decode_all, error_answer
@@ -136,6 +136,7 @@ class Engine:
         started = time.monotonic()
         assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
         wire.warm_up()
+        decode.warm_up(self.config)
         usage_wire.warm_up()
         answers.warm_up()
         if fresh:

@@ -106,3 +106,11 @@ def test_plain_requests_are_most_of_a_gateway_batch():
     parsed = wire.parse_batch(data)
     assert plain_requests(parsed.buf, parsed.requests, parsed.units,
                           check_limits(CONFIG, NOW), KNOWN_REASONS).tolist() == [1] * 5
+
+
+def test_warm_up_compiles_the_checks_for_a_message_from_grpc():
+    """The engine warms it at start: the first request must not wait for Numba."""
+    from engine.charging import decode
+
+    decode.warm_up(CONFIG)
+    assert any(not sig[0].mutable for sig in plain_requests.signatures)  # read-only bytes
