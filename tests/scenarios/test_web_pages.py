@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -135,14 +136,22 @@ def _shot(driver: object, name: str) -> None:
     driver.save_screenshot(str(IMAGES / name))  # type: ignore[attr-defined]
 
 
+def _wait(driver: object, seconds: float) -> Any:
+    """A wait that reads again an element replaced while it was read: the live pages redraw
+    their tables every second, and a row found just before a redraw is stale when read."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, seconds,  # type: ignore[arg-type]
+                         ignored_exceptions=(StaleElementReferenceException,))
+
+
 def test_operator_and_subscriber_pages_in_a_browser(live: tuple[Live, Gateway, str],
                                                      browser: object) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
     app, gw, token = live
     d = browser
-    wait = WebDriverWait(d, 15)  # type: ignore[arg-type]
+    wait = _wait(d, 15)
     assert app.app.web is not None
     url = app.app.web.url
     subs = app.run(functools.partial(gw.setup, plan=DEMO_PLAN, accounts=5, money=200 * EUR))
@@ -225,10 +234,9 @@ def test_segments_page_builds_a_segment_and_sends_it_an_offer(
         live: tuple[Live, Gateway, str], browser: object, hook: HttpReceiver) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
     app, gw, token = live
     d = browser
-    wait = WebDriverWait(d, 20)  # type: ignore[arg-type]
+    wait = _wait(d, 20)
     assert app.app.web is not None
     url = app.app.web.url
     subs = app.run(functools.partial(gw.setup, plan=DEMO_PLAN, accounts=8, money=30 * EUR))
@@ -265,7 +273,7 @@ def test_segments_page_builds_a_segment_and_sends_it_an_offer(
     d.switch_to.alert.accept()  # type: ignore[attr-defined]
     wait.until(lambda _: "queued for state GRACE" in text("send-msg"))
     wait.until(lambda _: "done" in text("sends"))
-    row = d.find_element(By.CSS_SELECTOR, "#sends tr:nth-child(2)").text  # type: ignore[attr-defined]
+    row = wait.until(lambda _: d.find_element(By.CSS_SELECTOR, "#sends tr:nth-child(2)").text)  # type: ignore[attr-defined]
     assert "winback" in row and "care-desk" in row and row.endswith("1 1")
     sent = [h.json() for h in hook.on("/hook")]
     assert [m["subscriber_id"] for m in sent] == [grace] and sent[0]["offer_id"]
@@ -284,7 +292,7 @@ def test_segments_page_builds_a_segment_and_sends_it_an_offer(
     wait.until(lambda _: "Thank you" in text("msg"))
     d.get(f"{url}/dashboard")  # type: ignore[attr-defined]
     wait.until(lambda _: "winback" in text("campaigns"))
-    row = d.find_element(By.CSS_SELECTOR, "#campaigns tr:nth-child(2)").text  # type: ignore[attr-defined]
+    row = wait.until(lambda _: d.find_element(By.CSS_SELECTOR, "#campaigns tr:nth-child(2)").text)  # type: ignore[attr-defined]
     assert row == "winback 1 1 1 5.00 1 -100"
     assert "NPS -100 over 1 answers" in text("nps")
     IMAGES.mkdir(parents=True, exist_ok=True)
