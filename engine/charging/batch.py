@@ -342,13 +342,12 @@ class _Pricing(NamedTuple):
     plan: Plan | None
     rows: dict[tuple[int, str], int]  # (rating group, zone) -> rate row
     prefixes: Prefixes | None  # the plan's destination prefixes (None: no plan)
-    timezone: str
 
 
 def _pricing(plan: Plan | None, rates: RateTable) -> _Pricing:
     if plan is None:
-        return _Pricing(None, {}, None, "")
-    return _Pricing(plan, rates.rows(plan), rates.prefixes(plan), plan.timezone)
+        return _Pricing(None, {}, None)
+    return _Pricing(plan, rates.rows(plan), rates.prefixes(plan))
 
 
 def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: list[Rate],
@@ -368,7 +367,7 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: li
     else:
         held, rated, cost, start = {}, {}, 0, req.time_ms
     time_ms = req.time_ms
-    offset = local_offset_ms(pricing.timezone, time_ms)
+    offset = local_offset_ms(plan.timezone, time_ms) if plan is not None else 0
     start = min(start, time_ms) + offset
     member = kb.member_index.get((p.account_id, req.subscriber_id), -1) if kb.member_index else -1
     entries = [(it.rating_group, it.service_id, it.used, it.requested, False)

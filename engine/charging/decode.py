@@ -138,8 +138,11 @@ class _Columns:
 
     def text(self, row: int, r: int) -> str:
         offsets, lengths = self.strings[row]
+        n = lengths[r]
+        if not n:  # zone, origin and destination are often empty
+            return ""
         off = offsets[r]
-        return self.data[off:off + lengths[r]].decode()
+        return self.data[off:off + n].decode()
 
 
 def decode_all(data: bytes, parsed: wire.Parsed, config: Config, now_ms: int
@@ -163,23 +166,14 @@ def check_limits(config: Config, now_ms: int) -> np.ndarray:
 
 def _plain_request(c: _Columns, r: int, now_ms: int) -> Request:
     """A request plain_requests passed, built without checking it again."""
-    data = c.data
-    s = c.strings
-
-    def text(row: int) -> str:
-        n = s[row][1][r]
-        if not n:
-            return ""
-        off = s[row][0][r]
-        return data[off:off + n].decode()
-
+    text = c.text
     has_used, has_requested = c.has_used, c.has_requested
     items = [Item(c.rating_group[u], c.service_id[u], c.used[u] if has_used[u] else None,
                   c.requested[u] if has_requested[u] else None)
              for u in range(c.lo[r], c.hi[r])]
-    return Request(text(R_SESSION), c.number[r], REQUEST_TYPES[c.type[r]], text(R_SUBSCRIBER),
-                   c.time[r] or now_ms, text(R_ZONE), text(R_ORIGIN), items,
-                   text(R_DESTINATION))
+    return Request(text(R_SESSION, r), c.number[r], REQUEST_TYPES[c.type[r]],
+                   text(R_SUBSCRIBER, r), c.time[r] or now_ms, text(R_ZONE, r),
+                   text(R_ORIGIN, r), items, text(R_DESTINATION, r))
 
 
 def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Invalid:

@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from engine.charging import answers, decode, kernels, usage_wire, wire
+from engine.charging import answers, kernels, usage_wire, wire
 from engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from engine.charging.batcher import Batcher, Prepared
 from engine.charging.decode import Invalid, Request, decode_all, error_answer
+from engine.charging.decode import warm_up as warm_up_checks
 from engine.charging.kernels.charge import O_RESULT
 from engine.charging.outcome import Outcome, Timing, build_outcome
 from engine.domain import Plan, RequestType, ResultCode, SubscriberState
@@ -136,7 +137,7 @@ class Engine:
         started = time.monotonic()
         assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
         wire.warm_up()
-        decode.warm_up(self.config)
+        warm_up_checks(self.config)
         usage_wire.warm_up()
         answers.warm_up()
         if fresh:

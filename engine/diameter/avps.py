@@ -40,16 +40,11 @@ class AvpDef:
     """Whether Tollgate sets the M flag when it sends this AVP."""
     flags: int = field(init=False, compare=False)
     """The flags Tollgate sends it with (V for a vendor's, M where mandatory)."""
-    number: int = field(init=False, compare=False)
-    """For the integer types: 4 or 8 bytes, negative if signed (0: not an integer)."""
 
     def __post_init__(self) -> None:
-        # Set once here: the encoder reads them for every AVP it writes.
+        # Set once here: every AVP built is flagged by it.
         object.__setattr__(self, "flags", (0x80 if self.vendor else 0)
                            | (0x40 if self.mandatory else 0))
-        size = {"Unsigned32": 4, "Enumerated": 4, "Time": 4, "Unsigned64": 8,
-                "Integer32": -4, "Integer64": -8}.get(self.type.value, 0)
-        object.__setattr__(self, "number", size)
 
 
 def _d(code: int, name: str, kind: AvpType, vendor: int = 0, mandatory: bool = True) -> AvpDef:

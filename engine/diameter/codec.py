@@ -23,8 +23,7 @@ U32 = struct.Struct(">I")
 I32 = struct.Struct(">i")
 U64 = struct.Struct(">Q")
 I64 = struct.Struct(">q")
-NUMBERS = {4: U32, 8: U64, -4: I32, -8: I64}
-"""An integer AVP's data by AvpDef.number (an integer of an unknown AVP is an Unsigned32)."""
+
 
 FLAG_REQUEST, FLAG_PROXIABLE, FLAG_ERROR, FLAG_RETRANSMIT = 0x80, 0x40, 0x20, 0x10
 AVP_VENDOR, AVP_MANDATORY, AVP_PRIVATE = 0x80, 0x40, 0x20
@@ -45,6 +44,12 @@ DECODING: dict[tuple[int, int], tuple[AvpDef, int, int, bool]] = {
     for key, d in DICTIONARY.items()}
 """(code, vendor) -> definition, how its data is read, fixed size (0: variable), signed: one
 look-up per AVP."""
+_NUMBERS = {(4, False): U32, (8, False): U64, (4, True): I32, (8, True): I64}
+ENCODING: dict[tuple[int, int], struct.Struct] = {
+    key: _NUMBERS[size, signed] for key, (_, how, size, signed) in DECODING.items()
+    if how == AS_INT}
+"""(code, vendor) -> how an integer AVP's data is written; an integer of an AVP not listed
+(unknown, or not of an integer type) is written as an Unsigned32."""
 ADDRESS_SIZE = {1: 4, 2: 16}
 """Address family (IANA: 1 IPv4, 2 IPv6) -> address length."""
 
@@ -68,8 +73,6 @@ class Avp:
     flags: int = AVP_MANDATORY
     raw: bytes | None = None
     """The data as received (None for an AVP built here): Failed-AVP sends it back as is."""
-    d: AvpDef | None = field(default=None, compare=False, repr=False)
-    """The definition an AVP built here was built from (the encoder needs no look-up)."""
 
     @property
     def definition(self) -> AvpDef | None:
@@ -133,7 +136,7 @@ def find_all(avps: list[Avp], d: AvpDef) -> list[Avp]:
 
 def avp(d: AvpDef, value: AvpValue) -> Avp:
     """An AVP to send, flagged as its definition says (V for a vendor's, M where mandatory)."""
-    return Avp(d.code, value, d.vendor, d.flags, None, d)
+    return Avp(d.code, value, d.vendor, d.flags)
 
 
 def missing(d: AvpDef) -> Avp:
@@ -283,8 +286,7 @@ def _encode_avp(a: Avp, out: bytearray) -> None:
     head = 12 if vendor else 8
     if a.raw is None:
         if type(v) is int:
-            d = a.d or DICTIONARY.get((a.code, vendor))
-            number = NUMBERS[d.number if d is not None and d.number else 4]
+            number = ENCODING.get((a.code, vendor), U32)
             out += AVP_HEADER.pack(a.code, flags << 24 | (head + number.size))
             if vendor:
                 out += U32.pack(vendor)
@@ -310,7 +312,7 @@ def _data(a: Avp) -> bytes:
     """The data of a built AVP that is neither an integer nor grouped."""
     v = a.value
     if isinstance(v, str):
-        d = a.d or DICTIONARY.get((a.code, a.vendor))
+        d = DICTIONARY.get((a.code, a.vendor))
         if d is not None and d.type is AvpType.ADDRESS:
             ip = ipaddress.ip_address(v)
             return (1 if ip.version == 4 else 2).to_bytes(2, "big") + ip.packed
