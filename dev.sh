@@ -47,13 +47,18 @@ package_check() {
   "$VENV/bin/python" -m build --outdir "$tmp/dist" . >"$tmp/build.log" 2>&1 ||
     { cat "$tmp/build.log"; return 1; }
   # One namespace of ours and no test code: the suites import the uninstalled tests package.
-  if "$VENV/bin/python" -m zipfile -l "$tmp"/dist/tollgate-*.whl |
-       grep -E "^(bench/(test_|conftest)|tests/)"; then
+  local listing
+  listing=$("$VENV/bin/python" -m zipfile -l "$tmp"/dist/tollgate-*.whl | awk 'NR > 1 {print $1}')
+  if grep -E "^tollgate/bench/(test_|conftest)" <<<"$listing"; then
     echo "dev.sh wheel: test code in the wheel" >&2; return 1
+  fi
+  if grep -vE "^tollgate(/|-[^/]*\.dist-info/)" <<<"$listing"; then
+    echo "dev.sh wheel: installs more than the tollgate namespace" >&2; return 1
   fi
   python3 -m venv "$tmp/venv"
   "$tmp/venv/bin/python" -m pip install -q "$tmp"/dist/tollgate-*.whl
   (cd "$tmp" && "$tmp/venv/bin/tollgate" --help >/dev/null &&
+   ! "$tmp/venv/bin/python" -c "import engine" 2>/dev/null &&
    "$tmp/venv/bin/tollgate" demo --sessions 50)
 }
 
@@ -63,7 +68,7 @@ case "$cmd" in
   demo)  ensure_redis; ensure_venv; exec "$VENV/bin/tollgate" demo "$@" ;;
   serve) ensure_redis; ensure_venv; exec "$VENV/bin/tollgate" serve "$@" ;;
   test)  ensure_redis; ensure_venv; exec "$VENV/bin/python" -m pytest "$@" ;;
-  lint)  ensure_venv; "$VENV/bin/ruff" check . && exec "$VENV/bin/mypy" engine server.py bench ;;
+  lint)  ensure_venv; "$VENV/bin/ruff" check . && exec "$VENV/bin/mypy" tollgate ;;
   bench) ensure_redis; ensure_venv
          exec "$VENV/bin/python" -m pytest bench --benchmark-enable --benchmark-only "$@" ;;
   bench-quick) ensure_redis; ensure_venv

@@ -21,14 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
-from engine.billing.delivery import BILLING, Billing, BillingServicer
-from engine.charging import wire
-from engine.charging.batch import Answers
-from engine.charging.engine import Engine, wall_clock_ms
-from engine.charging.flow import Rate, Window
-from engine.charging.wire import WireError
-from engine.diameter.node import DiameterNode
-from engine.errors import (
+from tollgate.engine.billing.delivery import BILLING, Billing, BillingServicer
+from tollgate.engine.charging import wire
+from tollgate.engine.charging.batch import Answers
+from tollgate.engine.charging.engine import Engine, wall_clock_ms
+from tollgate.engine.charging.flow import Rate, Window
+from tollgate.engine.charging.wire import WireError
+from tollgate.engine.diameter.node import DiameterNode
+from tollgate.engine.errors import (
     AlreadyExists,
     ConfigError,
     Conflict,
@@ -36,16 +36,16 @@ from engine.errors import (
     NotFound,
     Overloaded,
 )
-from engine.lifecycle.service import LIFECYCLE, LifecycleApi
-from engine.ops import metrics, security
-from engine.ops.config import Config
-from engine.ops.logs import mask_secrets
-from engine.provisioning import Provisioner
-from engine.storage.redis_server import RedisServer
-from engine.storage.store import Store
-from engine.storage.sweeper import Sweeper
-from engine.web import series
-from engine.web.serve import WebServer
+from tollgate.engine.lifecycle.service import LIFECYCLE, LifecycleApi
+from tollgate.engine.ops import metrics, security
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.logs import mask_secrets
+from tollgate.engine.provisioning import Provisioner
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.engine.storage.store import Store
+from tollgate.engine.storage.sweeper import Sweeper
+from tollgate.engine.web import series
+from tollgate.engine.web.serve import WebServer
 from tollgate.v1 import charging_pb2, provisioning_pb2
 
 log = logging.getLogger("tollgate.server")

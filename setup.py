@@ -17,8 +17,10 @@ class BuildPyWithProtos(build_py):
     def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
         # bench/ holds the tools behind `tollgate bench` and the benchmark suites; the suites
         # (test_*.py, conftest.py) import the tests package, which is not installed.
-        return [m for m in super().find_package_modules(package, package_dir)
-                if package != "bench" or not (m[1].startswith("test_") or m[1] == "conftest")]
+        modules = super().find_package_modules(package, package_dir)
+        if package != "tollgate.bench":
+            return modules
+        return [m for m in modules if not (m[1].startswith("test_") or m[1] == "conftest")]
 
 
 setup(cmdclass={"build_py": BuildPyWithProtos})

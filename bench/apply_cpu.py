@@ -16,13 +16,13 @@ import tempfile
 import time
 from typing import Any
 
-from bench.ceiling import Writes, apply_ceiling, capture_writes, rebase
-from bench.traffic import Traffic
-from engine.ops import population
-from engine.ops.config import Config
-from engine.storage.redis_client import connect
-from engine.storage.redis_server import RedisServer
-from engine.storage.store import Store, lua_source
+from tollgate.bench.ceiling import Writes, apply_ceiling, capture_writes, rebase
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.ops import population
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_client import connect
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.engine.storage.store import Store, lua_source
 
 
 def _redis_cpu_s(url: str) -> float:

@@ -1,7 +1,7 @@
 """The ceilings engine figures are divided by: (a) a bare grpc.aio Charging server that answers
 without work, (b) the engine's own Redis apply step driven with pre-built batches.
 
-`python -m bench.ceiling --listen HOST:PORT` runs (a) until SIGTERM (the load generator
+`python -m tollgate.bench.ceiling --listen HOST:PORT` runs (a) until SIGTERM (the load generator
 starts it as a separate process, as it does the real server)."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from bench.loadgen import CpuProbe
-from bench.traffic import Traffic
-from engine.charging.engine import Engine
-from engine.ops.config import Config
-from engine.storage.keys import session as session_key
-from engine.storage.store import AccountWrite, Store
-from server import on_one_port
+from tollgate.bench.loadgen import CpuProbe
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.charging.engine import Engine
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.keys import session as session_key
+from tollgate.engine.storage.store import AccountWrite, Store
+from tollgate.server import on_one_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 

@@ -138,7 +138,7 @@ class Lab:
     population, the engine server (started unless --target) and the bare server."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from engine.ops.config import load_config
+        from tollgate.engine.ops.config import load_config
         self.args = args
         self.progress = not args.no_progress
         self.config = load_config(args.config, redis_url=getattr(args, "redis_url", None),
@@ -152,7 +152,7 @@ class Lab:
         self.cores = sorted(os.sched_getaffinity(0))  # before --pin moves this process
 
     async def __aenter__(self) -> Lab:
-        from engine.storage.redis_server import RedisServer
+        from tollgate.engine.storage.redis_server import RedisServer
         self.stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         if not self.config.redis_url:
             if getattr(self.args, "target", None):
@@ -181,8 +181,8 @@ class Lab:
     async def provision(self) -> None:
         from tqdm import tqdm
 
-        from engine.ops import population
-        from engine.storage.store import Store
+        from tollgate.engine.ops import population
+        from tollgate.engine.storage.store import Store
         n = self.args.subscribers
         store = Store(self.config.redis_url, self.config.partitions)
         try:
@@ -196,7 +196,7 @@ class Lab:
                     progress=bar.update)
             after = (await self.redis_info("memory"))["used_memory"]
             p = store.partition(population.account_id(self.args.prefix, 0))
-            from engine.storage import keys
+            from tollgate.engine.storage import keys
             sizes = [await store.redis.memory_usage(k) or 0 for k in (
                 keys.account(p, population.account_id(self.args.prefix, 0)),
                 keys.subscriber(population.subscriber_id(self.args.prefix, 0)))]
@@ -213,8 +213,8 @@ class Lab:
         """The --target, or `tollgate serve` processes started here (once)."""
         from functools import partial
 
-        from bench.loadgen import engine_server, server_group
-        from engine.storage.redis_server import free_port
+        from tollgate.bench.loadgen import engine_server, server_group
+        from tollgate.engine.storage.redis_server import free_port
         if getattr(self.args, "target", None):
             self.engine_pids = list(self.args.server_pid or [])
             return str(self.args.target)
@@ -248,8 +248,8 @@ class Lab:
 
     def client(self, address: str, tag: str, server_pids: list[int],
                diameter: str = "") -> Any:
-        from bench.loadgen import Client, CpuProbe
-        from bench.traffic import Traffic
+        from tollgate.bench.loadgen import Client, CpuProbe
+        from tollgate.bench.traffic import Traffic
         pids = {**self.pids, "client": [os.getpid()]}
         if server_pids:
             pids["server"] = server_pids
@@ -314,9 +314,9 @@ async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
     (results["round_ceilings"]); the ceilings returned are the last ones."""
     from functools import partial
 
-    from bench.ceiling import apply_ceiling, capture_writes
-    from bench.loadgen import CpuProbe, bare_server, server_group
-    from bench.traffic import Traffic
+    from tollgate.bench.ceiling import apply_ceiling, capture_writes
+    from tollgate.bench.loadgen import CpuProbe, bare_server, server_group
+    from tollgate.bench.traffic import Traffic
     batch = lab.args.batch
     recorded = None
     apis = [a for a in apis if a != "diameter"]  # no bare Diameter server: unary's is the one
@@ -357,7 +357,7 @@ async def _ceilings(lab: Lab, apis: list[str], rounds: int = 0
 
 def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
            plot_sweeps: bool = False) -> None:
-    from bench import report
+    from tollgate.bench import report
     lines = [f"machine: {report.machine()}; {lab.servers} server process(es) per target", ""]
     if "provision" in lab.results:
         p = lab.results["provision"]
@@ -406,7 +406,7 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
 def _round_ratios(runs: list[Any], of_round: dict[int, dict[str, float]]
                   ) -> dict[str, list[float]]:
     """Per API, each engine run's ratio to the ceilings of its own round."""
-    from bench import report
+    from tollgate.bench import report
     ratios: dict[str, list[float]] = {}
     for r in runs:
         c = report.ceiling_of(r, of_round[r.round])
@@ -431,7 +431,7 @@ async def _load(args: argparse.Namespace, everything: bool = False) -> int:
         if not getattr(args, "no_ceilings", False):
             ceilings, runs = await _ceilings(lab, apis)
         if everything and not args.target:
-            from bench.loadgen import cold_start
+            from tollgate.bench.loadgen import cold_start
             lab.results["coldstart"] = await cold_start(
                 lab.config.redis_url, lab.workdir, f"{args.prefix}sub-0")
         address = lab.engine_address()
@@ -463,7 +463,7 @@ async def _provision(args: argparse.Namespace) -> int:
 
 
 async def _coldstart(args: argparse.Namespace) -> int:
-    from bench.loadgen import cold_start
+    from tollgate.bench.loadgen import cold_start
     async with Lab(args) as lab:
         for n in range(args.repeat):
             c = await cold_start(lab.config.redis_url, lab.workdir, f"{args.prefix}sub-0")
@@ -533,8 +533,8 @@ def missing_bench_modules() -> list[str]:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from engine.errors import ConfigError
-    from engine.ops.logs import setup_logging
+    from tollgate.engine.errors import ConfigError
+    from tollgate.engine.ops.logs import setup_logging
     missing = missing_bench_modules()
     if missing:
         print(f"tollgate bench needs {', '.join(missing)}, which are not installed: "

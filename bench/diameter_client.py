@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from engine.diameter import avps as A
-from engine.diameter.codec import (
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.codec import (
     FLAG_REQUEST,
     Avp,
     Message,

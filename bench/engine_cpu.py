@@ -3,8 +3,8 @@ traffic through Engine.submit in batches, the process's CPU time (minus the traf
 generator's) and Redis's, per request. Runs one commit; to compare two, run it from a
 worktree of each, alternately:
 
-    python -m bench.engine_cpu --batch 1000
-    cd ../old && PYTHONPATH=.:proto python -m bench.engine_cpu --batch 1000
+    python -m tollgate.bench.engine_cpu --batch 1000
+    cd ../old && PYTHONPATH=.:proto python -m tollgate.bench.engine_cpu --batch 1000
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import json
 import tempfile
 import time
 
-from bench.traffic import Traffic
-from engine.charging.engine import Engine
-from engine.ops import population
-from engine.ops.config import Config
-from engine.storage.redis_server import RedisServer
-from engine.storage.store import Store
-from server import tune_gc
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.charging.engine import Engine
+from tollgate.engine.ops import population
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.engine.storage.store import Store
+from tollgate.server import tune_gc
 from tollgate.v1 import charging_pb2 as pb
 
 WARM_BATCHES = 12

@@ -21,9 +21,9 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from bench.diameter_client import DiameterPeer
-from bench.traffic import Traffic
-from engine.storage.redis_server import free_port
+from tollgate.bench.diameter_client import DiameterPeer
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.storage.redis_server import free_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 
@@ -411,14 +411,14 @@ def engine_server(redis_url: str, log_dir: Path, port: int = 0, n: int = 0,
     if diameter_port:
         env.update(TOLLGATE_DIAMETER_PEERS="*", TOLLGATE_DIAMETER_ORIGIN_HOST="tollgate.bench")
         diameter = ["--diameter", f"127.0.0.1:{diameter_port}"]
-    return spawn(["-m", "engine.ops.cli", "serve", "--listen", f"127.0.0.1:{port or free_port()}",
+    return spawn(["-m", "tollgate", "serve", "--listen", f"127.0.0.1:{port or free_port()}",
                   "--redis-url", redis_url, *diameter], env,
                  log_dir / f"engine-server-{n}.log")
 
 
 def bare_server(log_dir: Path, port: int = 0, n: int = 0) -> Spawned:
-    return spawn(["-m", "bench.ceiling", "--listen", f"127.0.0.1:{port or free_port()}"], {},
-                 log_dir / f"bare-server-{n}.log")
+    return spawn(["-m", "tollgate.bench.ceiling", "--listen",
+                  f"127.0.0.1:{port or free_port()}"], {}, log_dir / f"bare-server-{n}.log")
 
 
 def server_group(start: Callable[[int, int], Spawned], count: int) -> list[Spawned]:

@@ -17,7 +17,7 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, constant_pacing, events, task
 from locust.exception import StopUser
 
-from bench.traffic import Traffic
+from tollgate.bench.traffic import Traffic
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
 from tollgate.v1 import provisioning_pb2 as ppb

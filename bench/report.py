@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from bench.loadgen import Run, as_json
+from tollgate.bench.loadgen import Run, as_json
 
 
 def machine() -> str:

@@ -2,7 +2,7 @@
 redis-server and on a local Redis Cluster, with the gateway traffic mix of `tollgate bench`;
 ratios against 1 worker measured in the same run.
 
-    .venv/bin/python -m bench.scale [--workers 1,2,4,8] [--masters 1,4] [--api batch,unary]
+    .venv/bin/python -m tollgate.bench.scale [--workers 1,2,4,8] [--masters 1,4] [--api batch,unary]
 
 Per Redis setup: start Redis (AOF, fsync every second), provision --subscribers accounts with
 one subscriber each, measure the Redis apply ceiling (b) there, then for each worker count
@@ -36,11 +36,11 @@ from typing import Any
 
 import psutil
 
-from bench import report
-from bench.loadgen import Client, CpuProbe, as_json
-from bench.traffic import Traffic
-from engine.storage.redis_cluster import LocalCluster
-from engine.storage.redis_server import RedisServer, die_with_parent, free_port
+from tollgate.bench import report
+from tollgate.bench.loadgen import Client, CpuProbe, as_json
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.storage.redis_cluster import LocalCluster
+from tollgate.engine.storage.redis_server import RedisServer, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "tollgate serving on"
@@ -118,7 +118,7 @@ def workers(url: str, count: int, log: Path,
     env.update({f"TOLLGATE_{k.upper()}": v for k, v in (settings or {}).items()})
     with log.open("w") as err:
         proc = subprocess.Popen(
-            die_with_parent([sys.executable, "-m", "engine.ops.cli", "serve", "--workers",
+            die_with_parent([sys.executable, "-m", "tollgate", "serve", "--workers",
                              str(count), "--listen", address, "--redis-url", url,
                              "--log-format", "text"]),
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -177,9 +177,9 @@ def counters(ports: list[int]) -> dict[str, float]:
 async def provision(url: str, subscribers: int, prefix: str) -> None:
     from tqdm import tqdm
 
-    from engine.ops import population
-    from engine.ops.config import load_config
-    from engine.storage.store import Store
+    from tollgate.engine.ops import population
+    from tollgate.engine.ops.config import load_config
+    from tollgate.engine.storage.store import Store
     store = Store(url, load_config(None, redis_url=url).partitions)
     try:
         await store.init()
@@ -193,9 +193,9 @@ async def provision(url: str, subscribers: int, prefix: str) -> None:
 async def apply_ceiling(url: str, opts: argparse.Namespace, pids: list[int]) -> dict[str, Any]:
     """Ceiling (b): the engine's Redis apply step replayed with engine-made batches, one
     batch at a time (as one worker applies them)."""
-    from bench.ceiling import apply_ceiling as replay
-    from bench.ceiling import capture_writes
-    from engine.ops.config import load_config
+    from tollgate.bench.ceiling import apply_ceiling as replay
+    from tollgate.bench.ceiling import capture_writes
+    from tollgate.engine.ops.config import load_config
     config = load_config(None, redis_url=url, metrics_port=0)
     traffic = Traffic(opts.subscribers, prefix=opts.prefix, sessions=5 * opts.batch,
                       tag=f"c{os.getpid()}.")
@@ -288,7 +288,7 @@ def line(s: Setup, base: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tollgate.bench.scale", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", default="1,2,4,8", help="worker counts (default 1,2,4,8)")
     ap.add_argument("--masters", default="1,4",

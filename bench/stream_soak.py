@@ -1,7 +1,7 @@
 """ChargeStream soak (issue 24): streams that send as fast as they can and never read their
 answers must not grow the server's memory, and a normal client's latency must hold.
 
-    .venv/bin/python -m bench.stream_soak [--streams 8] [--seconds 60] [--message 500]
+    .venv/bin/python -m tollgate.bench.stream_soak [--streams 8] [--seconds 60] [--message 500]
 
 Starts one redis-server and `tollgate serve` (one worker) as a child process, provisions
 accounts, then: a normal client (unary Charge, 4 in flight) alone for --baseline seconds;
@@ -30,9 +30,9 @@ from typing import Any
 import grpc
 import psutil
 
-from bench.loadgen import CpuProbe
-from bench.scale import counters, provision, redis_backend, workers
-from engine.ops.population import subscriber_id
+from tollgate.bench.loadgen import CpuProbe
+from tollgate.bench.scale import counters, provision, redis_backend, workers
+from tollgate.engine.ops.population import subscriber_id
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from engine.charging.wire import (
+from tollgate.engine.charging.wire import (
     A_CHARGED,
     A_ERROR,
     A_GRANTS_HI,

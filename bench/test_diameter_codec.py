@@ -7,10 +7,10 @@ from __future__ import annotations
 from diameter.message import Message as OracleMessage
 from diameter.message.avp.grouped import GrantedServiceUnit
 
-from engine.diameter.avps import SubscriptionIdType
-from engine.diameter.codec import avp, decode, encode
-from engine.diameter.gy import cca, charge_request
 from tests.unit.test_diameter_codec import CCR_UPDATE
+from tollgate.engine.diameter.avps import SubscriptionIdType
+from tollgate.engine.diameter.codec import avp, decode, encode
+from tollgate.engine.diameter.gy import cca, charge_request
 from tollgate.v1 import charging_pb2 as pb
 
 ANSWER = pb.ChargeAnswer(session_id="pgw.example.com;1;42", request_number=1, result=2001,
@@ -21,7 +21,7 @@ ANSWER = pb.ChargeAnswer(session_id="pgw.example.com;1;42", request_number=1, re
 
 
 def tollgate_round() -> bytes:
-    from engine.diameter import avps as A
+    from tollgate.engine.diameter import avps as A
     ccr = decode(CCR_UPDATE)
     charge_request(ccr, SubscriptionIdType.E164)
     return encode(cca(ccr, ANSWER, [avp(A.ORIGIN_HOST, "ocs"), avp(A.ORIGIN_REALM, "net")]))

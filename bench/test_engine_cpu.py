@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.engine_cpu import measure
+from tollgate.bench.engine_cpu import measure
 
 
 def test_engine_cpu_reports_cpu_per_request() -> None:

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from engine.charging.kernels.charge import charge_kernel
-from engine.charging.kernels.reference import (
+from tests.unit.kernel_inputs import kernel_args
+from tollgate.engine.charging.kernels.charge import charge_kernel
+from tollgate.engine.charging.kernels.reference import (
     RefAccount,
     RefBucket,
     RefItem,
@@ -15,7 +16,6 @@ from engine.charging.kernels.reference import (
     RefState,
     charge_reference,
 )
-from tests.unit.kernel_inputs import kernel_args
 
 RATES = [RefRate(price=1000, increment=1000, first=0, quota=10_000_000, unit=1, validity=3600),
          RefRate(price=100_000, increment=60, first=60, quota=300, unit=2, validity=3600)]

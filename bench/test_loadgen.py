@@ -11,14 +11,14 @@ from pathlib import Path
 
 import grpc
 
-from bench.ceiling import BareCharging
-from bench.cli import bytes_per_subscriber, idle_bytes_text
-from bench.loadgen import Client, CpuProbe, Run
-from bench.report import table
-from bench.traffic import Traffic
-from engine.ops import population
-from engine.storage.store import Store
-from server import Tollgate
+from tollgate.bench.ceiling import BareCharging
+from tollgate.bench.cli import bytes_per_subscriber, idle_bytes_text
+from tollgate.bench.loadgen import Client, CpuProbe, Run
+from tollgate.bench.report import table
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.ops import population
+from tollgate.engine.storage.store import Store
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2_grpc
 
 
@@ -89,7 +89,7 @@ async def test_bare_server_answers_every_api() -> None:
 
 
 def test_cli_help_names_every_action() -> None:
-    from engine.ops.cli import parser
+    from tollgate.engine.ops.cli import parser
     bench = parser().parse_args(["bench", "load", "--api", "batch", "--sweep"])
     assert bench.api == ["batch"] and bench.sweep
     for action in ("provision", "ceiling", "coldstart", "soak", "all"):
@@ -101,7 +101,7 @@ def test_rounds_alternate_ceilings_and_engine(tmp_path: Path) -> None:
     processes; each engine run is compared with the bare run of its own round."""
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", "engine.ops.cli", "bench", "load", "--api", "unary", "--rounds", "2",
+        [sys.executable, "-m", "tollgate", "bench", "load", "--api", "unary", "--rounds", "2",
          "--seconds", "0.5", "--subscribers", "300", "--no-progress", "--out", str(tmp_path)],
         cwd=root, capture_output=True, text=True, timeout=180,
         env={**os.environ, "PYTHONPATH": str(root)})
@@ -142,7 +142,7 @@ def test_each_connection_carries_its_own_sessions() -> None:
 
 def test_pin_moves_every_thread_of_a_process() -> None:
     """--pin: a server's threads started before it is pinned move with it."""
-    from bench.cli import pin
+    from tollgate.bench.cli import pin
     cores = sorted(os.sched_getaffinity(0))
     child = subprocess.Popen([sys.executable, "-c", "import threading, time; "
                               "threading.Thread(target=time.sleep, args=(30,)).start(); "
@@ -171,7 +171,7 @@ def test_bytes_per_idle_subscriber_is_measured_only_over_what_this_run_created()
 
 def test_bench_without_its_extra_names_the_extra_to_install() -> None:
     # As on an install without the `bench` extra: importing tqdm fails.
-    code = ("import sys; sys.modules['tqdm'] = None; from engine.ops.cli import main; "
+    code = ("import sys; sys.modules['tqdm'] = None; from tollgate.engine.ops.cli import main; "
             "sys.exit(main(['bench', 'provision', '--subscribers', '10']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)

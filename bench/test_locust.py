@@ -6,9 +6,9 @@ import asyncio
 import json
 import sys
 
-from engine.ops import population
-from engine.storage.store import Store
-from server import Tollgate
+from tollgate.engine.ops import population
+from tollgate.engine.storage.store import Store
+from tollgate.server import Tollgate
 
 
 async def test_locust_headless_run(tollgate: Tollgate) -> None:

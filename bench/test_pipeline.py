@@ -9,17 +9,17 @@ from typing import cast
 
 import pytest
 
-from bench.ceiling import apply_ceiling, capture_writes, rebase
-from bench.traffic import Traffic
-from engine.charging import wire
-from engine.charging.batch import Answers, Pending, assemble
-from engine.charging.decode import Request, decode_all
-from engine.charging.engine import Engine
-from engine.charging.outcome import Timing, build_outcome
-from engine.domain import RequestType
-from engine.ops import population
-from engine.ops.config import Config
-from engine.storage.store import Store
+from tollgate.bench.ceiling import apply_ceiling, capture_writes, rebase
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.charging import wire
+from tollgate.engine.charging.batch import Answers, Pending, assemble
+from tollgate.engine.charging.decode import Request, decode_all
+from tollgate.engine.charging.engine import Engine
+from tollgate.engine.charging.outcome import Timing, build_outcome
+from tollgate.engine.domain import RequestType
+from tollgate.engine.ops import population
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.store import Store
 from tollgate.v1 import charging_pb2 as cpb
 
 BATCH = 1000

@@ -8,7 +8,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.ops.population import DEFAULT_PREFIX, subscriber_id
+from tollgate.engine.ops.population import DEFAULT_PREFIX, subscriber_id
 from tollgate.v1 import charging_pb2 as cpb
 
 DATA_RG, VOICE_RG = 10, 100

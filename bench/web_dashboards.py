@@ -1,7 +1,7 @@
 """What the web pages cost (issue 22): charging throughput of a `tollgate serve --http` process
 with and without two live dashboards open (rounds alternate, ratio to the same run's
 baseline), the dashboard's full load time with an hour of series, and the background census
-over the provisioned base. `python -m bench.web_dashboards [--population N]`."""
+over the provisioned base. `python -m tollgate.bench.web_dashboards [--population N]`."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadgen import Client, CpuProbe, spawn
-from bench.traffic import Traffic
-from engine.ops.population import provision
-from engine.storage.redis_server import RedisServer, free_port
-from engine.storage.store import Store
-from engine.web.aggregates import census
-from engine.web.series import BUCKET_S, HISTORY_S, KEPT_S, bucket_key, bucket_start
+from tollgate.bench.loadgen import Client, CpuProbe, spawn
+from tollgate.bench.traffic import Traffic
+from tollgate.engine.ops.population import provision
+from tollgate.engine.storage.redis_server import RedisServer, free_port
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web.aggregates import census
+from tollgate.engine.web.series import BUCKET_S, HISTORY_S, KEPT_S, bucket_key, bucket_start
 
 PARTITIONS = 64
 
@@ -67,7 +67,7 @@ async def run(population: int, seconds: float, rounds: int, out: Path | None) ->
         lines.append(f"population: {population:,} lines provisioned in "
                      f"{time.perf_counter() - t:.0f} s")
         http = f"127.0.0.1:{free_port()}"
-        server = spawn(["-m", "engine.ops.cli", "serve", "--listen", f"127.0.0.1:{free_port()}",
+        server = spawn(["-m", "tollgate", "serve", "--listen", f"127.0.0.1:{free_port()}",
                         "--redis-url", redis.url, "--http", http],
                        {"TOLLGATE_METRICS_PORT": "0", "TOLLGATE_LOG_LEVEL": "WARNING",
                         "TOLLGATE_HTTP_CENSUS_S": "0"}, base / "server.log")

@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from engine.domain import SubscriberState
-from engine.lifecycle import signals
-from engine.ops.population import DEFAULT_PREFIX, provision, subscriber_id
-from engine.storage import keys
-from engine.storage.redis_server import RedisServer
-from engine.storage.store import Store
-from engine.web import segments
-from engine.web.aggregates import census
-from engine.web.segments import Filter
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.lifecycle import signals
+from tollgate.engine.ops.population import DEFAULT_PREFIX, provision, subscriber_id
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web import segments
+from tollgate.engine.web.aggregates import census
+from tollgate.engine.web.segments import Filter
 
 PARTITIONS = 64
 CHUNK = 2000

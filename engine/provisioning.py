@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 
-from engine.charging.kernels.charge import MONEY_LIMIT
-from engine.domain import Bucket, Plan, SubscriberState, UnitType
-from engine.errors import InvalidArgument, NotFound
-from engine.lifecycle.offers import record_purchase
-from engine.rating.plans import check_id, plan_from_proto, plan_to_proto
-from engine.storage.state import MEMBER_COUNTERS, AccountState, SessionState
-from engine.storage.store import DAY_MS, Store
+from tollgate.engine.charging.kernels.charge import MONEY_LIMIT
+from tollgate.engine.domain import Bucket, Plan, SubscriberState, UnitType
+from tollgate.engine.errors import InvalidArgument, NotFound
+from tollgate.engine.lifecycle.offers import record_purchase
+from tollgate.engine.rating.plans import check_id, plan_from_proto, plan_to_proto
+from tollgate.engine.storage.state import MEMBER_COUNTERS, AccountState, SessionState
+from tollgate.engine.storage.store import DAY_MS, Store
 from tollgate.v1 import provisioning_pb2 as pb
 
 AMOUNT_LIMIT = MONEY_LIMIT // 4

@@ -18,7 +18,7 @@ import csv
 import sys
 from typing import TextIO
 
-from engine.ops.security import ClientSettings
+from tollgate.engine.ops.security import ClientSettings
 from tollgate.v1 import billing_pb2 as bpb
 from tollgate.v1 import billing_pb2_grpc, usage_pb2
 

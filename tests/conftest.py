@@ -16,12 +16,12 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine.ops.config import Config
-from engine.storage.redis_client import connect, connect_async
-from engine.storage.redis_cluster import LocalCluster
-from engine.storage.redis_server import RedisServer
-from server import Tollgate
 from tests.helpers import Gateway
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_client import connect, connect_async
+from tollgate.engine.storage.redis_cluster import LocalCluster
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.server import Tollgate
 
 BACKENDS = os.environ.get("TOLLGATE_TEST_REDIS", "single,cluster").split(",")
 

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 import grpc
 import redis.asyncio as aioredis
 
-from engine.charging.decode import MAX_TIME_MS
-from engine.ops.config import Config
-from engine.storage import keys, record_block
-from server import Tollgate
+from tollgate.engine.charging.decode import MAX_TIME_MS
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys, record_block
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc, usage_pb2
 from tollgate.v1 import common_pb2 as com

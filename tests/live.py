@@ -10,9 +10,9 @@ from typing import TypeVar
 
 import grpc
 
-from engine.ops.config import Config
-from server import Tollgate
 from tests.helpers import Gateway
+from tollgate.engine.ops.config import Config
+from tollgate.server import Tollgate
 
 T = TypeVar("T")
 

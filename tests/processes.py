@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.storage.redis_server import free_port
+from tollgate.engine.storage.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "tollgate serving on"
@@ -41,7 +41,7 @@ class ServerProcess:
         self._lines = queue.Queue()
         with self.log_path.open("a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.ops.cli", "serve", "--listen", self.address,
+                [sys.executable, "-m", "tollgate", "serve", "--listen", self.address,
                  "--redis-url", self.redis_url, "--log-format", "text", *self.args],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
         threading.Thread(target=self._read, args=(self.proc, self._lines), daemon=True).start()

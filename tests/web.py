@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import httpx
 
-from engine.ops.config import Config
-from engine.ops.security import create_token
-from server import Tollgate
 from tests.helpers import EUR, Gateway
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.security import create_token
+from tollgate.server import Tollgate
 
 
 class Bearer(grpc.aio.UnaryUnaryClientInterceptor):

@@ -26,13 +26,13 @@ import grpc
 from prometheus_client import Counter
 from redis.exceptions import ResponseError
 
-from engine.errors import InvalidArgument
-from engine.ops.config import Config
-from engine.ops.metrics import USAGE_PAST_RETENTION
-from engine.storage import keys, record_block
-from engine.storage.node_pipelines import Call
-from engine.storage.redis_client import cluster_of
-from engine.storage.store import LUA, Store, cancel_requested
+from tollgate.engine.errors import InvalidArgument
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.metrics import USAGE_PAST_RETENTION
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage.node_pipelines import Call
+from tollgate.engine.storage.redis_client import cluster_of
+from tollgate.engine.storage.store import LUA, Store, cancel_requested
 from tollgate.v1 import billing_pb2 as pb
 from tollgate.v1 import billing_pb2_grpc, events_pb2, usage_pb2
 

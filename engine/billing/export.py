@@ -28,8 +28,8 @@ from typing import IO, Any, cast
 import redis
 from google.protobuf.descriptor import FieldDescriptor
 
-from engine.billing.retention import retention_notes
-from engine.storage import keys, record_block, redis_client
+from tollgate.engine.billing.retention import retention_notes
+from tollgate.engine.storage import keys, record_block, redis_client
 from tollgate.v1 import usage_pb2
 
 CHUNK = 2000

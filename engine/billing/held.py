@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine.storage.state import SessionState
+from tollgate.engine.storage.state import SessionState
 
 RESERVATION_COUNTERS = frozenset({b"mres", b"r1", b"r2", b"r3"})
 """The member counters that reservations move (the others count what was charged)."""

@@ -31,7 +31,7 @@ from typing import IO, Any, cast
 
 import redis
 
-from engine.billing.export import (
+from tollgate.engine.billing.export import (
     CHUNK,
     Progress,
     Totals,
@@ -40,11 +40,11 @@ from engine.billing.export import (
     partition_count,
     stream_id,
 )
-from engine.billing.held import reservation_problems
-from engine.billing.retention import retention_notes
-from engine.storage import keys
-from engine.storage.session_blob import unpack_session
-from engine.storage.state import BucketMeta
+from tollgate.engine.billing.held import reservation_problems
+from tollgate.engine.billing.retention import retention_notes
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.session_blob import unpack_session
+from tollgate.engine.storage.state import BucketMeta
 from tollgate.v1 import usage_pb2
 
 SNAPSHOT_CHUNK = 200

@@ -29,15 +29,22 @@ from typing import IO, Any, cast
 import numpy as np
 import redis
 
-from engine.billing.export import CHUNK, Progress, connect, iter_stream, partition_count, stream_id
-from engine.billing.retention import retention_notes
-from engine.charging.batch import local_offset_ms
-from engine.charging.kernels.charge import R_FEE
-from engine.charging.kernels.rerate import OVERFLOW, UNRATED, rerate_kernel
-from engine.domain import Plan, Rate
-from engine.rating.plans import RateTable, plan_from_proto, rate_row
-from engine.storage import keys
-from engine.storage.store import LUA
+from tollgate.engine.billing.export import (
+    CHUNK,
+    Progress,
+    connect,
+    iter_stream,
+    partition_count,
+    stream_id,
+)
+from tollgate.engine.billing.retention import retention_notes
+from tollgate.engine.charging.batch import local_offset_ms
+from tollgate.engine.charging.kernels.charge import R_FEE
+from tollgate.engine.charging.kernels.rerate import OVERFLOW, UNRATED, rerate_kernel
+from tollgate.engine.domain import Plan, Rate
+from tollgate.engine.rating.plans import RateTable, plan_from_proto, rate_row
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import LUA
 from tollgate.v1 import provisioning_pb2 as ppb
 from tollgate.v1 import usage_pb2
 

@@ -10,7 +10,7 @@ from typing import cast
 
 import redis
 
-from engine.storage import keys
+from tollgate.engine.storage import keys
 
 
 def kept_from_ms(client: redis.Redis, partitions: Iterable[int]) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.charging import wire
-from engine.charging.batch import KernelBatch, KernelResult, Pending
-from engine.charging.kernels.charge import (
+from tollgate.engine.charging import wire
+from tollgate.engine.charging.batch import KernelBatch, KernelResult, Pending
+from tollgate.engine.charging.kernels.charge import (
     I_ACCT,
     I_RATE,
     I_REQ,
@@ -23,8 +23,8 @@ from engine.charging.kernels.charge import (
     WANT_GRANT,
     WANT_NONE,
 )
-from engine.domain import FinalUnit, UnitType
-from engine.rating.plans import RateTable
+from tollgate.engine.domain import FinalUnit, UnitType
+from tollgate.engine.rating.plans import RateTable
 
 UNIT_FIELD_NUMBER = np.array([0, 1, 4, 5], np.int64)
 """By UnitType, the Units field that carries a grant: total_octets, time_seconds,

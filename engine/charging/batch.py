@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from engine.charging.decode import MAX_TIME_MS, Request, error_answer, units_of
-from engine.charging.kernels.charge import (
+from tollgate.engine.charging.decode import MAX_TIME_MS, Request, error_answer, units_of
+from tollgate.engine.charging.kernels.charge import (
     B_LEVEL,
     B_REMAINING,
     FLAG_GRACE,
@@ -24,7 +24,7 @@ from engine.charging.kernels.charge import (
     WANT_NONE,
     charge_kernel,
 )
-from engine.domain import (
+from tollgate.engine.domain import (
     MONEY_SOURCE,
     Bucket,
     Member,
@@ -33,8 +33,8 @@ from engine.domain import (
     RequestType,
     ResultCode,
 )
-from engine.rating.plans import Prefixes, RateTable, rate_row, resolve_zone
-from engine.storage.state import NOTHING_RATED, AccountState
+from tollgate.engine.rating.plans import Prefixes, RateTable, rate_row, resolve_zone
+from tollgate.engine.storage.state import NOTHING_RATED, AccountState
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
                 "flags", "res_src", "res_units", "res_amount", "cycle_slot", "now", "s_used",

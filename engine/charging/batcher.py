@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from engine.errors import Overloaded
+from tollgate.engine.errors import Overloaded
 
 T = TypeVar("T")
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.charging import wire
-from engine.charging.kernels.checks import plain_requests
-from engine.charging.wire import (
+from tollgate.engine.charging import wire
+from tollgate.engine.charging.kernels.checks import plain_requests
+from tollgate.engine.charging.wire import (
     LEN,
     OFF,
     R_DESTINATION,
@@ -30,8 +30,8 @@ from engine.charging.wire import (
     U_SERVICE_ID,
     U_USED,
 )
-from engine.domain import RequestType, ResultCode, UnitType
-from engine.ops.config import Config
+from tollgate.engine.domain import RequestType, ResultCode, UnitType
+from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
 
 UnitsTuple = tuple[int, int, int, int, int]

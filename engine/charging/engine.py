@@ -13,21 +13,21 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from engine.charging import answers, kernels, usage_wire, wire
-from engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
-from engine.charging.batcher import Batcher, Prepared
-from engine.charging.decode import Invalid, Request, decode_all, error_answer
-from engine.charging.decode import warm_up as warm_up_checks
-from engine.charging.kernels.charge import O_RESULT
-from engine.charging.outcome import Outcome, Timing, build_outcome
-from engine.domain import Plan, RequestType, ResultCode, SubscriberState
-from engine.errors import InvalidArgument, NotFound
-from engine.ops import metrics
-from engine.ops.config import Config
-from engine.rating.cycles import renew_if_due
-from engine.rating.plans import RateTable
-from engine.storage.state import AccountState, SessionState
-from engine.storage.store import AccountWrite, Store
+from tollgate.engine.charging import answers, kernels, usage_wire, wire
+from tollgate.engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
+from tollgate.engine.charging.batcher import Batcher, Prepared
+from tollgate.engine.charging.decode import Invalid, Request, decode_all, error_answer
+from tollgate.engine.charging.decode import warm_up as warm_up_checks
+from tollgate.engine.charging.kernels.charge import O_RESULT
+from tollgate.engine.charging.outcome import Outcome, Timing, build_outcome
+from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberState
+from tollgate.engine.errors import InvalidArgument, NotFound
+from tollgate.engine.ops import metrics
+from tollgate.engine.ops.config import Config
+from tollgate.engine.rating.cycles import renew_if_due
+from tollgate.engine.rating.plans import RateTable
+from tollgate.engine.storage.state import AccountState, SessionState
+from tollgate.engine.storage.store import AccountWrite, Store
 from tollgate.v1 import charging_pb2 as pb
 
 log = logging.getLogger("tollgate.engine")

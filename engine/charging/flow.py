@@ -8,7 +8,7 @@ import time
 
 from prometheus_client import Gauge
 
-from engine.ops import metrics
+from tollgate.engine.ops import metrics
 
 
 class Window:

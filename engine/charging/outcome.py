@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.charging.answers import encode as encode_answers
-from engine.charging.batch import (
+from tollgate.engine.charging.answers import encode as encode_answers
+from tollgate.engine.charging.batch import (
     CYCLE,
     MEMBER_MRES,
     MEMBER_SPENT,
@@ -19,9 +19,9 @@ from engine.charging.batch import (
     KernelResult,
     Pending,
 )
-from engine.charging.kernels.charge import INVALID_AVP_VALUE, WANT_GRANT
-from engine.charging.usage_wire import RecordTable
-from engine.domain import (
+from tollgate.engine.charging.kernels.charge import INVALID_AVP_VALUE, WANT_GRANT
+from tollgate.engine.charging.usage_wire import RecordTable
+from tollgate.engine.domain import (
     MONEY_SOURCE,
     Bucket,
     EventKind,
@@ -29,12 +29,12 @@ from engine.domain import (
     RequestType,
     ResultCode,
 )
-from engine.domain import Reservation as Res
-from engine.rating.plans import RateTable
-from engine.storage import keys
-from engine.storage.session_blob import pack_session
-from engine.storage.state import NOTHING_RATED, AccountState, Rated, SessionState
-from engine.storage.store import AccountWrite, SessionWrite
+from tollgate.engine.domain import Reservation as Res
+from tollgate.engine.rating.plans import RateTable
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.session_blob import pack_session
+from tollgate.engine.storage.state import NOTHING_RATED, AccountState, Rated, SessionState
+from tollgate.engine.storage.store import AccountWrite, SessionWrite
 from tollgate.v1 import events_pb2, usage_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)

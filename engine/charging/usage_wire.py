@@ -14,8 +14,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.charging.kernels.charge import helper
-from engine.charging.wire import WT_LEN, WT_VARINT, Strings, _nested_size, _put_varint, _varint_size
+from tollgate.engine.charging.kernels.charge import helper
+from tollgate.engine.charging.wire import (
+    WT_LEN,
+    WT_VARINT,
+    Strings,
+    _nested_size,
+    _put_varint,
+    _varint_size,
+)
 
 (REC_KIND, REC_ACCOUNT, REC_SUBSCRIBER, REC_SESSION, REC_NUMBER, REC_RATING_GROUP,
  REC_SERVICE_ID, REC_ZONE, REC_UNIT, REC_UNITS, REC_START, REC_END, REC_PLAN,

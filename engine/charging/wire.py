@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from engine.charging.kernels.charge import helper
-from engine.errors import InvalidArgument
+from tollgate.engine.charging.kernels.charge import helper
+from tollgate.engine.errors import InvalidArgument
 
 # --- parse: the tables' rows ---------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from engine.diameter.avps import DICTIONARY, FAILED_AVP, AvpDef, AvpType, Result
+from tollgate.engine.diameter.avps import DICTIONARY, FAILED_AVP, AvpDef, AvpType, Result
 
 HEADER = struct.Struct(">B3sB3sIII")
 """version, length (24 bits), flags, command code (24 bits), application id, hop-by-hop,

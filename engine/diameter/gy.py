@@ -3,9 +3,9 @@ engine's ChargeAnswer back to a CCA."""
 
 from __future__ import annotations
 
-from engine.diameter import avps as A
-from engine.diameter.avps import CcRequestType, RequestedAction, Result, SubscriptionIdType
-from engine.diameter.codec import (
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.avps import CcRequestType, RequestedAction, Result, SubscriptionIdType
+from tollgate.engine.diameter.codec import (
     Avp,
     DiameterError,
     Message,

@@ -10,11 +10,11 @@ import random
 import time
 from collections.abc import Callable
 
-from engine.diameter.peer import Charge, Connection
-from engine.diameter.reauth import ReAuth
-from engine.diameter.settings import Settings
-from engine.ops.config import Config
-from engine.storage.store import Store
+from tollgate.engine.diameter.peer import Charge, Connection
+from tollgate.engine.diameter.reauth import ReAuth
+from tollgate.engine.diameter.settings import Settings
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.store import Store
 
 log = logging.getLogger("tollgate.diameter")
 

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from engine.charging.flow import Window
-from engine.diameter import avps as A
-from engine.diameter.avps import Command, Result
-from engine.diameter.codec import (
+from tollgate.engine.charging.flow import Window
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.avps import Command, Result
+from tollgate.engine.diameter.codec import (
     FLAG_PROXIABLE,
     FLAG_REQUEST,
     HEADER,
@@ -29,11 +29,11 @@ from engine.diameter.codec import (
     message_length,
     missing,
 )
-from engine.diameter.gy import cca, charge_request, error_answer
-from engine.diameter.reauth import ReAuth
-from engine.diameter.settings import Settings
-from engine.errors import Overloaded
-from engine.ops import metrics
+from tollgate.engine.diameter.gy import cca, charge_request, error_answer
+from tollgate.engine.diameter.reauth import ReAuth
+from tollgate.engine.diameter.settings import Settings
+from tollgate.engine.errors import Overloaded
+from tollgate.engine.ops import metrics
 from tollgate.v1 import charging_pb2 as pb
 
 log = logging.getLogger("tollgate.diameter")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from engine.domain import EventKind
-from engine.errors import NotFound
-from engine.storage import keys
-from engine.storage.store import Store
+from tollgate.engine.domain import EventKind
+from tollgate.engine.errors import NotFound
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import Store
 from tollgate.v1 import events_pb2
 
 log = logging.getLogger("tollgate.diameter")

@@ -6,9 +6,9 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from engine.diameter.avps import SubscriptionIdType
-from engine.errors import ConfigError
-from engine.ops.config import Config
+from tollgate.engine.diameter.avps import SubscriptionIdType
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops.config import Config
 
 ANY_PEER = "*"
 

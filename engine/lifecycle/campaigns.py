@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import cast
 
-from engine.domain import SubscriberState
-from engine.lifecycle.notify import Notifier
-from engine.lifecycle.outbox import DAY_MS
-from engine.lifecycle.rules import money
-from engine.lifecycle.settings import SEGMENT, Campaign, Segment
-from engine.storage import keys
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.lifecycle.notify import Notifier
+from tollgate.engine.lifecycle.outbox import DAY_MS
+from tollgate.engine.lifecycle.rules import money
+from tollgate.engine.lifecycle.settings import SEGMENT, Campaign, Segment
+from tollgate.engine.storage import keys
 
 YEAR_MS = 365 * DAY_MS
 SCAN_CHUNK = 500

@@ -18,8 +18,8 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
-from engine.lifecycle.settings import Email, Settings, Sms, Webhook
-from engine.ops.logs import mask_secrets
+from tollgate.engine.lifecycle.settings import Email, Settings, Sms, Webhook
+from tollgate.engine.ops.logs import mask_secrets
 
 SIGNATURE_HEADER = "X-Tollgate-Signature"
 """sha256=<hex HMAC-SHA256 of the request body with the webhook secret>"""

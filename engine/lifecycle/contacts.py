@@ -7,9 +7,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine.errors import ConfigError, InvalidArgument
-from engine.lifecycle.settings import CHANNELS, check_zone
-from engine.storage import keys
+from tollgate.engine.errors import ConfigError, InvalidArgument
+from tollgate.engine.lifecycle.settings import CHANNELS, check_zone
+from tollgate.engine.storage import keys
 from tollgate.v1 import lifecycle_pb2 as lpb
 
 FIELDS = ("email", "phone", "locale", "timezone", "preferred_channel")

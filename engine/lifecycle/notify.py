@@ -8,15 +8,15 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from engine.domain import Plan
-from engine.errors import NotFound
-from engine.lifecycle import contacts, results
-from engine.lifecycle.offers import make_offer
-from engine.lifecycle.outbox import DAY_MS, Outbox
-from engine.lifecycle.rules import channels_for, pick_template, quiet_until, render
-from engine.lifecycle.settings import Campaign, Rule, Settings
-from engine.storage.store import Store
-from engine.web.auth import SelfLinks
+from tollgate.engine.domain import Plan
+from tollgate.engine.errors import NotFound
+from tollgate.engine.lifecycle import contacts, results
+from tollgate.engine.lifecycle.offers import make_offer
+from tollgate.engine.lifecycle.outbox import DAY_MS, Outbox
+from tollgate.engine.lifecycle.rules import channels_for, pick_template, quiet_until, render
+from tollgate.engine.lifecycle.settings import Campaign, Rule, Settings
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web.auth import SelfLinks
 from tollgate.v1 import events_pb2
 
 SELF_LINK = "self_link"

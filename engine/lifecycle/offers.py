@@ -8,12 +8,12 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from engine.domain import Plan
-from engine.lifecycle import results, signals
-from engine.lifecycle.metrics import OFFERS_BOUGHT, OFFERS_MADE
-from engine.lifecycle.outbox import script
-from engine.lifecycle.rules import money
-from engine.storage import keys
+from tollgate.engine.domain import Plan
+from tollgate.engine.lifecycle import results, signals
+from tollgate.engine.lifecycle.metrics import OFFERS_BOUGHT, OFFERS_MADE
+from tollgate.engine.lifecycle.outbox import script
+from tollgate.engine.lifecycle.rules import money
+from tollgate.engine.storage import keys
 
 
 async def make_offer(redis: aioredis.Redis, offer_id: str, subscriber_id: str,

@@ -13,9 +13,9 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 
-from engine.lifecycle.metrics import NOTIFICATIONS
-from engine.storage import keys
-from engine.storage.store import lua_source
+from tollgate.engine.lifecycle.metrics import NOTIFICATIONS
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import lua_source
 from tollgate.v1 import lifecycle_pb2 as lpb
 
 DAY_MS = 86_400_000

@@ -13,25 +13,25 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, cast
 
-from engine.billing.delivery import EVENTS, USAGE, Billing
-from engine.charging.engine import wall_clock_ms
-from engine.domain import EventKind, SubscriberState
-from engine.lifecycle import metrics, sends, signals
-from engine.lifecycle.campaigns import Campaigns
-from engine.lifecycle.channels import Channels, SendError
-from engine.lifecycle.notify import Notifier
-from engine.lifecycle.outbox import Outbox
-from engine.lifecycle.rules import event_values, matches
-from engine.lifecycle.sends import Sender
-from engine.lifecycle.settings import SEGMENT, Settings
-from engine.lifecycle.states import States, stream_order
-from engine.ops.config import Config
-from engine.ops.metrics import serve_metrics
-from engine.storage import keys
-from engine.storage.store import Store
-from engine.web import series
-from engine.web.aggregates import run_census
-from engine.web.auth import SelfLinks, Signer, load_secret
+from tollgate.engine.billing.delivery import EVENTS, USAGE, Billing
+from tollgate.engine.charging.engine import wall_clock_ms
+from tollgate.engine.domain import EventKind, SubscriberState
+from tollgate.engine.lifecycle import metrics, sends, signals
+from tollgate.engine.lifecycle.campaigns import Campaigns
+from tollgate.engine.lifecycle.channels import Channels, SendError
+from tollgate.engine.lifecycle.notify import Notifier
+from tollgate.engine.lifecycle.outbox import Outbox
+from tollgate.engine.lifecycle.rules import event_values, matches
+from tollgate.engine.lifecycle.sends import Sender
+from tollgate.engine.lifecycle.settings import SEGMENT, Settings
+from tollgate.engine.lifecycle.states import States, stream_order
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.metrics import serve_metrics
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web import series
+from tollgate.engine.web.aggregates import run_census
+from tollgate.engine.web.auth import SelfLinks, Signer, load_secret
 from tollgate.v1 import billing_pb2, events_pb2, usage_pb2
 
 log = logging.getLogger("tollgate.lifecycle")

@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine.errors import AlreadyExists, InvalidArgument
-from engine.lifecycle import signals
-from engine.storage import keys
+from tollgate.engine.errors import AlreadyExists, InvalidArgument
+from tollgate.engine.lifecycle import signals
+from tollgate.engine.storage import keys
 
 NO_CAMPAIGN = "-"
 """Where NPS answers from a link that came from no campaign (made by customer care) go."""

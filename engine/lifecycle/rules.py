@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from engine.domain import EventKind, SubscriberState
-from engine.lifecycle.settings import Rule, Settings, Template
+from tollgate.engine.domain import EventKind, SubscriberState
+from tollgate.engine.lifecycle.settings import Rule, Settings, Template
 from tollgate.v1 import events_pb2
 
 MINUTE_MS = 60_000

@@ -12,14 +12,14 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine.domain import SubscriberState
-from engine.errors import InvalidArgument, NotFound
-from engine.lifecycle.campaigns import Campaigns
-from engine.lifecycle.outbox import Schedule
-from engine.lifecycle.rules import money
-from engine.lifecycle.settings import SEGMENT, Campaign
-from engine.storage import keys
-from engine.web.segments import Filter, members
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.errors import InvalidArgument, NotFound
+from tollgate.engine.lifecycle.campaigns import Campaigns
+from tollgate.engine.lifecycle.outbox import Schedule
+from tollgate.engine.lifecycle.rules import money
+from tollgate.engine.lifecycle.settings import SEGMENT, Campaign
+from tollgate.engine.storage import keys
+from tollgate.engine.web.segments import Filter, members
 
 log = logging.getLogger("tollgate.lifecycle")
 

@@ -3,11 +3,11 @@ subscriber contact preferences."""
 
 from __future__ import annotations
 
-from engine.errors import InvalidArgument
-from engine.lifecycle import contacts
-from engine.lifecycle.outbox import list_notifications
-from engine.rating.plans import check_id
-from engine.storage.store import Store
+from tollgate.engine.errors import InvalidArgument
+from tollgate.engine.lifecycle import contacts
+from tollgate.engine.lifecycle.outbox import list_notifications
+from tollgate.engine.rating.plans import check_id
+from tollgate.engine.storage.store import Store
 from tollgate.v1 import lifecycle_pb2 as lpb
 
 LIFECYCLE = lpb.DESCRIPTOR.services_by_name["Lifecycle"]

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine.domain import EventKind, SubscriberState
-from engine.errors import ConfigError
+from tollgate.engine.domain import EventKind, SubscriberState
+from tollgate.engine.errors import ConfigError
 
 CHANNELS = ("webhook", "email", "sms")
 SIGNALS = ("inactivity", "anniversary", "renewal_low_balance", "segment")

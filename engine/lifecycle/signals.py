@@ -12,9 +12,9 @@ from enum import StrEnum
 
 import redis.asyncio as aioredis
 
-from engine.domain import SubscriberState
-from engine.storage import keys
-from engine.web.churn import Signals
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.storage import keys
+from tollgate.engine.web.churn import Signals
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS

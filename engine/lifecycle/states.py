@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from typing import cast
 
-from engine.domain import EventKind, SubscriberState
-from engine.errors import NotFound
-from engine.lifecycle.outbox import DAY_MS, Schedule, script
-from engine.storage import keys
-from engine.storage.store import AccountWrite, Store, state_order
+from tollgate.engine.domain import EventKind, SubscriberState
+from tollgate.engine.errors import NotFound
+from tollgate.engine.lifecycle.outbox import DAY_MS, Schedule, script
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import AccountWrite, Store, state_order
 from tollgate.v1 import events_pb2, usage_pb2
 
 log = logging.getLogger("tollgate.lifecycle")

@@ -8,9 +8,9 @@ import asyncio
 import logging
 import sys
 
-from engine.errors import ConfigError
-from engine.ops.config import Config, load_config
-from engine.ops.logs import setup_logging
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops.config import Config, load_config
+from tollgate.engine.ops.logs import setup_logging
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -106,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     lc.add_argument("--config", metavar="FILE", help="TOML configuration file")
     lc.add_argument("--log-format", choices=["json", "text"])
     lc.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    from bench.cli import add_bench_parser
+    from tollgate.bench.cli import add_bench_parser
     add_bench_parser(sub)
     return p
 
@@ -131,7 +131,7 @@ def _token_parsers(sub: argparse._SubParsersAction) -> None:
 
 def token_command(args: argparse.Namespace) -> int:
     """`tollgate token create`: the token on stdout, nothing else."""
-    from engine.ops.security import create_token
+    from tollgate.engine.ops.security import create_token
     try:
         print(create_token(args.file, args.name, args.role))
     except (ConfigError, OSError) as e:
@@ -203,9 +203,9 @@ def _redis_url(args: argparse.Namespace) -> str:
 
 def billing_command(args: argparse.Namespace) -> int:
     """`tollgate usage export`, `reconcile`, `rerate`."""
-    from engine.billing.export import export, parse_time
-    from engine.billing.reconcile import reconcile
-    from engine.billing.rerate import rerate
+    from tollgate.engine.billing.export import export, parse_time
+    from tollgate.engine.billing.reconcile import reconcile
+    from tollgate.engine.billing.rerate import rerate
     try:
         url = _redis_url(args)
         progress = not args.no_progress
@@ -236,7 +236,7 @@ def billing_command(args: argparse.Namespace) -> int:
 
 def plans_command(args: argparse.Namespace) -> int:
     """`tollgate plans check|load FILE`: 0 when every plan is valid (and stored), 1 if not."""
-    from engine.rating.plan_file import PlanFileError, load_plans
+    from tollgate.engine.rating.plan_file import PlanFileError, load_plans
     try:
         plans = load_plans(args.file)
     except PlanFileError as e:
@@ -249,7 +249,7 @@ def plans_command(args: argparse.Namespace) -> int:
         return 0
     import grpc
 
-    from engine.ops.security import ClientSettings
+    from tollgate.engine.ops.security import ClientSettings
     from tollgate.v1 import provisioning_pb2_grpc
     client = ClientSettings.from_env()
     with client.channel(args.server) as channel:
@@ -273,7 +273,7 @@ def dev_cluster(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
-    from engine.storage.redis_cluster import LocalCluster
+    from tollgate.engine.storage.redis_cluster import LocalCluster
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tollgate-cluster-"))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -300,8 +300,8 @@ def dev_cluster(args: argparse.Namespace) -> int:
 
 def lifecycle_command(args: argparse.Namespace) -> int:
     """`tollgate lifecycle`: runs until SIGTERM/SIGINT (0), or 2 on a configuration error."""
-    from engine.lifecycle.process import run_lifecycle
-    from engine.lifecycle.settings import load_settings
+    from tollgate.engine.lifecycle.process import run_lifecycle
+    from tollgate.engine.lifecycle.settings import load_settings
     try:
         config = load_config(args.config, redis_url=args.redis_url, log_format=args.log_format,
                              log_level=args.log_level)
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "token":
         return token_command(args)
     if args.command == "bench":
-        from bench.cli import bench_command
+        from tollgate.bench.cli import bench_command
         return bench_command(args)
     try:
         config = _config(args)
@@ -350,9 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         setup_logging(config.log_level, config.log_format, config.log_sensitive)
         if config.workers > 1 and args.worker_index is None:
-            from engine.ops.supervisor import Supervisor
+            from tollgate.engine.ops.supervisor import Supervisor
             return Supervisor(config).run()
-        from server import serve
+        from tollgate.server import serve
 
         def ready(app: object) -> None:
             print(f"tollgate serving on {getattr(app, 'address', '?')}", flush=True)
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         setup_logging(args.log_level or "WARNING", config.log_format if args.log_format
                       else "text")
-        from engine.ops.demo import demo_config, run_demo
+        from tollgate.engine.ops.demo import demo_config, run_demo
         try:
             asyncio.run(run_demo(demo_config(config), args.sessions, args.subscribers,
                                  keep=args.keep))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
+from tollgate.engine.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
-from engine.lifecycle.process import Lifecycle
-from engine.lifecycle.settings import parse_settings
-from engine.ops.config import Config
-from server import Tollgate
+from tollgate.engine.lifecycle.process import Lifecycle
+from tollgate.engine.lifecycle.settings import parse_settings
+from tollgate.engine.ops.config import Config
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc
 from tollgate.v1 import common_pb2 as com

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIServer
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from engine.errors import ConfigError
+from tollgate.engine.errors import ConfigError
 from tollgate.v1 import charging_pb2 as pb
 
 log = logging.getLogger("tollgate.metrics")

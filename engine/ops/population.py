@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.domain import SubscriberState
-from engine.ops.demo import DEMO_PLAN
-from engine.provisioning import plan_buckets
-from engine.rating.plans import plan_from_proto
-from engine.storage import keys
-from engine.storage.store import Store, account_fields, hash_blob, subscriber_fields
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.ops.demo import DEMO_PLAN
+from tollgate.engine.provisioning import plan_buckets
+from tollgate.engine.rating.plans import plan_from_proto
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import Store, account_fields, hash_blob, subscriber_fields
 from tollgate.v1 import provisioning_pb2 as ppb
 
 EUR = 1_000_000

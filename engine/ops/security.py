@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
-from engine.errors import ConfigError
-from engine.ops.config import Config
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops.config import Config
 
 log = logging.getLogger("tollgate.security")
 

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from engine.errors import ConfigError
-from engine.ops.config import Config
-from engine.storage.redis_server import RedisServer, die_with_parent, free_port
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_server import RedisServer, die_with_parent, free_port
 
 log = logging.getLogger("tollgate.supervisor")
 
@@ -111,7 +111,7 @@ class Supervisor:
         env = config_env(worker_config(self.config, w.index))
         w.ready.clear()
         w.proc = subprocess.Popen(
-            die_with_parent([sys.executable, "-m", "engine.ops.cli", "serve", "--worker-index",
+            die_with_parent([sys.executable, "-m", "tollgate", "serve", "--worker-index",
                              str(w.index)]),
             env=env, stdout=subprocess.PIPE, text=True)
         w.started = time.monotonic()

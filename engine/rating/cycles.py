@@ -3,9 +3,9 @@ renewing bundles reset). Pure: it changes the cached state and says which fields
 
 from __future__ import annotations
 
-from engine.domain import Plan
-from engine.storage.state import AccountState
-from engine.storage.store import DAY_MS
+from tollgate.engine.domain import Plan
+from tollgate.engine.storage.state import AccountState
+from tollgate.engine.storage.store import DAY_MS
 
 
 def renew_if_due(acct: AccountState, plan: Plan | None, now_ms: int) -> dict[str, int]:

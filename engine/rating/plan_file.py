@@ -83,9 +83,9 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
 
-from engine.domain import MICROS_PER_UNIT
-from engine.errors import InvalidArgument
-from engine.rating.plans import plan_from_proto
+from tollgate.engine.domain import MICROS_PER_UNIT
+from tollgate.engine.errors import InvalidArgument
+from tollgate.engine.rating.plans import plan_from_proto
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as pb

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from engine.charging.kernels.charge import MONEY_LIMIT, flat_and_small, grid_reciprocal
-from engine.domain import (
+from tollgate.engine.charging.kernels.charge import MONEY_LIMIT, flat_and_small, grid_reciprocal
+from tollgate.engine.domain import (
     AddOn,
     Bundle,
     FinalUnit,
@@ -23,7 +23,7 @@ from engine.domain import (
     TimeWindow,
     UnitType,
 )
-from engine.errors import InvalidArgument
+from tollgate.engine.errors import InvalidArgument
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as pb
 

@@ -23,8 +23,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine.ops import metrics
-from engine.storage.redis_client import cluster_of, packed_by_hiredis
+from tollgate.engine.ops import metrics
+from tollgate.engine.storage.redis_client import cluster_of, packed_by_hiredis
 
 log = logging.getLogger("tollgate.store")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import redis
 
-from engine.errors import ConfigError
-from engine.storage.redis_server import RedisServer, free_port
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.storage.redis_server import RedisServer, free_port
 
 SLOTS = 16384
 HOST = "127.0.0.1"

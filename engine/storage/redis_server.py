@@ -13,7 +13,7 @@ from typing import IO
 
 import redis
 
-from engine.errors import ConfigError
+from tollgate.engine.errors import ConfigError
 
 
 def die_with_parent(command: list[str]) -> list[str]:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import msgpack
 
-from engine.domain import Reservation
-from engine.storage.state import Rated, SessionState
+from tollgate.engine.domain import Reservation
+from tollgate.engine.storage.state import Rated, SessionState
 
 FORMAT = 1
 OPEN, ENDED, EVENT = 0, 1, 2

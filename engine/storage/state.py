@@ -32,7 +32,7 @@ import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from engine.domain import Bucket, Member, Reservation, UnitType
+from tollgate.engine.domain import Bucket, Member, Reservation, UnitType
 
 NEVER = 2**62
 """Sort key of a bucket without expiry."""

@@ -18,15 +18,15 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine.charging import wire
-from engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
-from engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
-from engine.rating.plans import plan_from_proto, plan_to_proto
-from engine.storage import keys, record_block
-from engine.storage.node_pipelines import Call, NodePipelines
-from engine.storage.redis_client import connect_async
-from engine.storage.session_blob import pack_session, parse_session_hash, unpack_session
-from engine.storage.state import (
+from tollgate.engine.charging import wire
+from tollgate.engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
+from tollgate.engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
+from tollgate.engine.rating.plans import plan_from_proto, plan_to_proto
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage.node_pipelines import Call, NodePipelines
+from tollgate.engine.storage.redis_client import connect_async
+from tollgate.engine.storage.session_blob import pack_session, parse_session_hash, unpack_session
+from tollgate.engine.storage.state import (
     MEMBER_COUNTERS,
     AccountState,
     SessionState,

@@ -10,9 +10,9 @@ from typing import cast
 
 from redis.exceptions import RedisError
 
-from engine.storage import keys
-from engine.storage.session_blob import pack_session, reservation_value, unpack_session
-from engine.storage.store import Store, cancel_requested, lua_source
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.session_blob import pack_session, reservation_value, unpack_session
+from tollgate.engine.storage.store import Store, cancel_requested, lua_source
 
 log = logging.getLogger("tollgate.sweeper")
 CHANGED = -2

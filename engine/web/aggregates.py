@@ -13,13 +13,13 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine.domain import SubscriberState
-from engine.lifecycle.offers import offer_stats
-from engine.lifecycle.results import campaign_results
-from engine.storage import keys
-from engine.storage.store import Store
-from engine.web.segments import IndexBuilder
-from engine.web.series import BUCKET_S, HISTORY_S, quantile, read_buckets, read_totals
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.lifecycle.offers import offer_stats
+from tollgate.engine.lifecycle.results import campaign_results
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web.segments import IndexBuilder
+from tollgate.engine.web.series import BUCKET_S, HISTORY_S, quantile, read_buckets, read_totals
 
 log = logging.getLogger("tollgate.web")
 

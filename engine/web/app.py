@@ -26,13 +26,13 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
-from engine.lifecycle import results, sends
-from engine.web import segments
-from engine.web.aggregates import dashboard
-from engine.web.auth import SESSION_COOKIE, SESSION_S, Operator, Operators, Signer
-from engine.web.care import Care
-from engine.web.segments import Filter
+from tollgate.engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from tollgate.engine.lifecycle import results, sends
+from tollgate.engine.web import segments
+from tollgate.engine.web.aggregates import dashboard
+from tollgate.engine.web.auth import SESSION_COOKIE, SESSION_S, Operator, Operators, Signer
+from tollgate.engine.web.care import Care
+from tollgate.engine.web.segments import Filter
 
 log = logging.getLogger("tollgate.web")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from engine.ops.security import Role, TokenFile, token_hash
+from tollgate.engine.ops.security import Role, TokenFile, token_hash
 
 SECRET_KEY = "tg:{web}:secret"
 """The signing key, made once per installation, shared by every server: a link signed by one

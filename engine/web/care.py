@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from engine.domain import SubscriberState, UnitType
-from engine.errors import InvalidArgument, NotFound
-from engine.lifecycle import signals
-from engine.provisioning import Provisioner
-from engine.storage import keys, record_block
-from engine.storage.store import Store
-from engine.web import churn, runout, segments
+from tollgate.engine.domain import SubscriberState, UnitType
+from tollgate.engine.errors import InvalidArgument, NotFound
+from tollgate.engine.lifecycle import signals
+from tollgate.engine.provisioning import Provisioner
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web import churn, runout, segments
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
 

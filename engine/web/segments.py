@@ -13,12 +13,12 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine.domain import SubscriberState
-from engine.errors import InvalidArgument
-from engine.lifecycle import signals
-from engine.storage import keys
-from engine.storage.store import Store
-from engine.web import churn
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.errors import InvalidArgument
+from tollgate.engine.lifecycle import signals
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web import churn
 
 GEN = "tg:{web}:risk:gen"
 """The generation of the index the pages read (the census that made it, Unix ms)."""

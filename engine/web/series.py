@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
-from engine.ops.metrics import LATENCY_BUCKETS
+from tollgate.engine.ops.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger("tollgate.web")
 

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from engine.errors import ConfigError
-from engine.ops.config import Config
-from engine.ops.security import TokenFile
-from engine.provisioning import Provisioner
-from engine.storage.store import Store
-from engine.web.aggregates import run_census
-from engine.web.app import make_app
-from engine.web.auth import Operators, Signer, load_secret
-from engine.web.care import Care
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.security import TokenFile
+from tollgate.engine.provisioning import Provisioner
+from tollgate.engine.storage.store import Store
+from tollgate.engine.web.aggregates import run_census
+from tollgate.engine.web.app import make_app
+from tollgate.engine.web.auth import Operators, Signer, load_secret
+from tollgate.engine.web.care import Care
 
 log = logging.getLogger("tollgate.web")
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.storage.redis_server import free_port
+from tollgate.engine.storage.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))

@@ -20,8 +20,16 @@ from diameter.message.commands import CreditControlAnswer, CreditControlRequest
 from diameter.node import Node
 from diameter.node.application import SimpleThreadingApplication
 
-from engine.diameter import avps as A
-from engine.diameter.codec import FLAG_REQUEST, Avp, Message, avp, decode, encode, message_length
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.codec import (
+    FLAG_REQUEST,
+    Avp,
+    Message,
+    avp,
+    decode,
+    encode,
+    message_length,
+)
 
 GW_HOST, GW_REALM = "gw.test", "test"
 OCS_HOST, OCS_REALM = "tollgate.test", "test"

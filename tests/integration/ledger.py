@@ -20,10 +20,10 @@ from typing import cast
 
 import grpc
 
-from engine.charging.kernels.reference import RefRate, billed, price
-from engine.storage import keys, record_block
-from engine.storage.redis_client import connect, connect_async
 from tests.helpers import DATA_RG, SMS_RG, VIDEO_RG, VOICE_RG
+from tollgate.engine.charging.kernels.reference import RefRate, billed, price
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage.redis_client import connect, connect_async
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from engine.storage import keys, record_block
-from engine.storage import store as store_module
-from engine.storage.session_blob import pack_session
-from engine.storage.state import SessionState
-from engine.storage.store import AccountWrite, SessionWrite, Store
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage import store as store_module
+from tollgate.engine.storage.session_blob import pack_session
+from tollgate.engine.storage.state import SessionState
+from tollgate.engine.storage.store import AccountWrite, SessionWrite, Store
 
 ACCOUNTS = 6
 

@@ -4,11 +4,11 @@ the account again and answers from the stored answer."""
 
 from __future__ import annotations
 
-from engine.storage import keys
-from engine.storage.session_blob import pack_session, unpack_session
-from engine.storage.state import SessionState
-from engine.storage.store import AccountWrite, SessionWrite
 from tests.helpers import SMS_RG, mscc, request
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.session_blob import pack_session, unpack_session
+from tollgate.engine.storage.state import SessionState
+from tollgate.engine.storage.store import AccountWrite, SessionWrite
 from tollgate.v1 import charging_pb2 as cpb
 
 

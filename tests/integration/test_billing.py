@@ -12,11 +12,11 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from engine.ops.config import Config
-from engine.storage import keys, record_block
-from engine.storage.redis_client import connect_async
-from server import Tollgate
 from tests.helpers import EUR, SMS_RG, Gateway, mscc, past_retention, request
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage.redis_client import connect_async
+from tollgate.server import Tollgate
 from tollgate.v1 import billing_pb2 as bpb
 from tollgate.v1 import billing_pb2_grpc, usage_pb2
 from tollgate.v1 import charging_pb2 as cpb

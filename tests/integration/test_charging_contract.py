@@ -14,9 +14,6 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from engine.ops.config import Config
-from engine.storage.redis_client import connect
-from engine.storage.store import Store
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -29,6 +26,9 @@ from tests.helpers import (
     running,
     sample_plan,
 )
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_client import connect
+from tollgate.engine.storage.store import Store
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -15,12 +15,6 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from engine.billing.reconcile import reconcile
-from engine.ops import metrics
-from engine.ops.config import Config
-from engine.storage import keys
-from engine.storage.redis_client import connect
-from engine.storage.redis_cluster import LocalCluster
 from tests.helpers import EUR, running, sample_plan
 from tests.integration.ledger import (
     Send,
@@ -34,6 +28,12 @@ from tests.integration.ledger import (
     summary,
     usage_records,
 )
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.ops import metrics
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect
+from tollgate.engine.storage.redis_cluster import LocalCluster
 from tollgate.v1 import charging_pb2 as cpb
 
 PARTITIONS = 8

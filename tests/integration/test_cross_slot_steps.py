@@ -4,9 +4,9 @@ the state in between charges nothing wrongly and that running the call again fin
 
 from __future__ import annotations
 
-from engine.storage import keys
-from engine.storage.state import member_caps_value
 from tests.helpers import SMS_RG, mscc, request
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.state import member_caps_value
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2

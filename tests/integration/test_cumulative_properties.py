@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.charging.kernels.reference import RefRate, billed, money
-from engine.ops.config import Config
-from engine.storage import keys, record_block
-from engine.storage.redis_client import connect
-from engine.storage.redis_server import RedisServer
 from tests.helpers import VOICE_RG, mscc, request
 from tests.live import Live
+from tollgate.engine.charging.kernels.reference import RefRate, billed, money
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage.redis_client import connect
+from tollgate.engine.storage.redis_server import RedisServer
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -12,10 +12,10 @@ import asyncio
 
 import pytest
 
-from engine.billing.rerate import rerate
-from engine.ops.config import Config
 from tests.helpers import EUR, VOICE_RG, Gateway, mscc, request, usage_records
 from tests.integration.test_rating_features import Clock, plan_of, setup, start_with_clock, stop
+from tollgate.engine.billing.rerate import rerate
+from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

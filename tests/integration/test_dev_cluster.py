@@ -10,14 +10,14 @@ from pathlib import Path
 
 import redis
 
-from engine.storage.redis_client import connect
+from tollgate.engine.storage.redis_client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dev_cluster_serves_a_cluster_until_sigterm(tmp_path: Path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.ops.cli", "dev", "cluster", "--nodes", "2", "--dir",
+        [sys.executable, "-m", "tollgate", "dev", "cluster", "--nodes", "2", "--dir",
          str(tmp_path / "c")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:

@@ -18,16 +18,16 @@ import pytest
 from diameter.message import constants as oc
 from prometheus_client import REGISTRY
 
-from engine.diameter import avps as A
-from engine.diameter.codec import Avp, avp, decode, encode
-from engine.diameter.settings import Settings
-from engine.errors import ConfigError
-from engine.storage.redis_server import free_port
-from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, Gateway, sample_plan
 from tests.integration.gy_peers import GW_HOST, OCS_HOST, LibraryGateway, RawPeer, mscc, units
 from tests.processes import ROOT, ServerProcess
 from tests.reliability.certs import CertificateAuthority
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.codec import Avp, avp, decode, encode
+from tollgate.engine.diameter.settings import Settings
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.storage.redis_server import free_port
+from tollgate.server import Tollgate
 from tollgate.v1 import provisioning_pb2 as ppb
 
 INITIAL = oc.E_CC_REQUEST_TYPE_INITIAL_REQUEST
@@ -407,7 +407,7 @@ async def test_tollgate_serve_with_diameter_answers_gateways_and_says_goodbye(re
 
 def test_tollgate_serve_without_allowed_peers_does_not_start(redis_url):
     done = subprocess.run(
-        [sys.executable, "-m", "engine.ops.cli", "serve", "--diameter", "127.0.0.1:0",
+        [sys.executable, "-m", "tollgate", "serve", "--diameter", "127.0.0.1:0",
          "--listen", "127.0.0.1:0", "--redis-url", redis_url, "--log-format", "text"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")},

@@ -15,15 +15,15 @@ import tracemalloc
 
 import pyarrow.parquet as pq
 
-from engine.billing.export import Totals, export, parse_time
-from engine.billing.reconcile import reconcile
-from engine.domain import UnitType
-from engine.ops.cli import main
-from engine.storage import keys
-from engine.storage.redis_client import connect
-from engine.storage.state import BucketMeta
 from tests.helpers import EUR, sample_plan
 from tests.integration.ledger import Tariff, Traffic, provision, run_lane, usage_records
+from tollgate.engine.billing.export import Totals, export, parse_time
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.domain import UnitType
+from tollgate.engine.ops.cli import main
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect
+from tollgate.engine.storage.state import BucketMeta
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
 from tollgate.v1 import usage_pb2

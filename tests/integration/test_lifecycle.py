@@ -14,15 +14,15 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from engine.billing.reconcile import reconcile
-from engine.charging.engine import wall_clock_ms
-from engine.lifecycle.process import Lifecycle
-from engine.lifecycle.settings import Settings, parse_settings
-from engine.ops.config import Config
-from engine.storage import keys
-from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, Gateway, data_rate, mscc, request
 from tests.integration.receivers import FakeClock, HttpReceiver, eventually, lifecycle_table
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.charging.engine import wall_clock_ms
+from tollgate.engine.lifecycle.process import Lifecycle
+from tollgate.engine.lifecycle.settings import Settings, parse_settings
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import lifecycle_pb2 as lpb

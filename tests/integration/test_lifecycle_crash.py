@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.ops.config import Config
-from engine.storage import keys
-from engine.storage.redis_client import connect_async
 from tests.helpers import Gateway, running
 from tests.integration.receivers import HttpReceiver, eventually
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect_async
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb
 
@@ -54,7 +54,7 @@ templates.en = {{ subject = "Credit used up", text = "Line $subscriber: free ser
 
 def start(path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.ops.cli", "lifecycle", "--config", str(path),
+        [sys.executable, "-m", "tollgate", "lifecycle", "--config", str(path),
          "--consumer", "one"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.lifecycle.channels import Channels, SendError
-from engine.lifecycle.settings import parse_settings
-from engine.ops.logs import setup_logging
 from tests.integration.receivers import HttpReceiver, lifecycle_table
+from tollgate.engine.lifecycle.channels import Channels, SendError
+from tollgate.engine.lifecycle.settings import parse_settings
+from tollgate.engine.ops.logs import setup_logging
 
 API_KEY, PHONE, EMAIL, SUB = "k3y-5ecr3t-0042", "+491701234567", "bob.smith@example.com", \
     "sub-private-4711"

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.storage.redis_server import free_port
-from server import Tollgate
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.storage.redis_server import free_port
+from tollgate.server import Tollgate
 
 
 def listening_addresses(port: int) -> set[str]:

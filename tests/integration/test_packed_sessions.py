@@ -4,11 +4,11 @@ releases a session only as it read it."""
 
 from __future__ import annotations
 
-from engine.storage import keys
-from engine.storage.session_blob import pack_session, reservation_value, unpack_session
-from engine.storage.store import SESSION_FORMAT
-from engine.storage.sweeper import CHANGED, Sweeper
 from tests.helpers import DATA_RG, VOICE_RG, mscc, request
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.session_blob import pack_session, reservation_value, unpack_session
+from tollgate.engine.storage.store import SESSION_FORMAT
+from tollgate.engine.storage.sweeper import CHANGED, Sweeper
 from tollgate.v1 import charging_pb2 as cpb
 
 LATER = 2**50  # past any session's expiry

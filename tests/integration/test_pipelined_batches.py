@@ -7,11 +7,11 @@ import asyncio
 import grpc
 from prometheus_client import REGISTRY
 
-from engine.domain import ResultCode
-from engine.ops.config import Config
-from engine.storage.redis_client import connect_async
-from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, Gateway, mscc, request, usage_records
+from tollgate.engine.domain import ResultCode
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_client import connect_async
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 
 

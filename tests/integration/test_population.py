@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engine.ops import population
-from engine.storage.store import Store
-from server import Tollgate
 from tests.helpers import Gateway, mscc, request
+from tollgate.engine.ops import population
+from tollgate.engine.storage.store import Store
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 

@@ -7,9 +7,6 @@ from collections.abc import Awaitable
 import grpc
 import pytest
 
-from engine.ops.config import Config
-from engine.storage.keys import partition_of
-from engine.storage.store import Store
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -21,6 +18,9 @@ from tests.helpers import (
     running,
     sample_plan,
 )
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.keys import partition_of
+from tollgate.engine.storage.store import Store
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -17,9 +17,6 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine.ops.config import Config
-from engine.storage import keys
-from server import Tollgate
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -33,6 +30,9 @@ from tests.helpers import (
     request,
     usage_records,
 )
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from engine.storage import keys
-from engine.storage import store as store_module
-from engine.storage.store import AccountWrite, Store
+from tollgate.engine.storage import keys
+from tollgate.engine.storage import store as store_module
+from tollgate.engine.storage.store import AccountWrite, Store
 
 ACCOUNTS = 6
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.billing.reconcile import reconcile
-from engine.storage import keys
-from engine.storage.session_blob import pack_session, unpack_session
 from tests.helpers import DATA_RG, VOICE_RG, mscc, request
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.session_blob import pack_session, unpack_session
 from tollgate.v1 import charging_pb2 as cpb
 
 ACCOUNT, SUB = "acct-0", "sub-0-0"

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.billing.reconcile import reconcile
-from engine.billing.rerate import rerate
-from engine.ops.cli import main
-from engine.storage import keys
-from engine.storage.redis_client import connect
 from tests.helpers import DATA_RG, EUR, MB, SMS_RG, VOICE_RG, data_rate, request, sample_plan
 from tests.integration.ledger import (
     Tariff,
@@ -20,6 +15,11 @@ from tests.integration.ledger import (
     run_lane,
     usage_records,
 )
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.billing.rerate import rerate
+from tollgate.engine.ops.cli import main
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 from tollgate.v1 import usage_pb2

@@ -9,10 +9,10 @@ import asyncio
 import grpc
 import pytest
 
-from engine.ops.config import Config
-from engine.storage import keys
-from engine.storage.store import Store
 from tests.helpers import EUR, SMS_RG, mscc, request, sample_plan, usage_records
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.store import Store
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

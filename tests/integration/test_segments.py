@@ -15,18 +15,18 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.lifecycle import signals
-from engine.lifecycle.process import Lifecycle
-from engine.lifecycle.settings import parse_settings
-from engine.ops.config import Config
-from engine.ops.demo import DEMO_PLAN
-from engine.storage import keys
-from engine.web import segments
-from engine.web.aggregates import census
-from engine.web.segments import Filter
 from tests.helpers import DATA_RG, MB, mscc, request
 from tests.integration.receivers import HttpReceiver, eventually, lifecycle_table
 from tests.web import EUR, Site, site
+from tollgate.engine.lifecycle import signals
+from tollgate.engine.lifecycle.process import Lifecycle
+from tollgate.engine.lifecycle.settings import parse_settings
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.demo import DEMO_PLAN
+from tollgate.engine.storage import keys
+from tollgate.engine.web import segments
+from tollgate.engine.web.aggregates import census
+from tollgate.engine.web.segments import Filter
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from engine.billing.reconcile import reconcile
-from engine.storage import keys
-from engine.storage.sweeper import Sweeper
 from tests.helpers import EUR, SMS_RG, VOICE_RG, mscc, request, sample_plan, usage_records
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.sweeper import Sweeper
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 

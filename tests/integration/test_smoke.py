@@ -1,8 +1,8 @@
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server import Tollgate
 from tests.helpers import DATA_RG, MB, Gateway, mscc, request
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 
 

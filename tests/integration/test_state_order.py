@@ -14,17 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.domain import SubscriberState
-from engine.lifecycle.process import Lifecycle
-from engine.lifecycle.settings import Settings, parse_settings
-from engine.lifecycle.states import stream_order
-from engine.ops.config import Config
-from engine.storage import keys
-from engine.storage.redis_server import RedisServer
-from server import Tollgate
 from tests.helpers import EUR, Gateway, sample_plan
 from tests.integration.receivers import eventually
 from tests.live import Live
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.lifecycle.process import Lifecycle
+from tollgate.engine.lifecycle.settings import Settings, parse_settings
+from tollgate.engine.lifecycle.states import stream_order
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.server import Tollgate
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -11,9 +11,9 @@ import multiprocessing as mp
 import grpc
 import pytest
 
-from engine.ops import metrics
-from server import Tollgate
 from tests.helpers import EUR, SMS_RG, Gateway, mscc, request, running
+from tollgate.engine.ops import metrics
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.domain import ResultCode
-from engine.ops.config import Config
 from tests.helpers import DATA_RG, Gateway, mscc, request, running
+from tollgate.engine.domain import ResultCode
+from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

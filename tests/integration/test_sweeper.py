@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from engine.storage import keys
-from engine.storage.session_blob import unpack_session
-from engine.storage.sweeper import Sweeper
 from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, request, sample_plan
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.session_blob import unpack_session
+from tollgate.engine.storage.sweeper import Sweeper
 from tollgate.v1 import charging_pb2 as cpb
 
 LATER = int(time.time() * 1000) + 10 * 3600 * 1000  # far past validity + grace

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from engine.billing.export import export
-from engine.billing.reconcile import reconcile
-from engine.billing.rerate import rerate
-from engine.storage import keys
-from engine.storage.redis_client import connect_async
 from tests.helpers import DATA_RG, MB, VOICE_RG, mscc, past_retention, request
+from tollgate.engine.billing.export import export
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.billing.rerate import rerate
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect_async
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 

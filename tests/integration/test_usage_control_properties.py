@@ -23,8 +23,6 @@ from collections import Counter
 
 import grpc
 
-from engine.storage import keys
-from engine.storage.redis_client import connect
 from tests.helpers import DATA_RG, EUR, MB, Gateway, sample_plan
 from tests.integration.ledger import (
     StreamLink,
@@ -36,6 +34,8 @@ from tests.integration.ledger import (
     summary,
     usage_records,
 )
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -14,14 +14,14 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine.charging.kernels.charge import MONEY_LIMIT
-from engine.domain import ResultCode
-from engine.ops import cli
-from engine.ops.config import Config
-from engine.storage import keys, record_block
-from engine.storage.state import BucketMeta, member_caps_value
-from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, VOICE_RG, mscc, request, sample_plan
+from tollgate.engine.charging.kernels.charge import MONEY_LIMIT
+from tollgate.engine.domain import ResultCode
+from tollgate.engine.ops import cli
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys, record_block
+from tollgate.engine.storage.state import BucketMeta, member_caps_value
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import events_pb2, usage_pb2

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.storage import keys
-from engine.storage.redis_client import connect_async
 from tests.helpers import DATA_RG, MB, mscc, request, running
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect_async
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import httpx
 
-from engine.ops.config import Config
-from engine.web.aggregates import census
 from tests.helpers import DATA_RG, MB, mscc, request
 from tests.web import EUR, Site, eventually, site
+from tollgate.engine.ops.config import Config
+from tollgate.engine.web.aggregates import census
 from tollgate.v1 import charging_pb2 as cpb
 
 

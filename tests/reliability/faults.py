@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import grpc
 
-from engine.billing.reconcile import reconcile
 from tests.integration.ledger import (
     Tariff,
     Traffic,
@@ -22,6 +21,7 @@ from tests.integration.ledger import (
     summary,
     usage_records,
 )
+from tollgate.engine.billing.reconcile import reconcile
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc, provisioning_pb2_grpc, usage_pb2
 from tollgate.v1 import provisioning_pb2 as ppb

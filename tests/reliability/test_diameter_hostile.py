@@ -13,13 +13,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.diameter import avps as A
-from engine.diameter.codec import FLAG_REQUEST, Message, avp, decode, encode, message_length
 from tests.helpers import EUR, SMS_RG, sample_plan
 from tests.integration.gy_peers import GW_HOST, OCS_HOST
 from tests.integration.ledger import balance_problems, usage_records
 from tests.live import Live
 from tests.reliability.modes import scaled
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.codec import (
+    FLAG_REQUEST,
+    Message,
+    avp,
+    decode,
+    encode,
+    message_length,
+)
 
 MONEY = 1000 * EUR
 sessions = itertools.count()

@@ -16,10 +16,6 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine.charging.decode import MAX_TIME_MS, REPORTING_REASONS
-from engine.charging.kernels.charge import MONEY_LIMIT
-from engine.ops.config import Config
-from engine.storage.redis_client import connect_async
 from tests.helpers import (
     DATA_RG,
     EUR,
@@ -32,6 +28,10 @@ from tests.helpers import (
 )
 from tests.integration.ledger import balance_problems, usage_records
 from tests.reliability.modes import scaled
+from tollgate.engine.charging.decode import MAX_TIME_MS, REPORTING_REASONS
+from tollgate.engine.charging.kernels.charge import MONEY_LIMIT
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_client import connect_async
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

@@ -23,7 +23,6 @@ import psutil
 import pytest
 import redis
 
-from engine.storage.redis_server import RedisServer
 from tests.helpers import EUR, sample_plan
 from tests.integration.ledger import Tariff
 from tests.processes import ROOT, ServerProcess
@@ -37,6 +36,7 @@ from tests.reliability.faults import (
     wait_until,
 )
 from tests.reliability.modes import LONG, scaled
+from tollgate.engine.storage.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +153,7 @@ async def test_chaos_one_traffic_stream_through_every_fault_reconciles_to_zero(c
     await assert_books_balance(traffic, link, cluster.url, MONEY, account_ids)
     # ... and the CLI says so too.
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "engine.ops.cli", "reconcile", "--redis-url",
+        subprocess.run, [sys.executable, "-m", "tollgate", "reconcile", "--redis-url",
                          cluster.url, "--no-progress"], cwd=ROOT, capture_output=True,
         text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -14,9 +14,6 @@ import grpc
 import pytest
 import redis
 
-from engine.ops.config import Config
-from engine.storage.redis_server import RedisServer
-from server import Tollgate
 from tests.helpers import EUR, SMS_RG, mscc, request, running, sample_plan
 from tests.integration.ledger import Tariff
 from tests.reliability.faults import (
@@ -30,6 +27,9 @@ from tests.reliability.faults import (
     wait_until,
 )
 from tests.reliability.modes import scaled
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 

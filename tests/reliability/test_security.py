@@ -30,17 +30,17 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from engine.billing.reconcile import reconcile
-from engine.errors import ConfigError
-from engine.ops import security
-from engine.ops.config import Config
-from engine.ops.logs import JsonFormatter, Redactor, mask_id, mask_secrets, setup_logging
-from engine.ops.security import ClientSettings, TokenFile, create_token, exposure_warnings
-from engine.storage.redis_server import RedisServer, free_port
-from server import Tollgate
 from tests.helpers import SMS_RG, Gateway, mscc, request, sample_plan
 from tests.processes import ROOT
 from tests.reliability.certs import CertificateAuthority
+from tollgate.engine.billing.reconcile import reconcile
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops import security
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.logs import JsonFormatter, Redactor, mask_id, mask_secrets, setup_logging
+from tollgate.engine.ops.security import ClientSettings, TokenFile, create_token, exposure_warnings
+from tollgate.engine.storage.redis_server import RedisServer, free_port
+from tollgate.server import Tollgate
 from tollgate.v1 import billing_pb2, billing_pb2_grpc, charging_pb2_grpc, provisioning_pb2_grpc
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -273,7 +273,7 @@ def test_token_file_rules(tmp_path):
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.ops.cli", *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "tollgate", *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=120,
                           env={**os.environ, **(env or {})})
 

@@ -12,14 +12,6 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from engine.lifecycle.channels import MESSAGE_ID_HEADER, SIGNATURE_HEADER, sign
-from engine.lifecycle.offers import offer_stats
-from engine.lifecycle.process import Lifecycle
-from engine.lifecycle.settings import parse_settings
-from engine.ops.config import Config
-from engine.storage import keys
-from engine.storage.redis_client import connect_async
-from server import Tollgate
 from tests.helpers import DATA_RG, EUR, MB, Gateway, data_rate, mscc, request
 from tests.integration.receivers import (
     SECRET,
@@ -29,6 +21,14 @@ from tests.integration.receivers import (
     eventually,
     lifecycle_table,
 )
+from tollgate.engine.lifecycle.channels import MESSAGE_ID_HEADER, SIGNATURE_HEADER, sign
+from tollgate.engine.lifecycle.offers import offer_stats
+from tollgate.engine.lifecycle.process import Lifecycle
+from tollgate.engine.lifecycle.settings import parse_settings
+from tollgate.engine.ops.config import Config
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect_async
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import lifecycle_pb2 as lpb

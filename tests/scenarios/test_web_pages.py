@@ -22,18 +22,18 @@ from typing import Any
 import grpc
 import pytest
 
-from engine.lifecycle import signals
-from engine.lifecycle.process import Lifecycle
-from engine.lifecycle.settings import parse_settings
-from engine.ops.config import Config
-from engine.ops.demo import DEMO_PLAN
-from engine.storage import keys
-from engine.storage.redis_client import connect
-from engine.storage.redis_server import RedisServer
 from tests.helpers import DATA_RG, MB, VOICE_RG, Gateway, mscc, request
 from tests.integration.receivers import HttpReceiver
 from tests.live import Live
 from tests.web import EUR, Bearer, web_config
+from tollgate.engine.lifecycle import signals
+from tollgate.engine.lifecycle.process import Lifecycle
+from tollgate.engine.lifecycle.settings import parse_settings
+from tollgate.engine.ops.config import Config
+from tollgate.engine.ops.demo import DEMO_PLAN
+from tollgate.engine.storage import keys
+from tollgate.engine.storage.redis_client import connect
+from tollgate.engine.storage.redis_server import RedisServer
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

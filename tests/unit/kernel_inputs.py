@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.charging.kernels.charge import flat_and_small, grid_reciprocal
-from engine.charging.kernels.reference import RefItem, RefRate, RefState
+from tollgate.engine.charging.kernels.charge import flat_and_small, grid_reciprocal
+from tollgate.engine.charging.kernels.reference import RefItem, RefRate, RefState
 
 
 def i64(xs) -> np.ndarray:

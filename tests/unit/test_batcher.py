@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.charging.batcher import Batcher, Prepared
+from tollgate.engine.charging.batcher import Batcher, Prepared
 
 
 async def test_the_next_batch_is_prepared_while_one_finish_is_in_flight() -> None:

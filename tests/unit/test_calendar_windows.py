@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.charging.kernels import reference
-from engine.charging.kernels.charge import NO_BOUNDARY, next_change, window_at
-from engine.charging.kernels.reference import (
+from tests.unit.kernel_inputs import rate_arrays
+from tests.unit.test_charge_kernel import run_kernel
+from tollgate.engine.charging.kernels import reference
+from tollgate.engine.charging.kernels.charge import NO_BOUNDARY, next_change, window_at
+from tollgate.engine.charging.kernels.reference import (
     RefAccount,
     RefItem,
     RefRate,
@@ -20,8 +22,6 @@ from engine.charging.kernels.reference import (
     RefWindow,
     charge_reference,
 )
-from tests.unit.kernel_inputs import rate_arrays
-from tests.unit.test_charge_kernel import run_kernel
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 MON, TUE, WED, THU, FRI, SAT, SUN = range(4, 11)  # local day numbers: 1970-01-05 was a Monday

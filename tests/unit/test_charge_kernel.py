@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.charging.kernels.charge import charge_kernel
-from engine.charging.kernels.reference import (
+from tests.unit.kernel_inputs import kernel_args
+from tollgate.engine.charging.kernels.charge import charge_kernel
+from tollgate.engine.charging.kernels.reference import (
     RefAccount,
     RefBucket,
     RefItem,
@@ -16,7 +17,6 @@ from engine.charging.kernels.reference import (
     RefWindow,
     charge_reference,
 )
-from tests.unit.kernel_inputs import kernel_args
 
 MONEY = -1
 HOUR = 3_600_000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.ops.config import load_config
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops.config import load_config
 
 
 @pytest.mark.parametrize("name", ["stream_stall_s", "shared_batch", "stream_max_rate"])

@@ -8,7 +8,7 @@ import gc
 
 import pytest
 
-from engine.charging.engine import by_deadline
+from tollgate.engine.charging.engine import by_deadline
 
 
 async def _stubborn(finished: asyncio.Event) -> str:

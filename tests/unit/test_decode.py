@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.charging import wire
-from engine.charging.decode import Invalid, Item, Request, decode_all
-from engine.domain import RequestType, ResultCode
-from engine.ops.config import Config
 from tests.unit import upb_decode
+from tollgate.engine.charging import wire
+from tollgate.engine.charging.decode import Invalid, Item, Request, decode_all
+from tollgate.engine.domain import RequestType, ResultCode
+from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
 
 CONFIG = Config()

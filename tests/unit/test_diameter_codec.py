@@ -13,9 +13,9 @@ from diameter.message.commands import CreditControlRequest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.diameter import avps as A
-from engine.diameter.avps import Result
-from engine.diameter.codec import (
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.avps import Result
+from tollgate.engine.diameter.codec import (
     FLAG_REQUEST,
     Avp,
     DiameterError,

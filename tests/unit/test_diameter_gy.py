@@ -6,14 +6,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.diameter import avps as A
-from engine.diameter.avps import Result, SubscriptionIdType
-from engine.diameter.codec import Avp, DiameterError, Message, avp, decode, encode
-from engine.diameter.gy import cca, charge_request, error_answer, unix_ms
-from engine.diameter.settings import Settings
-from engine.errors import ConfigError
-from engine.ops.config import Config, load_config
 from tests.unit.test_diameter_codec import CCR_UPDATE
+from tollgate.engine.diameter import avps as A
+from tollgate.engine.diameter.avps import Result, SubscriptionIdType
+from tollgate.engine.diameter.codec import Avp, DiameterError, Message, avp, decode, encode
+from tollgate.engine.diameter.gy import cca, charge_request, error_answer, unix_ms
+from tollgate.engine.diameter.settings import Settings
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.ops.config import Config, load_config
 from tollgate.v1 import charging_pb2 as pb
 
 E164 = SubscriptionIdType.E164

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.charging.kernels.charge import HALF, grid_reciprocal
+from tollgate.engine.charging.kernels.charge import HALF, grid_reciprocal
 
 INCREMENTS = st.one_of(st.integers(1, 4096), st.integers(1, HALF - 1),
                        st.sampled_from([1, 2, 3, 60, 1000, 1024, 2**29 + 1, HALF - 1]))

@@ -11,14 +11,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.domain import EventKind, SubscriberState
-from engine.errors import ConfigError
-from engine.lifecycle.campaigns import DAY_MS, Profile, in_segment, signal_period
-from engine.lifecycle.channels import sign
-from engine.lifecycle.rules import channels_for, matches, money, pick_template, quiet_until
-from engine.lifecycle.settings import Segment, Template, load_settings, parse_settings
-from engine.lifecycle.states import stream_order
-from engine.storage.store import state_order
+from tollgate.engine.domain import EventKind, SubscriberState
+from tollgate.engine.errors import ConfigError
+from tollgate.engine.lifecycle.campaigns import DAY_MS, Profile, in_segment, signal_period
+from tollgate.engine.lifecycle.channels import sign
+from tollgate.engine.lifecycle.rules import channels_for, matches, money, pick_template, quiet_until
+from tollgate.engine.lifecycle.settings import Segment, Template, load_settings, parse_settings
+from tollgate.engine.lifecycle.states import stream_order
+from tollgate.engine.storage.store import state_order
 from tollgate.v1 import events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.charging.batch import LATEST_LOCAL_MS, local_offset_ms
+from tollgate.engine.charging.batch import LATEST_LOCAL_MS, local_offset_ms
 
 ZONES = ["Europe/Berlin", "America/St_Johns", "Australia/Lord_Howe", "Asia/Kathmandu",
          "Africa/Monrovia", "Europe/Amsterdam", "Pacific/Apia", "UTC"]

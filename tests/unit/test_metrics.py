@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.ops import metrics
+from tollgate.engine.ops import metrics
 from tollgate.v1 import charging_pb2 as pb
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidArgument
-from engine.ops import cli
-from engine.rating.plan_file import PlanFileError, load_plans, parse_plans
-from engine.rating.plans import plan_from_proto, plan_to_proto
+from tollgate.engine.errors import InvalidArgument
+from tollgate.engine.ops import cli
+from tollgate.engine.rating.plan_file import PlanFileError, load_plans, parse_plans
+from tollgate.engine.rating.plans import plan_from_proto, plan_to_proto
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
 from tollgate.v1 import provisioning_pb2 as ppb

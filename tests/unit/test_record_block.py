@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.charging import wire
-from engine.storage import record_block
+from tollgate.engine.charging import wire
+from tollgate.engine.storage import record_block
 from tollgate.v1 import billing_pb2, usage_pb2
 
 records = st.lists(st.binary(max_size=300), max_size=20)

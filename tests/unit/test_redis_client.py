@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio.connection import Connection
 
-from engine.storage.redis_client import connect_async, hiredis_packing
+from tollgate.engine.storage.redis_client import connect_async, hiredis_packing
 
 COMMANDS = [
     ("SET", "key", "value"),

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from engine.charging import wire
-from engine.charging.decode import (
+from tollgate.engine.charging import wire
+from tollgate.engine.charging.decode import (
     KNOWN_REASONS,
     Invalid,
     Request,
@@ -20,8 +20,8 @@ from engine.charging.decode import (
     check_limits,
     decode_all,
 )
-from engine.charging.kernels.checks import plain_requests
-from engine.ops.config import Config
+from tollgate.engine.charging.kernels.checks import plain_requests
+from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
 
 NOW = 1_700_000_000_000
@@ -110,7 +110,7 @@ def test_plain_requests_are_most_of_a_gateway_batch():
 
 def test_warm_up_compiles_the_checks_for_a_message_from_grpc():
     """The engine warms it at start: the first request must not wait for Numba."""
-    from engine.charging import decode
+    from tollgate.engine.charging import decode
 
     decode.warm_up(CONFIG)
     assert any(not sig[0].mutable for sig in plain_requests.signatures)  # read-only bytes

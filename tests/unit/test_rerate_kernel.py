@@ -6,10 +6,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.charging.kernels.rerate import UNRATED, rerate_kernel
-from engine.charging.kernels.rerate_reference import RerateItem, rerate_reference
 from tests.unit.kernel_inputs import rate_arrays
 from tests.unit.test_charge_kernel import MONDAY_1730, rates
+from tollgate.engine.charging.kernels.rerate import UNRATED, rerate_kernel
+from tollgate.engine.charging.kernels.rerate_reference import RerateItem, rerate_reference
 
 HOUR = 3_600_000
 
@@ -51,7 +51,7 @@ def test_rerate_kernel_matches_reference(case):
 def test_flat_rate_reprices_the_billed_units_at_the_new_price():
     # Records hold billed units (the session's minimum and steps were met when billed): the
     # new version prices them per its price units, rounded up, not rounded to increments again.
-    from engine.charging.kernels.reference import RefRate
+    from tollgate.engine.charging.kernels.reference import RefRate
     old, new = RefRate(1000, 1000, 0, 1, 1), RefRate(1500, 1000, 0, 1, 1)
     items = [RerateItem(2500, 0, 0, 0, 0), RerateItem(1, 1, 0, 0, 0), RerateItem(5, -1, 0, 0, 0)]
     prices, _ = rerate_kernel(i64([2500, 1, 5]), i64([0, 1, -1]), i64([0, 0, 0]), i64([0, 0, 0]),

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from engine.domain import SubscriberState
-from engine.errors import InvalidArgument
-from engine.lifecycle import signals
-from engine.lifecycle.results import nps
-from engine.lifecycle.rules import render
-from engine.web import churn
-from engine.web.auth import SelfLinks, Signer
-from engine.web.segments import Filter, _ranges, counts
+from tollgate.engine.domain import SubscriberState
+from tollgate.engine.errors import InvalidArgument
+from tollgate.engine.lifecycle import signals
+from tollgate.engine.lifecycle.results import nps
+from tollgate.engine.lifecycle.rules import render
+from tollgate.engine.web import churn
+from tollgate.engine.web.auth import SelfLinks, Signer
+from tollgate.engine.web.segments import Filter, _ranges, counts
 
 DAY = signals.DAY_MS
 WEEK = signals.WEEK_MS

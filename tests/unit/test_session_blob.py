@@ -6,14 +6,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.domain import Reservation
-from engine.storage.session_blob import (
+from tollgate.engine.domain import Reservation
+from tollgate.engine.storage.session_blob import (
     pack_session,
     parse_session_hash,
     reservation_value,
     unpack_session,
 )
-from engine.storage.state import Rated, SessionState
+from tollgate.engine.storage.state import Rated, SessionState
 
 ids = st.text("abcdefghij-_:.|0123456789é", min_size=1, max_size=8)
 int64 = st.integers(0, 2**63 - 1)

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.domain import Bucket, Member, UnitType
-from engine.storage.state import (
+from tollgate.engine.domain import Bucket, Member, UnitType
+from tollgate.engine.storage.state import (
     NEVER,
     AccountState,
     bucket_fields,

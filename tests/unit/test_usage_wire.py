@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.charging.usage_wire import (
+from tollgate.engine.charging.usage_wire import (
     C_BUCKET,
     C_MICROS,
     C_ROWS,
@@ -39,7 +39,7 @@ from engine.charging.usage_wire import (
     REC_ZONE,
     encode_records,
 )
-from engine.charging.wire import Strings
+from tollgate.engine.charging.wire import Strings
 from tollgate.v1 import usage_pb2
 
 INT64 = st.integers(-2**63, 2**63 - 1) | st.integers(-2, 300)

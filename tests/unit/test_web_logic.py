@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from engine.errors import InvalidArgument
-from engine.web import churn, runout
-from engine.web.auth import Purpose, Signer
-from engine.web.care import money_micros
-from engine.web.series import Feed, deltas, quantile, sample
+from tollgate.engine.errors import InvalidArgument
+from tollgate.engine.web import churn, runout
+from tollgate.engine.web.auth import Purpose, Signer
+from tollgate.engine.web.care import money_micros
+from tollgate.engine.web.series import Feed, deltas, quantile, sample
 
 H = 3_600_000
 DAY = 24 * H

@@ -11,8 +11,8 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.charging import wire
-from engine.charging.wire import (
+from tollgate.engine.charging import wire
+from tollgate.engine.charging.wire import (
     A_CHARGED,
     A_ERROR,
     A_GRANTS_HI,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.domain import Plan, Rate, UnitType
-from engine.rating.plans import Prefixes, RateTable, rate_row, resolve_zone
+from tollgate.engine.domain import Plan, Rate, UnitType
+from tollgate.engine.rating.plans import Prefixes, RateTable, rate_row, resolve_zone
 
 DATA, VOICE = 10, 100
 PREFIXES = Prefixes((("+44", "intl"), ("+4420", "london"), ("+31", ""), ("+3197", "m2m")))

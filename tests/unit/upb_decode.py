@@ -4,7 +4,7 @@ request)."""
 
 from __future__ import annotations
 
-from engine.charging.decode import (
+from tollgate.engine.charging.decode import (
     MAX_TIME_MS,
     REPORTING_REASONS,
     REQUEST_TYPES,
@@ -14,8 +14,8 @@ from engine.charging.decode import (
     Request,
     UnitsTuple,
 )
-from engine.domain import RequestType, ResultCode
-from engine.ops.config import Config
+from tollgate.engine.domain import RequestType, ResultCode
+from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.charging.wire import (
+from tollgate.engine.charging.wire import (
     LEN,
     OFF,
     R_DESTINATION,

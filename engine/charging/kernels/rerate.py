@@ -16,7 +16,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.charging.kernels.charge import R_FLAGS, RATE_NOT_ALLOWED, RATE_ZERO_RATED, price_span
+from tollgate.engine.charging.kernels.charge import (
+    R_FLAGS,
+    RATE_NOT_ALLOWED,
+    RATE_ZERO_RATED,
+    price_span,
+)
 
 OVERFLOW = -1
 """New price beyond int64 arithmetic."""

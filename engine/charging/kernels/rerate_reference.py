@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.charging.kernels.reference import RefRate, price
+from tollgate.engine.charging.kernels.reference import RefRate, price
 
 OVERFLOW, UNRATED, SKIPPED = -1, -2, -3
 INT64_MAX = 2**63 - 1
