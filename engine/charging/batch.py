@@ -140,7 +140,8 @@ class KernelResult:
     s_rem: list[int]
     s_charged: list[int]
     changes: list[tuple[int, int, int, int]]  # (account, what, index, new value) of what moved
-    charges: dict[int, list[tuple[int, int, int]]]  # item -> [(source, units, micros)]
+    charge_table: np.ndarray  # the balances each item charged: rows item (nondecreasing),
+    # source (a bucket's position, MONEY_SOURCE), units, micros
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
     items: np.ndarray  # the kernel's item table (a row per item, ITEM_COLUMNS columns)
     outputs: np.ndarray  # the kernel's item outputs (kernels.charge O_* rows)
@@ -195,9 +196,6 @@ class KernelBatch:
             items, rates.arrays(), accounts, bucket_rows,
             np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
             cycle)
-        charges: dict[int, list[tuple[int, int, int]]] = {}
-        for i, s, u, m in zip(*chg.tolist(), strict=True):
-            charges.setdefault(i, []).append((s, u, m))
         events = list(zip(*ev.tolist(), strict=True))
         changes = self._changes(
             np.concatenate((accounts[:6].ravel(), bucket_rows[B_REMAINING],
@@ -206,7 +204,7 @@ class KernelBatch:
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
-                            charges=charges, events=events, items=items, outputs=out,
+                            charge_table=chg, events=events, items=items, outputs=out,
                             shown=np.array([not ref.internal for ref in self.refs], np.int64))
 
     def _changes(self, before: np.ndarray, after: np.ndarray

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from tollgate.engine.charging.answers import encode as encode_answers
 from tollgate.engine.charging.batch import (
@@ -14,18 +15,58 @@ from tollgate.engine.charging.batch import (
     NOTIFIED,
     REMAINING,
     RESERVED,
-    ItemRef,
     KernelBatch,
     KernelResult,
     Pending,
 )
-from tollgate.engine.charging.kernels.charge import INVALID_AVP_VALUE, WANT_GRANT
-from tollgate.engine.charging.usage_wire import RecordTable
+from tollgate.engine.charging.kernels.charge import (
+    I_ACCT,
+    I_RATE,
+    I_REQ,
+    I_RES_UNITS,
+    I_RG,
+    I_S_BILLED,
+    I_S_USED,
+    I_USED,
+    INVALID_AVP_VALUE,
+    O_CHARGED,
+    O_S_BILLED,
+    O_S_CHARGED,
+    O_S_REM,
+    O_S_USED,
+    WANT_GRANT,
+)
+from tollgate.engine.charging.usage_wire import (
+    REC_ACCOUNT,
+    REC_CHARGES_HI,
+    REC_CHARGES_LO,
+    REC_END,
+    REC_FEE,
+    REC_INCREMENT,
+    REC_KIND,
+    REC_MONEY,
+    REC_NUMBER,
+    REC_ORIGIN,
+    REC_OVERAGE,
+    REC_OVERAGE_UNITS,
+    REC_PLAN,
+    REC_PLAN_VERSION,
+    REC_PRICE,
+    REC_RATING_GROUP,
+    REC_ROWS,
+    REC_SERVICE_ID,
+    REC_SESSION,
+    REC_START,
+    REC_SUBSCRIBER,
+    REC_UNIT,
+    REC_UNITS,
+    REC_ZONE,
+    encode_records,
+)
+from tollgate.engine.charging.wire import Strings
 from tollgate.engine.domain import (
     MONEY_SOURCE,
-    Bucket,
     EventKind,
-    Plan,
     RequestType,
     ResultCode,
 )
@@ -33,7 +74,7 @@ from tollgate.engine.domain import Reservation as Res
 from tollgate.engine.rating.plans import RateTable
 from tollgate.engine.storage import keys
 from tollgate.engine.storage.session_blob import pack_session
-from tollgate.engine.storage.state import NOTHING_RATED, AccountState, Rated, SessionState
+from tollgate.engine.storage.state import AccountState, Rated, SessionState
 from tollgate.engine.storage.store import AccountWrite, SessionWrite
 from tollgate.v1 import events_pb2, usage_pb2
 
@@ -64,15 +105,11 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     writes = _account_writes(kb, res, renewals)
     out = Outcome({}, {}, {acct.account_id: w for acct, w in zip(kb.accounts, writes,
                                                                   strict=True)})
-    records = RecordTable()
-    owners: list[AccountWrite] = []  # the account write of each record
     index = kb.index
     for p, blob in zip(batch, encode_answers(batch, kb, res, rates), strict=True):
         a = index[p.account_id]
-        _request_outcome(p, blob, kb.accounts[a], kb.plans[a], kb, res, timing, out,
-                         writes[a], records, owners)
-    for w, record in zip(owners, records.encode(), strict=True):
-        w.records.append(record)
+        _request_outcome(p, blob, kb.accounts[a], kb, res, timing, out, writes[a])
+    _records(batch, kb, res, rates, writes)
     for ev in res.events:  # in item order, so in batch order
         p = kb.refs[ev[0]].pending
         out.writes[p.account_id].events.append(
@@ -80,11 +117,9 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     return out
 
 
-def _request_outcome(p: Pending, blob: bytes, acct: AccountState, plan: Plan | None,
-                     kb: KernelBatch, res: KernelResult, timing: Timing, out: Outcome,
-                     w: AccountWrite, records: RecordTable, writes: list[AccountWrite]) -> None:
-    """The session after a request (`blob`: its answer), and its records (added to
-    `records`, with their account's write to `writes`)."""
+def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatch,
+                     res: KernelResult, timing: Timing, out: Outcome, w: AccountWrite) -> None:
+    """The session after a request (`blob`: its answer)."""
     req = p.request
     rn, kind = req.request_number, req.type
     old = acct.sessions.get(req.session_id)
@@ -96,21 +131,14 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, plan: Plan | N
     else:
         held, rated, cost = {}, {}, 0
     longest = 0
-    head: tuple[int, ...] | None = None  # the request's part of its records (its first one)
     s_used, s_billed, s_rem, s_charged = res.s_used, res.s_billed, res.s_rem, res.s_charged
     for i in kb.items_of[id(p)]:
         ref = kb.refs[i]
         rg = ref.rating_group
-        before = rated.get(rg, NOTHING_RATED)
         used = s_used[i]
-        if used or s_billed[i] or s_rem[i] or s_charged[i]:
-            now = Rated(used, s_billed[i], s_rem[i], s_charged[i])
-            if now != before:
-                rated[rg] = now
-        else:
-            now = before  # not billed: the session's state is unchanged
-        charged = res.charged[i]
-        cost += charged
+        if used or s_billed[i] or s_rem[i] or s_charged[i]:  # else: not billed, unchanged
+            rated[rg] = Rated(used, s_billed[i], s_rem[i], s_charged[i])
+        cost += res.charged[i]
         granted = res.granted[i]
         # The kernel gave back the old reservation of every item (a grant is the new one),
         # but for one it refused because giving back would pass int64: that one stays held.
@@ -123,14 +151,6 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, plan: Plan | N
                                granted, res.res_amount[i],
                                int(rate.unit_type) if rate is not None else 0, ref.member)
                 longest = max(longest, res.validity[i] or timing.default_validity_s)
-        if not ref.internal and now.used != before.used:
-            # Every report of usage the kernel took is recorded, also one that the session's
-            # earlier billed units already cover (no charge of its own).
-            if head is None:
-                head = _record_head(records, p, plan, old)
-            usage_record(records, head, kind, ref, res.charges.get(i, ()), kb.buckets,
-                         charged, not before.billed and now.billed > 0)
-            writes.append(w)
     answers[rn] = blob
     # Request numbers start at 0: nothing is old enough to drop before answers_kept.
     if rn >= timing.answers_kept:
@@ -150,6 +170,62 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, plan: Plan | N
     rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
     w.sessions.append(SessionWrite(req.session_id, ended, pack_session(new), expiry,
                                    created=old is None, rescore=rescore))
+
+
+def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
+             writes: list[AccountWrite]) -> None:
+    """The batch's rated usage records, added to their accounts' writes in batch order.
+
+    Built as columns from the kernel's item table and outputs: Python visits each request
+    with a record once (its strings and times), never a record. An item has a record when
+    the kernel took a report of usage (its session's used units moved), also one that the
+    session's earlier billed units cover (no charge of its own); a release the TERMINATION
+    did not mention has none.
+    """
+    items, o = res.items, res.outputs
+    moved = (o[O_S_USED] | o[O_S_BILLED] | o[O_S_REM] | o[O_S_CHARGED]) != 0
+    at = np.flatnonzero(moved & (o[O_S_USED] != items[:, I_S_USED]) & (res.shown != 0))
+    if not at.size:
+        return
+    it = items[at]
+    requests = np.unique(it[:, I_REQ])
+    names: list[str] = []  # per request with records, its HEAD_NAMES
+    numbers = [_record_head(batch[r], kb, names) for r in requests.tolist()]
+    chg = res.charge_table
+    source = chg[1]
+    buckets = np.unique(source[source != MONEY_SOURCE]).tolist()
+    names += [kb.buckets[s].bucket_id for s in buckets]
+    # Each string once in the table, named by its index (one dict for the batch).
+    strings = {s: k for k, s in enumerate(dict.fromkeys(names))}
+    named = np.array([strings[s] for s in names], np.int64)
+    heads = np.hstack((named[:len(numbers) * len(HEAD_NAMES)].reshape(-1, len(HEAD_NAMES)),
+                       np.array(numbers, np.int64).reshape(-1, len(HEAD_NUMBERS))))
+    heads = heads[np.searchsorted(requests, it[:, I_REQ])]
+    rate = it[:, I_RATE]
+    assert (rate >= 0).all(), "a record of an unpriced item"  # only priced items charge
+    unit, price, increment, fee = rates.record_terms()[:, rate]
+    used, money = it[:, I_USED], o[O_CHARGED][at]
+    overage = np.where(heads[:, -1] != EVENT,
+                       np.maximum(used - it[:, I_RES_UNITS], 0), 0)
+    # The session's first billed units of the rating group pay its connect fee.
+    first = (it[:, I_S_BILLED] == 0) & (o[O_S_BILLED][at] > 0) & (fee > 0)
+    records = np.empty((REC_ROWS, at.size), np.int64)
+    records[REC_KIND] = USAGE
+    records[[*HEAD_NAMES, *HEAD_NUMBERS[:-1]]] = heads[:, :-1].T
+    records[REC_RATING_GROUP] = it[:, I_RG]
+    records[REC_SERVICE_ID] = [kb.refs[i].service_id for i in at.tolist()]
+    records[REC_UNIT], records[REC_UNITS], records[REC_PRICE] = unit, used, price
+    records[REC_INCREMENT], records[REC_MONEY] = increment, money
+    records[REC_CHARGES_LO] = np.searchsorted(chg[0], at, "left")
+    records[REC_CHARGES_HI] = np.searchsorted(chg[0], at, "right")
+    records[REC_OVERAGE], records[REC_OVERAGE_UNITS] = overage > 0, overage
+    records[REC_FEE] = np.where(first, np.minimum(fee, money), 0)
+    bucket_name = np.full(len(kb.buckets) + 1, -1, np.int64)  # the last: money (no name)
+    bucket_name[buckets] = named[len(named) - len(buckets):]
+    charges = np.stack((bucket_name[source], chg[2], chg[3]))
+    encoded = encode_records(records, charges, Strings.of(list(strings)))
+    for a, record in zip(it[:, I_ACCT].tolist(), encoded, strict=True):
+        writes[a].records.append(record)
 
 
 ACCOUNT_FIELDS = ("money", "mres", "spent", "capn", "lown", "exhn")
@@ -222,34 +298,20 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-def _record_head(table: RecordTable, p: Pending, plan: Plan | None,
-                 old: SessionState | None) -> tuple[int, ...]:
-    """What every record of a request shares: its strings' indexes (named once per request,
-    not per record), its numbers, its plan and the start of the usage it reports."""
+HEAD_NAMES = (REC_ACCOUNT, REC_SUBSCRIBER, REC_SESSION, REC_ZONE, REC_PLAN, REC_ORIGIN)
+HEAD_NUMBERS = (REC_NUMBER, REC_START, REC_END, REC_PLAN_VERSION, -1)
+"""What every record of a request shares: its strings (an empty one is not written), then its
+numbers, its plan's version and the span of usage it reports; -1: the request's type."""
+
+
+def _record_head(p: Pending, kb: KernelBatch, names: list[str]) -> tuple[int, ...]:
+    """A request's HEAD_NUMBERS; its HEAD_NAMES are added to `names`."""
     req = p.request
-    string = table.string
-    return (string(p.account_id), string(req.subscriber_id), string(req.session_id),
-            req.request_number, string(p.zone),
+    a = kb.index[p.account_id]
+    plan = kb.plans[a]
+    old = kb.accounts[a].sessions.get(req.session_id)
+    names += (p.account_id, req.subscriber_id, req.session_id, p.zone,
+              plan.plan_id if plan is not None else "", req.origin)
+    return (req.request_number,
             old.last_time_ms if old is not None and not old.is_event else req.time_ms,
-            req.time_ms, string(plan.plan_id) if plan is not None else -1,
-            plan.version if plan is not None else 0, string(req.origin))
-
-
-def usage_record(table: RecordTable, head: tuple[int, ...], kind: int, ref: ItemRef,
-                 charges: Sequence[tuple[int, int, int]], buckets: list[Bucket], money: int,
-                 first_billed: bool) -> None:
-    """Adds an item's rated usage record to the batch's table (encoded all at once).
-    `first_billed`: the session's first billed units of the rating group (its connect fee)."""
-    rate = ref.rate
-    assert rate is not None  # only priced items charge
-    account, subscriber, session, rn, zone, start, end, plan, version, origin = head
-    overage = max(0, ref.used - ref.reserved_units) if kind != EVENT else 0
-    fee = (min(rate.connect_fee_micros, money)
-           if first_billed and rate.connect_fee_micros and not rate.zero_rated else 0)
-    string = table.string
-    table.add((
-        USAGE, account, subscriber, session, rn, ref.rating_group, ref.service_id, zone,
-        rate.unit_type, ref.used, start, end, plan, version, rate.price_micros, rate.increment,
-        money, int(overage > 0), overage, origin, fee),
-        [(string(buckets[s].bucket_id) if s != MONEY_SOURCE else -1, u, m)
-         for s, u, m in charges])
+            req.time_ms, plan.version if plan is not None else 0, req.type)

@@ -325,6 +325,7 @@ class RateTable:
         self._rows: dict[tuple[str, int], dict[tuple[int, str], int]] = {}
         self._arrays: tuple[np.ndarray, ...] | None = None
         self._grant_terms: np.ndarray | None = None
+        self._record_terms: np.ndarray | None = None
         self._prefixes: dict[tuple[str, int], Prefixes] = {}
 
     def prefixes(self, plan: Plan) -> Prefixes:
@@ -344,7 +345,7 @@ class RateTable:
                 self.rates.append(r)
                 self._plans.append(plan)
             self._rows[key] = rows
-            self._arrays = self._grant_terms = None
+            self._arrays = self._grant_terms = self._record_terms = None
         return rows
 
     def grant_terms(self) -> np.ndarray:
@@ -355,6 +356,17 @@ class RateTable:
                 [[r.quota_holding_time_s for r in self.rates],
                  [r.threshold_percent for r in self.rates]], dtype=np.int64).reshape(2, -1)
         return self._grant_terms
+
+    def record_terms(self) -> np.ndarray:
+        """Per rate (a column each), what its usage records state: rows unit type, price
+        (micros), increment, connect fee (micros; 0 when zero-rated, which waives it)."""
+        if self._record_terms is None:
+            self._record_terms = np.array(
+                [[int(r.unit_type) for r in self.rates], [r.price_micros for r in self.rates],
+                 [r.increment for r in self.rates],
+                 [0 if r.zero_rated else r.connect_fee_micros for r in self.rates]],
+                dtype=np.int64).reshape(4, -1)
+        return self._record_terms
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The kernels' `rates` tuple (rows: kernels.charge R_*, T_*, W_*, S_*): the rate
