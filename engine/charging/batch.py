@@ -204,7 +204,8 @@ class KernelBatch:
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
-                            charge_table=chg, events=events, items=items, outputs=out,
+                            charge_table=np.ascontiguousarray(chg), events=events,
+                            items=items, outputs=out,
                             shown=np.array([not ref.internal for ref in self.refs], np.int64))
 
     def _changes(self, before: np.ndarray, after: np.ndarray

@@ -18,6 +18,7 @@ from tollgate.engine.charging.batch import Answers, KernelBatch, KernelResult, P
 from tollgate.engine.charging.batcher import Batcher, Prepared
 from tollgate.engine.charging.decode import Invalid, Request, decode_all, error_answer
 from tollgate.engine.charging.decode import warm_up as warm_up_checks
+from tollgate.engine.charging.kernels import records
 from tollgate.engine.charging.kernels.charge import O_RESULT
 from tollgate.engine.charging.outcome import Outcome, Timing, build_outcome
 from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberState
@@ -139,6 +140,7 @@ class Engine:
         wire.warm_up()
         warm_up_checks(self.config)
         usage_wire.warm_up()
+        records.warm_up()
         answers.warm_up()
         if fresh:
             log.warning("kernels compiled in %.0f s", time.monotonic() - started)

@@ -21,46 +21,11 @@ from tollgate.engine.charging.batch import (
 )
 from tollgate.engine.charging.kernels.charge import (
     I_ACCT,
-    I_RATE,
-    I_REQ,
-    I_RES_UNITS,
-    I_RG,
-    I_S_BILLED,
-    I_S_USED,
-    I_USED,
     INVALID_AVP_VALUE,
-    O_CHARGED,
-    O_S_BILLED,
-    O_S_CHARGED,
-    O_S_REM,
-    O_S_USED,
     WANT_GRANT,
 )
+from tollgate.engine.charging.kernels.records import HEAD_COLUMNS, record_items, record_table
 from tollgate.engine.charging.usage_wire import (
-    REC_ACCOUNT,
-    REC_CHARGES_HI,
-    REC_CHARGES_LO,
-    REC_END,
-    REC_FEE,
-    REC_INCREMENT,
-    REC_KIND,
-    REC_MONEY,
-    REC_NUMBER,
-    REC_ORIGIN,
-    REC_OVERAGE,
-    REC_OVERAGE_UNITS,
-    REC_PLAN,
-    REC_PLAN_VERSION,
-    REC_PRICE,
-    REC_RATING_GROUP,
-    REC_ROWS,
-    REC_SERVICE_ID,
-    REC_SESSION,
-    REC_START,
-    REC_SUBSCRIBER,
-    REC_UNIT,
-    REC_UNITS,
-    REC_ZONE,
     encode_records,
 )
 from tollgate.engine.charging.wire import Strings
@@ -76,11 +41,10 @@ from tollgate.engine.storage import keys
 from tollgate.engine.storage.session_blob import pack_session
 from tollgate.engine.storage.state import AccountState, Rated, SessionState
 from tollgate.engine.storage.store import AccountWrite, SessionWrite
-from tollgate.v1 import events_pb2, usage_pb2
+from tollgate.v1 import events_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)
 TERMINATION, EVENT = int(RequestType.TERMINATION), int(RequestType.EVENT)
-USAGE = usage_pb2.USAGE
 
 
 @dataclass(slots=True)
@@ -174,57 +138,31 @@ def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatc
 
 def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
              writes: list[AccountWrite]) -> None:
-    """The batch's rated usage records, added to their accounts' writes in batch order.
-
-    Built as columns from the kernel's item table and outputs: Python visits each request
-    with a record once (its strings and times), never a record. An item has a record when
-    the kernel took a report of usage (its session's used units moved), also one that the
-    session's earlier billed units cover (no charge of its own); a release the TERMINATION
-    did not mention has none.
-    """
-    items, o = res.items, res.outputs
-    moved = (o[O_S_USED] | o[O_S_BILLED] | o[O_S_REM] | o[O_S_CHARGED]) != 0
-    at = np.flatnonzero(moved & (o[O_S_USED] != items[:, I_S_USED]) & (res.shown != 0))
+    """The batch's rated usage records, added to their accounts' writes in batch order: the
+    records kernels build their tables from the charging kernel's arrays; Python visits each
+    request with a record once (its strings and times), never a record."""
+    chg = res.charge_table
+    at, requests, buckets = record_items(res.items, res.outputs, res.shown, chg,
+                                         len(kb.buckets))
     if not at.size:
         return
-    it = items[at]
-    requests = np.unique(it[:, I_REQ])
-    names: list[str] = []  # per request with records, its HEAD_NAMES
+    names: list[str] = []  # per request with records, its strings; then the buckets'
     numbers = [_record_head(batch[r], kb, names) for r in requests.tolist()]
-    chg = res.charge_table
-    source = chg[1]
-    buckets = np.unique(source[source != MONEY_SOURCE]).tolist()
-    names += [kb.buckets[s].bucket_id for s in buckets]
-    # Each string once in the table, named by its index (one dict for the batch).
+    names += [kb.buckets[s].bucket_id for s in buckets.tolist()]
+    # Each string once in the encoder's table, named by its index.
     strings = {s: k for k, s in enumerate(dict.fromkeys(names))}
     named = np.array([strings[s] for s in names], np.int64)
-    heads = np.hstack((named[:len(numbers) * len(HEAD_NAMES)].reshape(-1, len(HEAD_NAMES)),
-                       np.array(numbers, np.int64).reshape(-1, len(HEAD_NUMBERS))))
-    heads = heads[np.searchsorted(requests, it[:, I_REQ])]
-    rate = it[:, I_RATE]
-    assert (rate >= 0).all(), "a record of an unpriced item"  # only priced items charge
-    unit, price, increment, fee = rates.record_terms()[:, rate]
-    used, money = it[:, I_USED], o[O_CHARGED][at]
-    overage = np.where(heads[:, -1] != EVENT,
-                       np.maximum(used - it[:, I_RES_UNITS], 0), 0)
-    # The session's first billed units of the rating group pay its connect fee.
-    first = (it[:, I_S_BILLED] == 0) & (o[O_S_BILLED][at] > 0) & (fee > 0)
-    records = np.empty((REC_ROWS, at.size), np.int64)
-    records[REC_KIND] = USAGE
-    records[[*HEAD_NAMES, *HEAD_NUMBERS[:-1]]] = heads[:, :-1].T
-    records[REC_RATING_GROUP] = it[:, I_RG]
-    records[REC_SERVICE_ID] = [kb.refs[i].service_id for i in at.tolist()]
-    records[REC_UNIT], records[REC_UNITS], records[REC_PRICE] = unit, used, price
-    records[REC_INCREMENT], records[REC_MONEY] = increment, money
-    records[REC_CHARGES_LO] = np.searchsorted(chg[0], at, "left")
-    records[REC_CHARGES_HI] = np.searchsorted(chg[0], at, "right")
-    records[REC_OVERAGE], records[REC_OVERAGE_UNITS] = overage > 0, overage
-    records[REC_FEE] = np.where(first, np.minimum(fee, money), 0)
-    bucket_name = np.full(len(kb.buckets) + 1, -1, np.int64)  # the last: money (no name)
+    heads = np.empty((len(numbers), HEAD_COLUMNS), np.int64)
+    heads[:, :HEAD_STRINGS] = named[:len(numbers) * HEAD_STRINGS].reshape(-1, HEAD_STRINGS)
+    heads[:, HEAD_STRINGS:] = numbers
+    bucket_name = np.full(len(kb.buckets), -1, np.int64)
     bucket_name[buckets] = named[len(named) - len(buckets):]
-    charges = np.stack((bucket_name[source], chg[2], chg[3]))
+    refs = kb.refs
+    records, charges = record_table(
+        res.items, res.outputs, at, heads, rates.record_terms(),
+        np.array([refs[i].service_id for i in at.tolist()], np.int64), chg, bucket_name)
     encoded = encode_records(records, charges, Strings.of(list(strings)))
-    for a, record in zip(it[:, I_ACCT].tolist(), encoded, strict=True):
+    for a, record in zip(res.items[at, I_ACCT].tolist(), encoded, strict=True):
         writes[a].records.append(record)
 
 
@@ -298,14 +236,14 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-HEAD_NAMES = (REC_ACCOUNT, REC_SUBSCRIBER, REC_SESSION, REC_ZONE, REC_PLAN, REC_ORIGIN)
-HEAD_NUMBERS = (REC_NUMBER, REC_START, REC_END, REC_PLAN_VERSION, -1)
-"""What every record of a request shares: its strings (an empty one is not written), then its
-numbers, its plan's version and the span of usage it reports; -1: the request's type."""
+HEAD_STRINGS = 6
+"""The strings of a request's records head (kernels.records.HEAD): account, subscriber,
+session, zone, plan (empty: none), origin; its numbers follow."""
 
 
 def _record_head(p: Pending, kb: KernelBatch, names: list[str]) -> tuple[int, ...]:
-    """A request's HEAD_NUMBERS; its HEAD_NAMES are added to `names`."""
+    """A request's head numbers (kernels.records.HEAD after the strings, then its type); its
+    strings are added to `names`."""
     req = p.request
     a = kb.index[p.account_id]
     plan = kb.plans[a]

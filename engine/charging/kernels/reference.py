@@ -523,3 +523,53 @@ def _thresholds(n: int, it: RefItem, st: RefState, acct: RefAccount) -> None:
             st.events.append((n, EV_LOW, -1, 0, acct.money, acct.low_mark))
         elif acct.money >= acct.low_mark:
             acct.low_flag = 0
+
+
+@dataclass
+class RefRecordItem:
+    """A kernel item as the usage records see it: its inputs, then the kernel's outputs."""
+
+    request: int
+    shown: bool  # 0: a release its TERMINATION did not mention
+    rating_group: int
+    rate: int
+    used: int
+    res_units: int  # units of the reservation it replaced
+    s_used: int  # the session's rating group before it ...
+    s_billed: int
+    out_used: int  # ... and after it (all four 0: unchanged)
+    out_billed: int
+    out_rem: int
+    out_charged: int
+    charged: int  # micros
+
+
+def records_reference(items: list[RefRecordItem], heads: dict[int, tuple[int, ...]],
+                      terms: list[tuple[int, int, int, int]], service_ids: list[int],
+                      charges: list[tuple[int, int, int, int]], names: dict[int, int]
+                      ) -> list[tuple[int, dict[str, int], list[tuple[int, int, int]]]]:
+    """Each record, as (its item, its fields by name, its charges (bucket string or -1, units,
+    micros)): the record of an item whose session's used units the kernel moved. heads: per
+    request (account, subscriber, session, zone, plan, origin, number, start, end, plan
+    version, type); terms: per rate (unit, price, increment, connect fee); charges: (item,
+    source, units, micros); names: a bucket position's string."""
+    out = []
+    for n, it in enumerate(items):
+        unchanged = not (it.out_used or it.out_billed or it.out_rem or it.out_charged)
+        if not it.shown or unchanged or it.out_used == it.s_used:
+            continue
+        (account, subscriber, session, zone, plan, origin, number, start, end, version,
+         kind) = heads[it.request]
+        unit, price, increment, fee = terms[it.rate]
+        overage = max(0, it.used - it.res_units) if kind != 4 else 0
+        first_billed = it.s_billed == 0 and it.out_billed > 0
+        fields = dict(
+            kind=1, account=account, subscriber=subscriber, session=session, number=number,
+            rating_group=it.rating_group, service_id=service_ids[n], zone=zone, unit=unit,
+            units=it.used, start=start, end=end, plan=plan, plan_version=version, price=price,
+            increment=increment, money=it.charged, overage=int(overage > 0),
+            overage_units=overage, origin=origin,
+            fee=min(fee, it.charged) if first_billed and fee else 0)
+        paid = [(names[s] if s != MONEY else -1, u, m) for i, s, u, m in charges if i == n]
+        out.append((n, fields, paid))
+    return out
