@@ -57,10 +57,11 @@ class Batcher(Generic[T]):
 
     Small batches beside small callers: while small calls (at most `shared_batch // 8`
     items: a unary Charge) come (one within SMALL_ACTIVE_S) and a bulk source waits (a
-    stream, a larger call), a batch takes at most `shared_batch` items. A small call's
-    answer waits for the batch being prepared and its own; at max_batch, under bulk load,
-    that is a few hundred ms on a small box. Bulk callers then lose only what a smaller
-    batch costs more per item.
+    stream, a larger call), a batch takes at most `shared_batch` items, and every other
+    batch is the waiting small calls' alone (`_lane`). A small call's answer waits for the
+    batch being prepared and its own; at max_batch, under bulk load, that is a few hundred
+    ms on a small box. Bulk callers then lose only what a smaller batch costs more per item
+    and the small calls' turns.
 
     Streams wait their turn to queue (`stream_room`): while 2 x max_batch items of streams
     wait, a stream submits no more (its reader stops, and gRPC flow control holds its client
@@ -85,6 +86,7 @@ class Batcher(Generic[T]):
         self._count = 0
         self._streamed = 0  # items of named sources (streams) in _sources
         self._small_seen = -SMALL_ACTIVE_S  # when a small call came last (monotonic s)
+        self._small_turn = True  # the next batch may be the small calls' alone (_lane)
         self._stream_room = asyncio.Event()
         self._ready = asyncio.Event()
         self._full = asyncio.Event()
@@ -199,14 +201,15 @@ class Batcher(Generic[T]):
             self._in_flight = None
 
     def _take(self) -> list[T]:
-        """The next batch: what runs again first, then the sources in turn, an equal share of
-        what is left each (the first of them gets the rest of a division)."""
+        """The next batch: what runs again first, then the sources of its lane in turn, an
+        equal share of what is left each (the first of them gets the rest of a division)."""
         room = self._room()
         batch = [self._again.popleft() for _ in range(min(room, len(self._again)))]
         room -= len(batch)
-        while room > 0 and self._sources:
-            share = max(1, room // len(self._sources))
-            for key in list(self._sources):
+        lane = self._lane()
+        while room > 0 and lane:
+            share = max(1, room // len(lane))
+            for key in list(lane):
                 queue = self._sources[key]
                 take = min(share, len(queue), room)
                 batch += [queue.popleft() for _ in range(take)]
@@ -217,12 +220,27 @@ class Batcher(Generic[T]):
                     self._sources.move_to_end(key)  # the next batch starts with the others
                 else:
                     del self._sources[key]
+                    lane.remove(key)
                 if room == 0:
                     break
         self._count -= len(batch)
         if self._streamed < 2 * self.max_batch:
             self._stream_room.set()
         return batch
+
+    def _lane(self) -> list[object]:
+        """The sources the next batch takes from: while small calls and bulk sources both
+        wait, every other batch is the small calls' alone, so a small call waits for one
+        bulk batch at most, not for its share of one (the bulk sources get the batches
+        between: the small calls cannot starve them)."""
+        keys = list(self._sources)
+        if self._small_turn:
+            small = [k for k in keys if isinstance(k, _Call) and k.small]
+            if small and len(small) < len(keys):
+                self._small_turn = False
+                return small
+        self._small_turn = True
+        return keys
 
     def _room(self) -> int:
         """How many items the next batch may take (see the class's docstring)."""

@@ -183,10 +183,26 @@ async def test_batches_are_small_while_small_calls_come_beside_a_stream() -> Non
     batcher.start()
     await batcher.close()
 
-    # Every batch is small, not only the one the call is in: the caller's next call must
-    # not find a full-size batch being prepared.
-    assert [len(b) for b in batches] == [8, 8, 8, 8, 8, 1]
-    assert "u0" in batches[0]
+    # The call's batch is its own (it waits for no share of the stream's CPU), and every
+    # batch is small: the caller's next call must not find a full-size batch being prepared.
+    assert batches[0] == ["u0"]
+    assert [len(b) for b in batches] == [1, 8, 8, 8, 8, 8]
+
+
+async def test_small_calls_have_every_other_batch_and_cannot_starve_a_stream() -> None:
+    batches, batcher = _sizes()
+    stream = object()
+    batcher.submit([f"s{n}" for n in range(40)], stream)
+    for n in range(30):
+        batcher.submit([f"u{n}"])
+    batcher.start()
+    await batcher.close()
+
+    kinds = [{x[0] for x in b} for b in batches]
+    assert kinds[:3] == [{"u"}, {"u", "s"}, {"u"}]
+    # While the calls wait, the stream is in every other batch, in its order.
+    assert all("s" in k for k in kinds[1:7:2])
+    assert [x for b in batches for x in b if x[0] == "s"] == [f"s{n}" for n in range(40)]
 
 
 async def test_batches_are_full_without_small_calls() -> None:
