@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -112,26 +114,30 @@ def warm_up() -> None:
 
 
 def _finals(kb: KernelBatch) -> tuple[np.ndarray, np.ndarray, wire.Strings, np.ndarray]:
-    """The final-unit indications of the batch's plans (one per plan), their filter ids, the
-    strings they name, and each account's indication (-1: its plan has none)."""
-    columns: list[tuple[int, int, int, int]] = []
-    filters: list[int] = []
-    strings: list[str] = []
-    seen: dict[int, int] = {}
+    """The final-unit indications of the batch's plans (one per distinct indication), their
+    filter ids, the strings they name, and each account's indication (-1: its plan has
+    none)."""
     of_account = np.full(len(kb.accounts), -1, np.int64)
+    seen: dict[FinalUnit, int] = {}
     for a, plan in enumerate(kb.plans):
         final = plan.final_unit if plan is not None else None
-        if final is None:
-            continue
-        f = seen.get(id(final))
-        if f is None:
-            f = seen[id(final)] = len(columns)
-            columns.append(_final_column(final, filters, strings))
-        of_account[a] = f
-    if not columns:  # the usual batch: no plan of it has final units
+        if final is not None:
+            of_account[a] = seen.setdefault(final, len(seen))
+    if not seen:  # the usual batch: no plan of it has final units
         return wire.NO_FINALS, wire.NO_FILTERS, NO_STRINGS, of_account
+    return (*_final_tables(tuple(seen)), of_account)
+
+
+@functools.lru_cache(maxsize=256)
+def _final_tables(finals: tuple[FinalUnit, ...]
+                  ) -> tuple[np.ndarray, np.ndarray, wire.Strings]:
+    """The tables of some indications, in order: built once per set of them (a batch's plans
+    are mostly the same few; the tables are read, never written)."""
+    filters: list[int] = []
+    strings: list[str] = []
+    columns = [_final_column(final, filters, strings) for final in finals]
     table = np.array(columns, np.int64).reshape(-1, wire.F_ROWS).T.copy()
-    return table, np.array(filters, np.int64), wire.Strings.of(strings), of_account
+    return table, np.array(filters, np.int64), wire.Strings.of(strings)
 
 
 def _final_column(final: FinalUnit, filters: list[int], strings: list[str]

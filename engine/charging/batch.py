@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, cast
@@ -170,7 +171,7 @@ class KernelBatch:
 
         accts, buckets, members = self.accounts, self.buckets, [m for _, m in self.members]
         rg_lists = [b.rating_groups for b in buckets]
-        rg_end = np.cumsum([len(r) for r in rg_lists], dtype=np.int64).tolist()
+        rg_end = list(itertools.accumulate(len(r) for r in rg_lists))
         # One conversion for the whole table (appending to a list per column costs more);
         # a row per item, as the kernel reads them.
         items = np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS))

@@ -235,7 +235,7 @@ class Batcher(Generic[T]):
         between: the small calls cannot starve them)."""
         keys = list(self._sources)
         if self._small_turn:
-            small = [k for k in keys if isinstance(k, _Call) and k.small]
+            small: list[object] = [k for k in keys if isinstance(k, _Call) and k.small]
             if small and len(small) < len(keys):
                 self._small_turn = False
                 return small
