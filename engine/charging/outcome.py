@@ -19,15 +19,9 @@ from tollgate.engine.charging.batch import (
     KernelResult,
     Pending,
 )
-from tollgate.engine.charging.kernels.charge import (
-    I_ACCT,
-    INVALID_AVP_VALUE,
-    WANT_GRANT,
-)
+from tollgate.engine.charging.kernels.charge import I_ACCT, INVALID_AVP_VALUE, WANT_GRANT
 from tollgate.engine.charging.kernels.records import HEAD_COLUMNS, record_items, record_table
-from tollgate.engine.charging.usage_wire import (
-    encode_records,
-)
+from tollgate.engine.charging.usage_wire import encode_records
 from tollgate.engine.charging.wire import Strings
 from tollgate.engine.domain import (
     MONEY_SOURCE,

@@ -185,33 +185,3 @@ def warm_up() -> None:
     """Loads (or compiles) the kernel for the arrays the engine passes."""
     encode_records(np.zeros((REC_ROWS, 0), np.int64), np.zeros((C_ROWS, 0), np.int64),
                    Strings.of([]))
-
-
-class RecordTable:
-    """Records gathered for one encode: their rows (REC_* order), their charges (C_* order)
-    and the strings they name, each string once."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, ...]] = []
-        self.charges: list[tuple[int, int, int]] = []
-        self._strings: dict[str, int] = {}
-
-    def string(self, s: str) -> int:
-        """The string's index (added the first time it is named)."""
-        k = self._strings.get(s)
-        if k is None:
-            k = self._strings[s] = len(self._strings)
-        return k
-
-    def add(self, row: tuple[int, ...], charges: list[tuple[int, int, int]]) -> None:
-        """A record: `row` holds REC_* values but for REC_CHARGES_LO/HI (set here)."""
-        lo = len(self.charges)
-        self.charges += charges
-        self.rows.append((*row[:REC_CHARGES_LO], lo, len(self.charges), *row[REC_CHARGES_LO:]))
-
-    def encode(self) -> list[bytes]:
-        if not self.rows:
-            return []
-        records = np.array(self.rows, np.int64).T.copy()
-        charges = np.array(self.charges, np.int64).reshape(-1, C_ROWS).T.copy()
-        return encode_records(records, charges, Strings.of(list(self._strings)))
