@@ -39,8 +39,9 @@ class Config:
     shared_batch: int = 64
     """Most requests in one micro-batch while a small caller (at most shared_batch / 8
     requests waiting: a unary Charge, a small ChargeBatch) waits beside a bulk one (a stream
-    or a ChargeBatch with more): the small caller's latency is a few batches' CPU, so this
-    bounds it under bulk load, at some of the bulk callers' throughput (docs/stream-soak.md).
+    or a ChargeBatch with more), when also every other batch is the small callers' alone:
+    the small caller waits for one such batch's CPU and its own, so this bounds its latency
+    under bulk load, at some of the bulk callers' throughput (docs/stream-soak.md).
     0 = max_batch always."""
     batch_window_ms: float = 1.0
     """How long an idle batcher waits for more requests before flushing."""
