@@ -41,11 +41,11 @@ def encode(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Rate
     TERMINATION did not mention, what it was charged), in batch order."""
     finals, filters, strings, final_of_account = _finals(kb)
     sessions = [p.request.session_id.encode() for p in batch]
-    service = np.array([ref.service_id for ref in kb.refs], np.int64)
     numbers = np.array([p.request.request_number for p in batch], np.int64)
     lengths = np.array([len(s) for s in sessions], np.int64)
     unit = rates.arrays()[0][R_UNIT] if rates.rates else np.zeros(0, np.int64)
-    answers, grants = tables_kernel(res.items, res.outputs, res.shown, service, numbers, lengths,
+    answers, grants = tables_kernel(res.items, res.outputs, res.shown, res.service, numbers,
+                                    lengths,
                                     unit, rates.grant_terms(), final_of_account)
     src = np.frombuffer(bytearray(b"".join(sessions)), np.uint8)  # writable, as warmed up
     encoded, spans = wire.encode_answers(src, answers, grants, strings, finals, filters)

@@ -148,6 +148,7 @@ class KernelResult:
     outputs: np.ndarray  # the kernel's item outputs (kernels.charge O_* rows)
     shown: np.ndarray  # per item, 1 if its grant is in its request's answer (0: a release
     # the TERMINATION did not mention)
+    service: np.ndarray  # per item, its service id (answers and records state it)
 
 
 @dataclass(slots=True)
@@ -207,7 +208,8 @@ class KernelBatch:
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out,
-                            shown=np.array([not ref.internal for ref in self.refs], np.int64))
+                            shown=np.array([not ref.internal for ref in self.refs], np.int64),
+                            service=np.array([ref.service_id for ref in self.refs], np.int64))
 
     def _changes(self, before: np.ndarray, after: np.ndarray
                  ) -> list[tuple[int, int, int, int]]:

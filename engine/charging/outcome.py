@@ -20,7 +20,12 @@ from tollgate.engine.charging.batch import (
     Pending,
 )
 from tollgate.engine.charging.kernels.charge import I_ACCT, INVALID_AVP_VALUE, WANT_GRANT
-from tollgate.engine.charging.kernels.records import HEAD_COLUMNS, record_items, record_table
+from tollgate.engine.charging.kernels.records import (
+    HEAD_COLUMNS,
+    HEAD_STRINGS,
+    record_items,
+    record_table,
+)
 from tollgate.engine.charging.usage_wire import encode_records
 from tollgate.engine.charging.wire import Strings
 from tollgate.engine.domain import (
@@ -151,10 +156,8 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     heads[:, HEAD_STRINGS:] = numbers
     bucket_name = np.full(len(kb.buckets), -1, np.int64)
     bucket_name[buckets] = named[len(named) - len(buckets):]
-    refs = kb.refs
-    records, charges = record_table(
-        res.items, res.outputs, at, heads, rates.record_terms(),
-        np.array([refs[i].service_id for i in at.tolist()], np.int64), chg, bucket_name)
+    records, charges = record_table(res.items, res.outputs, at, heads, rates.record_terms(),
+                                    res.service, chg, bucket_name)
     encoded = encode_records(records, charges, Strings.of(list(strings)))
     for a, record in zip(res.items[at, I_ACCT].tolist(), encoded, strict=True):
         writes[a].records.append(record)
@@ -230,14 +233,9 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-HEAD_STRINGS = 6
-"""The strings of a request's records head (kernels.records.HEAD): account, subscriber,
-session, zone, plan (empty: none), origin; its numbers follow."""
-
-
 def _record_head(p: Pending, kb: KernelBatch, names: list[str]) -> tuple[int, ...]:
-    """A request's head numbers (kernels.records.HEAD after the strings, then its type); its
-    strings are added to `names`."""
+    """A request's head numbers (kernels.records.HEAD after its HEAD_STRINGS, then its type);
+    its strings (an empty plan: none) are added to `names`."""
     req = p.request
     a = kb.index[p.account_id]
     plan = kb.plans[a]

@@ -99,7 +99,7 @@ def test_the_kernels_make_the_records_the_reference_makes(batch):
         table, outputs, at, np.array([heads[r] for r in requests.tolist()],
                                      np.int64).reshape(-1, HEAD_COLUMNS),
         np.array(terms, np.int64).reshape(-1, 4).T.copy(),
-        np.array([service_ids[n] for n in at.tolist()], np.int64), charge_table, bucket_name)
+        np.array(service_ids, np.int64), charge_table, bucket_name)
     assert paid.shape == (C_ROWS, len(charges))
     for k, (_, fields, charged) in enumerate(expected):
         assert {name: table_rows[row, k] for row, name in enumerate(FIELDS) if name} == fields

@@ -57,6 +57,7 @@ HEAD = np.array([REC_ACCOUNT, REC_SUBSCRIBER, REC_SESSION, REC_ZONE, REC_PLAN, R
 """The `heads` columns, then the request's type: what every record of a request shares (its
 strings' indexes, -1 or an empty string not written; its number, the span of usage it
 reports, its plan's version)."""
+HEAD_STRINGS = 6  # HEAD's first columns are strings, the others numbers
 HEAD_KIND = len(HEAD)
 HEAD_COLUMNS = HEAD_KIND + 1
 T_UNIT, T_PRICE, T_INCREMENT, T_FEE = range(4)
@@ -98,11 +99,11 @@ def record_items(items: np.ndarray, outputs: np.ndarray, shown: np.ndarray,
 
 @njit(cache=True, nogil=True)
 def record_table(items: np.ndarray, outputs: np.ndarray, at: np.ndarray, heads: np.ndarray,
-                 terms: np.ndarray, service_ids: np.ndarray, charges: np.ndarray,
+                 terms: np.ndarray, service: np.ndarray, charges: np.ndarray,
                  bucket_name: np.ndarray) -> tuple:
     """The records of items `at` (record_items) as REC_* rows, and the charges as C_* rows.
-    `heads`: a row per request of `at`, in order (HEAD, then its type); `service_ids`: per
-    record; `charges`: rows item (ascending), source (a bucket's position, -1 money), units,
+    `heads`: a row per request of `at`, in order (HEAD, then its type); `service`: per
+    item; `charges`: rows item (ascending), source (a bucket's position, -1 money), units,
     micros; `bucket_name`: a bucket position's string index."""
     n, m = at.size, charges.shape[1]
     rec = np.empty((REC_ROWS, n), np.int64)
@@ -121,7 +122,7 @@ def record_table(items: np.ndarray, outputs: np.ndarray, at: np.ndarray, heads: 
         first = items[i, I_S_BILLED] == 0 and outputs[O_S_BILLED, i] > 0
         rec[REC_KIND, k] = USAGE
         rec[REC_RATING_GROUP, k] = items[i, I_RG]
-        rec[REC_SERVICE_ID, k] = service_ids[k]
+        rec[REC_SERVICE_ID, k] = service[i]
         rec[REC_UNIT, k] = terms[T_UNIT, rate]
         rec[REC_UNITS, k] = used
         rec[REC_PRICE, k] = terms[T_PRICE, rate]
