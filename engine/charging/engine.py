@@ -287,7 +287,7 @@ class Engine:
         if missing:
             ttl = now + self.config.subscriber_cache_s
             changes = self._subscriber_changes
-            found = await self.store.read_subscribers(missing)
+            found = await self.store.read_subscribers(missing, charging=True)
             # A change heard while reading may be newer than what was read: use it for this
             # batch (it was true when read), but cache it only if nothing changed meanwhile.
             keep = changes == self._subscriber_changes

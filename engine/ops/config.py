@@ -95,7 +95,9 @@ class Config:
     event_time_future_s: int = 300
     """How far after the server's clock a request's event_time_ms may lie (clock skew)."""
     redis_timeout_s: float = 5.0
-    """Deadline of one Redis round trip (and of resending partitions while slots move)."""
+    """Deadline of one Redis round trip outside the charging path (provisioning, billing,
+    the sweeper), of connecting, and of resending partitions while slots move. The
+    charging path's round trips are bounded by request_deadline_s instead."""
     redis_wait_replicas: int = 0
     """After each batch's writes, WAIT until this many replicas of each written node have
     them before answering (0 = don't wait: a failover may lose the last writes)."""

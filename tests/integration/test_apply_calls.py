@@ -43,12 +43,12 @@ async def _money(store: Store) -> list[int]:
 def _count_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of Lua calls of each apply (observed on the way to the real Redis)."""
     counts: list[int] = []
-    run = store.nodes.run
+    run = store.charging.run
 
     async def counted(script: Any, calls: Any) -> Any:
         counts.append(len(calls))
         return await run(script, calls)
-    monkeypatch.setattr(store.nodes, "run", counted)
+    monkeypatch.setattr(store.charging, "run", counted)
     return counts
 
 

@@ -47,13 +47,13 @@ async def test_checks_split_at_groups_per_call_keep_their_positions(
     for a in moved:
         await _charge(store, a, held[a])
     calls: list[int] = []
-    run = store.nodes.run
+    run = store.charging.run
 
     async def counted(script: Any, todo: Any, wait: bool = True) -> Any:
         calls.append(len(todo))
         assert not wait  # a read waits for no replica
         return await run(script, todo, wait)
-    monkeypatch.setattr(store.nodes, "run", counted)
+    monkeypatch.setattr(store.charging, "run", counted)
     await store.redis.script_flush()  # the script is loaded again on the way
     assert await store.moved_accounts(held) == moved
     # One round of calls; a partition is never split over two (a cluster: one call each).
