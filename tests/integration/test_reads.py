@@ -72,3 +72,17 @@ async def test_a_check_sends_no_wait(tollgate, gateway):
         assert await store.moved_accounts({"acct-0": 0}) == {"acct-0"}
     finally:
         await store.close()
+
+
+async def test_the_charging_path_has_a_client_without_socket_timeouts(tollgate):
+    """Its calls run under the batch's deadline (by_deadline); redis-py's per-operation
+    timeout would cost a task per send and read. The other callers keep theirs."""
+    store = tollgate.store
+
+    def socket_timeout(client: Any) -> Any:
+        kwargs = (client.nodes_manager.connection_kwargs if store.charging.cluster is not None
+                  else client.connection_pool.connection_kwargs)
+        return kwargs.get("socket_timeout")
+    assert socket_timeout(store.charging_redis) is None
+    assert socket_timeout(store.redis) == tollgate.config.redis_timeout_s
+    assert store.charging.client is store.charging_redis and store.nodes.client is store.redis
