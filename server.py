@@ -154,9 +154,7 @@ class ChargingServicer:
     async def Charge(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
 
-        def submit() -> Answers:
-            return self.engine.submit(request, self.engine.parse(request, single=True))
-        return (await _answered(context, submit, started))[0]
+        return (await _answered(context, lambda: self.engine.submit_one(request), started))[0]
 
     async def ChargeBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()

@@ -73,9 +73,13 @@ class Batcher(Generic[T]):
     def __init__(self, prepare: Callable[[list[T]], Awaitable[Prepared[T]]],
                  on_error: Callable[[list[T], BaseException], None],
                  max_batch: int, window_s: float, max_queue: int,
-                 shared_batch: int = 0) -> None:
+                 shared_batch: int = 0, collect: Callable[[], None] | None = None) -> None:
         self._prepare = prepare
         self._on_error = on_error
+        # Called before each batch is taken: a caller that holds items back while the
+        # batcher is busy (`busy`) submits them then, many at once.
+        self._collect = collect or (lambda: None)
+        self.busy = False  # a batch is being prepared, or the one before it landing
         self.max_batch = max_batch
         self.shared_batch = shared_batch or max_batch
         self._small = self.shared_batch // 8
@@ -111,11 +115,7 @@ class Batcher(Generic[T]):
 
     def submit(self, items: list[T], source: object = None) -> None:
         """Queues items of one source (None: a source of their own)."""
-        if self._closing:
-            raise Overloaded("shutting down")
-        if self._count + len(items) > self.max_queue:
-            raise Overloaded(f"{self._count} requests already wait (max_queue "
-                             f"{self.max_queue}); retry later")
+        self.admit(len(items))
         if source is None:
             key: object = _Call(len(items) <= self._small)
             if len(items) <= self._small:
@@ -133,6 +133,16 @@ class Batcher(Generic[T]):
         if self._count >= self.max_batch:
             self._full.set()
 
+    def admit(self, n: int, held: int = 0) -> None:
+        """Raises Overloaded unless n more items may queue, beside `held` that a caller
+        holds back to submit when the batcher collects."""
+        if self._closing:
+            raise Overloaded("shutting down")
+        waiting = self._count + held
+        if waiting + n > self.max_queue:
+            raise Overloaded(f"{waiting} requests already wait (max_queue "
+                             f"{self.max_queue}); retry later")
+
     async def stream_room(self) -> None:
         """Waits until a stream may queue more (see the class's docstring)."""
         while self._streamed >= 2 * self.max_batch:
@@ -149,6 +159,8 @@ class Batcher(Generic[T]):
     async def _run(self) -> None:
         busy = False
         while True:
+            self.busy = False
+            self._collect()
             if not self._count:
                 if self._in_flight is not None:
                     self._requeue(await self._landed())
@@ -170,7 +182,7 @@ class Batcher(Generic[T]):
                     timer.cancel()
             batch = self._take()
             self._full.clear()
-            busy = True
+            busy = self.busy = True
             try:
                 prepared = await self._prepare(batch)
             except Exception as e:  # the batch fails, the batcher lives on (on_error logs)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from tollgate.engine.charging.kernels import records
 from tollgate.engine.charging.kernels.charge import O_RESULT
 from tollgate.engine.charging.outcome import Outcome, Timing, build_outcome
 from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberState
-from tollgate.engine.errors import InvalidArgument, NotFound
+from tollgate.engine.errors import InvalidArgument, NotFound, Overloaded
 from tollgate.engine.ops import metrics
 from tollgate.engine.ops.config import Config
 from tollgate.engine.rating.cycles import renew_if_due
@@ -75,6 +75,11 @@ def _outcome_ignored(task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: asyncio would log it as never retrieved
 
 
+def _fail_call(call: Answers, error: Exception) -> None:
+    if not call.future.done():  # its caller may have gone (cancelled)
+        call.future.set_exception(error)
+
+
 def _opens_session(req: Request) -> bool:
     """An INITIAL, or an EVENT's first request: its session is new unless this is a
     retransmission, so it is not read first; the apply refuses it if the session exists
@@ -106,13 +111,15 @@ class Engine:
         self.rates = RateTable()
         self.batcher: Batcher[Pending] = Batcher(
             self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
-            config.max_queue, config.shared_batch)
+            config.max_queue, config.shared_batch, collect=self._submit_singles)
         self.conflicts = 0
         self.stale_reads = 0  # cached accounts found moved on before use (see _load)
         self._others_seen = -OTHERS_QUIET_S  # when another writer last showed (monotonic s)
         self._watcher: asyncio.Task[None] | None = None
         self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
         self._in_flight: set[str] = set()  # accounts of the batch launched last (see _prepare)
+        # Unary calls not queued yet, with their deadlines (submit_one).
+        self._singles: list[tuple[bytes, Answers, float]] = []
         store.subscriber_listeners.append(self._forget_subscriber)
 
     def start(self) -> None:
@@ -171,20 +178,89 @@ class Engine:
         stream the requests come from (None: the call is its own), for the batcher's fair
         turns between callers."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.request_deadline_s
         call = Answers(parsed.requests[wire.R_TYPE].tolist(), loop.create_future())
-        pending: list[Pending] = []
-        for slot, request in enumerate(decode_all(data, parsed, self.config, self.clock())):
-            if isinstance(request, Invalid):
-                call.put(slot, error_answer(
-                    parsed.text(wire.R_SESSION, slot),
-                    int(parsed.requests[wire.R_NUMBER, slot]), request.code, str(request)),
-                    request.code)
-            else:
-                pending.append(Pending(request, call, slot, deadline=deadline))
+        n = len(call.types)
+        deadline = loop.time() + self.config.request_deadline_s
+        pending = self._decode(data, parsed, [call] * n, range(n), [deadline] * n)
         if pending:
             self.batcher.submit(pending, source)
         return call
+
+    def submit_one(self, data: bytes) -> Answers:
+        """Queues one ChargeRequest's bytes (a unary call): its answer as submit's (Overloaded
+        at once when the queue is full); bytes that cannot be read fail its future
+        (InvalidArgument). The calls of one event-loop turn, or of the time the batcher
+        takes to prepare a batch, are parsed and checked together: a ChargeRequest's bytes
+        are an entry of a ChargeBatchRequest, so they cost one kernel call of each kind, not
+        one per call. Each call stays its own caller in the batcher, and its deadline runs
+        from now."""
+        self.batcher.admit(1, held=len(self._singles))
+        loop = asyncio.get_running_loop()
+        call = Answers([0], loop.create_future())
+        self._singles.append((data, call, loop.time() + self.config.request_deadline_s))
+        if not self.batcher.busy and len(self._singles) == 1:
+            loop.call_soon(self._submit_singles)
+        # else the batcher collects them before it takes its next batch: the calls that came
+        # while it prepared one, together.
+        return call
+
+    def _submit_singles(self) -> None:
+        if not self._singles:
+            return
+        singles, self._singles = self._singles, []
+        try:
+            self._queue_singles(singles)
+        except Exception as e:  # a bug: those calls fail (INTERNAL), the batcher lives on
+            log.error("unary calls failed", exc_info=e)
+            for _, call, _ in singles:
+                _fail_call(call, e)
+
+    def _queue_singles(self, singles: list[tuple[bytes, Answers, float]]) -> None:
+        data = wire.field_1([d for d, _, _ in singles])
+        try:
+            parsed = wire.parse_batch(data)  # max_requests_per_call is per call: 1 each
+        except wire.WireError:
+            if len(singles) == 1:
+                data, call, _ = singles[0]
+                _fail_call(call, self._parse_one(data))
+                return
+            # Which one cannot be read: each on its own, so that only that call fails, with
+            # the message its bytes alone get.
+            for one in singles:
+                self._queue_singles([one])
+            return
+        calls = [call for _, call, _ in singles]
+        for call, kind in zip(calls, parsed.requests[wire.R_TYPE].tolist(), strict=True):
+            call.types[0] = kind
+        for p in self._decode(data, parsed, calls, [0] * len(calls),
+                              [deadline for _, _, deadline in singles]):
+            try:
+                self.batcher.submit([p])
+            except Overloaded as e:
+                _fail_call(p.call, e)
+
+    def _parse_one(self, data: bytes) -> InvalidArgument:
+        """Why a ChargeRequest's bytes cannot be read (they could not as a batch's entry)."""
+        try:
+            self.parse(data, single=True)
+        except InvalidArgument as e:
+            return e
+        raise AssertionError("a ChargeRequest that reads alone reads as a batch's entry")
+
+    def _decode(self, data: bytes, parsed: wire.Parsed, calls: list[Answers],
+                slots: Sequence[int], deadlines: list[float]) -> list[Pending]:
+        """The requests of a parsed message to queue (request r answers `calls[r]` at
+        `slots[r]` by `deadlines[r]`); each invalid one answered with its refusal."""
+        pending: list[Pending] = []
+        for r, request in enumerate(decode_all(data, parsed, self.config, self.clock())):
+            if isinstance(request, Invalid):
+                calls[r].put(slots[r], error_answer(
+                    parsed.text(wire.R_SESSION, r),
+                    int(parsed.requests[wire.R_NUMBER, r]), request.code, str(request)),
+                    request.code)
+            else:
+                pending.append(Pending(request, calls[r], slots[r], deadline=deadlines[r]))
+        return pending
 
     async def charge(self, msgs: list[pb.ChargeRequest]) -> list[pb.ChargeAnswer]:
         """The answers to request messages (tests and fronts that hold messages, not bytes)."""

@@ -26,6 +26,8 @@ from tests.helpers import (
     running,
     sample_plan,
 )
+from tollgate.engine.charging import wire
+from tollgate.engine.errors import InvalidArgument
 from tollgate.engine.ops.config import Config
 from tollgate.engine.storage.redis_client import connect
 from tollgate.engine.storage.store import Store
@@ -762,6 +764,58 @@ async def test_unreadable_request_is_refused_with_invalid_argument(gateway, meth
         await call(body)
 
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    if method == "Charge":
+        assert "cannot read ChargeRequest" in err.value.details()
+
+
+async def test_unary_calls_sent_together_are_answered_each_and_an_unreadable_one_alone(gateway):
+    # The server parses the unary calls of one event-loop turn as one message: an unreadable
+    # one among them must fail alone, with the message its bytes alone get.
+    [sub] = await gateway.setup()
+    call = gateway.channel.unary_unary("/tollgate.v1.Charging/Charge",
+                                       request_serializer=bytes, response_deserializer=bytes)
+    good = [request(f"u{n}", 0, EVENT, sub, sms(1)).SerializeToString() for n in range(6)]
+    bodies = [*good[:3], b"\x0a\x02\xff\xfe\x18\x01", b"\xff\xff\xff\xff", *good[3:]]
+
+    results = await asyncio.gather(*(call(b) for b in bodies), return_exceptions=True)
+
+    answers = [cpb.ChargeAnswer.FromString(r) for r in results if isinstance(r, bytes)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert [(a.session_id, a.result) for a in answers] == [(f"u{n}", cpb.SUCCESS)
+                                                           for n in range(6)]
+    assert [e.code() for e in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert all("cannot read ChargeRequest" in e.details() for e in refused)
+    assert (await gateway.account("acct-0")).money_micros == 10 * EUR - 6 * 50_000
+
+
+async def test_unary_calls_of_one_turn_are_read_as_one_message(gateway, tollgate, monkeypatch):
+    [sub] = await gateway.setup()
+    engine = tollgate.engine
+    parsed: list[int] = []
+    parse_batch = wire.parse_batch
+
+    def counted(data: bytes) -> wire.Parsed:
+        out = parse_batch(data)
+        parsed.append(out.requests.shape[1])
+        return out
+    monkeypatch.setattr(wire, "parse_batch", counted)
+    bodies = [request(f"t{n}", 0, EVENT, sub, sms(1)).SerializeToString() for n in range(5)]
+    bodies.insert(2, request("", 0, EVENT, sub, sms(1)).SerializeToString())  # no session_id
+
+    calls = [engine.submit_one(b) for b in bodies]  # one event-loop turn
+    answers = [cpb.ChargeAnswer.FromString(a) for c in calls for a in await c.future]
+    unreadable = engine.submit_one(b"\xff\xff\xff\xff")
+    beside = engine.submit_one(request("t5", 0, EVENT, sub, sms(1)).SerializeToString())
+    with pytest.raises(InvalidArgument, match="cannot read ChargeRequest"):
+        await unreadable.future
+    [after] = await beside.future
+
+    assert parsed[0] == 6  # all six in one kernel call
+    assert cpb.ChargeAnswer.FromString(after).result == cpb.SUCCESS
+    assert [(a.session_id, a.result) for a in answers] == [
+        ("t0", cpb.SUCCESS), ("t1", cpb.SUCCESS), ("", cpb.MISSING_AVP), ("t2", cpb.SUCCESS),
+        ("t3", cpb.SUCCESS), ("t4", cpb.SUCCESS)]
+    assert [c.types for c in calls] == [[EVENT]] * 6
 
 
 async def test_unreadable_stream_message_is_refused_with_invalid_argument(gateway):

@@ -225,3 +225,41 @@ async def test_streams_wait_their_turn_to_queue_while_two_batches_of_theirs_wait
     await asyncio.wait_for(waiting, 1)  # a batch took some: room again
     await batcher.close()
     assert sum(map(len, batches)) == 52
+
+
+async def test_items_held_back_while_a_batch_is_prepared_are_collected_before_the_next() -> None:
+    # The engine holds unary calls back while the batcher is busy and submits them together
+    # when it collects (one parse for all); none may wait once the batcher goes idle.
+    seen: list[list[int]] = []
+    held: list[int] = []
+    release = asyncio.Event()
+    batcher: Batcher[int]
+
+    def collect() -> None:
+        if held:
+            batcher.submit(held[:])
+            held.clear()
+
+    async def prepare(batch: list[int]) -> Prepared[int]:
+        seen.append(batch)
+        if batch == [1]:
+            await release.wait()
+
+        async def finish() -> list[int]:
+            return []
+        return Prepared(batch, finish)
+
+    batcher = Batcher(prepare, lambda items, e: None, max_batch=10, window_s=0, max_queue=100,
+                      collect=collect)
+    batcher.start()
+    batcher.submit([1])
+    while not seen:
+        await asyncio.sleep(0.001)
+    assert batcher.busy
+    held += [2, 3, 4]  # came while [1] was being prepared
+    release.set()
+    while len(seen) < 2:
+        await asyncio.sleep(0.001)
+    assert seen == [[1], [2, 3, 4]]
+    await batcher.close()
+    assert not batcher.busy and not held
