@@ -39,3 +39,9 @@ def test_count_grants_adds_each_grant_to_its_result() -> None:
     metrics.count_grants(np.array([pb.SUCCESS, pb.CREDIT_LIMIT_REACHED, pb.SUCCESS], np.int64))
     assert grants("success") - before[0] == 2
     assert grants("credit_limit_reached") - before[1] == 1
+    # A large batch is counted another way (np.unique): the same sums.
+    large = np.full(metrics.SMALL_COUNT + 5, pb.SUCCESS, np.int64)
+    large[:3] = pb.CREDIT_LIMIT_REACHED
+    metrics.count_grants(large)
+    assert grants("success") - before[0] == 2 + metrics.SMALL_COUNT + 2
+    assert grants("credit_limit_reached") - before[1] == 1 + 3
