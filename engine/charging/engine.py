@@ -205,35 +205,34 @@ class Engine:
         return call
 
     def _submit_singles(self) -> None:
-        if not self._singles:
-            return
-        singles, self._singles = self._singles, []
-        try:
+        if self._singles:
+            singles, self._singles = self._singles, []
             self._queue_singles(singles)
-        except Exception as e:  # a bug: those calls fail (INTERNAL), the batcher lives on
-            log.error("unary calls failed", exc_info=e)
-            for _, call, _ in singles:
-                _fail_call(call, e)
 
     def _queue_singles(self, singles: list[tuple[bytes, Answers, float]]) -> None:
+        calls = [call for _, call, _ in singles]
         data = wire.field_1([d for d, _, _ in singles])
         try:
             parsed = wire.parse_batch(data)  # max_requests_per_call is per call: 1 each
+            for call, kind in zip(calls, parsed.requests[wire.R_TYPE].tolist(), strict=True):
+                call.types[0] = kind
+            pending = self._decode(data, parsed, calls, [0] * len(calls),
+                                   [deadline for _, _, deadline in singles])
         except wire.WireError:
             if len(singles) == 1:
-                data, call, _ = singles[0]
-                _fail_call(call, self._parse_one(data))
+                _fail_call(calls[0], self._parse_one(singles[0][0]))
                 return
             # Which one cannot be read: each on its own, so that only that call fails, with
             # the message its bytes alone get.
             for one in singles:
                 self._queue_singles([one])
             return
-        calls = [call for _, call, _ in singles]
-        for call, kind in zip(calls, parsed.requests[wire.R_TYPE].tolist(), strict=True):
-            call.types[0] = kind
-        for p in self._decode(data, parsed, calls, [0] * len(calls),
-                              [deadline for _, _, deadline in singles]):
+        except Exception as e:  # a bug: these calls fail (INTERNAL), none of them queued
+            log.error("unary calls failed", exc_info=e)
+            for call in calls:
+                _fail_call(call, e)
+            return
+        for p in pending:
             try:
                 self.batcher.submit([p])
             except Overloaded as e:

@@ -65,10 +65,10 @@ BATCH_ERRORS = Counter("tollgate_batch_errors", "Batches answered UNABLE_TO_COMP
 
 
 _REQUEST_CHILDREN: dict[tuple[int, int], Any] = {}
+"""The labelled counter of each (type, result): labels() costs about as much as the rest."""
 _GRANT_CHILDREN: dict[int, Counter] = {}
 SMALL_COUNT = 64
 """Grant results of a batch up to this many are counted in Python (count_grants)."""
-"""The labelled counter of each (type, result): labels() costs about as much as the rest."""
 
 
 def count(types: Sequence[int], results: Sequence[int], started: float | None = None
