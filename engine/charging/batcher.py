@@ -151,6 +151,7 @@ class Batcher(Generic[T]):
 
     async def close(self) -> None:
         """Refuses new work, finishes what is queued or running, then stops."""
+        self._collect()  # what was held back was accepted: it runs too
         self._closing = True
         self._ready.set()
         if self._task is not None:

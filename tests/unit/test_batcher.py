@@ -261,5 +261,7 @@ async def test_items_held_back_while_a_batch_is_prepared_are_collected_before_th
     while len(seen) < 2:
         await asyncio.sleep(0.001)
     assert seen == [[1], [2, 3, 4]]
+    held.append(5)  # accepted, held back, when the batcher is told to close: it runs too
     await batcher.close()
+    assert seen == [[1], [2, 3, 4], [5]]
     assert not batcher.busy and not held
