@@ -37,6 +37,10 @@ T = TypeVar("T")
 MAX_RERUNS = 50
 """A request whose account keeps changing under it is answered UNABLE_TO_COMPLY after this."""
 
+YIELD_AT = 32
+"""Batches of at least this many requests let the event loop run other work between their
+steps (Engine._run); a smaller batch's steps are shorter than the turns would cost."""
+
 SUCCESS = int(ResultCode.SUCCESS)
 DENIED_STATES = frozenset({SubscriberState.SUSPENDED, SubscriberState.TERMINATED})
 
@@ -347,7 +351,7 @@ class Engine:
         if not live:
             return live, later + deferred, None
         await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
-        return live, later + deferred, self._run(live)
+        return live, later + deferred, await self._run(live)
 
     async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()
@@ -533,7 +537,7 @@ class Engine:
 
     # --- kernel, apply, answer ----------------------------------------------------------
 
-    def _run(self, batch: list[Pending]) -> Run:
+    async def _run(self, batch: list[Pending]) -> Run:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         now = self.clock()
         renewals: dict[str, dict[str, int]] = {}
@@ -544,8 +548,16 @@ class Engine:
                 renewals[account_id] = sets
         grace = {p.request.subscriber_id for p in batch if p.grace}
         kb = assemble(batch, self.accounts, plans, self.rates, grace, now)
+        # A large batch's steps take milliseconds each: between them, other work (a small
+        # batch landing, calls coming in) gets its turn. Safe: the accounts of this batch
+        # are no other batch's (see _read_and_run), and nothing else prepares meanwhile.
+        large = len(batch) >= YIELD_AT
+        if large:
+            await asyncio.sleep(0)
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
+        if large:
+            await asyncio.sleep(0)
         # Counted when run: a batch run again after a version conflict counts again (rare).
         metrics.count_grants(res.outputs[O_RESULT][res.shown.astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,

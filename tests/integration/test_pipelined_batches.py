@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
+import pytest
 from prometheus_client import REGISTRY
 
-from tests.helpers import DATA_RG, EUR, MB, Gateway, mscc, request, usage_records
+import tollgate.engine.charging.engine as engine_module
+from tests.helpers import DATA_RG, EUR, MB, SMS_RG, Gateway, mscc, request, usage_records
 from tollgate.engine.domain import ResultCode
 from tollgate.engine.ops.config import Config
 from tollgate.engine.storage.redis_client import connect_async
@@ -46,3 +49,33 @@ async def test_a_request_waits_for_the_batch_in_flight_on_its_account(config: Co
     finally:
         await channel.close()
         await app.stop()
+
+
+async def test_a_large_batch_lets_other_work_run_between_its_steps(
+        tollgate: Tollgate, gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Work scheduled while a batch is assembled runs before that batch's outcome is built
+    # when the batch is large (its steps take milliseconds), after it when it is small.
+    [sub] = await gateway.setup()
+    order: list[str] = []
+    assemble, build_outcome = engine_module.assemble, engine_module.build_outcome
+
+    def assembling(*args: Any, **kwargs: Any) -> Any:
+        asyncio.get_running_loop().call_soon(order.append, "other work")
+        return assemble(*args, **kwargs)
+
+    def building(*args: Any, **kwargs: Any) -> Any:
+        order.append("outcome")
+        return build_outcome(*args, **kwargs)
+    monkeypatch.setattr(engine_module, "assemble", assembling)
+    monkeypatch.setattr(engine_module, "build_outcome", building)
+    sms = mscc(SMS_RG, used=1, field="service_units")
+    large = engine_module.YIELD_AT
+
+    answers = await gateway.batch([request(f"l{n}", 0, cpb.EVENT, sub, sms)
+                                   for n in range(large)])
+    assert order == ["other work", "outcome"]
+    order.clear()
+    [small] = await gateway.batch([request("s", 0, cpb.EVENT, sub, sms)])
+
+    assert order == ["outcome", "other work"]
+    assert {a.result for a in answers} | {small.result} == {cpb.SUCCESS}
