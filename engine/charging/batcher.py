@@ -77,9 +77,9 @@ class Batcher(Generic[T]):
         self._prepare = prepare
         self._on_error = on_error
         # Called before each batch is taken: a caller that holds items back while the
-        # batcher is busy (`busy`) submits them then, many at once.
+        # batcher is busy (`preparing`) submits them then, many at once.
         self._collect = collect or (lambda: None)
-        self.busy = False  # a batch is being prepared, or the one before it landing
+        self.preparing = False  # a batch is being prepared, or the one before it landing
         self.max_batch = max_batch
         self.shared_batch = shared_batch or max_batch
         self._small = self.shared_batch // 8
@@ -160,7 +160,7 @@ class Batcher(Generic[T]):
     async def _run(self) -> None:
         busy = False
         while True:
-            self.busy = False
+            self.preparing = False
             self._collect()
             if not self._count:
                 if self._in_flight is not None:
@@ -183,7 +183,7 @@ class Batcher(Generic[T]):
                     timer.cancel()
             batch = self._take()
             self._full.clear()
-            busy = self.busy = True
+            busy = self.preparing = True
             try:
                 prepared = await self._prepare(batch)
             except Exception as e:  # the batch fails, the batcher lives on (on_error logs)

@@ -202,7 +202,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         call = Answers([0], loop.create_future())
         self._singles.append((data, call, loop.time() + self.config.request_deadline_s))
-        if not self.batcher.busy and len(self._singles) == 1:
+        if not self.batcher.preparing and len(self._singles) == 1:
             loop.call_soon(self._submit_singles)
         # else the batcher collects them before it takes its next batch: the calls that came
         # while it prepared one, together.

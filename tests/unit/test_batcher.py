@@ -255,7 +255,7 @@ async def test_items_held_back_while_a_batch_is_prepared_are_collected_before_th
     batcher.submit([1])
     while not seen:
         await asyncio.sleep(0.001)
-    assert batcher.busy
+    assert batcher.preparing
     held += [2, 3, 4]  # came while [1] was being prepared
     release.set()
     while len(seen) < 2:
@@ -264,4 +264,4 @@ async def test_items_held_back_while_a_batch_is_prepared_are_collected_before_th
     held.append(5)  # accepted, held back, when the batcher is told to close: it runs too
     await batcher.close()
     assert seen == [[1], [2, 3, 4], [5]]
-    assert not batcher.busy and not held
+    assert not batcher.preparing and not held
