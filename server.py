@@ -154,14 +154,16 @@ class ChargingServicer:
     async def Charge(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
 
-        return (await _answered(context, lambda: self.engine.submit_one(request), started))[0]
+        async def submit() -> Answers:
+            return self.engine.submit_one(request)
+        return (await _answered(context, submit, started, "unary"))[0]
 
     async def ChargeBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
 
-        def submit() -> Answers:
-            return self.engine.submit(request, self.engine.parse(request))
-        return wire.field_1(await _answered(context, submit, started))
+        async def submit() -> Answers:
+            return await self.engine.submit(request, self.engine.parse(request))
+        return wire.field_1(await _answered(context, submit, started, "batch"))
 
     async def ChargeStream(self, request_iterator: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -190,8 +192,8 @@ class ChargingServicer:
                     await window.take(held)
                     if rate is not None:
                         await rate.take(held)
-                    await self.engine.batcher.stream_room()
-                    inflight.put_nowait((self.engine.submit(msg, parsed, context), held,
+                    await self.engine.small_first.bulk_turn()
+                    inflight.put_nowait((await self.engine.submit(msg, parsed, context), held,
                                          started))
             except (InvalidArgument, Overloaded) as e:
                 inflight.put_nowait(Ending(STATUS_OF[type(e)], str(e)))
@@ -206,7 +208,7 @@ class ChargingServicer:
                 else:
                     call, held, started = item
                     answers = await call.future
-                    metrics.count(call.types, call.results, started)
+                    metrics.count(call.types, call.results, started, "stream")
                     offered = loop.time()
                     yield wire.field_1(answers)
                     window.give(held)
@@ -225,13 +227,14 @@ class ChargingServicer:
             window.close()
 
 
-async def _answered(context: grpc.aio.ServicerContext, submit: Callable[[], Answers],
-                    started: float) -> list[bytes]:
-    """A call's answers, counted; engine errors end it with their status code."""
+async def _answered(context: grpc.aio.ServicerContext, submit: Callable[[], Awaitable[Answers]],
+                    started: float, api: str) -> list[bytes]:
+    """A call's answers, counted (`api`: metrics.ANSWERED's); engine errors end it with their
+    status code."""
     async def run() -> list[bytes]:
-        call = submit()
+        call = await submit()
         answers = await call.future
-        metrics.count(call.types, call.results, started)
+        metrics.count(call.types, call.results, started, api)
         return answers
     return await _call(context, run())
 

@@ -50,7 +50,7 @@ async def measure(subscribers: int, batch: int, requests: int) -> dict[str, floa
             msgs = traffic.batch(batch)
             data = pb.ChargeBatchRequest(requests=msgs).SerializeToString()
             outside += time.process_time() - t
-            answers = await engine.submit(data, engine.parse(data)).future
+            answers = await (await engine.submit(data, engine.parse(data))).future
             t = time.process_time()
             for m, a in zip(msgs, answers, strict=True):
                 traffic.answered(m, pb.ChargeAnswer.FromString(a))

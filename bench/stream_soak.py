@@ -4,7 +4,8 @@ answers must not grow the server's memory, and a normal client's latency must ho
     .venv/bin/python -m tollgate.bench.stream_soak [--streams 8] [--seconds 60] [--message 500]
 
 Starts one redis-server and `tollgate serve` (one worker) as a child process, provisions
-accounts, then: a normal client (unary Charge, 4 in flight) alone for --baseline seconds;
+accounts, then: a normal client (unary Charge at --normal-rate calls a second, as a
+gateway's steady traffic) alone for --baseline seconds;
 the same with --streams abusive ChargeStream calls for --seconds; then idle for --idle
 seconds. The normal client runs in a process of its own, so that its latencies are the
 server's, not those of an event loop busy building the abusive messages. Prints the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -33,6 +35,7 @@ import psutil
 from tollgate.bench.loadgen import CpuProbe
 from tollgate.bench.scale import counters, provision, redis_backend, workers
 from tollgate.engine.ops.population import subscriber_id
+from tollgate.engine.web.series import quantile
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 
@@ -50,24 +53,45 @@ def rss_mb(pids: list[int]) -> float:
     return sum(psutil.Process(p).memory_info().rss for p in pids) / 2**20
 
 
-async def normal_client(address: str, sub: str, stop: asyncio.Event,
+async def normal_client(address: str, sub: str, rate: float, stop: asyncio.Event,
                         calls: list[tuple[float, float, int]]) -> None:
-    """Closed loop of 4 unary calls in flight; appends each call's (start, latency ms, result
-    code)."""
+    """A gateway's steady traffic: unary calls started at `rate` a second on a fixed schedule
+    whatever the answers' pace (open loop; 0: a closed loop of 4 in flight, which takes all
+    the server it can get); appends each call's (scheduled start, latency ms from that
+    start, result code). Timed from the schedule, a server that falls behind shows in the
+    latency of the calls it delayed, not in fewer calls (no coordinated omission)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = charging_pb2_grpc.ChargingStub(channel)
 
-        async def lane(k: int) -> None:
-            n = 0
-            while not stop.is_set():
-                started = time.monotonic()
-                answer = await stub.Charge(event(f"normal-{k}-{n}-{time.time_ns()}", sub))
-                calls.append((started, (time.monotonic() - started) * 1000, answer.result))
-                n += 1
-        await asyncio.gather(*(lane(k) for k in range(4)))
+        async def one(n: int, started: float) -> None:
+            try:
+                result = (await stub.Charge(event(f"normal-{n}-{time.time_ns()}", sub))).result
+            except grpc.aio.AioRpcError as e:  # counted as not successful, with its latency
+                result = -e.code().value[0]
+            calls.append((started, (time.monotonic() - started) * 1000, result))
+
+        if rate <= 0:
+            async def lane(k: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    await one(k + 4 * n, time.monotonic())
+                    n += 1
+            await asyncio.gather(*(lane(k) for k in range(4)))
+            return
+        running: set[asyncio.Task[None]] = set()
+        start, n = time.monotonic(), 0
+        while not stop.is_set():
+            due = start + n / rate
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            task = asyncio.create_task(one(n, due))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            n += 1
+        await asyncio.gather(*running)
 
 
-def normal_process(address: str, sub: str, pipe: Connection) -> None:
+def normal_process(address: str, sub: str, rate: float, pipe: Connection) -> None:
     """The normal client in a process of its own: runs until the pipe says stop, then sends
     its calls back (CLOCK_MONOTONIC is the same in every process)."""
     async def run() -> list[tuple[float, float, int]]:
@@ -75,7 +99,7 @@ def normal_process(address: str, sub: str, pipe: Connection) -> None:
         calls: list[tuple[float, float, int]] = []
         loop = asyncio.get_running_loop()
         loop.add_reader(pipe.fileno(), stop.set)
-        await normal_client(address, sub, stop, calls)
+        await normal_client(address, sub, rate, stop, calls)
         return calls
     pipe.send(asyncio.run(run()))
 
@@ -112,15 +136,19 @@ def percentiles(calls: list[tuple[float, float, int]]) -> dict[str, float]:
     if len(latencies) < 2:
         return {"calls": len(latencies)}
     q = statistics.quantiles(latencies, n=100)
-    return {"calls": len(latencies), "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2),
+    return {"calls": len(latencies), "p50_ms": round(q[49], 2), "p90_ms": round(q[89], 2),
+            "p99_ms": round(q[98], 2),
             "max_ms": round(max(latencies), 1),
             "not_success": sum(result != cpb.SUCCESS for _, _, result in calls)}
 
 
-def results(ports: list[int]) -> dict[str, float]:
-    """The server's answers so far by result code (its Prometheus endpoint)."""
+def results(ports: list[int]) -> tuple[dict[str, float], dict[str, float]]:
+    """The server's answers so far by result code, and its unary calls' answer latencies
+    (cumulative count per bucket, as engine.web.series keeps them: `lat:<le>`), from its
+    Prometheus endpoint."""
     from prometheus_client.parser import text_string_to_metric_families
     out: dict[str, float] = {}
+    unary: dict[str, float] = {}
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
@@ -129,7 +157,11 @@ def results(ports: list[int]) -> dict[str, float]:
                 if sample.name == "tollgate_requests_total":
                     result = sample.labels["result"]
                     out[result] = out.get(result, 0) + sample.value
-    return out
+                elif (sample.name == "tollgate_answer_seconds_bucket"
+                      and sample.labels.get("api") == "unary"):
+                    le = f"lat:{sample.labels['le']}"
+                    unary[le] = unary.get(le, 0) + sample.value
+    return out, unary
 
 
 class Phase:
@@ -140,16 +172,23 @@ class Phase:
         self.ports = metrics_ports
         self.cpu.start()
         self.before = counters(metrics_ports)
-        self.results = results(metrics_ports)
+        self.results, self.unary = results(metrics_ports)
         self.start = time.monotonic()
 
     def end(self) -> dict[str, Any]:
         after = counters(self.ports)
         batches = after["batches"] - self.before["batches"]
         answers = after["answers"] - self.before["answers"]
-        by_result = {k: int(v - self.results.get(k, 0)) for k, v in results(self.ports).items()
+        now, unary = results(self.ports)
+        by_result = {k: int(v - self.results.get(k, 0)) for k, v in now.items()
                      if v > self.results.get(k, 0)}
+        # The normal client's calls as the server timed them, from the handler's start to
+        # the answer: gRPC's own work before the handler starts is not in it.
+        calls = {k: int(v - self.unary.get(k, 0)) for k, v in unary.items()}
+        server = {f"p{round(q * 100)}_ms": round((quantile(calls, q) or math.nan) * 1000, 2)
+                  for q in (0.5, 0.99)}
         return {"cpu_pct": self.cpu.stop(), "batches": int(batches), "results": by_result,
+                "normal_in_server": server,
                 "answers_per_s": round(answers / (time.monotonic() - self.start)),
                 "mean_batch": round(answers / batches, 1) if batches else 0}
 
@@ -158,10 +197,12 @@ async def soak(address: str, pids: list[int], metrics_ports: list[int], redis_pi
                opts: argparse.Namespace) -> dict[str, Any]:
     subs = [subscriber_id(PREFIX, n) for n in range(1, opts.accounts)]
     out: dict[str, Any] = {"streams": opts.streams, "seconds": opts.seconds,
-                           "message": opts.message, "settings": opts.set}
+                           "message": opts.message, "settings": opts.set,
+                           "normal_rate": opts.normal_rate}
     ours, theirs = mp.Pipe()
     client = mp.get_context("spawn").Process(
-        target=normal_process, args=(address, subscriber_id(PREFIX, 0), theirs))
+        target=normal_process, args=(address, subscriber_id(PREFIX, 0), opts.normal_rate, theirs),
+        daemon=True)
     client.start()
     assert client.pid is not None
     groups = {"server": pids, "redis": redis_pids, "normal client": [client.pid],
@@ -206,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--message", type=int, default=500, help="requests per message")
     parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--normal-rate", type=float, default=200.0,
+                        help="the normal client's calls a second (0: a closed loop of 4)")
     parser.add_argument("--baseline", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=10.0)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",

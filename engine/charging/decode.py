@@ -3,6 +3,7 @@ error answer, never a crash."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,11 +151,19 @@ def decode_all(data: bytes, parsed: wire.Parsed, config: Config, now_ms: int
     """Each request of a parsed message (`data`: its bytes) validated, or Invalid naming the
     field that is wrong. One kernel pass finds the plainly valid ones, built without checks;
     `_request` checks the others one by one and words their refusals."""
+    step = max(parsed.requests.shape[1], 1)
+    return [r for part in decode_steps(data, parsed, config, now_ms, step) for r in part]
+
+
+def decode_steps(data: bytes, parsed: wire.Parsed, config: Config, now_ms: int, step: int
+                 ) -> Iterator[list[Request | Invalid]]:
+    """decode_all's requests, `step` at a time: a caller may let other work run between."""
     cols = _Columns(data, parsed)
     plain = plain_requests(parsed.buf, parsed.requests, parsed.units,
                            check_limits(config, now_ms), KNOWN_REASONS).tolist()
-    return [_plain_request(cols, r, now_ms) if ok else _request(cols, r, config, now_ms)
-            for r, ok in enumerate(plain)]
+    for lo in range(0, len(plain), step):
+        yield [_plain_request(cols, r, now_ms) if plain[r] else _request(cols, r, config, now_ms)
+               for r in range(lo, min(lo + step, len(plain)))]
 
 
 def check_limits(config: Config, now_ms: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -16,8 +17,9 @@ from redis.exceptions import RedisError
 from tollgate.engine.charging import answers, kernels, usage_wire, wire
 from tollgate.engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from tollgate.engine.charging.batcher import Batcher, Prepared
-from tollgate.engine.charging.decode import Invalid, Request, decode_all, error_answer
+from tollgate.engine.charging.decode import Invalid, Request, decode_all, decode_steps, error_answer
 from tollgate.engine.charging.decode import warm_up as warm_up_checks
+from tollgate.engine.charging.flow import SmallFirst
 from tollgate.engine.charging.kernels import records
 from tollgate.engine.charging.kernels.charge import O_RESULT
 from tollgate.engine.charging.outcome import Outcome, Timing, build_outcome
@@ -38,6 +40,9 @@ MAX_RERUNS = 50
 """A request whose account keeps changing under it is answered UNABLE_TO_COMPLY after this."""
 
 YIELD_AT = 32
+DECODE_STEP = 64
+"""A message's requests decoded at a time, with a turn of the event loop between (submit)."""
+SMALL_FIRST_S = 0.005
 """Batches of at least this many requests let the event loop run other work between their
 steps (Engine._run); a smaller batch's steps are shorter than the turns would cost."""
 
@@ -113,15 +118,21 @@ class Engine:
         self._subscribers: dict[str, tuple[str, SubscriberState, float]] = {}
         self._plans: dict[str, tuple[Plan, float]] = {}
         self.rates = RateTable()
+        self.small_first = SmallFirst(SMALL_FIRST_S)
+        self._decoding = asyncio.Lock()  # a large message is being decoded (submit)
         self.batcher: Batcher[Pending] = Batcher(
             self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
-            config.max_queue, config.shared_batch, collect=self._submit_singles)
+            config.max_queue, config.shared_batch, collect=self._submit_singles,
+            bulk_turn=self.small_first.bulk_turn)
         self.conflicts = 0
         self.stale_reads = 0  # cached accounts found moved on before use (see _load)
         self._others_seen = -OTHERS_QUIET_S  # when another writer last showed (monotonic s)
         self._watcher: asyncio.Task[None] | None = None
         self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
-        self._in_flight: set[str] = set()  # accounts of the batch launched last (see _prepare)
+        # Per batch being prepared or applied (until its re-runs are back in the queue), the
+        # accounts it holds: no other batch, of either of the batcher's lanes, may use them.
+        self._claims: dict[int, set[str]] = {}
+        self._claim_numbers = itertools.count()
         # Unary calls not queued yet, with their deadlines (submit_one).
         self._singles: list[tuple[bytes, Answers, float]] = []
         store.subscriber_listeners.append(self._forget_subscriber)
@@ -175,17 +186,40 @@ class Engine:
             raise InvalidArgument(f"{n} requests in one message; the limit is {limit}")
         return parsed
 
-    def submit(self, data: bytes, parsed: wire.Parsed, source: object = None) -> Answers:
+    async def submit(self, data: bytes, parsed: wire.Parsed, source: object = None) -> Answers:
         """Queues the requests of a parsed message (`data`: its bytes); the returned call's
         future resolves to their answers' bytes, in order, once their effects are in Redis.
         Raises Overloaded when the queue is full (nothing is queued then). `source`: the
         stream the requests come from (None: the call is its own), for the batcher's fair
-        turns between callers."""
+        turns between callers; a stream's message waits its turn to queue
+        (Batcher.stream_room). A large message is decoded DECODE_STEP requests at a time,
+        unary calls' work between the steps (SmallFirst), and queued whole. The requests'
+        deadline runs from when they are queued."""
         loop = asyncio.get_running_loop()
         call = Answers(parsed.requests[wire.R_TYPE].tolist(), loop.create_future())
         n = len(call.types)
+        calls, deadlines = [call] * n, [0.0] * n
+        steps = decode_steps(data, parsed, self.config, self.clock(), DECODE_STEP)
+        if n <= DECODE_STEP:
+            pending = self._pending(next(steps, []), 0, parsed, calls, range(n), deadlines)
+        else:
+            pending = []
+            # One message in steps at a time: eight streams' messages decoded side by side
+            # would put eight steps in every turn of the event loop, and a new call's turns
+            # in gRPC would wait for all of them.
+            async with self._decoding:
+                for lo in range(0, n, DECODE_STEP):
+                    await asyncio.sleep(0)
+                    await self.small_first.bulk_turn()
+                    pending += self._pending(next(steps), lo, parsed, calls, range(n),
+                                             deadlines)
+        if source is not None:
+            # Checked in the same step as the requests are queued, so that the streams'
+            # backlog stays bounded however many of them decode meanwhile.
+            await self.batcher.stream_room()
         deadline = loop.time() + self.config.request_deadline_s
-        pending = self._decode(data, parsed, [call] * n, range(n), [deadline] * n)
+        for p in pending:
+            p.deadline = deadline
         if pending:
             self.batcher.submit(pending, source)
         return call
@@ -201,6 +235,8 @@ class Engine:
         self.batcher.admit(1, held=len(self._singles))
         loop = asyncio.get_running_loop()
         call = Answers([0], loop.create_future())
+        self.small_first.begin()
+        call.future.add_done_callback(self.small_first.end)
         self._singles.append((data, call, loop.time() + self.config.request_deadline_s))
         if not self.batcher.preparing and len(self._singles) == 1:
             loop.call_soon(self._submit_singles)
@@ -254,8 +290,16 @@ class Engine:
                 slots: Sequence[int], deadlines: list[float]) -> list[Pending]:
         """The requests of a parsed message to queue (request r answers `calls[r]` at
         `slots[r]` by `deadlines[r]`); each invalid one answered with its refusal."""
+        return self._pending(decode_all(data, parsed, self.config, self.clock()), 0, parsed,
+                             calls, slots, deadlines)
+
+    @staticmethod
+    def _pending(decoded: list[Request | Invalid], lo: int, parsed: wire.Parsed,
+                 calls: list[Answers], slots: Sequence[int], deadlines: list[float]
+                 ) -> list[Pending]:
+        """_decode's, for the requests from row `lo` of the message."""
         pending: list[Pending] = []
-        for r, request in enumerate(decode_all(data, parsed, self.config, self.clock())):
+        for r, request in enumerate(decoded, lo):
             if isinstance(request, Invalid):
                 calls[r].put(slots[r], error_answer(
                     parsed.text(wire.R_SESSION, r),
@@ -270,7 +314,7 @@ class Engine:
         # Each request's bytes joined as the batch's field 1: what ChargeBatchRequest would
         # write, without copying every message into one first.
         data = wire.field_1([m.SerializeToString() for m in msgs])
-        call = self.submit(data, self.parse(data))
+        call = await self.submit(data, self.parse(data))
         return [pb.ChargeAnswer.FromString(a) for a in await call.future]
 
     def _fail(self, batch: list[Pending], error: BaseException) -> None:
@@ -299,8 +343,8 @@ class Engine:
     async def _prepare(self, batch: list[Pending]) -> Prepared[Pending]:
         """Answers what waited past its deadline without running it (so it is never applied),
         and prepares the rest under the earliest remaining deadline: everything up to the
-        apply, which `finish` does. Requests of an account the batch in flight writes wait
-        for the next batch: they must see its effects."""
+        apply, which `finish` does. Requests of an account another batch holds (being
+        prepared, or applied) wait for a later batch: they must see its effects."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         live = []
@@ -317,35 +361,46 @@ class Engine:
         order = {id(p): n for n, p in enumerate(live)}
         metrics.BATCH_SIZE.observe(len(live))
         metrics.QUEUED.set(self.batcher.queued)
-        live, later, run = await by_deadline(deadline, self._read_and_run(live))
+        number, claim = next(self._claim_numbers), set[str]()
+        self._claims[number] = claim
+
+        def release() -> None:
+            del self._claims[number]
+        try:
+            live, later, run = await by_deadline(deadline, self._read_and_run(live, claim))
+        except BaseException:
+            release()
+            raise
         # Requests run again keep their arrival order: a session's later request must not
         # overtake an earlier one.
         later.sort(key=lambda p: order[id(p)])
         if run is None:
-            return Prepared([], later=later)
-        # Set now: the batch in flight until this one is launched has no account in common,
-        # and nothing else is prepared before this one is launched.
-        self._in_flight = {p.account_id for p in live}
+            return Prepared([], later=later, release=release)
 
         async def finish() -> list[Pending]:
+            if len(live) >= YIELD_AT:
+                await self.small_first.bulk_turn()
             conflicted = await by_deadline(deadline, self._apply(run.kb, run.outcome.writes))
             again = self._settle(live, run, conflicted)
             return sorted(again, key=lambda p: order[id(p)])
 
-        return Prepared(live, finish, later)
+        return Prepared(live, finish, later, release)
 
-    async def _read_and_run(self, live: list[Pending]
+    async def _read_and_run(self, live: list[Pending], claim: set[str]
                             ) -> tuple[list[Pending], list[Pending], Run | None]:
         """Reads what the batch needs and runs the kernel: the requests run, those for a later
-        batch, and the run (None: nothing left to run)."""
+        batch, and the run (None: nothing left to run). The accounts it uses go in `claim`."""
         live = await self._resolve_subscribers(live)
-        # The batch before this one may land while this one reads; its accounts stay
-        # busy until its re-runs are back in the queue (they go before these).
-        busy = self._in_flight if self.batcher.applying else set()
-        later = [p for p in live if p.account_id in busy]
-        metrics.WAITED.inc(len(later))
-        live, deferred = self._one_request_per_session(
-            [p for p in live if p.account_id not in busy])
+        # Accounts another batch holds wait: the other lane's batch being prepared, and the
+        # batches in flight until their re-runs are back in the queue (they go before
+        # these). Claimed in the same step of the event loop as checked.
+        held = [c for c in self._claims.values() if c and c is not claim]
+        later = [p for p in live if any(p.account_id in c for c in held)] if held else []
+        if later:
+            metrics.WAITED.inc(len(later))
+            live = [p for p in live if not any(p.account_id in c for c in held)]
+        claim.update(p.account_id for p in live)
+        live, deferred = self._one_request_per_session(live)
         await self._load(live)
         live = self._check_sessions(live)
         if not live:
@@ -549,15 +604,18 @@ class Engine:
         grace = {p.request.subscriber_id for p in batch if p.grace}
         kb = assemble(batch, self.accounts, plans, self.rates, grace, now)
         # A large batch's steps take milliseconds each: between them, other work (a small
-        # batch landing, calls coming in) gets its turn. Safe: the accounts of this batch
-        # are no other batch's (see _read_and_run), and nothing else prepares meanwhile.
+        # batch prepared or landing, calls coming in) gets its turn. Safe: the accounts of
+        # this batch are no other batch's (see _read_and_run); what batches share (the
+        # plans, the grow-only rate table) is not changed under it.
         large = len(batch) >= YIELD_AT
         if large:
             await asyncio.sleep(0)
+            await self.small_first.bulk_turn()
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
         if large:
             await asyncio.sleep(0)
+            await self.small_first.bulk_turn()
         # Counted when run: a batch run again after a version conflict counts again (rare).
         metrics.count_grants(res.outputs[O_RESULT][res.shown.astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,

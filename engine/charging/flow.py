@@ -64,3 +64,35 @@ class Rate:
             await asyncio.sleep(-self._tokens / self.per_s)
             self._refill()
         self._tokens -= n
+
+
+class SmallFirst:
+    """Unary calls before bulk work on the one event loop: while a unary Charge is in the
+    engine (submitted, not answered), a bulk step (a stream's message decoded, a bulk batch's
+    next step) waits for it, up to `max_wait_s`, so the call's turns do not queue behind
+    milliseconds of bulk work each. The bound keeps steady unary traffic from starving the
+    bulk callers."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def end(self, _: object = None) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def bulk_turn(self) -> None:
+        """Returns when no unary call is in the engine, or after max_wait_s."""
+        if self.active:
+            try:
+                async with asyncio.timeout(self.max_wait_s):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass

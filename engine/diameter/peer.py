@@ -290,7 +290,7 @@ class Connection:
         # the rest); the latency of each.
         metrics.count([r.type for r in requests], [a.result for a in answers])
         for (ccr, request, started), answer in zip(chunk, answers, strict=True):
-            metrics.ANSWER_SECONDS.observe(time.perf_counter() - started)
+            metrics.ANSWERED["diameter"].observe(time.perf_counter() - started)
             self._send(cca(ccr, answer, self.identity))
             if self.reauth is not None and request.type != pb.EVENT:
                 self._note_refusal(request, answer)

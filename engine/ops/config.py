@@ -37,12 +37,11 @@ class Config:
     max_batch: int = 1024
     """Most requests in one micro-batch."""
     shared_batch: int = 64
-    """Most requests in one micro-batch while a small caller (at most shared_batch / 8
-    requests waiting: a unary Charge, a small ChargeBatch) waits beside a bulk one (a stream
-    or a ChargeBatch with more), when also every other batch is the small callers' alone:
-    the small caller waits for one such batch's CPU and its own, so this bounds its latency
-    under bulk load, at some of the bulk callers' throughput (docs/stream-soak.md).
-    0 = max_batch always."""
+    """Most requests in one bulk micro-batch (a stream's, a ChargeBatch's of more than
+    shared_batch / 8 requests) while small callers (a unary Charge, a small ChargeBatch) come:
+    their batches are prepared and applied in a lane of their own, between the bulk batch's
+    steps, so this bounds how long such a step holds the event loop, at some of the bulk
+    callers' throughput (docs/stream-soak.md). 0 = max_batch always."""
     batch_window_ms: float = 1.0
     """How long an idle batcher waits for more requests before flushing."""
     max_queue: int = 100_000

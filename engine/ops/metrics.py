@@ -19,14 +19,17 @@ log = logging.getLogger("tollgate.metrics")
 TYPE_NAMES = {v: k.lower() for k, v in pb.RequestType.items() if v}
 RESULT_NAMES = {v: k.lower() for k, v in pb.ResultCode.items() if v}
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
+                   0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 REQUESTS = Counter("tollgate_requests", "Charging requests answered, by type and result",
                    ["type", "result"])
 ANSWER_SECONDS = Histogram("tollgate_answer_seconds",
                            "From a charging message's arrival to its answer (one observation "
-                           "per call or stream message)", buckets=LATENCY_BUCKETS)
+                           "per call or stream message), by API: unary (Charge), batch "
+                           "(ChargeBatch), stream (ChargeStream), diameter (a CCR)", ["api"],
+                           buckets=LATENCY_BUCKETS)
+ANSWERED = {api: ANSWER_SECONDS.labels(api) for api in ("unary", "batch", "stream", "diameter")}
 BATCH_SIZE = Histogram("tollgate_batch_size", "Requests per micro-batch",
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
 GRANTS = Counter("tollgate_grants", "Grants in charging answers (a request's rating groups), "
@@ -71,12 +74,12 @@ SMALL_COUNT = 64
 """Grant results of a batch up to this many are counted in Python (count_grants)."""
 
 
-def count(types: Sequence[int], results: Sequence[int], started: float | None = None
-          ) -> None:
+def count(types: Sequence[int], results: Sequence[int], started: float | None = None,
+          api: str = "unary") -> None:
     """Counts a message's requests by (type as sent, result) and, given the message's
-    arrival (time.perf_counter()), its answer latency."""
+    arrival (time.perf_counter()), its answer latency (ANSWERED's `api`)."""
     if started is not None:
-        ANSWER_SECONDS.observe(time.perf_counter() - started)
+        ANSWERED[api].observe(time.perf_counter() - started)
     # Counted per message first: a labelled increment per request costs more than the rest
     # (a unary call, the usual message of one, skips the Counter).
     if len(types) == 1:

@@ -858,6 +858,24 @@ async def test_bad_request_in_a_batch_does_not_affect_its_neighbours(gateway):
     assert bucket(acct).reserved == MB
 
 
+async def test_a_large_message_decoded_in_steps_answers_each_request_in_its_place(gateway):
+    # More requests than engine.charging.engine.DECODE_STEP: decoded a step at a time, the
+    # refusals of later steps stay in their places.
+    [sub] = await gateway.setup()
+    reqs = [request(f"ev{n}", 0, EVENT, sub, sms(1)) for n in range(200)]
+    reqs[70] = request("ev70", 0, EVENT, sub, voice(used=-1))
+    reqs[150] = request("", 0, EVENT, sub, sms(1))
+
+    answers = await gateway.batch(reqs)
+
+    assert [a.session_id for a in answers] == [r.session_id for r in reqs]
+    refused = {n: a.result for n, a in enumerate(answers) if a.result != cpb.SUCCESS}
+    assert refused == {70: cpb.INVALID_AVP_VALUE, 150: cpb.MISSING_AVP}
+    assert "used" in answers[70].error_message
+    acct = await gateway.account("acct-0")
+    assert acct.money_micros == 10 * EUR - 198 * 50_000
+
+
 async def test_rejected_requests_store_nothing(gateway, config):
     [sub] = await gateway.setup()
     await gateway.charge(request("live", 0, INITIAL, sub, voice(want=0)))

@@ -51,6 +51,41 @@ async def test_a_request_waits_for_the_batch_in_flight_on_its_account(config: Co
         await app.stop()
 
 
+async def test_the_small_calls_lane_and_the_bulk_lane_never_write_one_account_at_once(
+        config: Config) -> None:
+    # Unary calls go in the small calls' lane, ChargeBatch calls of 40 in the bulk lane: the
+    # two prepare and apply side by side, and an account that a batch of one lane holds is
+    # the other's only once that batch has landed.
+    app = await Tollgate(config).start()
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        gw = Gateway(channel)
+        [sub] = await gw.setup(money=10 * EUR)
+        waited = _waited()
+
+        def event(session: str) -> cpb.ChargeRequest:  # 240 of them fit in the bundle
+            return request(session, 0, cpb.EVENT, sub, mscc(DATA_RG, used=MB // 10))
+        unary = [gw.charge(event(f"u-{n}")) for n in range(40)]
+        bulk = [gw.batch([event(f"b-{k}-{n}") for n in range(40)]) for k in range(5)]
+        done = await asyncio.gather(*unary, *bulk)
+
+        answers = done[:40] + [a for call in done[40:] for a in call]
+        assert [a.result for a in answers] == [ResultCode.SUCCESS] * 240
+        # No write refused by the version check: neither lane wrote on a version the other
+        # had moved (they met on the account, and one waited).
+        assert app.engine is not None and app.engine.conflicts == 0
+        assert _waited() > waited
+        db = connect_async(config.redis_url)
+        records = await usage_records(db, config)
+        await db.aclose()
+        assert len(records) == 240 and sum(r.units for r in records) == 24 * MB
+        account = await gw.account("acct-0")
+        assert account.money_micros == 10 * EUR - sum(r.money_micros for r in records)
+    finally:
+        await channel.close()
+        await app.stop()
+
+
 async def test_a_large_batch_lets_other_work_run_between_its_steps(
         tollgate: Tollgate, gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     # Work scheduled while a batch is assembled runs before that batch's outcome is built

@@ -1,5 +1,6 @@
 """The batcher's two steps: batch k+1 is prepared while batch k's finish is in flight, one
-finish at a time, and what comes back runs first, oldest first."""
+finish at a time per lane, what comes back runs first, oldest first; small calls in a lane of
+their own beside the bulk one."""
 
 from __future__ import annotations
 
@@ -189,20 +190,75 @@ async def test_batches_are_small_while_small_calls_come_beside_a_stream() -> Non
     assert [len(b) for b in batches] == [1, 8, 8, 8, 8, 8]
 
 
-async def test_small_calls_have_every_other_batch_and_cannot_starve_a_stream() -> None:
-    batches, batcher = _sizes()
-    stream = object()
-    batcher.submit([f"s{n}" for n in range(40)], stream)
-    for n in range(30):
-        batcher.submit([f"u{n}"])
-    batcher.start()
-    await batcher.close()
+async def test_a_small_call_is_prepared_and_applied_while_a_bulk_batch_holds_its_lane() -> None:
+    log: list[str] = []
+    bulk_prepared, bulk_applied = asyncio.Event(), asyncio.Event()
 
-    kinds = [{x[0] for x in b} for b in batches]
-    assert kinds[:3] == [{"u"}, {"u", "s"}, {"u"}]
-    # While the calls wait, the stream is in every other batch, in its order.
-    assert all("s" in k for k in kinds[1:7:2])
-    assert [x for b in batches for x in b if x[0] == "s"] == [f"s{n}" for n in range(40)]
+    async def prepare(batch: list[str]) -> Prepared[str]:
+        log.append(f"prepare {batch}")
+        if batch[0].startswith("s"):
+            await bulk_prepared.wait()  # a bulk batch's preparation, between its steps
+
+        async def finish() -> list[str]:
+            if batch[0].startswith("s"):
+                await bulk_applied.wait()
+            log.append(f"applied {batch}")
+            return []
+        return Prepared(batch, finish)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=4, window_s=0,
+                                    max_queue=100, shared_batch=8)
+    batcher.start()
+    batcher.submit([f"s{n}" for n in range(6)], object())  # a stream
+    await asyncio.sleep(0.01)
+    batcher.submit(["u0"])  # a unary call, while the stream's batch is being prepared
+    while "applied ['u0']" not in log:
+        await asyncio.sleep(0.001)
+    bulk_prepared.set()
+    await asyncio.sleep(0.01)
+    batcher.submit(["u1"])  # ... and while its apply is in flight
+    while "applied ['u1']" not in log:
+        await asyncio.sleep(0.001)
+    assert not any(line.startswith("applied ['s") for line in log)
+    bulk_applied.set()
+    await batcher.close()
+    assert [line for line in log if line.startswith("applied ['s")] == [
+        "applied ['s0', 's1', 's2', 's3']", "applied ['s4', 's5']"]
+    assert (batcher.batches, batcher.items) == (4, 8)
+
+
+async def test_what_the_other_lane_holds_waits_for_its_release_without_spinning() -> None:
+    held: set[str] = set()  # the accounts a batch holds, as the engine's claims
+    prepares: list[list[str]] = []
+    bulk_applied = asyncio.Event()
+
+    async def prepare(batch: list[str]) -> Prepared[str]:
+        prepares.append(batch)
+        later = [x for x in batch if x[1:] in held]
+        run = [x for x in batch if x not in later]
+        if not run:
+            return Prepared([], later=later)
+        mine = {x[1:] for x in run}
+        held.update(mine)
+
+        async def finish() -> list[str]:
+            if run[0].startswith("s"):
+                await bulk_applied.wait()
+            return []
+        return Prepared(run, finish, later, release=lambda: held.difference_update(mine))
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=4, window_s=0,
+                                    max_queue=100, shared_batch=8)
+    batcher.start()
+    batcher.submit(["s1", "s2"], object())  # a stream's batch on accounts 1 and 2
+    await asyncio.sleep(0.01)
+    batcher.submit(["u1"])  # a unary call on account 1: the stream's batch holds it
+    await asyncio.sleep(0.05)
+    assert prepares == [["s1", "s2"], ["u1"]]  # tried once, then it waits
+    bulk_applied.set()
+    await batcher.close()
+    assert prepares == [["s1", "s2"], ["u1"], ["u1"]]
+    assert (batcher.batches, batcher.items, held) == (2, 3, set())
 
 
 async def test_batches_are_full_without_small_calls() -> None:

@@ -104,8 +104,9 @@ def test_latency_quantiles_from_cumulative_buckets() -> None:
     # 100 answers: 50 under 1 ms, 49 more under 2.5 ms, 1 under 10 ms.
     counts = {"lat:0.001": 50, "lat:0.0025": 99, "lat:0.005": 99, "lat:0.01": 100,
               "lat:0.025": 100, "lat:+Inf": 100}
-    assert quantile(counts, 0.5) == pytest.approx(0.001)
-    assert quantile(counts, 0.99) == pytest.approx(0.0025)
+    edges = (0.001, 0.0025, 0.005, 0.01, 0.025)
+    assert quantile(counts, 0.5, edges) == pytest.approx(0.001)
+    assert quantile(counts, 0.99, edges) == pytest.approx(0.0025)
     assert quantile({}, 0.5) is None
     # Every answer slower than the last edge: all that is known is "over 2.5 s".
     assert quantile({"lat:+Inf": 3}, 0.5) == pytest.approx(2.5)
