@@ -61,8 +61,9 @@ class _Lane(Generic[T]):
 
 class Batcher(Generic[T]):
     """Runs batches of queued items in two steps: `prepare` (the CPU work, and reads) and the
-    `finish` it returns (the storage write). Batch k+1 is prepared while batch k's finish
-    is in flight, so the CPU does not wait for storage.
+    `finish` it returns (the storage write); `prepare` is told whether the batch is the
+    bulk lane's. Batch k+1 is prepared while batch k's finish is in flight, so the CPU does
+    not wait for storage.
 
     Two lanes, each such a pipeline of its own: small calls (at most `shared_batch // 8`
     items: a unary Charge) and everything else (streams, larger calls). A small call
@@ -94,7 +95,7 @@ class Batcher(Generic[T]):
     that reached its oldest request's deadline failed whole.
     """
 
-    def __init__(self, prepare: Callable[[list[T]], Awaitable[Prepared[T]]],
+    def __init__(self, prepare: Callable[[list[T], bool], Awaitable[Prepared[T]]],
                  on_error: Callable[[list[T], BaseException], None],
                  max_batch: int, window_s: float, max_queue: int,
                  shared_batch: int = 0, collect: Callable[[], None] | None = None,
@@ -214,7 +215,7 @@ class Batcher(Generic[T]):
             busy = lane.preparing = True
             lane.woken.clear()
             try:
-                prepared = await self._prepare(batch)
+                prepared = await self._prepare(batch, lane is self._bulk)
             except Exception as e:  # the batch fails, the batcher lives on (on_error logs)
                 self._on_error(batch, e)
                 prepared = Prepared([])

@@ -40,11 +40,14 @@ MAX_RERUNS = 50
 """A request whose account keeps changing under it is answered UNABLE_TO_COMPLY after this."""
 
 YIELD_AT = 32
-DECODE_STEP = 64
-"""A message's requests decoded at a time, with a turn of the event loop between (submit)."""
-SMALL_FIRST_S = 0.005
 """Batches of at least this many requests let the event loop run other work between their
 steps (Engine._run); a smaller batch's steps are shorter than the turns would cost."""
+
+DECODE_STEP = 64
+"""A message's requests decoded at a time, with a turn of the event loop between (submit)."""
+
+SMALL_FIRST_S = 0.005
+"""How long a bulk step waits at most for the unary calls in the engine (SmallFirst)."""
 
 SUCCESS = int(ResultCode.SUCCESS)
 DENIED_STATES = frozenset({SubscriberState.SUSPENDED, SubscriberState.TERMINATED})
@@ -340,11 +343,12 @@ class Engine:
 
     # --- one batch ----------------------------------------------------------------------
 
-    async def _prepare(self, batch: list[Pending]) -> Prepared[Pending]:
+    async def _prepare(self, batch: list[Pending], bulk: bool) -> Prepared[Pending]:
         """Answers what waited past its deadline without running it (so it is never applied),
         and prepares the rest under the earliest remaining deadline: everything up to the
         apply, which `finish` does. Requests of an account another batch holds (being
-        prepared, or applied) wait for a later batch: they must see its effects."""
+        prepared, or applied) wait for a later batch: they must see its effects. A `bulk`
+        batch's steps wait for the unary calls in the engine (SmallFirst)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         live = []
@@ -367,7 +371,8 @@ class Engine:
         def release() -> None:
             del self._claims[number]
         try:
-            live, later, run = await by_deadline(deadline, self._read_and_run(live, claim))
+            live, later, run = await by_deadline(deadline,
+                                                 self._read_and_run(live, claim, bulk))
         except BaseException:
             release()
             raise
@@ -378,7 +383,7 @@ class Engine:
             return Prepared([], later=later, release=release)
 
         async def finish() -> list[Pending]:
-            if len(live) >= YIELD_AT:
+            if bulk:
                 await self.small_first.bulk_turn()
             conflicted = await by_deadline(deadline, self._apply(run.kb, run.outcome.writes))
             again = self._settle(live, run, conflicted)
@@ -386,7 +391,7 @@ class Engine:
 
         return Prepared(live, finish, later, release)
 
-    async def _read_and_run(self, live: list[Pending], claim: set[str]
+    async def _read_and_run(self, live: list[Pending], claim: set[str], bulk: bool
                             ) -> tuple[list[Pending], list[Pending], Run | None]:
         """Reads what the batch needs and runs the kernel: the requests run, those for a later
         batch, and the run (None: nothing left to run). The accounts it uses go in `claim`."""
@@ -406,7 +411,7 @@ class Engine:
         if not live:
             return live, later + deferred, None
         await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
-        return live, later + deferred, await self._run(live)
+        return live, later + deferred, await self._run(live, bulk)
 
     async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()
@@ -592,7 +597,7 @@ class Engine:
 
     # --- kernel, apply, answer ----------------------------------------------------------
 
-    async def _run(self, batch: list[Pending]) -> Run:
+    async def _run(self, batch: list[Pending], bulk: bool = False) -> Run:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         now = self.clock()
         renewals: dict[str, dict[str, int]] = {}
@@ -609,18 +614,23 @@ class Engine:
         # plans, the grow-only rate table) is not changed under it.
         large = len(batch) >= YIELD_AT
         if large:
-            await asyncio.sleep(0)
-            await self.small_first.bulk_turn()
+            await self._turn(bulk)
         with metrics.KERNEL_SECONDS.time():
             res = kb.run(self.rates)
         if large:
-            await asyncio.sleep(0)
-            await self.small_first.bulk_turn()
+            await self._turn(bulk)
         # Counted when run: a batch run again after a version conflict counts again (rare).
         metrics.count_grants(res.outputs[O_RESULT][res.shown.astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
         return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))
+
+    async def _turn(self, bulk: bool) -> None:
+        """A turn of the event loop for other work; a bulk batch's waits for the unary calls
+        in the engine (a small batch's would wait for its own calls)."""
+        await asyncio.sleep(0)
+        if bulk:
+            await self.small_first.bulk_turn()
 
     async def _apply(self, kb: KernelBatch, writes: dict[str, AccountWrite]) -> set[str]:
         """Applies every account's write; returns the accounts refused by the version check."""

@@ -86,6 +86,23 @@ async def test_the_small_calls_lane_and_the_bulk_lane_never_write_one_account_at
         await app.stop()
 
 
+async def test_a_large_batch_of_unary_calls_does_not_wait_for_itself(
+        tollgate: Tollgate, gateway: Gateway) -> None:
+    # Bulk steps wait while unary calls are in the engine (SmallFirst); a batch of the small
+    # calls' lane, large enough to take turns between its steps, must not wait for its own.
+    [sub] = await gateway.setup()
+    engine = tollgate.engine
+    assert engine is not None
+    engine.small_first.max_wait_s = 30.0
+    n = 3 * engine_module.YIELD_AT
+    started = asyncio.get_running_loop().time()
+    calls = [engine.submit_one(request(f"u-{k}", 0, cpb.EVENT, sub, mscc(
+        SMS_RG, used=1, field="service_units")).SerializeToString()) for k in range(n)]
+    answers = await asyncio.wait_for(asyncio.gather(*(c.future for c in calls)), 10)
+    assert [cpb.ChargeAnswer.FromString(a[0]).result for a in answers] == [cpb.SUCCESS] * n
+    assert asyncio.get_running_loop().time() - started < 5
+
+
 async def test_a_large_batch_lets_other_work_run_between_its_steps(
         tollgate: Tollgate, gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     # Work scheduled while a batch is assembled runs before that batch's outcome is built

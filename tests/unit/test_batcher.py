@@ -14,7 +14,7 @@ async def test_the_next_batch_is_prepared_while_one_finish_is_in_flight() -> Non
     release = asyncio.Event()
     in_flight = 0
 
-    async def prepare(batch: list[int]) -> Prepared[int]:
+    async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
         log.append(f"prepare {batch}")
 
         async def finish() -> list[int]:
@@ -47,7 +47,7 @@ async def test_reruns_come_back_first_then_what_waited_then_the_queue() -> None:
     seen: list[list[str]] = []
     reran = False
 
-    async def prepare(batch: list[str]) -> Prepared[str]:
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
         seen.append(batch)
         nonlocal reran
         if batch == ["a", "b"]:
@@ -80,7 +80,7 @@ async def test_reruns_come_back_first_then_what_waited_then_the_queue() -> None:
 async def test_a_failed_finish_fails_only_its_own_batch() -> None:
     failed: list[list[int]] = []
 
-    async def prepare(batch: list[int]) -> Prepared[int]:
+    async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
         async def finish() -> list[int]:
             if batch == [1]:
                 raise ConnectionError("storage gone")
@@ -101,7 +101,7 @@ def _recording(window_s: float) -> tuple[list[tuple[list[int], float]], Batcher[
     (event-loop time)."""
     batches: list[tuple[list[int], float]] = []
 
-    async def prepare(batch: list[int]) -> Prepared[int]:
+    async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
         batches.append((batch, asyncio.get_running_loop().time()))
         return Prepared(batch)
 
@@ -143,7 +143,7 @@ async def test_a_batch_that_fills_in_the_window_runs_at_once() -> None:
 async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later() -> None:
     batches: list[list[str]] = []
 
-    async def prepare(batch: list[str]) -> Prepared[str]:
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
         batches.append(batch)
         return Prepared(batch)
 
@@ -168,7 +168,7 @@ def _sizes() -> tuple[list[list[str]], Batcher[str]]:
     """A batcher of batches of 16, 8 while small calls (of 1) come, recording its batches."""
     batches: list[list[str]] = []
 
-    async def prepare(batch: list[str]) -> Prepared[str]:
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
         batches.append(batch)
         return Prepared(batch)
 
@@ -194,7 +194,7 @@ async def test_a_small_call_is_prepared_and_applied_while_a_bulk_batch_holds_its
     log: list[str] = []
     bulk_prepared, bulk_applied = asyncio.Event(), asyncio.Event()
 
-    async def prepare(batch: list[str]) -> Prepared[str]:
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
         log.append(f"prepare {batch}")
         if batch[0].startswith("s"):
             await bulk_prepared.wait()  # a bulk batch's preparation, between its steps
@@ -232,7 +232,7 @@ async def test_what_the_other_lane_holds_waits_for_its_release_without_spinning(
     prepares: list[list[str]] = []
     bulk_applied = asyncio.Event()
 
-    async def prepare(batch: list[str]) -> Prepared[str]:
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
         prepares.append(batch)
         later = [x for x in batch if x[1:] in held]
         run = [x for x in batch if x not in later]
@@ -296,7 +296,7 @@ async def test_items_held_back_while_a_batch_is_prepared_are_collected_before_th
             batcher.submit(held[:])
             held.clear()
 
-    async def prepare(batch: list[int]) -> Prepared[int]:
+    async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
         seen.append(batch)
         if batch == [1]:
             await release.wait()
