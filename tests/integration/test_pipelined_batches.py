@@ -22,6 +22,18 @@ def _waited() -> float:
     return REGISTRY.get_sample_value("tollgate_requests_waited_total") or 0.0
 
 
+async def _charged_once(gw: Gateway, config: Config, sessions: list[str], units: int
+                        ) -> None:
+    """Each session's charge is in acct-0's books once, and its money left the balance."""
+    db = connect_async(config.redis_url)
+    records = await usage_records(db, config)
+    await db.aclose()
+    assert sorted(r.session_id for r in records) == sorted(sessions)
+    assert sum(r.units for r in records) == units
+    account = await gw.account("acct-0")
+    assert account.money_micros == 10 * EUR - sum(r.money_micros for r in records)
+
+
 async def test_a_request_waits_for_the_batch_in_flight_on_its_account(config: Config) -> None:
     # One request per batch: each is prepared while the one before it is being applied, so
     # nearly every request finds its account in flight.
@@ -39,13 +51,7 @@ async def test_a_request_waits_for_the_batch_in_flight_on_its_account(config: Co
         # Each batch saw the one before it: no write was refused by the version check, and
         # every charge is in the books once.
         assert app.engine is not None and app.engine.conflicts == 0
-        db = connect_async(config.redis_url)
-        records = await usage_records(db, config)
-        await db.aclose()
-        assert sorted(r.session_id for r in records) == sorted(f"ev-{n}" for n in range(30))
-        assert sum(r.units for r in records) == 30 * MB
-        account = await gw.account("acct-0")
-        assert account.money_micros == 10 * EUR - sum(r.money_micros for r in records)
+        await _charged_once(gw, config, [f"ev-{n}" for n in range(30)], 30 * MB)
     finally:
         await channel.close()
         await app.stop()
@@ -75,12 +81,8 @@ async def test_the_small_calls_lane_and_the_bulk_lane_never_write_one_account_at
         # had moved (they met on the account, and one waited).
         assert app.engine is not None and app.engine.conflicts == 0
         assert _waited() > waited
-        db = connect_async(config.redis_url)
-        records = await usage_records(db, config)
-        await db.aclose()
-        assert len(records) == 240 and sum(r.units for r in records) == 24 * MB
-        account = await gw.account("acct-0")
-        assert account.money_micros == 10 * EUR - sum(r.money_micros for r in records)
+        await _charged_once(gw, config, [f"u-{n}" for n in range(40)] + [
+            f"b-{k}-{n}" for k in range(5) for n in range(40)], 24 * MB)
     finally:
         await channel.close()
         await app.stop()
