@@ -4,6 +4,7 @@ fast it may send them."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 from prometheus_client import Gauge
@@ -71,13 +72,15 @@ class SmallFirst:
     engine (submitted, not answered), a bulk step (a stream's message decoded, a bulk batch's
     next step) waits for it, up to `max_wait_s`, so the call's turns do not queue behind
     milliseconds of bulk work each. The bound keeps steady unary traffic from starving the
-    bulk callers."""
+    bulk callers. Bulk steps also go one per turn of the event loop: a new call's turns in
+    gRPC, before the engine knows of it, then wait for one step, not for one per stream."""
 
     def __init__(self, max_wait_s: float) -> None:
         self.max_wait_s = max_wait_s
         self.active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def begin(self) -> None:
         self.active += 1
@@ -89,10 +92,24 @@ class SmallFirst:
             self._idle.set()
 
     async def bulk_turn(self) -> None:
-        """Returns when no unary call is in the engine, or after max_wait_s."""
+        """Returns when no unary call is in the engine, or after max_wait_s; and one bulk
+        step per turn of the event loop at most."""
         if self.active:
             try:
                 async with asyncio.timeout(self.max_wait_s):
                     await self._idle.wait()
             except TimeoutError:
                 pass
+        loop = asyncio.get_running_loop()
+        turn = loop.create_future()
+        self._queue.append(turn)
+        if len(self._queue) == 1:
+            loop.call_soon(self._next)
+        await turn
+
+    def _next(self) -> None:
+        turn = self._queue.popleft()
+        if not turn.done():
+            turn.set_result(None)
+        if self._queue:
+            asyncio.get_running_loop().call_soon(self._next)
