@@ -128,6 +128,10 @@ class Batcher(Generic[T]):
     def queued(self) -> int:
         return self._quick.count + self._bulk.count
 
+    def is_small(self, n: int) -> bool:
+        """A call of n items goes in the small calls' lane."""
+        return n <= self._small
+
     @property
     def preparing(self) -> bool:
         """The small calls' lane is preparing a batch (or landing the one before it)."""
@@ -138,7 +142,7 @@ class Batcher(Generic[T]):
         self.admit(len(items))
         lane = self._bulk
         if source is None:
-            small = len(items) <= self._small
+            small = self.is_small(len(items))
             key: object = _Call(small)
             if small:
                 self._small_seen = time.monotonic()

@@ -105,6 +105,27 @@ async def test_a_large_batch_of_unary_calls_does_not_wait_for_itself(
     assert asyncio.get_running_loop().time() - started < 5
 
 
+async def test_a_few_requests_from_a_front_go_first_as_unary_calls_do(
+        tollgate: Tollgate, gateway: Gateway) -> None:
+    # The Diameter front's CCRs of one read reach the engine through Engine.charge: while
+    # they are in it, bulk work waits for them (SmallFirst), as for a unary Charge.
+    [sub] = await gateway.setup()
+    engine = tollgate.engine
+    assert engine is not None
+
+    def events(n: int) -> list[cpb.ChargeRequest]:
+        return [request(f"f-{n}-{k}", 0, cpb.EVENT, sub, mscc(
+            SMS_RG, used=1, field="service_units")) for k in range(n)]
+    seen: list[int] = []
+    for n in (2, 40):  # a few go first; a bulk call is bulk work itself
+        task = asyncio.create_task(engine.charge(events(n)))
+        await asyncio.sleep(0)
+        seen.append(engine.small_first.active)
+        answers = await task
+        assert [a.result for a in answers] == [cpb.SUCCESS] * n
+    assert seen == [1, 0] and engine.small_first.active == 0
+
+
 async def test_a_large_batch_lets_other_work_run_between_its_steps(
         tollgate: Tollgate, gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     # Work scheduled while a batch is assembled runs before that batch's outcome is built
