@@ -187,7 +187,7 @@ class Batcher(Generic[T]):
                 await lane.task
 
     async def _run(self, lane: _Lane[T]) -> None:
-        other = self._bulk if lane is self._quick else self._quick
+        other = self._other(lane)
         busy = False
         while True:
             lane.preparing = False
@@ -246,7 +246,10 @@ class Batcher(Generic[T]):
         assert lane.launched is not None
         lane.launched.release()
         lane.launched = None
-        (self._bulk if lane is self._quick else self._quick).woken.set()
+        self._other(lane).woken.set()
+
+    def _other(self, lane: _Lane[T]) -> _Lane[T]:
+        return self._bulk if lane is self._quick else self._quick
 
     async def _finish(self, prepared: Prepared[T]) -> list[T]:
         assert prepared.finish is not None

@@ -195,9 +195,10 @@ class Engine:
         Raises Overloaded when the queue is full (nothing is queued then). `source`: the
         stream the requests come from (None: the call is its own), for the batcher's fair
         turns between callers; a stream's message waits its turn to queue
-        (Batcher.stream_room). A large message is decoded DECODE_STEP requests at a time,
-        unary calls' work between the steps (SmallFirst), and queued whole. The requests'
-        deadline runs from when they are queued."""
+        (Batcher.stream_room); a call of a few requests goes first (_goes_first). A large
+        message is decoded DECODE_STEP requests at a time, unary calls' work between the
+        steps (SmallFirst), and queued whole. The requests' deadline runs from when they
+        are queued."""
         loop = asyncio.get_running_loop()
         call = Answers(parsed.requests[wire.R_TYPE].tolist(), loop.create_future())
         n = len(call.types)
@@ -225,6 +226,8 @@ class Engine:
             p.deadline = deadline
         if pending:
             self.batcher.submit(pending, source)
+        if source is None and self.batcher.is_small(n):
+            self._goes_first(call)
         return call
 
     def submit_one(self, data: bytes) -> Answers:
@@ -238,14 +241,19 @@ class Engine:
         self.batcher.admit(1, held=len(self._singles))
         loop = asyncio.get_running_loop()
         call = Answers([0], loop.create_future())
-        self.small_first.begin()
-        call.future.add_done_callback(self.small_first.end)
+        self._goes_first(call)
         self._singles.append((data, call, loop.time() + self.config.request_deadline_s))
         if not self.batcher.preparing and len(self._singles) == 1:
             loop.call_soon(self._submit_singles)
         # else the batcher collects them before it takes its next batch: the calls that came
         # while it prepared one, together.
         return call
+
+    def _goes_first(self, call: Answers) -> None:
+        """A small call (a unary Charge, a few requests): bulk work waits for it until it is
+        answered (SmallFirst), as the batcher gives it the small calls' lane."""
+        self.small_first.begin()
+        call.future.add_done_callback(self.small_first.end)
 
     def _submit_singles(self) -> None:
         if self._singles:
@@ -313,21 +321,13 @@ class Engine:
         return pending
 
     async def charge(self, msgs: list[pb.ChargeRequest]) -> list[pb.ChargeAnswer]:
-        """The answers to request messages (tests and fronts that hold messages, not bytes).
-        A few (the Diameter front's CCRs of one read) go first as unary calls do: the small
-        calls' lane, and bulk work waits for them (SmallFirst)."""
+        """The answers to request messages (tests and fronts that hold messages, not bytes);
+        a few (the Diameter front's CCRs of one read) go first, as submit says."""
         # Each request's bytes joined as the batch's field 1: what ChargeBatchRequest would
         # write, without copying every message into one first.
         data = wire.field_1([m.SerializeToString() for m in msgs])
-        small = self.batcher.is_small(len(msgs))
-        if small:
-            self.small_first.begin()
-        try:
-            call = await self.submit(data, self.parse(data))
-            return [pb.ChargeAnswer.FromString(a) for a in await call.future]
-        finally:
-            if small:
-                self.small_first.end()
+        call = await self.submit(data, self.parse(data))
+        return [pb.ChargeAnswer.FromString(a) for a in await call.future]
 
     def _fail(self, batch: list[Pending], error: BaseException) -> None:
         """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a
@@ -409,10 +409,13 @@ class Engine:
         # batches in flight until their re-runs are back in the queue (they go before
         # these). Claimed in the same step of the event loop as checked.
         held = [c for c in self._claims.values() if c and c is not claim]
-        later = [p for p in live if any(p.account_id in c for c in held)] if held else []
-        if later:
+        later: list[Pending] = []
+        if held:
+            free: list[Pending] = []
+            for p in live:
+                (later if any(p.account_id in c for c in held) else free).append(p)
+            live = free
             metrics.WAITED.inc(len(later))
-            live = [p for p in live if not any(p.account_id in c for c in held)]
         claim.update(p.account_id for p in live)
         live, deferred = self._one_request_per_session(live)
         await self._load(live)
