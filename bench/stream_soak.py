@@ -8,7 +8,9 @@ accounts, then: a normal client (unary Charge at --normal-rate calls a second, a
 gateway's steady traffic) alone for --baseline seconds;
 the same with --streams abusive ChargeStream calls for --seconds; then idle for --idle
 seconds. The normal client runs in a process of its own, so that its latencies are the
-server's, not those of an event loop busy building the abusive messages. Prints the
+server's, not those of an event loop busy building the abusive messages; with --control it
+calls a second server process that no stream reaches (the control: what sharing the machine
+and Redis with the attack costs it). Prints the
 server's RSS (baseline, peak, after), the normal client's p50/p99, the CPU of each process
 group and the server's batches in each phase as one JSON object. Not part of the test run
 (minutes, machine-dependent).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -194,14 +197,16 @@ class Phase:
 
 
 async def soak(address: str, pids: list[int], metrics_ports: list[int], redis_pids: list[int],
-               opts: argparse.Namespace) -> dict[str, Any]:
+               opts: argparse.Namespace, normal_address: str = "") -> dict[str, Any]:
+    """`normal_address`: where the normal client calls (default: the attacked server)."""
     subs = [subscriber_id(PREFIX, n) for n in range(1, opts.accounts)]
     out: dict[str, Any] = {"streams": opts.streams, "seconds": opts.seconds,
                            "message": opts.message, "settings": opts.set,
-                           "normal_rate": opts.normal_rate}
+                           "normal_rate": opts.normal_rate, "control": opts.control}
     ours, theirs = mp.Pipe()
     client = mp.get_context("spawn").Process(
-        target=normal_process, args=(address, subscriber_id(PREFIX, 0), opts.normal_rate, theirs),
+        target=normal_process,
+        args=(normal_address or address, subscriber_id(PREFIX, 0), opts.normal_rate, theirs),
         daemon=True)
     client.start()
     assert client.pid is not None
@@ -251,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the normal client's calls a second (0: a closed loop of 4)")
     parser.add_argument("--baseline", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--control", action="store_true",
+                        help="the normal client calls a second server process of its own (same "
+                        "Redis) that no stream reaches: what the shared machine and Redis cost "
+                        "it, whatever the attacked server does")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a server setting other than its default (repeatable)")
     opts = parser.parse_args(argv)
@@ -259,9 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(tmp)
         with redis_backend(1, base) as (url, redis_pids):
             asyncio.run(provision(url, opts.accounts, PREFIX))
-            with workers(url, 1, base / "serve.log", settings) as served:
-                result = asyncio.run(soak(served.address, served.pids, served.metrics_ports,
-                                          redis_pids, opts))
+            with contextlib.ExitStack() as stack:
+                served = stack.enter_context(workers(url, 1, base / "serve.log", settings))
+                pids, ports, normal_address = served.pids, served.metrics_ports, ""
+                if opts.control:
+                    apart = stack.enter_context(workers(url, 1, base / "apart.log", settings))
+                    pids, ports = pids + apart.pids, ports + apart.metrics_ports
+                    normal_address = apart.address
+                result = asyncio.run(soak(served.address, pids, ports, redis_pids, opts,
+                                          normal_address))
     print(json.dumps(result, indent=2))
     return 0
 
