@@ -194,6 +194,10 @@ async def test_grace_suspended_terminated_on_time_then_service_is_denied_and_boo
         await eventually(lambda: _is(s, sub, com.GRACE), what="GRACE")
         entered = clock.ms
         await eventually(lambda: _timers(s, {f"{sub}|SUSPENDED": entered + 7 * DAY_MS}))
+        # Each state's message is sent before the clock jumps on: the lifecycle sends no
+        # message for an event older than max_event_age_s when it handles it, and it sets
+        # the next timer before it sends.
+        await eventually(lambda: len(http.on("/hook")) == 1, what="the GRACE message")
 
         # In GRACE: zero-rated service only.
         free = await charge("s2", 0, cpb.INITIAL, rg=30)
@@ -210,6 +214,7 @@ async def test_grace_suspended_terminated_on_time_then_service_is_denied_and_boo
         assert denied.result == cpb.END_USER_SERVICE_DENIED
         assert "SUSPENDED" in denied.error_message
         await eventually(lambda: _timers(s, {f"{sub}|TERMINATED": entered + 37 * DAY_MS}))
+        await eventually(lambda: len(http.on("/hook")) == 2, what="the SUSPENDED message")
 
         # 30 days later: TERMINATED; the free SMS left are forfeited with a record.
         clock.ms = entered + 37 * DAY_MS
