@@ -1,10 +1,11 @@
-"""The batcher's two steps: batch k+1 is prepared while batch k's finish is in flight, one
-finish at a time per lane, what comes back runs first, oldest first; small calls in a lane of
-their own beside the bulk one."""
+"""The batcher's two steps: batch k+1 is prepared while batch k's finish is in flight (in the
+small calls' lane only when a full batch waits), one finish at a time per lane, what comes
+back runs first, oldest first; small calls in a lane of their own beside the bulk one."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from tollgate.engine.charging.batcher import Batcher, Prepared
 
@@ -225,6 +226,74 @@ async def test_a_small_call_is_prepared_and_applied_while_a_bulk_batch_holds_its
     assert [line for line in log if line.startswith("applied ['s")] == [
         "applied ['s0', 's1', 's2', 's3']", "applied ['s4', 's5']"]
     assert (batcher.batches, batcher.items) == (4, 8)
+
+
+def _held_finish() -> tuple[list[str], asyncio.Event, dict[str, asyncio.Event],
+                            Batcher[str]]:
+    """A batcher (small calls of one item, 3 to a batch) whose first preparation waits for
+    `go`, and whose finishes each wait for their own event (keyed by the batch's first
+    item); the log has each preparation and landing."""
+    log: list[str] = []
+    go = asyncio.Event()
+    lands: dict[str, asyncio.Event] = {}
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        log.append(f"prepare {batch}")
+        lands[batch[0]] = asyncio.Event()
+        await go.wait()
+
+        async def finish() -> list[str]:
+            await lands[batch[0]].wait()
+            log.append(f"landed {batch}")
+            return []
+        return Prepared(batch, finish)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=3, window_s=0,
+                                    max_queue=100, shared_batch=24)
+    batcher.start()
+    return log, go, lands, batcher
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.001)
+    await asyncio.wait_for(poll(), 5)
+
+
+async def test_small_calls_that_come_while_a_batch_is_prepared_wait_for_its_apply() -> None:
+    log, go, lands, batcher = _held_finish()
+    batcher.submit(["u0"])
+    await _until(lambda: "u0" in lands)
+    for call in ("u1", "u2"):  # unary calls while u0's batch is prepared
+        batcher.submit([call])
+    go.set()
+    await asyncio.sleep(0.01)
+    batcher.submit(["u3"])  # ... and while it is applied
+    await asyncio.sleep(0.01)
+    # Not prepared beside u0's apply: they wait for it to land, and go together.
+    assert log == ["prepare ['u0']"]
+    lands["u0"].set()
+    await _until(lambda: "u1" in lands)
+    lands["u1"].set()
+    await batcher.close()
+    assert log == ["prepare ['u0']", "landed ['u0']", "prepare ['u1', 'u2', 'u3']",
+                   "landed ['u1', 'u2', 'u3']"]
+
+
+async def test_a_full_batch_of_small_calls_is_prepared_while_the_one_before_is_applied() -> None:
+    log, go, lands, batcher = _held_finish()
+    batcher.submit(["u0"])
+    await _until(lambda: "u0" in lands)
+    for call in ("u1", "u2", "u3"):  # a full batch while u0's is prepared
+        batcher.submit([call])
+    go.set()
+    await _until(lambda: "u1" in lands)
+    assert log == ["prepare ['u0']", "prepare ['u1', 'u2', 'u3']"]
+    lands["u0"].set()
+    lands["u1"].set()
+    await batcher.close()
+    assert log[2:] == ["landed ['u0']", "landed ['u1', 'u2', 'u3']"]
 
 
 async def test_what_the_other_lane_holds_waits_for_its_release_without_spinning() -> None:
