@@ -9,11 +9,10 @@ gateway's steady traffic) alone for --baseline seconds;
 the same with --streams abusive ChargeStream calls for --seconds; then idle for --idle
 seconds. The normal client runs in a process of its own, so that its latencies are the
 server's, not those of an event loop busy building the abusive messages; with --control it
-calls a second server process that no stream reaches (the control: what sharing the machine
-and Redis with the attack costs it). Prints the
-server's RSS (baseline, peak, after), the normal client's p50/p99, the CPU of each process
-group and the server's batches in each phase as one JSON object. Not part of the test run
-(minutes, machine-dependent).
+calls a second server process that no stream reaches (the control: what sharing the
+machine and Redis with the attack costs it). Prints the server's RSS (baseline, peak,
+after), the normal client's p50/p99, the CPU of each process group and the server's batches
+in each phase as one JSON object. Not part of the test run (minutes, machine-dependent).
 """
 
 from __future__ import annotations
