@@ -35,7 +35,7 @@ import grpc
 import psutil
 
 from tollgate.bench.loadgen import CpuProbe
-from tollgate.bench.scale import counters, provision, redis_backend, workers
+from tollgate.bench.scale import Served, counters, provision, redis_backend, workers
 from tollgate.engine.ops.population import subscriber_id
 from tollgate.engine.web.series import quantile
 from tollgate.v1 import charging_pb2 as cpb
@@ -196,8 +196,9 @@ class Phase:
 
 
 async def soak(address: str, pids: list[int], metrics_ports: list[int], redis_pids: list[int],
-               opts: argparse.Namespace, normal_address: str = "") -> dict[str, Any]:
-    """`normal_address`: where the normal client calls (default: the attacked server)."""
+               opts: argparse.Namespace, control: Served | None = None) -> dict[str, Any]:
+    """`pids`: the attacked server's (its RSS is the soak's); `control`: the server the
+    normal client calls instead of it (--control)."""
     subs = [subscriber_id(PREFIX, n) for n in range(1, opts.accounts)]
     out: dict[str, Any] = {"streams": opts.streams, "seconds": opts.seconds,
                            "message": opts.message, "settings": opts.set,
@@ -205,12 +206,16 @@ async def soak(address: str, pids: list[int], metrics_ports: list[int], redis_pi
     ours, theirs = mp.Pipe()
     client = mp.get_context("spawn").Process(
         target=normal_process,
-        args=(normal_address or address, subscriber_id(PREFIX, 0), opts.normal_rate, theirs),
+        args=(control.address if control else address, subscriber_id(PREFIX, 0),
+              opts.normal_rate, theirs),
         daemon=True)
     client.start()
     assert client.pid is not None
     groups = {"server": pids, "redis": redis_pids, "normal client": [client.pid],
               "abusive clients": [psutil.Process().pid]}
+    if control:
+        groups["control server"] = control.pids
+        metrics_ports = metrics_ports + control.metrics_ports
     await asyncio.sleep(2)  # the client process starts (its first calls are not counted)
     alone_start = time.monotonic()
     phase = Phase(groups, metrics_ports)
@@ -269,13 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(provision(url, opts.accounts, PREFIX))
             with contextlib.ExitStack() as stack:
                 served = stack.enter_context(workers(url, 1, base / "serve.log", settings))
-                pids, ports, normal_address = served.pids, served.metrics_ports, ""
-                if opts.control:
-                    apart = stack.enter_context(workers(url, 1, base / "apart.log", settings))
-                    pids, ports = pids + apart.pids, ports + apart.metrics_ports
-                    normal_address = apart.address
-                result = asyncio.run(soak(served.address, pids, ports, redis_pids, opts,
-                                          normal_address))
+                control = (stack.enter_context(workers(url, 1, base / "control.log", settings))
+                           if opts.control else None)
+                result = asyncio.run(soak(served.address, served.pids, served.metrics_ports,
+                                          redis_pids, opts, control))
     print(json.dumps(result, indent=2))
     return 0
 
