@@ -22,10 +22,7 @@ caller comes in that time, and must not find a full-size batch being prepared.""
 class _Call:
     """The source of items submitted without one: a call of their own."""
 
-    __slots__ = ("small",)
-
-    def __init__(self, small: bool) -> None:
-        self.small = small
+    __slots__ = ()
 
 
 @dataclass(slots=True)
@@ -145,9 +142,8 @@ class Batcher(Generic[T]):
         self.admit(len(items))
         lane = self._bulk
         if source is None:
-            small = self.is_small(len(items))
-            key: object = _Call(small)
-            if small:
+            key: object = _Call()
+            if self.is_small(len(items)):
                 self._small_seen = time.monotonic()
                 lane = self._quick
         else:

@@ -213,8 +213,7 @@ class Engine:
             # in gRPC would wait for all of them.
             async with self._decoding:
                 for lo in range(0, n, DECODE_STEP):
-                    await asyncio.sleep(0)
-                    await self.small_first.bulk_turn()
+                    await self.small_first.bulk_turn()  # a turn of the event loop at least
                     pending += self._pending(next(steps), lo, parsed, calls, range(n),
                                              deadlines)
         if source is not None:
@@ -640,9 +639,10 @@ class Engine:
     async def _turn(self, bulk: bool) -> None:
         """A turn of the event loop for other work; a bulk batch's waits for the unary calls
         in the engine (a small batch's would wait for its own calls)."""
-        await asyncio.sleep(0)
         if bulk:
-            await self.small_first.bulk_turn()
+            await self.small_first.bulk_turn()  # a turn at least
+        else:
+            await asyncio.sleep(0)
 
     async def _apply(self, kb: KernelBatch, writes: dict[str, AccountWrite]) -> set[str]:
         """Applies every account's write; returns the accounts refused by the version check."""
