@@ -33,10 +33,8 @@ def pack_session(s: SessionState) -> bytes:
     st = EVENT if s.is_event else ENDED if s.ended else OPEN
     return _pack([
         FORMAT, s.last_rn, st, s.last_time_ms, s.subscriber_id, s.account_id, s.expiry_ms,
-        s.cost, s.answers,
-        [(r.rating_group, r.bucket_id, r.units, r.amount, r.unit_type, r.member)
-         for r in s.reservations.values()],
-        s.rated])
+        # A Reservation is a tuple of the value's fields, in order: packed as it is.
+        s.cost, s.answers, list(s.reservations.values()), s.rated])
 
 
 def unpack_session(session_id: str, value: bytes | None) -> SessionState | None:
