@@ -19,6 +19,13 @@ SMALL_ACTIVE_S = 1.0
 caller comes in that time, and must not find a full-size batch being prepared."""
 
 
+GATHER_QUIET_TURNS = 8
+"""A busy small calls' lane takes its next batch once this many event-loop turns in a row
+brought no new call (Batcher._gather)..."""
+GATHER_MAX_S = 0.004
+"""... or this long after it could have taken it, whichever comes first."""
+
+
 class _Call:
     """The source of items submitted without one: a call of their own."""
 
@@ -73,9 +80,10 @@ class Batcher(Generic[T]):
     `later`, and a lane that could run nothing waits until the other releases a batch.
 
     A batch is flushed when it is full, as soon as the previous batch of its lane is
-    prepared (the small calls' lane: has landed; so a busy server batches by itself), or
-    `window_s` after the first item reaches an idle lane (so unary calls arriving one per
-    event-loop turn still share a batch). Items to run again go first in the next batch of
+    prepared (the small calls' lane: has landed, and the calls still coming have joined
+    (`_gather`); so a busy server batches by itself), or `window_s` after the first item
+    reaches an idle lane (so unary calls arriving one per event-loop turn still share a
+    batch). Items to run again go first in the next batch of
     their lane.
 
     Fair between callers: items are queued per source (a call, or a whole stream), and a
@@ -215,6 +223,8 @@ class Batcher(Generic[T]):
                     timer.cancel()
             if lane is self._bulk and self._bulk_turn is not None:
                 await self._bulk_turn()
+            elif lane is self._quick and busy:
+                await self._gather(lane)
             batch = self._take(lane)
             lane.full.clear()
             busy = lane.preparing = True
@@ -242,6 +252,24 @@ class Batcher(Generic[T]):
                 # waits for the other's release (or new items).
                 lane.preparing = False
                 await lane.woken.wait()
+
+    async def _gather(self, lane: _Lane[T]) -> None:
+        """Lets the small calls still coming join the busy small lane's next batch: until
+        GATHER_QUIET_TURNS turns of the event loop in a row bring none, for at most
+        GATHER_MAX_S. Each batch costs some hundreds of µs however small; with 64 unary
+        calls in flight, the calls answered by one batch come back while gRPC takes them
+        in (its own work, call by call, in these turns): taken at once, a batch held the
+        10-12 that had come during the last apply, gathered it holds 20-25."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + GATHER_MAX_S
+        lane.preparing = True  # calls that come are held, and collected turn by turn
+        quiet = 0
+        while (quiet < GATHER_QUIET_TURNS and lane.count < self.max_batch
+               and not self._closing and loop.time() < end):
+            before = lane.count
+            await asyncio.sleep(0)
+            self._collect()
+            quiet = quiet + 1 if lane.count == before else 0
 
     def _lands_first(self, lane: _Lane[T]) -> bool:
         """Whether the lane's next batch waits for the one in flight to land before it is

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tollgate.engine.charging.batcher import Batcher, Prepared
+from tollgate.engine.charging.batcher import GATHER_QUIET_TURNS, Batcher, Prepared
 
 
 async def test_the_next_batch_is_prepared_while_one_finish_is_in_flight() -> None:
@@ -294,6 +294,59 @@ async def test_a_full_batch_of_small_calls_is_prepared_while_the_one_before_is_a
     lands["u1"].set()
     await batcher.close()
     assert log[2:] == ["landed ['u0']", "landed ['u1', 'u2', 'u3']"]
+
+
+def _landing_on_cue() -> tuple[list[list[str]], asyncio.Event, Batcher[str]]:
+    """A batcher whose batches are recorded as prepared and land once `land` is set."""
+    batches: list[list[str]] = []
+    land = asyncio.Event()
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        batches.append(list(batch))
+
+        async def finish() -> list[str]:
+            await land.wait()
+            return []
+        return Prepared(batch, finish)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=100,
+                                    window_s=0, max_queue=1000, shared_batch=800)
+    batcher.start()
+    return batches, land, batcher
+
+
+async def _one_per_turn(batcher: Batcher[str], calls: list[str], gap: int = 1) -> None:
+    """Submits one call every `gap` event-loop turns, as gRPC hands unary calls over."""
+    for call in calls:
+        for _ in range(gap):
+            await asyncio.sleep(0)
+        batcher.submit([call])
+
+
+async def test_small_calls_still_coming_after_a_landing_join_the_next_batch() -> None:
+    batches, land, batcher = _landing_on_cue()
+    batcher.submit(["u0"])
+    await _until(lambda: len(batches) == 1)
+    batcher.submit(["u1"])  # waits for u0's landing
+    land.set()
+    await _one_per_turn(batcher, ["u2", "u3", "u4", "u5"])
+    await _until(lambda: sum(map(len, batches)) == 6)
+    await batcher.close()
+    assert batches == [["u0"], ["u1", "u2", "u3", "u4", "u5"]]
+
+
+async def test_a_batch_is_taken_once_the_calls_stop_coming() -> None:
+    batches, land, batcher = _landing_on_cue()
+    batcher.submit(["u0"])
+    await _until(lambda: len(batches) == 1)
+    batcher.submit(["u1"])
+    land.set()
+    await _one_per_turn(batcher, ["u2"])
+    # Quiet for longer than the lane gathers: the next call is the next batch's.
+    await _one_per_turn(batcher, ["u3"], gap=GATHER_QUIET_TURNS + 4)
+    await _until(lambda: sum(map(len, batches)) == 4)
+    await batcher.close()
+    assert batches == [["u0"], ["u1", "u2"], ["u3"]]
 
 
 async def test_what_the_other_lane_holds_waits_for_its_release_without_spinning() -> None:
