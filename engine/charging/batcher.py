@@ -107,13 +107,15 @@ class Batcher(Generic[T]):
                  on_error: Callable[[list[T], BaseException], None],
                  max_batch: int, window_s: float, max_queue: int,
                  shared_batch: int = 0, collect: Callable[[], None] | None = None,
-                 bulk_turn: Callable[[], Awaitable[None]] | None = None) -> None:
+                 bulk_turn: Callable[[], Awaitable[None]] | None = None,
+                 held: Callable[[], int] | None = None) -> None:
         self._prepare = prepare
         self._bulk_turn = bulk_turn
         self._on_error = on_error
         # Called before each batch is taken: a caller that holds items back while the
         # small lane is busy (`preparing`) submits them then, many at once.
         self._collect = collect or (lambda: None)
+        self._held = held or (lambda: 0)  # how many items the caller holds back now
         self.max_batch = max_batch
         self.shared_batch = shared_batch or max_batch
         self._small = self.shared_batch // 8
@@ -262,14 +264,16 @@ class Batcher(Generic[T]):
         10-12 that had come during the last apply, gathered it holds 20-25."""
         loop = asyncio.get_running_loop()
         end = loop.time() + GATHER_MAX_S
-        lane.preparing = True  # calls that come are held, and collected turn by turn
+        # Calls that come are held, and collected once at the end: read together (one
+        # parse and one check of all of them), not a few per turn.
+        lane.preparing = True
         quiet = 0
-        while (quiet < GATHER_QUIET_TURNS and lane.count < self.max_batch
+        while (quiet < GATHER_QUIET_TURNS and lane.count + self._held() < self.max_batch
                and not self._closing and loop.time() < end):
-            before = lane.count
+            before = lane.count + self._held()
             await asyncio.sleep(0)
-            self._collect()
-            quiet = quiet + 1 if lane.count == before else 0
+            quiet = quiet + 1 if lane.count + self._held() == before else 0
+        self._collect()
 
     def _lands_first(self, lane: _Lane[T]) -> bool:
         """Whether the lane's next batch waits for the one in flight to land before it is

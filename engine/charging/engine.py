@@ -126,7 +126,7 @@ class Engine:
         self.batcher: Batcher[Pending] = Batcher(
             self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
             config.max_queue, config.shared_batch, collect=self._submit_singles,
-            bulk_turn=self.small_first.bulk_turn)
+            bulk_turn=self.small_first.bulk_turn, held=lambda: len(self._singles))
         self.conflicts = 0
         self.stale_reads = 0  # cached accounts found moved on before use (see _load)
         self._others_seen = -OTHERS_QUIET_S  # when another writer last showed (monotonic s)

@@ -335,6 +335,48 @@ async def test_small_calls_still_coming_after_a_landing_join_the_next_batch() ->
     assert batches == [["u0"], ["u1", "u2", "u3", "u4", "u5"]]
 
 
+async def test_calls_held_back_while_the_lane_gathers_are_read_together() -> None:
+    # As the engine holds unary calls: the batcher counts them as coming (`held`) and
+    # collects them once when it takes the batch, not a few in every turn (each collection
+    # is a parse and a check of its calls).
+    batches: list[list[str]] = []
+    held: list[str] = []
+    collected: list[list[str]] = []
+    land = asyncio.Event()
+    batcher: Batcher[str]
+
+    def collect() -> None:
+        if held:
+            collected.append(held[:])
+            for call in held:
+                batcher.submit([call])
+            held.clear()
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        batches.append(list(batch))
+
+        async def finish() -> list[str]:
+            await land.wait()
+            return []
+        return Prepared(batch, finish)
+
+    batcher = Batcher(prepare, lambda items, e: None, max_batch=100, window_s=0,
+                      max_queue=1000, shared_batch=800, collect=collect,
+                      held=lambda: len(held))
+    batcher.start()
+    batcher.submit(["u0"])
+    await _until(lambda: len(batches) == 1)
+    held.append("u1")  # came during u0's apply
+    land.set()
+    for call in ("u2", "u3", "u4", "u5"):
+        await asyncio.sleep(0)
+        held.append(call)
+    await _until(lambda: sum(map(len, batches)) == 6)
+    await batcher.close()
+    assert batches == [["u0"], ["u1", "u2", "u3", "u4", "u5"]]
+    assert len(collected) <= 2  # at the landing, and once gathered
+
+
 async def test_a_batch_is_taken_once_the_calls_stop_coming() -> None:
     batches, land, batcher = _landing_on_cue()
     batcher.submit(["u0"])
