@@ -249,7 +249,8 @@ class Member:
 class Reservation(NamedTuple):
     """Units granted to one rating group of a session, held against one source (a tuple:
     one is built for every grant and every reservation read, and a frozen dataclass costs
-    several times more to build)."""
+    several times more to build). Its fields, in this order, are a reservation of a stored
+    session value (engine/storage/session_blob.py packs it as it is): never reorder them."""
 
     rating_group: int
     bucket_id: str  # "" = the money balance

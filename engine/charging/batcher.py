@@ -83,8 +83,7 @@ class Batcher(Generic[T]):
     prepared (the small calls' lane: has landed, and the calls still coming have joined
     (`_gather`); so a busy server batches by itself), or `window_s` after the first item
     reaches an idle lane (so unary calls arriving one per event-loop turn still share a
-    batch). Items to run again go first in the next batch of
-    their lane.
+    batch). Items to run again go first in the next batch of their lane.
 
     Fair between callers: items are queued per source (a call, or a whole stream), and a
     batch takes the sources' items in turn, an equal share each, so a stream that sends

@@ -3,6 +3,7 @@ packed, int64 amounts exact; a session hash of an earlier release parses into th
 
 from __future__ import annotations
 
+import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,6 +47,17 @@ def test_a_packed_session_unpacks_into_the_same_session(s: SessionState) -> None
     back = unpack_session(s.session_id, pack_session(s))
     assert back == s
     assert back is not None and list(back.answers) == list(s.answers)  # oldest first
+
+
+def test_a_session_value_has_the_documented_layout() -> None:
+    # What a stored value holds, field by field (session_blob's docstring): a value written
+    # by one release must read the same in the next, whatever the Python types become.
+    s = SessionState("s-1", "sub-1", 3, False, False, 1_700_000_000_000, {3: b"answer"},
+                     {10: Reservation(10, "data-1", 1000, 900, 1, True)}, 1_700_000_060_000,
+                     {10: Rated(500, 512, 0, 77)}, 4242, "acct-1")
+    assert msgpack.unpackb(pack_session(s), strict_map_key=False) == [
+        1, 3, 0, 1_700_000_000_000, "sub-1", "acct-1", 1_700_000_060_000, 4242,
+        {3: b"answer"}, [[10, "data-1", 1000, 900, 1, True]], {10: [500, 512, 0, 77]}]
 
 
 def test_no_value_is_no_session() -> None:
