@@ -68,6 +68,38 @@ async def test_a_retransmitted_initial_on_a_server_that_never_saw_the_session_ch
         assert after.money_micros == before.money_micros
 
 
+async def test_a_first_charge_reads_its_account_but_not_the_session_it_opens(tollgate,
+                                                                             gateway):
+    """A subscriber's first charge (its account not cached) reads the account alone: the
+    session an INITIAL opens is new unless the INITIAL is a retransmission, which the apply
+    refuses and the run again reads and answers."""
+    [sub] = await gateway.setup()
+    assert (await gateway.charge(request("s1", 0, cpb.INITIAL, sub,
+                                         mscc(DATA_RG, want=0)))).result == cpb.SUCCESS
+    reads: list[list[tuple[str, list[str]]]] = []
+    read_accounts = tollgate.store.read_accounts
+
+    async def recorded(wanted: list[tuple[str, list[str]]]):  # the real read, noted
+        reads.append(wanted)
+        return await read_accounts(wanted)
+    tollgate.store.read_accounts = recorded
+    tollgate.engine.accounts.clear()  # as after a restart, or the account evicted
+
+    first = await gateway.charge(request("s2", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+    assert first.result == cpb.SUCCESS
+    assert reads == [[("acct-0", [])]]
+    before = await gateway.account("acct-0")
+
+    tollgate.engine.accounts.clear()
+    again = await gateway.charge(request("s2", 0, cpb.INITIAL, sub, mscc(DATA_RG, want=0)))
+
+    assert again == first
+    assert reads[1:] == [[("acct-0", [])], [("acct-0", ["s2"])]]
+    after = await gateway.account("acct-0")
+    assert after.buckets[0].reserved == before.buckets[0].reserved == 20 * MB
+    assert after.money_micros == before.money_micros
+
+
 async def test_after_a_conflict_cached_accounts_are_checked_before_the_kernel(tollgate, gateway,
                                                                             redis_url):
     [sub] = await gateway.setup()
