@@ -296,8 +296,11 @@ async def test_a_full_batch_of_small_calls_is_prepared_while_the_one_before_is_a
     assert log[2:] == ["landed ['u0']", "landed ['u1', 'u2', 'u3']"]
 
 
-def _landing_on_cue() -> tuple[list[list[str]], asyncio.Event, Batcher[str]]:
-    """A batcher whose batches are recorded as prepared and land once `land` is set."""
+def _landing_on_cue(collect: Callable[[], None] | None = None,
+                    held: Callable[[], int] | None = None
+                    ) -> tuple[list[list[str]], asyncio.Event, Batcher[str]]:
+    """A batcher whose batches are recorded as prepared and land once `land` is set
+    (`collect`, `held`: as the engine's, which holds unary calls back)."""
     batches: list[list[str]] = []
     land = asyncio.Event()
 
@@ -310,7 +313,8 @@ def _landing_on_cue() -> tuple[list[list[str]], asyncio.Event, Batcher[str]]:
         return Prepared(batch, finish)
 
     batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=100,
-                                    window_s=0, max_queue=1000, shared_batch=800)
+                                    window_s=0, max_queue=1000, shared_batch=800,
+                                    collect=collect, held=held)
     batcher.start()
     return batches, land, batcher
 
@@ -339,11 +343,8 @@ async def test_calls_held_back_while_the_lane_gathers_are_read_together() -> Non
     # As the engine holds unary calls: the batcher counts them as coming (`held`) and
     # collects them once when it takes the batch, not a few in every turn (each collection
     # is a parse and a check of its calls).
-    batches: list[list[str]] = []
     held: list[str] = []
     collected: list[list[str]] = []
-    land = asyncio.Event()
-    batcher: Batcher[str]
 
     def collect() -> None:
         if held:
@@ -352,18 +353,7 @@ async def test_calls_held_back_while_the_lane_gathers_are_read_together() -> Non
                 batcher.submit([call])
             held.clear()
 
-    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
-        batches.append(list(batch))
-
-        async def finish() -> list[str]:
-            await land.wait()
-            return []
-        return Prepared(batch, finish)
-
-    batcher = Batcher(prepare, lambda items, e: None, max_batch=100, window_s=0,
-                      max_queue=1000, shared_batch=800, collect=collect,
-                      held=lambda: len(held))
-    batcher.start()
+    batches, land, batcher = _landing_on_cue(collect, lambda: len(held))
     batcher.submit(["u0"])
     await _until(lambda: len(batches) == 1)
     held.append("u1")  # came during u0's apply
