@@ -299,9 +299,8 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
                      [b for a in accounts for b in a.buckets], members, member_index, {}, [],
                      [], {})
     # Looked up once per plan: a batch's accounts share a few plans.
-    by_plan: dict[int, _Pricing] = {}
-    pricing = [by_plan.get(id(plan)) or by_plan.setdefault(id(plan), _pricing(plan, rates))
-               for plan in kb.plans]
+    by_plan = {k: _pricing(plan, rates) for k, plan in {id(p): p for p in kb.plans}.items()}
+    pricing = [by_plan[id(plan)] for plan in kb.plans]
     for n, p in enumerate(batch):
         a = index[p.account_id]
         _add_items(kb, p, a, pricing[a], rates.rates, p.request.subscriber_id in grace,

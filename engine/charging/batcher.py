@@ -266,12 +266,12 @@ class Batcher(Generic[T]):
         # Calls that come are held, and collected once at the end: read together (one
         # parse and one check of all of them), not a few per turn.
         lane.preparing = True
-        quiet = 0
-        while (quiet < GATHER_QUIET_TURNS and lane.count + self._held() < self.max_batch
-               and not self._closing and loop.time() < end):
-            before = lane.count + self._held()
+        quiet, seen = 0, lane.count + self._held()
+        while (quiet < GATHER_QUIET_TURNS and seen < self.max_batch and not self._closing
+               and loop.time() < end):
             await asyncio.sleep(0)
-            quiet = quiet + 1 if lane.count + self._held() == before else 0
+            before, seen = seen, lane.count + self._held()
+            quiet = quiet + 1 if seen == before else 0
         self._collect()
 
     def _lands_first(self, lane: _Lane[T]) -> bool:

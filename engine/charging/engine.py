@@ -492,15 +492,15 @@ class Engine:
         shared = time.monotonic() - self._others_seen < OTHERS_QUIET_S
         for p in batch:
             needed = sessions_of.setdefault(p.account_id, set())
-            if p.reruns or not _opens_session(p.request):
+            opens = _opens_session(p.request)
+            if p.reruns or not opens:
                 # A session a request opens is new unless the request is a retransmission:
                 # on its first run it is not read even with its account (a subscriber's
                 # first charge reads one thing less); the apply refuses it if it exists,
                 # and the run again reads it.
                 needed.add(p.request.session_id)
             acct = self.accounts.get(p.account_id)
-            if acct is None or (p.request.session_id not in acct.sessions
-                                and not _opens_session(p.request)):
+            if acct is None or (p.request.session_id not in acct.sessions and not opens):
                 stale.add(p.account_id)
             else:
                 if shared:
