@@ -76,7 +76,8 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
                  enumerate(decode_all(data, wire.parse_batch(data), populated, now))]
         batch = await engine._resolve_subscribers(batch)
         await engine._load(batch)
-        batch = engine._check_sessions(batch)
+        batch, rows = engine._check_sessions(batch, engine._view(batch))
+        assert rows == list(range(len(batch)))  # every request of the traffic is charged
         await engine._load_plans({engine.accounts[p.account_id].plan_id for p in batch})
         return batch
 
@@ -92,10 +93,12 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         requests = decode_all(data, wire.parse_batch(data), populated, timing.now_ms)
         batch = [Pending(cast(Request, requests[p.slot]), p.call, p.slot, p.account_id)
                  for p in prepared]
-        kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms)
+        view, rows = engine._view(batch), list(range(len(batch)))
+        kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms, view,
+                      rows)
         res = kb.run(engine.rates)
-        outcome = build_outcome(batch, kb, res, engine.rates, timing, {})
-        return wire.field_1(list(outcome.answers.values()))
+        outcome = build_outcome(batch, kb, res, engine.rates, timing, {}, view, rows)
+        return wire.field_1(outcome.answers)
 
     benchmark.extra_info["requests"] = size
     blob = benchmark(steps)

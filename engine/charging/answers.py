@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -35,8 +36,14 @@ UNIT_OCTETS, UNIT_SECONDS = int(UnitType.OCTETS), int(UnitType.SECONDS)
 NO_STRINGS = wire.Strings.of([])
 
 
+class Encoded(NamedTuple):
+    answers: list[bytes]  # per request, in batch order
+    buffer: np.ndarray  # the same answers end to end (uint8), as the session kernel copies them
+    spans: np.ndarray  # (2, n): each answer's start and end in `buffer`
+
+
 def encode(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable
-           ) -> list[bytes]:
+           ) -> Encoded:
     """Each request's answer (SUCCESS, its grants in item order but for the releases a
     TERMINATION did not mention, what it was charged), in batch order."""
     finals, filters, strings, final_of_account = _finals(kb)
@@ -50,7 +57,8 @@ def encode(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Rate
     src = np.frombuffer(bytearray(b"".join(sessions)), np.uint8)  # writable, as warmed up
     encoded, spans = wire.encode_answers(src, answers, grants, strings, finals, filters)
     data = encoded.tobytes()
-    return [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
+    return Encoded([data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)],
+                   encoded, spans)
 
 
 @njit(cache=True, nogil=True)

@@ -25,6 +25,17 @@ from tollgate.engine.charging.kernels.charge import (
     WANT_NONE,
     charge_kernel,
 )
+from tollgate.engine.charging.kernels.sessions import (
+    RATED_RG,
+    RATED_USED,
+    RES_AMOUNT,
+    RES_BUCKET_AT,
+    RES_BUCKET_LEN,
+    RES_MEMBER,
+    RES_RG,
+    RES_UNITS,
+)
+from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.domain import (
     MONEY_SOURCE,
     Bucket,
@@ -275,11 +286,12 @@ class KernelBatch:
 
 
 def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[str, Plan],
-             rates: RateTable, grace: set[str], now_ms: int) -> KernelBatch:
+             rates: RateTable, grace: set[str], now_ms: int, view: SessionView,
+             rows: list[int]) -> KernelBatch:
     """One item per rating group of each request (plus releases of what a TERMINATION does
     not mention), in batch order; accounts, buckets and members in first-seen order.
     `grace`: subscribers in GRACE (zero-rated service only); `now_ms`: the server's clock,
-    which judges bucket expiry."""
+    which judges bucket expiry; request n's session is row `rows[n]` of `view`."""
     accounts: list[AccountState] = []
     index: dict[str, int] = {}
     for p in batch:
@@ -301,10 +313,10 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
     # Looked up once per plan: a batch's accounts share a few plans.
     by_plan = {k: _pricing(plan, rates) for k, plan in {id(p): p for p in kb.plans}.items()}
     pricing = [by_plan[id(plan)] for plan in kb.plans]
-    for n, p in enumerate(batch):
+    for n, (p, r) in enumerate(zip(batch, rows, strict=True)):
         a = index[p.account_id]
         _add_items(kb, p, a, pricing[a], rates.rates, p.request.subscriber_id in grace,
-                   now_ms, n)
+                   now_ms, n, view, r)
     return kb
 
 
@@ -355,7 +367,7 @@ def _pricing(plan: Plan | None, rates: RateTable) -> _Pricing:
 
 
 def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: list[Rate],
-               grace: bool, now_ms: int, request: int) -> None:
+               grace: bool, now_ms: int, request: int, view: SessionView, r: int) -> None:
     acct = kb.accounts[a]
     req = p.request
     kind = req.type
@@ -364,10 +376,10 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: li
         p.zone = zone = req.zone
     else:
         p.zone = zone = resolve_zone(pricing.prefixes, "", req.destination)
-    session = acct.sessions.get(req.session_id)
-    live = session if session is not None and not session.is_event else None
-    if live is not None:
-        held, rated, cost, start = live.reservations, live.rated, live.cost, live.last_time_ms
+    if view.live(r):
+        held = {h[RES_RG]: h for h in view.held_rows(r)}
+        rated = {h[RATED_RG]: h[RATED_USED:] for h in view.rated_rows(r)}
+        cost, start = view.cost(r), view.last_time_ms(r)
     else:
         held, rated, cost, start = {}, {}, 0, req.time_ms
     time_ms = req.time_ms
@@ -399,11 +411,12 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: li
         res = held.get(rg)
         src, amount, res_units, flags = MONEY_SOURCE, 0, 0, base_flags
         if res is not None:
-            amount, res_units = res.amount, res.units
-            if res.member:
+            amount, res_units = res[RES_AMOUNT], res[RES_UNITS]
+            if res[RES_MEMBER]:
                 flags |= FLAG_RES_MEMBER
-            if res.bucket_id:
-                src = kb.bucket_start[a] + acct.bucket_index(res.bucket_id)
+            if res[RES_BUCKET_LEN]:
+                src = kb.bucket_start[a] + acct.bucket_index(
+                    view.text(res[RES_BUCKET_AT], res[RES_BUCKET_LEN]))
         slot = cycle_slots.get((a, rg), -1)
         if slot < 0:
             slot = cycle_slots[(a, rg)] = len(cycle_slots)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from tollgate.engine.charging import answers, kernels, usage_wire, wire
+from tollgate.engine.charging import answers, kernels, sessions, usage_wire, wire
 from tollgate.engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from tollgate.engine.charging.batcher import Batcher, Prepared
 from tollgate.engine.charging.decode import Invalid, Request, decode_all, decode_steps, error_answer
@@ -22,14 +22,15 @@ from tollgate.engine.charging.decode import warm_up as warm_up_checks
 from tollgate.engine.charging.flow import SmallFirst
 from tollgate.engine.charging.kernels import records
 from tollgate.engine.charging.kernels.charge import O_RESULT
-from tollgate.engine.charging.outcome import Outcome, Timing, build_outcome
+from tollgate.engine.charging.outcome import ENDS, Outcome, Timing, build_outcome
+from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberState
 from tollgate.engine.errors import InvalidArgument, NotFound, Overloaded
 from tollgate.engine.ops import metrics
 from tollgate.engine.ops.config import Config
 from tollgate.engine.rating.cycles import renew_if_due
 from tollgate.engine.rating.plans import RateTable
-from tollgate.engine.storage.state import AccountState, SessionState
+from tollgate.engine.storage.state import AccountState
 from tollgate.engine.storage.store import AccountWrite, Store
 from tollgate.v1 import charging_pb2 as pb
 
@@ -161,12 +162,14 @@ class Engine:
             log.warning("compiling the kernels for this version (once per install or "
                         "upgrade; later starts load them from the cache)")
         started = time.monotonic()
-        assemble([], {}, {}, self.rates, set(), self.clock()).run(self.rates)
+        assemble([], {}, {}, self.rates, set(), self.clock(), SessionView.of([], []),
+                 []).run(self.rates)
         wire.warm_up()
         warm_up_checks(self.config)
         usage_wire.warm_up()
         records.warm_up()
         answers.warm_up()
+        sessions.warm_up()
         if fresh:
             log.warning("kernels compiled in %.0f s", time.monotonic() - started)
 
@@ -418,11 +421,12 @@ class Engine:
         claim.update(p.account_id for p in live)
         live, deferred = self._one_request_per_session(live)
         await self._load(live)
-        live = self._check_sessions(live)
+        view = self._view(live)
+        live, rows = self._check_sessions(live, view)
         if not live:
             return live, later + deferred, None
         await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
-        return live, later + deferred, await self._run(live, bulk)
+        return live, later + deferred, await self._run(live, view, rows, bulk)
 
     async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()
@@ -529,70 +533,88 @@ class Engine:
                 again = [(a, sorted(sessions_of[a])) for a in moved]
                 wanted += again
                 loaded += await self.store.read_accounts(again)
-        for (account_id, session_ids), (acct, sessions) in zip(wanted, loaded, strict=True):
+        for (account_id, session_ids), (acct, values) in zip(wanted, loaded, strict=True):
             if acct is None:
                 self.accounts.pop(account_id, None)
                 continue
             old = self.accounts.get(account_id)
             if old is not None and old.version == acct.version:
                 acct.sessions = old.sessions
-            for sid, s in zip(session_ids, sessions, strict=True):
-                if s is not None:
-                    acct.sessions[sid] = s
+            for sid, value in zip(session_ids, values, strict=True):
+                if value is not None:
+                    acct.sessions[sid] = value
             self.accounts[account_id] = acct
         while len(self.accounts) > self.config.account_cache_size:
             self.accounts.popitem(last=False)
 
-    def _check_sessions(self, batch: list[Pending]) -> list[Pending]:
-        """Answers retransmissions from stored answers and refuses what the session state
-        does not allow; returns the requests to charge."""
-        out = []
+    def _view(self, batch: list[Pending]) -> SessionView:
+        """The cached sessions of the batch's requests, read into tables (row r: request r's;
+        none for an account that is missing)."""
+        accounts = self.accounts
+        values = []
         for p in batch:
-            acct = self.accounts.get(p.account_id)
+            acct = accounts.get(p.account_id)
+            values.append(None if acct is None else acct.sessions.get(p.request.session_id))
+        return SessionView.of([p.request.session_id for p in batch], values)
+
+    def _check_sessions(self, batch: list[Pending], view: SessionView
+                        ) -> tuple[list[Pending], list[int]]:
+        """Answers retransmissions from stored answers and refuses what the session state
+        does not allow; returns the requests to charge, with their rows in `view`."""
+        out, rows = [], []
+        for r, p in enumerate(batch):
             req = p.request
-            if acct is None:
+            if p.account_id not in self.accounts:
                 p.refuse(ResultCode.UNABLE_TO_COMPLY,
                          f"account of subscriber {req.subscriber_id!r} is missing")
                 continue
-            s = acct.sessions.get(req.session_id)
-            if s is not None and not s.owned_by(req.subscriber_id, p.account_id):
+            exists = view.exists(r)
+            if exists and not view.owned_by(r, req.subscriber_id, p.account_id):
                 # Checked before the stored answers: they are the owner's. An INITIAL or a
                 # first EVENT on a session not read comes here too, once the apply refused it
                 # as existing and it was read.
                 p.refuse(ResultCode.UNKNOWN_SESSION_ID,
                          f"session {req.session_id!r} belongs to another subscriber")
                 continue
-            if s is not None and req.request_number in s.answers:
-                stored = s.answers[req.request_number]
+            stored = view.answer(r, req.request_number) if exists else None
+            if stored is not None:
                 p.answer(stored, pb.ChargeAnswer.FromString(stored).result)
                 continue
-            problem = self._session_problem(req, s)
+            problem = self._session_problem(req, view, r) if exists else \
+                self._no_session_problem(req)
             if problem is not None:
                 p.refuse(*problem)
                 continue
             out.append(p)
-        return out
+            rows.append(r)
+        return out, rows
 
     @staticmethod
-    def _session_problem(req: Request, s: SessionState | None
+    def _no_session_problem(req: Request) -> tuple[ResultCode, str] | None:
+        if req.type in (RequestType.EVENT, RequestType.INITIAL):
+            return None
+        return ResultCode.UNKNOWN_SESSION_ID, f"no open session {req.session_id!r}"
+
+    @staticmethod
+    def _session_problem(req: Request, view: SessionView, r: int
                          ) -> tuple[ResultCode, str] | None:
+        """What session r (it exists) does not allow of `req`."""
+        last_rn = view.last_rn(r)
         if req.type == RequestType.EVENT:
-            if s is not None and not s.is_event:
+            if not view.is_event(r):
                 return ResultCode.INVALID_AVP_VALUE, "session_id belongs to a charging session"
-            if s is not None and req.request_number < s.last_rn:
+            if req.request_number < last_rn:
                 return ResultCode.UNKNOWN_SESSION_ID, "request_number is older than the last one"
             return None
         if req.type == RequestType.INITIAL:
-            if s is not None:
-                return ResultCode.INVALID_AVP_VALUE, f"session {req.session_id!r} already exists"
-            return None
-        if s is None or s.is_event:
+            return ResultCode.INVALID_AVP_VALUE, f"session {req.session_id!r} already exists"
+        if view.is_event(r):
             return ResultCode.UNKNOWN_SESSION_ID, f"no open session {req.session_id!r}"
-        if s.ended:
+        if view.ended(r):
             return ResultCode.UNKNOWN_SESSION_ID, f"session {req.session_id!r} has ended"
-        if req.request_number < s.last_rn:
+        if req.request_number < last_rn:
             return (ResultCode.UNKNOWN_SESSION_ID,
-                    f"request_number {req.request_number} is older than {s.last_rn}")
+                    f"request_number {req.request_number} is older than {last_rn}")
         return None
 
     async def _load_plans(self, plan_ids: set[str]) -> None:
@@ -614,7 +636,8 @@ class Engine:
 
     # --- kernel, apply, answer ----------------------------------------------------------
 
-    async def _run(self, batch: list[Pending], bulk: bool = False) -> Run:
+    async def _run(self, batch: list[Pending], view: SessionView, rows: list[int],
+                   bulk: bool = False) -> Run:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         now = self.clock()
         renewals: dict[str, dict[str, int]] = {}
@@ -624,7 +647,7 @@ class Engine:
             if sets:
                 renewals[account_id] = sets
         grace = {p.request.subscriber_id for p in batch if p.grace}
-        kb = assemble(batch, self.accounts, plans, self.rates, grace, now)
+        kb = assemble(batch, self.accounts, plans, self.rates, grace, now, view, rows)
         # A large batch's steps take milliseconds each: between them, other work (a small
         # batch prepared or landing, calls coming in) gets its turn. Safe: the accounts of
         # this batch are no other batch's (see _read_and_run); what batches share (the
@@ -640,7 +663,8 @@ class Engine:
         metrics.count_grants(res.outputs[O_RESULT][res.shown.astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
-        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))
+        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals, view,
+                                          rows))
 
     async def _turn(self, bulk: bool) -> None:
         """A turn of the event loop for other work; a bulk batch's waits for the unary calls
@@ -679,7 +703,7 @@ class Engine:
                 kb.accounts[kb.index[account_id]].version += 1
         kb.keep(run.res, refused)
         again: list[Pending] = []
-        for p in batch:
+        for p, value, answer in zip(batch, outcome.values, outcome.answers, strict=True):
             if p.account_id in conflicted:
                 p.reruns += 1
                 if p.reruns > MAX_RERUNS:
@@ -687,15 +711,14 @@ class Engine:
                 else:
                     again.append(p)
                 continue
-            session = outcome.sessions[id(p)]
-            acct = kb.accounts[kb.index[p.account_id]]
-            if session.ended:  # a TERMINATION's, and every EVENT's
+            sessions = kb.accounts[kb.index[p.account_id]].sessions
+            if p.request.type in ENDS:  # a TERMINATION's session, and every EVENT's
                 # Kept only in Redis, with its stored answers: a later request reads it, and a
                 # retransmitted first request (not read first) is refused by the apply as
                 # existing, then read and answered. Cached, every event id would stay until
                 # the account is evicted.
-                acct.sessions.pop(session.session_id, None)
+                sessions.pop(p.request.session_id, None)
             else:
-                acct.sessions[session.session_id] = session
-            p.answer(outcome.answers[id(p)], SUCCESS)
+                sessions[p.request.session_id] = value
+            p.answer(answer, SUCCESS)
         return again

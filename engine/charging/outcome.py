@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
+from tollgate.engine.charging.answers import Encoded
 from tollgate.engine.charging.answers import encode as encode_answers
 from tollgate.engine.charging.batch import (
     CYCLE,
@@ -19,37 +21,44 @@ from tollgate.engine.charging.batch import (
     KernelResult,
     Pending,
 )
-from tollgate.engine.charging.kernels.charge import I_ACCT, INVALID_AVP_VALUE, WANT_GRANT
+from tollgate.engine.charging.kernels.charge import I_ACCT, R_UNIT
 from tollgate.engine.charging.kernels.records import (
     HEAD_COLUMNS,
     HEAD_STRINGS,
     record_items,
     record_table,
 )
+from tollgate.engine.charging.kernels.sessions import (
+    Q_ACCT_AT,
+    Q_ACCT_LEN,
+    Q_ANS_AT,
+    Q_ANS_LEN,
+    Q_COLUMNS,
+    Q_RN,
+    Q_SUB_AT,
+    Q_SUB_LEN,
+    Q_TIME,
+    write_sessions,
+)
+from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.charging.usage_wire import encode_records
 from tollgate.engine.charging.wire import Strings
-from tollgate.engine.domain import (
-    MONEY_SOURCE,
-    EventKind,
-    RequestType,
-    ResultCode,
-)
-from tollgate.engine.domain import Reservation as Res
+from tollgate.engine.domain import EventKind, RequestType, ResultCode
 from tollgate.engine.rating.plans import RateTable
 from tollgate.engine.storage import keys
-from tollgate.engine.storage.session_blob import pack_session
-from tollgate.engine.storage.state import AccountState, Rated, SessionState
+from tollgate.engine.storage.state import AccountState
 from tollgate.engine.storage.store import AccountWrite, SessionWrite
 from tollgate.v1 import events_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)
-TERMINATION, EVENT = int(RequestType.TERMINATION), int(RequestType.EVENT)
+ENDS = frozenset({int(RequestType.TERMINATION), int(RequestType.EVENT)})
+"""Request types after which the session has ended."""
 
 
 @dataclass(slots=True)
 class Outcome:
-    answers: dict[int, bytes]  # id(pending) -> its answer (a request-level SUCCESS)
-    sessions: dict[int, SessionState]  # id(pending) -> the session after it
+    answers: list[bytes]  # per request of the batch, its answer (a request-level SUCCESS)
+    values: list[bytes]  # per request, its session's value after it (session_blob)
     writes: dict[str, AccountWrite]  # account id -> what to apply
 
 
@@ -64,79 +73,73 @@ class Timing:
 
 
 def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
-                  rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]) -> Outcome:
+                  rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]],
+                  view: SessionView, rows: list[int]) -> Outcome:
+    """Request n's session was row `rows[n]` of `view`."""
     writes = _account_writes(kb, res, renewals)
-    out = Outcome({}, {}, {acct.account_id: w for acct, w in zip(kb.accounts, writes,
-                                                                  strict=True)})
+    encoded = encode_answers(batch, kb, res, rates)
+    values, expiry, rescore = _sessions(batch, kb, res, rates, timing, encoded, view, rows)
     index = kb.index
-    for p, blob in zip(batch, encode_answers(batch, kb, res, rates), strict=True):
-        a = index[p.account_id]
-        _request_outcome(p, blob, kb.accounts[a], kb, res, timing, out, writes[a])
-    _records(batch, kb, res, rates, writes)
+    for p, r, value, exp, again in zip(batch, rows, values, expiry, rescore, strict=True):
+        req = p.request
+        writes[index[p.account_id]].sessions.append(SessionWrite(
+            req.session_id, req.type in ENDS, value, exp, created=not view.exists(r),
+            rescore=bool(again)))
+    _records(batch, kb, res, rates, writes, view, rows)
     for ev in res.events:  # in item order, so in batch order
         p = kb.refs[ev[0]].pending
-        out.writes[p.account_id].events.append(
-            event(ev, p, kb, kb.accounts[kb.index[p.account_id]]))
-    return out
+        acct = kb.accounts[index[p.account_id]]
+        writes[index[p.account_id]].events.append(event(ev, p, kb, acct))
+    return Outcome(encoded.answers, values,
+                   {acct.account_id: w for acct, w in zip(kb.accounts, writes, strict=True)})
 
 
-def _request_outcome(p: Pending, blob: bytes, acct: AccountState, kb: KernelBatch,
-                     res: KernelResult, timing: Timing, out: Outcome, w: AccountWrite) -> None:
-    """The session after a request (`blob`: its answer)."""
-    req = p.request
-    rn, kind = req.request_number, req.type
-    old = acct.sessions.get(req.session_id)
-    # Copies: the cached session stays as it was until the batch is applied (_settle).
-    answers = dict(old.answers) if old is not None else {}
-    live = old if old is not None and not old.is_event else None
-    if live is not None:
-        held, rated, cost = dict(live.reservations), dict(live.rated), live.cost
-    else:
-        held, rated, cost = {}, {}, 0
-    longest = 0
-    s_used, s_billed, s_rem, s_charged = res.s_used, res.s_billed, res.s_rem, res.s_charged
-    for i in kb.items_of[id(p)]:
-        ref = kb.refs[i]
-        rg = ref.rating_group
-        used = s_used[i]
-        if used or s_billed[i] or s_rem[i] or s_charged[i]:  # else: not billed, unchanged
-            rated[rg] = Rated(used, s_billed[i], s_rem[i], s_charged[i])
-        cost += res.charged[i]
-        granted = res.granted[i]
-        # The kernel gave back the old reservation of every item (a grant is the new one),
-        # but for one it refused because giving back would pass int64: that one stays held.
-        if not granted or res.result[i] != INVALID_AVP_VALUE:
-            held.pop(rg, None)
-            if granted > 0 and ref.want == WANT_GRANT:
-                s = res.res_src[i]
-                rate = ref.rate
-                held[rg] = Res(rg, kb.buckets[s].bucket_id if s != MONEY_SOURCE else "",
-                               granted, res.res_amount[i],
-                               int(rate.unit_type) if rate is not None else 0, ref.member)
-                longest = max(longest, res.validity[i] or timing.default_validity_s)
-    answers[rn] = blob
-    # Request numbers start at 0: nothing is old enough to drop before answers_kept.
-    if rn >= timing.answers_kept:
-        for n in [n for n in answers if n <= rn - timing.answers_kept]:
-            del answers[n]
-    ended = kind in (TERMINATION, EVENT)
-    expiry = 0 if ended else timing.now_ms + ((longest or timing.default_validity_s)
-                                              + timing.stale_grace_s) * 1000
-    new = SessionState(req.session_id, req.subscriber_id, rn, ended, kind == EVENT,
-                       req.time_ms, answers, held, expiry, rated, cost, p.account_id)
-    key = id(p)
-    out.answers[key] = blob
-    out.sessions[key] = new
-    # A continuing session's zset score stays at or before its expiry, which only grows as
-    # requests come: the score is set again only when the expiry shrank or is unknown
-    # (written before `exp` was kept, or swept), saving Redis a ZADD per request.
-    rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
-    w.sessions.append(SessionWrite(req.session_id, ended, pack_session(new), expiry,
-                                   created=old is None, rescore=rescore))
+def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
+              timing: Timing, encoded: Encoded, view: SessionView, rows: list[int]
+              ) -> tuple[list[bytes], list[int], list[int]]:
+    """Each request's session after it, packed by the session kernel from its old value (in
+    `view`) and the charge kernel's outputs; with its expiry, and whether its open-session
+    score is set again (a continuing session's score stays at or before its expiry, which
+    only grows as requests come: set again only when the expiry shrank or is unknown,
+    saving Redis a ZADD per request)."""
+    # The strings the values name: the new answers, then each request's subscriber and
+    # account, then the batch's bucket ids.
+    ids = [x for p in batch for x in (p.request.subscriber_id.encode(), p.account_id.encode())]
+    names = [b.bucket_id.encode() for b in kb.buckets]
+    base = encoded.spans[1].max(initial=0)
+    strings = np.concatenate((encoded.buffer[:base], np.frombuffer(
+        b"".join(ids) + b"".join(names), np.uint8)))
+    id_ends = base + np.fromiter(itertools.accumulate(map(len, ids)), np.int64, len(ids))
+    id_spans = np.stack((id_ends - [len(x) for x in ids], id_ends)).reshape(2, -1, 2) \
+        if ids else np.zeros((2, 0, 2), np.int64)
+    name_lengths = [len(x) for x in names]
+    name_ends = (id_ends[-1] if ids else base) + np.fromiter(
+        itertools.accumulate(name_lengths), np.int64, len(names))
+    bucket_names = np.stack((name_ends - name_lengths, name_lengths)) if names \
+        else np.zeros((2, 0), np.int64)  # (offset, length) per bucket
+    reqs = np.empty((len(batch), Q_COLUMNS), np.int64)
+    if batch:
+        reqs[:, Q_RN:Q_TIME + 1] = [(p.request.request_number, p.request.type,
+                                     p.request.time_ms) for p in batch]
+        reqs[:, Q_ANS_AT] = encoded.spans[0]
+        reqs[:, Q_ANS_LEN] = encoded.spans[1] - encoded.spans[0]
+        reqs[:, Q_SUB_AT] = id_spans[0, :, 0]
+        reqs[:, Q_SUB_LEN] = id_spans[1, :, 0] - id_spans[0, :, 0]
+        reqs[:, Q_ACCT_AT] = id_spans[0, :, 1]
+        reqs[:, Q_ACCT_LEN] = id_spans[1, :, 1] - id_spans[0, :, 1]
+    unit = rates.arrays()[0][R_UNIT] if rates.rates else np.zeros(0, np.int64)
+    params = np.array([timing.now_ms, timing.answers_kept, timing.default_validity_s,
+                       timing.stale_grace_s], np.int64)
+    out, spans, expiry, rescore = write_sessions(
+        view.buf, *view.arrays, np.array(rows, np.int64), reqs, res.items, res.outputs, unit,
+        strings, bucket_names, params)
+    data = out.tobytes()
+    values = [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
+    return values, expiry.tolist(), rescore.tolist()
 
 
 def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
-             writes: list[AccountWrite]) -> None:
+             writes: list[AccountWrite], view: SessionView, rows: list[int]) -> None:
     """The batch's rated usage records, added to their accounts' writes in batch order: the
     records kernels build their tables from the charging kernel's arrays; Python visits each
     request with a record once (its strings and times), never a record."""
@@ -146,7 +149,7 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     if not at.size:
         return
     names: list[str] = []  # per request with records, its strings; then the buckets'
-    numbers = [_record_head(batch[r], kb, names) for r in requests.tolist()]
+    numbers = [_record_head(batch[n], rows[n], kb, view, names) for n in requests.tolist()]
     names += [kb.buckets[s].bucket_id for s in buckets.tolist()]
     # Each string once in the encoder's table, named by its index.
     strings = {s: k for k, s in enumerate(dict.fromkeys(names))}
@@ -233,15 +236,13 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-def _record_head(p: Pending, kb: KernelBatch, names: list[str]) -> tuple[int, ...]:
+def _record_head(p: Pending, r: int, kb: KernelBatch, view: SessionView, names: list[str]
+                 ) -> tuple[int, ...]:
     """A request's head numbers (kernels.records.HEAD after its HEAD_STRINGS, then its type);
-    its strings (an empty plan: none) are added to `names`."""
+    its strings (an empty plan: none) are added to `names`. Its session is row r of `view`."""
     req = p.request
-    a = kb.index[p.account_id]
-    plan = kb.plans[a]
-    old = kb.accounts[a].sessions.get(req.session_id)
+    plan = kb.plans[kb.index[p.account_id]]
     names += (p.account_id, req.subscriber_id, req.session_id, p.zone,
               plan.plan_id if plan is not None else "", req.origin)
-    return (req.request_number,
-            old.last_time_ms if old is not None and not old.is_event else req.time_ms,
+    return (req.request_number, view.last_time_ms(r) if view.live(r) else req.time_ms,
             req.time_ms, plan.version if plan is not None else 0, req.type)

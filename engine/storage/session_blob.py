@@ -10,9 +10,11 @@ The value is a MessagePack array, written whole by every request that moves the 
     reservations  [[rg, bucket_id, units, amount, unit_type, member (a bool)], ...]
     rated         {rg: [used, billed, rem, charged]} (engine.storage.state.Rated)
 
-Integers are MessagePack integers (exact to int64); only Python reads the value: the
-sweeper (sweep.lua) is handed the reservations it releases and swaps the value only if it is
-still the one the sweeper read. Sessions written by an earlier release were hashes of
+Integers are MessagePack integers (exact to int64). The charging path reads and writes
+values with kernels (engine/charging/kernels/sessions.py: byte for byte what pack_session
+writes); everything else through the functions here. Lua never reads a value: the sweeper
+(sweep.lua) is handed the reservations it releases and swaps the value only if it is still
+the one the sweeper read. Sessions written by an earlier release were hashes of
 fields; convert_hash_sessions turns them into values once, at start.
 """
 

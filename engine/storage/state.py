@@ -79,7 +79,8 @@ class SessionState:
 
 @dataclass(slots=True)
 class AccountState:
-    """One account as of `version`; `sessions` holds the ones this process has seen."""
+    """One account as of `version`; `sessions` holds the values (session_blob) of the
+    sessions this process has seen, by id."""
 
     account_id: str
     partition: int
@@ -89,7 +90,7 @@ class AccountState:
     money_reserved: int
     credit_limit: int
     buckets: list[Bucket]
-    sessions: dict[str, SessionState] = field(default_factory=dict)
+    sessions: dict[str, bytes] = field(default_factory=dict)
     cap: int = 0
     spent: int = 0
     cycle_start: int = 0

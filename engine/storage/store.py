@@ -264,8 +264,9 @@ class Store:
                 if found is not None and found[0] == account_id]
 
     async def read_accounts(self, wanted: list[tuple[str, list[str]]]
-                            ) -> list[tuple[AccountState | None, list[SessionState | None]]]:
-        """Accounts and some of their sessions, in one round trip. Each account is read
+                            ) -> list[tuple[AccountState | None, list[bytes | None]]]:
+        """Accounts and some of their sessions' values (session_blob; None: no session), in
+        one round trip. Each account is read
         before its sessions: a session changed after the account read also moved the
         account version, so the apply's version check catches any mix of old and new. On
         the charging path's client: its caller bounds the call (see __init__)."""
@@ -276,11 +277,11 @@ class Store:
             for sid in session_ids:
                 pipe.get(keys.session(p, sid))
         replies = iter(await pipe.execute())
-        out: list[tuple[AccountState | None, list[SessionState | None]]] = []
+        out: list[tuple[AccountState | None, list[bytes | None]]] = []
         for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
             h = next(replies)
             acct = parse_account(account_id, p, h) if h else None
-            out.append((acct, [unpack_session(sid, next(replies)) for sid in session_ids]))
+            out.append((acct, [next(replies) or None for _ in session_ids]))
         return out
 
     async def moved_accounts(self, held: dict[str, int]) -> set[str]:

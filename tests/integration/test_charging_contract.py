@@ -30,6 +30,7 @@ from tollgate.engine.charging import wire
 from tollgate.engine.errors import InvalidArgument
 from tollgate.engine.ops.config import Config
 from tollgate.engine.storage.redis_client import connect
+from tollgate.engine.storage.session_blob import unpack_session
 from tollgate.engine.storage.store import Store
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import common_pb2 as com
@@ -512,7 +513,8 @@ async def test_answered_events_leave_no_session_in_the_account_cache(gateway, to
 
     assert all(a.result == cpb.SUCCESS for a in answers), answers
     cached = tollgate.engine.accounts["acct-0"]
-    assert [s for s in cached.sessions.values() if s.is_event] == []
+    assert [sid for sid, value in cached.sessions.items()
+            if unpack_session(sid, value).is_event] == []
 
 
 async def test_an_event_retransmitted_after_it_left_the_cache_is_answered_and_charged_once(
