@@ -110,21 +110,6 @@ class Pending:
         self.answer(error_answer(req.session_id, req.request_number, code, message), code)
 
 
-@dataclass(slots=True)
-class ItemRef:
-    """Where a kernel item came from, to turn its outputs back into answers and state."""
-
-    pending: Pending
-    rating_group: int
-    service_id: int
-    rate: Rate | None
-    used: int
-    want: int
-    reserved_units: int  # units of the reservation the item replaces
-    internal: bool  # release of a reservation the TERMINATION did not mention
-    member: bool  # the subscriber is a member of a shared account (caps apply)
-
-
 ACCOUNT_OUTPUTS = ("money", "money_reserved", "spent", "cap_level", "low_flag",
                    "exhausted_flag")
 """The kernel's account outputs (A_* rows 0-5) as AccountState attributes: a change's `what`
@@ -172,9 +157,10 @@ class KernelBatch:
     members: list[tuple[int, Member]]  # (account position, member)
     member_index: dict[tuple[str, str], int]  # (account id, subscriber id) -> position
     cycle_slots: dict[tuple[int, int], int]  # (account position, rating group) -> slot
-    refs: list[ItemRef]
     rows: list[tuple[int, ...]]  # per item, its ITEM_COLUMNS values
-    items_of: dict[int, list[int]]  # id(pending) -> its items
+    shown: list[int]  # per item, 1 if its grant is in its request's answer (0: a release
+    # the TERMINATION did not mention)
+    service: list[int]  # per item, its service id
     slots: list[tuple[int, int]] = field(default_factory=list)  # slot -> (account, rg)
 
     def run(self, rates: RateTable) -> KernelResult:
@@ -219,8 +205,8 @@ class KernelBatch:
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out,
-                            shown=np.array([not ref.internal for ref in self.refs], np.int64),
-                            service=np.array([ref.service_id for ref in self.refs], np.int64))
+                            shown=np.array(self.shown, np.int64),
+                            service=np.array(self.service, np.int64))
 
     def _changes(self, before: np.ndarray, after: np.ndarray
                  ) -> list[tuple[int, int, int, int]]:
@@ -309,7 +295,7 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
             members.append((a, m))
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
                      [b for a in accounts for b in a.buckets], members, member_index, {}, [],
-                     [], {})
+                     [], [])
     # Looked up once per plan: a batch's accounts share a few plans.
     by_plan = {k: _pricing(plan, rates) for k, plan in {id(p): p for p in kb.plans}.items()}
     pricing = [by_plan[id(plan)] for plan in kb.plans]
@@ -386,22 +372,19 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: li
     offset = local_offset_ms(plan.timezone, time_ms) if plan is not None else 0
     start = min(start, time_ms) + offset
     member = kb.member_index.get((p.account_id, req.subscriber_id), -1) if kb.member_index else -1
-    entries = [(it.rating_group, it.service_id, it.used, it.requested, False)
-               for it in req.items]
+    entries = [(it.rating_group, it.service_id, it.used, it.requested, 1) for it in req.items]
     if kind == TERMINATION:
         mentioned = {it.rating_group for it in req.items}
-        entries += [(rg, 0, None, None, True) for rg in sorted(held) if rg not in mentioned]
-    mine = kb.items_of.setdefault(id(p), [])
-    refs, item_rows, cycle_slots = kb.refs, kb.rows, kb.cycle_slots
+        entries += [(rg, 0, None, None, 0) for rg in sorted(held) if rg not in mentioned]
+    item_rows, cycle_slots, shown, service = kb.rows, kb.cycle_slots, kb.shown, kb.service
     base_flags = FLAG_GRACE if grace else 0
-    for rg, service_id, used_u, requested_u, internal in entries:
+    for rg, service_id, used_u, requested_u, in_answer in entries:
         row = rate_row(rows, plan, rg, zone)
         if row >= 0:
-            rate: Rate | None = rates[row]
-            unit = rate.unit_type  # type: ignore[union-attr]
+            unit = rates[row].unit_type
             used, requested = units_of(used_u, unit), units_of(requested_u, unit)
         else:
-            rate, used, requested = None, 0, 0
+            used, requested = 0, 0
         if kind == EVENT:
             want, used = WANT_DEBIT, used or requested
         elif requested_u is not None and kind != TERMINATION:
@@ -421,9 +404,8 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: li
         if slot < 0:
             slot = cycle_slots[(a, rg)] = len(cycle_slots)
             kb.slots.append((a, rg))
-        mine.append(len(refs))
-        refs.append(ItemRef(p, rg, service_id, rate, used, want, res_units, internal,
-                            member >= 0))
+        shown.append(in_answer)
+        service.append(service_id)
         so_far = rated.get(rg, NOTHING_RATED)
         item_rows.append((a, member, rg, row, start, time_ms + offset, used, want, requested,
                           flags, src, res_units, amount, slot, now_ms, *so_far, cost, request))

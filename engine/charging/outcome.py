@@ -21,7 +21,7 @@ from tollgate.engine.charging.batch import (
     KernelResult,
     Pending,
 )
-from tollgate.engine.charging.kernels.charge import I_ACCT, R_UNIT
+from tollgate.engine.charging.kernels.charge import I_ACCT, I_REQ, I_RG, R_UNIT
 from tollgate.engine.charging.kernels.records import (
     HEAD_COLUMNS,
     HEAD_STRINGS,
@@ -87,9 +87,10 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
             rescore=bool(again)))
     _records(batch, kb, res, rates, writes, view, rows)
     for ev in res.events:  # in item order, so in batch order
-        p = kb.refs[ev[0]].pending
-        acct = kb.accounts[index[p.account_id]]
-        writes[index[p.account_id]].events.append(event(ev, p, kb, acct))
+        i = ev[0]
+        p = batch[int(res.items[i, I_REQ])]
+        a = index[p.account_id]
+        writes[a].events.append(event(ev, int(res.items[i, I_RG]), p, kb, kb.accounts[a]))
     return Outcome(encoded.answers, values,
                    {acct.account_id: w for acct, w in zip(kb.accounts, writes, strict=True)})
 
@@ -217,10 +218,10 @@ EVENT_IDS = {
 """Stable event ids: the same crossing always gets the same id, so consumers de-duplicate."""
 
 
-def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
-          acct: AccountState) -> bytes:
-    i, kind, ref, level, value, limit = ev
-    item = kb.refs[i]
+def event(ev: tuple[int, int, int, int, int, int], rating_group: int, p: Pending,
+          kb: KernelBatch, acct: AccountState) -> bytes:
+    """Event `ev` of the kernel's, on an item of `rating_group` of request `p`."""
+    _, kind, ref, level, value, limit = ev
     bucket = kb.buckets[ref].bucket_id if kind == EventKind.BUCKET_USED else ""
     sub = p.request.subscriber_id
     if kind == EventKind.MEMBER_CAP:
@@ -228,10 +229,10 @@ def event(ev: tuple[int, int, int, int, int, int], p: Pending, kb: KernelBatch,
     event_id = EVENT_IDS[EventKind(kind)].format(
         acct=acct.account_id, bucket=bucket, cycle=acct.cycle_start, level=level,
         version=acct.version, session=p.request.session_id, rn=p.request.request_number,
-        rg=item.rating_group, sub=sub, value=value)
+        rg=rating_group, sub=sub, value=value)
     return events_pb2.Event(
         event_id=event_id, kind=kind, account_id=acct.account_id, subscriber_id=sub,
-        session_id=p.request.session_id, bucket_id=bucket, rating_group=item.rating_group,
+        session_id=p.request.session_id, bucket_id=bucket, rating_group=rating_group,
         threshold_percent=level, value=value, limit=limit, time_ms=p.request.time_ms,
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
