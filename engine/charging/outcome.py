@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,31 +102,24 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     score is set again (a continuing session's score stays at or before its expiry, which
     only grows as requests come: set again only when the expiry shrank or is unknown,
     saving Redis a ZADD per request)."""
-    # The strings the values name: the new answers, then each request's subscriber and
+    # The strings the values name, after the new answers: each request's subscriber and
     # account, then the batch's bucket ids.
-    ids = [x for p in batch for x in (p.request.subscriber_id.encode(), p.account_id.encode())]
-    names = [b.bucket_id.encode() for b in kb.buckets]
-    base = encoded.spans[1].max(initial=0)
-    strings = np.concatenate((encoded.buffer[:base], np.frombuffer(
-        b"".join(ids) + b"".join(names), np.uint8)))
-    id_ends = base + np.fromiter(itertools.accumulate(map(len, ids)), np.int64, len(ids))
-    id_spans = np.stack((id_ends - [len(x) for x in ids], id_ends)).reshape(2, -1, 2) \
-        if ids else np.zeros((2, 0, 2), np.int64)
-    name_lengths = [len(x) for x in names]
-    name_ends = (id_ends[-1] if ids else base) + np.fromiter(
-        itertools.accumulate(name_lengths), np.int64, len(names))
-    bucket_names = np.stack((name_ends - name_lengths, name_lengths)) if names \
-        else np.zeros((2, 0), np.int64)  # (offset, length) per bucket
-    reqs = np.empty((len(batch), Q_COLUMNS), np.int64)
+    n = len(batch)
+    parts = [x for p in batch for x in (p.request.subscriber_id.encode(), p.account_id.encode())]
+    parts += [b.bucket_id.encode() for b in kb.buckets]
+    base = int(encoded.spans[1].max(initial=0))
+    lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+    starts = base + np.cumsum(lengths) - lengths
+    strings = np.concatenate((encoded.buffer[:base], np.frombuffer(b"".join(parts), np.uint8)))
+    reqs = np.empty((n, Q_COLUMNS), np.int64)
     if batch:
         reqs[:, Q_RN:Q_TIME + 1] = [(p.request.request_number, p.request.type,
                                      p.request.time_ms) for p in batch]
-        reqs[:, Q_ANS_AT] = encoded.spans[0]
-        reqs[:, Q_ANS_LEN] = encoded.spans[1] - encoded.spans[0]
-        reqs[:, Q_SUB_AT] = id_spans[0, :, 0]
-        reqs[:, Q_SUB_LEN] = id_spans[1, :, 0] - id_spans[0, :, 0]
-        reqs[:, Q_ACCT_AT] = id_spans[0, :, 1]
-        reqs[:, Q_ACCT_LEN] = id_spans[1, :, 1] - id_spans[0, :, 1]
+    reqs[:, Q_ANS_AT] = encoded.spans[0]
+    reqs[:, Q_ANS_LEN] = encoded.spans[1] - encoded.spans[0]
+    reqs[:, Q_SUB_AT], reqs[:, Q_SUB_LEN] = starts[0:2 * n:2], lengths[0:2 * n:2]
+    reqs[:, Q_ACCT_AT], reqs[:, Q_ACCT_LEN] = starts[1:2 * n:2], lengths[1:2 * n:2]
+    bucket_names = np.stack((starts[2 * n:], lengths[2 * n:]))  # (offset, length) per bucket
     unit = rates.arrays()[0][R_UNIT] if rates.rates else np.zeros(0, np.int64)
     params = np.array([timing.now_ms, timing.answers_kept, timing.default_validity_s,
                        timing.stale_grace_s], np.int64)

@@ -3,7 +3,6 @@ outcome share (no session becomes Python objects on the charging path)."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,10 +50,9 @@ class SessionView:
     @staticmethod
     def of(session_ids: list[str], values: list[bytes | None]) -> SessionView:
         data = b"".join(v for v in values if v)
-        ends = np.fromiter(itertools.accumulate(len(v) if v else 0 for v in values), np.int64,
-                           len(values))
-        spans = np.stack((ends - [len(v) if v else 0 for v in values], ends)) if values \
-            else np.zeros((2, 0), np.int64)
+        lengths = np.fromiter((len(v) if v else 0 for v in values), np.int64, len(values))
+        ends = np.cumsum(lengths)
+        spans = np.stack((ends - lengths, ends))
         buf = np.frombuffer(data, np.uint8)  # read-only, even empty: one kernel type
         heads, answers, held, rated, bad = read_sessions(buf, spans)
         if bad >= 0:
