@@ -17,7 +17,7 @@ from tollgate.engine.charging.kernels.charge import (
     B_LEVEL,
     B_REMAINING,
     FLAG_GRACE,
-    FLAG_RES_MEMBER,
+    I_ACCT,
     M_SPENT,
     U_USED,
     WANT_DEBIT,
@@ -25,16 +25,7 @@ from tollgate.engine.charging.kernels.charge import (
     WANT_NONE,
     charge_kernel,
 )
-from tollgate.engine.charging.kernels.sessions import (
-    RATED_RG,
-    RATED_USED,
-    RES_AMOUNT,
-    RES_BUCKET_AT,
-    RES_BUCKET_LEN,
-    RES_MEMBER,
-    RES_RG,
-    RES_UNITS,
-)
+from tollgate.engine.charging.kernels.sessions import RES_RG, session_columns
 from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.domain import (
     MONEY_SOURCE,
@@ -46,7 +37,7 @@ from tollgate.engine.domain import (
     ResultCode,
 )
 from tollgate.engine.rating.plans import Prefixes, RateTable, rate_row, resolve_zone
-from tollgate.engine.storage.state import NOTHING_RATED, AccountState
+from tollgate.engine.storage.state import AccountState
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
                 "flags", "res_src", "res_units", "res_amount", "cycle_slot", "now", "s_used",
@@ -161,6 +152,10 @@ class KernelBatch:
     shown: list[int]  # per item, 1 if its grant is in its request's answer (0: a release
     # the TERMINATION did not mention)
     service: list[int]  # per item, its service id
+    view: SessionView  # the batch's sessions; request n's is row view_rows[n]
+    view_rows: np.ndarray
+    names: np.ndarray  # the buckets' ids end to end (UTF-8)
+    bucket_names: np.ndarray  # (offset in names, length) per bucket position
     slots: list[tuple[int, int]] = field(default_factory=list)  # slot -> (account, rg)
 
     def run(self, rates: RateTable) -> KernelResult:
@@ -173,6 +168,13 @@ class KernelBatch:
         # One conversion for the whole table (appending to a list per column costs more);
         # a row per item, as the kernel reads them.
         items = np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS))
+        heads, _, held, rated = self.view.arrays
+        bad = session_columns(items, self.view_rows, heads, held, rated, self.view.buf,
+                              self.names, self.bucket_names,
+                              np.array(self.bucket_start, np.int64))
+        if bad >= 0:
+            raise ValueError(f"a session's reservation names a bucket its account "
+                             f"({accts[items[bad, I_ACCT]].account_id!r}) does not have")
         accounts = i64([  # rows: kernels.charge A_*
             [a.money for a in accts], [a.money_reserved for a in accts],
             [a.spent for a in accts], [a.cap_level for a in accts],
@@ -293,9 +295,13 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
         for sub, m in acct.members.items():
             member_index[(acct.account_id, sub)] = len(members)
             members.append((a, m))
+    buckets = [b for a in accounts for b in a.buckets]
+    names = [b.bucket_id.encode() for b in buckets]
+    lengths = np.fromiter(map(len, names), np.int64, len(names))
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
-                     [b for a in accounts for b in a.buckets], members, member_index, {}, [],
-                     [], [])
+                     buckets, members, member_index, {}, [], [], [], view,
+                     np.array(rows, np.int64), np.frombuffer(b"".join(names), np.uint8),
+                     np.stack((np.cumsum(lengths) - lengths, lengths)))
     # Looked up once per plan: a batch's accounts share a few plans.
     by_plan = {k: _pricing(plan, rates) for k, plan in {id(p): p for p in kb.plans}.items()}
     pricing = [by_plan[id(plan)] for plan in kb.plans]
@@ -354,7 +360,6 @@ def _pricing(plan: Plan | None, rates: RateTable) -> _Pricing:
 
 def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: list[Rate],
                grace: bool, now_ms: int, request: int, view: SessionView, r: int) -> None:
-    acct = kb.accounts[a]
     req = p.request
     kind = req.type
     plan, rows = pricing.plan, pricing.rows
@@ -362,20 +367,19 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: li
         p.zone = zone = req.zone
     else:
         p.zone = zone = resolve_zone(pricing.prefixes, "", req.destination)
-    if view.live(r):
-        held = {h[RES_RG]: h for h in view.held_rows(r)}
-        rated = {h[RATED_RG]: h[RATED_USED:] for h in view.rated_rows(r)}
-        cost, start = view.cost(r), view.last_time_ms(r)
-    else:
-        held, rated, cost, start = {}, {}, 0, req.time_ms
+    # The columns the session gives (its reservations, what it rated, its cost) are filled
+    # for the whole batch by kernels.sessions.session_columns.
+    live = view.live(r)
+    start = view.last_time_ms(r) if live else req.time_ms
     time_ms = req.time_ms
     offset = local_offset_ms(plan.timezone, time_ms) if plan is not None else 0
     start = min(start, time_ms) + offset
     member = kb.member_index.get((p.account_id, req.subscriber_id), -1) if kb.member_index else -1
     entries = [(it.rating_group, it.service_id, it.used, it.requested, 1) for it in req.items]
-    if kind == TERMINATION:
+    if kind == TERMINATION and live:
         mentioned = {it.rating_group for it in req.items}
-        entries += [(rg, 0, None, None, 0) for rg in sorted(held) if rg not in mentioned]
+        entries += [(rg, 0, None, None, 0) for rg in sorted(h[RES_RG] for h in view.held_rows(r))
+                    if rg not in mentioned]
     item_rows, cycle_slots, shown, service = kb.rows, kb.cycle_slots, kb.shown, kb.service
     base_flags = FLAG_GRACE if grace else 0
     for rg, service_id, used_u, requested_u, in_answer in entries:
@@ -391,21 +395,11 @@ def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: li
             want = WANT_GRANT
         else:
             want = WANT_NONE
-        res = held.get(rg)
-        src, amount, res_units, flags = MONEY_SOURCE, 0, 0, base_flags
-        if res is not None:
-            amount, res_units = res[RES_AMOUNT], res[RES_UNITS]
-            if res[RES_MEMBER]:
-                flags |= FLAG_RES_MEMBER
-            if res[RES_BUCKET_LEN]:
-                src = kb.bucket_start[a] + acct.bucket_index(
-                    view.text(res[RES_BUCKET_AT], res[RES_BUCKET_LEN]))
         slot = cycle_slots.get((a, rg), -1)
         if slot < 0:
             slot = cycle_slots[(a, rg)] = len(cycle_slots)
             kb.slots.append((a, rg))
         shown.append(in_answer)
         service.append(service_id)
-        so_far = rated.get(rg, NOTHING_RATED)
         item_rows.append((a, member, rg, row, start, time_ms + offset, used, want, requested,
-                          flags, src, res_units, amount, slot, now_ms, *so_far, cost, request))
+                          base_flags, MONEY_SOURCE, 0, 0, slot, now_ms, 0, 0, 0, 0, 0, request))

@@ -103,14 +103,14 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     only grows as requests come: set again only when the expiry shrank or is unknown,
     saving Redis a ZADD per request)."""
     # The strings the values name, after the new answers: each request's subscriber and
-    # account, then the batch's bucket ids.
+    # account, then the batch's bucket ids (kb.names).
     n = len(batch)
     parts = [x for p in batch for x in (p.request.subscriber_id.encode(), p.account_id.encode())]
-    parts += [b.bucket_id.encode() for b in kb.buckets]
     base = int(encoded.spans[1].max(initial=0))
     lengths = np.fromiter(map(len, parts), np.int64, len(parts))
     starts = base + np.cumsum(lengths) - lengths
-    strings = np.concatenate((encoded.buffer[:base], np.frombuffer(b"".join(parts), np.uint8)))
+    ids = b"".join(parts)
+    strings = np.concatenate((encoded.buffer[:base], np.frombuffer(ids, np.uint8), kb.names))
     reqs = np.empty((n, Q_COLUMNS), np.int64)
     if batch:
         reqs[:, Q_RN:Q_TIME + 1] = [(p.request.request_number, p.request.type,
@@ -119,7 +119,8 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     reqs[:, Q_ANS_LEN] = encoded.spans[1] - encoded.spans[0]
     reqs[:, Q_SUB_AT], reqs[:, Q_SUB_LEN] = starts[0:2 * n:2], lengths[0:2 * n:2]
     reqs[:, Q_ACCT_AT], reqs[:, Q_ACCT_LEN] = starts[1:2 * n:2], lengths[1:2 * n:2]
-    bucket_names = np.stack((starts[2 * n:], lengths[2 * n:]))  # (offset, length) per bucket
+    bucket_names = kb.bucket_names.copy()  # (offset, length) per bucket, here in `strings`
+    bucket_names[0] += base + len(ids)
     unit = rates.arrays()[0][R_UNIT] if rates.rates else np.zeros(0, np.int64)
     params = np.array([timing.now_ms, timing.answers_kept, timing.default_validity_s,
                        timing.stale_grace_s], np.int64)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tollgate.engine.charging.kernels import sessions as kernels
 from tollgate.engine.charging.kernels.charge import (
+    I_ACCT,
     I_MEMBER,
     I_RATE,
     I_REQ,
@@ -77,6 +78,7 @@ from tollgate.engine.charging.kernels.sessions import (
     RES_UNIT,
     RES_UNITS,
     read_sessions,
+    session_columns,
     write_sessions,
 )
 from tollgate.engine.charging.kernels.sessions_reference import (
@@ -88,6 +90,9 @@ from tollgate.engine.charging.kernels.sessions_reference import (
     read_reference,
     read_value,
     session_after,
+)
+from tollgate.engine.charging.kernels.sessions_reference import (
+    session_columns as session_columns_reference,
 )
 from tollgate.engine.domain import MONEY_SOURCE, RequestType, Reservation
 from tollgate.engine.storage import session_blob
@@ -377,6 +382,63 @@ def test_read_sessions_reports_the_first_bad_value(values, data):
     expected, ref_bad = read_reference(buf, spans)
     assert bad == ref_bad
     assert [canon(s) for s in got] == [canon(s) for s in expected]
+
+
+# --- the charging kernel's inputs -------------------------------------------------------------
+
+BUCKET_IDS = ["b1", "b2", "data", "é€", "a" * 40]
+
+
+@st.composite
+def column_batches(draw: st.DrawFn) -> tuple[list[list[int]], list[SessionState | None],
+                                            list[list[str]]]:
+    """Item rows (other columns random, to show they are left alone), a session or none per
+    request, and each account's bucket ids: reservations name buckets of their account, or
+    the money balance, or now and then a bucket the account does not have."""
+    bucket_ids = draw(st.lists(st.lists(st.sampled_from(BUCKET_IDS), unique=True, max_size=4),
+                               min_size=1, max_size=3))
+    requests = draw(st.lists(st.tuples(
+        st.integers(0, len(bucket_ids) - 1),
+        st.one_of(st.none(), sessions(rgs=st.integers(0, 6), keys=7)),
+        st.lists(st.integers(0, 7), unique=True, max_size=4)), max_size=6))
+    rows, found = [], []
+    for r, (a, s, rgs) in enumerate(requests):
+        if s is not None:
+            s.reservations = {rg: res._replace(bucket_id=draw(st.sampled_from(
+                ["", *bucket_ids[a], *([BUCKET_IDS[0]] * draw(st.booleans()))])))
+                for rg, res in s.reservations.items()}
+        found.append(s)
+        for rg in rgs:
+            row = draw(st.lists(int64, min_size=ITEM_COLUMNS, max_size=ITEM_COLUMNS))
+            row[I_ACCT], row[I_REQ], row[I_RG] = a, r, rg
+            rows.append(row)
+    return rows, found, bucket_ids
+
+
+@settings(FAST, max_examples=200)
+@given(column_batches())
+def test_session_columns_fills_what_the_reference_fills(batch):
+    rows, found, bucket_ids = batch
+    values = [pack_session(s) if s is not None else b"" for s in found]
+    ends = np.cumsum([len(v) for v in values], dtype=np.int64)
+    spans = np.stack((ends - [len(v) for v in values], ends)) if values \
+        else np.zeros((2, 0), np.int64)
+    buf = np.frombuffer(b"".join(values), np.uint8)
+    heads, _, held, rated, bad = read_sessions(buf, spans)
+    assert bad == -1
+    names = [b.encode() for ids in bucket_ids for b in ids]
+    lengths = np.array([len(b) for b in names], np.int64)
+    start = np.cumsum([0] + [len(ids) for ids in bucket_ids], dtype=np.int64)
+    items = np.array(rows, np.int64).reshape(-1, ITEM_COLUMNS)
+    got = session_columns(items, np.arange(len(found), dtype=np.int64), heads, held, rated,
+                          buf, np.frombuffer(b"".join(names), np.uint8),
+                          np.stack((np.cumsum(lengths) - lengths, lengths)), start)
+    expected = session_columns_reference(rows, found, bucket_ids)
+    if isinstance(expected, int):
+        assert got == expected
+    else:
+        assert got == -1
+        assert items.tolist() == expected
 
 
 # --- write --------------------------------------------------------------------------------------

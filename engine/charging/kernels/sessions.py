@@ -6,10 +6,18 @@ import numpy as np
 from numba import njit
 
 from tollgate.engine.charging.kernels.charge import (
+    FLAG_RES_MEMBER,
+    I_ACCT,
+    I_FLAGS,
     I_MEMBER,
     I_RATE,
     I_REQ,
+    I_RES_AMOUNT,
+    I_RES_SRC,
+    I_RES_UNITS,
     I_RG,
+    I_S_COST,
+    I_S_USED,
     I_WANT,
     INVALID_AVP_VALUE,
     O_CHARGED,
@@ -295,6 +303,61 @@ def read_sessions(buf: np.ndarray, spans: np.ndarray) -> tuple:
             return heads, ans[:na], res[:nr], rat[:ng], r
         na, nr, ng = na_, nr_, ng_
     return heads, ans[:na], res[:nr], rat[:ng], -1
+
+
+# --- the charging kernel's inputs ---------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def session_columns(items: np.ndarray, rows: np.ndarray, heads: np.ndarray, held: np.ndarray,
+                    rated: np.ndarray, buf: np.ndarray, names: np.ndarray,
+                    bucket_names: np.ndarray, bucket_start: np.ndarray) -> int:
+    """Fills the columns of each item (the charging kernel's item table) that its session
+    gives, when it has a live one (an event's holds nothing): the reservation of its rating
+    group (units, amount, the member flag, and its source: the position of the bucket it
+    names among its account's, kernels.charge I_RES_*), what the group was rated so far
+    (I_S_USED..I_S_CHARGED) and the session's cost. rows[r]: request r's row in read_sessions'
+    tables of `buf` (-1: none); names: the batch's bucket ids end to end, bucket_names
+    (offset, length) per bucket position; bucket_start: account a's buckets are positions
+    bucket_start[a]..bucket_start[a + 1]. Other columns are left as they are. Returns -1, or
+    the first item whose reservation names a bucket its account does not have."""
+    for i in range(items.shape[0]):
+        row = rows[items[i, I_REQ]]
+        if row < 0 or not heads[row, H_EXISTS] or heads[row, H_ST] == ST_EVENT:
+            continue
+        rg = items[i, I_RG]
+        items[i, I_S_COST] = heads[row, H_COST]
+        for h in range(heads[row, H_RES_LO], heads[row, H_RES_HI]):
+            if held[h, RES_RG] != rg:
+                continue
+            items[i, I_RES_UNITS], items[i, I_RES_AMOUNT] = held[h, RES_UNITS], held[h, RES_AMOUNT]
+            if held[h, RES_MEMBER]:
+                items[i, I_FLAGS] |= FLAG_RES_MEMBER
+            at, n = held[h, RES_BUCKET_AT], held[h, RES_BUCKET_LEN]
+            if n:
+                a, found = items[i, I_ACCT], -1
+                for b in range(bucket_start[a], bucket_start[a + 1]):
+                    if bucket_names[1, b] == n and _same(buf, at, names, bucket_names[0, b], n):
+                        found = b
+                        break
+                if found < 0:
+                    return i
+                items[i, I_RES_SRC] = found
+            break
+        for g in range(heads[row, H_RATED_LO], heads[row, H_RATED_HI]):
+            if rated[g, RATED_RG] == rg:
+                for c in range(RATED_CHARGED - RATED_USED + 1):
+                    items[i, I_S_USED + c] = rated[g, RATED_USED + c]
+                break
+    return -1
+
+
+@helper
+def _same(a: np.ndarray, at: int, b: np.ndarray, bt: int, n: int) -> bool:
+    for k in range(n):  # noqa: SIM110 (Numba compiles no generator)
+        if a[at + k] != b[bt + k]:
+            return False
+    return True
 
 
 # --- writing ----------------------------------------------------------------------------------

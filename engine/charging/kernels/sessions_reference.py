@@ -12,6 +12,19 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from tollgate.engine.charging.kernels.charge import (
+    FLAG_RES_MEMBER,
+    I_ACCT,
+    I_FLAGS,
+    I_REQ,
+    I_RES_AMOUNT,
+    I_RES_SRC,
+    I_RES_UNITS,
+    I_RG,
+    I_S_CHARGED,
+    I_S_COST,
+    I_S_USED,
+)
 from tollgate.engine.domain import MONEY_SOURCE, RequestType, Reservation
 from tollgate.engine.storage.session_blob import FORMAT, pack_session, unpack_session
 from tollgate.engine.storage.state import Rated, SessionState
@@ -186,3 +199,32 @@ def session_after(req: RefRequest, items: list[RefItem], bucket_ids: list[str],
                        req.time_ms, answers, held, expiry, rated, cost, req.account_id)
     rescore = not ended and old is not None and (not old.expiry_ms or expiry < old.expiry_ms)
     return pack_session(new), expiry, rescore
+
+
+def session_columns(items: list[list[int]], sessions: list[SessionState | None],
+                    bucket_ids: list[list[str]]) -> list[list[int]] | int:
+    """The item rows with the columns their sessions give (request r's session is
+    sessions[r]; account a's buckets are bucket_ids[a], positions numbered across the
+    accounts in order), or the first item whose reservation names a bucket its account does
+    not have."""
+    first = [sum(len(ids) for ids in bucket_ids[:a]) for a in range(len(bucket_ids))]
+    out = [list(row) for row in items]
+    for i, row in enumerate(out):
+        s = sessions[row[I_REQ]]
+        if s is None or s.is_event:
+            continue
+        row[I_S_COST] = s.cost
+        res = s.reservations.get(row[I_RG])
+        if res is not None:
+            row[I_RES_UNITS], row[I_RES_AMOUNT] = res.units, res.amount
+            if res.member:
+                row[I_FLAGS] |= FLAG_RES_MEMBER
+            if res.bucket_id:
+                ids = bucket_ids[row[I_ACCT]]
+                if res.bucket_id not in ids:
+                    return i
+                row[I_RES_SRC] = first[row[I_ACCT]] + ids.index(res.bucket_id)
+        rated = s.rated.get(row[I_RG])
+        if rated is not None:
+            row[I_S_USED:I_S_CHARGED + 1] = list(rated)
+    return out
