@@ -13,10 +13,7 @@ from tollgate.engine.charging.kernels.sessions import (
     H_ACCT_LEN,
     H_ANS_HI,
     H_ANS_LO,
-    H_COST,
     H_EXISTS,
-    H_RATED_HI,
-    H_RATED_LO,
     H_RES_HI,
     H_RES_LO,
     H_RN,
@@ -36,8 +33,8 @@ from tollgate.engine.storage.session_blob import EVENT, OPEN
 class SessionView:
     """The sessions of a batch's requests as the kernel read them: row r is request r's
     session (its value as cached; H_EXISTS 0: none). The tables stay arrays for the kernels;
-    `heads` and the three tables are also lists of rows for the few per-request reads that
-    stay Python (the checks, assembly's items)."""
+    `heads`, the answers and the reservations are also lists of rows for the few
+    per-request reads that stay Python (the checks; the releases a TERMINATION adds)."""
 
     data: bytes  # the values end to end
     buf: np.ndarray  # the same bytes, as the kernels read them
@@ -45,7 +42,6 @@ class SessionView:
     heads: list[list[int]]
     answers: list[list[int]]
     held: list[list[int]]
-    rated: list[list[int]]
 
     @staticmethod
     def of(session_ids: list[str], values: list[bytes | None]) -> SessionView:
@@ -58,7 +54,7 @@ class SessionView:
         if bad >= 0:
             raise ValueError(f"session {session_ids[bad]!r}: its stored value is malformed")
         return SessionView(data, buf, (heads, answers, held, rated), heads.tolist(),
-                           answers.tolist(), held.tolist(), rated.tolist())
+                           answers.tolist(), held.tolist())
 
     def exists(self, r: int) -> bool:
         return bool(self.heads[r][H_EXISTS])
@@ -80,9 +76,6 @@ class SessionView:
     def last_time_ms(self, r: int) -> int:
         return self.heads[r][H_T]
 
-    def cost(self, r: int) -> int:
-        return self.heads[r][H_COST]
-
     def owned_by(self, r: int, subscriber_id: str, account_id: str) -> bool:
         """Session ids are chosen by gateways, and every account of a partition shares its
         session keys: only the subscriber (and account) that opened a session may use it."""
@@ -102,14 +95,6 @@ class SessionView:
         """Session r's reservations (kernels.sessions RES_* rows)."""
         h = self.heads[r]
         return self.held[h[H_RES_LO]:h[H_RES_HI]]
-
-    def rated_rows(self, r: int) -> list[list[int]]:
-        """Session r's rated amounts (kernels.sessions RATED_* rows)."""
-        h = self.heads[r]
-        return self.rated[h[H_RATED_LO]:h[H_RATED_HI]]
-
-    def text(self, at: int, n: int) -> str:
-        return self.data[at:at + n].decode()
 
 
 def warm_up() -> None:

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.corruption import corrupted
 from tollgate.engine.charging import wire
 from tollgate.engine.charging.wire import (
     A_CHARGED,
@@ -265,25 +266,6 @@ def test_raw_batches_parse_as_upb_parses_them(data):
 @given(data=raw_requests)
 def test_raw_requests_parse_as_upb_parses_them(data):
     agree_with_upb(data, single=True)
-
-
-@st.composite
-def corrupted(draw: Any, valid: st.SearchStrategy[bytes]) -> bytes:
-    data = bytearray(draw(valid))
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(data)))
-        kind = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "repeat"]))
-        if kind == "truncate":
-            del data[at:]
-        elif kind == "flip" and at < len(data):
-            data[at] = draw(st.integers(0, 255))
-        elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=4))
-        elif kind == "delete":
-            del data[at:at + draw(st.integers(1, 4))]
-        elif kind == "repeat":
-            data[at:at] = data[at:at + draw(st.integers(1, 12))]
-    return bytes(data)
 
 
 @settings(EXAMPLES, max_examples=800)
