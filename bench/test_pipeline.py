@@ -97,7 +97,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms, view,
                       rows)
         res = kb.run(engine.rates)
-        outcome = build_outcome(batch, kb, res, engine.rates, timing, {}, view, rows)
+        outcome = build_outcome(batch, kb, res, engine.rates, timing, {})
         return wire.field_1(outcome.answers)
 
     benchmark.extra_info["requests"] = size

@@ -153,7 +153,7 @@ class KernelBatch:
     # the TERMINATION did not mention)
     service: list[int]  # per item, its service id
     view: SessionView  # the batch's sessions; request n's is row view_rows[n]
-    view_rows: np.ndarray
+    view_rows: list[int]
     names: np.ndarray  # the buckets' ids end to end (UTF-8)
     bucket_names: np.ndarray  # (offset in names, length) per bucket position
     slots: list[tuple[int, int]] = field(default_factory=list)  # slot -> (account, rg)
@@ -169,7 +169,8 @@ class KernelBatch:
         # a row per item, as the kernel reads them.
         items = np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS))
         heads, _, held, rated = self.view.arrays
-        bad = session_columns(items, self.view_rows, heads, held, rated, self.view.buf,
+        bad = session_columns(items, np.array(self.view_rows, np.int64), heads, held, rated,
+                              self.view.buf,
                               self.names, self.bucket_names,
                               np.array(self.bucket_start, np.int64))
         if bad >= 0:
@@ -299,8 +300,8 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
     names = [b.bucket_id.encode() for b in buckets]
     lengths = np.fromiter(map(len, names), np.int64, len(names))
     kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
-                     buckets, members, member_index, {}, [], [], [], view,
-                     np.array(rows, np.int64), np.frombuffer(b"".join(names), np.uint8),
+                     buckets, members, member_index, {}, [], [], [], view, rows,
+                     np.frombuffer(b"".join(names), np.uint8),
                      np.stack((np.cumsum(lengths) - lengths, lengths)))
     # Looked up once per plan: a batch's accounts share a few plans.
     by_plan = {k: _pricing(plan, rates) for k, plan in {id(p): p for p in kb.plans}.items()}

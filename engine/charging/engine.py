@@ -663,8 +663,7 @@ class Engine:
         metrics.count_grants(res.outputs[O_RESULT][res.shown.astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
-        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals, view,
-                                          rows))
+        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))
 
     async def _turn(self, bulk: bool) -> None:
         """A turn of the event loop for other work; a bulk batch's waits for the unary calls

@@ -39,7 +39,6 @@ from tollgate.engine.charging.kernels.sessions import (
     Q_TIME,
     write_sessions,
 )
-from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.charging.usage_wire import encode_records
 from tollgate.engine.charging.wire import Strings
 from tollgate.engine.domain import EventKind, RequestType, ResultCode
@@ -72,19 +71,19 @@ class Timing:
 
 
 def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
-                  rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]],
-                  view: SessionView, rows: list[int]) -> Outcome:
-    """Request n's session was row `rows[n]` of `view`."""
+                  rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]
+                  ) -> Outcome:
+    view, rows = kb.view, kb.view_rows  # request n's session was row rows[n] of the view
     writes = _account_writes(kb, res, renewals)
     encoded = encode_answers(batch, kb, res, rates)
-    values, expiry, rescore = _sessions(batch, kb, res, rates, timing, encoded, view, rows)
+    values, expiry, rescore = _sessions(batch, kb, res, rates, timing, encoded)
     index = kb.index
     for p, r, value, exp, again in zip(batch, rows, values, expiry, rescore, strict=True):
         req = p.request
         writes[index[p.account_id]].sessions.append(SessionWrite(
             req.session_id, req.type in ENDS, value, exp, created=not view.exists(r),
             rescore=bool(again)))
-    _records(batch, kb, res, rates, writes, view, rows)
+    _records(batch, kb, res, rates, writes)
     for ev in res.events:  # in item order, so in batch order
         i = ev[0]
         p = batch[int(res.items[i, I_REQ])]
@@ -95,10 +94,9 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
 
 
 def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
-              timing: Timing, encoded: Encoded, view: SessionView, rows: list[int]
-              ) -> tuple[list[bytes], list[int], list[int]]:
+              timing: Timing, encoded: Encoded) -> tuple[list[bytes], list[int], list[int]]:
     """Each request's session after it, packed by the session kernel from its old value (in
-    `view`) and the charge kernel's outputs; with its expiry, and whether its open-session
+    kb.view) and the charge kernel's outputs; with its expiry, and whether its open-session
     score is set again (a continuing session's score stays at or before its expiry, which
     only grows as requests come: set again only when the expiry shrank or is unknown,
     saving Redis a ZADD per request)."""
@@ -125,15 +123,15 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     params = np.array([timing.now_ms, timing.answers_kept, timing.default_validity_s,
                        timing.stale_grace_s], np.int64)
     out, spans, expiry, rescore = write_sessions(
-        view.buf, *view.arrays, np.array(rows, np.int64), reqs, res.items, res.outputs, unit,
-        strings, bucket_names, params)
+        kb.view.buf, *kb.view.arrays, np.array(kb.view_rows, np.int64), reqs, res.items,
+        res.outputs, unit, strings, bucket_names, params)
     data = out.tobytes()
     values = [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
     return values, expiry.tolist(), rescore.tolist()
 
 
 def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
-             writes: list[AccountWrite], view: SessionView, rows: list[int]) -> None:
+             writes: list[AccountWrite]) -> None:
     """The batch's rated usage records, added to their accounts' writes in batch order: the
     records kernels build their tables from the charging kernel's arrays; Python visits each
     request with a record once (its strings and times), never a record."""
@@ -143,7 +141,7 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     if not at.size:
         return
     names: list[str] = []  # per request with records, its strings; then the buckets'
-    numbers = [_record_head(batch[n], rows[n], kb, view, names) for n in requests.tolist()]
+    numbers = [_record_head(batch[n], kb.view_rows[n], kb, names) for n in requests.tolist()]
     names += [kb.buckets[s].bucket_id for s in buckets.tolist()]
     # Each string once in the encoder's table, named by its index.
     strings = {s: k for k, s in enumerate(dict.fromkeys(names))}
@@ -230,13 +228,13 @@ def event(ev: tuple[int, int, int, int, int, int], rating_group: int, p: Pending
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-def _record_head(p: Pending, r: int, kb: KernelBatch, view: SessionView, names: list[str]
-                 ) -> tuple[int, ...]:
+def _record_head(p: Pending, r: int, kb: KernelBatch, names: list[str]) -> tuple[int, ...]:
     """A request's head numbers (kernels.records.HEAD after its HEAD_STRINGS, then its type);
-    its strings (an empty plan: none) are added to `names`. Its session is row r of `view`."""
+    its strings (an empty plan: none) are added to `names`. Its session is row r of kb.view."""
     req = p.request
     plan = kb.plans[kb.index[p.account_id]]
     names += (p.account_id, req.subscriber_id, req.session_id, p.zone,
               plan.plan_id if plan is not None else "", req.origin)
+    view = kb.view
     return (req.request_number, view.last_time_ms(r) if view.live(r) else req.time_ms,
             req.time_ms, plan.version if plan is not None else 0, req.type)
