@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from tollgate.engine.charging.decode import MAX_TIME_MS, Request, error_answer, units_of
+from tollgate.engine.charging.decode import MAX_TIME_MS, Request, error_answer
 from tollgate.engine.charging.kernels.charge import (
     B_LEVEL,
     B_REMAINING,
@@ -20,23 +20,20 @@ from tollgate.engine.charging.kernels.charge import (
     I_ACCT,
     M_SPENT,
     U_USED,
-    WANT_DEBIT,
-    WANT_GRANT,
-    WANT_NONE,
     charge_kernel,
 )
-from tollgate.engine.charging.kernels.sessions import RES_RG, session_columns
+from tollgate.engine.charging.kernels.items import Q_COLUMNS, item_rows
+from tollgate.engine.charging.kernels.sessions import session_columns
 from tollgate.engine.charging.sessions import SessionView
+from tollgate.engine.charging.wire import U_ROWS
 from tollgate.engine.domain import (
-    MONEY_SOURCE,
     Bucket,
     Member,
     Plan,
-    Rate,
     RequestType,
     ResultCode,
 )
-from tollgate.engine.rating.plans import Prefixes, RateTable, rate_row, resolve_zone
+from tollgate.engine.rating.plans import Prefixes, RateTable, resolve_zone
 from tollgate.engine.storage.state import AccountState
 
 ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want", "requested",
@@ -146,17 +143,15 @@ class KernelBatch:
     bucket_start: list[int]  # buckets of account a: bucket_start[a] .. bucket_start[a+1]
     buckets: list[Bucket]
     members: list[tuple[int, Member]]  # (account position, member)
-    member_index: dict[tuple[str, str], int]  # (account id, subscriber id) -> position
-    cycle_slots: dict[tuple[int, int], int]  # (account position, rating group) -> slot
-    rows: list[tuple[int, ...]]  # per item, its ITEM_COLUMNS values
-    shown: list[int]  # per item, 1 if its grant is in its request's answer (0: a release
+    items: np.ndarray  # a row per item, ITEM_COLUMNS (kernels.items.item_rows)
+    shown: np.ndarray  # per item, 1 if its grant is in its request's answer (0: a release
     # the TERMINATION did not mention)
-    service: list[int]  # per item, its service id
+    service: np.ndarray  # per item, its service id
+    slots: list[tuple[int, int]]  # cycle slot -> (account position, rating group)
     view: SessionView  # the batch's sessions; request n's is row view_rows[n]
     view_rows: list[int]
     names: np.ndarray  # the buckets' ids end to end (UTF-8)
     bucket_names: np.ndarray  # (offset in names, length) per bucket position
-    slots: list[tuple[int, int]] = field(default_factory=list)  # slot -> (account, rg)
 
     def run(self, rates: RateTable) -> KernelResult:
         def i64(rows: list[list[int]]) -> np.ndarray:
@@ -165,9 +160,7 @@ class KernelBatch:
         accts, buckets, members = self.accounts, self.buckets, [m for _, m in self.members]
         rg_lists = [b.rating_groups for b in buckets]
         rg_end = list(itertools.accumulate(len(r) for r in rg_lists))
-        # One conversion for the whole table (appending to a list per column costs more);
-        # a row per item, as the kernel reads them.
-        items = np.array(self.rows, dtype=np.int64).reshape(-1, len(ITEM_COLUMNS))
+        items = self.items
         heads, _, held, rated = self.view.arrays
         bad = session_columns(items, np.array(self.view_rows, np.int64), heads, held, rated,
                               self.view.buf,
@@ -207,9 +200,8 @@ class KernelBatch:
                             units_out.ravel(), cu)))
         return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
                             charge_table=np.ascontiguousarray(chg), events=events,
-                            items=items, outputs=out,
-                            shown=np.array(self.shown, np.int64),
-                            service=np.array(self.service, np.int64))
+                            items=items, outputs=out, shown=self.shown,
+                            service=self.service)
 
     def _changes(self, before: np.ndarray, after: np.ndarray
                  ) -> list[tuple[int, int, int, int]]:
@@ -278,9 +270,10 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
              rates: RateTable, grace: set[str], now_ms: int, view: SessionView,
              rows: list[int]) -> KernelBatch:
     """One item per rating group of each request (plus releases of what a TERMINATION does
-    not mention), in batch order; accounts, buckets and members in first-seen order.
-    `grace`: subscribers in GRACE (zero-rated service only); `now_ms`: the server's clock,
-    which judges bucket expiry; request n's session is row `rows[n]` of `view`."""
+    not mention), in batch order (kernels.items.item_rows); accounts, buckets and members in
+    first-seen order. `grace`: subscribers in GRACE (zero-rated service only); `now_ms`: the
+    server's clock, which judges bucket expiry; request n's session is row `rows[n]` of
+    `view`."""
     accounts: list[AccountState] = []
     index: dict[str, int] = {}
     for p in batch:
@@ -299,18 +292,74 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
     buckets = [b for a in accounts for b in a.buckets]
     names = [b.bucket_id.encode() for b in buckets]
     lengths = np.fromiter(map(len, names), np.int64, len(names))
-    kb = KernelBatch(accounts, index, [plans.get(a.plan_id) for a in accounts], bucket_start,
-                     buckets, members, member_index, {}, [], [], [], view, rows,
-                     np.frombuffer(b"".join(names), np.uint8),
-                     np.stack((np.cumsum(lengths) - lengths, lengths)))
-    # Looked up once per plan: a batch's accounts share a few plans.
-    by_plan = {k: _pricing(plan, rates) for k, plan in {id(p): p for p in kb.plans}.items()}
-    pricing = [by_plan[id(plan)] for plan in kb.plans]
-    for n, (p, r) in enumerate(zip(batch, rows, strict=True)):
+    account_plans = [plans.get(a.plan_id) for a in accounts]
+    reqs = _request_rows(batch, index, account_plans, rates, member_index, grace, rows)
+    heads, _, held, _ = view.arrays
+    items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
+                                             rates.arrays()[0], heads, held, now_ms)
+    return KernelBatch(accounts, index, account_plans, bucket_start, buckets, members, items,
+                       shown, service, list(zip(*slots.tolist(), strict=True)), view, rows,
+                       np.frombuffer(b"".join(names), np.uint8),
+                       np.stack((np.cumsum(lengths) - lengths, lengths)))
+
+
+class _Requests(NamedTuple):
+    """item_rows' inputs from the batch's requests."""
+
+    units: np.ndarray  # the units tables of the requests' messages, side by side
+    rows: np.ndarray  # a row per request (kernels.items Q_*)
+    prices: np.ndarray  # the rate rows of each plan and zone of the batch (P_* rows)
+
+
+def _request_rows(batch: list[Pending], index: dict[str, int], plans: list[Plan | None],
+                  rates: RateTable, member_index: dict[tuple[str, str], int], grace: set[str],
+                  rows: list[int]) -> _Requests:
+    """Per request what it takes from its account and plan: a few lookups each (its
+    rating groups are read by the kernel). Sets each request's zone (Pending.zone)."""
+    tables: dict[int, int] = {}  # id of a message's units table -> its first column here
+    units: list[np.ndarray] = []
+    columns = 0
+    spans: dict[tuple[int, str], tuple[int, int]] = {}  # (id of plan, zone) -> prices span
+    prices: list[np.ndarray] = []
+    priced = 0
+    prefixes: dict[int, Prefixes] = {}  # id of plan -> its destination prefixes
+    out = []
+    for p, r in zip(batch, rows, strict=True):
+        req = p.request
         a = index[p.account_id]
-        _add_items(kb, p, a, pricing[a], rates.rates, p.request.subscriber_id in grace,
-                   now_ms, n, view, r)
-    return kb
+        plan = plans[a]
+        base = tables.get(id(req.units))
+        if base is None:
+            base = tables[id(req.units)] = columns
+            units.append(req.units)
+            columns += req.units.shape[1]
+        zone = req.zone
+        if not zone and req.destination and plan is not None:
+            found = prefixes.get(id(plan))
+            if found is None:
+                found = prefixes[id(plan)] = rates.prefixes(plan)
+            zone = resolve_zone(found, "", req.destination)
+        p.zone = zone
+        span = spans.get((id(plan), zone))
+        if span is None:
+            table = rates.zone_rows(plan, zone) if plan is not None else NO_PRICES
+            span = spans[(id(plan), zone)] = (priced, priced + table.shape[1])
+            prices.append(table)
+            priced = span[1]
+        time_ms = req.time_ms
+        out.append((base + req.lo, base + req.hi, req.type, time_ms, a,
+                    member_index.get((p.account_id, req.subscriber_id), -1)
+                    if member_index else -1, span[0], span[1],
+                    local_offset_ms(plan.timezone, time_ms) if plan is not None else 0, r,
+                    FLAG_GRACE if grace and req.subscriber_id in grace else 0))
+    return _Requests(
+        # C-contiguous, as the kernel is compiled for (a message's table is a slice)
+        np.concatenate(units, axis=1) if units else np.zeros((U_ROWS, 0), np.int64),
+        np.array(out, np.int64).reshape(-1, Q_COLUMNS),
+        np.concatenate(prices, axis=1) if prices else NO_PRICES)
+
+
+NO_PRICES = np.zeros((2, 0), np.int64)
 
 
 def local_offset_ms(timezone: str, time_ms: int) -> int:
@@ -343,64 +392,3 @@ def _offset_at(timezone: str, time_ms: int) -> int:
 @functools.lru_cache(maxsize=256)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
-
-
-class _Pricing(NamedTuple):
-    """What pricing an account's requests needs from its plan, looked up once per batch."""
-
-    plan: Plan | None
-    rows: dict[tuple[int, str], int]  # (rating group, zone) -> rate row
-    prefixes: Prefixes | None  # the plan's destination prefixes (None: no plan)
-
-
-def _pricing(plan: Plan | None, rates: RateTable) -> _Pricing:
-    if plan is None:
-        return _Pricing(None, {}, None)
-    return _Pricing(plan, rates.rows(plan), rates.prefixes(plan))
-
-
-def _add_items(kb: KernelBatch, p: Pending, a: int, pricing: _Pricing, rates: list[Rate],
-               grace: bool, now_ms: int, request: int, view: SessionView, r: int) -> None:
-    req = p.request
-    kind = req.type
-    plan, rows = pricing.plan, pricing.rows
-    if req.zone or pricing.prefixes is None or not req.destination:
-        p.zone = zone = req.zone
-    else:
-        p.zone = zone = resolve_zone(pricing.prefixes, "", req.destination)
-    # The columns the session gives (its reservations, what it rated, its cost) are filled
-    # for the whole batch by kernels.sessions.session_columns.
-    live = view.live(r)
-    start = view.last_time_ms(r) if live else req.time_ms
-    time_ms = req.time_ms
-    offset = local_offset_ms(plan.timezone, time_ms) if plan is not None else 0
-    start = min(start, time_ms) + offset
-    member = kb.member_index.get((p.account_id, req.subscriber_id), -1) if kb.member_index else -1
-    entries = [(it.rating_group, it.service_id, it.used, it.requested, 1) for it in req.items]
-    if kind == TERMINATION and live:
-        mentioned = {it.rating_group for it in req.items}
-        entries += [(rg, 0, None, None, 0) for rg in sorted(h[RES_RG] for h in view.held_rows(r))
-                    if rg not in mentioned]
-    item_rows, cycle_slots, shown, service = kb.rows, kb.cycle_slots, kb.shown, kb.service
-    base_flags = FLAG_GRACE if grace else 0
-    for rg, service_id, used_u, requested_u, in_answer in entries:
-        row = rate_row(rows, plan, rg, zone)
-        if row >= 0:
-            unit = rates[row].unit_type
-            used, requested = units_of(used_u, unit), units_of(requested_u, unit)
-        else:
-            used, requested = 0, 0
-        if kind == EVENT:
-            want, used = WANT_DEBIT, used or requested
-        elif requested_u is not None and kind != TERMINATION:
-            want = WANT_GRANT
-        else:
-            want = WANT_NONE
-        slot = cycle_slots.get((a, rg), -1)
-        if slot < 0:
-            slot = cycle_slots[(a, rg)] = len(cycle_slots)
-            kb.slots.append((a, rg))
-        shown.append(in_answer)
-        service.append(service_id)
-        item_rows.append((a, member, rg, row, start, time_ms + offset, used, want, requested,
-                          base_flags, MONEY_SOURCE, 0, 0, slot, now_ms, 0, 0, 0, 0, 0, request))

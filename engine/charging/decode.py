@@ -3,6 +3,7 @@ error answer, never a crash."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -62,8 +63,11 @@ class Item:
     requested: UnitsTuple | None  # None = no quota asked for
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Request:
+    """A validated request. Its rating groups stay in its message's units table (wire U_*
+    rows; its own are columns lo..hi), which assembly reads whole (kernels.items)."""
+
     session_id: str
     request_number: int
     type: RequestType
@@ -71,8 +75,23 @@ class Request:
     time_ms: int
     zone: str
     origin: str
-    items: list[Item]
-    destination: str = ""
+    destination: str
+    units: np.ndarray
+    lo: int
+    hi: int
+
+    @property
+    def items(self) -> list[Item]:
+        """Its rating groups as objects, for Python's occasional reads (tests, logs)."""
+        t = self.units.tolist()
+        return [Item(t[U_RATING_GROUP][u], t[U_SERVICE_ID][u],
+                     _units_at(t, U_USED, u) if t[U_HAS_USED][u] else None,
+                     _units_at(t, U_REQUESTED, u) if t[U_HAS_REQUESTED][u] else None)
+                for u in range(self.lo, self.hi)]
+
+
+def _units_at(t: list[list[int]], first: int, u: int) -> UnitsTuple:
+    return t[first][u], t[first + 1][u], t[first + 2][u], t[first + 3][u], t[first + 4][u]
 
 
 class Invalid(Exception):
@@ -125,17 +144,17 @@ class _Columns:
     """One parsed message's tables as Python lists, read once for the whole message."""
 
     def __init__(self, data: bytes, parsed: wire.Parsed) -> None:
-        req, units = parsed.requests.tolist(), parsed.units.tolist()
-        self.data = data
+        req = parsed.requests.tolist()
+        self.data, self.table = data, parsed.units
         self.number, self.type, self.time = req[R_NUMBER], req[R_TYPE], req[R_TIME]
         self.lo, self.hi = req[R_UNITS_LO], req[R_UNITS_HI]
         self.strings = {row: (req[row + OFF], req[row + LEN])
                         for row in (R_SESSION, R_SUBSCRIBER, R_ZONE, R_ORIGIN, R_DESTINATION)}
-        self.rating_group, self.service_id, self.reason = (
-            units[U_RATING_GROUP], units[U_SERVICE_ID], units[U_REASON])
-        self.has_requested, self.has_used = units[U_HAS_REQUESTED], units[U_HAS_USED]
-        self.requested = list(zip(*units[U_REQUESTED:U_REQUESTED + 5], strict=True))
-        self.used = list(zip(*units[U_USED:U_USED + 5], strict=True))
+
+    @functools.cached_property
+    def units(self) -> list[list[int]]:
+        """The units table as lists, for the checks of a request that is not plainly valid."""
+        return self.table.tolist()
 
     def text(self, row: int, r: int) -> str:
         offsets, lengths = self.strings[row]
@@ -176,13 +195,9 @@ def check_limits(config: Config, now_ms: int) -> np.ndarray:
 def _plain_request(c: _Columns, r: int, now_ms: int) -> Request:
     """A request plain_requests passed, built without checking it again."""
     text = c.text
-    has_used, has_requested = c.has_used, c.has_requested
-    items = [Item(c.rating_group[u], c.service_id[u], c.used[u] if has_used[u] else None,
-                  c.requested[u] if has_requested[u] else None)
-             for u in range(c.lo[r], c.hi[r])]
     return Request(text(R_SESSION, r), c.number[r], REQUEST_TYPES[c.type[r]],
                    text(R_SUBSCRIBER, r), c.time[r] or now_ms, text(R_ZONE, r),
-                   text(R_ORIGIN, r), items, text(R_DESTINATION, r))
+                   text(R_ORIGIN, r), text(R_DESTINATION, r), c.table, c.lo[r], c.hi[r])
 
 
 def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Invalid:
@@ -220,19 +235,19 @@ def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Inva
         return Invalid(ResultCode.INVALID_AVP_VALUE,
                        f"units: at most {config.max_units_per_request} rating groups per "
                        f"request (got {hi - lo})")
-    items = []
     seen: set[int] = set()
     for n, u in enumerate(range(lo, hi)):
-        rg = c.rating_group[u]
+        rg = c.units[U_RATING_GROUP][u]
         if rg in seen:
             return Invalid(ResultCode.INVALID_AVP_VALUE,
                            f"units[{n}]: rating group {rg} appears twice")
         seen.add(rg)
-        if c.reason[u] not in REPORTING_REASONS:
+        reason = c.units[U_REASON][u]
+        if reason not in REPORTING_REASONS:
             return Invalid(ResultCode.INVALID_AVP_VALUE,
-                           f"units[{n}].reporting_reason {c.reason[u]} is not known")
-        used = c.used[u] if c.has_used[u] else None
-        requested = c.requested[u] if c.has_requested[u] else None
+                           f"units[{n}].reporting_reason {reason} is not known")
+        used = _units_at(c.units, U_USED, u) if c.units[U_HAS_USED][u] else None
+        requested = _units_at(c.units, U_REQUESTED, u) if c.units[U_HAS_REQUESTED][u] else None
         # The used units first, as upb's decoder read them.
         for part, amounts in (("used", used), ("requested", requested)):
             if amounts is not None and not (min(amounts) >= 0
@@ -241,11 +256,10 @@ def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Inva
         if kind == RequestType.EVENT and not any(used or ()) and not any(requested or ()):
             return Invalid(ResultCode.MISSING_AVP, f"units[{n}]: an EVENT needs used or "
                                                    "requested units")
-        items.append(Item(rg, c.service_id[u], used, requested))
-    if kind == RequestType.EVENT and not items:
+    if kind == RequestType.EVENT and lo == hi:
         return Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
-    return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin, items,
-                   destination)
+    return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin,
+                   destination, c.table, lo, hi)
 
 
 def error_answer(session_id: str, request_number: int, code: ResultCode, message: str

@@ -314,6 +314,10 @@ def rate_row(rows: dict[tuple[int, str], int], plan: Plan | None, rating_group: 
     return row
 
 
+UNKNOWN_ZONE = "\x00"
+"""A zone no plan names (requests' zones may not hold control characters)."""
+
+
 class RateTable:
     """All rates of every plan version seen, as flat int64 arrays (grow-only: versions are
     immutable), and the (rating group, zone) -> row index and the destination prefixes of
@@ -327,6 +331,7 @@ class RateTable:
         self._grant_terms: np.ndarray | None = None
         self._record_terms: np.ndarray | None = None
         self._prefixes: dict[tuple[str, int], Prefixes] = {}
+        self._zone_rows: dict[tuple[str, int, str], np.ndarray] = {}
 
     def prefixes(self, plan: Plan) -> Prefixes:
         key = (plan.plan_id, plan.version)
@@ -347,6 +352,24 @@ class RateTable:
             self._rows[key] = rows
             self._arrays = self._grant_terms = self._record_terms = None
         return rows
+
+    def zone_rows(self, plan: Plan, zone: str) -> np.ndarray:
+        """rate_row of every rating group the plan prices in a zone, as kernels.items reads
+        them: rows rating group (sorted) and rate row."""
+        rows = self.rows(plan)
+        if zone and zone not in {z for _, z in rows}:
+            # Any zone the plan does not name prices alike: one entry for all of them (zones
+            # come from gateways, and the cache must not grow with what they send).
+            zone = UNKNOWN_ZONE
+        key = (plan.plan_id, plan.version, zone)
+        found = self._zone_rows.get(key)
+        if found is None:
+            groups = sorted({rg for rg, _ in rows})
+            pairs = [(rg, row) for rg in groups
+                     if (row := rate_row(rows, plan, rg, zone)) >= 0]
+            found = np.array(pairs, np.int64).reshape(-1, 2).T.copy()
+            self._zone_rows[key] = found
+        return found
 
     def grant_terms(self) -> np.ndarray:
         """Per rate (a column each), what its grants tell the gateway besides the amount:

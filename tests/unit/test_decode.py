@@ -349,11 +349,12 @@ def test_every_request_gets_the_verdict_upb_gave(msgs: list[pb.ChargeRequest]) -
 
     for msg, mine in zip(msgs, got, strict=True):
         try:
-            expected: Request | Invalid = upb_decode.decode(msg, TIGHT, NOW_MS)
+            expected: upb_decode.Decoded | Invalid = upb_decode.decode(msg, TIGHT, NOW_MS)
         except Invalid as e:
             expected = e
         if isinstance(expected, Invalid):
             assert isinstance(mine, Invalid)
             assert (mine.code, str(mine)) == (expected.code, str(expected))
         else:
-            assert mine == expected
+            assert not isinstance(mine, Invalid)
+            assert upb_decode.Decoded.of(mine) == expected

@@ -4,6 +4,8 @@ request)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tollgate.engine.charging.decode import (
     MAX_TIME_MS,
     REPORTING_REASONS,
@@ -17,6 +19,27 @@ from tollgate.engine.charging.decode import (
 from tollgate.engine.domain import RequestType, ResultCode
 from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A validated request as plain values (the decoder's Request keeps its rating groups in
+    its message's table; `of` reads them out)."""
+
+    session_id: str
+    request_number: int
+    type: RequestType
+    subscriber_id: str
+    time_ms: int
+    zone: str
+    origin: str
+    items: list[Item]
+    destination: str
+
+    @staticmethod
+    def of(r: Request) -> Decoded:
+        return Decoded(r.session_id, r.request_number, r.type, r.subscriber_id, r.time_ms,
+                       r.zone, r.origin, r.items, r.destination)
 
 
 def _units(msg: pb.Units, n: int, part: str, limit: int) -> UnitsTuple:
@@ -50,7 +73,7 @@ def _text(value: str, name: str, limit: int) -> str:
     return value
 
 
-def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
+def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Decoded:
     """A validated request, or Invalid naming the field that is wrong."""
     kind = REQUEST_TYPES.get(msg.type)
     if kind is None:
@@ -103,5 +126,5 @@ def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
         items.append(Item(rg, su.service_id, used, requested))
     if kind == RequestType.EVENT and not items:
         raise Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
-    return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin, items,
+    return Decoded(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin, items,
                    destination)
