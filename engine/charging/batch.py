@@ -107,6 +107,8 @@ ACCOUNT_OUTPUTS = ("money", "money_reserved", "spent", "cap_level", "low_flag",
 """The other changes' `what`, and their index: a bucket's remaining units, its reserved units
 (the value is the change), its notified level; a member's money spent and reserved, then its
 units used and reserved (index: 3 * member + unit type - 1); the units of a cycle slot."""
+FIRST_WHAT = np.array([0, REMAINING, MEMBER_SPENT, MEMBER_USED, CYCLE], np.int64)
+"""The first `what` of each segment of KernelBatch._changes' rows."""
 
 
 @dataclass(slots=True)
@@ -210,34 +212,26 @@ class KernelBatch:
         Only these are turned into Python objects: most buckets and members of an account do
         not move in a batch, and one comparison of the whole is a few array calls however
         small the batch."""
-        n_a, n_b, n_m = len(self.accounts), len(self.buckets), len(self.members)
-        bucket_owner = [a for a in range(n_a)
-                        for _ in range(self.bucket_start[a + 1] - self.bucket_start[a])]
+        n_a, n_b, n_m, n_s = (len(self.accounts), len(self.buckets), len(self.members),
+                              len(self.slots))
         at = np.flatnonzero(after != before)
-        changes = []
-        for p, v in zip(at.tolist(), after[at].tolist(), strict=True):
-            if p < 6 * n_a:
-                what, i = divmod(p, n_a)
-                changes.append((i, what, i, v))
-                continue
-            p -= 6 * n_a
-            if p < 3 * n_b:
-                what, i = divmod(p, n_b)
-                changes.append((bucket_owner[i], REMAINING + what, i, v))
-                continue
-            p -= 3 * n_b
-            if p < 2 * n_m:
-                what, i = divmod(p, n_m)
-                changes.append((self.members[i][0], MEMBER_SPENT + what, i, v))
-                continue
-            p -= 2 * n_m
-            if p < 6 * n_m:
-                what, i = divmod(p, 3 * n_m)
-                changes.append((self.members[i // 3][0], MEMBER_USED + what, i, v))
-                continue
-            p -= 6 * n_m
-            changes.append((self.slots[p][0], CYCLE, p, v))
-        return changes
+        # The rows end to end are segments (accounts' 6 outputs, buckets' 3, members' 2,
+        # members' 2 x 3 unit counters, cycle slots), each `what`-major: a position's segment
+        # gives its first `what` and its row length, and the row's owner its account.
+        ends = np.cumsum([6 * n_a, 3 * n_b, 2 * n_m, 6 * n_m, n_s])
+        seg = np.searchsorted(ends, at, side="right")
+        q = at - np.concatenate(([0], ends[:-1]))[seg]  # the position within its segment
+        rows = np.array([n_a, n_b, n_m, 3 * n_m, max(n_s, 1)], np.int64)[seg]
+        what = FIRST_WHAT[seg] + q // rows
+        i = q % rows
+        member_owner = np.array([a for a, _ in self.members], np.int64)
+        owners = np.concatenate((
+            np.arange(n_a), np.repeat(np.arange(n_a), np.diff(self.bucket_start)),
+            member_owner, np.repeat(member_owner, 3),
+            np.array([a for a, _ in self.slots], np.int64))).astype(np.int64)
+        first = np.cumsum([0, n_a, n_b, n_m, 3 * n_m])[seg]
+        return list(zip(owners[first + i].tolist(), what.tolist(), i.tolist(),
+                        after[at].tolist(), strict=True))
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
         """Brings the cached state this batch read up to the kernel's outputs, except for the
