@@ -22,6 +22,17 @@ from tollgate.engine.charging.decode import warm_up as warm_up_checks
 from tollgate.engine.charging.flow import SmallFirst
 from tollgate.engine.charging.kernels import records
 from tollgate.engine.charging.kernels.charge import O_RESULT
+from tollgate.engine.charging.kernels.session_checks import (
+    V_CHARGE,
+    V_CHARGING_SESSION,
+    V_ENDED,
+    V_EXISTS,
+    V_FOREIGN,
+    V_NO_ACCOUNT,
+    V_NO_SESSION,
+    V_OLDER,
+    V_STORED,
+)
 from tollgate.engine.charging.outcome import ENDS, Outcome, Timing, build_outcome
 from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberState
@@ -101,6 +112,34 @@ def _opens_session(req: Request) -> bool:
                                                and req.request_number == 0)
 
 
+def _refusal(req: Request, verdict: int, arg: int) -> tuple[ResultCode, str]:
+    """The words of a session check's refusal (kernels.session_checks V_*; `arg`: its
+    argument)."""
+    sid = req.session_id
+    if verdict == V_NO_ACCOUNT:
+        return (ResultCode.UNABLE_TO_COMPLY,
+                f"account of subscriber {req.subscriber_id!r} is missing")
+    if verdict == V_FOREIGN:
+        # Checked before the stored answers: they are the owner's. An INITIAL or a first
+        # EVENT on a session not read comes here too, once the apply refused it as existing
+        # and it was read.
+        return ResultCode.UNKNOWN_SESSION_ID, f"session {sid!r} belongs to another subscriber"
+    if verdict == V_NO_SESSION:
+        return ResultCode.UNKNOWN_SESSION_ID, f"no open session {sid!r}"
+    if verdict == V_CHARGING_SESSION:
+        return ResultCode.INVALID_AVP_VALUE, "session_id belongs to a charging session"
+    if verdict == V_EXISTS:
+        return ResultCode.INVALID_AVP_VALUE, f"session {sid!r} already exists"
+    if verdict == V_ENDED:
+        return ResultCode.UNKNOWN_SESSION_ID, f"session {sid!r} has ended"
+    if verdict == V_OLDER and req.type == RequestType.EVENT:
+        return ResultCode.UNKNOWN_SESSION_ID, "request_number is older than the last one"
+    if verdict == V_OLDER:
+        return (ResultCode.UNKNOWN_SESSION_ID,
+                f"request_number {req.request_number} is older than {arg}")
+    raise AssertionError(f"no refusal has verdict {verdict}")
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """A batch through the kernel: its items, their results, and what to write."""
@@ -162,7 +201,7 @@ class Engine:
             log.warning("compiling the kernels for this version (once per install or "
                         "upgrade; later starts load them from the cache)")
         started = time.monotonic()
-        assemble([], {}, {}, self.rates, set(), self.clock(), SessionView.of([], []),
+        assemble([], {}, {}, self.rates, set(), self.clock(), SessionView.of([], [], []),
                  []).run(self.rates)
         wire.warm_up()
         warm_up_checks(self.config)
@@ -555,67 +594,28 @@ class Engine:
         for p in batch:
             acct = accounts.get(p.account_id)
             values.append(None if acct is None else acct.sessions.get(p.request.session_id))
-        return SessionView.of([p.request.session_id for p in batch], values)
+        return SessionView.of([p.request.session_id for p in batch], values,
+                              [(p.request.subscriber_id, p.account_id) for p in batch])
 
     def _check_sessions(self, batch: list[Pending], view: SessionView
                         ) -> tuple[list[Pending], list[int]]:
         """Answers retransmissions from stored answers and refuses what the session state
-        does not allow; returns the requests to charge, with their rows in `view`."""
+        does not allow (kernels.session_checks); returns the requests to charge, with their
+        rows in `view`."""
+        accounts = self.accounts
+        verdicts, args = view.checks([(p.request.type, p.request.request_number,
+                                       p.account_id in accounts) for p in batch])
         out, rows = [], []
-        for r, p in enumerate(batch):
-            req = p.request
-            if p.account_id not in self.accounts:
-                p.refuse(ResultCode.UNABLE_TO_COMPLY,
-                         f"account of subscriber {req.subscriber_id!r} is missing")
-                continue
-            exists = view.exists(r)
-            if exists and not view.owned_by(r, req.subscriber_id, p.account_id):
-                # Checked before the stored answers: they are the owner's. An INITIAL or a
-                # first EVENT on a session not read comes here too, once the apply refused it
-                # as existing and it was read.
-                p.refuse(ResultCode.UNKNOWN_SESSION_ID,
-                         f"session {req.session_id!r} belongs to another subscriber")
-                continue
-            stored = view.answer(r, req.request_number) if exists else None
-            if stored is not None:
+        for r, (p, verdict) in enumerate(zip(batch, verdicts, strict=True)):
+            if verdict == V_CHARGE:
+                out.append(p)
+                rows.append(r)
+            elif verdict == V_STORED:
+                stored = view.stored(args[r])
                 p.answer(stored, pb.ChargeAnswer.FromString(stored).result)
-                continue
-            problem = self._session_problem(req, view, r) if exists else \
-                self._no_session_problem(req)
-            if problem is not None:
-                p.refuse(*problem)
-                continue
-            out.append(p)
-            rows.append(r)
+            else:
+                p.refuse(*_refusal(p.request, verdict, args[r]))
         return out, rows
-
-    @staticmethod
-    def _no_session_problem(req: Request) -> tuple[ResultCode, str] | None:
-        if req.type in (RequestType.EVENT, RequestType.INITIAL):
-            return None
-        return ResultCode.UNKNOWN_SESSION_ID, f"no open session {req.session_id!r}"
-
-    @staticmethod
-    def _session_problem(req: Request, view: SessionView, r: int
-                         ) -> tuple[ResultCode, str] | None:
-        """What session r (it exists) does not allow of `req`."""
-        last_rn = view.last_rn(r)
-        if req.type == RequestType.EVENT:
-            if not view.is_event(r):
-                return ResultCode.INVALID_AVP_VALUE, "session_id belongs to a charging session"
-            if req.request_number < last_rn:
-                return ResultCode.UNKNOWN_SESSION_ID, "request_number is older than the last one"
-            return None
-        if req.type == RequestType.INITIAL:
-            return ResultCode.INVALID_AVP_VALUE, f"session {req.session_id!r} already exists"
-        if view.is_event(r):
-            return ResultCode.UNKNOWN_SESSION_ID, f"no open session {req.session_id!r}"
-        if view.ended(r):
-            return ResultCode.UNKNOWN_SESSION_ID, f"session {req.session_id!r} has ended"
-        if req.request_number < last_rn:
-            return (ResultCode.UNKNOWN_SESSION_ID,
-                    f"request_number {req.request_number} is older than {last_rn}")
-        return None
 
     async def _load_plans(self, plan_ids: set[str]) -> None:
         now = time.monotonic()

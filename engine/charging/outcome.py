@@ -28,6 +28,9 @@ from tollgate.engine.charging.kernels.records import (
     record_table,
 )
 from tollgate.engine.charging.kernels.sessions import (
+    H_EXISTS,
+    H_ST,
+    H_T,
     Q_ACCT_AT,
     Q_ACCT_LEN,
     Q_ANS_AT,
@@ -37,6 +40,7 @@ from tollgate.engine.charging.kernels.sessions import (
     Q_SUB_AT,
     Q_SUB_LEN,
     Q_TIME,
+    ST_EVENT,
     write_sessions,
 )
 from tollgate.engine.charging.usage_wire import encode_records
@@ -78,10 +82,11 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     encoded = encode_answers(batch, kb, res, rates)
     values, expiry, rescore = _sessions(batch, kb, res, rates, timing, encoded)
     index = kb.index
-    for p, r, value, exp, again in zip(batch, rows, values, expiry, rescore, strict=True):
+    exists = view.arrays[0][rows, H_EXISTS].tolist()
+    for p, value, exp, old, again in zip(batch, values, expiry, exists, rescore, strict=True):
         req = p.request
         writes[index[p.account_id]].sessions.append(SessionWrite(
-            req.session_id, req.type in ENDS, value, exp, created=not view.exists(r),
+            req.session_id, req.type in ENDS, value, exp, created=not old,
             rescore=bool(again)))
     _records(batch, kb, res, rates, writes)
     for ev in res.events:  # in item order, so in batch order
@@ -103,22 +108,19 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     # The strings the values name, after the new answers: each request's subscriber and
     # account, then the batch's bucket ids (kb.names).
     n = len(batch)
-    parts = [x for p in batch for x in (p.request.subscriber_id.encode(), p.account_id.encode())]
+    view = kb.view
     base = int(encoded.spans[1].max(initial=0))
-    lengths = np.fromiter(map(len, parts), np.int64, len(parts))
-    starts = base + np.cumsum(lengths) - lengths
-    ids = b"".join(parts)
-    strings = np.concatenate((encoded.buffer[:base], np.frombuffer(ids, np.uint8), kb.names))
+    owners = view.owners[kb.view_rows]  # (subscriber at, length, account at, length)
+    strings = np.concatenate((encoded.buffer[:base], view.ids, kb.names))
     reqs = np.empty((n, Q_COLUMNS), np.int64)
     if batch:
         reqs[:, Q_RN:Q_TIME + 1] = [(p.request.request_number, p.request.type,
                                      p.request.time_ms) for p in batch]
     reqs[:, Q_ANS_AT] = encoded.spans[0]
     reqs[:, Q_ANS_LEN] = encoded.spans[1] - encoded.spans[0]
-    reqs[:, Q_SUB_AT], reqs[:, Q_SUB_LEN] = starts[0:2 * n:2], lengths[0:2 * n:2]
-    reqs[:, Q_ACCT_AT], reqs[:, Q_ACCT_LEN] = starts[1:2 * n:2], lengths[1:2 * n:2]
+    reqs[:, [Q_SUB_AT, Q_SUB_LEN, Q_ACCT_AT, Q_ACCT_LEN]] = owners + np.array([base, 0, base, 0])
     bucket_names = kb.bucket_names.copy()  # (offset, length) per bucket, here in `strings`
-    bucket_names[0] += base + len(ids)
+    bucket_names[0] += base + view.ids.size
     unit = rates.arrays()[0][R_UNIT] if rates.rates else np.zeros(0, np.int64)
     params = np.array([timing.now_ms, timing.answers_kept, timing.default_validity_s,
                        timing.stale_grace_s], np.int64)
@@ -141,12 +143,17 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     if not at.size:
         return
     names: list[str] = []  # per request with records, its strings; then the buckets'
-    numbers = [_record_head(batch[n], kb.view_rows[n], kb, names) for n in requests.tolist()]
+    heads = kb.view.arrays[0]
+    # Per session row, when its session last reported (None: no live session).
+    live = ((heads[:, H_EXISTS] != 0) & (heads[:, H_ST] != ST_EVENT)).tolist()
+    reported = [t if on else None for t, on in zip(heads[:, H_T].tolist(), live, strict=True)]
+    numbers = [_record_head(batch[n], reported[kb.view_rows[n]], kb, names)
+               for n in requests.tolist()]
     names += [kb.buckets[s].bucket_id for s in buckets.tolist()]
     # Each string once in the encoder's table, named by its index.
     strings = {s: k for k, s in enumerate(dict.fromkeys(names))}
     named = np.array([strings[s] for s in names], np.int64)
-    heads = np.empty((len(numbers), HEAD_COLUMNS), np.int64)
+    heads = np.empty((len(numbers), HEAD_COLUMNS), np.int64)  # the records' heads
     heads[:, :HEAD_STRINGS] = named[:len(numbers) * HEAD_STRINGS].reshape(-1, HEAD_STRINGS)
     heads[:, HEAD_STRINGS:] = numbers
     bucket_name = np.full(len(kb.buckets), -1, np.int64)
@@ -228,13 +235,14 @@ def event(ev: tuple[int, int, int, int, int, int], rating_group: int, p: Pending
         cycle_start_ms=acct.cycle_start).SerializeToString()
 
 
-def _record_head(p: Pending, r: int, kb: KernelBatch, names: list[str]) -> tuple[int, ...]:
+def _record_head(p: Pending, reported: int | None, kb: KernelBatch, names: list[str]
+                 ) -> tuple[int, ...]:
     """A request's head numbers (kernels.records.HEAD after its HEAD_STRINGS, then its type);
-    its strings (an empty plan: none) are added to `names`. Its session is row r of kb.view."""
+    its strings (an empty plan: none) are added to `names`. `reported`: when its live session
+    last reported (None: it has none)."""
     req = p.request
     plan = kb.plans[kb.index[p.account_id]]
     names += (p.account_id, req.subscriber_id, req.session_id, p.zone,
               plan.plan_id if plan is not None else "", req.origin)
-    view = kb.view
-    return (req.request_number, view.last_time_ms(r) if view.live(r) else req.time_ms,
+    return (req.request_number, req.time_ms if reported is None else reported,
             req.time_ms, plan.version if plan is not None else 0, req.type)
