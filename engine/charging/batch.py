@@ -30,7 +30,6 @@ from tollgate.engine.domain import (
     Bucket,
     Member,
     Plan,
-    RequestType,
     ResultCode,
 )
 from tollgate.engine.rating.plans import Prefixes, RateTable, resolve_zone
@@ -44,7 +43,6 @@ ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want",
 
 
 LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
-TERMINATION, EVENT = int(RequestType.TERMINATION), int(RequestType.EVENT)
 
 
 class Answers:
@@ -228,7 +226,7 @@ class KernelBatch:
         owners = np.concatenate((
             np.arange(n_a), np.repeat(np.arange(n_a), np.diff(self.bucket_start)),
             member_owner, np.repeat(member_owner, 3),
-            np.array([a for a, _ in self.slots], np.int64))).astype(np.int64)
+            np.array([a for a, _ in self.slots], np.int64)))
         first = np.cumsum([0, n_a, n_b, n_m, 3 * n_m])[seg]
         return list(zip(owners[first + i].tolist(), what.tolist(), i.tolist(),
                         after[at].tolist(), strict=True))

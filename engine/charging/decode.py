@@ -82,7 +82,7 @@ class Request:
 
     @property
     def items(self) -> list[Item]:
-        """Its rating groups as objects, for Python's occasional reads (tests, logs)."""
+        """Its rating groups as objects (the decoder's tests read them so)."""
         t = self.units.tolist()
         return [Item(t[U_RATING_GROUP][u], t[U_SERVICE_ID][u],
                      _units_at(t, U_USED, u) if t[U_HAS_USED][u] else None,
@@ -98,19 +98,6 @@ class Invalid(Exception):
     def __init__(self, code: ResultCode, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-OCTETS, SECONDS = int(UnitType.OCTETS), int(UnitType.SECONDS)
-
-
-def units_of(u: UnitsTuple | None, unit: int) -> int:
-    """The amount of a unit type (UnitType's value) in a Units tuple: octets are the total,
-    or input plus output when no total is given."""
-    if u is None:
-        return 0
-    if unit == OCTETS:
-        return u[0] if u[0] else u[1] + u[2]
-    return u[3] if unit == SECONDS else u[4]
 
 
 UNIT_FIELD = {UnitType.OCTETS: "total_octets", UnitType.SECONDS: "time_seconds",

@@ -471,7 +471,7 @@ class Engine:
         now = time.monotonic()
         known: dict[str, tuple[str, SubscriberState]] = {}
         missing = []
-        for sid in sorted({p.request.subscriber_id for p in batch}):
+        for sid in {p.request.subscriber_id for p in batch}:
             entry = self._subscribers.get(sid)
             if entry is not None and entry[2] > now:
                 known[sid] = entry[:2]

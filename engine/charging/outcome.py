@@ -143,17 +143,18 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     if not at.size:
         return
     names: list[str] = []  # per request with records, its strings; then the buckets'
-    heads = kb.view.arrays[0]
+    sessions = kb.view.arrays[0]
     # Per session row, when its session last reported (None: no live session).
-    live = ((heads[:, H_EXISTS] != 0) & (heads[:, H_ST] != ST_EVENT)).tolist()
-    reported = [t if on else None for t, on in zip(heads[:, H_T].tolist(), live, strict=True)]
+    live = ((sessions[:, H_EXISTS] != 0) & (sessions[:, H_ST] != ST_EVENT)).tolist()
+    reported = [t if on else None
+                for t, on in zip(sessions[:, H_T].tolist(), live, strict=True)]
     numbers = [_record_head(batch[n], reported[kb.view_rows[n]], kb, names)
                for n in requests.tolist()]
     names += [kb.buckets[s].bucket_id for s in buckets.tolist()]
     # Each string once in the encoder's table, named by its index.
     strings = {s: k for k, s in enumerate(dict.fromkeys(names))}
     named = np.array([strings[s] for s in names], np.int64)
-    heads = np.empty((len(numbers), HEAD_COLUMNS), np.int64)  # the records' heads
+    heads = np.empty((len(numbers), HEAD_COLUMNS), np.int64)
     heads[:, :HEAD_STRINGS] = named[:len(numbers) * HEAD_STRINGS].reshape(-1, HEAD_STRINGS)
     heads[:, HEAD_STRINGS:] = numbers
     bucket_name = np.full(len(kb.buckets), -1, np.int64)
