@@ -82,3 +82,29 @@ def test_a_rating_group_without_a_home_rate_stays_unrated_with_the_fallback():
 
     assert rate_row(rows, p, 200, "eu") == -1
     assert rate_row(rows, p, 200, "") == -1
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+@pytest.mark.parametrize("zone", ["", "eu", "mars", "london"])
+def test_zone_rows_are_rate_row_of_every_rating_group(fallback, zone):
+    """What the item kernel searches: per rating group the plan prices, rate_row in the zone
+    (sorted by rating group)."""
+    p = plan(fallback=fallback)
+    table = RateTable()
+    rows = table.rows(p)
+
+    got = table.zone_rows(p, zone)
+
+    want = [(rg, rate_row(rows, p, rg, zone)) for rg in (DATA, VOICE)]
+    assert list(zip(*got.tolist(), strict=True)) == [w for w in want if w[1] >= 0]
+
+
+def test_zones_a_plan_does_not_name_share_one_cached_table():
+    """Zones come from gateways: a stream of made-up zones must not grow the cache."""
+    p = plan(fallback=True)
+    table = RateTable()
+
+    first = table.zone_rows(p, "zone-1")
+
+    assert all(table.zone_rows(p, f"zone-{n}") is first for n in range(2, 500))
+    assert table.zone_rows(p, "eu") is not first
