@@ -151,17 +151,16 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     numbers = [_record_head(batch[n], reported[kb.view_rows[n]], kb, names)
                for n in requests.tolist()]
     names += [kb.buckets[s].bucket_id for s in buckets.tolist()]
-    # Each string once in the encoder's table, named by its index.
-    strings = {s: k for k, s in enumerate(dict.fromkeys(names))}
-    named = np.array([strings[s] for s in names], np.int64)
+    # String k of the encoder's table is names[k]: a string met twice is there twice (a
+    # table of distinct strings cost more in dict steps than the repeats cost in bytes).
     heads = np.empty((len(numbers), HEAD_COLUMNS), np.int64)
-    heads[:, :HEAD_STRINGS] = named[:len(numbers) * HEAD_STRINGS].reshape(-1, HEAD_STRINGS)
+    heads[:, :HEAD_STRINGS] = np.arange(len(numbers) * HEAD_STRINGS).reshape(-1, HEAD_STRINGS)
     heads[:, HEAD_STRINGS:] = numbers
     bucket_name = np.full(len(kb.buckets), -1, np.int64)
-    bucket_name[buckets] = named[len(named) - len(buckets):]
+    bucket_name[buckets] = np.arange(len(names) - len(buckets), len(names))
     records, charges = record_table(res.items, res.outputs, at, heads, rates.record_terms(),
                                     res.service, chg, bucket_name)
-    encoded = encode_records(records, charges, Strings.of(list(strings)))
+    encoded = encode_records(records, charges, Strings.of(names))
     for a, record in zip(res.items[at, I_ACCT].tolist(), encoded, strict=True):
         writes[a].records.append(record)
 
