@@ -76,7 +76,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
                  enumerate(decode_all(data, wire.parse_batch(data), populated, now))]
         batch = await engine._resolve_subscribers(batch)
         await engine._load(batch)
-        batch, rows = engine._check_sessions(batch, engine._view(batch))
+        batch, rows, _ = engine._check_sessions(batch)
         assert rows == list(range(len(batch)))  # every request of the traffic is charged
         await engine._load_plans({engine.accounts[p.account_id].plan_id for p in batch})
         return batch
@@ -93,7 +93,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         requests = decode_all(data, wire.parse_batch(data), populated, timing.now_ms)
         batch = [Pending(cast(Request, requests[p.slot]), p.call, p.slot, p.account_id)
                  for p in prepared]
-        view, rows = engine._view(batch), list(range(len(batch)))
+        _, rows, view = engine._check_sessions(batch)  # the traffic's requests all pass
         kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms, view,
                       rows)
         res = kb.run(engine.rates)

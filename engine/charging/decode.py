@@ -29,7 +29,6 @@ from tollgate.engine.charging.wire import (
     U_RATING_GROUP,
     U_REASON,
     U_REQUESTED,
-    U_SERVICE_ID,
     U_USED,
 )
 from tollgate.engine.domain import RequestType, ResultCode, UnitType
@@ -53,16 +52,6 @@ MAX_TIME_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: later times have no calendar date (plan time zones need one)."""
 
 
-@dataclass(slots=True)
-class Item:
-    """One rating group of a request (an MSCC)."""
-
-    rating_group: int
-    service_id: int
-    used: UnitsTuple | None
-    requested: UnitsTuple | None  # None = no quota asked for
-
-
 @dataclass(slots=True, eq=False)
 class Request:
     """A validated request. Its rating groups stay in its message's units table (wire U_*
@@ -80,17 +69,9 @@ class Request:
     lo: int
     hi: int
 
-    @property
-    def items(self) -> list[Item]:
-        """Its rating groups as objects (the decoder's tests read them so)."""
-        t = self.units.tolist()
-        return [Item(t[U_RATING_GROUP][u], t[U_SERVICE_ID][u],
-                     _units_at(t, U_USED, u) if t[U_HAS_USED][u] else None,
-                     _units_at(t, U_REQUESTED, u) if t[U_HAS_REQUESTED][u] else None)
-                for u in range(self.lo, self.hi)]
 
-
-def _units_at(t: list[list[int]], first: int, u: int) -> UnitsTuple:
+def units_at(t: list[list[int]], first: int, u: int) -> UnitsTuple:
+    """Column u's Units message in a units table read as lists (its rows from `first`)."""
     return t[first][u], t[first + 1][u], t[first + 2][u], t[first + 3][u], t[first + 4][u]
 
 
@@ -233,8 +214,8 @@ def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Inva
         if reason not in REPORTING_REASONS:
             return Invalid(ResultCode.INVALID_AVP_VALUE,
                            f"units[{n}].reporting_reason {reason} is not known")
-        used = _units_at(c.units, U_USED, u) if c.units[U_HAS_USED][u] else None
-        requested = _units_at(c.units, U_REQUESTED, u) if c.units[U_HAS_REQUESTED][u] else None
+        used = units_at(c.units, U_USED, u) if c.units[U_HAS_USED][u] else None
+        requested = units_at(c.units, U_REQUESTED, u) if c.units[U_HAS_REQUESTED][u] else None
         # The used units first, as upb's decoder read them.
         for part, amounts in (("used", used), ("requested", requested)):
             if amounts is not None and not (min(amounts) >= 0

@@ -460,8 +460,7 @@ class Engine:
         claim.update(p.account_id for p in live)
         live, deferred = self._one_request_per_session(live)
         await self._load(live)
-        view = self._view(live)
-        live, rows = self._check_sessions(live, view)
+        live, rows, view = self._check_sessions(live)
         if not live:
             return live, later + deferred, None
         await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
@@ -586,25 +585,22 @@ class Engine:
         while len(self.accounts) > self.config.account_cache_size:
             self.accounts.popitem(last=False)
 
-    def _view(self, batch: list[Pending]) -> SessionView:
-        """The cached sessions of the batch's requests, read into tables (row r: request r's;
-        none for an account that is missing)."""
-        accounts = self.accounts
-        values = []
-        for p in batch:
-            acct = accounts.get(p.account_id)
-            values.append(None if acct is None else acct.sessions.get(p.request.session_id))
-        return SessionView.of([p.request.session_id for p in batch], values,
-                              [(p.request.subscriber_id, p.account_id) for p in batch])
-
-    def _check_sessions(self, batch: list[Pending], view: SessionView
-                        ) -> tuple[list[Pending], list[int]]:
+    def _check_sessions(self, batch: list[Pending]
+                        ) -> tuple[list[Pending], list[int], SessionView]:
         """Answers retransmissions from stored answers and refuses what the session state
         does not allow (kernels.session_checks); returns the requests to charge, with their
-        rows in `view`."""
+        rows in the batch's sessions read into tables (row r: request r's; none for an
+        account that is missing)."""
         accounts = self.accounts
-        verdicts, args = view.checks([(p.request.type, p.request.request_number,
-                                       p.account_id in accounts) for p in batch])
+        values, requests = [], []
+        for p in batch:
+            acct = accounts.get(p.account_id)
+            req = p.request
+            values.append(None if acct is None else acct.sessions.get(req.session_id))
+            requests.append((req.type, req.request_number, acct is not None))
+        view = SessionView.of([p.request.session_id for p in batch], values,
+                              [(p.request.subscriber_id, p.account_id) for p in batch])
+        verdicts, args = view.checks(requests)
         out, rows = [], []
         for r, (p, verdict) in enumerate(zip(batch, verdicts, strict=True)):
             if verdict == V_CHARGE:
@@ -615,7 +611,7 @@ class Engine:
                 p.answer(stored, pb.ChargeAnswer.FromString(stored).result)
             else:
                 p.refuse(*_refusal(p.request, verdict, args[r]))
-        return out, rows
+        return out, rows, view
 
     async def _load_plans(self, plan_ids: set[str]) -> None:
         now = time.monotonic()

@@ -3,6 +3,7 @@ outcome share (no session becomes Python objects on the charging path)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +63,8 @@ class SessionView:
                            np.stack((starts[0::2], sizes[0::2], starts[1::2], sizes[1::2]),
                                     axis=1))
 
-    def checks(self, requests: list[tuple[int, int, bool]]) -> tuple[list[int], list[int]]:
+    def checks(self, requests: Sequence[tuple[int, int, bool]]
+               ) -> tuple[list[int], list[int]]:
         """The verdict of each row's request (kernels.session_checks V_*) and its argument;
         `requests`: per row its type, request number and whether its account is at hand."""
         reqs = np.empty((len(requests), C_COLUMNS), np.int64)

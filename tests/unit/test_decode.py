@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit import upb_decode
+from tests.unit.upb_decode import Decoded, Item
 from tollgate.engine.charging import wire
-from tollgate.engine.charging.decode import Invalid, Item, Request, decode_all
+from tollgate.engine.charging.decode import Invalid, decode_all
 from tollgate.engine.domain import RequestType, ResultCode
 from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
@@ -18,12 +19,12 @@ CONFIG = Config()
 NOW_MS = 1_700_000_000_000
 
 
-def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Request:
+def decode(msg: pb.ChargeRequest, config: Config, now_ms: int) -> Decoded:
     data = msg.SerializeToString()
     out = decode_all(data, wire.parse_request(data), config, now_ms)[0]
     if isinstance(out, Invalid):
         raise out
-    return out
+    return Decoded.of(out)
 
 
 def units(**kw: int) -> pb.Units:

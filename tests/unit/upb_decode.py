@@ -12,13 +12,40 @@ from tollgate.engine.charging.decode import (
     REQUEST_TYPES,
     UNIT_FIELDS,
     Invalid,
-    Item,
     Request,
     UnitsTuple,
+    units_at,
+)
+from tollgate.engine.charging.wire import (
+    U_HAS_REQUESTED,
+    U_HAS_USED,
+    U_RATING_GROUP,
+    U_REQUESTED,
+    U_SERVICE_ID,
+    U_USED,
 )
 from tollgate.engine.domain import RequestType, ResultCode
 from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
+
+
+@dataclass(slots=True)
+class Item:
+    """One rating group of a request (an MSCC)."""
+
+    rating_group: int
+    service_id: int
+    used: UnitsTuple | None
+    requested: UnitsTuple | None  # None = no quota asked for
+
+
+def items_of(r: Request) -> list[Item]:
+    """A decoded request's rating groups (columns lo..hi of its message's units table)."""
+    t = r.units.tolist()
+    return [Item(t[U_RATING_GROUP][u], t[U_SERVICE_ID][u],
+                 units_at(t, U_USED, u) if t[U_HAS_USED][u] else None,
+                 units_at(t, U_REQUESTED, u) if t[U_HAS_REQUESTED][u] else None)
+            for u in range(r.lo, r.hi)]
 
 
 @dataclass(frozen=True)
@@ -39,7 +66,7 @@ class Decoded:
     @staticmethod
     def of(r: Request) -> Decoded:
         return Decoded(r.session_id, r.request_number, r.type, r.subscriber_id, r.time_ms,
-                       r.zone, r.origin, r.items, r.destination)
+                       r.zone, r.origin, items_of(r), r.destination)
 
 
 def _units(msg: pb.Units, n: int, part: str, limit: int) -> UnitsTuple:
