@@ -16,13 +16,14 @@ import tempfile
 import time
 from typing import Any
 
-from tollgate.bench.ceiling import Writes, apply_ceiling, capture_writes, rebase
+from tollgate.bench.ceiling import apply_ceiling, capture_writes, rebase
 from tollgate.bench.traffic import Traffic
 from tollgate.engine.ops import population
 from tollgate.engine.ops.config import Config
 from tollgate.engine.storage.redis_client import connect
 from tollgate.engine.storage.redis_server import RedisServer
 from tollgate.engine.storage.store import Store, lua_source
+from tollgate.engine.storage.writes import Writes
 
 
 def _redis_cpu_s(url: str) -> float:
@@ -53,8 +54,7 @@ async def variants(url: str, recorded: list[Writes], rounds: int = 3) -> dict[st
                "pass1": source[:source.index("-- Pass 2")] + "return conflicts\n",
                "full": source}
     store = Store(url, 8)
-    requests = rounds * sum(len(w.sessions) for writes in recorded for ws in writes.values()
-                            for w in ws)
+    requests = rounds * sum(len(writes.sessions) for writes in recorded)
     out = {}
     try:
         for name, text in scripts.items():
@@ -64,7 +64,7 @@ async def variants(url: str, recorded: list[Writes], rounds: int = 3) -> dict[st
                 await rebase(store, recorded)
                 cpu0 = _redis_cpu_s(url)
                 for writes in recorded:
-                    await store.apply(writes, 3_600_000)
+                    await store.apply_writes(writes, 3_600_000)
                 spent += _redis_cpu_s(url) - cpu0
             out[name] = round(spent * 1e6 / requests, 2)
     finally:

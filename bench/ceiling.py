@@ -21,9 +21,10 @@ import numpy as np
 from tollgate.bench.loadgen import CpuProbe
 from tollgate.bench.traffic import Traffic
 from tollgate.engine.charging.engine import Engine
+from tollgate.engine.charging.kernels.apply_calls import G_VERSION
 from tollgate.engine.ops.config import Config
-from tollgate.engine.storage.keys import session as session_key
-from tollgate.engine.storage.store import AccountWrite, Store
+from tollgate.engine.storage.store import Store
+from tollgate.engine.storage.writes import Writes
 from tollgate.server import on_one_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
@@ -78,9 +79,6 @@ async def serve_bare(listen: str) -> None:
 # --- (b) the apply step ----------------------------------------------------------------------
 
 
-Writes = dict[int, list[AccountWrite]]
-
-
 class RecordingStore(Store):
     """The real store, keeping a copy of every batch of writes the engine applies."""
 
@@ -89,10 +87,10 @@ class RecordingStore(Store):
         self.recording = False
         self.recorded: list[Writes] = []
 
-    async def apply(self, writes: Writes, retention_ms: int) -> dict[int, set[int]]:
+    async def apply_writes(self, writes: Writes, retention_ms: int) -> list[int]:
         if self.recording:
             self.recorded.append(copy.deepcopy(writes))
-        return await super().apply(writes, retention_ms)
+        return await super().apply_writes(writes, retention_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +127,9 @@ async def capture_writes(config: Config, traffic: Traffic, batch: int, warmup: i
 async def rebase(store: Store, recorded: list[Writes]) -> None:
     """Sets each write's expected version to what it will find when replayed in order, and
     removes the sessions the writes create (the apply refuses to create one that exists)."""
-    keys = sorted({w.key for writes in recorded for ws in writes.values() for w in ws})
-    created = {session_key(p, s.session_id) for writes in recorded for p, ws in writes.items()
-               for w in ws for s in w.sessions if s.created}
+    account_keys = [w.account_keys() for w in recorded]
+    keys = sorted({k for ks in account_keys for k in ks})
+    created = {k for writes in recorded for k in writes.created_sessions()}
     pipe = store.redis.pipeline(transaction=False)
     for key in created:
         pipe.delete(key)
@@ -140,11 +138,10 @@ async def rebase(store: Store, recorded: list[Writes]) -> None:
     for k in keys:
         pipe.hget(k, "ver")
     current = {k: int(v) for k, v in zip(keys, await pipe.execute(), strict=True)}
-    for writes in recorded:
-        for ws in writes.values():
-            for w in ws:
-                w.expected_version = current[w.key]
-                current[w.key] += 1
+    for writes, ks in zip(recorded, account_keys, strict=True):
+        for g, k in enumerate(ks):
+            writes.groups[g, G_VERSION] = current[k]
+            current[k] += 1
 
 
 async def apply_ceiling(config: Config, recorded: list[Writes], seconds: float,
@@ -153,8 +150,7 @@ async def apply_ceiling(config: Config, recorded: list[Writes], seconds: float,
     engine does, for about `seconds`; only the apply calls are timed."""
     store = Store(config.redis_url, config.partitions)
     cpu = cpu or CpuProbe({})
-    per_batch = [sum(len(w.sessions) for ws in writes.values() for w in ws)
-                 for writes in recorded]
+    per_batch = [len(writes.sessions) for writes in recorded]
     times: list[float] = []
     refused = requests = 0
     cpu.start()
@@ -163,9 +159,9 @@ async def apply_ceiling(config: Config, recorded: list[Writes], seconds: float,
             await rebase(store, recorded)
             for writes, n in zip(recorded, per_batch, strict=True):
                 t = time.perf_counter()
-                out = await store.apply(writes, config.answer_retention_s * 1000)
+                out = await store.apply_writes(writes, config.answer_retention_s * 1000)
                 times.append(time.perf_counter() - t)
-                refused += sum(len(g) for g in out.values())
+                refused += len(out)
                 requests += n
     finally:
         await store.close()

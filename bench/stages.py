@@ -33,9 +33,9 @@ STAGES: tuple[tuple[Any, str, str], ...] = (
     (outcome, "encode_answers", "  of it, answers"),
     (outcome, "_sessions", "  of it, session values"),
     (outcome, "_records", "  of it, usage records"),
-    (outcome, "_account_writes", "  of it, account writes"),
+    (outcome, "account_writes", "  of it, account writes"),
     (engine.Engine, "_apply", "apply (with its round trip)"),
-    (store, "_group", "  of it, each account's arguments"),
+    (store, "apply_calls", "  of it, the calls' bytes (kernel)"),
     (engine.Engine, "_settle", "settle: cache and answers"),
 )
 """(owner, attribute, label): the functions timed, in the path's order."""

@@ -120,15 +120,14 @@ def test_apply(benchmark, populated: Config, loop: asyncio.AbstractEventLoop,
     def replay() -> None:
         async def all_batches() -> None:
             for writes in recorded:
-                out = await store.apply(writes, retention)
-                refused.append(sum(len(g) for g in out.values()))
+                out = await store.apply_writes(writes, retention)
+                refused.append(len(out))
         loop.run_until_complete(all_batches())
 
     def setup() -> None:
         loop.run_until_complete(rebase(store, recorded))
 
-    benchmark.extra_info["requests"] = sum(len(w.sessions) for ws in recorded
-                                           for p in ws.values() for w in p)
+    benchmark.extra_info["requests"] = sum(len(w.sessions) for w in recorded)
     benchmark.pedantic(replay, setup=setup, rounds=5)
     loop.run_until_complete(store.close())
     assert len(recorded) == 4 and refused and sum(refused) == 0

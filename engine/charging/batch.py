@@ -124,7 +124,8 @@ class KernelResult:
     s_billed: list[int]  # all zero: unchanged)
     s_rem: list[int]
     s_charged: list[int]
-    changes: list[tuple[int, int, int, int]]  # (account, what, index, new value) of what moved
+    changes: list[list[int]]  # [account, what, index, new value] of each output that moved
+    change_rows: np.ndarray  # the same, a row each
     charge_table: np.ndarray  # the balances each item charged: rows item (nondecreasing),
     # source (a bucket's position, MONEY_SOURCE), units, micros
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
@@ -152,6 +153,7 @@ class KernelBatch:
     view_rows: list[int]
     names: np.ndarray  # the buckets' ids end to end (UTF-8)
     bucket_names: np.ndarray  # (offset in names, length) per bucket position
+    requests: np.ndarray  # a row per request (kernels.items Q_*: its type, account, ...)
 
     def run(self, rates: RateTable) -> KernelResult:
         def i64(rows: list[list[int]]) -> np.ndarray:
@@ -192,24 +194,24 @@ class KernelBatch:
             np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
             cycle)
         events = list(zip(*ev.tolist(), strict=True))
-        changes = self._changes(
+        change_rows = self._changes(
             np.concatenate((accounts[:6].ravel(), bucket_rows[B_REMAINING],
                             np.zeros(len(buckets), dtype=np.int64), bucket_rows[B_LEVEL],
                             member_rows[M_SPENT:].ravel(), unit_rows[U_USED:].ravel(), cycle)),
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
-        return KernelResult(*out.tolist(), changes=changes,  # type: ignore[misc]
+        return KernelResult(*out.tolist(),  # type: ignore[misc]
+                            changes=change_rows.tolist(),
+                            change_rows=change_rows,
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out, shown=self.shown,
                             service=self.service)
 
-    def _changes(self, before: np.ndarray, after: np.ndarray
-                 ) -> list[tuple[int, int, int, int]]:
-        """The outputs that moved, as (account, what, index, new value). `before` and `after`
-        hold the kernel's account, bucket, member, member-unit and cycle rows end to end.
-        Only these are turned into Python objects: most buckets and members of an account do
-        not move in a batch, and one comparison of the whole is a few array calls however
-        small the batch."""
+    def _changes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """The outputs that moved, a row each: (account, what, index, new value). `before` and
+        `after` hold the kernel's account, bucket, member, member-unit and cycle rows end to
+        end. Most buckets and members of an account do not move in a batch, and one
+        comparison of the whole is a few array calls however small the batch."""
         n_a, n_b, n_m, n_s = (len(self.accounts), len(self.buckets), len(self.members),
                               len(self.slots))
         at = np.flatnonzero(after != before)
@@ -228,8 +230,7 @@ class KernelBatch:
             member_owner, np.repeat(member_owner, 3),
             np.array([a for a, _ in self.slots], np.int64)))
         first = np.cumsum([0, n_a, n_b, n_m, 3 * n_m])[seg]
-        return list(zip(owners[first + i].tolist(), what.tolist(), i.tolist(),
-                        after[at].tolist(), strict=True))
+        return np.stack((owners[first + i], what, i, after[at]), axis=1).reshape(-1, 4)
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
         """Brings the cached state this batch read up to the kernel's outputs, except for the
@@ -292,7 +293,7 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
     return KernelBatch(accounts, index, account_plans, bucket_start, buckets, members, items,
                        shown, service, list(zip(*slots.tolist(), strict=True)), view, rows,
                        np.frombuffer(b"".join(names), np.uint8),
-                       np.stack((np.cumsum(lengths) - lengths, lengths)))
+                       np.stack((np.cumsum(lengths) - lengths, lengths)), reqs.rows)
 
 
 class _Requests(NamedTuple):

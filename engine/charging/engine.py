@@ -42,7 +42,9 @@ from tollgate.engine.ops.config import Config
 from tollgate.engine.rating.cycles import renew_if_due
 from tollgate.engine.rating.plans import RateTable
 from tollgate.engine.storage.state import AccountState
-from tollgate.engine.storage.store import AccountWrite, Store
+from tollgate.engine.storage.store import Store
+from tollgate.engine.storage.writes import Writes
+from tollgate.engine.storage.writes import warm_up as warm_up_writes
 from tollgate.v1 import charging_pb2 as pb
 
 log = logging.getLogger("tollgate.engine")
@@ -209,6 +211,7 @@ class Engine:
         records.warm_up()
         answers.warm_up()
         sessions.warm_up()
+        warm_up_writes()
         if fresh:
             log.warning("kernels compiled in %.0f s", time.monotonic() - started)
 
@@ -669,33 +672,27 @@ class Engine:
         else:
             await asyncio.sleep(0)
 
-    async def _apply(self, kb: KernelBatch, writes: dict[str, AccountWrite]) -> set[str]:
+    async def _apply(self, kb: KernelBatch, writes: Writes) -> set[str]:
         """Applies every account's write; returns the accounts refused by the version check."""
-        by_partition: dict[int, list[AccountWrite]] = {}
-        owners: dict[int, list[str]] = {}
-        for account_id, w in writes.items():
-            p = kb.accounts[kb.index[account_id]].partition
-            by_partition.setdefault(p, []).append(w)
-            owners.setdefault(p, []).append(account_id)
         with metrics.APPLY_SECONDS.time():
-            refused = await self.store.apply(by_partition,
-                                             self.config.answer_retention_s * 1000)
-        return {owners[p][g] for p, groups in refused.items() for g in groups}
+            refused = await self.store.apply_writes(writes,
+                                                    self.config.answer_retention_s * 1000)
+        return {kb.accounts[g].account_id for g in refused}
 
     def _settle(self, batch: list[Pending], run: Run, conflicted: set[str]) -> list[Pending]:
         """Brings the cache up to what was applied and answers; requests of accounts another
         writer moved are returned, to run again on fresh state."""
         kb, outcome = run.kb, run.outcome
         refused: set[int] = set()
-        for account_id in outcome.writes:
-            if account_id in conflicted:
-                self.accounts.pop(account_id, None)
+        for a, acct in enumerate(kb.accounts):
+            if acct.account_id in conflicted:
+                self.accounts.pop(acct.account_id, None)
                 self.conflicts += 1
                 metrics.CONFLICTS.inc()
                 self._others_seen = time.monotonic()
-                refused.add(kb.index[account_id])
+                refused.add(a)
             else:
-                kb.accounts[kb.index[account_id]].version += 1
+                acct.version += 1
         kb.keep(run.res, refused)
         again: list[Pending] = []
         for p, value, answer in zip(batch, outcome.values, outcome.answers, strict=True):

@@ -6,16 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tollgate.engine.charging.account_writes import (
+    RecordBytes,
+    SessionValues,
+    account_writes,
+)
 from tollgate.engine.charging.answers import Encoded
 from tollgate.engine.charging.answers import encode as encode_answers
 from tollgate.engine.charging.batch import (
-    CYCLE,
-    MEMBER_MRES,
-    MEMBER_SPENT,
-    MEMBER_USED,
-    NOTIFIED,
-    REMAINING,
-    RESERVED,
     KernelBatch,
     KernelResult,
     Pending,
@@ -43,13 +41,12 @@ from tollgate.engine.charging.kernels.sessions import (
     ST_EVENT,
     write_sessions,
 )
-from tollgate.engine.charging.usage_wire import encode_records
+from tollgate.engine.charging.usage_wire import encode_table
 from tollgate.engine.charging.wire import Strings
 from tollgate.engine.domain import EventKind, RequestType, ResultCode
 from tollgate.engine.rating.plans import RateTable
-from tollgate.engine.storage import keys
 from tollgate.engine.storage.state import AccountState
-from tollgate.engine.storage.store import AccountWrite, SessionWrite
+from tollgate.engine.storage.writes import Writes
 from tollgate.v1 import events_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)
@@ -61,7 +58,7 @@ ENDS = frozenset({int(RequestType.TERMINATION), int(RequestType.EVENT)})
 class Outcome:
     answers: list[bytes]  # per request of the batch, its answer (a request-level SUCCESS)
     values: list[bytes]  # per request, its session's value after it (session_blob)
-    writes: dict[str, AccountWrite]  # account id -> what to apply
+    writes: Writes  # group g: what to apply to account g of the batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,29 +74,24 @@ class Timing:
 def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
                   rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]
                   ) -> Outcome:
-    view, rows = kb.view, kb.view_rows  # request n's session was row rows[n] of the view
-    writes = _account_writes(kb, res, renewals)
     encoded = encode_answers(batch, kb, res, rates)
-    values, expiry, rescore = _sessions(batch, kb, res, rates, timing, encoded)
+    values = _sessions(batch, kb, res, rates, timing, encoded)
+    records = _records(batch, kb, res, rates)
     index = kb.index
-    exists = view.arrays[0][rows, H_EXISTS].tolist()
-    for p, value, exp, old, again in zip(batch, values, expiry, exists, rescore, strict=True):
-        req = p.request
-        writes[index[p.account_id]].sessions.append(SessionWrite(
-            req.session_id, req.type in ENDS, value, exp, created=not old,
-            rescore=bool(again)))
-    _records(batch, kb, res, rates, writes)
+    events = []
     for ev in res.events:  # in item order, so in batch order
         i = ev[0]
         p = batch[int(res.items[i, I_REQ])]
         a = index[p.account_id]
-        writes[a].events.append(event(ev, int(res.items[i, I_RG]), p, kb, kb.accounts[a]))
-    return Outcome(encoded.answers, values,
-                   {acct.account_id: w for acct, w in zip(kb.accounts, writes, strict=True)})
+        events.append((a, event(ev, int(res.items[i, I_RG]), p, kb, kb.accounts[a])))
+    data = values.buf.tobytes()
+    return Outcome(encoded.answers,
+                   [data[a:b] for a, b in zip(*values.spans.tolist(), strict=True)],
+                   account_writes(batch, kb, res, renewals, values, records, events))
 
 
 def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
-              timing: Timing, encoded: Encoded) -> tuple[list[bytes], list[int], list[int]]:
+              timing: Timing, encoded: Encoded) -> SessionValues:
     """Each request's session after it, packed by the session kernel from its old value (in
     kb.view) and the charge kernel's outputs; with its expiry, and whether its open-session
     score is set again (a continuing session's score stays at or before its expiry, which
@@ -127,21 +119,19 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     out, spans, expiry, rescore = write_sessions(
         kb.view.buf, *kb.view.arrays, np.array(kb.view_rows, np.int64), reqs, res.items,
         res.outputs, unit, strings, bucket_names, params)
-    data = out.tobytes()
-    values = [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
-    return values, expiry.tolist(), rescore.tolist()
+    return SessionValues(out, spans, expiry, rescore)
 
 
-def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
-             writes: list[AccountWrite]) -> None:
-    """The batch's rated usage records, added to their accounts' writes in batch order: the
-    records kernels build their tables from the charging kernel's arrays; Python visits each
-    request with a record once (its strings and times), never a record."""
+def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable
+             ) -> RecordBytes:
+    """The batch's rated usage records, in batch order: the records kernels build their tables
+    from the charging kernel's arrays; Python visits each request with a record once (its
+    strings and times), never a record."""
     chg = res.charge_table
     at, requests, buckets = record_items(res.items, res.outputs, res.shown, chg,
                                          len(kb.buckets))
     if not at.size:
-        return
+        return NO_RECORDS
     names: list[str] = []  # per request with records, its strings; then the buckets'
     sessions = kb.view.arrays[0]
     # Per session row, when its session last reported (None: no live session).
@@ -160,49 +150,14 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     bucket_name[buckets] = np.arange(len(names) - len(buckets), len(names))
     records, charges = record_table(res.items, res.outputs, at, heads, rates.record_terms(),
                                     res.service, chg, bucket_name)
-    encoded = encode_records(records, charges, Strings.of(names))
-    for a, record in zip(res.items[at, I_ACCT].tolist(), encoded, strict=True):
-        writes[a].records.append(record)
+    buf, spans = encode_table(records, charges, Strings.of(names))
+    return RecordBytes(buf, spans, res.items[at, I_ACCT])
 
 
-ACCOUNT_FIELDS = ("money", "mres", "spent", "capn", "lown", "exhn")
-"""The account hash's fields of the kernel's account outputs (batch.ACCOUNT_OUTPUTS)."""
+NO_RECORDS = RecordBytes(np.zeros(0, np.uint8), np.zeros((2, 0), np.int64),
+                         np.zeros(0, np.int64))
 
 
-def _account_writes(kb: KernelBatch, res: KernelResult,
-                    renewals: dict[str, dict[str, int]]) -> list[AccountWrite]:
-    """Per account of the batch, the new value of each field the kernel changed (res.changes:
-    most buckets and members of an account do not move in a batch). Values, not increments:
-    the apply sets them only on the version they were computed from, so they are exact, and
-    Redis runs one HSET per account instead of an HINCRBY per counter. `renewals`: the
-    fields a new billing cycle sets (the kernel's values win)."""
-    writes = [AccountWrite(keys.account(acct.partition, acct.account_id), acct.version,
-                           dict(renewals.get(acct.account_id, {}))) for acct in kb.accounts]
-    for a, what, i, v in res.changes:
-        sets = writes[a].sets
-        if what < REMAINING:
-            sets[ACCOUNT_FIELDS[what]] = v
-        elif what <= NOTIFIED:
-            b = kb.buckets[i]
-            if what == REMAINING:
-                sets[f"b:{b.bucket_id}:rem"] = v
-            elif what == RESERVED:
-                sets[f"b:{b.bucket_id}:res"] = b.reserved + v
-            else:
-                sets[f"b:{b.bucket_id}:ntf"] = v
-        elif what == CYCLE:
-            sets[f"cu:{kb.slots[i][1]}"] = v
-        else:
-            sub = kb.members[i if what < MEMBER_USED else i // 3][1].subscriber_id
-            if what == MEMBER_SPENT:
-                sets[f"m:{sub}:spent"] = v
-            elif what == MEMBER_MRES:
-                sets[f"m:{sub}:mres"] = v
-            elif what == MEMBER_USED:
-                sets[f"m:{sub}:u{i % 3 + 1}"] = v
-            else:
-                sets[f"m:{sub}:r{i % 3 + 1}"] = v
-    return writes
 
 
 EVENT_IDS = {

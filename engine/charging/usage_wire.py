@@ -172,11 +172,19 @@ def encode_kernel(records: np.ndarray, charges: np.ndarray, text: np.ndarray,
     return out, spans, True
 
 
-def encode_records(records: np.ndarray, charges: np.ndarray, strings: Strings) -> list[bytes]:
-    """Each record's RatedUsage bytes. ValueError if an index points outside its table."""
+def encode_table(records: np.ndarray, charges: np.ndarray, strings: Strings
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The records' RatedUsage bytes end to end, and each one's (2, n) [start, end).
+    ValueError if an index points outside its table."""
     out, spans, ok = encode_kernel(records, charges, strings.text, strings.at)
     if not ok:
         raise ValueError("cannot encode the records: an index points outside its table")
+    return out, spans
+
+
+def encode_records(records: np.ndarray, charges: np.ndarray, strings: Strings) -> list[bytes]:
+    """Each record's RatedUsage bytes (encode_table)."""
+    out, spans = encode_table(records, charges, strings)
     data = out.tobytes()
     return [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
 

@@ -17,7 +17,8 @@ from tollgate.engine.domain import EventKind, SubscriberState
 from tollgate.engine.errors import NotFound
 from tollgate.engine.lifecycle.outbox import DAY_MS, Schedule, script
 from tollgate.engine.storage import keys
-from tollgate.engine.storage.store import AccountWrite, Store, state_order
+from tollgate.engine.storage.store import Store, state_order
+from tollgate.engine.storage.writes import AccountWrite
 from tollgate.v1 import events_pb2, usage_pb2
 
 log = logging.getLogger("tollgate.lifecycle")

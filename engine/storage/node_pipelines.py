@@ -24,12 +24,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tollgate.engine.ops import metrics
-from tollgate.engine.storage.redis_client import cluster_of, packed_by_hiredis
+from tollgate.engine.storage.redis_client import Prepacked, cluster_of, packed_by_hiredis
 
 log = logging.getLogger("tollgate.store")
 
-Call = tuple[list[str], Sequence[Any]]
-"""A script call's keys (the first one names its slot) and arguments."""
+Call = tuple[list[str], Sequence[Any] | Prepacked]
+"""A script call's keys (the first one names its slot) and arguments, or a key of its slot
+and the whole command, written already (EVALSHA of the script's sha)."""
 K = TypeVar("K", bound=Hashable)
 
 NOT_RUN = (TryAgainError, ClusterDownError, NoScriptError)
@@ -163,7 +164,10 @@ class NodePipelines:
             # EVALSHA itself: a script called on a pipeline makes it ask SCRIPT EXISTS first,
             # a round trip per batch. A node without the script (restarted, failed over)
             # answers NOSCRIPT without running anything; it is loaded and the call sent again.
-            pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
+            if isinstance(args, Prepacked):
+                pipe.execute_command("EVALSHA", args)
+            else:
+                pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
         wait_replicas = self.wait_replicas if wait else 0
         if wait_replicas:
             pipe.execute_command("WAIT", wait_replicas, self.wait_timeout_ms)

@@ -62,6 +62,11 @@ def connect_async(url: str, **kwargs: Any) -> aioredis.Redis:
     return packed_by_hiredis(aioredis.Redis.from_url(url, **kwargs))
 
 
+class Prepacked(bytes):
+    """A whole command already written in RESP (kernels/apply_calls.py), given after its name:
+    `execute_command("EVALSHA", Prepacked(...))` sends these bytes as they are."""
+
+
 _SERIALIZER = HiredisRespSerializer()
 _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
@@ -73,6 +78,8 @@ def hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     if cls not in _PACKED:
         class Packed(cls):  # type: ignore[valid-type, misc]
             def pack_command(self, *args: Any) -> list[bytes]:
+                if len(args) == 2 and type(args[1]) is Prepacked:
+                    return [args[1]]
                 first = args[0]
                 # A command name of several words ("CONFIG GET") is split by the serializer.
                 if ((type(first) is str and " " not in first)

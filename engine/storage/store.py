@@ -6,11 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import msgpack
+import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -18,13 +18,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tollgate.engine.charging import wire
+from tollgate.engine.charging.kernels.apply_calls import G_PART, apply_calls
 from tollgate.engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
 from tollgate.engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
 from tollgate.engine.rating.plans import plan_from_proto, plan_to_proto
 from tollgate.engine.storage import keys, record_block
 from tollgate.engine.storage.node_pipelines import Call, NodePipelines
-from tollgate.engine.storage.redis_client import connect_async
+from tollgate.engine.storage.redis_client import Prepacked, connect_async
 from tollgate.engine.storage.session_blob import pack_session, parse_session_hash, unpack_session
 from tollgate.engine.storage.state import (
     MEMBER_COUNTERS,
@@ -34,6 +34,7 @@ from tollgate.engine.storage.state import (
     member_caps_value,
     parse_account,
 )
+from tollgate.engine.storage.writes import AccountWrite, Writes, of_objects
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
 
@@ -48,33 +49,6 @@ SESSION_FORMAT = b"packed"
 """tg:meta's `sessions`: every session key holds a packed value (engine/storage/session_blob.py)."""
 
 
-@dataclass(slots=True)
-class SessionWrite:
-    session_id: str
-    ended: bool
-    value: bytes  # the whole session (engine/storage/session_blob.py), as apply.lua sets it
-    expiry_ms: int = 0  # open sessions: when its reservations go stale (the sweeper's clock)
-    created: bool = False  # the writer believes it new: if it exists, the account's write is
-    # refused like a version conflict (so a new session needs no read before its INITIAL)
-    rescore: bool = False  # an open session's expiry is earlier than its zset score may be
-    # (or that score is unknown): the score is set again. Otherwise the score stays, and
-    # the sweeper, finding it due, moves it to the `exp` field's later expiry
-
-
-@dataclass(slots=True)
-class AccountWrite:
-    """What one account group of a batch changes, applied only if the version still matches.
-    Fields are given their new values: on the version they were computed from, that is the
-    same as adding the changes, and Redis sets them in one HSET with the new version."""
-
-    key: str
-    expected_version: int
-    sets: dict[str, int]
-    sessions: list[SessionWrite] = field(default_factory=list)
-    records: list[bytes] = field(default_factory=list)
-    events: list[bytes] = field(default_factory=list)
-
-
 def _flat(fields: dict[str, Any]) -> list[bytes | str]:
     """field, value, field, value...; numbers as strings (Lua numbers are doubles)."""
     return [x for f, v in fields.items() for x in (f, v if type(v) is bytes else str(v))]
@@ -84,23 +58,6 @@ SNAPSHOT_TRIES = 10
 """Reads of a busy account before GetAccount gives what it read last (see get_account)."""
 
 _pack = msgpack.Packer(use_bin_type=False).pack  # Redis's cmsgpack predates the bin type
-
-
-def _group(w: AccountWrite) -> list[bytes | str | int]:
-    """One account's write, flat, as apply.lua reads it from its arguments (numbers are sent
-    as decimal strings)."""
-    out: list[bytes | str | int] = [
-        len(w.sessions), w.expected_version,
-        "".join("1" if s.created else "2" if s.rescore else "0" for s in w.sessions),
-        2 * len(w.sets), len(w.records), len(w.events)]
-    for f, v in w.sets.items():
-        out += (f, v)
-    for s in w.sessions:
-        out += (s.session_id, "end" if s.ended else "open", s.expiry_ms, s.value)
-    if w.records:
-        out.append(wire.field_1(w.records))  # this write's part of its partition's block
-    out += w.events
-    return out
 
 
 GROUPS_PER_CALL = 128
@@ -300,51 +257,69 @@ class Store:
         replies = await self.charging.run(self._versions, calls, wait=False)
         return {order[c][int(i) - 1] for c, reply in replies.items() for i in reply}
 
-    def _calls_of(self, by_partition: dict[int, list[T]]) -> list[list[tuple[int, list[T]]]]:
-        """Partitions' items split into script calls of whole partitions: one partition per
-        call on a cluster (a partition is a slot), up to GROUPS_PER_CALL items otherwise."""
+    def _call_bounds(self, sizes: list[int]) -> list[tuple[int, int]]:
+        """Partitions' item counts, in order, cut into script calls of whole partitions: each
+        call's [first, last + 1) partition; one partition per call on a cluster (a partition
+        is a slot), up to GROUPS_PER_CALL items otherwise."""
         per_call = 1 if self.nodes.cluster is not None else GROUPS_PER_CALL
-        chunks: list[list[tuple[int, list[T]]]] = []
+        bounds: list[tuple[int, int]] = []
         held = 0
-        for p, items in by_partition.items():
-            if not chunks or held + len(items) > per_call:
-                chunks.append([])
+        for i, n in enumerate(sizes):
+            if not bounds or held + n > per_call:
+                bounds.append((i, i))
                 held = 0
-            chunks[-1].append((p, items))
-            held += len(items)
-        return chunks
+            bounds[-1] = (bounds[-1][0], i + 1)
+            held += n
+        return bounds
+
+    def _calls_of(self, by_partition: dict[int, list[T]]) -> list[list[tuple[int, list[T]]]]:
+        """Partitions' items split into script calls of whole partitions (_call_bounds)."""
+        items = list(by_partition.items())
+        return [items[lo:hi] for lo, hi in self._call_bounds([len(v) for _, v in items])]
 
     async def apply(self, writes: dict[int, list[AccountWrite]],
                     retention_ms: int) -> dict[int, set[int]]:
+        """apply_writes of AccountWrite objects by partition (lifecycle, tools): returns, per
+        partition, the indexes of the account writes refused."""
+        owners = [(p, i) for p, ws in writes.items() for i in range(len(ws))]
+        refused: dict[int, set[int]] = {p: set() for p in writes}
+        for g in await self.apply_writes(of_objects(writes), retention_ms):
+            p, i = owners[g]
+            refused[p].add(i)
+        return refused
+
+    async def apply_writes(self, w: Writes, retention_ms: int) -> list[int]:
         """Lua calls pipelined per Redis node (engine.storage.node_pipelines: a call sent again
         after an error finds the version moved, so it never applies twice): on a cluster one per
         partition (its own slot), on a single server up to GROUPS_PER_CALL account writes of
-        several partitions per call. Returns, per partition, the indexes of the account writes
-        refused because the version had moved."""
-        calls: dict[int, Call] = {}
-        owners: dict[int, list[tuple[int, int]]] = {}  # call -> (partition, index) per group
-        for c, chunk in enumerate(self._calls_of(writes)):
-            # Every key the script touches is declared (the same slot): during resharding
-            # Redis redirects by the declared keys only.
-            call_keys: list[str] = []
-            args: list[bytes | str | int] = [retention_ms,
-                                             ",".join(str(len(ws)) for _, ws in chunk)]
-            for p, ws in chunk:
-                call_keys += (keys.usage_stream(p), keys.events_stream(p),
-                              keys.open_sessions(p))
-                for w in ws:
-                    call_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
-                    call_keys += [keys.session(p, s.session_id) for s in w.sessions]
-                    args += _group(w)
-            calls[c] = (call_keys, args)
-            owners[c] = [(p, i) for p, ws in chunk for i in range(len(ws))]
+        several partitions per call, each written whole by a kernel (kernels/apply_calls).
+        Returns the groups (rows of w.groups) refused because the version had moved or a
+        session believed new exists."""
+        if not len(w):
+            return []
+        # A call's groups come partition by partition (apply.lua's blocks).
+        order = np.argsort(w.partitions[w.groups[:, G_PART]], kind="stable")
+        groups = w.groups[order]
+        part = w.partitions[groups[:, G_PART]]
+        cut = (np.flatnonzero(np.diff(part)) + 1).tolist()
+        starts, ends = [0, *cut], [*cut, len(groups)]
+        bounds = [(starts[lo], ends[hi - 1])
+                  for lo, hi in self._call_bounds([e - s for s, e in zip(starts, ends,
+                                                                          strict=True)])]
+        data, spans = apply_calls(w.strings, w.parts, groups, w.sets, w.sessions, w.records,
+                                  w.events, np.array(bounds, np.int64).reshape(-1, 2),
+                                  np.frombuffer(self._apply.sha.encode(), np.uint8).copy(),
+                                  retention_ms)
+        # Every key the script touches is in the command (the same slot): during resharding
+        # Redis redirects by those. The first key of a call names its slot for the routing.
+        raw = data.tobytes()
+        calls: dict[int, Call] = {
+            c: ([keys.usage_stream(int(part[lo]))], Prepacked(raw[a:b]))
+            for c, ((lo, _), a, b) in enumerate(zip(bounds, spans[0].tolist(),
+                                                    spans[1].tolist(), strict=True))}
         replies = await self.charging.run(self._apply, calls)
-        refused: dict[int, set[int]] = {p: set() for p in writes}
-        for c, reply in replies.items():
-            for g in reply:
-                p, i = owners[c][int(g) - 1]
-                refused[p].add(i)
-        return refused
+        return [int(order[bounds[c][0] + int(g) - 1])
+                for c, reply in replies.items() for g in reply]
 
     # --- provisioning -------------------------------------------------------------------
 

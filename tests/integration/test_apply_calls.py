@@ -14,7 +14,8 @@ from tollgate.engine.storage import keys, record_block
 from tollgate.engine.storage import store as store_module
 from tollgate.engine.storage.session_blob import pack_session
 from tollgate.engine.storage.state import SessionState
-from tollgate.engine.storage.store import AccountWrite, SessionWrite, Store
+from tollgate.engine.storage.store import Store
+from tollgate.engine.storage.writes import AccountWrite, SessionWrite
 
 ACCOUNTS = 6
 

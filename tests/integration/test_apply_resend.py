@@ -8,7 +8,7 @@ from tests.helpers import SMS_RG, mscc, request
 from tollgate.engine.storage import keys
 from tollgate.engine.storage.session_blob import pack_session, unpack_session
 from tollgate.engine.storage.state import SessionState
-from tollgate.engine.storage.store import AccountWrite, SessionWrite
+from tollgate.engine.storage.writes import AccountWrite, SessionWrite
 from tollgate.v1 import charging_pb2 as cpb
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from tollgate.engine.storage import keys
 from tollgate.engine.storage import store as store_module
-from tollgate.engine.storage.store import AccountWrite, Store
+from tollgate.engine.storage.store import Store
+from tollgate.engine.storage.writes import AccountWrite
 
 ACCOUNTS = 6
 
