@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from tollgate.engine.charging import answers, kernels, sessions, usage_wire, wire
+from tollgate.engine.charging import account_writes, answers, kernels, sessions, usage_wire, wire
 from tollgate.engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
 from tollgate.engine.charging.batcher import Batcher, Prepared
 from tollgate.engine.charging.decode import Invalid, Request, decode_all, decode_steps, error_answer
@@ -212,6 +212,7 @@ class Engine:
         answers.warm_up()
         sessions.warm_up()
         warm_up_writes()
+        account_writes.warm_up()
         if fresh:
             log.warning("kernels compiled in %.0f s", time.monotonic() - started)
 

@@ -34,7 +34,7 @@ from tollgate.engine.storage.state import (
     member_caps_value,
     parse_account,
 )
-from tollgate.engine.storage.writes import AccountWrite, Writes, of_objects
+from tollgate.engine.storage.writes import AccountWrite, Writes, key_table, of_objects
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
 
@@ -298,23 +298,26 @@ class Store:
         if not len(w):
             return []
         # A call's groups come partition by partition (apply.lua's blocks).
-        order = np.argsort(w.partitions[w.groups[:, G_PART]], kind="stable")
+        order = np.argsort(w.groups[:, G_PART], kind="stable")
         groups = w.groups[order]
-        part = w.partitions[groups[:, G_PART]]
+        part = groups[:, G_PART]
+        if part[0] < 0 or part[-1] >= self.partitions:
+            raise ValueError(f"a write names partition {part[0]} or {part[-1]}; there are "
+                             f"{self.partitions}")
         cut = (np.flatnonzero(np.diff(part)) + 1).tolist()
         starts, ends = [0, *cut], [*cut, len(groups)]
         bounds = [(starts[lo], ends[hi - 1])
                   for lo, hi in self._call_bounds([e - s for s, e in zip(starts, ends,
                                                                           strict=True)])]
-        data, spans = apply_calls(w.strings, w.parts, groups, w.sets, w.sessions, w.records,
-                                  w.events, np.array(bounds, np.int64).reshape(-1, 2),
+        k = key_table(self.partitions)
+        data, spans = apply_calls(w.strings, k.text, k.parts, groups, w.sets, w.sessions,
+                                  w.records, w.events, np.array(bounds, np.int64).reshape(-1, 2),
                                   np.frombuffer(self._apply.sha.encode(), np.uint8).copy(),
                                   retention_ms)
         # Every key the script touches is in the command (the same slot): during resharding
         # Redis redirects by those. The first key of a call names its slot for the routing.
-        raw = data.tobytes()
         calls: dict[int, Call] = {
-            c: ([keys.usage_stream(int(part[lo]))], Prepacked(raw[a:b]))
+            c: ([keys.usage_stream(int(part[lo]))], Prepacked(data[a:b]))
             for c, ((lo, _), a, b) in enumerate(zip(bounds, spans[0].tolist(),
                                                     spans[1].tolist(), strict=True))}
         replies = await self.charging.run(self._apply, calls)

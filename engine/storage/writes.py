@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tollgate.engine.charging.kernels.account_tables import (
+    FLAG_CREATED,
+    FLAG_KEEP,
+    FLAG_RESCORE,
+    S_ID_AT,
+    S_ID_LEN,
+)
 from tollgate.engine.charging.kernels.apply_calls import (
     G_COLUMNS,
     G_EV_HI,
@@ -23,15 +30,9 @@ from tollgate.engine.charging.kernels.apply_calls import (
     G_SET_HI,
     G_SET_LO,
     G_VERSION,
-    PK_ACCT_AT,
-    PK_ACCT_LEN,
     PK_COLUMNS,
-    PK_SESS_AT,
-    PK_SESS_LEN,
     S_COLUMNS,
     S_FLAG,
-    S_ID_AT,
-    S_ID_LEN,
     SET_COLUMNS,
     apply_calls,
 )
@@ -65,18 +66,23 @@ class AccountWrite:
     events: list[bytes] = field(default_factory=list)
 
 
-FLAG_KEEP, FLAG_CREATED, FLAG_RESCORE = 48, 49, 50
-"""A session write's flag (apply.lua's `created`): '0', '1' (the writer believes it new), '2'
-(set its open-session score again)."""
+@dataclass(frozen=True, slots=True)
+class KeyTable:
+    """Every partition's keys (kernels/apply_calls `keys_text` and `parts`): its usage stream,
+    event stream and open-session zset, then the prefixes of its account and session keys."""
+
+    text: np.ndarray
+    parts: np.ndarray  # a row per partition number, PK_* spans in text
 
 
 @functools.cache
-def partition_keys(p: int) -> tuple[bytes, ...]:
-    """A partition's usage stream, event stream and open-session zset keys, then the prefixes of
-    its account and session keys (kernels/apply_calls PK_* order)."""
-    return tuple(k.encode() for k in (
+def key_table(partitions: int) -> KeyTable:
+    """The keys of partitions 0 .. partitions - 1 (built once per process)."""
+    t = ByteTable()
+    spans = t.spans([k.encode() for p in range(partitions) for k in (
         keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p),
-        keys.account(p, ""), keys.session(p, "")))
+        keys.account(p, ""), keys.session(p, ""))])
+    return KeyTable(t.table(), spans.reshape(partitions, PK_COLUMNS))
 
 
 class ByteTable:
@@ -102,23 +108,18 @@ class ByteTable:
         ends = np.cumsum(lengths) + at
         return np.stack((ends - lengths, lengths), axis=1)
 
+    def texts(self, texts: list[str]) -> np.ndarray:
+        """spans() of the texts in UTF-8; ASCII ones (the usual ids) encoded in one step."""
+        joined = "".join(texts)
+        if not joined.isascii():
+            return self.spans([x.encode() for x in texts])
+        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+        ends = np.cumsum(lengths) + self.add(joined.encode())
+        return np.stack((ends - lengths, lengths), axis=1)
+
     def table(self) -> np.ndarray:
         return np.concatenate([np.frombuffer(p, np.uint8) if isinstance(p, bytes) else p
                                for p in self.pieces]) if self.pieces else np.zeros(0, np.uint8)
-
-
-def encoded(texts: list[str]) -> list[bytes]:
-    """Each text in UTF-8; ASCII ones (the usual ids) in one step for all."""
-    joined = "".join(texts)
-    if not joined.isascii():
-        return [t.encode() for t in texts]
-    data = joined.encode()
-    out = []
-    at = 0
-    for n in map(len, texts):
-        out.append(data[at:at + n])
-        at += n
-    return out
 
 
 @dataclass(slots=True)
@@ -126,10 +127,8 @@ class Writes:
     """Account writes (kernels/apply_calls's tables): what Store.apply_writes sends. A group
     (row of `groups`) is one account's write."""
 
-    strings: np.ndarray  # every string named, end to end (uint8)
-    partitions: np.ndarray  # the partition number of each row of `parts`
-    parts: np.ndarray  # PK_* rows
-    groups: np.ndarray  # G_* rows
+    strings: np.ndarray  # every string named but the partitions' keys, end to end (uint8)
+    groups: np.ndarray  # G_* rows (G_PART: the partition number)
     sets: np.ndarray  # SET_* rows
     sessions: np.ndarray  # S_* rows
     records: np.ndarray  # (offset, length) rows
@@ -143,44 +142,35 @@ class Writes:
 
     def account_keys(self) -> list[str]:
         """Each group's account key."""
-        return [self.text(*self.parts[pr, [PK_ACCT_AT, PK_ACCT_LEN]].tolist()) + self.text(at, n)
-                for pr, at, n in self.groups[:, [G_PART, G_ID_AT, G_ID_LEN]].tolist()]
+        return [keys.account(p, self.text(at, n))
+                for p, at, n in self.groups[:, [G_PART, G_ID_AT, G_ID_LEN]].tolist()]
 
     def created_sessions(self) -> list[str]:
         """The keys of the sessions the writes believe new."""
         out = []
-        for pr, lo, hi in self.groups[:, [G_PART, G_SESS_LO, G_SESS_HI]].tolist():
-            prefix = self.text(*self.parts[pr, [PK_SESS_AT, PK_SESS_LEN]].tolist())
-            out += [prefix + self.text(at, n) for at, n, flag in
+        for p, lo, hi in self.groups[:, [G_PART, G_SESS_LO, G_SESS_HI]].tolist():
+            out += [keys.session(p, self.text(at, n)) for at, n, flag in
                     self.sessions[lo:hi, [S_ID_AT, S_ID_LEN, S_FLAG]].tolist()
                     if flag == FLAG_CREATED]
         return out
 
 
-def part_rows(partitions: list[int], strings: ByteTable) -> np.ndarray:
-    """The `parts` table of these partitions (their keys added to `strings`)."""
-    spans = strings.spans([k for p in partitions for k in partition_keys(p)])
-    return spans.reshape(len(partitions), PK_COLUMNS)
-
-
 def of_objects(writes: dict[int, list[AccountWrite]]) -> Writes:
     """The tables of AccountWrite objects, by partition (groups in the dict's order)."""
     strings = ByteTable()
-    partitions = list(writes)
-    parts = part_rows(partitions, strings)
     groups: list[list[int]] = []
     sets: list[tuple[int, ...]] = []
     sessions: list[tuple[int, ...]] = []
     records: list[tuple[int, int]] = []
     events: list[tuple[int, int]] = []
-    for pr, (p, ws) in enumerate(writes.items()):
+    for p, ws in writes.items():
         prefix = keys.account(p, "")
         for w in ws:
             if not w.key.startswith(prefix):
                 raise ValueError(f"{w.key!r} is not an account key of partition {p}")
             at = strings.add(w.key[len(prefix):].encode())
             row = [0] * G_COLUMNS
-            row[G_PART], row[G_VERSION] = pr, w.expected_version
+            row[G_PART], row[G_VERSION] = p, w.expected_version
             row[G_ID_AT], row[G_ID_LEN] = at, strings.size - at
             row[G_SET_LO] = len(sets)
             for f, v in w.sets.items():
@@ -203,7 +193,7 @@ def of_objects(writes: dict[int, list[AccountWrite]]) -> Writes:
 
     def table(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
         return np.array(rows, np.int64).reshape(-1, width)
-    return Writes(strings.table(), np.array(partitions, np.int64), parts, table(groups, G_COLUMNS),
+    return Writes(strings.table(), table(groups, G_COLUMNS),
                   table(sets, SET_COLUMNS), table(sessions, S_COLUMNS), table(records, 2),
                   table(events, 2))
 
@@ -213,5 +203,6 @@ def warm_up() -> None:
     """Loads (or compiles) the apply's call writer for the tables the store passes."""
     w = of_objects({0: [AccountWrite(keys.account(0, "a"), 0, {"f": 1}, [SessionWrite(
         "s", False, b"v")], [b"r"], [b"e"])]})
-    apply_calls(w.strings, w.parts, w.groups, w.sets, w.sessions, w.records, w.events,
+    k = key_table(1)
+    apply_calls(w.strings, k.text, k.parts, w.groups, w.sets, w.sessions, w.records, w.events,
                 np.array([[0, 1]], np.int64), np.zeros(40, np.uint8), 0)

@@ -4,6 +4,8 @@ writes, split into calls anywhere, numbers from the int64 minimum to its maximum
 
 from __future__ import annotations
 
+import itertools
+
 import hiredis
 import numpy as np
 from hypothesis import given, settings
@@ -15,11 +17,19 @@ from tollgate.engine.charging.kernels.apply_calls_reference import apply_calls a
 from tollgate.engine.charging.kernels.apply_calls_reference import field_1
 from tollgate.engine.charging.wire import field_1 as wire_field_1
 from tollgate.engine.storage import keys
-from tollgate.engine.storage.writes import AccountWrite, SessionWrite, Writes, of_objects
+from tollgate.engine.storage.writes import (
+    AccountWrite,
+    SessionWrite,
+    Writes,
+    key_table,
+    of_objects,
+)
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TEXT = st.text(min_size=1, max_size=12)
 SHA = b"0123456789abcdef0123456789abcdef01234567"
+PARTITIONS = 1001
+KEYS = key_table(PARTITIONS)
 
 
 def test_the_kernels_sessions_suffix_is_the_key_layouts() -> None:
@@ -40,12 +50,13 @@ def account_writes(draw: st.DrawFn, p: int) -> AccountWrite:
 
 @st.composite
 def batches(draw: st.DrawFn) -> tuple[dict[int, list[AccountWrite]], list[tuple[int, int]]]:
-    partitions = draw(st.lists(st.integers(0, 1000), min_size=1, max_size=4, unique=True))
+    partitions = draw(st.lists(st.integers(0, PARTITIONS - 1), min_size=1, max_size=4,
+                               unique=True))
     writes = {p: draw(st.lists(account_writes(p), min_size=1, max_size=3)) for p in partitions}
     n = sum(len(ws) for ws in writes.values())
     cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=3)) if n > 1 else set())
     bounds = [0, *cuts, n]
-    return writes, list(zip(bounds, bounds[1:], strict=False))
+    return writes, list(itertools.pairwise(bounds))
 
 
 def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int) -> bytes:
@@ -78,8 +89,8 @@ def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int) -> byte
 
 
 def run_kernel(w: Writes, calls: np.ndarray, retention_ms: int) -> list[bytes]:
-    out, spans = kernel.apply_calls(w.strings, w.parts, w.groups, w.sets, w.sessions,
-                                    w.records, w.events, calls,
+    out, spans = kernel.apply_calls(w.strings, KEYS.text, KEYS.parts, w.groups, w.sets,
+                                    w.sessions, w.records, w.events, calls,
                                     np.frombuffer(SHA, np.uint8).copy(), retention_ms)
     data = out.tobytes()
     return [data[a:b] for a, b in zip(*spans.tolist(), strict=True)]
@@ -92,8 +103,8 @@ def test_calls_are_the_references_and_the_layout_apply_reads(batch, retention_ms
     w = of_objects(writes)
     calls = np.array(bounds, np.int64).reshape(-1, 2)
     got = run_kernel(w, calls, retention_ms)
-    assert got == reference(w.strings.tobytes(), w.parts, w.groups, w.sets, w.sessions,
-                            w.records, w.events, calls, SHA, retention_ms)
+    assert got == reference(w.strings.tobytes(), KEYS.text.tobytes(), KEYS.parts, w.groups,
+                            w.sets, w.sessions, w.records, w.events, calls, SHA, retention_ms)
     flat = [(p, x) for p, ws in writes.items() for x in ws]
     assert got == [as_before(flat[lo:hi], retention_ms) for lo, hi in bounds]
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tollgate.engine.charging.kernels.charge import helper
+helper = njit(cache=True, nogil=True, forceinline=True)  # slices need Numba's runtime
 
-# Every string a call names is strings[at:at + length] of one byte table.
-# `parts`: a row per partition of the writes: its usage stream's key, its event stream's, its
-# open-session zset's, then the prefixes of its account keys and of its session keys.
+# Every string a call names is strings[at:at + length] of one byte table, but the partitions'
+# keys: `parts` has a row per partition (by number) with the spans in `keys_text` of its usage
+# stream's key, its event stream's, its open-session zset's, then the prefixes of its account
+# keys and of its session keys.
 (PK_USAGE_AT, PK_USAGE_LEN, PK_EVENTS_AT, PK_EVENTS_LEN, PK_OPEN_AT, PK_OPEN_LEN, PK_ACCT_AT,
  PK_ACCT_LEN, PK_SESS_AT, PK_SESS_LEN) = range(10)
 PK_COLUMNS = 10
 # `groups`: a row per account write, in call order (the groups of a partition together): its
-# partition's row of `parts`, the version it was computed on, its account id (the key is the
+# partition, the version it was computed on, its account id (the key is the
 # partition's prefix and the id), then its rows of `sets`, `sessions`, `records` and `events`
 # (each [lo, hi)).
 (G_PART, G_VERSION, G_ID_AT, G_ID_LEN, G_SET_LO, G_SET_HI, G_SESS_LO, G_SESS_HI, G_REC_LO,
@@ -76,8 +77,7 @@ def _put_int(out: np.ndarray, at: int, v: int) -> int:
 
 @helper
 def _put_bytes(out: np.ndarray, at: int, src: np.ndarray, src_at: int, n: int) -> int:
-    for i in range(n):
-        out[at + i] = src[src_at + i]
+    out[at:at + n] = src[src_at:src_at + n]
     return at + n
 
 
@@ -165,9 +165,10 @@ def _call_size(g_lo: int, g_hi: int, groups: np.ndarray, parts: np.ndarray, sets
 
 
 @njit(cache=True, nogil=True)
-def apply_calls(strings: np.ndarray, parts: np.ndarray, groups: np.ndarray, sets: np.ndarray,
-                sessions: np.ndarray, records: np.ndarray, events: np.ndarray,
-                calls: np.ndarray, sha: np.ndarray, retention_ms: int
+def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
+                groups: np.ndarray, sets: np.ndarray, sessions: np.ndarray,
+                records: np.ndarray, events: np.ndarray, calls: np.ndarray, sha: np.ndarray,
+                retention_ms: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Each call as one EVALSHA command in RESP (rows of the second output: its [start, end)
     in the first): the keys and arguments apply.lua reads, in its order."""
@@ -197,21 +198,23 @@ def apply_calls(strings: np.ndarray, parts: np.ndarray, groups: np.ndarray, sets
         for g in range(g_lo, g_hi):
             pr = groups[g, G_PART]
             if g == g_lo or pr != groups[g - 1, G_PART]:
-                at = _put_bulk(out, at, strings, parts[pr, PK_USAGE_AT], parts[pr, PK_USAGE_LEN])
-                at = _put_bulk(out, at, strings, parts[pr, PK_EVENTS_AT],
+                at = _put_bulk(out, at, keys_text, parts[pr, PK_USAGE_AT], parts[pr, PK_USAGE_LEN])
+                at = _put_bulk(out, at, keys_text, parts[pr, PK_EVENTS_AT],
                                parts[pr, PK_EVENTS_LEN])
-                at = _put_bulk(out, at, strings, parts[pr, PK_OPEN_AT], parts[pr, PK_OPEN_LEN])
+                at = _put_bulk(out, at, keys_text, parts[pr, PK_OPEN_AT], parts[pr, PK_OPEN_LEN])
             for suffix in range(2):
                 n = parts[pr, PK_ACCT_LEN] + groups[g, G_ID_LEN]
                 at = _put_head(out, at, 36, n + suffix * _SUFFIX.size)
-                at = _put_bytes(out, at, strings, parts[pr, PK_ACCT_AT], parts[pr, PK_ACCT_LEN])
+                at = _put_bytes(out, at, keys_text, parts[pr, PK_ACCT_AT],
+                                    parts[pr, PK_ACCT_LEN])
                 at = _put_bytes(out, at, strings, groups[g, G_ID_AT], groups[g, G_ID_LEN])
                 if suffix:
                     at = _put_bytes(out, at, _SUFFIX, 0, _SUFFIX.size)
                 at = _put_crlf(out, at)
             for s in range(groups[g, G_SESS_LO], groups[g, G_SESS_HI]):
                 at = _put_head(out, at, 36, parts[pr, PK_SESS_LEN] + sessions[s, S_ID_LEN])
-                at = _put_bytes(out, at, strings, parts[pr, PK_SESS_AT], parts[pr, PK_SESS_LEN])
+                at = _put_bytes(out, at, keys_text, parts[pr, PK_SESS_AT],
+                                parts[pr, PK_SESS_LEN])
                 at = _put_bytes(out, at, strings, sessions[s, S_ID_AT], sessions[s, S_ID_LEN])
                 at = _put_crlf(out, at)
         # Arguments: the retention, the blocks' group counts ("3,1"), then each group.

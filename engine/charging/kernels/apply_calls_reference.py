@@ -72,12 +72,16 @@ def field_1(parts: list[bytes]) -> bytes:
     return bytes(out)
 
 
-def apply_calls(strings: bytes, parts: np.ndarray, groups: np.ndarray, sets: np.ndarray,
-                sessions: np.ndarray, records: np.ndarray, events: np.ndarray,
-                calls: np.ndarray, sha: bytes, retention_ms: int) -> list[bytes]:
+def apply_calls(strings: bytes, keys_text: bytes, parts: np.ndarray, groups: np.ndarray,
+                sets: np.ndarray, sessions: np.ndarray, records: np.ndarray,
+                events: np.ndarray, calls: np.ndarray, sha: bytes, retention_ms: int
+                ) -> list[bytes]:
     """Each call's command."""
     def text(at: int, n: int) -> bytes:
         return strings[at:at + n]
+
+    def key(at: int, n: int) -> bytes:
+        return keys_text[at:at + n]
 
     def num(v: int) -> bytes:
         return str(v).encode()
@@ -91,15 +95,15 @@ def apply_calls(strings: bytes, parts: np.ndarray, groups: np.ndarray, sets: np.
             row = groups[g].tolist()
             pk = parts[row[G_PART]].tolist()
             if g == lo or row[G_PART] != groups[g - 1, G_PART]:
-                call_keys += (text(pk[PK_USAGE_AT], pk[PK_USAGE_LEN]),
-                              text(pk[PK_EVENTS_AT], pk[PK_EVENTS_LEN]),
-                              text(pk[PK_OPEN_AT], pk[PK_OPEN_LEN]))
+                call_keys += (key(pk[PK_USAGE_AT], pk[PK_USAGE_LEN]),
+                              key(pk[PK_EVENTS_AT], pk[PK_EVENTS_LEN]),
+                              key(pk[PK_OPEN_AT], pk[PK_OPEN_LEN]))
                 counts.append(0)
             counts[-1] += 1
-            key = text(pk[PK_ACCT_AT], pk[PK_ACCT_LEN]) + text(row[G_ID_AT], row[G_ID_LEN])
-            call_keys += (key, key + SESSIONS_SUFFIX)
+            account = key(pk[PK_ACCT_AT], pk[PK_ACCT_LEN]) + text(row[G_ID_AT], row[G_ID_LEN])
+            call_keys += (account, account + SESSIONS_SUFFIX)
             own = sessions[row[G_SESS_LO]:row[G_SESS_HI]].tolist()
-            call_keys += [text(pk[PK_SESS_AT], pk[PK_SESS_LEN]) + text(s[S_ID_AT], s[S_ID_LEN])
+            call_keys += [key(pk[PK_SESS_AT], pk[PK_SESS_LEN]) + text(s[S_ID_AT], s[S_ID_LEN])
                           for s in own]
             n_records = row[G_REC_HI] - row[G_REC_LO]
             args += (num(len(own)), num(row[G_VERSION]), bytes(s[S_FLAG] for s in own),
