@@ -56,13 +56,13 @@ def account_writes(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     the kernel (kernels/account_tables) builds the tables."""
     t = ByteTable()
     accounts = kb.accounts
-    numbers = np.array([(a.version, a.partition) for a in accounts], np.int64).reshape(-1, 2)
     bases = np.array([t.add(kb.view.ids), t.add(kb.names), t.add(PIECE_TEXT),
                       t.add(values.buf), t.add(records.buf)], np.int64)
     changes = res.change_rows
     moved = np.bincount(changes[:, 1], minlength=CYCLE + 1)  # changes of each kind
     groups, sets, sessions, record_rows, event_rows = account_tables(
-        bases, numbers[:, 0].copy(), numbers[:, 1].copy(),
+        bases, np.array([a.version for a in accounts], np.int64),
+        np.array([a.partition for a in accounts], np.int64),
         kb.requests, np.array(kb.view_rows, np.int64), kb.view.owners, kb.view.arrays[0],
         t.texts([p.request.session_id for p in batch]), values.expiry, values.rescore,
         values.spans, changes, kb.bucket_names, _reserved(kb, changes, moved),
