@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tollgate.engine.charging.batch import KernelBatch, KernelResult, Pending
+from tollgate.engine.charging.batch import KernelBatch, KernelResult
 from tollgate.engine.charging.kernels.account_tables import (
     CYCLE,
     MEMBER_RESERVED,
@@ -20,7 +20,7 @@ from tollgate.engine.charging.kernels.account_tables import (
 )
 from tollgate.engine.charging.kernels.items import Q_COLUMNS
 from tollgate.engine.charging.kernels.sessions import HEAD_COLUMNS
-from tollgate.engine.storage.writes import ByteTable, Writes
+from tollgate.engine.storage.writes import ByteTable, Texts, Writes, moved
 
 NONE = np.zeros((0, 4), np.int64)  # no renewals, no events
 NO_NAMES = np.zeros((0, 2), np.int64)
@@ -47,9 +47,9 @@ class RecordBytes:
     accounts: np.ndarray
 
 
-def account_writes(batch: list[Pending], kb: KernelBatch, res: KernelResult,
-                   renewals: dict[str, dict[str, int]], values: SessionValues,
-                   records: RecordBytes, events: list[tuple[int, bytes]]) -> Writes:
+def account_writes(kb: KernelBatch, res: KernelResult, renewals: dict[str, dict[str, int]],
+                   values: SessionValues, session_ids: Texts, records: RecordBytes,
+                   events: list[tuple[int, bytes]]) -> Writes:
     """Group g is account g of the batch (every account is written: its version moves).
     `events`: (account position, Event bytes), in batch order. Python gathers the strings
     (the batch's id tables whole; names only of the members and cycle slots that moved) and
@@ -59,32 +59,32 @@ def account_writes(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     bases = np.array([t.add(kb.view.ids), t.add(kb.names), t.add(PIECE_TEXT),
                       t.add(values.buf), t.add(records.buf)], np.int64)
     changes = res.change_rows
-    moved = np.bincount(changes[:, 1], minlength=CYCLE + 1)  # changes of each kind
+    kinds = np.bincount(changes[:, 1], minlength=CYCLE + 1)  # changes of each kind
     groups, sets, sessions, record_rows, event_rows = account_tables(
         bases, np.array([a.version for a in accounts], np.int64),
         np.array([a.partition for a in accounts], np.int64),
         kb.requests, np.array(kb.view_rows, np.int64), kb.view.owners, kb.view.arrays[0],
-        t.texts([p.request.session_id for p in batch]), values.expiry, values.rescore,
-        values.spans, changes, kb.bucket_names, _reserved(kb, changes, moved),
-        _member_names(kb, changes, moved, t), _cycle_names(kb, changes, moved, t),
+        moved(session_ids.spans, t.add(session_ids.text)), values.expiry, values.rescore,
+        values.spans, changes, kb.bucket_names, _reserved(kb, changes, kinds),
+        _member_names(kb, changes, kinds, t), _cycle_names(kb, changes, kinds, t),
         _renewals(kb, renewals, t), records.spans, records.accounts, _events(events, t))
     return Writes(t.table(), groups, sets, sessions, record_rows, event_rows)
 
 
-def _reserved(kb: KernelBatch, changes: np.ndarray, moved: np.ndarray) -> np.ndarray:
+def _reserved(kb: KernelBatch, changes: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     """Per bucket its reserved units, where a RESERVED change (an increment) needs them."""
     out = np.zeros(len(kb.buckets), np.int64)
-    if moved[RESERVED]:
+    if kinds[RESERVED]:
         b = changes[changes[:, 1] == RESERVED, 2]
         out[b] = [kb.buckets[i].reserved for i in b.tolist()]
     return out
 
 
-def _member_names(kb: KernelBatch, changes: np.ndarray, moved: np.ndarray, t: ByteTable
+def _member_names(kb: KernelBatch, changes: np.ndarray, kinds: np.ndarray, t: ByteTable
                   ) -> np.ndarray:
     """Per member its subscriber id's span, for the members whose counters moved."""
     out = np.zeros((len(kb.members), 2), np.int64)
-    if moved[MEMBER_SPENT:MEMBER_RESERVED + 1].any():
+    if kinds[MEMBER_SPENT:MEMBER_RESERVED + 1].any():
         what, i = changes[:, 1], changes[:, 2]
         of = (what >= MEMBER_SPENT) & (what <= MEMBER_RESERVED)
         m = np.unique(np.where(what[of] >= MEMBER_USED, i[of] // 3, i[of]))
@@ -92,10 +92,10 @@ def _member_names(kb: KernelBatch, changes: np.ndarray, moved: np.ndarray, t: By
     return out
 
 
-def _cycle_names(kb: KernelBatch, changes: np.ndarray, moved: np.ndarray, t: ByteTable
+def _cycle_names(kb: KernelBatch, changes: np.ndarray, kinds: np.ndarray, t: ByteTable
                  ) -> np.ndarray:
     """The field name of each CYCLE change, in order."""
-    if not moved[CYCLE]:
+    if not kinds[CYCLE]:
         return NO_NAMES
     slots = changes[changes[:, 1] == CYCLE, 2]
     return t.texts([f"cu:{kb.slots[s][1]}" for s in slots.tolist()])

@@ -596,15 +596,21 @@ class Engine:
         rows in the batch's sessions read into tables (row r: request r's; none for an
         account that is missing)."""
         accounts = self.accounts
-        values, requests = [], []
+        values: list[bytes | None] = []
+        kinds: list[int] = []
+        numbers: list[int] = []
+        present: list[bool] = []
+        owners: list[str] = []
         for p in batch:
             acct = accounts.get(p.account_id)
             req = p.request
             values.append(None if acct is None else acct.sessions.get(req.session_id))
-            requests.append((req.type, req.request_number, acct is not None))
-        view = SessionView.of([p.request.session_id for p in batch], values,
-                              [(p.request.subscriber_id, p.account_id) for p in batch])
-        verdicts, args = view.checks(requests)
+            kinds.append(req.type)
+            numbers.append(req.request_number)
+            present.append(acct is not None)
+            owners += (req.subscriber_id, p.account_id)
+        view = SessionView.of([p.request.session_id for p in batch], values, owners)
+        verdicts, args = view.checks(kinds, numbers, present)
         out, rows = [], []
         for r, (p, verdict) in enumerate(zip(batch, verdicts, strict=True)):
             if verdict == V_CHARGE:

@@ -18,10 +18,11 @@ from tollgate.engine.charging.batch import (
     KernelResult,
     Pending,
 )
+from tollgate.engine.charging.kernels import items
 from tollgate.engine.charging.kernels.charge import I_ACCT, I_REQ, I_RG, R_UNIT
 from tollgate.engine.charging.kernels.records import (
     HEAD_COLUMNS,
-    HEAD_STRINGS,
+    HEAD_KIND,
     record_items,
     record_table,
 )
@@ -34,6 +35,7 @@ from tollgate.engine.charging.kernels.sessions import (
     Q_ANS_AT,
     Q_ANS_LEN,
     Q_COLUMNS,
+    Q_KIND,
     Q_RN,
     Q_SUB_AT,
     Q_SUB_LEN,
@@ -42,11 +44,10 @@ from tollgate.engine.charging.kernels.sessions import (
     write_sessions,
 )
 from tollgate.engine.charging.usage_wire import encode_table
-from tollgate.engine.charging.wire import Strings
 from tollgate.engine.domain import EventKind, RequestType, ResultCode
 from tollgate.engine.rating.plans import RateTable
 from tollgate.engine.storage.state import AccountState
-from tollgate.engine.storage.writes import Writes
+from tollgate.engine.storage.writes import ByteTable, Texts, Writes, moved
 from tollgate.v1 import events_pb2
 
 SUCCESS = int(ResultCode.SUCCESS)
@@ -75,8 +76,10 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
                   rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]
                   ) -> Outcome:
     encoded = encode_answers(batch, kb, res, rates)
-    values = _sessions(batch, kb, res, rates, timing, encoded)
-    records = _records(batch, kb, res, rates)
+    numbers = np.array([p.request.request_number for p in batch], np.int64)
+    session_ids = Texts.of([p.request.session_id for p in batch])
+    values = _sessions(kb, res, rates, timing, encoded, numbers)
+    records = _records(batch, kb, res, rates, numbers, session_ids)
     index = kb.index
     events = []
     for ev in res.events:  # in item order, so in batch order
@@ -87,11 +90,11 @@ def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
     data = values.buf.tobytes()
     return Outcome(encoded.answers,
                    [data[a:b] for a, b in zip(*values.spans.tolist(), strict=True)],
-                   account_writes(batch, kb, res, renewals, values, records, events))
+                   account_writes(kb, res, renewals, values, session_ids, records, events))
 
 
-def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
-              timing: Timing, encoded: Encoded) -> SessionValues:
+def _sessions(kb: KernelBatch, res: KernelResult, rates: RateTable, timing: Timing,
+              encoded: Encoded, numbers: np.ndarray) -> SessionValues:
     """Each request's session after it, packed by the session kernel from its old value (in
     kb.view) and the charge kernel's outputs; with its expiry, and whether its open-session
     score is set again (a continuing session's score stays at or before its expiry, which
@@ -99,15 +102,15 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     saving Redis a ZADD per request)."""
     # The strings the values name, after the new answers: each request's subscriber and
     # account, then the batch's bucket ids (kb.names).
-    n = len(batch)
+    n = len(numbers)
     view = kb.view
     base = int(encoded.spans[1].max(initial=0))
     owners = view.owners[kb.view_rows]  # (subscriber at, length, account at, length)
     strings = np.concatenate((encoded.buffer[:base], view.ids, kb.names))
     reqs = np.empty((n, Q_COLUMNS), np.int64)
-    if batch:
-        reqs[:, Q_RN:Q_TIME + 1] = [(p.request.request_number, p.request.type,
-                                     p.request.time_ms) for p in batch]
+    reqs[:, Q_RN] = numbers
+    reqs[:, Q_KIND] = kb.requests[:, items.Q_TYPE]
+    reqs[:, Q_TIME] = kb.requests[:, items.Q_TIME]
     reqs[:, Q_ANS_AT] = encoded.spans[0]
     reqs[:, Q_ANS_LEN] = encoded.spans[1] - encoded.spans[0]
     reqs[:, [Q_SUB_AT, Q_SUB_LEN, Q_ACCT_AT, Q_ACCT_LEN]] = owners + np.array([base, 0, base, 0])
@@ -122,35 +125,55 @@ def _sessions(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: R
     return SessionValues(out, spans, expiry, rescore)
 
 
-def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable
-             ) -> RecordBytes:
+def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
+             numbers: np.ndarray, session_ids: Texts) -> RecordBytes:
     """The batch's rated usage records, in batch order: the records kernels build their tables
-    from the charging kernel's arrays; Python visits each request with a record once (its
-    strings and times), never a record."""
+    from the charging kernel's arrays, their strings are spans of the batch's id tables;
+    Python reads each request with a record's zone and origin, never a record."""
     chg = res.charge_table
     at, requests, buckets = record_items(res.items, res.outputs, res.shown, chg,
                                          len(kb.buckets))
     if not at.size:
         return NO_RECORDS
-    names: list[str] = []  # per request with records, its strings; then the buckets'
-    sessions = kb.view.arrays[0]
-    # Per session row, when its session last reported (None: no live session).
-    live = ((sessions[:, H_EXISTS] != 0) & (sessions[:, H_ST] != ST_EVENT)).tolist()
-    reported = [t if on else None
-                for t, on in zip(sessions[:, H_T].tolist(), live, strict=True)]
-    numbers = [_record_head(batch[n], reported[kb.view_rows[n]], kb, names)
-               for n in requests.tolist()]
-    names += [kb.buckets[s].bucket_id for s in buckets.tolist()]
-    # String k of the encoder's table is names[k]: a string met twice is there twice (a
-    # table of distinct strings cost more in dict steps than the repeats cost in bytes).
-    heads = np.empty((len(numbers), HEAD_COLUMNS), np.int64)
-    heads[:, :HEAD_STRINGS] = np.arange(len(numbers) * HEAD_STRINGS).reshape(-1, HEAD_STRINGS)
-    heads[:, HEAD_STRINGS:] = numbers
+    # The strings: each session row's subscriber (string row), its account (rows + row),
+    # each request's session id (2 rows + n), the batch's zones, origins and plan ids, then
+    # the buckets' ids.
+    view, view_rows = kb.view, np.array(kb.view_rows, np.int64)
+    rows, n = view.owners.shape[0], len(batch)
+    names: dict[str, int] = {}
+    req = requests.tolist()
+    zone = [names.setdefault(batch[r].zone, len(names)) for r in req]
+    origin = [names.setdefault(batch[r].request.origin, len(names)) for r in req]
+    plan = [names.setdefault(p.plan_id if p is not None else "", len(names))
+            for p in kb.plans]
+    t = ByteTable()
+    ids = t.add(view.ids)
+    strings = np.concatenate((
+        moved(view.owners[:, 0:2], ids), moved(view.owners[:, 2:4], ids),
+        moved(session_ids.spans, t.add(session_ids.text)), t.texts(list(names)),
+        moved(kb.bucket_names.T, t.add(kb.names))))
+    first_name, first_bucket = 2 * rows + n, 2 * rows + n + len(names)
+    accounts = kb.requests[requests, items.Q_ACCT]
+    sessions = view.arrays[0]
+    row = view_rows[requests]
+    # A live session's usage starts when it last reported; an event's or a new session's at
+    # the request's time.
+    live = (sessions[row, H_EXISTS] != 0) & (sessions[row, H_ST] != ST_EVENT)
+    time_ms = kb.requests[requests, items.Q_TIME]
+    heads = np.empty((len(req), HEAD_COLUMNS), np.int64)
+    heads[:, :HEAD_KIND] = np.stack((
+        rows + row, row, 2 * rows + requests, first_name + np.array(zone, np.int64),
+        first_name + np.array(plan, np.int64)[accounts],
+        first_name + np.array(origin, np.int64), numbers[requests],
+        np.where(live, sessions[row, H_T], time_ms), time_ms,
+        np.array([p.version if p is not None else 0 for p in kb.plans], np.int64)[accounts]),
+        axis=1)
+    heads[:, HEAD_KIND] = kb.requests[requests, items.Q_TYPE]
     bucket_name = np.full(len(kb.buckets), -1, np.int64)
-    bucket_name[buckets] = np.arange(len(names) - len(buckets), len(names))
+    bucket_name[buckets] = first_bucket + buckets
     records, charges = record_table(res.items, res.outputs, at, heads, rates.record_terms(),
                                     res.service, chg, bucket_name)
-    buf, spans = encode_table(records, charges, Strings.of(names))
+    buf, spans = encode_table(records, charges, t.table(), strings)
     return RecordBytes(buf, spans, res.items[at, I_ACCT])
 
 
@@ -188,16 +211,3 @@ def event(ev: tuple[int, int, int, int, int, int], rating_group: int, p: Pending
         session_id=p.request.session_id, bucket_id=bucket, rating_group=rating_group,
         threshold_percent=level, value=value, limit=limit, time_ms=p.request.time_ms,
         cycle_start_ms=acct.cycle_start).SerializeToString()
-
-
-def _record_head(p: Pending, reported: int | None, kb: KernelBatch, names: list[str]
-                 ) -> tuple[int, ...]:
-    """A request's head numbers (kernels.records.HEAD after its HEAD_STRINGS, then its type);
-    its strings (an empty plan: none) are added to `names`. `reported`: when its live session
-    last reported (None: it has none)."""
-    req = p.request
-    plan = kb.plans[kb.index[p.account_id]]
-    names += (p.account_id, req.subscriber_id, req.session_id, p.zone,
-              plan.plan_id if plan is not None else "", req.origin)
-    return (req.request_number, req.time_ms if reported is None else reported,
-            req.time_ms, plan.version if plan is not None else 0, req.type)

@@ -3,7 +3,6 @@ outcome share (no session becomes Python objects on the charging path)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ from tollgate.engine.charging.kernels.sessions import (
     read_sessions,
     write_sessions,
 )
+from tollgate.engine.storage.writes import Texts
 
 
 @dataclass(slots=True)
@@ -44,9 +44,10 @@ class SessionView:
     owners: np.ndarray  # per row: subscriber id's offset in ids, length; account id's, length
 
     @staticmethod
-    def of(session_ids: list[str], values: list[bytes | None],
-           owners: list[tuple[str, str]]) -> SessionView:
-        """`owners`: per row, the (subscriber id, account id) of its request."""
+    def of(session_ids: list[str], values: list[bytes | None], owners: list[str]
+           ) -> SessionView:
+        """`owners`: per row, the subscriber id and the account id of its request, one after
+        the other."""
         data = b"".join(v for v in values if v)
         lengths = np.fromiter((len(v) if v else 0 for v in values), np.int64, len(values))
         ends = np.cumsum(lengths)
@@ -55,20 +56,18 @@ class SessionView:
         heads, answers, held, rated, bad = read_sessions(buf, spans)
         if bad >= 0:
             raise ValueError(f"session {session_ids[bad]!r}: its stored value is malformed")
-        parts = [x.encode() for pair in owners for x in pair]
-        sizes = np.fromiter(map(len, parts), np.int64, len(parts))
-        starts = np.cumsum(sizes) - sizes
-        return SessionView(data, buf, (heads, answers, held, rated),
-                           np.frombuffer(b"".join(parts), np.uint8),
-                           np.stack((starts[0::2], sizes[0::2], starts[1::2], sizes[1::2]),
-                                    axis=1))
+        ids = Texts.of(owners)
+        return SessionView(data, buf, (heads, answers, held, rated), ids.text,
+                           ids.spans.reshape(-1, 4))
 
-    def checks(self, requests: Sequence[tuple[int, int, bool]]
+    def checks(self, kinds: list[int], numbers: list[int], present: list[bool]
                ) -> tuple[list[int], list[int]]:
         """The verdict of each row's request (kernels.session_checks V_*) and its argument;
-        `requests`: per row its type, request number and whether its account is at hand."""
-        reqs = np.empty((len(requests), C_COLUMNS), np.int64)
-        reqs[:, [C_TYPE, C_RN, C_ACCOUNT]] = np.array(requests, np.int64).reshape(-1, 3)
+        per row its request's type and number, and whether its account is at hand."""
+        reqs = np.empty((len(kinds), C_COLUMNS), np.int64)
+        reqs[:, C_TYPE] = kinds
+        reqs[:, C_RN] = numbers
+        reqs[:, C_ACCOUNT] = present
         reqs[:, [C_SUB_AT, C_SUB_LEN, C_ACCT_AT, C_ACCT_LEN]] = self.owners
         heads, answers, _, _ = self.arrays
         verdicts, args = session_checks(heads, answers, self.buf, reqs, self.ids).tolist()
@@ -83,7 +82,7 @@ class SessionView:
 def warm_up() -> None:
     """Loads (or compiles) both session kernels for the arrays the engine passes."""
     view = SessionView.of([], [], [])
-    view.checks([])
+    view.checks([], [], [])
     empty = np.zeros(0, np.int64)
     write_sessions(view.buf, *view.arrays, empty, np.zeros((0, Q_COLUMNS), np.int64),
                    np.zeros((0, I_REQ + 1), np.int64), np.zeros((O_S_CHARGED + 1, 0), np.int64),

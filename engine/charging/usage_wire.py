@@ -3,8 +3,9 @@ byte for byte what upb writes (tests/unit/test_usage_wire.py): the hot path buil
 record objects.
 
 A record is a column of the records table (REC_* rows): its numbers, and its strings as
-indexes into a string table (wire.Strings; -1 or an empty string: not written, as proto3
-leaves out empty fields). Its balance charges are the columns [REC_CHARGES_LO,
+indexes into a string table (string k is text[spans[k, 0]:][:spans[k, 1]], so the strings
+may be spans of the batch's id tables; -1 or an empty string: not written, as proto3 leaves
+out empty fields). Its balance charges are the columns [REC_CHARGES_LO,
 REC_CHARGES_HI) of the charges table (C_* rows). The fields the hot path never sets (the
 record id, which a reader sets from the stream entry, and the re-rating fields) are left out.
 """
@@ -67,29 +68,29 @@ def _scalar(field: int, value: np.uint64) -> int:
 
 
 @helper
-def _text(at: np.ndarray, k: int) -> int:
-    return at[k + 1] - at[k] if k >= 0 else 0
+def _text(spans: np.ndarray, k: int) -> int:
+    return spans[k, 1] if k >= 0 else 0
 
 
 @helper
-def _charge_size(charges: np.ndarray, c: int, at: np.ndarray) -> int:
+def _charge_size(charges: np.ndarray, c: int, spans: np.ndarray) -> int:
     size = _scalar(2, np.uint64(charges[C_UNITS, c])) + _scalar(3, np.uint64(charges[C_MICROS, c]))
-    n = _text(at, charges[C_BUCKET, c])
+    n = _text(spans, charges[C_BUCKET, c])
     return size + (_nested_size(n) if n > 0 else 0)
 
 
 @helper
-def _record_size(records: np.ndarray, r: int, charges: np.ndarray, at: np.ndarray) -> int:
+def _record_size(records: np.ndarray, r: int, charges: np.ndarray, spans: np.ndarray) -> int:
     size = 0
     for f in range(FIELDS.shape[0]):
         row, field, kind = FIELDS[f, 0], FIELDS[f, 1], FIELDS[f, 2]
         if kind == STRING:
-            n = _text(at, records[row, r])
+            n = _text(spans, records[row, r])
             if n > 0:
                 size += _tag_size(field) + _varint_size(np.uint64(n)) + n
         elif kind == CHARGES:
             for c in range(records[REC_CHARGES_LO, r], records[REC_CHARGES_HI, r]):
-                n = _charge_size(charges, c, at)
+                n = _charge_size(charges, c, spans)
                 size += _tag_size(field) + _varint_size(np.uint64(n)) + n
         else:
             size += _scalar(field, _value(kind, records[row, r]))
@@ -109,21 +110,25 @@ def _put_scalar(out: np.ndarray, pos: int, field: int, value: np.uint64) -> int:
 
 
 @helper
-def _put_text(out: np.ndarray, pos: int, field: int, text: np.ndarray, at: np.ndarray,
+def _put_text(out: np.ndarray, pos: int, field: int, text: np.ndarray, spans: np.ndarray,
               k: int) -> int:
-    n = _text(at, k)
+    n = _text(spans, k)
     if n == 0:
         return pos
     pos = _put_varint(out, _put_tag(out, pos, field, WT_LEN), np.uint64(n))
-    start = at[k]
+    start = spans[k, 0]
     for i in range(n):
         out[pos + i] = text[start + i]
     return pos + n
 
 
 @helper
-def _check(records: np.ndarray, charges: np.ndarray, at: np.ndarray) -> bool:
-    strings = at.shape[0] - 1
+def _check(records: np.ndarray, charges: np.ndarray, text: np.ndarray, spans: np.ndarray
+           ) -> bool:
+    strings = spans.shape[0]
+    for k in range(strings):
+        if spans[k, 0] < 0 or spans[k, 1] < 0 or spans[k, 0] + spans[k, 1] > text.size:
+            return False
     for r in range(records.shape[1]):
         for row in (REC_ACCOUNT, REC_SUBSCRIBER, REC_SESSION, REC_ZONE, REC_PLAN, REC_ORIGIN):
             if not -1 <= records[row, r] < strings:
@@ -139,52 +144,54 @@ def _check(records: np.ndarray, charges: np.ndarray, at: np.ndarray) -> bool:
 
 @njit(cache=True, nogil=True)
 def encode_kernel(records: np.ndarray, charges: np.ndarray, text: np.ndarray,
-                  at: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+                  spans: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """The records' bytes end to end, each record's [start, end) (rows 0 and 1), and True;
     or nothing and False if an index points outside its table (checked first)."""
     n = records.shape[1]
-    if not _check(records, charges, at):
+    if not _check(records, charges, text, spans):
         return np.empty(0, np.uint8), np.empty((2, 0), np.int64), False
     sizes = np.empty(n, np.int64)
     total = 0
     for r in range(n):
-        sizes[r] = _record_size(records, r, charges, at)
+        sizes[r] = _record_size(records, r, charges, spans)
         total += sizes[r]
     out = np.empty(total, np.uint8)
-    spans = np.empty((2, n), np.int64)
+    bounds = np.empty((2, n), np.int64)
     pos = 0
     for r in range(n):
-        spans[0, r] = pos
+        bounds[0, r] = pos
         for f in range(FIELDS.shape[0]):
             row, field, kind = FIELDS[f, 0], FIELDS[f, 1], FIELDS[f, 2]
             if kind == STRING:
-                pos = _put_text(out, pos, field, text, at, records[row, r])
+                pos = _put_text(out, pos, field, text, spans, records[row, r])
             elif kind == CHARGES:
                 for c in range(records[REC_CHARGES_LO, r], records[REC_CHARGES_HI, r]):
                     pos = _put_varint(out, _put_tag(out, pos, field, WT_LEN),
-                                      np.uint64(_charge_size(charges, c, at)))
-                    pos = _put_text(out, pos, 1, text, at, charges[C_BUCKET, c])
+                                      np.uint64(_charge_size(charges, c, spans)))
+                    pos = _put_text(out, pos, 1, text, spans, charges[C_BUCKET, c])
                     pos = _put_scalar(out, pos, 2, np.uint64(charges[C_UNITS, c]))
                     pos = _put_scalar(out, pos, 3, np.uint64(charges[C_MICROS, c]))
             else:
                 pos = _put_scalar(out, pos, field, _value(kind, records[row, r]))
-        spans[1, r] = pos
-    return out, spans, True
+        bounds[1, r] = pos
+    return out, bounds, True
 
 
-def encode_table(records: np.ndarray, charges: np.ndarray, strings: Strings
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The records' RatedUsage bytes end to end, and each one's (2, n) [start, end).
-    ValueError if an index points outside its table."""
-    out, spans, ok = encode_kernel(records, charges, strings.text, strings.at)
+def encode_table(records: np.ndarray, charges: np.ndarray, text: np.ndarray,
+                 spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The records' RatedUsage bytes end to end, and each one's (2, n) [start, end); string
+    k is text[spans[k, 0]:][:spans[k, 1]]. ValueError if an index points outside its table."""
+    out, bounds, ok = encode_kernel(records, charges, text, spans)
     if not ok:
         raise ValueError("cannot encode the records: an index points outside its table")
-    return out, spans
+    return out, bounds
 
 
 def encode_records(records: np.ndarray, charges: np.ndarray, strings: Strings) -> list[bytes]:
     """Each record's RatedUsage bytes (encode_table)."""
-    out, spans = encode_table(records, charges, strings)
+    at = strings.at
+    out, spans = encode_table(records, charges, strings.text,
+                              np.stack((at[:-1], np.diff(at)), axis=1))
     data = out.tobytes()
     return [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
 

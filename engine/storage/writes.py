@@ -122,6 +122,27 @@ class ByteTable:
                                for p in self.pieces]) if self.pieces else np.zeros(0, np.uint8)
 
 
+def moved(spans: np.ndarray, by: int) -> np.ndarray:
+    """(offset, length) rows of strings whose table now starts `by` bytes later."""
+    out = spans.copy()
+    out[:, 0] += by
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Texts:
+    """Strings end to end in UTF-8, with each one's (offset, length), a row each."""
+
+    text: np.ndarray
+    spans: np.ndarray
+
+    @staticmethod
+    def of(texts: list[str]) -> Texts:
+        t = ByteTable()
+        spans = t.texts(texts)
+        return Texts(t.table(), spans)
+
+
 @dataclass(slots=True)
 class Writes:
     """Account writes (kernels/apply_calls's tables): what Store.apply_writes sends. A group

@@ -38,6 +38,7 @@ from tollgate.engine.charging.usage_wire import (
     REC_UNITS,
     REC_ZONE,
     encode_records,
+    encode_table,
 )
 from tollgate.engine.charging.wire import Strings
 from tollgate.v1 import usage_pb2
@@ -131,3 +132,30 @@ def test_a_bucket_index_outside_the_string_table_is_refused() -> None:
 
     with pytest.raises(ValueError, match="outside its table"):
         encode_records(table, charges, strings)
+
+
+@settings(max_examples=100, deadline=None)
+@given(records(), st.binary(max_size=8))
+def test_strings_may_be_any_spans_of_a_text(recs: list[usage_pb2.RatedUsage],
+                                            junk: bytes) -> None:
+    """The charging path names the batch's id tables where they lie: the same record bytes
+    with the strings in reverse order and bytes between them."""
+    table, charges, strings = tables(recs)
+    words = [strings.text[a:b].tobytes() for a, b in zip(strings.at[:-1], strings.at[1:],
+                                                          strict=True)]
+    text, spans = b"", []
+    for w in reversed(words):
+        text += junk
+        spans.append((len(text), len(w)))
+        text += w
+    out, bounds = encode_table(table, charges, np.frombuffer(text, np.uint8).copy(),
+                               np.array(spans[::-1], np.int64).reshape(-1, 2))
+    data = out.tobytes()
+    assert [data[a:b] for a, b in bounds.T.tolist()] == [r.SerializeToString() for r in recs]
+
+
+def test_a_span_outside_the_text_is_refused() -> None:
+    table, charges, strings = tables([usage_pb2.RatedUsage(account_id="a")])
+
+    with pytest.raises(ValueError, match="outside its table"):
+        encode_table(table, charges, strings.text, np.array([[0, 2]], np.int64))
