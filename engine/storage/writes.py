@@ -13,8 +13,6 @@ from tollgate.engine.charging.kernels.account_tables import (
     FLAG_CREATED,
     FLAG_KEEP,
     FLAG_RESCORE,
-    S_ID_AT,
-    S_ID_LEN,
 )
 from tollgate.engine.charging.kernels.apply_calls import (
     G_COLUMNS,
@@ -33,6 +31,8 @@ from tollgate.engine.charging.kernels.apply_calls import (
     PK_COLUMNS,
     S_COLUMNS,
     S_FLAG,
+    S_ID_AT,
+    S_ID_LEN,
     SET_COLUMNS,
     apply_calls,
 )
@@ -217,7 +217,6 @@ def of_objects(writes: dict[int, list[AccountWrite]]) -> Writes:
     return Writes(strings.table(), table(groups, G_COLUMNS),
                   table(sets, SET_COLUMNS), table(sessions, S_COLUMNS), table(records, 2),
                   table(events, 2))
-
 
 
 def warm_up() -> None:

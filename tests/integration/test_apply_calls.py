@@ -153,3 +153,20 @@ async def test_a_first_call_finds_its_script_loaded_and_is_sent_once(tollgate, g
         assert not [r for r in caplog.records if r.getMessage() == "partitions sent again"]
     finally:
         await store.close()
+
+
+async def test_a_write_outside_the_stores_partitions_is_refused_before_any_call(
+        tollgate, gateway, monkeypatch: pytest.MonkeyPatch):
+    """The call writer reads each partition's keys from a table of the store's partitions:
+    a write naming another partition never reaches it, and nothing of the batch is sent."""
+    await gateway.setup(accounts=ACCOUNTS)
+    store = tollgate.store
+    before = await _money(store)
+    writes = await _writes(store)
+    outside = store.partitions
+    writes[outside] = [AccountWrite(keys.account(outside, "acct-x"), 1, {"money": 5})]
+    counts = _count_calls(store, monkeypatch)
+    with pytest.raises(ValueError, match=f"partition .*{outside}"):
+        await store.apply(writes, 60_000)
+    assert counts == []
+    assert await _money(store) == before
