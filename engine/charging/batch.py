@@ -124,8 +124,7 @@ class KernelResult:
     s_billed: list[int]  # all zero: unchanged)
     s_rem: list[int]
     s_charged: list[int]
-    changes: list[list[int]]  # [account, what, index, new value] of each output that moved
-    change_rows: np.ndarray  # the same, a row each
+    change_rows: np.ndarray  # (account, what, index, new value) of each output that moved
     charge_table: np.ndarray  # the balances each item charged: rows item (nondecreasing),
     # source (a bucket's position, MONEY_SOURCE), units, micros
     events: list[tuple[int, int, int, int, int, int]]  # (item, kind, ref, level, value, limit)
@@ -200,9 +199,7 @@ class KernelBatch:
                             member_rows[M_SPENT:].ravel(), unit_rows[U_USED:].ravel(), cycle)),
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
-        return KernelResult(*out.tolist(),  # type: ignore[misc]
-                            changes=change_rows.tolist(),
-                            change_rows=change_rows,
+        return KernelResult(*out.tolist(), change_rows=change_rows,  # type: ignore[misc]
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out, shown=self.shown,
                             service=self.service)
@@ -236,7 +233,7 @@ class KernelBatch:
         """Brings the cached state this batch read up to the kernel's outputs, except for the
         accounts at the positions `refused` (their apply was refused)."""
         accounts, buckets, members = self.accounts, self.buckets, self.members
-        for a, what, i, v in res.changes:
+        for a, what, i, v in res.change_rows.tolist():
             if a in refused:
                 continue
             if what < REMAINING:

@@ -19,7 +19,6 @@ from tollgate.engine.charging.kernels.charge import helper
 from tollgate.engine.charging.wire import (
     WT_LEN,
     WT_VARINT,
-    Strings,
     _nested_size,
     _put_varint,
     _varint_size,
@@ -187,16 +186,7 @@ def encode_table(records: np.ndarray, charges: np.ndarray, text: np.ndarray,
     return out, bounds
 
 
-def encode_records(records: np.ndarray, charges: np.ndarray, strings: Strings) -> list[bytes]:
-    """Each record's RatedUsage bytes (encode_table)."""
-    at = strings.at
-    out, spans = encode_table(records, charges, strings.text,
-                              np.stack((at[:-1], np.diff(at)), axis=1))
-    data = out.tobytes()
-    return [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
-
-
 def warm_up() -> None:
     """Loads (or compiles) the kernel for the arrays the engine passes."""
-    encode_records(np.zeros((REC_ROWS, 0), np.int64), np.zeros((C_ROWS, 0), np.int64),
-                   Strings.of([]))
+    encode_table(np.zeros((REC_ROWS, 0), np.int64), np.zeros((C_ROWS, 0), np.int64),
+                 np.zeros(0, np.uint8), np.zeros((0, 2), np.int64))

@@ -103,18 +103,20 @@ class ByteTable:
 
     def spans(self, pieces: Sequence[bytes]) -> np.ndarray:
         """Appends pieces end to end; returns (offset, length) of each, a row per piece."""
-        lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
-        at = self.add(b"".join(pieces))
-        ends = np.cumsum(lengths) + at
-        return np.stack((ends - lengths, lengths), axis=1)
+        return self._joined(b"".join(pieces), pieces)
 
     def texts(self, texts: list[str]) -> np.ndarray:
-        """spans() of the texts in UTF-8; ASCII ones (the usual ids) encoded in one step."""
+        """spans() of the texts in UTF-8; ASCII ones (the usual ids) encoded in one step (a
+        character is a byte)."""
         joined = "".join(texts)
         if not joined.isascii():
             return self.spans([x.encode() for x in texts])
-        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
-        ends = np.cumsum(lengths) + self.add(joined.encode())
+        return self._joined(joined.encode(), texts)
+
+    def _joined(self, data: bytes, parts: Sequence[bytes] | list[str]) -> np.ndarray:
+        """Appends `data`, the parts end to end (each len() bytes long)."""
+        lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+        ends = np.cumsum(lengths) + self.add(data)
         return np.stack((ends - lengths, lengths), axis=1)
 
     def table(self) -> np.ndarray:

@@ -37,7 +37,6 @@ from tollgate.engine.charging.usage_wire import (
     REC_UNIT,
     REC_UNITS,
     REC_ZONE,
-    encode_records,
     encode_table,
 )
 from tollgate.engine.charging.wire import Strings
@@ -55,6 +54,15 @@ NUMBER_ROWS = {REC_NUMBER: ("request_number", UINT32), REC_RATING_GROUP: ("ratin
                REC_PLAN_VERSION: ("plan_version", UINT32), REC_PRICE: ("price_micros", INT64),
                REC_INCREMENT: ("increment", INT64), REC_MONEY: ("money_micros", INT64),
                REC_OVERAGE_UNITS: ("overage_units", INT64), REC_FEE: ("connect_fee_micros", INT64)}
+
+
+def encode_records(records: np.ndarray, charges: np.ndarray, strings: Strings) -> list[bytes]:
+    """Each record's bytes, its strings given as a contiguous table."""
+    at = strings.at
+    out, spans = encode_table(records, charges, strings.text,
+                              np.stack((at[:-1], np.diff(at)), axis=1))
+    data = out.tobytes()
+    return [data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)]
 
 
 @st.composite
