@@ -63,7 +63,7 @@ def account_writes(kb: KernelBatch, res: KernelResult, renewals: dict[str, dict[
     groups, sets, sessions, record_rows, event_rows = account_tables(
         bases, np.array([a.version for a in accounts], np.int64),
         np.array([a.partition for a in accounts], np.int64),
-        kb.requests, np.array(kb.view_rows, np.int64), kb.view.owners, kb.view.arrays[0],
+        kb.requests, kb.view_rows, kb.view.owners, kb.view.arrays[0],
         moved(session_ids.spans, t.add(session_ids.text)), values.expiry, values.rescore,
         values.spans, changes, kb.bucket_names, _reserved(kb, changes, kinds),
         _member_names(kb, changes, kinds, t), _cycle_names(kb, changes, kinds, t),

@@ -149,7 +149,7 @@ class KernelBatch:
     service: np.ndarray  # per item, its service id
     slots: list[tuple[int, int]]  # cycle slot -> (account position, rating group)
     view: SessionView  # the batch's sessions; request n's is row view_rows[n]
-    view_rows: list[int]
+    view_rows: np.ndarray  # int64
     names: np.ndarray  # the buckets' ids end to end (UTF-8)
     bucket_names: np.ndarray  # (offset in names, length) per bucket position
     requests: np.ndarray  # a row per request (kernels.items Q_*: its type, account, ...)
@@ -163,7 +163,7 @@ class KernelBatch:
         rg_end = list(itertools.accumulate(len(r) for r in rg_lists))
         items = self.items
         heads, _, held, rated = self.view.arrays
-        bad = session_columns(items, np.array(self.view_rows, np.int64), heads, held, rated,
+        bad = session_columns(items, self.view_rows, heads, held, rated,
                               self.view.buf,
                               self.names, self.bucket_names,
                               np.array(self.bucket_start, np.int64))
@@ -288,7 +288,8 @@ def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[s
     items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
                                              rates.arrays()[0], heads, held, now_ms)
     return KernelBatch(accounts, index, account_plans, bucket_start, buckets, members, items,
-                       shown, service, list(zip(*slots.tolist(), strict=True)), view, rows,
+                       shown, service, list(zip(*slots.tolist(), strict=True)), view,
+                       np.array(rows, np.int64),
                        np.frombuffer(b"".join(names), np.uint8),
                        np.stack((np.cumsum(lengths) - lengths, lengths)), reqs.rows)
 

@@ -120,7 +120,7 @@ def _sessions(kb: KernelBatch, res: KernelResult, rates: RateTable, timing: Timi
     params = np.array([timing.now_ms, timing.answers_kept, timing.default_validity_s,
                        timing.stale_grace_s], np.int64)
     out, spans, expiry, rescore = write_sessions(
-        kb.view.buf, *kb.view.arrays, np.array(kb.view_rows, np.int64), reqs, res.items,
+        kb.view.buf, *kb.view.arrays, kb.view_rows, reqs, res.items,
         res.outputs, unit, strings, bucket_names, params)
     return SessionValues(out, spans, expiry, rescore)
 
@@ -138,7 +138,7 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     # The strings: each session row's subscriber (string row), its account (rows + row),
     # each request's session id (2 rows + n), the batch's zones, origins and plan ids, then
     # the buckets' ids.
-    view, view_rows = kb.view, np.array(kb.view_rows, np.int64)
+    view, view_rows = kb.view, kb.view_rows
     rows, n = view.owners.shape[0], len(batch)
     names: dict[str, int] = {}
     req = requests.tolist()
