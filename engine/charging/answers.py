@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from tollgate.engine.charging import wire
-from tollgate.engine.charging.batch import KernelBatch, KernelResult, Pending
+from tollgate.engine.charging.batch import KernelBatch, KernelResult
 from tollgate.engine.charging.kernels.charge import (
     I_ACCT,
     I_RATE,
@@ -28,6 +28,7 @@ from tollgate.engine.charging.kernels.charge import (
 )
 from tollgate.engine.domain import FinalUnit, UnitType
 from tollgate.engine.rating.plans import RateTable
+from tollgate.engine.storage.writes import Texts
 
 UNIT_FIELD_NUMBER = np.array([0, 1, 4, 5], np.int64)
 """By UnitType, the Units field that carries a grant: total_octets, time_seconds,
@@ -42,20 +43,19 @@ class Encoded(NamedTuple):
     spans: np.ndarray  # (2, n): each answer's start and end in `buffer`
 
 
-def encode(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable
-           ) -> Encoded:
+def encode(kb: KernelBatch, res: KernelResult, rates: RateTable, session_ids: Texts,
+           numbers: np.ndarray) -> Encoded:
     """Each request's answer (SUCCESS, its grants in item order but for the releases a
-    TERMINATION did not mention, what it was charged), in batch order."""
+    TERMINATION did not mention, what it was charged), in batch order; `session_ids`: the
+    requests' end to end (a writable table, as the encoder is compiled for), `numbers`:
+    their request numbers."""
     finals, filters, strings, final_of_account = _finals(kb)
-    sessions = [p.request.session_id.encode() for p in batch]
-    numbers = np.array([p.request.request_number for p in batch], np.int64)
-    lengths = np.array([len(s) for s in sessions], np.int64)
     unit = rates.arrays()[0][R_UNIT] if rates.rates else np.zeros(0, np.int64)
     answers, grants = tables_kernel(res.items, res.outputs, res.shown, res.service, numbers,
-                                    lengths,
-                                    unit, rates.grant_terms(), final_of_account)
-    src = np.frombuffer(bytearray(b"".join(sessions)), np.uint8)  # writable, as warmed up
-    encoded, spans = wire.encode_answers(src, answers, grants, strings, finals, filters)
+                                    session_ids.spans[:, 1].copy(), unit, rates.grant_terms(),
+                                    final_of_account)
+    encoded, spans = wire.encode_answers(session_ids.text, answers, grants, strings, finals,
+                                         filters)
     data = encoded.tobytes()
     return Encoded([data[a:b] for a, b in zip(spans[0].tolist(), spans[1].tolist(), strict=True)],
                    encoded, spans)

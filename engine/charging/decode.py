@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tollgate.engine.charging import wire
-from tollgate.engine.charging.kernels.checks import plain_requests
+from tollgate.engine.charging.kernels.checks import plain_requests, plain_texts
 from tollgate.engine.charging.wire import (
     LEN,
     OFF,
@@ -112,12 +112,16 @@ class _Columns:
     """One parsed message's tables as Python lists, read once for the whole message."""
 
     def __init__(self, data: bytes, parsed: wire.Parsed) -> None:
-        req = parsed.requests.tolist()
-        self.data, self.table = data, parsed.units
-        self.number, self.type, self.time = req[R_NUMBER], req[R_TYPE], req[R_TIME]
-        self.lo, self.hi = req[R_UNITS_LO], req[R_UNITS_HI]
-        self.strings = {row: (req[row + OFF], req[row + LEN])
-                        for row in (R_SESSION, R_SUBSCRIBER, R_ZONE, R_ORIGIN, R_DESTINATION)}
+        req = parsed.requests
+        self.data, self.table, self.requests = data, parsed.units, req
+        self.number, self.type, self.time, self.lo, self.hi = req[
+            [R_NUMBER, R_TYPE, R_TIME, R_UNITS_LO, R_UNITS_HI]].tolist()
+
+    @functools.cached_property
+    def strings(self) -> dict[int, tuple[list[int], list[int]]]:
+        """Each string field's offsets and lengths, for the requests checked one by one."""
+        return {row: (self.requests[row + OFF].tolist(), self.requests[row + LEN].tolist())
+                for row in (R_SESSION, R_SUBSCRIBER, R_ZONE, R_ORIGIN, R_DESTINATION)}
 
     @functools.cached_property
     def units(self) -> list[list[int]]:
@@ -147,10 +151,13 @@ def decode_steps(data: bytes, parsed: wire.Parsed, config: Config, now_ms: int, 
     """decode_all's requests, `step` at a time: a caller may let other work run between."""
     cols = _Columns(data, parsed)
     plain = plain_requests(parsed.buf, parsed.requests, parsed.units,
-                           check_limits(config, now_ms), KNOWN_REASONS).tolist()
-    for lo in range(0, len(plain), step):
-        yield [_plain_request(cols, r, now_ms) if plain[r] else _request(cols, r, config, now_ms)
-               for r in range(lo, min(lo + step, len(plain)))]
+                           check_limits(config, now_ms), KNOWN_REASONS)
+    texts = plain_texts(parsed.buf, parsed.requests, plain).tobytes().decode().split("\0")
+    flags = plain.tolist()
+    for lo in range(0, len(flags), step):
+        yield [_plain_request(cols, texts, r, now_ms) if flags[r]
+               else _request(cols, r, config, now_ms)
+               for r in range(lo, min(lo + step, len(flags)))]
 
 
 def check_limits(config: Config, now_ms: int) -> np.ndarray:
@@ -160,12 +167,13 @@ def check_limits(config: Config, now_ms: int) -> np.ndarray:
                      now_ms + config.event_time_future_s * 1000, MAX_TIME_MS], np.int64)
 
 
-def _plain_request(c: _Columns, r: int, now_ms: int) -> Request:
-    """A request plain_requests passed, built without checking it again."""
-    text = c.text
-    return Request(text(R_SESSION, r), c.number[r], REQUEST_TYPES[c.type[r]],
-                   text(R_SUBSCRIBER, r), c.time[r] or now_ms, text(R_ZONE, r),
-                   text(R_ORIGIN, r), text(R_DESTINATION, r), c.table, c.lo[r], c.hi[r])
+def _plain_request(c: _Columns, texts: list[str], r: int, now_ms: int) -> Request:
+    """A request plain_requests passed, built without checking it again; `texts`: the
+    message's strings by plain_texts."""
+    k = 5 * r
+    return Request(texts[k], c.number[r], REQUEST_TYPES[c.type[r]], texts[k + 1],
+                   c.time[r] or now_ms, texts[k + 2], texts[k + 3], texts[k + 4], c.table,
+                   c.lo[r], c.hi[r])
 
 
 def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Invalid:

@@ -20,7 +20,7 @@ from tollgate.engine.charging.batcher import Batcher, Prepared
 from tollgate.engine.charging.decode import Invalid, Request, decode_all, decode_steps, error_answer
 from tollgate.engine.charging.decode import warm_up as warm_up_checks
 from tollgate.engine.charging.flow import SmallFirst
-from tollgate.engine.charging.kernels import records
+from tollgate.engine.charging.kernels import items, records
 from tollgate.engine.charging.kernels.charge import O_RESULT
 from tollgate.engine.charging.kernels.session_checks import (
     V_CHARGE,
@@ -702,16 +702,19 @@ class Engine:
                 acct.version += 1
         kb.keep(run.res, refused)
         again: list[Pending] = []
-        for p, value, answer in zip(batch, outcome.values, outcome.answers, strict=True):
-            if p.account_id in conflicted:
+        accounts = kb.accounts
+        positions, kinds = kb.requests[:, [items.Q_ACCT, items.Q_TYPE]].T.tolist()
+        for p, value, answer, a, kind in zip(batch, outcome.values, outcome.answers, positions,
+                                             kinds, strict=True):
+            if refused and a in refused:
                 p.reruns += 1
                 if p.reruns > MAX_RERUNS:
                     p.refuse(ResultCode.UNABLE_TO_COMPLY, "account is changing too fast, retry")
                 else:
                     again.append(p)
                 continue
-            sessions = kb.accounts[kb.index[p.account_id]].sessions
-            if p.request.type in ENDS:  # a TERMINATION's session, and every EVENT's
+            sessions = accounts[a].sessions
+            if kind in ENDS:  # a TERMINATION's session, and every EVENT's
                 # Kept only in Redis, with its stored answers: a later request reads it, and a
                 # retransmitted first request (not read first) is refused by the apply as
                 # existing, then read and answered. Cached, every event id would stay until

@@ -75,9 +75,9 @@ class Timing:
 def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
                   rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]
                   ) -> Outcome:
-    encoded = encode_answers(batch, kb, res, rates)
     numbers = np.array([p.request.request_number for p in batch], np.int64)
     session_ids = Texts.of([p.request.session_id for p in batch])
+    encoded = encode_answers(kb, res, rates, session_ids, numbers)
     values = _sessions(kb, res, rates, timing, encoded, numbers)
     records = _records(batch, kb, res, rates, numbers, session_ids)
     index = kb.index

@@ -1,6 +1,7 @@
-"""Which parsed requests are plainly valid: one pass over the wire tables instead of a Python
-check per request. Its reference is engine/charging/decode.py's `_request`, which still words every
-refusal (tests/unit/test_request_checks.py compares the two)."""
+"""Which parsed requests are plainly valid, and their strings: one pass over the wire tables
+instead of a Python check per request. The reference of both is engine/charging/decode.py's
+`_request`, which still words every refusal and decodes each string on its own
+(tests/unit/test_request_checks.py compares the requests built either way)."""
 
 from __future__ import annotations
 
@@ -107,4 +108,27 @@ def plain_requests(buf: np.ndarray, req: np.ndarray, units: np.ndarray, limits: 
                 break
         if plain:
             out[r] = 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def plain_texts(buf: np.ndarray, req: np.ndarray, plain: np.ndarray) -> np.ndarray:
+    """The string fields (STRINGS' order) of the plain requests, each followed by a NUL byte;
+    five empty ones for any other request. Plain text is printable ASCII, so one decode and
+    one split of the whole give every request's strings (request r's from 5 * r)."""
+    n = req.shape[1]
+    total = 0
+    for r in range(n):
+        for k in range(STRINGS.shape[0]):
+            total += (req[STRINGS[k] + LEN, r] if plain[r] else 0) + 1
+    out = np.empty(total, np.uint8)
+    pos = 0
+    for r in range(n):
+        for k in range(STRINGS.shape[0]):
+            if plain[r]:
+                off, size = req[STRINGS[k] + OFF, r], req[STRINGS[k] + LEN, r]
+                out[pos:pos + size] = buf[off:off + size]
+                pos += size
+            out[pos] = 0
+            pos += 1
     return out
