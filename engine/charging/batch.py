@@ -112,19 +112,8 @@ FIRST_WHAT = np.array([0, REMAINING, MEMBER_SPENT, MEMBER_USED, CYCLE], np.int64
 
 @dataclass(slots=True)
 class KernelResult:
-    """Kernel outputs as Python lists (indexing numpy scalars one by one is slow)."""
+    """The kernel's outputs, with the batch's tables the outcome reads beside them."""
 
-    result: list[int]
-    granted: list[int]
-    res_src: list[int]
-    res_amount: list[int]
-    charged: list[int]
-    validity: list[int]
-    final: list[int]
-    s_used: list[int]  # the session's rating-group state after a billed item (state.Rated;
-    s_billed: list[int]  # all zero: unchanged)
-    s_rem: list[int]
-    s_charged: list[int]
     change_rows: np.ndarray  # (account, what, index, new value) of each output that moved
     charge_table: np.ndarray  # the balances each item charged: rows item (nondecreasing),
     # source (a bucket's position, MONEY_SOURCE), units, micros
@@ -200,7 +189,7 @@ class KernelBatch:
                             member_rows[M_SPENT:].ravel(), unit_rows[U_USED:].ravel(), cycle)),
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
-        return KernelResult(*out.tolist(), change_rows=change_rows,  # type: ignore[misc]
+        return KernelResult(change_rows=change_rows,
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out, shown=self.shown,
                             service=self.service)

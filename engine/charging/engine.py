@@ -83,13 +83,26 @@ async def by_deadline(deadline: float, work: Coroutine[Any, Any, T]) -> T:
     on until Redis answered (Redis paused), and a batch's requests are answered by their
     deadline. A write it sent may still run in Redis: the version check makes that safe, as
     for any answer lost on the way (the requests are answered UNABLE_TO_COMPLY)."""
-    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(work)
+    # One future woken by whichever comes first (asyncio.wait costs about twice as much, and
+    # a batch waits like this twice).
+    woken = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+    timer = loop.call_at(deadline, wake)
+    task.add_done_callback(wake)
     try:
-        done, _ = await asyncio.wait((task,), timeout=deadline - asyncio.get_running_loop().time())
+        await woken
     except asyncio.CancelledError:
         task.cancel()
         raise
-    if not done:
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    if not task.done():
         task.cancel()
         task.add_done_callback(_outcome_ignored)
         raise TimeoutError
