@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, cast
 from zoneinfo import ZoneInfo
@@ -82,7 +82,8 @@ class Pending:
     grace: bool = False  # the subscriber is in GRACE (zero-rated service only)
     reruns: int = 0
     deadline: float = 0.0  # event-loop time by which it must be answered (request_deadline_s)
-    followers: list[Pending] = field(default_factory=list)  # exact retransmissions in the batch
+    # Exact retransmissions in the batch (None: none, the usual case; no list per request).
+    followers: list[Pending] | None = None
     zone: str = ""  # the zone it is rated in (its own, or its destination's by the plan)
 
     def answer(self, answer: bytes, result: int) -> None:
@@ -90,7 +91,7 @@ class Pending:
         if self.followers:
             for p in self.followers:
                 p.call.put(p.slot, answer, result)
-            self.followers.clear()
+            self.followers = None
 
     def refuse(self, code: ResultCode, message: str) -> None:
         req = self.request

@@ -533,7 +533,10 @@ class Engine:
             # numbers is no retransmission and must not get this one's answer.
             key = (p.request.session_id, p.request.request_number, p.request.subscriber_id)
             if key in first:
-                first[key].followers.append(p)
+                original = first[key]
+                if original.followers is None:
+                    original.followers = []
+                original.followers.append(p)
             elif key[0] in sessions:
                 deferred.append(p)
             else:
