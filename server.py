@@ -23,9 +23,9 @@ from redis.exceptions import RedisError
 
 from tollgate.engine.billing.delivery import BILLING, Billing, BillingServicer
 from tollgate.engine.charging import wire
-from tollgate.engine.charging.batch import Answers
 from tollgate.engine.charging.engine import Engine, wall_clock_ms
 from tollgate.engine.charging.flow import Rate, Window
+from tollgate.engine.charging.request import Answers
 from tollgate.engine.charging.wire import WireError
 from tollgate.engine.diameter.node import DiameterNode
 from tollgate.engine.errors import (

@@ -21,7 +21,7 @@ from tollgate.engine.storage import store
 STAGES: tuple[tuple[Any, str, str], ...] = (
     (engine.Engine, "submit", "submit: decode and queue a message"),
     (decode, "_plain_request", "  of it, Request objects"),
-    (engine.Engine, "_pending", "  of it, Pending objects"),
+    (engine.Engine, "_pending", "  of it, queueing them"),
     (engine.Engine, "_resolve_subscribers", "subscribers (with their reads)"),
     (engine.Engine, "_one_request_per_session", "one request per session"),
     (engine.Engine, "_load", "accounts and sessions (with their reads)"),

@@ -12,10 +12,11 @@ import pytest
 from tollgate.bench.ceiling import apply_ceiling, capture_writes, rebase
 from tollgate.bench.traffic import Traffic
 from tollgate.engine.charging import wire
-from tollgate.engine.charging.batch import Answers, Pending, assemble
-from tollgate.engine.charging.decode import Request, decode_all
+from tollgate.engine.charging.batch import assemble
+from tollgate.engine.charging.decode import decode_all
 from tollgate.engine.charging.engine import Engine
 from tollgate.engine.charging.outcome import Timing, build_outcome
+from tollgate.engine.charging.request import Answers, Request
 from tollgate.engine.domain import RequestType
 from tollgate.engine.ops import population
 from tollgate.engine.ops.config import Config
@@ -51,6 +52,12 @@ def populated(config: Config, loop: asyncio.AbstractEventLoop) -> Config:
     return config
 
 
+def queued(request: Request, call: Answers, slot: int, account_id: str = "") -> Request:
+    """A decoded request told where its answer goes, as the engine queues it."""
+    request.call, request.slot, request.account_id = call, slot, account_id
+    return request
+
+
 def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEventLoop,
                         size: int) -> None:
     """decode -> assemble -> kernel -> outcome -> answers serialized, for one batch of the
@@ -61,7 +68,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
 
     data = b""
 
-    async def warm() -> list[Pending]:
+    async def warm() -> list[Request]:
         nonlocal data
         engine.start()
         for _ in range(4):  # INITIALs first, then a mix of UPDATE and TERMINATION
@@ -72,7 +79,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         now = engine.clock()
         data = cpb.ChargeBatchRequest(requests=traffic.batch(size)).SerializeToString()
         call = Answers([0] * size, loop.create_future())
-        batch = [Pending(cast(Request, r), call, slot) for slot, r in
+        batch = [queued(cast(Request, r), call, slot) for slot, r in
                  enumerate(decode_all(data, wire.parse_batch(data), populated, now))]
         batch = await engine._resolve_subscribers(batch)
         await engine._load(batch)
@@ -83,7 +90,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
 
     prepared = loop.run_until_complete(warm())
     loop.run_until_complete(store.close())
-    kinds = {p.request.type for p in prepared}
+    kinds = {p.type for p in prepared}
     assert {RequestType.UPDATE, RequestType.TERMINATION} <= kinds and len(prepared) == size
     plans = {pid: entry[0] for pid, entry in engine._plans.items()}
     timing = Timing(engine.clock(), populated.answers_kept, populated.default_validity_s,
@@ -91,7 +98,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
 
     def steps() -> bytes:
         requests = decode_all(data, wire.parse_batch(data), populated, timing.now_ms)
-        batch = [Pending(cast(Request, requests[p.slot]), p.call, p.slot, p.account_id)
+        batch = [queued(cast(Request, requests[p.slot]), p.call, p.slot, p.account_id)
                  for p in prepared]
         _, rows, view = engine._check_sessions(batch)  # the traffic's requests all pass
         kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms, view,

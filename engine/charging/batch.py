@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, cast
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from tollgate.engine.charging.decode import MAX_TIME_MS, Request, error_answer
+from tollgate.engine.charging.decode import MAX_TIME_MS
 from tollgate.engine.charging.kernels.charge import (
     B_LEVEL,
     B_REMAINING,
@@ -24,13 +23,13 @@ from tollgate.engine.charging.kernels.charge import (
 )
 from tollgate.engine.charging.kernels.items import Q_COLUMNS, item_rows
 from tollgate.engine.charging.kernels.sessions import session_columns
+from tollgate.engine.charging.request import Request
 from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.charging.wire import U_ROWS
 from tollgate.engine.domain import (
     Bucket,
     Member,
     Plan,
-    ResultCode,
 )
 from tollgate.engine.rating.plans import Prefixes, RateTable, resolve_zone
 from tollgate.engine.storage.state import AccountState
@@ -43,59 +42,6 @@ ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want",
 
 
 LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
-
-
-class Answers:
-    """The answers to one gateway message, in its order, as ChargeAnswer bytes (each is also
-    the request's stored answer), with their result codes (metrics): one future for the
-    whole message (a future per request would cost the event loop a callback per request)."""
-
-    __slots__ = ("answers", "future", "left", "results", "types")
-
-    def __init__(self, types: list[int], future: asyncio.Future[list[bytes]]) -> None:
-        n = len(types)
-        self.types = types  # each request's type as sent (metrics)
-        self.answers: list[bytes | None] = [None] * n
-        self.results = [0] * n
-        self.left = n
-        self.future = future
-        if not n and not future.done():
-            future.set_result([])
-
-    def put(self, slot: int, answer: bytes, result: int) -> None:
-        if self.answers[slot] is None:
-            self.answers[slot] = answer
-            self.results[slot] = result
-            self.left -= 1
-            if self.left == 0 and not self.future.done():
-                self.future.set_result(cast(list[bytes], self.answers))
-
-
-@dataclass(slots=True, eq=False)
-class Pending:
-    """A decoded request waiting for its answer."""
-
-    request: Request
-    call: Answers
-    slot: int  # its place in the call's answers
-    account_id: str = ""
-    grace: bool = False  # the subscriber is in GRACE (zero-rated service only)
-    reruns: int = 0
-    deadline: float = 0.0  # event-loop time by which it must be answered (request_deadline_s)
-    # Exact retransmissions in the batch (None: none, the usual case; no list per request).
-    followers: list[Pending] | None = None
-    zone: str = ""  # the zone it is rated in (its own, or its destination's by the plan)
-
-    def answer(self, answer: bytes, result: int) -> None:
-        self.call.put(self.slot, answer, result)
-        if self.followers:
-            for p in self.followers:
-                p.call.put(p.slot, answer, result)
-            self.followers = None
-
-    def refuse(self, code: ResultCode, message: str) -> None:
-        req = self.request
-        self.answer(error_answer(req.session_id, req.request_number, code, message), code)
 
 
 ACCOUNT_OUTPUTS = ("money", "money_reserved", "spent", "cap_level", "low_flag",
@@ -247,7 +193,7 @@ class KernelBatch:
                 accounts[a].cycle_units[self.slots[i][1]] = v
 
 
-def assemble(batch: list[Pending], cache: dict[str, AccountState], plans: dict[str, Plan],
+def assemble(batch: list[Request], cache: dict[str, AccountState], plans: dict[str, Plan],
              rates: RateTable, grace: set[str], now_ms: int, view: SessionView,
              rows: list[int]) -> KernelBatch:
     """One item per rating group of each request (plus releases of what a TERMINATION does
@@ -293,11 +239,11 @@ class _Requests(NamedTuple):
     prices: np.ndarray  # the rate rows of each plan and zone of the batch (P_* rows)
 
 
-def _request_rows(batch: list[Pending], index: dict[str, int], plans: list[Plan | None],
+def _request_rows(batch: list[Request], index: dict[str, int], plans: list[Plan | None],
                   rates: RateTable, member_index: dict[tuple[str, str], int], grace: set[str],
                   rows: list[int]) -> _Requests:
     """Per request what it takes from its account and plan: a few lookups each (its
-    rating groups are read by the kernel). Sets each request's zone (Pending.zone)."""
+    rating groups are read by the kernel). Sets each request's rated zone (Request.rated_zone)."""
     tables: dict[int, int] = {}  # id of a message's units table -> its first column here
     units: list[np.ndarray] = []
     columns = 0
@@ -306,9 +252,8 @@ def _request_rows(batch: list[Pending], index: dict[str, int], plans: list[Plan 
     priced = 0
     prefixes: dict[int, Prefixes] = {}  # id of plan -> its destination prefixes
     out: list[int] = []  # the rows end to end: a flat list becomes an array at half the cost
-    for p, r in zip(batch, rows, strict=True):
-        req = p.request
-        a = index[p.account_id]
+    for req, r in zip(batch, rows, strict=True):
+        a = index[req.account_id]
         plan = plans[a]
         base = tables.get(id(req.units))
         if base is None:
@@ -321,7 +266,7 @@ def _request_rows(batch: list[Pending], index: dict[str, int], plans: list[Plan 
             if found is None:
                 found = prefixes[id(plan)] = rates.prefixes(plan)
             zone = resolve_zone(found, "", req.destination)
-        p.zone = zone
+        req.rated_zone = zone
         span = spans.get((id(plan), zone))
         if span is None:
             table = rates.zone_rows(plan, zone) if plan is not None else NO_PRICES
@@ -330,7 +275,7 @@ def _request_rows(batch: list[Pending], index: dict[str, int], plans: list[Plan 
             priced = span[1]
         time_ms = req.time_ms
         out += (base + req.lo, base + req.hi, req.type, time_ms, a,
-                member_index.get((p.account_id, req.subscriber_id), -1)
+                member_index.get((req.account_id, req.subscriber_id), -1)
                 if member_index else -1, span[0], span[1],
                 local_offset_ms(plan.timezone, time_ms) if plan is not None else 0, r,
                 FLAG_GRACE if grace and req.subscriber_id in grace else 0)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from tollgate.engine.charging import wire
 from tollgate.engine.charging.kernels.checks import plain_requests, plain_texts
+from tollgate.engine.charging.request import Request
 from tollgate.engine.charging.wire import (
     LEN,
     OFF,
@@ -50,24 +50,6 @@ STRING_FIELDS = ((R_SESSION, "session_id"), (R_SUBSCRIBER, "subscriber_id"), (R_
 REQUIRED = frozenset({R_SESSION, R_SUBSCRIBER})
 MAX_TIME_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: later times have no calendar date (plan time zones need one)."""
-
-
-@dataclass(slots=True, eq=False)
-class Request:
-    """A validated request. Its rating groups stay in its message's units table (wire U_*
-    rows; its own are columns lo..hi), which assembly reads whole (kernels.items)."""
-
-    session_id: str
-    request_number: int
-    type: RequestType
-    subscriber_id: str
-    time_ms: int
-    zone: str
-    origin: str
-    destination: str
-    units: np.ndarray
-    lo: int
-    hi: int
 
 
 def units_at(t: list[list[int]], first: int, u: int) -> UnitsTuple:
@@ -236,13 +218,6 @@ def _request(c: _Columns, r: int, config: Config, now_ms: int) -> Request | Inva
         return Invalid(ResultCode.MISSING_AVP, "an EVENT needs at least one units entry")
     return Request(session_id, rn, kind, subscriber_id, time_ms or now_ms, zone, origin,
                    destination, c.table, lo, hi)
-
-
-def error_answer(session_id: str, request_number: int, code: ResultCode, message: str
-                 ) -> bytes:
-    """A refusal's ChargeAnswer bytes (refusals are rare: upb writes them)."""
-    return pb.ChargeAnswer(session_id=session_id, request_number=request_number,
-                           result=int(code), error_message=message).SerializeToString()
 
 
 def warm_up(config: Config) -> None:

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from tollgate.engine.charging import account_writes, answers, kernels, sessions, usage_wire, wire
-from tollgate.engine.charging.batch import Answers, KernelBatch, KernelResult, Pending, assemble
+from tollgate.engine.charging.batch import KernelBatch, KernelResult, assemble
 from tollgate.engine.charging.batcher import Batcher, Prepared
-from tollgate.engine.charging.decode import Invalid, Request, decode_all, decode_steps, error_answer
+from tollgate.engine.charging.decode import Invalid, decode_all, decode_steps
 from tollgate.engine.charging.decode import warm_up as warm_up_checks
 from tollgate.engine.charging.flow import SmallFirst
 from tollgate.engine.charging.kernels import items, records
@@ -34,6 +34,7 @@ from tollgate.engine.charging.kernels.session_checks import (
     V_STORED,
 )
 from tollgate.engine.charging.outcome import ENDS, Outcome, Timing, build_outcome
+from tollgate.engine.charging.request import Answers, Request, error_answer
 from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberState
 from tollgate.engine.errors import InvalidArgument, NotFound, Overloaded
@@ -178,7 +179,7 @@ class Engine:
         self.rates = RateTable()
         self.small_first = SmallFirst(SMALL_FIRST_S)
         self._decoding = asyncio.Lock()  # a large message is being decoded (submit)
-        self.batcher: Batcher[Pending] = Batcher(
+        self.batcher: Batcher[Request] = Batcher(
             self._prepare, self._fail, config.max_batch, config.batch_window_ms / 1000,
             config.max_queue, config.shared_batch, collect=self._submit_singles,
             bulk_turn=self.small_first.bulk_turn, held=lambda: len(self._singles))
@@ -356,7 +357,7 @@ class Engine:
         raise AssertionError("a ChargeRequest that reads alone reads as a batch's entry")
 
     def _decode(self, data: bytes, parsed: wire.Parsed, calls: list[Answers],
-                slots: Sequence[int], deadlines: list[float]) -> list[Pending]:
+                slots: Sequence[int], deadlines: list[float]) -> list[Request]:
         """The requests of a parsed message to queue (request r answers `calls[r]` at
         `slots[r]` by `deadlines[r]`); each invalid one answered with its refusal."""
         return self._pending(decode_all(data, parsed, self.config, self.clock()), 0, parsed,
@@ -365,9 +366,10 @@ class Engine:
     @staticmethod
     def _pending(decoded: list[Request | Invalid], lo: int, parsed: wire.Parsed,
                  calls: list[Answers], slots: Sequence[int], deadlines: list[float]
-                 ) -> list[Pending]:
-        """_decode's, for the requests from row `lo` of the message."""
-        pending: list[Pending] = []
+                 ) -> list[Request]:
+        """_decode's, for the requests from row `lo` of the message: each valid one told
+        where its answer goes."""
+        pending: list[Request] = []
         for r, request in enumerate(decoded, lo):
             if isinstance(request, Invalid):
                 calls[r].put(slots[r], error_answer(
@@ -375,7 +377,8 @@ class Engine:
                     int(parsed.requests[wire.R_NUMBER, r]), request.code, str(request)),
                     request.code)
             else:
-                pending.append(Pending(request, calls[r], slots[r], deadline=deadlines[r]))
+                request.call, request.slot, request.deadline = calls[r], slots[r], deadlines[r]
+                pending.append(request)
         return pending
 
     async def charge(self, msgs: list[pb.ChargeRequest]) -> list[pb.ChargeAnswer]:
@@ -387,7 +390,7 @@ class Engine:
         call = await self.submit(data, self.parse(data))
         return [pb.ChargeAnswer.FromString(a) for a in await call.future]
 
-    def _fail(self, batch: list[Pending], error: BaseException) -> None:
+    def _fail(self, batch: list[Request], error: BaseException) -> None:
         """The batch's outcome is unknown (it may have been applied): UNABLE_TO_COMPLY, and a
         retransmission finds the stored answer if it was. Cached state is dropped."""
         metrics.BATCH_ERRORS.inc()
@@ -410,7 +413,7 @@ class Engine:
 
     # --- one batch ----------------------------------------------------------------------
 
-    async def _prepare(self, batch: list[Pending], bulk: bool) -> Prepared[Pending]:
+    async def _prepare(self, batch: list[Request], bulk: bool) -> Prepared[Request]:
         """Answers what waited past its deadline without running it (so it is never applied),
         and prepares the rest under the earliest remaining deadline: everything up to the
         apply, which `finish` does. Requests of an account another batch holds (being
@@ -449,7 +452,7 @@ class Engine:
         if run is None:
             return Prepared([], later=later, release=release)
 
-        async def finish() -> list[Pending]:
+        async def finish() -> list[Request]:
             if bulk:
                 await self.small_first.bulk_turn()
             conflicted = await by_deadline(deadline, self._apply(run.kb, run.outcome.writes))
@@ -458,8 +461,8 @@ class Engine:
 
         return Prepared(live, finish, later, release)
 
-    async def _read_and_run(self, live: list[Pending], claim: set[str], bulk: bool
-                            ) -> tuple[list[Pending], list[Pending], Run | None]:
+    async def _read_and_run(self, live: list[Request], claim: set[str], bulk: bool
+                            ) -> tuple[list[Request], list[Request], Run | None]:
         """Reads what the batch needs and runs the kernel: the requests run, those for a later
         batch, and the run (None: nothing left to run). The accounts it uses go in `claim`."""
         live = await self._resolve_subscribers(live)
@@ -467,9 +470,9 @@ class Engine:
         # batches in flight until their re-runs are back in the queue (they go before
         # these). Claimed in the same step of the event loop as checked.
         held = [c for c in self._claims.values() if c and c is not claim]
-        later: list[Pending] = []
+        later: list[Request] = []
         if held:
-            free: list[Pending] = []
+            free: list[Request] = []
             for p in live:
                 (later if any(p.account_id in c for c in held) else free).append(p)
             live = free
@@ -483,11 +486,11 @@ class Engine:
         await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
         return live, later + deferred, await self._run(live, view, rows, bulk)
 
-    async def _resolve_subscribers(self, batch: list[Pending]) -> list[Pending]:
+    async def _resolve_subscribers(self, batch: list[Request]) -> list[Request]:
         now = time.monotonic()
         known: dict[str, tuple[str, SubscriberState]] = {}
         missing = []
-        for sid in {p.request.subscriber_id for p in batch}:
+        for sid in {p.subscriber_id for p in batch}:
             entry = self._subscribers.get(sid)
             if entry is not None and entry[2] > now:
                 known[sid] = entry[:2]
@@ -509,10 +512,10 @@ class Engine:
                     self._subscribers[sid] = (sub[0], sub[1], ttl)
         out = []
         for p in batch:
-            sub = known.get(p.request.subscriber_id)
+            sub = known.get(p.subscriber_id)
             if sub is None:
                 p.refuse(ResultCode.USER_UNKNOWN,
-                         f"subscriber {p.request.subscriber_id!r} is not known")
+                         f"subscriber {p.subscriber_id!r} is not known")
             elif sub[1] in DENIED_STATES:
                 p.refuse(ResultCode.END_USER_SERVICE_DENIED, f"subscriber is {sub[1].name}")
             else:
@@ -522,16 +525,16 @@ class Engine:
         return out
 
     @staticmethod
-    def _one_request_per_session(batch: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+    def _one_request_per_session(batch: list[Request]) -> tuple[list[Request], list[Request]]:
         """Exact retransmissions ride along with their original; a later request of a session
         already in the batch waits for the next batch (it must see this one's effects)."""
-        first: dict[tuple[str, int, str], Pending] = {}
+        first: dict[tuple[str, int, str], Request] = {}
         sessions: set[str] = set()
         live, deferred = [], []
         for p in batch:
             # The subscriber is part of the key: another subscriber's request with the same
             # numbers is no retransmission and must not get this one's answer.
-            key = (p.request.session_id, p.request.request_number, p.request.subscriber_id)
+            key = (p.session_id, p.request_number, p.subscriber_id)
             if key in first:
                 original = first[key]
                 if original.followers is None:
@@ -545,7 +548,7 @@ class Engine:
                 live.append(p)
         return live, deferred
 
-    async def _load(self, batch: list[Pending]) -> None:
+    async def _load(self, batch: list[Request]) -> None:
         """Puts every account of the batch, with the sessions it needs, in the cache."""
         sessions_of: dict[str, set[str]] = {}
         stale: set[str] = set()
@@ -554,15 +557,15 @@ class Engine:
         shared = time.monotonic() - self._others_seen < OTHERS_QUIET_S
         for p in batch:
             needed = sessions_of.setdefault(p.account_id, set())
-            opens = _opens_session(p.request)
+            opens = _opens_session(p)
             if p.reruns or not opens:
                 # A session a request opens is new unless the request is a retransmission:
                 # on its first run it is not read even with its account (a subscriber's
                 # first charge reads one thing less); the apply refuses it if it exists,
                 # and the run again reads it.
-                needed.add(p.request.session_id)
+                needed.add(p.session_id)
             acct = self.accounts.get(p.account_id)
-            if acct is None or (p.request.session_id not in acct.sessions and not opens):
+            if acct is None or (p.session_id not in acct.sessions and not opens):
                 stale.add(p.account_id)
             else:
                 if shared:
@@ -605,8 +608,8 @@ class Engine:
         while len(self.accounts) > self.config.account_cache_size:
             self.accounts.popitem(last=False)
 
-    def _check_sessions(self, batch: list[Pending]
-                        ) -> tuple[list[Pending], list[int], SessionView]:
+    def _check_sessions(self, batch: list[Request]
+                        ) -> tuple[list[Request], list[int], SessionView]:
         """Answers retransmissions from stored answers and refuses what the session state
         does not allow (kernels.session_checks); returns the requests to charge, with their
         rows in the batch's sessions read into tables (row r: request r's; none for an
@@ -619,13 +622,12 @@ class Engine:
         owners: list[str] = []
         for p in batch:
             acct = accounts.get(p.account_id)
-            req = p.request
-            values.append(None if acct is None else acct.sessions.get(req.session_id))
-            kinds.append(req.type)
-            numbers.append(req.request_number)
+            values.append(None if acct is None else acct.sessions.get(p.session_id))
+            kinds.append(p.type)
+            numbers.append(p.request_number)
             present.append(acct is not None)
-            owners += (req.subscriber_id, p.account_id)
-        view = SessionView.of([p.request.session_id for p in batch], values, owners)
+            owners += (p.subscriber_id, p.account_id)
+        view = SessionView.of([p.session_id for p in batch], values, owners)
         verdicts, args = view.checks(kinds, numbers, present)
         out, rows = [], []
         for r, (p, verdict) in enumerate(zip(batch, verdicts, strict=True)):
@@ -636,7 +638,7 @@ class Engine:
                 stored = view.stored(args[r])
                 p.answer(stored, pb.ChargeAnswer.FromString(stored).result)
             else:
-                p.refuse(*_refusal(p.request, verdict, args[r]))
+                p.refuse(*_refusal(p, verdict, args[r]))
         return out, rows, view
 
     async def _load_plans(self, plan_ids: set[str]) -> None:
@@ -658,7 +660,7 @@ class Engine:
 
     # --- kernel, apply, answer ----------------------------------------------------------
 
-    async def _run(self, batch: list[Pending], view: SessionView, rows: list[int],
+    async def _run(self, batch: list[Request], view: SessionView, rows: list[int],
                    bulk: bool = False) -> Run:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         now = self.clock()
@@ -668,7 +670,7 @@ class Engine:
             sets = renew_if_due(acct, plans.get(acct.plan_id), now)
             if sets:
                 renewals[account_id] = sets
-        grace = {p.request.subscriber_id for p in batch if p.grace}
+        grace = {p.subscriber_id for p in batch if p.grace}
         kb = assemble(batch, self.accounts, plans, self.rates, grace, now, view, rows)
         # A large batch's steps take milliseconds each: between them, other work (a small
         # batch prepared or landing, calls coming in) gets its turn. Safe: the accounts of
@@ -702,7 +704,7 @@ class Engine:
                                                     self.config.answer_retention_s * 1000)
         return {kb.accounts[g].account_id for g in refused}
 
-    def _settle(self, batch: list[Pending], run: Run, conflicted: set[str]) -> list[Pending]:
+    def _settle(self, batch: list[Request], run: Run, conflicted: set[str]) -> list[Request]:
         """Brings the cache up to what was applied and answers; requests of accounts another
         writer moved are returned, to run again on fresh state."""
         kb, outcome = run.kb, run.outcome
@@ -717,7 +719,7 @@ class Engine:
             else:
                 acct.version += 1
         kb.keep(run.res, refused)
-        again: list[Pending] = []
+        again: list[Request] = []
         accounts = kb.accounts
         positions, kinds = kb.requests[:, [items.Q_ACCT, items.Q_TYPE]].T.tolist()
         for p, value, answer, a, kind in zip(batch, outcome.values, outcome.answers, positions,
@@ -735,8 +737,8 @@ class Engine:
                 # retransmitted first request (not read first) is refused by the apply as
                 # existing, then read and answered. Cached, every event id would stay until
                 # the account is evicted.
-                sessions.pop(p.request.session_id, None)
+                sessions.pop(p.session_id, None)
             else:
-                sessions[p.request.session_id] = value
+                sessions[p.session_id] = value
             p.answer(answer, SUCCESS)
         return again

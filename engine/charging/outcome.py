@@ -16,7 +16,6 @@ from tollgate.engine.charging.answers import encode as encode_answers
 from tollgate.engine.charging.batch import (
     KernelBatch,
     KernelResult,
-    Pending,
 )
 from tollgate.engine.charging.kernels import items
 from tollgate.engine.charging.kernels.charge import I_ACCT, I_REQ, I_RG, R_UNIT
@@ -43,6 +42,7 @@ from tollgate.engine.charging.kernels.sessions import (
     ST_EVENT,
     write_sessions,
 )
+from tollgate.engine.charging.request import Request
 from tollgate.engine.charging.usage_wire import encode_table
 from tollgate.engine.domain import EventKind, RequestType, ResultCode
 from tollgate.engine.rating.plans import RateTable
@@ -72,11 +72,11 @@ class Timing:
     stale_grace_s: int
 
 
-def build_outcome(batch: list[Pending], kb: KernelBatch, res: KernelResult,
+def build_outcome(batch: list[Request], kb: KernelBatch, res: KernelResult,
                   rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]
                   ) -> Outcome:
-    numbers = np.array([p.request.request_number for p in batch], np.int64)
-    session_ids = Texts.of([p.request.session_id for p in batch])
+    numbers = np.array([p.request_number for p in batch], np.int64)
+    session_ids = Texts.of([p.session_id for p in batch])
     encoded = encode_answers(kb, res, rates, session_ids, numbers)
     values = _sessions(kb, res, rates, timing, encoded, numbers)
     records = _records(batch, kb, res, rates, numbers, session_ids)
@@ -125,7 +125,7 @@ def _sessions(kb: KernelBatch, res: KernelResult, rates: RateTable, timing: Timi
     return SessionValues(out, spans, expiry, rescore)
 
 
-def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: RateTable,
+def _records(batch: list[Request], kb: KernelBatch, res: KernelResult, rates: RateTable,
              numbers: np.ndarray, session_ids: Texts) -> RecordBytes:
     """The batch's rated usage records, in batch order: the records kernels build their tables
     from the charging kernel's arrays, their strings are spans of the batch's id tables;
@@ -142,8 +142,8 @@ def _records(batch: list[Pending], kb: KernelBatch, res: KernelResult, rates: Ra
     rows, n = view.owners.shape[0], len(batch)
     names: dict[str, int] = {}
     req = requests.tolist()
-    zone = [names.setdefault(batch[r].zone, len(names)) for r in req]
-    origin = [names.setdefault(batch[r].request.origin, len(names)) for r in req]
+    zone = [names.setdefault(batch[r].rated_zone, len(names)) for r in req]
+    origin = [names.setdefault(batch[r].origin, len(names)) for r in req]
     plan = [names.setdefault(p.plan_id if p is not None else "", len(names))
             for p in kb.plans]
     t = ByteTable()
@@ -194,20 +194,20 @@ EVENT_IDS = {
 """Stable event ids: the same crossing always gets the same id, so consumers de-duplicate."""
 
 
-def event(ev: tuple[int, int, int, int, int, int], rating_group: int, p: Pending,
+def event(ev: tuple[int, int, int, int, int, int], rating_group: int, p: Request,
           kb: KernelBatch, acct: AccountState) -> bytes:
     """Event `ev` of the kernel's, on an item of `rating_group` of request `p`."""
     _, kind, ref, level, value, limit = ev
     bucket = kb.buckets[ref].bucket_id if kind == EventKind.BUCKET_USED else ""
-    sub = p.request.subscriber_id
+    sub = p.subscriber_id
     if kind == EventKind.MEMBER_CAP:
         sub = kb.members[ref][1].subscriber_id
     event_id = EVENT_IDS[EventKind(kind)].format(
         acct=acct.account_id, bucket=bucket, cycle=acct.cycle_start, level=level,
-        version=acct.version, session=p.request.session_id, rn=p.request.request_number,
+        version=acct.version, session=p.session_id, rn=p.request_number,
         rg=rating_group, sub=sub, value=value)
     return events_pb2.Event(
         event_id=event_id, kind=kind, account_id=acct.account_id, subscriber_id=sub,
-        session_id=p.request.session_id, bucket_id=bucket, rating_group=rating_group,
-        threshold_percent=level, value=value, limit=limit, time_ms=p.request.time_ms,
+        session_id=p.session_id, bucket_id=bucket, rating_group=rating_group,
+        threshold_percent=level, value=value, limit=limit, time_ms=p.time_ms,
         cycle_start_ms=acct.cycle_start).SerializeToString()

@@ -15,13 +15,13 @@ from tollgate.engine.charging import wire
 from tollgate.engine.charging.decode import (
     KNOWN_REASONS,
     Invalid,
-    Request,
     _Columns,
     _request,
     check_limits,
     decode_all,
 )
 from tollgate.engine.charging.kernels.checks import plain_requests
+from tollgate.engine.charging.request import Request
 from tollgate.engine.ops.config import Config
 from tollgate.v1 import charging_pb2 as pb
 

@@ -12,10 +12,10 @@ from tollgate.engine.charging.decode import (
     REQUEST_TYPES,
     UNIT_FIELDS,
     Invalid,
-    Request,
     UnitsTuple,
     units_at,
 )
+from tollgate.engine.charging.request import Request
 from tollgate.engine.charging.wire import (
     U_HAS_REQUESTED,
     U_HAS_USED,
