@@ -1,4 +1,4 @@
-"""`tollgate bench provision|ceiling|load|coldstart|soak|all`: load tests and their report."""
+"""`tollgate bench provision|ceiling|load|coldstart|soak|ab|all`: load tests and their report."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
+
+from tollgate.bench.ab import add_arguments as add_ab_arguments
+from tollgate.bench.ab import run as ab_run
 
 DEFAULT_SUBSCRIBERS = 100_000
 SWEEP = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -107,6 +110,14 @@ def add_bench_parser(sub: Any) -> None:
     soak.add_argument("--load", type=float, default=0.5,
                       help="share of the closed-loop batch maximum (default 0.5)")
     soak.add_argument("--api", choices=["batch", "stream"], default="batch")
+
+    ab = cmds.add_parser("ab", help="engine CPU per request, this checkout against another "
+                                    "revision, alternating (in process)",
+                         description="Runs bench/engine_cpu.py on a git revision (from a "
+                                     "temporary worktree) and on this checkout, one after "
+                                     "the other, --pairs times; prints both sides' medians "
+                                     "and the median ratio of the pairs with its quartiles.")
+    add_ab_arguments(ab)
 
     every = cmds.add_parser("all", help="everything for the results table "
                                         "(docs/performance.md), in one run")
@@ -462,6 +473,11 @@ async def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ab(args: argparse.Namespace) -> int:
+    print(ab_run(args.rev, args.pairs, args.batch, args.subscribers, args.requests))
+    return 0
+
+
 async def _coldstart(args: argparse.Namespace) -> int:
     from tollgate.bench.loadgen import cold_start
     async with Lab(args) as lab:
@@ -542,7 +558,7 @@ def bench_command(args: argparse.Namespace) -> int:
         return 2
     setup_logging("WARNING", "text")
     commands = {"provision": _provision, "ceiling": _ceiling, "load": _load,
-                "coldstart": _coldstart, "soak": _soak}
+                "coldstart": _coldstart, "soak": _soak, "ab": _ab}
     started = time.monotonic()
     try:
         if args.bench_command == "all":

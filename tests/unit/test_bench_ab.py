@@ -1,0 +1,46 @@
+"""`tollgate bench ab`'s arithmetic: pairs compared one by one, so a phase of the machine
+that slows both sides of a pair leaves their ratio alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from tollgate.bench.ab import compare, table
+
+
+def test_the_ratio_is_the_median_of_the_pairs_not_of_the_medians() -> None:
+    # The machine slowed down over the run (each pair slower than the one before), and the
+    # new side costs 80 % of the old one in every pair.
+    old = [20.0, 30.0, 40.0, 50.0, 60.0]
+    new = [16.0, 24.0, 32.0, 40.0, 48.0]
+    c = compare(old, new)
+    assert (c.old_median, c.new_median) == (40.0, 32.0)
+    assert c.ratio == pytest.approx(0.8) and c.low == pytest.approx(0.8)
+    assert c.high == pytest.approx(0.8)
+
+
+def test_quartiles_show_how_far_the_pairs_disagree() -> None:
+    c = compare([10.0, 10.0, 10.0, 10.0, 10.0], [7.0, 8.0, 9.0, 10.0, 11.0])
+    assert c.ratio == pytest.approx(0.9)
+    assert (c.low, c.high) == (pytest.approx(0.8), pytest.approx(1.0))
+
+
+def test_one_pair_is_its_own_ratio() -> None:
+    c = compare([25.0], [20.0])
+    assert (c.ratio, c.low, c.high) == (0.8, 0.8, 0.8)
+
+
+def test_pairs_need_both_sides() -> None:
+    with pytest.raises(ValueError, match="as many old as new"):
+        compare([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="as many old as new"):
+        compare([], [])
+
+
+def test_the_table_has_a_row_per_figure() -> None:
+    text = table("main", {"engine_us": ([20.0, 30.0], [15.0, 24.0]),
+                          "redis_us": ([10.0, 10.0], [10.0, 11.0])})
+    lines = text.splitlines()
+    assert lines[0].startswith("| µs per request | main (median) |")
+    assert lines[2] == "| engine_us | 25.0 | 19.5 | 0.775 (0.762-0.788) |"
+    assert lines[3] == "| redis_us | 10.0 | 10.5 | 1.050 (1.025-1.075) |"
