@@ -550,22 +550,14 @@ class Engine:
 
     async def _load(self, batch: list[Request]) -> None:
         """Puts every account of the batch, with the sessions it needs, in the cache."""
-        sessions_of: dict[str, set[str]] = {}
         stale: set[str] = set()
         check: dict[str, int] = {}  # cached account -> its cached version, to compare
         # While other servers write these accounts, every cached one is checked.
         shared = time.monotonic() - self._others_seen < OTHERS_QUIET_S
+        accounts = self.accounts
         for p in batch:
-            needed = sessions_of.setdefault(p.account_id, set())
-            opens = _opens_session(p)
-            if p.reruns or not opens:
-                # A session a request opens is new unless the request is a retransmission:
-                # on its first run it is not read even with its account (a subscriber's
-                # first charge reads one thing less); the apply refuses it if it exists,
-                # and the run again reads it.
-                needed.add(p.session_id)
-            acct = self.accounts.get(p.account_id)
-            if acct is None or (p.session_id not in acct.sessions and not opens):
+            acct = accounts.get(p.account_id)
+            if acct is None or (p.session_id not in acct.sessions and not _opens_session(p)):
                 stale.add(p.account_id)
             else:
                 if shared:
@@ -573,13 +565,23 @@ class Engine:
                     # cached. Its version is compared in Redis alongside the batch's reads; a
                     # stale copy costs a second read instead of a refused write and a re-run.
                     check[p.account_id] = acct.version
-                self.accounts.move_to_end(p.account_id)
+                accounts.move_to_end(p.account_id)
         for account_id in stale:
             check.pop(account_id, None)
         if not stale and not check:
             return
         # Read every session the batch needs of such an account, not only the missing ones:
         # if the account moved on, the cached sessions are dropped with the old version.
+        # (Gathered only now: a batch of cached accounts, the usual one, needs none.)
+        sessions_of: dict[str, set[str]] = {a: set() for a in (*stale, *check)}
+        for p in batch:
+            needed = sessions_of.get(p.account_id)
+            if needed is not None and (p.reruns or not _opens_session(p)):
+                # A session a request opens is new unless the request is a retransmission:
+                # on its first run it is not read even with its account (a subscriber's
+                # first charge reads one thing less); the apply refuses it if it exists,
+                # and the run again reads it.
+                needed.add(p.session_id)
         wanted = [(a, sorted(sessions_of[a])) for a in stale]
         with metrics.LOAD_SECONDS.time():
             if check:
