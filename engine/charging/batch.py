@@ -277,7 +277,8 @@ def _request_rows(batch: list[Request], index: dict[str, int], plans: list[Plan 
         out += (base + req.lo, base + req.hi, req.type, time_ms, a,
                 member_index.get((req.account_id, req.subscriber_id), -1)
                 if member_index else -1, span[0], span[1],
-                local_offset_ms(plan.timezone, time_ms) if plan is not None else 0, r,
+                local_offset_ms(plan.timezone, time_ms) if plan is not None and plan.timezone
+                else 0, r,
                 FLAG_GRACE if grace and req.subscriber_id in grace else 0)
     return _Requests(
         # C-contiguous, as the kernel is compiled for (a message's table is a slice)
