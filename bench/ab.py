@@ -1,5 +1,7 @@
 """`tollgate bench ab REV`: the engine's CPU per request in process (bench/engine_cpu.py), this
-checkout against another git revision, alternating in one run, as ratios per pair.
+checkout against another git revision, alternating in one run, as ratios per pair; with
+`--load=ARGS`, `tollgate bench load ARGS` end to end instead (each engine run's throughput,
+server and Redis CPU per request and p99).
 
 A small machine drifts between fast and slow phases that move every figure by a fifth or
 more within minutes, so one run of each side compares nothing. Here the two sides run one
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 """The checkout this module runs from (its `tollgate/` links to engine/, bench/, ...)."""
@@ -55,7 +59,7 @@ def compare(old: Sequence[float], new: Sequence[float]) -> Compared:
 
 def table(rev: str, figures: dict[str, tuple[list[float], list[float]]]) -> str:
     """The result as Markdown: a row per figure."""
-    lines = [f"| µs per request | {rev} (median) | this checkout (median) | "
+    lines = [f"| figure | {rev} (median) | this checkout (median) | "
              "new / old, median of the pairs (quartiles) |", "|---|---:|---:|---|"]
     for name, (old, new) in figures.items():
         c = compare(old, new)
@@ -85,11 +89,43 @@ def _measure(root: Path, batch: int, subscribers: int, requests: int) -> dict[st
     return out
 
 
-def run(rev: str, pairs: int, batch: int, subscribers: int, requests: int) -> str:
+def _load(root: Path, load_args: list[str]) -> dict[str, float]:
+    """One `tollgate bench load` of the code at `root`: its load_figures (the bare server's
+    runs, the same code on both sides, are left out)."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with tempfile.TemporaryDirectory(prefix="tollgate-ab-load-") as out:
+        done = subprocess.run([sys.executable, "-m", "tollgate", "bench", "load", *load_args,
+                               "--no-progress", "--out", out],
+                              cwd=root, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"bench load at {root} failed: {done.stderr.strip()[-2000:]}")
+        runs = json.loads((Path(out) / "results.json").read_text())["runs"]
+    return load_figures(runs)
+
+
+def load_figures(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The figures compared of a `bench load` results.json's runs: per engine run, its
+    throughput, the server's and Redis's CPU per answered request (µs) and its p99 (ms)."""
+    figures: dict[str, float] = {}
+    for r in runs:
+        if r["target"] != "engine" or not r["requests"]:
+            continue
+        per = 1e6 * r["seconds"] / r["requests"] / 100  # µs per request of 1 % of a core
+        figures[f"{r['name']}: req/s"] = r["throughput"]
+        figures[f"{r['name']}: server µs"] = r["cpu"].get("server", 0.0) * per
+        figures[f"{r['name']}: redis µs"] = r["cpu"].get("redis", 0.0) * per
+        figures[f"{r['name']}: p99 ms"] = r["latency_ms"].get("p99", 0.0)
+    return figures
+
+
+def run(rev: str, pairs: int, batch: int, subscribers: int, requests: int,
+        load: str = "") -> str:
     """Alternates `pairs` times the revision `rev` (first) and this checkout; returns the
-    table. Progress goes to stderr."""
+    table. `load`: arguments of `tollgate bench load` to run on each side instead of
+    engine_cpu. Progress goes to stderr."""
     if pairs < 1 or batch < 1 or requests < 1 or subscribers < 1:
         raise ValueError("pairs, batch, requests and subscribers must be at least 1")
+    load_args = shlex.split(load)
     if not (ROOT / ".git").exists():
         raise RuntimeError(f"{ROOT} is not a git checkout: ab compares two revisions of one")
     commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
@@ -106,20 +142,26 @@ def run(rev: str, pairs: int, batch: int, subscribers: int, requests: int) -> st
                   "sides' kernels", file=sys.stderr, flush=True)
             for root in (other, ROOT):  # a first start compiles; not measured
                 _measure(root, 1, 10, 1)
-            figures: dict[str, tuple[list[float], list[float]]] = {f: ([], []) for f in FIGURES}
+            figures: dict[str, tuple[list[float], list[float]]] = {}
             for k in range(pairs):
-                old = _measure(other, batch, subscribers, requests)
-                new = _measure(ROOT, batch, subscribers, requests)
-                for f in FIGURES:
-                    figures[f][0].append(old[f])
-                    figures[f][1].append(new[f])
-                print(f"pair {k + 1}/{pairs}: engine {old['engine_us']:.1f} -> "
-                      f"{new['engine_us']:.1f} µs, redis {old['redis_us']:.1f} -> "
-                      f"{new['redis_us']:.1f} µs per request", file=sys.stderr, flush=True)
+                if load_args:
+                    old, new = _load(other, load_args), _load(ROOT, load_args)
+                else:
+                    old = _measure(other, batch, subscribers, requests)
+                    new = _measure(ROOT, batch, subscribers, requests)
+                for f in (old if load_args else FIGURES):
+                    if f in new:
+                        sides = figures.setdefault(f, ([], []))
+                        sides[0].append(old[f])
+                        sides[1].append(new[f])
+                print(f"pair {k + 1}/{pairs}: " + ", ".join(
+                    f"{f} {old[f]:.1f} -> {new[f]:.1f}" for f in figures if f in new),
+                    file=sys.stderr, flush=True)
         finally:
             _git("worktree", "remove", "--force", str(other))
-    return (f"`engine_cpu --batch {batch} --subscribers {subscribers} --requests {requests}`, "
-            f"{pairs} pairs\n\n" + table(rev, figures))
+    what = (f"`tollgate bench load {load}`" if load_args else
+            f"`engine_cpu --batch {batch} --subscribers {subscribers} --requests {requests}`")
+    return f"{what}, {pairs} pairs\n\n" + table(rev, figures)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,3 +172,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="population (default 2000: the accounts stay cached, as in a "
                         "server that has run a while)")
     p.add_argument("--requests", type=int, default=10_000, help="requests per run")
+    p.add_argument("--load", metavar="ARGS", default="",
+                   help="end to end instead: run `tollgate bench load ARGS` on each side "
+                        "(write it with '=': --load='--api batch --subscribers 20000 "
+                        "--seconds 8') and compare each engine run's req/s, server and "
+                        "Redis µs per request and p99")

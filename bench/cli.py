@@ -474,7 +474,8 @@ async def _provision(args: argparse.Namespace) -> int:
 
 
 async def _ab(args: argparse.Namespace) -> int:
-    print(ab_run(args.rev, args.pairs, args.batch, args.subscribers, args.requests))
+    print(ab_run(args.rev, args.pairs, args.batch, args.subscribers, args.requests,
+                 args.load))
     return 0
 
 
