@@ -75,30 +75,30 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
     return done.stdout.strip()
 
 
+def _python_at(root: Path, *args: str) -> str:
+    """`python -m ARGS` on the code at `root` (its checkout first on the path); its stdout."""
+    done = subprocess.run([sys.executable, "-m", *args], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} at {root} failed: "
+                           f"{done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
 def _measure(root: Path, batch: int, subscribers: int, requests: int) -> dict[str, float]:
-    """One engine_cpu run of the code at `root`: its JSON figures."""
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-m", "tollgate.bench.engine_cpu", "--batch", str(batch),
-         "--subscribers", str(subscribers), "--requests", str(requests)],
-        cwd=root, env=env, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"engine_cpu at {root} failed: {done.stderr.strip()[-2000:]}")
-    out: dict[str, float] = json.loads(lines[-1])
+    """One engine_cpu run of the code at `root`: its JSON figures (its last line)."""
+    out: dict[str, float] = json.loads(_python_at(
+        root, "tollgate.bench.engine_cpu", "--batch", str(batch), "--subscribers",
+        str(subscribers), "--requests", str(requests)).strip().splitlines()[-1])
     return out
 
 
 def _load(root: Path, load_args: list[str]) -> dict[str, float]:
     """One `tollgate bench load` of the code at `root`: its load_figures (the bare server's
     runs, the same code on both sides, are left out)."""
-    env = {**os.environ, "PYTHONPATH": str(root)}
     with tempfile.TemporaryDirectory(prefix="tollgate-ab-load-") as out:
-        done = subprocess.run([sys.executable, "-m", "tollgate", "bench", "load", *load_args,
-                               "--no-progress", "--out", out],
-                              cwd=root, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"bench load at {root} failed: {done.stderr.strip()[-2000:]}")
+        _python_at(root, "tollgate", "bench", "load", *load_args, "--no-progress", "--out", out)
         runs = json.loads((Path(out) / "results.json").read_text())["runs"]
     return load_figures(runs)
 
