@@ -157,12 +157,54 @@ async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later
     batcher.start()
     await batcher.close()
 
-    # Equal shares in turn: the call's request is in the first batch, not the 27th, and the
-    # stream's requests keep their order.
-    assert batches[0] == ["s0", "s1", "u0", "s2"]
+    # Turns of at most max_batch each: the call's request is in the second batch (after one
+    # turn of the stream), not the 27th, and the stream's requests keep their order.
+    assert batches[:2] == [["s0", "s1", "s2", "s3"], ["u0", "s4", "s5", "s6"]]
     stream_order = [x for b in batches for x in b if x.startswith("s")]
     assert stream_order == [f"s{n}" for n in range(110)]
     assert (batcher.queued, sum(map(len, batches))) == (0, 111)
+
+
+async def test_calls_are_taken_whole_in_turn_so_the_first_is_answered_first() -> None:
+    batches: list[list[str]] = []
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        batches.append(batch)
+        return Prepared(batch)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=8, window_s=0,
+                                    max_queue=1000)
+    for c in "abcd":  # four calls of six requests, as a closed-loop client keeps in flight
+        batcher.submit([f"{c}{n}" for n in range(6)])
+    batcher.start()
+    await batcher.close()
+
+    # Equal shares would spread every call over every batch, and none would be answered
+    # before the last batch (its client idle until then); in turn, call a is answered after
+    # the first batch, and its client sends its next call while the others run.
+    assert batches == [["a0", "a1", "a2", "a3", "a4", "a5", "b0", "b1"],
+                       ["b2", "b3", "b4", "b5", "c0", "c1", "c2", "c3"],
+                       ["c4", "c5", "d0", "d1", "d2", "d3", "d4", "d5"]]
+
+
+async def test_sources_with_more_than_a_batch_queued_take_turns_of_a_batch() -> None:
+    batches: list[list[str]] = []
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        batches.append(batch)
+        return Prepared(batch)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=4, window_s=0,
+                                    max_queue=1000)
+    first, second = object(), object()  # two streams, each far ahead of its reader
+    batcher.submit([f"x{n}" for n in range(10)], first)
+    batcher.submit([f"y{n}" for n in range(6)], second)
+    batcher.start()
+    await batcher.close()
+
+    # Neither can hold the batcher: a turn is one batch's worth, then the other's turn.
+    assert batches == [["x0", "x1", "x2", "x3"], ["y0", "y1", "y2", "y3"],
+                       ["x4", "x5", "x6", "x7"], ["y4", "y5", "x8", "x9"]]
 
 
 def _sizes() -> tuple[list[list[str]], Batcher[str]]:
