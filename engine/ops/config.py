@@ -43,7 +43,8 @@ class Config:
     steps, so this bounds how long such a step holds the event loop, at some of the bulk
     callers' throughput (docs/stream-soak.md). 0 = max_batch always."""
     batch_window_ms: float = 1.0
-    """How long an idle batcher waits for more requests before flushing."""
+    """How long the idle small calls' lane (unary Charge, calls of a few requests) waits for
+    more before flushing; a larger call or a stream's message starts a batch at once."""
     max_queue: int = 100_000
     """Requests waiting for a batch before new ones are refused (backpressure)."""
     answer_retention_s: int = 3600

@@ -98,8 +98,8 @@ async def test_a_failed_finish_fails_only_its_own_batch() -> None:
 
 
 def _recording(window_s: float) -> tuple[list[tuple[list[int], float]], Batcher[int]]:
-    """A batcher (batches of 4) that records each batch and when it was prepared
-    (event-loop time)."""
+    """A batcher (batches of 4; a call of one item is a small call) that records each batch
+    and when it was prepared (event-loop time)."""
     batches: list[tuple[list[int], float]] = []
 
     async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
@@ -107,7 +107,7 @@ def _recording(window_s: float) -> tuple[list[tuple[list[int], float]], Batcher[
         return Prepared(batch)
 
     return batches, Batcher(prepare, lambda items, e: None, max_batch=4, window_s=window_s,
-                            max_queue=100)
+                            max_queue=100, shared_batch=8)
 
 
 async def test_an_idle_batcher_waits_its_window_for_more_then_runs_what_came() -> None:
@@ -132,13 +132,27 @@ async def test_a_batch_that_fills_in_the_window_runs_at_once() -> None:
     t0 = loop.time()
     batcher.submit([1])
     await asyncio.sleep(0.005)  # the window has started
-    batcher.submit([2, 3, 4, 5])
+    for n in (2, 3, 4, 5):
+        batcher.submit([n])
     while not batches:
         await asyncio.sleep(0.001)
     assert batches[0][0] == [1, 2, 3, 4]
     assert batches[0][1] - t0 < 2.5  # well before the window ends
     await batcher.close()
     assert [b for b, _ in batches] == [[1, 2, 3, 4], [5]]
+
+
+async def test_a_larger_call_at_an_idle_batcher_runs_without_the_window() -> None:
+    batches, batcher = _recording(5.0)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    batcher.submit([1, 2, 3])  # more than a small call: the bulk lane's
+    while not batches:
+        await asyncio.sleep(0.001)
+    assert batches[0][0] == [1, 2, 3]  # not full, yet not held for the window
+    assert batches[0][1] - t0 < 2.5
+    await batcher.close()
 
 
 async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later() -> None:
