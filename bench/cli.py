@@ -92,6 +92,12 @@ def add_bench_parser(sub: Any) -> None:
                       help="also open loop at 10..100%% of each API's closed-loop maximum; "
                            "plot latency against offered load")
     load.add_argument("--no-ceilings", action="store_true", help="skip the ceiling runs")
+    load.add_argument("--replay", type=float, default=0.0, metavar="RATE",
+                      help="closed loop, batch and stream: build and encode each caller's "
+                           "messages for RATE requests/s before the run and send them as "
+                           "they are, reading only the answers' result codes (the load "
+                           "generator's CPU, which shares a small machine with the server, "
+                           "drops to a few µs per request); past the script, live traffic")
     load.add_argument("--rounds", type=int, default=1,
                       help="closed loop: measure ceilings and engine this many times, "
                            "alternating, and report each API's median ratio (a machine "
@@ -305,7 +311,7 @@ async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
             run = await client.run(target, api, lab.args.seconds,
                                    concurrency=lab.concurrency(api),
                                    batch=lab.args.open_batch if rate else lab.args.batch,
-                                   rate=rate)
+                                   rate=rate, replay=getattr(lab.args, "replay", 0.0))
             runs.append(run)
             if sweep and not rate:
                 for share in SWEEP:

@@ -32,6 +32,8 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
 Call = tuple[list[cpb.ChargeRequest], float]  # requests of one call, its intended send time
 Lane = tuple[charging_pb2_grpc.ChargingStub, Traffic]  # a connection, the sessions it carries
+SERVICE = "/tollgate.v1.Charging/"
+SUCCESS = cpb.SUCCESS
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Run:
     latency_ms: dict[str, float] = field(default_factory=dict)  # per call: p50 p90 p99 p99.9
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the run
     round: int = 0  # `bench load --rounds`: which round of ceilings and engine runs
+    replayed: int = 0  # requests sent from scripts (Client.run's `replay`)
 
     def cpu_per_request_us(self) -> dict[str, float]:
         """CPU time per answered request, in µs, of each measured process group: what a
@@ -67,7 +70,8 @@ class Run:
         load = f"{self.offered:,.0f}/s" if self.mode == "open" else f"x{self.concurrency}"
         size = f" of {self.batch}" if self.api != "unary" else ""
         of_round = f", round {self.round}" if self.round else ""
-        return f"{self.target} {self.api}{size} {self.mode} {load}{of_round}"
+        replayed = " replayed" if self.replayed else ""
+        return f"{self.target} {self.api}{size} {self.mode} {load}{replayed}{of_round}"
 
 
 class CpuProbe:
@@ -134,12 +138,32 @@ class Client:
         self.shards = traffic.shard(connections)
         self.lanes = list(zip((charging_pb2_grpc.ChargingStub(c) for c in self.channels),
                               self.shards, strict=True))
+        # The same methods sending and receiving bytes as they are (replays).
+        self.raw = [(c.unary_unary(SERVICE + "ChargeBatch"),
+                     c.stream_stream(SERVICE + "ChargeStream")) for c in self.channels]
         self._next = 0
 
     def lane(self) -> Lane:
         """The next connection and its sessions, round robin."""
+        return self.lanes[self._next_lane()[0]]
+
+    def _next_lane(self) -> tuple[int, Traffic]:
+        """The next connection's index and its sessions, round robin."""
         self._next = (self._next + 1) % len(self.lanes)
-        return self.lanes[self._next]
+        return self._next, self.lanes[self._next][1]
+
+    @staticmethod
+    def _scripts(callers: list[tuple[int, Traffic]], messages: int, size: int
+                 ) -> tuple[list[tuple[int, Traffic]], list[list[bytes]]]:
+        """Each caller with sessions of its own (callers of one connection share its
+        sessions out: Traffic.shard) and its script of `messages` messages."""
+        shares: dict[int, list[Traffic]] = {}
+        for lane, traffic in callers:
+            shares.setdefault(lane, []).append(traffic)
+        for lane, traffics in shares.items():
+            shares[lane] = traffics[0].shard(len(traffics))
+        callers = [(lane, shares[lane].pop()) for lane, _ in callers]
+        return callers, [traffic.scripted(messages, size) for _, traffic in callers]
 
     def peer(self) -> tuple[DiameterPeer, Traffic]:
         """The next Diameter connection, with the sessions of the gRPC one of its index (a
@@ -201,19 +225,30 @@ class Client:
     # --- runs ------------------------------------------------------------------------------
 
     async def run(self, target: str, api: str, seconds: float, *, concurrency: int = 1,
-                  batch: int = 1000, rate: float = 0.0,
+                  batch: int = 1000, rate: float = 0.0, replay: float = 0.0,
                   sample: Callable[[float], None] | None = None) -> Run:
         """Closed loop with `concurrency` calls in flight when `rate` is 0, else open loop
-        at `rate` requests/s. `sample(elapsed_s)` is called every second (soak)."""
+        at `rate` requests/s. `sample(elapsed_s)` is called every second (soak). `replay`
+        (closed loop, batch and stream): each caller's messages for `replay` requests/s
+        over the run are built and encoded first (Traffic.scripted), then sent as they are,
+        and only the answers' result codes are read; a caller that gets through its script
+        goes on with live traffic."""
         size = 1 if api in ("unary", "diameter") else batch
         run = Run(target, api, "open" if rate else "closed", concurrency, size, rate)
         latencies: list[float] = []
+        callers = [self._next_lane() for _ in range(concurrency)]
+        scripts: list[list[bytes]] = [[] for _ in callers]
+        if replay and not rate and api in ("batch", "stream"):
+            callers, scripts = self._scripts(callers, -(-int(replay * seconds) // (
+                concurrency * size)), size)
         stop_at = time.perf_counter() + seconds
         if rate:
             work: Awaitable[Any] = self._open(run, api, size, rate, stop_at, latencies)
         else:
-            work = asyncio.gather(*(self._closed(run, api, size, stop_at, latencies)
-                                    for _ in range(concurrency)))
+            work = asyncio.gather(*(self._closed(run, api, size, stop_at, latencies, lane,
+                                                 traffic, script)
+                                    for (lane, traffic), script in zip(callers, scripts,
+                                                                       strict=True)))
         self.cpu.start()
         started = time.perf_counter()
         ticker = asyncio.create_task(self._tick(run, seconds, started, sample))
@@ -244,15 +279,58 @@ class Client:
             bar.close()
 
     async def _closed(self, run: Run, api: str, size: int, stop_at: float,
-                      latencies: list[float]) -> None:
+                      latencies: list[float], lane: int, traffic: Traffic,
+                      script: list[bytes]) -> None:
         stub: Any
-        stub, traffic = self.peer() if api == "diameter" else self.lane()
+        if api == "diameter":
+            stub, traffic = self.peer()
+        else:
+            stub = self.lanes[lane][0]
+        if script:
+            await self._replay(run, api, lane, script, size, stop_at, latencies)
+            if time.perf_counter() >= stop_at:
+                return
         stream = stub.ChargeStream() if api == "stream" else None
         send = self._sender(api)
         while time.perf_counter() < stop_at:
             requests = traffic.batch(size)
             call = _exchange(stream, requests) if stream is not None else send(stub, requests)
             await self._timed(run, traffic, requests, call, time.perf_counter(), latencies)
+        if stream is not None:
+            await stream.done_writing()
+
+    async def _replay(self, run: Run, api: str, lane: int, script: list[bytes], size: int,
+                      stop_at: float, latencies: list[float]) -> None:
+        """Sends a caller's scripted messages one after another until the script or the
+        time runs out; an answer is read for its result codes only."""
+        call, open_stream = self.raw[lane]
+        stream = open_stream() if api == "stream" else None
+        for data in script:
+            if time.perf_counter() >= stop_at:
+                break
+            since = time.perf_counter()
+            try:
+                if stream is not None:
+                    await stream.write(data)
+                    reply = await stream.read()
+                else:
+                    reply = await call(data)
+            except grpc.aio.AioRpcError as e:
+                # Counted as a failed call; the script's later requests of its sessions
+                # would be refused (a stream is over, too): live traffic goes on.
+                latencies.append(time.perf_counter() - since)
+                run.calls += 1
+                _count(run, e.code().name, size)
+                return
+            latencies.append(time.perf_counter() - since)
+            results = [a.result for a in cpb.ChargeBatchAnswer.FromString(reply).answers]
+            run.calls += 1
+            run.requests += len(results)
+            run.replayed += len(results)
+            if results.count(SUCCESS) != len(results):
+                for r in results:
+                    if r != SUCCESS:
+                        _count(run, cpb.ResultCode.Name(r), 1)
         if stream is not None:
             await stream.done_writing()
 

@@ -15,10 +15,11 @@ from tollgate.bench.ceiling import BareCharging
 from tollgate.bench.cli import bytes_per_subscriber, idle_bytes_text
 from tollgate.bench.loadgen import Client, CpuProbe, Run
 from tollgate.bench.report import table
-from tollgate.bench.traffic import Traffic
+from tollgate.bench.traffic import PLANNED_QUOTA, Traffic
 from tollgate.engine.ops import population
 from tollgate.engine.storage.store import Store
 from tollgate.server import Tollgate
+from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 
 
@@ -52,6 +53,52 @@ async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> No
     assert runs[3].requests <= 1000 * 0.4 + 50  # the open loop keeps to its rate
     lines = table(runs, {"bare unary": 1000.0, "apply": 5000.0})
     assert "% of bare unary" in lines[2] and "% of redis apply" in lines[3]
+
+
+async def test_a_replay_sends_scripted_messages_and_every_one_is_charged(
+        tollgate: Tollgate) -> None:
+    store = Store(tollgate.config.redis_url, tollgate.config.partitions)
+    try:
+        await population.provision(store, 300)
+    finally:
+        await store.close()
+    c = client(tollgate.address, 300)
+    try:
+        await c.wait_ready()
+        # Scripts for 2 000 requests/s over 0.5 s: 10 messages of 50 for each of 2 callers;
+        # a caller past its script goes on live.
+        runs = [await c.run("engine", api, 0.5, concurrency=2, batch=50, replay=2000)
+                for api in ("batch", "stream")]
+    finally:
+        await c.close()
+    for r in runs:
+        assert r.requests > 0 and r.errors == 0, r  # every scripted request SUCCESS
+        assert 0 < r.replayed <= 2 * 10 * 50
+        assert r.name.endswith("closed x2 replayed")
+
+
+def test_a_script_is_what_one_caller_sends_one_message_after_another() -> None:
+    traffic = Traffic(100, sessions=30, max_updates=2)
+    script = [cpb.ChargeBatchRequest.FromString(m).requests for m in traffic.scripted(12, 10)]
+    assert [len(m) for m in script] == [10] * 12
+    last: dict[str, int] = {}
+    ended: set[str] = set()
+    for message in script:
+        ids = [r.session_id for r in message]
+        assert len(set(ids)) == len(ids)  # a session at most once in flight
+        for r in message:
+            # each session's requests numbered in order, from its INITIAL to a TERMINATION
+            assert r.session_id not in ended
+            assert r.request_number == last.get(r.session_id, -1) + 1
+            assert (r.type == cpb.INITIAL) == (r.request_number == 0)
+            last[r.session_id] = r.request_number
+            if r.type == cpb.TERMINATION:
+                ended.add(r.session_id)
+            elif r.type == cpb.UPDATE:
+                # usage within what the plan grants by default (taken as granted)
+                used = r.units[0].used.total_octets or r.units[0].used.time_seconds
+                assert 0 < used <= max(PLANNED_QUOTA.values())
+    assert ended and not traffic.busy  # all answered: the caller's sessions at the end
 
 
 async def test_the_diameter_api_runs_closed_and_open_loop(config) -> None:

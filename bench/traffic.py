@@ -8,7 +8,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from tollgate.engine.ops.population import DEFAULT_PREFIX, subscriber_id
+from tollgate.engine.ops.population import BENCH_PLAN, DEFAULT_PREFIX, subscriber_id
 from tollgate.v1 import charging_pb2 as cpb
 
 DATA_RG, VOICE_RG = 10, 100
@@ -18,6 +18,9 @@ FALLBACK_QUOTA = {DATA_RG: 1_000_000, VOICE_RG: 60}
 """What a session reports when it got no grant (e.g. from the bare ceiling server)."""
 VOICE_SHARE = 0.3
 """Sessions that carry voice (rating group 100) besides data."""
+PLANNED_QUOTA = {r.rating_group: r.default_quota for r in BENCH_PLAN.rates}
+"""What the bench plan grants a request that asks for its default quota, as long as the
+account can pay: what a scripted session (Traffic.scripted) assumes it was granted."""
 
 
 @dataclass(slots=True)
@@ -110,10 +113,32 @@ class Traffic:
     def batch(self, n: int) -> list[cpb.ChargeRequest]:
         return [self.next() for _ in range(n)]
 
+    def scripted(self, messages: int, size: int) -> list[bytes]:
+        """`messages` ChargeBatchRequest messages of `size` requests, encoded, in the order
+        one closed-loop caller sends them (each after the answer to the one before), each
+        request taken as answered with the bench plan's default quotas. A replay sends them
+        as they are: the caller builds no message and reads no grant while it is measured.
+        For a Traffic of that one caller (shard): its sessions are at the script's end."""
+        out = []
+        for _ in range(messages):
+            requests = self.batch(size)
+            out.append(cpb.ChargeBatchRequest(requests=requests).SerializeToString())
+            for r in requests:
+                s = self.busy[r.session_id]
+                for rg in s.rating_groups:
+                    s.quota[rg] = PLANNED_QUOTA[rg]
+                self._done(s, r.type == cpb.TERMINATION)
+        return out
+
     def answered(self, request: cpb.ChargeRequest, answer: cpb.ChargeAnswer) -> None:
-        s = self.busy.pop(request.session_id)
+        s = self.busy[request.session_id]
         s.take(request, answer)
-        if s.ended:
+        self._done(s, s.ended)
+
+    def _done(self, s: Session, ended: bool) -> None:
+        del self.busy[s.session_id]
+        s.ended = ended
+        if ended:
             self.ended += 1
         else:
             self.idle.append(s)
