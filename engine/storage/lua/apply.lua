@@ -28,6 +28,10 @@
 -- only writes. Long argument lists (an account with thousands of members in one batch) go
 -- out in chunks (lib_chunked.lua). The keys' types are not checked: every key here is
 -- Tollgate's own, of the type the key layout gives it.
+-- Globals read once: each use of one is a table look-up in Lua 5.1, and ARGV alone is read
+-- some twenty times per group.
+local ARGV, KEYS, call, tonumber, byte = ARGV, KEYS, redis.call, tonumber, string.byte
+local nargs = #ARGV
 local retention = ARGV[1]
 if not string.match(retention, '^%d+$') or #retention > 15 then
   error('apply: retention is not a whole number of ms: ' .. tostring(retention))
@@ -35,7 +39,7 @@ end
 
 local function count(at, what)
   local n = tonumber(ARGV[at])
-  if not n or n < 0 or n % 1 ~= 0 or at > #ARGV then
+  if not n or n < 0 or n % 1 ~= 0 or at > nargs then
     error('apply: ' .. what .. ' at argument ' .. at .. ' is not a count: ' .. tostring(ARGV[at]))
   end
   return n
@@ -68,9 +72,9 @@ for n in string.gmatch(ARGV[2], '%d+') do
     end
     seen[KEYS[k]] = true
     groups[g] = {true, block, k, a}
-    local ok = redis.call('HGET', KEYS[k], 'ver') == version
+    local ok = call('HGET', KEYS[k], 'ver') == version
     for i = 1, ok and n_sessions or 0 do
-      if string.byte(created, i) == 49 and redis.call('EXISTS', KEYS[k + 1 + i]) == 1 then
+      if byte(created, i) == 49 and call('EXISTS', KEYS[k + 1 + i]) == 1 then
         ok = false
         break
       end
@@ -91,8 +95,8 @@ for n in string.gmatch(ARGV[2], '%d+') do
     k = k + 2 + n_sessions
   end
 end
-if a - 1 ~= #ARGV or k - 1 ~= #KEYS then
-  error('apply: ' .. #ARGV .. ' arguments and ' .. #KEYS .. ' keys, the groups describe ' ..
+if a - 1 ~= nargs or k - 1 ~= #KEYS then
+  error('apply: ' .. nargs .. ' arguments and ' .. #KEYS .. ' keys, the groups describe ' ..
         (a - 1) .. ' and ' .. (k - 1))
 end
 
@@ -119,28 +123,28 @@ for _, group in ipairs(groups) do
       local id, mode, expiry, value = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
       a = a + 4
       if mode == 'open' then
-        redis.call('SET', sess, value)
+        call('SET', sess, value)
         -- A session joins the account's open set when it is created. An open session
         -- never has a TTL: only ending sets one, and nothing reopens an ended session
         -- (that would be a write on an older account version, refused above).
         -- Its zset score is set when it is created ('1') or asked for ('2': its expiry
         -- shrank or the score is unknown); otherwise the score stays at or before the
         -- session's `exp` field, and the sweeper moves it on when it finds it due.
-        local c = string.byte(created, i)
+        local c = byte(created, i)
         if c == 49 then
-          redis.call('SADD', set, id)
+          call('SADD', set, id)
         end
         if c ~= 48 then
-          redis.call('ZADD', open, expiry, sess)
+          call('ZADD', open, expiry, sess)
         end
       else
         if retention == '0' then
-          redis.call('DEL', sess)
+          call('DEL', sess)
         else
-          redis.call('SET', sess, value, 'PX', retention)
+          call('SET', sess, value, 'PX', retention)
         end
-        redis.call('SREM', set, id)
-        redis.call('ZREM', open, sess)
+        call('SREM', set, id)
+        call('ZREM', open, sess)
       end
     end
     if n_records > 0 then
@@ -155,12 +159,12 @@ for _, group in ipairs(groups) do
       a = a + 1
     end
     for i = a, a + n_events - 1 do
-      redis.call('XADD', events, '*', 'e', ARGV[i])
+      call('XADD', events, '*', 'e', ARGV[i])
     end
   end
 end
 for _, block in ipairs(order) do
   local b = blocks[block]
-  redis.call('XADD', KEYS[block], '*', 'n', b[1], 'b', table.concat(b[2]))
+  call('XADD', KEYS[block], '*', 'n', b[1], 'b', table.concat(b[2]))
 end
 return conflicts
