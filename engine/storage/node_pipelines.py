@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Hashable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -24,7 +24,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tollgate.engine.ops import metrics
-from tollgate.engine.storage.redis_client import Prepacked, cluster_of, packed_by_hiredis
+from tollgate.engine.storage.redis_client import (
+    Prepacked,
+    cluster_of,
+    exchange,
+    packed,
+    packed_by_hiredis,
+)
 
 log = logging.getLogger("tollgate.store")
 
@@ -157,21 +163,29 @@ class NodePipelines:
     async def _send(self, where: tuple[str, int], script: AsyncScript,
                     calls: list[tuple[K, Call, bool]], wait: bool) -> list[Any]:
         client = self.client if self.cluster is None else self._node(*where)
-        pipe: Pipeline = client.pipeline(transaction=False)
-        for _, (call_keys, args), ask in calls:
-            if ask:
-                pipe.execute_command("ASKING")
-            # EVALSHA itself: a script called on a pipeline makes it ask SCRIPT EXISTS first,
-            # a round trip per batch. A node without the script (restarted, failed over)
-            # answers NOSCRIPT without running anything; it is loaded and the call sent again.
-            if isinstance(args, Prepacked):
-                pipe.execute_command("EVALSHA", args)
-            else:
-                pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
         wait_replicas = self.wait_replicas if wait else 0
-        if wait_replicas:
-            pipe.execute_command("WAIT", wait_replicas, self.wait_timeout_ms)
-        out = await pipe.execute(raise_on_error=False)
+        # EVALSHA itself: a script called on a pipeline makes it ask SCRIPT EXISTS first, a
+        # round trip per batch. A node without the script (restarted, failed over) answers
+        # NOSCRIPT without running anything; it is loaded and the call sent again.
+        if self.cluster is None and all(type(args) is Prepacked for _, (_, args), _ in calls):
+            # The apply on a single server: its calls are written already.
+            tail = (packed([("WAIT", wait_replicas, self.wait_timeout_ms)])
+                    if wait_replicas else b"")
+            out = await exchange(client, b"".join(
+                [cast(bytes, args) for _, (_, args), _ in calls] + [tail]),
+                len(calls) + bool(wait_replicas))
+        else:
+            pipe: Pipeline = client.pipeline(transaction=False)
+            for _, (call_keys, args), ask in calls:
+                if ask:
+                    pipe.execute_command("ASKING")
+                if isinstance(args, Prepacked):
+                    pipe.execute_command("EVALSHA", args)
+                else:
+                    pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
+            if wait_replicas:
+                pipe.execute_command("WAIT", wait_replicas, self.wait_timeout_ms)
+            out = await pipe.execute(raise_on_error=False)
         acked = out.pop() if wait_replicas else None
         replies = iter(out)
         results = [next(replies) if not ask else _after_asking(next(replies), next(replies))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -24,7 +24,13 @@ from tollgate.engine.errors import AlreadyExists, ConfigError, Conflict, Invalid
 from tollgate.engine.rating.plans import plan_from_proto, plan_to_proto
 from tollgate.engine.storage import keys, record_block
 from tollgate.engine.storage.node_pipelines import Call, NodePipelines
-from tollgate.engine.storage.redis_client import Prepacked, connect_async
+from tollgate.engine.storage.redis_client import (
+    Prepacked,
+    cluster_of,
+    connect_async,
+    exchange,
+    packed,
+)
 from tollgate.engine.storage.session_blob import pack_session, parse_session_hash, unpack_session
 from tollgate.engine.storage.state import (
     MEMBER_COUNTERS,
@@ -202,11 +208,10 @@ class Store:
                                ) -> list[tuple[str, SubscriberState] | None]:
         """Each subscriber's account and state (None: not known). `charging`: on the
         charging path's client, whose caller bounds the call (see __init__)."""
-        pipe = (self.charging_redis if charging else self.redis).pipeline(transaction=False)
-        for sid in ids:
-            pipe.hmget(keys.subscriber(sid), "acct", "state")
+        client = self.charging_redis if charging else self.redis
+        commands = [("HMGET", keys.subscriber(sid), "acct", "state") for sid in ids]
         out: list[tuple[str, SubscriberState] | None] = []
-        for acct, state in await pipe.execute():
+        for acct, state in await self._replies(client, commands):
             out.append(None if acct is None else (acct.decode(), SubscriberState(int(state))))
         return out
 
@@ -228,18 +233,37 @@ class Store:
         account version, so the apply's version check catches any mix of old and new. On
         the charging path's client: its caller bounds the call (see __init__)."""
         partitions = [self.partition(account_id) for account_id, _ in wanted]
-        pipe = self.charging_redis.pipeline(transaction=False)
+        commands: list[tuple[str, ...]] = []
         for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
-            pipe.hgetall(keys.account(p, account_id))
-            for sid in session_ids:
-                pipe.get(keys.session(p, sid))
-        replies = iter(await pipe.execute())
+            commands.append(("HGETALL", keys.account(p, account_id)))
+            commands += [("GET", keys.session(p, sid)) for sid in session_ids]
+        replies = iter(await self._replies(self.charging_redis, commands))
         out: list[tuple[AccountState | None, list[bytes | None]]] = []
         for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
             h = next(replies)
+            if isinstance(h, list):  # a flat list of fields and values (exchange)
+                h = dict(zip(h[::2], h[1::2], strict=True))
             acct = parse_account(account_id, p, h) if h else None
             out.append((acct, [next(replies) or None for _ in session_ids]))
         return out
+
+    @staticmethod
+    async def _replies(client: aioredis.Redis, commands: Sequence[tuple[str, ...]]
+                       ) -> list[Any]:
+        """The replies to read commands, in one round trip; the first error reply raised.
+        On a single server without a pipeline's machinery (redis_client.exchange); on a
+        cluster, a pipeline sends each to its slot's node."""
+        if cluster_of(client) is None:
+            replies = await exchange(client, packed(commands), len(commands))
+        else:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = await pipe.execute(raise_on_error=False)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
 
     async def moved_accounts(self, held: dict[str, int]) -> set[str]:
         """The accounts, of those held at a version, whose version is another by now (or that
