@@ -112,13 +112,13 @@ async def exchange(client: aioredis.Redis, data: bytes, replies: int) -> list[An
     """The replies to commands written already (`data`, `replies` of them), sent at once on
     one of a single server's pooled connections and read in order; an error reply comes as
     its exception, as from a pipeline's execute(raise_on_error=False), and the raw replies
-    (HGETALL's a flat list). What a pipeline does, with about 35 µs less of the client's CPU
-    per round trip (its command stack and callbacks, and the pool's events on every
-    execute): a small batch's fixed cost. A lost connection is retried as the client's
-    retry policy says, as a pipeline's is (the charging path sends reads, and applies whose
-    version check refuses a second run); a cancelled exchange drops its connection
-    (redis-py's send and read do on any exception), so none goes back to the pool with
-    replies unread."""
+    (HGETALL's a map, or under RESP2 a flat list). What a pipeline does, with about 35 µs
+    less of the client's CPU per round trip (its command stack and callbacks, and the
+    pool's events on every execute): a small batch's fixed cost. A lost connection is
+    retried as the client's retry policy says, as a pipeline's is (the charging path sends
+    reads, and applies whose version check refuses a second run); a cancelled exchange
+    drops its connection (redis-py's send and read do on any exception), so none goes back
+    to the pool with replies unread."""
     pool = client.connection_pool
     conn = await pool.get_connection()
 

@@ -241,7 +241,7 @@ class Store:
         out: list[tuple[AccountState | None, list[bytes | None]]] = []
         for (account_id, session_ids), p in zip(wanted, partitions, strict=True):
             h = next(replies)
-            if isinstance(h, list):  # a flat list of fields and values (exchange)
+            if isinstance(h, list):  # RESP2's flat list of fields and values (exchange)
                 h = dict(zip(h[::2], h[1::2], strict=True))
             acct = parse_account(account_id, p, h) if h else None
             out.append((acct, [next(replies) or None for _ in session_ids]))

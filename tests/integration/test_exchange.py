@@ -1,0 +1,82 @@
+"""redis_client.exchange, the charging path's round trip on a single server: commands written
+end to end, replies in order with error replies as values, and a connection that goes back
+to the pool only with nothing left unread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.exceptions import ResponseError
+
+from tollgate.engine.ops import population
+from tollgate.engine.storage.redis_client import exchange, packed
+from tollgate.engine.storage.redis_server import RedisServer
+from tollgate.engine.storage.store import Store
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[Store]:
+    s = Store(redis_server.url, 8)
+    await s.redis.flushall()
+    yield s
+    await s.close()
+
+
+async def test_replies_come_in_order_and_an_error_reply_as_a_value(store: Store) -> None:
+    client = store.charging_redis
+    await client.hset("h", mapping={"a": "1", "b": "2"})
+    await client.set("s", "text")
+    replies = await exchange(client, packed([("HGETALL", "h"), ("HGET", "s", "a"),
+                                             ("GET", "s"), ("GET", "missing")]), 4)
+    # Redis's own reply, not a pipeline's callback's: a map (RESP3, redis-py's default), or
+    # under RESP2 (`?protocol=2`) its fields and values in a flat list.
+    assert replies[0] in ({b"a": b"1", b"b": b"2"}, [b"a", b"1", b"b", b"2"])
+    assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+    assert replies[2:] == [b"text", None]
+    # The connection went back to the pool with nothing unread: the next command's reply is
+    # its own.
+    assert await client.get("s") == b"text"
+
+
+async def test_a_cancelled_exchange_leaves_no_reply_for_the_next_one(store: Store) -> None:
+    client = store.charging_redis
+    await client.set("x", "mine")
+    waiting = asyncio.create_task(exchange(client, packed([("BLPOP", "queue", "5")]), 1))
+    await asyncio.sleep(0.1)
+    waiting.cancel()  # as by_deadline abandons a batch's round trip
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await client.rpush("queue", "late")  # what the abandoned BLPOP would have read
+    for _ in range(3):  # whichever pooled connection each one gets
+        assert await exchange(client, packed([("GET", "x")]), 1) == [b"mine"]
+
+
+async def test_a_connection_lost_between_round_trips_is_opened_again(store: Store) -> None:
+    client = store.charging_redis
+    await client.set("x", "1")
+    assert await exchange(client, packed([("GET", "x")]), 1) == [b"1"]
+    await store.redis.client_kill_filter(_type="normal", skipme=True)  # the pooled one too
+    assert await exchange(client, packed([("INCR", "x"), ("GET", "x")]), 2) == [2, b"2"]
+
+
+async def test_accounts_read_under_resp2_as_under_resp3(redis_server: RedisServer) -> None:
+    resp2 = Store(redis_server.url + "?protocol=2", 8)
+    try:
+        await resp2.redis.flushall()
+        await population.provision(resp2, 2)
+        resp3 = Store(redis_server.url, 8)
+        try:
+            account = population.account_id(population.DEFAULT_PREFIX, 1)
+            wanted: list[tuple[str, list[str]]] = [(account, []), ("none", [])]
+            raw = await exchange(resp2.charging_redis, packed([("HGETALL", "none")]), 1)
+            assert raw == [[]]  # RESP2 indeed: an empty hash is an empty list, not a map
+            [(two, _), (missing, _)] = await resp2.read_accounts(wanted)
+            [(three, _), _] = await resp3.read_accounts(wanted)
+        finally:
+            await resp3.close()
+    finally:
+        await resp2.close()
+    assert two is not None and missing is None
+    assert two == three and two.money == population.DEFAULT_MONEY
