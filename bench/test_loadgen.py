@@ -28,15 +28,21 @@ def client(address: str, subscribers: int) -> Client:
                   progress=False)
 
 
-async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> None:
+async def provisioned_client(tollgate: Tollgate, subscribers: int) -> Client:
+    """A client, ready, of a server whose Redis holds `subscribers` subscribers."""
     store = Store(tollgate.config.redis_url, tollgate.config.partitions)
     try:
-        await population.provision(store, 300)
+        await population.provision(store, subscribers)
     finally:
         await store.close()
-    c = client(tollgate.address, 300)
+    c = client(tollgate.address, subscribers)
+    await c.wait_ready()
+    return c
+
+
+async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> None:
+    c = await provisioned_client(tollgate, 300)
     try:
-        await c.wait_ready()
         runs = [await c.run("engine", "unary", 0.4, concurrency=8),
                 await c.run("engine", "batch", 0.4, concurrency=2, batch=50),
                 await c.run("engine", "stream", 0.4, concurrency=2, batch=50),
@@ -57,14 +63,8 @@ async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> No
 
 async def test_a_replay_sends_scripted_messages_and_every_one_is_charged(
         tollgate: Tollgate) -> None:
-    store = Store(tollgate.config.redis_url, tollgate.config.partitions)
+    c = await provisioned_client(tollgate, 300)
     try:
-        await population.provision(store, 300)
-    finally:
-        await store.close()
-    c = client(tollgate.address, 300)
-    try:
-        await c.wait_ready()
         # Scripts for 2 000 requests/s over 0.5 s: 10 messages of 50 for each of 2 callers;
         # a caller past its script goes on live.
         runs = [await c.run("engine", api, 0.5, concurrency=2, batch=50, replay=2000)

@@ -155,15 +155,20 @@ async def test_a_larger_call_at_an_idle_batcher_runs_without_the_window() -> Non
     await batcher.close()
 
 
-async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later() -> None:
+def _taking(max_batch: int, shared_batch: int = 0) -> tuple[list[list[str]], Batcher[str]]:
+    """A batcher that records the batches it takes (nothing to apply)."""
     batches: list[list[str]] = []
 
     async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
         batches.append(batch)
         return Prepared(batch)
 
-    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=4, window_s=0,
-                                    max_queue=1000)
+    return batches, Batcher(prepare, lambda items, e: None, max_batch=max_batch, window_s=0,
+                            max_queue=1000, shared_batch=shared_batch)
+
+
+async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later() -> None:
+    batches, batcher = _taking(4)
     stream = object()
     batcher.submit([f"s{n}" for n in range(100)], stream)  # a stream far ahead of its reader
     batcher.submit(["u0"])  # a unary call, after it
@@ -180,14 +185,7 @@ async def test_a_flooding_source_does_not_queue_ahead_of_a_call_that_comes_later
 
 
 async def test_calls_are_taken_whole_in_turn_so_the_first_is_answered_first() -> None:
-    batches: list[list[str]] = []
-
-    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
-        batches.append(batch)
-        return Prepared(batch)
-
-    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=8, window_s=0,
-                                    max_queue=1000)
+    batches, batcher = _taking(8)
     for c in "abcd":  # four calls of six requests, as a closed-loop client keeps in flight
         batcher.submit([f"{c}{n}" for n in range(6)])
     batcher.start()
@@ -202,14 +200,7 @@ async def test_calls_are_taken_whole_in_turn_so_the_first_is_answered_first() ->
 
 
 async def test_sources_with_more_than_a_batch_queued_take_turns_of_a_batch() -> None:
-    batches: list[list[str]] = []
-
-    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
-        batches.append(batch)
-        return Prepared(batch)
-
-    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=4, window_s=0,
-                                    max_queue=1000)
+    batches, batcher = _taking(4)
     first, second = object(), object()  # two streams, each far ahead of its reader
     batcher.submit([f"x{n}" for n in range(10)], first)
     batcher.submit([f"y{n}" for n in range(6)], second)
@@ -223,14 +214,7 @@ async def test_sources_with_more_than_a_batch_queued_take_turns_of_a_batch() -> 
 
 def _sizes() -> tuple[list[list[str]], Batcher[str]]:
     """A batcher of batches of 16, 8 while small calls (of 1) come, recording its batches."""
-    batches: list[list[str]] = []
-
-    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
-        batches.append(batch)
-        return Prepared(batch)
-
-    return batches, Batcher(prepare, lambda items, e: None, max_batch=16, window_s=0,
-                            max_queue=1000, shared_batch=8)
+    return _taking(16, shared_batch=8)
 
 
 async def test_batches_are_small_while_small_calls_come_beside_a_stream() -> None:
