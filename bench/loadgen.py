@@ -282,8 +282,8 @@ class Client:
                       latencies: list[float], lane: int, traffic: Traffic,
                       script: list[bytes]) -> None:
         stub: Any
-        if api == "diameter":
-            stub, traffic = self.peer()
+        if api == "diameter":  # the Diameter connection of the gRPC one's index (peer())
+            stub, traffic = self.peers[lane]
         else:
             stub = self.lanes[lane][0]
         if script:

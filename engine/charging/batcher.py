@@ -92,7 +92,8 @@ class Batcher(Generic[T]):
     Fair between callers: items are queued per source (a call, or a whole stream), and the
     sources take turns of at most max_batch items (deficit round robin, `_take`), so a
     stream that sends far more than it reads puts at most one turn ahead of a call that
-    comes later, and sources that keep more than a batch queued share the batches equally.
+    comes later (and the streams together no more than their backlog, `stream_room`), and
+    sources that keep more than a batch queued share the batches equally.
     A call of up to max_batch items is taken whole in its turn: equal shares of every batch
     would spread each call over all of them, and a closed-loop client, answered only when
     the last batch lands, would leave the server idle while it builds its next calls (the
