@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from tollgate.engine.charging.decode import MAX_TIME_MS
+from tollgate.engine.charging.kernels.account_tables import change_rows
 from tollgate.engine.charging.kernels.charge import (
     B_LEVEL,
     B_REMAINING,
@@ -53,8 +54,6 @@ ACCOUNT_OUTPUTS = ("money", "money_reserved", "spent", "cap_level", "low_flag",
 """The other changes' `what`, and their index: a bucket's remaining units, its reserved units
 (the value is the change), its notified level; a member's money spent and reserved, then its
 units used and reserved (index: 3 * member + unit type - 1); the units of a cycle slot."""
-FIRST_WHAT = np.array([0, REMAINING, MEMBER_SPENT, MEMBER_USED, CYCLE], np.int64)
-"""The first `what` of each segment of KernelBatch._changes' rows."""
 
 
 @dataclass(slots=True)
@@ -144,27 +143,11 @@ class KernelBatch:
     def _changes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """The outputs that moved, a row each: (account, what, index, new value). `before` and
         `after` hold the kernel's account, bucket, member, member-unit and cycle rows end to
-        end. Most buckets and members of an account do not move in a batch, and one
-        comparison of the whole is a few array calls however small the batch."""
-        n_a, n_b, n_m, n_s = (len(self.accounts), len(self.buckets), len(self.members),
-                              len(self.slots))
-        at = np.flatnonzero(after != before)
-        # The rows end to end are segments (accounts' 6 outputs, buckets' 3, members' 2,
-        # members' 2 x 3 unit counters, cycle slots), each `what`-major: a position's segment
-        # gives its first `what` and its row length, and the row's owner its account.
-        ends = np.cumsum([6 * n_a, 3 * n_b, 2 * n_m, 6 * n_m, n_s])
-        seg = np.searchsorted(ends, at, side="right")
-        q = at - np.concatenate(([0], ends[:-1]))[seg]  # the position within its segment
-        rows = np.array([n_a, n_b, n_m, 3 * n_m, max(n_s, 1)], np.int64)[seg]
-        what = FIRST_WHAT[seg] + q // rows
-        i = q % rows
-        member_owner = np.array([a for a, _ in self.members], np.int64)
-        owners = np.concatenate((
-            np.arange(n_a), np.repeat(np.arange(n_a), np.diff(self.bucket_start)),
-            member_owner, np.repeat(member_owner, 3),
-            np.array([a for a, _ in self.slots], np.int64)))
-        first = np.cumsum([0, n_a, n_b, n_m, 3 * n_m])[seg]
-        return np.stack((owners[first + i], what, i, after[at]), axis=1).reshape(-1, 4)
+        end. Most buckets and members of an account do not move in a batch: one kernel
+        compares the whole however small the batch (kernels.account_tables.change_rows)."""
+        return change_rows(before, after, np.array(self.bucket_start, np.int64),
+                           np.array([a for a, _ in self.members], np.int64),
+                           np.array([a for a, _ in self.slots], np.int64))
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
         """Brings the cached state this batch read up to the kernel's outputs, except for the

@@ -13,6 +13,9 @@ from tollgate.engine.charging.kernels import account_tables as kernel
 from tollgate.engine.charging.kernels.account_tables_reference import (
     account_tables as reference,
 )
+from tollgate.engine.charging.kernels.account_tables_reference import (
+    change_rows as reference_change_rows,
+)
 from tollgate.engine.charging.kernels.apply_calls import (
     G_SET_HI,
     G_SET_LO,
@@ -161,3 +164,46 @@ def test_every_change_is_named_as_the_account_hash_names_it() -> None:
         *[(f, -what) for what, f in enumerate(kernel.PIECES[:kernel.REMAINING])],
         ("b:voice-é:res", 600), ("b:voice-é:ntf", 80), ("m:sub-b:mres", 8),
         ("m:sub-b:u1", 100), ("m:sub-b:u2", 101), ("m:sub-b:u3", 102), ("cu:77", 10)]
+
+
+@st.composite
+def outputs(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
+    """The charging kernel's outputs before and after (KernelBatch._changes' layout), some of
+    them moved, with the owners of the buckets, members and cycle slots."""
+    n_a = draw(st.integers(1, 5))
+    sizes = draw(st.lists(st.integers(0, 3), min_size=n_a, max_size=n_a))
+    bucket_start = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    member_owner = np.array(draw(st.lists(st.integers(0, n_a - 1), max_size=4)), np.int64)
+    slot_owner = np.array(draw(st.lists(st.integers(0, n_a - 1), max_size=4)), np.int64)
+    n = 6 * n_a + 3 * int(bucket_start[-1]) + 8 * member_owner.size + slot_owner.size
+    before = np.array(draw(st.lists(INT, min_size=n, max_size=n)), np.int64)
+    after = before.copy()
+    for p in draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=n)) if n else []:
+        after[p] = draw(INT)
+    return before, after, bucket_start, member_owner, slot_owner
+
+
+@settings(FAST, max_examples=300)
+@given(outputs())
+def test_the_moved_outputs_are_the_references(args) -> None:
+    got, expected = kernel.change_rows(*args), reference_change_rows(*args)
+    assert got.shape == expected.shape
+    assert (got == expected).all()
+
+
+def test_each_moved_output_is_named_by_its_account_kind_and_index() -> None:
+    # Two accounts: the second has buckets 0 and 1; one member (of account 1) and one cycle
+    # slot (of account 0).
+    bucket_start = np.array([0, 0, 2], np.int64)
+    before = np.zeros(6 * 2 + 3 * 2 + 8 * 1 + 1, np.int64)
+    after = before.copy()
+    after[1] = 10  # money (what 0) of account 1
+    after[12 + 2 + 1] = -4  # the reserved change of bucket 1
+    after[12 + 6 + 1] = 7  # the member's money reserved
+    after[12 + 6 + 2 + 3 + 2] = 9  # the member's units reserved of unit type 3
+    after[-1] = 5  # the cycle slot's units
+    rows = kernel.change_rows(before, after, bucket_start, np.array([1], np.int64),
+                              np.array([0], np.int64))
+    assert rows.tolist() == [[1, 0, 1, 10], [1, kernel.RESERVED, 1, -4],
+                             [1, kernel.MEMBER_MRES, 0, 7], [1, kernel.MEMBER_RESERVED, 2, 9],
+                             [0, kernel.CYCLE, 0, 5]]

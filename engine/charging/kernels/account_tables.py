@@ -1,7 +1,8 @@
 """A batch's account writes as the apply's tables (kernels/apply_calls G_*, SET_*, S_* rows) from
-the kernels' outputs: each account's changed fields named from the batch's id tables, each
-request's session write, its records and events, grouped by account. Its plain-Python twin
-is account_tables_reference.py (tests/unit/test_account_tables.py compares them)."""
+the kernels' outputs: which outputs moved (change_rows), each account's changed fields named
+from the batch's id tables, each request's session write, its records and events, grouped by
+account. Its plain-Python twin is account_tables_reference.py
+(tests/unit/test_account_tables.py compares them)."""
 
 from __future__ import annotations
 
@@ -191,3 +192,51 @@ def account_tables(bases: np.ndarray, versions: np.ndarray, partitions: np.ndarr
     for a in range(n_a):
         groups[a, G_EV_LO], groups[a, G_EV_HI] = start[a], start[a + 1]
     return groups, sets, sessions, records, out_events
+
+
+@njit(cache=True, nogil=True)
+def change_rows(before: np.ndarray, after: np.ndarray, bucket_start: np.ndarray,
+                member_owner: np.ndarray, slot_owner: np.ndarray) -> np.ndarray:
+    """The charging kernel's outputs that moved, a row each: (account, what, index, new
+    value), in the order of `before` and `after`, which hold end to end (each what-major):
+    the accounts' 6 outputs, the buckets' remaining, reserved and notified, the members'
+    money spent and reserved, their units used and reserved (3 per member), and the cycle
+    slots' units. An account's buckets are bucket_start[a] .. bucket_start[a + 1]; a
+    member's and a cycle slot's account are member_owner's and slot_owner's."""
+    n_a = bucket_start.size - 1
+    n_b, n_m, n_s = bucket_start[n_a], member_owner.size, slot_owner.size
+    moved = 0
+    for p in range(before.size):
+        if before[p] != after[p]:
+            moved += 1
+    out = np.empty((moved, 4), np.int64)
+    j = p = 0
+    for what in range(CYCLE + 1):
+        if what < REMAINING:
+            rows = n_a
+        elif what < MEMBER_SPENT:
+            rows = n_b
+        elif what < MEMBER_USED:
+            rows = n_m
+        elif what < CYCLE:
+            rows = 3 * n_m
+        else:
+            rows = n_s
+        a = 0
+        for i in range(rows):
+            if what < REMAINING:
+                a = i
+            elif what < MEMBER_SPENT:
+                while bucket_start[a + 1] <= i:
+                    a += 1
+            elif what < MEMBER_USED:
+                a = member_owner[i]
+            elif what < CYCLE:
+                a = member_owner[i // 3]
+            else:
+                a = slot_owner[i]
+            if before[p] != after[p]:
+                out[j, 0], out[j, 1], out[j, 2], out[j, 3] = a, what, i, after[p]
+                j += 1
+            p += 1
+    return out

@@ -21,6 +21,7 @@ from tollgate.engine.charging.kernels.account_tables import (
     FLAG_RESCORE,
     LEN,
     MEMBER_RESERVED,
+    MEMBER_SPENT,
     MEMBER_USED,
     NOTIFIED,
     OWNER,
@@ -138,3 +139,27 @@ def account_tables(bases: np.ndarray, versions: np.ndarray, partitions: np.ndarr
         g[G_EV_LO], g[G_EV_HI] = event_bounds[a]
     return (np.array(groups, np.int64).reshape(-1, G_COLUMNS), set_table, session_table,
             record_table, event_table)
+
+
+def change_rows(before: np.ndarray, after: np.ndarray, bucket_start: np.ndarray,
+                member_owner: np.ndarray, slot_owner: np.ndarray) -> np.ndarray:
+    """kernels.account_tables.change_rows: each segment of the outputs (accounts, buckets,
+    members, members' units, cycle slots) with its rows' owners, compared one by one."""
+    n_a = len(bucket_start) - 1
+    bucket_owner = [bisect.bisect_right(list(bucket_start), b) - 1
+                    for b in range(int(bucket_start[-1]))]
+    members, slots = [int(m) for m in member_owner], [int(a) for a in slot_owner]
+    segments = [(range(REMAINING), list(range(n_a))),
+                (range(REMAINING, MEMBER_SPENT), bucket_owner),
+                (range(MEMBER_SPENT, MEMBER_USED), members),
+                (range(MEMBER_USED, CYCLE), [m for m in members for _ in range(3)]),
+                (range(CYCLE, CYCLE + 1), slots)]
+    rows, p = [], 0
+    for whats, owners in segments:
+        for what in whats:
+            for i, owner in enumerate(owners):
+                if before[p] != after[p]:
+                    rows.append((owner, what, i, int(after[p])))
+                p += 1
+    assert p == len(before) == len(after)
+    return np.array(rows, np.int64).reshape(-1, 4)
