@@ -129,13 +129,13 @@ class KernelBatch:
             np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
             cycle)
         events = list(zip(*ev.tolist(), strict=True))
-        change_rows = self._changes(
+        moved = self._changes(
             np.concatenate((accounts[:6].ravel(), bucket_rows[B_REMAINING],
                             np.zeros(len(buckets), dtype=np.int64), bucket_rows[B_LEVEL],
                             member_rows[M_SPENT:].ravel(), unit_rows[U_USED:].ravel(), cycle)),
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
-        return KernelResult(change_rows=change_rows,
+        return KernelResult(change_rows=moved,
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out, shown=self.shown,
                             service=self.service)
