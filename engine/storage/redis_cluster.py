@@ -91,9 +91,11 @@ class LocalCluster:
     def _start(self) -> None:
         total = self.n_masters * (1 + self.n_replicas)
         for n in range(total):
-            bus = node_port()
+            bus = port = node_port()
+            while port == bus:  # both are free until the node binds them: not the same one
+                port = node_port()
             server = RedisServer(
-                self.base_dir / f"node-{n}", port=node_port(), appendonly=self.appendonly,
+                self.base_dir / f"node-{n}", port=port, appendonly=self.appendonly,
                 # The bus port is given: the default (port + 10000) may not exist.
                 extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                             "--cluster-port", str(bus),
