@@ -117,12 +117,13 @@ def add_bench_parser(sub: Any) -> None:
                       help="share of the closed-loop batch maximum (default 0.5)")
     soak.add_argument("--api", choices=["batch", "stream"], default="batch")
 
-    ab = cmds.add_parser("ab", help="engine CPU per request, this checkout against another "
-                                    "revision, alternating (in process)",
-                         description="Runs bench/engine_cpu.py on a git revision (from a "
-                                     "temporary worktree) and on this checkout, one after "
-                                     "the other, --pairs times; prints both sides' medians "
-                                     "and the median ratio of the pairs with its quartiles.")
+    ab = cmds.add_parser("ab", help="this checkout against another revision, alternating "
+                                    "(engine CPU in process, or end to end with --load)",
+                         description="Runs bench/engine_cpu.py (or, with --load, `tollgate "
+                                     "bench load`) on a git revision (from a temporary "
+                                     "worktree) and on this checkout, one after the other, "
+                                     "--pairs times; prints both sides' medians and the "
+                                     "median ratio of the pairs with its quartiles.")
     add_ab_arguments(ab)
 
     every = cmds.add_parser("all", help="everything for the results table "

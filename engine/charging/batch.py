@@ -99,10 +99,9 @@ class KernelBatch:
         rg_end = list(itertools.accumulate(len(r) for r in rg_lists))
         items = self.items
         heads, _, held, rated = self.view.arrays
+        bucket_start = np.array(self.bucket_start, np.int64)
         bad = session_columns(items, self.view_rows, heads, held, rated,
-                              self.view.buf,
-                              self.names, self.bucket_names,
-                              np.array(self.bucket_start, np.int64))
+                              self.view.buf, self.names, self.bucket_names, bucket_start)
         if bad >= 0:
             raise ValueError(f"a session's reservation names a bucket its account "
                              f"({accts[items[bad, I_ACCT]].account_id!r}) does not have")
@@ -130,6 +129,7 @@ class KernelBatch:
             cycle)
         events = list(zip(*ev.tolist(), strict=True))
         moved = self._changes(
+            bucket_start,
             np.concatenate((accounts[:6].ravel(), bucket_rows[B_REMAINING],
                             np.zeros(len(buckets), dtype=np.int64), bucket_rows[B_LEVEL],
                             member_rows[M_SPENT:].ravel(), unit_rows[U_USED:].ravel(), cycle)),
@@ -140,12 +140,13 @@ class KernelBatch:
                             items=items, outputs=out, shown=self.shown,
                             service=self.service)
 
-    def _changes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    def _changes(self, bucket_start: np.ndarray, before: np.ndarray, after: np.ndarray
+                 ) -> np.ndarray:
         """The outputs that moved, a row each: (account, what, index, new value). `before` and
         `after` hold the kernel's account, bucket, member, member-unit and cycle rows end to
         end. Most buckets and members of an account do not move in a batch: one kernel
         compares the whole however small the batch (kernels.account_tables.change_rows)."""
-        return change_rows(before, after, np.array(self.bucket_start, np.int64),
+        return change_rows(before, after, bucket_start,
                            np.array([a for a, _ in self.members], np.int64),
                            np.array([a for a, _ in self.slots], np.int64))
 

@@ -252,7 +252,9 @@ class Store:
                        ) -> list[Any]:
         """The replies to read commands, in one round trip; the first error reply raised.
         On a single server without a pipeline's machinery (redis_client.exchange); on a
-        cluster, a pipeline sends each to its slot's node."""
+        cluster, a pipeline sends each to its slot's node. Nothing to read: no round trip."""
+        if not commands:
+            return []
         if cluster_of(client) is None:
             replies = await exchange(client, packed(commands), len(commands))
         else:

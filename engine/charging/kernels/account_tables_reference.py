@@ -146,8 +146,8 @@ def change_rows(before: np.ndarray, after: np.ndarray, bucket_start: np.ndarray,
     """kernels.account_tables.change_rows: each segment of the outputs (accounts, buckets,
     members, members' units, cycle slots) with its rows' owners, compared one by one."""
     n_a = len(bucket_start) - 1
-    bucket_owner = [bisect.bisect_right(list(bucket_start), b) - 1
-                    for b in range(int(bucket_start[-1]))]
+    starts = [int(b) for b in bucket_start]
+    bucket_owner = [bisect.bisect_right(starts, b) - 1 for b in range(starts[-1])]
     members, slots = [int(m) for m in member_owner], [int(a) for a in slot_owner]
     segments = [(range(REMAINING), list(range(n_a))),
                 (range(REMAINING, MEMBER_SPENT), bucket_owner),
