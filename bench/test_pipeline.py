@@ -101,8 +101,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         batch = [queued(cast(Request, requests[p.slot]), p.call, p.slot, p.account_id)
                  for p in prepared]
         _, rows, view = engine._check_sessions(batch)  # the traffic's requests all pass
-        kb = assemble(batch, engine.accounts, plans, engine.rates, set(), timing.now_ms, view,
-                      rows)
+        kb = assemble(batch, engine.accounts, plans, engine.rates, timing.now_ms, view, rows)
         res = kb.run(engine.rates)
         outcome = build_outcome(batch, kb, res, engine.rates, timing, {})
         return wire.field_1(outcome.answers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -152,39 +153,49 @@ class KernelBatch:
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
         """Brings the cached state this batch read up to the kernel's outputs, except for the
-        accounts at the positions `refused` (their apply was refused)."""
-        accounts, buckets, members = self.accounts, self.buckets, self.members
-        for a, what, i, v in res.change_rows.tolist():
-            if a in refused:
-                continue
-            if what < REMAINING:
-                setattr(accounts[a], ACCOUNT_OUTPUTS[what], v)
-            elif what == REMAINING:
-                buckets[i].remaining = v
-            elif what == RESERVED:
-                buckets[i].reserved += v
-            elif what == NOTIFIED:
-                buckets[i].notified = v
-            elif what == MEMBER_SPENT:
-                members[i][1].spent = v
-            elif what == MEMBER_MRES:
-                members[i][1].money_reserved = v
-            elif what == MEMBER_USED:
-                members[i // 3][1].used_units[i % 3] = v
-            elif what == MEMBER_RESERVED:
-                members[i // 3][1].reserved_units[i % 3] = v
-            else:
-                accounts[a].cycle_units[self.slots[i][1]] = v
+        accounts at the positions `refused` (their apply was refused). The changes come kind
+        by kind (change_rows): a loop of each, not a test of the kind per change."""
+        rows = res.change_rows
+        if refused:
+            rows = rows[~np.isin(rows[:, 0], list(refused))]
+        at, _, index, values = rows.T.tolist()
+        cuts = np.searchsorted(rows[:, 1], np.arange(CYCLE + 2)).tolist()
+
+        def changes(what: int, keys: list[int]) -> Iterator[tuple[int, int]]:
+            lo, hi = cuts[what], cuts[what + 1]
+            return zip(keys[lo:hi], values[lo:hi], strict=True)
+
+        accounts, buckets, members, slots = self.accounts, self.buckets, self.members, self.slots
+        for what, name in enumerate(ACCOUNT_OUTPUTS):
+            for a, v in changes(what, at):
+                setattr(accounts[a], name, v)
+        for i, v in changes(REMAINING, index):
+            buckets[i].remaining = v
+        for i, v in changes(RESERVED, index):
+            buckets[i].reserved += v
+        for i, v in changes(NOTIFIED, index):
+            buckets[i].notified = v
+        for i, v in changes(MEMBER_SPENT, index):
+            members[i][1].spent = v
+        for i, v in changes(MEMBER_MRES, index):
+            members[i][1].money_reserved = v
+        for i, v in changes(MEMBER_USED, index):
+            members[i // 3][1].used_units[i % 3] = v
+        for i, v in changes(MEMBER_RESERVED, index):
+            members[i // 3][1].reserved_units[i % 3] = v
+        for i, v in changes(CYCLE, index):
+            a, rating_group = slots[i]
+            accounts[a].cycle_units[rating_group] = v
 
 
 def assemble(batch: list[Request], cache: dict[str, AccountState], plans: dict[str, Plan],
-             rates: RateTable, grace: set[str], now_ms: int, view: SessionView,
-             rows: list[int]) -> KernelBatch:
+             rates: RateTable, now_ms: int, view: SessionView, rows: list[int]
+             ) -> KernelBatch:
     """One item per rating group of each request (plus releases of what a TERMINATION does
     not mention), in batch order (kernels.items.item_rows); accounts, buckets and members in
-    first-seen order. `grace`: subscribers in GRACE (zero-rated service only); `now_ms`: the
-    server's clock, which judges bucket expiry; request n's session is row `rows[n]` of
-    `view`."""
+    first-seen order (a request of a subscriber in GRACE is for zero-rated service only);
+    `now_ms`: the server's clock, which judges bucket expiry; request n's session is row
+    `rows[n]` of `view`."""
     accounts: list[AccountState] = []
     index: dict[str, int] = {}
     for p in batch:
@@ -204,7 +215,7 @@ def assemble(batch: list[Request], cache: dict[str, AccountState], plans: dict[s
     names = [b.bucket_id.encode() for b in buckets]
     lengths = np.fromiter(map(len, names), np.int64, len(names))
     account_plans = [plans.get(a.plan_id) for a in accounts]
-    reqs = _request_rows(batch, index, account_plans, rates, member_index, grace, rows)
+    reqs = _request_rows(batch, index, account_plans, rates, member_index, rows)
     heads, _, held, _ = view.arrays
     items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
                                              rates.arrays()[0], heads, held, now_ms)
@@ -224,8 +235,8 @@ class _Requests(NamedTuple):
 
 
 def _request_rows(batch: list[Request], index: dict[str, int], plans: list[Plan | None],
-                  rates: RateTable, member_index: dict[tuple[str, str], int], grace: set[str],
-                  rows: list[int]) -> _Requests:
+                  rates: RateTable, member_index: dict[tuple[str, str], int], rows: list[int]
+                  ) -> _Requests:
     """Per request what it takes from its account and plan: a few lookups each (its
     rating groups are read by the kernel). Sets each request's rated zone (Request.rated_zone)."""
     tables: dict[int, int] = {}  # id of a message's units table -> its first column here
@@ -263,7 +274,7 @@ def _request_rows(batch: list[Request], index: dict[str, int], plans: list[Plan 
                 if member_index else -1, span[0], span[1],
                 local_offset_ms(plan.timezone, time_ms) if plan is not None and plan.timezone
                 else 0, r,
-                FLAG_GRACE if grace and req.subscriber_id in grace else 0)
+                FLAG_GRACE if req.grace else 0)
     return _Requests(
         # C-contiguous, as the kernel is compiled for (a message's table is a slice)
         np.concatenate(units, axis=1) if units else np.zeros((U_ROWS, 0), np.int64),

@@ -66,6 +66,9 @@ SMALL_FIRST_S = 0.005
 
 SUCCESS = int(ResultCode.SUCCESS)
 DENIED_STATES = frozenset({SubscriberState.SUSPENDED, SubscriberState.TERMINATED})
+# Read per request: a member looked up on its enum class costs three times as much.
+GRACE = SubscriberState.GRACE
+INITIAL, EVENT = RequestType.INITIAL, RequestType.EVENT
 
 
 def wall_clock_ms() -> int:
@@ -124,8 +127,7 @@ def _opens_session(req: Request) -> bool:
     """An INITIAL, or an EVENT's first request: its session is new unless this is a
     retransmission, so it is not read first; the apply refuses it if the session exists
     (engine/storage/lua/apply.lua), and it runs again on what was read then."""
-    return req.type == RequestType.INITIAL or (req.type == RequestType.EVENT
-                                               and req.request_number == 0)
+    return req.type == INITIAL or (req.type == EVENT and req.request_number == 0)
 
 
 def _refusal(req: Request, verdict: int, arg: int) -> tuple[ResultCode, str]:
@@ -217,7 +219,7 @@ class Engine:
             log.warning("compiling the kernels for this version (once per install or "
                         "upgrade; later starts load them from the cache)")
         started = time.monotonic()
-        assemble([], {}, {}, self.rates, set(), self.clock(), SessionView.of([], [], []),
+        assemble([], {}, {}, self.rates, self.clock(), SessionView.of([], [], []),
                  []).run(self.rates)
         wire.warm_up()
         warm_up_checks(self.config)
@@ -483,17 +485,22 @@ class Engine:
         live, rows, view = self._check_sessions(live)
         if not live:
             return live, later + deferred, None
-        await self._load_plans({self.accounts[p.account_id].plan_id for p in live})
+        # Per account, not per request: `claim` holds the batch's accounts (and those of
+        # requests deferred, whose plans are loaded a batch early).
+        accounts = self.accounts
+        await self._load_plans({acct.plan_id for a in claim
+                                if (acct := accounts.get(a)) is not None})
         return live, later + deferred, await self._run(live, view, rows, bulk)
 
     async def _resolve_subscribers(self, batch: list[Request]) -> list[Request]:
         now = time.monotonic()
-        known: dict[str, tuple[str, SubscriberState]] = {}
+        known: dict[str, tuple[str, SubscriberState, float]] = {}  # (account, state, until)
         missing = []
+        cached = self._subscribers.get
         for sid in {p.subscriber_id for p in batch}:
-            entry = self._subscribers.get(sid)
+            entry = cached(sid)
             if entry is not None and entry[2] > now:
-                known[sid] = entry[:2]
+                known[sid] = entry
             else:
                 missing.append(sid)
         if missing:
@@ -507,20 +514,20 @@ class Engine:
                 if sub is None:
                     self._subscribers.pop(sid, None)
                     continue
-                known[sid] = sub
+                known[sid] = entry = (sub[0], sub[1], ttl)
                 if keep:
-                    self._subscribers[sid] = (sub[0], sub[1], ttl)
+                    self._subscribers[sid] = entry
         out = []
         for p in batch:
-            sub = known.get(p.subscriber_id)
-            if sub is None:
+            got = known.get(p.subscriber_id)
+            if got is None:
                 p.refuse(ResultCode.USER_UNKNOWN,
                          f"subscriber {p.subscriber_id!r} is not known")
-            elif sub[1] in DENIED_STATES:
-                p.refuse(ResultCode.END_USER_SERVICE_DENIED, f"subscriber is {sub[1].name}")
+            elif got[1] in DENIED_STATES:
+                p.refuse(ResultCode.END_USER_SERVICE_DENIED, f"subscriber is {got[1].name}")
             else:
                 # Kept with the request: the cache may drop the entry before the kernel runs.
-                p.account_id, p.grace = sub[0], sub[1] == SubscriberState.GRACE
+                p.account_id, p.grace = got[0], got[1] == GRACE
                 out.append(p)
         return out
 
@@ -616,21 +623,15 @@ class Engine:
         does not allow (kernels.session_checks); returns the requests to charge, with their
         rows in the batch's sessions read into tables (row r: request r's; none for an
         account that is missing)."""
-        accounts = self.accounts
-        values: list[bytes | None] = []
-        kinds: list[int] = []
-        numbers: list[int] = []
-        present: list[bool] = []
-        owners: list[str] = []
-        for p in batch:
-            acct = accounts.get(p.account_id)
-            values.append(None if acct is None else acct.sessions.get(p.session_id))
-            kinds.append(p.type)
-            numbers.append(p.request_number)
-            present.append(acct is not None)
-            owners += (p.subscriber_id, p.account_id)
+        get = self.accounts.get
+        found = [get(p.account_id) for p in batch]
+        values = [None if acct is None else acct.sessions.get(p.session_id)
+                  for p, acct in zip(batch, found, strict=True)]
+        owners = [s for p in batch for s in (p.subscriber_id, p.account_id)]
         view = SessionView.of([p.session_id for p in batch], values, owners)
-        verdicts, args = view.checks(kinds, numbers, present)
+        verdicts, args = view.checks([p.type for p in batch],
+                                     [p.request_number for p in batch],
+                                     [acct is not None for acct in found])
         out, rows = [], []
         for r, (p, verdict) in enumerate(zip(batch, verdicts, strict=True)):
             if verdict == V_CHARGE:
@@ -666,14 +667,12 @@ class Engine:
                    bulk: bool = False) -> Run:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         now = self.clock()
+        kb = assemble(batch, self.accounts, plans, self.rates, now, view, rows)
+        # Before the kernel reads the accounts (assembly takes none of what a renewal sets).
         renewals: dict[str, dict[str, int]] = {}
-        for account_id in {p.account_id for p in batch}:
-            acct = self.accounts[account_id]
-            sets = renew_if_due(acct, plans.get(acct.plan_id), now)
-            if sets:
-                renewals[account_id] = sets
-        grace = {p.subscriber_id for p in batch if p.grace}
-        kb = assemble(batch, self.accounts, plans, self.rates, grace, now, view, rows)
+        for acct, plan in zip(kb.accounts, kb.plans, strict=True):
+            if acct.cycle_end and now >= acct.cycle_end:
+                renewals[acct.account_id] = renew_if_due(acct, plan, now)
         # A large batch's steps take milliseconds each: between them, other work (a small
         # batch prepared or landing, calls coming in) gets its turn. Safe: the accounts of
         # this batch are no other batch's (see _read_and_run); what batches share (the
@@ -711,14 +710,16 @@ class Engine:
         writer moved are returned, to run again on fresh state."""
         kb, outcome = run.kb, run.outcome
         refused: set[int] = set()
+        if conflicted:
+            for a, acct in enumerate(kb.accounts):
+                if acct.account_id in conflicted:
+                    self.accounts.pop(acct.account_id, None)
+                    self.conflicts += 1
+                    metrics.CONFLICTS.inc()
+                    self._others_seen = time.monotonic()
+                    refused.add(a)
         for a, acct in enumerate(kb.accounts):
-            if acct.account_id in conflicted:
-                self.accounts.pop(acct.account_id, None)
-                self.conflicts += 1
-                metrics.CONFLICTS.inc()
-                self._others_seen = time.monotonic()
-                refused.add(a)
-            else:
+            if not refused or a not in refused:
                 acct.version += 1
         kb.keep(run.res, refused)
         again: list[Request] = []
@@ -742,5 +743,8 @@ class Engine:
                 sessions.pop(p.session_id, None)
             else:
                 sessions[p.session_id] = value
-            p.answer(answer, SUCCESS)
+            if p.followers is None:  # the usual case, without a call more
+                p.call.put(p.slot, answer, SUCCESS)
+            else:
+                p.answer(answer, SUCCESS)
         return again
