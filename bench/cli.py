@@ -93,8 +93,9 @@ def add_bench_parser(sub: Any) -> None:
                            "plot latency against offered load")
     load.add_argument("--no-ceilings", action="store_true", help="skip the ceiling runs")
     load.add_argument("--replay", type=float, default=0.0, metavar="RATE",
-                      help="closed loop, batch and stream: build and encode each caller's "
-                           "messages for RATE requests/s before the run and send them as "
+                      help="batch and stream, closed or open loop: build and encode the "
+                           "messages for RATE requests/s before the run (each closed-loop "
+                           "caller's, each connection's in the open loop) and send them as "
                            "they are, reading only the answers' result codes (the load "
                            "generator's CPU, which shares a small machine with the server, "
                            "drops to a few µs per request); past the script, live traffic")

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import grpc
 import numpy as np
@@ -31,7 +31,6 @@ APIS = ("unary", "batch", "stream", "diameter")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
 Call = tuple[list[cpb.ChargeRequest], float]  # requests of one call, its intended send time
-Lane = tuple[charging_pb2_grpc.ChargingStub, Traffic]  # a connection, the sessions it carries
 SERVICE = "/tollgate.v1.Charging/"
 SUCCESS = cpb.SUCCESS
 
@@ -143,10 +142,6 @@ class Client:
                      c.stream_stream(SERVICE + "ChargeStream")) for c in self.channels]
         self._next = 0
 
-    def lane(self) -> Lane:
-        """The next connection and its sessions, round robin."""
-        return self.lanes[self._next_lane()[0]]
-
     def _next_lane(self) -> tuple[int, Traffic]:
         """The next connection's index and its sessions, round robin."""
         self._next = (self._next + 1) % len(self.lanes)
@@ -229,21 +224,31 @@ class Client:
                   sample: Callable[[float], None] | None = None) -> Run:
         """Closed loop with `concurrency` calls in flight when `rate` is 0, else open loop
         at `rate` requests/s. `sample(elapsed_s)` is called every second (soak). `replay`
-        (closed loop, batch and stream): each caller's messages for `replay` requests/s
-        over the run are built and encoded first (Traffic.scripted), then sent as they are,
-        and only the answers' result codes are read; a caller that gets through its script
-        goes on with live traffic."""
+        (batch and stream): the messages for `replay` requests/s over the run are built and
+        encoded first (Traffic.scripted), then sent as they are, and only the answers'
+        result codes are read; past its script, a caller goes on with live traffic. Closed
+        loop: each caller has its own script and sessions. Open loop: each connection has
+        a script of its sessions, its messages sent at their times as live ones are (a
+        session comes again only after the connection's other idle sessions, so its
+        requests reach the server in order)."""
         size = 1 if api in ("unary", "diameter") else batch
         run = Run(target, api, "open" if rate else "closed", concurrency, size, rate)
         latencies: list[float] = []
         callers = [self._next_lane() for _ in range(concurrency)]
         scripts: list[list[bytes]] = [[] for _ in callers]
-        if replay and not rate and api in ("batch", "stream"):
+        replayed = replay and api in ("batch", "stream")
+        if replayed and not rate:
             callers, scripts = self._scripts(callers, -(-int(replay * seconds) // (
                 concurrency * size)), size)
         stop_at = time.perf_counter() + seconds
         if rate:
-            work: Awaitable[Any] = self._open(run, api, size, rate, stop_at, latencies)
+            # The stream's open loop takes one connection, the batch's each in turn.
+            lanes = ([self._next_lane()] if api == "stream"
+                     else list(enumerate(t for _, t in self.lanes)))
+            messages = -(-int(replay * seconds) // (len(lanes) * size)) if replayed else 0
+            plays = {lane: deque(traffic.scripted(messages, size)) for lane, traffic in lanes}
+            stop_at = time.perf_counter() + seconds  # after the scripts are built
+            work: Awaitable[Any] = self._open(run, api, size, rate, stop_at, latencies, plays)
         else:
             work = asyncio.gather(*(self._closed(run, api, size, stop_at, latencies, lane,
                                                  traffic, script)
@@ -308,47 +313,62 @@ class Client:
         for data in script:
             if time.perf_counter() >= stop_at:
                 break
-            since = time.perf_counter()
-            try:
-                if stream is not None:
-                    await stream.write(data)
-                    reply = await stream.read()
-                else:
-                    reply = await call(data)
-            except grpc.aio.AioRpcError as e:
-                # Counted as a failed call; the script's later requests of its sessions
-                # would be refused (a stream is over, too): live traffic goes on.
-                latencies.append(time.perf_counter() - since)
-                run.calls += 1
-                _count(run, e.code().name, size)
+            reply = _written(stream, data) if stream is not None else call(data)
+            if not await self._replayed(run, reply, size, time.perf_counter(), latencies):
+                # The script's later requests of its sessions would be refused (a stream is
+                # over, too): live traffic goes on.
                 return
-            latencies.append(time.perf_counter() - since)
-            results = [a.result for a in cpb.ChargeBatchAnswer.FromString(reply).answers]
-            run.calls += 1
-            run.requests += len(results)
-            run.replayed += len(results)
-            if results.count(SUCCESS) != len(results):
-                for r in results:
-                    if r != SUCCESS:
-                        _count(run, cpb.ResultCode.Name(r), 1)
         if stream is not None:
             await stream.done_writing()
 
+    @staticmethod
+    async def _replayed(run: Run, reply: Awaitable[bytes], size: int, since: float,
+                        latencies: list[float]) -> bool:
+        """Awaits a scripted message's answer (its latency counted from `since`) and counts
+        its result codes; False if the call failed (counted as one failed call)."""
+        try:
+            data = await reply
+        except grpc.aio.AioRpcError as e:
+            latencies.append(time.perf_counter() - since)
+            run.calls += 1
+            _count(run, e.code().name, size)
+            return False
+        latencies.append(time.perf_counter() - since)
+        results = [a.result for a in cpb.ChargeBatchAnswer.FromString(data).answers]
+        run.calls += 1
+        run.requests += len(results)
+        run.replayed += len(results)
+        if results.count(SUCCESS) != len(results):
+            for r in results:
+                if r != SUCCESS:
+                    _count(run, cpb.ResultCode.Name(r), 1)
+        return True
+
     async def _open(self, run: Run, api: str, size: int, rate: float, stop_at: float,
-                    latencies: list[float]) -> None:
+                    latencies: list[float], plays: dict[int, deque[bytes]]) -> None:
         """Calls start at t0 + k * size / rate whatever the answers do; a call's latency is
         counted from its intended start, so a slow server cannot hide its queue (no
-        coordinated omission)."""
+        coordinated omission). `plays`: the connections to use and the scripted messages
+        each sends first (batch and stream; empty: live traffic only)."""
         interval = size / rate
         t0 = time.perf_counter()
         if api == "stream":
-            await self._open_stream(run, interval, t0, stop_at, size, latencies)
+            [(lane, play)] = plays.items()
+            await self._open_stream(run, interval, t0, stop_at, size, latencies, lane, play)
             return
         send = self._sender(api)
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(intended: float) -> None:
-            stub, traffic = self.peer() if api == "diameter" else self.lane()
+            if api == "diameter":
+                stub, traffic = self.peer()
+            else:
+                lane, traffic = self._next_lane()
+                stub, play = self.lanes[lane][0], plays[lane]
+                if play:
+                    await self._replayed(run, self.raw[lane][0](play.popleft()), size,
+                                         intended, latencies)
+                    return
             requests = traffic.batch(size)
             await self._timed(run, traffic, requests, send(stub, requests), intended, latencies)
 
@@ -388,10 +408,14 @@ class Client:
         self._settle(run, traffic, requests, answers)
 
     async def _open_stream(self, run: Run, interval: float, t0: float, stop_at: float,
-                           size: int, latencies: list[float]) -> None:
-        stub, traffic = self.lane()
-        stream = stub.ChargeStream()
-        inflight: deque[Call] = deque()
+                           size: int, latencies: list[float], lane: int,
+                           play: deque[bytes]) -> None:
+        """The open loop on one stream of connection `lane`: its scripted messages (`play`)
+        first, then live ones; with a script, the stream carries bytes as they are."""
+        stub, traffic = self.lanes[lane]
+        raw = bool(play)
+        stream = self.raw[lane][1]() if raw else stub.ChargeStream()
+        inflight: deque[Call] = deque()  # live: the requests; scripted: none
         sent = asyncio.Event()
         writing = True
 
@@ -401,9 +425,15 @@ class Client:
                     sent.clear()
                     await sent.wait()
                     continue
-                msg = await stream.read()
+                reply = stream.read()
                 requests, intended = inflight.popleft()
+                if not requests:
+                    await self._replayed(run, reply, size, intended, latencies)
+                    continue
+                msg = await reply
                 latencies.append(time.perf_counter() - intended)
+                if raw:
+                    msg = cpb.ChargeBatchAnswer.FromString(msg)
                 self._settle(run, traffic, requests, list(msg.answers))
 
         read = asyncio.create_task(reader())
@@ -413,16 +443,24 @@ class Client:
                 now = time.perf_counter()
                 if intended > now:
                     await asyncio.sleep(intended - now)
-                requests = traffic.batch(size)
+                requests = [] if play else traffic.batch(size)
+                message: Any = play.popleft() if play else cpb.ChargeBatchRequest(
+                    requests=requests)
                 inflight.append((requests, intended))
                 sent.set()
-                await stream.write(cpb.ChargeBatchRequest(requests=requests))
+                await stream.write(message.SerializeToString() if raw and requests else message)
                 k += 1
         finally:
             writing = False
             sent.set()
         await read
         await stream.done_writing()
+
+
+async def _written(stream: Any, data: bytes) -> bytes:
+    """One message's bytes on a stream of bytes, and its answer's."""
+    await stream.write(data)
+    return cast(bytes, await stream.read())
 
 
 async def _exchange(stream: Any, requests: list[cpb.ChargeRequest]) -> list[cpb.ChargeAnswer]:

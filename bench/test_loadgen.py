@@ -23,19 +23,20 @@ from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
 
 
-def client(address: str, subscribers: int) -> Client:
+def client(address: str, subscribers: int, connections: int = 1) -> Client:
     return Client(address, Traffic(subscribers, sessions=200), CpuProbe({"client": [os.getpid()]}),
-                  progress=False)
+                  progress=False, connections=connections)
 
 
-async def provisioned_client(tollgate: Tollgate, subscribers: int) -> Client:
+async def provisioned_client(tollgate: Tollgate, subscribers: int, connections: int = 1
+                             ) -> Client:
     """A client, ready, of a server whose Redis holds `subscribers` subscribers."""
     store = Store(tollgate.config.redis_url, tollgate.config.partitions)
     try:
         await population.provision(store, subscribers)
     finally:
         await store.close()
-    c = client(tollgate.address, subscribers)
+    c = client(tollgate.address, subscribers, connections)
     await c.wait_ready()
     return c
 
@@ -75,6 +76,26 @@ async def test_a_replay_sends_scripted_messages_and_every_one_is_charged(
         assert r.requests > 0 and r.errors == 0, r  # every scripted request SUCCESS
         assert 0 < r.replayed <= 2 * 10 * 50
         assert r.name.endswith("closed x2 replayed")
+
+
+async def test_an_open_loop_replays_each_connections_script_at_the_rate(
+        tollgate: Tollgate) -> None:
+    c = await provisioned_client(tollgate, 300, connections=2)
+    try:
+        # Scripts for 1 000 requests/s over 0.5 s: 5 messages of 50 per connection (batch),
+        # 10 on the stream's one, sent at 1 000 requests/s: the run's 10 calls.
+        runs = [await c.run("engine", api, 0.5, batch=50, rate=1000, replay=1000)
+                for api in ("batch", "stream")]
+        # a script shorter than the run: the rest is live traffic
+        short = await c.run("engine", "stream", 0.5, batch=50, rate=1000, replay=400)
+    finally:
+        await c.close()
+    for r in (*runs, short):
+        assert r.errors == 0, r  # every request SUCCESS, scripted and live alike
+        assert r.requests <= 1000 * 0.5 + 50  # the open loop keeps to its rate
+        assert r.name.endswith("open 1,000/s replayed")
+    assert [r.replayed for r in runs] == [r.requests for r in runs] == [500, 500]
+    assert (short.replayed, short.requests) == (200, 500)
 
 
 def test_a_script_is_what_one_caller_sends_one_message_after_another() -> None:
