@@ -18,7 +18,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tollgate.engine.charging.kernels.apply_calls import G_PART, apply_calls
+from tollgate.engine.charging.kernels.apply_calls import (
+    CALL_LO,
+    G_PART,
+    apply_calls,
+    call_cuts,
+    call_plan,
+)
 from tollgate.engine.domain import AddOn, Bucket, EventKind, Plan, SubscriberState
 from tollgate.engine.errors import AlreadyExists, ConfigError, Conflict, InvalidArgument, NotFound
 from tollgate.engine.rating.plans import plan_from_proto, plan_to_proto
@@ -115,6 +121,7 @@ class Store:
         self.charging = NodePipelines(self.charging_redis, timeout_s, wait_replicas,
                                       wait_timeout_ms)
         self._apply = self._script("apply")
+        self._apply_sha = np.frombuffer(self._apply.sha.encode(), np.uint8).copy()
         self._versions = self._script("versions")
         self._topup = self._script("topup")
         self._create = self._script("create")
@@ -283,25 +290,17 @@ class Store:
         replies = await self.charging.run(self._versions, calls, wait=False)
         return {order[c][int(i) - 1] for c, reply in replies.items() for i in reply}
 
-    def _call_bounds(self, sizes: list[int]) -> list[tuple[int, int]]:
-        """Partitions' item counts, in order, cut into script calls of whole partitions: each
-        call's [first, last + 1) partition; one partition per call on a cluster (a partition
-        is a slot), up to GROUPS_PER_CALL items otherwise."""
-        per_call = 1 if self.nodes.cluster is not None else GROUPS_PER_CALL
-        bounds: list[tuple[int, int]] = []
-        held = 0
-        for i, n in enumerate(sizes):
-            if not bounds or held + n > per_call:
-                bounds.append((i, i))
-                held = 0
-            bounds[-1] = (bounds[-1][0], i + 1)
-            held += n
-        return bounds
+    @property
+    def _per_call(self) -> int:
+        """Items of a script call at most (kernels.apply_calls.call_cuts): one partition per
+        call on a cluster (a partition is a slot), up to GROUPS_PER_CALL otherwise."""
+        return 1 if self.nodes.cluster is not None else GROUPS_PER_CALL
 
     def _calls_of(self, by_partition: dict[int, list[T]]) -> list[list[tuple[int, list[T]]]]:
-        """Partitions' items split into script calls of whole partitions (_call_bounds)."""
+        """Partitions' items split into script calls of whole partitions (call_cuts)."""
         items = list(by_partition.items())
-        return [items[lo:hi] for lo, hi in self._call_bounds([len(v) for _, v in items])]
+        cuts = call_cuts(np.array([len(v) for _, v in items], np.int64), self._per_call)
+        return [items[lo:hi] for lo, hi in cuts.tolist()]
 
     async def apply(self, writes: dict[int, list[AccountWrite]],
                     retention_ms: int) -> dict[int, set[int]]:
@@ -324,31 +323,24 @@ class Store:
         if not len(w):
             return []
         # A call's groups come partition by partition (apply.lua's blocks).
-        order = np.argsort(w.groups[:, G_PART], kind="stable")
+        order, bounds = call_plan(w.groups, self._per_call)
         groups = w.groups[order]
-        part = groups[:, G_PART]
-        if part[0] < 0 or part[-1] >= self.partitions:
-            raise ValueError(f"a write names partition {part[0]} or {part[-1]}; there are "
+        first, last = groups[[0, -1], G_PART].tolist()
+        if first < 0 or last >= self.partitions:
+            raise ValueError(f"a write names partition {first} or {last}; there are "
                              f"{self.partitions}")
-        cut = (np.flatnonzero(np.diff(part)) + 1).tolist()
-        starts, ends = [0, *cut], [*cut, len(groups)]
-        bounds = [(starts[lo], ends[hi - 1])
-                  for lo, hi in self._call_bounds([e - s for s, e in zip(starts, ends,
-                                                                          strict=True)])]
         k = key_table(self.partitions)
         data, spans = apply_calls(w.strings, k.text, k.parts, groups, w.sets, w.sessions,
-                                  w.records, w.events, np.array(bounds, np.int64).reshape(-1, 2),
-                                  np.frombuffer(self._apply.sha.encode(), np.uint8).copy(),
-                                  retention_ms)
+                                  w.records, w.events, bounds, self._apply_sha, retention_ms)
         # Every key the script touches is in the command (the same slot): during resharding
         # Redis redirects by those. The first key of a call names its slot for the routing.
+        los = bounds[:, CALL_LO].tolist()
         calls: dict[int, Call] = {
-            c: ([keys.usage_stream(int(part[lo]))], Prepacked(data[a:b]))
-            for c, ((lo, _), a, b) in enumerate(zip(bounds, spans[0].tolist(),
-                                                    spans[1].tolist(), strict=True))}
+            c: ([keys.usage_stream(p)], Prepacked(data[a:b]))
+            for c, (p, a, b) in enumerate(zip(groups[los, G_PART].tolist(), spans[0].tolist(),
+                                              spans[1].tolist(), strict=True))}
         replies = await self.charging.run(self._apply, calls)
-        return [int(order[bounds[c][0] + int(g) - 1])
-                for c, reply in replies.items() for g in reply]
+        return [int(order[los[c] + int(g) - 1]) for c, reply in replies.items() for g in reply]
 
     # --- provisioning -------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ from tollgate.engine.charging.kernels.apply_calls import (
     S_ID_LEN,
     SET_COLUMNS,
     apply_calls,
+    call_cuts,
+    call_plan,
 )
 from tollgate.engine.storage import keys
 
@@ -225,9 +227,12 @@ def of_objects(writes: dict[int, list[AccountWrite]]) -> Writes:
 
 
 def warm_up() -> None:
-    """Loads (or compiles) the apply's call writer for the tables the store passes."""
+    """Loads (or compiles) the apply's call planner and writer for the tables the store
+    passes."""
     w = of_objects({0: [AccountWrite(keys.account(0, "a"), 0, {"f": 1}, [SessionWrite(
         "s", False, b"v")], [b"r"], [b"e"])]})
     k = key_table(1)
-    apply_calls(w.strings, k.text, k.parts, w.groups, w.sets, w.sessions, w.records, w.events,
-                np.array([[0, 1]], np.int64), np.zeros(40, np.uint8), 0)
+    order, calls = call_plan(w.groups, 1)
+    call_cuts(np.zeros(0, np.int64), 1)  # called alone too (Store._calls_of)
+    apply_calls(w.strings, k.text, k.parts, w.groups[order], w.sets, w.sessions, w.records,
+                w.events, calls, np.zeros(40, np.uint8), 0)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.unit.test_session_kernels import FAST
 from tollgate.engine.charging.kernels import apply_calls as kernel
 from tollgate.engine.charging.kernels.apply_calls_reference import apply_calls as reference
+from tollgate.engine.charging.kernels.apply_calls_reference import call_plan as plan_reference
 from tollgate.engine.charging.kernels.apply_calls_reference import field_1
 from tollgate.engine.charging.wire import field_1 as wire_field_1
 from tollgate.engine.storage import keys
@@ -128,3 +129,30 @@ def test_three_piece_field_names_are_written_end_to_end() -> None:
     expected = as_before([(7, AccountWrite(keys.account(7, "acct"), 3, {"b:bucket-1:rem": -5}))],
                          60)
     assert run_kernel(w, np.array([[0, 1]], np.int64), 60) == [expected]
+
+
+@settings(FAST, max_examples=300)
+@given(st.lists(st.integers(0, 6), max_size=40), st.integers(1, 8))
+def test_call_plans_are_the_references(partitions: list[int], per_call: int) -> None:
+    """The groups in partition order (stable), cut into calls of whole partitions of at most
+    per_call groups, but a larger partition alone."""
+    groups = np.zeros((len(partitions), kernel.G_COLUMNS), np.int64)
+    groups[:, kernel.G_PART] = partitions
+    order, calls = kernel.call_plan(groups, per_call)
+    assert (order.tolist(), [tuple(c) for c in calls.tolist()]) == plan_reference(partitions,
+                                                                                  per_call)
+    parts = [partitions[g] for g in order.tolist()]
+    for lo, hi in calls.tolist():
+        assert hi - lo <= per_call or len(set(parts[lo:hi])) == 1
+        assert lo == 0 or parts[lo] != parts[lo - 1]  # whole partitions
+    assert [lo for lo, _ in calls.tolist()][1:] == [hi for _, hi in calls.tolist()][:-1]
+
+
+def test_a_call_plan_by_hand() -> None:
+    groups = np.zeros((6, kernel.G_COLUMNS), np.int64)
+    groups[:, kernel.G_PART] = [5, 2, 5, 2, 9, 2]
+    order, calls = kernel.call_plan(groups, 3)
+    assert order.tolist() == [1, 3, 5, 0, 2, 4]  # partitions 2, 2, 2, 5, 5, 9
+    assert calls.tolist() == [[0, 3], [3, 6]]  # partition 2 fills a call; 5 and 9 share one
+    assert kernel.call_cuts(np.array([1, 5, 1, 1], np.int64), 3).tolist() == [[0, 1], [1, 2],
+                                                                                [2, 4]]

@@ -165,6 +165,44 @@ def _call_size(g_lo: int, g_hi: int, groups: np.ndarray, parts: np.ndarray, sets
 
 
 @njit(cache=True, nogil=True)
+def call_cuts(sizes: np.ndarray, per_call: int) -> np.ndarray:
+    """Partitions' item counts, in order, cut into script calls of whole partitions: a row
+    per call, its first partition and the one after its last; a call takes partitions while
+    its items stay within `per_call` (a partition with more is a call of its own)."""
+    cuts = np.empty((sizes.size, 2), np.int64)
+    c, held = -1, 0
+    for i in range(sizes.size):
+        if c < 0 or held + sizes[i] > per_call:
+            c += 1
+            cuts[c, 0] = i
+            held = 0
+        cuts[c, 1] = i + 1
+        held += sizes[i]
+    return cuts[:c + 1]
+
+
+@njit(cache=True, nogil=True)
+def call_plan(groups: np.ndarray, per_call: int) -> tuple[np.ndarray, np.ndarray]:
+    """The groups (account writes) in call order, their partitions together and each
+    partition's in the order given (a stable sort), and the calls (call_cuts) as `calls` rows
+    of that order: what apply_calls takes."""
+    order = np.argsort(groups[:, G_PART], kind="mergesort")
+    n = order.size
+    starts = np.empty(n + 1, np.int64)  # where each partition's run of groups starts
+    runs = 0
+    for i in range(n):
+        if i == 0 or groups[order[i], G_PART] != groups[order[i - 1], G_PART]:
+            starts[runs] = i
+            runs += 1
+    starts[runs] = n
+    cuts = call_cuts(starts[1:runs + 1] - starts[:runs], per_call)
+    calls = np.empty((cuts.shape[0], 2), np.int64)
+    for c in range(cuts.shape[0]):
+        calls[c, CALL_LO], calls[c, CALL_HI] = starts[cuts[c, 0]], starts[cuts[c, 1]]
+    return order, calls
+
+
+@njit(cache=True, nogil=True)
 def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
                 groups: np.ndarray, sets: np.ndarray, sessions: np.ndarray,
                 records: np.ndarray, events: np.ndarray, calls: np.ndarray, sha: np.ndarray,

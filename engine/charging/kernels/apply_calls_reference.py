@@ -3,6 +3,8 @@ the store built them before the kernel, then written in RESP; used only by prope
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from tollgate.engine.charging.kernels.apply_calls import (
@@ -123,3 +125,24 @@ def apply_calls(strings: bytes, keys_text: bytes, parts: np.ndarray, groups: np.
         out.append(resp([b"EVALSHA", sha, num(len(call_keys)), *call_keys, num(retention_ms),
                          ",".join(map(str, counts)).encode(), *args]))
     return out
+
+
+def call_cuts(sizes: list[int], per_call: int) -> list[tuple[int, int]]:
+    """kernels.apply_calls.call_cuts, as the store cut its calls before the kernel."""
+    bounds: list[tuple[int, int]] = []
+    held = 0
+    for i, n in enumerate(sizes):
+        if not bounds or held + n > per_call:
+            bounds.append((i, i))
+            held = 0
+        bounds[-1] = (bounds[-1][0], i + 1)
+        held += n
+    return bounds
+
+
+def call_plan(partitions: list[int], per_call: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """kernels.apply_calls.call_plan from the groups' partitions."""
+    order = sorted(range(len(partitions)), key=lambda g: partitions[g])
+    runs = [len(list(run)) for _, run in itertools.groupby(partitions[g] for g in order)]
+    starts = [0, *itertools.accumulate(runs)]
+    return order, [(starts[lo], starts[hi]) for lo, hi in call_cuts(runs, per_call)]
