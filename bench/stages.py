@@ -15,12 +15,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tollgate.engine.charging import batch, decode, engine, outcome
+from tollgate.engine.charging import batch, engine, outcome
 from tollgate.engine.storage import store
 
 STAGES: tuple[tuple[Any, str, str], ...] = (
     (engine.Engine, "submit", "submit: decode and queue a message"),
-    (decode, "_plain_request", "  of it, Request objects"),
     (engine.Engine, "_pending", "  of it, queueing them"),
     (engine.Engine, "_resolve_subscribers", "subscribers (with their reads)"),
     (engine.Engine, "_one_request_per_session", "one request per session"),
