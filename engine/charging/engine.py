@@ -423,18 +423,24 @@ class Engine:
         batch's steps wait for the unary calls in the engine (SmallFirst)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        live = []
-        for p in batch:
-            if p.deadline <= now:
-                p.refuse(ResultCode.UNABLE_TO_COMPLY,
-                         f"not run within request_deadline_s ({self.config.request_deadline_s:g}"
-                         " s): storage is slow or unreachable, retry")
-            else:
-                live.append(p)
+        live = [p for p in batch if p.deadline > now]
+        if len(live) < len(batch):
+            for p in batch:
+                if p.deadline <= now:
+                    p.refuse(ResultCode.UNABLE_TO_COMPLY,
+                             f"not run within request_deadline_s "
+                             f"({self.config.request_deadline_s:g} s): storage is slow or "
+                             "unreachable, retry")
         if not live:
             return Prepared([])
         deadline = min(p.deadline for p in live)
-        order = {id(p): n for n, p in enumerate(live)}
+        arrival = live[:]  # the order requests run again keep (rarely needed: made then)
+
+        def in_arrival_order(requests: list[Request]) -> list[Request]:
+            if len(requests) < 2:
+                return requests
+            order = {id(p): n for n, p in enumerate(arrival)}
+            return sorted(requests, key=lambda p: order[id(p)])
         metrics.BATCH_SIZE.observe(len(live))
         metrics.QUEUED.set(self.batcher.queued)
         number, claim = next(self._claim_numbers), set[str]()
@@ -450,7 +456,7 @@ class Engine:
             raise
         # Requests run again keep their arrival order: a session's later request must not
         # overtake an earlier one.
-        later.sort(key=lambda p: order[id(p)])
+        later = in_arrival_order(later)
         if run is None:
             return Prepared([], later=later, release=release)
 
@@ -458,8 +464,7 @@ class Engine:
             if bulk:
                 await self.small_first.bulk_turn()
             conflicted = await by_deadline(deadline, self._apply(run.kb, run.outcome.writes))
-            again = self._settle(live, run, conflicted)
-            return sorted(again, key=lambda p: order[id(p)])
+            return in_arrival_order(self._settle(live, run, conflicted))
 
         return Prepared(live, finish, later, release)
 
@@ -535,6 +540,8 @@ class Engine:
     def _one_request_per_session(batch: list[Request]) -> tuple[list[Request], list[Request]]:
         """Exact retransmissions ride along with their original; a later request of a session
         already in the batch waits for the next batch (it must see this one's effects)."""
+        if len({p.session_id for p in batch}) == len(batch):
+            return batch, []  # the usual batch: a request per session
         first: dict[tuple[str, int, str], Request] = {}
         sessions: set[str] = set()
         live, deferred = [], []
