@@ -313,8 +313,9 @@ class Client:
         for data in script:
             if time.perf_counter() >= stop_at:
                 break
+            since = time.perf_counter()
             reply = _written(stream, data) if stream is not None else call(data)
-            if not await self._replayed(run, reply, size, time.perf_counter(), latencies):
+            if not await self._replayed(run, reply, size, since, latencies):
                 # The script's later requests of its sessions would be refused (a stream is
                 # over, too): live traffic goes on.
                 return

@@ -434,7 +434,9 @@ class Engine:
         if not live:
             return Prepared([])
         deadline = min(p.deadline for p in live)
-        arrival = live[:]  # the order requests run again keep (rarely needed: made then)
+        # The order requests that run again keep; the positions are looked up only when two
+        # or more do (rare).
+        arrival = live[:]
 
         def in_arrival_order(requests: list[Request]) -> list[Request]:
             if len(requests) < 2:
@@ -726,7 +728,7 @@ class Engine:
                     self._others_seen = time.monotonic()
                     refused.add(a)
         for a, acct in enumerate(kb.accounts):
-            if not refused or a not in refused:
+            if a not in refused:
                 acct.version += 1
         kb.keep(run.res, refused)
         again: list[Request] = []
