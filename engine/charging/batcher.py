@@ -19,6 +19,12 @@ SMALL_ACTIVE_S = 1.0
 caller comes in that time, and must not find a full-size batch being prepared."""
 
 
+BULK_FLIGHTS = 2
+"""Finishes the bulk lane keeps in flight: while one batch's apply runs in Redis and the next
+waits behind it, the one after is prepared (with one, the preparation waited whenever an apply
+took longer than it)."""
+
+
 GATHER_QUIET_TURNS = 8
 """A busy small calls' lane takes its next batch once this many event-loop turns in a row
 brought no new call (Batcher._gather)..."""
@@ -49,8 +55,9 @@ class _Lane(Generic[T]):
     """One of the batcher's two pipelines: its queue, the batch it prepares and its finish
     in flight."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, depth: int) -> None:
         self.name = name
+        self.depth = depth  # finishes in flight at most
         self.again: deque[T] = deque()  # re-runs and items that waited: before anything new
         self.sources: OrderedDict[object, deque[T]] = OrderedDict()  # in turn order
         self.credit: dict[object, int] = {}  # what the source at the front may still take
@@ -59,26 +66,28 @@ class _Lane(Generic[T]):
         self.full = asyncio.Event()
         self.woken = asyncio.Event()  # the other lane released a batch, or items came
         self.preparing = False  # a batch is being prepared, or the one before it landing
-        self.in_flight: asyncio.Task[list[T]] | None = None
-        self.launched: Prepared[T] | None = None  # the batch whose finish is in flight
+        # The batches whose finish is in flight, oldest first, with their finish's task.
+        self.flights: deque[tuple[asyncio.Task[list[T]], Prepared[T]]] = deque()
         self.task: asyncio.Task[None] | None = None
 
 
 class Batcher(Generic[T]):
     """Runs batches of queued items in two steps: `prepare` (the CPU work, and reads) and the
     `finish` it returns (the storage write); `prepare` is told whether the batch is the
-    bulk lane's. In the bulk lane, batch k+1 is prepared while batch k's finish is in
-    flight, so the CPU does not wait for storage; the small calls' lane does so only when a
-    full batch waits, and otherwise takes its next batch once batch k has landed, with the
-    calls that came meanwhile (`_lands_first`).
+    bulk lane's. In the bulk lane, the next batch is prepared while up to BULK_FLIGHTS
+    finishes are in flight (batch k applied, k+1 waiting behind it in storage, k+2
+    prepared), so the CPU does not wait for storage; the small calls' lane prepares beside
+    its one finish only when a full batch waits, and otherwise takes its next batch once
+    batch k has landed, with the calls that came meanwhile (`_lands_first`).
 
     Two lanes, each such a pipeline of its own: small calls (at most `shared_batch // 8`
     items: a unary Charge) and everything else (streams, larger calls). A small call
     waits neither for a bulk batch's preparation nor for its apply: its batch is prepared
-    between the steps of a bulk one and applied beside it. In each lane at most one finish
-    is in flight. `prepare` is responsible for leaving out items whose accounts a batch of
-    either lane holds (being prepared, or applied until `release`): they come back in
-    `later`, and a lane that could run nothing waits until the other releases a batch.
+    between the steps of a bulk one and applied beside it. `prepare` is responsible for
+    leaving out items whose accounts a batch of either lane holds (being prepared, or
+    applied until `release`): they come back in `later`, and a lane that could run nothing
+    waits until its oldest batch in flight lands, or the other lane releases one. Batches
+    land oldest first, and their re-runs go before anything newer.
 
     A batch is flushed when it is full, as soon as the previous batch of its lane is
     prepared (the small calls' lane: has landed, and the calls still coming have joined
@@ -130,8 +139,8 @@ class Batcher(Generic[T]):
         self._small = self.shared_batch // 8
         self.window_s = window_s
         self.max_queue = max_queue
-        self._quick: _Lane[T] = _Lane("small")
-        self._bulk: _Lane[T] = _Lane("bulk")
+        self._quick: _Lane[T] = _Lane("small", 1)
+        self._bulk: _Lane[T] = _Lane("bulk", BULK_FLIGHTS)
         self._streamed = 0  # items of named sources (streams) queued
         self._small_seen = -SMALL_ACTIVE_S  # when a small call came last (monotonic s)
         self._stream_room = asyncio.Event()
@@ -210,11 +219,12 @@ class Batcher(Generic[T]):
         while True:
             lane.preparing = False
             self._collect()
-            if lane.in_flight is not None and (not lane.count or self._lands_first(lane)):
+            if lane.flights and (not lane.count or self._lands_first(lane)):
                 # Calls that come meanwhile are held (`preparing`) and collected together.
                 lane.preparing = lane.count > 0
-                self._requeue(lane, await self._landed(lane))
-                self._release(lane)
+                reruns, oldest = await self._landed(lane)
+                self._requeue(lane, reruns)
+                self._release(lane, oldest)
                 continue
             if not lane.count:
                 if self._closing:
@@ -246,19 +256,28 @@ class Batcher(Generic[T]):
             except Exception as e:  # the batch fails, the batcher lives on (on_error logs)
                 self._on_error(batch, e)
                 prepared = Prepared([])
-            # The in-flight batch's re-runs are older than anything of this one: first.
-            landed = lane.in_flight is not None
-            again = await self._landed(lane) if landed else []
+            # The batches landed meanwhile, and the oldest while the lane has its most in
+            # flight or this batch ran nothing (what it needs, a batch in flight may hold):
+            # their re-runs are older than anything of this one, so they go first, the
+            # oldest's first.
+            again: list[T] = []
+            landed: list[Prepared[T]] = []
+            wait = prepared.finish is None
+            while lane.flights and (wait or lane.flights[0][0].done()
+                                    or len(lane.flights) >= lane.depth):
+                reruns, done = await self._landed(lane)
+                again += reruns
+                landed.append(done)
+                wait = False
             self._requeue(lane, again + prepared.later)
-            if landed:
-                self._release(lane)
+            for done in landed:
+                self._release(lane, done)
             if prepared.finish is not None:
-                lane.launched = prepared
-                lane.in_flight = asyncio.create_task(self._finish(prepared))
+                lane.flights.append((asyncio.create_task(self._finish(prepared)), prepared))
                 continue
             prepared.release()
             other.woken.set()
-            if prepared.later and not landed and (other.preparing or other.in_flight):
+            if prepared.later and not landed and (other.preparing or other.flights):
                 # Nothing ran: what it needs, the other lane holds. Taken again at once, it
                 # would come back the same, a turn of the event loop after another; it
                 # waits for the other's release (or new items).
@@ -293,13 +312,11 @@ class Batcher(Generic[T]):
         batch takes the few calls that came during the previous one's preparation (about
         six, with 64 unary calls in flight), and waiting for the landing, those that came
         during its round trip too. The apply of the next batch waits for the landing
-        either way (one finish in flight per lane)."""
+        either way (one finish in flight in this lane)."""
         return lane is self._quick and lane.count < self.max_batch
 
-    def _release(self, lane: _Lane[T]) -> None:
-        assert lane.launched is not None
-        lane.launched.release()
-        lane.launched = None
+    def _release(self, lane: _Lane[T], landed: Prepared[T]) -> None:
+        landed.release()
         self._other(lane).woken.set()
 
     def _other(self, lane: _Lane[T]) -> _Lane[T]:
@@ -316,12 +333,13 @@ class Batcher(Generic[T]):
         self.items += len(prepared.items) - len(again)
         return again
 
-    async def _landed(self, lane: _Lane[T]) -> list[T]:
-        assert lane.in_flight is not None
+    async def _landed(self, lane: _Lane[T]) -> tuple[list[T], Prepared[T]]:
+        """The oldest batch in flight, once landed: its re-runs, and the batch."""
+        task, prepared = lane.flights[0]
         try:
-            return await lane.in_flight
+            return await task, prepared
         finally:
-            lane.in_flight = None
+            lane.flights.popleft()
 
     def _take(self, lane: _Lane[T]) -> list[T]:
         """The next batch of a lane: what runs again first, then its sources in turn, each up

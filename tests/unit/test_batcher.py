@@ -1,27 +1,28 @@
-"""The batcher's two steps: batch k+1 is prepared while batch k's finish is in flight (in the
-small calls' lane only when a full batch waits), one finish at a time per lane, what comes
-back runs first, oldest first; small calls in a lane of their own beside the bulk one."""
+"""The batcher's two steps: the next batch is prepared while finishes are in flight (two at a
+time in the bulk lane; one in the small calls' lane, and there only when a full batch waits),
+what comes back runs first, oldest first; small calls in a lane of their own beside the bulk
+one."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from tollgate.engine.charging.batcher import GATHER_QUIET_TURNS, Batcher, Prepared
+from tollgate.engine.charging.batcher import BULK_FLIGHTS, GATHER_QUIET_TURNS, Batcher, Prepared
 
 
-async def test_the_next_batch_is_prepared_while_one_finish_is_in_flight() -> None:
+async def test_the_bulk_lane_prepares_while_two_finishes_are_in_flight() -> None:
     log: list[str] = []
     release = asyncio.Event()
-    in_flight = 0
+    in_flight = most = 0
 
     async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
         log.append(f"prepare {batch}")
 
         async def finish() -> list[int]:
-            nonlocal in_flight
+            nonlocal in_flight, most
             in_flight += 1
-            assert in_flight == 1  # never two storage steps at once
+            most = max(most, in_flight)
             log.append(f"finish {batch} starts")
             await release.wait()
             log.append(f"finish {batch} ends")
@@ -32,40 +33,37 @@ async def test_the_next_batch_is_prepared_while_one_finish_is_in_flight() -> Non
     batcher: Batcher[int] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
                                     max_queue=100)
     batcher.start()
-    batcher.submit([1, 2, 3, 4])
-    while not {"prepare [3, 4]", "finish [1, 2] starts"} <= set(log):
+    batcher.submit([1, 2, 3, 4, 5, 6])
+    while "prepare [5, 6]" not in log:
         await asyncio.sleep(0.001)
     await asyncio.sleep(0.01)
-    # Batch [3, 4] was prepared while [1, 2] was being finished, and waits for it.
-    assert sorted(log) == ["finish [1, 2] starts", "prepare [1, 2]", "prepare [3, 4]"]
+    # [3, 4] is applied beside [1, 2]; [5, 6], prepared meanwhile, waits for [1, 2] to land.
+    assert set(log) == {"prepare [1, 2]", "finish [1, 2] starts", "prepare [3, 4]",
+                        "finish [3, 4] starts", "prepare [5, 6]"}
     release.set()
     await batcher.close()
-    assert log[3:] == ["finish [1, 2] ends", "finish [3, 4] starts", "finish [3, 4] ends"]
-    assert (batcher.batches, batcher.items) == (2, 4)
+    assert log.index("finish [5, 6] starts") > log.index("finish [1, 2] ends")
+    assert most == BULK_FLIGHTS == 2  # never more storage steps at once
+    assert (batcher.batches, batcher.items) == (3, 6)
 
 
 async def test_reruns_come_back_first_then_what_waited_then_the_queue() -> None:
     seen: list[list[str]] = []
-    reran = False
 
     async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
         seen.append(batch)
-        nonlocal reran
         if batch == ["a", "b"]:
             async def finish_ab() -> list[str]:
                 await asyncio.sleep(0.01)
                 return ["a"]  # a's account moved: run it again
             return Prepared(["a", "b"], finish_ab)
         if batch == ["c", "d"]:
-            # d's account is in the batch being applied: it waits, unrun.
-            async def finish_c() -> list[str]:
-                return []
-            return Prepared(["c"], finish_c, later=["d"])
+            # Their accounts are in the batch being applied: they wait, unrun, and the lane
+            # waits for that batch to land.
+            return Prepared([], later=["c", "d"])
 
         async def finish_rest() -> list[str]:
             return []
-        if "a" in batch:
-            reran = True
         return Prepared(batch, finish_rest)
 
     batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
@@ -73,9 +71,31 @@ async def test_reruns_come_back_first_then_what_waited_then_the_queue() -> None:
     batcher.start()
     batcher.submit(["a", "b", "c", "d", "e", "f"])
     await batcher.close()
-    assert reran
-    # The re-run of a (older) goes before d, which waited, and both before e and f.
-    assert seen == [["a", "b"], ["c", "d"], ["a", "d"], ["e", "f"]]
+    # The re-run of a (older) goes before c and d, which waited, and all before e and f.
+    assert seen == [["a", "b"], ["c", "d"], ["a", "c"], ["d", "e"], ["f"]]
+
+
+async def test_reruns_of_batches_landing_together_come_back_oldest_first() -> None:
+    seen: list[list[str]] = []
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        seen.append(batch)
+        first = len(seen) <= 2
+        wait, again = {"a": (0.02, ["a"]), "c": (0.005, ["c"])}.get(batch[0], (0.0, []))
+
+        async def finish() -> list[str]:
+            await asyncio.sleep(wait)
+            return again if first else []  # a's and c's accounts moved, once
+        return Prepared(batch, finish)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
+                                    max_queue=100)
+    batcher.start()
+    batcher.submit(["a", "b", "c", "d", "e", "f"])
+    await batcher.close()
+    # [c, d] lands first but is the newer: a's re-run goes before c's.
+    assert seen[:3] == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert seen[3] == ["a", "c"]
 
 
 async def test_a_failed_finish_fails_only_its_own_batch() -> None:
