@@ -6,7 +6,7 @@ one."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from tollgate.engine.charging.batcher import BULK_FLIGHTS, GATHER_QUIET_TURNS, Batcher, Prepared
 
@@ -47,6 +47,16 @@ async def test_the_bulk_lane_prepares_while_two_finishes_are_in_flight() -> None
     assert (batcher.batches, batcher.items) == (3, 6)
 
 
+async def _through(prepare: Callable[[list[str], bool], Awaitable[Prepared[str]]],
+                   items: list[str]) -> None:
+    """Runs items through a batcher of batches of two until all are done."""
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
+                                    max_queue=100)
+    batcher.start()
+    batcher.submit(items)
+    await batcher.close()
+
+
 async def test_reruns_come_back_first_then_what_waited_then_the_queue() -> None:
     seen: list[list[str]] = []
 
@@ -66,11 +76,7 @@ async def test_reruns_come_back_first_then_what_waited_then_the_queue() -> None:
             return []
         return Prepared(batch, finish_rest)
 
-    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
-                                    max_queue=100)
-    batcher.start()
-    batcher.submit(["a", "b", "c", "d", "e", "f"])
-    await batcher.close()
+    await _through(prepare, ["a", "b", "c", "d", "e", "f"])
     # The re-run of a (older) goes before c and d, which waited, and all before e and f.
     assert seen == [["a", "b"], ["c", "d"], ["a", "c"], ["d", "e"], ["f"]]
 
@@ -88,11 +94,7 @@ async def test_reruns_of_batches_landing_together_come_back_oldest_first() -> No
             return again if first else []  # a's and c's accounts moved, once
         return Prepared(batch, finish)
 
-    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
-                                    max_queue=100)
-    batcher.start()
-    batcher.submit(["a", "b", "c", "d", "e", "f"])
-    await batcher.close()
+    await _through(prepare, ["a", "b", "c", "d", "e", "f"])
     # [c, d] lands first but is the newer: a's re-run goes before c's.
     assert seen[:3] == [["a", "b"], ["c", "d"], ["e", "f"]]
     assert seen[3] == ["a", "c"]
