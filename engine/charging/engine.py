@@ -680,8 +680,9 @@ class Engine:
         # Before the kernel reads the accounts (assembly takes none of what a renewal sets).
         renewals: dict[str, dict[str, int]] = {}
         for acct, plan in zip(kb.accounts, kb.plans, strict=True):
-            if acct.cycle_end and now >= acct.cycle_end:
-                renewals[acct.account_id] = renew_if_due(acct, plan, now)
+            sets = renew_if_due(acct, plan, now)
+            if sets:
+                renewals[acct.account_id] = sets
         # A large batch's steps take milliseconds each: between them, other work (a small
         # batch prepared or landing, calls coming in) gets its turn. Safe: the accounts of
         # this batch are no other batch's (see _read_and_run); what batches share (the
@@ -752,8 +753,5 @@ class Engine:
                 sessions.pop(p.session_id, None)
             else:
                 sessions[p.session_id] = value
-            if p.followers is None:  # the usual case, without a call more
-                p.call.put(p.slot, answer, SUCCESS)
-            else:
-                p.answer(answer, SUCCESS)
+            p.answer(answer, SUCCESS)
         return again
