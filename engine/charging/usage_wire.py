@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from tollgate.engine.charging.kernels.charge import helper
+from tollgate.engine.charging.kernels.memory import copy_bytes
 from tollgate.engine.charging.wire import (
     WT_LEN,
     WT_VARINT,
@@ -115,9 +116,7 @@ def _put_text(out: np.ndarray, pos: int, field: int, text: np.ndarray, spans: np
     if n == 0:
         return pos
     pos = _put_varint(out, _put_tag(out, pos, field, WT_LEN), np.uint64(n))
-    start = spans[k, 0]
-    for i in range(n):
-        out[pos + i] = text[start + i]
+    copy_bytes(out, pos, text, spans[k, 0], n)
     return pos + n
 
 

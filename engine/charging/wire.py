@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from tollgate.engine.charging.kernels.charge import helper
+from tollgate.engine.charging.kernels.memory import copy_bytes
 from tollgate.engine.errors import InvalidArgument
 
 # --- parse: the tables' rows ---------------------------------------------------------------
@@ -652,8 +653,7 @@ def _put_bytes(out: np.ndarray, pos: int, field: int, src: np.ndarray, start: in
     if size == 0 and not always:
         return pos
     pos = _put_head(out, pos, field, size)
-    for i in range(size):  # ids and messages are short: a loop beats a slice's setup
-        out[pos + i] = src[start + i]
+    copy_bytes(out, pos, src, start, size)
     return pos + size
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tollgate.engine.charging.kernels.memory import copy_bytes
+
 helper = njit(cache=True, nogil=True, forceinline=True)  # slices need Numba's runtime
 
 # Every string a call names is strings[at:at + length] of one byte table, but the partitions'
@@ -77,7 +79,7 @@ def _put_int(out: np.ndarray, at: int, v: int) -> int:
 
 @helper
 def _put_bytes(out: np.ndarray, at: int, src: np.ndarray, src_at: int, n: int) -> int:
-    out[at:at + n] = src[src_at:src_at + n]
+    copy_bytes(out, at, src, src_at, n)
     return at + n
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tollgate.engine.charging.kernels.memory import copy_bytes
 from tollgate.engine.charging.wire import (
     LEN,
     OFF,
@@ -127,7 +128,7 @@ def plain_texts(buf: np.ndarray, req: np.ndarray, plain: np.ndarray) -> np.ndarr
         for k in range(STRINGS.shape[0]):
             if plain[r]:
                 off, size = req[STRINGS[k] + OFF, r], req[STRINGS[k] + LEN, r]
-                out[pos:pos + size] = buf[off:off + size]
+                copy_bytes(out, pos, buf, off, size)
                 pos += size
             out[pos] = 0
             pos += 1

@@ -33,6 +33,7 @@ from tollgate.engine.charging.kernels.charge import (
     WANT_GRANT,
     helper,
 )
+from tollgate.engine.charging.kernels.memory import copy_bytes
 from tollgate.engine.charging.wire import Int, _utf8_valid
 from tollgate.engine.domain import MONEY_SOURCE
 
@@ -423,8 +424,7 @@ def _put_header(out: np.ndarray, pos: int, n: int, fix: int, fix_bits: int, firs
 
 @helper
 def _put_copy(out: np.ndarray, pos: int, src: np.ndarray, at: int, n: int) -> int:
-    for k in range(n):
-        out[pos + k] = src[at + k]
+    copy_bytes(out, pos, src, at, n)
     return pos + n
 
 
