@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 from numba.core.errors import TypingError
@@ -16,6 +16,7 @@ def _copied(dst: np.ndarray, dst_at: int, src: np.ndarray, src_at: int, n: int) 
     return dst
 
 
+@settings(deadline=None)  # the first example compiles
 @given(st.binary(max_size=300), st.binary(max_size=300), st.data())
 def test_copy_bytes_is_a_slice_assignment(dst: bytes, src: bytes, data: st.DataObject) -> None:
     n = data.draw(st.integers(0, min(len(dst), len(src))))

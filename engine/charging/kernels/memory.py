@@ -4,8 +4,10 @@ twice as long, kernels.apply_calls)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
+import numpy as np
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -17,9 +19,7 @@ def _bytes(t: Any) -> bool:
 
 
 @intrinsic
-def copy_bytes(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any, n: Any) -> Any:
-    """dst[dst_at:dst_at + n] = src[src_at:src_at + n], for contiguous uint8 arrays that do not
-    overlap. No bounds check, as in the kernels' own loops: the callers size `dst` first."""
+def _memcpy(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any, n: Any) -> Any:
     if not (_bytes(dst) and _bytes(src)
             and all(isinstance(t, types.Integer) for t in (dst_at, src_at, n))):
         return None
@@ -35,3 +35,9 @@ def copy_bytes(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any, n: 
                            builder.gep(s_arr.data, [s_at]), count, 1)
 
     return sig, codegen
+
+
+copy_bytes = cast(Callable[[np.ndarray, int, np.ndarray, int, int], None], _memcpy)
+"""copy_bytes(dst, dst_at, src, src_at, n): dst[dst_at:dst_at + n] = src[src_at:src_at + n], for
+contiguous uint8 arrays that do not overlap, in a kernel. No bounds check, as in the kernels'
+own loops: the callers size `dst` first."""
