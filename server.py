@@ -83,8 +83,12 @@ class Ending:
 
 def _handler(method: Any, impl: Callable[..., Any], raw: bool) -> grpc.RpcMethodHandler:
     """`raw`: the servicer takes and gives wire bytes (it parses them itself)."""
-    parse = None if raw else _parser(GetMessageClass(method.input_type))
-    serialize = None if raw else GetMessageClass(method.output_type).SerializeToString
+    if raw:  # bytes in: nothing can be unreadable before the servicer reads it
+        return (grpc.stream_stream_rpc_method_handler if method.client_streaming
+                else grpc.unary_stream_rpc_method_handler if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler)(impl)
+    parse = _parser(GetMessageClass(method.input_type))
+    serialize = GetMessageClass(method.output_type).SerializeToString
     if method.client_streaming:
         async def stream_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             async def checked() -> AsyncIterator[Any]:
@@ -107,9 +111,6 @@ def _handler(method: Any, impl: Callable[..., Any], raw: bool) -> grpc.RpcMethod
             async for answer in impl(request, context):
                 yield answer
         return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
-
-    if raw:  # bytes in: nothing can be unreadable before the servicer reads it
-        return grpc.unary_unary_rpc_method_handler(impl)
 
     async def unary_unary(request: Any, context: Any) -> Any:
         if isinstance(request, Unreadable):
@@ -137,7 +138,7 @@ STATUS_OF = {InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
              Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-ENGINE_ERRORS = (InvalidArgument, NotFound, AlreadyExists, Conflict, Overloaded)
+ENGINE_ERRORS = tuple(STATUS_OF)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:

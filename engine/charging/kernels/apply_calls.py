@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tollgate.engine.charging.kernels.charge import helper
 from tollgate.engine.charging.kernels.memory import copy_bytes
-
-helper = njit(cache=True, nogil=True, forceinline=True)  # slices need Numba's runtime
 
 # Every string a call names is strings[at:at + length] of one byte table, but the partitions'
 # keys: `parts` has a row per partition (by number) with the spans in `keys_text` of its usage
