@@ -103,7 +103,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         _, rows, view = engine._check_sessions(batch)  # the traffic's requests all pass
         kb = assemble(batch, engine.accounts, plans, engine.rates, timing.now_ms, view, rows)
         res = kb.run(engine.rates)
-        outcome = build_outcome(batch, kb, res, engine.rates, timing, {})
+        outcome = build_outcome(batch, kb, res, engine.rates, timing)
         return wire.field_1(outcome.answers)
 
     benchmark.extra_info["requests"] = size

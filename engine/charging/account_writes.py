@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tollgate.engine.charging.batch import KernelBatch, KernelResult
+from tollgate.engine.charging.cache import T_RESERVED
 from tollgate.engine.charging.kernels.account_tables import (
     CYCLE,
     MEMBER_RESERVED,
     MEMBER_SPENT,
     MEMBER_USED,
     PIECE_TEXT,
-    RESERVED,
     account_tables,
 )
 from tollgate.engine.charging.kernels.items import Q_COLUMNS
@@ -47,9 +47,9 @@ class RecordBytes:
     accounts: np.ndarray
 
 
-def account_writes(kb: KernelBatch, res: KernelResult, renewals: dict[str, dict[str, int]],
-                   values: SessionValues, session_ids: Texts, records: RecordBytes,
-                   events: list[tuple[int, bytes]]) -> Writes:
+def account_writes(kb: KernelBatch, res: KernelResult, values: SessionValues,
+                   session_ids: Texts, records: RecordBytes, events: list[tuple[int, bytes]]
+                   ) -> Writes:
     """Group g is account g of the batch (every account is written: its version moves).
     `events`: (account position, Event bytes), in batch order. Python gathers the strings
     (the batch's id tables whole; names only of the members and cycle slots that moved) and
@@ -65,19 +65,10 @@ def account_writes(kb: KernelBatch, res: KernelResult, renewals: dict[str, dict[
         np.array([a.partition for a in accounts], np.int64),
         kb.requests, kb.view_rows, kb.view.owners, kb.view.arrays[0],
         moved(session_ids.spans, t.add(session_ids.text)), values.expiry, values.rescore,
-        values.spans, changes, kb.bucket_names, _reserved(kb, changes, kinds),
+        values.spans, changes, kb.bucket_names, kb.gathered.buckets[T_RESERVED],
         _member_names(kb, changes, kinds, t), _cycle_names(kb, changes, kinds, t),
-        _renewals(kb, renewals, t), records.spans, records.accounts, _events(events, t))
+        _renewals(kb, t), records.spans, records.accounts, _events(events, t))
     return Writes(t.table(), groups, sets, sessions, record_rows, event_rows)
-
-
-def _reserved(kb: KernelBatch, changes: np.ndarray, kinds: np.ndarray) -> np.ndarray:
-    """Per bucket its reserved units, where a RESERVED change (an increment) needs them."""
-    out = np.zeros(len(kb.buckets), np.int64)
-    if kinds[RESERVED]:
-        b = changes[changes[:, 1] == RESERVED, 2]
-        out[b] = [kb.buckets[i].reserved for i in b.tolist()]
-    return out
 
 
 def _member_names(kb: KernelBatch, changes: np.ndarray, kinds: np.ndarray, t: ByteTable
@@ -101,9 +92,9 @@ def _cycle_names(kb: KernelBatch, changes: np.ndarray, kinds: np.ndarray, t: Byt
     return t.texts([f"cu:{kb.slots[s][1]}" for s in slots.tolist()])
 
 
-def _renewals(kb: KernelBatch, renewals: dict[str, dict[str, int]], t: ByteTable
-              ) -> np.ndarray:
+def _renewals(kb: KernelBatch, t: ByteTable) -> np.ndarray:
     """The fields new billing cycles set: account, name at, length, value."""
+    renewals = kb.renewals
     if not renewals:
         return NONE
     fields = [(kb.index[a], f, v) for a, sets in renewals.items() for f, v in sets.items()]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -12,14 +10,20 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from tollgate.engine.charging.cache import T_RESERVED, AccountCache, Gathered
 from tollgate.engine.charging.decode import MAX_TIME_MS
 from tollgate.engine.charging.kernels.account_tables import change_rows
 from tollgate.engine.charging.kernels.charge import (
+    A_BUCKETS_HI,
+    A_BUCKETS_LO,
+    A_LOW_MARK,
     B_LEVEL,
     B_REMAINING,
     FLAG_GRACE,
     I_ACCT,
+    M_MRES,
     M_SPENT,
+    U_RES,
     U_USED,
     charge_kernel,
 )
@@ -77,8 +81,7 @@ class KernelBatch:
     accounts: list[AccountState]
     index: dict[str, int]  # account id -> position
     plans: list[Plan | None]  # per account
-    bucket_start: list[int]  # buckets of account a: bucket_start[a] .. bucket_start[a+1]
-    buckets: list[Bucket]
+    buckets: list[Bucket]  # account a's: gathered.bucket_start[a] .. [a + 1]
     members: list[tuple[int, Member]]  # (account position, member)
     items: np.ndarray  # a row per item, ITEM_COLUMNS (kernels.items.item_rows)
     shown: np.ndarray  # per item, 1 if its grant is in its request's answer (0: a release
@@ -90,50 +93,37 @@ class KernelBatch:
     names: np.ndarray  # the buckets' ids end to end (UTF-8)
     bucket_names: np.ndarray  # (offset in names, length) per bucket position
     requests: np.ndarray  # a row per request (kernels.items Q_*: its type, account, ...)
+    cache: AccountCache
+    gathered: Gathered  # the accounts', buckets' and members' numbers, from the cache
+    low_marks: np.ndarray  # per account, its plan's low-balance mark
+    renewals: dict[str, dict[str, int]]  # per account whose cycle was renewed, its fields
 
     def run(self, rates: RateTable) -> KernelResult:
-        def i64(rows: list[list[int]]) -> np.ndarray:
-            return np.array(rows, dtype=np.int64)
-
-        accts, buckets, members = self.accounts, self.buckets, [m for _, m in self.members]
-        rg_lists = [b.rating_groups for b in buckets]
-        rg_end = list(itertools.accumulate(len(r) for r in rg_lists))
-        items = self.items
+        g, items = self.gathered, self.items
         heads, _, held, rated = self.view.arrays
-        bucket_start = np.array(self.bucket_start, np.int64)
         bad = session_columns(items, self.view_rows, heads, held, rated,
-                              self.view.buf, self.names, self.bucket_names, bucket_start)
+                              self.view.buf, self.names, self.bucket_names, g.bucket_start)
         if bad >= 0:
             raise ValueError(f"a session's reservation names a bucket its account "
-                             f"({accts[items[bad, I_ACCT]].account_id!r}) does not have")
-        accounts = i64([  # rows: kernels.charge A_*
-            [a.money for a in accts], [a.money_reserved for a in accts],
-            [a.spent for a in accts], [a.cap_level for a in accts],
-            [a.low_flag for a in accts], [a.exhausted_flag for a in accts],
-            [-a.credit_limit for a in accts], [a.cap for a in accts],
-            [p.low_balance_micros if p else 0 for p in self.plans],
-            self.bucket_start[:-1], self.bucket_start[1:]])
-        bucket_rows = i64([  # rows: kernels.charge B_*
-            [b.remaining for b in buckets], [int(b.unit_type) for b in buckets],
-            [b.expiry_ms for b in buckets], [b.initial for b in buckets],
-            [b.notified for b in buckets], [0, *rg_end][:-1], rg_end])
-        member_rows = i64([[m.cap_money for m in members], [m.spent for m in members],
-                           [m.money_reserved for m in members]])
-        unit_rows = i64([[u for m in members for u in m.cap_units],
-                         [u for m in members for u in m.used_units],
-                         [u for m in members for u in m.reserved_units]])
+                             f"({self.accounts[items[bad, I_ACCT]].account_id!r}) does not "
+                             "have")
+        accounts = np.empty((A_BUCKETS_HI + 1, len(self.accounts)), np.int64)
+        accounts[:A_LOW_MARK] = g.accounts[:A_LOW_MARK]
+        accounts[A_LOW_MARK] = self.low_marks
+        accounts[A_BUCKETS_LO] = g.bucket_start[:-1]
+        accounts[A_BUCKETS_HI] = g.bucket_start[1:]
+        buckets = g.buckets[:T_RESERVED]
+        accts = self.accounts
         cycle = np.array([accts[a].cycle_units.get(rg, 0) for a, rg in self.slots],
                          dtype=np.int64)
         out, acct_out, bucket_out, member_out, units_out, cu, chg, ev = charge_kernel(
-            items, rates.arrays(), accounts, bucket_rows,
-            np.array([g for r in rg_lists for g in r], dtype=np.int64), member_rows, unit_rows,
-            cycle)
+            items, rates.arrays(), accounts, buckets, g.rgs, g.members, g.units, cycle)
         events = list(zip(*ev.tolist(), strict=True))
         moved = self._changes(
-            bucket_start,
-            np.concatenate((accounts[:6].ravel(), bucket_rows[B_REMAINING],
-                            np.zeros(len(buckets), dtype=np.int64), bucket_rows[B_LEVEL],
-                            member_rows[M_SPENT:].ravel(), unit_rows[U_USED:].ravel(), cycle)),
+            g.bucket_start,
+            np.concatenate((accounts[:6].ravel(), buckets[B_REMAINING],
+                            np.zeros(buckets.shape[1], dtype=np.int64), buckets[B_LEVEL],
+                            g.members[M_SPENT:].ravel(), g.units[U_USED:].ravel(), cycle)),
             np.concatenate((acct_out.ravel(), bucket_out.ravel(), member_out.ravel(),
                             units_out.ravel(), cu)))
         return KernelResult(change_rows=moved,
@@ -152,59 +142,59 @@ class KernelBatch:
                            np.array([a for a, _ in self.slots], np.int64))
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
-        """Brings the cached state this batch read up to the kernel's outputs, except for the
-        accounts at the positions `refused` (their apply was refused). The changes come kind
-        by kind (change_rows): a loop of each, not a test of the kind per change."""
-        rows = res.change_rows
+        """Brings the cache's tables up to the kernel's outputs, except for the accounts at
+        the positions `refused` (their apply was refused) and those the cache let go since
+        the batch gathered them (their columns may be another account's now). A few array
+        steps per kind of change (change_rows are sorted by kind); cycle units, kept in each
+        account's dict, a step per change."""
+        g, cache, rows = self.gathered, self.cache, res.change_rows
+        if cache.released != g.released:
+            refused = refused | {a for a, acct in enumerate(self.accounts) if acct.row < 0}
         if refused:
             rows = rows[~np.isin(rows[:, 0], list(refused))]
-        at, _, index, values = rows.T.tolist()
-        cuts = np.searchsorted(rows[:, 1], np.arange(CYCLE + 2)).tolist()
+        at, what, index, values = rows.T
+        cuts = np.searchsorted(what, np.arange(CYCLE + 2)).tolist()
 
-        def changes(what: int, keys: list[int]) -> Iterator[tuple[int, int]]:
-            lo, hi = cuts[what], cuts[what + 1]
-            return zip(keys[lo:hi], values[lo:hi], strict=True)
+        def of(kind: int) -> tuple[np.ndarray, np.ndarray]:
+            """The indices and values of the changes of a kind."""
+            return index[cuts[kind]:cuts[kind + 1]], values[cuts[kind]:cuts[kind + 1]]
 
-        accounts, buckets, members, slots = self.accounts, self.buckets, self.members, self.slots
-        for what, name in enumerate(ACCOUNT_OUTPUTS):
-            for a, v in changes(what, at):
-                setattr(accounts[a], name, v)
-        for i, v in changes(REMAINING, index):
-            buckets[i].remaining = v
-        for i, v in changes(RESERVED, index):
-            buckets[i].reserved += v
-        for i, v in changes(NOTIFIED, index):
-            buckets[i].notified = v
-        for i, v in changes(MEMBER_SPENT, index):
-            members[i][1].spent = v
-        for i, v in changes(MEMBER_MRES, index):
-            members[i][1].money_reserved = v
-        for i, v in changes(MEMBER_USED, index):
-            members[i // 3][1].used_units[i % 3] = v
-        for i, v in changes(MEMBER_RESERVED, index):
-            members[i // 3][1].reserved_units[i % 3] = v
-        for i, v in changes(CYCLE, index):
-            a, rating_group = slots[i]
-            accounts[a].cycle_units[rating_group] = v
+        first = slice(0, cuts[REMAINING])  # the account outputs: `what` is the table row
+        cache.accounts[what[first], g.account_cols[at[first]]] = values[first]
+        for kind, row in ((REMAINING, B_REMAINING), (NOTIFIED, B_LEVEL)):
+            i, v = of(kind)
+            cache.buckets[row, g.bucket_cols[i]] = v
+        i, v = of(RESERVED)
+        cache.buckets[T_RESERVED, g.bucket_cols[i]] += v
+        for kind, row in ((MEMBER_SPENT, M_SPENT), (MEMBER_MRES, M_MRES)):
+            i, v = of(kind)
+            cache.members[row, g.member_cols[i]] = v
+        for kind, row in ((MEMBER_USED, U_USED), (MEMBER_RESERVED, U_RES)):
+            i, v = of(kind)
+            cache.units[row, 3 * g.member_cols[i // 3] + i % 3] = v
+        i, v = of(CYCLE)
+        accounts, slots = self.accounts, self.slots
+        for s, units in zip(i.tolist(), v.tolist(), strict=True):
+            a, rating_group = slots[s]
+            accounts[a].cycle_units[rating_group] = units
 
 
-def assemble(batch: list[Request], cache: dict[str, AccountState], plans: dict[str, Plan],
+def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
              rates: RateTable, now_ms: int, view: SessionView, rows: list[int]
              ) -> KernelBatch:
     """One item per rating group of each request (plus releases of what a TERMINATION does
     not mention), in batch order (kernels.items.item_rows); accounts, buckets and members in
-    first-seen order (a request of a subscriber in GRACE is for zero-rated service only);
-    `now_ms`: the server's clock, which judges bucket expiry; request n's session is row
-    `rows[n]` of `view`."""
+    first-seen order (a request of a subscriber in GRACE is for zero-rated service only),
+    each account's cycle renewed first if it has ended; `now_ms`: the server's clock, which
+    judges bucket expiry and cycles; request n's session is row `rows[n]` of `view`."""
     accounts: list[AccountState] = []
     index: dict[str, int] = {}
     for p in batch:
         if p.account_id not in index:
             index[p.account_id] = len(accounts)
             accounts.append(cache[p.account_id])
-    bucket_start = [0]
-    for acct in accounts:
-        bucket_start.append(bucket_start[-1] + len(acct.buckets))
+    account_plans = [plans.get(a.plan_id) for a in accounts]
+    renewals = cache.renew(accounts, account_plans, now_ms)
     members: list[tuple[int, Member]] = []
     member_index: dict[tuple[str, str], int] = {}
     for a, acct in enumerate(accounts):
@@ -214,16 +204,17 @@ def assemble(batch: list[Request], cache: dict[str, AccountState], plans: dict[s
     buckets = [b for a in accounts for b in a.buckets]
     names = [b.bucket_id.encode() for b in buckets]
     lengths = np.fromiter(map(len, names), np.int64, len(names))
-    account_plans = [plans.get(a.plan_id) for a in accounts]
     reqs = _request_rows(batch, index, account_plans, rates, member_index, rows)
     heads, _, held, _ = view.arrays
     items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
                                              rates.arrays()[0], heads, held, now_ms)
-    return KernelBatch(accounts, index, account_plans, bucket_start, buckets, members, items,
-                       shown, service, list(zip(*slots.tolist(), strict=True)), view,
-                       np.array(rows, np.int64),
-                       np.frombuffer(b"".join(names), np.uint8),
-                       np.stack((np.cumsum(lengths) - lengths, lengths)), reqs.rows)
+    return KernelBatch(accounts, index, account_plans, buckets, members, items, shown,
+                       service, list(zip(*slots.tolist(), strict=True)), view,
+                       np.array(rows, np.int64), np.frombuffer(b"".join(names), np.uint8),
+                       np.stack((np.cumsum(lengths) - lengths, lengths)), reqs.rows, cache,
+                       cache.gather(accounts),
+                       np.fromiter([p.low_balance_micros if p else 0 for p in account_plans],
+                                   np.int64, len(accounts)), renewals)
 
 
 class _Requests(NamedTuple):

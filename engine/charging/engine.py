@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from redis.exceptions import RedisError
 from tollgate.engine.charging import account_writes, answers, kernels, sessions, usage_wire, wire
 from tollgate.engine.charging.batch import KernelBatch, KernelResult, assemble
 from tollgate.engine.charging.batcher import Batcher, Prepared
+from tollgate.engine.charging.cache import AccountCache
 from tollgate.engine.charging.decode import Invalid, decode_all, decode_steps
 from tollgate.engine.charging.decode import warm_up as warm_up_checks
 from tollgate.engine.charging.flow import SmallFirst
@@ -40,9 +40,7 @@ from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberStat
 from tollgate.engine.errors import InvalidArgument, NotFound, Overloaded
 from tollgate.engine.ops import metrics
 from tollgate.engine.ops.config import Config
-from tollgate.engine.rating.cycles import renew_if_due
 from tollgate.engine.rating.plans import RateTable
-from tollgate.engine.storage.state import AccountState
 from tollgate.engine.storage.store import Store
 from tollgate.engine.storage.writes import Writes
 from tollgate.engine.storage.writes import warm_up as warm_up_writes
@@ -175,7 +173,7 @@ class Engine:
         self.store = store
         self.config = config
         self.clock = clock
-        self.accounts: OrderedDict[str, AccountState] = OrderedDict()
+        self.accounts = AccountCache(config.account_cache_size)
         self._subscribers: dict[str, tuple[str, SubscriberState, float]] = {}
         self._plans: dict[str, tuple[Plan, float]] = {}
         self.rates = RateTable()
@@ -219,8 +217,8 @@ class Engine:
             log.warning("compiling the kernels for this version (once per install or "
                         "upgrade; later starts load them from the cache)")
         started = time.monotonic()
-        assemble([], {}, {}, self.rates, self.clock(), SessionView.of([], [], []),
-                 []).run(self.rates)
+        assemble([], AccountCache(0), {}, self.rates, self.clock(),
+                 SessionView.of([], [], []), []).run(self.rates)
         wire.warm_up()
         warm_up_checks(self.config)
         usage_wire.warm_up()
@@ -410,7 +408,7 @@ class Engine:
             why = f"internal error ({type(error).__name__}), retry"
             log.error("batch failed", exc_info=error, extra={"requests": len(batch)})
         for p in batch:
-            self.accounts.pop(p.account_id, None)
+            self.accounts.drop(p.account_id)
             p.refuse(ResultCode.UNABLE_TO_COMPLY, why)
 
     # --- one batch ----------------------------------------------------------------------
@@ -581,7 +579,7 @@ class Engine:
                     # cached. Its version is compared in Redis alongside the batch's reads; a
                     # stale copy costs a second read instead of a refused write and a re-run.
                     check[p.account_id] = acct.version
-                accounts.move_to_end(p.account_id)
+                accounts.touch(p.account_id)
         for account_id in stale:
             check.pop(account_id, None)
         if not stale and not check:
@@ -614,7 +612,7 @@ class Engine:
                 loaded += await self.store.read_accounts(again)
         for (account_id, session_ids), (acct, values) in zip(wanted, loaded, strict=True):
             if acct is None:
-                self.accounts.pop(account_id, None)
+                self.accounts.drop(account_id)
                 continue
             old = self.accounts.get(account_id)
             if old is not None and old.version == acct.version:
@@ -622,9 +620,7 @@ class Engine:
             for sid, value in zip(session_ids, values, strict=True):
                 if value is not None:
                     acct.sessions[sid] = value
-            self.accounts[account_id] = acct
-        while len(self.accounts) > self.config.account_cache_size:
-            self.accounts.popitem(last=False)
+            self.accounts.put(acct)
 
     def _check_sessions(self, batch: list[Request]
                         ) -> tuple[list[Request], list[int], SessionView]:
@@ -677,16 +673,11 @@ class Engine:
         plans = {pid: entry[0] for pid, entry in self._plans.items()}
         now = self.clock()
         kb = assemble(batch, self.accounts, plans, self.rates, now, view, rows)
-        # Before the kernel reads the accounts (assembly takes none of what a renewal sets).
-        renewals: dict[str, dict[str, int]] = {}
-        for acct, plan in zip(kb.accounts, kb.plans, strict=True):
-            sets = renew_if_due(acct, plan, now)
-            if sets:
-                renewals[acct.account_id] = sets
         # A large batch's steps take milliseconds each: between them, other work (a small
         # batch prepared or landing, calls coming in) gets its turn. Safe: the accounts of
         # this batch are no other batch's (see _read_and_run); what batches share (the
-        # plans, the grow-only rate table) is not changed under it.
+        # plans, the grow-only rate table) is not changed under it; the batch has its
+        # accounts' numbers gathered, and keeps nothing of an account the cache lets go.
         large = len(batch) >= YIELD_AT
         if large:
             await self._turn(bulk)
@@ -698,7 +689,7 @@ class Engine:
         metrics.count_grants(res.outputs[O_RESULT][res.shown.astype(bool)])
         timing = Timing(now, self.config.answers_kept, self.config.default_validity_s,
                         self.config.stale_grace_s)
-        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing, renewals))
+        return Run(kb, res, build_outcome(batch, kb, res, self.rates, timing))
 
     async def _turn(self, bulk: bool) -> None:
         """A turn of the event loop for other work; a bulk batch's waits for the unary calls
@@ -723,7 +714,7 @@ class Engine:
         if conflicted:
             for a, acct in enumerate(kb.accounts):
                 if acct.account_id in conflicted:
-                    self.accounts.pop(acct.account_id, None)
+                    self.accounts.drop(acct.account_id)
                     self.conflicts += 1
                     metrics.CONFLICTS.inc()
                     self._others_seen = time.monotonic()

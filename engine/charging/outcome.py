@@ -73,8 +73,7 @@ class Timing:
 
 
 def build_outcome(batch: list[Request], kb: KernelBatch, res: KernelResult,
-                  rates: RateTable, timing: Timing, renewals: dict[str, dict[str, int]]
-                  ) -> Outcome:
+                  rates: RateTable, timing: Timing) -> Outcome:
     numbers = np.array([p.request_number for p in batch], np.int64)
     session_ids = Texts.of([p.session_id for p in batch])
     encoded = encode_answers(kb, res, rates, session_ids, numbers)
@@ -90,7 +89,7 @@ def build_outcome(batch: list[Request], kb: KernelBatch, res: KernelResult,
     data = values.buf.tobytes()
     return Outcome(encoded.answers,
                    [data[a:b] for a, b in zip(*values.spans.tolist(), strict=True)],
-                   account_writes(kb, res, renewals, values, session_ids, records, events))
+                   account_writes(kb, res, values, session_ids, records, events))
 
 
 def _sessions(kb: KernelBatch, res: KernelResult, rates: RateTable, timing: Timing,

@@ -80,7 +80,9 @@ class SessionState:
 @dataclass(slots=True)
 class AccountState:
     """One account as of `version`; `sessions` holds the values (session_blob) of the
-    sessions this process has seen, by id."""
+    sessions this process has seen, by id. Once the charging engine caches it
+    (charging.cache.AccountCache), its balances and its buckets' and members' counters move
+    on in the cache's tables (its `row`), not in this object."""
 
     account_id: str
     partition: int
@@ -100,15 +102,7 @@ class AccountState:
     exhausted_flag: int = 0
     cycle_units: dict[int, int] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
-    _bucket_at: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
-
-    def bucket_index(self, bucket_id: str) -> int:
-        """A bucket's position in `buckets` (KeyError if it has none). Looked up for every
-        reservation a batch gives back: an account with many add-ons must not make it a
-        scan. The list never changes after the account is read."""
-        if len(self._bucket_at) != len(self.buckets):
-            self._bucket_at = {b.bucket_id: k for k, b in enumerate(self.buckets)}
-        return self._bucket_at[bucket_id]
+    row: int = field(default=-1, repr=False, compare=False)  # in the account cache (-1: none)
 
 
 class BucketMeta(NamedTuple):

@@ -401,7 +401,7 @@ async def test_after_charging_the_cached_account_is_what_redis_holds(
             request("s-2", rn, kind, "kid-2", *units[1:])])
         assert [a.result for a in answers] == [ResultCode.SUCCESS] * 2
 
-    cached = tollgate.engine.accounts["acct-0"]
+    cached = tollgate.engine.accounts.up_to_date("acct-0")
     stored, _ = await tollgate.store.get_account("acct-0")
 
     assert stored.members["kid-1"].used_units[0] == 15 * MB  # moved: checked for real

@@ -1,0 +1,282 @@
+"""The account cache: the accounts this process has read, least recently used first, with their
+balances, buckets and members as rows of tables that a batch gathers and keeps with a few
+array steps, not an attribute read and write per value."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from tollgate.engine.charging.kernels.charge import (
+    A_CAP_LEVEL,
+    A_EXH_FLAG,
+    A_LOW_FLAG,
+    A_MONEY,
+    A_MRES,
+    A_SPENT,
+    B_LEVEL,
+    B_REMAINING,
+    B_RG_HI,
+    B_RG_LO,
+    M_MRES,
+    M_SPENT,
+    U_RES,
+    U_USED,
+)
+from tollgate.engine.domain import Plan
+from tollgate.engine.rating.cycles import renew_if_due
+from tollgate.engine.storage.state import AccountState
+
+# The tables hold a column per account, bucket and member, their rows the charging kernel's
+# (kernels.charge A_*, B_*, M_*, U_*; a member has a units column per unit type). Rows of the
+# account table past the kernel's first eight (A_MONEY .. A_CAP): where the
+# account's buckets and members are in theirs ([lo, hi), in the order of its lists).
+T_BUCKETS_LO, T_BUCKETS_HI, T_MEMBERS_LO, T_MEMBERS_HI = 8, 9, 10, 11
+ACCOUNT_ROWS = 12
+T_RESERVED = 7
+"""The bucket table's row past the kernel's B_* rows: units held by live reservations."""
+BUCKET_ROWS = 8
+ACCOUNT_NUMBERS = (A_MONEY, A_MRES, A_SPENT, A_CAP_LEVEL, A_LOW_FLAG, A_EXH_FLAG)
+
+
+class Gathered(NamedTuple):
+    """A batch's accounts, buckets and members as the charging kernel reads them, with the
+    table columns they came from (to keep the kernel's outputs)."""
+
+    accounts: np.ndarray  # ACCOUNT_ROWS rows, a column per account of the batch
+    buckets: np.ndarray  # BUCKET_ROWS rows, a column per bucket (an account's together)
+    rgs: np.ndarray  # the buckets' rating groups (their B_RG_LO .. B_RG_HI)
+    bucket_start: np.ndarray  # account a's buckets: bucket_start[a] .. bucket_start[a + 1]
+    members: np.ndarray  # M_* rows, a column per member (an account's together)
+    units: np.ndarray  # U_* rows, a column per (member, unit type - 1)
+    account_cols: np.ndarray  # per account of the batch, its table column
+    bucket_cols: np.ndarray
+    member_cols: np.ndarray
+    released: int  # the cache's count of accounts let go, when gathered
+
+
+class _Runs:
+    """Runs of a table's columns handed out and taken back by size class (powers of two):
+    a run given back serves the next account of about its size, and a column never moves
+    while its account is cached."""
+
+    def __init__(self) -> None:
+        self.top = 0
+        self._free: dict[int, list[int]] = {}
+
+    @staticmethod
+    def size_class(n: int) -> int:
+        return 1 << (n - 1).bit_length() if n > 1 else n
+
+    def take(self, n: int) -> int:
+        size = self.size_class(n)
+        free = self._free.get(size)
+        if free:
+            return free.pop()
+        start, self.top = self.top, self.top + size
+        return start
+
+    def give(self, start: int, n: int) -> None:
+        if n:
+            self._free.setdefault(self.size_class(n), []).append(start)
+
+
+def _room(table: np.ndarray, top: int) -> np.ndarray:
+    """`table` with at least `top` columns (doubled, so growing is rare)."""
+    if top <= table.shape[-1]:
+        return table
+    grown = np.zeros((*table.shape[:-1], max(top, 2 * table.shape[-1])), table.dtype)
+    grown[..., :table.shape[-1]] = table
+    return grown
+
+
+class AccountCache:
+    """Accounts by id, at most `size`, least recently used first. A cached account's
+    balances, bucket and member counters live in the tables (its object's numbers are those
+    it was read with): `up_to_date` brings an object's numbers up to the tables'."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._by_id: OrderedDict[str, AccountState] = OrderedDict()
+        self.accounts = np.zeros((ACCOUNT_ROWS, 64), np.int64)
+        self.buckets = np.zeros((BUCKET_ROWS, 64), np.int64)
+        self.rgs = np.zeros(64, np.int64)  # the buckets' rating groups (B_RG_LO .. B_RG_HI)
+        self.members = np.zeros((3, 16), np.int64)
+        self.units = np.zeros((3, 48), np.int64)  # 3 columns per member
+        self._account_runs, self._bucket_runs = _Runs(), _Runs()
+        self._rg_runs, self._member_runs = _Runs(), _Runs()
+        self.released = 0  # accounts let go so far (a batch's keep skips those it gathered)
+
+    # --- the mapping ---------------------------------------------------------------------
+
+    def get(self, account_id: str) -> AccountState | None:
+        return self._by_id.get(account_id)
+
+    def __getitem__(self, account_id: str) -> AccountState:
+        return self._by_id[account_id]
+
+    def __contains__(self, account_id: object) -> bool:
+        return account_id in self._by_id
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def touch(self, account_id: str) -> None:
+        """Marks it the most recently used."""
+        self._by_id.move_to_end(account_id)
+
+    def put(self, acct: AccountState) -> None:
+        """Caches an account as read (replacing the copy cached before), letting the least
+        recently used go past `size`."""
+        self.drop(acct.account_id)
+        self._take(acct)
+        self._by_id[acct.account_id] = acct
+        while len(self._by_id) > self.size:
+            self._let_go(self._by_id.popitem(last=False)[1])
+
+    def drop(self, account_id: str) -> None:
+        acct = self._by_id.pop(account_id, None)
+        if acct is not None:
+            self._let_go(acct)
+
+    def clear(self) -> None:
+        for acct in self._by_id.values():
+            self._let_go(acct)
+        self._by_id.clear()
+
+    def up_to_date(self, account_id: str) -> AccountState:
+        """The cached account, its numbers brought up to the tables' (inspection, tests)."""
+        acct = self._by_id[account_id]
+        self._to_object(acct)
+        return acct
+
+    # --- rows ----------------------------------------------------------------------------
+
+    def _take(self, acct: AccountState) -> None:
+        """Columns for an account, holding its numbers."""
+        col = acct.row = self._account_runs.take(1)
+        buckets, members = acct.buckets, list(acct.members.values())
+        b = self._bucket_runs.take(len(buckets))
+        m = self._member_runs.take(len(members))
+        self.accounts = _room(self.accounts, self._account_runs.top)
+        self.buckets = _room(self.buckets, self._bucket_runs.top)
+        self.members = _room(self.members, self._member_runs.top)
+        self.units = _room(self.units, 3 * self._member_runs.top)
+        self.accounts[:, col] = (
+            acct.money, acct.money_reserved, acct.spent, acct.cap_level, acct.low_flag,
+            acct.exhausted_flag, -acct.credit_limit, acct.cap, b, b + len(buckets), m,
+            m + len(members))
+        if buckets:
+            groups = [g for bucket in buckets for g in bucket.rating_groups]
+            g = self._rg_runs.take(len(groups))
+            self.rgs = _room(self.rgs, self._rg_runs.top)
+            self.rgs[g:g + len(groups)] = groups
+            ends = np.cumsum([len(bucket.rating_groups) for bucket in buckets]) + g
+            self.buckets[:, b:b + len(buckets)] = np.array([
+                [x.remaining for x in buckets], [int(x.unit_type) for x in buckets],
+                [x.expiry_ms for x in buckets], [x.initial for x in buckets],
+                [x.notified for x in buckets], ends - [len(x.rating_groups) for x in buckets],
+                ends, [x.reserved for x in buckets]], np.int64)
+        if members:
+            self.members[:, m:m + len(members)] = np.array([
+                [x.cap_money for x in members], [x.spent for x in members],
+                [x.money_reserved for x in members]], np.int64)
+            self.units[:, 3 * m:3 * (m + len(members))] = np.array([
+                [u for x in members for u in x.cap_units],
+                [u for x in members for u in x.used_units],
+                [u for x in members for u in x.reserved_units]], np.int64)
+
+    def _let_go(self, acct: AccountState) -> None:
+        """Gives an account's columns back; a batch that gathered it keeps nothing of it."""
+        col = acct.row
+        if col < 0:
+            return
+        bucket_lo, bucket_hi, member_lo, member_hi = self.accounts[T_BUCKETS_LO:, col].tolist()
+        if bucket_hi > bucket_lo:  # the buckets' rating groups are one run
+            lo = int(self.buckets[B_RG_LO, bucket_lo])
+            self._rg_runs.give(lo, int(self.buckets[B_RG_HI, bucket_hi - 1]) - lo)
+        self._bucket_runs.give(bucket_lo, bucket_hi - bucket_lo)
+        self._member_runs.give(member_lo, member_hi - member_lo)
+        self._account_runs.give(col, 1)
+        acct.row = -1
+        self.released += 1
+
+    def _to_object(self, acct: AccountState) -> None:
+        col = acct.row
+        (acct.money, acct.money_reserved, acct.spent, acct.cap_level, acct.low_flag,
+         acct.exhausted_flag) = self.accounts[list(ACCOUNT_NUMBERS), col].tolist()
+        b = int(self.accounts[T_BUCKETS_LO, col])
+        for k, bucket in enumerate(acct.buckets):
+            bucket.remaining, bucket.reserved, bucket.notified = self.buckets[
+                [B_REMAINING, T_RESERVED, B_LEVEL], b + k].tolist()
+        m = int(self.accounts[T_MEMBERS_LO, col])
+        for k, member in enumerate(acct.members.values()):
+            member.spent, member.money_reserved = self.members[[M_SPENT, M_MRES],
+                                                               m + k].tolist()
+            at = 3 * (m + k)
+            member.used_units = self.units[U_USED, at:at + 3].tolist()
+            member.reserved_units = self.units[U_RES, at:at + 3].tolist()
+
+    def _to_tables(self, acct: AccountState) -> None:
+        col = acct.row
+        self.accounts[list(ACCOUNT_NUMBERS), col] = (
+            acct.money, acct.money_reserved, acct.spent, acct.cap_level, acct.low_flag,
+            acct.exhausted_flag)
+        b = int(self.accounts[T_BUCKETS_LO, col])
+        for k, bucket in enumerate(acct.buckets):
+            self.buckets[[B_REMAINING, T_RESERVED, B_LEVEL], b + k] = (
+                bucket.remaining, bucket.reserved, bucket.notified)
+        m = int(self.accounts[T_MEMBERS_LO, col])
+        for k, member in enumerate(acct.members.values()):
+            self.members[[M_SPENT, M_MRES], m + k] = member.spent, member.money_reserved
+            at = 3 * (m + k)
+            self.units[U_USED, at:at + 3] = member.used_units
+            self.units[U_RES, at:at + 3] = member.reserved_units
+
+    # --- a batch's accounts ----------------------------------------------------------------
+
+    def renew(self, accounts: list[AccountState], plans: list[Plan | None], now_ms: int
+              ) -> dict[str, dict[str, int]]:
+        """Starts a new cycle for each account whose cycle has ended (rating.cycles); the
+        hash fields to set, by account id."""
+        renewals: dict[str, dict[str, int]] = {}
+        for acct, plan in zip(accounts, plans, strict=True):
+            if acct.cycle_end and now_ms >= acct.cycle_end:
+                self._to_object(acct)
+                renewals[acct.account_id] = renew_if_due(acct, plan, now_ms)
+                self._to_tables(acct)
+        return renewals
+
+    def gather(self, accounts: list[AccountState]) -> Gathered:
+        """A batch's accounts (each cached), their buckets and members, as the kernel reads
+        them."""
+        # np.take, not table[:, cols]: that is Fortran-ordered, and a kernel compiled for C
+        # arrays compiles again (seconds) for another layout.
+        cols = np.fromiter([a.row for a in accounts], np.int64, len(accounts))
+        table = np.take(self.accounts, cols, axis=1)
+        bucket_start, bucket_cols = _spans(table[T_BUCKETS_LO], table[T_BUCKETS_HI])
+        buckets = np.take(self.buckets, bucket_cols, axis=1)
+        # Copied too: a column let go while the batch waits may be taken by another account.
+        rg_start, rg_cols = _spans(buckets[B_RG_LO], buckets[B_RG_HI])
+        buckets[B_RG_LO], buckets[B_RG_HI] = rg_start[:-1], rg_start[1:]
+        _, member_cols = _spans(table[T_MEMBERS_LO], table[T_MEMBERS_HI])
+        unit_cols = (3 * member_cols[:, None] + np.arange(3)).ravel()
+        return Gathered(table, buckets, self.rgs[rg_cols], bucket_start,
+                        np.take(self.members, member_cols, axis=1),
+                        np.take(self.units, unit_cols, axis=1), cols, bucket_cols, member_cols,
+                        self.released)
+
+
+def _spans(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs [lo, hi) end to end: where each starts among them, and their columns."""
+    counts = hi - lo
+    start = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=start[1:])
+    return start, np.repeat(lo - start[:-1], counts) + np.arange(start[-1])
+

@@ -1,0 +1,147 @@
+"""The account cache's tables: a batch gathers each cached account as it was read, in the rows
+the charging kernel reads; columns given back serve later accounts without touching the cached
+ones; the least recently used account goes first; a due cycle renews in the tables."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.unit.test_state import accounts
+from tollgate.engine.charging.cache import (
+    T_BUCKETS_HI,
+    T_BUCKETS_LO,
+    T_MEMBERS_HI,
+    T_MEMBERS_LO,
+    T_RESERVED,
+    AccountCache,
+)
+from tollgate.engine.charging.kernels.charge import B_RG_HI, B_RG_LO
+from tollgate.engine.domain import Bucket, UnitType
+from tollgate.engine.storage.state import AccountState
+
+
+def expected(accts: list[AccountState]) -> dict[str, list[list[int]]]:
+    """The batch's rows as the batch built them from the objects before the cache had tables."""
+    buckets = [b for a in accts for b in a.buckets]
+    members = [m for a in accts for m in a.members.values()]
+    return {
+        "accounts": [[a.money for a in accts], [a.money_reserved for a in accts],
+                     [a.spent for a in accts], [a.cap_level for a in accts],
+                     [a.low_flag for a in accts], [a.exhausted_flag for a in accts],
+                     [-a.credit_limit for a in accts], [a.cap for a in accts]],
+        "buckets": [[b.remaining for b in buckets], [int(b.unit_type) for b in buckets],
+                    [b.expiry_ms for b in buckets], [b.initial for b in buckets],
+                    [b.notified for b in buckets]],
+        "reserved": [[b.reserved for b in buckets]],
+        "rgs": [[g for b in buckets for g in b.rating_groups]],
+        "members": [[m.cap_money for m in members], [m.spent for m in members],
+                    [m.money_reserved for m in members]],
+        "units": [[u for m in members for u in m.cap_units],
+                  [u for m in members for u in m.used_units],
+                  [u for m in members for u in m.reserved_units]]}
+
+
+def gathered(cache: AccountCache, accts: list[AccountState]) -> dict[str, list[list[int]]]:
+    g = cache.gather(accts)
+    # The kernels are compiled for C-ordered arrays: any other layout would compile them
+    # again, for seconds, while a batch waits.
+    assert all(a.flags.c_contiguous for a in (g.accounts, g.buckets, g.buckets[:T_RESERVED],
+                                              g.rgs, g.members, g.units))
+    rgs = [rg for lo, hi in zip(g.buckets[B_RG_LO], g.buckets[B_RG_HI], strict=True)
+           for rg in g.rgs[lo:hi].tolist()]
+    return {"accounts": g.accounts[:8].tolist(), "buckets": g.buckets[:B_RG_LO].tolist(),
+            "reserved": [g.buckets[T_RESERVED].tolist()], "rgs": [rgs],
+            "members": g.members.tolist(), "units": g.units.tolist()}
+
+
+# A run of puts and drops over six account ids: a put of an id already cached replaces it.
+steps = st.lists(st.tuples(st.sampled_from(["put", "drop"]), st.integers(0, 5), accounts()),
+                 max_size=25)
+
+
+@given(steps)
+def test_cached_accounts_gather_as_read_whatever_came_and_went(run: list) -> None:
+    cache = AccountCache(size=100)
+    read: dict[str, AccountState] = {}  # a copy of each cached account as it was put
+    for op, k, acct in run:
+        account_id = f"acct-{k}"
+        if op == "put":
+            acct = dataclasses.replace(copy.deepcopy(acct), account_id=account_id)
+            read[account_id] = copy.deepcopy(acct)
+            cache.put(acct)
+        else:
+            cache.drop(account_id)
+            read.pop(account_id, None)
+
+    assert sorted(cache) == sorted(read)
+    cached = [cache[a] for a in cache]
+    assert gathered(cache, cached) == expected([read[a.account_id] for a in cached])
+    for account_id, acct in read.items():
+        assert cache.up_to_date(account_id) == acct
+    # No two cached accounts share a column of any table.
+    cols = cache.accounts[:, [a.row for a in cached]]
+    runs = {"bucket": (T_BUCKETS_LO, T_BUCKETS_HI), "member": (T_MEMBERS_LO, T_MEMBERS_HI)}
+    for lo, hi in runs.values():
+        taken = np.concatenate([np.arange(a, b) for a, b in zip(cols[lo], cols[hi],
+                                                                  strict=True)] or [[]])
+        assert len(np.unique(taken)) == len(taken)
+    assert len({a.row for a in cached}) == len(cached)
+
+
+def test_a_batch_gathers_copies_not_views_of_the_tables() -> None:
+    cache = AccountCache(size=10)
+    [acct] = account_list(1)
+    cache.put(acct)
+    g = cache.gather([acct])
+
+    cache.accounts[:] = 0
+    cache.buckets[:] = 0
+    cache.rgs[:] = 0
+
+    assert g.accounts[0, 0] == 500 and g.buckets[0, 0] == 100 and g.rgs.tolist() == [10, 11]
+
+
+def test_the_least_recently_used_account_goes_first_and_is_let_go() -> None:
+    cache = AccountCache(size=2)
+    a, b, c = account_list(3)
+    cache.put(a)
+    cache.put(b)
+    released = cache.released
+    cache.touch("acct-0")
+
+    cache.put(c)
+
+    assert list(cache) == ["acct-0", "acct-2"]
+    assert b.row == -1 and cache.released == released + 1
+    assert a.row >= 0 and c.row >= 0
+
+
+def test_an_ended_cycle_renews_in_the_tables() -> None:
+    cache = AccountCache(size=10)
+    [acct] = account_list(1)
+    acct.cycle_start, acct.cycle_end, acct.spent, acct.cap_level = 0, 1_000, 70, 80
+    acct.cycle_units = {10: 5}
+    cache.put(acct)
+
+    renewals = cache.renew([acct], [None], now_ms=2_000)
+
+    fields = renewals["acct-0"]
+    assert fields["spent"] == 0 and fields["capn"] == 0 and fields["cu:10"] == 0
+    assert fields["b:data:rem"] == 100 - 30  # the allowance less what is still reserved
+    g = cache.gather([acct])
+    assert g.accounts[2:4, 0].tolist() == [0, 0]  # spent, cap level
+    assert g.buckets[0, 0] == 70 and acct.cycle_units == {}
+    assert cache.renew([acct], [None], now_ms=2_000) == {}  # the new cycle runs to 30 days
+
+
+def account_list(n: int) -> list[AccountState]:
+    return [AccountState(
+        account_id=f"acct-{k}", partition=0, version=1, plan_id="p", money=500,
+        money_reserved=0, credit_limit=0,
+        buckets=[Bucket("data", (10, 11), UnitType.OCTETS, initial=100, remaining=100,
+                        reserved=30, renew=True)]) for k in range(n)]
