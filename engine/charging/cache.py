@@ -131,12 +131,15 @@ class AccountCache:
         """Marks it the most recently used."""
         self._by_id.move_to_end(account_id)
 
-    def put(self, acct: AccountState) -> None:
-        """Caches an account as read (replacing the copy cached before), letting the least
-        recently used go past `size`."""
-        self.drop(acct.account_id)
-        self._take(acct)
-        self._by_id[acct.account_id] = acct
+    def put(self, accts: list[AccountState]) -> None:
+        """Caches accounts as read (replacing the copies cached before), letting the least
+        recently used go past `size`. Many at once: a batch's cold accounts cost a few
+        array steps together, not a few each."""
+        fresh = {a.account_id: a for a in accts}
+        for account_id in fresh:
+            self.drop(account_id)
+        self._take(list(fresh.values()))
+        self._by_id.update(fresh)
         while len(self._by_id) > self.size:
             self._let_go(self._by_id.popitem(last=False)[1])
 
@@ -158,39 +161,54 @@ class AccountCache:
 
     # --- rows ----------------------------------------------------------------------------
 
-    def _take(self, acct: AccountState) -> None:
-        """Columns for an account, holding its numbers."""
-        col = acct.row = self._account_runs.take(1)
-        buckets, members = acct.buckets, list(acct.members.values())
-        b = self._bucket_runs.take(len(buckets))
-        m = self._member_runs.take(len(members))
+    def _take(self, accts: list[AccountState]) -> None:
+        """Columns for accounts, holding their numbers."""
+        counts = np.array([(len(a.buckets), len(a.members),
+                            sum(len(b.rating_groups) for b in a.buckets)) for a in accts],
+                          np.int64).reshape(-1, 3).T
+        cols = [self._account_runs.take(1) for _ in accts]
+        for acct, col in zip(accts, cols, strict=True):
+            acct.row = col
+        at = np.array([[runs.take(n) for n in ns.tolist()] for runs, ns in zip(
+            (self._bucket_runs, self._member_runs, self._rg_runs), counts, strict=True)],
+            np.int64).reshape(3, -1)
         self.accounts = _room(self.accounts, self._account_runs.top)
         self.buckets = _room(self.buckets, self._bucket_runs.top)
         self.members = _room(self.members, self._member_runs.top)
         self.units = _room(self.units, 3 * self._member_runs.top)
-        self.accounts[:, col] = (
-            acct.money, acct.money_reserved, acct.spent, acct.cap_level, acct.low_flag,
-            acct.exhausted_flag, -acct.credit_limit, acct.cap, b, b + len(buckets), m,
-            m + len(members))
+        self.rgs = _room(self.rgs, self._rg_runs.top)
+        self.accounts[:, cols] = [
+            [a.money for a in accts], [a.money_reserved for a in accts],
+            [a.spent for a in accts], [a.cap_level for a in accts],
+            [a.low_flag for a in accts], [a.exhausted_flag for a in accts],
+            [-a.credit_limit for a in accts], [a.cap for a in accts],
+            at[0], at[0] + counts[0], at[1], at[1] + counts[1]]
+        buckets = [b for a in accts for b in a.buckets]
         if buckets:
-            groups = [g for bucket in buckets for g in bucket.rating_groups]
-            g = self._rg_runs.take(len(groups))
-            self.rgs = _room(self.rgs, self._rg_runs.top)
-            self.rgs[g:g + len(groups)] = groups
-            ends = np.cumsum([len(bucket.rating_groups) for bucket in buckets]) + g
-            self.buckets[:, b:b + len(buckets)] = np.array([
-                [x.remaining for x in buckets], [int(x.unit_type) for x in buckets],
-                [x.expiry_ms for x in buckets], [x.initial for x in buckets],
-                [x.notified for x in buckets], ends - [len(x.rating_groups) for x in buckets],
-                ends, [x.reserved for x in buckets]], np.int64)
+            _, bucket_cols = _spans(at[0], at[0] + counts[0])
+            _, rg_cols = _spans(at[2], at[2] + counts[2])
+            self.rgs[rg_cols] = [g for b in buckets for g in b.rating_groups]
+            # A bucket's groups: its account's run, past the groups of the buckets before it.
+            groups = np.fromiter([len(b.rating_groups) for b in buckets], np.int64,
+                                 len(buckets))
+            owner = np.repeat(np.arange(len(accts)), counts[0])
+            first = np.cumsum(groups) - groups  # among all the accounts' groups
+            lo = at[2][owner] + first - (np.cumsum(counts[2]) - counts[2])[owner]
+            self.buckets[:, bucket_cols] = [
+                [b.remaining for b in buckets], [int(b.unit_type) for b in buckets],
+                [b.expiry_ms for b in buckets], [b.initial for b in buckets],
+                [b.notified for b in buckets], lo, lo + groups,
+                [b.reserved for b in buckets]]
+        members = [m for a in accts for m in a.members.values()]
         if members:
-            self.members[:, m:m + len(members)] = np.array([
-                [x.cap_money for x in members], [x.spent for x in members],
-                [x.money_reserved for x in members]], np.int64)
-            self.units[:, 3 * m:3 * (m + len(members))] = np.array([
-                [u for x in members for u in x.cap_units],
-                [u for x in members for u in x.used_units],
-                [u for x in members for u in x.reserved_units]], np.int64)
+            _, member_cols = _spans(at[1], at[1] + counts[1])
+            self.members[:, member_cols] = [[m.cap_money for m in members],
+                                            [m.spent for m in members],
+                                            [m.money_reserved for m in members]]
+            self.units[:, (3 * member_cols[:, None] + np.arange(3)).ravel()] = [
+                [u for m in members for u in m.cap_units],
+                [u for m in members for u in m.used_units],
+                [u for m in members for u in m.reserved_units]]
 
     def _let_go(self, acct: AccountState) -> None:
         """Gives an account's columns back; a batch that gathered it keeps nothing of it."""

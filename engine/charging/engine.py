@@ -610,6 +610,7 @@ class Engine:
                 again = [(a, sorted(sessions_of[a])) for a in moved]
                 wanted += again
                 loaded += await self.store.read_accounts(again)
+        fresh = []
         for (account_id, session_ids), (acct, values) in zip(wanted, loaded, strict=True):
             if acct is None:
                 self.accounts.drop(account_id)
@@ -620,7 +621,8 @@ class Engine:
             for sid, value in zip(session_ids, values, strict=True):
                 if value is not None:
                     acct.sessions[sid] = value
-            self.accounts.put(acct)
+            fresh.append(acct)
+        self.accounts.put(fresh)
 
     def _check_sessions(self, batch: list[Request]
                         ) -> tuple[list[Request], list[int], SessionView]:

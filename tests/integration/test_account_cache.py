@@ -56,7 +56,7 @@ async def test_an_account_let_go_while_its_batch_is_in_flight_keeps_nothing_of_i
         columns["acct-0"] = cache["acct-0"].row
         cache.drop("acct-1")
         cache.drop("acct-0")  # given back last: taken first
-        cache.put(other)
+        cache.put([other])
         columns["acct-1"] = other.row
         return build_outcome(*args, **kwargs)
     monkeypatch.setattr(engine_module, "build_outcome", letting_go)

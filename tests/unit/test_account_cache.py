@@ -59,24 +59,27 @@ def gathered(cache: AccountCache, accts: list[AccountState]) -> dict[str, list[l
             "members": g.members.tolist(), "units": g.units.tolist()}
 
 
-# A run of puts and drops over six account ids: a put of an id already cached replaces it.
-steps = st.lists(st.tuples(st.sampled_from(["put", "drop"]), st.integers(0, 5), accounts()),
-                 max_size=25)
+# A run of puts (of one to three accounts at once) and drops over six account ids: a put of
+# an id already cached replaces it, and of an id twice in one put keeps the last.
+steps = st.lists(st.tuples(st.sampled_from(["put", "drop"]),
+                           st.lists(st.tuples(st.integers(0, 5), accounts()), min_size=1,
+                                    max_size=3)), max_size=20)
 
 
 @given(steps)
 def test_cached_accounts_gather_as_read_whatever_came_and_went(run: list) -> None:
     cache = AccountCache(size=100)
     read: dict[str, AccountState] = {}  # a copy of each cached account as it was put
-    for op, k, acct in run:
-        account_id = f"acct-{k}"
+    for op, group in run:
         if op == "put":
-            acct = dataclasses.replace(copy.deepcopy(acct), account_id=account_id)
-            read[account_id] = copy.deepcopy(acct)
-            cache.put(acct)
+            put = [dataclasses.replace(copy.deepcopy(acct), account_id=f"acct-{k}")
+                   for k, acct in group]
+            read |= {a.account_id: copy.deepcopy(a) for a in put}
+            cache.put(put)
         else:
-            cache.drop(account_id)
-            read.pop(account_id, None)
+            for k, _ in group:
+                cache.drop(f"acct-{k}")
+                read.pop(f"acct-{k}", None)
 
     assert sorted(cache) == sorted(read)
     cached = [cache[a] for a in cache]
@@ -96,7 +99,7 @@ def test_cached_accounts_gather_as_read_whatever_came_and_went(run: list) -> Non
 def test_a_batch_gathers_copies_not_views_of_the_tables() -> None:
     cache = AccountCache(size=10)
     [acct] = account_list(1)
-    cache.put(acct)
+    cache.put([acct])
     g = cache.gather([acct])
 
     cache.accounts[:] = 0
@@ -109,12 +112,11 @@ def test_a_batch_gathers_copies_not_views_of_the_tables() -> None:
 def test_the_least_recently_used_account_goes_first_and_is_let_go() -> None:
     cache = AccountCache(size=2)
     a, b, c = account_list(3)
-    cache.put(a)
-    cache.put(b)
+    cache.put([a, b])
     released = cache.released
     cache.touch("acct-0")
 
-    cache.put(c)
+    cache.put([c])
 
     assert list(cache) == ["acct-0", "acct-2"]
     assert b.row == -1 and cache.released == released + 1
@@ -126,7 +128,7 @@ def test_an_ended_cycle_renews_in_the_tables() -> None:
     [acct] = account_list(1)
     acct.cycle_start, acct.cycle_end, acct.spent, acct.cap_level = 0, 1_000, 70, 80
     acct.cycle_units = {10: 5}
-    cache.put(acct)
+    cache.put([acct])
 
     renewals = cache.renew([acct], [None], now_ms=2_000)
 
