@@ -89,7 +89,7 @@ def _cycle_names(kb: KernelBatch, changes: np.ndarray, kinds: np.ndarray, t: Byt
     if not kinds[CYCLE]:
         return NO_NAMES
     slots = changes[changes[:, 1] == CYCLE, 2]
-    return t.texts([f"cu:{kb.slots[s][1]}" for s in slots.tolist()])
+    return t.texts([f"cu:{rg}" for rg in kb.slots[1, slots].tolist()])
 
 
 def _renewals(kb: KernelBatch, t: ByteTable) -> np.ndarray:

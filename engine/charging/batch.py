@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from tollgate.engine.charging.cache import T_RESERVED, AccountCache, Gathered
+from tollgate.engine.charging.cache import C_UNITS, T_RESERVED, AccountCache, Gathered
 from tollgate.engine.charging.decode import MAX_TIME_MS
 from tollgate.engine.charging.kernels.account_tables import change_rows
 from tollgate.engine.charging.kernels.charge import (
@@ -87,7 +87,7 @@ class KernelBatch:
     shown: np.ndarray  # per item, 1 if its grant is in its request's answer (0: a release
     # the TERMINATION did not mention)
     service: np.ndarray  # per item, its service id
-    slots: list[tuple[int, int]]  # cycle slot -> (account position, rating group)
+    slots: np.ndarray  # cycle slots (kernels.items): rows account position, rating group
     view: SessionView  # the batch's sessions; request n's is row view_rows[n]
     view_rows: np.ndarray  # int64
     names: np.ndarray  # the buckets' ids end to end (UTF-8)
@@ -112,10 +112,7 @@ class KernelBatch:
         accounts[A_LOW_MARK] = self.low_marks
         accounts[A_BUCKETS_LO] = g.bucket_start[:-1]
         accounts[A_BUCKETS_HI] = g.bucket_start[1:]
-        buckets = g.buckets[:T_RESERVED]
-        accts = self.accounts
-        cycle = np.array([accts[a].cycle_units.get(rg, 0) for a, rg in self.slots],
-                         dtype=np.int64)
+        buckets, cycle = g.buckets[:T_RESERVED], g.cycle_units
         out, acct_out, bucket_out, member_out, units_out, cu, chg, ev = charge_kernel(
             items, rates.arrays(), accounts, buckets, g.rgs, g.members, g.units, cycle)
         events = list(zip(*ev.tolist(), strict=True))
@@ -139,14 +136,13 @@ class KernelBatch:
         compares the whole however small the batch (kernels.account_tables.change_rows)."""
         return change_rows(before, after, bucket_start,
                            np.array([a for a, _ in self.members], np.int64),
-                           np.array([a for a, _ in self.slots], np.int64))
+                           np.ascontiguousarray(self.slots[0]))
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
         """Brings the cache's tables up to the kernel's outputs, except for the accounts at
         the positions `refused` (their apply was refused) and those the cache let go since
         the batch gathered them (their columns may be another account's now). A few array
-        steps per kind of change (change_rows are sorted by kind); cycle units, kept in each
-        account's dict, a step per change."""
+        steps per kind of change (change_rows are sorted by kind)."""
         g, cache, rows = self.gathered, self.cache, res.change_rows
         if cache.released != g.released:
             refused = refused | {a for a, acct in enumerate(self.accounts) if acct.row < 0}
@@ -173,10 +169,13 @@ class KernelBatch:
             i, v = of(kind)
             cache.units[row, 3 * g.member_cols[i // 3] + i % 3] = v
         i, v = of(CYCLE)
-        accounts, slots = self.accounts, self.slots
-        for s, units in zip(i.tolist(), v.tolist(), strict=True):
-            a, rating_group = slots[s]
-            accounts[a].cycle_units[rating_group] = units
+        cols = g.cycle_cols[i]
+        known = cols >= 0
+        cache.cycles[C_UNITS, cols[known]] = v[known]
+        if not known.all():  # a rating group's first units this cycle
+            new = i[~known]
+            cache.add_cycle_units(g.account_cols[self.slots[0, new]], self.slots[1, new],
+                                  v[~known])
 
 
 def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
@@ -188,11 +187,14 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
     each account's cycle renewed first if it has ended; `now_ms`: the server's clock, which
     judges bucket expiry and cycles; request n's session is row `rows[n]` of `view`."""
     accounts: list[AccountState] = []
+    cols: list[int] = []  # the accounts' table columns
     index: dict[str, int] = {}
     for p in batch:
         if p.account_id not in index:
             index[p.account_id] = len(accounts)
-            accounts.append(cache[p.account_id])
+            acct = cache[p.account_id]
+            accounts.append(acct)
+            cols.append(acct.row)
     account_plans = [plans.get(a.plan_id) for a in accounts]
     renewals = cache.renew(accounts, account_plans, now_ms)
     members: list[tuple[int, Member]] = []
@@ -209,10 +211,10 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
     items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
                                              rates.arrays()[0], heads, held, now_ms)
     return KernelBatch(accounts, index, account_plans, buckets, members, items, shown,
-                       service, list(zip(*slots.tolist(), strict=True)), view,
+                       service, slots, view,
                        np.array(rows, np.int64), np.frombuffer(b"".join(names), np.uint8),
                        np.stack((np.cumsum(lengths) - lengths, lengths)), reqs.rows, cache,
-                       cache.gather(accounts),
+                       cache.gather(np.array(cols, np.int64), slots),
                        np.fromiter([p.low_balance_micros if p else 0 for p in account_plans],
                                    np.int64, len(accounts)), renewals)
 

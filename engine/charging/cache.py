@@ -33,9 +33,11 @@ from tollgate.engine.storage.state import AccountState
 # The tables hold a column per account, bucket and member, their rows the charging kernel's
 # (kernels.charge A_*, B_*, M_*, U_*; a member has a units column per unit type). Rows of the
 # account table past the kernel's first eight (A_MONEY .. A_CAP): where the
-# account's buckets and members are in theirs ([lo, hi), in the order of its lists).
-T_BUCKETS_LO, T_BUCKETS_HI, T_MEMBERS_LO, T_MEMBERS_HI = 8, 9, 10, 11
-ACCOUNT_ROWS = 12
+# account's buckets and members are in theirs ([lo, hi), in the order of its lists), and its
+# units billed this cycle per rating group in the cycle table (C_* rows, in no order).
+T_BUCKETS_LO, T_BUCKETS_HI, T_MEMBERS_LO, T_MEMBERS_HI, T_CYCLES_LO, T_CYCLES_HI = range(8, 14)
+ACCOUNT_ROWS = 14
+C_RATING_GROUP, C_UNITS = 0, 1
 T_RESERVED = 7
 """The bucket table's row past the kernel's B_* rows: units held by live reservations."""
 BUCKET_ROWS = 8
@@ -56,6 +58,8 @@ class Gathered(NamedTuple):
     bucket_cols: np.ndarray
     member_cols: np.ndarray
     released: int  # the cache's count of accounts let go, when gathered
+    cycle_units: np.ndarray  # per cycle slot of the batch (kernels.items), its units so far
+    cycle_cols: np.ndarray  # per cycle slot, its cycle table column (-1: none yet)
 
 
 class _Runs:
@@ -106,8 +110,9 @@ class AccountCache:
         self.rgs = np.zeros(64, np.int64)  # the buckets' rating groups (B_RG_LO .. B_RG_HI)
         self.members = np.zeros((3, 16), np.int64)
         self.units = np.zeros((3, 48), np.int64)  # 3 columns per member
+        self.cycles = np.zeros((2, 64), np.int64)  # C_* rows
         self._account_runs, self._bucket_runs = _Runs(), _Runs()
-        self._rg_runs, self._member_runs = _Runs(), _Runs()
+        self._rg_runs, self._member_runs, self._cycle_runs = _Runs(), _Runs(), _Runs()
         self.released = 0  # accounts let go so far (a batch's keep skips those it gathered)
 
     # --- the mapping ---------------------------------------------------------------------
@@ -164,25 +169,30 @@ class AccountCache:
     def _take(self, accts: list[AccountState]) -> None:
         """Columns for accounts, holding their numbers."""
         counts = np.array([(len(a.buckets), len(a.members),
-                            sum(len(b.rating_groups) for b in a.buckets)) for a in accts],
-                          np.int64).reshape(-1, 3).T
+                            sum(len(b.rating_groups) for b in a.buckets), len(a.cycle_units))
+                           for a in accts], np.int64).reshape(-1, 4).T
         cols = [self._account_runs.take(1) for _ in accts]
         for acct, col in zip(accts, cols, strict=True):
             acct.row = col
         at = np.array([[runs.take(n) for n in ns.tolist()] for runs, ns in zip(
-            (self._bucket_runs, self._member_runs, self._rg_runs), counts, strict=True)],
-            np.int64).reshape(3, -1)
+            (self._bucket_runs, self._member_runs, self._rg_runs, self._cycle_runs), counts,
+            strict=True)], np.int64).reshape(4, -1)
         self.accounts = _room(self.accounts, self._account_runs.top)
         self.buckets = _room(self.buckets, self._bucket_runs.top)
         self.members = _room(self.members, self._member_runs.top)
         self.units = _room(self.units, 3 * self._member_runs.top)
         self.rgs = _room(self.rgs, self._rg_runs.top)
+        self.cycles = _room(self.cycles, self._cycle_runs.top)
         self.accounts[:, cols] = [
             [a.money for a in accts], [a.money_reserved for a in accts],
             [a.spent for a in accts], [a.cap_level for a in accts],
             [a.low_flag for a in accts], [a.exhausted_flag for a in accts],
             [-a.credit_limit for a in accts], [a.cap for a in accts],
-            at[0], at[0] + counts[0], at[1], at[1] + counts[1]]
+            at[0], at[0] + counts[0], at[1], at[1] + counts[1], at[3], at[3] + counts[3]]
+        if counts[3].any():
+            _, cycle_cols = _spans(at[3], at[3] + counts[3])
+            self.cycles[:, cycle_cols] = [[g for a in accts for g in a.cycle_units],
+                                          [u for a in accts for u in a.cycle_units.values()]]
         buckets = [b for a in accts for b in a.buckets]
         if buckets:
             _, bucket_cols = _spans(at[0], at[0] + counts[0])
@@ -215,12 +225,14 @@ class AccountCache:
         col = acct.row
         if col < 0:
             return
-        bucket_lo, bucket_hi, member_lo, member_hi = self.accounts[T_BUCKETS_LO:, col].tolist()
+        bucket_lo, bucket_hi, member_lo, member_hi, cycle_lo, cycle_hi = self.accounts[
+            T_BUCKETS_LO:, col].tolist()
         if bucket_hi > bucket_lo:  # the buckets' rating groups are one run
             lo = int(self.buckets[B_RG_LO, bucket_lo])
             self._rg_runs.give(lo, int(self.buckets[B_RG_HI, bucket_hi - 1]) - lo)
         self._bucket_runs.give(bucket_lo, bucket_hi - bucket_lo)
         self._member_runs.give(member_lo, member_hi - member_lo)
+        self._cycle_runs.give(cycle_lo, cycle_hi - cycle_lo)
         self._account_runs.give(col, 1)
         acct.row = -1
         self.released += 1
@@ -240,6 +252,8 @@ class AccountCache:
             at = 3 * (m + k)
             member.used_units = self.units[U_USED, at:at + 3].tolist()
             member.reserved_units = self.units[U_RES, at:at + 3].tolist()
+        lo, hi = self.accounts[T_CYCLES_LO:T_CYCLES_HI + 1, col].tolist()
+        acct.cycle_units = dict(zip(*self.cycles[:, lo:hi].tolist(), strict=True))
 
     def _to_tables(self, acct: AccountState) -> None:
         col = acct.row
@@ -256,6 +270,40 @@ class AccountCache:
             at = 3 * (m + k)
             self.units[U_USED, at:at + 3] = member.used_units
             self.units[U_RES, at:at + 3] = member.reserved_units
+        lo, hi = self.accounts[T_CYCLES_LO:T_CYCLES_HI + 1, col].tolist()
+        self._cycle_runs.give(lo, hi - lo)
+        self.accounts[T_CYCLES_LO:T_CYCLES_HI + 1, col] = lo, lo  # none: added back below
+        self.add_cycle_units(np.full(len(acct.cycle_units), col, np.int64),
+                             np.array(list(acct.cycle_units), np.int64),
+                             np.array(list(acct.cycle_units.values()), np.int64))
+
+    def add_cycle_units(self, cols: np.ndarray, rating_groups: np.ndarray, units: np.ndarray
+                        ) -> None:
+        """Adds rating groups' units billed this cycle to accounts (at table columns `cols`;
+        an account's first units of a rating group in its cycle). A run with no room left
+        moves to a larger one: its entries copied, then the old run given back."""
+        order = np.argsort(cols, kind="stable")
+        cols, rating_groups, units = cols[order], rating_groups[order], units[order]
+        accts, first, more = np.unique(cols, return_index=True, return_counts=True)
+        lo = self.accounts[T_CYCLES_LO, accts]
+        n = self.accounts[T_CYCLES_HI, accts] - lo
+        size = _Runs.size_class
+        moving = np.array([k == 0 or size(k + m) != size(k)
+                           for k, m in zip(n.tolist(), more.tolist(), strict=True)], bool)
+        to = lo.copy()
+        to[moving] = [self._cycle_runs.take(k) for k in (n + more)[moving].tolist()]
+        self.cycles = _room(self.cycles, self._cycle_runs.top)
+        _, old = _spans(lo[moving], lo[moving] + n[moving])
+        _, new = _spans(to[moving], to[moving] + n[moving])
+        self.cycles[:, new] = self.cycles[:, old]
+        for start, k in zip(lo[moving].tolist(), n[moving].tolist(), strict=True):
+            self._cycle_runs.give(start, k)
+        group = np.repeat(np.arange(len(accts)), more)
+        at = to[group] + n[group] + np.arange(len(cols)) - first[group]
+        self.cycles[C_RATING_GROUP, at] = rating_groups
+        self.cycles[C_UNITS, at] = units
+        self.accounts[T_CYCLES_LO, accts] = to
+        self.accounts[T_CYCLES_HI, accts] = to + n + more
 
     # --- a batch's accounts ----------------------------------------------------------------
 
@@ -271,12 +319,12 @@ class AccountCache:
                 self._to_tables(acct)
         return renewals
 
-    def gather(self, accounts: list[AccountState]) -> Gathered:
-        """A batch's accounts (each cached), their buckets and members, as the kernel reads
-        them."""
+    def gather(self, cols: np.ndarray, slots: np.ndarray) -> Gathered:
+        """A batch's accounts (their `row`s, each cached), their buckets, members and cycle
+        slots (kernels.items: (account position, rating group) columns, sorted), as the
+        kernel reads them."""
         # np.take, not table[:, cols]: that is Fortran-ordered, and a kernel compiled for C
         # arrays compiles again (seconds) for another layout.
-        cols = np.fromiter([a.row for a in accounts], np.int64, len(accounts))
         table = np.take(self.accounts, cols, axis=1)
         bucket_start, bucket_cols = _spans(table[T_BUCKETS_LO], table[T_BUCKETS_HI])
         buckets = np.take(self.buckets, bucket_cols, axis=1)
@@ -285,10 +333,22 @@ class AccountCache:
         buckets[B_RG_LO], buckets[B_RG_HI] = rg_start[:-1], rg_start[1:]
         _, member_cols = _spans(table[T_MEMBERS_LO], table[T_MEMBERS_HI])
         unit_cols = (3 * member_cols[:, None] + np.arange(3)).ravel()
+        # The slots' units: the batch's accounts' cycle entries keyed (account position,
+        # rating group) as the slots are, sorted, and each slot looked up among them.
+        cycle_start, cycle_cols = _spans(table[T_CYCLES_LO], table[T_CYCLES_HI])
+        keys = (np.repeat(np.arange(len(cols)), np.diff(cycle_start)) << 32
+                | self.cycles[C_RATING_GROUP, cycle_cols])
+        order = np.argsort(keys)
+        keys, cycle_cols = keys[order], cycle_cols[order]
+        wanted = slots[0] << 32 | slots[1]
+        at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+        found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), bool)
+        slot_cols = np.where(found, cycle_cols[at] if len(keys) else -1, -1)
         return Gathered(table, buckets, self.rgs[rg_cols], bucket_start,
                         np.take(self.members, member_cols, axis=1),
                         np.take(self.units, unit_cols, axis=1), cols, bucket_cols, member_cols,
-                        self.released)
+                        self.released, np.where(found, self.cycles[C_UNITS, slot_cols], 0),
+                        slot_cols)
 
 
 def _spans(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

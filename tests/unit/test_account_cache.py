@@ -15,6 +15,8 @@ from tests.unit.test_state import accounts
 from tollgate.engine.charging.cache import (
     T_BUCKETS_HI,
     T_BUCKETS_LO,
+    T_CYCLES_HI,
+    T_CYCLES_LO,
     T_MEMBERS_HI,
     T_MEMBERS_LO,
     T_RESERVED,
@@ -43,11 +45,19 @@ def expected(accts: list[AccountState]) -> dict[str, list[list[int]]]:
                     [m.money_reserved for m in members]],
         "units": [[u for m in members for u in m.cap_units],
                   [u for m in members for u in m.used_units],
-                  [u for m in members for u in m.reserved_units]]}
+                  [u for m in members for u in m.reserved_units]],
+        "cycle": [[units for a in accts for _, units in sorted(a.cycle_units.items())] + [0]]}
+
+
+def slots(accts: list[AccountState]) -> np.ndarray:
+    """Each account's cycle slots, then one no account has (rating group 0)."""
+    pairs = sorted((k, rg) for k, a in enumerate(accts) for rg in a.cycle_units)
+    return np.array([*pairs, (0, 0)], np.int64).reshape(-1, 2).T.copy()
 
 
 def gathered(cache: AccountCache, accts: list[AccountState]) -> dict[str, list[list[int]]]:
-    g = cache.gather(accts)
+    g = cache.gather(np.array([a.row for a in accts], np.int64), slots(accts))
+    assert g.cycle_cols[-1] == -1  # the slot no account has
     # The kernels are compiled for C-ordered arrays: any other layout would compile them
     # again, for seconds, while a batch waits.
     assert all(a.flags.c_contiguous for a in (g.accounts, g.buckets, g.buckets[:T_RESERVED],
@@ -56,7 +66,8 @@ def gathered(cache: AccountCache, accts: list[AccountState]) -> dict[str, list[l
            for rg in g.rgs[lo:hi].tolist()]
     return {"accounts": g.accounts[:8].tolist(), "buckets": g.buckets[:B_RG_LO].tolist(),
             "reserved": [g.buckets[T_RESERVED].tolist()], "rgs": [rgs],
-            "members": g.members.tolist(), "units": g.units.tolist()}
+            "members": g.members.tolist(), "units": g.units.tolist(),
+            "cycle": [g.cycle_units.tolist()]}
 
 
 # A run of puts (of one to three accounts at once) and drops over six account ids: a put of
@@ -88,7 +99,8 @@ def test_cached_accounts_gather_as_read_whatever_came_and_went(run: list) -> Non
         assert cache.up_to_date(account_id) == acct
     # No two cached accounts share a column of any table.
     cols = cache.accounts[:, [a.row for a in cached]]
-    runs = {"bucket": (T_BUCKETS_LO, T_BUCKETS_HI), "member": (T_MEMBERS_LO, T_MEMBERS_HI)}
+    runs = {"bucket": (T_BUCKETS_LO, T_BUCKETS_HI), "member": (T_MEMBERS_LO, T_MEMBERS_HI),
+            "cycle": (T_CYCLES_LO, T_CYCLES_HI)}
     for lo, hi in runs.values():
         taken = np.concatenate([np.arange(a, b) for a, b in zip(cols[lo], cols[hi],
                                                                   strict=True)] or [[]])
@@ -100,7 +112,7 @@ def test_a_batch_gathers_copies_not_views_of_the_tables() -> None:
     cache = AccountCache(size=10)
     [acct] = account_list(1)
     cache.put([acct])
-    g = cache.gather([acct])
+    g = cache.gather(np.array([acct.row]), slots([acct]))
 
     cache.accounts[:] = 0
     cache.buckets[:] = 0
@@ -135,10 +147,39 @@ def test_an_ended_cycle_renews_in_the_tables() -> None:
     fields = renewals["acct-0"]
     assert fields["spent"] == 0 and fields["capn"] == 0 and fields["cu:10"] == 0
     assert fields["b:data:rem"] == 100 - 30  # the allowance less what is still reserved
-    g = cache.gather([acct])
+    g = cache.gather(np.array([acct.row]), slots([acct]))
     assert g.accounts[2:4, 0].tolist() == [0, 0]  # spent, cap level
-    assert g.buckets[0, 0] == 70 and acct.cycle_units == {}
+    assert g.buckets[0, 0] == 70 and cache.up_to_date("acct-0").cycle_units == {}
     assert cache.renew([acct], [None], now_ms=2_000) == {}  # the new cycle runs to 30 days
+
+
+# Steps of additions, each to some of three accounts at once (a batch's new slots).
+additions = st.lists(st.dictionaries(st.integers(0, 2), st.dictionaries(
+    st.integers(1, 40), st.integers(0, 2**40), max_size=5), max_size=3), max_size=10)
+
+
+@given(additions)
+def test_cycle_units_added_to_accounts_are_kept_as_their_runs_grow_and_move(
+        added: list[dict[int, dict[int, int]]]) -> None:
+    cache = AccountCache(size=10)
+    accts = account_list(3)
+    accts[1].cycle_units = {7: 70}
+    cache.put(accts)
+    expected = {a.account_id: dict(a.cycle_units) for a in accts}
+    for step in added:
+        new = [(k, rg, u) for k, units in step.items() for rg, u in units.items()
+               if rg not in expected[f"acct-{k}"]]
+        cache.add_cycle_units(np.array([accts[k].row for k, _, _ in new], np.int64),
+                              np.array([rg for _, rg, _ in new], np.int64),
+                              np.array([u for _, _, u in new], np.int64))
+        for k, rg, u in new:
+            expected[f"acct-{k}"][rg] = u
+
+    for account_id, units in expected.items():
+        assert cache.up_to_date(account_id).cycle_units == units
+    cache.drop("acct-1")  # its run given back, whatever it grew to
+    assert cache.up_to_date("acct-0").cycle_units == expected["acct-0"]
+    assert cache.up_to_date("acct-2").cycle_units == expected["acct-2"]
 
 
 def account_list(n: int) -> list[AccountState]:
