@@ -33,7 +33,6 @@ from tollgate.engine.charging.request import Request
 from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.charging.wire import U_ROWS
 from tollgate.engine.domain import (
-    Bucket,
     Member,
     Plan,
 )
@@ -81,7 +80,6 @@ class KernelBatch:
     accounts: list[AccountState]
     index: dict[str, int]  # account id -> position
     plans: list[Plan | None]  # per account
-    buckets: list[Bucket]  # account a's: gathered.bucket_start[a] .. [a + 1]
     members: list[tuple[int, Member]]  # (account position, member)
     items: np.ndarray  # a row per item, ITEM_COLUMNS (kernels.items.item_rows)
     shown: np.ndarray  # per item, 1 if its grant is in its request's answer (0: a release
@@ -90,7 +88,8 @@ class KernelBatch:
     slots: np.ndarray  # cycle slots (kernels.items): rows account position, rating group
     view: SessionView  # the batch's sessions; request n's is row view_rows[n]
     view_rows: np.ndarray  # int64
-    names: np.ndarray  # the buckets' ids end to end (UTF-8)
+    names: np.ndarray  # the buckets' ids end to end (UTF-8; buckets grouped by account, in
+    # order: account a's are gathered.bucket_start[a] .. [a + 1])
     bucket_names: np.ndarray  # (offset in names, length) per bucket position
     requests: np.ndarray  # a row per request (kernels.items Q_*: its type, account, ...)
     cache: AccountCache
@@ -127,6 +126,11 @@ class KernelBatch:
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out, shown=self.shown,
                             service=self.service)
+
+    def bucket_id(self, b: int) -> str:
+        """The id of the bucket at position `b` (events name it)."""
+        at, n = self.bucket_names[:, b].tolist()
+        return self.names[at:at + n].tobytes().decode()
 
     def _changes(self, bucket_start: np.ndarray, before: np.ndarray, after: np.ndarray
                  ) -> np.ndarray:
@@ -195,26 +199,24 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
             acct = cache[p.account_id]
             accounts.append(acct)
             cols.append(acct.row)
+    account_cols = np.array(cols, np.int64)
     account_plans = [plans.get(a.plan_id) for a in accounts]
-    renewals = cache.renew(accounts, account_plans, now_ms)
+    renewals = cache.renew(accounts, account_cols, account_plans, now_ms)
     members: list[tuple[int, Member]] = []
     member_index: dict[tuple[str, str], int] = {}
-    for a, acct in enumerate(accounts):
+    for a in cache.with_members(account_cols):
+        acct = accounts[a]
         for sub, m in acct.members.items():
             member_index[(acct.account_id, sub)] = len(members)
             members.append((a, m))
-    buckets = [b for a in accounts for b in a.buckets]
-    names = [b.bucket_id.encode() for b in buckets]
-    lengths = np.fromiter(map(len, names), np.int64, len(names))
     reqs = _request_rows(batch, index, account_plans, rates, member_index, rows)
     heads, _, held, _ = view.arrays
     items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
                                              rates.arrays()[0], heads, held, now_ms)
-    return KernelBatch(accounts, index, account_plans, buckets, members, items, shown,
-                       service, slots, view,
-                       np.array(rows, np.int64), np.frombuffer(b"".join(names), np.uint8),
-                       np.stack((np.cumsum(lengths) - lengths, lengths)), reqs.rows, cache,
-                       cache.gather(np.array(cols, np.int64), slots),
+    gathered = cache.gather(account_cols, slots)
+    return KernelBatch(accounts, index, account_plans, members, items, shown, service, slots,
+                       view, np.array(rows, np.int64), gathered.names, gathered.bucket_names,
+                       reqs.rows, cache, gathered,
                        np.fromiter([p.low_balance_micros if p else 0 for p in account_plans],
                                    np.int64, len(accounts)), renewals)
 

@@ -34,13 +34,16 @@ from tollgate.engine.storage.state import AccountState
 # (kernels.charge A_*, B_*, M_*, U_*; a member has a units column per unit type). Rows of the
 # account table past the kernel's first eight (A_MONEY .. A_CAP): where the
 # account's buckets and members are in theirs ([lo, hi), in the order of its lists), and its
-# units billed this cycle per rating group in the cycle table (C_* rows, in no order).
-T_BUCKETS_LO, T_BUCKETS_HI, T_MEMBERS_LO, T_MEMBERS_HI, T_CYCLES_LO, T_CYCLES_HI = range(8, 14)
-ACCOUNT_ROWS = 14
+# units billed this cycle per rating group in the cycle table (C_* rows, in no order); when
+# its cycle ends (0: never).
+(T_BUCKETS_LO, T_BUCKETS_HI, T_MEMBERS_LO, T_MEMBERS_HI, T_CYCLES_LO, T_CYCLES_HI,
+ T_CYCLE_END) = range(8, 15)
+ACCOUNT_ROWS = 15
 C_RATING_GROUP, C_UNITS = 0, 1
-T_RESERVED = 7
-"""The bucket table's row past the kernel's B_* rows: units held by live reservations."""
-BUCKET_ROWS = 8
+T_RESERVED, T_NAME_AT, T_NAME_LEN = 7, 8, 9
+"""The bucket table's rows past the kernel's B_* rows: units held by live reservations, where
+its id is in the names (UTF-8; an account's buckets' ids end to end) and its length."""
+BUCKET_ROWS = 10
 ACCOUNT_NUMBERS = (A_MONEY, A_MRES, A_SPENT, A_CAP_LEVEL, A_LOW_FLAG, A_EXH_FLAG)
 
 
@@ -51,6 +54,8 @@ class Gathered(NamedTuple):
     accounts: np.ndarray  # ACCOUNT_ROWS rows, a column per account of the batch
     buckets: np.ndarray  # BUCKET_ROWS rows, a column per bucket (an account's together)
     rgs: np.ndarray  # the buckets' rating groups (their B_RG_LO .. B_RG_HI)
+    names: np.ndarray  # the buckets' ids end to end (UTF-8; read-only)
+    bucket_names: np.ndarray  # (offset in names, length) per bucket
     bucket_start: np.ndarray  # account a's buckets: bucket_start[a] .. bucket_start[a + 1]
     members: np.ndarray  # M_* rows, a column per member (an account's together)
     units: np.ndarray  # U_* rows, a column per (member, unit type - 1)
@@ -108,11 +113,13 @@ class AccountCache:
         self.accounts = np.zeros((ACCOUNT_ROWS, 64), np.int64)
         self.buckets = np.zeros((BUCKET_ROWS, 64), np.int64)
         self.rgs = np.zeros(64, np.int64)  # the buckets' rating groups (B_RG_LO .. B_RG_HI)
+        self.names = np.zeros(256, np.uint8)  # the buckets' ids (T_NAME_AT, T_NAME_LEN)
         self.members = np.zeros((3, 16), np.int64)
         self.units = np.zeros((3, 48), np.int64)  # 3 columns per member
         self.cycles = np.zeros((2, 64), np.int64)  # C_* rows
         self._account_runs, self._bucket_runs = _Runs(), _Runs()
         self._rg_runs, self._member_runs, self._cycle_runs = _Runs(), _Runs(), _Runs()
+        self._name_runs = _Runs()
         self.released = 0  # accounts let go so far (a batch's keep skips those it gathered)
 
     # --- the mapping ---------------------------------------------------------------------
@@ -188,7 +195,8 @@ class AccountCache:
             [a.spent for a in accts], [a.cap_level for a in accts],
             [a.low_flag for a in accts], [a.exhausted_flag for a in accts],
             [-a.credit_limit for a in accts], [a.cap for a in accts],
-            at[0], at[0] + counts[0], at[1], at[1] + counts[1], at[3], at[3] + counts[3]]
+            at[0], at[0] + counts[0], at[1], at[1] + counts[1], at[3], at[3] + counts[3],
+            [a.cycle_end for a in accts]]
         if counts[3].any():
             _, cycle_cols = _spans(at[3], at[3] + counts[3])
             self.cycles[:, cycle_cols] = [[g for a in accts for g in a.cycle_units],
@@ -198,17 +206,23 @@ class AccountCache:
             _, bucket_cols = _spans(at[0], at[0] + counts[0])
             _, rg_cols = _spans(at[2], at[2] + counts[2])
             self.rgs[rg_cols] = [g for b in buckets for g in b.rating_groups]
-            # A bucket's groups: its account's run, past the groups of the buckets before it.
+            owner = np.repeat(np.arange(len(accts)), counts[0])
             groups = np.fromiter([len(b.rating_groups) for b in buckets], np.int64,
                                  len(buckets))
-            owner = np.repeat(np.arange(len(accts)), counts[0])
-            first = np.cumsum(groups) - groups  # among all the accounts' groups
-            lo = at[2][owner] + first - (np.cumsum(counts[2]) - counts[2])[owner]
-            self.buckets[:, bucket_cols] = [
+            lo = _placed(owner, groups, counts[2], at[2])
+            names = [b.bucket_id.encode() for b in buckets]
+            lengths = np.fromiter(map(len, names), np.int64, len(names))
+            totals = np.bincount(owner, lengths, len(accts)).astype(np.int64)
+            name_at = np.array([self._name_runs.take(n) for n in totals.tolist()], np.int64)
+            self.names = _room(self.names, self._name_runs.top)
+            self.names[_spans(name_at, name_at + totals)[1]] = np.frombuffer(b"".join(names),
+                                                                              np.uint8)
+            self.buckets[:, bucket_cols] = np.array([
                 [b.remaining for b in buckets], [int(b.unit_type) for b in buckets],
                 [b.expiry_ms for b in buckets], [b.initial for b in buckets],
                 [b.notified for b in buckets], lo, lo + groups,
-                [b.reserved for b in buckets]]
+                [b.reserved for b in buckets], _placed(owner, lengths, totals, name_at),
+                lengths], np.int64)
         members = [m for a in accts for m in a.members.values()]
         if members:
             _, member_cols = _spans(at[1], at[1] + counts[1])
@@ -226,10 +240,12 @@ class AccountCache:
         if col < 0:
             return
         bucket_lo, bucket_hi, member_lo, member_hi, cycle_lo, cycle_hi = self.accounts[
-            T_BUCKETS_LO:, col].tolist()
-        if bucket_hi > bucket_lo:  # the buckets' rating groups are one run
+            T_BUCKETS_LO:T_CYCLES_HI + 1, col].tolist()
+        if bucket_hi > bucket_lo:  # the buckets' rating groups are one run, their ids another
             lo = int(self.buckets[B_RG_LO, bucket_lo])
             self._rg_runs.give(lo, int(self.buckets[B_RG_HI, bucket_hi - 1]) - lo)
+            self._name_runs.give(int(self.buckets[T_NAME_AT, bucket_lo]),
+                                 int(self.buckets[T_NAME_LEN, bucket_lo:bucket_hi].sum()))
         self._bucket_runs.give(bucket_lo, bucket_hi - bucket_lo)
         self._member_runs.give(member_lo, member_hi - member_lo)
         self._cycle_runs.give(cycle_lo, cycle_hi - cycle_lo)
@@ -257,9 +273,9 @@ class AccountCache:
 
     def _to_tables(self, acct: AccountState) -> None:
         col = acct.row
-        self.accounts[list(ACCOUNT_NUMBERS), col] = (
+        self.accounts[[*ACCOUNT_NUMBERS, T_CYCLE_END], col] = (
             acct.money, acct.money_reserved, acct.spent, acct.cap_level, acct.low_flag,
-            acct.exhausted_flag)
+            acct.exhausted_flag, acct.cycle_end)
         b = int(self.accounts[T_BUCKETS_LO, col])
         for k, bucket in enumerate(acct.buckets):
             self.buckets[[B_REMAINING, T_RESERVED, B_LEVEL], b + k] = (
@@ -307,17 +323,23 @@ class AccountCache:
 
     # --- a batch's accounts ----------------------------------------------------------------
 
-    def renew(self, accounts: list[AccountState], plans: list[Plan | None], now_ms: int
-              ) -> dict[str, dict[str, int]]:
-        """Starts a new cycle for each account whose cycle has ended (rating.cycles); the
-        hash fields to set, by account id."""
+    def renew(self, accounts: list[AccountState], cols: np.ndarray, plans: list[Plan | None],
+              now_ms: int) -> dict[str, dict[str, int]]:
+        """Starts a new cycle for each account (at table columns `cols`) whose cycle has ended
+        (rating.cycles); the hash fields to set, by account id."""
+        ends = self.accounts[T_CYCLE_END, cols]
         renewals: dict[str, dict[str, int]] = {}
-        for acct, plan in zip(accounts, plans, strict=True):
-            if acct.cycle_end and now_ms >= acct.cycle_end:
-                self._to_object(acct)
-                renewals[acct.account_id] = renew_if_due(acct, plan, now_ms)
-                self._to_tables(acct)
+        for k in np.flatnonzero((ends != 0) & (ends <= now_ms)).tolist():
+            acct = accounts[k]
+            self._to_object(acct)
+            renewals[acct.account_id] = renew_if_due(acct, plans[k], now_ms)
+            self._to_tables(acct)
         return renewals
+
+    def with_members(self, cols: np.ndarray) -> list[int]:
+        """The positions of the accounts (at table columns `cols`) that have members."""
+        return np.flatnonzero(self.accounts[T_MEMBERS_HI, cols]
+                              > self.accounts[T_MEMBERS_LO, cols]).tolist()
 
     def gather(self, cols: np.ndarray, slots: np.ndarray) -> Gathered:
         """A batch's accounts (their `row`s, each cached), their buckets, members and cycle
@@ -331,6 +353,10 @@ class AccountCache:
         # Copied too: a column let go while the batch waits may be taken by another account.
         rg_start, rg_cols = _spans(buckets[B_RG_LO], buckets[B_RG_HI])
         buckets[B_RG_LO], buckets[B_RG_HI] = rg_start[:-1], rg_start[1:]
+        name_start, name_cols = _spans(buckets[T_NAME_AT],
+                                       buckets[T_NAME_AT] + buckets[T_NAME_LEN])
+        names = self.names[name_cols]
+        names.flags.writeable = False  # as the kernels that read it were compiled for
         _, member_cols = _spans(table[T_MEMBERS_LO], table[T_MEMBERS_HI])
         unit_cols = (3 * member_cols[:, None] + np.arange(3)).ravel()
         # The slots' units: the batch's accounts' cycle entries keyed (account position,
@@ -344,11 +370,19 @@ class AccountCache:
         at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
         found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), bool)
         slot_cols = np.where(found, cycle_cols[at] if len(keys) else -1, -1)
-        return Gathered(table, buckets, self.rgs[rg_cols], bucket_start,
+        return Gathered(table, buckets, self.rgs[rg_cols], names,
+                        np.stack((name_start[:-1], buckets[T_NAME_LEN])), bucket_start,
                         np.take(self.members, member_cols, axis=1),
                         np.take(self.units, unit_cols, axis=1), cols, bucket_cols, member_cols,
                         self.released, np.where(found, self.cycles[C_UNITS, slot_cols], 0),
                         slot_cols)
+
+
+def _placed(owner: np.ndarray, sizes: np.ndarray, totals: np.ndarray, at: np.ndarray
+            ) -> np.ndarray:
+    """Where each piece starts (`sizes`, grouped by `owner` in order) when each owner's pieces
+    lie end to end from at[owner] (`totals`: per owner, the sum of its pieces' sizes)."""
+    return at[owner] + np.cumsum(sizes) - sizes - (np.cumsum(totals) - totals)[owner]
 
 
 def _spans(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -131,7 +131,7 @@ def _records(batch: list[Request], kb: KernelBatch, res: KernelResult, rates: Ra
     Python reads each request with a record's zone and origin, never a record."""
     chg = res.charge_table
     at, requests, buckets = record_items(res.items, res.outputs, res.shown, chg,
-                                         len(kb.buckets))
+                                         kb.bucket_names.shape[1])
     if not at.size:
         return NO_RECORDS
     # The strings: each session row's subscriber (string row), its account (rows + row),
@@ -168,7 +168,7 @@ def _records(batch: list[Request], kb: KernelBatch, res: KernelResult, rates: Ra
         np.array([p.version if p is not None else 0 for p in kb.plans], np.int64)[accounts]),
         axis=1)
     heads[:, HEAD_KIND] = kb.requests[requests, items.Q_TYPE]
-    bucket_name = np.full(len(kb.buckets), -1, np.int64)
+    bucket_name = np.full(kb.bucket_names.shape[1], -1, np.int64)
     bucket_name[buckets] = first_bucket + buckets
     records, charges = record_table(res.items, res.outputs, at, heads, rates.record_terms(),
                                     res.service, chg, bucket_name)
@@ -197,7 +197,7 @@ def event(ev: tuple[int, int, int, int, int, int], rating_group: int, p: Request
           kb: KernelBatch, acct: AccountState) -> bytes:
     """Event `ev` of the kernel's, on an item of `rating_group` of request `p`."""
     _, kind, ref, level, value, limit = ev
-    bucket = kb.buckets[ref].bucket_id if kind == EventKind.BUCKET_USED else ""
+    bucket = kb.bucket_id(ref) if kind == EventKind.BUCKET_USED else ""
     sub = p.subscriber_id
     if kind == EventKind.MEMBER_CAP:
         sub = kb.members[ref][1].subscriber_id

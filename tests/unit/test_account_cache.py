@@ -46,7 +46,8 @@ def expected(accts: list[AccountState]) -> dict[str, list[list[int]]]:
         "units": [[u for m in members for u in m.cap_units],
                   [u for m in members for u in m.used_units],
                   [u for m in members for u in m.reserved_units]],
-        "cycle": [[units for a in accts for _, units in sorted(a.cycle_units.items())] + [0]]}
+        "cycle": [[units for a in accts for _, units in sorted(a.cycle_units.items())] + [0]],
+        "names": [b.bucket_id for b in buckets]}
 
 
 def slots(accts: list[AccountState]) -> np.ndarray:
@@ -61,13 +62,16 @@ def gathered(cache: AccountCache, accts: list[AccountState]) -> dict[str, list[l
     # The kernels are compiled for C-ordered arrays: any other layout would compile them
     # again, for seconds, while a batch waits.
     assert all(a.flags.c_contiguous for a in (g.accounts, g.buckets, g.buckets[:T_RESERVED],
-                                              g.rgs, g.members, g.units))
+                                              g.rgs, g.members, g.units, g.names,
+                                              g.bucket_names))
+    assert not g.names.flags.writeable
     rgs = [rg for lo, hi in zip(g.buckets[B_RG_LO], g.buckets[B_RG_HI], strict=True)
            for rg in g.rgs[lo:hi].tolist()]
     return {"accounts": g.accounts[:8].tolist(), "buckets": g.buckets[:B_RG_LO].tolist(),
             "reserved": [g.buckets[T_RESERVED].tolist()], "rgs": [rgs],
             "members": g.members.tolist(), "units": g.units.tolist(),
-            "cycle": [g.cycle_units.tolist()]}
+            "cycle": [g.cycle_units.tolist()],
+            "names": [g.names[at:at + n].tobytes().decode() for at, n in g.bucket_names.T]}
 
 
 # A run of puts (of one to three accounts at once) and drops over six account ids: a put of
@@ -137,20 +141,25 @@ def test_the_least_recently_used_account_goes_first_and_is_let_go() -> None:
 
 def test_an_ended_cycle_renews_in_the_tables() -> None:
     cache = AccountCache(size=10)
-    [acct] = account_list(1)
+    acct, running, never = account_list(3)
     acct.cycle_start, acct.cycle_end, acct.spent, acct.cap_level = 0, 1_000, 70, 80
     acct.cycle_units = {10: 5}
-    cache.put([acct])
+    running.cycle_end, running.spent = 2_001, 70
+    cache.put([acct, running, never])
+    accts = [never, acct, running]
 
-    renewals = cache.renew([acct], [None], now_ms=2_000)
+    renewals = cache.renew(accts, np.array([a.row for a in accts]), [None] * 3, now_ms=2_000)
 
+    assert list(renewals) == ["acct-0"]
+    assert cache.up_to_date("acct-1").spent == 70
     fields = renewals["acct-0"]
     assert fields["spent"] == 0 and fields["capn"] == 0 and fields["cu:10"] == 0
     assert fields["b:data:rem"] == 100 - 30  # the allowance less what is still reserved
     g = cache.gather(np.array([acct.row]), slots([acct]))
     assert g.accounts[2:4, 0].tolist() == [0, 0]  # spent, cap level
     assert g.buckets[0, 0] == 70 and cache.up_to_date("acct-0").cycle_units == {}
-    assert cache.renew([acct], [None], now_ms=2_000) == {}  # the new cycle runs to 30 days
+    # The new cycle runs to 30 days.
+    assert cache.renew([acct], np.array([acct.row]), [None], now_ms=2_000) == {}
 
 
 # Steps of additions, each to some of three accounts at once (a batch's new slots).
