@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from tollgate.engine.charging.cache import C_UNITS, T_RESERVED, AccountCache, Gathered
+from tollgate.engine.charging.cache import T_RESERVED, AccountCache, Gathered
 from tollgate.engine.charging.decode import MAX_TIME_MS
+from tollgate.engine.charging.kernels.account_cache import T_MEMBERS_HI, T_MEMBERS_LO
 from tollgate.engine.charging.kernels.account_tables import change_rows
 from tollgate.engine.charging.kernels.charge import (
     A_BUCKETS_HI,
@@ -21,9 +22,7 @@ from tollgate.engine.charging.kernels.charge import (
     B_REMAINING,
     FLAG_GRACE,
     I_ACCT,
-    M_MRES,
     M_SPENT,
-    U_RES,
     U_USED,
     charge_kernel,
 )
@@ -96,6 +95,8 @@ class KernelBatch:
     gathered: Gathered  # the accounts', buckets' and members' numbers, from the cache
     low_marks: np.ndarray  # per account, its plan's low-balance mark
     renewals: dict[str, dict[str, int]]  # per account whose cycle was renewed, its fields
+    cycle_units: np.ndarray  # per cycle slot, its units so far
+    cycle_cols: np.ndarray  # per cycle slot, its column in the cache's cycle table (-1: none)
 
     def run(self, rates: RateTable) -> KernelResult:
         g, items = self.gathered, self.items
@@ -111,7 +112,7 @@ class KernelBatch:
         accounts[A_LOW_MARK] = self.low_marks
         accounts[A_BUCKETS_LO] = g.bucket_start[:-1]
         accounts[A_BUCKETS_HI] = g.bucket_start[1:]
-        buckets, cycle = g.buckets[:T_RESERVED], g.cycle_units
+        buckets, cycle = g.buckets[:T_RESERVED], self.cycle_units
         out, acct_out, bucket_out, member_out, units_out, cu, chg, ev = charge_kernel(
             items, rates.arrays(), accounts, buckets, g.rgs, g.members, g.units, cycle)
         events = list(zip(*ev.tolist(), strict=True))
@@ -143,43 +144,16 @@ class KernelBatch:
                            np.ascontiguousarray(self.slots[0]))
 
     def keep(self, res: KernelResult, refused: set[int]) -> None:
-        """Brings the cache's tables up to the kernel's outputs, except for the accounts at
-        the positions `refused` (their apply was refused) and those the cache let go since
-        the batch gathered them (their columns may be another account's now). A few array
-        steps per kind of change (change_rows are sorted by kind)."""
+        """Brings the cache's tables up to the kernel's outputs (kernels.account_cache
+        .keep_changes), except for the accounts at the positions `refused` (their apply was
+        refused) and those the cache let go since the batch gathered them (their columns may
+        be another account's now)."""
         g, cache, rows = self.gathered, self.cache, res.change_rows
         if cache.released != g.released:
             refused = refused | {a for a, acct in enumerate(self.accounts) if acct.row < 0}
         if refused:
             rows = rows[~np.isin(rows[:, 0], list(refused))]
-        at, what, index, values = rows.T
-        cuts = np.searchsorted(what, np.arange(CYCLE + 2)).tolist()
-
-        def of(kind: int) -> tuple[np.ndarray, np.ndarray]:
-            """The indices and values of the changes of a kind."""
-            return index[cuts[kind]:cuts[kind + 1]], values[cuts[kind]:cuts[kind + 1]]
-
-        first = slice(0, cuts[REMAINING])  # the account outputs: `what` is the table row
-        cache.accounts[what[first], g.account_cols[at[first]]] = values[first]
-        for kind, row in ((REMAINING, B_REMAINING), (NOTIFIED, B_LEVEL)):
-            i, v = of(kind)
-            cache.buckets[row, g.bucket_cols[i]] = v
-        i, v = of(RESERVED)
-        cache.buckets[T_RESERVED, g.bucket_cols[i]] += v
-        for kind, row in ((MEMBER_SPENT, M_SPENT), (MEMBER_MRES, M_MRES)):
-            i, v = of(kind)
-            cache.members[row, g.member_cols[i]] = v
-        for kind, row in ((MEMBER_USED, U_USED), (MEMBER_RESERVED, U_RES)):
-            i, v = of(kind)
-            cache.units[row, 3 * g.member_cols[i // 3] + i % 3] = v
-        i, v = of(CYCLE)
-        cols = g.cycle_cols[i]
-        known = cols >= 0
-        cache.cycles[C_UNITS, cols[known]] = v[known]
-        if not known.all():  # a rating group's first units this cycle
-            new = i[~known]
-            cache.add_cycle_units(g.account_cols[self.slots[0, new]], self.slots[1, new],
-                                  v[~known])
+        cache.keep(g, rows, self.slots, self.cycle_cols)
 
 
 def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
@@ -202,23 +176,26 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
     account_cols = np.array(cols, np.int64)
     account_plans = [plans.get(a.plan_id) for a in accounts]
     renewals = cache.renew(accounts, account_cols, account_plans, now_ms)
+    gathered = cache.gather(account_cols)
     members: list[tuple[int, Member]] = []
     member_index: dict[tuple[str, str], int] = {}
-    for a in cache.with_members(account_cols):
-        acct = accounts[a]
-        for sub, m in acct.members.items():
-            member_index[(acct.account_id, sub)] = len(members)
-            members.append((a, m))
+    if gathered.members.shape[1]:  # most batches have no shared account
+        for a in np.flatnonzero(gathered.accounts[T_MEMBERS_HI]
+                                > gathered.accounts[T_MEMBERS_LO]).tolist():
+            acct = accounts[a]
+            for sub, m in acct.members.items():
+                member_index[(acct.account_id, sub)] = len(members)
+                members.append((a, m))
     reqs = _request_rows(batch, index, account_plans, rates, member_index, rows)
     heads, _, held, _ = view.arrays
     items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
                                              rates.arrays()[0], heads, held, now_ms)
-    gathered = cache.gather(account_cols, slots)
+    cycle_units, cycle_cols = cache.cycle_slots(account_cols, slots)
     return KernelBatch(accounts, index, account_plans, members, items, shown, service, slots,
                        view, np.array(rows, np.int64), gathered.names, gathered.bucket_names,
                        reqs.rows, cache, gathered,
                        np.fromiter([p.low_balance_micros if p else 0 for p in account_plans],
-                                   np.int64, len(accounts)), renewals)
+                                   np.int64, len(accounts)), renewals, cycle_units, cycle_cols)
 
 
 class _Requests(NamedTuple):

@@ -10,6 +10,23 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tollgate.engine.charging.kernels.account_cache import (
+    ACCOUNT_ROWS,
+    BUCKET_ROWS,
+    C_RATING_GROUP,
+    C_UNITS,
+    T_BUCKETS_LO,
+    T_CYCLE_END,
+    T_CYCLES_HI,
+    T_CYCLES_LO,
+    T_MEMBERS_LO,
+    T_NAME_AT,
+    T_NAME_LEN,
+    T_RESERVED,
+    cycle_slots,
+    gather_accounts,
+    keep_changes,
+)
 from tollgate.engine.charging.kernels.charge import (
     A_CAP_LEVEL,
     A_EXH_FLAG,
@@ -30,20 +47,6 @@ from tollgate.engine.domain import Plan
 from tollgate.engine.rating.cycles import renew_if_due
 from tollgate.engine.storage.state import AccountState
 
-# The tables hold a column per account, bucket and member, their rows the charging kernel's
-# (kernels.charge A_*, B_*, M_*, U_*; a member has a units column per unit type). Rows of the
-# account table past the kernel's first eight (A_MONEY .. A_CAP): where the
-# account's buckets and members are in theirs ([lo, hi), in the order of its lists), and its
-# units billed this cycle per rating group in the cycle table (C_* rows, in no order); when
-# its cycle ends (0: never).
-(T_BUCKETS_LO, T_BUCKETS_HI, T_MEMBERS_LO, T_MEMBERS_HI, T_CYCLES_LO, T_CYCLES_HI,
- T_CYCLE_END) = range(8, 15)
-ACCOUNT_ROWS = 15
-C_RATING_GROUP, C_UNITS = 0, 1
-T_RESERVED, T_NAME_AT, T_NAME_LEN = 7, 8, 9
-"""The bucket table's rows past the kernel's B_* rows: units held by live reservations, where
-its id is in the names (UTF-8; an account's buckets' ids end to end) and its length."""
-BUCKET_ROWS = 10
 ACCOUNT_NUMBERS = (A_MONEY, A_MRES, A_SPENT, A_CAP_LEVEL, A_LOW_FLAG, A_EXH_FLAG)
 
 
@@ -63,8 +66,6 @@ class Gathered(NamedTuple):
     bucket_cols: np.ndarray
     member_cols: np.ndarray
     released: int  # the cache's count of accounts let go, when gathered
-    cycle_units: np.ndarray  # per cycle slot of the batch (kernels.items), its units so far
-    cycle_cols: np.ndarray  # per cycle slot, its cycle table column (-1: none yet)
 
 
 class _Runs:
@@ -336,46 +337,33 @@ class AccountCache:
             self._to_tables(acct)
         return renewals
 
-    def with_members(self, cols: np.ndarray) -> list[int]:
-        """The positions of the accounts (at table columns `cols`) that have members."""
-        return np.flatnonzero(self.accounts[T_MEMBERS_HI, cols]
-                              > self.accounts[T_MEMBERS_LO, cols]).tolist()
-
-    def gather(self, cols: np.ndarray, slots: np.ndarray) -> Gathered:
-        """A batch's accounts (their `row`s, each cached), their buckets, members and cycle
-        slots (kernels.items: (account position, rating group) columns, sorted), as the
-        kernel reads them."""
-        # np.take, not table[:, cols]: that is Fortran-ordered, and a kernel compiled for C
-        # arrays compiles again (seconds) for another layout.
-        table = np.take(self.accounts, cols, axis=1)
-        bucket_start, bucket_cols = _spans(table[T_BUCKETS_LO], table[T_BUCKETS_HI])
-        buckets = np.take(self.buckets, bucket_cols, axis=1)
-        # Copied too: a column let go while the batch waits may be taken by another account.
-        rg_start, rg_cols = _spans(buckets[B_RG_LO], buckets[B_RG_HI])
-        buckets[B_RG_LO], buckets[B_RG_HI] = rg_start[:-1], rg_start[1:]
-        name_start, name_cols = _spans(buckets[T_NAME_AT],
-                                       buckets[T_NAME_AT] + buckets[T_NAME_LEN])
-        names = self.names[name_cols]
+    def gather(self, cols: np.ndarray) -> Gathered:
+        """A batch's accounts (at table columns `cols`, each cached), their buckets and
+        members, as the charging kernel reads them (kernels.account_cache.gather_accounts)."""
+        (table, buckets, rgs, names, bucket_names, bucket_start, members, units, bucket_cols,
+         member_cols) = gather_accounts(self.accounts, self.buckets, self.rgs, self.names,
+                                        self.members, self.units, cols)
         names.flags.writeable = False  # as the kernels that read it were compiled for
-        _, member_cols = _spans(table[T_MEMBERS_LO], table[T_MEMBERS_HI])
-        unit_cols = (3 * member_cols[:, None] + np.arange(3)).ravel()
-        # The slots' units: the batch's accounts' cycle entries keyed (account position,
-        # rating group) as the slots are, sorted, and each slot looked up among them.
-        cycle_start, cycle_cols = _spans(table[T_CYCLES_LO], table[T_CYCLES_HI])
-        keys = (np.repeat(np.arange(len(cols)), np.diff(cycle_start)) << 32
-                | self.cycles[C_RATING_GROUP, cycle_cols])
-        order = np.argsort(keys)
-        keys, cycle_cols = keys[order], cycle_cols[order]
-        wanted = slots[0] << 32 | slots[1]
-        at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-        found = keys[at] == wanted if len(keys) else np.zeros(len(wanted), bool)
-        slot_cols = np.where(found, cycle_cols[at] if len(keys) else -1, -1)
-        return Gathered(table, buckets, self.rgs[rg_cols], names,
-                        np.stack((name_start[:-1], buckets[T_NAME_LEN])), bucket_start,
-                        np.take(self.members, member_cols, axis=1),
-                        np.take(self.units, unit_cols, axis=1), cols, bucket_cols, member_cols,
-                        self.released, np.where(found, self.cycles[C_UNITS, slot_cols], 0),
-                        slot_cols)
+        return Gathered(table, buckets, rgs, names, bucket_names, bucket_start, members, units,
+                        cols, bucket_cols, member_cols, self.released)
+
+    def keep(self, g: Gathered, changes: np.ndarray, slots: np.ndarray, cycle_cols: np.ndarray
+             ) -> None:
+        """Writes the charging kernel's changes (change rows, of the batch gathered as `g`,
+        its cycle slots `slots` found at `cycle_cols`) into the tables."""
+        new = keep_changes(self.accounts, self.buckets, self.members, self.units, self.cycles,
+                           changes, g.account_cols, g.bucket_cols, g.member_cols, cycle_cols,
+                           np.ascontiguousarray(slots[1]))
+        if new.size:  # first units of rating groups, where the account's run had no room
+            slot = changes[new, 2]
+            self.add_cycle_units(g.account_cols[slots[0, slot]], slots[1, slot],
+                                 changes[new, 3])
+
+    def cycle_slots(self, cols: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per cycle slot (kernels.items: account position, rating group; the accounts at
+        table columns `cols`) its units so far and its cycle table column (-1: none yet)."""
+        found, where = cycle_slots(self.accounts, self.cycles, cols, slots)
+        return found, where
 
 
 def _placed(owner: np.ndarray, sizes: np.ndarray, totals: np.ndarray, at: np.ndarray

@@ -217,8 +217,9 @@ class Engine:
             log.warning("compiling the kernels for this version (once per install or "
                         "upgrade; later starts load them from the cache)")
         started = time.monotonic()
-        assemble([], AccountCache(0), {}, self.rates, self.clock(),
-                 SessionView.of([], [], []), []).run(self.rates)
+        kb = assemble([], AccountCache(0), {}, self.rates, self.clock(),
+                      SessionView.of([], [], []), [])
+        kb.keep(kb.run(self.rates), set())
         wire.warm_up()
         warm_up_checks(self.config)
         usage_wire.warm_up()

@@ -8,11 +8,13 @@ import copy
 import dataclasses
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_state import accounts
-from tollgate.engine.charging.cache import (
+from tollgate.engine.charging.cache import AccountCache
+from tollgate.engine.charging.kernels import account_cache_reference as reference
+from tollgate.engine.charging.kernels.account_cache import (
     T_BUCKETS_HI,
     T_BUCKETS_LO,
     T_CYCLES_HI,
@@ -20,45 +22,39 @@ from tollgate.engine.charging.cache import (
     T_MEMBERS_HI,
     T_MEMBERS_LO,
     T_RESERVED,
-    AccountCache,
+)
+from tollgate.engine.charging.kernels.account_tables import (
+    CYCLE,
+    MEMBER_MRES,
+    MEMBER_RESERVED,
+    MEMBER_SPENT,
+    MEMBER_USED,
+    NOTIFIED,
+    REMAINING,
+    RESERVED,
 )
 from tollgate.engine.charging.kernels.charge import B_RG_HI, B_RG_LO
 from tollgate.engine.domain import Bucket, UnitType
 from tollgate.engine.storage.state import AccountState
 
 
-def expected(accts: list[AccountState]) -> dict[str, list[list[int]]]:
-    """The batch's rows as the batch built them from the objects before the cache had tables."""
-    buckets = [b for a in accts for b in a.buckets]
-    members = [m for a in accts for m in a.members.values()]
-    return {
-        "accounts": [[a.money for a in accts], [a.money_reserved for a in accts],
-                     [a.spent for a in accts], [a.cap_level for a in accts],
-                     [a.low_flag for a in accts], [a.exhausted_flag for a in accts],
-                     [-a.credit_limit for a in accts], [a.cap for a in accts]],
-        "buckets": [[b.remaining for b in buckets], [int(b.unit_type) for b in buckets],
-                    [b.expiry_ms for b in buckets], [b.initial for b in buckets],
-                    [b.notified for b in buckets]],
-        "reserved": [[b.reserved for b in buckets]],
-        "rgs": [[g for b in buckets for g in b.rating_groups]],
-        "members": [[m.cap_money for m in members], [m.spent for m in members],
-                    [m.money_reserved for m in members]],
-        "units": [[u for m in members for u in m.cap_units],
-                  [u for m in members for u in m.used_units],
-                  [u for m in members for u in m.reserved_units]],
-        "cycle": [[units for a in accts for _, units in sorted(a.cycle_units.items())] + [0]],
-        "names": [b.bucket_id for b in buckets]}
-
-
-def slots(accts: list[AccountState]) -> np.ndarray:
-    """Each account's cycle slots, then one no account has (rating group 0)."""
+def slots(accts: list[AccountState]) -> list[tuple[int, int]]:
+    """Each account's cycle slots, then one the first account has not (rating group 0)."""
     pairs = sorted((k, rg) for k, a in enumerate(accts) for rg in a.cycle_units)
-    return np.array([*pairs, (0, 0)], np.int64).reshape(-1, 2).T.copy()
+    return pairs + [(0, 0)][:len(accts)]
 
 
-def gathered(cache: AccountCache, accts: list[AccountState]) -> dict[str, list[list[int]]]:
-    g = cache.gather(np.array([a.row for a in accts], np.int64), slots(accts))
-    assert g.cycle_cols[-1] == -1  # the slot no account has
+def as_array(pairs: list[tuple[int, int]]) -> np.ndarray:
+    return np.array(pairs, np.int64).reshape(-1, 2).T.copy()
+
+
+def gathered(cache: AccountCache, accts: list[AccountState]
+             ) -> dict[str, list[list[int]] | list[list[str]]]:
+    cols = np.array([a.row for a in accts], np.int64)
+    g = cache.gather(cols)
+    cycle_units, cycle_cols = cache.cycle_slots(cols, as_array(slots(accts)))
+    if accts:
+        assert cycle_cols[-1] == -1  # the slot the first account has not
     # The kernels are compiled for C-ordered arrays: any other layout would compile them
     # again, for seconds, while a batch waits.
     assert all(a.flags.c_contiguous for a in (g.accounts, g.buckets, g.buckets[:T_RESERVED],
@@ -70,8 +66,8 @@ def gathered(cache: AccountCache, accts: list[AccountState]) -> dict[str, list[l
     return {"accounts": g.accounts[:8].tolist(), "buckets": g.buckets[:B_RG_LO].tolist(),
             "reserved": [g.buckets[T_RESERVED].tolist()], "rgs": [rgs],
             "members": g.members.tolist(), "units": g.units.tolist(),
-            "cycle": [g.cycle_units.tolist()],
-            "names": [g.names[at:at + n].tobytes().decode() for at, n in g.bucket_names.T]}
+            "cycle": [cycle_units.tolist()],
+            "names": [[g.names[at:at + n].tobytes().decode() for at, n in g.bucket_names.T]]}
 
 
 # A run of puts (of one to three accounts at once) and drops over six account ids: a put of
@@ -81,6 +77,7 @@ steps = st.lists(st.tuples(st.sampled_from(["put", "drop"]),
                                     max_size=3)), max_size=20)
 
 
+@settings(deadline=None)  # the first example compiles the kernels
 @given(steps)
 def test_cached_accounts_gather_as_read_whatever_came_and_went(run: list) -> None:
     cache = AccountCache(size=100)
@@ -98,7 +95,8 @@ def test_cached_accounts_gather_as_read_whatever_came_and_went(run: list) -> Non
 
     assert sorted(cache) == sorted(read)
     cached = [cache[a] for a in cache]
-    assert gathered(cache, cached) == expected([read[a.account_id] for a in cached])
+    as_read = [read[a.account_id] for a in cached]
+    assert gathered(cache, cached) == reference.gathered(as_read, slots(as_read))
     for account_id, acct in read.items():
         assert cache.up_to_date(account_id) == acct
     # No two cached accounts share a column of any table.
@@ -116,7 +114,7 @@ def test_a_batch_gathers_copies_not_views_of_the_tables() -> None:
     cache = AccountCache(size=10)
     [acct] = account_list(1)
     cache.put([acct])
-    g = cache.gather(np.array([acct.row]), slots([acct]))
+    g = cache.gather(np.array([acct.row]))
 
     cache.accounts[:] = 0
     cache.buckets[:] = 0
@@ -155,7 +153,7 @@ def test_an_ended_cycle_renews_in_the_tables() -> None:
     fields = renewals["acct-0"]
     assert fields["spent"] == 0 and fields["capn"] == 0 and fields["cu:10"] == 0
     assert fields["b:data:rem"] == 100 - 30  # the allowance less what is still reserved
-    g = cache.gather(np.array([acct.row]), slots([acct]))
+    g = cache.gather(np.array([acct.row]))
     assert g.accounts[2:4, 0].tolist() == [0, 0]  # spent, cap level
     assert g.buckets[0, 0] == 70 and cache.up_to_date("acct-0").cycle_units == {}
     # The new cycle runs to 30 days.
@@ -167,6 +165,7 @@ additions = st.lists(st.dictionaries(st.integers(0, 2), st.dictionaries(
     st.integers(1, 40), st.integers(0, 2**40), max_size=5), max_size=3), max_size=10)
 
 
+@settings(deadline=None)
 @given(additions)
 def test_cycle_units_added_to_accounts_are_kept_as_their_runs_grow_and_move(
         added: list[dict[int, dict[int, int]]]) -> None:
@@ -189,6 +188,51 @@ def test_cycle_units_added_to_accounts_are_kept_as_their_runs_grow_and_move(
     cache.drop("acct-1")  # its run given back, whatever it grew to
     assert cache.up_to_date("acct-0").cycle_units == expected["acct-0"]
     assert cache.up_to_date("acct-2").cycle_units == expected["acct-2"]
+
+
+@st.composite
+def changes_of(draw: st.DrawFn, accts: list[AccountState], slots: list[tuple[int, int]]
+               ) -> list[tuple[int, int, int, int]]:
+    """Some of the changes the charging kernel may make to a batch's accounts: at most one of
+    each (what, index), as change_rows gives them."""
+    owners = {"buckets": [k for k, a in enumerate(accts) for _ in a.buckets],
+              "members": [k for k, a in enumerate(accts) for _ in a.members]}
+    kinds = [(what, k, k) for k in range(len(accts)) for what in range(REMAINING)]
+    kinds += [(what, a, i) for what in (REMAINING, RESERVED, NOTIFIED)
+              for i, a in enumerate(owners["buckets"])]
+    kinds += [(what, a, i) for what in (MEMBER_SPENT, MEMBER_MRES)
+              for i, a in enumerate(owners["members"])]
+    kinds += [(what, a, 3 * i + u) for what in (MEMBER_USED, MEMBER_RESERVED)
+              for i, a in enumerate(owners["members"]) for u in range(3)]
+    kinds += [(CYCLE, a, s) for s, (a, _) in enumerate(slots)]
+    chosen = draw(st.lists(st.sampled_from(kinds), unique=True) if kinds else st.just([]))
+    return [(a, what, i, draw(st.integers(0, 2**40))) for what, a, i in chosen]
+
+
+@settings(deadline=None)
+@given(st.lists(accounts(), min_size=1, max_size=3), st.lists(st.integers(1, 30), max_size=6),
+       st.data())
+def test_a_batchs_changes_land_in_the_tables_as_on_the_objects(
+        drawn: list[AccountState], new_groups: list[int], data: st.DataObject) -> None:
+    accts = [dataclasses.replace(copy.deepcopy(a), account_id=f"acct-{k}")
+             for k, a in enumerate(drawn)]
+    objects = copy.deepcopy(accts)
+    cache = AccountCache(size=10)
+    cache.put(accts)
+    # The accounts' cycle slots, and some of rating groups new to the first account.
+    batch_slots = sorted({*slots(accts)[:-1],
+                          *((0, rg) for rg in new_groups if rg not in accts[0].cycle_units)})
+    changes = data.draw(changes_of(accts, batch_slots))
+    cols = np.array([a.row for a in accts], np.int64)
+    g = cache.gather(cols)
+    _, cycle_cols = cache.cycle_slots(cols, as_array(batch_slots))
+
+    cache.keep(g, np.array(changes, np.int64).reshape(-1, 4), as_array(batch_slots),
+               cycle_cols)
+    reference.keep(objects, batch_slots, changes)
+
+    for a in objects:
+        assert cache.up_to_date(a.account_id) == a
 
 
 def account_list(n: int) -> list[AccountState]:
