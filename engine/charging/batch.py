@@ -48,17 +48,6 @@ ITEM_COLUMNS = ("acct", "member", "rg", "rate", "start", "time", "used", "want",
 LATEST_LOCAL_MS = MAX_TIME_MS - 2 * 86_400_000
 
 
-ACCOUNT_OUTPUTS = ("money", "money_reserved", "spent", "cap_level", "low_flag",
-                   "exhausted_flag")
-"""The kernel's account outputs (A_* rows 0-5) as AccountState attributes: a change's `what`
-0-5 names one of them (its index is the account)."""
-(REMAINING, RESERVED, NOTIFIED, MEMBER_SPENT, MEMBER_MRES, MEMBER_USED, MEMBER_RESERVED,
- CYCLE) = range(6, 14)
-"""The other changes' `what`, and their index: a bucket's remaining units, its reserved units
-(the value is the change), its notified level; a member's money spent and reserved, then its
-units used and reserved (index: 3 * member + unit type - 1); the units of a cycle slot."""
-
-
 @dataclass(slots=True)
 class KernelResult:
     """The kernel's outputs, with the batch's tables the outcome reads beside them."""

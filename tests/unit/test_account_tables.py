@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_session_kernels import FAST
-from tollgate.engine.charging import batch
 from tollgate.engine.charging.kernels import account_tables as kernel
+from tollgate.engine.charging.kernels.account_cache_reference import ACCOUNT_OUTPUTS
 from tollgate.engine.charging.kernels.account_tables_reference import (
     account_tables as reference,
 )
@@ -27,6 +27,7 @@ from tollgate.engine.charging.kernels.apply_calls import (
     SET_C_LEN,
     SET_VALUE,
 )
+from tollgate.engine.charging.kernels.charge import A_EXH_FLAG
 from tollgate.engine.charging.kernels.items import Q_ACCT, Q_COLUMNS, Q_TYPE
 from tollgate.engine.charging.kernels.sessions import H_EXISTS, HEAD_COLUMNS
 from tollgate.engine.domain import RequestType
@@ -36,13 +37,10 @@ INT = st.integers(-(2**40), 2**40)
 SPAN = st.tuples(st.integers(0, 10_000), st.integers(0, 200))
 
 
-def test_the_kernels_constants_are_the_batchs_and_the_domains() -> None:
-    assert (kernel.REMAINING, kernel.RESERVED, kernel.NOTIFIED, kernel.MEMBER_SPENT,
-            kernel.MEMBER_MRES, kernel.MEMBER_USED, kernel.MEMBER_RESERVED, kernel.CYCLE) == (
-        batch.REMAINING, batch.RESERVED, batch.NOTIFIED, batch.MEMBER_SPENT, batch.MEMBER_MRES,
-        batch.MEMBER_USED, batch.MEMBER_RESERVED, batch.CYCLE)
+def test_the_kernels_constants_are_the_domains() -> None:
     assert (kernel.TERMINATION, kernel.EVENT) == (RequestType.TERMINATION, RequestType.EVENT)
-    assert len(batch.ACCOUNT_OUTPUTS) == kernel.REMAINING
+    # The account outputs come first: A_MONEY .. A_EXH_FLAG, then the other kinds.
+    assert len(ACCOUNT_OUTPUTS) == kernel.REMAINING == A_EXH_FLAG + 1
 
 
 def test_the_pieces_are_the_account_hashs_field_names() -> None:

@@ -44,13 +44,16 @@ from tollgate.engine.charging.kernels.items import Q_ACCT, Q_TYPE
 from tollgate.engine.charging.kernels.sessions import H_EXISTS
 
 # The charging kernel's change rows (batch.KernelBatch._changes): account, what, index, value.
-# `what`: 0-5 an account output, then batch.REMAINING .. batch.CYCLE (the test checks these).
+# `what` 0-5: an account output (kernels.charge A_* rows 0-5; the index is the account);
+# then, with their index: a bucket's remaining units, its reserved units (the value is the
+# change), its notified level; a member's money spent and reserved, then its units used and
+# reserved (index: 3 * member + unit type - 1); the units of a cycle slot.
 REMAINING, RESERVED, NOTIFIED, MEMBER_SPENT, MEMBER_MRES, MEMBER_USED, MEMBER_RESERVED, CYCLE = (
     range(6, 14))
 TERMINATION, EVENT = 3, 4  # RequestType: the session has ended after them
 FLAG_KEEP, FLAG_CREATED, FLAG_RESCORE = 48, 49, 50  # a session write's flag ('0', '1', '2')
 
-PIECES = ("money", "mres", "spent", "capn", "lown", "exhn",  # batch.ACCOUNT_OUTPUTS' fields
+PIECES = ("money", "mres", "spent", "capn", "lown", "exhn",  # the account outputs' fields
           "b:", ":rem", ":res", ":ntf", "m:", ":spent", ":mres", ":u1", ":u2", ":u3", ":r1",
           ":r2", ":r3")
 """The fixed pieces of the account hash's field names (storage.state's layout), end to end in
