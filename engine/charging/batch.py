@@ -76,9 +76,6 @@ class KernelBatch:
     slots: np.ndarray  # cycle slots (kernels.items): rows account position, rating group
     view: SessionView  # the batch's sessions; request n's is row view_rows[n]
     view_rows: np.ndarray  # int64
-    names: np.ndarray  # the buckets' ids end to end (UTF-8; buckets grouped by account, in
-    # order: account a's are gathered.bucket_start[a] .. [a + 1])
-    bucket_names: np.ndarray  # (offset in names, length) per bucket position
     requests: np.ndarray  # a row per request (kernels.items Q_*: its type, account, ...)
     cache: AccountCache
     gathered: Gathered  # the accounts', buckets' and members' numbers, from the cache
@@ -116,6 +113,17 @@ class KernelBatch:
                             charge_table=np.ascontiguousarray(chg), events=events,
                             items=items, outputs=out, shown=self.shown,
                             service=self.service)
+
+    @property
+    def names(self) -> np.ndarray:
+        """The buckets' ids end to end (UTF-8; grouped by account, in order: account a's are
+        gathered.bucket_start[a] .. [a + 1])."""
+        return self.gathered.names
+
+    @property
+    def bucket_names(self) -> np.ndarray:
+        """(offset in names, length) per bucket position."""
+        return self.gathered.bucket_names
 
     def bucket_id(self, b: int) -> str:
         """The id of the bucket at position `b` (events name it)."""
@@ -181,8 +189,7 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
                                              rates.arrays()[0], heads, held, now_ms)
     cycle_units, cycle_cols = cache.cycle_slots(account_cols, slots)
     return KernelBatch(accounts, index, account_plans, members, items, shown, service, slots,
-                       view, np.array(rows, np.int64), gathered.names, gathered.bucket_names,
-                       reqs.rows, cache, gathered,
+                       view, np.array(rows, np.int64), reqs.rows, cache, gathered,
                        np.fromiter([p.low_balance_micros if p else 0 for p in account_plans],
                                    np.int64, len(accounts)), renewals, cycle_units, cycle_cols)
 

@@ -105,8 +105,9 @@ def _room(table: np.ndarray, top: int) -> np.ndarray:
 
 class AccountCache:
     """Accounts by id, at most `size`, least recently used first. A cached account's
-    balances, bucket and member counters live in the tables (its object's numbers are those
-    it was read with): `up_to_date` brings an object's numbers up to the tables'."""
+    balances, bucket and member counters and cycle units live in the tables (its object's
+    numbers are those it was read with): `up_to_date` brings an object's numbers up to the
+    tables'."""
 
     def __init__(self, size: int) -> None:
         self.size = size

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.unit.test_state import accounts
 from tollgate.engine.charging.cache import AccountCache
 from tollgate.engine.charging.kernels import account_cache_reference as reference
+from tollgate.engine.charging.kernels import account_tables as change
 from tollgate.engine.charging.kernels.account_cache import (
     T_BUCKETS_HI,
     T_BUCKETS_LO,
@@ -22,16 +23,6 @@ from tollgate.engine.charging.kernels.account_cache import (
     T_MEMBERS_HI,
     T_MEMBERS_LO,
     T_RESERVED,
-)
-from tollgate.engine.charging.kernels.account_tables import (
-    CYCLE,
-    MEMBER_MRES,
-    MEMBER_RESERVED,
-    MEMBER_SPENT,
-    MEMBER_USED,
-    NOTIFIED,
-    REMAINING,
-    RESERVED,
 )
 from tollgate.engine.charging.kernels.charge import B_RG_HI, B_RG_LO
 from tollgate.engine.domain import Bucket, UnitType
@@ -197,14 +188,14 @@ def changes_of(draw: st.DrawFn, accts: list[AccountState], slots: list[tuple[int
     each (what, index), as change_rows gives them."""
     owners = {"buckets": [k for k, a in enumerate(accts) for _ in a.buckets],
               "members": [k for k, a in enumerate(accts) for _ in a.members]}
-    kinds = [(what, k, k) for k in range(len(accts)) for what in range(REMAINING)]
-    kinds += [(what, a, i) for what in (REMAINING, RESERVED, NOTIFIED)
+    kinds = [(what, k, k) for k in range(len(accts)) for what in range(change.REMAINING)]
+    kinds += [(what, a, i) for what in (change.REMAINING, change.RESERVED, change.NOTIFIED)
               for i, a in enumerate(owners["buckets"])]
-    kinds += [(what, a, i) for what in (MEMBER_SPENT, MEMBER_MRES)
+    kinds += [(what, a, i) for what in (change.MEMBER_SPENT, change.MEMBER_MRES)
               for i, a in enumerate(owners["members"])]
-    kinds += [(what, a, 3 * i + u) for what in (MEMBER_USED, MEMBER_RESERVED)
+    kinds += [(what, a, 3 * i + u) for what in (change.MEMBER_USED, change.MEMBER_RESERVED)
               for i, a in enumerate(owners["members"]) for u in range(3)]
-    kinds += [(CYCLE, a, s) for s, (a, _) in enumerate(slots)]
+    kinds += [(change.CYCLE, a, s) for s, (a, _) in enumerate(slots)]
     chosen = draw(st.lists(st.sampled_from(kinds), unique=True) if kinds else st.just([]))
     return [(a, what, i, draw(st.integers(0, 2**40))) for what, a, i in chosen]
 

@@ -4,16 +4,7 @@ wrote before the cache had tables); used only by property tests
 
 from __future__ import annotations
 
-from tollgate.engine.charging.kernels.account_tables import (
-    CYCLE,
-    MEMBER_MRES,
-    MEMBER_RESERVED,
-    MEMBER_SPENT,
-    MEMBER_USED,
-    NOTIFIED,
-    REMAINING,
-    RESERVED,
-)
+from tollgate.engine.charging.kernels import account_tables as change
 from tollgate.engine.storage.state import AccountState
 
 ACCOUNT_OUTPUTS = ("money", "money_reserved", "spent", "cap_level", "low_flag",
@@ -52,22 +43,22 @@ def keep(accts: list[AccountState], slots: list[tuple[int, int]],
     buckets = [b for a in accts for b in a.buckets]
     members = [m for a in accts for m in a.members.values()]
     for a, what, i, v in changes:
-        if what < REMAINING:
+        if what < change.REMAINING:
             setattr(accts[a], ACCOUNT_OUTPUTS[what], v)
-        elif what == REMAINING:
+        elif what == change.REMAINING:
             buckets[i].remaining = v
-        elif what == RESERVED:
+        elif what == change.RESERVED:
             buckets[i].reserved += v
-        elif what == NOTIFIED:
+        elif what == change.NOTIFIED:
             buckets[i].notified = v
-        elif what == MEMBER_SPENT:
+        elif what == change.MEMBER_SPENT:
             members[i].spent = v
-        elif what == MEMBER_MRES:
+        elif what == change.MEMBER_MRES:
             members[i].money_reserved = v
-        elif what == MEMBER_USED:
+        elif what == change.MEMBER_USED:
             members[i // 3].used_units[i % 3] = v
-        elif what == MEMBER_RESERVED:
+        elif what == change.MEMBER_RESERVED:
             members[i // 3].reserved_units[i % 3] = v
-        elif what == CYCLE:
+        elif what == change.CYCLE:
             owner, rating_group = slots[i]
             accts[owner].cycle_units[rating_group] = v
