@@ -187,6 +187,7 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
     heads, _, held, _ = view.arrays
     items, shown, service, slots = item_rows(reqs.units, reqs.rows, reqs.prices,
                                              rates.arrays()[0], heads, held, now_ms)
+    slots = np.ascontiguousarray(slots)  # a slice: kernels are compiled for C order
     cycle_units, cycle_cols = cache.cycle_slots(account_cols, slots)
     return KernelBatch(accounts, index, account_plans, members, items, shown, service, slots,
                        view, np.array(rows, np.int64), reqs.rows, cache, gathered,
@@ -244,8 +245,10 @@ def _request_rows(batch: list[Request], index: dict[str, int], plans: list[Plan 
                 else 0, r,
                 FLAG_GRACE if req.grace else 0)
     return _Requests(
-        # C-contiguous, as the kernel is compiled for (a message's table is a slice)
-        np.concatenate(units, axis=1) if units else np.zeros((U_ROWS, 0), np.int64),
+        # One message's table as it is (wire.parse makes it C-contiguous, as the kernel is
+        # compiled for), several side by side.
+        units[0] if len(units) == 1 else np.concatenate(units, axis=1) if units
+        else np.zeros((U_ROWS, 0), np.int64),
         np.fromiter(out, np.int64, len(out)).reshape(-1, Q_COLUMNS),
         np.concatenate(prices, axis=1) if prices else NO_PRICES)
 

@@ -489,7 +489,9 @@ def _parse(buf: np.ndarray, single: bool, message_type: str) -> Parsed:
     req, units, err = parse_kernel(buf, single)
     if err[ERR_CODE] != E_OK:
         raise WireError(message_type, err)
-    return Parsed(buf, req, units)
+    # The kernel's table is a slice of what it allocated: as such Numba types it as of any
+    # layout, a variant of each kernel it is passed to beside the contiguous one.
+    return Parsed(buf, req, np.ascontiguousarray(units))
 
 
 def hash64(data: bytes) -> int:
