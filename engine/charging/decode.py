@@ -4,6 +4,7 @@ error answer, never a crash."""
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -134,19 +135,34 @@ def decode_steps(data: bytes, parsed: wire.Parsed, config: Config, now_ms: int, 
     cols = _Columns(data, parsed)
     plain = plain_requests(parsed.buf, parsed.requests, parsed.units,
                            check_limits(config, now_ms), KNOWN_REASONS)
-    # The plain requests' five strings each, end to end; built without checking them again
-    # (inline: a call per request costs more than its fields).
+    # The plain requests' five strings each, end to end; built without checking them again.
     texts = plain_texts(parsed.buf, parsed.requests, plain).tobytes().decode().split("\0")
+    n = len(cols.number)
+    if plain.all():  # the usual message
+        # Built column by column: `map` over slices of the columns, Python indexes no
+        # request's fields.
+        kinds = list(map(REQUEST_TYPES.__getitem__, cols.type))
+        times = [t or now_ms for t in cols.time]
+        table = itertools.repeat(cols.table)
+        for lo in range(0, n, step):
+            hi, t = lo + step, 5 * lo
+            yield list(map(Request, texts[t:5 * hi:5], cols.number[lo:hi], kinds[lo:hi],
+                           texts[t + 1:5 * hi:5], times[lo:hi], texts[t + 2:5 * hi:5],
+                           texts[t + 3:5 * hi:5], texts[t + 4:5 * hi:5], table,
+                           cols.lo[lo:hi], cols.hi[lo:hi]))
+        return
     flags = plain.tolist()
-    number, kind, time_ms, table, lo, hi = (cols.number, cols.type, cols.time, cols.table,
-                                            cols.lo, cols.hi)
-    types = REQUEST_TYPES
-    for first in range(0, len(flags), step):
-        yield [Request(texts[5 * r], number[r], types[kind[r]], texts[5 * r + 1],
-                       time_ms[r] or now_ms, texts[5 * r + 2], texts[5 * r + 3],
-                       texts[5 * r + 4], table, lo[r], hi[r]) if flags[r]
-               else _request(cols, r, config, now_ms)
-               for r in range(first, min(first + step, len(flags)))]
+    for lo in range(0, n, step):
+        yield [_plain(cols, texts, r, now_ms) if flags[r] else _request(cols, r, config, now_ms)
+               for r in range(lo, min(lo + step, n))]
+
+
+def _plain(c: _Columns, texts: list[str], r: int, now_ms: int) -> Request:
+    """Request r, plain (decode_all): its texts are 5 * r .. 5 * r + 4 of `texts`."""
+    t = 5 * r
+    return Request(texts[t], c.number[r], REQUEST_TYPES[c.type[r]], texts[t + 1],
+                   c.time[r] or now_ms, texts[t + 2], texts[t + 3], texts[t + 4], c.table,
+                   c.lo[r], c.hi[r])
 
 
 def check_limits(config: Config, now_ms: int) -> np.ndarray:
