@@ -34,7 +34,7 @@ from tollgate.engine.charging.kernels.session_checks import (
     V_STORED,
 )
 from tollgate.engine.charging.outcome import ENDS, Outcome, Timing, build_outcome
-from tollgate.engine.charging.request import Answers, Request, error_answer
+from tollgate.engine.charging.request import Answers, Request, answer_all, error_answer
 from tollgate.engine.charging.sessions import SessionView
 from tollgate.engine.domain import Plan, RequestType, ResultCode, SubscriberState
 from tollgate.engine.errors import InvalidArgument, NotFound, Overloaded
@@ -503,7 +503,8 @@ class Engine:
         known: dict[str, tuple[str, SubscriberState, float]] = {}  # (account, state, until)
         missing = []
         cached = self._subscribers.get
-        for sid in {p.subscriber_id for p in batch}:
+        subscribers = {p.subscriber_id for p in batch}
+        for sid in subscribers:
             entry = cached(sid)
             if entry is not None and entry[2] > now:
                 known[sid] = entry
@@ -523,6 +524,13 @@ class Engine:
                 known[sid] = entry = (sub[0], sub[1], ttl)
                 if keep:
                     self._subscribers[sid] = entry
+        if len(known) == len(subscribers) and not any(
+                entry[1] in DENIED_STATES for entry in known.values()):  # the usual batch
+            for p in batch:
+                # Kept with the request: the cache may drop the entry before the kernel runs.
+                p.account_id, state, _ = known[p.subscriber_id]
+                p.grace = state == GRACE
+            return batch
         out = []
         for p in batch:
             got = known.get(p.subscriber_id)
@@ -532,7 +540,6 @@ class Engine:
             elif got[1] in DENIED_STATES:
                 p.refuse(ResultCode.END_USER_SERVICE_DENIED, f"subscriber is {got[1].name}")
             else:
-                # Kept with the request: the cache may drop the entry before the kernel runs.
                 p.account_id, p.grace = got[0], got[1] == GRACE
                 out.append(p)
         return out
@@ -570,19 +577,20 @@ class Engine:
         # While other servers write these accounts, every cached one is checked.
         shared = time.monotonic() - self._others_seen < OTHERS_QUIET_S
         accounts = self.accounts
+        cached = {a: accounts.get(a) for a in {p.account_id for p in batch}}
         for p in batch:
-            acct = accounts.get(p.account_id)
+            acct = cached[p.account_id]
             if acct is None or (p.session_id not in acct.sessions and not _opens_session(p)):
                 stale.add(p.account_id)
-            else:
-                if shared:
-                    # Another server (another worker) may have written it since it was
-                    # cached. Its version is compared in Redis alongside the batch's reads; a
-                    # stale copy costs a second read instead of a refused write and a re-run.
-                    check[p.account_id] = acct.version
-                accounts.touch(p.account_id)
-        for account_id in stale:
-            check.pop(account_id, None)
+        for account_id, acct in cached.items():
+            if acct is None or account_id in stale:
+                continue
+            if shared:
+                # Another server (another worker) may have written it since it was cached.
+                # Its version is compared in Redis alongside the batch's reads; a stale copy
+                # costs a second read instead of a refused write and a re-run.
+                check[account_id] = acct.version
+            accounts.touch(account_id)
         if not stale and not check:
             return
         # Read every session the batch needs of such an account, not only the missing ones:
@@ -640,6 +648,8 @@ class Engine:
         verdicts, args = view.checks([p.type for p in batch],
                                      [p.request_number for p in batch],
                                      [acct is not None for acct in found])
+        if verdicts.count(V_CHARGE) == len(batch):  # the usual batch: all charged
+            return batch, list(range(len(batch))), view
         out, rows = [], []
         for r, (p, verdict) in enumerate(zip(batch, verdicts, strict=True)):
             if verdict == V_CHARGE:
@@ -727,25 +737,31 @@ class Engine:
                 acct.version += 1
         kb.keep(run.res, refused)
         again: list[Request] = []
-        accounts = kb.accounts
         positions, kinds = kb.requests[:, [items.Q_ACCT, items.Q_TYPE]].T.tolist()
-        for p, value, answer, a, kind in zip(batch, outcome.values, outcome.answers, positions,
-                                             kinds, strict=True):
-            if refused and a in refused:
+        answered, answers = batch, outcome.answers
+        if refused:
+            answered, answers = [], []
+            for p, a, answer in zip(batch, positions, outcome.answers, strict=True):
+                if a not in refused:
+                    answered.append(p)
+                    answers.append(answer)
+                    continue
                 p.reruns += 1
                 if p.reruns > MAX_RERUNS:
                     p.refuse(ResultCode.UNABLE_TO_COMPLY, "account is changing too fast, retry")
                 else:
                     again.append(p)
+        sessions = [acct.sessions for acct in kb.accounts]
+        for p, value, a, kind in zip(batch, outcome.values, positions, kinds, strict=True):
+            if refused and a in refused:
                 continue
-            sessions = accounts[a].sessions
             if kind in ENDS:  # a TERMINATION's session, and every EVENT's
                 # Kept only in Redis, with its stored answers: a later request reads it, and a
                 # retransmitted first request (not read first) is refused by the apply as
                 # existing, then read and answered. Cached, every event id would stay until
                 # the account is evicted.
-                sessions.pop(p.session_id, None)
+                sessions[a].pop(p.session_id, None)
             else:
-                sessions[p.session_id] = value
-            p.answer(answer, SUCCESS)
+                sessions[a][p.session_id] = value
+        answer_all(answered, answers, SUCCESS)
         return again

@@ -38,6 +38,21 @@ class Answers:
                 self.future.set_result(cast(list[bytes], self.answers))
 
 
+    def put_run(self, slot: int, answers: list[bytes], result: int) -> None:
+        """put of answers[k] at slot + k for each k: one slice when none of them is answered
+        yet (the usual case)."""
+        end = slot + len(answers)
+        if self.answers[slot:end].count(None) < len(answers):
+            for k, answer in enumerate(answers):
+                self.put(slot + k, answer, result)
+            return
+        self.answers[slot:end] = answers
+        self.results[slot:end] = [result] * len(answers)
+        self.left -= len(answers)
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(cast(list[bytes], self.answers))
+
+
 NOT_QUEUED = cast(Answers, None)
 """A decoded request's call until it is queued (Engine._pending gives it its own)."""
 
@@ -80,6 +95,25 @@ class Request:
 
     def refuse(self, code: ResultCode, message: str) -> None:
         self.answer(error_answer(self.session_id, self.request_number, code, message), code)
+
+
+def answer_all(requests: list[Request], answers: list[bytes], result: int) -> None:
+    """requests[r].answer(answers[r], result) for each r: the requests of one call at
+    consecutive slots (a ChargeBatch message's, in a batch of its own: the usual) answered as
+    one run (Answers.put_run)."""
+    n, r = len(requests), 0
+    while r < n:
+        p = requests[r]
+        call, slot, end = p.call, p.slot, r + 1
+        if not p.followers:
+            while end < n and (q := requests[end]).call is call and q.slot == slot + end - r \
+                    and not q.followers:
+                end += 1
+        if end - r > 1:
+            call.put_run(slot, answers[r:end], result)
+        else:
+            p.answer(answers[r], result)
+        r = end
 
 
 def error_answer(session_id: str, request_number: int, code: ResultCode, message: str
