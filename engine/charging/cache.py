@@ -5,7 +5,7 @@ array steps, not an attribute read and write per value."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -112,6 +112,10 @@ class AccountCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._by_id: OrderedDict[str, AccountState] = OrderedDict()
+        # The mapping's own methods, not wrappers: the hot path calls them thousands of times
+        # a batch, and a Python call around each costs more than the look-up.
+        self.get: Callable[[str], AccountState | None] = self._by_id.get
+        self.touch: Callable[[str], None] = self._by_id.move_to_end  # most recently used
         self.accounts = np.zeros((ACCOUNT_ROWS, 64), np.int64)
         self.buckets = np.zeros((BUCKET_ROWS, 64), np.int64)
         self.rgs = np.zeros(64, np.int64)  # the buckets' rating groups (B_RG_LO .. B_RG_HI)
@@ -126,9 +130,6 @@ class AccountCache:
 
     # --- the mapping ---------------------------------------------------------------------
 
-    def get(self, account_id: str) -> AccountState | None:
-        return self._by_id.get(account_id)
-
     def __getitem__(self, account_id: str) -> AccountState:
         return self._by_id[account_id]
 
@@ -140,10 +141,6 @@ class AccountCache:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_id)
-
-    def touch(self, account_id: str) -> None:
-        """Marks it the most recently used."""
-        self._by_id.move_to_end(account_id)
 
     def put(self, accts: list[AccountState]) -> None:
         """Caches accounts as read (replacing the copies cached before), letting the least

@@ -477,15 +477,19 @@ class Engine:
         # Accounts another batch holds wait: the other lane's batch being prepared, and the
         # batches in flight until their re-runs are back in the queue (they go before
         # these). Claimed in the same step of the event loop as checked.
-        held = [c for c in self._claims.values() if c and c is not claim]
+        ids = {p.account_id for p in live}
+        taken: set[str] = set()
+        for c in self._claims.values():
+            if c is not claim:
+                taken |= ids & c
         later: list[Request] = []
-        if held:
+        if taken:
             free: list[Request] = []
             for p in live:
-                (later if any(p.account_id in c for c in held) else free).append(p)
+                (later if p.account_id in taken else free).append(p)
             live = free
             metrics.WAITED.inc(len(later))
-        claim.update(p.account_id for p in live)
+        claim.update(ids - taken)
         live, deferred = self._one_request_per_session(live)
         await self._load(live)
         live, rows, view = self._check_sessions(live)

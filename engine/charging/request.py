@@ -37,7 +37,6 @@ class Answers:
             if self.left == 0 and not self.future.done():
                 self.future.set_result(cast(list[bytes], self.answers))
 
-
     def put_run(self, slot: int, answers: list[bytes], result: int) -> None:
         """put of answers[k] at slot + k for each k: one slice when none of them is answered
         yet (the usual case)."""
