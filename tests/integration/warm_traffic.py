@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 
 from numba.core.registry import CPUDispatcher
 
@@ -79,7 +80,7 @@ async def traffic(gw: Gateway) -> Counter[int]:
     for msgs in (opened, later, later[:3], ended):
         results.update(a.result for a in await gw.batch(msgs))
 
-    async def messages() -> object:
+    async def messages() -> AsyncIterator[cpb.ChargeBatchRequest]:
         for n in range(4):
             yield cpb.ChargeBatchRequest(requests=[
                 request(f"s{n}-{k}", 0, EVENT, subs[k % len(subs)],
