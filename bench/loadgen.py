@@ -22,7 +22,7 @@ import psutil
 from tqdm import tqdm
 
 from tollgate.bench.diameter_client import DiameterPeer
-from tollgate.bench.traffic import Traffic
+from tollgate.bench.traffic import Traffic, greetings
 from tollgate.engine.storage.redis_server import free_port
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import charging_pb2_grpc
@@ -176,6 +176,30 @@ class Client:
             await c.close()
         for p, _ in self.peers:
             await p.close()
+
+    async def meet(self, prefix: str, population: int, size: int = 1000, *,
+                   every_connection: bool = False) -> dict[str, float]:
+        """Opens and ends a session of every subscriber, asking and using nothing, `size` at
+        a time over the connections (each subscriber over each connection with
+        `every_connection`: server processes sharing the port each have their own caches),
+        so the measured runs meet no account for the first time. Returns the subscribers,
+        the seconds it took and the requests not answered SUCCESS."""
+        tag = f"{self.shards[0].tag}.meet"
+        lanes = len(self.lanes)
+
+        async def over(k: int, stub: charging_pb2_grpc.ChargingStub) -> int:
+            numbers = range(population) if every_connection else range(k, population, lanes)
+            refused = 0
+            for calls in greetings(prefix, numbers, size, f"{tag}{k}"):
+                for requests in calls:
+                    answer = await stub.ChargeBatch(cpb.ChargeBatchRequest(requests=requests))
+                    refused += sum(a.result != SUCCESS for a in answer.answers)
+            return refused
+
+        started = time.perf_counter()
+        refused = await asyncio.gather(*(over(k, stub) for k, (stub, _) in enumerate(self.lanes)))
+        return {"subscribers": population, "seconds": round(time.perf_counter() - started, 2),
+                "refused": sum(refused)}
 
     async def wait_ready(self, timeout_s: float = 60) -> None:
         for c in self.channels:

@@ -17,6 +17,7 @@ from tollgate.bench.loadgen import Client, CpuProbe, Run
 from tollgate.bench.report import table
 from tollgate.bench.traffic import PLANNED_QUOTA, Traffic
 from tollgate.engine.ops import population
+from tollgate.engine.ops.population import DEFAULT_PREFIX as PREFIX
 from tollgate.engine.storage.store import Store
 from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
@@ -60,6 +61,26 @@ async def test_closed_and_open_loop_against_the_engine(tollgate: Tollgate) -> No
     assert runs[3].requests <= 1000 * 0.4 + 50  # the open loop keeps to its rate
     lines = table(runs, {"bare unary": 1000.0, "apply": 5000.0})
     assert "% of bare unary" in lines[2] and "% of redis apply" in lines[3]
+
+
+async def test_meeting_the_population_caches_every_account_and_moves_no_money(
+        tollgate: Tollgate) -> None:
+    store, engine = tollgate.store, tollgate.engine
+    assert store is not None and engine is not None
+    c = await provisioned_client(tollgate, 300, connections=3)
+    try:
+        before = [(await store.get_account(population.account_id(PREFIX, n)))[0]
+                  for n in (0, 150, 299)]
+        met = await c.meet(PREFIX, 300, size=64)
+    finally:
+        await c.close()
+    assert met["subscribers"] == 300 and met["refused"] == 0
+    ids = {population.account_id(PREFIX, n) for n in range(300)}
+    assert ids <= set(engine.accounts)  # each one read once, before any run
+    for acct in before:
+        after, sessions = await store.get_account(acct.account_id)
+        assert (after.money, after.money_reserved, after.spent) == (
+            acct.money, acct.money_reserved, acct.spent) and sessions == []  # none left open
 
 
 async def test_a_replay_sends_scripted_messages_and_every_one_is_charged(

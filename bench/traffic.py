@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tollgate.engine.ops.population import BENCH_PLAN, DEFAULT_PREFIX, subscriber_id
@@ -146,3 +147,16 @@ class Traffic:
     def failed(self, request: cpb.ChargeRequest) -> None:
         """The call failed without an answer: the session is given up."""
         self.busy.pop(request.session_id, None)
+
+
+def greetings(prefix: str, numbers: range, size: int, tag: str
+              ) -> Iterator[tuple[list[cpb.ChargeRequest], list[cpb.ChargeRequest]]]:
+    """The subscribers `numbers`, `size` at a time: for each, an INITIAL that asks for
+    nothing and its TERMINATION that reports nothing (a session that moves no money), so a
+    server meets every account before a measured run, as one that has been up a while has."""
+    for start in range(0, len(numbers), size):
+        ids = [(f"{tag}-{n}", subscriber_id(prefix, n)) for n in numbers[start:start + size]]
+        yield ([cpb.ChargeRequest(session_id=s, request_number=0, type=cpb.INITIAL,
+                                  subscriber_id=sub, origin="bench-gw") for s, sub in ids],
+               [cpb.ChargeRequest(session_id=s, request_number=1, type=cpb.TERMINATION,
+                                  subscriber_id=sub, origin="bench-gw") for s, sub in ids])
