@@ -125,12 +125,11 @@ def _finals(kb: KernelBatch) -> tuple[np.ndarray, np.ndarray, wire.Strings, np.n
     """The final-unit indications of the batch's plans (one per distinct indication), their
     filter ids, the strings they name, and each account's indication (-1: its plan has
     none)."""
-    of_account = np.full(len(kb.accounts), -1, np.int64)
     seen: dict[FinalUnit, int] = {}
-    for a, plan in enumerate(kb.plans):
-        final = plan.final_unit if plan is not None else None
-        if final is not None:
-            of_account[a] = seen.setdefault(final, len(seen))
+    of_plan = np.array([seen.setdefault(p.final_unit, len(seen))
+                        if p is not None and p.final_unit is not None else -1
+                        for p in kb.distinct_plans], np.int64)
+    of_account = of_plan[kb.plan_of]
     if not seen:  # the usual batch: no plan of it has final units
         return wire.NO_FINALS, wire.NO_FILTERS, NO_STRINGS, of_account
     return (*_final_tables(tuple(seen)), of_account)

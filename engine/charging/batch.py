@@ -68,6 +68,8 @@ class KernelBatch:
     accounts: list[AccountState]
     index: dict[str, int]  # account id -> position
     plans: list[Plan | None]  # per account
+    distinct_plans: list[Plan | None]  # each plan of the batch once (None: not found)
+    plan_of: np.ndarray  # per account, its plan's position in distinct_plans (int64)
     members: list[tuple[int, Member]]  # (account position, member)
     items: np.ndarray  # a row per item, ITEM_COLUMNS (kernels.items.item_rows)
     shown: np.ndarray  # per item, 1 if its grant is in its request's answer (0: a release
@@ -171,7 +173,12 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
             accounts.append(acct)
             cols.append(acct.row)
     account_cols = np.array(cols, np.int64)
-    account_plans = [plans.get(a.plan_id) for a in accounts]
+    # What a plan gives its accounts is looked up once per plan, then taken by position.
+    plan_at: dict[str, int] = {}
+    plan_of = np.fromiter([plan_at.setdefault(a.plan_id, len(plan_at)) for a in accounts],
+                          np.int64, len(accounts))
+    distinct = [plans.get(plan_id) for plan_id in plan_at]
+    account_plans = [distinct[k] for k in plan_of.tolist()]
     renewals = cache.renew(accounts, account_cols, account_plans, now_ms)
     gathered = cache.gather(account_cols)
     members: list[tuple[int, Member]] = []
@@ -189,10 +196,10 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
                                              rates.arrays()[0], heads, held, now_ms)
     slots = np.ascontiguousarray(slots)  # a slice: kernels are compiled for C order
     cycle_units, cycle_cols = cache.cycle_slots(account_cols, slots)
-    return KernelBatch(accounts, index, account_plans, members, items, shown, service, slots,
-                       view, np.array(rows, np.int64), reqs.rows, cache, gathered,
-                       np.fromiter([p.low_balance_micros if p else 0 for p in account_plans],
-                                   np.int64, len(accounts)), renewals, cycle_units, cycle_cols)
+    low_marks = np.array([p.low_balance_micros if p else 0 for p in distinct], np.int64)
+    return KernelBatch(accounts, index, account_plans, distinct, plan_of, members, items, shown,
+                       service, slots, view, np.array(rows, np.int64), reqs.rows, cache,
+                       gathered, low_marks[plan_of], renewals, cycle_units, cycle_cols)
 
 
 class _Requests(NamedTuple):

@@ -144,7 +144,7 @@ def _records(batch: list[Request], kb: KernelBatch, res: KernelResult, rates: Ra
     zone = [names.setdefault(batch[r].rated_zone, len(names)) for r in req]
     origin = [names.setdefault(batch[r].origin, len(names)) for r in req]
     plan = [names.setdefault(p.plan_id if p is not None else "", len(names))
-            for p in kb.plans]
+            for p in kb.distinct_plans]
     t = ByteTable()
     ids = t.add(view.ids)
     strings = np.concatenate((
@@ -152,7 +152,7 @@ def _records(batch: list[Request], kb: KernelBatch, res: KernelResult, rates: Ra
         moved(session_ids.spans, t.add(session_ids.text)), t.texts(list(names)),
         moved(kb.bucket_names.T, t.add(kb.names))))
     first_name, first_bucket = 2 * rows + n, 2 * rows + n + len(names)
-    accounts = kb.requests[requests, items.Q_ACCT]
+    plans = kb.plan_of[kb.requests[requests, items.Q_ACCT]]  # each record's plan
     sessions = view.arrays[0]
     row = view_rows[requests]
     # A live session's usage starts when it last reported; an event's or a new session's at
@@ -162,10 +162,11 @@ def _records(batch: list[Request], kb: KernelBatch, res: KernelResult, rates: Ra
     heads = np.empty((len(req), HEAD_COLUMNS), np.int64)
     heads[:, :HEAD_KIND] = np.stack((
         rows + row, row, 2 * rows + requests, first_name + np.array(zone, np.int64),
-        first_name + np.array(plan, np.int64)[accounts],
+        first_name + np.array(plan, np.int64)[plans],
         first_name + np.array(origin, np.int64), numbers[requests],
         np.where(live, sessions[row, H_T], time_ms), time_ms,
-        np.array([p.version if p is not None else 0 for p in kb.plans], np.int64)[accounts]),
+        np.array([p.version if p is not None else 0 for p in kb.distinct_plans],
+                 np.int64)[plans]),
         axis=1)
     heads[:, HEAD_KIND] = kb.requests[requests, items.Q_TYPE]
     bucket_name = np.full(kb.bucket_names.shape[1], -1, np.int64)

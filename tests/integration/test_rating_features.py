@@ -444,6 +444,43 @@ async def test_low_balance_is_announced_once_while_money_stays_low(gateway, db, 
     assert money(await gateway.account("acct-0")) == (1 * EUR, 0)
 
 
+async def test_one_batch_of_accounts_on_several_plans_gets_each_plans_terms(gateway, db, config):
+    """What a plan gives its accounts is looked up once per plan of a batch: each account
+    still gets its own plan's final-unit action in its grants, low-balance mark, and plan id
+    and version in its usage records (accounts of one plan apart in the batch, plans first
+    seen in another order than the accounts)."""
+    def redirect(url: str) -> cpb.FinalUnitIndication:
+        return cpb.FinalUnitIndication(action=cpb.REDIRECT, redirect_url=url)
+    plans = {"p1": plan_of(data_rate(), plan_id="p1", final_unit=redirect("https://p1"),
+                           low_balance_micros=EUR * 3 // 4),
+             "p2": plan_of(data_rate(), plan_id="p2"),  # final units: TERMINATE
+             "p3": plan_of(data_rate(), plan_id="p3", final_unit=redirect("https://p3"))}
+    for plan_id in ("p1", "p1", "p2"):  # setup puts each plan again for each account
+        await gateway.provisioning.PutPlan(plans[plan_id])
+    version = {"p1": 3, "p2": 2, "p3": 2}
+    of = {"a": "p3", "b": "p1", "c": "p2", "d": "p3"}  # in batch order
+    for n, plan_id in of.items():
+        await setup(gateway, plans[plan_id], money=1 * EUR, account_id=f"acct-{n}",
+                    subscriber=f"sub-{n}")
+    opened = await gateway.batch([request(f"s-{n}", 0, INITIAL, f"sub-{n}", data(want=2 * MB))
+                                  for n in of])
+    ended = await gateway.batch([request(f"s-{n}", 1, TERMINATION, f"sub-{n}",
+                                         data(used=MB // 2)) for n in of])
+
+    finals = [(a.grants[0].granted.total_octets, a.grants[0].final_unit.action,
+               a.grants[0].final_unit.redirect_url) for a in opened]
+    assert finals == [(1 * MB, cpb.REDIRECT, "https://p3"), (1 * MB, cpb.REDIRECT, "https://p1"),
+                      (1 * MB, cpb.TERMINATE, ""), (1 * MB, cpb.REDIRECT, "https://p3")]
+    assert [a.result for a in ended] == [cpb.SUCCESS] * 4
+    for n, plan_id in of.items():
+        [record] = await usage_records(db, config, f"acct-{n}")
+        assert (record.plan_id, record.plan_version, record.money_micros) == (
+            plan_id, version[plan_id], EUR // 2)
+        low = [e for e in await events(db, config, f"acct-{n}")
+               if e.kind == events_pb2.LOW_BALANCE]
+        assert bool(low) == (plan_id == "p1"), (n, low)  # only p1 has a low-balance mark
+
+
 async def test_final_units_and_credit_exhausted_events_once_per_exhaustion(gateway, db, config):
     await setup(gateway, plan_of(data_rate()), money=1 * EUR)
 
