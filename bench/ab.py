@@ -86,6 +86,17 @@ def _python_at(root: Path, *args: str) -> str:
     return done.stdout
 
 
+def imports_its_own_code(root: Path) -> bool:
+    """Whether `python -m tollgate...` at `root` runs the code of that checkout. A revision
+    older than the `tollgate` namespace (707511b) would import this checkout's installed
+    package instead, and a comparison would measure the same code twice."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, tollgate.bench; "
+         "print(os.path.realpath(tollgate.bench.__file__))"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+    return done.returncode == 0 and Path(done.stdout.strip()).is_relative_to(root.resolve())
+
+
 def _measure(root: Path, batch: int, subscribers: int, requests: int) -> dict[str, float]:
     """One engine_cpu run of the code at `root`: its JSON figures (its last line)."""
     out: dict[str, float] = json.loads(_python_at(
@@ -138,6 +149,11 @@ def run(rev: str, pairs: int, batch: int, subscribers: int, requests: int,
             if generated.returncode != 0:
                 raise RuntimeError(f"generating {rev}'s protobuf modules: "
                                    f"{generated.stderr.strip()[-2000:]}")
+            if not imports_its_own_code(other):
+                raise RuntimeError(f"{rev} ({commit[:12]}) has no tollgate package of its own "
+                                   "(it predates the tollgate namespace, 707511b): its runs "
+                                   "would measure this checkout's code; compare with a "
+                                   "later revision")
             print(f"{rev} ({commit[:12]}) against this checkout: compiling or loading both "
                   "sides' kernels", file=sys.stderr, flush=True)
             for root in (other, ROOT):  # a first start compiles; not measured

@@ -92,6 +92,10 @@ def add_bench_parser(sub: Any) -> None:
                       help="also open loop at 10..100%% of each API's closed-loop maximum; "
                            "plot latency against offered load")
     load.add_argument("--no-ceilings", action="store_true", help="skip the ceiling runs")
+    load.add_argument("--no-meet", action="store_true",
+                      help="do not open and end a session of every subscriber before the "
+                           "engine's runs (as revisions before this step ran: the runs then "
+                           "also read accounts for the first time)")
     load.add_argument("--replay", type=float, default=0.0, metavar="RATE",
                       help="batch and stream, closed or open loop: build and encode the "
                            "messages for RATE requests/s before the run (each closed-loop "
@@ -307,7 +311,7 @@ async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
     runs = []
     try:
         await client.wait_ready()
-        if target == "engine" and not lab.met:
+        if target == "engine" and not lab.met and not getattr(lab.args, "no_meet", False):
             # A server up for a while has every active account cached; without this, a run
             # of a few seconds over a large population reads many accounts for the first
             # time, and measures that instead.

@@ -3,9 +3,11 @@ that slows both sides of a pair leaves their ratio alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tollgate.bench.ab import compare, load_figures, table
+from tollgate.bench.ab import ROOT, compare, imports_its_own_code, load_figures, table
 
 
 def test_the_ratio_is_the_median_of_the_pairs_not_of_the_medians() -> None:
@@ -62,3 +64,12 @@ def test_load_figures_compare_the_engine_runs_per_request() -> None:
                        "engine batch of 1000 closed x4: server µs": pytest.approx(35.0),
                        "engine batch of 1000 closed x4: redis µs": pytest.approx(25.0),
                        "engine batch of 1000 closed x4: p99 ms": 400.0}
+
+
+def test_a_revision_without_its_own_package_is_not_measured(tmp_path: Path) -> None:
+    # A checkout from before the tollgate namespace: python -m tollgate there would run the
+    # installed package (this checkout's), so both sides of a pair would be the same code.
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "__init__.py").write_text("")
+    assert not imports_its_own_code(tmp_path)
+    assert imports_its_own_code(ROOT)
