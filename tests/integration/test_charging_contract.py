@@ -27,6 +27,7 @@ from tests.helpers import (
     sample_plan,
 )
 from tollgate.engine.charging import wire
+from tollgate.engine.charging.engine import DECODE_STEP
 from tollgate.engine.errors import InvalidArgument
 from tollgate.engine.ops.config import Config
 from tollgate.engine.storage.redis_client import connect
@@ -861,21 +862,22 @@ async def test_bad_request_in_a_batch_does_not_affect_its_neighbours(gateway):
 
 
 async def test_a_large_message_decoded_in_steps_answers_each_request_in_its_place(gateway):
-    # More requests than engine.charging.engine.DECODE_STEP: decoded a step at a time, the
-    # refusals of later steps stay in their places.
-    [sub] = await gateway.setup()
-    reqs = [request(f"ev{n}", 0, EVENT, sub, sms(1)) for n in range(200)]
-    reqs[70] = request("ev70", 0, EVENT, sub, voice(used=-1))
-    reqs[150] = request("", 0, EVENT, sub, sms(1))
+    # More requests than two engine.charging.engine.DECODE_STEPs: decoded a step at a time,
+    # the refusals of later steps stay in their places.
+    [sub] = await gateway.setup(money=100 * EUR)
+    n, bad, missing = 2 * DECODE_STEP + 72, DECODE_STEP + 6, 2 * DECODE_STEP + 22
+    reqs = [request(f"ev{k}", 0, EVENT, sub, sms(1)) for k in range(n)]
+    reqs[bad] = request(f"ev{bad}", 0, EVENT, sub, voice(used=-1))
+    reqs[missing] = request("", 0, EVENT, sub, sms(1))
 
     answers = await gateway.batch(reqs)
 
     assert [a.session_id for a in answers] == [r.session_id for r in reqs]
-    refused = {n: a.result for n, a in enumerate(answers) if a.result != cpb.SUCCESS}
-    assert refused == {70: cpb.INVALID_AVP_VALUE, 150: cpb.MISSING_AVP}
-    assert "used" in answers[70].error_message
+    refused = {k: a.result for k, a in enumerate(answers) if a.result != cpb.SUCCESS}
+    assert refused == {bad: cpb.INVALID_AVP_VALUE, missing: cpb.MISSING_AVP}
+    assert "used" in answers[bad].error_message
     acct = await gateway.account("acct-0")
-    assert acct.money_micros == 10 * EUR - 198 * 50_000
+    assert acct.money_micros == 100 * EUR - (n - 2) * 50_000
 
 
 async def test_rejected_requests_store_nothing(gateway, config):
