@@ -75,10 +75,11 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
     return done.stdout.strip()
 
 
-def _python_at(root: Path, *args: str) -> str:
-    """`python -m ARGS` on the code at `root` (its checkout first on the path); its stdout."""
+def _python_at(root: Path, *args: str, path: str = "") -> str:
+    """`python -m ARGS` on the code at `root` (its checkout first on the path, or `path`); its
+    stdout."""
     done = subprocess.run([sys.executable, "-m", *args], cwd=root,
-                          env={**os.environ, "PYTHONPATH": str(root)},
+                          env={**os.environ, "PYTHONPATH": path or str(root)},
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:3])} at {root} failed: "
@@ -105,11 +106,28 @@ def _measure(root: Path, batch: int, subscribers: int, requests: int) -> dict[st
     return out
 
 
-def _load(root: Path, load_args: list[str]) -> dict[str, float]:
-    """One `tollgate bench load` of the code at `root`: its load_figures (the bare server's
-    runs, the same code on both sides, are left out)."""
+def load_command(root: Path, namespaced: bool) -> tuple[list[str], str]:
+    """The `bench load` command of the code at `root` (`python -m` arguments) and its
+    PYTHONPATH: `tollgate` for a checkout with the namespace; for one before it (707511b),
+    its own `engine.cli`, with its generated modules under proto/."""
+    if namespaced:
+        return ["tollgate", "bench", "load"], str(root)
+    return ["engine.cli", "bench", "load"], f"{root}{os.pathsep}{root / 'proto'}"
+
+
+def meets_population(root: Path) -> bool:
+    """Whether the `bench load` of the code at `root` meets every subscriber before its runs
+    (and so knows --no-meet)."""
+    cli = root / "bench" / "cli.py"
+    return cli.exists() and '"--no-meet"' in cli.read_text()
+
+
+def _load(root: Path, load_args: list[str], namespaced: bool = True) -> dict[str, float]:
+    """One `bench load` of the code at `root`: its load_figures (the bare server's runs, the
+    same code on both sides, are left out)."""
+    command, path = load_command(root, namespaced)
     with tempfile.TemporaryDirectory(prefix="tollgate-ab-load-") as out:
-        _python_at(root, "tollgate", "bench", "load", *load_args, "--no-progress", "--out", out)
+        _python_at(root, *command, *load_args, "--no-progress", "--out", out, path=path)
         runs = json.loads((Path(out) / "results.json").read_text())["runs"]
     return load_figures(runs)
 
@@ -149,19 +167,27 @@ def run(rev: str, pairs: int, batch: int, subscribers: int, requests: int,
             if generated.returncode != 0:
                 raise RuntimeError(f"generating {rev}'s protobuf modules: "
                                    f"{generated.stderr.strip()[-2000:]}")
-            if not imports_its_own_code(other):
+            namespaced = imports_its_own_code(other)
+            if not namespaced and not (load_args and (other / "engine" / "cli.py").exists()):
                 raise RuntimeError(f"{rev} ({commit[:12]}) has no tollgate package of its own "
-                                   "(it predates the tollgate namespace, 707511b): its runs "
-                                   "would measure this checkout's code; compare with a "
-                                   "later revision")
+                                   "(it predates the tollgate namespace, 707511b): in process "
+                                   "its runs would measure this checkout's code; compare it "
+                                   "end to end (--load) or with a later revision")
+            new_args = load_args
+            if load_args and not meets_population(other) and "--no-meet" not in load_args:
+                # Like for like: its runs also read accounts for the first time.
+                new_args = [*load_args, "--no-meet"]
+                print(f"{rev} does not meet the population before its runs: this checkout "
+                      "runs with --no-meet", file=sys.stderr, flush=True)
             print(f"{rev} ({commit[:12]}) against this checkout: compiling or loading both "
                   "sides' kernels", file=sys.stderr, flush=True)
-            for root in (other, ROOT):  # a first start compiles; not measured
-                _measure(root, 1, 10, 1)
+            for root in (other, ROOT) if namespaced else (ROOT,):
+                _measure(root, 1, 10, 1)  # a first start compiles; not measured
             figures: dict[str, tuple[list[float], list[float]]] = {}
             for k in range(pairs):
                 if load_args:
-                    old, new = _load(other, load_args), _load(ROOT, load_args)
+                    old = _load(other, load_args, namespaced)
+                    new = _load(ROOT, new_args)
                 else:
                     old = _measure(other, batch, subscribers, requests)
                     new = _measure(ROOT, batch, subscribers, requests)

@@ -1,13 +1,22 @@
-"""`tollgate bench ab`'s arithmetic: pairs compared one by one, so a phase of the machine
-that slows both sides of a pair leaves their ratio alone."""
+"""`tollgate bench ab`'s arithmetic (pairs compared one by one, so a phase of the machine
+that slows both sides of a pair leaves their ratio alone) and which code each side runs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from tollgate.bench.ab import ROOT, compare, imports_its_own_code, load_figures, table
+from tollgate.bench.ab import (
+    ROOT,
+    compare,
+    imports_its_own_code,
+    load_command,
+    load_figures,
+    meets_population,
+    table,
+)
 
 
 def test_the_ratio_is_the_median_of_the_pairs_not_of_the_medians() -> None:
@@ -73,3 +82,19 @@ def test_a_revision_without_its_own_package_is_not_measured(tmp_path: Path) -> N
     (tmp_path / "engine" / "__init__.py").write_text("")
     assert not imports_its_own_code(tmp_path)
     assert imports_its_own_code(ROOT)
+
+
+def test_a_revision_before_the_namespace_runs_its_own_cli_end_to_end(tmp_path: Path) -> None:
+    # Its bench load is its own engine.cli's, its generated modules under proto/.
+    assert load_command(tmp_path, namespaced=False) == (
+        ["engine.cli", "bench", "load"], f"{tmp_path}{os.pathsep}{tmp_path / 'proto'}")
+    assert load_command(ROOT, namespaced=True) == (["tollgate", "bench", "load"], str(ROOT))
+
+
+def test_only_a_revision_that_meets_the_population_is_compared_with_it(tmp_path: Path) -> None:
+    # One that does not: this checkout then runs with --no-meet (both sides read accounts
+    # for the first time).
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "cli.py").write_text('p.add_argument("--no-ceilings")\n')
+    assert not meets_population(tmp_path)
+    assert meets_population(ROOT)
