@@ -28,6 +28,7 @@ in the partition's open-session zset is at or before it) is when its reservation
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -122,7 +123,10 @@ class BucketMeta(NamedTuple):
                 f"{int(self.renew)}")
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def parse(v: bytes) -> BucketMeta:
+        # Cached: the accounts of a plan carry the same bundles, so an account read for the
+        # first time mostly finds its buckets' bytes parsed already (2.6 µs each otherwise).
         rgs, unit, prio, exp, init, renew = v.split(b"|")
         return BucketMeta(tuple(int(g) for g in rgs.split(b",") if g), UnitType(int(unit)),
                           int(prio), int(exp), int(init), renew == b"1")

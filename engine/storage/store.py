@@ -105,19 +105,21 @@ class Store:
                  wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.partitions = partitions
 
-        def client(socket_timeout: float | None) -> aioredis.Redis:
+        def client(socket_timeout: float | None, **more: Any) -> aioredis.Redis:
             return connect_async(
                 url, socket_timeout=socket_timeout, socket_connect_timeout=timeout_s,
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 3),
-                retry_on_error=[RedisConnectionError], health_check_interval=30)
+                retry_on_error=[RedisConnectionError], health_check_interval=30, **more)
         self.redis = client(timeout_s)
         self.nodes = NodePipelines(self.redis, timeout_s, wait_replicas, wait_timeout_ms)
         # The charging path's reads and applies: no per-socket-operation timeout. Each of
         # its calls runs under its batch's deadline (engine.charging.engine.by_deadline),
         # which abandons it (and redis-py then drops the connection); redis-py's own timeout
         # runs asyncio.wait_for, a task, for each send and read: about 50 µs of CPU per
-        # round trip, half of what a small batch's apply costs the client.
-        self.charging_redis = client(None)
+        # round trip, half of what a small batch's apply costs the client. RESP2: no push
+        # frame can come between its replies, so exchange() takes those already read
+        # straight from the parser (redis_client._buffered).
+        self.charging_redis = client(None, protocol=2)
         self.charging = NodePipelines(self.charging_redis, timeout_s, wait_replicas,
                                       wait_timeout_ms)
         self._apply = self._script("apply")

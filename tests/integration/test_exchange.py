@@ -11,7 +11,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from tollgate.engine.ops import population
-from tollgate.engine.storage.redis_client import exchange, packed
+from tollgate.engine.storage.redis_client import _buffered, exchange, packed
 from tollgate.engine.storage.redis_server import RedisServer
 from tollgate.engine.storage.store import Store
 
@@ -59,6 +59,42 @@ async def test_a_connection_lost_between_round_trips_is_opened_again(store: Stor
     assert await exchange(client, packed([("GET", "x")]), 1) == [b"1"]
     await store.redis.client_kill_filter(_type="normal", skipme=True)  # the pooled one too
     assert await exchange(client, packed([("INCR", "x"), ("GET", "x")]), 2) == [2, b"2"]
+
+
+async def test_replies_read_already_are_taken_whole_in_order_and_no_further(store: Store
+                                                                            ) -> None:
+    # The charging client speaks RESP2, so what its parser holds is replies only: exchange
+    # takes those that are whole at once (_buffered) and leaves a partial one to the reader.
+    client = store.charging_redis
+    conn = await client.connection_pool.get_connection()
+    try:
+        take = _buffered(conn)
+        # Bytes as the socket would have brought them: two whole replies, an error, half of
+        # a fourth.
+        conn._parser._reader.feed(b"+OK\r\n$2\r\nab\r\n-ERR nope\r\n$3\r\nxy")
+        out: list[object] = [b"first"]
+        take(out, 5)
+        assert out[:3] == [b"first", b"OK", b"ab"] and len(out) == 4
+        assert isinstance(out[3], ResponseError) and "nope" in str(out[3])
+        conn._parser._reader.feed(b"z\r\n:7\r\n")
+        take(out, 5)  # the fourth is whole now; the fifth is left: only five were asked for
+        assert out[4:] == [b"xyz"]
+        assert conn._parser._reader.gets() == 7
+    finally:
+        await conn.disconnect()
+        await client.connection_pool.release(conn)
+    # Under RESP3 (the store's other client: pushes may come between replies) nothing is
+    # taken this way.
+    other = await store.redis.connection_pool.get_connection()
+    try:
+        assert str(other.protocol) == "3"
+        other._parser._reader.feed(b"+OK\r\n")
+        kept: list[object] = []
+        _buffered(other)(kept, 1)
+        assert kept == []
+    finally:
+        await other.disconnect()
+        await store.redis.connection_pool.release(other)
 
 
 async def test_accounts_read_under_resp2_as_under_resp3(redis_server: RedisServer) -> None:
