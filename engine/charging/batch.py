@@ -67,7 +67,6 @@ class KernelResult:
 class KernelBatch:
     accounts: list[AccountState]
     index: dict[str, int]  # account id -> position
-    plans: list[Plan | None]  # per account
     distinct_plans: list[Plan | None]  # each plan of the batch once (None: not found)
     plan_of: np.ndarray  # per account, its plan's position in distinct_plans (int64)
     members: list[tuple[int, Member]]  # (account position, member)
@@ -197,9 +196,9 @@ def assemble(batch: list[Request], cache: AccountCache, plans: dict[str, Plan],
     slots = np.ascontiguousarray(slots)  # a slice: kernels are compiled for C order
     cycle_units, cycle_cols = cache.cycle_slots(account_cols, slots)
     low_marks = np.array([p.low_balance_micros if p else 0 for p in distinct], np.int64)
-    return KernelBatch(accounts, index, account_plans, distinct, plan_of, members, items, shown,
-                       service, slots, view, np.array(rows, np.int64), reqs.rows, cache,
-                       gathered, low_marks[plan_of], renewals, cycle_units, cycle_cols)
+    return KernelBatch(accounts, index, distinct, plan_of, members, items, shown, service,
+                       slots, view, np.array(rows, np.int64), reqs.rows, cache, gathered,
+                       low_marks[plan_of], renewals, cycle_units, cycle_cols)
 
 
 class _Requests(NamedTuple):
