@@ -14,6 +14,7 @@ import asyncio
 import json
 import tempfile
 import time
+from collections import Counter
 from typing import Any
 
 from tollgate.bench.ceiling import apply_ceiling, capture_writes, rebase
@@ -46,27 +47,34 @@ def _commands(url: str) -> dict[str, tuple[int, int]]:
         client.close()
 
 
-async def variants(url: str, recorded: list[Writes], rounds: int = 3) -> dict[str, float]:
+async def variants(url: str, recorded: list[Writes], rounds: int = 3) -> dict[str, Any]:
     """Redis CPU per request of the same calls run by cut-down scripts: `empty` (Redis reading
-    the call and its arguments into Lua), `pass1` (apply.lua's checks, no write) and `full`."""
+    the call and its arguments into Lua), `pass1` (apply.lua's checks, no write) and `full`;
+    each with the commands its script called per request (INFO commandstats), which shows
+    that it ran."""
     source = lua_source("apply")
     scripts = {"empty": "return {}",
                "pass1": source[:source.index("-- Pass 2")] + "return conflicts\n",
                "full": source}
     store = Store(url, 8)
     requests = rounds * sum(len(writes.sessions) for writes in recorded)
-    out = {}
+    out: dict[str, Any] = {}
     try:
         for name, text in scripts.items():
-            store._apply = store.redis.register_script(text)
-            spent = 0.0
+            store.use_apply_script(text)
+            spent, calls = 0.0, Counter[str]()
             for _ in range(rounds):
                 await rebase(store, recorded)
-                cpu0 = _redis_cpu_s(url)
+                cpu0, commands0 = _redis_cpu_s(url), _commands(url)
                 for writes in recorded:
                     await store.apply_writes(writes, 3_600_000)
                 spent += _redis_cpu_s(url) - cpu0
-            out[name] = round(spent * 1e6 / requests, 2)
+                calls.update({command: n - commands0.get(command, (0, 0))[0]
+                              for command, (n, _) in _commands(url).items()})
+            out[name] = {"redis_us": round(spent * 1e6 / requests, 2),
+                         "calls_per_request": {command: round(n / requests, 3)
+                                               for command, n in sorted(calls.items())
+                                               if n > 0 and command != "info"}}
     finally:
         await store.close()
     return out
@@ -96,7 +104,7 @@ async def measure(url: str, batch: int, subscribers: int, seconds: float,
             "redis_cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
             "requests": int(requests), "refused": ceiling.refused,
             "commands_per_request": per_request,
-            **({"script_variants_us": await variants(url, recorded)} if with_variants else {})}
+            **({"script_variants": await variants(url, recorded)} if with_variants else {})}
 
 
 def main() -> None:
@@ -106,9 +114,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--variants", action="store_true",
                    help="also the Redis CPU of cut-down apply scripts (where the time goes)")
+    p.add_argument("--aof", action="store_true",
+                   help="Redis with its append-only file (everysec), as Tollgate runs it: the "
+                        "log's own cost is the difference")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(tmp, appendonly=False).start()
+        server = RedisServer(tmp, appendonly=args.aof).start()
         try:
             out = asyncio.run(measure(server.url, args.batch, args.subscribers, args.seconds,
                                       args.variants))

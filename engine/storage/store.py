@@ -122,8 +122,7 @@ class Store:
         self.charging_redis = client(None, protocol=2)
         self.charging = NodePipelines(self.charging_redis, timeout_s, wait_replicas,
                                       wait_timeout_ms)
-        self._apply = self._script("apply")
-        self._apply_sha = np.frombuffer(self._apply.sha.encode(), np.uint8).copy()
+        self.use_apply_script(lua_source("apply"))
         self._versions = self._script("versions")
         self._topup = self._script("topup")
         self._create = self._script("create")
@@ -143,6 +142,12 @@ class Store:
 
     def _script(self, name: str) -> AsyncScript:
         return self.redis.register_script(lua_source(name))
+
+    def use_apply_script(self, source: str) -> None:
+        """Applies writes with this script (apply.lua; a benchmark's cut-down one): its sha
+        goes into the calls' bytes as an array (kernels.apply_calls)."""
+        self._apply = self.redis.register_script(source)
+        self._apply_sha = np.frombuffer(self._apply.sha.encode(), np.uint8).copy()
 
     async def init(self) -> None:
         """Fixes the partition count at first start and refuses a different one later."""
