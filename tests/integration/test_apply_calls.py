@@ -6,15 +6,18 @@ applied twice."""
 from __future__ import annotations
 
 import logging
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from tollgate.engine.storage import keys, record_block
 from tollgate.engine.storage import store as store_module
 from tollgate.engine.storage.session_blob import pack_session
 from tollgate.engine.storage.state import SessionState
-from tollgate.engine.storage.store import Store
+from tollgate.engine.storage.store import Store, lua_source
 from tollgate.engine.storage.writes import AccountWrite, SessionWrite
 
 ACCOUNTS = 6
@@ -170,3 +173,41 @@ async def test_a_write_outside_the_stores_partitions_is_refused_before_any_call(
         await store.apply(writes, 60_000)
     assert counts == []
     assert await _money(store) == before
+
+
+def _head(n_set: int = 2, flag: bytes = b"1", ended: bytes = b"\0") -> bytes:
+    """A group's head (apply.lua) for one session and no records or events."""
+    return struct.pack("<iiii", 1, n_set, 0, 0) + struct.pack("<ccq", flag, ended, 123)
+
+
+@pytest.mark.parametrize("head, message", [
+    (_head(flag=b"x"), "session s-2 has a malformed flag or end mark"),
+    (_head(ended=b"\2"), "session s-2 has a malformed flag or end mark"),
+    (_head()[:-1], "group 2 has a malformed head: 1 sessions, 2 values, 0 records, 0 events "
+                   "in 25 bytes"),
+    (_head(n_set=3), "group 2 has a malformed head: 1 sessions, 3 values"),
+    (b"short", "group 2 has no head or version"),
+])
+async def test_a_malformed_head_fails_the_call_before_any_write(
+        tollgate, gateway, head: bytes, message: str) -> None:
+    """The apply reads every group's head before its first write: a malformed one fails the
+    whole call with what is wrong with it, and the well-formed group before it has written
+    nothing (Redis keeps a script's writes made before an error)."""
+    await gateway.setup(accounts=1)
+    store = tollgate.store
+    p = store.partition("acct-0")
+    acct, _ = await store.get_account("acct-0")
+    call_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
+    args: list[bytes | str | int] = [60_000, "2"]
+    make: list[tuple[str, str, Callable[[], bytes]]] = [
+        ("acct-0", "s-1", _head), ("acct-x", "s-2", lambda: head)]
+    for account_id, session_id, group_head in make:
+        key = keys.account(p, account_id)
+        call_keys += (key, key + keys.SESSIONS_SUFFIX, keys.session(p, session_id))
+        args += (group_head(), acct.version, "money", acct.money - 100, session_id,
+                 _value(session_id, 1, b"ok"))
+    with pytest.raises(ResponseError, match=message):
+        await store.redis.eval(lua_source("apply"), len(call_keys), *call_keys, *args)
+    after, _ = await store.get_account("acct-0")
+    assert (after.money, after.version) == (acct.money, acct.version)
+    assert not await store.redis.exists(keys.session(p, "s-1"))

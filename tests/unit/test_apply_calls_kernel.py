@@ -5,6 +5,7 @@ writes, split into calls anywhere, numbers from the int64 minimum to its maximum
 from __future__ import annotations
 
 import itertools
+import struct
 
 import hiredis
 import numpy as np
@@ -74,14 +75,17 @@ def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int) -> byte
         for w in ws:
             call_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
             call_keys += [keys.session(p, s.session_id) for s in w.sessions]
-            args += [len(w.sessions), w.expected_version,
-                     "".join("1" if s.created else "2" if s.rescore else "0"
-                             for s in w.sessions),
-                     2 * len(w.sets), len(w.records), len(w.events)]
+            # The head: the counts, then each session's flag, end mark and expiry.
+            args += [struct.pack("<iiii", len(w.sessions), 2 * len(w.sets), len(w.records),
+                                 len(w.events))
+                     + b"".join(struct.pack("<ccq", b"1" if s.created else
+                                            b"2" if s.rescore else b"0", bytes([s.ended]),
+                                            s.expiry_ms) for s in w.sessions),
+                     w.expected_version]
             for f, v in w.sets.items():
                 args += (f, v)
             for s in w.sessions:
-                args += (s.session_id, "end" if s.ended else "open", s.expiry_ms, s.value)
+                args += (s.session_id, s.value)
             if w.records:
                 args.append(wire_field_1(w.records))
             args += w.events

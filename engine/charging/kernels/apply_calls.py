@@ -28,8 +28,8 @@ G_COLUMNS = 12
 # id, ":rem"), then its new value.
 (SET_A_AT, SET_A_LEN, SET_B_AT, SET_B_LEN, SET_C_AT, SET_C_LEN, SET_VALUE) = range(7)
 SET_COLUMNS = 7
-# `sessions`: a row per session write: its id, its flag (apply.lua's `created`: '0', '1' or
-# '2'), 1 if it ended, its expiry (ms) and its packed value (session_blob).
+# `sessions`: a row per session write: its id, its flag (a byte of apply.lua's head: '0', '1'
+# or '2'), 1 if it ended, its expiry (ms) and its packed value (session_blob).
 (S_ID_AT, S_ID_LEN, S_FLAG, S_ENDED, S_EXPIRY, S_VALUE_AT, S_VALUE_LEN) = range(7)
 S_COLUMNS = 7
 # `records` and `events`: a row per usage record (RatedUsage bytes; a group's records are sent
@@ -42,8 +42,9 @@ SESSIONS_SUFFIX = b":sessions"  # keys.SESSIONS_SUFFIX (the test checks they agr
 # Constants as arrays: Numba compiles global arrays in as they are.
 _SUFFIX = np.frombuffer(SESSIONS_SUFFIX, np.uint8)
 _EVALSHA = np.frombuffer(b"EVALSHA", np.uint8)
-_OPEN = np.frombuffer(b"open", np.uint8)
-_END = np.frombuffer(b"end", np.uint8)
+# A group's head (apply.lua): four int32 counts, then per session a flag byte, an end byte
+# and its expiry as an int64, little-endian.
+HEAD_SIZE, SESSION_HEAD_SIZE = 16, 10
 
 
 @helper
@@ -74,6 +75,15 @@ def _put_int(out: np.ndarray, at: int, v: int) -> int:
         pos -= 1
         if v == 0:
             return end
+
+
+@helper
+def _put_le(out: np.ndarray, at: int, v: int, n: int) -> int:
+    """v's n low bytes, little-endian (two's complement), at out[at:]; returns the position
+    after them."""
+    for i in range(n):
+        out[at + i] = (v >> (8 * i)) & 255
+    return at + n
 
 
 @helper
@@ -147,12 +157,12 @@ def _call_size(g_lo: int, g_hi: int, groups: np.ndarray, parts: np.ndarray, sets
         n_sess = groups[g, G_SESS_HI] - groups[g, G_SESS_LO]
         n_keys += 2 + n_sess
         size += 2 * id_len + _SUFFIX.size
-        n_args += 6 + 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]) + 4 * n_sess
-        size += 5 * 20 + n_sess
+        n_args += 2 + 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]) + 2 * n_sess
+        size += HEAD_SIZE + SESSION_HEAD_SIZE * n_sess + 20
         for s in range(groups[g, G_SET_LO], groups[g, G_SET_HI]):
             size += sets[s, SET_A_LEN] + sets[s, SET_B_LEN] + sets[s, SET_C_LEN] + 20
         for s in range(groups[g, G_SESS_LO], groups[g, G_SESS_HI]):
-            size += (parts[pr, PK_SESS_LEN] + 2 * sessions[s, S_ID_LEN] + 4 + 20
+            size += (parts[pr, PK_SESS_LEN] + 2 * sessions[s, S_ID_LEN]
                      + sessions[s, S_VALUE_LEN])
         if groups[g, G_REC_HI] > groups[g, G_REC_LO]:
             n_args += 1
@@ -279,16 +289,18 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
         for g in range(g_lo, g_hi):
             s_lo, s_hi = groups[g, G_SESS_LO], groups[g, G_SESS_HI]
             n_records = groups[g, G_REC_HI] - groups[g, G_REC_LO]
-            at = _put_bulk_int(out, at, s_hi - s_lo)
-            at = _put_bulk_int(out, at, groups[g, G_VERSION])
-            at = _put_head(out, at, 36, s_hi - s_lo)
+            # The head: the group's counts, then each session's flag, end mark and expiry.
+            at = _put_head(out, at, 36, HEAD_SIZE + SESSION_HEAD_SIZE * (s_hi - s_lo))
+            at = _put_le(out, at, s_hi - s_lo, 4)
+            at = _put_le(out, at, 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]), 4)
+            at = _put_le(out, at, n_records, 4)
+            at = _put_le(out, at, groups[g, G_EV_HI] - groups[g, G_EV_LO], 4)
             for s in range(s_lo, s_hi):
                 out[at] = sessions[s, S_FLAG]
-                at += 1
+                out[at + 1] = 1 if sessions[s, S_ENDED] else 0
+                at = _put_le(out, at + 2, sessions[s, S_EXPIRY], 8)
             at = _put_crlf(out, at)
-            at = _put_bulk_int(out, at, 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]))
-            at = _put_bulk_int(out, at, n_records)
-            at = _put_bulk_int(out, at, groups[g, G_EV_HI] - groups[g, G_EV_LO])
+            at = _put_bulk_int(out, at, groups[g, G_VERSION])
             for s in range(groups[g, G_SET_LO], groups[g, G_SET_HI]):
                 at = _put_head(out, at, 36,
                                sets[s, SET_A_LEN] + sets[s, SET_B_LEN] + sets[s, SET_C_LEN])
@@ -299,11 +311,6 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
                 at = _put_bulk_int(out, at, sets[s, SET_VALUE])
             for s in range(s_lo, s_hi):
                 at = _put_bulk(out, at, strings, sessions[s, S_ID_AT], sessions[s, S_ID_LEN])
-                if sessions[s, S_ENDED]:
-                    at = _put_bulk(out, at, _END, 0, _END.size)
-                else:
-                    at = _put_bulk(out, at, _OPEN, 0, _OPEN.size)
-                at = _put_bulk_int(out, at, sessions[s, S_EXPIRY])
                 at = _put_bulk(out, at, strings, sessions[s, S_VALUE_AT],
                                sessions[s, S_VALUE_LEN])
             if n_records:

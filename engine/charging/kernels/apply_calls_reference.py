@@ -4,6 +4,7 @@ the store built them before the kernel, then written in RESP; used only by prope
 from __future__ import annotations
 
 import itertools
+import struct
 
 import numpy as np
 
@@ -108,15 +109,16 @@ def apply_calls(strings: bytes, keys_text: bytes, parts: np.ndarray, groups: np.
             call_keys += [key(pk[PK_SESS_AT], pk[PK_SESS_LEN]) + text(s[S_ID_AT], s[S_ID_LEN])
                           for s in own]
             n_records = row[G_REC_HI] - row[G_REC_LO]
-            args += (num(len(own)), num(row[G_VERSION]), bytes(s[S_FLAG] for s in own),
-                     num(2 * (row[G_SET_HI] - row[G_SET_LO])), num(n_records),
-                     num(row[G_EV_HI] - row[G_EV_LO]))
+            args += (struct.pack("<4i", len(own), 2 * (row[G_SET_HI] - row[G_SET_LO]),
+                                 n_records, row[G_EV_HI] - row[G_EV_LO])
+                     + b"".join(struct.pack("<BBq", s[S_FLAG], 1 if s[S_ENDED] else 0,
+                                            s[S_EXPIRY]) for s in own),
+                     num(row[G_VERSION]))
             for f in sets[row[G_SET_LO]:row[G_SET_HI]].tolist():
                 args += (text(f[SET_A_AT], f[SET_A_LEN]) + text(f[SET_B_AT], f[SET_B_LEN])
                          + text(f[SET_C_AT], f[SET_C_LEN]), num(f[SET_VALUE]))
             for s in own:
-                args += (text(s[S_ID_AT], s[S_ID_LEN]), b"end" if s[S_ENDED] else b"open",
-                         num(s[S_EXPIRY]), text(s[S_VALUE_AT], s[S_VALUE_LEN]))
+                args += (text(s[S_ID_AT], s[S_ID_LEN]), text(s[S_VALUE_AT], s[S_VALUE_LEN]))
             if n_records:
                 args.append(field_1([text(r[SPAN_AT], r[SPAN_LEN]) for r in
                                      records[row[G_REC_LO]:row[G_REC_HI]].tolist()]))

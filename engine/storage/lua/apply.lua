@@ -5,21 +5,24 @@
 -- expiry), then per group of the block: its account, the account's open-session set, and one
 -- key per session it writes (in the group's order).
 -- ARGV[1] = retention of ended sessions (ms); ARGV[2] = the number of groups of each block,
--- comma separated; then each group (numbered across blocks), flat (the script runs about 12 %
--- shorter than when it unpacked MessagePack; Redis's whole CPU is about the same):
---   n_sessions, expected_version, created, n_set, n_records, n_events,
+-- comma separated; then each group (numbered across blocks):
+--   head: its numbers packed little-endian (Redis's struct library: one argument, no
+--         number parsed from text): n_sessions, n_set, n_records, n_events (int32 each),
+--         then per session its flag (a byte: '1' = the writer believes the session new,
+--         '2' = set its open-session zset score, '0' = neither), 1 if it ended (a byte) and
+--         its expiry (ms, int64); a group's six numbers and two per session were arguments
+--         of their own, and Redis's CPU per argument is about what Lua's work on it is,
+--   expected_version (text: compared with the account's `ver` as it is stored),
 --   n_set values (field, new value, ...: set with the new version, one HSET),
---   per session: session_id, mode (open|end), expiry_ms, value (engine/storage/session_blob.py:
---                the whole session, one SET),
+--   per session: session_id, value (engine/storage/session_blob.py: the whole session, one
+--                SET),
 --   when n_records > 0: the group's records as one piece of a block (engine/storage/record_block.py),
 --   n_events events.
 -- The records of a block's groups that apply go to its usage stream as ONE entry: n = their
 -- number, b = the pieces joined (engine/storage/record_block.py); events are one entry each.
--- `created` has one character per session: '1' = the writer believes the session new,
--- '2' = set its open-session zset score, '0' = neither.
 -- Every key is declared (on a cluster all in the partition's slot): while a slot moves,
--- Redis Cluster redirects by these. Numbers are strings: Lua numbers are doubles and money is
--- int64.
+-- Redis Cluster redirects by these. Money and versions stay text: Lua numbers are doubles
+-- and money is int64 (an expiry in ms is exact in a double until the year 287 396).
 -- Returns the group numbers whose account version had moved, or with a session believed new
 -- that exists (nothing of them applied: the writer reads them and runs them again).
 -- Redis keeps what a script wrote before an error, so nothing may fail once the first write
@@ -30,29 +33,16 @@
 -- Tollgate's own, of the type the key layout gives it.
 -- Globals read once: each use of one is a table look-up in Lua 5.1, and ARGV alone is read
 -- some twenty times per group.
-local ARGV, KEYS, call, tonumber, byte = ARGV, KEYS, redis.call, tonumber, string.byte
+local ARGV, KEYS, call, tonumber, unpack_le = ARGV, KEYS, redis.call, tonumber, struct.unpack
 local nargs = #ARGV
 local retention = ARGV[1]
 if not string.match(retention, '^%d+$') or #retention > 15 then
   error('apply: retention is not a whole number of ms: ' .. tostring(retention))
 end
-
-local function count(at, what)
-  local n = tonumber(ARGV[at])
-  if not n or n < 0 or n % 1 ~= 0 or at > nargs then
-    error('apply: ' .. what .. ' at argument ' .. at .. ' is not a count: ' .. tostring(ARGV[at]))
-  end
-  return n
-end
-
-local function even(n, what)
-  if n % 2 ~= 0 then
-    error('apply: ' .. what .. ' has an odd number of values: ' .. n)
-  end
-end
+local HEAD, SESSION = 16, 10 -- the bytes of a head's counts and of each session's part
 
 -- Pass 1: read and check; groups[g] = {ok, first key of its block, first key of the group,
--- first argument of the group}.
+-- first argument after the head and version, head, n_sessions, n_set, n_records, n_events}.
 local conflicts, groups, seen = {}, {}, {}
 local k, a, g = 1, 3, 0 -- the next key, the next argument, the group number
 for n in string.gmatch(ARGV[2], '%d+') do
@@ -60,36 +50,44 @@ for n in string.gmatch(ARGV[2], '%d+') do
   k = k + 3
   for _ = 1, tonumber(n) do
     g = g + 1
-    local n_sessions, version, created = count(a, 'n_sessions'), ARGV[a + 1], ARGV[a + 2]
-    local n_set, n_records, n_events = count(a + 3, 'n_set'), count(a + 4, 'n_records'),
-                                       count(a + 5, 'n_events')
-    even(n_set, 'an account write')
-    if #created ~= n_sessions or not tonumber(version) then
-      error('apply: group ' .. g .. ' has a malformed version or session flags')
+    local head, version = ARGV[a], ARGV[a + 1]
+    if a + 1 > nargs or #head < HEAD or not tonumber(version) then
+      error('apply: group ' .. g .. ' has no head or version at argument ' .. a)
+    end
+    local n_sessions, n_set, n_records, n_events = unpack_le('<i4i4i4i4', head)
+    if n_sessions < 0 or n_set < 0 or n_set % 2 ~= 0 or n_records < 0 or n_events < 0
+       or #head ~= HEAD + SESSION * n_sessions then
+      error('apply: group ' .. g .. ' has a malformed head: ' .. n_sessions .. ' sessions, ' ..
+            n_set .. ' values, ' .. n_records .. ' records, ' .. n_events .. ' events in ' ..
+            #head .. ' bytes')
     end
     if seen[KEYS[k]] then  -- its second write would pass the version check of the first
       error('apply: account ' .. KEYS[k] .. ' is written twice in one call')
     end
     seen[KEYS[k]] = true
-    groups[g] = {true, block, k, a}
+    a = a + 2
+    groups[g] = {true, block, k, a, head, n_sessions, n_set, n_records, n_events}
     local ok = call('HGET', KEYS[k], 'ver') == version
-    for i = 1, ok and n_sessions or 0 do
-      if byte(created, i) == 49 and call('EXISTS', KEYS[k + 1 + i]) == 1 then
+    for i = 0, n_sessions - 1 do
+      local flag, ended = unpack_le('BB', head, HEAD + 1 + SESSION * i)
+      if flag < 48 or flag > 50 or ended > 1 then
+        error('apply: session ' .. tostring(ARGV[a + n_set + 2 * i]) ..
+              ' has a malformed flag or end mark')
+      end
+      if ok and flag == 49 and call('EXISTS', KEYS[k + 2 + i]) == 1 then
         ok = false
-        break
       end
     end
     if not ok then
       groups[g][1] = false
       conflicts[#conflicts + 1] = g
     end
-    a = a + 6 + n_set
+    a = a + n_set
     for _ = 1, n_sessions do
-      if not tonumber(ARGV[a + 2]) or (ARGV[a + 1] ~= 'open' and ARGV[a + 1] ~= 'end')
-         or not ARGV[a + 3] or ARGV[a + 3] == '' then
-        error('apply: session ' .. tostring(ARGV[a]) .. ' has a malformed mode, expiry or value')
+      if not ARGV[a + 1] or ARGV[a + 1] == '' then
+        error('apply: session ' .. tostring(ARGV[a]) .. ' has no value')
       end
-      a = a + 4
+      a = a + 2
     end
     a = a + (n_records > 0 and 1 or 0) + n_events
     k = k + 2 + n_sessions
@@ -104,25 +102,22 @@ end
 -- {records, pieces}, in the order of `order`.
 local blocks, order = {}, {}
 for _, group in ipairs(groups) do
-  local ok, block, first_key
-  ok, block, first_key, a = group[1], group[2], group[3], group[4]
+  local ok, block, first_key, head, n_sessions, n_set, n_records, n_events
+  ok, block, first_key, a, head, n_sessions, n_set, n_records, n_events = unpack(group)
   if ok then
     local events, open = KEYS[block + 1], KEYS[block + 2]
     local acct, set = KEYS[first_key], KEYS[first_key + 1]
-    local n_sessions, version, created = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
-    local n_set = tonumber(ARGV[a + 3])
-    local n_records, n_events = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-    a = a + 6
     -- The version is set with the new values (it matched above): one command per account
     -- write (per CHUNK values) instead of one per changed counter.
     chunked('HSET', acct, ARGV, a, a + n_set - 1, 'ver',
-            string.format('%d', tonumber(version) + 1))
+            string.format('%d', tonumber(ARGV[a - 1]) + 1))
     a = a + n_set
     for i = 1, n_sessions do
       local sess = KEYS[first_key + 1 + i]
-      local id, mode, expiry, value = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-      a = a + 4
-      if mode == 'open' then
+      local id, value = ARGV[a], ARGV[a + 1]
+      local c, ended, expiry = unpack_le('<BBi8', head, HEAD + 1 + SESSION * (i - 1))
+      a = a + 2
+      if ended == 0 then
         call('SET', sess, value)
         -- A session joins the account's open set when it is created. An open session
         -- never has a TTL: only ending sets one, and nothing reopens an ended session
@@ -130,7 +125,6 @@ for _, group in ipairs(groups) do
         -- Its zset score is set when it is created ('1') or asked for ('2': its expiry
         -- shrank or the score is unknown); otherwise the score stays at or before the
         -- session's `exp` field, and the sweeper moves it on when it finds it due.
-        local c = byte(created, i)
         if c == 49 then
           call('SADD', set, id)
         end
