@@ -186,7 +186,7 @@ def _head(n_set: int = 2, flag: bytes = b"1", ended: bytes = b"\0") -> bytes:
     (_head()[:-1], "group 2 has a malformed head: 1 sessions, 2 values, 0 records, 0 events "
                    "in 25 bytes"),
     (_head(n_set=3), "group 2 has a malformed head: 1 sessions, 3 values"),
-    (b"short", "group 2 has no head or version"),
+    (b"short", "group 2 has no head or versions"),
 ])
 async def test_a_malformed_head_fails_the_call_before_any_write(
         tollgate, gateway, head: bytes, message: str) -> None:
@@ -204,7 +204,7 @@ async def test_a_malformed_head_fails_the_call_before_any_write(
     for account_id, session_id, group_head in make:
         key = keys.account(p, account_id)
         call_keys += (key, key + keys.SESSIONS_SUFFIX, keys.session(p, session_id))
-        args += (group_head(), acct.version, "money", acct.money - 100, session_id,
+        args += (group_head(), acct.version, acct.version + 1, "money", acct.money - 100, session_id,
                  _value(session_id, 1, b"ok"))
     with pytest.raises(ResponseError, match=message):
         await store.redis.eval(lua_source("apply"), len(call_keys), *call_keys, *args)

@@ -29,6 +29,7 @@ from tollgate.engine.storage.writes import (
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TEXT = st.text(min_size=1, max_size=12)
+VERSION = st.integers(0, 2**62)  # an account's writes so far: the next one is sent too
 SHA = b"0123456789abcdef0123456789abcdef01234567"
 PARTITIONS = 1001
 KEYS = key_table(PARTITIONS)
@@ -43,7 +44,7 @@ def account_writes(draw: st.DrawFn, p: int) -> AccountWrite:
     sessions = draw(st.lists(st.builds(
         SessionWrite, TEXT, st.booleans(), st.binary(min_size=1, max_size=40), INT64,
         st.booleans(), st.booleans()), max_size=3))
-    return AccountWrite(keys.account(p, draw(TEXT)), draw(INT64),
+    return AccountWrite(keys.account(p, draw(TEXT)), draw(VERSION),
                         draw(st.dictionaries(TEXT, INT64, max_size=4)), sessions,
                         # up to 300 bytes: one- and two-byte length prefixes
                         draw(st.lists(st.binary(max_size=300), max_size=3)),
@@ -81,7 +82,7 @@ def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int) -> byte
                      + b"".join(struct.pack("<ccq", b"1" if s.created else
                                             b"2" if s.rescore else b"0", bytes([s.ended]),
                                             s.expiry_ms) for s in w.sessions),
-                     w.expected_version]
+                     w.expected_version, w.expected_version + 1]
             for f, v in w.sets.items():
                 args += (f, v)
             for s in w.sessions:

@@ -157,8 +157,8 @@ def _call_size(g_lo: int, g_hi: int, groups: np.ndarray, parts: np.ndarray, sets
         n_sess = groups[g, G_SESS_HI] - groups[g, G_SESS_LO]
         n_keys += 2 + n_sess
         size += 2 * id_len + _SUFFIX.size
-        n_args += 2 + 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]) + 2 * n_sess
-        size += HEAD_SIZE + SESSION_HEAD_SIZE * n_sess + 20
+        n_args += 3 + 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]) + 2 * n_sess
+        size += HEAD_SIZE + SESSION_HEAD_SIZE * n_sess + 2 * 20
         for s in range(groups[g, G_SET_LO], groups[g, G_SET_HI]):
             size += sets[s, SET_A_LEN] + sets[s, SET_B_LEN] + sets[s, SET_C_LEN] + 20
         for s in range(groups[g, G_SESS_LO], groups[g, G_SESS_HI]):
@@ -301,6 +301,7 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
                 at = _put_le(out, at + 2, sessions[s, S_EXPIRY], 8)
             at = _put_crlf(out, at)
             at = _put_bulk_int(out, at, groups[g, G_VERSION])
+            at = _put_bulk_int(out, at, groups[g, G_VERSION] + 1)
             for s in range(groups[g, G_SET_LO], groups[g, G_SET_HI]):
                 at = _put_head(out, at, 36,
                                sets[s, SET_A_LEN] + sets[s, SET_B_LEN] + sets[s, SET_C_LEN])

@@ -113,7 +113,7 @@ def apply_calls(strings: bytes, keys_text: bytes, parts: np.ndarray, groups: np.
                                  n_records, row[G_EV_HI] - row[G_EV_LO])
                      + b"".join(struct.pack("<BBq", s[S_FLAG], 1 if s[S_ENDED] else 0,
                                             s[S_EXPIRY]) for s in own),
-                     num(row[G_VERSION]))
+                     num(row[G_VERSION]), num(row[G_VERSION] + 1))
             for f in sets[row[G_SET_LO]:row[G_SET_HI]].tolist():
                 args += (text(f[SET_A_AT], f[SET_A_LEN]) + text(f[SET_B_AT], f[SET_B_LEN])
                          + text(f[SET_C_AT], f[SET_C_LEN]), num(f[SET_VALUE]))

@@ -12,7 +12,8 @@
 --         '2' = set its open-session zset score, '0' = neither), 1 if it ended (a byte) and
 --         its expiry (ms, int64); a group's six numbers and two per session were arguments
 --         of their own, and Redis's CPU per argument is about what Lua's work on it is,
---   expected_version (text: compared with the account's `ver` as it is stored),
+--   expected_version, new_version (text: the first compared with the account's `ver` as
+--         stored, the second set; a number read and written back cost Lua 0.5 µs a group),
 --   n_set values (field, new value, ...: set with the new version, one HSET),
 --   per session: session_id, value (engine/storage/session_blob.py: the whole session, one
 --                SET),
@@ -42,7 +43,7 @@ end
 local HEAD, SESSION = 16, 10 -- the bytes of a head's counts and of each session's part
 
 -- Pass 1: read and check; groups[g] = {ok, first key of its block, first key of the group,
--- first argument after the head and version, head, n_sessions, n_set, n_records, n_events}.
+-- first argument after the head and versions, head, n_sessions, n_set, n_records, n_events}.
 local conflicts, groups, seen = {}, {}, {}
 local k, a, g = 1, 3, 0 -- the next key, the next argument, the group number
 for n in string.gmatch(ARGV[2], '%d+') do
@@ -51,8 +52,8 @@ for n in string.gmatch(ARGV[2], '%d+') do
   for _ = 1, tonumber(n) do
     g = g + 1
     local head, version = ARGV[a], ARGV[a + 1]
-    if a + 1 > nargs or #head < HEAD or not tonumber(version) then
-      error('apply: group ' .. g .. ' has no head or version at argument ' .. a)
+    if a + 2 > nargs or #head < HEAD then
+      error('apply: group ' .. g .. ' has no head or versions at argument ' .. a)
     end
     local n_sessions, n_set, n_records, n_events = unpack_le('<i4i4i4i4', head)
     if n_sessions < 0 or n_set < 0 or n_set % 2 ~= 0 or n_records < 0 or n_events < 0
@@ -65,7 +66,7 @@ for n in string.gmatch(ARGV[2], '%d+') do
       error('apply: account ' .. KEYS[k] .. ' is written twice in one call')
     end
     seen[KEYS[k]] = true
-    a = a + 2
+    a = a + 3
     groups[g] = {true, block, k, a, head, n_sessions, n_set, n_records, n_events}
     local ok = call('HGET', KEYS[k], 'ver') == version
     for i = 0, n_sessions - 1 do
@@ -109,8 +110,7 @@ for _, group in ipairs(groups) do
     local acct, set = KEYS[first_key], KEYS[first_key + 1]
     -- The version is set with the new values (it matched above): one command per account
     -- write (per CHUNK values) instead of one per changed counter.
-    chunked('HSET', acct, ARGV, a, a + n_set - 1, 'ver',
-            string.format('%d', tonumber(ARGV[a - 1]) + 1))
+    chunked('HSET', acct, ARGV, a, a + n_set - 1, 'ver', ARGV[a - 1])
     a = a + n_set
     for i = 1, n_sessions do
       local sess = KEYS[first_key + 1 + i]
