@@ -204,8 +204,8 @@ async def test_a_malformed_head_fails_the_call_before_any_write(
     for account_id, session_id, group_head in make:
         key = keys.account(p, account_id)
         call_keys += (key, key + keys.SESSIONS_SUFFIX, keys.session(p, session_id))
-        args += (group_head(), acct.version, acct.version + 1, "money", acct.money - 100, session_id,
-                 _value(session_id, 1, b"ok"))
+        args += (group_head(), acct.version, acct.version + 1, "money", acct.money - 100,
+                 session_id, _value(session_id, 1, b"ok"))
     with pytest.raises(ResponseError, match=message):
         await store.redis.eval(lua_source("apply"), len(call_keys), *call_keys, *args)
     after, _ = await store.get_account("acct-0")
