@@ -210,15 +210,42 @@ async def test_calls_are_taken_whole_in_turn_so_the_first_is_answered_first() ->
     batches, batcher = _taking(8)
     for c in "abcd":  # four calls of six requests, as a closed-loop client keeps in flight
         batcher.submit([f"{c}{n}" for n in range(6)])
+    batcher.submit([f"e{n}" for n in range(10)])  # a call larger than a batch
+    batcher.submit(["f0", "f1"])
     batcher.start()
     await batcher.close()
 
     # Equal shares would spread every call over every batch, and none would be answered
     # before the last batch (its client idle until then); in turn, call a is answered after
-    # the first batch, and its client sends its next call while the others run.
-    assert batches == [["a0", "a1", "a2", "a3", "a4", "a5", "b0", "b1"],
-                       ["b2", "b3", "b4", "b5", "c0", "c1", "c2", "c3"],
-                       ["c4", "c5", "d0", "d1", "d2", "d3", "d4", "d5"]]
+    # the first batch, and its client sends its next call while the others run. A call is
+    # not split to fill a batch either: it would be answered only with the batch after. One
+    # larger than a batch is split, from a batch's start, its turn a batch (then the others
+    # go first), and what fits whole joins it.
+    assert batches == [[f"a{n}" for n in range(6)], [f"b{n}" for n in range(6)],
+                       [f"c{n}" for n in range(6)], [f"d{n}" for n in range(6)],
+                       [f"e{n}" for n in range(8)], ["f0", "f1", "e8", "e9"]]
+
+
+async def test_what_runs_again_rides_beside_a_whole_call_up_to_an_eighth_of_a_batch() -> None:
+    """Requests that waited for the batch in flight (their accounts were in it) come back
+    first; up to an eighth of a batch of them goes beside the next call taken whole, not as a
+    batch of their own (a batch's fixed cost for a few requests) with the call after."""
+    seen: list[list[str]] = []
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        seen.append(batch)
+        if len(seen) == 1:  # two of the first call's requests wait for a batch in flight
+            return Prepared(batch[:-2], later=batch[-2:])
+        return Prepared(batch)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=16,
+                                    window_s=0, max_queue=100)
+    for c, n in (("a", 16), ("b", 16), ("c", 16)):
+        batcher.submit([f"{c}{i}" for i in range(n)])
+    batcher.start()
+    await batcher.close()
+    assert seen[1] == ["a14", "a15", *[f"b{i}" for i in range(16)]]  # 18: 16 and 2 again
+    assert seen[2] == [f"c{i}" for i in range(16)]
 
 
 async def test_sources_with_more_than_a_batch_queued_take_turns_of_a_batch() -> None:
