@@ -35,7 +35,8 @@ class Config:
     partitions: int = 64
     """Number of partitions; fixed at first start of an installation."""
     max_batch: int = 1024
-    """Most requests in one micro-batch."""
+    """Most requests in one micro-batch; requests that run again (their account moved, or
+    they waited for the batch in flight) go beside them, up to an eighth more."""
     shared_batch: int = 64
     """Most requests in one bulk micro-batch (a stream's, a ChargeBatch's of more than
     shared_batch / 8 requests) while small callers (a unary Charge, a small ChargeBatch) come:
