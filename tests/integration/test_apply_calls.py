@@ -180,16 +180,17 @@ def _head(n_set: int = 2, flag: bytes = b"1", ended: bytes = b"\0") -> bytes:
     return struct.pack("<iiii", 1, n_set, 0, 0) + struct.pack("<ccq", flag, ended, 123)
 
 
-@pytest.mark.parametrize("head, message", [
-    (_head(flag=b"x"), "session s-2 has a malformed flag or end mark"),
-    (_head(ended=b"\2"), "session s-2 has a malformed flag or end mark"),
-    (_head()[:-1], "group 2 has a malformed head: 1 sessions, 2 values, 0 records, 0 events "
-                   "in 25 bytes"),
-    (_head(n_set=3), "group 2 has a malformed head: 1 sessions, 3 values"),
-    (b"short", "group 2 has no head or versions"),
+@pytest.mark.parametrize("head, next_version, message", [
+    (_head(flag=b"x"), None, "session s-2 has a malformed flag or end mark"),
+    (_head(ended=b"\2"), None, "session s-2 has a malformed flag or end mark"),
+    (_head()[:-1], None, "group 2 has a malformed head: 1 sessions, 2 values, 0 records, "
+                         "0 events in 25 bytes"),
+    (_head(n_set=3), None, "group 2 has a malformed head: 1 sessions, 3 values"),
+    (b"short", None, "group 2 has no head or versions"),
+    (_head(), "", "group 2 has no head or versions"),  # its account's `ver` would be ''
 ])
 async def test_a_malformed_head_fails_the_call_before_any_write(
-        tollgate, gateway, head: bytes, message: str) -> None:
+        tollgate, gateway, head: bytes, next_version: str | None, message: str) -> None:
     """The apply reads every group's head before its first write: a malformed one fails the
     whole call with what is wrong with it, and the well-formed group before it has written
     nothing (Redis keeps a script's writes made before an error)."""
@@ -199,12 +200,14 @@ async def test_a_malformed_head_fails_the_call_before_any_write(
     acct, _ = await store.get_account("acct-0")
     call_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
     args: list[bytes | str | int] = [60_000, "2"]
-    make: list[tuple[str, str, Callable[[], bytes]]] = [
-        ("acct-0", "s-1", _head), ("acct-x", "s-2", lambda: head)]
-    for account_id, session_id, group_head in make:
+    make: list[tuple[str, str, Callable[[], bytes], str | int]] = [
+        ("acct-0", "s-1", _head, acct.version + 1),
+        ("acct-x", "s-2", lambda: head,
+         acct.version + 1 if next_version is None else next_version)]
+    for account_id, session_id, group_head, new_version in make:
         key = keys.account(p, account_id)
         call_keys += (key, key + keys.SESSIONS_SUFFIX, keys.session(p, session_id))
-        args += (group_head(), acct.version, acct.version + 1, "money", acct.money - 100,
+        args += (group_head(), acct.version, new_version, "money", acct.money - 100,
                  session_id, _value(session_id, 1, b"ok"))
     with pytest.raises(ResponseError, match=message):
         await store.redis.eval(lua_source("apply"), len(call_keys), *call_keys, *args)

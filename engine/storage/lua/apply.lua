@@ -52,7 +52,7 @@ for n in string.gmatch(ARGV[2], '%d+') do
   for _ = 1, tonumber(n) do
     g = g + 1
     local head, version = ARGV[a], ARGV[a + 1]
-    if a + 2 > nargs or #head < HEAD then
+    if a + 2 > nargs or #head < HEAD or ARGV[a + 2] == '' then
       error('apply: group ' .. g .. ' has no head or versions at argument ' .. a)
     end
     local n_sessions, n_set, n_records, n_events = unpack_le('<i4i4i4i4', head)
