@@ -12,7 +12,7 @@ import contextlib
 import copy
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -87,10 +87,11 @@ class RecordingStore(Store):
         self.recording = False
         self.recorded: list[Writes] = []
 
-    async def apply_writes(self, writes: Writes, retention_ms: int) -> list[int]:
+    async def apply_writes(self, writes: Writes, retention_ms: int,
+                           sent: Callable[[], None] | None = None) -> list[int]:
         if self.recording:
             self.recorded.append(copy.deepcopy(writes))
-        return await super().apply_writes(writes, retention_ms)
+        return await super().apply_writes(writes, retention_ms, sent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar
 
 from tollgate.engine.errors import Overloaded
@@ -32,6 +33,13 @@ GATHER_MAX_S = 0.004
 """... or this long after it could have taken it, whichever comes first."""
 
 
+def set_done(future: asyncio.Future[None], _: object = None) -> None:
+    """Resolves `future` (to None) unless it is already: a callback for whichever of two
+    events comes first."""
+    if not future.done():
+        future.set_result(None)
+
+
 class _Call:
     """The source of items submitted without one: a call of their own."""
 
@@ -43,12 +51,16 @@ class Prepared(Generic[T]):
     """A batch made ready for its storage step: `finish` applies and answers `items` and
     returns the ones to run again; `later` are items to put back in the queue unrun;
     `release` is called once the batch is done with: applied and its re-runs back in the
-    queue, or, without a finish, once `later` is back (what it held may go to others)."""
+    queue, or, without a finish, once `later` is back (what it held may go to others).
+    `sent`, when given, is set by `finish` once its writes are on their way to storage (the
+    batcher sets it too when `finish` ends without): the lane's next batch is prepared
+    only then."""
 
     items: list[T]
     finish: Callable[[], Awaitable[list[T]]] | None = None
     later: list[T] = field(default_factory=list)
     release: Callable[[], None] = lambda: None
+    sent: asyncio.Future[None] | None = None
 
 
 class _Lane(Generic[T]):
@@ -76,7 +88,10 @@ class Batcher(Generic[T]):
     `finish` it returns (the storage write); `prepare` is told whether the batch is the
     bulk lane's. In the bulk lane, the next batch is prepared while up to BULK_FLIGHTS
     finishes are in flight (batch k applied, k+1 waiting behind it in storage, k+2
-    prepared), so the CPU does not wait for storage; the small calls' lane prepares beside
+    prepared), so the CPU does not wait for storage: items that come while the lane waits
+    on a landing with nothing queued are prepared at once (`_lands_before_items`), and a
+    batch is prepared only once the finish before it has sent its writes (`Prepared.sent`),
+    so that storage does not wait for the CPU either; the small calls' lane prepares beside
     its one finish only when a full batch waits, and otherwise takes its next batch once
     batch k has landed, with the calls that came meanwhile (`_lands_first`).
 
@@ -222,6 +237,8 @@ class Batcher(Generic[T]):
             lane.preparing = False
             self._collect()
             if lane.flights and (not lane.count or self._lands_first(lane)):
+                if lane is self._bulk and not await self._lands_before_items(lane):
+                    continue  # items came first: prepared beside the batches in flight
                 # Calls that come meanwhile are held (`preparing`) and collected together.
                 lane.preparing = lane.count > 0
                 reruns, oldest = await self._landed(lane)
@@ -275,7 +292,15 @@ class Batcher(Generic[T]):
             for done in landed:
                 self._release(lane, done)
             if prepared.finish is not None:
-                lane.flights.append((asyncio.create_task(self._finish(prepared)), prepared))
+                task = asyncio.create_task(self._finish(prepared))
+                lane.flights.append((task, prepared))
+                if prepared.sent is not None:
+                    # The next batch's preparation runs in steps of milliseconds: begun now,
+                    # it would hold this finish's few steps up to its send behind each of
+                    # them, and storage would wait idle (a batch's writes reached Redis 8 ms
+                    # after it was prepared).
+                    task.add_done_callback(partial(set_done, prepared.sent))
+                    await prepared.sent
                 continue
             prepared.release()
             other.woken.set()
@@ -305,6 +330,24 @@ class Batcher(Generic[T]):
             before, seen = seen, lane.count + self._held()
             quiet = quiet + 1 if seen == before else 0
         self._collect()
+
+    async def _lands_before_items(self, lane: _Lane[T]) -> bool:
+        """Whether the idle bulk lane's oldest batch in flight lands before new items come
+        (it is then landed), rather than items coming first (they are then prepared beside
+        it, while the lane has room in flight). Waiting for the landing alone held a call
+        that came a moment after the queue emptied until an apply landed: with four
+        closed-loop callers, the lane sat idle a third of the time, each batch's call in
+        flight, the next one queued behind a landing."""
+        landing = lane.flights[0][0]
+        if landing.done():
+            return True
+        lane.ready.clear()
+        items = asyncio.ensure_future(lane.ready.wait())
+        try:
+            await asyncio.wait((landing, items), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            items.cancel()
+        return landing.done() or not lane.count
 
     def _lands_first(self, lane: _Lane[T]) -> bool:
         """Whether the lane's next batch waits for the one in flight to land before it is

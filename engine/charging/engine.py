@@ -9,13 +9,14 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from tollgate.engine.charging import account_writes, answers, kernels, sessions, usage_wire, wire
 from tollgate.engine.charging.batch import KernelBatch, KernelResult, assemble
-from tollgate.engine.charging.batcher import Batcher, Prepared
+from tollgate.engine.charging.batcher import Batcher, Prepared, set_done
 from tollgate.engine.charging.cache import AccountCache
 from tollgate.engine.charging.decode import Invalid, decode_all, decode_steps
 from tollgate.engine.charging.decode import warm_up as warm_up_checks
@@ -461,13 +462,16 @@ class Engine:
         if run is None:
             return Prepared([], later=later, release=release)
 
+        sent: asyncio.Future[None] = loop.create_future()
+
         async def finish() -> list[Request]:
             if bulk:
                 await self.small_first.bulk_turn()
-            conflicted = await by_deadline(deadline, self._apply(run.kb, run.outcome.writes))
+            conflicted = await by_deadline(deadline, self._apply(
+                run.kb, run.outcome.writes, partial(set_done, sent)))
             return in_arrival_order(self._settle(live, run, conflicted))
 
-        return Prepared(live, finish, later, release)
+        return Prepared(live, finish, later, release, sent)
 
     async def _read_and_run(self, live: list[Request], claim: set[str], bulk: bool
                             ) -> tuple[list[Request], list[Request], Run | None]:
@@ -716,11 +720,13 @@ class Engine:
         else:
             await asyncio.sleep(0)
 
-    async def _apply(self, kb: KernelBatch, writes: Writes) -> set[str]:
-        """Applies every account's write; returns the accounts refused by the version check."""
+    async def _apply(self, kb: KernelBatch, writes: Writes,
+                     sent: Callable[[], None] | None = None) -> set[str]:
+        """Applies every account's write; returns the accounts refused by the version check.
+        `sent`: called once the writes are on their way (Store.apply_writes)."""
         with metrics.APPLY_SECONDS.time():
             refused = await self.store.apply_writes(writes,
-                                                    self.config.answer_retention_s * 1000)
+                                                    self.config.answer_retention_s * 1000, sent)
         return {kb.accounts[g].account_id for g in refused}
 
     def _settle(self, batch: list[Request], run: Run, conflicted: set[str]) -> list[Request]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -97,12 +97,13 @@ class NodePipelines:
         return groups
 
     async def run(self, script: AsyncScript, calls: Mapping[K, Call],
-                  wait: bool = True) -> dict[K, Any]:
+                  wait: bool = True, sent: Callable[[], None] | None = None) -> dict[K, Any]:
         """The reply of every call, by the caller's key (e.g. partition). A call is sent
         again only when Redis says it did not run, or its node could not be reached (then,
         if it had run, the caller's own checks - versions, ids - make the second run a
         no-op). `wait`: end each node's pipeline with WAIT if configured (False for
-        reads)."""
+        reads). `sent`: called as each node's calls are written (on a cluster, as they are
+        handed to the node's pipeline)."""
         if script.sha not in self._loaded:
             # Loaded before its first call (on every primary of a cluster): a first EVALSHA
             # would be answered NOSCRIPT and sent again, logged at every start.
@@ -116,8 +117,8 @@ class NodePipelines:
         delay = 0.005
         while True:
             groups = self._route(todo, asking)
-            sends = [self._send(where, script, [(p, todo[p], p in asking) for p in ps], wait)
-                     for where, ps in groups.items()]
+            sends = [self._send(where, script, [(p, todo[p], p in asking) for p in ps], wait,
+                                sent) for where, ps in groups.items()]
             # One node (always, on a single server): awaited here, as gather would run it as
             # a task of its own (an event-loop turn more per round trip).
             outcomes = ([await _settled(sends[0])] if len(sends) == 1
@@ -161,7 +162,8 @@ class NodePipelines:
                 delay = min(delay * 2, 0.25)
 
     async def _send(self, where: tuple[str, int], script: AsyncScript,
-                    calls: list[tuple[K, Call, bool]], wait: bool) -> list[Any]:
+                    calls: list[tuple[K, Call, bool]], wait: bool,
+                    sent: Callable[[], None] | None) -> list[Any]:
         client = self.client if self.cluster is None else self._node(*where)
         wait_replicas = self.wait_replicas if wait else 0
         # EVALSHA itself: a script called on a pipeline makes it ask SCRIPT EXISTS first, a
@@ -173,7 +175,7 @@ class NodePipelines:
                     if wait_replicas else b"")
             out = await exchange(client, b"".join(
                 [cast(bytes, args) for _, (_, args), _ in calls] + [tail]),
-                len(calls) + bool(wait_replicas))
+                len(calls) + bool(wait_replicas), sent)
         else:
             pipe: Pipeline = client.pipeline(transaction=False)
             for _, (call_keys, args), ask in calls:
@@ -185,6 +187,8 @@ class NodePipelines:
                     pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
             if wait_replicas:
                 pipe.execute_command("WAIT", wait_replicas, self.wait_timeout_ms)
+            if sent is not None:
+                sent()
             out = await pipe.execute(raise_on_error=False)
         acked = out.pop() if wait_replicas else None
         replies = iter(out)

@@ -109,7 +109,8 @@ def packed(commands: Iterable[tuple[Any, ...]]) -> bytes:
     return b"".join(map(hiredis.pack_command, commands))
 
 
-async def exchange(client: aioredis.Redis, data: bytes, replies: int) -> list[Any]:
+async def exchange(client: aioredis.Redis, data: bytes, replies: int,
+                   sent: Callable[[], None] | None = None) -> list[Any]:
     """The replies to commands written already (`data`, `replies` of them), sent at once on
     one of a single server's pooled connections and read in order; an error reply comes as
     its exception, as from a pipeline's execute(raise_on_error=False), and the raw replies
@@ -119,13 +120,16 @@ async def exchange(client: aioredis.Redis, data: bytes, replies: int) -> list[An
     retried as the client's retry policy says, as a pipeline's is (the charging path sends
     reads, and applies whose version check refuses a second run); a cancelled exchange
     drops its connection (redis-py's send and read do on any exception), so none goes back
-    to the pool with replies unread."""
+    to the pool with replies unread. `sent` is called once the commands are written (a
+    retry's second write calls it again)."""
     pool = client.connection_pool
     conn = await pool.get_connection()
     buffered = _buffered(conn)
 
     async def run() -> list[Any]:
         await conn.send_packed_command(data)
+        if sent is not None:
+            sent()
         out: list[Any] = []
         while len(out) < replies:
             try:

@@ -320,13 +320,15 @@ class Store:
             refused[p].add(i)
         return refused
 
-    async def apply_writes(self, w: Writes, retention_ms: int) -> list[int]:
+    async def apply_writes(self, w: Writes, retention_ms: int,
+                           sent: Callable[[], None] | None = None) -> list[int]:
         """Lua calls pipelined per Redis node (engine.storage.node_pipelines: a call sent again
         after an error finds the version moved, so it never applies twice): on a cluster one per
         partition (its own slot), on a single server up to GROUPS_PER_CALL account writes of
         several partitions per call, each written whole by a kernel (kernels/apply_calls).
         Returns the groups (rows of w.groups) refused because the version had moved or a
-        session believed new exists."""
+        session believed new exists. `sent`: called once the calls are written
+        (NodePipelines.run)."""
         if not len(w):
             return []
         # A call's groups come partition by partition (apply.lua's blocks).
@@ -346,7 +348,7 @@ class Store:
             c: ([keys.usage_stream(p)], Prepacked(data[a:b]))
             for c, (p, a, b) in enumerate(zip(groups[los, G_PART].tolist(), spans[0].tolist(),
                                               spans[1].tolist(), strict=True))}
-        replies = await self.charging.run(self._apply, calls)
+        replies = await self.charging.run(self._apply, calls, sent=sent)
         return [int(order[los[c] + int(g) - 1]) for c, reply in replies.items() for g in reply]
 
     # --- provisioning -------------------------------------------------------------------

@@ -49,9 +49,9 @@ def _count_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counts: list[int] = []
     run = store.charging.run
 
-    async def counted(script: Any, calls: Any) -> Any:
+    async def counted(script: Any, calls: Any, **kwargs: Any) -> Any:
         counts.append(len(calls))
-        return await run(script, calls)
+        return await run(script, calls, **kwargs)
     monkeypatch.setattr(store.charging, "run", counted)
     return counts
 

@@ -47,6 +47,84 @@ async def test_the_bulk_lane_prepares_while_two_finishes_are_in_flight() -> None
     assert (batcher.batches, batcher.items) == (3, 6)
 
 
+async def test_a_call_that_comes_while_the_bulk_lane_waits_on_a_landing_is_prepared_at_once(
+        ) -> None:
+    log: list[str] = []
+    land = asyncio.Event()
+
+    async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
+        log.append(f"prepare {batch}")
+
+        async def finish() -> list[int]:
+            await land.wait()
+            log.append(f"landed {batch}")
+            return []
+        return Prepared(batch, finish)
+
+    batcher: Batcher[int] = Batcher(prepare, lambda items, e: None, max_batch=10, window_s=0,
+                                    max_queue=100)
+    batcher.start()
+    batcher.submit([1, 2])
+    while "prepare [1, 2]" not in log:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.005)  # the queue empty: the lane waits on the batch in flight
+    batcher.submit([3, 4])
+    await asyncio.sleep(0.005)
+    # Prepared beside [1, 2], which has not landed: it did not wait for the landing.
+    assert log == ["prepare [1, 2]", "prepare [3, 4]"]
+    land.set()
+    await batcher.close()
+    assert sorted(log[2:]) == ["landed [1, 2]", "landed [3, 4]"]
+
+
+async def test_the_next_batch_is_prepared_once_the_writes_before_it_are_sent() -> None:
+    log: list[str] = []
+
+    async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
+        log.append(f"prepare {batch}")
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def finish() -> list[int]:
+            for _ in range(3):  # its steps up to the send, each a turn of the event loop
+                await asyncio.sleep(0)
+            log.append(f"sent {batch}")
+            sent.set_result(None)
+            await asyncio.sleep(0.005)
+            return []
+        return Prepared(batch, finish, sent=sent)
+
+    batcher: Batcher[int] = Batcher(prepare, lambda items, e: None, max_batch=2, window_s=0,
+                                    max_queue=100)
+    batcher.start()
+    batcher.submit([1, 2, 3, 4, 5, 6])
+    await batcher.close()
+    assert log == ["prepare [1, 2]", "sent [1, 2]", "prepare [3, 4]", "sent [3, 4]",
+                   "prepare [5, 6]", "sent [5, 6]"]
+
+
+async def test_a_finish_that_fails_before_its_send_does_not_hold_the_lane() -> None:
+    seen: list[list[int]] = []
+    failed: list[list[int]] = []
+
+    async def prepare(batch: list[int], bulk: bool) -> Prepared[int]:
+        seen.append(batch)
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def finish() -> list[int]:
+            if batch == [1, 2]:
+                raise ConnectionError("storage unreachable")
+            sent.set_result(None)
+            return []
+        return Prepared(batch, finish, sent=sent)
+
+    batcher: Batcher[int] = Batcher(prepare, lambda items, e: failed.append(items),
+                                    max_batch=2, window_s=0, max_queue=100)
+    batcher.start()
+    batcher.submit([1, 2, 3, 4])
+    await asyncio.wait_for(batcher.close(), 1)
+    assert (seen, failed) == ([[1, 2], [3, 4]], [[1, 2]])
+
+
 async def _through(prepare: Callable[[list[str], bool], Awaitable[Prepared[str]]],
                    items: list[str]) -> None:
     """Runs items through a batcher of batches of two until all are done."""
