@@ -53,8 +53,8 @@ class Prepared(Generic[T]):
     `release` is called once the batch is done with: applied and its re-runs back in the
     queue, or, without a finish, once `later` is back (what it held may go to others).
     `sent`, when given, is set by `finish` once its writes are on their way to storage (the
-    batcher sets it too when `finish` ends without): the lane's next batch is prepared
-    only then."""
+    batcher sets it too when `finish` ends without): the bulk lane's next batch is
+    prepared only then."""
 
     items: list[T]
     finish: Callable[[], Awaitable[list[T]]] | None = None
@@ -294,11 +294,14 @@ class Batcher(Generic[T]):
             if prepared.finish is not None:
                 task = asyncio.create_task(self._finish(prepared))
                 lane.flights.append((task, prepared))
-                if prepared.sent is not None:
+                if prepared.sent is not None and lane is self._bulk:
                     # The next batch's preparation runs in steps of milliseconds: begun now,
                     # it would hold this finish's few steps up to its send behind each of
                     # them, and storage would wait idle (a batch's writes reached Redis 8 ms
-                    # after it was prepared).
+                    # after it was prepared). The small calls' lane waits for its landing
+                    # next anyway; waiting for the send too, it counted as preparing a
+                    # while longer, and the unary calls that came were held back instead
+                    # of read as they came (0.77x the calls/s).
                     task.add_done_callback(partial(set_done, prepared.sent))
                     await prepared.sent
                 continue
