@@ -16,6 +16,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from tollgate.bench.ab import add_arguments as add_ab_arguments
 from tollgate.bench.ab import run as ab_run
 
@@ -194,6 +196,13 @@ class Lab:
     async def __aexit__(self, *exc: object) -> None:
         await self.stack.aclose()
 
+    async def aof_rewrites(self) -> int | None:
+        """How many AOF rewrites the Redis has begun (None: it cannot say)."""
+        try:
+            return int((await self.redis_info("persistence")).get("aof_rewrites", 0))
+        except (RedisError, OSError, ValueError):
+            return None
+
     async def redis_info(self, section: str) -> dict[str, Any]:
         import redis.asyncio as aioredis
         client = aioredis.Redis.from_url(self.config.redis_url)
@@ -322,10 +331,14 @@ async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
             # a short closed-loop warm-up: caches, connections, batch sizes settle
             await client.run(target, api, min(2.0, lab.args.seconds),
                              concurrency=lab.concurrency(api), batch=lab.args.batch)
+            rewrites = await lab.aof_rewrites() if target == "engine" else None
             run = await client.run(target, api, lab.args.seconds,
                                    concurrency=lab.concurrency(api),
                                    batch=lab.args.open_batch if rate else lab.args.batch,
                                    rate=rate, replay=getattr(lab.args, "replay", 0.0))
+            after = await lab.aof_rewrites() if rewrites is not None else None
+            if rewrites is not None and after is not None:
+                run.aof_rewrites = after - rewrites
             runs.append(run)
             if sweep and not rate:
                 for share in SWEEP:
@@ -412,6 +425,8 @@ def _print(lab: Lab, runs: list[Any], ceilings: dict[str, float],
                      f"{c.first_answer_s:.2f} s after process start (first call "
                      f"{c.first_charge_ms:.0f} ms, second {c.second_charge_ms:.1f} ms)")
     lines += ["", *report.table(runs, ceilings, lab.results.get("round_ceilings"))]
+    if rewrites := report.aof_rewrites(runs):
+        lines += ["", *rewrites]
     if "round_ceilings" in lab.results:
         of_round = lab.results["round_ceilings"]
         ratios = lab.results["rounds"] = _round_ratios(runs, of_round)

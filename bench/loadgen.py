@@ -55,6 +55,7 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the run
     round: int = 0  # `bench load --rounds`: which round of ceilings and engine runs
     replayed: int = 0  # requests sent from scripts (Client.run's `replay`)
+    aof_rewrites: int = 0  # Redis's AOF rewrites that began during the run (engine runs)
 
     def cpu_per_request_us(self) -> dict[str, float]:
         """CPU time per answered request, in µs, of each measured process group: what a

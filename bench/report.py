@@ -20,6 +20,17 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+def aof_rewrites(runs: list[Run]) -> list[str]:
+    """A note naming the runs during which Redis rewrote its AOF: the rewrite forks Redis and
+    its child writes the whole dataset again, and where it shares the cores it sets the
+    latency tail (p99 14-16 ms without, 114-156 ms with, on a 2-core box: docs/performance.md)."""
+    hit = [f"{r.name} ({r.aof_rewrites})" for r in runs if r.aof_rewrites]
+    if not hit:
+        return []
+    return ["Redis rewrote its AOF during: " + ", ".join(hit) + " (its latency tail is the "
+            "rewrite's where it shares the cores)"]
+
+
 def ceiling_of(run: Run, ceilings: dict[str, float]) -> tuple[str, float] | None:
     """The ceiling an engine run is compared with: the bare server for unary calls, the
     Redis apply step for batched ones (the lower of it and the bare server)."""

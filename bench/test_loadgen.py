@@ -14,7 +14,7 @@ import grpc
 from tollgate.bench.ceiling import BareCharging
 from tollgate.bench.cli import bytes_per_subscriber, idle_bytes_text
 from tollgate.bench.loadgen import Client, CpuProbe, Run
-from tollgate.bench.report import table
+from tollgate.bench.report import aof_rewrites, table
 from tollgate.bench.traffic import PLANNED_QUOTA, Traffic
 from tollgate.engine.ops import population
 from tollgate.engine.ops.population import DEFAULT_PREFIX as PREFIX
@@ -210,6 +210,14 @@ def test_a_round_s_runs_are_compared_with_its_own_ceilings() -> None:
     lines = table(runs, {}, {1: {"bare unary": 1000.0}, 2: {"bare unary": 2000.0}})
     assert "50% of bare unary" in lines[2] and "25% of bare unary" in lines[3]
     assert lines[2].startswith("| engine unary closed x64, round 1 |")
+
+
+def test_the_runs_redis_rewrote_its_aof_during_are_named_under_the_table() -> None:
+    runs = [Run("engine", "batch", "open", 0, 100, 15000.0, aof_rewrites=n) for n in (0, 2)]
+    assert aof_rewrites(runs) == [
+        "Redis rewrote its AOF during: engine batch of 100 open 15,000/s (2) (its latency "
+        "tail is the rewrite's where it shares the cores)"]
+    assert aof_rewrites(runs[:1]) == []
 
 
 def test_the_table_gives_each_process_group_s_cpu_per_answered_request() -> None:
