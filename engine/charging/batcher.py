@@ -124,7 +124,7 @@ class Batcher(Generic[T]):
     turns gave `ChargeBatch` and `ChargeStream` of 1000 9-14 % more requests/s, same CPU
     per request). Nor is a call split to fill the rest of a batch (it would wait for the
     batch after), and what runs again rides beside a batch's new items, up to an eighth of
-    a batch (`_take`). A source keeps its own order.
+    a batch, once all of it is in the batch (`_take`). A source keeps its own order.
 
     Small bulk batches beside small callers: while small calls come (one within
     SMALL_ACTIVE_S), a bulk batch takes at most `shared_batch` items, so that the bulk
@@ -395,13 +395,17 @@ class Batcher(Generic[T]):
         batches, until it has taken that many or has no more, then goes to the back. A call
         is taken whole: once a batch holds new items, a call that does not fit in the rest
         waits for the next batch (one larger than a batch is split, from a batch's start).
-        What runs again rides beside the new items, up to an eighth of a batch: requests
+        What runs again rides beside the new items, up to an eighth of a batch, and only
+        once all of it is taken (more of it than a batch holds goes first, whole batches
+        of it, so that no new item overtakes it): requests
         that waited for the batch in flight (their accounts were in it) would otherwise
         push the next call out whole, and go as a small batch of their own, a batch's fixed
         cost and round trip for a few dozen requests."""
         full = self._room(lane)
         batch = [lane.again.popleft() for _ in range(min(full, len(lane.again)))]
-        room = full - max(0, len(batch) - full // 8)
+        # New items only once all that runs again is in: the rest of it would otherwise go
+        # back behind them, and a session's later request run before its earlier one.
+        room = 0 if lane.again else full - max(0, len(batch) - full // 8)
         fresh = 0  # new items taken
         sources, credit = lane.sources, lane.credit
         while room > 0 and sources:

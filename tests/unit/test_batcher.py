@@ -353,6 +353,33 @@ async def test_what_runs_again_rides_beside_a_whole_call_up_to_an_eighth_of_a_ba
     assert seen[2] == [f"c{i}" for i in range(16)]
 
 
+async def test_new_items_ride_beside_what_runs_again_only_once_all_of_it_is_taken() -> None:
+    """More waits than a batch holds: the rest of it goes first in the next batch, and no new
+    item before it (a stream's later request of a session run before its earlier one was
+    refused: the session had moved on)."""
+    ran: list[str] = []
+    prepares = 0
+
+    async def prepare(batch: list[str], bulk: bool) -> Prepared[str]:
+        nonlocal prepares
+        prepares += 1
+        if prepares <= 2:  # their accounts are in a batch elsewhere: all of them wait
+            return Prepared([], later=batch)
+        ran.extend(batch)
+
+        async def finish() -> list[str]:
+            return []
+        return Prepared(batch, finish)
+
+    batcher: Batcher[str] = Batcher(prepare, lambda items, e: None, max_batch=16,
+                                    window_s=0, max_queue=100)
+    stream = object()
+    batcher.submit([f"s{i:02}" for i in range(40)], stream)
+    batcher.start()
+    await batcher.close()
+    assert ran == [f"s{i:02}" for i in range(40)]  # a source keeps its own order
+
+
 async def test_sources_with_more_than_a_batch_queued_take_turns_of_a_batch() -> None:
     batches, batcher = _taking(4)
     first, second = object(), object()  # two streams, each far ahead of its reader
