@@ -69,6 +69,7 @@ class Lifecycle:
                              int(settings.lease_s * 1000), clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stop = asyncio.Event()  # the census's flag (run_census)
         self._exits = contextlib.AsyncExitStack()
 
     async def start(self) -> Lifecycle:
@@ -92,7 +93,7 @@ class Lifecycle:
         if self.settings.census_s > 0:
             # The census that scores the base, here rather than next to charging (whichever
             # process takes the interval's lease does it).
-            loops.append(lambda: run_census(self.store, self.settings.census_s))
+            loops.append(lambda: run_census(self.store, self.settings.census_s, self._stop))
         if any(c.signal != SEGMENT for c in self.settings.campaigns):
             loops.append(lambda: self._every(self.settings.campaign_interval_s,
                                              self.run_campaigns))
@@ -108,6 +109,7 @@ class Lifecycle:
         # The flag as well as the cancel: a cancellation that lands inside a Redis call can
         # surface as a connection error, which the loops would otherwise retry.
         self._stopping = True
+        self._stop.set()
         self.billing.close()
         for t in self._tasks:
             t.cancel()

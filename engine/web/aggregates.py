@@ -5,6 +5,7 @@ a few keys per page load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -66,12 +67,15 @@ async def census(store: Store, now_ms: int, lease_ms: int = 0) -> dict[str, int]
     return counts
 
 
-async def run_census(store: Store, interval_s: float,
+async def run_census(store: Store, interval_s: float, stopping: asyncio.Event,
                      clock: Callable[[], float] = time.time) -> None:
     """A census every interval_s by whichever process takes the interval's lease: web
-    servers and lifecycle processes all try (http_census_s = 0 keeps a process out)."""
+    servers and lifecycle processes all try (http_census_s = 0 keeps a process out). Ends
+    once `stopping` is set: a cancellation that lands inside redis-py's pipeline can be
+    swallowed there, and the loop then slept its whole interval (five minutes by default)
+    while its server's shutdown waited for it."""
     lease_ms = max(1, int(interval_s * 1000))
-    while True:
+    while not stopping.is_set():
         try:
             if await store.redis.set(CENSUS_LEASE, "1", nx=True, px=lease_ms):
                 started = time.monotonic()
@@ -82,7 +86,8 @@ async def run_census(store: Store, interval_s: float,
             raise
         except Exception:  # a Redis outage: the next interval counts again
             log.exception("census failed")
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval_s)
 
 
 def _sum(buckets: list[tuple[int, dict[str, int]]], prefix: str) -> dict[str, int]:

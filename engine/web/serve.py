@@ -56,6 +56,7 @@ class WebServer:
         self.port = 0
         self._server: _Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -80,7 +81,8 @@ class WebServer:
         self._tasks = [asyncio.create_task(self._server.serve(sockets=[sock]))]
         if c.http_census_s > 0:
             self._tasks.append(asyncio.create_task(run_census(self.store,
-                                                              c.http_census_s)))
+                                                              c.http_census_s,
+                                                              self._stopping)))
         while not self._server.started:
             if self._tasks[0].done():
                 await self._tasks[0]  # its error
@@ -92,6 +94,7 @@ class WebServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
+        self._stopping.set()  # the census ends even if its cancellation is swallowed
         for task in reversed(self._tasks):
             if task is not self._tasks[0]:
                 task.cancel()

@@ -3,6 +3,7 @@ and its live stream, the subscriber view and its actions, self-service links."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 from tests.helpers import DATA_RG, MB, mscc, request
 from tests.web import EUR, Site, eventually, site
 from tollgate.engine.ops.config import Config
-from tollgate.engine.web.aggregates import census
+from tollgate.engine.web.aggregates import CENSUS_LEASE, census, run_census
 from tollgate.v1 import charging_pb2 as cpb
 
 
@@ -162,3 +163,19 @@ async def test_census_counts_the_base_by_state(config: Config, tmp_path: Path) -
         counts = await census(s.app.store, 0)  # type: ignore[arg-type]
         assert counts["ACTIVE"] == 2 and counts["GRACE"] == 1 and counts["TERMINATED"] == 0
         await client.aclose()
+
+
+async def test_the_census_loop_ends_when_told_to_stop_without_sleeping_its_interval(
+        config: Config, tmp_path: Path) -> None:
+    """Its server's shutdown sets the flag: a cancellation swallowed inside redis-py left the
+    loop asleep for its whole interval (five minutes), and the shutdown waiting for it."""
+    async with site(config.replace(), tmp_path) as s:
+        store = s.app.store
+        assert store is not None
+        await store.redis.delete(CENSUS_LEASE)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(run_census(store, 300.0, stopping))
+        # The lease taken: a census ran (this loop's or the site's own).
+        await eventually(lambda: store.redis.exists(CENSUS_LEASE))
+        stopping.set()
+        await asyncio.wait_for(task, 2)
