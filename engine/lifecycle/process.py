@@ -68,8 +68,7 @@ class Lifecycle:
         self.sender = Sender(self.campaigns, {c.name: c for c in settings.campaigns},
                              int(settings.lease_s * 1000), clock)
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self._stop = asyncio.Event()  # the census's flag (run_census)
+        self._stopping = asyncio.Event()  # the loops' flag, the census's too (run_census)
         self._exits = contextlib.AsyncExitStack()
 
     async def start(self) -> Lifecycle:
@@ -93,7 +92,7 @@ class Lifecycle:
         if self.settings.census_s > 0:
             # The census that scores the base, here rather than next to charging (whichever
             # process takes the interval's lease does it).
-            loops.append(lambda: run_census(self.store, self.settings.census_s, self._stop))
+            loops.append(lambda: run_census(self.store, self.settings.census_s, self._stopping))
         if any(c.signal != SEGMENT for c in self.settings.campaigns):
             loops.append(lambda: self._every(self.settings.campaign_interval_s,
                                              self.run_campaigns))
@@ -108,8 +107,7 @@ class Lifecycle:
     async def stop(self) -> None:
         # The flag as well as the cancel: a cancellation that lands inside a Redis call can
         # surface as a connection error, which the loops would otherwise retry.
-        self._stopping = True
-        self._stop.set()
+        self._stopping.set()
         self.billing.close()
         for t in self._tasks:
             t.cancel()
@@ -130,13 +128,13 @@ class Lifecycle:
 
     async def _every(self, interval_s: float, work: Callable[[], Awaitable[int]]) -> None:
         """Runs work until cancelled; again at once while it finds something to do."""
-        while not self._stopping:
+        while not self._stopping.is_set():
             try:
                 busy = await work()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                if self._stopping:
+                if self._stopping.is_set():
                     return
                 log.exception("lifecycle step failed", extra={"step": work.__name__})
                 busy = 0
@@ -151,7 +149,7 @@ class Lifecycle:
         req = billing_pb2.StreamRequest(group=self.settings.group,
                                         consumer=self.settings.consumer,
                                         max_batch=self.settings.batch, partitions=[partition])
-        while not self._stopping:
+        while not self._stopping.is_set():
             try:
                 async for batch in self.billing.deliver(feed, req):
                     if not batch:
@@ -161,7 +159,7 @@ class Lifecycle:
                     except asyncio.CancelledError:
                         raise
                     except Exception:
-                        if self._stopping:
+                        if self._stopping.is_set():
                             return
                         log.exception("lifecycle batch failed; it will be delivered again")
                         continue
@@ -170,7 +168,7 @@ class Lifecycle:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                if self._stopping:
+                if self._stopping.is_set():
                     return
                 log.exception("lifecycle stream read failed; retrying")
                 await asyncio.sleep(self.settings.poll_s)
