@@ -46,7 +46,13 @@ from tollgate.engine.storage.state import (
     member_caps_value,
     parse_account,
 )
-from tollgate.engine.storage.writes import AccountWrite, Writes, key_table, of_objects
+from tollgate.engine.storage.writes import (
+    AccountWrite,
+    Writes,
+    key_table,
+    of_objects,
+    writer_token,
+)
 from tollgate.v1 import events_pb2, usage_pb2
 from tollgate.v1 import provisioning_pb2 as pb
 
@@ -321,14 +327,16 @@ class Store:
         return refused
 
     async def apply_writes(self, w: Writes, retention_ms: int,
-                           sent: Callable[[], None] | None = None) -> list[int]:
+                           sent: Callable[[], None] | None = None, token: int = 0) -> list[int]:
         """Lua calls pipelined per Redis node (engine.storage.node_pipelines: a call sent again
         after an error finds the version moved, so it never applies twice): on a cluster one per
         partition (its own slot), on a single server up to GROUPS_PER_CALL account writes of
         several partitions per call, each written whole by a kernel (kernels/apply_calls).
         Returns the groups (rows of w.groups) refused because the version had moved or a
         session believed new exists. `sent`: called once the calls are written
-        (NodePipelines.run)."""
+        (NodePipelines.run). `token`: the writer's (writes.writer_token; a new one if 0),
+        which the accounts keep as `w`: the groups of a later batch computed on this one's
+        predicted state check it (G_CHAIN)."""
         if not len(w):
             return []
         # A call's groups come partition by partition (apply.lua's blocks).
@@ -340,7 +348,8 @@ class Store:
                              f"{self.partitions}")
         k = key_table(self.partitions)
         data, spans = apply_calls(w.strings, k.text, k.parts, groups, w.sets, w.sessions,
-                                  w.records, w.events, bounds, self._apply_sha, retention_ms)
+                                  w.records, w.events, bounds, self._apply_sha, retention_ms,
+                                  token or writer_token())
         # Every key the script touches is in the command (the same slot): during resharding
         # Redis redirects by those. The first key of a call names its slot for the routing.
         los = bounds[:, CALL_LO].tolist()

@@ -4,6 +4,8 @@ built by the charging path from its kernels' outputs, or from AccountWrite objec
 from __future__ import annotations
 
 import functools
+import itertools
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +17,7 @@ from tollgate.engine.charging.kernels.account_tables import (
     FLAG_RESCORE,
 )
 from tollgate.engine.charging.kernels.apply_calls import (
+    G_CHAIN,
     G_COLUMNS,
     G_EV_HI,
     G_EV_LO,
@@ -66,6 +69,20 @@ class AccountWrite:
     sessions: list[SessionWrite] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
+    chained_after: int = 0  # the writer token of the write whose outcome `expected_version`
+    # is (the account's `w` must be it too: a write computed before that one landed); 0: none
+
+
+_PROCESS = secrets.randbits(30) + 1
+_BATCHES = itertools.count(1)
+
+
+def writer_token() -> int:
+    """A token for one apply (apply.lua sets it as each account's `w`), unique to it: random
+    per process, then counted. A chained write checks the token of the batch it was computed
+    after (with its version), so two writers' tokens must not meet; an old token met again
+    would also need the version it was set with, and versions only grow."""
+    return (_PROCESS << 32) | (next(_BATCHES) & 0xFFFF_FFFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +215,7 @@ def of_objects(writes: dict[int, list[AccountWrite]]) -> Writes:
                 raise ValueError(f"{w.key!r} is not an account key of partition {p}")
             at = strings.add(w.key[len(prefix):].encode())
             row = [0] * G_COLUMNS
-            row[G_PART], row[G_VERSION] = p, w.expected_version
+            row[G_PART], row[G_VERSION], row[G_CHAIN] = p, w.expected_version, w.chained_after
             row[G_ID_AT], row[G_ID_LEN] = at, strings.size - at
             row[G_SET_LO] = len(sets)
             for f, v in w.sets.items():
@@ -235,4 +252,4 @@ def warm_up() -> None:
     order, calls = call_plan(w.groups, 1)
     call_cuts(np.zeros(0, np.int64), 1)  # called alone too (Store._calls_of)
     apply_calls(w.strings, k.text, k.parts, w.groups[order], w.sets, w.sessions, w.records,
-                w.events, calls, np.zeros(40, np.uint8), 0)
+                w.events, calls, np.zeros(40, np.uint8), 0, 1)

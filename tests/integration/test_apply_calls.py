@@ -18,7 +18,7 @@ from tollgate.engine.storage import store as store_module
 from tollgate.engine.storage.session_blob import pack_session
 from tollgate.engine.storage.state import SessionState
 from tollgate.engine.storage.store import Store, lua_source
-from tollgate.engine.storage.writes import AccountWrite, SessionWrite
+from tollgate.engine.storage.writes import AccountWrite, SessionWrite, of_objects, writer_token
 
 ACCOUNTS = 6
 
@@ -175,22 +175,28 @@ async def test_a_write_outside_the_stores_partitions_is_refused_before_any_call(
     assert await _money(store) == before
 
 
-def _head(n_set: int = 2, flag: bytes = b"1", ended: bytes = b"\0") -> bytes:
+def _head(n_set: int = 2, flag: bytes = b"1", ended: bytes = b"\0", chained: int = 0
+          ) -> bytes:
     """A group's head (apply.lua) for one session and no records or events."""
-    return struct.pack("<iiii", 1, n_set, 0, 0) + struct.pack("<ccq", flag, ended, 123)
+    return struct.pack("<iiiii", 1, n_set, 0, 0, chained) + struct.pack("<ccq", flag, ended, 123)
 
 
-@pytest.mark.parametrize("head, next_version, message", [
-    (_head(flag=b"x"), None, "session s-2 has a malformed flag or end mark"),
-    (_head(ended=b"\2"), None, "session s-2 has a malformed flag or end mark"),
-    (_head()[:-1], None, "group 2 has a malformed head: 1 sessions, 2 values, 0 records, "
-                         "0 events in 25 bytes"),
-    (_head(n_set=3), None, "group 2 has a malformed head: 1 sessions, 3 values"),
-    (b"short", None, "group 2 has no head or versions"),
-    (_head(), "", "group 2 has no head or versions"),  # its account's `ver` would be ''
+@pytest.mark.parametrize("head, next_version, token, message", [
+    (_head(flag=b"x"), None, 7, "session s-2 has a malformed flag or end mark"),
+    (_head(ended=b"\2"), None, 7, "session s-2 has a malformed flag or end mark"),
+    (_head()[:-1], None, 7, "group 2 has a malformed head: 1 sessions, 2 values, 0 records, "
+                            "0 events, chained 0 in 29 bytes"),
+    (_head(n_set=3), None, 7, "group 2 has a malformed head: 1 sessions, 3 values"),
+    (_head(chained=2), None, 7, "group 2 has a malformed head: .* chained 2"),
+    # Chained, its token missing: its arguments are read one on, and the last comes short.
+    (_head(chained=1), None, 7, "apply: session"),  # "... has no value", cut at a newline
+    (b"short", None, 7, "group 2 has no head or versions"),
+    (_head(), "", 7, "group 2 has no head or versions"),  # its account's `ver` would be ''
+    (_head(), None, "x1", "the writer token is not a number: x1"),
 ])
 async def test_a_malformed_head_fails_the_call_before_any_write(
-        tollgate, gateway, head: bytes, next_version: str | None, message: str) -> None:
+        tollgate, gateway, head: bytes, next_version: str | None, token: int | str,
+        message: str) -> None:
     """The apply reads every group's head before its first write: a malformed one fails the
     whole call with what is wrong with it, and the well-formed group before it has written
     nothing (Redis keeps a script's writes made before an error)."""
@@ -199,7 +205,7 @@ async def test_a_malformed_head_fails_the_call_before_any_write(
     p = store.partition("acct-0")
     acct, _ = await store.get_account("acct-0")
     call_keys = [keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p)]
-    args: list[bytes | str | int] = [60_000, "2"]
+    args: list[bytes | str | int] = [60_000, "2", token]
     make: list[tuple[str, str, Callable[[], bytes], str | int]] = [
         ("acct-0", "s-1", _head, acct.version + 1),
         ("acct-x", "s-2", lambda: head,
@@ -214,3 +220,35 @@ async def test_a_malformed_head_fails_the_call_before_any_write(
     after, _ = await store.get_account("acct-0")
     assert (after.money, after.version) == (acct.money, acct.version)
     assert not await store.redis.exists(keys.session(p, "s-1"))
+
+
+async def test_a_chained_write_applies_only_on_the_state_its_batch_left(tollgate, gateway):
+    """A write computed on the predicted state of a batch still in flight names that batch's
+    token: it applies when the account's version and `w` are what that batch set, and is
+    refused when that batch was refused and another writer moved the version to the very
+    number the batch would have set (a top-up's HINCRBY): the version alone would pass it,
+    and its new balance would erase the top-up."""
+    await gateway.setup(accounts=1)
+    store = tollgate.store
+    p = store.partition("acct-0")
+    key = keys.account(p, "acct-0")
+    acct, _ = await store.get_account("acct-0")
+    v, money = acct.version, acct.money
+    first, second, third, fourth = (writer_token() for _ in range(4))
+    landed = AccountWrite(key, v, {"money": money - 100})
+    assert await store.apply_writes(of_objects({p: [landed]}), 60_000, token=first) == []
+    assert await store.redis.hmget(key, "ver", "w") == [str(v + 1).encode(),
+                                                        str(first).encode()]
+    chained = AccountWrite(key, v + 1, {"money": money - 300}, chained_after=first)
+    assert await store.apply_writes(of_objects({p: [chained]}), 60_000, token=second) == []
+    # The third batch is refused (a top-up came first); the fourth, computed on the third's
+    # predicted state, expects the version the top-up set.
+    assert (await store.top_up("t-1", "acct-0", 1_000))[0]
+    refused = AccountWrite(key, v + 2, {"money": money - 600})
+    assert await store.apply_writes(of_objects({p: [refused]}), 60_000, token=third) == [0]
+    on_refused = AccountWrite(key, v + 3, {"money": money - 1000}, chained_after=third)
+    assert await store.apply_writes(of_objects({p: [on_refused]}), 60_000,
+                                    token=fourth) == [0]
+    after, _ = await store.get_account("acct-0")
+    assert (after.money, after.version) == (money - 300 + 1_000, v + 3)
+    assert await store.redis.hget(key, "w") == str(second).encode()

@@ -30,6 +30,7 @@ from tollgate.engine.storage.writes import (
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TEXT = st.text(min_size=1, max_size=12)
 VERSION = st.integers(0, 2**62)  # an account's writes so far: the next one is sent too
+TOKEN = st.integers(1, 2**63 - 1)  # a writer's (writes.writer_token)
 SHA = b"0123456789abcdef0123456789abcdef01234567"
 PARTITIONS = 1001
 KEYS = key_table(PARTITIONS)
@@ -48,7 +49,8 @@ def account_writes(draw: st.DrawFn, p: int) -> AccountWrite:
                         draw(st.dictionaries(TEXT, INT64, max_size=4)), sessions,
                         # up to 300 bytes: one- and two-byte length prefixes
                         draw(st.lists(st.binary(max_size=300), max_size=3)),
-                        draw(st.lists(st.binary(max_size=20), max_size=2)))
+                        draw(st.lists(st.binary(max_size=20), max_size=2)),
+                        draw(st.one_of(st.just(0), TOKEN)))
 
 
 @st.composite
@@ -62,7 +64,7 @@ def batches(draw: st.DrawFn) -> tuple[dict[int, list[AccountWrite]], list[tuple[
     return writes, list(itertools.pairwise(bounds))
 
 
-def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int) -> bytes:
+def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int, token: int) -> bytes:
     """A call of these writes, built as the store built it before the kernel."""
     blocks: list[tuple[int, list[AccountWrite]]] = []
     for p, w in writes:
@@ -70,19 +72,23 @@ def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int) -> byte
             blocks.append((p, []))
         blocks[-1][1].append(w)
     call_keys: list[str] = []
-    args: list[bytes | str | int] = [retention_ms, ",".join(str(len(ws)) for _, ws in blocks)]
+    args: list[bytes | str | int] = [retention_ms, ",".join(str(len(ws)) for _, ws in blocks),
+                                     token]
     for p, ws in blocks:
         call_keys += (keys.usage_stream(p), keys.events_stream(p), keys.open_sessions(p))
         for w in ws:
             call_keys += (w.key, w.key + keys.SESSIONS_SUFFIX)
             call_keys += [keys.session(p, s.session_id) for s in w.sessions]
-            # The head: the counts, then each session's flag, end mark and expiry.
-            args += [struct.pack("<iiii", len(w.sessions), 2 * len(w.sets), len(w.records),
-                                 len(w.events))
+            # The head: the counts and whether chained, then each session's flag, end mark
+            # and expiry.
+            args += [struct.pack("<iiiii", len(w.sessions), 2 * len(w.sets), len(w.records),
+                                 len(w.events), bool(w.chained_after))
                      + b"".join(struct.pack("<ccq", b"1" if s.created else
                                             b"2" if s.rescore else b"0", bytes([s.ended]),
                                             s.expiry_ms) for s in w.sessions),
                      w.expected_version, w.expected_version + 1]
+            if w.chained_after:
+                args.append(w.chained_after)
             for f, v in w.sets.items():
                 args += (f, v)
             for s in w.sessions:
@@ -94,25 +100,27 @@ def as_before(writes: list[tuple[int, AccountWrite]], retention_ms: int) -> byte
                                        *args)))
 
 
-def run_kernel(w: Writes, calls: np.ndarray, retention_ms: int) -> list[bytes]:
+def run_kernel(w: Writes, calls: np.ndarray, retention_ms: int, token: int) -> list[bytes]:
     out, spans = kernel.apply_calls(w.strings, KEYS.text, KEYS.parts, w.groups, w.sets,
                                     w.sessions, w.records, w.events, calls,
-                                    np.frombuffer(SHA, np.uint8).copy(), retention_ms)
+                                    np.frombuffer(SHA, np.uint8).copy(), retention_ms, token)
     data = out.tobytes()
     return [data[a:b] for a, b in zip(*spans.tolist(), strict=True)]
 
 
 @settings(FAST, max_examples=200)
-@given(batches(), st.integers(0, 2**62))
-def test_calls_are_the_references_and_the_layout_apply_reads(batch, retention_ms) -> None:
+@given(batches(), st.integers(0, 2**62), TOKEN)
+def test_calls_are_the_references_and_the_layout_apply_reads(batch, retention_ms, token
+                                                             ) -> None:
     writes, bounds = batch
     w = of_objects(writes)
     calls = np.array(bounds, np.int64).reshape(-1, 2)
-    got = run_kernel(w, calls, retention_ms)
+    got = run_kernel(w, calls, retention_ms, token)
     assert got == reference(w.strings.tobytes(), KEYS.text.tobytes(), KEYS.parts, w.groups,
-                            w.sets, w.sessions, w.records, w.events, calls, SHA, retention_ms)
+                            w.sets, w.sessions, w.records, w.events, calls, SHA, retention_ms,
+                            token)
     flat = [(p, x) for p, ws in writes.items() for x in ws]
-    assert got == [as_before(flat[lo:hi], retention_ms) for lo, hi in bounds]
+    assert got == [as_before(flat[lo:hi], retention_ms, token) for lo, hi in bounds]
 
 
 def test_field_1_is_the_codecs() -> None:
@@ -132,8 +140,8 @@ def test_three_piece_field_names_are_written_end_to_end() -> None:
     w.sets[0, [kernel.SET_C_AT, kernel.SET_C_LEN]] = base + 10, 4
     w.sets[0, kernel.SET_VALUE] = -5
     expected = as_before([(7, AccountWrite(keys.account(7, "acct"), 3, {"b:bucket-1:rem": -5}))],
-                         60)
-    assert run_kernel(w, np.array([[0, 1]], np.int64), 60) == [expected]
+                         60, 9)
+    assert run_kernel(w, np.array([[0, 1]], np.int64), 60, 9) == [expected]
 
 
 @settings(FAST, max_examples=300)

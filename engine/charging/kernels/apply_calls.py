@@ -20,10 +20,11 @@ PK_COLUMNS = 10
 # `groups`: a row per account write, in call order (the groups of a partition together): its
 # partition, the version it was computed on, its account id (the key is the
 # partition's prefix and the id), then its rows of `sets`, `sessions`, `records` and `events`
-# (each [lo, hi)).
+# (each [lo, hi)), and the token of the batch whose predicted state it was computed on (0:
+# none, the state as read or applied; apply.lua's chained groups).
 (G_PART, G_VERSION, G_ID_AT, G_ID_LEN, G_SET_LO, G_SET_HI, G_SESS_LO, G_SESS_HI, G_REC_LO,
- G_REC_HI, G_EV_LO, G_EV_HI) = range(12)
-G_COLUMNS = 12
+ G_REC_HI, G_EV_LO, G_EV_HI, G_CHAIN) = range(13)
+G_COLUMNS = 13
 # `sets`: a row per account field set: its name is three pieces end to end (e.g. "b:", a bucket
 # id, ":rem"), then its new value.
 (SET_A_AT, SET_A_LEN, SET_B_AT, SET_B_LEN, SET_C_AT, SET_C_LEN, SET_VALUE) = range(7)
@@ -42,9 +43,9 @@ SESSIONS_SUFFIX = b":sessions"  # keys.SESSIONS_SUFFIX (the test checks they agr
 # Constants as arrays: Numba compiles global arrays in as they are.
 _SUFFIX = np.frombuffer(SESSIONS_SUFFIX, np.uint8)
 _EVALSHA = np.frombuffer(b"EVALSHA", np.uint8)
-# A group's head (apply.lua): four int32 counts, then per session a flag byte, an end byte
-# and its expiry as an int64, little-endian.
-HEAD_SIZE, SESSION_HEAD_SIZE = 16, 10
+# A group's head (apply.lua): four int32 counts and its chained flag, then per session a flag
+# byte, an end byte and its expiry as an int64, little-endian.
+HEAD_SIZE, SESSION_HEAD_SIZE = 20, 10
 
 
 @helper
@@ -157,8 +158,9 @@ def _call_size(g_lo: int, g_hi: int, groups: np.ndarray, parts: np.ndarray, sets
         n_sess = groups[g, G_SESS_HI] - groups[g, G_SESS_LO]
         n_keys += 2 + n_sess
         size += 2 * id_len + _SUFFIX.size
-        n_args += 3 + 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]) + 2 * n_sess
-        size += HEAD_SIZE + SESSION_HEAD_SIZE * n_sess + 2 * 20
+        chained = 1 if groups[g, G_CHAIN] else 0
+        n_args += 3 + chained + 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]) + 2 * n_sess
+        size += HEAD_SIZE + SESSION_HEAD_SIZE * n_sess + (2 + chained) * 20
         for s in range(groups[g, G_SET_LO], groups[g, G_SET_HI]):
             size += sets[s, SET_A_LEN] + sets[s, SET_B_LEN] + sets[s, SET_C_LEN] + 20
         for s in range(groups[g, G_SESS_LO], groups[g, G_SESS_HI]):
@@ -217,10 +219,11 @@ def call_plan(groups: np.ndarray, per_call: int) -> tuple[np.ndarray, np.ndarray
 def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
                 groups: np.ndarray, sets: np.ndarray, sessions: np.ndarray,
                 records: np.ndarray, events: np.ndarray, calls: np.ndarray, sha: np.ndarray,
-                retention_ms: int
+                retention_ms: int, token: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Each call as one EVALSHA command in RESP (rows of the second output: its [start, end)
-    in the first): the keys and arguments apply.lua reads, in its order."""
+    in the first): the keys and arguments apply.lua reads, in its order. `token`: the
+    writer's (a positive int64 unique to the batch)."""
     n_calls = calls.shape[0]
     bounds = np.zeros((n_calls, 5), np.int64)
     total = 0
@@ -229,8 +232,8 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
             calls[c, CALL_LO], calls[c, CALL_HI], groups, parts, sets, sessions, records,
             events)
         bounds[c, 0], bounds[c, 1], bounds[c, 2], bounds[c, 3] = n_keys, n_args, blocks, pieces
-        # 16 bytes of RESP framing per key and argument, 5 fixed arguments.
-        total += size + 16 * (n_keys + n_args + 5) + sha.size + 40
+        # 16 bytes of RESP framing per key and argument, 6 fixed arguments.
+        total += size + 16 * (n_keys + n_args + 6) + sha.size + 60
     out = np.empty(total, np.uint8)
     spans = np.zeros((2, n_calls), np.int64)
     at = 0
@@ -238,7 +241,7 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
         g_lo, g_hi = calls[c, CALL_LO], calls[c, CALL_HI]
         n_keys, n_args, blocks, pieces = bounds[c, 0], bounds[c, 1], bounds[c, 2], bounds[c, 3]
         spans[0, c] = at
-        at = _put_head(out, at, 42, 3 + n_keys + 2 + n_args)  # '*'
+        at = _put_head(out, at, 42, 3 + n_keys + 3 + n_args)  # '*'
         at = _put_bulk(out, at, _EVALSHA, 0, _EVALSHA.size)
         at = _put_bulk(out, at, sha, 0, sha.size)
         at = _put_bulk_int(out, at, n_keys)
@@ -266,7 +269,8 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
                                 parts[pr, PK_SESS_LEN])
                 at = _put_bytes(out, at, strings, sessions[s, S_ID_AT], sessions[s, S_ID_LEN])
                 at = _put_crlf(out, at)
-        # Arguments: the retention, the blocks' group counts ("3,1"), then each group.
+        # Arguments: the retention, the blocks' group counts ("3,1"), the token, then each
+        # group.
         at = _put_bulk_int(out, at, retention_ms)
         length = blocks - 1
         g = g_lo
@@ -286,6 +290,7 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
                 out[at] = 44  # ','
                 at += 1
         at = _put_crlf(out, at)
+        at = _put_bulk_int(out, at, token)
         for g in range(g_lo, g_hi):
             s_lo, s_hi = groups[g, G_SESS_LO], groups[g, G_SESS_HI]
             n_records = groups[g, G_REC_HI] - groups[g, G_REC_LO]
@@ -295,6 +300,7 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
             at = _put_le(out, at, 2 * (groups[g, G_SET_HI] - groups[g, G_SET_LO]), 4)
             at = _put_le(out, at, n_records, 4)
             at = _put_le(out, at, groups[g, G_EV_HI] - groups[g, G_EV_LO], 4)
+            at = _put_le(out, at, 1 if groups[g, G_CHAIN] else 0, 4)
             for s in range(s_lo, s_hi):
                 out[at] = sessions[s, S_FLAG]
                 out[at + 1] = 1 if sessions[s, S_ENDED] else 0
@@ -302,6 +308,8 @@ def apply_calls(strings: np.ndarray, keys_text: np.ndarray, parts: np.ndarray,
             at = _put_crlf(out, at)
             at = _put_bulk_int(out, at, groups[g, G_VERSION])
             at = _put_bulk_int(out, at, groups[g, G_VERSION] + 1)
+            if groups[g, G_CHAIN]:
+                at = _put_bulk_int(out, at, groups[g, G_CHAIN])
             for s in range(groups[g, G_SET_LO], groups[g, G_SET_HI]):
                 at = _put_head(out, at, 36,
                                sets[s, SET_A_LEN] + sets[s, SET_B_LEN] + sets[s, SET_C_LEN])

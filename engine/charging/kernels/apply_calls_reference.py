@@ -11,6 +11,7 @@ import numpy as np
 from tollgate.engine.charging.kernels.apply_calls import (
     CALL_HI,
     CALL_LO,
+    G_CHAIN,
     G_EV_HI,
     G_EV_LO,
     G_ID_AT,
@@ -77,8 +78,8 @@ def field_1(parts: list[bytes]) -> bytes:
 
 def apply_calls(strings: bytes, keys_text: bytes, parts: np.ndarray, groups: np.ndarray,
                 sets: np.ndarray, sessions: np.ndarray, records: np.ndarray,
-                events: np.ndarray, calls: np.ndarray, sha: bytes, retention_ms: int
-                ) -> list[bytes]:
+                events: np.ndarray, calls: np.ndarray, sha: bytes, retention_ms: int,
+                token: int) -> list[bytes]:
     """Each call's command."""
     def text(at: int, n: int) -> bytes:
         return strings[at:at + n]
@@ -109,11 +110,14 @@ def apply_calls(strings: bytes, keys_text: bytes, parts: np.ndarray, groups: np.
             call_keys += [key(pk[PK_SESS_AT], pk[PK_SESS_LEN]) + text(s[S_ID_AT], s[S_ID_LEN])
                           for s in own]
             n_records = row[G_REC_HI] - row[G_REC_LO]
-            args += (struct.pack("<4i", len(own), 2 * (row[G_SET_HI] - row[G_SET_LO]),
-                                 n_records, row[G_EV_HI] - row[G_EV_LO])
+            chained = row[G_CHAIN] != 0
+            args += (struct.pack("<5i", len(own), 2 * (row[G_SET_HI] - row[G_SET_LO]),
+                                 n_records, row[G_EV_HI] - row[G_EV_LO], chained)
                      + b"".join(struct.pack("<BBq", s[S_FLAG], 1 if s[S_ENDED] else 0,
                                             s[S_EXPIRY]) for s in own),
                      num(row[G_VERSION]), num(row[G_VERSION] + 1))
+            if chained:
+                args.append(num(row[G_CHAIN]))
             for f in sets[row[G_SET_LO]:row[G_SET_HI]].tolist():
                 args += (text(f[SET_A_AT], f[SET_A_LEN]) + text(f[SET_B_AT], f[SET_B_LEN])
                          + text(f[SET_C_AT], f[SET_C_LEN]), num(f[SET_VALUE]))
@@ -125,7 +129,7 @@ def apply_calls(strings: bytes, keys_text: bytes, parts: np.ndarray, groups: np.
             args += [text(e[SPAN_AT], e[SPAN_LEN])
                      for e in events[row[G_EV_LO]:row[G_EV_HI]].tolist()]
         out.append(resp([b"EVALSHA", sha, num(len(call_keys)), *call_keys, num(retention_ms),
-                         ",".join(map(str, counts)).encode(), *args]))
+                         ",".join(map(str, counts)).encode(), num(token), *args]))
     return out
 
 

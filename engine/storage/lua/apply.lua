@@ -5,15 +5,21 @@
 -- expiry), then per group of the block: its account, the account's open-session set, and one
 -- key per session it writes (in the group's order).
 -- ARGV[1] = retention of ended sessions (ms); ARGV[2] = the number of groups of each block,
--- comma separated; then each group (numbered across blocks):
+-- comma separated; ARGV[3] = the writer's token (decimal digits, unique to the batch: set as
+-- the account's `w` with its version); then each group (numbered across blocks):
 --   head: its numbers packed little-endian (Redis's struct library: one argument, no
---         number parsed from text): n_sessions, n_set, n_records, n_events (int32 each),
---         then per session its flag (a byte: '1' = the writer believes the session new,
+--         number parsed from text): n_sessions, n_set, n_records, n_events, chained (1: the
+--         group was computed on the predicted state of a batch not yet applied, whose token
+--         follows the versions) (int32 each), then per session its flag (a byte: '1' = the writer believes the session new,
 --         '2' = set its open-session zset score, '0' = neither), 1 if it ended (a byte) and
 --         its expiry (ms, int64); a group's six numbers and two per session were arguments
 --         of their own, and Redis's CPU per argument is about what Lua's work on it is,
 --   expected_version, new_version (text: the first compared with the account's `ver` as
 --         stored, the second set; a number read and written back cost Lua 0.5 µs a group),
+--   when chained: the token of the batch it was computed after, compared with `w`: the
+--         version alone would not do, as another writer (a top-up's HINCRBY) can move the
+--         version to the one that batch would have set, and the state under it is not
+--         that batch's (see docs/internals.md, chained batches),
 --   n_set values (field, new value, ...: set with the new version, one HSET),
 --   per session: session_id, value (engine/storage/session_blob.py: the whole session, one
 --                SET),
@@ -36,16 +42,20 @@
 -- some twenty times per group.
 local ARGV, KEYS, call, tonumber, unpack_le = ARGV, KEYS, redis.call, tonumber, struct.unpack
 local nargs = #ARGV
-local retention = ARGV[1]
+local retention, token = ARGV[1], ARGV[3]
 if not string.match(retention, '^%d+$') or #retention > 15 then
   error('apply: retention is not a whole number of ms: ' .. tostring(retention))
 end
-local HEAD, SESSION = 16, 10 -- the bytes of a head's counts and of each session's part
+if not token or not string.match(token, '^%d+$') then
+  error('apply: the writer token is not a number: ' .. tostring(token))
+end
+local HEAD, SESSION = 20, 10 -- the bytes of a head's counts and of each session's part
 
 -- Pass 1: read and check; groups[g] = {ok, first key of its block, first key of the group,
--- first argument after the head and versions, head, n_sessions, n_set, n_records, n_events}.
+-- first argument after the head, versions and token, head, n_sessions, n_set, n_records,
+-- n_events, new version}.
 local conflicts, groups, seen = {}, {}, {}
-local k, a, g = 1, 3, 0 -- the next key, the next argument, the group number
+local k, a, g = 1, 4, 0 -- the next key, the next argument, the group number
 for n in string.gmatch(ARGV[2], '%d+') do
   local block = k
   k = k + 3
@@ -55,20 +65,29 @@ for n in string.gmatch(ARGV[2], '%d+') do
     if a + 2 > nargs or #head < HEAD or ARGV[a + 2] == '' then
       error('apply: group ' .. g .. ' has no head or versions at argument ' .. a)
     end
-    local n_sessions, n_set, n_records, n_events = unpack_le('<i4i4i4i4', head)
+    local n_sessions, n_set, n_records, n_events, chained = unpack_le('<i4i4i4i4i4', head)
     if n_sessions < 0 or n_set < 0 or n_set % 2 ~= 0 or n_records < 0 or n_events < 0
-       or #head ~= HEAD + SESSION * n_sessions then
+       or chained < 0 or chained > 1 or #head ~= HEAD + SESSION * n_sessions then
       error('apply: group ' .. g .. ' has a malformed head: ' .. n_sessions .. ' sessions, ' ..
-            n_set .. ' values, ' .. n_records .. ' records, ' .. n_events .. ' events in ' ..
-            #head .. ' bytes')
+            n_set .. ' values, ' .. n_records .. ' records, ' .. n_events .. ' events, chained ' ..
+            chained .. ' in ' .. #head .. ' bytes')
+    end
+    if chained == 1 and (a + 3 > nargs or ARGV[a + 3] == '') then
+      error('apply: group ' .. g .. ' is chained but has no token at argument ' .. (a + 3))
     end
     if seen[KEYS[k]] then  -- its second write would pass the version check of the first
       error('apply: account ' .. KEYS[k] .. ' is written twice in one call')
     end
     seen[KEYS[k]] = true
-    a = a + 3
-    groups[g] = {true, block, k, a, head, n_sessions, n_set, n_records, n_events}
-    local ok = call('HGET', KEYS[k], 'ver') == version
+    local ok, new_version = nil, ARGV[a + 2]
+    if chained == 1 then
+      local now = call('HMGET', KEYS[k], 'ver', 'w')
+      ok = now[1] == version and now[2] == ARGV[a + 3]
+    else
+      ok = call('HGET', KEYS[k], 'ver') == version
+    end
+    a = a + 3 + chained
+    groups[g] = {true, block, k, a, head, n_sessions, n_set, n_records, n_events, new_version}
     for i = 0, n_sessions - 1 do
       local flag, ended = unpack_le('BB', head, HEAD + 1 + SESSION * i)
       if flag < 48 or flag > 50 or ended > 1 then
@@ -103,14 +122,15 @@ end
 -- {records, pieces}, in the order of `order`.
 local blocks, order = {}, {}
 for _, group in ipairs(groups) do
-  local ok, block, first_key, head, n_sessions, n_set, n_records, n_events
-  ok, block, first_key, a, head, n_sessions, n_set, n_records, n_events = unpack(group)
+  local ok, block, first_key, head, n_sessions, n_set, n_records, n_events, new_version
+  ok, block, first_key, a, head, n_sessions, n_set, n_records, n_events, new_version =
+    unpack(group)
   if ok then
     local events, open = KEYS[block + 1], KEYS[block + 2]
     local acct, set = KEYS[first_key], KEYS[first_key + 1]
-    -- The version is set with the new values (it matched above): one command per account
-    -- write (per CHUNK values) instead of one per changed counter.
-    chunked('HSET', acct, ARGV, a, a + n_set - 1, 'ver', ARGV[a - 1])
+    -- The version and the writer's token are set with the new values (they matched above):
+    -- one command per account write (per CHUNK values) instead of one per changed counter.
+    chunked('HSET', acct, ARGV, a, a + n_set - 1, 'ver', new_version, 'w', token)
     a = a + n_set
     for i = 1, n_sessions do
       local sess = KEYS[first_key + 1 + i]
