@@ -35,7 +35,8 @@ STAGES: tuple[tuple[Any, str, str], ...] = (
     (outcome, "account_writes", "  of it, account writes"),
     (engine.Engine, "_apply", "apply (with its round trip)"),
     (store, "apply_calls", "  of it, the calls' bytes (kernel)"),
-    (engine.Engine, "_settle", "settle: cache and answers"),
+    (engine.Engine, "_predict", "the cache brought to the outcome"),
+    (engine.Engine, "_settle", "settle: answers, refusals dropped"),
 )
 """(owner, attribute, label): the functions timed, in the path's order."""
 

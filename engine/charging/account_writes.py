@@ -18,6 +18,7 @@ from tollgate.engine.charging.kernels.account_tables import (
     PIECE_TEXT,
     account_tables,
 )
+from tollgate.engine.charging.kernels.apply_calls import G_CHAIN
 from tollgate.engine.charging.kernels.items import Q_COLUMNS
 from tollgate.engine.charging.kernels.sessions import HEAD_COLUMNS
 from tollgate.engine.storage.writes import ByteTable, Texts, Writes, moved
@@ -50,7 +51,8 @@ class RecordBytes:
 def account_writes(kb: KernelBatch, res: KernelResult, values: SessionValues,
                    session_ids: Texts, records: RecordBytes, events: list[tuple[int, bytes]]
                    ) -> Writes:
-    """Group g is account g of the batch (every account is written: its version moves).
+    """Group g is account g of the batch (every account is written: its version moves); a
+    group on a state a batch in flight predicts is chained on that batch (G_CHAIN).
     `events`: (account position, Event bytes), in batch order. Python gathers the strings
     (the batch's id tables whole; names only of the members and cycle slots that moved) and
     the kernel (kernels/account_tables) builds the tables."""
@@ -60,14 +62,17 @@ def account_writes(kb: KernelBatch, res: KernelResult, values: SessionValues,
                       t.add(values.buf), t.add(records.buf)], np.int64)
     changes = res.change_rows
     kinds = np.bincount(changes[:, 1], minlength=CYCLE + 1)  # changes of each kind
+    # Each account's version and token (rows; nonzero: the state a batch in flight predicts).
+    numbers = np.array([(a.version, a.token) for a in accounts], np.int64).reshape(-1, 2).T.copy()
     groups, sets, sessions, record_rows, event_rows = account_tables(
-        bases, np.array([a.version for a in accounts], np.int64),
+        bases, numbers[0],
         np.array([a.partition for a in accounts], np.int64),
         kb.requests, kb.view_rows, kb.view.owners, kb.view.arrays[0],
         moved(session_ids.spans, t.add(session_ids.text)), values.expiry, values.rescore,
         values.spans, changes, kb.bucket_names, kb.gathered.buckets[T_RESERVED],
         _member_names(kb, changes, kinds, t), _cycle_names(kb, changes, kinds, t),
         _renewals(kb, t), records.spans, records.accounts, _events(events, t))
+    groups[:, G_CHAIN] = numbers[1]
     return Writes(t.table(), groups, sets, sessions, record_rows, event_rows)
 
 

@@ -43,7 +43,7 @@ from tollgate.engine.ops import metrics
 from tollgate.engine.ops.config import Config
 from tollgate.engine.rating.plans import RateTable
 from tollgate.engine.storage.store import Store
-from tollgate.engine.storage.writes import Writes
+from tollgate.engine.storage.writes import Writes, writer_token
 from tollgate.engine.storage.writes import warm_up as warm_up_writes
 from tollgate.v1 import charging_pb2 as pb
 
@@ -157,6 +157,26 @@ def _refusal(req: Request, verdict: int, arg: int) -> tuple[ResultCode, str]:
     raise AssertionError(f"no refusal has verdict {verdict}")
 
 
+@dataclass(slots=True, eq=False)
+class Claim:
+    """The accounts a batch holds, from its preparation until its re-runs are back in the
+    queue; once its writes are sent (`sent` done), the cache holds its predicted outcome for
+    them and a later batch of the same lane may be computed on it (chained: its writes apply
+    only if this batch's did). Only of the same lane: a lane's applies reach Redis in the
+    order they are sent (each batch's preparation takes longer than Redis takes to read the
+    one before), but a small batch sent just after a bulk one's megabyte could be read
+    first, and be refused."""
+
+    accounts: set[str]
+    bulk: bool
+    sent: asyncio.Future[None] | None = None
+    sessions: frozenset[str] = frozenset()  # those of the requests it charges
+
+    @property
+    def predicted(self) -> bool:
+        return self.sent is not None and self.sent.done()
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """A batch through the kernel: its items, their results, and what to write."""
@@ -185,13 +205,15 @@ class Engine:
             config.max_queue, config.shared_batch, collect=self._submit_singles,
             bulk_turn=self.small_first.bulk_turn, held=lambda: len(self._singles))
         self.conflicts = 0
+        self.chained = 0  # requests charged on a batch in flight's predicted outcome
         self.stale_reads = 0  # cached accounts found moved on before use (see _load)
         self._others_seen = -OTHERS_QUIET_S  # when another writer last showed (monotonic s)
         self._watcher: asyncio.Task[None] | None = None
         self._subscriber_changes = 0  # changes heard so far (see _resolve_subscribers)
         # Per batch being prepared or applied (until its re-runs are back in the queue), the
-        # accounts it holds: no other batch, of either of the batcher's lanes, may use them.
-        self._claims: dict[int, set[str]] = {}
+        # accounts it holds: no other batch, of either of the batcher's lanes, may use them,
+        # but on the outcome predicted of a batch whose writes are sent (Claim.predicted).
+        self._claims: dict[int, Claim] = {}
         self._claim_numbers = itertools.count()
         # Unary calls not queued yet, with their deadlines (submit_one).
         self._singles: list[tuple[bytes, Answers, float]] = []
@@ -445,7 +467,7 @@ class Engine:
             return sorted(requests, key=lambda p: order[id(p)])
         metrics.BATCH_SIZE.observe(len(live))
         metrics.QUEUED.set(self.batcher.queued)
-        number, claim = next(self._claim_numbers), set[str]()
+        number, claim = next(self._claim_numbers), Claim(set(), bulk)
         self._claims[number] = claim
 
         def release() -> None:
@@ -461,50 +483,76 @@ class Engine:
         later = in_arrival_order(later)
         if run is None:
             return Prepared([], later=later, release=release)
-
-        sent: asyncio.Future[None] = loop.create_future()
+        token = writer_token()
+        self._predict(live, run, token)
+        claim.sessions = frozenset([p.session_id for p in live])
+        claim.sent = sent = loop.create_future()
 
         async def finish() -> list[Request]:
             if bulk:
                 await self.small_first.bulk_turn()
             conflicted = await by_deadline(deadline, self._apply(
-                run.kb, run.outcome.writes, partial(set_done, sent)))
-            return in_arrival_order(self._settle(live, run, conflicted))
+                run.kb, run.outcome.writes, partial(set_done, sent), token))
+            return in_arrival_order(self._settle(live, run, conflicted, token))
 
         return Prepared(live, finish, later, release, sent)
 
-    async def _read_and_run(self, live: list[Request], claim: set[str], bulk: bool
+    async def _read_and_run(self, live: list[Request], claim: Claim, bulk: bool
                             ) -> tuple[list[Request], list[Request], Run | None]:
         """Reads what the batch needs and runs the kernel: the requests run, those for a later
         batch, and the run (None: nothing left to run). The accounts it uses go in `claim`."""
         live = await self._resolve_subscribers(live)
         # Accounts another batch holds wait: the other lane's batch being prepared, and the
         # batches in flight until their re-runs are back in the queue (they go before
-        # these). Claimed in the same step of the event loop as checked.
+        # these); but a batch of this lane in flight whose writes are sent leaves its
+        # predicted outcome in the cache, and this batch's writes of those accounts are
+        # chained on it (they apply only if its did). Claimed in the same step of the event
+        # loop as checked.
         ids = {p.account_id for p in live}
         taken: set[str] = set()
+        chained: set[str] = set()
+        busy: set[str] = set()
         for c in self._claims.values():
-            if c is not claim:
-                taken |= ids & c
+            if c is not claim and (held := ids & c.accounts):
+                if c.predicted and c.bulk == bulk:
+                    chained |= held
+                    busy |= c.sessions
+                else:
+                    taken |= held
+        chained -= taken
         later: list[Request] = []
-        if taken:
+        if taken or chained:
+            # A session has one request in flight at most: re-runs go back to the queue
+            # before whatever waits there, so a session's earlier request, refused, still
+            # runs before its later ones.
             free: list[Request] = []
             for p in live:
-                (later if p.account_id in taken else free).append(p)
+                if p.account_id in taken or (p.account_id in chained
+                                             and p.session_id in busy):
+                    later.append(p)
+                else:
+                    free.append(p)
             live = free
             metrics.WAITED.inc(len(later))
-        claim.update(ids - taken)
+        claim.accounts.update(ids - taken)
         live, deferred = self._one_request_per_session(live)
-        await self._load(live)
-        live, rows, view = self._check_sessions(live)
-        if not live:
-            return live, later + deferred, None
+        live, unread = await self._load(live, chained)
         # Per account, not per request: `claim` holds the batch's accounts (and those of
         # requests deferred, whose plans are loaded a batch early).
         accounts = self.accounts
-        await self._load_plans({acct.plan_id for a in claim
+        await self._load_plans({acct.plan_id for a in claim.accounts
                                 if (acct := accounts.get(a)) is not None})
-        return live, later + deferred, await self._run(live, view, rows, bulk)
+        # No await from here to the batch's assembly: a chained account the batch before
+        # drops meanwhile (its write was refused) is found missing here, and waits.
+        live, rows, view, unsure = self._check_sessions(live, chained)
+        later += deferred + unread + unsure
+        if not live:
+            return live, later, None
+        if chained:
+            n = sum(p.account_id in chained for p in live)
+            self.chained += n
+            metrics.CHAINED.inc(n)
+        return live, later, await self._run(live, view, rows, bulk)
 
     async def _resolve_subscribers(self, batch: list[Request]) -> list[Request]:
         now = time.monotonic()
@@ -578,8 +626,12 @@ class Engine:
                 live.append(p)
         return live, deferred
 
-    async def _load(self, batch: list[Request]) -> None:
-        """Puts every account of the batch, with the sessions it needs, in the cache."""
+    async def _load(self, batch: list[Request], chained: set[str]
+                    ) -> tuple[list[Request], list[Request]]:
+        """Puts every account of the batch, with the sessions it needs, in the cache; returns
+        the requests to run, and those that wait for a later batch: requests of `chained`
+        accounts (the cache holds the outcome a batch in flight predicts) that need a read,
+        which could return the state before that batch."""
         stale: set[str] = set()
         check: dict[str, int] = {}  # cached account -> its cached version, to compare
         # While other servers write these accounts, every cached one is checked.
@@ -590,17 +642,25 @@ class Engine:
             acct = cached[p.account_id]
             if acct is None or (p.session_id not in acct.sessions and not _opens_session(p)):
                 stale.add(p.account_id)
+        unread: list[Request] = []
+        if chained and (waits := stale & chained):
+            stale -= waits
+            live: list[Request] = []
+            for p in batch:
+                (unread if p.account_id in waits else live).append(p)
+            batch = live
         for account_id, acct in cached.items():
             if acct is None or account_id in stale:
                 continue
-            if shared:
+            if shared and account_id not in chained:
                 # Another server (another worker) may have written it since it was cached.
                 # Its version is compared in Redis alongside the batch's reads; a stale copy
-                # costs a second read instead of a refused write and a re-run.
+                # costs a second read instead of a refused write and a re-run. (A chained
+                # write checks the batch it was computed after, in the apply.)
                 check[account_id] = acct.version
             accounts.touch(account_id)
         if not stale and not check:
-            return
+            return batch, unread
         # Read every session the batch needs of such an account, not only the missing ones:
         # if the account moved on, the cached sessions are dropped with the old version.
         # (Gathered only now: a batch of cached accounts, the usual one, needs none.)
@@ -640,13 +700,17 @@ class Engine:
                     acct.sessions[sid] = value
             fresh.append(acct)
         self.accounts.put(fresh)
+        return batch, unread
 
-    def _check_sessions(self, batch: list[Request]
-                        ) -> tuple[list[Request], list[int], SessionView]:
+    def _check_sessions(self, batch: list[Request], chained: set[str]
+                        ) -> tuple[list[Request], list[int], SessionView, list[Request]]:
         """Answers retransmissions from stored answers and refuses what the session state
         does not allow (kernels.session_checks); returns the requests to charge, with their
         rows in the batch's sessions read into tables (row r: request r's; none for an
-        account that is missing)."""
+        account that is missing), and those that wait for a later batch: a request of a
+        `chained` account is answered only by a charge, whose write applies only if the
+        batch in flight it was computed after did (a stored answer, or a refusal, from the
+        outcome that batch predicts could be one that never lands)."""
         get = self.accounts.get
         found = [get(p.account_id) for p in batch]
         values = [None if acct is None else acct.sessions.get(p.session_id)
@@ -657,18 +721,20 @@ class Engine:
                                      [p.request_number for p in batch],
                                      [acct is not None for acct in found])
         if verdicts.count(V_CHARGE) == len(batch):  # the usual batch: all charged
-            return batch, list(range(len(batch))), view
-        out, rows = [], []
+            return batch, list(range(len(batch))), view, []
+        out, rows, unsure = [], [], []
         for r, (p, verdict) in enumerate(zip(batch, verdicts, strict=True)):
             if verdict == V_CHARGE:
                 out.append(p)
                 rows.append(r)
+            elif p.account_id in chained:
+                unsure.append(p)
             elif verdict == V_STORED:
                 stored = view.stored(args[r])
                 p.answer(stored, pb.ChargeAnswer.FromString(stored).result)
             else:
                 p.refuse(*_refusal(p, verdict, args[r]))
-        return out, rows, view
+        return out, rows, view, unsure
 
     async def _load_plans(self, plan_ids: set[str]) -> None:
         now = time.monotonic()
@@ -721,35 +787,58 @@ class Engine:
             await asyncio.sleep(0)
 
     async def _apply(self, kb: KernelBatch, writes: Writes,
-                     sent: Callable[[], None] | None = None) -> set[str]:
+                     sent: Callable[[], None] | None, token: int) -> set[str]:
         """Applies every account's write; returns the accounts refused by the version check.
-        `sent`: called once the writes are on their way (Store.apply_writes)."""
+        `sent`: called once the writes are on their way; `token`: the batch's writer token
+        (Store.apply_writes)."""
         with metrics.APPLY_SECONDS.time():
-            refused = await self.store.apply_writes(writes,
-                                                    self.config.answer_retention_s * 1000, sent)
+            refused = await self.store.apply_writes(
+                writes, self.config.answer_retention_s * 1000, sent, token)
         return {kb.accounts[g].account_id for g in refused}
 
-    def _settle(self, batch: list[Request], run: Run, conflicted: set[str]) -> list[Request]:
-        """Brings the cache up to what was applied and answers; requests of accounts another
-        writer moved are returned, to run again on fresh state."""
+    def _predict(self, batch: list[Request], run: Run, token: int) -> None:
+        """Brings the cache up to the batch's outcome before it is applied (the state its
+        writes leave, if they apply; `token`: the batch's writer token): a later batch may
+        be computed on it (chained). An account whose write is refused, or whose batch
+        fails, is dropped from the cache (_settle, _fail), and the writes chained on it are
+        refused by their token check."""
+        kb, outcome = run.kb, run.outcome
+        for acct in kb.accounts:
+            acct.version += 1
+            acct.token = token
+        kb.keep(run.res, set())
+        sessions = [acct.sessions for acct in kb.accounts]
+        positions, kinds = kb.requests[:, [items.Q_ACCT, items.Q_TYPE]].T.tolist()
+        for p, value, a, kind in zip(batch, outcome.values, positions, kinds, strict=True):
+            if kind in ENDS:  # a TERMINATION's session, and every EVENT's
+                # Kept only in Redis, with its stored answers: a later request reads it, and a
+                # retransmitted first request (not read first) is refused by the apply as
+                # existing, then read and answered. Cached, every event id would stay until
+                # the account is evicted.
+                sessions[a].pop(p.session_id, None)
+            else:
+                sessions[a][p.session_id] = value
+
+    def _settle(self, batch: list[Request], run: Run, conflicted: set[str], token: int
+                ) -> list[Request]:
+        """Answers what was applied (the cache holds it already: _predict); the accounts
+        another writer moved are dropped from the cache and their requests returned, to run
+        again on fresh state."""
         kb, outcome = run.kb, run.outcome
         refused: set[int] = set()
-        if conflicted:
-            for a, acct in enumerate(kb.accounts):
-                if acct.account_id in conflicted:
-                    self.accounts.drop(acct.account_id)
-                    self.conflicts += 1
-                    metrics.CONFLICTS.inc()
-                    self._others_seen = time.monotonic()
-                    refused.add(a)
         for a, acct in enumerate(kb.accounts):
-            if a not in refused:
-                acct.version += 1
-        kb.keep(run.res, refused)
+            if acct.account_id in conflicted:
+                self.accounts.drop(acct.account_id)
+                self.conflicts += 1
+                metrics.CONFLICTS.inc()
+                self._others_seen = time.monotonic()
+                refused.add(a)
+            elif acct.token == token:
+                acct.token = 0  # applied: the version alone says it is this state
         again: list[Request] = []
-        positions, kinds = kb.requests[:, [items.Q_ACCT, items.Q_TYPE]].T.tolist()
         answered, answers = batch, outcome.answers
         if refused:
+            positions = kb.requests[:, items.Q_ACCT].tolist()
             answered, answers = [], []
             for p, a, answer in zip(batch, positions, outcome.answers, strict=True):
                 if a not in refused:
@@ -761,17 +850,5 @@ class Engine:
                     p.refuse(ResultCode.UNABLE_TO_COMPLY, "account is changing too fast, retry")
                 else:
                     again.append(p)
-        sessions = [acct.sessions for acct in kb.accounts]
-        for p, value, a, kind in zip(batch, outcome.values, positions, kinds, strict=True):
-            if refused and a in refused:
-                continue
-            if kind in ENDS:  # a TERMINATION's session, and every EVENT's
-                # Kept only in Redis, with its stored answers: a later request reads it, and a
-                # retransmitted first request (not read first) is refused by the apply as
-                # existing, then read and answered. Cached, every event id would stay until
-                # the account is evicted.
-                sessions[a].pop(p.session_id, None)
-            else:
-                sessions[a][p.session_id] = value
         answer_all(answered, answers, SUCCESS)
         return again

@@ -46,8 +46,12 @@ STALE_READS = Counter("tollgate_stale_accounts_read",
                       "Cached accounts read again because another server had written them "
                       "(checked with the batch's reads while other writers show)")
 WAITED = Counter("tollgate_requests_waited",
-                 "Requests put back for the next batch because the batch being applied writes "
-                 "their account")
+                 "Requests put back for a later batch because a batch being prepared or applied "
+                 "holds their account (the other lane's, or one whose writes are not sent yet), "
+                 "or one in flight has a request of their session")
+CHAINED = Counter("tollgate_requests_chained",
+                  "Requests charged on the outcome a batch in flight predicts for their account "
+                  "(their write applies only if that batch's did)")
 USAGE_PAST_RETENTION = Gauge(
     "tollgate_usage_unacked_past_retention",
     "Usage records older than usage_retention_days that a consumer group has not "

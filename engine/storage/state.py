@@ -80,7 +80,8 @@ class SessionState:
 
 @dataclass(slots=True)
 class AccountState:
-    """One account as of `version`; `sessions` holds the values (session_blob) of the
+    """One account as of `version` (as read, or as a batch not yet applied will leave it:
+    `token`); `sessions` holds the values (session_blob) of the
     sessions this process has seen, by id. Once the charging engine caches it
     (charging.cache.AccountCache), its balances and its buckets' and members' counters move
     on in the cache's tables (its `row`), not in this object."""
@@ -104,6 +105,9 @@ class AccountState:
     cycle_units: dict[int, int] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
     row: int = field(default=-1, repr=False, compare=False)  # in the account cache (-1: none)
+    # The writer token of the batch whose predicted outcome this state is, until that batch
+    # lands (0: the state as read or applied): a write computed on it checks that token.
+    token: int = field(default=0, repr=False, compare=False)
 
 
 class BucketMeta(NamedTuple):

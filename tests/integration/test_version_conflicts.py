@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tests.helpers import DATA_RG, MB, mscc, request, running
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.helpers import DATA_RG, EUR, MB, Gateway, mscc, request, running, usage_records
+from tollgate.server import Tollgate
 from tollgate.engine.storage import keys
 from tollgate.engine.storage.redis_client import connect_async
 from tollgate.v1 import charging_pb2 as cpb
@@ -130,3 +137,52 @@ async def test_after_a_conflict_cached_accounts_are_checked_before_the_kernel(to
     assert (tollgate.engine.stale_reads, tollgate.engine.conflicts) == (1, 1)
     acct = await gateway.account("acct-0")
     assert (acct.buckets[0].used, acct.buckets[0].reserved) == (MB, 30 * MB)
+
+
+async def test_a_batch_computed_on_one_in_flight_is_refused_with_it(
+        config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second of two bulk batches on one account is prepared while the first is applied,
+    on the outcome the first predicts (chained). A top-up lands just before the first's
+    apply: the first is refused by its version check, the second by its token check (the
+    top-up moved the version to the very number the first would have set), and both run
+    again on what is read then: the top-up is kept and every charge is in the books once."""
+    app = await Tollgate(config.replace(max_batch=40)).start()
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        gw = Gateway(channel)
+        [sub] = await gw.setup(plan=None, money=10 * EUR)
+        store, engine = app.store, app.engine
+        assert store is not None and engine is not None
+        apply_writes = store.apply_writes
+        applies = 0
+
+        async def first_meets_a_top_up(*args: Any, **kwargs: Any) -> list[int]:
+            nonlocal applies
+            applies += 1
+            if applies == 1:
+                assert (await store.top_up("t-1", "acct-0", 5 * EUR))[0]
+            refused = await apply_writes(*args, **kwargs)
+            if applies == 1:
+                await asyncio.sleep(0.3)  # its landing held back: the second is prepared
+            return refused
+        monkeypatch.setattr(store, "apply_writes", first_meets_a_top_up)
+
+        def events(call: int) -> list[cpb.ChargeRequest]:
+            return [request(f"e-{call}-{n}", 0, cpb.EVENT, sub, mscc(DATA_RG, used=MB))
+                    for n in range(40)]
+        answers = await asyncio.gather(gw.batch(events(0)), gw.batch(events(1)))
+
+        assert [a.result for call in answers for a in call] == [cpb.SUCCESS] * 80
+        assert engine.chained >= 40  # the second call, on the first's predicted outcome
+        assert engine.conflicts >= 2  # the first's write, and the second's chained on it
+        db = connect_async(config.redis_url)
+        records = await usage_records(db, config)
+        await db.aclose()
+        assert sorted(r.session_id for r in records) == sorted(
+            f"e-{c}-{n}" for c in range(2) for n in range(40))
+        account = await gw.account("acct-0")
+        assert account.money_micros == 15 * EUR - sum(r.money_micros for r in records)
+        assert sum(r.units for r in records) == 80 * MB
+    finally:
+        await channel.close()
+        await app.stop()
