@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from tests.helpers import DATA_RG, EUR, MB, Gateway, mscc, request, running, usage_records
-from tollgate.server import Tollgate
 from tollgate.engine.storage import keys
 from tollgate.engine.storage.redis_client import connect_async
+from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
 
