@@ -21,7 +21,7 @@ import numpy as np
 from tollgate.bench.loadgen import CpuProbe
 from tollgate.bench.traffic import Traffic
 from tollgate.engine.charging.engine import Engine
-from tollgate.engine.charging.kernels.apply_calls import G_VERSION
+from tollgate.engine.charging.kernels.apply_calls import G_CHAIN, G_VERSION
 from tollgate.engine.ops.config import Config
 from tollgate.engine.storage.store import Store
 from tollgate.engine.storage.writes import Writes
@@ -88,10 +88,10 @@ class RecordingStore(Store):
         self.recorded: list[Writes] = []
 
     async def apply_writes(self, writes: Writes, retention_ms: int,
-                           sent: Callable[[], None] | None = None) -> list[int]:
+                           sent: Callable[[], None] | None = None, token: int = 0) -> list[int]:
         if self.recording:
             self.recorded.append(copy.deepcopy(writes))
-        return await super().apply_writes(writes, retention_ms, sent)
+        return await super().apply_writes(writes, retention_ms, sent, token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,10 @@ async def capture_writes(config: Config, traffic: Traffic, batch: int, warmup: i
 
 async def rebase(store: Store, recorded: list[Writes]) -> None:
     """Sets each write's expected version to what it will find when replayed in order, and
-    removes the sessions the writes create (the apply refuses to create one that exists)."""
+    removes the sessions the writes create (the apply refuses to create one that exists).
+    Writes chained on a batch in flight are replayed unchained: with their versions rebased
+    and no other writer, the version check alone is exact (and costs Redis an HGET where a
+    chained one costs an HMGET: a few % of the groups)."""
     account_keys = [w.account_keys() for w in recorded]
     keys = sorted({k for ks in account_keys for k in ks})
     created = {k for writes in recorded for k in writes.created_sessions()}
@@ -140,6 +143,7 @@ async def rebase(store: Store, recorded: list[Writes]) -> None:
         pipe.hget(k, "ver")
     current = {k: int(v) for k, v in zip(keys, await pipe.execute(), strict=True)}
     for writes, ks in zip(recorded, account_keys, strict=True):
+        writes.groups[:, G_CHAIN] = 0
         for g, k in enumerate(ks):
             writes.groups[g, G_VERSION] = current[k]
             current[k] += 1

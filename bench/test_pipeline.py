@@ -82,8 +82,8 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         batch = [queued(cast(Request, r), call, slot) for slot, r in
                  enumerate(decode_all(data, wire.parse_batch(data), populated, now))]
         batch = await engine._resolve_subscribers(batch)
-        await engine._load(batch)
-        batch, rows, _ = engine._check_sessions(batch)
+        batch, _ = await engine._load(batch, set())
+        batch, rows, _, _ = engine._check_sessions(batch, set())
         assert rows == list(range(len(batch)))  # every request of the traffic is charged
         await engine._load_plans({engine.accounts[p.account_id].plan_id for p in batch})
         return batch
@@ -100,7 +100,7 @@ def test_batch_assembly(benchmark, populated: Config, loop: asyncio.AbstractEven
         requests = decode_all(data, wire.parse_batch(data), populated, timing.now_ms)
         batch = [queued(cast(Request, requests[p.slot]), p.call, p.slot, p.account_id)
                  for p in prepared]
-        _, rows, view = engine._check_sessions(batch)  # the traffic's requests all pass
+        _, rows, view, _ = engine._check_sessions(batch, set())  # the traffic's all pass
         kb = assemble(batch, engine.accounts, plans, engine.rates, timing.now_ms, view, rows)
         res = kb.run(engine.rates)
         outcome = build_outcome(batch, kb, res, engine.rates, timing)
