@@ -214,6 +214,11 @@ class Engine:
         # accounts it holds: no other batch, of either of the batcher's lanes, may use them,
         # but on the outcome predicted of a batch whose writes are sent (Claim.predicted).
         self._claims: dict[int, Claim] = {}
+        # Accounts with a request that waits for a landing (held by the other lane's batch,
+        # or needing a stored answer, a refusal or a read on a predicted state): not chained
+        # on again until they are free, or a busy account, chained on in every batch, would
+        # keep the request waiting to its deadline.
+        self._settling: set[str] = set()
         self._claim_numbers = itertools.count()
         # Unary calls not queued yet, with their deadlines (submit_one).
         self._singles: list[tuple[bytes, Answers, float]] = []
@@ -519,6 +524,11 @@ class Engine:
                     busy |= c.sessions
                 else:
                     taken |= held
+        if self._settling:
+            taken |= chained & self._settling
+            # What waited for the landings of the accounts no batch holds now runs in this
+            # batch, or in the other lane's (it went back to the front of its queue).
+            self._settling -= ids - taken - chained
         chained -= taken
         later: list[Request] = []
         if taken or chained:
@@ -534,6 +544,7 @@ class Engine:
                     free.append(p)
             live = free
             metrics.WAITED.inc(len(later))
+            self._settling |= taken
         claim.accounts.update(ids - taken)
         live, deferred = self._one_request_per_session(live)
         live, unread = await self._load(live, chained)
@@ -545,6 +556,7 @@ class Engine:
         # No await from here to the batch's assembly: a chained account the batch before
         # drops meanwhile (its write was refused) is found missing here, and waits.
         live, rows, view, unsure = self._check_sessions(live, chained)
+        self._settling.update(p.account_id for p in (*unread, *unsure))
         later += deferred + unread + unsure
         if not live:
             return live, later, None
@@ -640,7 +652,11 @@ class Engine:
         cached = {a: accounts.get(a) for a in {p.account_id for p in batch}}
         for p in batch:
             acct = cached[p.account_id]
-            if acct is None or (p.session_id not in acct.sessions and not _opens_session(p)):
+            # A request that opens its session is not read first (see below), but once the
+            # apply refused it (the session exists: a retransmission), its session is read:
+            # run again as new, it would be refused again.
+            if acct is None or (p.session_id not in acct.sessions
+                                and (p.reruns or not _opens_session(p))):
                 stale.add(p.account_id)
         unread: list[Request] = []
         if chained and (waits := stale & chained):

@@ -186,3 +186,57 @@ async def test_a_batch_computed_on_one_in_flight_is_refused_with_it(
     finally:
         await channel.close()
         await app.stop()
+
+
+@pytest.mark.parametrize("call", ["unary", "bulk"])
+async def test_a_busy_account_stops_being_chained_for_a_request_that_waits_for_a_landing(
+        config, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """Callers keep a bulk batch in flight on one account at every moment, each computed on
+    the one before it (chained). A request that waits for a landing (a unary call, whose
+    lane never chains on the bulk lane; a retransmission in the bulk lane, whose stored
+    answer is never given from a predicted state) stops the chaining on its account until
+    it has run: otherwise it would wait to its deadline."""
+    app = await Tollgate(config.replace(max_batch=10, request_deadline_s=0.5)).start()
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        gw = Gateway(channel)
+        [sub] = await gw.setup(plan=None, money=10 * EUR)
+        store, engine = app.store, app.engine
+        assert store is not None and engine is not None
+        apply_writes = store.apply_writes
+
+        async def held(*args: Any, **kwargs: Any) -> list[int]:
+            refused = await apply_writes(*args, **kwargs)
+            await asyncio.sleep(0.02)  # each landing held back: the next batch chains on it
+            return refused
+        monkeypatch.setattr(store, "apply_writes", held)
+
+        def event(session: str) -> cpb.ChargeRequest:
+            return request(session, 0, cpb.EVENT, sub, mscc(DATA_RG, used=1000))
+        first = await gw.charge(event("first"))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.5
+        results: list[int] = []
+
+        async def caller(k: int) -> None:
+            n = 0
+            while loop.time() < end:
+                answers = await gw.batch([event(f"c{k}-{n}-{i}") for i in range(10)])
+                results.extend(a.result for a in answers)
+                n += 1
+
+        async def retransmits() -> cpb.ChargeAnswer:
+            await asyncio.sleep(0.3)
+            if call == "unary":
+                return await gw.charge(event("first"))
+            answers = await gw.batch([event("first")] + [event(f"r-{i}") for i in range(9)])
+            results.extend(a.result for a in answers[1:])
+            return answers[0]
+        *_, again = await asyncio.gather(*(caller(k) for k in range(4)), retransmits())
+
+        assert again == first  # the stored answer, not UNABLE_TO_COMPLY at its deadline
+        assert set(results) == {cpb.SUCCESS} and len(results) > 100
+        assert engine.chained > 100
+    finally:
+        await channel.close()
+        await app.stop()
