@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 
 from tests.helpers import DATA_RG, EUR, MB, Gateway, mscc, request, running, usage_records
+from tollgate.engine.charging.engine import Engine
+from tollgate.engine.ops.config import Config
 from tollgate.engine.storage import keys
 from tollgate.engine.storage.redis_client import connect_async
+from tollgate.engine.storage.store import Store
 from tollgate.server import Tollgate
 from tollgate.v1 import charging_pb2 as cpb
 from tollgate.v1 import provisioning_pb2 as ppb
@@ -139,6 +144,22 @@ async def test_after_a_conflict_cached_accounts_are_checked_before_the_kernel(to
     assert (acct.buckets[0].used, acct.buckets[0].reserved) == (MB, 30 * MB)
 
 
+@contextlib.asynccontextmanager
+async def _served(config: Config, **overrides: Any
+                  ) -> AsyncIterator[tuple[Gateway, str, Store, Engine]]:
+    """A Tollgate of the test's own, with one prepaid account (no plan) and its subscriber."""
+    app = await Tollgate(config.replace(**overrides)).start()
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        gw = Gateway(channel)
+        [sub] = await gw.setup(plan=None, money=10 * EUR)
+        assert app.store is not None and app.engine is not None
+        yield gw, sub, app.store, app.engine
+    finally:
+        await channel.close()
+        await app.stop()
+
+
 async def test_a_batch_computed_on_one_in_flight_is_refused_with_it(
         config, monkeypatch: pytest.MonkeyPatch) -> None:
     """The second of two bulk batches on one account is prepared while the first is applied,
@@ -146,13 +167,7 @@ async def test_a_batch_computed_on_one_in_flight_is_refused_with_it(
     apply: the first is refused by its version check, the second by its token check (the
     top-up moved the version to the very number the first would have set), and both run
     again on what is read then: the top-up is kept and every charge is in the books once."""
-    app = await Tollgate(config.replace(max_batch=40)).start()
-    channel = grpc.aio.insecure_channel(app.address)
-    try:
-        gw = Gateway(channel)
-        [sub] = await gw.setup(plan=None, money=10 * EUR)
-        store, engine = app.store, app.engine
-        assert store is not None and engine is not None
+    async with _served(config, max_batch=40) as (gw, sub, store, engine):
         apply_writes = store.apply_writes
         applies = 0
 
@@ -183,9 +198,6 @@ async def test_a_batch_computed_on_one_in_flight_is_refused_with_it(
         account = await gw.account("acct-0")
         assert account.money_micros == 15 * EUR - sum(r.money_micros for r in records)
         assert sum(r.units for r in records) == 80 * MB
-    finally:
-        await channel.close()
-        await app.stop()
 
 
 @pytest.mark.parametrize("call", ["unary", "bulk"])
@@ -196,13 +208,7 @@ async def test_a_busy_account_stops_being_chained_for_a_request_that_waits_for_a
     lane never chains on the bulk lane; a retransmission in the bulk lane, whose stored
     answer is never given from a predicted state) stops the chaining on its account until
     it has run: otherwise it would wait to its deadline."""
-    app = await Tollgate(config.replace(max_batch=10, request_deadline_s=0.5)).start()
-    channel = grpc.aio.insecure_channel(app.address)
-    try:
-        gw = Gateway(channel)
-        [sub] = await gw.setup(plan=None, money=10 * EUR)
-        store, engine = app.store, app.engine
-        assert store is not None and engine is not None
+    async with _served(config, max_batch=10, request_deadline_s=0.5) as (gw, sub, store, engine):
         apply_writes = store.apply_writes
 
         async def held(*args: Any, **kwargs: Any) -> list[int]:
@@ -237,6 +243,3 @@ async def test_a_busy_account_stops_being_chained_for_a_request_that_waits_for_a
         assert again == first  # the stored answer, not UNABLE_TO_COMPLY at its deadline
         assert set(results) == {cpb.SUCCESS} and len(results) > 100
         assert engine.chained > 100
-    finally:
-        await channel.close()
-        await app.stop()
