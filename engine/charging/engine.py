@@ -837,9 +837,10 @@ class Engine:
 
     def _settle(self, batch: list[Request], run: Run, conflicted: set[str], token: int
                 ) -> list[Request]:
-        """Answers what was applied (the cache holds it already: _predict); the accounts
-        another writer moved are dropped from the cache and their requests returned, to run
-        again on fresh state."""
+        """Answers what was applied (the cache holds it already: _predict); the accounts whose
+        write was refused (another writer moved them, a session believed new exists, or the
+        write it was chained on was refused) are dropped from the cache and their requests
+        returned, to run again on fresh state."""
         kb, outcome = run.kb, run.outcome
         refused: set[int] = set()
         for a, acct in enumerate(kb.accounts):
