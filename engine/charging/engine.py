@@ -524,7 +524,11 @@ class Engine:
                     busy |= c.sessions
                 else:
                     taken |= held
-        if self._settling:
+        if len(self._claims) == 1:
+            # No other batch holds anything: nothing is chained on, and an account whose
+            # waiting request went (past its deadline, say) is not kept here for good.
+            self._settling.clear()
+        elif self._settling:
             taken |= chained & self._settling
             # What waited for the landings of the accounts no batch holds now runs in this
             # batch, or in the other lane's (it went back to the front of its queue).

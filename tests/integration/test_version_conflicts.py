@@ -208,7 +208,7 @@ async def test_a_busy_account_stops_being_chained_for_a_request_that_waits_for_a
     lane never chains on the bulk lane; a retransmission in the bulk lane, whose stored
     answer is never given from a predicted state) stops the chaining on its account until
     it has run: otherwise it would wait to its deadline."""
-    async with _served(config, max_batch=10, request_deadline_s=0.5) as (gw, sub, store, engine):
+    async with _served(config, max_batch=10, request_deadline_s=1.0) as (gw, sub, store, engine):
         apply_writes = store.apply_writes
 
         async def held(*args: Any, **kwargs: Any) -> list[int]:
@@ -221,7 +221,7 @@ async def test_a_busy_account_stops_being_chained_for_a_request_that_waits_for_a
             return request(session, 0, cpb.EVENT, sub, mscc(DATA_RG, used=1000))
         first = await gw.charge(event("first"))
         loop = asyncio.get_running_loop()
-        end = loop.time() + 1.5
+        end = loop.time() + 2.5  # the callers keep the account busy past the deadline
         results: list[int] = []
 
         async def caller(k: int) -> None:
