@@ -8,7 +8,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -170,11 +170,20 @@ class Claim:
     accounts: set[str]
     bulk: bool
     sent: asyncio.Future[None] | None = None
-    sessions: frozenset[str] = frozenset()  # those of the requests it charges
+    charged: list[Request] = field(default_factory=list)  # the requests it charges
+    _sessions: frozenset[str] | None = None
 
     @property
     def predicted(self) -> bool:
         return self.sent is not None and self.sent.done()
+
+    @property
+    def sessions(self) -> frozenset[str]:
+        """Those of the requests it charges: gathered once a later batch is chained on it
+        (most batches of an open loop never are)."""
+        if self._sessions is None:
+            self._sessions = frozenset([p.session_id for p in self.charged])
+        return self._sessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,7 +499,7 @@ class Engine:
             return Prepared([], later=later, release=release)
         token = writer_token()
         self._predict(live, run, token)
-        claim.sessions = frozenset([p.session_id for p in live])
+        claim.charged = live
         claim.sent = sent = loop.create_future()
 
         async def finish() -> list[Request]:

@@ -3,14 +3,12 @@
 -- length goes out as one command per CHUNK values.
 local CHUNK = 1000 -- even: field, value pairs stay together
 
--- Runs cmd key [head_field head_value [field_2 value_2]] list[first..last], one command per
--- CHUNK values (the head goes with the first).
-local function chunked(cmd, key, list, first, last, head_field, head_value, field_2, value_2)
+-- Runs cmd key [f1 v1 f2 v2] list[first..last], one command per CHUNK values (the two head
+-- pairs, the apply's version and writer token, go with the first).
+local function chunked(cmd, key, list, first, last, f1, v1, f2, v2)
   local stop = math.min(first + CHUNK - 1, last)
-  if field_2 then
-    redis.call(cmd, key, head_field, head_value, field_2, value_2, unpack(list, first, stop))
-  elseif head_field then
-    redis.call(cmd, key, head_field, head_value, unpack(list, first, stop))
+  if f1 then
+    redis.call(cmd, key, f1, v1, f2, v2, unpack(list, first, stop))
   else
     redis.call(cmd, key, unpack(list, first, stop))
   end
