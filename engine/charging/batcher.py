@@ -185,20 +185,37 @@ class Batcher(Generic[T]):
     def submit(self, items: list[T], source: object = None) -> None:
         """Queues items of one source (None: a source of their own)."""
         self.admit(len(items))
-        lane = self._bulk
-        if source is None:
-            key: object = _Call()
-            if self.is_small(len(items)):
-                self._small_seen = time.monotonic()
-                lane = self._quick
-        else:
-            key = source
+        if source is not None:
             self._streamed += len(items)
-        queue = lane.sources.get(key)
-        if queue is None:
-            queue = lane.sources[key] = deque()
-        queue.extend(items)
-        lane.count += len(items)
+            queue = self._bulk.sources.get(source)
+            if queue is None:
+                queue = self._bulk.sources[source] = deque()
+            queue.extend(items)
+            self._queued(self._bulk, len(items))
+        else:
+            lane = self._calls(len(items))
+            lane.sources[_Call()] = deque(items)
+            self._queued(lane, len(items))
+
+    def submit_each(self, items: list[T]) -> None:
+        """Queues each item as a call of its own, as submit([item]) for each would (the
+        unary calls read together), in one step; Overloaded: none of them is queued."""
+        self.admit(len(items))
+        lane = self._calls(1)
+        sources = lane.sources
+        for item in items:
+            sources[_Call()] = deque((item,))
+        self._queued(lane, len(items))
+
+    def _calls(self, n: int) -> _Lane[T]:
+        """The lane of a call of n items, marking small calls as seen."""
+        if not self.is_small(n):
+            return self._bulk
+        self._small_seen = time.monotonic()
+        return self._quick
+
+    def _queued(self, lane: _Lane[T], n: int) -> None:
+        lane.count += n
         lane.ready.set()
         lane.woken.set()
         if lane.count >= self.max_batch:
@@ -410,6 +427,13 @@ class Batcher(Generic[T]):
         sources, credit = lane.sources, lane.credit
         while room > 0 and sources:
             key, queue = next(iter(sources.items()))
+            if type(key) is _Call and len(queue) <= room and key not in credit:
+                # The usual case (a unary call among dozens): the call whole, as below.
+                batch += queue
+                room -= len(queue)
+                fresh += len(queue)
+                del sources[key]
+                continue
             left = credit.get(key) or self.max_batch
             take = min(left, len(queue), room)
             if fresh and isinstance(key, _Call) and take < len(queue):

@@ -380,11 +380,14 @@ class Engine:
             for call in calls:
                 _fail_call(call, e)
             return
-        for p in pending:
-            try:
-                self.batcher.submit([p])
-            except Overloaded as e:
-                _fail_call(p.call, e)
+        try:
+            self.batcher.submit_each(pending)
+        except Overloaded:  # room for some of them, perhaps: each learns whether it fits
+            for p in pending:
+                try:
+                    self.batcher.submit([p])
+                except Overloaded as e:
+                    _fail_call(p.call, e)
 
     def _parse_one(self, data: bytes) -> InvalidArgument:
         """Why a ChargeRequest's bytes cannot be read (they could not as a batch's entry)."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from tollgate.engine.charging.batcher import BULK_FLIGHTS, GATHER_QUIET_TURNS, Batcher, Prepared
+from tollgate.engine.errors import Overloaded
 
 
 async def test_the_bulk_lane_prepares_while_two_finishes_are_in_flight() -> None:
@@ -267,6 +270,29 @@ async def test_a_batch_that_fills_in_the_window_runs_at_once() -> None:
     assert batches[0][1] - t0 < 2.5  # well before the window ends
     await batcher.close()
     assert [b for b, _ in batches] == [[1, 2, 3, 4], [5]]
+
+
+async def test_items_submitted_each_are_small_calls_as_if_submitted_one_by_one() -> None:
+    # The unary calls read together are queued in one step (Batcher.submit_each).
+    runs = []
+    for submit in ("one by one", "each"):
+        batches, batcher = _recording(5.0)
+        batcher.start()
+        if submit == "each":
+            batcher.submit_each([1, 2, 3, 4, 5])
+        else:
+            for n in (1, 2, 3, 4, 5):
+                batcher.submit([n])
+        while not batches:
+            await asyncio.sleep(0.001)
+        await batcher.close()  # the rest runs now, without the window
+        runs.append([b for b, _ in batches])
+    assert runs[0] == runs[1] == [[1, 2, 3, 4], [5]]  # a full batch at once, then the rest
+    _, full = _recording(0)
+    full.max_queue = 3
+    with pytest.raises(Overloaded, match="max_queue 3"):
+        full.submit_each([1, 2, 3, 4])
+    assert full.queued == 0  # none of them
 
 
 async def test_a_larger_call_at_an_idle_batcher_runs_without_the_window() -> None:
