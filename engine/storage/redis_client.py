@@ -119,11 +119,10 @@ async def exchange(client: aioredis.Redis, data: bytes, replies: int,
     less of the client's CPU per round trip (its command stack and callbacks, and the
     pool's events on every execute): a small batch's fixed cost. A lost connection is
     retried as the client's retry policy says, as a pipeline's is (the charging path sends
-    reads, and applies whose version check refuses a second run); a cancelled exchange
-    drops its connection (redis-py's send and read do on any exception), so none goes back
-    to the pool with replies unread. `sent` is called once the commands are written (a
-    retry's second write calls it again). Its connections are the pool's, kept for
-    exchanges (_lease)."""
+    reads, and applies whose version check refuses a second run); a failed or cancelled
+    exchange drops its connection, so none is used again with replies unread. `sent` is
+    called once the commands are written (a retry's second write calls it again). Its
+    connections are the pool's, kept for exchanges (_lease)."""
     pool = client.connection_pool
     conn = _lease(pool)
     buffered = _buffered(conn)
@@ -148,7 +147,10 @@ async def exchange(client: aioredis.Redis, data: bytes, replies: int,
     try:
         out = await conn.retry.call_with_retry(run, lambda _: conn.disconnect())
     except BaseException:
-        await pool.release(conn)  # the pool checks it before anyone uses it again
+        # Dropped, with whatever it left unread (redis-py's send and read drop it on their
+        # errors; this is for any other, as `sent` raising), and given back to the pool.
+        await conn.disconnect(nowait=True)
+        await pool.release(conn)
         raise
     _idle(pool).append(conn)
     return out
@@ -173,7 +175,7 @@ def _lease(pool: aioredis.ConnectionPool) -> AbstractConnection:
     event loop per round trip (its lock, its observability records, and a read attempt
     with a timeout of 0 to see that nothing is left unread): a small batch's apply waited
     behind everything else ready in that turn. An exchange reads every reply or drops the
-    connection, and only exchanges use these: none has anything unread."""
+    connection, and only exchanges use the kept ones: none has anything unread."""
     idle = _idle(pool)
     return idle.pop() if idle else pool.get_available_connection()
 

@@ -53,6 +53,18 @@ async def test_a_cancelled_exchange_leaves_no_reply_for_the_next_one(store: Stor
         assert await exchange(client, packed([("GET", "x")]), 1) == [b"mine"]
 
 
+async def test_an_exchange_that_fails_after_its_send_leaves_no_reply_for_the_next_one(
+        store: Store) -> None:
+    client = store.charging_redis
+
+    def fails() -> None:
+        raise RuntimeError("after the send")
+    with pytest.raises(RuntimeError):
+        await exchange(client, packed([("ECHO", "stale")]), 1, sent=fails)
+    for _ in range(3):  # whichever connection each one gets
+        assert await exchange(client, packed([("ECHO", "fresh")]), 1) == [b"fresh"]
+
+
 async def test_a_connection_lost_between_round_trips_is_opened_again(store: Store) -> None:
     client = store.charging_redis
     await client.set("x", "1")
