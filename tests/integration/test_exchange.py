@@ -75,7 +75,7 @@ async def test_a_connection_lost_between_round_trips_is_opened_again(store: Stor
 
 async def test_exchanges_keep_their_connections_without_the_pools_round_trip(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The pool's get_connection and release cost a small batch ~60 µs and an event-loop turn
+    # The pool's get_connection and release cost a round trip ~12 µs and an event-loop turn
     # per round trip: a connection an exchange read whole is kept for the next exchange.
     client = store.charging_redis
     await client.set("x", "1")
