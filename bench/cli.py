@@ -196,10 +196,14 @@ class Lab:
     async def __aexit__(self, *exc: object) -> None:
         await self.stack.aclose()
 
-    async def aof_rewrites(self) -> int | None:
-        """How many AOF rewrites the Redis has begun (None: it cannot say)."""
+    async def aof_rewrites(self) -> tuple[int, float] | None:
+        """How many AOF rewrites the Redis has begun, and the CPU seconds of its children
+        reaped so far (None: it cannot say)."""
         try:
-            return int((await self.redis_info("persistence")).get("aof_rewrites", 0))
+            rewrites = int((await self.redis_info("persistence")).get("aof_rewrites", 0))
+            cpu = await self.redis_info("cpu")
+            return rewrites, (float(cpu.get("used_cpu_user_children", 0.0))
+                              + float(cpu.get("used_cpu_sys_children", 0.0)))
         except (RedisError, OSError, ValueError):
             return None
 
@@ -338,7 +342,8 @@ async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
                                    rate=rate, replay=getattr(lab.args, "replay", 0.0))
             after = await lab.aof_rewrites() if rewrites is not None else None
             if rewrites is not None and after is not None:
-                run.aof_rewrites = after - rewrites
+                run.aof_rewrites = after[0] - rewrites[0]
+                run.aof_cpu_s = after[1] - rewrites[1]
             runs.append(run)
             if sweep and not rate:
                 for share in SWEEP:

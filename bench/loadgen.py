@@ -56,6 +56,9 @@ class Run:
     round: int = 0  # `bench load --rounds`: which round of ceilings and engine runs
     replayed: int = 0  # requests sent from scripts (Client.run's `replay`)
     aof_rewrites: int = 0  # Redis's AOF rewrites that began during the run (engine runs)
+    # CPU seconds of Redis's children (the rewrites) reaped during the run: on the machine's
+    # cores, but not in the `redis` CPU column (Redis's own process)
+    aof_cpu_s: float = 0.0
 
     def cpu_per_request_us(self) -> dict[str, float]:
         """CPU time per answered request, in µs, of each measured process group: what a

@@ -21,10 +21,13 @@ def machine() -> str:
 
 
 def aof_rewrites(runs: list[Run]) -> list[str]:
-    """A note naming the runs during which Redis rewrote its AOF: the rewrite forks Redis and
-    its child writes the whole dataset again, and where it shares the cores it sets the
-    latency tail (p99 14-16 ms without, 114-156 ms with, on a 2-core box: docs/performance.md)."""
-    hit = [f"{r.name} ({r.aof_rewrites})" for r in runs if r.aof_rewrites]
+    """A note naming the runs during which Redis rewrote its AOF, with the CPU its rewrites
+    took (reaped during the run; not in the table's Redis column): the rewrite forks Redis
+    and its child writes the whole dataset again, and where it shares the cores it sets the
+    latency tail (p99 14-16 ms without, 114-156 ms with, on a 2-core box) and takes CPU
+    from the run (docs/performance.md)."""
+    hit = [f"{r.name} ({r.aof_rewrites}; {r.aof_cpu_s:.1f} s of CPU)"
+           for r in runs if r.aof_rewrites]
     if not hit:
         return []
     return ["Redis rewrote its AOF during: " + ", ".join(hit) + " (its latency tail is the "

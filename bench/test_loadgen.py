@@ -213,10 +213,11 @@ def test_a_round_s_runs_are_compared_with_its_own_ceilings() -> None:
 
 
 def test_the_runs_redis_rewrote_its_aof_during_are_named_under_the_table() -> None:
-    runs = [Run("engine", "batch", "open", 0, 100, 15000.0, aof_rewrites=n) for n in (0, 2)]
+    runs = [Run("engine", "batch", "open", 0, 100, 15000.0, aof_rewrites=n, aof_cpu_s=0.6 * n)
+            for n in (0, 2)]
     assert aof_rewrites(runs) == [
-        "Redis rewrote its AOF during: engine batch of 100 open 15,000/s (2) (its latency "
-        "tail is the rewrite's where it shares the cores)"]
+        "Redis rewrote its AOF during: engine batch of 100 open 15,000/s (2; 1.2 s of CPU) (its "
+        "latency tail is the rewrite's where it shares the cores)"]
     assert aof_rewrites(runs[:1]) == []
 
 
