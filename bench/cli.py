@@ -200,10 +200,10 @@ class Lab:
         """How many AOF rewrites the Redis has begun, and the CPU seconds of its children
         reaped so far (None: it cannot say)."""
         try:
-            rewrites = int((await self.redis_info("persistence")).get("aof_rewrites", 0))
-            cpu = await self.redis_info("cpu")
-            return rewrites, (float(cpu.get("used_cpu_user_children", 0.0))
-                              + float(cpu.get("used_cpu_sys_children", 0.0)))
+            info = await self.redis_info("default")  # its persistence and cpu sections
+            return int(info.get("aof_rewrites", 0)), (
+                float(info.get("used_cpu_user_children", 0.0))
+                + float(info.get("used_cpu_sys_children", 0.0)))
         except (RedisError, OSError, ValueError):
             return None
 
