@@ -196,7 +196,7 @@ class Lab:
     async def __aexit__(self, *exc: object) -> None:
         await self.stack.aclose()
 
-    async def aof_rewrites(self) -> tuple[int, float] | None:
+    async def aof_sample(self) -> tuple[int, float] | None:
         """How many AOF rewrites the Redis has begun, and the CPU seconds of its children
         reaped so far (None: it cannot say)."""
         try:
@@ -335,15 +335,15 @@ async def _measure(lab: Lab, target: str, address: str, server_pids: list[int],
             # a short closed-loop warm-up: caches, connections, batch sizes settle
             await client.run(target, api, min(2.0, lab.args.seconds),
                              concurrency=lab.concurrency(api), batch=lab.args.batch)
-            rewrites = await lab.aof_rewrites() if target == "engine" else None
+            before = await lab.aof_sample() if target == "engine" else None
             run = await client.run(target, api, lab.args.seconds,
                                    concurrency=lab.concurrency(api),
                                    batch=lab.args.open_batch if rate else lab.args.batch,
                                    rate=rate, replay=getattr(lab.args, "replay", 0.0))
-            after = await lab.aof_rewrites() if rewrites is not None else None
-            if rewrites is not None and after is not None:
-                run.aof_rewrites = after[0] - rewrites[0]
-                run.aof_cpu_s = after[1] - rewrites[1]
+            after = await lab.aof_sample() if before is not None else None
+            if before is not None and after is not None:
+                run.aof_rewrites = after[0] - before[0]
+                run.aof_cpu_s = after[1] - before[1]
             runs.append(run)
             if sweep and not rate:
                 for share in SWEEP:

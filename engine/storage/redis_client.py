@@ -162,10 +162,7 @@ _IDLE: weakref.WeakKeyDictionary[aioredis.ConnectionPool, list[AbstractConnectio
 
 
 def _idle(pool: aioredis.ConnectionPool) -> list[AbstractConnection]:
-    idle = _IDLE.get(pool)
-    if idle is None:
-        idle = _IDLE[pool] = []
-    return idle
+    return _IDLE.setdefault(pool, [])
 
 
 async def _lease(pool: aioredis.ConnectionPool) -> AbstractConnection:
